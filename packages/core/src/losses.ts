@@ -1,0 +1,41 @@
+/**
+ * Losses shared by models and routers. Routers import the balancing losses from here so that every
+ * router uses one definition of each (the formulas are in specs/routers.md §5).
+ */
+import type { DispatchPlan } from './nn/dispatch.js';
+import { tf } from './tf.js';
+
+/** Mean next-token cross-entropy. logits [B, T, V] predict targets [B, T] (int32). */
+export function crossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Scalar {
+  const V = logits.shape[logits.rank - 1]!;
+  const flat = tf.reshape(logits, [-1, V]);
+  const logp = tf.logSoftmax(flat);
+  const idx = tf.reshape(targets, [-1]);
+  const picked = tf.sum(tf.mul(logp, tf.oneHot(idx as tf.Tensor1D, V)), 1);
+  return tf.neg(tf.mean(picked)) as tf.Scalar;
+}
+
+/**
+ * Switch Transformer load-balancing loss (Fedus et al. 2021, eq. 4), Megablocks form for top-k:
+ * E * sum_e f_e * P_e, with f_e the fraction of assignments to expert e (all k slots, before drops)
+ * and P_e the mean router probability of e. Equals 1 (times k-independent scale) when perfectly balanced.
+ */
+export function switchBalanceLoss(probs: tf.Tensor2D, plan: DispatchPlan): tf.Scalar {
+  const E = probs.shape[1];
+  const f = new Float32Array(E);
+  const total = plan.size || 1;
+  for (let e = 0; e < E; e++) f[e] = plan.counts[e]! / total;
+  const P = tf.mean(probs, 0);
+  return tf.mul(E, tf.sum(tf.mul(P, tf.tensor1d(f)))) as tf.Scalar;
+}
+
+/** Router z-loss (ST-MoE, Zoph et al. 2022): mean over tokens of logsumexp(logits)^2. */
+export function zLoss(logits: tf.Tensor2D): tf.Scalar {
+  return tf.mean(tf.square(tf.logSumExp(logits, 1))) as tf.Scalar;
+}
+
+/** Entropy (nats) of a distribution along the last axis, averaged over the rest. */
+export function meanEntropy(probs: tf.Tensor): tf.Scalar {
+  const p = tf.clipByValue(probs, 1e-12, 1);
+  return tf.neg(tf.mean(tf.sum(tf.mul(probs, tf.log(p)), -1))) as tf.Scalar;
+}

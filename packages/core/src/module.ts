@@ -1,0 +1,177 @@
+/**
+ * Modules: named trees of parameters, like PyTorch's nn.Module, so that parameter names can follow the
+ * official implementations' state_dict names (weights move both ways).
+ *
+ * A module may be referenced from several places (layer grouping shares one block between repeats):
+ * `namedParameters()` lists each variable once, under the first name it was reached by.
+ */
+import { tf } from './tf.js';
+import type { Rng } from './rng.js';
+
+export interface AuxLoss {
+  /** e.g. `switch_balance`, `z_loss`, `entropy` */
+  name: string;
+  /** Which module produced it (its parameter path). */
+  layer: string;
+  /** The unweighted value. */
+  value: tf.Scalar;
+  /** Weight in the total loss. */
+  coef: number;
+}
+
+/** Routing statistics of one MoE layer call (plain numbers: they never hold tensors). */
+export interface RoutingStats {
+  layer: string;
+  numExperts: number;
+  tokens: number;
+  /** Assignments per expert after capacity (dropped ones excluded). */
+  counts: number[];
+  /** Fraction of assignments each expert received. */
+  load: number[];
+  /** Assignments dropped by the capacity limit / assignments made by the router. */
+  dropRate: number;
+  /** Mean entropy (nats) of each token's routing distribution, when the router has one. */
+  entropy?: number;
+  /** Mean number of experts per token. */
+  expertsPerToken: number;
+  /** Extra router-specific numbers (e.g. bias norms). */
+  extra?: Record<string, number>;
+}
+
+export interface ForwardContext {
+  training: boolean;
+  /** Randomness for dropout and noisy routing; derived from the run's seed and the step. */
+  rng: Rng;
+  /** Auxiliary losses produced during this forward pass. */
+  aux: AuxLoss[];
+  /** Routing statistics of every MoE layer call. */
+  routing: RoutingStats[];
+  /** When set, MoE layers also record per-token expert choices (for visualisation / inspect). */
+  assignments?: Map<string, { tokenIndex: Int32Array; expertIndex: Int32Array; tokens: number }[]>;
+  /** Experts disabled at inference, by layer path prefix -> expert ids. */
+  expertMask?: Map<string, Set<number>>;
+}
+
+export function forwardContext(rng: Rng, training: boolean, extra: Partial<ForwardContext> = {}): ForwardContext {
+  return { training, rng, aux: [], routing: [], ...extra };
+}
+
+export abstract class Module {
+  /**
+   * Optional hook, called by the model once per forward pass after every layer ran: modules whose
+   * regulariser spans all their calls (e.g. a shared layer used by several repeats) add it here.
+   */
+  finalizeForward?(ctx: ForwardContext): void;
+
+  /** Set by the parent: the dotted path of this module (first reference wins). */
+  path = '';
+  readonly params = new Map<string, tf.Variable>();
+  readonly buffers = new Map<string, tf.Variable>();
+  readonly children = new Map<string, Module>();
+
+  /** Register a trainable parameter. `values` are copied into a new variable. */
+  protected param(name: string, values: Float32Array | tf.Tensor, shape?: number[], trainable = true): tf.Variable {
+    const t = values instanceof Float32Array ? tf.tensor(values, shape) : values;
+    const v = tf.variable(t, trainable);
+    if (values instanceof Float32Array) t.dispose();
+    this.params.set(name, v);
+    return v;
+  }
+
+  /** Register non-trainable state that is saved with the weights (e.g. BatchNorm running statistics). */
+  protected buffer(name: string, values: Float32Array | tf.Tensor, shape?: number[]): tf.Variable {
+    const t = values instanceof Float32Array ? tf.tensor(values, shape) : values;
+    const v = tf.variable(t, false);
+    if (values instanceof Float32Array) t.dispose();
+    this.buffers.set(name, v);
+    return v;
+  }
+
+  protected child<M extends Module>(name: string, m: M): M {
+    this.children.set(name, m);
+    return m;
+  }
+
+  /** Set paths of the whole tree (call once on the root after construction). */
+  assignPaths(prefix = '', seen = new Set<Module>()): void {
+    if (seen.has(this)) return;
+    seen.add(this);
+    this.path = prefix;
+    for (const [n, c] of this.children) c.assignPaths(prefix ? `${prefix}.${n}` : n, seen);
+  }
+
+  private walk(fn: (m: Module, prefix: string) => void, prefix = '', seen = new Set<Module>()): void {
+    if (seen.has(this)) return;
+    seen.add(this);
+    fn(this, prefix);
+    for (const [n, c] of this.children) c.walk(fn, prefix ? `${prefix}.${n}` : n, seen);
+  }
+
+  namedParameters(): [string, tf.Variable][] {
+    const out: [string, tf.Variable][] = [];
+    const seen = new Set<tf.Variable>();
+    this.walk((m, prefix) => {
+      for (const [n, v] of m.params) {
+        if (seen.has(v)) continue;
+        seen.add(v);
+        out.push([prefix ? `${prefix}.${n}` : n, v]);
+      }
+    });
+    return out;
+  }
+
+  namedBuffers(): [string, tf.Variable][] {
+    const out: [string, tf.Variable][] = [];
+    const seen = new Set<tf.Variable>();
+    this.walk((m, prefix) => {
+      for (const [n, v] of m.buffers) {
+        if (seen.has(v)) continue;
+        seen.add(v);
+        out.push([prefix ? `${prefix}.${n}` : n, v]);
+      }
+    });
+    return out;
+  }
+
+  /** Parameters and buffers: everything a checkpoint stores. */
+  stateDict(): [string, tf.Variable][] {
+    return [...this.namedParameters(), ...this.namedBuffers()];
+  }
+
+  trainableVariables(): tf.Variable[] {
+    return this.namedParameters()
+      .map(([, v]) => v)
+      .filter((v) => v.trainable);
+  }
+
+  parameterCount(): number {
+    return this.namedParameters().reduce((s, [, v]) => s + v.size, 0);
+  }
+
+  /**
+   * Parameters used to process one token. Modules whose parameters are only partly used per token
+   * (MoE layers) override this; the default is all parameters of this module and its children.
+   */
+  activeParameterCount(seen = new Set<Module>()): number {
+    if (seen.has(this)) return 0;
+    seen.add(this);
+    let n = 0;
+    for (const v of this.params.values()) n += v.size;
+    for (const c of this.children.values()) n += c.activeParameterCount(seen);
+    return n;
+  }
+
+  /** Every module of the tree once, depth first. */
+  modules(): Module[] {
+    const out: Module[] = [];
+    this.walk((m) => out.push(m));
+    return out;
+  }
+
+  dispose(): void {
+    this.walk((m) => {
+      for (const v of m.params.values()) v.dispose();
+      for (const v of m.buffers.values()) v.dispose();
+    });
+  }
+}

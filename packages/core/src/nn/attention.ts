@@ -1,0 +1,90 @@
+/**
+ * Causal scaled dot-product attention and standard multi-head attention with RoPE.
+ * The registry entry (`attention: mha`) lives in @moelab/attention; the building blocks live here so
+ * that attention variants (SwitchHead, MoA, ...) reuse them.
+ */
+import type { ForwardContext } from '../module.js';
+import { Module } from '../module.js';
+import type { Rng } from '../rng.js';
+import { tf } from '../tf.js';
+import { Linear } from './layers.js';
+import { applyRope } from './rope.js';
+
+const masks = new Map<number, tf.Tensor2D>();
+
+/** Additive causal mask [T, T]: 0 on and below the diagonal, -1e9 above. Cached per length. */
+export function causalMask(T: number): tf.Tensor2D {
+  let m = masks.get(T);
+  if (!m) {
+    const a = new Float32Array(T * T);
+    for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) a[i * T + j] = -1e9;
+    m = tf.keep(tf.tensor2d(a, [T, T]));
+    masks.set(T, m);
+  }
+  return m;
+}
+
+/** softmax(q k^T * scale + causal) v for q, k, v of shape [B, H, T, dh]. */
+export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!)): tf.Tensor {
+  const T = q.shape[2]!;
+  const scores = tf.add(tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), scale), causalMask(T));
+  return tf.matMul(tf.softmax(scores, -1) as tf.Tensor4D, v as tf.Tensor4D);
+}
+
+/** [B, T, H*dh] -> [B, H, T, dh] */
+export function splitHeads(x: tf.Tensor, heads: number): tf.Tensor {
+  const [B, T, D] = x.shape as [number, number, number];
+  return tf.transpose(tf.reshape(x, [B, T, heads, D / heads]), [0, 2, 1, 3]);
+}
+
+/** [B, H, T, dh] -> [B, T, H*dh] */
+export function mergeHeads(x: tf.Tensor): tf.Tensor {
+  const [B, H, T, dh] = x.shape as [number, number, number, number];
+  return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [B, T, H * dh]);
+}
+
+/** What every attention module implements. `kvSrc` defaults to `x` (self-attention). */
+export interface AttentionModule extends Module {
+  forward(x: tf.Tensor, ctx: ForwardContext, sources?: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor }): tf.Tensor;
+}
+
+export interface MHAOptions {
+  heads: number;
+  headDim?: number;
+  /** Channels of each head rotated by RoPE (0 = no RoPE). Default: the whole head. */
+  ropeDims?: number;
+  ropeBase?: number;
+  bias?: boolean;
+}
+
+export class MultiHeadAttention extends Module implements AttentionModule {
+  readonly q: Linear;
+  readonly k: Linear;
+  readonly v: Linear;
+  readonly o: Linear;
+  readonly heads: number;
+  readonly headDim: number;
+  readonly ropeDims: number;
+  readonly ropeBase: number;
+
+  constructor(dModel: number, opts: MHAOptions, rng: Rng) {
+    super();
+    this.heads = opts.heads;
+    this.headDim = opts.headDim ?? dModel / opts.heads;
+    if (!Number.isInteger(this.headDim)) throw new Error(`dModel ${dModel} is not divisible by heads ${opts.heads}`);
+    this.ropeDims = opts.ropeDims ?? this.headDim;
+    this.ropeBase = opts.ropeBase ?? 10000;
+    const inner = this.heads * this.headDim;
+    this.q = this.child('q_proj', new Linear(dModel, inner, rng, { bias: opts.bias }));
+    this.k = this.child('k_proj', new Linear(dModel, inner, rng, { bias: opts.bias }));
+    this.v = this.child('v_proj', new Linear(dModel, inner, rng, { bias: opts.bias }));
+    this.o = this.child('o_proj', new Linear(inner, dModel, rng, { bias: opts.bias }));
+  }
+
+  forward(x: tf.Tensor, _ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {
+    const q = applyRope(splitHeads(this.q.forward(sources.q ?? x), this.heads), this.ropeDims, this.ropeBase);
+    const k = applyRope(splitHeads(this.k.forward(sources.k ?? x), this.heads), this.ropeDims, this.ropeBase);
+    const v = splitHeads(this.v.forward(sources.v ?? x), this.heads);
+    return this.o.forward(mergeHeads(causalAttention(q, k, v)));
+  }
+}

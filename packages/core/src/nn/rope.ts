@@ -1,0 +1,45 @@
+/**
+ * Rotary position embedding (Su et al., 2021), "rotate half" layout: channel i is paired with channel
+ * i + dims/2 within the first `dims` channels of each head; the remaining channels pass through
+ * (SwitchHead rotates half of each head's channels, for example).
+ */
+import { tf } from '../tf.js';
+
+const cache = new Map<string, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
+
+function tables(T: number, dims: number, base: number, offset: number) {
+  const key = `${T}/${dims}/${base}/${offset}`;
+  let t = cache.get(key);
+  if (!t) {
+    const half = dims / 2;
+    const cos = new Float32Array(T * dims);
+    const sin = new Float32Array(T * dims);
+    for (let p = 0; p < T; p++) {
+      for (let i = 0; i < half; i++) {
+        const ang = (p + offset) / base ** ((2 * i) / dims);
+        cos[p * dims + i] = cos[p * dims + i + half] = Math.cos(ang);
+        sin[p * dims + i] = sin[p * dims + i + half] = Math.sin(ang);
+      }
+    }
+    t = { cos: tf.keep(tf.tensor2d(cos, [T, dims])), sin: tf.keep(tf.tensor2d(sin, [T, dims])) };
+    cache.set(key, t);
+  }
+  return t;
+}
+
+/** x: [B, H, T, dh]. Rotates the first `dims` channels (even, <= dh) by position (+ offset). */
+export function applyRope(x: tf.Tensor, dims: number, base = 10000, offset = 0): tf.Tensor {
+  const dh = x.shape[3]!;
+  const T = x.shape[2]!;
+  if (dims <= 0) return x;
+  if (dims % 2 !== 0 || dims > dh) throw new Error(`RoPE dims must be even and <= head size (${dims} vs ${dh})`);
+  const { cos, sin } = tables(T, dims, base, offset);
+  const rot = dims === dh ? x : tf.slice(x, [0, 0, 0, 0], [-1, -1, -1, dims]);
+  const half = dims / 2;
+  const x1 = tf.slice(rot, [0, 0, 0, 0], [-1, -1, -1, half]);
+  const x2 = tf.slice(rot, [0, 0, 0, half], [-1, -1, -1, half]);
+  const rotated = tf.concat([tf.neg(x2), x1], 3);
+  const out = tf.add(tf.mul(rot, cos), tf.mul(rotated, sin));
+  if (dims === dh) return out;
+  return tf.concat([out, tf.slice(x, [0, 0, 0, dims], [-1, -1, -1, dh - dims])], 3);
+}

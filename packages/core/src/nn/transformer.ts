@@ -1,0 +1,124 @@
+/**
+ * The transformer language model and its block, with layer grouping (MoEUT): `groupSize` distinct
+ * blocks run `repeats` times in "abab" (or "aabb") order with shared weights, so gradients from every
+ * repeat accumulate into one parameter set.
+ */
+import type { ForwardContext } from '../module.js';
+import { Module } from '../module.js';
+import type { Rng } from '../rng.js';
+import { tf } from '../tf.js';
+import type { AttentionModule } from './attention.js';
+import { dropout, Embedding, Linear, type Norm } from './layers.js';
+import type { FeedForward } from './moe.js';
+
+export type NormPlacement = 'pre' | 'post' | 'peri';
+
+export class TransformerBlock extends Module {
+  constructor(
+    readonly attention: AttentionModule,
+    readonly ffn: FeedForward,
+    readonly ln1: Norm,
+    readonly ln2: Norm,
+    readonly placement: NormPlacement,
+    readonly dropoutRate = 0,
+  ) {
+    super();
+    this.child('attention', attention);
+    this.child('ffn', ffn);
+    this.child('ln1', ln1);
+    this.child('ln2', ln2);
+  }
+
+  forward(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
+    const drop = (t: tf.Tensor) => dropout(t, this.dropoutRate, ctx.rng, ctx.training);
+    switch (this.placement) {
+      case 'pre': {
+        const h = tf.add(x, drop(this.attention.forward(this.ln1.forward(x), ctx)));
+        return tf.add(h, drop(this.ffn.forward(this.ln2.forward(h), ctx)));
+      }
+      case 'post': {
+        const h = this.ln1.forward(tf.add(x, drop(this.attention.forward(x, ctx))));
+        return this.ln2.forward(tf.add(h, drop(this.ffn.forward(h, ctx))));
+      }
+      case 'peri': {
+        // Peri-LN (MoEUT §4.1): normalise only what feeds a softmax/sigmoid (queries, keys, routers);
+        // values, expert inputs and the residual stream stay raw.
+        const xn = this.ln1.forward(x);
+        const h = tf.add(x, drop(this.attention.forward(x, ctx, { q: xn, k: xn, v: x })));
+        return tf.add(h, drop(this.ffn.forward(h, ctx, { routerInput: this.ln2.forward(h) })));
+      }
+    }
+  }
+}
+
+export interface TransformerLMOptions {
+  vocabSize: number;
+  dModel: number;
+  contextLength: number;
+  repeats: number;
+  order: 'abab' | 'aabb';
+  tieEmbeddings: boolean;
+  headBias: boolean;
+  embeddingStd: number;
+  /** Multiply embeddings by this (some recipes use sqrt(dModel)). */
+  embeddingScale: number;
+}
+
+export class TransformerLM extends Module {
+  readonly embedding: Embedding;
+  readonly layers: TransformerBlock[];
+  readonly outNorm: Norm;
+  readonly head?: Linear;
+
+  constructor(
+    readonly options: TransformerLMOptions,
+    blocks: TransformerBlock[],
+    outNorm: Norm,
+    rng: Rng,
+  ) {
+    super();
+    this.embedding = this.child('embedding', new Embedding(options.vocabSize, options.dModel, rng, options.embeddingStd));
+    const stack = new (class extends Module {})();
+    const layerList = new (class extends Module {})();
+    blocks.forEach((b, i) => layerList.children.set(String(i), b));
+    stack.children.set('layers', layerList);
+    this.child('transformer', stack);
+    this.layers = blocks;
+    this.outNorm = this.child('out_norm', outNorm);
+    if (!options.tieEmbeddings) this.head = this.child('lm_head', new Linear(options.dModel, options.vocabSize, rng, { bias: options.headBias }));
+    this.assignPaths();
+  }
+
+  get vocabSize(): number {
+    return this.options.vocabSize;
+  }
+
+  get contextLength(): number {
+    return this.options.contextLength;
+  }
+
+  /** The order in which distinct blocks run: abab = 0,1,..,G-1,0,1,..; aabb = 0,0,..,1,1,.. */
+  get schedule(): number[] {
+    const G = this.layers.length;
+    const R = this.options.repeats;
+    const out: number[] = [];
+    if (this.options.order === 'abab') for (let r = 0; r < R; r++) for (let i = 0; i < G; i++) out.push(i);
+    else for (let i = 0; i < G; i++) for (let r = 0; r < R; r++) out.push(i);
+    return out;
+  }
+
+  /** tokens [B, T] int32 -> logits [B, T, V]. */
+  forward(tokens: tf.Tensor, ctx: ForwardContext): tf.Tensor3D {
+    if (tokens.shape[1]! > this.options.contextLength) {
+      throw new Error(`sequence length ${tokens.shape[1]} exceeds the model's contextLength ${this.options.contextLength}`);
+    }
+    let h = this.embedding.forward(tokens);
+    if (this.options.embeddingScale !== 1) h = tf.mul(h, this.options.embeddingScale);
+    for (const i of this.schedule) h = this.layers[i]!.forward(h, ctx);
+    for (const m of this.modules()) m.finalizeForward?.(ctx);
+    const hn = this.outNorm.forward(h);
+    if (this.head) return this.head.forward(hn) as tf.Tensor3D;
+    const [B, T, d] = hn.shape as [number, number, number];
+    return tf.reshape(tf.matMul(tf.reshape(hn, [B * T, d]), this.embedding.weight, false, true), [B, T, this.options.vocabSize]);
+  }
+}

@@ -1,0 +1,128 @@
+/**
+ * Gaps in stock tfjs that break MoE training, closed once for every backend (ENGINE-NOTES pitfalls 8, 9).
+ *
+ * 1. TopK has no gradient: we register one (values' gradient scattered back to the input positions).
+ * 2. GatherV2's gradient returns an int32 gradient for `indices`, which autodiff rejects when the indices
+ *    come from a routing decision (`gather(table, topk(x).indices)`): we re-register it with float zeros.
+ * 3. The cpu backend's UnsortedSegmentSum is O(segments x size) (140 s for 64 segments of [4096,256]) and
+ *    it is what GatherV2's gradient calls; wasm has none at all. We register an O(N) kernel for both.
+ */
+import * as tf from '@tensorflow/tfjs';
+
+let installed = false;
+
+function segmentSumValues(x: Float32Array, ids: Int32Array, numSegments: number, inner: number): Float32Array {
+  const out = new Float32Array(numSegments * inner);
+  for (let i = 0; i < ids.length; i++) {
+    const s = ids[i]!;
+    // TF semantics: out-of-range (e.g. negative) segment ids are dropped.
+    if (s < 0 || s >= numSegments) continue;
+    const src = i * inner;
+    const dst = s * inner;
+    for (let j = 0; j < inner; j++) out[dst + j]! += x[src + j]!;
+  }
+  return out;
+}
+
+interface SegmentArgs {
+  inputs: tf.NamedTensorInfoMap;
+  backend: unknown;
+  attrs?: tf.NamedAttrMap;
+}
+
+/** A backend-agnostic O(N) UnsortedSegmentSum for backends whose storage is readable synchronously. */
+function makeSegmentSumKernel(backendName: string): tf.KernelConfig {
+  return {
+    kernelName: tf.UnsortedSegmentSum,
+    backendName,
+    kernelFunc: ((args: SegmentArgs) => {
+      const { x, segmentIds } = args.inputs as { x: tf.TensorInfo; segmentIds: tf.TensorInfo };
+      const numSegments = (args.attrs as { numSegments: number }).numSegments;
+      // biome-ignore lint/suspicious/noExplicitAny: backends expose different storage APIs
+      const backend = args.backend as any;
+      const xv = backend.readSync(x.dataId) as Float32Array | Int32Array;
+      let idv = backend.readSync(segmentIds.dataId) as Int32Array | Float32Array;
+      if (!(idv instanceof Int32Array)) idv = Int32Array.from(idv);
+      const idCount = segmentIds.shape.reduce((a, b) => a * b, 1);
+      const inner = idCount === 0 ? 0 : x.shape.slice(segmentIds.shape.length).reduce((a, b) => a * b, 1);
+      const xf = xv instanceof Float32Array ? xv : Float32Array.from(xv);
+      const values = segmentSumValues(xf, idv, numSegments, inner);
+      const shape = [numSegments, ...x.shape.slice(segmentIds.shape.length)];
+      const outValues = x.dtype === 'int32' ? Int32Array.from(values) : values;
+      if (typeof backend.makeTensorInfo === 'function' && backendName !== 'wasm') {
+        return backend.makeTensorInfo(shape, x.dtype, outValues);
+      }
+      return backend.makeOutput(shape, x.dtype, undefined, outValues);
+    }) as unknown as tf.KernelFunc,
+  };
+}
+
+/** Register the O(N) segment sum for a backend (called for cpu and wasm here, and by backend packages). */
+export function registerSegmentSumFor(backendName: string): void {
+  if (tf.getKernel(tf.UnsortedSegmentSum, backendName)) tf.unregisterKernel(tf.UnsortedSegmentSum, backendName);
+  tf.registerKernel(makeSegmentSumKernel(backendName));
+}
+
+function gatherGrad(dy: tf.Tensor, x: tf.Tensor, indices: tf.Tensor, axis: number, batchDims: number) {
+  if (batchDims !== 0) throw new Error('moelab: GatherV2 gradient with batchDims > 0 is not supported');
+  const ax = axis < 0 ? axis + x.rank : axis;
+  const outer = x.shape.slice(0, ax);
+  const inner = x.shape.slice(ax + 1);
+  const n = indices.size;
+  // dy: outer + indices.shape + inner -> [outer, n, inner] -> [n, outer, inner]
+  const dyR = tf.reshape(dy, [...outer, n, ...inner]);
+  const perm = [outer.length, ...outer.map((_, i) => i), ...inner.map((_, i) => outer.length + 1 + i)];
+  const dyT = tf.transpose(dyR, perm);
+  const summed = tf.unsortedSegmentSum(dyT, tf.reshape(indices, [n]) as tf.Tensor1D, x.shape[ax]!);
+  const inv = new Array<number>(perm.length);
+  perm.forEach((p, i) => {
+    inv[p] = i;
+  });
+  return tf.transpose(summed, inv);
+}
+
+export function installEngineFixes(): void {
+  if (installed) return;
+  installed = true;
+
+  tf.registerGradient({
+    kernelName: tf.GatherV2,
+    inputsToSave: ['x', 'indices'],
+    gradFunc: (dy, saved, attrs) => {
+      const [x, indices] = saved as [tf.Tensor, tf.Tensor];
+      const { axis, batchDims } = attrs as unknown as { axis: number; batchDims: number };
+      return {
+        x: () => gatherGrad(dy as tf.Tensor, x, indices, axis, batchDims ?? 0),
+        // Routing indices are discrete: their gradient is zero, and it must be float for autodiff.
+        indices: () => tf.zeros(indices.shape, 'float32'),
+      };
+    },
+  });
+
+  tf.registerGradient({
+    kernelName: tf.TopK,
+    inputsToSave: ['x'],
+    outputsToSave: [false, true],
+    gradFunc: (dys, saved) => {
+      const [x, indices] = saved as [tf.Tensor, tf.Tensor];
+      const dValues = (Array.isArray(dys) ? dys[0] : dys) as tf.Tensor;
+      return {
+        x: () => {
+          const n = x.shape[x.rank - 1]!;
+          const k = indices.shape[indices.rank - 1]!;
+          const rows = x.size / n;
+          const idx2 = tf.reshape(indices, [rows, k]);
+          const offs = tf.mul(tf.range(0, rows, 1, 'int32'), tf.scalar(n, 'int32'));
+          const flat = tf.reshape(tf.add(idx2, tf.reshape(offs, [rows, 1])), [rows * k]);
+          const summed = tf.unsortedSegmentSum(tf.reshape(dValues, [rows * k]), flat as tf.Tensor1D, rows * n);
+          return tf.reshape(summed, x.shape);
+        },
+      };
+    },
+  });
+
+  for (const name of ['cpu', 'wasm']) {
+    // wasm may be absent (not imported); registering a kernel for an unknown backend is harmless.
+    registerSegmentSumFor(name);
+  }
+}

@@ -1,0 +1,151 @@
+/**
+ * Core's own registry entries: the generic structure a model is made of (language model, block, dense
+ * and MoE feed-forward shells, norms). Concrete routers, experts and attention variants come from
+ * plugin packages.
+ */
+import type { BuildContext } from './builder.js';
+import { MoelabError } from './errors.js';
+import { ACTIVATIONS } from './nn/activations.js';
+import type { AttentionModule } from './nn/attention.js';
+import { DenseFFN } from './nn/ffn.js';
+import { LayerNorm, type Norm, RMSNorm } from './nn/layers.js';
+import { type ExpertBank, type FeedForward, MoELayer, type Router } from './nn/moe.js';
+import { TransformerBlock, TransformerLM } from './nn/transformer.js';
+import { defineEntry, definePlugin } from './registry.js';
+import { Config, Node, Type } from './schema.js';
+
+const activation = Type.Union(
+  ACTIVATIONS.map((a) => Type.Literal(a)),
+  { default: 'gelu', description: 'activation function' },
+);
+
+export const layerNormEntry = defineEntry({
+  kind: 'norm',
+  name: 'layernorm',
+  description: 'LayerNorm over the model dimension (affine).',
+  schema: Config({ eps: Type.Number({ default: 1e-5, exclusiveMinimum: 0 }), bias: Type.Boolean({ default: true }) }),
+  create: (c, ctx) => new LayerNorm(ctx.need('dModel'), c.eps, c.bias),
+});
+
+export const rmsNormEntry = defineEntry({
+  kind: 'norm',
+  name: 'rmsnorm',
+  description: 'RMSNorm (Zhang & Sennrich 2019): x / rms(x) * g.',
+  schema: Config({ eps: Type.Number({ default: 1e-6, exclusiveMinimum: 0 }) }),
+  create: (c, ctx) => new RMSNorm(ctx.need('dModel'), c.eps),
+});
+
+export const denseFFNEntry = defineEntry({
+  kind: 'ffn',
+  name: 'dense',
+  description: 'Dense feed-forward: W2 act(W1 x), or gated (GLU / SwiGLU) with glu: true.',
+  schema: Config({
+    hidden: Type.Integer({ minimum: 1, default: 512, description: 'hidden width' }),
+    activation,
+    glu: Type.Boolean({ default: false, description: 'gated linear unit: act(W1 x) * W3 x' }),
+    bias: Type.Boolean({ default: false }),
+  }),
+  create: (c, ctx) => new DenseFFN(ctx.need('dModel'), c.hidden, c.activation, c.glu, ctx.rng, c.bias),
+});
+
+export const moeFFNEntry = defineEntry({
+  kind: 'ffn',
+  name: 'moe',
+  description: 'Mixture-of-Experts feed-forward: router -> dispatch -> experts -> combine, dropless or with capacity.',
+  reference: 'specs/routers.md §2 (router contract), §6 (capacity)',
+  schema: Config({
+    experts: Type.Integer({ minimum: 1, default: 8, description: 'number of routed experts E' }),
+    router: Node('router', { default: 'softmax-topk' }),
+    expert: Node('expert', { default: 'mlp' }),
+    shared: Type.Optional(Node('expert', { description: 'always-on shared experts (their own count in `experts`)' })),
+    capacityFactor: Type.Number({ minimum: 0, default: 0, description: 'per-expert capacity = ceil(cf * assignments / E); 0 = dropless' }),
+  }),
+  create: (c, ctx) => {
+    const router = ctx.build<Router>('router', c.router, 'router', { numExperts: c.experts });
+    if (ctx.env.causal && router.flags.batchDependent) {
+      throw new MoelabError(
+        'this router is batch-dependent (a token\'s routing depends on other tokens of the batch), which leaks future tokens in a causal language model. Use a causal-safe router (e.g. softmax-topk, sigma-topk) here.',
+        `${ctx.path}.router`,
+      );
+    }
+    const experts = ctx.build<ExpertBank>('expert', c.expert, 'expert', { numExperts: c.experts });
+    let shared: ExpertBank | undefined;
+    if (c.shared !== undefined) shared = ctx.build<ExpertBank>('expert', c.shared, 'shared', { numExperts: undefined });
+    return new MoELayer(router, experts, { capacityFactor: c.capacityFactor }, shared);
+  },
+});
+
+export const transformerBlockEntry = defineEntry({
+  kind: 'block',
+  name: 'transformer',
+  description: 'Transformer block: attention + feed-forward with pre-, post- or peri-layernorm.',
+  schema: Config({
+    norm: Type.Union([Type.Literal('pre'), Type.Literal('post'), Type.Literal('peri')], {
+      default: 'pre',
+      description: 'norm placement; peri = MoEUT (norm only before softmax/sigmoid inputs)',
+    }),
+    normType: Node('norm', { default: 'layernorm' }),
+    attention: Node('attention', { default: { type: 'mha', heads: 4 } }),
+    ffn: Node('ffn', { default: { type: 'dense', hidden: 512 } }),
+    dropout: Type.Number({ minimum: 0, maximum: 1, default: 0 }),
+  }),
+  create: (c, ctx) => {
+    const attention = ctx.build<AttentionModule>('attention', c.attention, 'attention');
+    const ffn = ctx.build<FeedForward>('ffn', c.ffn, 'ffn');
+    const ln1 = ctx.build<Norm>('norm', c.normType, 'normType');
+    const ln2 = ctx.build<Norm>('norm', c.normType, 'normType');
+    return new TransformerBlock(attention, ffn, ln1, ln2, c.norm, c.dropout);
+  },
+});
+
+export const transformerLMEntry = defineEntry({
+  kind: 'model',
+  name: 'transformer-lm',
+  description: 'Causal transformer language model, with optional layer grouping (shared blocks repeated).',
+  schema: Config({
+    vocabSize: Type.Integer({ minimum: 2, default: 256 }),
+    dModel: Type.Integer({ minimum: 1, default: 128 }),
+    contextLength: Type.Integer({ minimum: 1, default: 128 }),
+    stack: Type.Object(
+      {
+        groupSize: Type.Integer({ minimum: 1, default: 2, description: 'G distinct blocks' }),
+        repeats: Type.Integer({ minimum: 1, default: 1, description: 'R: the group runs R times, weights shared' }),
+        order: Type.Union([Type.Literal('abab'), Type.Literal('aabb')], { default: 'abab' }),
+      },
+      { additionalProperties: false, default: {} },
+    ),
+    block: Node('block', { default: { type: 'transformer' } }),
+    outNorm: Node('norm', { default: 'layernorm' }),
+    tieEmbeddings: Type.Boolean({ default: false }),
+    headBias: Type.Boolean({ default: false }),
+    embeddingStd: Type.Number({ exclusiveMinimum: 0, default: 0.02 }),
+    embeddingScale: Type.Number({ exclusiveMinimum: 0, default: 1 }),
+  }),
+  create: (c, ctx: BuildContext) => {
+    const env = { dModel: c.dModel, vocabSize: c.vocabSize, contextLength: c.contextLength, causal: true, nLayers: c.stack.groupSize * c.stack.repeats };
+    const blocks: TransformerBlock[] = [];
+    for (let i = 0; i < c.stack.groupSize; i++) blocks.push(ctx.build<TransformerBlock>('block', c.block, 'block', { ...env, layerIndex: i }));
+    const outNorm = ctx.build<Norm>('norm', c.outNorm, 'outNorm', env);
+    return new TransformerLM(
+      {
+        vocabSize: c.vocabSize,
+        dModel: c.dModel,
+        contextLength: c.contextLength,
+        repeats: c.stack.repeats,
+        order: c.stack.order,
+        tieEmbeddings: c.tieEmbeddings,
+        headBias: c.headBias,
+        embeddingStd: c.embeddingStd,
+        embeddingScale: c.embeddingScale,
+      },
+      blocks,
+      outNorm,
+      ctx.rng,
+    );
+  },
+});
+
+export const corePlugin = definePlugin({
+  name: '@moelab/core',
+  entries: [layerNormEntry, rmsNormEntry, denseFFNEntry, moeFFNEntry, transformerBlockEntry, transformerLMEntry],
+});

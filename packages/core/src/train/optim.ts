@@ -1,0 +1,112 @@
+/**
+ * AdamW (Loshchilov & Hutter 2019) with decoupled weight decay, a linear-warmup + cosine schedule and
+ * global-norm gradient clipping. Written here rather than using tf.train.adam because we need decoupled
+ * decay and an exportable state (exact resume).
+ */
+import type { TensorToWrite } from '../safetensors.js';
+import { tf } from '../tf.js';
+
+export interface AdamWOptions {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+}
+
+export class AdamW {
+  step = 0;
+  private m = new Map<string, tf.Variable>();
+  private v = new Map<string, tf.Variable>();
+
+  constructor(
+    readonly params: [string, tf.Variable][],
+    readonly options: AdamWOptions,
+  ) {
+    for (const [name, p] of params) {
+      this.m.set(name, tf.variable(tf.zerosLike(p), false));
+      this.v.set(name, tf.variable(tf.zerosLike(p), false));
+    }
+  }
+
+  /** Apply one update. `grads` is keyed like `params`. Weight decay skips 1-D tensors (norms, biases). */
+  apply(grads: Map<string, tf.Tensor>, lr: number): void {
+    this.step++;
+    const { beta1, beta2, eps, weightDecay } = this.options;
+    const bc1 = 1 - beta1 ** this.step;
+    const bc2 = 1 - beta2 ** this.step;
+    tf.tidy(() => {
+      for (const [name, p] of this.params) {
+        const g = grads.get(name);
+        if (!g) continue;
+        const m = this.m.get(name)!;
+        const v = this.v.get(name)!;
+        const m2 = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
+        const v2 = tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2));
+        m.assign(m2);
+        v.assign(v2);
+        const update = tf.div(tf.div(m2, bc1), tf.add(tf.sqrt(tf.div(v2, bc2)), eps));
+        let next = tf.sub(p, tf.mul(update, lr));
+        if (weightDecay > 0 && p.rank > 1) next = tf.sub(next, tf.mul(p, lr * weightDecay));
+        p.assign(next);
+      }
+    });
+  }
+
+  stateTensors(): Map<string, TensorToWrite> {
+    const out = new Map<string, TensorToWrite>();
+    for (const [name] of this.params) {
+      const m = this.m.get(name)!;
+      const v = this.v.get(name)!;
+      out.set(`exp_avg.${name}`, { shape: m.shape.slice(), data: m.dataSync() as Float32Array });
+      out.set(`exp_avg_sq.${name}`, { shape: v.shape.slice(), data: v.dataSync() as Float32Array });
+    }
+    out.set('step', { shape: [1], data: Int32Array.of(this.step), dtype: 'I32' });
+    return out;
+  }
+
+  loadState(tensors: Map<string, { shape: number[]; data: Float32Array | Int32Array | Uint8Array }>, source = 'optimizer state'): void {
+    const stepT = tensors.get('step');
+    if (!stepT) throw new Error(`${source}: tensor "step" is missing`);
+    for (const [name, p] of this.params) {
+      for (const [prefix, store] of [
+        ['exp_avg.', this.m],
+        ['exp_avg_sq.', this.v],
+      ] as const) {
+        const t = tensors.get(prefix + name);
+        if (!t) throw new Error(`${source}: tensor "${prefix}${name}" is missing`);
+        if (t.shape.join(',') !== p.shape.join(',')) throw new Error(`${source}: tensor "${prefix}${name}" has shape ${JSON.stringify(t.shape)}, parameter has ${JSON.stringify(p.shape)}`);
+        tf.tidy(() => store.get(name)!.assign(tf.tensor(Float32Array.from(t.data as ArrayLike<number>), p.shape)));
+      }
+    }
+    this.step = Number(stepT.data[0]);
+  }
+
+  dispose(): void {
+    for (const t of this.m.values()) t.dispose();
+    for (const t of this.v.values()) t.dispose();
+  }
+}
+
+/** Linear warmup to `lr`, then cosine decay to `lr * minLrRatio` at `totalSteps`. */
+export function learningRate(step: number, lr: number, warmup: number, totalSteps: number, minLrRatio: number): number {
+  if (warmup > 0 && step < warmup) return (lr * (step + 1)) / warmup;
+  const span = Math.max(1, totalSteps - warmup);
+  const t = Math.min(1, (step - warmup) / span);
+  return lr * (minLrRatio + (1 - minLrRatio) * 0.5 * (1 + Math.cos(Math.PI * t)));
+}
+
+/** Scale gradients so that their global L2 norm is at most maxNorm. Returns the norm before clipping. */
+export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): { grads: Map<string, tf.Tensor>; norm: number } {
+  const norm = tf.tidy(() => {
+    const sq = [...grads.values()].map((g) => tf.sum(tf.square(g)));
+    return sq.length ? Math.sqrt(tf.addN(sq).dataSync()[0]!) : 0;
+  });
+  if (!(maxNorm > 0) || norm <= maxNorm || !Number.isFinite(norm)) return { grads, norm };
+  const scale = maxNorm / (norm + 1e-6);
+  const out = new Map<string, tf.Tensor>();
+  for (const [k, g] of grads) {
+    out.set(k, tf.mul(g, scale));
+    g.dispose();
+  }
+  return { grads: out, norm };
+}

@@ -1,0 +1,194 @@
+/**
+ * The trainer: AdamW, warmup + cosine, clipping, gradient accumulation, periodic evaluation.
+ *
+ * Determinism: every random choice of step s (data windows, dropout, routing noise) comes from an RNG
+ * derived from (seed, s, micro-batch), never from a stream that depends on history. So a run resumed
+ * from a checkpoint at step s produces exactly the losses of the uninterrupted run.
+ */
+import type { LanguageModel } from '../builder.js';
+import { crossEntropy } from '../losses.js';
+import { type AuxLoss, type ForwardContext, forwardContext, type Module, type RoutingStats } from '../module.js';
+import { Rng } from '../rng.js';
+import { tf } from '../tf.js';
+import { AdamW, clipByGlobalNorm, learningRate } from './optim.js';
+
+export interface TrainConfig {
+  steps: number;
+  batchSize: number;
+  /** Tokens per training window (<= the model's contextLength). */
+  seqLen: number;
+  lr: number;
+  minLrRatio: number;
+  warmup: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** Max global gradient norm (0 = no clipping). */
+  clip: number;
+  /** Micro-batches per optimiser step (gradient accumulation). */
+  accumulate: number;
+  /** Evaluate every N steps (0 = only when asked). */
+  evalEvery: number;
+  evalBatches: number;
+  seed: number;
+}
+
+export const defaultTrainConfig: TrainConfig = {
+  steps: 200,
+  batchSize: 16,
+  seqLen: 64,
+  lr: 3e-3,
+  minLrRatio: 0.1,
+  warmup: 20,
+  weightDecay: 0.01,
+  beta1: 0.9,
+  beta2: 0.95,
+  eps: 1e-8,
+  clip: 1,
+  accumulate: 1,
+  evalEvery: 50,
+  evalBatches: 4,
+  seed: 0,
+};
+
+/** Where training windows come from. Returns B*(T+1) token ids (row-major [B, T+1]). */
+export interface TokenSource {
+  batch(rng: Rng, batchSize: number, seqLen: number, split: 'train' | 'val'): Int32Array;
+}
+
+export interface StepMetrics {
+  step: number;
+  loss: number;
+  ce: number;
+  aux: Record<string, number>;
+  lr: number;
+  gradNorm: number;
+  tokens: number;
+  ms: number;
+  routing: RoutingStats[];
+}
+
+export interface EvalMetrics {
+  step: number;
+  loss: number;
+  perplexity: number;
+  bitsPerToken: number;
+}
+
+type TrainableModel = Module & LanguageModel;
+
+/** Cross-entropy + weighted aux losses for one [B, T+1] batch. Call inside a tidy / grad scope. */
+export function lmLoss(model: TrainableModel, windows: tf.Tensor2D, ctx: ForwardContext): { total: tf.Scalar; ce: tf.Scalar; aux: AuxLoss[] } {
+  const [B, T1] = windows.shape;
+  const inputs = tf.slice(windows, [0, 0], [B, T1 - 1]);
+  const targets = tf.slice(windows, [0, 1], [B, T1 - 1]);
+  const logits = model.forward(inputs, ctx);
+  const ce = crossEntropy(logits, targets);
+  let total: tf.Scalar = ce;
+  for (const a of ctx.aux) if (a.coef !== 0) total = tf.add(total, tf.mul(a.value, a.coef)) as tf.Scalar;
+  return { total, ce, aux: ctx.aux };
+}
+
+export class Trainer {
+  readonly config: TrainConfig;
+  readonly optimizer: AdamW;
+  readonly params: [string, tf.Variable][];
+
+  constructor(
+    readonly model: TrainableModel,
+    readonly data: TokenSource,
+    config: Partial<TrainConfig> = {},
+  ) {
+    this.config = { ...defaultTrainConfig, ...config };
+    if (this.config.seqLen > model.contextLength) throw new Error(`seqLen ${this.config.seqLen} exceeds the model's contextLength ${model.contextLength}`);
+    this.params = model.namedParameters().filter(([, v]) => v.trainable);
+    this.optimizer = new AdamW(this.params, this.config);
+  }
+
+  get step(): number {
+    return this.optimizer.step;
+  }
+
+  private windows(split: 'train' | 'val', rng: Rng): tf.Tensor2D {
+    const { batchSize, seqLen } = this.config;
+    return tf.tensor2d(this.data.batch(rng, batchSize, seqLen, split), [batchSize, seqLen + 1], 'int32');
+  }
+
+  /** One optimiser step (with `accumulate` micro-batches). */
+  trainStep(): StepMetrics {
+    const t0 = performance.now();
+    const c = this.config;
+    const step = this.step;
+    const vars = this.params.map(([, v]) => v);
+    let acc = new Map<string, tf.Tensor>();
+    let lossSum = 0;
+    let ceSum = 0;
+    const auxSum: Record<string, number> = {};
+    const routing: RoutingStats[] = [];
+    for (let micro = 0; micro < c.accumulate; micro++) {
+      const ctx = forwardContext(Rng.derive(c.seed, 'fwd', step, micro), true);
+      const batch = this.windows('train', Rng.derive(c.seed, 'data', step, micro));
+      const { value, grads } = tf.variableGrads(() => {
+        const { total, ce, aux } = lmLoss(this.model, batch, ctx);
+        ceSum += ce.dataSync()[0]!;
+        for (const a of aux) auxSum[a.name] = (auxSum[a.name] ?? 0) + a.value.dataSync()[0]! / c.accumulate;
+        return total;
+      }, vars);
+      batch.dispose();
+      lossSum += value.dataSync()[0]!;
+      value.dispose();
+      routing.push(...ctx.routing);
+      const next = new Map<string, tf.Tensor>();
+      this.params.forEach(([name, v]) => {
+        const g = grads[v.name];
+        if (!g) return;
+        const prev = acc.get(name);
+        next.set(name, prev ? tf.tidy(() => tf.add(prev, g)) : g);
+        if (prev) {
+          prev.dispose();
+          g.dispose();
+        }
+      });
+      acc = next;
+    }
+    if (c.accumulate > 1) {
+      const scaled = new Map<string, tf.Tensor>();
+      for (const [k, g] of acc) {
+        scaled.set(k, tf.div(g, c.accumulate));
+        g.dispose();
+      }
+      acc = scaled;
+    }
+    const { grads, norm } = clipByGlobalNorm(acc, c.clip);
+    const lr = learningRate(step, c.lr, c.warmup, c.steps, c.minLrRatio);
+    this.optimizer.apply(grads, lr);
+    for (const g of grads.values()) g.dispose();
+    const tokens = c.batchSize * c.seqLen * c.accumulate;
+    return {
+      step: this.step,
+      loss: lossSum / c.accumulate,
+      ce: ceSum / c.accumulate,
+      aux: auxSum,
+      lr,
+      gradNorm: norm,
+      tokens,
+      ms: performance.now() - t0,
+      routing,
+    };
+  }
+
+  /** Mean validation loss over a fixed set of windows (the same windows at every evaluation). */
+  evaluate(batches = this.config.evalBatches): EvalMetrics {
+    let sum = 0;
+    for (let i = 0; i < batches; i++) {
+      sum += tf.tidy(() => {
+        const ctx = forwardContext(Rng.derive(this.config.seed, 'eval-fwd', i), false);
+        const w = this.windows('val', Rng.derive(this.config.seed, 'eval', i));
+        return lmLoss(this.model, w, ctx).ce.dataSync()[0]!;
+      });
+    }
+    const loss = sum / Math.max(1, batches);
+    return { step: this.step, loss, perplexity: Math.exp(loss), bitsPerToken: loss / Math.LN2 };
+  }
+}

@@ -1,0 +1,12 @@
+/**
+ * @moelab/routers — gates that decide which experts process each token.
+ * @packageDocumentation
+ */
+import { definePlugin } from '@moelab/core';
+import { softmaxTopK } from './softmax-topk.js';
+
+export { SoftmaxTopKRouter, softmaxTopK, type SoftmaxTopKOptions } from './softmax-topk.js';
+
+/** Every router of this package, ready for `registry.use(routers)`. */
+export const routers = definePlugin({ name: '@moelab/routers', entries: [softmaxTopK] });
+export default routers;
