@@ -32,3 +32,4 @@ export * from './metrics.js';
 export * from './generate.js';
 export * from './plugin.js';
 export * from './spec-info.js';
+export * from './fixtures.js';
