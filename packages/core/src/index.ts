@@ -33,3 +33,4 @@ export * from './generate.js';
 export * from './plugin.js';
 export * from './spec-info.js';
 export * from './fixtures.js';
+export * from './presets.js';

@@ -56,12 +56,14 @@ export function validateConfig<S extends TSchema>(schema: S, value: unknown, pat
   }
   const first = Value.Errors(schema, withDefaults).First();
   if (first) {
-    const where = joinPath(path, first.path);
+    let where = joinPath(path, first.path);
     let msg = first.message;
-    if (first.schema && (first.schema as { additionalProperties?: unknown }).additionalProperties === false && /additional|unexpected propert/i.test(msg)) {
-      const props = Object.keys((first.schema as { properties?: object }).properties ?? {});
-      const extra = Object.keys((first.value as object) ?? {}).filter((k) => !props.includes(k));
-      msg = `unknown field${extra.length > 1 ? 's' : ''} ${extra.map((e) => `"${e}"`).join(', ')}; allowed: ${props.join(', ')}`;
+    const objSchema = first.schema as { additionalProperties?: unknown; properties?: object };
+    if (objSchema && objSchema.additionalProperties === false && /additional|unexpected propert/i.test(msg)) {
+      // TypeBox points at the offending key: report it on its parent object, with the allowed keys.
+      const key = first.path.split('/').pop() ?? '';
+      where = joinPath(path, first.path.split('/').slice(0, -1).join('/'));
+      msg = `unknown field "${key}"; allowed: ${Object.keys(objSchema.properties ?? {}).join(', ')}`;
     } else if (first.value !== undefined) {
       msg = `${msg} (got ${JSON.stringify(first.value)})`;
     }

@@ -1,0 +1,73 @@
+/**
+ * Node backends, detected at run time (none is a hard dependency):
+ *  - `tensorflow`: @tensorflow/tfjs-node-gpu, else @tensorflow/tfjs-node, when the user installed one
+ *    (`pnpm add @tensorflow/tfjs-node-gpu`; its installer downloads libtensorflow, so we never list it).
+ *  - `moelab-cpu`: moelab's native CPU kernels (@moelab/kernels-cpu), when its addon built.
+ *  - `wasm`: tfjs's WebAssembly backend (single-threaded in Node).
+ *  - `cpu`: plain JavaScript (always there).
+ */
+import { type BackendChoice, registerBackendCandidate, registerSegmentSumFor, resolveBackend } from '@moelab/core';
+
+let registered = false;
+
+async function tryImport(name: string): Promise<unknown> {
+  // A variable specifier keeps bundlers and TypeScript from resolving optional packages at build time.
+  const spec = name;
+  return import(spec);
+}
+
+export function registerNodeBackends(): void {
+  if (registered) return;
+  registered = true;
+  registerBackendCandidate({
+    name: 'tensorflow',
+    priority: 100,
+    hint: 'Install it with `pnpm add @tensorflow/tfjs-node-gpu` (CUDA) or `pnpm add @tensorflow/tfjs-node` (CPU).',
+    load: async () => {
+      for (const pkg of ['@tensorflow/tfjs-node-gpu', '@tensorflow/tfjs-node']) {
+        try {
+          await tryImport(pkg);
+          return { ok: true, reason: `${pkg} (libtensorflow)` };
+        } catch {
+          /* not installed: try the next */
+        }
+      }
+      return { ok: false, reason: 'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed' };
+    },
+  });
+  registerBackendCandidate({
+    name: 'moelab-cpu',
+    priority: 50,
+    hint: 'It needs a C++ compiler at install time (and OpenBLAS for the fastest GEMM: apt-get install libopenblas-dev), then `pnpm rebuild @moelab/kernels-cpu`.',
+    load: async () => {
+      let mod: { registerMoelabCpuBackend?: (tf?: unknown) => { available: boolean; reason: string; blas?: string; threads?: number } };
+      try {
+        mod = (await tryImport('@moelab/kernels-cpu')) as typeof mod;
+      } catch {
+        return { ok: false, reason: '@moelab/kernels-cpu is not installed' };
+      }
+      if (!mod.registerMoelabCpuBackend) return { ok: false, reason: '@moelab/kernels-cpu has no registerMoelabCpuBackend export' };
+      const r = mod.registerMoelabCpuBackend();
+      if (r.available) registerSegmentSumFor('moelab-cpu');
+      return { ok: r.available, reason: r.available ? `native kernels (${r.blas ?? 'builtin GEMM'}, ${r.threads ?? 1} threads)` : r.reason };
+    },
+  });
+  registerBackendCandidate({
+    name: 'wasm',
+    priority: 20,
+    load: async () => {
+      try {
+        await tryImport('@tensorflow/tfjs-backend-wasm');
+        return { ok: true, reason: 'WebAssembly kernels (single-threaded in Node)' };
+      } catch (e) {
+        return { ok: false, reason: `@tensorflow/tfjs-backend-wasm could not be loaded (${(e as Error).message})` };
+      }
+    },
+  });
+}
+
+/** Pick the backend (`auto` or a name) before any model is built. */
+export async function chooseBackend(request = 'auto'): Promise<BackendChoice> {
+  registerNodeBackends();
+  return resolveBackend(request);
+}

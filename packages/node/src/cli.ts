@@ -1,0 +1,273 @@
+#!/usr/bin/env node
+/**
+ * The `moelab` command line. Every command prints a clear message (never a stack trace) on bad input;
+ * `MOELAB_DEBUG=1` shows the stack.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { ByteTokenizer, forwardContext, generateTokens, MoelabError, type NodeSpec, type Preset, Rng, tf, type TrainConfig, modelSummary, balanceOf, mergeRouting } from '@moelab/core';
+import { chooseBackend } from './backends.js';
+import { loadCheckpoint } from './checkpoint.js';
+import { compareRuns } from './compare.js';
+import { CorpusTokens, loadCorpus } from './corpus.js';
+import { createDefaultRegistry } from './registry.js';
+import { trainRun } from './run.js';
+import { formatTable, human } from './table.js';
+import { verifyFiles } from './verify.js';
+
+const HELP = `moelab — a lab for Mixture-of-Experts models
+
+Usage: moelab <command> [options]
+
+Commands:
+  train [spec.json]       train a model (a spec file or --preset NAME) on --data
+  eval <checkpoint>       validation loss and perplexity of a checkpoint
+  generate <checkpoint>   sample text (--prompt, --tokens, --temperature, --top-k)
+  list [kind] [pattern]   registry contents (--json for machine-readable output)
+  inspect <checkpoint>    spec, parameter counts and per-layer routing on a text (--text)
+  verify <fixture.json…>  check golden fixtures against this implementation
+  compare <preset…>       train presets on the same data and budget, print a table
+  main                    the demo: compare dense-tiny and moe-tiny (what \`pnpm start\` runs)
+
+Common options:
+  --backend auto|NAME     tfjs backend (auto: tensorflow > moelab-cpu > wasm > cpu)
+  --data brown|sotu|PATH  training text (default brown)
+  --out DIR               run directory (default runs/<name>)
+  --steps N --batch N --seq N --lr X --seed N --eval-every N --accumulate N
+  --time-budget SECONDS   stop a run early after this long
+  --resume                continue the checkpoint in --out exactly
+  -h, --help
+`;
+
+const options = {
+  preset: { type: 'string' },
+  data: { type: 'string' },
+  out: { type: 'string' },
+  backend: { type: 'string', default: 'auto' },
+  steps: { type: 'string' },
+  batch: { type: 'string' },
+  seq: { type: 'string' },
+  lr: { type: 'string' },
+  seed: { type: 'string' },
+  'eval-every': { type: 'string' },
+  'eval-batches': { type: 'string' },
+  accumulate: { type: 'string' },
+  'time-budget': { type: 'string' },
+  'checkpoint-every': { type: 'string' },
+  resume: { type: 'boolean' },
+  json: { type: 'boolean' },
+  prompt: { type: 'string' },
+  tokens: { type: 'string' },
+  temperature: { type: 'string' },
+  'top-k': { type: 'string' },
+  text: { type: 'string' },
+  quiet: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+type Opts = { [K in keyof typeof options]?: (typeof options)[K]['type'] extends 'boolean' ? boolean : string };
+
+function num(v: string | undefined, flag: string, integer = true): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new MoelabError(`--${flag} expects ${integer ? 'an integer' : 'a number'}, got "${v}"`);
+  return n;
+}
+
+function trainOverrides(o: Opts): Partial<TrainConfig> {
+  const t: Partial<TrainConfig> = {
+    steps: num(o.steps, 'steps'),
+    batchSize: num(o.batch, 'batch'),
+    seqLen: num(o.seq, 'seq'),
+    lr: num(o.lr, 'lr', false),
+    seed: num(o.seed, 'seed'),
+    evalEvery: num(o['eval-every'], 'eval-every'),
+    evalBatches: num(o['eval-batches'], 'eval-batches'),
+    accumulate: num(o.accumulate, 'accumulate'),
+  };
+  return Object.fromEntries(Object.entries(t).filter(([, v]) => v !== undefined));
+}
+
+function readSpecFile(path: string): NodeSpec {
+  if (!existsSync(path)) throw new MoelabError('no such file', path);
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new MoelabError(`not valid JSON (${(e as Error).message})`, path);
+  }
+}
+
+async function backend(o: Opts, quiet = false): Promise<void> {
+  const choice = await chooseBackend(o.backend ?? 'auto');
+  if (!quiet) process.stderr.write(`backend: ${choice.name} — ${choice.reason}\n`);
+}
+
+async function cmdTrain(args: string[], o: Opts): Promise<void> {
+  const registry = createDefaultRegistry();
+  let spec: NodeSpec;
+  let train: Partial<TrainConfig> = {};
+  let name: string;
+  if (o.resume) {
+    if (!o.out) throw new MoelabError('--resume needs --out DIR (the run directory to continue)');
+    spec = {} as NodeSpec;
+    name = o.out;
+  } else if (o.preset) {
+    const p = registry.get('preset', o.preset, '--preset').create({}, undefined as never) as Preset;
+    spec = p.spec;
+    train = p.train;
+    name = o.preset;
+  } else if (args[0]) {
+    spec = readSpecFile(args[0]);
+    name = args[0].replace(/^.*\//, '').replace(/\.json$/, '');
+  } else throw new MoelabError('give a model spec file or --preset NAME (see `moelab list preset`)');
+  await backend(o);
+  const outDir = resolve(o.out ?? join('runs', name));
+  const r = trainRun({ registry, spec, train: { ...train, ...trainOverrides(o) }, data: o.data ?? 'brown', outDir, resume: o.resume, timeBudgetSec: num(o['time-budget'], 'time-budget', false), checkpointEvery: num(o['checkpoint-every'], 'checkpoint-every'), label: name, quiet: o.quiet });
+  process.stdout.write(
+    `${name}: ${r.steps} steps, val loss ${r.finalEval.loss.toFixed(4)} (ppl ${r.finalEval.perplexity.toFixed(2)}), ${Math.round(r.tokensPerSec)} tok/s, ${human(r.summary.parameters)} params (${human(r.summary.activeParameters)} active)\ncheckpoint: ${join(outDir, 'checkpoint')}\nmetrics: ${join(outDir, 'metrics.jsonl')}\n`,
+  );
+}
+
+async function cmdEval(args: string[], o: Opts): Promise<void> {
+  if (!args[0]) throw new MoelabError('usage: moelab eval <checkpoint-dir> [--data brown|sotu|PATH]');
+  await backend(o, o.json);
+  const { model, config } = loadCheckpoint(args[0], createDefaultRegistry());
+  const data = new CorpusTokens(loadCorpus(o.data ?? config.train?.data ?? 'brown'));
+  const { Trainer } = await import('@moelab/core');
+  const seqLen = num(o.seq, 'seq') ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
+  const ev = new Trainer(model, data, { seqLen, batchSize: num(o.batch, 'batch') ?? 16, seed: config.seed, evalBatches: num(o['eval-batches'], 'eval-batches') ?? 16 }).evaluate();
+  if (o.json) process.stdout.write(`${JSON.stringify({ ...ev, step: config.step })}\n`);
+  else process.stdout.write(`step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/byte\n`);
+}
+
+async function cmdGenerate(args: string[], o: Opts): Promise<void> {
+  if (!args[0]) throw new MoelabError('usage: moelab generate <checkpoint-dir> [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K]');
+  await backend(o, true);
+  const { model } = loadCheckpoint(args[0], createDefaultRegistry());
+  const tok = new ByteTokenizer();
+  const prompt = o.prompt ?? 'The ';
+  const ids = generateTokens(model, tok.encode(prompt), {
+    maxNewTokens: num(o.tokens, 'tokens') ?? 200,
+    temperature: num(o.temperature, 'temperature', false) ?? 0.8,
+    topK: num(o['top-k'], 'top-k') ?? 0,
+    seed: num(o.seed, 'seed') ?? 0,
+  });
+  process.stdout.write(`${prompt}${tok.decode(ids)}\n`);
+}
+
+function cmdList(args: string[], o: Opts): void {
+  const registry = createDefaultRegistry();
+  const [kind, pattern] = args;
+  if (kind && !registry.kinds().includes(kind)) throw new MoelabError(`unknown kind "${kind}". Kinds: ${registry.kinds().join(', ')}`);
+  const entries = registry.list(kind, pattern);
+  if (o.json) {
+    process.stdout.write(`${JSON.stringify(entries.map((e) => registry.describe(e.kind, e.name)), null, 2)}\n`);
+    return;
+  }
+  let current = '';
+  for (const e of entries) {
+    if (e.kind !== current) {
+      current = e.kind;
+      process.stdout.write(`\n${current}:\n`);
+    }
+    process.stdout.write(`  ${e.name.padEnd(22)} ${e.description}\n`);
+  }
+}
+
+async function cmdInspect(args: string[], o: Opts): Promise<void> {
+  if (!args[0]) throw new MoelabError('usage: moelab inspect <checkpoint-dir> [--text TEXT] [--json]');
+  await backend(o, true);
+  const { model, config } = loadCheckpoint(args[0], createDefaultRegistry());
+  const summary = modelSummary(model);
+  const tok = new ByteTokenizer();
+  let ids: Int32Array;
+  if (o.text) ids = tok.encode(o.text);
+  else ids = new CorpusTokens(loadCorpus(o.data ?? 'brown')).tokens('val').slice(0, model.contextLength);
+  ids = ids.slice(0, model.contextLength);
+  if (ids.length === 0) throw new MoelabError('--text is empty');
+  const ctx = forwardContext(new Rng(0), false, { assignments: new Map() });
+  tf.tidy(() => {
+    model.forward(tf.tensor2d(ids, [1, ids.length], 'int32'), ctx);
+  });
+  const layers = [...mergeRouting(ctx.routing).values()].map((s) => ({ layer: s.layer, experts: s.numExperts, ...balanceOf(s.counts), entropy: s.entropy, dropRate: s.dropRate, load: s.load }));
+  if (o.json) {
+    process.stdout.write(`${JSON.stringify({ spec: config.spec, step: config.step, ...summary, tokens: ids.length, layers }, null, 2)}\n`);
+    return;
+  }
+  process.stdout.write(`checkpoint: ${args[0]} (step ${config.step})\nspec: ${JSON.stringify(config.spec)}\nparameters: ${summary.parameters.toLocaleString()}  active per token: ${summary.activeParameters.toLocaleString()}  non-embedding: ${summary.nonEmbeddingParameters.toLocaleString()}\n`);
+  if (layers.length === 0) {
+    process.stdout.write('no MoE layers (dense model)\n');
+    return;
+  }
+  process.stdout.write(`\nrouting on ${ids.length} tokens:\n`);
+  process.stdout.write(
+    `${formatTable(
+      ['layer', 'experts', 'load per expert (%)', 'entropy', 'CV', 'MaxVio', 'drop'],
+      layers.map((l) => [l.layer, l.experts, l.load.map((x) => (100 * x).toFixed(0)).join(' '), l.entropy?.toFixed(3) ?? '-', l.cv.toFixed(3), l.maxVio.toFixed(3), `${(100 * l.dropRate).toFixed(1)}%`]),
+    )}\n`,
+  );
+  const first = [...(ctx.assignments?.entries() ?? [])][0];
+  if (first) {
+    const [layer, calls] = first;
+    const call = calls[0]!;
+    const per: number[][] = Array.from({ length: call.tokens }, () => []);
+    for (let n = 0; n < call.tokenIndex.length; n++) per[call.tokenIndex[n]!]!.push(call.expertIndex[n]!);
+    const shown = Math.min(40, ids.length);
+    process.stdout.write(`\nexperts chosen per token in ${layer} (first ${shown} tokens):\n`);
+    for (let t = 0; t < shown; t++) process.stdout.write(`  ${JSON.stringify(tok.decode([ids[t]!])).padEnd(6)} -> ${per[t]!.join(',')}\n`);
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
+  const o = values as Opts;
+  const [cmd, ...args] = positionals;
+  if (o.help || !cmd) {
+    process.stdout.write(HELP);
+    return cmd || o.help ? 0 : 1;
+  }
+  switch (cmd) {
+    case 'train':
+      await cmdTrain(args, o);
+      return 0;
+    case 'eval':
+      await cmdEval(args, o);
+      return 0;
+    case 'generate':
+      await cmdGenerate(args, o);
+      return 0;
+    case 'list':
+      cmdList(args, o);
+      return 0;
+    case 'inspect':
+      await cmdInspect(args, o);
+      return 0;
+    case 'verify':
+      await backend(o, true);
+      return verifyFiles(args, createDefaultRegistry(), o.json ?? false);
+    case 'compare':
+    case 'main': {
+      await backend(o);
+      const presets = cmd === 'main' ? ['dense-tiny', 'moe-tiny'] : args;
+      if (presets.length === 0) throw new MoelabError('usage: moelab compare <preset> <preset> … (see `moelab list preset`)');
+      await compareRuns({ presets, data: o.data ?? 'brown', outDir: resolve(o.out ?? join('runs', cmd === 'main' ? 'main' : `compare-${presets.join('-vs-')}`)), timeBudgetSec: num(o['time-budget'], 'time-budget', false) ?? (cmd === 'main' ? 150 : undefined), train: trainOverrides(o), quiet: o.quiet });
+      return 0;
+    }
+    default:
+      throw new MoelabError(`unknown command "${cmd}". Run \`moelab --help\` for the list.`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    const err = e as Error & { code?: string };
+    if (process.env.MOELAB_DEBUG) console.error(err);
+    const known = err instanceof MoelabError || err.code?.startsWith('ERR_PARSE_ARGS');
+    process.stderr.write(`moelab: ${known ? '' : 'error: '}${err.message}\n`);
+    process.exitCode = 2;
+  },
+);

@@ -1,0 +1,72 @@
+/**
+ * Train several presets on the same data and token budget and print / write a side-by-side table.
+ * With a time budget, the first preset runs until the budget is spent and every other preset then
+ * runs the same number of steps, so all see the same tokens.
+ */
+import { join } from 'node:path';
+import { type Preset, type TrainConfig, tf } from '@moelab/core';
+import { CorpusTokens, loadCorpus } from './corpus.js';
+import { writeFileAtomic } from './fsutil.js';
+import { createDefaultRegistry } from './registry.js';
+import { type RunResult, trainRun } from './run.js';
+import { formatTable, human } from './table.js';
+
+export interface CompareOptions {
+  presets: string[];
+  data: string;
+  outDir: string;
+  timeBudgetSec?: number;
+  train?: Partial<TrainConfig>;
+  quiet?: boolean;
+}
+
+export interface CompareRow {
+  preset: string;
+  parameters: number;
+  activeParameters: number;
+  steps: number;
+  tokens: number;
+  valLoss: number;
+  valPerplexity: number;
+  tokensPerSec: number;
+  wallSec: number;
+  /** Mean over MoE layers of the coefficient of variation of expert load (null for dense). */
+  loadCV: number | null;
+  maxVio: number | null;
+}
+
+export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
+  const registry = createDefaultRegistry();
+  const tokens = new CorpusTokens(loadCorpus(o.data));
+  const rows: CompareRow[] = [];
+  let steps: number | undefined;
+  for (const name of o.presets) {
+    const preset = registry.get('preset', name, 'preset').create({}, undefined as never) as Preset;
+    const train = { ...preset.train, ...(o.train ?? {}), ...(steps !== undefined ? { steps } : {}) };
+    const r: RunResult = trainRun({ registry, spec: preset.spec, train, data: o.data, outDir: join(o.outDir, name), timeBudgetSec: steps === undefined ? o.timeBudgetSec : undefined, label: name, quiet: o.quiet, tokens });
+    if (steps === undefined) steps = r.steps;
+    const moe = r.balance;
+    rows.push({
+      preset: name,
+      parameters: r.summary.parameters,
+      activeParameters: r.summary.activeParameters,
+      steps: r.steps,
+      tokens: r.steps * r.trainer.config.batchSize * r.trainer.config.seqLen * r.trainer.config.accumulate,
+      valLoss: r.finalEval.loss,
+      valPerplexity: r.finalEval.perplexity,
+      tokensPerSec: r.tokensPerSec,
+      wallSec: r.wallSec,
+      loadCV: moe.length ? moe.reduce((s, b) => s + b.cv, 0) / moe.length : null,
+      maxVio: moe.length ? Math.max(...moe.map((b) => b.maxVio)) : null,
+    });
+    r.model.dispose();
+    r.trainer.optimizer.dispose();
+  }
+  const headers = ['preset', 'params', 'active/token', 'steps', 'tokens', 'val loss', 'val ppl', 'tok/s', 'wall', 'load CV', 'MaxVio'];
+  const body = rows.map((r) => [r.preset, human(r.parameters), human(r.activeParameters), r.steps, human(r.tokens), r.valLoss.toFixed(4), r.valPerplexity.toFixed(3), Math.round(r.tokensPerSec), `${r.wallSec.toFixed(0)}s`, r.loadCV?.toFixed(3) ?? '-', r.maxVio?.toFixed(3) ?? '-']);
+  const text = formatTable(headers, body);
+  process.stdout.write(`\n${text}\n\n(data: ${o.data}, backend: ${tf.getBackend()}; runs in ${o.outDir})\n`);
+  writeFileAtomic(join(o.outDir, 'results.md'), `# moelab compare\n\ndata: ${o.data}, backend: ${tf.getBackend()}, ${new Date().toISOString()}\n\n${formatTable(headers, body, true)}\n`);
+  writeFileAtomic(join(o.outDir, 'results.json'), `${JSON.stringify({ data: o.data, backend: tf.getBackend(), rows }, null, 2)}\n`);
+  return rows;
+}

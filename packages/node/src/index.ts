@@ -1,0 +1,15 @@
+/**
+ * @moelab/node — moelab for Node: corpora, checkpoints on disk, native/GPU backend detection, the CLI.
+ * @packageDocumentation
+ */
+export * from './corpus.js';
+export * from './checkpoint.js';
+export * from './fsutil.js';
+export * from './backends.js';
+export * from './registry.js';
+export * from './presets.js';
+export * from './run.js';
+export * from './compare.js';
+export * from './verify.js';
+export * from './progress.js';
+export * from './table.js';

@@ -1,0 +1,146 @@
+/**
+ * One training run on disk: builds (or resumes) a model, trains it with progress output, appends
+ * metrics to `metrics.jsonl`, evaluates periodically and saves an atomic checkpoint.
+ */
+import { appendFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import {
+  balanceOf,
+  buildModel,
+  type EvalMetrics,
+  mergeRouting,
+  MoelabError,
+  modelSummary,
+  type ModelSummary,
+  type NodeSpec,
+  type Registry,
+  type StepMetrics,
+  type TrainConfig,
+  Trainer,
+  tf,
+} from '@moelab/core';
+import { type Model, loadCheckpoint, loadOptimizerState, readCheckpointConfig, saveCheckpoint } from './checkpoint.js';
+import { CorpusTokens, loadCorpus } from './corpus.js';
+import { Progress } from './progress.js';
+
+export interface RunOptions {
+  registry: Registry;
+  spec: NodeSpec;
+  train: Partial<TrainConfig>;
+  /** Corpus name (`brown`, `sotu`) or a path to text. */
+  data: string;
+  outDir: string;
+  /** Continue the checkpoint in `outDir/checkpoint` exactly. */
+  resume?: boolean;
+  /** Stop early after this many seconds (then evaluate and save). */
+  timeBudgetSec?: number;
+  /** Save a checkpoint every N steps (0 = only at the end). */
+  checkpointEvery?: number;
+  label?: string;
+  quiet?: boolean;
+  /** Stop after this step even if train.steps is larger (used to test resume). */
+  stopAfter?: number;
+  tokens?: CorpusTokens;
+}
+
+export interface LayerBalance {
+  layer: string;
+  cv: number;
+  maxVio: number;
+  dropRate: number;
+  entropy?: number;
+  load: number[];
+}
+
+export interface RunResult {
+  model: Model;
+  trainer: Trainer;
+  summary: ModelSummary;
+  steps: number;
+  finalEval: EvalMetrics;
+  tokensPerSec: number;
+  wallSec: number;
+  losses: number[];
+  balance: LayerBalance[];
+}
+
+export function routingBalance(routing: StepMetrics['routing']): LayerBalance[] {
+  return [...mergeRouting(routing).values()].map((s) => ({ layer: s.layer, ...balanceOf(s.counts), dropRate: s.dropRate, entropy: s.entropy, load: s.load }));
+}
+
+function metricsLine(m: StepMetrics): Record<string, unknown> {
+  return {
+    type: 'train',
+    step: m.step,
+    loss: m.loss,
+    ce: m.ce,
+    aux: m.aux,
+    lr: m.lr,
+    gradNorm: m.gradNorm,
+    tokensPerSec: m.tokens / (m.ms / 1000),
+    routing: routingBalance(m.routing).map((b) => ({ ...b, load: b.load.map((x) => Number(x.toFixed(4))) })),
+  };
+}
+
+export function trainRun(o: RunOptions): RunResult {
+  const ckptDir = join(o.outDir, 'checkpoint');
+  let model: Model;
+  let spec = o.spec;
+  let train = o.train;
+  let seed = o.train.seed ?? 0;
+  if (o.resume) {
+    const cfg = readCheckpointConfig(ckptDir);
+    spec = cfg.spec;
+    train = { ...(cfg.train ?? {}), ...stripUndefined(o.train), seed: cfg.seed };
+    seed = cfg.seed;
+    model = loadCheckpoint(ckptDir, o.registry).model;
+  } else {
+    model = buildModel<Model>(spec, o.registry, seed);
+  }
+  const tokens = o.tokens ?? new CorpusTokens(loadCorpus(o.data));
+  const trainer = new Trainer(model, tokens, { ...train, seed });
+  const c = trainer.config;
+  if (o.resume) loadOptimizerState(ckptDir, trainer);
+  if (trainer.step >= c.steps) throw new MoelabError(`the checkpoint is already at step ${trainer.step} of ${c.steps}; pass a larger --steps to continue`, ckptDir);
+  mkdirSync(o.outDir, { recursive: true });
+  const metricsPath = join(o.outDir, 'metrics.jsonl');
+  if (!o.resume || !existsSync(metricsPath)) writeFileSync(metricsPath, '');
+  const log = (rec: Record<string, unknown>) => appendFileSync(metricsPath, `${JSON.stringify(rec)}\n`);
+  const summary = modelSummary(model);
+  if (!o.resume) log({ type: 'start', spec, train: c, data: o.data, parameters: summary.parameters, activeParameters: summary.activeParameters, backend: tf.getBackend() });
+
+  const progress = new Progress(c.steps, o.label ?? 'train', process.stderr, o.quiet);
+  const t0 = performance.now();
+  let tokensSeen = 0;
+  const losses: number[] = [];
+  let routing: StepMetrics['routing'] = [];
+  let lastEval: EvalMetrics | undefined;
+  const stopAt = Math.min(c.steps, o.stopAfter ?? c.steps);
+  const save = () => saveCheckpoint(ckptDir, model, { spec, step: trainer.step, seed, train: { ...c, data: o.data }, trainer });
+  while (trainer.step < stopAt) {
+    const m = trainer.trainStep();
+    if (!Number.isFinite(m.loss)) throw new MoelabError(`the loss became ${m.loss} at step ${m.step}; lower the learning rate (--lr) or enable clipping`, o.label);
+    tokensSeen += m.tokens;
+    losses.push(m.loss);
+    routing = m.routing.length ? m.routing : routing;
+    log(metricsLine(m));
+    if (c.evalEvery > 0 && trainer.step % c.evalEvery === 0) {
+      lastEval = trainer.evaluate();
+      log({ type: 'eval', ...lastEval });
+    }
+    if (o.checkpointEvery && trainer.step % o.checkpointEvery === 0) save();
+    const secs = (performance.now() - t0) / 1000;
+    progress.update(trainer.step, { loss: m.loss, ...(lastEval ? { 'val ppl': lastEval.perplexity } : {}), 'tok/s': Math.round(tokensSeen / secs) });
+    if (o.timeBudgetSec && secs > o.timeBudgetSec) break;
+  }
+  progress.done();
+  const wallSec = (performance.now() - t0) / 1000;
+  const finalEval = lastEval?.step === trainer.step ? lastEval : trainer.evaluate();
+  if (lastEval?.step !== trainer.step) log({ type: 'eval', ...finalEval });
+  save();
+  return { model, trainer, summary, steps: trainer.step, finalEval, tokensPerSec: tokensSeen / Math.max(1e-9, wallSec), wallSec, losses, balance: routingBalance(routing) };
+}
+
+function stripUndefined<T extends object>(o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
+}

@@ -1,0 +1,34 @@
+/** `moelab verify`: run golden fixtures (JSON + safetensors beside it) and print a line per tensor. */
+import { existsSync, readFileSync } from 'node:fs';
+import { MoelabError, parseFixtureDoc, readSafetensors, type Registry, tf, verifyFixture } from '@moelab/core';
+
+export function verifyFiles(paths: string[], registry: Registry, json: boolean): number {
+  if (paths.length === 0) throw new MoelabError('usage: moelab verify <fixture.json> [more.json …]');
+  let failed = 0;
+  const reports = [];
+  for (const p of paths) {
+    if (!existsSync(p)) throw new MoelabError('no such file', p);
+    const doc = parseFixtureDoc(readFileSync(p, 'utf8'), p);
+    const st = p.replace(/\.json$/, '.safetensors');
+    if (!existsSync(st)) throw new MoelabError(`its tensors file ${st} is missing`, p);
+    const tensors = readSafetensors(new Uint8Array(readFileSync(st)), st).tensors;
+    tf.engine().startScope();
+    let report: ReturnType<typeof verifyFixture>;
+    try {
+      report = verifyFixture({ doc, tensors }, registry);
+    } finally {
+      tf.engine().endScope();
+    }
+    reports.push(report);
+    if (!report.ok) failed++;
+    if (json) continue;
+    process.stdout.write(`${report.ok ? 'PASS' : 'FAIL'} ${doc.name} (${doc.kind}, backend ${tf.getBackend()})\n`);
+    for (const c of report.checks) {
+      const used = c.missing ? 'missing' : Number.isFinite(c.budgetUsed) ? `${(100 * c.budgetUsed).toFixed(1)}% of budget` : 'mismatch';
+      process.stdout.write(`  ${c.ok ? 'ok  ' : 'FAIL'} ${c.name.padEnd(44)} max err ${Number.isFinite(c.maxError) ? c.maxError.toExponential(2) : String(c.maxError)}  ${used}${c.note ? ` (${c.note})` : ''}\n`);
+    }
+  }
+  if (json) process.stdout.write(`${JSON.stringify(reports, null, 2)}\n`);
+  else process.stdout.write(`${paths.length - failed} passed, ${failed} failed\n`);
+  return failed ? 1 : 0;
+}
