@@ -175,3 +175,21 @@ export abstract class Module {
     });
   }
 }
+
+/** A container whose children are named "0", "1", ... (PyTorch's nn.ModuleList naming). */
+export class ModuleList<M extends Module = Module> extends Module {
+  constructor(readonly items: M[]) {
+    super();
+    items.forEach((m, i) => {
+      this.child(String(i), m);
+    });
+  }
+}
+
+/** A container of named children (PyTorch's nn.ModuleDict naming). */
+export class ModuleDict extends Module {
+  constructor(items: Record<string, Module>) {
+    super();
+    for (const [k, m] of Object.entries(items)) this.child(k, m);
+  }
+}

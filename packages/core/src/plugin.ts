@@ -64,7 +64,7 @@ export const moeFFNEntry = defineEntry({
     const router = ctx.build<Router>('router', c.router, 'router', { numExperts: c.experts });
     if (ctx.env.causal && router.flags.batchDependent) {
       throw new MoelabError(
-        'this router is batch-dependent (a token\'s routing depends on other tokens of the batch), which leaks future tokens in a causal language model. Use a causal-safe router (e.g. softmax-topk, sigma-topk) here.',
+        "this router is batch-dependent (a token's routing depends on other tokens of the batch), which leaks future tokens in a causal language model. Use a causal-safe router (e.g. softmax-topk, sigma-topk) here.",
         `${ctx.path}.router`,
       );
     }

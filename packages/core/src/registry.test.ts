@@ -52,7 +52,11 @@ describe('model builder errors carry the JSON path', () => {
     dModel: 8,
     contextLength: 8,
     stack: { groupSize: 1, repeats: 1 },
-    block: { type: 'transformer', attention: { type: 'mha', heads: 2 }, ffn: { type: 'moe', experts: 4, router: { type: 'softmax-topk', k: 2 }, expert: { type: 'mlp', hidden: 8 } } },
+    block: {
+      type: 'transformer',
+      attention: { type: 'mha', heads: 2 },
+      ffn: { type: 'moe', experts: 4, router: { type: 'softmax-topk', k: 2 }, expert: { type: 'mlp', hidden: 8 } },
+    },
   });
   const r = testRegistry();
 

@@ -25,7 +25,14 @@ describe('safetensors', () => {
   });
 
   it('reads I64, F16 and BF16', () => {
-    const bytes = header({ i: { dtype: 'I64', shape: [2], data_offsets: [0, 16] }, h: { dtype: 'F16', shape: [1], data_offsets: [16, 18] }, b: { dtype: 'BF16', shape: [1], data_offsets: [18, 20] } }, 20);
+    const bytes = header(
+      {
+        i: { dtype: 'I64', shape: [2], data_offsets: [0, 16] },
+        h: { dtype: 'F16', shape: [1], data_offsets: [16, 18] },
+        b: { dtype: 'BF16', shape: [1], data_offsets: [18, 20] },
+      },
+      20,
+    );
     const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
     const dv = new DataView(bytes.buffer, 8 + n);
     dv.setBigInt64(0, -5n, true);
@@ -60,12 +67,16 @@ describe('safetensors', () => {
   });
 
   it('rejects shape/size disagreement, bad dtype, overlaps', () => {
-    expect(() => readSafetensors(header({ a: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, 8))).toThrow(/tensor "a": shape \[3\] x F32 needs 12 bytes but data_offsets span 8/);
+    expect(() => readSafetensors(header({ a: { dtype: 'F32', shape: [3], data_offsets: [0, 8] } }, 8))).toThrow(
+      /tensor "a": shape \[3\] x F32 needs 12 bytes but data_offsets span 8/,
+    );
     expect(() => readSafetensors(header({ a: { dtype: 'Q4', shape: [1], data_offsets: [0, 4] } }, 4))).toThrow(/tensor "a": unsupported dtype "Q4"/);
     expect(() =>
       readSafetensors(header({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [2], data_offsets: [4, 12] } }, 12)),
     ).toThrow(/data of tensors "a" and "b" overlap/);
-    expect(() => readSafetensors(header({ a: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, 4))).toThrow(/shape \[-1\] is not a list of non-negative integers/);
+    expect(() => readSafetensors(header({ a: { dtype: 'F32', shape: [-1], data_offsets: [0, 4] } }, 4))).toThrow(
+      /shape \[-1\] is not a list of non-negative integers/,
+    );
     expect(() => readSafetensors(header({ a: { dtype: 'F32', shape: [1], data_offsets: [4, 0] } }, 4))).toThrow(/end 0 < begin 4/);
   });
 

@@ -39,7 +39,8 @@ export function readSafetensors(bytes: Uint8Array, source = 'safetensors'): Safe
   if (bytes.byteLength < 8) fail(`file is ${bytes.byteLength} bytes; a safetensors file starts with an 8-byte header length`, source);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const n64 = view.getBigUint64(0, true);
-  if (n64 > BigInt(bytes.byteLength - 8)) fail(`header length ${n64} runs past the end of the file (${bytes.byteLength} bytes): truncated or not a safetensors file`, source);
+  if (n64 > BigInt(bytes.byteLength - 8))
+    fail(`header length ${n64} runs past the end of the file (${bytes.byteLength} bytes): truncated or not a safetensors file`, source);
   const n = Number(n64);
   let header: Record<string, unknown>;
   try {
@@ -61,17 +62,21 @@ export function readSafetensors(bytes: Uint8Array, source = 'safetensors'): Safe
     const where = `${source}: tensor "${name}"`;
     const t = info as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (!t || typeof t !== 'object') fail('entry is not an object', where);
-    if (typeof t.dtype !== 'string' || !(t.dtype in ITEMSIZE)) fail(`unsupported dtype ${JSON.stringify(t.dtype)} (supported: ${Object.keys(ITEMSIZE).join(', ')})`, where);
-    if (!Array.isArray(t.shape) || !t.shape.every((d) => Number.isInteger(d) && d >= 0)) fail(`shape ${JSON.stringify(t.shape)} is not a list of non-negative integers`, where);
+    if (typeof t.dtype !== 'string' || !(t.dtype in ITEMSIZE))
+      fail(`unsupported dtype ${JSON.stringify(t.dtype)} (supported: ${Object.keys(ITEMSIZE).join(', ')})`, where);
+    if (!Array.isArray(t.shape) || !t.shape.every((d) => Number.isInteger(d) && d >= 0))
+      fail(`shape ${JSON.stringify(t.shape)} is not a list of non-negative integers`, where);
     const off = t.data_offsets;
-    if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isInteger(d) && d >= 0)) fail(`data_offsets ${JSON.stringify(off)} is not [begin, end]`, where);
+    if (!Array.isArray(off) || off.length !== 2 || !off.every((d) => Number.isInteger(d) && d >= 0))
+      fail(`data_offsets ${JSON.stringify(off)} is not [begin, end]`, where);
     const dtype = t.dtype as SafeDType;
     const shape = t.shape as number[];
     const [b, e] = off as [number, number];
     const numel = shape.reduce((a, c) => a * c, 1);
     if (e < b) fail(`data_offsets end ${e} < begin ${b}`, where);
     if (e > dataLen) fail(`data_offsets [${b}, ${e}] run past the data section (${dataLen} bytes): truncated file?`, where);
-    if (e - b !== numel * ITEMSIZE[dtype]) fail(`shape ${JSON.stringify(shape)} x ${dtype} needs ${numel * ITEMSIZE[dtype]} bytes but data_offsets span ${e - b}`, where);
+    if (e - b !== numel * ITEMSIZE[dtype])
+      fail(`shape ${JSON.stringify(shape)} x ${dtype} needs ${numel * ITEMSIZE[dtype]} bytes but data_offsets span ${e - b}`, where);
     spans.push({ name, b, e });
     tensors.set(name, { dtype, shape, data: decode(bytes, dataStart + b, numel, dtype, view) });
   }
@@ -149,7 +154,8 @@ export function writeSafetensors(tensors: Map<string, TensorToWrite> | Record<st
   let off = 0;
   for (const [name, t] of entries) {
     const numel = t.shape.reduce((a, c) => a * c, 1);
-    if (numel !== t.data.length) throw new MoelabError(`shape ${JSON.stringify(t.shape)} has ${numel} elements but data has ${t.data.length}`, `tensor "${name}"`);
+    if (numel !== t.data.length)
+      throw new MoelabError(`shape ${JSON.stringify(t.shape)} has ${numel} elements but data has ${t.data.length}`, `tensor "${name}"`);
     const dtype = t.dtype ?? (t.data instanceof Int32Array ? 'I32' : 'F32');
     header[name] = { dtype, shape: t.shape, data_offsets: [off, off + numel * 4] };
     off += numel * 4;

@@ -37,7 +37,10 @@ export function Config<P extends Record<string, TSchema>>(properties: P, options
 
 function joinPath(base: string, pointer: string): string {
   if (!pointer) return base;
-  const parts = pointer.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  const parts = pointer
+    .split('/')
+    .slice(1)
+    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
   return parts.reduce((acc, p) => (/^\d+$/.test(p) ? `${acc}[${p}]` : `${acc}.${p}`), base);
 }
 

@@ -56,7 +56,8 @@ export function loadState(
     const parts: string[] = [];
     if (report.missing.length) parts.push(`missing: ${report.missing.join(', ')}`);
     if (report.unexpected.length) parts.push(`unexpected: ${report.unexpected.join(', ')}`);
-    if (report.mismatched.length) parts.push(`wrong shape: ${report.mismatched.map((m) => `${m.name} (model ${JSON.stringify(m.expected)}, file ${JSON.stringify(m.got)})`).join(', ')}`);
+    if (report.mismatched.length)
+      parts.push(`wrong shape: ${report.mismatched.map((m) => `${m.name} (model ${JSON.stringify(m.expected)}, file ${JSON.stringify(m.got)})`).join(', ')}`);
     throw new MoelabError(`tensors do not match the model — ${parts.join('; ')}`, opts.source);
   }
   // Only assign once everything checked out, so a failed load leaves the model untouched.

@@ -35,8 +35,20 @@ export interface CheckpointConfig {
 
 export type Model = Module & LanguageModel;
 
-export function saveCheckpoint(dir: string, model: Model, info: { spec: NodeSpec; step: number; seed: number; train?: CheckpointConfig['train']; trainer?: Trainer }): void {
-  const config: CheckpointConfig = { format: CHECKPOINT_FORMAT, spec: info.spec, tokenizer: 'byte', step: info.step, seed: info.seed, train: info.train, created: new Date().toISOString() };
+export function saveCheckpoint(
+  dir: string,
+  model: Model,
+  info: { spec: NodeSpec; step: number; seed: number; train?: CheckpointConfig['train']; trainer?: Trainer },
+): void {
+  const config: CheckpointConfig = {
+    format: CHECKPOINT_FORMAT,
+    spec: info.spec,
+    tokenizer: 'byte',
+    step: info.step,
+    seed: info.seed,
+    train: info.train,
+    created: new Date().toISOString(),
+  };
   const weights = writeSafetensors(stateTensors(model), { format: CHECKPOINT_FORMAT, step: String(info.step) });
   const optim = info.trainer ? writeSafetensors(info.trainer.optimizer.stateTensors(), { step: String(info.step) }) : undefined;
   writeDirAtomic(dir, (tmp) => {
@@ -55,7 +67,8 @@ export function readCheckpointConfig(dir: string): CheckpointConfig {
   } catch (e) {
     throw new MoelabError(`config.json is not valid JSON (${(e as Error).message})`, path);
   }
-  if (cfg.format !== CHECKPOINT_FORMAT) throw new MoelabError(`unknown checkpoint format ${JSON.stringify(cfg.format)} (expected "${CHECKPOINT_FORMAT}")`, `${path}: $.format`);
+  if (cfg.format !== CHECKPOINT_FORMAT)
+    throw new MoelabError(`unknown checkpoint format ${JSON.stringify(cfg.format)} (expected "${CHECKPOINT_FORMAT}")`, `${path}: $.format`);
   if (!cfg.spec) throw new MoelabError('config.json has no "spec" (the model spec)', `${path}: $.spec`);
   return cfg;
 }

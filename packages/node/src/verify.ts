@@ -25,7 +25,9 @@ export function verifyFiles(paths: string[], registry: Registry, json: boolean):
     process.stdout.write(`${report.ok ? 'PASS' : 'FAIL'} ${doc.name} (${doc.kind}, backend ${tf.getBackend()})\n`);
     for (const c of report.checks) {
       const used = c.missing ? 'missing' : Number.isFinite(c.budgetUsed) ? `${(100 * c.budgetUsed).toFixed(1)}% of budget` : 'mismatch';
-      process.stdout.write(`  ${c.ok ? 'ok  ' : 'FAIL'} ${c.name.padEnd(44)} max err ${Number.isFinite(c.maxError) ? c.maxError.toExponential(2) : String(c.maxError)}  ${used}${c.note ? ` (${c.note})` : ''}\n`);
+      process.stdout.write(
+        `  ${c.ok ? 'ok  ' : 'FAIL'} ${c.name.padEnd(44)} max err ${Number.isFinite(c.maxError) ? c.maxError.toExponential(2) : String(c.maxError)}  ${used}${c.note ? ` (${c.note})` : ''}\n`,
+      );
     }
   }
   if (json) process.stdout.write(`${JSON.stringify(reports, null, 2)}\n`);

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { forwardContext, MoELayer, Rng, tf } from '../index.js';
-import { MLPExperts, } from '@moelab/experts';
+import { MLPExperts } from '@moelab/experts';
 import { SoftmaxTopKRouter } from '@moelab/routers';
 import { capacityMask, DispatchPlan, expertCapacity } from './dispatch.js';
 
@@ -18,7 +18,18 @@ function layer(E: number, k: number, d: number, h: number, capacityFactor: numbe
 }
 
 /** The MoE layer computed the slow, obvious way: per token, per selected expert. */
-function naive(x: Float32Array, T: number, d: number, E: number, k: number, W: Float32Array, w1: Float32Array, w2: Float32Array, h: number, keep?: (t: number, slot: number, e: number) => boolean) {
+function naive(
+  x: Float32Array,
+  T: number,
+  d: number,
+  E: number,
+  k: number,
+  W: Float32Array,
+  w1: Float32Array,
+  w2: Float32Array,
+  h: number,
+  keep?: (t: number, slot: number, e: number) => boolean,
+) {
   const out = new Float32Array(T * d);
   const gelu = (v: number) => 0.5 * v * (1 + erf(v / Math.SQRT2));
   for (let t = 0; t < T; t++) {
@@ -31,7 +42,10 @@ function naive(x: Float32Array, T: number, d: number, E: number, k: number, W: F
     const p = logits.map((l) => Math.exp(l - m));
     const z = p.reduce((a, b) => a + b, 0);
     const probs = p.map((v) => v / z);
-    const order = probs.map((v, e) => [v, e] as const).sort((a, b) => b[0] - a[0]).slice(0, k);
+    const order = probs
+      .map((v, e) => [v, e] as const)
+      .sort((a, b) => b[0] - a[0])
+      .slice(0, k);
     const norm = order.reduce((s, [v]) => s + v, 0);
     order.forEach(([g, e], slot) => {
       if (keep && !keep(t, slot, e)) return;
@@ -54,7 +68,18 @@ function naive(x: Float32Array, T: number, d: number, E: number, k: number, W: F
 function erf(x: number): number {
   // Abramowitz-Stegun 7.1.26 is too coarse; use a series/continued fraction good to ~1e-12.
   const t = 1 / (1 + 0.5 * Math.abs(x));
-  const y = 1 - t * Math.exp(-x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
+  const y =
+    1 -
+    t *
+      Math.exp(
+        -x * x -
+          1.26551223 +
+          t *
+            (1.00002368 +
+              t *
+                (0.37409196 +
+                  t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))),
+      );
   return x >= 0 ? y : -y;
 }
 
@@ -68,7 +93,17 @@ describe('top-k dispatch', () => {
     const { m, router, experts } = layer(E, k, d, h, 0);
     const x = new Rng(9).normalArray(T * d);
     const got = tf.tidy(() => m.forward(tf.tensor2d(x, [T, d]), forwardContext(new Rng(0), false)).dataSync());
-    const want = naive(x, T, d, E, k, router.weight.dataSync() as Float32Array, experts.w1.dataSync() as Float32Array, experts.w2.dataSync() as Float32Array, h);
+    const want = naive(
+      x,
+      T,
+      d,
+      E,
+      k,
+      router.weight.dataSync() as Float32Array,
+      experts.w1.dataSync() as Float32Array,
+      experts.w2.dataSync() as Float32Array,
+      h,
+    );
     for (let i = 0; i < want.length; i++) expect(got[i]).toBeCloseTo(want[i]!, 4);
   });
 
@@ -94,7 +129,13 @@ describe('top-k dispatch', () => {
         for (let i = 0; i < d; i++) s += x[t * d + i]! * W[e * d + i]!;
         return s;
       });
-      choices.push(logits.map((l, e) => [l, e] as const).sort((a, b) => b[0] - a[0]).slice(0, k).map(([, e]) => e));
+      choices.push(
+        logits
+          .map((l, e) => [l, e] as const)
+          .sort((a, b) => b[0] - a[0])
+          .slice(0, k)
+          .map(([, e]) => e),
+      );
     }
     const used = new Array(E).fill(0);
     const kept = new Set<string>();

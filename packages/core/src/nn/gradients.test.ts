@@ -25,7 +25,10 @@ describe('finite-difference gradient checks', () => {
 
   it('dense FFN (GELU and SwiGLU) and LayerNorm', () => {
     const rng = new Rng(3);
-    for (const [act, glu] of [['gelu', false], ['silu', true]] as const) {
+    for (const [act, glu] of [
+      ['gelu', false],
+      ['silu', true],
+    ] as const) {
       const ffn = new DenseFFN(6, 10, act, glu, rng);
       const ln = new LayerNorm(6);
       const x = tf.variable(tf.tensor2d(rng.normalArray(4 * 6), [4, 6]));

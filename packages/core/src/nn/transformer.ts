@@ -4,7 +4,7 @@
  * repeat accumulate into one parameter set.
  */
 import type { ForwardContext } from '../module.js';
-import { Module } from '../module.js';
+import { Module, ModuleDict, ModuleList } from '../module.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
 import type { AttentionModule } from './attention.js';
@@ -78,11 +78,8 @@ export class TransformerLM extends Module {
   ) {
     super();
     this.embedding = this.child('embedding', new Embedding(options.vocabSize, options.dModel, rng, options.embeddingStd));
-    const stack = new (class extends Module {})();
-    const layerList = new (class extends Module {})();
-    blocks.forEach((b, i) => layerList.children.set(String(i), b));
-    stack.children.set('layers', layerList);
-    this.child('transformer', stack);
+    // `transformer.layers.<i>`: the official MoEUT state_dict layout.
+    this.child('transformer', new ModuleDict({ layers: new ModuleList(blocks) }));
     this.layers = blocks;
     this.outNorm = this.child('out_norm', outNorm);
     if (!options.tieEmbeddings) this.head = this.child('lm_head', new Linear(options.dModel, options.vocabSize, rng, { bias: options.headBias }));

@@ -50,7 +50,14 @@ export function moeMLP(x: tf.Tensor2D, w1: tf.Tensor3D, w2: tf.Tensor3D, plan: D
     const w = weight ?? tf.ones([plan.size]);
     return tf.engine().runKernel(
       MOE_MLP_KERNEL,
-      { x, w1, w2, tokenIndex: tf.tensor1d(plan.tokenIndex, 'int32'), expertIndex: tf.tensor1d(plan.expertIndex, 'int32'), weight: w } as unknown as tf.NamedTensorMap,
+      {
+        x,
+        w1,
+        w2,
+        tokenIndex: tf.tensor1d(plan.tokenIndex, 'int32'),
+        expertIndex: tf.tensor1d(plan.expertIndex, 'int32'),
+        weight: w,
+      } as unknown as tf.NamedTensorMap,
       { activation: kernelAct } as unknown as tf.NamedAttrMap,
     ) as tf.Tensor2D;
   }
@@ -65,12 +72,27 @@ export function moeMLP(x: tf.Tensor2D, w1: tf.Tensor3D, w2: tf.Tensor3D, plan: D
  * One expert-selected linear map: out[outRow[n]] += weight[n] * x[inRow[n]] W[e_n].
  * x [R, din], w [E, din, dout]. Returns [outRows, dout]. (SwitchHead's value / output projections.)
  */
-export function moeLinear(x: tf.Tensor2D, w: tf.Tensor3D, inRow: Int32Array, outRow: Int32Array, expertIndex: Int32Array, weight: tf.Tensor1D | null, outRows: number): tf.Tensor2D {
+export function moeLinear(
+  x: tf.Tensor2D,
+  w: tf.Tensor3D,
+  inRow: Int32Array,
+  outRow: Int32Array,
+  expertIndex: Int32Array,
+  weight: tf.Tensor1D | null,
+  outRows: number,
+): tf.Tensor2D {
   if (hasKernel(MOE_LINEAR_KERNEL)) {
     const wt = weight ?? tf.ones([inRow.length]);
     return tf.engine().runKernel(
       MOE_LINEAR_KERNEL,
-      { x, w, inRow: tf.tensor1d(inRow, 'int32'), outRow: tf.tensor1d(outRow, 'int32'), expertIndex: tf.tensor1d(expertIndex, 'int32'), weight: wt } as unknown as tf.NamedTensorMap,
+      {
+        x,
+        w,
+        inRow: tf.tensor1d(inRow, 'int32'),
+        outRow: tf.tensor1d(outRow, 'int32'),
+        expertIndex: tf.tensor1d(expertIndex, 'int32'),
+        weight: wt,
+      } as unknown as tf.NamedTensorMap,
       { outRows } as unknown as tf.NamedAttrMap,
     ) as tf.Tensor2D;
   }

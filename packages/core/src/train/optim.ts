@@ -74,7 +74,8 @@ export class AdamW {
       ] as const) {
         const t = tensors.get(prefix + name);
         if (!t) throw new Error(`${source}: tensor "${prefix}${name}" is missing`);
-        if (t.shape.join(',') !== p.shape.join(',')) throw new Error(`${source}: tensor "${prefix}${name}" has shape ${JSON.stringify(t.shape)}, parameter has ${JSON.stringify(p.shape)}`);
+        if (t.shape.join(',') !== p.shape.join(','))
+          throw new Error(`${source}: tensor "${prefix}${name}" has shape ${JSON.stringify(t.shape)}, parameter has ${JSON.stringify(p.shape)}`);
         tf.tidy(() => store.get(name)!.assign(tf.tensor(Float32Array.from(t.data as ArrayLike<number>), p.shape)));
       }
     }

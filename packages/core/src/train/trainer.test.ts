@@ -12,7 +12,11 @@ export const tinyMoE = {
   dModel: 16,
   contextLength: 12,
   stack: { groupSize: 1, repeats: 2 },
-  block: { type: 'transformer', attention: { type: 'mha', heads: 2 }, ffn: { type: 'moe', experts: 4, router: { type: 'softmax-topk', k: 2 }, expert: { type: 'mlp', hidden: 16 } } },
+  block: {
+    type: 'transformer',
+    attention: { type: 'mha', heads: 2 },
+    ffn: { type: 'moe', experts: 4, router: { type: 'softmax-topk', k: 2 }, expert: { type: 'mlp', hidden: 16 } },
+  },
 };
 
 type M = Module & LanguageModel;
@@ -73,7 +77,11 @@ describe('layer grouping', () => {
     const reg = testRegistry();
     const shared = buildModel<M>(tinyMoE, reg, 1);
     const twoLayers = buildModel<M>({ ...tinyMoE, stack: { groupSize: 2, repeats: 1 } }, reg, 1);
-    const blockParams = (m: Module) => m.namedParameters().filter(([n]) => n.startsWith('transformer.')).reduce((s, [, v]) => s + v.size, 0);
+    const blockParams = (m: Module) =>
+      m
+        .namedParameters()
+        .filter(([n]) => n.startsWith('transformer.'))
+        .reduce((s, [, v]) => s + v.size, 0);
     expect(blockParams(twoLayers)).toBe(2 * blockParams(shared));
     expect(shared.namedParameters().some(([n]) => n.startsWith('transformer.layers.1'))).toBe(false);
   });

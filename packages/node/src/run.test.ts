@@ -1,0 +1,61 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { tf } from '@moelab/core';
+import { createDefaultRegistry } from './registry.js';
+import { trainRun } from './run.js';
+import { textFile, tinySpec, tmp } from '../test/helpers.js';
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+});
+
+function trainLosses(dir: string): number[] {
+  return readFileSync(join(dir, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+    .filter((r) => r.type === 'train')
+    .map((r) => r.loss);
+}
+
+describe('training runs on disk', () => {
+  it('--resume continues exactly: same losses as an uninterrupted run', () => {
+    const root = tmp();
+    const data = textFile(root);
+    const registry = createDefaultRegistry();
+    const train = { steps: 6, batchSize: 4, seqLen: 16, lr: 5e-3, warmup: 2, evalEvery: 0, evalBatches: 1, seed: 11 };
+    const a = trainRun({ registry, spec: tinySpec, train, data, outDir: join(root, 'a'), quiet: true });
+    trainRun({ registry, spec: tinySpec, train, data, outDir: join(root, 'b'), quiet: true, stopAfter: 3 });
+    const b = trainRun({ registry, spec: {} as never, train: {}, data, outDir: join(root, 'b'), quiet: true, resume: true });
+    expect(b.steps).toBe(6);
+    expect(trainLosses(join(root, 'b'))).toEqual(trainLosses(join(root, 'a')));
+    expect(b.finalEval.loss).toBe(a.finalEval.loss);
+    const lines = readFileSync(join(root, 'a', 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    expect(lines[0]).toMatchObject({ type: 'start', parameters: expect.any(Number) });
+    const first = lines.find((l) => l.type === 'train');
+    expect(first.routing).toHaveLength(1);
+    expect(first.routing[0].load).toHaveLength(4);
+    expect(lines.at(-1).type).toBe('eval');
+  });
+
+  it('refuses to resume a finished run without more steps', () => {
+    const root = tmp();
+    const data = textFile(root);
+    const registry = createDefaultRegistry();
+    trainRun({
+      registry,
+      spec: tinySpec,
+      train: { steps: 2, batchSize: 2, seqLen: 8, evalEvery: 0, evalBatches: 1 },
+      data,
+      outDir: join(root, 'r'),
+      quiet: true,
+    });
+    expect(() => trainRun({ registry, spec: tinySpec, train: {}, data, outDir: join(root, 'r'), quiet: true, resume: true })).toThrow(
+      /already at step 2 of 2; pass a larger --steps/,
+    );
+  });
+});

@@ -1,0 +1,111 @@
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { textFile, tinySpec, tmp } from './helpers.js';
+
+const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+
+function run(args: string[], cwd?: string) {
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', cwd, env: { ...process.env, MOELAB_DEBUG: '' } });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+describe('moelab CLI', () => {
+  let root: string;
+  let data: string;
+  let ckpt: string;
+  beforeAll(() => {
+    if (!existsSync(cli)) throw new Error(`${cli} is missing: run \`pnpm build\` first (pnpm test does)`);
+    root = tmp();
+    data = textFile(root);
+    writeFileSync(join(root, 'tiny.json'), JSON.stringify(tinySpec));
+    const r = run([
+      'train',
+      join(root, 'tiny.json'),
+      '--data',
+      data,
+      '--steps',
+      '4',
+      '--batch',
+      '2',
+      '--seq',
+      '16',
+      '--eval-every',
+      '2',
+      '--eval-batches',
+      '1',
+      '--out',
+      join(root, 'run'),
+      '--backend',
+      'cpu',
+    ]);
+    expect(r.err).toContain('backend: cpu');
+    expect(r.code, r.err).toBe(0);
+    ckpt = join(root, 'run', 'checkpoint');
+  });
+
+  it('train writes a checkpoint, metrics and a summary line with progress output', () => {
+    expect(existsSync(join(ckpt, 'model.safetensors'))).toBe(true);
+    const lines = readFileSync(join(root, 'run', 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n');
+    expect(lines.filter((l) => l.includes('"type":"train"')).length).toBe(4);
+    expect(lines.filter((l) => l.includes('"type":"eval"')).length).toBe(2);
+  });
+
+  it('eval prints validation loss and perplexity', () => {
+    const r = run(['eval', ckpt, '--data', data, '--eval-batches', '2', '--json', '--backend', 'cpu']);
+    expect(r.code, r.err).toBe(0);
+    const j = JSON.parse(r.out);
+    expect(j.step).toBe(4);
+    expect(j.perplexity).toBeCloseTo(Math.exp(j.loss), 6);
+  });
+
+  it('generate continues a prompt', () => {
+    const r = run(['generate', ckpt, '--prompt', 'the ', '--tokens', '20', '--top-k', '5', '--backend', 'cpu']);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out.startsWith('the ')).toBe(true);
+    expect(Buffer.byteLength(r.out.trimEnd(), 'utf8')).toBeGreaterThan(4);
+  });
+
+  it('inspect shows parameter counts and per-layer routing', () => {
+    const r = run(['inspect', ckpt, '--text', 'the quick brown fox', '--json', '--backend', 'cpu']);
+    expect(r.code, r.err).toBe(0);
+    const j = JSON.parse(r.out);
+    expect(j.parameters).toBeGreaterThan(j.activeParameters);
+    expect(j.layers).toHaveLength(1);
+    expect(j.layers[0].load.reduce((a: number, b: number) => a + b, 0)).toBeCloseTo(1, 5);
+    const t = run(['inspect', ckpt, '--text', 'the quick brown fox', '--backend', 'cpu']);
+    expect(t.out).toMatch(/experts chosen per token/);
+  });
+
+  it('list --json describes every entry with its JSON Schema', () => {
+    const r = run(['list', 'router', '--json']);
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.out);
+    expect(j.map((e: { name: string }) => e.name)).toContain('softmax-topk');
+    expect(j[0].jsonSchema.type).toBe('object');
+  });
+
+  it('bad input gives a one-line error, never a stack trace', () => {
+    const bad = { ...tinySpec, block: { ...tinySpec.block, ffn: { ...tinySpec.block.ffn, router: { type: 'softmax-topk', k: 9 } } } };
+    writeFileSync(join(root, 'bad.json'), JSON.stringify(bad));
+    const cases: [string[], RegExp][] = [
+      [['train', join(root, 'bad.json'), '--data', data, '--backend', 'cpu'], /\$\.block\.ffn\.router\.k: k = 9 exceeds the number of experts \(4\)/],
+      [['train', '--preset', 'moe-tinny'], /unknown preset "moe-tinny"\. Did you mean: moe-tiny/],
+      [['eval', join(root, 'nope')], /not a moelab checkpoint/],
+      [['train', join(root, 'tiny.json'), '--steps', 'many'], /--steps expects an integer, got "many"/],
+      [['frobnicate'], /unknown command "frobnicate"/],
+      [['train', '--bogus'], /Unknown option '--bogus'/],
+      [['train', join(root, 'tiny.json'), '--backend', 'quantum'], /unknown backend "quantum"/],
+    ];
+    for (const [args, re] of cases) {
+      const r = run(args);
+      expect(r.code, args.join(' ')).toBe(2);
+      expect(r.err).toMatch(re);
+      expect(r.err).not.toMatch(/\n\s+at /);
+    }
+  });
+});
