@@ -4,6 +4,7 @@
  * (tfjs-node-gpu, the native CPU kernels) are registered by the packages that know how to load them;
  * core knows only how to choose.
  */
+import { patchWasmBackend } from './ops/engine-fixes.js';
 import { tf } from './tf.js';
 
 export interface BackendCandidate {
@@ -62,6 +63,7 @@ export async function resolveBackend(request = 'auto'): Promise<BackendChoice> {
     if (res.ok) {
       await tf.ready();
       silenceCpuBanner();
+      if (c.name === 'wasm') patchWasmBackend();
       const skipped = tried.filter((t) => !t.ok).map((t) => `${t.name}: ${t.reason}`);
       const why = request === 'auto' ? `auto: best available${skipped.length ? ` (skipped ${skipped.join('; ')})` : ''} — ${res.reason}` : res.reason;
       return { name: c.name, reason: why, tried };

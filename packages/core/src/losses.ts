@@ -9,9 +9,11 @@ import { tf } from './tf.js';
 export function crossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Scalar {
   const V = logits.shape[logits.rank - 1]!;
   const flat = tf.reshape(logits, [-1, V]);
-  const logp = tf.logSoftmax(flat);
-  const idx = tf.reshape(targets, [-1]);
-  const picked = tf.sum(tf.mul(logp, tf.oneHot(idx as tf.Tensor1D, V)), 1);
+  const N = flat.shape[0]!;
+  // Pick log p[target] with one gather over the flattened [N*V] log-probabilities (a one-hot product
+  // costs N*V multiplies and allocations on every backend).
+  const pos = tf.add(tf.mul(tf.range(0, N, 1, 'int32'), tf.scalar(V, 'int32')), tf.cast(tf.reshape(targets, [N]), 'int32'));
+  const picked = tf.gather(tf.reshape(tf.logSoftmax(flat), [N * V]), pos);
   return tf.neg(tf.mean(picked)) as tf.Scalar;
 }
 

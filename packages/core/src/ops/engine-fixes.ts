@@ -121,8 +121,95 @@ export function installEngineFixes(): void {
     },
   });
 
+  // Stock gradient masks negative ids with logicalAnd/where over the whole gathered tensor (measured
+  // 30 ms a call on wasm); moelab's segment ids are never negative, so check that once and gather.
+  tf.registerGradient({
+    kernelName: tf.UnsortedSegmentSum,
+    inputsToSave: ['segmentIds'],
+    gradFunc: (dy, saved) => {
+      const [segmentIds] = saved as [tf.Tensor];
+      return {
+        x: () => {
+          const ids = segmentIds.dataSync();
+          let negative = false;
+          for (let i = 0; i < ids.length; i++) if (ids[i]! < 0) negative = true;
+          const gathered = tf.gather(dy as tf.Tensor, negative ? tf.maximum(segmentIds, tf.scalar(0, 'int32')) : segmentIds);
+          if (!negative) return gathered;
+          const keep = tf.reshape(tf.cast(tf.greaterEqual(segmentIds, tf.scalar(0, 'int32')), 'float32'), [ids.length, ...new Array(gathered.rank - 1).fill(1)]);
+          return tf.mul(gathered, keep);
+        },
+      };
+    },
+  });
+
   for (const name of ['cpu', 'wasm']) {
     // wasm may be absent (not imported); registering a kernel for an unknown backend is harmless.
     registerSegmentSumFor(name);
   }
+}
+
+let wasmPatched = false;
+
+/**
+ * tfjs-backend-wasm runs BatchMatMul through XNNPACK only for batch 1 without transposes; every other
+ * case (attention, batched expert GEMMs, every backward matmul) is a scalar loop at ~0.5 GFLOP/s
+ * (ENGINE-NOTES pitfall 10). This wraps its kernel: transposes are done in JS and each batch is one
+ * XNNPACK call, which measured ~25x faster. Call once after the wasm backend is registered
+ * (`resolveBackend('wasm')` does).
+ */
+export function patchWasmBackend(): boolean {
+  if (wasmPatched) return true;
+  const original = tf.getKernel(tf.BatchMatMul, 'wasm');
+  if (!original) return false;
+  wasmPatched = true;
+  const inner = original.kernelFunc as unknown as (args: SegmentArgs) => tf.TensorInfo;
+  tf.unregisterKernel(tf.BatchMatMul, 'wasm');
+  tf.registerKernel({
+    kernelName: tf.BatchMatMul,
+    backendName: 'wasm',
+    setupFunc: original.setupFunc,
+    disposeFunc: original.disposeFunc,
+    kernelFunc: ((args: SegmentArgs) => {
+      const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+      const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+      const ra = a.shape.length;
+      const rb = b.shape.length;
+      const batchA = a.shape.slice(0, -2).reduce((x, y) => x * y, 1);
+      const batchB = b.shape.slice(0, -2).reduce((x, y) => x * y, 1);
+      if ((batchA === 1 && batchB === 1 && !transposeA && !transposeB) || a.dtype !== 'float32' || b.dtype !== 'float32') return inner(args);
+      // biome-ignore lint/suspicious/noExplicitAny: wasm backend internals
+      const backend = args.backend as any;
+      const m = transposeA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
+      const k = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+      const n = transposeB ? b.shape[rb - 2]! : b.shape[rb - 1]!;
+      const outBatch = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
+      const batch = Math.max(batchA, batchB);
+      if (batchA !== batch && batchA !== 1) return inner(args);
+      if (batchB !== batch && batchB !== 1) return inner(args);
+      const av = backend.readSync(a.dataId) as Float32Array;
+      const bv = backend.readSync(b.dataId) as Float32Array;
+      const out = new Float32Array(batch * m * n);
+      const as = new Float32Array(m * k);
+      const bs = new Float32Array(k * n);
+      for (let i = 0; i < batch; i++) {
+        const ao = (batchA === 1 ? 0 : i) * m * k;
+        const bo = (batchB === 1 ? 0 : i) * k * n;
+        if (transposeA) {
+          for (let r = 0; r < k; r++) for (let c = 0; c < m; c++) as[c * k + r] = av[ao + r * m + c]!;
+        } else as.set(av.subarray(ao, ao + m * k));
+        if (transposeB) {
+          for (let r = 0; r < n; r++) for (let c = 0; c < k; c++) bs[c * n + r] = bv[bo + r * k + c]!;
+        } else bs.set(bv.subarray(bo, bo + k * n));
+        const ta = backend.makeOutput([1, m, k], 'float32', undefined, as);
+        const tb = backend.makeOutput([1, k, n], 'float32', undefined, bs);
+        const r = inner({ inputs: { a: ta, b: tb }, backend, attrs: { transposeA: false, transposeB: false } as unknown as tf.NamedAttrMap });
+        out.set(backend.typedArrayFromHeap(r) as Float32Array, i * m * n);
+        backend.disposeData(ta.dataId);
+        backend.disposeData(tb.dataId);
+        backend.disposeData(r.dataId);
+      }
+      return backend.makeOutput([...outBatch, m, n], 'float32', undefined, out);
+    }) as unknown as tf.KernelFunc,
+  });
+  return true;
 }

@@ -1,0 +1,58 @@
+import { describe, expect, it } from 'vitest';
+import { Rng, tf } from '@moelab/core';
+import { chooseBackend } from './backends.js';
+
+function bmmCases(): { a: number[]; b: number[]; ta: boolean; tb: boolean }[] {
+  return [
+    { a: [3, 4, 5], b: [3, 5, 2], ta: false, tb: false },
+    { a: [2, 3, 5, 4], b: [2, 3, 5, 6], ta: true, tb: false },
+    { a: [4, 2, 7], b: [4, 3, 7], ta: false, tb: true },
+    { a: [1, 3, 4], b: [5, 2, 4], ta: false, tb: true },
+    { a: [6, 4], b: [5, 4], ta: false, tb: true },
+  ];
+}
+
+function compute(backend: string): Float32Array[] {
+  return bmmCases().map(({ a, b, ta, tb }, i) => {
+    const rng = new Rng(i);
+    const A = tf.tensor(rng.normalArray(a.reduce((x, y) => x * y)), a);
+    const B = tf.tensor(rng.normalArray(b.reduce((x, y) => x * y)), b);
+    const out = tf.matMul(A, B, ta, tb).dataSync() as Float32Array;
+    void backend;
+    // tfjs's own BatchMatMul gradient does not support broadcast batch dims: forward only there.
+    if (a.slice(0, -2).join() !== b.slice(0, -2).join()) return out;
+    const [ga, gb] = tf.grads((x: tf.Tensor, y: tf.Tensor) => tf.sum(tf.square(tf.matMul(x, y, ta, tb))))([A, B]);
+    return Float32Array.from([...out, ...ga!.dataSync(), ...gb!.dataSync()]);
+  });
+}
+
+describe('backends', () => {
+  it('auto picks the best available backend and says why', async () => {
+    const c = await chooseBackend('auto');
+    expect(['tensorflow', 'moelab-cpu', 'wasm', 'cpu']).toContain(c.name);
+    expect(c.reason.length).toBeGreaterThan(10);
+  });
+
+  it('an unavailable named backend fails with the reason and how to get it', async () => {
+    await expect(chooseBackend('tensorflow')).rejects.toThrow(/backend "tensorflow" is not available: neither @tensorflow\/tfjs-node-gpu nor @tensorflow\/tfjs-node is installed\. Install it with/);
+  });
+
+  it('wasm: the batched/transposed BatchMatMul fix equals the cpu backend (values and gradients)', async () => {
+    await chooseBackend('cpu');
+    const ref = compute('cpu');
+    const choice = await chooseBackend('wasm');
+    expect(choice.name).toBe('wasm');
+    const got = compute('wasm');
+    for (let i = 0; i < ref.length; i++) {
+      expect(got[i]!.length).toBe(ref[i]!.length);
+      for (let j = 0; j < ref[i]!.length; j++) expect(got[i]![j]).toBeCloseTo(ref[i]![j]!, 3);
+    }
+    // wasm has no UnsortedSegmentSum of its own: moelab's must be there, with its gradient.
+    const x = tf.tensor2d([1, 2, 3, 4, 5, 6], [3, 2]);
+    const ids = tf.tensor1d([2, 0, 2], 'int32');
+    expect(Array.from(tf.unsortedSegmentSum(x, ids, 3).dataSync())).toEqual([3, 4, 0, 0, 6, 8]);
+    const g = tf.grad((v: tf.Tensor) => tf.sum(tf.mul(tf.unsortedSegmentSum(v, ids, 3), tf.tensor2d([1, 2, 3, 4, 5, 6], [3, 2]))))(x);
+    expect(Array.from(g.dataSync())).toEqual([5, 6, 1, 2, 5, 6]);
+    await chooseBackend('cpu');
+  });
+});
