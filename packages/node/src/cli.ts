@@ -42,6 +42,7 @@ Commands:
   verify <fixture.json…>  check golden fixtures against this implementation
   compare <preset…>       train presets on the same data and budget, print a table
   main                    the demo: compare dense-tiny and moe-tiny (what \`pnpm start\` runs)
+  bench                   the PyTorch anchor's workloads (--json out.json, --only a,b, --quick)
 
 Common options:
   --backend auto|NAME     tfjs backend (auto: tensorflow > moelab-cpu > wasm > cpu)
@@ -76,6 +77,8 @@ const options = {
   'top-k': { type: 'string' },
   text: { type: 'string' },
   quiet: { type: 'boolean' },
+  only: { type: 'string' },
+  quick: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -301,6 +304,12 @@ async function main(argv: string[]): Promise<number> {
     case 'verify':
       await backend(o, true);
       return verifyFiles(args, createDefaultRegistry(), o.json ?? false);
+    case 'bench': {
+      await backend(o);
+      const { runBench } = await import('./bench.js');
+      runBench({ only: o.only?.split(','), quick: o.quick, json: o.json ? (args[0] ?? 'bench.json') : undefined });
+      return 0;
+    }
     case 'compare':
     case 'main': {
       await backend(o);

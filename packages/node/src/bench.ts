@@ -1,0 +1,202 @@
+/**
+ * `moelab bench`: the PyTorch anchor's workloads (shared anchors/torch_moe_bench.py) with the same row
+ * names, FLOP convention and JSON format, so that `torch_moe_bench.py --compare anchor.json ours.json`
+ * prints ratios. FLOPs count matrix multiplies only (2mnk), MoE rows count useful (selected-expert)
+ * FLOPs, and forward+backward = 3 x forward.
+ */
+import { writeFileSync } from 'node:fs';
+import os from 'node:os';
+import { buildModel, forwardContext, type LanguageModel, type Module, MultiHeadAttention, type NodeSpec, type Registry, Rng, tf, Trainer } from '@moelab/core';
+import { createDefaultRegistry } from './registry.js';
+
+export interface BenchOptions {
+  only?: string[];
+  quick?: boolean;
+  json?: string;
+  log?: (line: string) => void;
+}
+
+interface Row {
+  group: string;
+  name: string;
+  shape: string;
+  gflop_fwd: number;
+  gflop_fwdbwd: number;
+  fwd_ms: number | null;
+  fwd_ms_min: number | null;
+  fwdbwd_ms: number | null;
+  fwdbwd_ms_min: number | null;
+  gflops_fwd: number | null;
+  gflops_fwdbwd: number | null;
+  gflops_fwd_best: number | null;
+  gflops_fwdbwd_best: number | null;
+  pct_peak_fwd: number | null;
+  pct_peak_fwdbwd: number | null;
+  [k: string]: unknown;
+}
+
+function stats(times: number[]): [number, number] {
+  const s = [...times].sort((a, b) => a - b);
+  return [s[Math.floor(s.length / 2)]!, s[0]!];
+}
+
+function timeIt(fn: () => void, warmup: number, reps: number): [number, number] {
+  for (let i = 0; i < warmup; i++) fn();
+  const t: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    fn();
+    t.push(performance.now() - t0);
+  }
+  return stats(t);
+}
+
+/** Forward (no autodiff) and forward+backward (gradient of sum(out * R) w.r.t. params and input). */
+function benchModule(m: Module, forward: (x: tf.Tensor) => tf.Tensor, xShape: number[], warmup: number, reps: number): { fwd: [number, number]; fb: [number, number] } {
+  const rng = new Rng(7);
+  const x = tf.variable(tf.tensor(rng.normalArray(xShape.reduce((a, b) => a * b, 1)), xShape));
+  const outShape = tf.tidy(() => forward(x).shape);
+  const R = tf.tensor(rng.normalArray(outShape.reduce((a, b) => a * b, 1)), outShape);
+  const vars = [x, ...m.trainableVariables()];
+  const fwd = timeIt(() => tf.tidy(() => void forward(x).dataSync()), warmup, reps);
+  const fb = timeIt(
+    () =>
+      tf.tidy(() => {
+        const { value, grads } = tf.variableGrads(() => tf.sum(tf.mul(forward(x), R)) as tf.Scalar, vars);
+        value.dataSync();
+        for (const g of Object.values(grads)) g.dataSync();
+      }),
+    warmup,
+    reps,
+  );
+  x.dispose();
+  R.dispose();
+  return { fwd, fb };
+}
+
+const ffnSpec = (ffn: NodeSpec): NodeSpec => ({ type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn });
+
+export function runBench(o: BenchOptions = {}, registry: Registry = createDefaultRegistry()): { rows: Row[]; peak: number } {
+  const log = o.log ?? ((l: string) => process.stdout.write(`${l}\n`));
+  const warmup = o.quick ? 1 : 2;
+  const reps = o.quick ? 3 : 5;
+  const rows: Row[] = [];
+  let peak = Number.NaN;
+  const want = (group: string, name: string) => !o.only || group === 'peak' || o.only.some((s) => `${group} ${name}`.toLowerCase().includes(s.toLowerCase()));
+  const add = (group: string, name: string, shape: string, flops: number, fwd: [number, number] | null, fb: [number, number] | null, extra: Record<string, unknown> = {}) => {
+    const gf = (ms: number | undefined, mult: number) => (ms ? (mult * flops) / (ms / 1e3) / 1e9 : null);
+    const row: Row = {
+      group,
+      name,
+      shape,
+      gflop_fwd: flops / 1e9,
+      gflop_fwdbwd: (3 * flops) / 1e9,
+      fwd_ms: fwd?.[0] ?? null,
+      fwd_ms_min: fwd?.[1] ?? null,
+      fwdbwd_ms: fb?.[0] ?? null,
+      fwdbwd_ms_min: fb?.[1] ?? null,
+      gflops_fwd: gf(fwd?.[0], 1),
+      gflops_fwdbwd: gf(fb?.[0], 3),
+      gflops_fwd_best: gf(fwd?.[1], 1),
+      gflops_fwdbwd_best: gf(fb?.[1], 3),
+      pct_peak_fwd: null,
+      pct_peak_fwdbwd: null,
+      backend: tf.getBackend(),
+      ...extra,
+    };
+    if (Number.isFinite(peak)) {
+      row.pct_peak_fwd = row.gflops_fwd ? (100 * row.gflops_fwd) / peak : null;
+      row.pct_peak_fwdbwd = row.gflops_fwdbwd ? (100 * row.gflops_fwdbwd) / peak : null;
+    }
+    rows.push(row);
+    log(`${group.padEnd(6)} ${name.padEnd(40)} fwd ${fwd ? fwd[0].toFixed(1).padStart(8) : '       -'} ms  fwd+bwd ${fb ? fb[0].toFixed(1).padStart(8) : '       -'} ms  ${(row.gflops_fwdbwd ?? row.gflops_fwd ?? 0).toFixed(1)} GFLOP/s`);
+  };
+
+  // Peak sgemm.
+  for (const n of [2048, 1024]) {
+    const rng = new Rng(n);
+    const a = tf.tensor2d(rng.normalArray(n * n), [n, n]);
+    const b = tf.tensor2d(rng.normalArray(n * n), [n, n]);
+    const t = timeIt(() => tf.tidy(() => void tf.matMul(a, b).dataSync()), warmup, n === 2048 ? Math.max(2, reps - 2) : reps);
+    if (n === 2048) peak = (2 * n ** 3) / (t[0] / 1e3) / 1e9;
+    add('peak', `sgemm ${n}^3`, `${n}x${n} @ ${n}x${n}`, 2 * n ** 3, t, null);
+    a.dispose();
+    b.dispose();
+  }
+
+  const B = 16;
+  const S = 256;
+  const d = 256;
+  const T = B * S;
+  const layer = (ffn: NodeSpec) => {
+    const block = buildModel<Module & { ffn: Module & { forward(x: tf.Tensor, ctx: unknown, s?: unknown): tf.Tensor } }>(
+      { type: 'transformer-lm', vocabSize: 256, dModel: d, contextLength: S, stack: { groupSize: 1, repeats: 1 }, block: ffnSpec(ffn) } as NodeSpec,
+      registry,
+      0,
+    ) as unknown as { layers: { ffn: Module & { forward(x: tf.Tensor, ctx: unknown): tf.Tensor } }[] };
+    return block.layers[0]!.ffn;
+  };
+  const ctxFor = () => forwardContext(new Rng(0), true);
+
+  if (want('ffn', 'a dense FFN relu')) {
+    const f = layer({ type: 'dense', hidden: 1024, activation: 'relu' });
+    const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
+    add('ffn', 'a dense FFN relu', `T=${T} d=${d} dff=1024`, 4 * T * d * 1024, r.fwd, r.fb);
+  }
+  for (const [E, dff, k] of [
+    [8, 1024, 2],
+    [64, 128, 4],
+  ] as const) {
+    const name = `b softmax-topk loop E${E}x${dff} k${k}`;
+    if (!want('moe', name)) continue;
+    const f = layer({ type: 'moe', experts: E, router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 }, expert: { type: 'mlp', hidden: dff, activation: 'relu' } });
+    const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
+    add('moe', name, `T=${T} d=${d} E=${E} dff=${dff} k=${k}`, 2 * T * d * E + 4 * T * k * d * dff, r.fwd, r.fb);
+  }
+  const hasSigma = registry.has('router', 'sigma-topk');
+  if (hasSigma && want('sigma', 'c sigma-MoE sorted E64x128 k4')) {
+    const f = layer({ type: 'moe', experts: 64, router: { type: 'sigma-topk', k: 4 }, expert: { type: 'mlp', hidden: 128, activation: 'relu' } });
+    const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
+    add('sigma', 'c sigma-MoE sorted E64x128 k4', `T=${T} d=${d} E=64 G=128 k=4`, 2 * T * d * 64 + 4 * T * 4 * d * 128, r.fwd, r.fb);
+  }
+  if (want('attn', 'd MHA h4')) {
+    const rng = new Rng(3);
+    const att = new MultiHeadAttention(d, { heads: 4 }, rng);
+    const r = benchModule(att, (x) => att.forward(x, ctxFor()), [B, S, d], warmup, reps);
+    add('attn', 'd MHA h4', `B=${B} S=${S} d=${d} H=4 dh=64`, 8 * T * d * d + 4 * B * S * S * d, r.fwd, r.fb);
+  }
+
+  // Whole training steps of a 4-layer LM (AdamW), tokens/s.
+  const lmVariants: [string, NodeSpec, number][] = [['e LM dense FFN + MHA', { type: 'dense', hidden: 1024, activation: 'relu' }, 4 * T * d * 1024]];
+  if (hasSigma)
+    lmVariants.push([
+      'e LM sigma-MoE sorted + MHA',
+      { type: 'moe', experts: 64, router: { type: 'sigma-topk', k: 4 }, expert: { type: 'mlp', hidden: 128, activation: 'relu' } },
+      2 * T * d * 64 + 4 * T * 4 * d * 128,
+    ]);
+  for (const [name, ffn, ffnFlops] of lmVariants) {
+    if (!want('lm', name)) continue;
+    const spec = { type: 'transformer-lm', vocabSize: 256, dModel: d, contextLength: S, stack: { groupSize: 4, repeats: 1 }, block: { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn } };
+    const model = buildModel<Module & LanguageModel>(spec, registry, 0);
+    const data = { batch: (rng: Rng, b: number, s: number) => Int32Array.from({ length: b * (s + 1) }, () => rng.int(256)) };
+    const tr = new Trainer(model, data, { batchSize: B, seqLen: S, steps: 1000, lr: 1e-3, weightDecay: 0.1, warmup: 0, clip: 0 });
+    const lmReps = o.quick ? 2 : 3;
+    const tokens = tf.tensor2d(data.batch(new Rng(11), B, S - 1), [B, S], 'int32');
+    const fwd = timeIt(() => tf.tidy(() => void model.forward(tokens, forwardContext(new Rng(0), false)).dataSync()), 1, lmReps);
+    const step = timeIt(() => void tr.trainStep(), 1, lmReps);
+    const flops = 4 * (8 * T * d * d + 4 * B * S * S * d + ffnFlops) + 2 * T * d * 256;
+    add('lm', name, `V=256 d=${d} L=4 B=${B} S=${S} AdamW`, flops, fwd, step, { tokens_per_s_train: T / (step[0] / 1e3), tokens_per_s_fwd: T / (fwd[0] / 1e3), params: model.parameterCount() });
+    tokens.dispose();
+    tr.optimizer.dispose();
+    model.dispose();
+  }
+
+  const out = {
+    environment: { tool: 'moelab bench', backend: tf.getBackend(), node: process.version, cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model, platform: `${os.platform()} ${os.arch()}` },
+    settings: { warmup, reps, quick: !!o.quick },
+    peak_sgemm_gflops: peak,
+    rows,
+  };
+  if (o.json) writeFileSync(o.json, `${JSON.stringify(out, null, 2)}\n`);
+  return { rows, peak };
+}
