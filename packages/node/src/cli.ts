@@ -42,6 +42,7 @@ Commands:
   verify <fixture.json…>  check golden fixtures against this implementation
   compare <preset…>       train presets on the same data and budget, print a table
   main                    the demo: compare dense-tiny and moe-tiny (what \`pnpm start\` runs)
+  sweep --router a,b,c    train --preset (default moe-tiny) once per router, compare ppl, MaxVio, drops
   bench                   the PyTorch anchor's workloads (--json out.json, --only a,b, --quick)
 
 Common options:
@@ -78,6 +79,7 @@ const options = {
   text: { type: 'string' },
   quiet: { type: 'boolean' },
   only: { type: 'string' },
+  router: { type: 'string' },
   quick: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -304,6 +306,14 @@ async function main(argv: string[]): Promise<number> {
     case 'verify':
       await backend(o, true);
       return verifyFiles(args, createDefaultRegistry(), o.json ?? false);
+    case 'sweep': {
+      if (!o.router) throw new MoelabError('usage: moelab sweep --router a,b,c [--preset moe-tiny] [--steps N] (see `moelab list router`)');
+      await backend(o);
+      const { sweepRouters } = await import('./sweep.js');
+      const routers = o.router.split(',').map((r) => r.trim()).filter(Boolean);
+      sweepRouters({ routers, preset: o.preset ?? 'moe-tiny', data: o.data ?? 'brown', outDir: resolve(o.out ?? join('runs', `sweep-${routers.join('-')}`)), train: trainOverrides(o), quiet: o.quiet });
+      return 0;
+    }
     case 'bench': {
       await backend(o);
       const { runBench } = await import('./bench.js');

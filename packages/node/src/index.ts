@@ -13,3 +13,4 @@ export * from './compare.js';
 export * from './verify.js';
 export * from './progress.js';
 export * from './table.js';
+export * from './sweep.js';
