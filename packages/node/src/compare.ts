@@ -1,10 +1,11 @@
 /**
  * Train several presets on the same data and token budget and print / write a side-by-side table.
- * With a time budget, the first preset runs until the budget is spent and every other preset then
- * runs the same number of steps, so all see the same tokens.
+ * With a time budget (and no explicit --steps), each preset's step time is measured first and every
+ * preset then runs the number of steps the slowest one fits in the budget: same tokens, same
+ * learning-rate schedule for all.
  */
 import { join } from 'node:path';
-import { type Preset, type TrainConfig, tf } from '@moelab/core';
+import { buildModel, type LanguageModel, type Module, type Preset, type TrainConfig, Trainer, tf } from '@moelab/core';
 import { CorpusTokens, loadCorpus } from './corpus.js';
 import { writeFileAtomic } from './fsutil.js';
 import { createDefaultRegistry } from './registry.js';
@@ -40,6 +41,12 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
   const tokens = new CorpusTokens(loadCorpus(o.data));
   const rows: CompareRow[] = [];
   let steps: number | undefined;
+  if (o.timeBudgetSec && o.train?.steps === undefined) {
+    // Size the token budget so that the slowest preset fits the time budget, then give every preset the
+    // same number of steps (and so the same learning-rate schedule and the same tokens).
+    steps = Math.min(...o.presets.map((p) => calibrateSteps(registry, p, tokens, { ...(o.train ?? {}) }, o.timeBudgetSec!)));
+    if (!o.quiet) process.stderr.write(`time budget ${o.timeBudgetSec}s -> ${steps} steps per preset\n`);
+  }
   for (const name of o.presets) {
     const preset = registry.get('preset', name, 'preset').create({}, undefined as never) as Preset;
     const train = { ...preset.train, ...(o.train ?? {}), ...(steps !== undefined ? { steps } : {}) };
@@ -49,12 +56,10 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
       train,
       data: o.data,
       outDir: join(o.outDir, name),
-      timeBudgetSec: steps === undefined ? o.timeBudgetSec : undefined,
       label: name,
       quiet: o.quiet,
       tokens,
     });
-    if (steps === undefined) steps = r.steps;
     const moe = r.balance;
     rows.push({
       preset: name,
@@ -94,4 +99,18 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
   );
   writeFileAtomic(join(o.outDir, 'results.json'), `${JSON.stringify({ data: o.data, backend: tf.getBackend(), rows }, null, 2)}\n`);
   return rows;
+}
+
+/** Steps of `preset` that fit in `budgetSec` on this machine (measured on 3 steps after a warm-up). */
+function calibrateSteps(registry: ReturnType<typeof createDefaultRegistry>, name: string, tokens: CorpusTokens, train: Partial<TrainConfig>, budgetSec: number): number {
+  const preset = registry.get('preset', name, 'preset').create({}, undefined as never) as Preset;
+  const model = buildModel<Module & LanguageModel>(preset.spec, registry, 0);
+  const tr = new Trainer(model, tokens, { ...preset.train, ...train });
+  tr.trainStep();
+  const t0 = performance.now();
+  for (let i = 0; i < 3; i++) tr.trainStep();
+  const perStep = (performance.now() - t0) / 3000;
+  tr.optimizer.dispose();
+  model.dispose();
+  return Math.max(10, Math.floor(budgetSec / perStep));
 }
