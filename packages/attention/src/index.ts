@@ -3,9 +3,13 @@
  * @packageDocumentation
  */
 import { definePlugin } from '@moelab/core';
+import { moeutLMFixture, switchheadFixture } from './fixtures.js';
 import { mha } from './mha.js';
+import { switchhead } from './switchhead.js';
 
 export { mha } from './mha.js';
+export { SwitchHead, switchhead, renormRows, type SwitchHeadOptions } from './switchhead.js';
+export { moeutLMFixture, moeutSpecFromOfficialConfig, switchheadFixture } from './fixtures.js';
 
-export const attention = definePlugin({ name: '@moelab/attention', entries: [mha] });
+export const attention = definePlugin({ name: '@moelab/attention', entries: [mha, switchhead, switchheadFixture, moeutLMFixture] });
 export default attention;

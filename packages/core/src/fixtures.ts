@@ -11,6 +11,7 @@
 import { MoelabError } from './errors.js';
 import type { Registry } from './registry.js';
 import type { SafeTensor } from './safetensors.js';
+import { tf } from './tf.js';
 import { Type } from './schema.js';
 import { defineEntry } from './registry.js';
 
@@ -135,7 +136,13 @@ export function parseFixtureDoc(text: string, source = 'fixture.json'): FixtureD
   try {
     doc = JSON.parse(text);
   } catch (e) {
-    throw new MoelabError(`not valid JSON (${(e as Error).message})`, source);
+    // Python's json module writes the non-standard tokens NaN / Infinity / -Infinity (e.g. a top-k
+    // margin of a fixture without routing); read them as null.
+    try {
+      doc = JSON.parse(text.replace(/([:,[]\s*)(?:-?Infinity|NaN)(?=\s*[,}\]])/g, '$1null'));
+    } catch {
+      throw new MoelabError(`not valid JSON (${(e as Error).message})`, source);
+    }
   }
   if (!doc || typeof doc !== 'object') throw new MoelabError('not a JSON object', source);
   if (typeof doc.kind !== 'string') throw new MoelabError('missing "kind" (e.g. "sigma_moe")', `${source}: $.kind`);
@@ -161,4 +168,31 @@ export function fixtureTensor(fx: Fixture, name: string): SafeTensor {
   const t = fx.tensors.get(name);
   if (!t) throw new MoelabError(`tensor "${name}" is missing from the fixture`, fx.doc.name);
   return t;
+}
+
+/** The fixture's `param.*` tensors under their own names. */
+export function fixtureParams(fx: Fixture): Map<string, SafeTensor> {
+  const out = new Map<string, SafeTensor>();
+  for (const [name, t] of fx.tensors) if (name.startsWith('param.')) out.set(name.slice('param.'.length), t);
+  return out;
+}
+
+/** A float input of the fixture as a trainable variable (so gradients w.r.t. it can be taken). */
+export function fixtureInputVariable(fx: Fixture, name: string): tf.Variable {
+  const t = fixtureTensor(fx, `input.${name}`);
+  return tf.variable(tf.tensor(Float32Array.from(t.data), t.shape), true);
+}
+
+/**
+ * d f / d v for each named variable, stored as `<prefix>.<name>` (zeros where f does not depend on v).
+ */
+export function gradientsInto(out: Map<string, Float32Array | Int32Array>, prefix: string, f: () => tf.Scalar, vars: [string, tf.Variable][]): number {
+  const { value, grads } = tf.variableGrads(f, vars.map(([, v]) => v));
+  for (const [name, v] of vars) {
+    const g = grads[v.name];
+    out.set(`${prefix}.${name}`, g ? (g.dataSync() as Float32Array).slice() : new Float32Array(v.size));
+  }
+  const x = value.dataSync()[0]!;
+  tf.dispose([value, ...Object.values(grads)]);
+  return x;
 }

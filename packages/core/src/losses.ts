@@ -41,3 +41,15 @@ export function meanEntropy(probs: tf.Tensor): tf.Scalar {
   const p = tf.clipByValue(probs, 1e-12, 1);
   return tf.neg(tf.mean(tf.sum(tf.mul(probs, tf.log(p)), -1))) as tf.Scalar;
 }
+
+/**
+ * Entropy balancing regulariser of sigma-MoE / MoEUT (specs/moeut.md §2.5): for each averaging group g
+ * of `logits` [G, n, E], p̄_g = mean over its n rows of softmax(logits), and the result is
+ * mean_g sum_e p̄_g,e log p̄_g,e = -mean_g H(p̄_g) (negative; minimum -log E). log p̄ is computed stably
+ * as logsumexp over the rows of log_softmax minus log n, as the official code does.
+ */
+export function entropyBalanceReg(logits: tf.Tensor3D): tf.Scalar {
+  const n = logits.shape[1];
+  const logMean = tf.sub(tf.logSumExp(tf.logSoftmax(logits, -1), 1), Math.log(n));
+  return tf.mean(tf.sum(tf.mul(logMean, tf.exp(logMean)), -1)) as tf.Scalar;
+}

@@ -161,6 +161,18 @@ export abstract class Module {
     return n;
   }
 
+  /**
+   * Multiply-accumulates spent on one token (forward), for a sequence of `seqLen` tokens. Default: one
+   * MAC per parameter of this module and its children (exact for linear maps); modules whose cost is
+   * not their parameter count (embeddings, attention mixing, MoE layers, shared blocks) override it.
+   */
+  macsPerToken(seqLen: number): number {
+    let n = 0;
+    for (const v of this.params.values()) n += v.size;
+    for (const c of this.children.values()) n += c.macsPerToken(seqLen);
+    return n;
+  }
+
   /** Every module of the tree once, depth first. */
   modules(): Module[] {
     const out: Module[] = [];

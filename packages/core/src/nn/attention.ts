@@ -31,6 +31,11 @@ export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale 
   return tf.matMul(tf.softmax(scores, -1) as tf.Tensor4D, v as tf.Tensor4D);
 }
 
+/** MACs per token of causal attention mixing: q.k and A.v, each heads x headDim per key, (seqLen + 1) / 2 keys on average. */
+export function causalMixingMacs(heads: number, headDim: number, seqLen: number): number {
+  return heads * headDim * (seqLen + 1);
+}
+
 /** [B, T, H*dh] -> [B, H, T, dh] */
 export function splitHeads(x: tf.Tensor, heads: number): tf.Tensor {
   const [B, T, D] = x.shape as [number, number, number];
@@ -79,6 +84,11 @@ export class MultiHeadAttention extends Module implements AttentionModule {
     this.k = this.child('k_proj', new Linear(dModel, inner, rng, { bias: opts.bias }));
     this.v = this.child('v_proj', new Linear(dModel, inner, rng, { bias: opts.bias }));
     this.o = this.child('o_proj', new Linear(inner, dModel, rng, { bias: opts.bias }));
+  }
+
+  /** Projections plus causal attention mixing (q.k and A.v over (seqLen + 1) / 2 keys on average). */
+  override macsPerToken(seqLen: number): number {
+    return super.macsPerToken(seqLen) + causalMixingMacs(this.heads, this.headDim, seqLen);
   }
 
   forward(x: tf.Tensor, _ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {

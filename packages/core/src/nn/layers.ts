@@ -53,6 +53,11 @@ export class Embedding extends Module {
     this.weight = this.param('weight', rng.normalArray(numEmbeddings * dim, std), [numEmbeddings, dim]);
   }
 
+  /** A lookup: no multiply-accumulates. */
+  override macsPerToken(_seqLen: number): number {
+    return 0;
+  }
+
   forward(ids: tf.Tensor): tf.Tensor {
     const flat = tf.reshape(ids, [-1]);
     return tf.reshape(tf.gather(this.weight, flat), [...ids.shape, this.dim]);

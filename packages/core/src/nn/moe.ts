@@ -28,13 +28,19 @@ export interface RouteResult {
   extra?: Record<string, number>;
 }
 
+/** Where the flattened tokens a router sees came from. */
+export interface RouteInfo {
+  /** Leading shape of the layer input before flattening, e.g. [B, T] (rows of x = its product). */
+  batchShape: number[];
+}
+
 export interface Router extends Module {
   readonly numExperts: number;
   /** Nominal experts per token (for active-parameter counts). */
   readonly expertsPerToken: number;
   readonly flags: RouterFlags;
-  /** Route tokens x [T, d]. Aux losses are pushed to ctx.aux. */
-  route(x: tf.Tensor2D, ctx: ForwardContext): RouteResult;
+  /** Route tokens x [T, d]. Aux losses are pushed to ctx.aux. `info` tells per-sequence routers the [B, T] layout. */
+  route(x: tf.Tensor2D, ctx: ForwardContext, info?: RouteInfo): RouteResult;
 }
 
 export interface ExpertBank extends Module {
@@ -76,7 +82,7 @@ export class MoELayer extends Module implements FeedForward {
     const d = shape[shape.length - 1]!;
     const flat = tf.reshape(x, [-1, d]) as tf.Tensor2D;
     const routerIn = sources.routerInput ? (tf.reshape(sources.routerInput, [-1, sources.routerInput.shape.at(-1)!]) as tf.Tensor2D) : flat;
-    const routed = this.router.route(routerIn, ctx);
+    const routed = this.router.route(routerIn, ctx, { batchShape: shape.slice(0, -1) });
     let { plan, weight } = routed;
     const assigned = plan.size;
 
@@ -161,5 +167,10 @@ export class MoELayer extends Module implements FeedForward {
     if (this.shared) n += this.shared.activeParameterCount(seen);
     seen.add(this.experts);
     return n + this.experts.parametersPerExpert() * this.router.expertsPerToken;
+  }
+
+  /** Router + shared experts + k routed experts (one MAC per active weight). */
+  override macsPerToken(_seqLen: number): number {
+    return this.activeParameterCount();
   }
 }

@@ -104,6 +104,15 @@ export class TransformerLM extends Module {
     return out;
   }
 
+  /** MACs per token of one forward pass: every scheduled block (shared blocks count once per repeat), the final norm and the readout. */
+  override macsPerToken(seqLen = this.options.contextLength): number {
+    let n = 0;
+    for (const i of this.schedule) n += this.layers[i]!.macsPerToken(seqLen);
+    n += this.outNorm.macsPerToken(seqLen);
+    n += this.head ? this.head.macsPerToken(seqLen) : this.options.vocabSize * this.options.dModel;
+    return n;
+  }
+
   /** tokens [B, T] int32 -> logits [B, T, V]. */
   forward(tokens: tf.Tensor, ctx: ForwardContext): tf.Tensor3D {
     if (tokens.shape[1]! > this.options.contextLength) {
