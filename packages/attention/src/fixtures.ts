@@ -55,72 +55,74 @@ export const switchheadFixture = defineEntry({
   description: 'SwitchHead attention fixtures (specs/moeut.md §3), including the dense-gated experts = 1 case.',
   reference: 'shared fixtures README, moeut/',
   schema: Type.Record(Type.String(), Type.Unknown()),
-  create: (config, ctx): FixtureRunner => (fx) => {
-    const cfg = config as Record<string, unknown>;
-    const E = num(cfg, 'n_experts');
-    const att = buildNode<AttentionModule & SwitchHead>(
-      ctx.registry,
-      'attention',
-      {
-        type: 'switchhead',
-        heads: num(cfg, 'n_heads'),
-        headDim: num(cfg, 'd_head'),
-        experts: E,
-        k: E > 1 ? num(cfg, 'moe_k') : 1,
-        rotateFraction: num(cfg, 'rotate_fraction', 0.5),
-        ropeBase: num(cfg, 'rope_base', 10000),
-        expertDropout: num(cfg, 'expert_dropout', 0),
-        dropout: num(cfg, 'dropout', 0),
-        balanceCoef: 1,
-      },
-      '$',
-      0,
-      { dModel: num(cfg, 'd_model') },
-    );
-    att.assignPaths();
-    loadState(att, fixtureParams(fx), { source: fx.doc.name });
-    const q = fixtureInputVariable(fx, 'q_src');
-    const k = fixtureInputVariable(fx, 'k_src');
-    const v = fixtureInputVariable(fx, 'v_src');
-    const R = floatTensor(fx, 'input.R');
-    const run = () => {
-      const fctx = forwardContext(new Rng(0), true);
-      const y = att.forward(q, fctx, { q, k, v });
-      att.finalizeForward(fctx);
-      const o = fctx.aux.find((a) => a.name === 'att_entropy_o')?.value;
-      const vr = fctx.aux.find((a) => a.name === 'att_entropy_v')?.value;
-      return { y, o, v: vr };
-    };
-    const out = new Map<string, Float32Array | Int32Array>();
-    tf.tidy(() => {
-      const r = run();
-      out.set('expected.out', copy(r.y));
-      out.set('expected.loss_main', copy(tf.sum(tf.mul(r.y, R))));
-      if (E > 1) {
-        if (!r.o || !r.v) throw new MoelabError('SwitchHead produced no regulariser in training mode');
-        out.set('expected.reg_seq_o', copy(r.o));
-        out.set('expected.reg_seq_v', copy(r.v));
-        out.set('expected.reg_seq', copy(tf.add(r.o, r.v)));
-        out.set('expected.v_sel_logits', copy(att.selectionLogits(k, 'v')));
-        out.set('expected.o_sel_logits', copy(att.selectionLogits(q, 'o')));
-      }
-    });
-    const vars: [string, tf.Variable][] = [...att.namedParameters(), ['q_src', q], ['k_src', k], ['v_src', v]];
-    gradientsInto(out, 'grad_main', () => tf.sum(tf.mul(run().y, R)) as tf.Scalar, vars);
-    if (E > 1)
-      gradientsInto(
-        out,
-        'grad_aux',
-        () => {
-          const r = run();
-          return tf.add(r.o!, r.v!) as tf.Scalar;
+  create:
+    (config, ctx): FixtureRunner =>
+    (fx) => {
+      const cfg = config as Record<string, unknown>;
+      const E = num(cfg, 'n_experts');
+      const att = buildNode<AttentionModule & SwitchHead>(
+        ctx.registry,
+        'attention',
+        {
+          type: 'switchhead',
+          heads: num(cfg, 'n_heads'),
+          headDim: num(cfg, 'd_head'),
+          experts: E,
+          k: E > 1 ? num(cfg, 'moe_k') : 1,
+          rotateFraction: num(cfg, 'rotate_fraction', 0.5),
+          ropeBase: num(cfg, 'rope_base', 10000),
+          expertDropout: num(cfg, 'expert_dropout', 0),
+          dropout: num(cfg, 'dropout', 0),
+          balanceCoef: 1,
         },
-        vars,
+        '$',
+        0,
+        { dModel: num(cfg, 'd_model') },
       );
-    att.dispose();
-    tf.dispose([q, k, v, R]);
-    return out;
-  },
+      att.assignPaths();
+      loadState(att, fixtureParams(fx), { source: fx.doc.name });
+      const q = fixtureInputVariable(fx, 'q_src');
+      const k = fixtureInputVariable(fx, 'k_src');
+      const v = fixtureInputVariable(fx, 'v_src');
+      const R = floatTensor(fx, 'input.R');
+      const run = () => {
+        const fctx = forwardContext(new Rng(0), true);
+        const y = att.forward(q, fctx, { q, k, v });
+        att.finalizeForward(fctx);
+        const o = fctx.aux.find((a) => a.name === 'att_entropy_o')?.value;
+        const vr = fctx.aux.find((a) => a.name === 'att_entropy_v')?.value;
+        return { y, o, v: vr };
+      };
+      const out = new Map<string, Float32Array | Int32Array>();
+      tf.tidy(() => {
+        const r = run();
+        out.set('expected.out', copy(r.y));
+        out.set('expected.loss_main', copy(tf.sum(tf.mul(r.y, R))));
+        if (E > 1) {
+          if (!r.o || !r.v) throw new MoelabError('SwitchHead produced no regulariser in training mode');
+          out.set('expected.reg_seq_o', copy(r.o));
+          out.set('expected.reg_seq_v', copy(r.v));
+          out.set('expected.reg_seq', copy(tf.add(r.o, r.v)));
+          out.set('expected.v_sel_logits', copy(att.selectionLogits(k, 'v')));
+          out.set('expected.o_sel_logits', copy(att.selectionLogits(q, 'o')));
+        }
+      });
+      const vars: [string, tf.Variable][] = [...att.namedParameters(), ['q_src', q], ['k_src', k], ['v_src', v]];
+      gradientsInto(out, 'grad_main', () => tf.sum(tf.mul(run().y, R)) as tf.Scalar, vars);
+      if (E > 1)
+        gradientsInto(
+          out,
+          'grad_aux',
+          () => {
+            const r = run();
+            return tf.add(r.o!, r.v!) as tf.Scalar;
+          },
+          vars,
+        );
+      att.dispose();
+      tf.dispose([q, k, v, R]);
+      return out;
+    },
 });
 
 /** The moelab model spec of an official `MoEUTLM` configuration (fixture config keys = the official argument names). */
@@ -174,34 +176,36 @@ export const moeutLMFixture = defineEntry({
   description: 'Whole MoEUT language model fixtures, built from a model spec and loaded by the official state_dict names.',
   reference: 'shared fixtures README, moeut/; specs/moeut.md §4, §6.1',
   schema: Type.Record(Type.String(), Type.Unknown()),
-  create: (config, ctx): FixtureRunner => (fx) => {
-    const model = buildModel<Module & LanguageModel>(moeutSpecFromOfficialConfig(config as Record<string, unknown>), ctx.registry);
-    loadState(model, fixtureParams(fx), { source: fx.doc.name });
-    const tok = fixtureTensor(fx, 'input.tokens');
-    const tokens = tf.tensor(Int32Array.from(tok.data), tok.shape, 'int32');
-    const R = floatTensor(fx, 'input.R');
-    const run = () => {
-      const fctx = forwardContext(new Rng(0), true);
-      const logits = model.forward(tokens, fctx);
-      let reg: tf.Scalar = tf.scalar(0);
-      for (const a of fctx.aux) reg = tf.add(reg, tf.mul(a.value, a.coef)) as tf.Scalar;
-      return { logits, reg };
-    };
-    const out = new Map<string, Float32Array | Int32Array>();
-    tf.tidy(() => {
-      const { logits, reg } = run();
-      const [B, T, V] = logits.shape;
-      out.set('expected.logits', copy(logits));
-      out.set('expected.loss_main', copy(tf.sum(tf.mul(logits, R))));
-      out.set('expected.reg_loss', copy(reg));
-      const ce = crossEntropy(tf.slice(logits, [0, 0, 0], [B, T - 1, V]), tf.slice(tokens, [0, 1], [B, T - 1]));
-      out.set('expected.ce_loss', copy(ce));
-    });
-    const vars = model.namedParameters();
-    gradientsInto(out, 'grad_main', () => tf.sum(tf.mul(run().logits, R)) as tf.Scalar, vars);
-    gradientsInto(out, 'grad_aux', () => run().reg, vars);
-    model.dispose();
-    tf.dispose([tokens, R]);
-    return out;
-  },
+  create:
+    (config, ctx): FixtureRunner =>
+    (fx) => {
+      const model = buildModel<Module & LanguageModel>(moeutSpecFromOfficialConfig(config as Record<string, unknown>), ctx.registry);
+      loadState(model, fixtureParams(fx), { source: fx.doc.name });
+      const tok = fixtureTensor(fx, 'input.tokens');
+      const tokens = tf.tensor(Int32Array.from(tok.data), tok.shape, 'int32');
+      const R = floatTensor(fx, 'input.R');
+      const run = () => {
+        const fctx = forwardContext(new Rng(0), true);
+        const logits = model.forward(tokens, fctx);
+        let reg: tf.Scalar = tf.scalar(0);
+        for (const a of fctx.aux) reg = tf.add(reg, tf.mul(a.value, a.coef)) as tf.Scalar;
+        return { logits, reg };
+      };
+      const out = new Map<string, Float32Array | Int32Array>();
+      tf.tidy(() => {
+        const { logits, reg } = run();
+        const [B, T, V] = logits.shape;
+        out.set('expected.logits', copy(logits));
+        out.set('expected.loss_main', copy(tf.sum(tf.mul(logits, R))));
+        out.set('expected.reg_loss', copy(reg));
+        const ce = crossEntropy(tf.slice(logits, [0, 0, 0], [B, T - 1, V]), tf.slice(tokens, [0, 1], [B, T - 1]));
+        out.set('expected.ce_loss', copy(ce));
+      });
+      const vars = model.namedParameters();
+      gradientsInto(out, 'grad_main', () => tf.sum(tf.mul(run().logits, R)) as tf.Scalar, vars);
+      gradientsInto(out, 'grad_aux', () => run().reg, vars);
+      model.dispose();
+      tf.dispose([tokens, R]);
+      return out;
+    },
 });

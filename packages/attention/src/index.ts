@@ -10,6 +10,18 @@ import { switchhead } from './switchhead.js';
 export { mha } from './mha.js';
 export { SwitchHead, switchhead, renormRows, type SwitchHeadOptions } from './switchhead.js';
 export { moeutLMFixture, moeutSpecFromOfficialConfig, switchheadFixture } from './fixtures.js';
+export {
+  DENSE_COMPUTE_HIDDEN,
+  DENSE_PARAMS_HIDDEN,
+  moeutPresets,
+  moeutTiny,
+  moeutTinyDenseCompute,
+  moeutTinyDenseComputeSpec,
+  moeutTinyDenseParams,
+  moeutTinyDenseParamsSpec,
+  moeutTinySpec,
+  moeutTinyTrain,
+} from './presets/moeut.js';
 
 export const attention = definePlugin({ name: '@moelab/attention', entries: [mha, switchhead, switchheadFixture, moeutLMFixture] });
 export default attention;

@@ -265,7 +265,8 @@ export class SwitchHead extends Module implements AttentionModule {
 export const switchhead = defineEntry({
   kind: 'attention',
   name: 'switchhead',
-  description: 'SwitchHead: dense q/k, value and output experts per head with sigmoid gates, RoPE on part of each head (MoEUT); experts: 1 = dense with a gate per head.',
+  description:
+    'SwitchHead: dense q/k, value and output experts per head with sigmoid gates, RoPE on part of each head (MoEUT); experts: 1 = dense with a gate per head.',
   reference: 'specs/moeut.md §3',
   schema: Config({
     heads: Type.Integer({ minimum: 1, default: 4 }),
@@ -276,19 +277,19 @@ export const switchhead = defineEntry({
     ropeBase: Type.Number({ exclusiveMinimum: 0, default: 10000 }),
     dropout: Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0, description: 'dropout on q' }),
     expertDropout: Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0 }),
-    balance: Type.Union([Type.Literal('sequence'), Type.Literal('none')], { default: 'sequence', description: 'MoEUT entropy regulariser per sequence and head, over time × repeats' }),
+    balance: Type.Union([Type.Literal('sequence'), Type.Literal('none')], {
+      default: 'sequence',
+      description: 'MoEUT entropy regulariser per sequence and head, over time × repeats',
+    }),
     balanceCoef: Type.Number({ minimum: 0, default: 0.001, description: 'regulariser weight (MoEUT δ = 0.001)' }),
     initScale: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: 'init std scale; default √(2 / layers)' })),
   }),
   create: (c, ctx) => {
     const d = ctx.need('dModel');
-    if (c.headDim === undefined && d % c.heads !== 0) throw new MoelabError(`dModel ${d} is not divisible by heads ${c.heads}; set headDim`, `${ctx.path}.heads`);
+    if (c.headDim === undefined && d % c.heads !== 0)
+      throw new MoelabError(`dModel ${d} is not divisible by heads ${c.heads}; set headDim`, `${ctx.path}.heads`);
     if (c.experts > 1 && c.k > c.experts) throw new MoelabError(`k = ${c.k} exceeds the number of experts per head (${c.experts})`, `${ctx.path}.k`);
     const L = ctx.env.nLayers as number | undefined;
-    return new SwitchHead(
-      d,
-      { ...c, headDim: c.headDim ?? d / c.heads, initScale: c.initScale ?? (L ? Math.sqrt(2 / L) : 1) },
-      ctx.rng,
-    );
+    return new SwitchHead(d, { ...c, headDim: c.headDim ?? d / c.heads, initScale: c.initScale ?? (L ? Math.sqrt(2 / L) : 1) }, ctx.rng);
   },
 });

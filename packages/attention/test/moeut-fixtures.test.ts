@@ -24,15 +24,7 @@ describe('MoEUT golden fixtures', () => {
   const registry = createRegistry(corePlugin, routers, experts, attention);
 
   it('all seven public fixtures are present', () => {
-    expect(names).toEqual([
-      'moeut_lm_p1',
-      'moeut_lm_p2',
-      'sigma_moe_p1',
-      'sigma_moe_p2',
-      'switchhead_p1',
-      'switchhead_p2',
-      'switchhead_p3_dense_gated',
-    ]);
+    expect(names).toEqual(['moeut_lm_p1', 'moeut_lm_p2', 'sigma_moe_p1', 'sigma_moe_p2', 'switchhead_p1', 'switchhead_p2', 'switchhead_p3_dense_gated']);
   });
 
   for (const name of names) {

@@ -187,7 +187,10 @@ export function fixtureInputVariable(fx: Fixture, name: string): tf.Variable {
  * d f / d v for each named variable, stored as `<prefix>.<name>` (zeros where f does not depend on v).
  */
 export function gradientsInto(out: Map<string, Float32Array | Int32Array>, prefix: string, f: () => tf.Scalar, vars: [string, tf.Variable][]): number {
-  const { value, grads } = tf.variableGrads(f, vars.map(([, v]) => v));
+  const { value, grads } = tf.variableGrads(
+    f,
+    vars.map(([, v]) => v),
+  );
   for (const [name, v] of vars) {
     const g = grads[v.name];
     out.set(`${prefix}.${name}`, g ? (g.dataSync() as Float32Array).slice() : new Float32Array(v.size));

@@ -30,7 +30,7 @@ import {
   type Rng,
   type Router,
   Type,
-  tf,
+  type tf,
 } from '@moelab/core';
 
 export interface SigmaMoEExpertOptions {
@@ -117,7 +117,12 @@ export const sigmaMoEExperts = defineEntry({
     initScale: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: 'init std scale; default √(2 / layers)' })),
   }),
   create: (c, ctx) =>
-    new SigmaMoEExperts(ctx.need('dModel'), ctx.need('numExperts'), { size: c.size, activation: c.activation, initScale: c.initScale ?? defaultInitScale(ctx.env) }, ctx.rng),
+    new SigmaMoEExperts(
+      ctx.need('dModel'),
+      ctx.need('numExperts'),
+      { size: c.size, activation: c.activation, initScale: c.initScale ?? defaultInitScale(ctx.env) },
+      ctx.rng,
+    ),
 });
 
 export const sigmaMoEFFN = defineEntry({

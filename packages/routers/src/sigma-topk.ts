@@ -148,7 +148,13 @@ export class SigmaTopKRouter extends Module implements Router {
     const E = this.numExperts;
     let grouped: tf.Tensor3D;
     if (this.options.balance === 'global') {
-      grouped = tf.reshape(tf.concat(calls.map((c) => c.logits), 0), [1, -1, E]) as tf.Tensor3D;
+      grouped = tf.reshape(
+        tf.concat(
+          calls.map((c) => c.logits),
+          0,
+        ),
+        [1, -1, E],
+      ) as tf.Tensor3D;
     } else {
       const B = calls[0]!.batch;
       if (calls.some((c) => c.batch !== B)) throw new MoelabError(`${this.path}: calls of one forward pass have different batch sizes`);
@@ -180,7 +186,12 @@ export const sigmaTopK = defineEntry({
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 4, description: 'experts per token' }),
-    expertDropout: Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0, description: 'training-time probability of masking each (token, expert) before top-k' }),
+    expertDropout: Type.Number({
+      minimum: 0,
+      exclusiveMaximum: 1,
+      default: 0,
+      description: 'training-time probability of masking each (token, expert) before top-k',
+    }),
     balance: balanceSchema,
     balanceCoef: Type.Number({ minimum: 0, default: 0.01, description: 'weight of the entropy regulariser (MoEUT γ = 0.01; sigma-MoE paper 1e-4 to 1e-3)' }),
     initScale: Type.Optional(Type.Number({ exclusiveMinimum: 0, description: 'init std scale; default √(2 / layers)' })),
