@@ -25,6 +25,8 @@ export interface CompareRow {
   preset: string;
   parameters: number;
   activeParameters: number;
+  /** Multiply-accumulates per token of one forward pass at the training sequence length. */
+  macsPerToken: number;
   steps: number;
   tokens: number;
   valLoss: number;
@@ -34,6 +36,8 @@ export interface CompareRow {
   /** Mean over MoE layers of the coefficient of variation of expert load (null for dense). */
   loadCV: number | null;
   maxVio: number | null;
+  /** Expert usage per MoE layer over the last training step. */
+  layers: { layer: string; load: number[]; cv: number; maxVio: number; dropRate: number }[];
 }
 
 export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
@@ -65,6 +69,7 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
       preset: name,
       parameters: r.summary.parameters,
       activeParameters: r.summary.activeParameters,
+      macsPerToken: r.model.macsPerToken(r.trainer.config.seqLen),
       steps: r.steps,
       tokens: r.steps * r.trainer.config.batchSize * r.trainer.config.seqLen * r.trainer.config.accumulate,
       valLoss: r.finalEval.loss,
@@ -73,15 +78,17 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
       wallSec: r.wallSec,
       loadCV: moe.length ? moe.reduce((s, b) => s + b.cv, 0) / moe.length : null,
       maxVio: moe.length ? Math.max(...moe.map((b) => b.maxVio)) : null,
+      layers: moe.map((b) => ({ layer: b.layer, load: b.load.map((x) => Number(x.toFixed(4))), cv: b.cv, maxVio: b.maxVio, dropRate: b.dropRate })),
     });
     r.model.dispose();
     r.trainer.optimizer.dispose();
   }
-  const headers = ['preset', 'params', 'active/token', 'steps', 'tokens', 'val loss', 'val ppl', 'tok/s', 'wall', 'load CV', 'MaxVio'];
+  const headers = ['preset', 'params', 'active/token', 'MACs/token', 'steps', 'tokens', 'val loss', 'val ppl', 'tok/s', 'wall', 'load CV', 'MaxVio'];
   const body = rows.map((r) => [
     r.preset,
     human(r.parameters),
     human(r.activeParameters),
+    human(r.macsPerToken),
     r.steps,
     human(r.tokens),
     r.valLoss.toFixed(4),
@@ -91,11 +98,15 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
     r.loadCV?.toFixed(3) ?? '-',
     r.maxVio?.toFixed(3) ?? '-',
   ]);
-  const text = formatTable(headers, body);
+  const usage = rows
+    .filter((r) => r.layers.length)
+    .map((r) => `${r.preset} expert usage (% of assignments, last step):\n${r.layers.map((l) => `  ${l.layer}: ${l.load.map((x) => (100 * x).toFixed(0)).join(' ')}`).join('\n')}`)
+    .join('\n');
+  const text = `${formatTable(headers, body)}${usage ? `\n\n${usage}` : ''}`;
   process.stdout.write(`\n${text}\n\n(data: ${o.data}, backend: ${tf.getBackend()}; runs in ${o.outDir})\n`);
   writeFileAtomic(
     join(o.outDir, 'results.md'),
-    `# moelab compare\n\ndata: ${o.data}, backend: ${tf.getBackend()}, ${new Date().toISOString()}\n\n${formatTable(headers, body, true)}\n`,
+    `# moelab compare\n\ndata: ${o.data}, backend: ${tf.getBackend()}, ${new Date().toISOString()}\n\n${formatTable(headers, body, true)}\n${usage ? `\n\`\`\`\n${usage}\n\`\`\`\n` : ''}`,
   );
   writeFileAtomic(join(o.outDir, 'results.json'), `${JSON.stringify({ data: o.data, backend: tf.getBackend(), rows }, null, 2)}\n`);
   return rows;
