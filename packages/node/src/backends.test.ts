@@ -47,6 +47,14 @@ describe('backends', () => {
       expect(got[i]!.length).toBe(ref[i]!.length);
       for (let j = 0; j < ref[i]!.length; j++) expect(got[i]![j]).toBeCloseTo(ref[i]![j]!, 3);
     }
+    // Row gathers (moelab's wasm fast path) with repeats, 3-D params, 2-D indices, int32 data.
+    const table = tf.tensor3d(Array.from({ length: 24 }, (_, i) => i * 0.5), [4, 3, 2]);
+    const gi = tf.tensor2d([3, 0, 3, 1], [2, 2], 'int32');
+    const gathered = tf.gather(table, gi);
+    expect(gathered.shape).toEqual([2, 2, 3, 2]);
+    expect(Array.from(gathered.dataSync()).slice(0, 6)).toEqual([9, 9.5, 10, 10.5, 11, 11.5]);
+    expect(Array.from(tf.gather(tf.tensor1d([5, 6, 7], 'int32'), tf.tensor1d([2, 2, 0], 'int32')).dataSync())).toEqual([7, 7, 5]);
+    expect(Array.from(tf.gather(tf.tensor2d([1, 2, 3, 4], [2, 2]), tf.tensor1d([1], 'int32'), 1).dataSync())).toEqual([2, 4]);
     // wasm has no UnsortedSegmentSum of its own: moelab's must be there, with its gradient.
     const x = tf.tensor2d([1, 2, 3, 4, 5, 6], [3, 2]);
     const ids = tf.tensor1d([2, 0, 2], 'int32');
