@@ -112,6 +112,19 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     log(`${group.padEnd(6)} ${name.padEnd(40)} fwd ${fwd ? fwd[0].toFixed(1).padStart(8) : '       -'} ms  fwd+bwd ${fb ? fb[0].toFixed(1).padStart(8) : '       -'} ms  ${(row.gflops_fwdbwd ?? row.gflops_fwd ?? 0).toFixed(1)} GFLOP/s`);
   };
 
+  const skipped: { group: string; name: string; reason: string }[] = [];
+  // A row that cannot run here (e.g. out of wasm memory) is reported and skipped; the others go on.
+  const attempt = (group: string, name: string, fn: () => void) => {
+    if (!want(group, name)) return;
+    try {
+      tf.tidy(fn);
+    } catch (e) {
+      const reason = (e as Error).message.split('\n')[0]!;
+      skipped.push({ group, name, reason });
+      log(`${group.padEnd(6)} ${name.padEnd(40)} skipped: ${reason}`);
+    }
+  };
+
   // Peak sgemm.
   for (const n of [2048, 1024]) {
     const rng = new Rng(n);
@@ -153,11 +166,14 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
     add('moe', name, `T=${T} d=${d} E=${E} dff=${dff} k=${k}`, 2 * T * d * E + 4 * T * k * d * dff, r.fwd, r.fb);
   }
-  const hasSigma = registry.has('router', 'sigma-topk');
+  const hasSigma = registry.has('ffn', 'sigma-moe');
+  const hasSwitchHead = registry.has('attention', 'switchhead');
+  const sigmaFFN = { type: 'sigma-moe', experts: 64, k: 4, expertSize: 128 };
+  const sigmaFlops = 2 * T * d * 64 + 4 * T * 4 * d * 128;
   if (hasSigma && want('sigma', 'c sigma-MoE sorted E64x128 k4')) {
-    const f = layer({ type: 'moe', experts: 64, router: { type: 'sigma-topk', k: 4 }, expert: { type: 'mlp', hidden: 128, activation: 'relu' } });
-    const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
-    add('sigma', 'c sigma-MoE sorted E64x128 k4', `T=${T} d=${d} E=64 G=128 k=4`, 2 * T * d * 64 + 4 * T * 4 * d * 128, r.fwd, r.fb);
+    const f = layer(sigmaFFN);
+    const r = benchModule(f, (x) => f.forward(x, ctxFor()), [B, S, d], warmup, reps);
+    add('sigma', 'c sigma-MoE sorted E64x128 k4', `T=${T} d=${d} E=64 G=128 k=4`, sigmaFlops, r.fwd, r.fb);
   }
   if (want('attn', 'd MHA h4')) {
     const rng = new Rng(3);
@@ -165,18 +181,32 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     const r = benchModule(att, (x) => att.forward(x, ctxFor()), [B, S, d], warmup, reps);
     add('attn', 'd MHA h4', `B=${B} S=${S} d=${d} H=4 dh=64`, 8 * T * d * d + 4 * B * S * S * d, r.fwd, r.fb);
   }
+  const switchheadFlops = 4 * T * d * 256 + 2 * T * d * 4 * 2 * 64 + 2 * T * 4 * 2 * 64 * d + 4 * T * d * 4 * 8 + 4 * B * 4 * S * S * 64;
+  if (hasSwitchHead && want('attn', 'd SwitchHead sorted E8 k2')) {
+    const att = buildModel<{ layers: { attention: Module & { forward(x: tf.Tensor, ctx: unknown): tf.Tensor } }[] }>(
+      { type: 'transformer-lm', vocabSize: 256, dModel: d, contextLength: S, stack: { groupSize: 1, repeats: 1 }, block: { type: 'transformer', attention: { type: 'switchhead', heads: 4, headDim: 64, experts: 8, k: 2 }, ffn: { type: 'dense', hidden: 8 } } },
+      registry,
+      0,
+    ).layers[0]!.attention;
+    const r = benchModule(att, (x) => att.forward(x, ctxFor()), [B, S, d], warmup, reps);
+    add('attn', 'd SwitchHead sorted E8 k2', `B=${B} S=${S} d=${d} H=4 E=8 k=2`, switchheadFlops, r.fwd, r.fb);
+  }
 
   // Whole training steps of a 4-layer LM (AdamW), tokens/s.
   const lmVariants: [string, NodeSpec, number][] = [['e LM dense FFN + MHA', { type: 'dense', hidden: 1024, activation: 'relu' }, 4 * T * d * 1024]];
-  if (hasSigma)
-    lmVariants.push([
-      'e LM sigma-MoE sorted + MHA',
-      { type: 'moe', experts: 64, router: { type: 'sigma-topk', k: 4 }, expert: { type: 'mlp', hidden: 128, activation: 'relu' } },
-      2 * T * d * 64 + 4 * T * 4 * d * 128,
-    ]);
-  for (const [name, ffn, ffnFlops] of lmVariants) {
-    if (!want('lm', name)) continue;
-    const spec = { type: 'transformer-lm', vocabSize: 256, dModel: d, contextLength: S, stack: { groupSize: 4, repeats: 1 }, block: { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn } };
+  const lmBlocks: Record<string, NodeSpec> = {};
+  lmBlocks['e LM dense FFN + MHA'] = { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn: lmVariants[0]![1] };
+  if (hasSigma) {
+    lmVariants.push(['e LM sigma-MoE sorted + MHA', sigmaFFN, sigmaFlops]);
+    lmBlocks['e LM sigma-MoE sorted + MHA'] = { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn: sigmaFFN };
+  }
+  if (hasSigma && hasSwitchHead) {
+    // MoEUT: peri-LN, SwitchHead attention (its FLOPs replace MHA's below) and sigma-MoE.
+    lmVariants.push(['e LM MoEUT sigma+SwitchHead(sorted)', sigmaFFN, sigmaFlops + switchheadFlops - (8 * T * d * d + 4 * B * S * S * d)]);
+    lmBlocks['e LM MoEUT sigma+SwitchHead(sorted)'] = { type: 'transformer', norm: 'peri', attention: { type: 'switchhead', heads: 4, headDim: 64, experts: 8, k: 2 }, ffn: sigmaFFN };
+  }
+  for (const [name, , ffnFlops] of lmVariants) attempt('lm', name, () => {
+    const spec = { type: 'transformer-lm', vocabSize: 256, dModel: d, contextLength: S, stack: { groupSize: 4, repeats: 1 }, block: lmBlocks[name]! };
     const model = buildModel<Module & LanguageModel>(spec, registry, 0);
     const data = { batch: (rng: Rng, b: number, s: number) => Int32Array.from({ length: b * (s + 1) }, () => rng.int(256)) };
     const tr = new Trainer(model, data, { batchSize: B, seqLen: S, steps: 1000, lr: 1e-3, weightDecay: 0.1, warmup: 0, clip: 0 });
@@ -186,16 +216,16 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     const step = timeIt(() => void tr.trainStep(), 1, lmReps);
     const flops = 4 * (8 * T * d * d + 4 * B * S * S * d + ffnFlops) + 2 * T * d * 256;
     add('lm', name, `V=256 d=${d} L=4 B=${B} S=${S} AdamW`, flops, fwd, step, { tokens_per_s_train: T / (step[0] / 1e3), tokens_per_s_fwd: T / (fwd[0] / 1e3), params: model.parameterCount() });
-    tokens.dispose();
     tr.optimizer.dispose();
     model.dispose();
-  }
+  });
 
   const out = {
     environment: { tool: 'moelab bench', backend: tf.getBackend(), node: process.version, cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model, platform: `${os.platform()} ${os.arch()}` },
     settings: { warmup, reps, quick: !!o.quick },
     peak_sgemm_gflops: peak,
     rows,
+    skipped,
   };
   if (o.json) writeFileSync(o.json, `${JSON.stringify(out, null, 2)}\n`);
   return { rows, peak };
