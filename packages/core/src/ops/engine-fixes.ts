@@ -135,7 +135,10 @@ export function installEngineFixes(): void {
           for (let i = 0; i < ids.length; i++) if (ids[i]! < 0) negative = true;
           const gathered = tf.gather(dy as tf.Tensor, negative ? tf.maximum(segmentIds, tf.scalar(0, 'int32')) : segmentIds);
           if (!negative) return gathered;
-          const keep = tf.reshape(tf.cast(tf.greaterEqual(segmentIds, tf.scalar(0, 'int32')), 'float32'), [ids.length, ...new Array(gathered.rank - 1).fill(1)]);
+          const keep = tf.reshape(tf.cast(tf.greaterEqual(segmentIds, tf.scalar(0, 'int32')), 'float32'), [
+            ids.length,
+            ...new Array(gathered.rank - 1).fill(1),
+          ]);
           return tf.mul(gathered, keep);
         },
       };
@@ -163,54 +166,46 @@ export function patchWasmBackend(): boolean {
   if (!original) return false;
   wasmPatched = true;
   patchWasmGather();
-  const inner = original.kernelFunc as unknown as (args: SegmentArgs) => tf.TensorInfo;
-  tf.unregisterKernel(tf.BatchMatMul, 'wasm');
-  tf.registerKernel({
-    kernelName: tf.BatchMatMul,
-    backendName: 'wasm',
-    setupFunc: original.setupFunc,
-    disposeFunc: original.disposeFunc,
-    kernelFunc: ((args: SegmentArgs) => {
-      const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
-      const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
-      const ra = a.shape.length;
-      const rb = b.shape.length;
-      const batchA = a.shape.slice(0, -2).reduce((x, y) => x * y, 1);
-      const batchB = b.shape.slice(0, -2).reduce((x, y) => x * y, 1);
-      if ((batchA === 1 && batchB === 1 && !transposeA && !transposeB) || a.dtype !== 'float32' || b.dtype !== 'float32') return inner(args);
-      // biome-ignore lint/suspicious/noExplicitAny: wasm backend internals
-      const backend = args.backend as any;
-      const m = transposeA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
-      const k = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
-      const n = transposeB ? b.shape[rb - 2]! : b.shape[rb - 1]!;
-      const outBatch = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
-      const batch = Math.max(batchA, batchB);
-      if (batchA !== batch && batchA !== 1) return inner(args);
-      if (batchB !== batch && batchB !== 1) return inner(args);
-      const av = backend.readSync(a.dataId) as Float32Array;
-      const bv = backend.readSync(b.dataId) as Float32Array;
-      const out = new Float32Array(batch * m * n);
-      const as = new Float32Array(m * k);
-      const bs = new Float32Array(k * n);
-      for (let i = 0; i < batch; i++) {
-        const ao = (batchA === 1 ? 0 : i) * m * k;
-        const bo = (batchB === 1 ? 0 : i) * k * n;
-        if (transposeA) {
-          for (let r = 0; r < k; r++) for (let c = 0; c < m; c++) as[c * k + r] = av[ao + r * m + c]!;
-        } else as.set(av.subarray(ao, ao + m * k));
-        if (transposeB) {
-          for (let r = 0; r < n; r++) for (let c = 0; c < k; c++) bs[c * n + r] = bv[bo + r * k + c]!;
-        } else bs.set(bv.subarray(bo, bo + k * n));
-        const ta = backend.makeOutput([1, m, k], 'float32', undefined, as);
-        const tb = backend.makeOutput([1, k, n], 'float32', undefined, bs);
-        const r = inner({ inputs: { a: ta, b: tb }, backend, attrs: { transposeA: false, transposeB: false } as unknown as tf.NamedAttrMap });
-        out.set(backend.typedArrayFromHeap(r) as Float32Array, i * m * n);
-        backend.disposeData(ta.dataId);
-        backend.disposeData(tb.dataId);
-        backend.disposeData(r.dataId);
-      }
-      return backend.makeOutput([...outBatch, m, n], 'float32', undefined, out);
-    }) as unknown as tf.KernelFunc,
+  replaceWasmKernel(tf.BatchMatMul, original, (inner) => (args: SegmentArgs) => {
+    const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+    const ra = a.shape.length;
+    const rb = b.shape.length;
+    const batchA = a.shape.slice(0, -2).reduce((x, y) => x * y, 1);
+    const batchB = b.shape.slice(0, -2).reduce((x, y) => x * y, 1);
+    if ((batchA === 1 && batchB === 1 && !transposeA && !transposeB) || a.dtype !== 'float32' || b.dtype !== 'float32') return inner(args);
+    // biome-ignore lint/suspicious/noExplicitAny: wasm backend internals
+    const backend = args.backend as any;
+    const m = transposeA ? a.shape[ra - 1]! : a.shape[ra - 2]!;
+    const k = transposeA ? a.shape[ra - 2]! : a.shape[ra - 1]!;
+    const n = transposeB ? b.shape[rb - 2]! : b.shape[rb - 1]!;
+    const outBatch = tf.broadcast_util.assertAndGetBroadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2));
+    const batch = Math.max(batchA, batchB);
+    if (batchA !== batch && batchA !== 1) return inner(args);
+    if (batchB !== batch && batchB !== 1) return inner(args);
+    const av = backend.readSync(a.dataId) as Float32Array;
+    const bv = backend.readSync(b.dataId) as Float32Array;
+    const out = new Float32Array(batch * m * n);
+    const as = new Float32Array(m * k);
+    const bs = new Float32Array(k * n);
+    for (let i = 0; i < batch; i++) {
+      const ao = (batchA === 1 ? 0 : i) * m * k;
+      const bo = (batchB === 1 ? 0 : i) * k * n;
+      if (transposeA) {
+        for (let r = 0; r < k; r++) for (let c = 0; c < m; c++) as[c * k + r] = av[ao + r * m + c]!;
+      } else as.set(av.subarray(ao, ao + m * k));
+      if (transposeB) {
+        for (let r = 0; r < n; r++) for (let c = 0; c < k; c++) bs[c * n + r] = bv[bo + r * k + c]!;
+      } else bs.set(bv.subarray(bo, bo + k * n));
+      const ta = backend.makeOutput([1, m, k], 'float32', undefined, as);
+      const tb = backend.makeOutput([1, k, n], 'float32', undefined, bs);
+      const r = inner({ inputs: { a: ta, b: tb }, backend, attrs: { transposeA: false, transposeB: false } as unknown as tf.NamedAttrMap });
+      out.set(backend.typedArrayFromHeap(r) as Float32Array, i * m * n);
+      backend.disposeData(ta.dataId);
+      backend.disposeData(tb.dataId);
+      backend.disposeData(r.dataId);
+    }
+    return backend.makeOutput([...outBatch, m, n], 'float32', undefined, out);
   });
   return true;
 }
@@ -223,32 +218,39 @@ export function patchWasmBackend(): boolean {
 function patchWasmGather(): void {
   const original = tf.getKernel(tf.GatherV2, 'wasm');
   if (!original) return;
-  const inner = original.kernelFunc as unknown as (args: SegmentArgs) => tf.TensorInfo;
-  tf.unregisterKernel(tf.GatherV2, 'wasm');
+  replaceWasmKernel(tf.GatherV2, original, (inner) => (args: SegmentArgs) => {
+    const { x, indices } = args.inputs as { x: tf.TensorInfo; indices: tf.TensorInfo };
+    const { axis, batchDims } = args.attrs as unknown as { axis: number; batchDims: number };
+    const ax = axis < 0 ? axis + x.shape.length : axis;
+    if (ax !== 0 || (batchDims ?? 0) !== 0 || (x.dtype !== 'float32' && x.dtype !== 'int32')) return inner(args);
+    // biome-ignore lint/suspicious/noExplicitAny: wasm backend internals
+    const backend = args.backend as any;
+    const rows = x.shape[0]!;
+    const inner1 = x.shape.slice(1).reduce((a, b) => a * b, 1);
+    const idx = backend.readSync(indices.dataId) as Int32Array | Float32Array;
+    // A view of the wasm heap: valid until the next allocation, so copy everything out before makeOutput.
+    const src = backend.typedArrayFromHeap(x) as Float32Array | Int32Array;
+    const out = x.dtype === 'float32' ? new Float32Array(idx.length * inner1) : new Int32Array(idx.length * inner1);
+    for (let i = 0; i < idx.length; i++) {
+      const r = idx[i]!;
+      if (r < 0 || r >= rows) throw new Error(`GatherV2: index ${r} is out of range [0, ${rows})`);
+      out.set(src.subarray(r * inner1, (r + 1) * inner1), i * inner1);
+    }
+    return backend.makeOutput([...indices.shape, ...x.shape.slice(1)], x.dtype, undefined, out);
+  });
+}
+
+type KernelArgsFunc = (args: SegmentArgs) => tf.TensorInfo;
+
+/** Swap a wasm kernel for `wrap(original)`, keeping its setup/dispose hooks. */
+function replaceWasmKernel(name: string, original: tf.KernelConfig, wrap: (inner: KernelArgsFunc) => KernelArgsFunc): void {
+  const inner = original.kernelFunc as unknown as KernelArgsFunc;
+  tf.unregisterKernel(name, 'wasm');
   tf.registerKernel({
-    kernelName: tf.GatherV2,
+    kernelName: name,
     backendName: 'wasm',
     setupFunc: original.setupFunc,
     disposeFunc: original.disposeFunc,
-    kernelFunc: ((args: SegmentArgs) => {
-      const { x, indices } = args.inputs as { x: tf.TensorInfo; indices: tf.TensorInfo };
-      const { axis, batchDims } = args.attrs as unknown as { axis: number; batchDims: number };
-      const ax = axis < 0 ? axis + x.shape.length : axis;
-      if (ax !== 0 || (batchDims ?? 0) !== 0 || (x.dtype !== 'float32' && x.dtype !== 'int32')) return inner(args);
-      // biome-ignore lint/suspicious/noExplicitAny: wasm backend internals
-      const backend = args.backend as any;
-      const rows = x.shape[0]!;
-      const inner1 = x.shape.slice(1).reduce((a, b) => a * b, 1);
-      const idx = backend.readSync(indices.dataId) as Int32Array | Float32Array;
-      // A view of the wasm heap: valid until the next allocation, so copy everything out before makeOutput.
-      const src = backend.typedArrayFromHeap(x) as Float32Array | Int32Array;
-      const out = x.dtype === 'float32' ? new Float32Array(idx.length * inner1) : new Int32Array(idx.length * inner1);
-      for (let i = 0; i < idx.length; i++) {
-        const r = idx[i]!;
-        if (r < 0 || r >= rows) throw new Error(`GatherV2: index ${r} is out of range [0, ${rows})`);
-        out.set(src.subarray(r * inner1, (r + 1) * inner1), i * inner1);
-      }
-      return backend.makeOutput([...indices.shape, ...x.shape.slice(1)], x.dtype, undefined, out);
-    }) as unknown as tf.KernelFunc,
+    kernelFunc: wrap(inner) as unknown as tf.KernelFunc,
   });
 }
