@@ -1,0 +1,124 @@
+/**
+ * The `moelab-cpu` tfjs backend: tfjs-backend-cpu's MathBackendCPU (same tensor storage, every cpu
+ * kernel re-registered under the new name) with the hot kernels replaced by native ones.
+ * (The name has no underscore: tfjs keys kernels as `${backend}_${kernel}`.)
+ */
+import * as tfjs from '@tensorflow/tfjs';
+import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
+import { makeOverrides } from './kernels.js';
+import { makeMoeKernels, registerMoeGradients } from './moe.js';
+import { HOW_TO_BUILD, loadNative } from './native.js';
+
+export const BACKEND_NAME = 'moelab-cpu';
+
+/** What registerMoelabCpuBackend found. */
+export interface MoelabCpuStatus {
+  /** True when the native addon loaded and the `moelab-cpu` backend is registered. */
+  available: boolean;
+  /** One line: what runs ("native kernels, OpenBLAS GEMM, 2 threads"), or why not and how to fix it. */
+  reason: string;
+  /** The GEMM in use: 'openblas', 'builtin' (the portable packed kernel), or 'none' when unavailable. */
+  blas: string;
+  /** Threads the native kernels use (0 when unavailable). */
+  threads: number;
+}
+
+export interface RegisterOptions {
+  /** tfjs backend priority (cpu is 1, wasm/webgl 2). Default 2.5: preferred over cpu and wasm when tfjs picks. */
+  priority?: number;
+  /** Threads for the native kernels (default: MOELAB_THREADS, else all cores). */
+  threads?: number;
+  /** 'openblas' (default when linked) or 'builtin' (the portable packed GEMM). */
+  gemm?: 'openblas' | 'builtin';
+}
+
+/** The cpu backend without its "looks like you are running TensorFlow.js in Node.js" banner. */
+class MoelabCpuBackend extends MathBackendCPU {
+  constructor() {
+    super();
+    // The banner advertises tfjs-node; here the native path is ours, so the hint is wrong.
+    (this as unknown as { firstUse: boolean }).firstUse = false;
+  }
+}
+
+let registeredWith: typeof tfjs | null = null;
+
+function statusLine(threads: number, gemm: string): string {
+  return `native kernels (${gemm === 'openblas' ? 'OpenBLAS' : 'builtin packed'} GEMM, ${threads} thread${threads === 1 ? '' : 's'})`;
+}
+
+/**
+ * Register the `moelab-cpu` backend and its kernels (idempotent). Returns `available: false` with
+ * the reason, and registers nothing, when the native addon is not built. Does not switch backends:
+ * call `tf.setBackend('moelab-cpu')` (before building models: tensors move on first use).
+ */
+export function registerMoelabCpuBackend(tf: typeof tfjs = tfjs, options: RegisterOptions = {}): MoelabCpuStatus {
+  const { addon, reason } = loadNative();
+  if (!addon) return { available: false, reason, blas: 'none', threads: 0 };
+  if (options.threads !== undefined) addon.setThreads(Math.max(1, Math.floor(options.threads)));
+  if (options.gemm !== undefined) addon.setGemm(options.gemm === 'openblas');
+  const failure = registerOnce(tf, options.priority);
+  if (failure) return failure;
+  const info = addon.info();
+  let line = statusLine(info.threads, info.gemm);
+  if (options.gemm === 'openblas' && !info.haveBlas) {
+    line += '; OpenBLAS was requested but the addon was built without it (apt-get install -y libopenblas-dev, then pnpm rebuild @moelab/kernels-cpu)';
+  }
+  return { available: true, reason: line, blas: info.gemm, threads: info.threads };
+}
+
+// Returns a failure status, or null when the backend is (now) registered.
+function registerOnce(tf: typeof tfjs, priority = 2.5): MoelabCpuStatus | null {
+  if (registeredWith) return null;
+  const { addon } = loadNative();
+  if (!addon) return { available: false, reason: `the native addon is not loaded. ${HOW_TO_BUILD}`, blas: 'none', threads: 0 };
+  const cpuKernels = tf.getKernelsForBackend('cpu');
+  if (cpuKernels.length === 0) {
+    return {
+      available: false,
+      reason: 'tfjs-backend-cpu registered no kernels in this tfjs instance (import @tensorflow/tfjs, not @tensorflow/tfjs-core alone)',
+      blas: 'none',
+      threads: 0,
+    };
+  }
+  tf.registerBackend(BACKEND_NAME, () => new MoelabCpuBackend(), priority);
+  for (const k of cpuKernels) {
+    if (!tf.getKernel(k.kernelName, BACKEND_NAME)) tf.registerKernel({ ...k, backendName: BACKEND_NAME });
+  }
+  const { configs } = makeOverrides(tf, addon, BACKEND_NAME);
+  for (const k of [...configs, ...makeMoeKernels(addon, BACKEND_NAME)]) {
+    if (tf.getKernel(k.kernelName, BACKEND_NAME)) tf.unregisterKernel(k.kernelName, BACKEND_NAME);
+    tf.registerKernel(k);
+  }
+  registerMoeGradients(tf);
+  registeredWith = tf;
+  return null;
+}
+
+/** Names of the kernels this package implements natively for `moelab-cpu`. */
+export const NATIVE_KERNELS = [
+  'BatchMatMul',
+  '_FusedMatMul',
+  'Transpose',
+  'Multiply',
+  'GatherV2',
+  'Softmax',
+  'TopK',
+  'UnsortedSegmentSum',
+  'MoelabMoeMLP',
+  'MoelabMoeMLPGrad',
+  'MoelabMoeLinear',
+  'MoelabMoeLinearGrad',
+] as const;
+
+/** Switch the native GEMM ('openblas' when linked, else 'builtin'); returns the one now in use. */
+export function setGemm(gemm: 'openblas' | 'builtin'): string {
+  const { addon } = loadNative();
+  return addon ? addon.setGemm(gemm === 'openblas') : 'none';
+}
+
+/** Set the native thread count; returns the count now in use (0 when unavailable). */
+export function setThreads(n: number): number {
+  const { addon } = loadNative();
+  return addon ? addon.setThreads(Math.max(1, Math.floor(n))) : 0;
+}

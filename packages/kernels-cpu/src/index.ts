@@ -1,0 +1,86 @@
+/**
+ * @moelab/kernels-cpu: native CPU kernels for TensorFlow.js in Node.
+ *
+ *   import * as tf from '@tensorflow/tfjs';
+ *   import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
+ *   const s = registerMoelabCpuBackend(tf);
+ *   if (s.available) await tf.setBackend('moelab-cpu'); else console.warn(s.reason);
+ */
+import * as tfjs from '@tensorflow/tfjs';
+import {
+  BACKEND_NAME,
+  type MoelabCpuStatus,
+  NATIVE_KERNELS,
+  type RegisterOptions,
+  registerMoelabCpuBackend,
+  setGemm,
+  setThreads,
+} from './backend.js';
+import { MOE_LINEAR, MOE_MLP, type MoeActivation } from './moe.js';
+
+export { BACKEND_NAME, NATIVE_KERNELS, registerMoelabCpuBackend, setGemm, setThreads };
+export type { MoelabCpuStatus, RegisterOptions, MoeActivation };
+export { MOE_ACTIVATIONS, MOE_LINEAR, MOE_LINEAR_GRAD, MOE_MLP, MOE_MLP_GRAD } from './moe.js';
+export { HOW_TO_BUILD } from './native.js';
+
+/**
+ * The fused MoE MLP: out[t] = sum over assignments n with tokenIndex[n] = t of
+ * weight[n] * act(x[t] w1[e_n]) w2[e_n]. x [T,d], w1 [E,d,h], w2 [E,h,d], tokenIndex / expertIndex
+ * int32 [N], weight [N]. Differentiable w.r.t. x, w1, w2 and weight. Needs a backend with the
+ * `MoelabMoeMLP` kernel (moelab-cpu).
+ */
+export function moeMLP(
+  x: tfjs.Tensor2D,
+  w1: tfjs.Tensor3D,
+  w2: tfjs.Tensor3D,
+  tokenIndex: tfjs.Tensor1D,
+  expertIndex: tfjs.Tensor1D,
+  weight: tfjs.Tensor1D,
+  activation: MoeActivation,
+  tf: typeof tfjs = tfjs,
+): tfjs.Tensor2D {
+  // The kernel's second output (pre-activations saved for the backward pass) is internal: the
+  // gradient tape keeps its own reference, so the caller's copy is disposed here.
+  const [out, hidden] = tf.engine().runKernel(
+    MOE_MLP,
+    { x, w1, w2, tokenIndex, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
+    { activation } as unknown as tfjs.NamedAttrMap,
+  ) as tfjs.Tensor[];
+  hidden.dispose();
+  return out as tfjs.Tensor2D;
+}
+
+/**
+ * One expert-selected linear map: out[outRow[n]] += weight[n] * x[inRow[n]] w[e_n]; x [R,din],
+ * w [E,din,dout], inRow / outRow / expertIndex int32 [N], weight [N]; returns [outRows, dout].
+ * Differentiable w.r.t. x, w and weight. Needs the `MoelabMoeLinear` kernel (moelab-cpu).
+ */
+export function moeLinear(
+  x: tfjs.Tensor2D,
+  w: tfjs.Tensor3D,
+  inRow: tfjs.Tensor1D,
+  outRow: tfjs.Tensor1D,
+  expertIndex: tfjs.Tensor1D,
+  weight: tfjs.Tensor1D,
+  outRows: number,
+  tf: typeof tfjs = tfjs,
+): tfjs.Tensor2D {
+  return tf.engine().runKernel(
+    MOE_LINEAR,
+    { x, w, inRow, outRow, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
+    { outRows } as unknown as tfjs.NamedAttrMap,
+  ) as tfjs.Tensor2D;
+}
+
+/**
+ * Plugin-style descriptor, for hosts that list backend providers: what it provides and how to
+ * register it. (Structural, so this package does not depend on @moelab/core.)
+ */
+export const moelabCpuPlugin = {
+  name: '@moelab/kernels-cpu',
+  kind: 'backend' as const,
+  backend: BACKEND_NAME,
+  description: 'Native Node-API kernels: BLAS/packed GEMM, fused MoE expert ops, fast gather/transpose/softmax/top-k/segment-sum',
+  kernels: NATIVE_KERNELS,
+  register: (tf?: typeof tfjs, options?: RegisterOptions): MoelabCpuStatus => registerMoelabCpuBackend(tf, options),
+};

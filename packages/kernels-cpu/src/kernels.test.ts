@@ -1,0 +1,211 @@
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { compareBackends, randArray, randInts, rng, type Spec, status } from './testing/helpers.js';
+
+const f = (shape: number[], r: () => number): Spec => ({ shape, data: randArray(r, shape.reduce((a, b) => a * b, 1)) });
+const loss = (y: tf.Tensor, seed: number) => {
+  // A fixed random projection, so every output element gets a distinct gradient.
+  const w = tf.tensor(randArray(rng(seed), y.size), y.shape);
+  return tf.sum(tf.mul(y, w));
+};
+
+afterAll(async () => {
+  await tf.setBackend('cpu');
+});
+
+describe('availability', () => {
+  it('reports what runs, or why not and how to build', () => {
+    expect(typeof status.reason).toBe('string');
+    expect(status.reason.length).toBeGreaterThan(10);
+    if (status.available) {
+      expect(['openblas', 'builtin']).toContain(status.blas);
+      expect(status.threads).toBeGreaterThanOrEqual(1);
+      expect(tf.findBackendFactory('moelab-cpu')).toBeTruthy();
+    } else {
+      expect(status.reason).toContain('pnpm rebuild @moelab/kernels-cpu');
+      expect(status.threads).toBe(0);
+    }
+  });
+});
+
+describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reason})`, () => {
+  it('BatchMatMul: 2-D with every transpose, forward and gradients', async () => {
+    const r = rng(1);
+    for (const [M, N, K] of [[1, 1, 1], [7, 19, 5], [33, 70, 130], [64, 48, 1], [130, 17, 260]]) {
+      for (const tA of [false, true]) {
+        for (const tB of [false, true]) {
+          const specs = [f(tA ? [K, M] : [M, K], r), f(tB ? [N, K] : [K, N], r)];
+          await compareBackends(specs, (a, b) => tf.matMul(a, b, tA, tB), 1e-4);
+          await compareBackends(specs, (a, b) => tf.grads((x: tf.Tensor, y: tf.Tensor) => loss(tf.matMul(x, y, tA, tB), 7))([a, b]), 1e-4);
+        }
+      }
+    }
+  });
+
+  it('BatchMatMul: batched, rank 4 and batch broadcasting, forward and gradients', async () => {
+    const r = rng(2);
+    const cases: [number[], number[], boolean, boolean][] = [
+      [[3, 5, 7], [3, 7, 4], false, false],
+      [[3, 7, 5], [3, 4, 7], true, true],
+      [[2, 3, 6, 5], [2, 3, 5, 9], false, false],
+      [[1, 6, 5], [4, 5, 3], false, false],
+      [[4, 6, 5], [5, 3], false, false],
+      [[6, 5], [4, 3, 6], true, true],
+      [[4, 6, 5], [1, 3, 5], false, true],
+      [[16, 64, 48], [16, 48, 80], false, false],
+    ];
+    for (const [as, bs, tA, tB] of cases) {
+      const specs = [f(as, r), f(bs, r)];
+      await compareBackends(specs, (a, b) => tf.matMul(a, b, tA, tB), 1e-4);
+      // tfjs's own BatchMatMul gradient does not reduce broadcast batch axes (it fails on cpu
+      // too), so gradients are compared where it is defined: equal batch shapes.
+      if (as.slice(0, -2).join() !== bs.slice(0, -2).join()) continue;
+      await compareBackends(specs, (a, b) => tf.grads((x: tf.Tensor, y: tf.Tensor) => loss(tf.matMul(x, y, tA, tB), 3))([a, b]), 1e-4);
+    }
+  });
+
+  it('BatchMatMul: general batch broadcasting ([2,1] x [1,3]) equals an explicit tile', async () => {
+    // The stock cpu kernel indexes batches modulo their count, which is only right when one side's
+    // batch is 1 or both match; the reference here tiles explicitly.
+    const r = rng(3);
+    const specs = [f([2, 1, 4, 5], r), f([1, 3, 5, 6], r)];
+    const tiled = (a: tf.Tensor, b: tf.Tensor) => tf.matMul(tf.tile(a, [1, 3, 1, 1]), tf.tile(b, [2, 1, 1, 1]));
+    const ref = await import('./testing/helpers.js').then((h) => h.runOn('cpu', specs, tiled));
+    const got = await import('./testing/helpers.js').then((h) => h.runOn('moelab-cpu', specs, (a, b) => tf.matMul(a, b)));
+    expect(got[0].shape).toEqual([2, 3, 4, 6]);
+    const { maxRelDiff } = await import('./testing/helpers.js');
+    expect(maxRelDiff(got[0].data, ref[0].data)).toBeLessThan(1e-5);
+  });
+
+  it('BatchMatMul: large enough to use the thread pool and the packed/BLAS path', async () => {
+    const r = rng(4);
+    await compareBackends([f([300, 257], r), f([257, 190], r)], (a, b) => tf.matMul(a, b), 1e-4);
+    await compareBackends([f([257, 300], r), f([190, 257], r)], (a, b) => tf.matMul(a, b, true, true), 1e-4);
+  });
+
+  it('_FusedMatMul: bias and every activation, forward; gradients for linear and relu', async () => {
+    const r = rng(5);
+    const M = 9;
+    const N = 11;
+    const K = 6;
+    for (const activation of ['linear', 'relu', 'relu6', 'sigmoid', 'elu', 'leakyrelu', 'prelu'] as const) {
+      for (const biasShape of [[N], [M, N], [1, N], null]) {
+        const specs = [f([M, K], r), f([K, N], r), f(biasShape ?? [1], r), f([N], r)];
+        await compareBackends(
+          specs,
+          (a, b, bias, alpha) =>
+            tf.fused.matMul({
+              a: a as tf.Tensor2D,
+              b: b as tf.Tensor2D,
+              bias: biasShape ? bias : undefined,
+              activation,
+              preluActivationWeights: activation === 'prelu' ? alpha : undefined,
+              leakyreluAlpha: 0.1,
+            }),
+          1e-4,
+        );
+      }
+    }
+    for (const activation of ['linear', 'relu'] as const) {
+      const specs = [f([K, M], r), f([N, K], r), f([N], r)];
+      await compareBackends(
+        specs,
+        (a, b, bias) =>
+          tf.grads((x: tf.Tensor, y: tf.Tensor, z: tf.Tensor) =>
+            loss(tf.fused.matMul({ a: x as tf.Tensor2D, b: y as tf.Tensor2D, bias: z, activation, transposeA: true, transposeB: true }), 9),
+          )([a, b, bias]),
+        1e-4,
+      );
+    }
+  });
+
+  it('Transpose: random ranks and permutations, forward and gradients; int32 falls back', async () => {
+    const r = rng(6);
+    for (let trial = 0; trial < 40; trial++) {
+      const rank = 1 + Math.floor(r() * 5);
+      const shape = Array.from({ length: rank }, () => 1 + Math.floor(r() * 6));
+      const perm = Array.from({ length: rank }, (_, i) => i).sort(() => r() - 0.5);
+      await compareBackends([f(shape, r)], (x) => tf.transpose(x, perm), 0);
+      await compareBackends([f(shape, r)], (x) => tf.grads((a: tf.Tensor) => loss(tf.transpose(a, perm), trial))([x]), 1e-6);
+    }
+    await compareBackends([f([70, 90], r)], (x) => tf.transpose(x), 0);
+    await compareBackends([f([8, 40, 70], r)], (x) => tf.transpose(x, [0, 2, 1]), 0);
+    await compareBackends([f([4, 8, 16, 5], r)], (x) => tf.transpose(x, [0, 2, 1, 3]), 0);
+    await compareBackends([{ shape: [3, 4], data: randInts(r, 12, 100) }], (x) => tf.transpose(x), 0);
+  });
+
+  it('Multiply: broadcasting, forward and gradients; int32 falls back', async () => {
+    const r = rng(7);
+    const pairs: [number[], number[]][] = [
+      [[5, 7], [5, 7]],
+      [[5, 7], [7]],
+      [[5, 7], [5, 1]],
+      [[5, 1], [1, 7]],
+      [[2, 3, 4], [3, 1]],
+      [[2, 1, 4], [2, 3, 1]],
+      [[], [4, 3]],
+      [[4, 3], []],
+      [[2, 3, 4, 5], [1, 3, 1, 5]],
+      [[64, 300], [300]],
+    ];
+    for (const [as, bs] of pairs) {
+      await compareBackends([f(as, r), f(bs, r)], (a, b) => tf.mul(a, b), 0);
+      await compareBackends([f(as, r), f(bs, r)], (a, b) => tf.grads((x: tf.Tensor, y: tf.Tensor) => loss(tf.mul(x, y), 11))([a, b]), 1e-5);
+    }
+    await compareBackends([{ shape: [3, 4], data: randInts(r, 12, 50) }, { shape: [4], data: randInts(r, 4, 50) }], (a, b) => tf.mul(a, b), 0);
+  });
+
+  it('GatherV2: axes and index ranks, forward and gradients; bad indices throw', async () => {
+    const r = rng(8);
+    const cases: [number[], number[], number, number][] = [
+      [[10, 4], [7], 0, 10],
+      [[10, 4], [3, 2], 0, 10],
+      [[3, 10, 4], [12], 1, 10],
+      [[3, 4, 10], [5], -1, 10],
+      [[50, 64], [200], 0, 50],
+    ];
+    for (const [xs, is, axis, dim] of cases) {
+      const specs: Spec[] = [f(xs, r), { shape: is, data: randInts(r, is.reduce((a, b) => a * b, 1), dim) }];
+      await compareBackends(specs, (x, i) => tf.gather(x, i, axis), 0);
+      await compareBackends(specs, (x, i) => tf.grads((a: tf.Tensor) => loss(tf.gather(a, i, axis), 13))([x]), 1e-5);
+    }
+    await tf.setBackend('moelab-cpu');
+    expect(() => tf.tidy(() => tf.gather(tf.zeros([3, 2]), tf.tensor1d([0, 3], 'int32')))).toThrow(/index value 3 is not in \[0, 2\]/);
+  });
+
+  it('Softmax: forward and gradients', async () => {
+    const r = rng(9);
+    for (const shape of [[5], [4, 7], [2, 3, 64], [100, 8]]) {
+      await compareBackends([f(shape, r)], (x) => tf.softmax(tf.mul(x, 5)), 1e-6);
+      await compareBackends([f(shape, r)], (x) => tf.grads((a: tf.Tensor) => loss(tf.softmax(a), 17))([x]), 1e-5);
+    }
+  });
+
+  it('TopK: values and indices (ties to the lower index)', async () => {
+    const r = rng(10);
+    for (const [shape, k] of [[[10], 3], [[6, 9], 1], [[6, 9], 9], [[3, 5, 64], 4], [[4, 100], 40]] as [number[], number][]) {
+      await compareBackends([f(shape, r)], (x) => { const o = tf.topk(x, k); return [o.values, o.indices]; }, 0);
+      // Integer-valued inputs have many ties.
+      const n = shape.reduce((a, b) => a * b, 1);
+      const ties = Float32Array.from(randInts(r, n, 4));
+      await compareBackends([{ shape, data: ties }], (x) => { const o = tf.topk(x, k); return [o.values, o.indices]; }, 0);
+    }
+  });
+
+  it('UnsortedSegmentSum: forward and gradients; ids outside [0, numSegments) are dropped', async () => {
+    const r = rng(11);
+    for (const [xs, ns] of [[[20, 6], 5], [[7], 3], [[30, 2, 3], 8], [[400, 64], 64]] as [number[], number][]) {
+      const specs: Spec[] = [f(xs, r), { shape: [xs[0]], data: randInts(r, xs[0], ns) }];
+      await compareBackends(specs, (x, ids) => tf.unsortedSegmentSum(x, ids, ns), 1e-5);
+      await compareBackends(specs, (x, ids) => tf.grads((a: tf.Tensor) => loss(tf.unsortedSegmentSum(a, ids, ns), 19))([x]), 1e-5);
+    }
+    const specs: Spec[] = [f([5, 3], r), { shape: [5], data: Int32Array.from([0, -1, 2, 9, 2]) }];
+    await compareBackends(specs, (x, ids) => tf.unsortedSegmentSum(x, ids, 3), 1e-6);
+  });
+
+  it('keeps every stock cpu kernel (e.g. Conv2D, Cumsum) under the new name', async () => {
+    const r = rng(12);
+    await compareBackends([f([1, 6, 6, 2], r), f([3, 3, 2, 4], r)], (x, w) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, 'same'), 1e-5);
+    await compareBackends([f([5, 4], r)], (x) => tf.cumsum(x, 1), 1e-6);
+  });
+});

@@ -1,0 +1,286 @@
+/**
+ * Native overrides of tfjs-backend-cpu's hot kernels. Each works on the backend's TypedArrays in
+ * place (no copies), writes only into a freshly allocated output, and hands any input it does not
+ * handle (non-float32 dtypes, rare attributes) to the stock cpu kernel, which runs unchanged on our
+ * backend because the backend *is* a MathBackendCPU.
+ */
+import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
+import type * as tfTypes from '@tensorflow/tfjs';
+import type { NativeAddon } from './native.js';
+
+type Tf = typeof tfTypes;
+type TensorInfo = tfTypes.TensorInfo;
+type KernelConfig = tfTypes.KernelConfig;
+type KernelFunc = tfTypes.KernelFunc;
+type Args = Parameters<KernelFunc>[0];
+
+export function values(backend: MathBackendCPU, t: TensorInfo): Float32Array {
+  return backend.data.get(t.dataId).values as Float32Array;
+}
+export function ints(backend: MathBackendCPU, t: TensorInfo): Int32Array {
+  return backend.data.get(t.dataId).values as Int32Array;
+}
+
+const prod = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
+
+/** numpy-style broadcast of two shapes; throws with tfjs's wording when incompatible. */
+export function broadcastShapes(a: readonly number[], b: readonly number[]): number[] {
+  const rank = Math.max(a.length, b.length);
+  const out = new Array<number>(rank);
+  for (let i = 0; i < rank; i++) {
+    const da = a[a.length - rank + i] ?? 1;
+    const db = b[b.length - rank + i] ?? 1;
+    if (da !== db && da !== 1 && db !== 1) {
+      throw new Error(`Operands could not be broadcast together with shapes ${a} and ${b}.`);
+    }
+    out[i] = da === 1 ? db : da;
+  }
+  return out;
+}
+
+/** Element strides of `shape` seen through the broadcast `outShape` (0 on broadcast axes). */
+function broadcastStrides(shape: readonly number[], outShape: readonly number[]): number[] {
+  const rank = outShape.length;
+  const str = new Array<number>(rank).fill(0);
+  let s = 1;
+  for (let i = shape.length - 1; i >= 0; i--) {
+    const o = rank - shape.length + i;
+    str[o] = shape[i] === 1 ? 0 : s;
+    s *= shape[i];
+  }
+  return str;
+}
+
+/** For each output batch index, the batch index of an input with batch shape `shape` (or null if identical). */
+function batchMap(shape: readonly number[], outShape: readonly number[]): Int32Array | null {
+  const n = prod(outShape);
+  if (prod(shape) === n) return null;
+  const str = broadcastStrides(shape, outShape);
+  const map = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    let rem = i;
+    let off = 0;
+    for (let k = outShape.length - 1; k >= 0; k--) {
+      off += (rem % outShape[k]) * str[k];
+      rem = Math.floor(rem / outShape[k]);
+    }
+    map[i] = off;
+  }
+  return map;
+}
+
+export interface Overrides {
+  configs: KernelConfig[];
+  /** Matmul on the native GEMM, used by _FusedMatMul and exported for benchmarks. */
+  batchMatMul: (backend: MathBackendCPU, a: TensorInfo, b: TensorInfo, transposeA: boolean, transposeB: boolean) => TensorInfo;
+}
+
+const FUSED_ACT: Record<string, number> = { linear: 0, relu: 1, relu6: 2, sigmoid: 3, elu: 4, leakyrelu: 5 };
+
+export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string): Overrides {
+  const cpu = (name: string): KernelFunc => {
+    const k = tf.getKernel(name, 'cpu');
+    if (!k) throw new Error(`moelab-cpu: the cpu backend has no ${name} kernel to fall back to`);
+    return k.kernelFunc;
+  };
+  const be = (args: Args) => args.backend as unknown as MathBackendCPU;
+
+  function batchMatMul(backend: MathBackendCPU, a: TensorInfo, b: TensorInfo, tA: boolean, tB: boolean): TensorInfo {
+    const ar = a.shape.length;
+    const br = b.shape.length;
+    const M = tA ? a.shape[ar - 1] : a.shape[ar - 2];
+    const K = tA ? a.shape[ar - 2] : a.shape[ar - 1];
+    const K2 = tB ? b.shape[br - 1] : b.shape[br - 2];
+    const N = tB ? b.shape[br - 2] : b.shape[br - 1];
+    if (K !== K2) {
+      throw new Error(
+        `Error in matMul: inner shapes (${K}) and (${K2}) of Tensors with shapes ${a.shape} and ${b.shape} and ` +
+          `transposeA=${tA} and transposeB=${tB} must match.`,
+      );
+    }
+    const aBatch = a.shape.slice(0, -2);
+    const bBatch = b.shape.slice(0, -2);
+    const outBatch = broadcastShapes(aBatch, bBatch);
+    const batch = prod(outBatch);
+    const out = new Float32Array(batch * M * N);
+    if (out.length > 0) {
+      native.sgemmBatched(
+        tA,
+        tB,
+        batch,
+        M,
+        N,
+        K,
+        values(backend, a),
+        batchMap(aBatch, outBatch),
+        prod(aBatch),
+        values(backend, b),
+        batchMap(bBatch, outBatch),
+        prod(bBatch),
+        out,
+      );
+    }
+    return backend.makeTensorInfo([...outBatch, M, N], 'float32', out);
+  }
+
+  const configs: KernelConfig[] = [];
+  const add = (kernelName: string, kernelFunc: (args: Args) => TensorInfo | TensorInfo[]) =>
+    configs.push({ kernelName, backendName, kernelFunc: kernelFunc as KernelFunc });
+
+  add(tf.BatchMatMul, (args) => {
+    const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
+    const { transposeA, transposeB } = args.attrs as { transposeA: boolean; transposeB: boolean };
+    if (a.dtype !== 'float32' || b.dtype !== 'float32') return cpu(tf.BatchMatMul)(args);
+    return batchMatMul(be(args), a, b, transposeA, transposeB);
+  });
+
+  add(tf._FusedMatMul, (args) => {
+    const backend = be(args);
+    const { a, b, bias, preluActivationWeights } = args.inputs as Record<string, TensorInfo | undefined>;
+    const { transposeA, transposeB, activation, leakyreluAlpha } = args.attrs as {
+      transposeA: boolean;
+      transposeB: boolean;
+      activation: string;
+      leakyreluAlpha?: number;
+    };
+    if (!a || !b || a.dtype !== 'float32' || b.dtype !== 'float32' || (bias && bias.dtype !== 'float32')) {
+      return cpu(tf._FusedMatMul)(args);
+    }
+    let out = batchMatMul(backend, a, b, transposeA, transposeB);
+    const N = out.shape[out.shape.length - 1];
+    const rows = N === 0 ? 0 : prod(out.shape) / N;
+    // A bias over the last axis (the Dense-layer case) and the elementwise activations are fused
+    // into one pass over the fresh output; anything else goes through the cpu kernels.
+    const rowBias = bias !== undefined && bias.shape.length <= out.shape.length && prod(bias.shape) === N && bias.shape[bias.shape.length - 1] === N;
+    let fusedBias = false;
+    if (bias && !rowBias) {
+      const withBias = cpu(tf.Add)({ inputs: { a: out, b: bias }, backend: args.backend, attrs: {} }) as TensorInfo;
+      backend.disposeIntermediateTensorInfo(out);
+      out = withBias;
+    } else if (bias) {
+      fusedBias = true;
+    }
+    const act = FUSED_ACT[activation ?? 'linear'];
+    const outValues = values(backend, out);
+    if (act !== undefined) {
+      if (fusedBias || act !== 0) native.biasAct(outValues, rows, N, fusedBias && bias ? values(backend, bias) : null, act, leakyreluAlpha ?? 0.2);
+      return out;
+    }
+    if (fusedBias && bias) native.biasAct(outValues, rows, N, values(backend, bias), 0, 0);
+    if (activation === 'prelu' && preluActivationWeights) {
+      const r = cpu(tf.Prelu)({ inputs: { x: out, alpha: preluActivationWeights }, backend: args.backend, attrs: {} }) as TensorInfo;
+      backend.disposeIntermediateTensorInfo(out);
+      return r;
+    }
+    throw new Error(`moelab-cpu: _FusedMatMul activation '${activation}' is not supported`);
+  });
+
+  add(tf.Transpose, (args) => {
+    const { x } = args.inputs as { x: TensorInfo };
+    const { perm } = args.attrs as { perm: number[] };
+    if (x.dtype !== 'float32' || x.shape.length > 8) return cpu(tf.Transpose)(args);
+    const backend = be(args);
+    const outShape = perm.map((p) => x.shape[p]);
+    const out = new Float32Array(prod(x.shape));
+    if (out.length > 0) native.transpose(values(backend, x), out, Int32Array.from(x.shape), Int32Array.from(perm));
+    return backend.makeTensorInfo(outShape, 'float32', out);
+  });
+
+  add(tf.Multiply, (args) => {
+    const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
+    if (a.dtype !== 'float32' || b.dtype !== 'float32') return cpu(tf.Multiply)(args);
+    const backend = be(args);
+    const outShape = broadcastShapes(a.shape, b.shape);
+    const size = prod(outShape);
+    const out = new Float32Array(size);
+    if (size > 0) {
+      // Merge adjacent axes that are contiguous for both inputs (or broadcast for both), so the
+      // native inner loop runs over the longest possible stride-1 / stride-0 run.
+      const as = broadcastStrides(a.shape, outShape);
+      const bs = broadcastStrides(b.shape, outShape);
+      const shp: number[] = [];
+      const sa: number[] = [];
+      const sb: number[] = [];
+      for (let i = 0; i < outShape.length; i++) {
+        if (outShape[i] === 1) continue;
+        const k = shp.length - 1;
+        if (k >= 0 && sa[k] === as[i] * outShape[i] && sb[k] === bs[i] * outShape[i]) {
+          shp[k] *= outShape[i];
+          sa[k] = as[i];
+          sb[k] = bs[i];
+        } else {
+          shp.push(outShape[i]);
+          sa.push(as[i]);
+          sb.push(bs[i]);
+        }
+      }
+      if (shp.length === 0) {
+        shp.push(1);
+        sa.push(0);
+        sb.push(0);
+      }
+      if (shp.length > 8) return cpu(tf.Multiply)(args);
+      native.mulBroadcast(values(backend, a), values(backend, b), out, Int32Array.from(shp), Int32Array.from(sa), Int32Array.from(sb));
+    }
+    return backend.makeTensorInfo(outShape, 'float32', out);
+  });
+
+  add(tf.GatherV2, (args) => {
+    const { x, indices } = args.inputs as { x: TensorInfo; indices: TensorInfo };
+    const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };
+    if (x.dtype !== 'float32' || indices.dtype !== 'int32' || (batchDims ?? 0) !== 0) return cpu(tf.GatherV2)(args);
+    const backend = be(args);
+    const ax = axis < 0 ? axis + x.shape.length : axis;
+    const outer = prod(x.shape.slice(0, ax));
+    const dim = x.shape[ax];
+    const inner = prod(x.shape.slice(ax + 1));
+    const idx = ints(backend, indices);
+    const outShape = [...x.shape.slice(0, ax), ...indices.shape, ...x.shape.slice(ax + 1)];
+    const out = new Float32Array(prod(outShape));
+    const bad = native.gather(values(backend, x), idx, out, outer, dim, inner);
+    if (bad >= 0) throw new Error(`GatherV2: the index value ${idx[bad]} is not in [0, ${dim - 1}]`);
+    return backend.makeTensorInfo(outShape, 'float32', out);
+  });
+
+  add(tf.Softmax, (args) => {
+    const { logits } = args.inputs as { logits: TensorInfo };
+    const { dim } = args.attrs as { dim: number };
+    const rank = logits.shape.length;
+    if (logits.dtype !== 'float32' || rank === 0 || (dim !== -1 && dim !== rank - 1)) return cpu(tf.Softmax)(args);
+    const backend = be(args);
+    const cols = logits.shape[rank - 1];
+    const out = new Float32Array(prod(logits.shape));
+    if (out.length > 0) native.softmax(values(backend, logits), out, out.length / cols, cols);
+    return backend.makeTensorInfo(logits.shape, 'float32', out);
+  });
+
+  add(tf.TopK, (args) => {
+    const { x } = args.inputs as { x: TensorInfo };
+    const { k } = args.attrs as { k: number; sorted: boolean };
+    if (x.dtype !== 'float32' || x.shape.length === 0) return cpu(tf.TopK)(args);
+    const backend = be(args);
+    const cols = x.shape[x.shape.length - 1];
+    const rows = cols === 0 ? 0 : prod(x.shape) / cols;
+    const vals = new Float32Array(rows * k);
+    const idx = new Int32Array(rows * k);
+    // Always sorted (descending, ties to the lower index): a valid answer for sorted=false too.
+    if (rows > 0 && k > 0) native.topk(values(backend, x), vals, idx, rows, cols, k);
+    const outShape = [...x.shape.slice(0, -1), k];
+    return [backend.makeTensorInfo(outShape, 'float32', vals), backend.makeTensorInfo(outShape, 'int32', idx)];
+  });
+
+  add(tf.UnsortedSegmentSum, (args) => {
+    const { x, segmentIds } = args.inputs as { x: TensorInfo; segmentIds: TensorInfo };
+    const { numSegments } = args.attrs as { numSegments: number };
+    if (x.dtype !== 'float32' || segmentIds.dtype !== 'int32') return cpu(tf.UnsortedSegmentSum)(args);
+    const backend = be(args);
+    const n = prod(segmentIds.shape);
+    const innerShape = x.shape.slice(segmentIds.shape.length);
+    const inner = prod(innerShape);
+    const out = new Float32Array(numSegments * inner);
+    if (out.length > 0) native.segmentSum(values(backend, x), ints(backend, segmentIds), out, n, inner, numSegments);
+    return backend.makeTensorInfo([numSegments, ...innerShape], 'float32', out);
+  });
+
+  return { configs, batchMatMul };
+}

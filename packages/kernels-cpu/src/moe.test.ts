@@ -1,0 +1,202 @@
+import * as tf from '@tensorflow/tfjs';
+import { afterAll, describe, expect, it } from 'vitest';
+import { type MoeActivation, moeLinear, moeMLP } from './index.js';
+import { maxRelDiff, randArray, randInts, rng, runOn, type Spec, status } from './testing/helpers.js';
+
+afterAll(async () => {
+  await tf.setBackend('cpu');
+});
+
+function act(h: tf.Tensor, a: MoeActivation): tf.Tensor {
+  switch (a) {
+    case 'relu':
+      return tf.relu(h);
+    case 'gelu':
+      return tf.mul(tf.mul(h, 0.5), tf.add(1, tf.erf(tf.mul(h, Math.SQRT1_2))));
+    case 'silu':
+      return tf.mul(h, tf.sigmoid(h));
+    case 'relu2':
+      return tf.square(tf.relu(h));
+    default:
+      return h;
+  }
+}
+
+/** [N, depth] one-hot rows as float (tf.oneHot refuses depth 1). */
+function oneHot(idx: tf.Tensor, depth: number): tf.Tensor {
+  return tf.cast(tf.equal(tf.reshape(idx, [-1, 1]), tf.range(0, depth, 1, 'int32')), 'float32');
+}
+
+/** The definition, one assignment at a time, in plain tfjs ops (run on the stock cpu backend). */
+function refMLP(x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, tok: tf.Tensor, exp: tf.Tensor, wt: tf.Tensor, a: MoeActivation): tf.Tensor {
+  const [T, d] = x.shape;
+  const N = tok.size;
+  // Zero, but still a function of every input, so tf.grads yields (zero) gradients for all of them.
+  if (N === 0) return tf.add(tf.mul(x, 0), tf.mul(tf.add(tf.sum(w1), tf.add(tf.sum(w2), tf.sum(wt))), 0));
+  // Token gather and combine as one-hot matmuls: same maths, and the stock cpu gradient of
+  // gather/unsortedSegmentSum is quadratic (ENGINE-NOTES #9), too slow for the bigger cases.
+  const oh = oneHot(tok, T);
+  const xs = tf.reshape(tf.matMul(oh, x), [N, 1, d]);
+  const h = act(tf.matMul(xs, tf.gather(w1, exp)), a);
+  const y = tf.reshape(tf.matMul(h, tf.gather(w2, exp)), [N, d]);
+  return tf.matMul(oh, tf.mul(y, tf.reshape(wt, [N, 1])), true, false);
+}
+
+function refLinear(x: tf.Tensor, w: tf.Tensor, inRow: tf.Tensor, outRow: tf.Tensor, exp: tf.Tensor, wt: tf.Tensor, outRows: number): tf.Tensor {
+  const [, din] = x.shape;
+  const dout = w.shape[2];
+  const N = inRow.size;
+  if (N === 0) return tf.add(tf.zeros([outRows, dout]), tf.mul(tf.add(tf.sum(x), tf.add(tf.sum(w), tf.sum(wt))), 0));
+  const ohIn = oneHot(inRow, x.shape[0]);
+  const ohOut = oneHot(outRow, outRows);
+  const y = tf.reshape(tf.matMul(tf.reshape(tf.matMul(ohIn, x), [N, 1, din]), tf.gather(w, exp)), [N, dout]);
+  return tf.matMul(ohOut, tf.mul(y, tf.reshape(wt, [N, 1])), true, false);
+}
+
+interface MlpCase {
+  name: string;
+  T: number;
+  d: number;
+  h: number;
+  E: number;
+  tok: Int32Array;
+  exp: Int32Array;
+}
+
+function topkCase(name: string, seed: number, T: number, d: number, h: number, E: number, k: number, experts?: number[]): MlpCase {
+  const r = rng(seed);
+  const pool = experts ?? Array.from({ length: E }, (_, i) => i);
+  const tok: number[] = [];
+  const exp: number[] = [];
+  for (let t = 0; t < T; t++) {
+    for (let j = 0; j < k; j++) {
+      tok.push(t);
+      exp.push(pool[Math.floor(r() * pool.length)]);
+    }
+  }
+  // Shuffle: assignments arrive in no particular order (non-contiguous expert loads).
+  for (let i = tok.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [tok[i], tok[j]] = [tok[j], tok[i]];
+    [exp[i], exp[j]] = [exp[j], exp[i]];
+  }
+  return { name, T, d, h, E, tok: Int32Array.from(tok), exp: Int32Array.from(exp) };
+}
+
+const mlpCases: MlpCase[] = [
+  topkCase('top-2, 5 experts, uneven loads', 1, 13, 8, 6, 5, 2),
+  topkCase('experts 1 and 4 get nothing', 2, 11, 5, 7, 5, 2, [0, 2, 3]),
+  topkCase('one token', 3, 1, 6, 4, 3, 2),
+  { name: 'N = 0 (no assignment at all)', T: 4, d: 5, h: 3, E: 3, tok: new Int32Array(0), exp: new Int32Array(0) },
+  { name: 'a token twice on the same expert, tokens without any expert', T: 6, d: 4, h: 5, E: 2, tok: Int32Array.from([3, 0, 3, 5, 0]), exp: Int32Array.from([1, 1, 1, 0, 1]) },
+  topkCase('big experts split across threads (E=2, 700 tokens)', 4, 700, 24, 40, 2, 1),
+  topkCase('E=16 top-4, 200 tokens', 5, 200, 32, 16, 16, 4),
+];
+
+function specsFor(c: MlpCase, seed: number): Spec[] {
+  const r = rng(seed);
+  const N = c.tok.length;
+  return [
+    { shape: [c.T, c.d], data: randArray(r, c.T * c.d) },
+    { shape: [c.E, c.d, c.h], data: randArray(r, c.E * c.d * c.h, 0.5) },
+    { shape: [c.E, c.h, c.d], data: randArray(r, c.E * c.h * c.d, 0.5) },
+    { shape: [N], data: c.tok },
+    { shape: [N], data: c.exp },
+    { shape: [N], data: randArray(r, N) },
+  ];
+}
+
+async function expectSame(specs: Spec[], fast: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[], ref: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[], tol: number) {
+  const want = await runOn('cpu', specs, ref);
+  const got = await runOn('moelab-cpu', specs, fast);
+  expect(got.length).toBe(want.length);
+  got.forEach((g, i) => {
+    expect(g.shape).toEqual(want[i].shape);
+    expect(maxRelDiff(g.data, want[i].data)).toBeLessThan(tol);
+  });
+}
+
+describe.skipIf(!status.available)(`fused MoE ops equal the plain-tfjs reference (${status.reason})`, () => {
+  for (const c of mlpCases) {
+    for (const a of ['relu', 'gelu', 'silu', 'relu2', 'identity'] as MoeActivation[]) {
+      it(`MoelabMoeMLP ${a}: ${c.name} (forward and gradients of x, w1, w2, weight)`, async () => {
+        const specs = specsFor(c, 100 + c.T + a.length);
+        const proj = randArray(rng(9), c.T * c.d);
+        const lossOf = (y: tf.Tensor) => tf.sum(tf.mul(y, tf.tensor(proj, y.shape)));
+        await expectSame(
+          specs,
+          (x, w1, w2, tok, exp, wt) => moeMLP(x as tf.Tensor2D, w1 as tf.Tensor3D, w2 as tf.Tensor3D, tok as tf.Tensor1D, exp as tf.Tensor1D, wt as tf.Tensor1D, a),
+          (x, w1, w2, tok, exp, wt) => refMLP(x, w1, w2, tok, exp, wt, a),
+          2e-5,
+        );
+        await expectSame(
+          specs,
+          (x, w1, w2, tok, exp, wt) =>
+            tf.grads((p: tf.Tensor, q: tf.Tensor, s: tf.Tensor, u: tf.Tensor) =>
+              lossOf(moeMLP(p as tf.Tensor2D, q as tf.Tensor3D, s as tf.Tensor3D, tok as tf.Tensor1D, exp as tf.Tensor1D, u as tf.Tensor1D, a)),
+            )([x, w1, w2, wt]),
+          (x, w1, w2, tok, exp, wt) =>
+            tf.grads((p: tf.Tensor, q: tf.Tensor, s: tf.Tensor, u: tf.Tensor) => lossOf(refMLP(p, q, s, tok, exp, u, a)))([x, w1, w2, wt]),
+          5e-5,
+        );
+      });
+    }
+  }
+
+  const linCases: { name: string; R: number; din: number; dout: number; E: number; outRows: number; inRow: number[]; outRow: number[]; exp: number[] }[] = [
+    { name: 'rows to rows, shuffled, expert 2 empty', R: 6, din: 5, dout: 3, E: 4, outRows: 6, inRow: [5, 0, 3, 3, 1, 2, 0], outRow: [5, 0, 3, 3, 1, 2, 4], exp: [0, 3, 1, 0, 3, 1, 1] },
+    { name: 'fan-in: many inputs summed into 2 rows', R: 9, din: 4, dout: 7, E: 3, outRows: 2, inRow: [0, 1, 2, 3, 4, 5, 6, 7, 8], outRow: [1, 0, 1, 0, 1, 1, 0, 0, 1], exp: [2, 2, 0, 1, 2, 0, 0, 1, 2] },
+    { name: 'N = 0', R: 3, din: 4, dout: 2, E: 2, outRows: 5, inRow: [], outRow: [], exp: [] },
+    { name: 'one row', R: 1, din: 3, dout: 3, E: 5, outRows: 1, inRow: [0], outRow: [0], exp: [4] },
+  ];
+  {
+    // SwitchHead-like: 512 rows, 8 experts, top-2, big enough for the thread pool.
+    const r = rng(77);
+    const inRow: number[] = [];
+    const outRow: number[] = [];
+    const exp: number[] = [];
+    for (let i = 0; i < 512; i++) for (let j = 0; j < 2; j++) { inRow.push(i); outRow.push(i); exp.push(Math.floor(r() * 8)); }
+    linCases.push({ name: 'SwitchHead-like 512 rows, E=8 top-2', R: 512, din: 64, dout: 32, E: 8, outRows: 512, inRow, outRow, exp });
+  }
+  for (const c of linCases) {
+    it(`MoelabMoeLinear: ${c.name} (forward and gradients of x, w, weight)`, async () => {
+      const r = rng(c.R * 31 + c.E);
+      const N = c.inRow.length;
+      const specs: Spec[] = [
+        { shape: [c.R, c.din], data: randArray(r, c.R * c.din) },
+        { shape: [c.E, c.din, c.dout], data: randArray(r, c.E * c.din * c.dout) },
+        { shape: [N], data: Int32Array.from(c.inRow) },
+        { shape: [N], data: Int32Array.from(c.outRow) },
+        { shape: [N], data: Int32Array.from(c.exp) },
+        { shape: [N], data: randArray(r, N) },
+      ];
+      const proj = randArray(rng(5), c.outRows * c.dout);
+      const lossOf = (y: tf.Tensor) => tf.sum(tf.mul(y, tf.tensor(proj, y.shape)));
+      const fast = (x: tf.Tensor, w: tf.Tensor, i: tf.Tensor, o: tf.Tensor, e: tf.Tensor, wt: tf.Tensor) =>
+        moeLinear(x as tf.Tensor2D, w as tf.Tensor3D, i as tf.Tensor1D, o as tf.Tensor1D, e as tf.Tensor1D, wt as tf.Tensor1D, c.outRows);
+      const ref = (x: tf.Tensor, w: tf.Tensor, i: tf.Tensor, o: tf.Tensor, e: tf.Tensor, wt: tf.Tensor) => refLinear(x, w, i, o, e, wt, c.outRows);
+      await expectSame(specs, fast, ref, 2e-5);
+      await expectSame(
+        specs,
+        (x, w, i, o, e, wt) => tf.grads((p: tf.Tensor, q: tf.Tensor, s: tf.Tensor) => lossOf(fast(p, q, i, o, e, s)))([x, w, wt]),
+        (x, w, i, o, e, wt) => tf.grads((p: tf.Tensor, q: tf.Tensor, s: tf.Tensor) => lossOf(ref(p, q, i, o, e, s)))([x, w, wt]),
+        5e-5,
+      );
+    });
+  }
+
+  it('rejects out-of-range indices and wrong shapes with a clear error', async () => {
+    await tf.setBackend('moelab-cpu');
+    tf.tidy(() => {
+      const x = tf.zeros([3, 4]) as tf.Tensor2D;
+      const w1 = tf.zeros([2, 4, 5]) as tf.Tensor3D;
+      const w2 = tf.zeros([2, 5, 4]) as tf.Tensor3D;
+      const ok = tf.tensor1d([0, 1], 'int32');
+      const wt = tf.ones([2]) as tf.Tensor1D;
+      expect(() => moeMLP(x, w1, w2, tf.tensor1d([0, 3], 'int32'), ok, wt, 'relu')).toThrow(/tokenIndex\[1\] = 3 is outside \[0, 3\)/);
+      expect(() => moeMLP(x, w1, w2, ok, tf.tensor1d([2, 0], 'int32'), wt, 'relu')).toThrow(/expertIndex\[0\] = 2 is outside \[0, 2\)/);
+      expect(() => moeMLP(x, w1, tf.zeros([2, 4, 4]) as tf.Tensor3D, ok, ok, wt, 'relu')).toThrow(/'w2' has shape \[2,4,4\], expected \[2,5,4\]/);
+      expect(() => moeMLP(x, w1, w2, ok, ok, wt, 'tanh' as MoeActivation)).toThrow(/unknown activation 'tanh'/);
+    });
+  });
+});

@@ -1,0 +1,227 @@
+/**
+ * The fused MoE expert ops as tfjs kernels (forward and backward) for the moelab-cpu backend, their
+ * gradients, and op functions to call them.
+ *
+ * Kernel contracts (any backend may implement them; the gradient is registered once, globally):
+ *  - `MoelabMoeMLP`: inputs x [T,d], w1 [E,d,h], w2 [E,h,d], tokenIndex [N] int32, expertIndex [N]
+ *    int32, weight [N]; attr activation ('relu'|'gelu'|'silu'|'relu2'|'identity', gelu = exact erf).
+ *    Outputs [out [T,d], hidden [N,h]]: out[t] = sum_{n: tokenIndex[n]=t} weight[n] *
+ *    act(x[t] w1[e_n]) w2[e_n]; `hidden` is the pre-activation of each assignment in the backend's own
+ *    order, kept only for the backward kernel (a second output saved through `outputsToSave`; the
+ *    tf.customGrad route leaks data ids, ENGINE-NOTES #7).
+ *  - `MoelabMoeMLPGrad`: inputs dy, x, w1, w2, tokenIndex, expertIndex, weight, hidden; attr
+ *    activation. Outputs [dx, dw1, dw2, dweight].
+ *  - `MoelabMoeLinear`: inputs x [R,din], w [E,din,dout], inRow, outRow, expertIndex [N] int32,
+ *    weight [N]; attr outRows. Output out [outRows,dout]: out[outRow[n]] += weight[n] x[inRow[n]] w[e_n].
+ *  - `MoelabMoeLinearGrad`: inputs dy, x, w, inRow, outRow, expertIndex, weight; attr outRows.
+ *    Outputs [dx, dw, dweight].
+ */
+import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
+import type * as tfTypes from '@tensorflow/tfjs';
+import { ints, values } from './kernels.js';
+import type { NativeAddon } from './native.js';
+
+type Tf = typeof tfTypes;
+type Tensor = tfTypes.Tensor;
+type TensorInfo = tfTypes.TensorInfo;
+type KernelConfig = tfTypes.KernelConfig;
+type KernelFunc = tfTypes.KernelFunc;
+type Args = Parameters<KernelFunc>[0];
+
+export const MOE_MLP = 'MoelabMoeMLP';
+export const MOE_MLP_GRAD = 'MoelabMoeMLPGrad';
+export const MOE_LINEAR = 'MoelabMoeLinear';
+export const MOE_LINEAR_GRAD = 'MoelabMoeLinearGrad';
+
+export type MoeActivation = 'relu' | 'gelu' | 'silu' | 'relu2' | 'identity';
+export const MOE_ACTIVATIONS: Record<MoeActivation, number> = { identity: 0, relu: 1, gelu: 2, silu: 3, relu2: 4 };
+
+function actCode(a: unknown): number {
+  const code = MOE_ACTIVATIONS[a as MoeActivation];
+  if (code === undefined) {
+    throw new Error(`${MOE_MLP}: unknown activation '${String(a)}' (expected ${Object.keys(MOE_ACTIVATIONS).join(', ')})`);
+  }
+  return code;
+}
+
+function expectDtype(kernel: string, inputs: Record<string, TensorInfo>, floats: string[], intsNames: string[]): void {
+  for (const n of floats) {
+    if (inputs[n]?.dtype !== 'float32') throw new Error(`${kernel}: input '${n}' must be float32, got ${inputs[n]?.dtype}`);
+  }
+  for (const n of intsNames) {
+    if (inputs[n]?.dtype !== 'int32') throw new Error(`${kernel}: input '${n}' must be int32, got ${inputs[n]?.dtype}`);
+  }
+}
+
+function expectShape(kernel: string, name: string, t: TensorInfo, shape: number[]): void {
+  const ok = t.shape.length === shape.length && t.shape.every((s, i) => s === shape[i]);
+  if (!ok) throw new Error(`${kernel}: input '${name}' has shape [${t.shape}], expected [${shape}]`);
+}
+
+export function makeMoeKernels(native: NativeAddon, backendName: string): KernelConfig[] {
+  const be = (args: Args) => args.backend as unknown as MathBackendCPU;
+
+  function mlpShapes(kernel: string, inputs: Record<string, TensorInfo>) {
+    expectDtype(kernel, inputs, ['x', 'w1', 'w2', 'weight'], ['tokenIndex', 'expertIndex']);
+    const { x, w1, tokenIndex } = inputs;
+    if (x.shape.length !== 2 || w1.shape.length !== 3) throw new Error(`${kernel}: x must be [T,d] and w1 [E,d,h]`);
+    const [T, d] = x.shape;
+    const [E, , h] = w1.shape;
+    const N = tokenIndex.shape.reduce((a, b) => a * b, 1);
+    expectShape(kernel, 'w1', w1, [E, d, h]);
+    expectShape(kernel, 'w2', inputs.w2, [E, h, d]);
+    expectShape(kernel, 'tokenIndex', tokenIndex, [N]);
+    expectShape(kernel, 'expertIndex', inputs.expertIndex, [N]);
+    expectShape(kernel, 'weight', inputs.weight, [N]);
+    return { T, d, h, E, N };
+  }
+
+  function linearShapes(kernel: string, inputs: Record<string, TensorInfo>, outRows: number) {
+    expectDtype(kernel, inputs, ['x', 'w', 'weight'], ['inRow', 'outRow', 'expertIndex']);
+    const { x, w, inRow } = inputs;
+    if (x.shape.length !== 2 || w.shape.length !== 3) throw new Error(`${kernel}: x must be [R,din] and w [E,din,dout]`);
+    if (!Number.isInteger(outRows) || outRows < 0) throw new Error(`${kernel}: attr outRows must be a non-negative integer`);
+    const [R, din] = x.shape;
+    const [E, , dout] = w.shape;
+    const N = inRow.shape.reduce((a, b) => a * b, 1);
+    expectShape(kernel, 'w', w, [E, din, dout]);
+    for (const n of ['inRow', 'outRow', 'expertIndex', 'weight']) expectShape(kernel, n, inputs[n], [N]);
+    return { R, din, dout, E, N };
+  }
+
+  const mlp = (args: Args): TensorInfo[] => {
+    const backend = be(args);
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const act = actCode(args.attrs?.activation);
+    const { T, d, h, E, N } = mlpShapes(MOE_MLP, inputs);
+    const out = new Float32Array(T * d);
+    const hidden = new Float32Array(N * h);
+    if (T * d > 0) {
+      const v = (n: string) => values(backend, inputs[n]);
+      const i = (n: string) => ints(backend, inputs[n]);
+      native.moeMlpForward(v('x'), v('w1'), v('w2'), i('tokenIndex'), i('expertIndex'), v('weight'), out, hidden, T, d, h, E, N, act);
+    }
+    return [backend.makeTensorInfo([T, d], 'float32', out), backend.makeTensorInfo([N, h], 'float32', hidden)];
+  };
+
+  const mlpGrad = (args: Args): TensorInfo[] => {
+    const backend = be(args);
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const act = actCode(args.attrs?.activation);
+    const { T, d, h, E, N } = mlpShapes(MOE_MLP_GRAD, inputs);
+    expectShape(MOE_MLP_GRAD, 'dy', inputs.dy, [T, d]);
+    expectShape(MOE_MLP_GRAD, 'hidden', inputs.hidden, [N, h]);
+    const dx = new Float32Array(T * d);
+    const dw1 = new Float32Array(E * d * h);
+    const dw2 = new Float32Array(E * h * d);
+    const dweight = new Float32Array(N);
+    const v = (n: string) => values(backend, inputs[n]);
+    const i = (n: string) => ints(backend, inputs[n]);
+    native.moeMlpBackward(
+      v('dy'), v('x'), v('w1'), v('w2'), i('tokenIndex'), i('expertIndex'), v('weight'), v('hidden'),
+      dx, dw1, dw2, dweight, T, d, h, E, N, act,
+    );
+    return [
+      backend.makeTensorInfo([T, d], 'float32', dx),
+      backend.makeTensorInfo([E, d, h], 'float32', dw1),
+      backend.makeTensorInfo([E, h, d], 'float32', dw2),
+      backend.makeTensorInfo([N], 'float32', dweight),
+    ];
+  };
+
+  const linear = (args: Args): TensorInfo => {
+    const backend = be(args);
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const outRows = Number(args.attrs?.outRows);
+    const { R, din, dout, E, N } = linearShapes(MOE_LINEAR, inputs, outRows);
+    const out = new Float32Array(outRows * dout);
+    if (out.length > 0) {
+      const v = (n: string) => values(backend, inputs[n]);
+      const i = (n: string) => ints(backend, inputs[n]);
+      native.moeLinearForward(v('x'), v('w'), i('inRow'), i('outRow'), i('expertIndex'), v('weight'), out, R, din, dout, E, N, outRows);
+    }
+    return backend.makeTensorInfo([outRows, dout], 'float32', out);
+  };
+
+  const linearGrad = (args: Args): TensorInfo[] => {
+    const backend = be(args);
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const outRows = Number(args.attrs?.outRows);
+    const { R, din, dout, E, N } = linearShapes(MOE_LINEAR_GRAD, inputs, outRows);
+    expectShape(MOE_LINEAR_GRAD, 'dy', inputs.dy, [outRows, dout]);
+    const dx = new Float32Array(R * din);
+    const dw = new Float32Array(E * din * dout);
+    const dweight = new Float32Array(N);
+    const v = (n: string) => values(backend, inputs[n]);
+    const i = (n: string) => ints(backend, inputs[n]);
+    native.moeLinearBackward(
+      v('dy'), v('x'), v('w'), i('inRow'), i('outRow'), i('expertIndex'), v('weight'), dx, dw, dweight,
+      R, din, dout, E, N, outRows,
+    );
+    return [
+      backend.makeTensorInfo([R, din], 'float32', dx),
+      backend.makeTensorInfo([E, din, dout], 'float32', dw),
+      backend.makeTensorInfo([N], 'float32', dweight),
+    ];
+  };
+
+  return [
+    { kernelName: MOE_MLP, backendName, kernelFunc: mlp as unknown as KernelFunc },
+    { kernelName: MOE_MLP_GRAD, backendName, kernelFunc: mlpGrad as unknown as KernelFunc },
+    { kernelName: MOE_LINEAR, backendName, kernelFunc: linear as unknown as KernelFunc },
+    { kernelName: MOE_LINEAR_GRAD, backendName, kernelFunc: linearGrad as unknown as KernelFunc },
+  ];
+}
+
+/**
+ * Gradients of the two fused ops, registered once for every backend. The backward work is itself a
+ * kernel (`...Grad`) so each backend brings its own; the closures only hand out its outputs. It is
+ * run eagerly here, not inside the closures: tfjs runs each closure in its own tidy, which would
+ * dispose the outputs meant for the other inputs.
+ */
+export function registerMoeGradients(tf: Tf): void {
+  const zerosFor = (t: Tensor) => () => tf.zeros(t.shape, 'float32');
+  tf.registerGradient({
+    kernelName: MOE_MLP,
+    inputsToSave: ['x', 'w1', 'w2', 'tokenIndex', 'expertIndex', 'weight'],
+    outputsToSave: [false, true],
+    gradFunc: (dy, saved, attrs) => {
+      const dOut = Array.isArray(dy) ? dy[0] : dy;
+      const [x, w1, w2, tokenIndex, expertIndex, weight, hidden] = saved;
+      const [dx, dw1, dw2, dweight] = tf.engine().runKernel(
+        MOE_MLP_GRAD,
+        { dy: dOut, x, w1, w2, tokenIndex, expertIndex, weight, hidden } as unknown as tfTypes.NamedTensorMap,
+        attrs as tfTypes.NamedAttrMap,
+      ) as Tensor[];
+      return {
+        x: () => dx,
+        w1: () => dw1,
+        w2: () => dw2,
+        weight: () => dweight,
+        tokenIndex: zerosFor(tokenIndex),
+        expertIndex: zerosFor(expertIndex),
+      };
+    },
+  });
+  tf.registerGradient({
+    kernelName: MOE_LINEAR,
+    inputsToSave: ['x', 'w', 'inRow', 'outRow', 'expertIndex', 'weight'],
+    gradFunc: (dy, saved, attrs) => {
+      const dOut = Array.isArray(dy) ? dy[0] : dy;
+      const [x, w, inRow, outRow, expertIndex, weight] = saved;
+      const [dx, dw, dweight] = tf.engine().runKernel(
+        MOE_LINEAR_GRAD,
+        { dy: dOut, x, w, inRow, outRow, expertIndex, weight } as unknown as tfTypes.NamedTensorMap,
+        attrs as tfTypes.NamedAttrMap,
+      ) as Tensor[];
+      return {
+        x: () => dx,
+        w: () => dw,
+        weight: () => dweight,
+        inRow: zerosFor(inRow),
+        outRow: zerosFor(outRow),
+        expertIndex: zerosFor(expertIndex),
+      };
+    },
+  });
+}

@@ -1,0 +1,149 @@
+/**
+ * Loads the native addon (build/Release/moelab_cpu.node) once. Never throws: when the addon is
+ * missing or fails to load, `loadNative()` returns `{ addon: null, reason }` with the build log's
+ * reason (build/moelab-build.json, written by scripts/build-native.mjs) and how to get the fast path.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/** The functions the addon exports (see src/native/addon.cc for the argument contracts). */
+export interface NativeAddon {
+  info(): { gemm: 'openblas' | 'builtin'; haveBlas: boolean; threads: number };
+  setThreads(n: number): number;
+  setGemm(useBlas: boolean): 'openblas' | 'builtin';
+  sgemmBatched(
+    ta: boolean,
+    tb: boolean,
+    batch: number,
+    M: number,
+    N: number,
+    K: number,
+    A: Float32Array,
+    aIdx: Int32Array | null,
+    batchA: number,
+    B: Float32Array,
+    bIdx: Int32Array | null,
+    batchB: number,
+    C: Float32Array,
+  ): void;
+  biasAct(out: Float32Array, M: number, N: number, bias: Float32Array | null, act: number, alpha: number): void;
+  transpose(x: Float32Array, out: Float32Array, shape: Int32Array, perm: Int32Array): void;
+  mulBroadcast(a: Float32Array, b: Float32Array, out: Float32Array, shape: Int32Array, aStr: Int32Array, bStr: Int32Array): void;
+  gather(x: Float32Array, idx: Int32Array, out: Float32Array, outer: number, dim: number, inner: number): number;
+  softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
+  topk(x: Float32Array, values: Float32Array, indices: Int32Array, rows: number, cols: number, k: number): void;
+  segmentSum(x: Float32Array, ids: Int32Array, out: Float32Array, n: number, inner: number, numSegments: number): void;
+  moeMlpForward(
+    x: Float32Array,
+    w1: Float32Array,
+    w2: Float32Array,
+    tok: Int32Array,
+    exp: Int32Array,
+    weight: Float32Array,
+    out: Float32Array,
+    hidden: Float32Array,
+    T: number,
+    d: number,
+    h: number,
+    E: number,
+    N: number,
+    act: number,
+  ): void;
+  moeMlpBackward(
+    dy: Float32Array,
+    x: Float32Array,
+    w1: Float32Array,
+    w2: Float32Array,
+    tok: Int32Array,
+    exp: Int32Array,
+    weight: Float32Array,
+    hidden: Float32Array,
+    dx: Float32Array,
+    dw1: Float32Array,
+    dw2: Float32Array,
+    dweight: Float32Array,
+    T: number,
+    d: number,
+    h: number,
+    E: number,
+    N: number,
+    act: number,
+  ): void;
+  moeLinearForward(
+    x: Float32Array,
+    w: Float32Array,
+    inRow: Int32Array,
+    outRow: Int32Array,
+    exp: Int32Array,
+    weight: Float32Array,
+    out: Float32Array,
+    R: number,
+    din: number,
+    dout: number,
+    E: number,
+    N: number,
+    outRows: number,
+  ): void;
+  moeLinearBackward(
+    dy: Float32Array,
+    x: Float32Array,
+    w: Float32Array,
+    inRow: Int32Array,
+    outRow: Int32Array,
+    exp: Int32Array,
+    weight: Float32Array,
+    dx: Float32Array,
+    dw: Float32Array,
+    dweight: Float32Array,
+    R: number,
+    din: number,
+    dout: number,
+    E: number,
+    N: number,
+    outRows: number,
+  ): void;
+}
+
+export interface NativeLoad {
+  addon: NativeAddon | null;
+  /** Why the addon is unavailable (empty when it loaded). */
+  reason: string;
+}
+
+export const HOW_TO_BUILD =
+  'Install a C++ toolchain and Python 3 (Debian/Ubuntu: apt-get install -y build-essential python3), optionally ' +
+  'OpenBLAS for the fastest GEMM (apt-get install -y libopenblas-dev), then run `pnpm rebuild @moelab/kernels-cpu`.';
+
+// The package root, from src/ (tests) and from dist/ (built) alike.
+const pkgRoot = fileURLToPath(new URL('..', import.meta.url));
+
+let cached: NativeLoad | undefined;
+
+export function loadNative(): NativeLoad {
+  if (cached) return cached;
+  const file = `${pkgRoot}build/Release/moelab_cpu.node`;
+  if (!existsSync(file)) {
+    let why = 'the native addon was not built';
+    try {
+      const status = JSON.parse(readFileSync(`${pkgRoot}build/moelab-build.json`, 'utf8')) as { ok?: boolean; reason?: string };
+      if (status.ok === false && status.reason) why = `the native addon was not built: ${status.reason}`;
+    } catch {
+      /* no build record: the install script never ran */
+    }
+    cached = { addon: null, reason: `${why}. ${HOW_TO_BUILD}` };
+    return cached;
+  }
+  // OpenBLAS reads these when the library is loaded: keep its own threads out of the way (our pool
+  // parallelises, see src/native/pool.h) unless the user asked for something else.
+  process.env.OPENBLAS_NUM_THREADS ??= '1';
+  process.env.OMP_NUM_THREADS ??= '1';
+  process.env.OMP_WAIT_POLICY ??= 'passive';
+  try {
+    const require = createRequire(import.meta.url);
+    cached = { addon: require(file) as NativeAddon, reason: '' };
+  } catch (e) {
+    cached = { addon: null, reason: `the native addon failed to load (${(e as Error).message}). ${HOW_TO_BUILD}` };
+  }
+  return cached;
+}

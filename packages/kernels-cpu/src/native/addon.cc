@@ -1,0 +1,260 @@
+// Node-API bindings. Arguments are TypedArrays owned by tfjs (inputs) or freshly allocated by the
+// JS side (outputs); we use their memory in place and check every length before touching it, so a
+// shape mistake on the JS side becomes an exception, not a wild write.
+#include <napi.h>
+
+#include <string>
+
+#include "gemm.h"
+#include "kernels.h"
+#include "pool.h"
+
+using namespace moelab;
+
+namespace {
+
+template <class T, napi_typedarray_type kType>
+T* typed(const Napi::CallbackInfo& info, size_t i, long minLen, const char* what, bool nullable = false) {
+  Napi::Value v = info[i];
+  if (nullable && (v.IsNull() || v.IsUndefined())) return nullptr;
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != kType)
+    throw Napi::TypeError::New(info.Env(), std::string("moelab-cpu: argument ") + what + " has the wrong array type");
+  auto arr = v.As<Napi::TypedArrayOf<T>>();
+  if (static_cast<long>(arr.ElementLength()) < minLen)
+    throw Napi::RangeError::New(info.Env(), std::string("moelab-cpu: argument ") + what + " has " +
+                                                std::to_string(arr.ElementLength()) + " elements, needs " +
+                                                std::to_string(minLen));
+  return arr.Data();
+}
+float* F32(const Napi::CallbackInfo& info, size_t i, long n, const char* what, bool nullable = false) {
+  return typed<float, napi_float32_array>(info, i, n, what, nullable);
+}
+int32_t* I32(const Napi::CallbackInfo& info, size_t i, long n, const char* what, bool nullable = false) {
+  return typed<int32_t, napi_int32_array>(info, i, n, what, nullable);
+}
+long Int(const Napi::CallbackInfo& info, size_t i) {
+  long v = static_cast<long>(info[i].As<Napi::Number>().Int64Value());
+  if (v < 0) throw Napi::RangeError::New(info.Env(), "moelab-cpu: negative size argument");
+  return v;
+}
+void checkIdx(const Napi::CallbackInfo& info, const int* idx, long n, long limit, const char* what) {
+  std::string err = check_index(idx, n, limit, what);
+  if (!err.empty()) throw Napi::RangeError::New(info.Env(), "moelab-cpu: " + err);
+}
+
+Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("gemm", gemm_name());
+  o.Set("haveBlas", have_blas());
+  o.Set("threads", pool_threads());
+  return o;
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo& info) {
+  long n = Int(info, 0);
+  set_pool_threads(static_cast<int>(n < 1 ? 1 : n));
+  return Napi::Number::New(info.Env(), pool_threads());
+}
+
+Napi::Value SetGemm(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), set_gemm(info[0].As<Napi::Boolean>().Value()));
+}
+
+// (ta, tb, batch, M, N, K, A, aIdx|null, batchA, B, bIdx|null, batchB, C)
+void SgemmBatched(const Napi::CallbackInfo& info) {
+  bool ta = info[0].As<Napi::Boolean>().Value(), tb = info[1].As<Napi::Boolean>().Value();
+  long batch = Int(info, 2), M = Int(info, 3), N = Int(info, 4), K = Int(info, 5);
+  long batchA = Int(info, 8), batchB = Int(info, 11);
+  const float* A = F32(info, 6, batchA * M * K, "A");
+  const int* aIdx = I32(info, 7, batch, "aIdx", true);
+  const float* B = F32(info, 9, batchB * K * N, "B");
+  const int* bIdx = I32(info, 10, batch, "bIdx", true);
+  float* C = F32(info, 12, batch * M * N, "C");
+  if (aIdx) checkIdx(info, aIdx, batch, batchA, "aIdx");
+  if (bIdx) checkIdx(info, bIdx, batch, batchB, "bIdx");
+  if (!aIdx && batchA < batch) throw Napi::RangeError::New(info.Env(), "moelab-cpu: A batch too small");
+  if (!bIdx && batchB < batch) throw Napi::RangeError::New(info.Env(), "moelab-cpu: B batch too small");
+  sgemm_batched(ta, tb, static_cast<int>(batch), static_cast<int>(M), static_cast<int>(N), static_cast<int>(K), A,
+                M * K, aIdx, B, K * N, bIdx, C, M * N);
+}
+
+// (out, M, N, bias|null, act, alpha)
+void BiasAct(const Napi::CallbackInfo& info) {
+  long M = Int(info, 1), N = Int(info, 2);
+  float* out = F32(info, 0, M * N, "out");
+  const float* bias = F32(info, 3, N, "bias", true);
+  bias_act(out, M, static_cast<int>(N), bias, info[4].As<Napi::Number>().Int32Value(),
+           info[5].As<Napi::Number>().FloatValue());
+}
+
+// (x, out, shape Int32Array, perm Int32Array)
+void Transpose(const Napi::CallbackInfo& info) {
+  auto shapeArr = info[2].As<Napi::Int32Array>();
+  int rank = static_cast<int>(shapeArr.ElementLength());
+  if (rank > 8) throw Napi::RangeError::New(info.Env(), "moelab-cpu: transpose rank > 8");
+  const int* shape = I32(info, 2, rank, "shape");
+  const int* perm = I32(info, 3, rank, "perm");
+  long total = 1;
+  for (int i = 0; i < rank; i++) total *= shape[i];
+  checkIdx(info, perm, rank, rank, "perm");
+  transpose(F32(info, 0, total, "x"), F32(info, 1, total, "out"), rank, shape, perm);
+}
+
+// (a, b, out, shape Int32Array, aStr Int32Array, bStr Int32Array, aLen, bLen)
+void MulBroadcast(const Napi::CallbackInfo& info) {
+  auto shapeArr = info[3].As<Napi::Int32Array>();
+  int rank = static_cast<int>(shapeArr.ElementLength());
+  if (rank > 8) throw Napi::RangeError::New(info.Env(), "moelab-cpu: mul rank > 8");
+  const int* shape = I32(info, 3, rank, "shape");
+  const int* as = I32(info, 4, rank, "aStr");
+  const int* bs = I32(info, 5, rank, "bStr");
+  long total = 1, aMax = 0, bMax = 0;
+  long aStr[8], bStr[8];
+  for (int i = 0; i < rank; i++) {
+    total *= shape[i];
+    aStr[i] = as[i];
+    bStr[i] = bs[i];
+    if (shape[i] > 0) {
+      aMax += (shape[i] - 1) * aStr[i];
+      bMax += (shape[i] - 1) * bStr[i];
+    }
+  }
+  const float* a = F32(info, 0, total ? aMax + 1 : 0, "a");
+  const float* b = F32(info, 1, total ? bMax + 1 : 0, "b");
+  mul_broadcast(a, b, F32(info, 2, total, "out"), rank, shape, aStr, bStr);
+}
+
+// (x, idx, out, outer, dim, inner) -> -1 or the position of the first bad index
+Napi::Value Gather(const Napi::CallbackInfo& info) {
+  long outer = Int(info, 3), dim = Int(info, 4), inner = Int(info, 5);
+  auto idxArr = info[1].As<Napi::Int32Array>();
+  long n = static_cast<long>(idxArr.ElementLength());
+  const float* x = F32(info, 0, outer * dim * inner, "x");
+  const int* idx = I32(info, 1, n, "indices");
+  float* out = F32(info, 2, outer * n * inner, "out");
+  return Napi::Number::New(info.Env(), static_cast<double>(gather(x, idx, n, out, outer, dim, inner)));
+}
+
+// (x, out, rows, cols)
+void Softmax(const Napi::CallbackInfo& info) {
+  long rows = Int(info, 2), cols = Int(info, 3);
+  softmax(F32(info, 0, rows * cols, "x"), F32(info, 1, rows * cols, "out"), rows, static_cast<int>(cols));
+}
+
+// (x, values, indices, rows, cols, k)
+void TopK(const Napi::CallbackInfo& info) {
+  long rows = Int(info, 3), cols = Int(info, 4), k = Int(info, 5);
+  if (k > cols) throw Napi::RangeError::New(info.Env(), "moelab-cpu: topk k > last dimension");
+  topk(F32(info, 0, rows * cols, "x"), F32(info, 1, rows * k, "values"), I32(info, 2, rows * k, "indices"), rows,
+       static_cast<int>(cols), static_cast<int>(k));
+}
+
+// (x, ids, out, n, inner, numSegments)
+void SegmentSum(const Napi::CallbackInfo& info) {
+  long n = Int(info, 3), inner = Int(info, 4), ns = Int(info, 5);
+  segment_sum(F32(info, 0, n * inner, "x"), I32(info, 1, n, "segmentIds"), n, inner, F32(info, 2, ns * inner, "out"),
+              ns);
+}
+
+// (x, w1, w2, tok, exp, weight, out, hidden, T, d, h, E, N, act)
+void MoeMlpForward(const Napi::CallbackInfo& info) {
+  long T = Int(info, 8), d = Int(info, 9), h = Int(info, 10), E = Int(info, 11), N = Int(info, 12);
+  int act = info[13].As<Napi::Number>().Int32Value();
+  const float* x = F32(info, 0, T * d, "x");
+  const float* w1 = F32(info, 1, E * d * h, "w1");
+  const float* w2 = F32(info, 2, E * h * d, "w2");
+  const int* tok = I32(info, 3, N, "tokenIndex");
+  const int* exp = I32(info, 4, N, "expertIndex");
+  const float* weight = F32(info, 5, N, "weight");
+  float* out = F32(info, 6, T * d, "out");
+  float* hidden = F32(info, 7, N * h, "hidden");
+  checkIdx(info, tok, N, T, "tokenIndex");
+  checkIdx(info, exp, N, E, "expertIndex");
+  moe_mlp_forward(x, w1, w2, tok, exp, weight, out, hidden, static_cast<int>(T), static_cast<int>(d),
+                  static_cast<int>(h), static_cast<int>(E), N, act);
+}
+
+// (dout, x, w1, w2, tok, exp, weight, hidden, dx, dw1, dw2, dweight, T, d, h, E, N, act)
+void MoeMlpBackward(const Napi::CallbackInfo& info) {
+  long T = Int(info, 12), d = Int(info, 13), h = Int(info, 14), E = Int(info, 15), N = Int(info, 16);
+  int act = info[17].As<Napi::Number>().Int32Value();
+  const float* dout = F32(info, 0, T * d, "dy");
+  const float* x = F32(info, 1, T * d, "x");
+  const float* w1 = F32(info, 2, E * d * h, "w1");
+  const float* w2 = F32(info, 3, E * h * d, "w2");
+  const int* tok = I32(info, 4, N, "tokenIndex");
+  const int* exp = I32(info, 5, N, "expertIndex");
+  const float* weight = F32(info, 6, N, "weight");
+  const float* hidden = F32(info, 7, N * h, "hidden");
+  float* dx = F32(info, 8, T * d, "dx");
+  float* dw1 = F32(info, 9, E * d * h, "dw1");
+  float* dw2 = F32(info, 10, E * h * d, "dw2");
+  float* dweight = F32(info, 11, N, "dweight");
+  checkIdx(info, tok, N, T, "tokenIndex");
+  checkIdx(info, exp, N, E, "expertIndex");
+  moe_mlp_backward(dout, x, w1, w2, tok, exp, weight, hidden, dx, dw1, dw2, dweight, static_cast<int>(T),
+                   static_cast<int>(d), static_cast<int>(h), static_cast<int>(E), N, act);
+}
+
+// (x, w, inRow, outRow, exp, weight, out, R, din, dout, E, N, outRows)
+void MoeLinearForward(const Napi::CallbackInfo& info) {
+  long R = Int(info, 7), din = Int(info, 8), dout = Int(info, 9), E = Int(info, 10), N = Int(info, 11),
+       outRows = Int(info, 12);
+  const float* x = F32(info, 0, R * din, "x");
+  const float* w = F32(info, 1, E * din * dout, "w");
+  const int* inRow = I32(info, 2, N, "inRow");
+  const int* outRow = I32(info, 3, N, "outRow");
+  const int* exp = I32(info, 4, N, "expertIndex");
+  const float* weight = F32(info, 5, N, "weight");
+  float* out = F32(info, 6, outRows * dout, "out");
+  checkIdx(info, inRow, N, R, "inRow");
+  checkIdx(info, outRow, N, outRows, "outRow");
+  checkIdx(info, exp, N, E, "expertIndex");
+  moe_linear_forward(x, w, inRow, outRow, exp, weight, out, static_cast<int>(R), static_cast<int>(din),
+                     static_cast<int>(dout), static_cast<int>(E), N, static_cast<int>(outRows));
+}
+
+// (dy, x, w, inRow, outRow, exp, weight, dx, dw, dweight, R, din, dout, E, N, outRows)
+void MoeLinearBackward(const Napi::CallbackInfo& info) {
+  long R = Int(info, 10), din = Int(info, 11), dout = Int(info, 12), E = Int(info, 13), N = Int(info, 14),
+       outRows = Int(info, 15);
+  const float* dy = F32(info, 0, outRows * dout, "dy");
+  const float* x = F32(info, 1, R * din, "x");
+  const float* w = F32(info, 2, E * din * dout, "w");
+  const int* inRow = I32(info, 3, N, "inRow");
+  const int* outRow = I32(info, 4, N, "outRow");
+  const int* exp = I32(info, 5, N, "expertIndex");
+  const float* weight = F32(info, 6, N, "weight");
+  float* dx = F32(info, 7, R * din, "dx");
+  float* dw = F32(info, 8, E * din * dout, "dw");
+  float* dweight = F32(info, 9, N, "dweight");
+  checkIdx(info, inRow, N, R, "inRow");
+  checkIdx(info, outRow, N, outRows, "outRow");
+  checkIdx(info, exp, N, E, "expertIndex");
+  moe_linear_backward(dy, x, w, inRow, outRow, exp, weight, dx, dw, dweight, static_cast<int>(R),
+                      static_cast<int>(din), static_cast<int>(dout), static_cast<int>(E), N,
+                      static_cast<int>(outRows));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("info", Napi::Function::New(env, Info));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads));
+  exports.Set("setGemm", Napi::Function::New(env, SetGemm));
+  exports.Set("sgemmBatched", Napi::Function::New(env, SgemmBatched));
+  exports.Set("biasAct", Napi::Function::New(env, BiasAct));
+  exports.Set("transpose", Napi::Function::New(env, Transpose));
+  exports.Set("mulBroadcast", Napi::Function::New(env, MulBroadcast));
+  exports.Set("gather", Napi::Function::New(env, Gather));
+  exports.Set("softmax", Napi::Function::New(env, Softmax));
+  exports.Set("topk", Napi::Function::New(env, TopK));
+  exports.Set("segmentSum", Napi::Function::New(env, SegmentSum));
+  exports.Set("moeMlpForward", Napi::Function::New(env, MoeMlpForward));
+  exports.Set("moeMlpBackward", Napi::Function::New(env, MoeMlpBackward));
+  exports.Set("moeLinearForward", Napi::Function::New(env, MoeLinearForward));
+  exports.Set("moeLinearBackward", Napi::Function::New(env, MoeLinearBackward));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(moelab_cpu, Init)

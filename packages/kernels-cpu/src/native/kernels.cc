@@ -1,0 +1,257 @@
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "pool.h"
+
+namespace moelab {
+namespace {
+
+// Split [0, n) into parallel chunks of at least `grain` items (memory-bound kernels gain little
+// from a second thread on small inputs, and a fork-join costs microseconds).
+template <class F>
+void parallel_range(long n, long grain, F&& f) {
+  if (n <= 0) return;
+  int tasks = static_cast<int>(std::min<long>(pool_threads() * 4L, std::max<long>(1, n / std::max(1L, grain))));
+  if (tasks <= 1) {
+    f(0L, n);
+    return;
+  }
+  long step = (n + tasks - 1) / tasks;
+  parallel_for(tasks, [&](int t) {
+    long a = t * step, b = std::min(n, a + step);
+    if (a < b) f(a, b);
+  });
+}
+
+}  // namespace
+
+void bias_act(float* out, long M, int N, const float* bias, int act, float alpha) {
+  parallel_range(M, std::max(1L, 32768L / std::max(1, N)), [&](long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+      float* row = out + r * N;
+      if (bias)
+        for (int j = 0; j < N; j++) row[j] += bias[j];
+      switch (act) {
+        case kFRelu:
+          for (int j = 0; j < N; j++) row[j] = row[j] > 0.f ? row[j] : 0.f;
+          break;
+        case kRelu6:
+          for (int j = 0; j < N; j++) row[j] = std::min(6.f, std::max(0.f, row[j]));
+          break;
+        case kSigmoid:
+          for (int j = 0; j < N; j++) row[j] = 1.f / (1.f + std::exp(-row[j]));
+          break;
+        case kElu:
+          for (int j = 0; j < N; j++) row[j] = row[j] >= 0.f ? row[j] : std::exp(row[j]) - 1.f;
+          break;
+        case kLeaky:
+          for (int j = 0; j < N; j++) row[j] = row[j] >= 0.f ? row[j] : alpha * row[j];
+          break;
+        default:
+          break;
+      }
+    }
+  });
+}
+
+void transpose(const float* x, float* out, int rank, const int* shapeIn, const int* permIn) {
+  // Drop size-1 axes and merge input axes that stay adjacent in the permutation: most transposes
+  // in a model collapse to a (batched) 2-D transpose or a row copy.
+  long total = 1;
+  for (int i = 0; i < rank; i++) total *= shapeIn[i];
+  if (total == 0) return;
+  long inStr[8];
+  {
+    long s = 1;
+    for (int i = rank - 1; i >= 0; i--) {
+      inStr[i] = s;
+      s *= shapeIn[i];
+    }
+  }
+  // Output axes in order, as (size, input stride), skipping size-1 and merging runs.
+  long sz[8], st[8];
+  int r = 0;
+  for (int o = 0; o < rank; o++) {
+    int ax = permIn[o];
+    if (shapeIn[ax] == 1) continue;
+    if (r > 0 && st[r - 1] == inStr[ax] * shapeIn[ax]) {
+      sz[r - 1] *= shapeIn[ax];
+      st[r - 1] = inStr[ax];
+      continue;
+    }
+    sz[r] = shapeIn[ax];
+    st[r] = inStr[ax];
+    r++;
+  }
+  if (r == 0 || (r == 1 && st[0] == 1)) {
+    std::memcpy(out, x, sizeof(float) * total);
+    return;
+  }
+  if (st[r - 1] == 1) {
+    // Innermost output axis is contiguous in the input: copy rows.
+    long inner = sz[r - 1];
+    long rows = total / inner;
+    parallel_range(rows, std::max(1L, 65536L / inner), [&](long a, long b) {
+      for (long row = a; row < b; row++) {
+        long rem = row, off = 0;
+        for (int k = r - 2; k >= 0; k--) {
+          off += (rem % sz[k]) * st[k];
+          rem /= sz[k];
+        }
+        std::memcpy(out + row * inner, x + off, sizeof(float) * inner);
+      }
+    });
+    return;
+  }
+  // Blocked 2-D copy over the two innermost output axes (rank >= 2 here unless a strided 1-D view).
+  long ni = r >= 2 ? sz[r - 2] : 1, si = r >= 2 ? st[r - 2] : 0;
+  long nj = sz[r - 1], sj = st[r - 1];
+  long outer = total / (ni * nj);
+  constexpr long B = 32;
+  long iBlocks = (ni + B - 1) / B;
+  parallel_range(outer * iBlocks, std::max(1L, 16384L / (B * nj) + 1), [&](long a, long b) {
+    for (long t = a; t < b; t++) {
+      long o = t / iBlocks, ib = (t % iBlocks) * B;
+      long rem = o, off = 0;
+      for (int k = r - 3; k >= 0; k--) {
+        off += (rem % sz[k]) * st[k];
+        rem /= sz[k];
+      }
+      const float* src = x + off;
+      float* dst = out + o * ni * nj;
+      long iEnd = std::min(ni, ib + B);
+      for (long jb = 0; jb < nj; jb += B) {
+        long jEnd = std::min(nj, jb + B);
+        for (long i = ib; i < iEnd; i++)
+          for (long j = jb; j < jEnd; j++) dst[i * nj + j] = src[i * si + j * sj];
+      }
+    }
+  });
+}
+
+void mul_broadcast(const float* a, const float* b, float* out, int rank, const int* shape, const long* aStr,
+                   const long* bStr) {
+  long total = 1;
+  for (int i = 0; i < rank; i++) total *= shape[i];
+  if (total == 0) return;
+  long inner = rank > 0 ? shape[rank - 1] : 1;
+  long sa = rank > 0 ? aStr[rank - 1] : 0, sb = rank > 0 ? bStr[rank - 1] : 0;
+  long rows = total / inner;
+  parallel_range(rows, std::max(1L, 65536L / inner), [&](long r0, long r1) {
+    for (long row = r0; row < r1; row++) {
+      long rem = row, oa = 0, ob = 0;
+      for (int k = rank - 2; k >= 0; k--) {
+        long idx = rem % shape[k];
+        rem /= shape[k];
+        oa += idx * aStr[k];
+        ob += idx * bStr[k];
+      }
+      const float* pa = a + oa;
+      const float* pb = b + ob;
+      float* po = out + row * inner;
+      if (sa == 1 && sb == 1) {
+        for (long j = 0; j < inner; j++) po[j] = pa[j] * pb[j];
+      } else if (sa == 1 && sb == 0) {
+        float v = pb[0];
+        for (long j = 0; j < inner; j++) po[j] = pa[j] * v;
+      } else if (sa == 0 && sb == 1) {
+        float v = pa[0];
+        for (long j = 0; j < inner; j++) po[j] = v * pb[j];
+      } else {
+        for (long j = 0; j < inner; j++) po[j] = pa[j * sa] * pb[j * sb];
+      }
+    }
+  });
+}
+
+long gather(const float* x, const int* idx, long nIdx, float* out, long outer, long dim, long inner) {
+  for (long i = 0; i < nIdx; i++)
+    if (idx[i] < 0 || idx[i] >= dim) return i;
+  parallel_range(outer * nIdx, std::max(1L, 65536L / std::max(1L, inner)), [&](long a, long b) {
+    for (long t = a; t < b; t++) {
+      long o = t / nIdx, i = t % nIdx;
+      std::memcpy(out + t * inner, x + (o * dim + idx[i]) * inner, sizeof(float) * inner);
+    }
+  });
+  return -1;
+}
+
+void softmax(const float* x, float* out, long rows, int cols) {
+  parallel_range(rows, std::max(1L, 16384L / std::max(1, cols)), [&](long r0, long r1) {
+    for (long r = r0; r < r1; r++) {
+      const float* xr = x + r * cols;
+      float* o = out + r * cols;
+      float m = -INFINITY;
+      for (int j = 0; j < cols; j++) m = std::max(m, xr[j]);
+      float s = 0.f;
+      for (int j = 0; j < cols; j++) {
+        o[j] = std::exp(xr[j] - m);
+        s += o[j];
+      }
+      float inv = 1.f / s;
+      for (int j = 0; j < cols; j++) o[j] *= inv;
+    }
+  });
+}
+
+void topk(const float* x, float* values, int32_t* indices, long rows, int cols, int k) {
+  if (k <= 0) return;
+  parallel_range(rows, std::max(1L, 8192L / std::max(1, cols)), [&](long r0, long r1) {
+    std::vector<int> order;
+    for (long r = r0; r < r1; r++) {
+      const float* xr = x + r * cols;
+      auto better = [&](int a, int b) { return xr[a] > xr[b] || (xr[a] == xr[b] && a < b); };
+      float* vr = values + r * k;
+      int32_t* ir = indices + r * k;
+      if (k <= 32) {
+        // Insertion into a sorted list of k: O(cols * k) worst case, one pass, no allocation.
+        int n = 0;
+        for (int j = 0; j < cols; j++) {
+          if (n == k && !better(j, ir[k - 1])) continue;
+          int p = n < k ? n++ : k - 1;
+          while (p > 0 && better(j, ir[p - 1])) {
+            ir[p] = ir[p - 1];
+            p--;
+          }
+          ir[p] = j;
+        }
+      } else {
+        order.resize(cols);
+        for (int j = 0; j < cols; j++) order[j] = j;
+        std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
+        for (int j = 0; j < k; j++) ir[j] = order[j];
+      }
+      for (int j = 0; j < k; j++) vr[j] = xr[ir[j]];
+    }
+  });
+}
+
+void segment_sum(const float* x, const int* ids, long n, long inner, float* out, long numSegments) {
+  std::memset(out, 0, sizeof(float) * numSegments * inner);
+  // Threads own column ranges, never rows: no two threads write the same output element, and the
+  // summation order (by input row) is the same as the serial one.
+  long colGrain = n * inner < (1L << 18) ? inner : std::max(64L, inner / (pool_threads() * 2));
+  parallel_range(inner, colGrain, [&](long c0, long c1) {
+    for (long i = 0; i < n; i++) {
+      long s = ids[i];
+      if (s < 0 || s >= numSegments) continue;
+      const float* src = x + i * inner;
+      float* dst = out + s * inner;
+      for (long c = c0; c < c1; c++) dst[c] += src[c];
+    }
+  });
+}
+
+std::string check_index(const int* idx, long n, long limit, const char* what) {
+  for (long i = 0; i < n; i++)
+    if (idx[i] < 0 || idx[i] >= limit)
+      return std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(idx[i]) + " is outside [0, " +
+             std::to_string(limit) + ")";
+  return "";
+}
+
+}  // namespace moelab

@@ -1,0 +1,58 @@
+// Plain C++ entry points of the native kernels (no Node-API types: addon.cc does the marshalling).
+// Every kernel reads its inputs and writes only into the output buffers it is given, which the
+// JS side allocates fresh for each call (inputs may share storage with other tensors).
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace moelab {
+
+// Activations of the fused MoE ops.
+enum MoeAct { kIdentity = 0, kRelu = 1, kGelu = 2, kSilu = 3, kRelu2 = 4 };
+// Activations of _FusedMatMul (tfjs names: linear, relu, relu6, sigmoid, elu, leakyrelu).
+enum FusedAct { kLinear = 0, kFRelu = 1, kRelu6 = 2, kSigmoid = 3, kElu = 4, kLeaky = 5 };
+
+// out[M,N] += bias (bias of length N, or null) then activation, in place on a fresh output.
+void bias_act(float* out, long M, int N, const float* bias, int act, float alpha);
+
+// out = transpose(x, perm) for rank <= 8.
+void transpose(const float* x, float* out, int rank, const int* shape, const int* perm);
+
+// out = a * b with broadcasting: outShape has `rank` dims, aStr/bStr are element strides of a/b
+// over the output dims (0 where that input is broadcast).
+void mul_broadcast(const float* a, const float* b, float* out, int rank, const int* outShape, const long* aStr,
+                   const long* bStr);
+
+// out[o, i, :] = x[o, idx[i], :] for x viewed as [outer, dim, inner]. Returns the first bad index
+// position, or -1 when every index is in [0, dim).
+long gather(const float* x, const int* idx, long nIdx, float* out, long outer, long dim, long inner);
+
+// Row-wise softmax of x[rows, cols].
+void softmax(const float* x, float* out, long rows, int cols);
+
+// Top-k per row of x[rows, cols]: values descending, ties broken by the lower index (tfjs order).
+void topk(const float* x, float* values, int32_t* indices, long rows, int cols, int k);
+
+// out[numSegments, inner] = sum of rows of x[n, inner] by ids (ids outside [0, numSegments) dropped).
+void segment_sum(const float* x, const int* ids, long n, long inner, float* out, long numSegments);
+
+// Validate assignment indices; returns an error message or "" when all are in range.
+std::string check_index(const int* idx, long n, long limit, const char* what);
+
+// out[T,d] = sum over assignments n of weight[n] * act(x[tok[n]] @ w1[e_n]) @ w2[e_n].
+// hidden[N,h] receives the pre-activation of each assignment in expert-sorted order (saved for
+// the backward pass, which re-derives the same order).
+void moe_mlp_forward(const float* x, const float* w1, const float* w2, const int* tok, const int* exp,
+                     const float* weight, float* out, float* hidden, int T, int d, int h, int E, long N, int act);
+void moe_mlp_backward(const float* dout, const float* x, const float* w1, const float* w2, const int* tok,
+                      const int* exp, const float* weight, const float* hidden, float* dx, float* dw1, float* dw2,
+                      float* dweight, int T, int d, int h, int E, long N, int act);
+
+// out[outRow[n]] += weight[n] * x[inRow[n]] @ w[e_n]; out is [outRows, dout].
+void moe_linear_forward(const float* x, const float* w, const int* inRow, const int* outRow, const int* exp,
+                        const float* weight, float* out, int R, int din, int dout, int E, long N, int outRows);
+void moe_linear_backward(const float* dy, const float* x, const float* w, const int* inRow, const int* outRow,
+                         const int* exp, const float* weight, float* dx, float* dw, float* dweight, int R, int din,
+                         int dout, int E, long N, int outRows);
+
+}  // namespace moelab

@@ -1,0 +1,160 @@
+#include "pool.h"
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void cpu_relax() { _mm_pause(); }
+#else
+static inline void cpu_relax() {}
+#endif
+
+namespace moelab {
+namespace {
+
+// How long a worker polls for new work before sleeping. Short on purpose: polling longer only
+// pays off on an idle machine, and costs the other process a core on a busy one.
+constexpr int kSpin = 4000;
+
+thread_local bool tl_in_task = false;
+
+struct Pool {
+  // The ticket packs (generation << 32 | next task index), so a worker that wakes late can never
+  // claim a task of a newer run with a stale view of the job: the CAS fails when the generation moved.
+  std::atomic<uint64_t> ticket{0};
+  std::atomic<int> done{0};
+  const std::function<void(int)>* job = nullptr;
+  int ntasks = 0;
+  uint32_t gen = 0;
+
+  std::mutex mu;
+  std::condition_variable wake;
+  std::condition_variable finished;
+  std::mutex run_mu;  // one parallel_for at a time (Node worker threads may share the addon)
+  std::vector<std::thread> workers;
+  bool stop = false;
+
+  // Claim and run tasks of generation g until none is left. Returns how many this thread ran.
+  void drain(uint32_t g) {
+    for (;;) {
+      uint64_t t = ticket.load(std::memory_order_acquire);
+      if (static_cast<uint32_t>(t >> 32) != g) return;
+      int idx = static_cast<int>(t & 0xffffffffu);
+      if (idx >= ntasks) return;
+      if (!ticket.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
+      // The run cannot finish while we hold an unfinished task, so job/ntasks are still this run's.
+      (*job)(idx);
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == ntasks) {
+        std::lock_guard<std::mutex> lk(mu);
+        finished.notify_all();
+      }
+    }
+  }
+
+  void worker_main() {
+    tl_in_task = true;
+    uint32_t seen = 0;
+    for (;;) {
+      uint32_t g = static_cast<uint32_t>(ticket.load(std::memory_order_acquire) >> 32);
+      for (int s = 0; s < kSpin && g == seen; s++) {
+        cpu_relax();
+        g = static_cast<uint32_t>(ticket.load(std::memory_order_acquire) >> 32);
+      }
+      if (g == seen) {
+        std::unique_lock<std::mutex> lk(mu);
+        wake.wait(lk, [&] { return stop || static_cast<uint32_t>(ticket.load() >> 32) != seen; });
+        if (stop) return;
+        g = static_cast<uint32_t>(ticket.load() >> 32);
+      }
+      seen = g;
+      drain(g);
+    }
+  }
+
+  void resize(int total) {
+    if (total < 1) total = 1;
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      stop = true;
+    }
+    wake.notify_all();
+    for (auto& t : workers) t.join();
+    workers.clear();
+    stop = false;
+    for (int i = 1; i < total; i++) workers.emplace_back([this] { worker_main(); });
+  }
+
+  void run(int n, const std::function<void(int)>& fn) {
+    std::unique_lock<std::mutex> rl(run_mu, std::try_to_lock);
+    if (!rl.owns_lock()) {
+      for (int i = 0; i < n; i++) fn(i);
+      return;
+    }
+    job = &fn;
+    ntasks = n;
+    done.store(0, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lk(mu);
+      gen++;
+      ticket.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
+    }
+    wake.notify_all();
+    tl_in_task = true;
+    drain(gen);
+    tl_in_task = false;
+    for (int s = 0; s < kSpin && done.load(std::memory_order_acquire) != n; s++) cpu_relax();
+    if (done.load(std::memory_order_acquire) != n) {
+      std::unique_lock<std::mutex> lk(mu);
+      finished.wait(lk, [&] { return done.load(std::memory_order_acquire) == n; });
+    }
+    job = nullptr;
+  }
+};
+
+int default_threads() {
+  if (const char* e = std::getenv("MOELAB_THREADS")) {
+    int v = std::atoi(e);
+    if (v >= 1) return v;
+  }
+  unsigned hc = std::thread::hardware_concurrency();
+  return hc == 0 ? 1 : static_cast<int>(hc);
+}
+
+// Never destroyed: joining threads from a static destructor at process exit races with Node's own
+// teardown; the OS reclaims sleeping workers.
+Pool* the_pool() {
+  static Pool* p = [] {
+    Pool* q = new Pool();
+    q->resize(default_threads());
+    return q;
+  }();
+  return p;
+}
+
+}  // namespace
+
+int pool_threads() { return static_cast<int>(the_pool()->workers.size()) + 1; }
+
+void set_pool_threads(int n) {
+  Pool* p = the_pool();
+  std::lock_guard<std::mutex> rl(p->run_mu);
+  p->resize(n);
+}
+
+void parallel_for(int n, const std::function<void(int)>& fn) {
+  if (n <= 0) return;
+  Pool* p = the_pool();
+  if (n == 1 || tl_in_task || p->workers.empty()) {
+    for (int i = 0; i < n; i++) fn(i);
+    return;
+  }
+  p->run(n, fn);
+}
+
+}  // namespace moelab
