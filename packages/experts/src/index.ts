@@ -6,10 +6,16 @@ import { definePlugin } from '@moelab/core';
 import { sigmaMoEFixture } from './fixtures.js';
 import { mlpExperts } from './mlp.js';
 import { sigmaMoEExperts, sigmaMoEFFN } from './sigma-moe.js';
+import { monetHD, monetVD } from './monet.js';
+import { monetHDFixture, monetVDFixture, peerFixture } from './monet-peer-fixtures.js';
+import { peerFFN } from './peer.js';
 
 export { MLPExperts, mlpExperts, type MLPExpertOptions } from './mlp.js';
 export { SigmaMoEExperts, SigmaMoELayer, sigmaMoEExperts, sigmaMoEFFN, type SigmaMoEExpertOptions } from './sigma-moe.js';
 export { sigmaMoEFixture } from './fixtures.js';
+export * from './monet.js';
+export * from './peer.js';
+export { monetHDFixture, monetVDFixture, peerFixture } from './monet-peer-fixtures.js';
 
-export const experts = definePlugin({ name: '@moelab/experts', entries: [mlpExperts, sigmaMoEExperts, sigmaMoEFFN, sigmaMoEFixture] });
+export const experts = definePlugin({ name: '@moelab/experts', entries: [mlpExperts, sigmaMoEExperts, sigmaMoEFFN, sigmaMoEFixture, monetHD, monetVD, peerFFN, monetHDFixture, monetVDFixture, peerFixture] });
 export default experts;
