@@ -36,6 +36,19 @@ export interface RoutingStats {
   expertsPerToken: number;
   /** Extra router-specific numbers (e.g. bias norms). */
   extra?: Record<string, number>;
+  /** Assignments per expert the router intended, before capacity drops and expert masks (specs/routers.md §7). */
+  intendedCounts?: number[];
+  /** Tokens whose every assignment was dropped / tokens (Switch's "< 1%" statistic). */
+  tokenDropRate?: number;
+  /** Fewest / most experts any token received (dynamic routers: top-p, threshold, ReLU, expert choice). */
+  expertsPerTokenMin?: number;
+  expertsPerTokenMax?: number;
+  /** H(mean_t q_t) in nats: the entropy of the mean routing distribution (1 · log E = balanced on average). */
+  marginalEntropy?: number;
+  /** mean_t logsumexp(z_t)^2 of the router logits, when the router reports logits (logit-growth monitor). */
+  zLoss?: number;
+  /** Fraction of tokens whose largest routing probability exceeds 0.99. */
+  saturation?: number;
 }
 
 export interface ForwardContext {
@@ -50,6 +63,8 @@ export interface ForwardContext {
   assignments?: Map<string, { tokenIndex: Int32Array; expertIndex: Int32Array; tokens: number }[]>;
   /** Experts disabled at inference, by layer path prefix -> expert ids. */
   expertMask?: Map<string, Set<number>>;
+  /** Token ids of the forward pass, flattened row-major like the rows MoE layers see (set by the language model; hash routers read it). */
+  tokenIds?: Int32Array;
 }
 
 export function forwardContext(rng: Rng, training: boolean, extra: Partial<ForwardContext> = {}): ForwardContext {
@@ -62,6 +77,13 @@ export abstract class Module {
    * regulariser spans all their calls (e.g. a shared layer used by several repeats) add it here.
    */
   finalizeForward?(ctx: ForwardContext): void;
+
+  /**
+   * Optional hook, called by the trainer on every module once after each optimiser step: non-gradient
+   * controllers (aux-loss-free bias balancing, ReMoE's L1 coefficient) update their state here from what
+   * they recorded during the step's training forward passes.
+   */
+  afterStep?(): void;
 
   /** Set by the parent: the dotted path of this module (first reference wins). */
   path = '';
@@ -107,11 +129,12 @@ export abstract class Module {
     for (const [n, c] of this.children) c.walk(fn, prefix ? `${prefix}.${n}` : n, seen);
   }
 
-  namedParameters(): [string, tf.Variable][] {
+  /** Each variable of `which` once, named by the first path it is reached by. */
+  private named(which: 'params' | 'buffers'): [string, tf.Variable][] {
     const out: [string, tf.Variable][] = [];
     const seen = new Set<tf.Variable>();
     this.walk((m, prefix) => {
-      for (const [n, v] of m.params) {
+      for (const [n, v] of m[which]) {
         if (seen.has(v)) continue;
         seen.add(v);
         out.push([prefix ? `${prefix}.${n}` : n, v]);
@@ -120,17 +143,12 @@ export abstract class Module {
     return out;
   }
 
+  namedParameters(): [string, tf.Variable][] {
+    return this.named('params');
+  }
+
   namedBuffers(): [string, tf.Variable][] {
-    const out: [string, tf.Variable][] = [];
-    const seen = new Set<tf.Variable>();
-    this.walk((m, prefix) => {
-      for (const [n, v] of m.buffers) {
-        if (seen.has(v)) continue;
-        seen.add(v);
-        out.push([prefix ? `${prefix}.${n}` : n, v]);
-      }
-    });
-    return out;
+    return this.named('buffers');
   }
 
   /** Parameters and buffers: everything a checkpoint stores. */

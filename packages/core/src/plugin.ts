@@ -59,19 +59,36 @@ export const moeFFNEntry = defineEntry({
     expert: Node('expert', { default: 'mlp' }),
     shared: Type.Optional(Node('expert', { description: 'always-on shared experts (their own count in `experts`)' })),
     capacityFactor: Type.Number({ minimum: 0, default: 0, description: 'per-expert capacity = ceil(cf * assignments / E); 0 = dropless' }),
+    evalCapacityFactor: Type.Optional(Type.Number({ minimum: 0, description: 'capacity factor in eval mode (default: capacityFactor; Switch uses 2.0)' })),
+    allowBatchDependent: Type.Boolean({
+      default: false,
+      description: 'allow a causal-safe but batch-dependent router (Mixture of Tokens) in a causal LM; generation must then batch like training',
+    }),
+    minCapacity: Type.Integer({ minimum: 1, default: 1, description: 'smallest per-expert capacity when capacity is on (mesh-TF, DeepSpeed: 4)' }),
+    dropPolicy: Type.Union(
+      (['position', 'position-interleaved', 'probs', 'batch-prioritized', 'random'] as const).map((p) => Type.Literal(p)),
+      { default: 'position', description: 'which assignments survive the capacity limit (specs/routers.md §4.2)' },
+    ),
   }),
   create: (c, ctx) => {
     const router = ctx.build<Router>('router', c.router, 'router', { numExperts: c.experts });
-    if (ctx.env.causal && router.flags.batchDependent) {
+    if (ctx.env.causal && router.flags.batchDependent && (!router.flags.causalSafe || !c.allowBatchDependent)) {
       throw new MoelabError(
-        "this router is batch-dependent (a token's routing depends on other tokens of the batch), which leaks future tokens in a causal language model. Use a causal-safe router (e.g. softmax-topk, sigma-topk) here.",
+        router.flags.causalSafe
+          ? "this router is batch-dependent (a token's output depends on other examples of the batch), so one-token-at-a-time generation computes a different function than training. Set allowBatchDependent: true on the moe layer to train it anyway, or use a batch-independent router (e.g. softmax-topk, sigma-topk)."
+          : "this router is batch-dependent and not causal (a token's routing depends on later tokens of its sequence), which leaks future tokens in a causal language model. Use a causal-safe router (e.g. softmax-topk, sigma-topk) here.",
         `${ctx.path}.router`,
       );
     }
     const experts = ctx.build<ExpertBank>('expert', c.expert, 'expert', { numExperts: c.experts });
     let shared: ExpertBank | undefined;
     if (c.shared !== undefined) shared = ctx.build<ExpertBank>('expert', c.shared, 'shared', { numExperts: undefined });
-    return new MoELayer(router, experts, { capacityFactor: c.capacityFactor }, shared);
+    return new MoELayer(
+      router,
+      experts,
+      { capacityFactor: c.capacityFactor, evalCapacityFactor: c.evalCapacityFactor, minCapacity: c.minCapacity, dropPolicy: c.dropPolicy },
+      shared,
+    );
   },
 });
 

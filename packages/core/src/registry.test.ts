@@ -33,7 +33,7 @@ describe('registry', () => {
     const r = testRegistry();
     expect(r.list('ffn').map((e) => e.name)).toEqual(expect.arrayContaining(['dense', 'moe']));
     expect(r.list('ffn', 'd*').map((e) => e.name)).toEqual(['dense']);
-    expect(r.list(undefined, 'soft*').map((e) => e.name)).toEqual(['softmax-topk']);
+    expect(r.list(undefined, 'softmax*').map((e) => e.name)).toEqual(['softmax-topk']);
     const d = r.describe('router', 'softmax-topk');
     expect(d.defaults).toMatchObject({ k: 2, renormalize: true, balanceCoef: 0.01 });
     expect((d.jsonSchema as { type?: string }).type).toBe('object');

@@ -17,5 +17,8 @@ export * from './monet.js';
 export * from './peer.js';
 export { monetHDFixture, monetVDFixture, peerFixture } from './monet-peer-fixtures.js';
 
-export const experts = definePlugin({ name: '@moelab/experts', entries: [mlpExperts, sigmaMoEExperts, sigmaMoEFFN, sigmaMoEFixture, monetHD, monetVD, peerFFN, monetHDFixture, monetVDFixture, peerFixture] });
+export const experts = definePlugin({
+  name: '@moelab/experts',
+  entries: [mlpExperts, sigmaMoEExperts, sigmaMoEFFN, sigmaMoEFixture, monetHD, monetVD, peerFFN, monetHDFixture, monetVDFixture, peerFixture],
+});
 export default experts;

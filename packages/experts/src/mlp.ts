@@ -13,7 +13,7 @@ import {
   activate,
   Config,
   combine,
-  type DispatchPlan,
+  DispatchPlan,
   defineEntry,
   type ExpertBank,
   type ForwardContext,
@@ -61,6 +61,23 @@ export class MLPExperts extends Module implements ExpertBank {
 
   parametersPerExpert(): number {
     return this.dModel * this.options.hidden * (this.w3 ? 3 : 2);
+  }
+
+  /** SMEAR (specs/routers.md R16): token t runs one MLP with weights sum_e mergeWeight[group[t], e] * W[e]. */
+  applyMerged(x: tf.Tensor2D, mergeWeight: tf.Tensor2D, group: Int32Array, _ctx: ForwardContext): tf.Tensor2D {
+    const G = mergeWeight.shape[0];
+    const merge = (w: tf.Variable) => tf.reshape(tf.matMul(mergeWeight, tf.reshape(w, [this.numExperts, -1])), [G, w.shape[1]!, w.shape[2]!]) as tf.Tensor3D;
+    const T = x.shape[0];
+    const plan = new DispatchPlan(
+      Int32Array.from({ length: T }, (_, t) => t),
+      group,
+      T,
+      G,
+    );
+    const { xs, assignmentRow } = gatherPadded(x, plan);
+    let h = activate(tf.matMul(xs, merge(this.w1)), this.options.activation) as tf.Tensor3D;
+    if (this.w3) h = tf.mul(h, tf.matMul(xs, merge(this.w3))) as tf.Tensor3D;
+    return combine(ungatherPadded(tf.matMul(h, merge(this.w2)) as tf.Tensor3D, assignmentRow), null, plan);
   }
 }
 

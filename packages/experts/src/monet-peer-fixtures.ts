@@ -233,6 +233,18 @@ function runnerEntry(kind: string, description: string, make: (config: Record<st
   });
 }
 
-export const monetHDFixture = runnerEntry('monet_hd', 'MONET-HD layer + router fixtures (specs/monet.md §15): eval and train modes, masking, BN updates, all gradients.', monetRunner('hd'));
-export const monetVDFixture = runnerEntry('monet_vd', 'MONET-VD layer + router fixtures (specs/monet.md §15): eval and train modes, masking, BN updates, all gradients.', monetRunner('vd'));
-export const peerFixture = runnerEntry('peer', 'PEER layer fixtures (specs/peer-fff.md §1.7): retrieval, gates, outputs, BN updates, all gradients, both modes.', peerRunner);
+export const monetHDFixture = runnerEntry(
+  'monet_hd',
+  'MONET-HD layer + router fixtures (specs/monet.md §15): eval and train modes, masking, BN updates, all gradients.',
+  monetRunner('hd'),
+);
+export const monetVDFixture = runnerEntry(
+  'monet_vd',
+  'MONET-VD layer + router fixtures (specs/monet.md §15): eval and train modes, masking, BN updates, all gradients.',
+  monetRunner('vd'),
+);
+export const peerFixture = runnerEntry(
+  'peer',
+  'PEER layer fixtures (specs/peer-fff.md §1.7): retrieval, gates, outputs, BN updates, all gradients, both modes.',
+  peerRunner,
+);

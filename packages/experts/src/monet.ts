@@ -76,13 +76,17 @@ export function normalQuantile(p: number): number {
   if (r <= 5) {
     r -= 1.6;
     val =
-      (((((((7.7454501427834140764e-4 * r + 0.0227238449892691845833) * r + 0.24178072517745061177) * r + 1.27045825245236838258) * r + 3.64784832476320460504) * r +
+      (((((((7.7454501427834140764e-4 * r + 0.0227238449892691845833) * r + 0.24178072517745061177) * r + 1.27045825245236838258) * r +
+        3.64784832476320460504) *
+        r +
         5.7694972214606914055) *
         r +
         4.6303378461565452959) *
         r +
         1.42343711074968357734) /
-      (((((((1.05075007164441684324e-9 * r + 5.475938084995344946e-4) * r + 0.0151986665636164571966) * r + 0.14810397642748007459) * r + 0.68976733498510000455) * r +
+      (((((((1.05075007164441684324e-9 * r + 5.475938084995344946e-4) * r + 0.0151986665636164571966) * r + 0.14810397642748007459) * r +
+        0.68976733498510000455) *
+        r +
         1.6763848301838038494) *
         r +
         2.05319162663775882187) *
@@ -91,13 +95,17 @@ export function normalQuantile(p: number): number {
   } else {
     r -= 5;
     val =
-      (((((((2.01033439929228813265e-7 * r + 2.71155556874348757815e-5) * r + 0.0012426609473880784386) * r + 0.026532189526576123093) * r + 0.29656057182850489123) * r +
+      (((((((2.01033439929228813265e-7 * r + 2.71155556874348757815e-5) * r + 0.0012426609473880784386) * r + 0.026532189526576123093) * r +
+        0.29656057182850489123) *
+        r +
         1.7848265399172913358) *
         r +
         5.4637849111641143699) *
         r +
         6.6579046435011037772) /
-      (((((((2.04426310338993978564e-15 * r + 1.4215117583164458887e-7) * r + 1.8463183175100546818e-5) * r + 7.868691311456132591e-4) * r + 0.0148753612908506148525) * r +
+      (((((((2.04426310338993978564e-15 * r + 1.4215117583164458887e-7) * r + 1.8463183175100546818e-5) * r + 7.868691311456132591e-4) * r +
+        0.0148753612908506148525) *
+        r +
         0.13692988092273580531) *
         r +
         0.59983220655588793769) *
@@ -427,7 +435,10 @@ export class MonetLayer extends Module implements FeedForward {
     const { experts: E, expertDim: m, heads: H, k } = options;
     if (k > E) throw new MoelabError(`k = ${k} exceeds the experts per group (${E})`);
     if (ownsRouter)
-      this.router = this.child('router', new MonetRouter(dModel, { heads: H, experts: E, k, eps: options.bnEps, momentum: options.bnMomentum, initStd: options.initStd }, rng));
+      this.router = this.child(
+        'router',
+        new MonetRouter(dModel, { heads: H, experts: E, k, eps: options.bnEps, momentum: options.bnMomentum, initStd: options.initStd }, rng),
+      );
     const Experts = options.decomposition === 'horizontal' ? MonetHDExperts : MonetVDExperts;
     this.moe = this.child('moe', new Experts(dModel, E, m, options.activation, rng, options.initStd));
   }
@@ -459,7 +470,9 @@ export class MonetLayer extends Module implements FeedForward {
     } else {
       routing = sharedRouting.get(ctx);
       if (!routing)
-        throw new MoelabError(`monet layer ${this.path || '(root)'} shares its router (routerGroup ${this.options.routerGroup}) but no earlier layer of this forward pass routed`);
+        throw new MoelabError(
+          `monet layer ${this.path || '(root)'} shares its router (routerGroup ${this.options.routerGroup}) but no earlier layer of this forward pass routed`,
+        );
       if (routing.n !== n) throw new MoelabError(`monet layer ${this.path}: the shared routing covers ${routing.n} tokens, this layer got ${n}`);
     }
     this.lastRouting = routing;
@@ -471,7 +484,8 @@ export class MonetLayer extends Module implements FeedForward {
       const E = this.options.experts;
       const keep = new Float32Array(E * E).fill(1);
       for (const id of masked) {
-        if (!Number.isInteger(id) || id < 0 || id >= E * E) throw new MoelabError(`expert mask id ${id} is out of range [0, ${E * E}) for this monet layer`, this.path);
+        if (!Number.isInteger(id) || id < 0 || id >= E * E)
+          throw new MoelabError(`expert mask id ${id} is out of range [0, ${E * E}) for this monet layer`, this.path);
         keep[id] = 0;
       }
       out = this.moe.forwardScores(flat, tf.mul(monetExpertScores(g1, g2), tf.tensor2d(keep, [E, E])) as tf.Tensor3D);
@@ -547,7 +561,11 @@ const monetSchema = Config({
   expertDim: Type.Integer({ minimum: 1, default: 8, description: 'hidden width m of one composed expert (even for monet-vd)' }),
   heads: Type.Integer({ minimum: 1, default: 4, description: 'routing heads H' }),
   k: Type.Integer({ minimum: 1, default: 2, description: 'target experts per head and group: σ = Φ⁻¹(1 − k/E)' }),
-  routerGroup: Type.Integer({ minimum: 1, default: 1, description: 'router-sharing period G: layers with index % G == 0 own a router, the next G−1 reuse its routing' }),
+  routerGroup: Type.Integer({
+    minimum: 1,
+    default: 1,
+    description: 'router-sharing period G: layers with index % G == 0 own a router, the next G−1 reuse its routing',
+  }),
   activation: Type.Union(
     ACTIVATIONS.map((a) => Type.Literal(a)),
     { default: 'relu2', description: 'expert activation (MONET: squared ReLU)' },

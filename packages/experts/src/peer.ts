@@ -213,7 +213,10 @@ export class PEERLayer extends Module implements FeedForward {
     const n = flat.shape[0];
     const { heads: h, k } = this.options;
     const masked = ctx.expertMask?.get(this.path);
-    if (masked) for (const id of masked) if (!Number.isInteger(id) || id < 0 || id >= this.numExperts) throw new MoelabError(`expert mask id ${id} is out of range [0, ${this.numExperts})`, this.path);
+    if (masked)
+      for (const id of masked)
+        if (!Number.isInteger(id) || id < 0 || id >= this.numExperts)
+          throw new MoelabError(`expert mask id ${id} is out of range [0, ${this.numExperts})`, this.path);
     const r = this.retrieve(flat, ctx.training, masked);
     this.lastRetrieval = r;
     const idx = tf.tensor1d(r.indices, 'int32');

@@ -58,7 +58,13 @@ const r = spawnSync(process.execPath, gypArgs, { cwd: pkgDir, encoding: 'utf8', 
 const log = `${r.stdout ?? ''}\n${r.stderr ?? ''}`;
 if (r.error) fail(`node-gyp could not be run (${r.error.message})`, log);
 if (r.status !== 0 || !existsSync(addon)) {
-  const firstError = log.split('\n').find((l) => /error|not found|No such file/i.test(l)) ?? 'see log';
+  // The most telling line: node-gyp's own exception, else the first compiler/linker error.
+  const lines = log.split('\n');
+  const firstError =
+    lines.find((l) => /stack Error: /.test(l))?.replace(/.*stack Error: /, '') ??
+    lines.find((l) => /error:|not found|No such file/i.test(l)) ??
+    lines.find((l) => /ERR!/.test(l)) ??
+    'see build/moelab-build.json';
   fail(`node-gyp failed (exit ${r.status}): ${firstError.trim()}`, log);
 }
 const blas = spawnSync(process.execPath, [join(pkgDir, 'scripts', 'detect-blas.mjs')], { encoding: 'utf8' }).stdout;

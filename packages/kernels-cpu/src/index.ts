@@ -7,15 +7,7 @@
  *   if (s.available) await tf.setBackend('moelab-cpu'); else console.warn(s.reason);
  */
 import * as tfjs from '@tensorflow/tfjs';
-import {
-  BACKEND_NAME,
-  type MoelabCpuStatus,
-  NATIVE_KERNELS,
-  type RegisterOptions,
-  registerMoelabCpuBackend,
-  setGemm,
-  setThreads,
-} from './backend.js';
+import { BACKEND_NAME, type MoelabCpuStatus, NATIVE_KERNELS, type RegisterOptions, registerMoelabCpuBackend, setGemm, setThreads } from './backend.js';
 import { MOE_LINEAR, MOE_MLP, type MoeActivation } from './moe.js';
 
 export { BACKEND_NAME, NATIVE_KERNELS, registerMoelabCpuBackend, setGemm, setThreads };
@@ -41,11 +33,13 @@ export function moeMLP(
 ): tfjs.Tensor2D {
   // The kernel's second output (pre-activations saved for the backward pass) is internal: the
   // gradient tape keeps its own reference, so the caller's copy is disposed here.
-  const [out, hidden] = tf.engine().runKernel(
-    MOE_MLP,
-    { x, w1, w2, tokenIndex, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
-    { activation } as unknown as tfjs.NamedAttrMap,
-  ) as tfjs.Tensor[];
+  const [out, hidden] = tf
+    .engine()
+    .runKernel(
+      MOE_MLP,
+      { x, w1, w2, tokenIndex, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
+      { activation } as unknown as tfjs.NamedAttrMap,
+    ) as tfjs.Tensor[];
   hidden.dispose();
   return out as tfjs.Tensor2D;
 }
@@ -65,11 +59,13 @@ export function moeLinear(
   outRows: number,
   tf: typeof tfjs = tfjs,
 ): tfjs.Tensor2D {
-  return tf.engine().runKernel(
-    MOE_LINEAR,
-    { x, w, inRow, outRow, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
-    { outRows } as unknown as tfjs.NamedAttrMap,
-  ) as tfjs.Tensor2D;
+  return tf
+    .engine()
+    .runKernel(
+      MOE_LINEAR,
+      { x, w, inRow, outRow, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
+      { outRows } as unknown as tfjs.NamedAttrMap,
+    ) as tfjs.Tensor2D;
 }
 
 /**

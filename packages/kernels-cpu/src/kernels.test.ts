@@ -2,7 +2,13 @@ import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { compareBackends, randArray, randInts, rng, type Spec, status } from './testing/helpers.js';
 
-const f = (shape: number[], r: () => number): Spec => ({ shape, data: randArray(r, shape.reduce((a, b) => a * b, 1)) });
+const f = (shape: number[], r: () => number): Spec => ({
+  shape,
+  data: randArray(
+    r,
+    shape.reduce((a, b) => a * b, 1),
+  ),
+});
 const loss = (y: tf.Tensor, seed: number) => {
   // A fixed random projection, so every output element gets a distinct gradient.
   const w = tf.tensor(randArray(rng(seed), y.size), y.shape);
@@ -31,7 +37,13 @@ describe('availability', () => {
 describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reason})`, () => {
   it('BatchMatMul: 2-D with every transpose, forward and gradients', async () => {
     const r = rng(1);
-    for (const [M, N, K] of [[1, 1, 1], [7, 19, 5], [33, 70, 130], [64, 48, 1], [130, 17, 260]]) {
+    for (const [M, N, K] of [
+      [1, 1, 1],
+      [7, 19, 5],
+      [33, 70, 130],
+      [64, 48, 1],
+      [130, 17, 260],
+    ]) {
       for (const tA of [false, true]) {
         for (const tB of [false, true]) {
           const specs = [f(tA ? [K, M] : [M, K], r), f(tB ? [N, K] : [K, N], r)];
@@ -137,22 +149,49 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
   it('Multiply: broadcasting, forward and gradients; int32 falls back', async () => {
     const r = rng(7);
     const pairs: [number[], number[]][] = [
-      [[5, 7], [5, 7]],
+      [
+        [5, 7],
+        [5, 7],
+      ],
       [[5, 7], [7]],
-      [[5, 7], [5, 1]],
-      [[5, 1], [1, 7]],
-      [[2, 3, 4], [3, 1]],
-      [[2, 1, 4], [2, 3, 1]],
+      [
+        [5, 7],
+        [5, 1],
+      ],
+      [
+        [5, 1],
+        [1, 7],
+      ],
+      [
+        [2, 3, 4],
+        [3, 1],
+      ],
+      [
+        [2, 1, 4],
+        [2, 3, 1],
+      ],
       [[], [4, 3]],
       [[4, 3], []],
-      [[2, 3, 4, 5], [1, 3, 1, 5]],
+      [
+        [2, 3, 4, 5],
+        [1, 3, 1, 5],
+      ],
       [[64, 300], [300]],
     ];
     for (const [as, bs] of pairs) {
       await compareBackends([f(as, r), f(bs, r)], (a, b) => tf.mul(a, b), 0);
       await compareBackends([f(as, r), f(bs, r)], (a, b) => tf.grads((x: tf.Tensor, y: tf.Tensor) => loss(tf.mul(x, y), 11))([a, b]), 1e-5);
     }
-    await compareBackends([{ shape: [3, 4], data: randInts(r, 12, 50) }, { shape: [4], data: randInts(r, 4, 50) }], (a, b) => tf.mul(a, b), 0);
+    await compareBackends(
+      [
+        { shape: [3, 4], data: randInts(r, 12, 50) },
+        { shape: [4], data: randInts(r, 4, 50) },
+      ],
+      (a, b) => tf.mul(a, b),
+      0,
+    );
+    // A float32 tensor cast from bool keeps a Uint8Array behind it on the cpu backend.
+    await compareBackends([f([6, 5], r), f([6, 5], r)], (a, b) => tf.mul(tf.cast(tf.greater(a, 0), 'float32'), b), 0);
   });
 
   it('GatherV2: axes and index ranks, forward and gradients; bad indices throw', async () => {
@@ -165,7 +204,17 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
       [[50, 64], [200], 0, 50],
     ];
     for (const [xs, is, axis, dim] of cases) {
-      const specs: Spec[] = [f(xs, r), { shape: is, data: randInts(r, is.reduce((a, b) => a * b, 1), dim) }];
+      const specs: Spec[] = [
+        f(xs, r),
+        {
+          shape: is,
+          data: randInts(
+            r,
+            is.reduce((a, b) => a * b, 1),
+            dim,
+          ),
+        },
+      ];
       await compareBackends(specs, (x, i) => tf.gather(x, i, axis), 0);
       await compareBackends(specs, (x, i) => tf.grads((a: tf.Tensor) => loss(tf.gather(a, i, axis), 13))([x]), 1e-5);
     }
@@ -183,18 +232,43 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
 
   it('TopK: values and indices (ties to the lower index)', async () => {
     const r = rng(10);
-    for (const [shape, k] of [[[10], 3], [[6, 9], 1], [[6, 9], 9], [[3, 5, 64], 4], [[4, 100], 40]] as [number[], number][]) {
-      await compareBackends([f(shape, r)], (x) => { const o = tf.topk(x, k); return [o.values, o.indices]; }, 0);
+    for (const [shape, k] of [
+      [[10], 3],
+      [[6, 9], 1],
+      [[6, 9], 9],
+      [[3, 5, 64], 4],
+      [[4, 100], 40],
+    ] as [number[], number][]) {
+      await compareBackends(
+        [f(shape, r)],
+        (x) => {
+          const o = tf.topk(x, k);
+          return [o.values, o.indices];
+        },
+        0,
+      );
       // Integer-valued inputs have many ties.
       const n = shape.reduce((a, b) => a * b, 1);
       const ties = Float32Array.from(randInts(r, n, 4));
-      await compareBackends([{ shape, data: ties }], (x) => { const o = tf.topk(x, k); return [o.values, o.indices]; }, 0);
+      await compareBackends(
+        [{ shape, data: ties }],
+        (x) => {
+          const o = tf.topk(x, k);
+          return [o.values, o.indices];
+        },
+        0,
+      );
     }
   });
 
   it('UnsortedSegmentSum: forward and gradients; ids outside [0, numSegments) are dropped', async () => {
     const r = rng(11);
-    for (const [xs, ns] of [[[20, 6], 5], [[7], 3], [[30, 2, 3], 8], [[400, 64], 64]] as [number[], number][]) {
+    for (const [xs, ns] of [
+      [[20, 6], 5],
+      [[7], 3],
+      [[30, 2, 3], 8],
+      [[400, 64], 64],
+    ] as [number[], number][]) {
       const specs: Spec[] = [f(xs, r), { shape: [xs[0]], data: randInts(r, xs[0], ns) }];
       await compareBackends(specs, (x, ids) => tf.unsortedSegmentSum(x, ids, ns), 1e-5);
       await compareBackends(specs, (x, ids) => tf.grads((a: tf.Tensor) => loss(tf.unsortedSegmentSum(a, ids, ns), 19))([x]), 1e-5);
@@ -207,5 +281,34 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     const r = rng(12);
     await compareBackends([f([1, 6, 6, 2], r), f([3, 3, 2, 4], r)], (x, w) => tf.conv2d(x as tf.Tensor4D, w as tf.Tensor4D, 1, 'same'), 1e-5);
     await compareBackends([f([5, 4], r)], (x) => tf.cumsum(x, 1), 1e-6);
+  });
+});
+
+describe.skipIf(!status.available)(`builtin packed GEMM equals cpu (${status.reason})`, () => {
+  it('every transpose, edge sizes and pooled sizes', async () => {
+    const { setGemm } = await import('./index.js');
+    const before = status.blas;
+    expect(setGemm('builtin')).toBe('builtin');
+    try {
+      const r = rng(21);
+      for (const [M, N, K] of [
+        [1, 1, 1],
+        [5, 17, 3],
+        [7, 33, 300],
+        [130, 70, 257],
+        [250, 300, 120],
+      ]) {
+        for (const tA of [false, true]) {
+          for (const tB of [false, true]) {
+            const specs = [f(tA ? [K, M] : [M, K], r), f(tB ? [N, K] : [K, N], r)];
+            await compareBackends(specs, (a, b) => tf.matMul(a, b, tA, tB), 1e-4);
+          }
+        }
+      }
+      await compareBackends([f([4, 30, 20], r), f([4, 20, 50], r)], (a, b) => tf.matMul(a, b), 1e-4);
+      await compareBackends([f([3, 0], r), f([0, 4], r)], (a, b) => tf.matMul(a, b), 0);
+    } finally {
+      setGemm(before === 'openblas' ? 'openblas' : 'builtin');
+    }
   });
 });

@@ -14,11 +14,16 @@ type KernelConfig = tfTypes.KernelConfig;
 type KernelFunc = tfTypes.KernelFunc;
 type Args = Parameters<KernelFunc>[0];
 
+// The cpu backend does not promise a Float32Array behind every float32 tensor: some kernels
+// (e.g. Cast from bool) keep the source array (a Uint8Array). Those rare inputs are converted;
+// the common case is zero-copy.
 export function values(backend: MathBackendCPU, t: TensorInfo): Float32Array {
-  return backend.data.get(t.dataId).values as Float32Array;
+  const v = backend.data.get(t.dataId).values;
+  return v instanceof Float32Array ? v : Float32Array.from(v as ArrayLike<number>);
 }
 export function ints(backend: MathBackendCPU, t: TensorInfo): Int32Array {
-  return backend.data.get(t.dataId).values as Int32Array;
+  const v = backend.data.get(t.dataId).values;
+  return v instanceof Int32Array ? v : Int32Array.from(v as ArrayLike<number>);
 }
 
 const prod = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);

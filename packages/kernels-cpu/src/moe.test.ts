@@ -88,7 +88,15 @@ const mlpCases: MlpCase[] = [
   topkCase('experts 1 and 4 get nothing', 2, 11, 5, 7, 5, 2, [0, 2, 3]),
   topkCase('one token', 3, 1, 6, 4, 3, 2),
   { name: 'N = 0 (no assignment at all)', T: 4, d: 5, h: 3, E: 3, tok: new Int32Array(0), exp: new Int32Array(0) },
-  { name: 'a token twice on the same expert, tokens without any expert', T: 6, d: 4, h: 5, E: 2, tok: Int32Array.from([3, 0, 3, 5, 0]), exp: Int32Array.from([1, 1, 1, 0, 1]) },
+  {
+    name: 'a token twice on the same expert, tokens without any expert',
+    T: 6,
+    d: 4,
+    h: 5,
+    E: 2,
+    tok: Int32Array.from([3, 0, 3, 5, 0]),
+    exp: Int32Array.from([1, 1, 1, 0, 1]),
+  },
   topkCase('big experts split across threads (E=2, 700 tokens)', 4, 700, 24, 40, 2, 1),
   topkCase('E=16 top-4, 200 tokens', 5, 200, 32, 16, 16, 4),
 ];
@@ -106,7 +114,12 @@ function specsFor(c: MlpCase, seed: number): Spec[] {
   ];
 }
 
-async function expectSame(specs: Spec[], fast: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[], ref: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[], tol: number) {
+async function expectSame(
+  specs: Spec[],
+  fast: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
+  ref: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
+  tol: number,
+) {
   const want = await runOn('cpu', specs, ref);
   const got = await runOn('moelab-cpu', specs, fast);
   expect(got.length).toBe(want.length);
@@ -125,7 +138,8 @@ describe.skipIf(!status.available)(`fused MoE ops equal the plain-tfjs reference
         const lossOf = (y: tf.Tensor) => tf.sum(tf.mul(y, tf.tensor(proj, y.shape)));
         await expectSame(
           specs,
-          (x, w1, w2, tok, exp, wt) => moeMLP(x as tf.Tensor2D, w1 as tf.Tensor3D, w2 as tf.Tensor3D, tok as tf.Tensor1D, exp as tf.Tensor1D, wt as tf.Tensor1D, a),
+          (x, w1, w2, tok, exp, wt) =>
+            moeMLP(x as tf.Tensor2D, w1 as tf.Tensor3D, w2 as tf.Tensor3D, tok as tf.Tensor1D, exp as tf.Tensor1D, wt as tf.Tensor1D, a),
           (x, w1, w2, tok, exp, wt) => refMLP(x, w1, w2, tok, exp, wt, a),
           2e-5,
         );
@@ -144,8 +158,28 @@ describe.skipIf(!status.available)(`fused MoE ops equal the plain-tfjs reference
   }
 
   const linCases: { name: string; R: number; din: number; dout: number; E: number; outRows: number; inRow: number[]; outRow: number[]; exp: number[] }[] = [
-    { name: 'rows to rows, shuffled, expert 2 empty', R: 6, din: 5, dout: 3, E: 4, outRows: 6, inRow: [5, 0, 3, 3, 1, 2, 0], outRow: [5, 0, 3, 3, 1, 2, 4], exp: [0, 3, 1, 0, 3, 1, 1] },
-    { name: 'fan-in: many inputs summed into 2 rows', R: 9, din: 4, dout: 7, E: 3, outRows: 2, inRow: [0, 1, 2, 3, 4, 5, 6, 7, 8], outRow: [1, 0, 1, 0, 1, 1, 0, 0, 1], exp: [2, 2, 0, 1, 2, 0, 0, 1, 2] },
+    {
+      name: 'rows to rows, shuffled, expert 2 empty',
+      R: 6,
+      din: 5,
+      dout: 3,
+      E: 4,
+      outRows: 6,
+      inRow: [5, 0, 3, 3, 1, 2, 0],
+      outRow: [5, 0, 3, 3, 1, 2, 4],
+      exp: [0, 3, 1, 0, 3, 1, 1],
+    },
+    {
+      name: 'fan-in: many inputs summed into 2 rows',
+      R: 9,
+      din: 4,
+      dout: 7,
+      E: 3,
+      outRows: 2,
+      inRow: [0, 1, 2, 3, 4, 5, 6, 7, 8],
+      outRow: [1, 0, 1, 0, 1, 1, 0, 0, 1],
+      exp: [2, 2, 0, 1, 2, 0, 0, 1, 2],
+    },
     { name: 'N = 0', R: 3, din: 4, dout: 2, E: 2, outRows: 5, inRow: [], outRow: [], exp: [] },
     { name: 'one row', R: 1, din: 3, dout: 3, E: 5, outRows: 1, inRow: [0], outRow: [0], exp: [4] },
   ];
@@ -155,7 +189,12 @@ describe.skipIf(!status.available)(`fused MoE ops equal the plain-tfjs reference
     const inRow: number[] = [];
     const outRow: number[] = [];
     const exp: number[] = [];
-    for (let i = 0; i < 512; i++) for (let j = 0; j < 2; j++) { inRow.push(i); outRow.push(i); exp.push(Math.floor(r() * 8)); }
+    for (let i = 0; i < 512; i++)
+      for (let j = 0; j < 2; j++) {
+        inRow.push(i);
+        outRow.push(i);
+        exp.push(Math.floor(r() * 8));
+      }
     linCases.push({ name: 'SwitchHead-like 512 rows, E=8 top-2', R: 512, din: 64, dout: 32, E: 8, outRows: 512, inRow, outRow, exp });
   }
   for (const c of linCases) {

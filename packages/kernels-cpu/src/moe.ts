@@ -118,8 +118,24 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const v = (n: string) => values(backend, inputs[n]);
     const i = (n: string) => ints(backend, inputs[n]);
     native.moeMlpBackward(
-      v('dy'), v('x'), v('w1'), v('w2'), i('tokenIndex'), i('expertIndex'), v('weight'), v('hidden'),
-      dx, dw1, dw2, dweight, T, d, h, E, N, act,
+      v('dy'),
+      v('x'),
+      v('w1'),
+      v('w2'),
+      i('tokenIndex'),
+      i('expertIndex'),
+      v('weight'),
+      v('hidden'),
+      dx,
+      dw1,
+      dw2,
+      dweight,
+      T,
+      d,
+      h,
+      E,
+      N,
+      act,
     );
     return [
       backend.makeTensorInfo([T, d], 'float32', dx),
@@ -154,10 +170,7 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const dweight = new Float32Array(N);
     const v = (n: string) => values(backend, inputs[n]);
     const i = (n: string) => ints(backend, inputs[n]);
-    native.moeLinearBackward(
-      v('dy'), v('x'), v('w'), i('inRow'), i('outRow'), i('expertIndex'), v('weight'), dx, dw, dweight,
-      R, din, dout, E, N, outRows,
-    );
+    native.moeLinearBackward(v('dy'), v('x'), v('w'), i('inRow'), i('outRow'), i('expertIndex'), v('weight'), dx, dw, dweight, R, din, dout, E, N, outRows);
     return [
       backend.makeTensorInfo([R, din], 'float32', dx),
       backend.makeTensorInfo([E, din, dout], 'float32', dw),
@@ -188,11 +201,13 @@ export function registerMoeGradients(tf: Tf): void {
     gradFunc: (dy, saved, attrs) => {
       const dOut = Array.isArray(dy) ? dy[0] : dy;
       const [x, w1, w2, tokenIndex, expertIndex, weight, hidden] = saved;
-      const [dx, dw1, dw2, dweight] = tf.engine().runKernel(
-        MOE_MLP_GRAD,
-        { dy: dOut, x, w1, w2, tokenIndex, expertIndex, weight, hidden } as unknown as tfTypes.NamedTensorMap,
-        attrs as tfTypes.NamedAttrMap,
-      ) as Tensor[];
+      const [dx, dw1, dw2, dweight] = tf
+        .engine()
+        .runKernel(
+          MOE_MLP_GRAD,
+          { dy: dOut, x, w1, w2, tokenIndex, expertIndex, weight, hidden } as unknown as tfTypes.NamedTensorMap,
+          attrs as tfTypes.NamedAttrMap,
+        ) as Tensor[];
       return {
         x: () => dx,
         w1: () => dw1,
@@ -209,11 +224,13 @@ export function registerMoeGradients(tf: Tf): void {
     gradFunc: (dy, saved, attrs) => {
       const dOut = Array.isArray(dy) ? dy[0] : dy;
       const [x, w, inRow, outRow, expertIndex, weight] = saved;
-      const [dx, dw, dweight] = tf.engine().runKernel(
-        MOE_LINEAR_GRAD,
-        { dy: dOut, x, w, inRow, outRow, expertIndex, weight } as unknown as tfTypes.NamedTensorMap,
-        attrs as tfTypes.NamedAttrMap,
-      ) as Tensor[];
+      const [dx, dw, dweight] = tf
+        .engine()
+        .runKernel(
+          MOE_LINEAR_GRAD,
+          { dy: dOut, x, w, inRow, outRow, expertIndex, weight } as unknown as tfTypes.NamedTensorMap,
+          attrs as tfTypes.NamedAttrMap,
+        ) as Tensor[];
       return {
         x: () => dx,
         w: () => dw,

@@ -1,27 +1,54 @@
 /**
- * Softmax top-k router (Shazeer et al. 2017; Switch = k 1, GShard/Mixtral = k 2).
+ * Softmax top-k router: the generic token-choice gate (Shazeer et al. 2017; Mixtral, OLMoE, Qwen2-MoE,
+ * DBRX). specs/routers.md R1 (noisy top-k), R2 (topk-softmax), §3.2-3.5.
  *
- *   p = softmax(W x)                       W: [E, d]
- *   S = top-k(p)                           (optionally on noisy logits W x + eps * softplus(W_noise x))
- *   g_e = p_e / sum_{j in S} p_j  if renormalize else p_e,  for e in S
+ *   z = W x                                  W: [E, d]   (x optionally jittered: x ⊙ U(1-ε, 1+ε), training)
+ *   H = z + ε ⊙ (softplus(W_noise x) + 1e-2) (learned noise, `noisy`, training only)   or   z + (σ/E)·ε (`noiseStd`)
+ *   p = softmax(H)                           S = top-k(H + b)   (b: aux-loss-free bias, selection only)
+ *   g_e = γ · p_e / Σ_{j∈S} p_j   if renormalize (= softmax over the selected logits), else γ · p_e  (e ∈ S)
  *
- * Aux losses: Switch load balancing E * sum_e f_e P_e (coef `balanceCoef`) and router z-loss
- * mean(logsumexp(Wx)^2) (coef `zLossCoef`). Spec: specs/routers.md §3.1 (softmax top-k), §5 (losses).
+ * Renormalised top-1 makes every weight 1 and the router gets no task gradient (§3.2): refused.
+ * Aux (training only, unscaled, pushed with their coefficients): Switch balance loss (canonical
+ * "all-k ÷ k" form, options first-choice / sequence / global / HF parity), z-loss, and for noisy gating
+ * Shazeer's importance and load losses (CV² of Σ gates, and of the smooth load Σ_t Φ((z - thr)/σ)).
  */
-import { DispatchPlan, defineEntry, type ForwardContext, Module, type RouteResult, type Router, type Rng, switchBalanceLoss, Type, tf, zLoss, Config, MoelabError } from '@moelab/core';
+import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
+import { Balancer, type BalanceOptions, balanceFields, cvSquared, importanceLoss } from './balance.js';
+import { BiasController, biasSchema, densify, gatherAt, gaussian, jitter, planFromChoices, renormPerToken, topkRows } from './common.js';
 
 export interface SoftmaxTopKOptions {
   k: number;
   renormalize: boolean;
+  /** Learned Gaussian noise (Shazeer 2017): W_noise, initialised to zero. */
   noisy: boolean;
   balanceCoef: number;
   zLossCoef: number;
+  balanceCounts?: BalanceOptions['balanceCounts'];
+  balanceScope?: BalanceOptions['balanceScope'];
+  balanceParity?: BalanceOptions['balanceParity'];
+  /** Fixed logit noise (V-MoE, Tutel): z + (noiseStd / E)·ε in training. */
+  noiseStd?: number;
+  /** Multiplicative input jitter ε (Switch: 1e-2). */
+  jitterEps?: number;
+  /** Routed scaling factor γ applied to every weight. */
+  scale?: number;
+  /** Shazeer's importance (CV² of Σ gates) and load losses. */
+  importanceCoef?: number;
+  loadCoef?: number;
+  expertBias?: boolean;
+  biasUpdateRate?: number;
+  /** Std of the router weight init (default 1/√d). Shazeer's noisy top-k initialises W to zero: 0. */
+  initStd?: number;
 }
+
+const PHI = (x: tf.Tensor) => tf.mul(0.5, tf.add(1, tf.erf(tf.div(x, Math.SQRT2))));
 
 export class SoftmaxTopKRouter extends Module implements Router {
   readonly flags = { causalSafe: true, batchDependent: false };
   readonly weight: tf.Variable;
   readonly noiseWeight?: tf.Variable;
+  readonly bias?: BiasController;
+  readonly balancer: Balancer;
 
   constructor(
     readonly dModel: number,
@@ -31,68 +58,201 @@ export class SoftmaxTopKRouter extends Module implements Router {
   ) {
     super();
     if (options.k > numExperts) throw new MoelabError(`k = ${options.k} exceeds the number of experts (${numExperts})`);
-    this.weight = this.param('weight', rng.normalArray(numExperts * dModel, 1 / Math.sqrt(dModel)), [numExperts, dModel]);
+    if (options.k === 1 && options.renormalize) {
+      throw new MoelabError(
+        'k = 1 with renormalize makes every gate exactly 1, so the router gets no task gradient (specs/routers.md §3.2); use renormalize: false (Switch)',
+      );
+    }
+    const std = options.initStd ?? 1 / Math.sqrt(dModel);
+    this.weight = this.param('weight', rng.normalArray(numExperts * dModel, std), [numExperts, dModel]);
     if (options.noisy) this.noiseWeight = this.param('noise_weight', new Float32Array(numExperts * dModel), [numExperts, dModel]);
+    if (options.expertBias)
+      this.bias = new BiasController(this.buffer('e_score_correction_bias', new Float32Array(numExperts), [numExperts]), options.biasUpdateRate ?? 1e-3);
+    this.balancer = new Balancer({
+      balanceCoef: options.balanceCoef,
+      zLossCoef: options.zLossCoef,
+      balanceCounts: options.balanceCounts ?? 'all',
+      balanceScope: options.balanceScope ?? 'batch',
+      balanceParity: options.balanceParity ?? 'canonical',
+    });
   }
 
   get expertsPerToken(): number {
     return this.options.k;
   }
 
-  route(x: tf.Tensor2D, ctx: ForwardContext): RouteResult {
+  route(x: tf.Tensor2D, ctx: ForwardContext, info?: RouteInfo): RouteResult {
     const { k, renormalize } = this.options;
     const T = x.shape[0];
     const E = this.numExperts;
-    const logits = tf.matMul(x, this.weight, false, true) as tf.Tensor2D;
-    let selectLogits = logits;
-    if (this.noiseWeight && ctx.training) {
-      // Noisy top-k gating (Shazeer et al. 2017, eq. 4): noise only affects training-time selection.
-      const scale = tf.softplus(tf.matMul(x, this.noiseWeight, false, true));
-      const eps = tf.tensor2d(ctx.rng.normalArray(T * E), [T, E]);
-      selectLogits = tf.add(logits, tf.mul(eps, scale)) as tf.Tensor2D;
+    const xin = jitter(x, this.options.jitterEps ?? 0, ctx);
+    const logits = tf.matMul(xin, this.weight, false, true) as tf.Tensor2D;
+    let noisy = logits;
+    let noiseScale: tf.Tensor2D | undefined;
+    if (ctx.training && this.noiseWeight) {
+      noiseScale = tf.add(tf.softplus(tf.matMul(xin, this.noiseWeight, false, true)), 1e-2) as tf.Tensor2D;
+      noisy = tf.add(logits, tf.mul(gaussian(ctx.rng, T, E), noiseScale)) as tf.Tensor2D;
+    } else if (ctx.training && (this.options.noiseStd ?? 0) > 0) {
+      noisy = tf.add(logits, gaussian(ctx.rng, T, E, this.options.noiseStd! / E)) as tf.Tensor2D;
     }
-    const probs = tf.softmax(selectLogits) as tf.Tensor2D;
-    const top = tf.topk(selectLogits, k);
-    const idx = top.indices.dataSync() as Int32Array;
-    // Slot-major order: every token's first choice before any token's second (capacity priority).
-    const tokenIndex = new Int32Array(T * k);
-    const expertIndex = new Int32Array(T * k);
-    const flatTokenMajor = new Int32Array(T * k);
-    for (let t = 0; t < T; t++)
-      for (let s = 0; s < k; s++) {
-        const e = idx[t * k + s]!;
-        tokenIndex[s * T + t] = t;
-        expertIndex[s * T + t] = e;
-        flatTokenMajor[t * k + s] = t * E + e;
-      }
-    let gates = tf.reshape(tf.gather(tf.reshape(probs, [-1]), tf.tensor1d(flatTokenMajor, 'int32')), [T, k]);
-    if (renormalize) gates = tf.div(gates, tf.sum(gates, 1, true));
-    const weight = tf.reshape(tf.transpose(gates), [T * k]) as tf.Tensor1D;
-    const plan = new DispatchPlan(tokenIndex, expertIndex, T, E);
-    if (ctx.training) {
-      if (this.options.balanceCoef > 0) ctx.aux.push({ name: 'switch_balance', layer: this.path, value: switchBalanceLoss(probs, plan), coef: this.options.balanceCoef });
-      if (this.options.zLossCoef > 0) ctx.aux.push({ name: 'z_loss', layer: this.path, value: zLoss(logits), coef: this.options.zLossCoef });
+    const probs = tf.softmax(noisy) as tf.Tensor2D;
+    const select = this.bias ? this.bias.shift(noisy) : noisy;
+    const choices = topkRows(select.dataSync(), T, E, k);
+    const { plan, flat } = planFromChoices(choices, T, k, E);
+    let weight = gatherAt(probs, flat);
+    if (renormalize) weight = renormPerToken(weight, plan);
+    if ((this.options.scale ?? 1) !== 1) weight = tf.mul(weight, this.options.scale!) as tf.Tensor1D;
+    this.bias?.record(plan, ctx);
+    this.balancer.push(ctx, this.path, probs, plan, k, info, logits);
+    if (ctx.training && (this.options.importanceCoef ?? 0) > 0) {
+      ctx.aux.push({ name: 'importance', layer: this.path, value: importanceLoss(densify(weight, flat, T, E)), coef: this.options.importanceCoef! });
     }
-    return { plan, weight, probs };
+    if (ctx.training && (this.options.loadCoef ?? 0) > 0 && noiseScale && k < E) {
+      ctx.aux.push({ name: 'load', layer: this.path, value: this.smoothLoad(logits, noisy, noiseScale, choices), coef: this.options.loadCoef! });
+    }
+    return { plan, weight, probs, logits, extra: this.bias?.stats() };
+  }
+
+  /**
+   * Shazeer's smooth load: P(t,i) = Φ((z_t,i − thr_t,i) / σ_t,i), thr = the (k+1)-th largest noisy logit
+   * if i is in the top-k, else the k-th largest; Load_i = Σ_t P(t,i); loss = CV²(Load).
+   */
+  smoothLoad(clean: tf.Tensor2D, noisy: tf.Tensor2D, sigma: tf.Tensor2D, choices: Int32Array): tf.Scalar {
+    const [T, E] = clean.shape;
+    const k = this.options.k;
+    const top = topkRows(noisy.dataSync(), T, E, k + 1);
+    const inTop = new Float32Array(T * E);
+    const kth = new Int32Array(T);
+    const k1th = new Int32Array(T);
+    for (let t = 0; t < T; t++) {
+      for (let s = 0; s < k; s++) inTop[t * E + choices[t * k + s]!] = 1;
+      kth[t] = t * E + top[t * (k + 1) + k - 1]!;
+      k1th[t] = t * E + top[t * (k + 1) + k]!;
+    }
+    const flatNoisy = tf.reshape(noisy, [-1]);
+    const thrIn = tf.reshape(tf.gather(flatNoisy, tf.tensor1d(k1th, 'int32')), [T, 1]);
+    const thrOut = tf.reshape(tf.gather(flatNoisy, tf.tensor1d(kth, 'int32')), [T, 1]);
+    const isIn = tf.tensor2d(inTop, [T, E]);
+    const thr = tf.add(tf.mul(isIn, thrIn), tf.mul(tf.sub(1, isIn), thrOut));
+    const prob = PHI(tf.div(tf.sub(clean, thr), sigma));
+    return cvSquared(tf.sum(prob, 0) as tf.Tensor1D);
+  }
+
+  override afterStep(): void {
+    this.bias?.update();
+    this.balancer.resetGlobal();
   }
 }
+
+export const softmaxTopKSchema = {
+  k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
+  renormalize: Type.Boolean({ default: true, description: 'renormalise the k selected probabilities to sum to 1 (refused with k = 1)' }),
+  noisy: Type.Boolean({ default: false, description: 'learned noisy top-k gating (Shazeer 2017; trainable noise scale, zero init)' }),
+  noiseStd: Type.Number({ minimum: 0, default: 0, description: 'fixed logit noise std × E (V-MoE: 1.0 gives σ = 1/E), training only' }),
+  jitterEps: Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0, description: 'multiplicative input jitter ε (Switch 1e-2), training only' }),
+  scale: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'routed scaling factor γ multiplying every weight' }),
+  ...balanceFields(0.01),
+  zLossCoef: Type.Number({ minimum: 0, default: 0.001, description: 'router z-loss weight (ST-MoE 1e-3)' }),
+  importanceCoef: Type.Number({ minimum: 0, default: 0, description: "Shazeer's importance loss weight (CV² of Σ gates; paper 0.1)" }),
+  loadCoef: Type.Number({ minimum: 0, default: 0, description: "Shazeer's smooth load loss weight (needs noisy: true; paper 0.1)" }),
+  ...biasSchema,
+  initStd: Type.Optional(Type.Number({ minimum: 0, description: 'router init std (default 1/√d; 0 = zero init as in Shazeer 2017)' })),
+};
 
 export const softmaxTopK = defineEntry({
   kind: 'router',
   name: 'softmax-topk',
-  description: 'Softmax gate, top-k selection (Switch k=1, GShard/Mixtral k=2), optional renormalisation and noise; Switch balance loss + z-loss.',
-  reference: 'specs/routers.md §3.1',
+  description:
+    'Softmax gate, top-k (Mixtral/OLMoE/Qwen2-MoE), renormalised or raw, optional noise, jitter, scaling, loss-free bias; Switch balance loss + z-loss.',
+  reference: 'specs/routers.md R1, R2, §3.2-3.5',
+  flags: { causalSafe: true, batchDependent: false },
+  schema: Config(softmaxTopKSchema),
+  create: (c, ctx) => {
+    const E = ctx.need('numExperts');
+    if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+    if (c.k === 1 && c.renormalize) {
+      throw new MoelabError(
+        'k = 1 with renormalize: true makes every gate 1 and the router gets no task gradient; set renormalize: false (Switch)',
+        `${ctx.path}.renormalize`,
+      );
+    }
+    if (c.loadCoef > 0 && !c.noisy) throw new MoelabError('the smooth load loss needs learned noise (noisy: true)', `${ctx.path}.loadCoef`);
+    return new SoftmaxTopKRouter(ctx.need('dModel'), E, c, ctx.rng);
+  },
+});
+
+/**
+ * Noisy top-k gating, Shazeer et al. 2017 (R1): learned noise, W and W_noise zero-initialised, weights =
+ * softmax over the selected noisy logits, importance + load losses 0.1 each, E 16 / k 2 in the reference.
+ */
+export const noisyTopK = defineEntry({
+  kind: 'router',
+  name: 'noisy-topk',
+  description: 'Noisy top-k gating (Shazeer 2017): learned Gaussian noise, zero init, softmax over the selected, importance + load losses (0.1 each).',
+  reference: 'specs/routers.md R1, §3.4.2',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
-    renormalize: Type.Boolean({ default: true, description: 'renormalise the k selected probabilities to sum to 1' }),
-    noisy: Type.Boolean({ default: false, description: 'noisy top-k gating (trainable noise scale)' }),
-    balanceCoef: Type.Number({ minimum: 0, default: 0.01, description: 'Switch load-balancing loss weight' }),
-    zLossCoef: Type.Number({ minimum: 0, default: 0.001, description: 'router z-loss weight' }),
+    importanceCoef: Type.Number({ minimum: 0, default: 0.1, description: 'importance loss weight (Table 6 balanced setting: 0.1)' }),
+    loadCoef: Type.Number({ minimum: 0, default: 0.1, description: 'load loss weight (0.1)' }),
+    zeroInit: Type.Boolean({ default: true, description: 'W_g = W_noise = 0 at init (reference code)' }),
   }),
   create: (c, ctx) => {
     const E = ctx.need('numExperts');
     if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
-    return new SoftmaxTopKRouter(ctx.need('dModel'), E, c, ctx.rng);
+    if (c.k === 1)
+      throw new MoelabError(
+        'noisy top-k with k = 1 renormalises a single gate to 1: no task gradient reaches the router (Shazeer argued k ≥ 2)',
+        `${ctx.path}.k`,
+      );
+    return new SoftmaxTopKRouter(
+      ctx.need('dModel'),
+      E,
+      {
+        k: c.k,
+        renormalize: true,
+        noisy: true,
+        balanceCoef: 0,
+        zLossCoef: 0,
+        importanceCoef: c.importanceCoef,
+        loadCoef: c.loadCoef,
+        initStd: c.zeroInit ? 0 : undefined,
+      },
+      ctx.rng,
+    );
   },
+});
+
+/**
+ * Switch Transformer top-1 (R3): x jittered by U(1-ε, 1+ε) (ε 1e-2), p = softmax(W x), e* = argmax p,
+ * weight = raw p_e* (never renormalised), Switch loss α = 1e-2. Init N(0, 0.1/d) (Switch's 10× smaller scale).
+ * Capacity / drops are options of the `moe` layer (capacityFactor 1.25 train, evalCapacityFactor 2.0).
+ */
+export const switchTop1 = defineEntry({
+  kind: 'router',
+  name: 'switch',
+  description: 'Switch Transformer top-1: raw softmax weight of the argmax expert, input jitter 1e-2, Switch balance loss 1e-2.',
+  reference: 'specs/routers.md R3',
+  flags: { causalSafe: true, batchDependent: false },
+  schema: Config({
+    jitterEps: Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0.01, description: 'multiplicative input jitter' }),
+    balanceCoef: Type.Number({ minimum: 0, default: 0.01, description: 'Switch load-balancing loss α' }),
+    zLossCoef: Type.Number({ minimum: 0, default: 0, description: 'z-loss (ST-MoE recipe: 1e-3)' }),
+    initScale: Type.Number({ exclusiveMinimum: 0, default: 0.1, description: 'init std = sqrt(initScale / d) (Switch: 0.1)' }),
+  }),
+  create: (c, ctx) =>
+    new SoftmaxTopKRouter(
+      ctx.need('dModel'),
+      ctx.need('numExperts'),
+      {
+        k: 1,
+        renormalize: false,
+        noisy: false,
+        balanceCoef: c.balanceCoef,
+        zLossCoef: c.zLossCoef,
+        jitterEps: c.jitterEps,
+        initStd: Math.sqrt(c.initScale / ctx.need('dModel')),
+      },
+      ctx.rng,
+    ),
 });

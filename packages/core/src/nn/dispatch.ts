@@ -98,13 +98,14 @@ export class DispatchPlan {
 }
 
 /**
- * Capacity limit with drops: expert e keeps at most `capacity` assignments, in priority (list) order.
- * Returns a keep mask.
+ * Capacity limit with drops: expert e keeps at most `capacity` assignments, in priority order: the plan's
+ * list order, or the assignment ids in `priority` (see `dropPriority`). Returns a keep mask (plan order).
  */
-export function capacityMask(plan: DispatchPlan, capacity: number): Uint8Array {
+export function capacityMask(plan: DispatchPlan, capacity: number, priority?: Int32Array): Uint8Array {
   const keep = new Uint8Array(plan.size);
   const used = new Int32Array(plan.numExperts);
-  for (let n = 0; n < plan.size; n++) {
+  for (let i = 0; i < plan.size; i++) {
+    const n = priority ? priority[i]! : i;
     const e = plan.expertIndex[n]!;
     if (used[e]! < capacity) {
       used[e]!++;
@@ -117,4 +118,41 @@ export function capacityMask(plan: DispatchPlan, capacity: number): Uint8Array {
 /** Switch/GShard capacity: ceil(capacityFactor * assignments / experts). */
 export function expertCapacity(assignments: number, numExperts: number, capacityFactor: number): number {
   return Math.max(1, Math.ceil((capacityFactor * assignments) / numExperts));
+}
+
+/** Which assignments survive a capacity limit (specs/routers.md §4.2). */
+export type DropPolicy = 'position' | 'position-interleaved' | 'probs' | 'batch-prioritized' | 'random';
+
+/**
+ * Priority order of a plan's assignments under a drop policy (assignment ids, highest priority first).
+ * - `position`: the plan's order (routers emit slot-major: all first choices, then all second choices).
+ * - `position-interleaved`: token order, all choices of a token together (Megablocks, Megatron `position`).
+ * - `probs`: highest combine weight first, regardless of choice rank (Megatron / DeepSpeed top-k default).
+ * - `batch-prioritized`: choice rank first, then tokens by their top-1 weight, descending (V-MoE BPR).
+ * - `random`: choice rank first, then a random token order (DeepSpeed RTS); `random` gives the numbers.
+ * `weights` are the assignments' combine weights (null = all equal).
+ */
+export function dropPriority(plan: DispatchPlan, policy: DropPolicy, weights: ArrayLike<number> | null, random?: () => number): Int32Array | undefined {
+  const N = plan.size;
+  if (policy === 'position') return undefined;
+  const ids = Int32Array.from({ length: N }, (_, n) => n);
+  const rank = new Int32Array(N);
+  const seen = new Int32Array(plan.numTokens);
+  for (let n = 0; n < N; n++) rank[n] = seen[plan.tokenIndex[n]!]!++;
+  const w = (n: number) => (weights ? weights[n]! : 1);
+  let cmp: (a: number, b: number) => number;
+  if (policy === 'position-interleaved') cmp = (a, b) => plan.tokenIndex[a]! - plan.tokenIndex[b]! || rank[a]! - rank[b]!;
+  else if (policy === 'probs') cmp = (a, b) => w(b) - w(a) || a - b;
+  else {
+    const key = new Float64Array(plan.numTokens);
+    if (policy === 'batch-prioritized') {
+      key.fill(Number.NEGATIVE_INFINITY);
+      for (let n = 0; n < N; n++) key[plan.tokenIndex[n]!] = Math.max(key[plan.tokenIndex[n]!]!, w(n));
+    } else {
+      if (!random) throw new Error('dropPriority: the random policy needs a random source');
+      for (let t = 0; t < plan.numTokens; t++) key[t] = random();
+    }
+    cmp = (a, b) => rank[a]! - rank[b]! || key[plan.tokenIndex[b]!]! - key[plan.tokenIndex[a]!]! || a - b;
+  }
+  return Int32Array.from(Array.from(ids).sort(cmp));
 }

@@ -8,7 +8,7 @@
 import type { ForwardContext, RoutingStats } from '../module.js';
 import { Module } from '../module.js';
 import { tf } from '../tf.js';
-import { capacityMask, DispatchPlan, expertCapacity } from './dispatch.js';
+import { capacityMask, DispatchPlan, type DropPolicy, dropPriority, expertCapacity } from './dispatch.js';
 
 export interface RouterFlags {
   /** Routing of a token depends only on that token and earlier ones: safe in causal decoding. */
@@ -26,6 +26,22 @@ export interface RouteResult {
   probs?: tf.Tensor2D;
   /** Router-specific numbers for the metrics log. */
   extra?: Record<string, number>;
+  /** Raw router logits [T, E], when the router has them (for the z-loss monitor of the metrics). */
+  logits?: tf.Tensor2D;
+}
+
+/**
+ * What a router returns when it computes the layer output itself (Soft MoE, SMEAR, Mixture of Tokens):
+ * these routers mix tokens or parameters instead of emitting (token, expert) assignments.
+ */
+export interface MixResult {
+  /** The layer output [T, d]. */
+  output: tf.Tensor2D;
+  /** Per-token distribution over experts [T, E], for entropy statistics. */
+  probs?: tf.Tensor2D;
+  /** Work each expert did in this call (slots, mixed tokens, merged examples), for the load statistics. */
+  counts?: number[];
+  extra?: Record<string, number>;
 }
 
 /** Where the flattened tokens a router sees came from. */
@@ -41,6 +57,12 @@ export interface Router extends Module {
   readonly flags: RouterFlags;
   /** Route tokens x [T, d]. Aux losses are pushed to ctx.aux. `info` tells per-sequence routers the [B, T] layout. */
   route(x: tf.Tensor2D, ctx: ForwardContext, info?: RouteInfo): RouteResult;
+  /**
+   * Optional: routers whose output is not "assignments + weights" (Soft MoE, SMEAR, Mixture of Tokens)
+   * implement this instead; the MoE layer then calls it in place of route -> dispatch -> experts -> combine.
+   * `x` [T, d] is the expert input, `routerInput` [T, d'] what the router looks at (x unless peri-norm).
+   */
+  mix?(x: tf.Tensor2D, routerInput: tf.Tensor2D, experts: ExpertBank, ctx: ForwardContext, info: RouteInfo): MixResult;
 }
 
 export interface ExpertBank extends Module {
@@ -49,6 +71,11 @@ export interface ExpertBank extends Module {
   apply(x: tf.Tensor2D, plan: DispatchPlan, weight: tf.Tensor1D | null, ctx: ForwardContext): tf.Tensor2D;
   /** Parameters of one expert (for active-parameter counts). */
   parametersPerExpert(): number;
+  /**
+   * Optional (SMEAR): run, for each row t of x [T, d], ONE expert whose parameters are the mixture
+   * sum_e mergeWeight[group[t], e] * theta_e of every expert's parameters. mergeWeight [G, E]. Returns [T, d].
+   */
+  applyMerged?(x: tf.Tensor2D, mergeWeight: tf.Tensor2D, group: Int32Array, ctx: ForwardContext): tf.Tensor2D;
 }
 
 /** Feed-forward sublayers (dense FFN or MoE) implement this. */
@@ -59,6 +86,12 @@ export interface FeedForward extends Module {
 export interface MoELayerOptions {
   /** Capacity factor: each expert keeps at most ceil(cf * assignments / E); 0 = dropless. */
   capacityFactor: number;
+  /** Capacity factor in eval mode (default: `capacityFactor`); Switch/ST-MoE use 1.25 train, 2.0 eval. */
+  evalCapacityFactor?: number;
+  /** Smallest per-expert capacity when capacity is on (default 1; mesh-TF and DeepSpeed use 4). */
+  minCapacity?: number;
+  /** Which assignments survive the capacity limit (default `position`), specs/routers.md §4.2. */
+  dropPolicy?: DropPolicy;
 }
 
 export class MoELayer extends Module implements FeedForward {
@@ -82,6 +115,7 @@ export class MoELayer extends Module implements FeedForward {
     const d = shape[shape.length - 1]!;
     const flat = tf.reshape(x, [-1, d]) as tf.Tensor2D;
     const routerIn = sources.routerInput ? (tf.reshape(sources.routerInput, [-1, sources.routerInput.shape.at(-1)!]) as tf.Tensor2D) : flat;
+    if (this.router.mix) return this.forwardMix(x, flat, routerIn, ctx);
     const routed = this.router.route(routerIn, ctx, { batchShape: shape.slice(0, -1) });
     let { plan, weight } = routed;
     const assigned = plan.size;
@@ -92,8 +126,13 @@ export class MoELayer extends Module implements FeedForward {
       keep = new Uint8Array(plan.size);
       for (let n = 0; n < plan.size; n++) keep[n] = masked.has(plan.expertIndex[n]!) ? 0 : 1;
     }
-    if (this.options.capacityFactor > 0) {
-      const cap = capacityMask(plan, expertCapacity(assigned, plan.numExperts, this.options.capacityFactor));
+    const cf = ctx.training ? this.options.capacityFactor : (this.options.evalCapacityFactor ?? this.options.capacityFactor);
+    if (cf > 0) {
+      const policy = this.options.dropPolicy ?? 'position';
+      const w = policy === 'probs' || policy === 'batch-prioritized' ? (weight ? weight.dataSync() : null) : null;
+      const priority = dropPriority(plan, policy, w, () => ctx.rng.next());
+      const capacity = Math.max(this.options.minCapacity ?? 1, expertCapacity(assigned, plan.numExperts, cf));
+      const cap = capacityMask(plan, capacity, priority);
       keep = keep ? keep.map((k, i) => k & cap[i]!) : cap;
     }
     if (keep) {
@@ -103,6 +142,34 @@ export class MoELayer extends Module implements FeedForward {
     }
 
     let out = this.experts.apply(flat, plan, weight, ctx);
+    out = this.addShared(flat, out, ctx);
+    this.record(ctx, plan, assigned, routed);
+    return tf.reshape(out, shape);
+  }
+
+  /** Routers that mix tokens or parameters (Soft MoE, SMEAR, MoT) compute the routed output themselves. */
+  private forwardMix(x: tf.Tensor, flat: tf.Tensor2D, routerIn: tf.Tensor2D, ctx: ForwardContext): tf.Tensor {
+    const res = this.router.mix!(flat, routerIn, this.experts, ctx, { batchShape: x.shape.slice(0, -1) });
+    const out = this.addShared(flat, res.output, ctx);
+    const E = this.experts.numExperts;
+    const counts = res.counts ?? new Array<number>(E).fill(0);
+    const total = counts.reduce((a, b) => a + b, 0) || 1;
+    const stats: RoutingStats = {
+      layer: this.path,
+      numExperts: E,
+      tokens: flat.shape[0],
+      counts,
+      load: counts.map((c) => c / total),
+      dropRate: 0,
+      expertsPerToken: E,
+      extra: res.extra,
+    };
+    if (res.probs) Object.assign(stats, distributionStats(res.probs));
+    ctx.routing.push(stats);
+    return tf.reshape(out, x.shape);
+  }
+
+  private addShared(flat: tf.Tensor2D, out: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
     if (this.shared) {
       const T = flat.shape[0];
       const S = this.shared.numExperts;
@@ -115,8 +182,7 @@ export class MoELayer extends Module implements FeedForward {
         }
       out = tf.add(out, this.shared.apply(flat, new DispatchPlan(tok, ex, T, S), null, ctx));
     }
-    this.record(ctx, plan, assigned, routed);
-    return tf.reshape(out, shape);
+    return out;
   }
 
   private maskedExperts(ctx: ForwardContext): Set<number> | undefined {
@@ -136,21 +202,37 @@ export class MoELayer extends Module implements FeedForward {
       dropRate: assigned > 0 ? 1 - plan.size / assigned : 0,
       expertsPerToken: plan.numTokens > 0 ? plan.size / plan.numTokens : 0,
       extra: routed.extra,
+      intendedCounts: Array.from(routed.plan.counts),
     };
-    if (routed.probs) {
-      const p = routed.probs.dataSync();
-      const E = plan.numExperts;
-      let h = 0;
-      for (let t = 0; t < plan.numTokens; t++) {
-        let z = 0;
-        for (let e = 0; e < E; e++) z += p[t * E + e]!;
-        if (z <= 0) continue;
-        for (let e = 0; e < E; e++) {
-          const q = p[t * E + e]! / z;
-          if (q > 0) h -= q * Math.log(q);
-        }
+    const T = plan.numTokens;
+    const per = new Int32Array(T);
+    for (let n = 0; n < plan.size; n++) per[plan.tokenIndex[n]!]!++;
+    const wanted = new Uint8Array(T);
+    for (let n = 0; n < routed.plan.size; n++) wanted[routed.plan.tokenIndex[n]!] = 1;
+    let min = Number.POSITIVE_INFINITY;
+    let max = 0;
+    let lost = 0;
+    for (let t = 0; t < T; t++) {
+      min = Math.min(min, per[t]!);
+      max = Math.max(max, per[t]!);
+      if (wanted[t] && per[t] === 0) lost++;
+    }
+    stats.expertsPerTokenMin = T > 0 ? min : 0;
+    stats.expertsPerTokenMax = max;
+    stats.tokenDropRate = T > 0 ? lost / T : 0;
+    if (routed.probs) Object.assign(stats, distributionStats(routed.probs));
+    if (routed.logits) {
+      const z = routed.logits.dataSync();
+      const E = routed.logits.shape[1];
+      let s = 0;
+      for (let t = 0; t < T; t++) {
+        let m = Number.NEGATIVE_INFINITY;
+        for (let e = 0; e < E; e++) m = Math.max(m, z[t * E + e]!);
+        let acc = 0;
+        for (let e = 0; e < E; e++) acc += Math.exp(z[t * E + e]! - m);
+        s += (m + Math.log(acc)) ** 2;
       }
-      stats.entropy = h / Math.max(1, plan.numTokens);
+      stats.zLoss = s / Math.max(1, T);
     }
     ctx.routing.push(stats);
     if (ctx.assignments) {
@@ -173,4 +255,38 @@ export class MoELayer extends Module implements FeedForward {
   override macsPerToken(_seqLen: number): number {
     return this.activeParameterCount();
   }
+}
+
+/**
+ * Statistics of per-token routing distributions p [T, E] (rows renormalised to sum to 1; all-zero rows
+ * skipped): mean per-token entropy, entropy of the mean distribution (nats), and the fraction of tokens
+ * whose largest probability exceeds 0.99 (specs/routers.md §7).
+ */
+export function distributionStats(probs: tf.Tensor2D): { entropy: number; marginalEntropy: number; saturation: number } {
+  const p = probs.dataSync();
+  const [T, E] = probs.shape;
+  let h = 0;
+  let rows = 0;
+  let saturated = 0;
+  const mean = new Float64Array(E);
+  for (let t = 0; t < T; t++) {
+    let z = 0;
+    for (let e = 0; e < E; e++) z += p[t * E + e]!;
+    if (!(z > 0)) continue;
+    rows++;
+    let top = 0;
+    for (let e = 0; e < E; e++) {
+      const q = p[t * E + e]! / z;
+      mean[e]! += q;
+      top = Math.max(top, q);
+      if (q > 0) h -= q * Math.log(q);
+    }
+    if (top > 0.99) saturated++;
+  }
+  let hm = 0;
+  for (let e = 0; e < E; e++) {
+    const q = mean[e]! / Math.max(1, rows);
+    if (q > 0) hm -= q * Math.log(q);
+  }
+  return { entropy: h / Math.max(1, T), marginalEntropy: hm, saturation: saturated / Math.max(1, rows) };
 }

@@ -118,6 +118,8 @@ export class TransformerLM extends Module {
     if (tokens.shape[1]! > this.options.contextLength) {
       throw new Error(`sequence length ${tokens.shape[1]} exceeds the model's contextLength ${this.options.contextLength}`);
     }
+    const ids = tokens.dataSync();
+    ctx.tokenIds = ids instanceof Int32Array ? ids : Int32Array.from(ids as ArrayLike<number>);
     let h = this.embedding.forward(tokens);
     if (this.options.embeddingScale !== 1) h = tf.mul(h, this.options.embeddingScale);
     for (const i of this.schedule) h = this.layers[i]!.forward(h, ctx);

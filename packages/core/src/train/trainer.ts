@@ -164,6 +164,7 @@ export class Trainer {
     const lr = learningRate(step, c.lr, c.warmup, c.steps, c.minLrRatio);
     this.optimizer.apply(grads, lr);
     for (const g of grads.values()) g.dispose();
+    for (const m of this.model.modules()) m.afterStep?.();
     const tokens = c.batchSize * c.seqLen * c.accumulate;
     return {
       step: this.step,

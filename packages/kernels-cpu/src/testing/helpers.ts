@@ -63,12 +63,7 @@ export function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 }
 
 /** Run on both backends; assert identical shapes/dtypes and values within `tol`. Returns the worst difference. */
-export async function compareBackends(
-  specs: Spec[],
-  fn: (...ts: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
-  tol = 1e-4,
-  reference = 'cpu',
-): Promise<number> {
+export async function compareBackends(specs: Spec[], fn: (...ts: tf.Tensor[]) => tf.Tensor | tf.Tensor[], tol = 1e-4, reference = 'cpu'): Promise<number> {
   const ref = await runOn(reference, specs, fn);
   const got = await runOn('moelab-cpu', specs, fn);
   if (ref.length !== got.length) throw new Error(`output count ${got.length} != ${ref.length}`);

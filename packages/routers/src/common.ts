@@ -1,0 +1,179 @@
+/**
+ * Building blocks the routers of this package share (specs/routers.md §2, §3): selection on plain
+ * arrays (routing decisions are discrete and never need gradients), slot-major dispatch plans,
+ * differentiable gathering of the chosen scores, per-token renormalisation, input jitter, and the
+ * aux-loss-free bias controller (§3.5). Not a registry entry.
+ */
+import { DispatchPlan, type ForwardContext, MoelabError, type Rng, Type, tf } from '@moelab/core';
+
+/**
+ * Indices of the k largest entries of each row of `v` [T, E] (token-major [T*k], descending; ties: the
+ * lower index first, like tf.topk). Entries equal to -Infinity are never chosen: their slot is -1.
+ */
+export function topkRows(v: ArrayLike<number>, T: number, E: number, k: number): Int32Array {
+  const out = new Int32Array(T * k).fill(-1);
+  const idx = new Int32Array(E);
+  for (let t = 0; t < T; t++) {
+    for (let e = 0; e < E; e++) idx[e] = e;
+    const row = t * E;
+    // partial selection sort: k is small
+    for (let s = 0; s < k; s++) {
+      let best = -1;
+      let bv = Number.NEGATIVE_INFINITY;
+      for (let j = s; j < E; j++) {
+        const val = v[row + idx[j]!]!;
+        if (val > bv || (val === bv && best >= 0 && idx[j]! < idx[best]!)) {
+          bv = val;
+          best = j;
+        }
+      }
+      if (best < 0) break;
+      const tmp = idx[s]!;
+      idx[s] = idx[best]!;
+      idx[best] = tmp;
+      out[t * k + s] = idx[s]!;
+    }
+  }
+  return out;
+}
+
+/** A slot-major plan (every token's first choice before any second choice) from token-major choices [T*K] (-1 = none). */
+export function planFromChoices(choices: Int32Array, T: number, K: number, E: number): { plan: DispatchPlan; flat: Int32Array; slot: Int32Array } {
+  const tok: number[] = [];
+  const ex: number[] = [];
+  const slot: number[] = [];
+  for (let s = 0; s < K; s++)
+    for (let t = 0; t < T; t++) {
+      const e = choices[t * K + s]!;
+      if (e < 0) continue;
+      tok.push(t);
+      ex.push(e);
+      slot.push(s);
+    }
+  const plan = new DispatchPlan(Int32Array.from(tok), Int32Array.from(ex), T, E);
+  const flat = Int32Array.from(tok, (t, n) => t * E + ex[n]!);
+  return { plan, flat, slot: Int32Array.from(slot) };
+}
+
+/** scores[t, e] for each assignment (t, e) given as flat indices t*E+e: differentiable w.r.t. scores. */
+export function gatherAt(scores: tf.Tensor2D, flat: Int32Array): tf.Tensor1D {
+  return tf.gather(tf.reshape(scores, [-1]), tf.tensor1d(flat, 'int32')) as tf.Tensor1D;
+}
+
+/** w[n] / sum of w over the assignments of the same token (differentiable). */
+export function renormPerToken(w: tf.Tensor1D, plan: DispatchPlan, eps = 0): tf.Tensor1D {
+  const tok = plan.tokenIndexTensor();
+  const sums = tf.unsortedSegmentSum(w, tok, plan.numTokens);
+  return tf.div(w, tf.add(tf.gather(sums, tok), eps)) as tf.Tensor1D;
+}
+
+/** Dense [T, E] matrix with w[n] at (t_n, e_n) and 0 elsewhere (differentiable w.r.t. w). */
+export function densify(w: tf.Tensor1D, flat: Int32Array, T: number, E: number): tf.Tensor2D {
+  return tf.reshape(tf.unsortedSegmentSum(w, tf.tensor1d(flat, 'int32'), T * E), [T, E]) as tf.Tensor2D;
+}
+
+/** Multiplicative input jitter x * U(1 - eps, 1 + eps) (Switch, mesh-TF `input_jitter`), training only. */
+export function jitter(x: tf.Tensor2D, eps: number, ctx: ForwardContext): tf.Tensor2D {
+  if (!ctx.training || eps <= 0) return x;
+  return tf.mul(x, tf.tensor2d(ctx.rng.uniformArray(x.size, 1 - eps, 1 + eps), x.shape)) as tf.Tensor2D;
+}
+
+/** Standard normal noise [T, E] from the forward RNG. */
+export function gaussian(rng: Rng, T: number, E: number, std = 1): tf.Tensor2D {
+  return tf.tensor2d(rng.normalArray(T * E, std), [T, E]);
+}
+
+/** Throws the standard "k exceeds experts" error at the node's `k` path. */
+export function checkK(k: number, E: number, path: string, key = 'k'): void {
+  if (k > E) throw new MoelabError(`${key} = ${k} exceeds the number of experts (${E})`, `${path}.${key}`);
+}
+
+/** Rows [T] split into sequences: `info.batchShape` [B, T] gives B sequences of T rows; otherwise one. */
+export function sequenceLayout(rows: number, batchShape?: number[]): { B: number; T: number } {
+  const T = batchShape && batchShape.length >= 2 ? batchShape[batchShape.length - 1]! : rows;
+  return { B: Math.max(1, Math.round(rows / T)), T };
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Aux-loss-free bias balancing (DeepSeek Loss-Free Balancing / V3; specs/routers.md §3.5)
+
+export const biasSchema = {
+  expertBias: Type.Boolean({
+    default: false,
+    description: 'aux-loss-free balancing: a bias buffer added to the scores for selection only, updated after each optimiser step',
+  }),
+  biasUpdateRate: Type.Number({ minimum: 0, default: 1e-3, description: 'u in b_e += u * sign(mean_j c_j - c_e) (loss-free paper, Megatron: 1e-3)' }),
+};
+
+/**
+ * The bias controller: accumulates per-expert assignment counts over the training forward passes of
+ * one optimiser step (all micro-batches), then `update()` applies b_e += u * sign(mean_j c_j - c_e).
+ * The bias shifts selection only; it never enters a combine weight and has no gradient.
+ */
+export class BiasController {
+  private counts: Float64Array;
+  private updates = 0;
+  private flips = 0;
+  private lastSign: Int8Array;
+
+  constructor(
+    readonly bias: tf.Variable,
+    readonly rate: number,
+  ) {
+    const E = bias.shape[0]!;
+    this.counts = new Float64Array(E);
+    this.lastSign = new Int8Array(E);
+  }
+
+  /** Selection scores s + b (same shape as s [T, E]); b is a buffer, so no gradient flows to it. */
+  shift(scores: tf.Tensor2D): tf.Tensor2D {
+    return tf.add(scores, this.bias) as tf.Tensor2D;
+  }
+
+  /** Record the intended assignments of a training forward pass. */
+  record(plan: DispatchPlan, ctx: ForwardContext): void {
+    if (!ctx.training) return;
+    for (let e = 0; e < plan.numExperts; e++) this.counts[e]! += plan.counts[e]!;
+  }
+
+  /** Apply the sign update from the counts recorded since the last update (no-op if none). */
+  update(): void {
+    const c = this.counts;
+    const E = c.length;
+    let total = 0;
+    for (let e = 0; e < E; e++) total += c[e]!;
+    if (total === 0) return;
+    const mean = total / E;
+    const b = this.bias.dataSync();
+    const next = new Float32Array(E);
+    for (let e = 0; e < E; e++) {
+      const sign = Math.sign(mean - c[e]!);
+      if (this.updates > 0 && sign !== 0 && this.lastSign[e] !== 0 && sign !== this.lastSign[e]) this.flips++;
+      if (sign !== 0) this.lastSign[e] = sign;
+      next[e] = b[e]! + this.rate * sign;
+    }
+    this.bias.assign(tf.tensor1d(next));
+    this.updates++;
+    this.counts = new Float64Array(E);
+  }
+
+  /** min / max / mean of b and the fraction of per-expert updates that flipped sign (§7 biasStats). */
+  stats(): Record<string, number> {
+    const b = this.bias.dataSync();
+    let min = Number.POSITIVE_INFINITY;
+    let max = Number.NEGATIVE_INFINITY;
+    let s = 0;
+    for (const v of b) {
+      min = Math.min(min, v);
+      max = Math.max(max, v);
+      s += v;
+    }
+    const E = b.length;
+    return { biasMin: min, biasMax: max, biasMean: s / E, biasFlipRate: this.updates > 1 ? this.flips / ((this.updates - 1) * E) : 0 };
+  }
+}
+
+export interface BiasOptions {
+  expertBias: boolean;
+  biasUpdateRate: number;
+}
