@@ -18,7 +18,8 @@ export const mha = defineEntry({
   }),
   create: (c, ctx) => {
     const d = ctx.need('dModel');
-    if (c.headDim === undefined && d % c.heads !== 0) throw new MoelabError(`dModel ${d} is not divisible by heads ${c.heads}; set headDim`, `${ctx.path}.heads`);
+    if (c.headDim === undefined && d % c.heads !== 0)
+      throw new MoelabError(`dModel ${d} is not divisible by heads ${c.heads}; set headDim`, `${ctx.path}.heads`);
     return new MultiHeadAttention(d, c, ctx.rng);
   },
 });

@@ -39,7 +39,15 @@ export interface SweepRow {
   steps: number;
 }
 
-export function sweepRouters(o: { routers: string[]; preset: string; data: string; outDir: string; train?: Partial<TrainConfig>; capacityFactor?: number; quiet?: boolean }): SweepRow[] {
+export function sweepRouters(o: {
+  routers: string[];
+  preset: string;
+  data: string;
+  outDir: string;
+  train?: Partial<TrainConfig>;
+  capacityFactor?: number;
+  quiet?: boolean;
+}): SweepRow[] {
   const registry = createDefaultRegistry();
   for (const r of o.routers) registry.get('router', r, '--router');
   const preset = registry.get('preset', o.preset, '--preset').create({}, undefined as never) as Preset;
@@ -47,7 +55,16 @@ export function sweepRouters(o: { routers: string[]; preset: string; data: strin
   const rows: SweepRow[] = [];
   for (const r of o.routers) {
     const spec = withRouter(preset.spec, { type: r });
-    const res = trainRun({ registry, spec, train: { ...preset.train, ...(o.train ?? {}) }, data: o.data, outDir: join(o.outDir, r), label: r, quiet: o.quiet, tokens });
+    const res = trainRun({
+      registry,
+      spec,
+      train: { ...preset.train, ...(o.train ?? {}) },
+      data: o.data,
+      outDir: join(o.outDir, r),
+      label: r,
+      quiet: o.quiet,
+      tokens,
+    });
     const b = res.balance;
     rows.push({
       router: r,
@@ -63,9 +80,21 @@ export function sweepRouters(o: { routers: string[]; preset: string; data: strin
     res.trainer.optimizer.dispose();
   }
   const headers = ['router', 'steps', 'val loss', 'val ppl', 'MaxVio', 'load CV', 'drop rate', 'tok/s'];
-  const body = rows.map((r) => [r.router, r.steps, r.valLoss.toFixed(4), r.valPerplexity.toFixed(3), r.maxVio.toFixed(3), r.cv.toFixed(3), `${(100 * r.dropRate).toFixed(1)}%`, Math.round(r.tokensPerSec)]);
+  const body = rows.map((r) => [
+    r.router,
+    r.steps,
+    r.valLoss.toFixed(4),
+    r.valPerplexity.toFixed(3),
+    r.maxVio.toFixed(3),
+    r.cv.toFixed(3),
+    `${(100 * r.dropRate).toFixed(1)}%`,
+    Math.round(r.tokensPerSec),
+  ]);
   process.stdout.write(`\n${formatTable(headers, body)}\n\n(preset ${o.preset}, data ${o.data}, backend ${tf.getBackend()})\n`);
-  writeFileAtomic(join(o.outDir, 'results.md'), `# moelab sweep (preset ${o.preset}, data ${o.data}, backend ${tf.getBackend()})\n\n${formatTable(headers, body, true)}\n`);
+  writeFileAtomic(
+    join(o.outDir, 'results.md'),
+    `# moelab sweep (preset ${o.preset}, data ${o.data}, backend ${tf.getBackend()})\n\n${formatTable(headers, body, true)}\n`,
+  );
   writeFileAtomic(join(o.outDir, 'results.json'), `${JSON.stringify({ preset: o.preset, data: o.data, backend: tf.getBackend(), rows }, null, 2)}\n`);
   return rows;
 }
