@@ -4,14 +4,14 @@
  */
 import { definePlugin } from '@moelab/core';
 import { sigmaMoEFixture } from './fixtures.js';
-import { mlpExperts } from './mlp.js';
+import { gluExperts, heteroMLPExperts, mlpExperts } from './mlp.js';
 import { sigmaMoEExperts, sigmaMoEFFN } from './sigma-moe.js';
 import { monetHD, monetVD } from './monet.js';
 import { monetHDFixture, monetVDFixture, peerFixture } from './monet-peer-fixtures.js';
 import { peerFFN } from './peer.js';
 import { fffFFN } from './fff.js';
 
-export { MLPExperts, mlpExperts, type MLPExpertOptions } from './mlp.js';
+export { gluExperts, HeteroMLPExperts, heteroMLPExperts, MLPExpert, MLPExperts, mlpExperts, type MLPExpertOptions } from './mlp.js';
 export { SigmaMoEExperts, SigmaMoELayer, sigmaMoEExperts, sigmaMoEFFN, type SigmaMoEExpertOptions } from './sigma-moe.js';
 export { sigmaMoEFixture } from './fixtures.js';
 export * from './monet.js';
@@ -21,6 +21,20 @@ export { monetHDFixture, monetVDFixture, peerFixture } from './monet-peer-fixtur
 
 export const experts = definePlugin({
   name: '@moelab/experts',
-  entries: [mlpExperts, sigmaMoEExperts, sigmaMoEFFN, sigmaMoEFixture, monetHD, monetVD, peerFFN, fffFFN, monetHDFixture, monetVDFixture, peerFixture],
+  entries: [
+    mlpExperts,
+    gluExperts,
+    heteroMLPExperts,
+    sigmaMoEExperts,
+    sigmaMoEFFN,
+    sigmaMoEFixture,
+    monetHD,
+    monetVD,
+    peerFFN,
+    fffFFN,
+    monetHDFixture,
+    monetVDFixture,
+    peerFixture,
+  ],
 });
 export default experts;
