@@ -68,7 +68,9 @@ describe('fff', () => {
     const want = xs.flatMap((row) => leafOut(f, 0, row));
     for (const training of [true, false]) {
       const y = f.forward(x, forwardContext(new Rng(0), training));
-      arr(y).forEach((v, i) => expect(v).toBeCloseTo(want[i]!, 5));
+      arr(y).forEach((v, i) => {
+        expect(v).toBeCloseTo(want[i]!, 5);
+      });
     }
     expect(f.parameterCount()).toBe(FFFLayer.parameterCount(d, 0, 4));
   });
@@ -86,10 +88,15 @@ describe('fff', () => {
     const xs = x.arraySync();
     const want = xs.flatMap((row, t) => {
       const acc = new Array<number>(d).fill(0);
-      for (let l = 0; l < 8; l++) leafOut(f, l, row).forEach((v, o) => (acc[o]! += Pd[t]![l]! * v));
+      for (let l = 0; l < 8; l++)
+        leafOut(f, l, row).forEach((v, o) => {
+          acc[o]! += Pd[t]![l]! * v;
+        });
       return acc;
     });
-    arr(y).forEach((v, i) => expect(v).toBeCloseTo(want[i]!, 5));
+    arr(y).forEach((v, i) => {
+      expect(v).toBeCloseTo(want[i]!, 5);
+    });
     // P_l is the product of the path decisions: node n's children 2n+1 (left, 1 − p) and 2n+2 (right, p)
     const p = f.lastSoft!.nodeProbs.arraySync();
     for (let t = 0; t < 7; t++)
@@ -118,7 +125,9 @@ describe('fff', () => {
     const leaves = Array.from(f.lastLeaves!);
     expect(leaves).toEqual(xs.map((row) => descend(f, row)));
     const want = xs.flatMap((row) => leafOut(f, descend(f, row), row));
-    arr(evalY).forEach((v, i) => expect(v).toBeCloseTo(want[i]!, 5));
+    arr(evalY).forEach((v, i) => {
+      expect(v).toBeCloseTo(want[i]!, 5);
+    });
     const trainY = f.forward(x, forwardContext(new Rng(0), true));
     expect(maxAbsDiff(trainY, evalY)).toBeLessThan(1e-5);
     for (const v of arr(f.lastSoft!.leafProbs)) expect(v === 0 || v === 1).toBe(true);
@@ -126,7 +135,9 @@ describe('fff', () => {
     const g = layer({ depth: 3, officialEvalOmitsLeafOutputBias: true });
     const gy = g.forward(x, forwardContext(new Rng(0), false));
     const want2 = xs.flatMap((row) => leafOut(g, descend(g, row), row, false));
-    arr(gy).forEach((v, i) => expect(v).toBeCloseTo(want2[i]!, 5));
+    arr(gy).forEach((v, i) => {
+      expect(v).toBeCloseTo(want2[i]!, 5);
+    });
     // the routing statistics count tokens per reached leaf
     const ctx = forwardContext(new Rng(0), false);
     f.forward(x, ctx);
@@ -144,7 +155,12 @@ describe('fff', () => {
       f.forward(x, ctx);
       return ctx.aux.find((a) => a.name === 'fff_harden')!.value;
     };
-    const ent0 = arr(tf.tidy(() => (f.forward(x, forwardContext(new Rng(0), true)), f.lastSoft!.entropies.clone())));
+    const ent0 = arr(
+      tf.tidy(() => {
+        f.forward(x, forwardContext(new Rng(0), true));
+        return f.lastSoft!.entropies.clone();
+      }),
+    );
     expect(ent0).toHaveLength(3);
     for (const e of ent0) {
       expect(e).toBeGreaterThanOrEqual(0);
@@ -227,7 +243,9 @@ describe('fff', () => {
       const yf = arr(f.forward(x, forwardContext(new Rng(0), training)));
       const yg = arr(g.forward(x, forwardContext(new Rng(0), training)));
       const m = xs.flatMap(master);
-      yf.forEach((v, i) => expect(v).toBeCloseTo(kappa * yg[i]! + (1 - kappa) * m[i]!, 5));
+      yf.forEach((v, i) => {
+        expect(v).toBeCloseTo(kappa * yg[i]! + (1 - kappa) * m[i]!, 5);
+      });
     }
   });
 
@@ -260,10 +278,16 @@ describe('fff', () => {
     const xs = x.arraySync();
     const want = xs.flatMap((row, t) => {
       const acc = new Array<number>(d).fill(0);
-      for (let l = 0; l < 4; l++) if (l !== masked) leafOut(f, l, row).forEach((v, o) => (acc[o]! += P[t]![l]! * v));
+      for (let l = 0; l < 4; l++)
+        if (l !== masked)
+          leafOut(f, l, row).forEach((v, o) => {
+            acc[o]! += P[t]![l]! * v;
+          });
       return acc;
     });
-    arr(yMasked).forEach((v, i) => expect(v).toBeCloseTo(want[i]!, 5));
+    arr(yMasked).forEach((v, i) => {
+      expect(v).toBeCloseTo(want[i]!, 5);
+    });
     const leafVars = [f.w1s, f.b1s, f.w2s, f.b2s];
     const slice = (g: tf.Tensor, l: number) => arr(tf.gather(g, [l]));
     for (const training of [true, false]) {
@@ -281,7 +305,10 @@ describe('fff', () => {
     expect(leaves.includes(masked)).toBe(true);
     leaves.forEach((l, t) => {
       if (l === masked) expect(yEval[t]!.every((v) => v === 0)).toBe(true);
-      else yEval[t]!.forEach((v, o) => expect(v).toBeCloseTo(leafOut(f, l, xs[t]!)[o]!, 5));
+      else
+        yEval[t]!.forEach((v, o) => {
+          expect(v).toBeCloseTo(leafOut(f, l, xs[t]!)[o]!, 5);
+        });
     });
     expect(() => f.forward(x, forwardContext(new Rng(0), true, { expertMask: new Map([['ffn', new Set([4])]]) }))).toThrow(
       /expert mask id 4 is out of range \[0, 4\) for this fff layer/,

@@ -97,9 +97,15 @@ describe('MLP and GLU experts', () => {
       for (let n = 0; n < plan.size; n++) {
         const t = plan.tokenIndex[n]!;
         const e = plan.expertIndex[n]!;
-        mlpRef(xs[t]!, w1, w2, w3, h, act[activation]!, e * d * h, e * h * d).forEach((v, o) => (want[t]![o]! += w[n]! * v));
+        mlpRef(xs[t]!, w1, w2, w3, h, act[activation]!, e * d * h, e * h * d).forEach((v, o) => {
+          want[t]![o]! += w[n]! * v;
+        });
       }
-      y.forEach((row, t) => row.forEach((v, o) => expect(v).toBeCloseTo(want[t]![o]!, 5)));
+      y.forEach((row, t) => {
+        row.forEach((v, o) => {
+          expect(v).toBeCloseTo(want[t]![o]!, 5);
+        });
+      });
       expect(bank.parametersPerExpert()).toBe(d * h * (glu ? 3 : 2));
     });
   }
@@ -147,11 +153,15 @@ describe('heterogeneous expert sizes', () => {
       const t = plan.tokenIndex[n]!;
       const e = plan.expertIndex[n]!;
       const ex = bank.experts[e]!;
-      mlpRef(xs[t]!, ex.w1.dataSync() as Float32Array, ex.w2.dataSync() as Float32Array, null, sizes[e]!, act.relu2!).forEach(
-        (v, o) => (want[t]![o]! += w[n]! * v),
-      );
+      mlpRef(xs[t]!, ex.w1.dataSync() as Float32Array, ex.w2.dataSync() as Float32Array, null, sizes[e]!, act.relu2!).forEach((v, o) => {
+        want[t]![o]! += w[n]! * v;
+      });
     }
-    y.forEach((row, t) => row.forEach((v, o) => expect(v).toBeCloseTo(want[t]![o]!, 5)));
+    y.forEach((row, t) => {
+      row.forEach((v, o) => {
+        expect(v).toBeCloseTo(want[t]![o]!, 5);
+      });
+    });
     // gradients (GLU variant), and the unused expert gets exactly zero
     const g = new HeteroMLPExperts(d, sizes, 'silu', true, new Rng(4));
     const xv = tf.variable(x);
