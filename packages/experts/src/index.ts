@@ -18,6 +18,7 @@ export * from './monet.js';
 export * from './peer.js';
 export * from './fff.js';
 export { monetHDFixture, monetVDFixture, peerFixture } from './monet-peer-fixtures.js';
+export { expertPresets, expertPresetTrain, monetTiny, monetTinySpec, peerTiny, peerTinySpec } from './presets.js';
 
 export const experts = definePlugin({
   name: '@moelab/experts',
