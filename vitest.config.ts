@@ -23,5 +23,7 @@ export default defineConfig({
     maxWorkers: 2,
     minWorkers: 1,
     reporters: ['default'],
+    // MOELAB_TEST_BACKEND=moelab-cpu runs the suite on the native kernels (see that file).
+    setupFiles: ['packages/kernels-cpu/src/testing/vitest-backend.ts'],
   },
 });

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Rng, tf } from '@moelab/core';
+import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
 import { chooseBackend } from './backends.js';
 
 function bmmCases(): { a: number[]; b: number[]; ta: boolean; tb: boolean }[] {
@@ -33,8 +34,24 @@ describe('backends', () => {
     expect(c.reason.length).toBeGreaterThan(10);
   });
 
+  it('auto picks moelab-cpu when its addon loaded, and otherwise says why and how to get it', async () => {
+    const native = registerMoelabCpuBackend(tf);
+    const c = await chooseBackend('auto');
+    if (native.available) {
+      expect(c.name).toBe('moelab-cpu');
+      expect(c.reason).toMatch(/native kernels \((OpenBLAS|builtin packed) GEMM, \d+ threads?\)/);
+      expect(tf.getBackend()).toBe('moelab-cpu');
+    } else {
+      expect(c.name).not.toBe('moelab-cpu');
+      expect(c.reason).toMatch(/moelab-cpu: the native addon .*pnpm rebuild @moelab\/kernels-cpu/);
+    }
+    await chooseBackend('cpu');
+  });
+
   it('an unavailable named backend fails with the reason and how to get it', async () => {
-    await expect(chooseBackend('tensorflow')).rejects.toThrow(/backend "tensorflow" is not available: neither @tensorflow\/tfjs-node-gpu nor @tensorflow\/tfjs-node is installed\. Install it with/);
+    await expect(chooseBackend('tensorflow')).rejects.toThrow(
+      /backend "tensorflow" is not available: neither @tensorflow\/tfjs-node-gpu nor @tensorflow\/tfjs-node is installed\. Install it with/,
+    );
   });
 
   it('wasm: the batched/transposed BatchMatMul fix equals the cpu backend (values and gradients)', async () => {
@@ -48,7 +65,10 @@ describe('backends', () => {
       for (let j = 0; j < ref[i]!.length; j++) expect(got[i]![j]).toBeCloseTo(ref[i]![j]!, 3);
     }
     // Row gathers (moelab's wasm fast path) with repeats, 3-D params, 2-D indices, int32 data.
-    const table = tf.tensor3d(Array.from({ length: 24 }, (_, i) => i * 0.5), [4, 3, 2]);
+    const table = tf.tensor3d(
+      Array.from({ length: 24 }, (_, i) => i * 0.5),
+      [4, 3, 2],
+    );
     const gi = tf.tensor2d([3, 0, 3, 1], [2, 2], 'int32');
     const gathered = tf.gather(table, gi);
     expect(gathered.shape).toEqual([2, 2, 3, 2]);

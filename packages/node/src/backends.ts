@@ -6,7 +6,7 @@
  *  - `wasm`: tfjs's WebAssembly backend (single-threaded in Node).
  *  - `cpu`: plain JavaScript (always there).
  */
-import { type BackendChoice, registerBackendCandidate, registerSegmentSumFor, resolveBackend } from '@moelab/core';
+import { type BackendChoice, registerBackendCandidate, resolveBackend, tf } from '@moelab/core';
 
 let registered = false;
 
@@ -40,16 +40,19 @@ export function registerNodeBackends(): void {
     priority: 50,
     hint: 'It needs a C++ compiler at install time (and OpenBLAS for the fastest GEMM: apt-get install libopenblas-dev), then `pnpm rebuild @moelab/kernels-cpu`.',
     load: async () => {
-      let mod: { registerMoelabCpuBackend?: (tf?: unknown) => { available: boolean; reason: string; blas?: string; threads?: number } };
+      let mod: { registerMoelabCpuBackend?: (tfjs?: unknown) => { available: boolean; reason: string; blas?: string; threads?: number } };
       try {
         mod = (await tryImport('@moelab/kernels-cpu')) as typeof mod;
       } catch {
         return { ok: false, reason: '@moelab/kernels-cpu is not installed' };
       }
       if (!mod.registerMoelabCpuBackend) return { ok: false, reason: '@moelab/kernels-cpu has no registerMoelabCpuBackend export' };
-      const r = mod.registerMoelabCpuBackend();
-      if (r.available) registerSegmentSumFor('moelab-cpu');
-      return { ok: r.available, reason: r.available ? `native kernels (${r.blas ?? 'builtin GEMM'}, ${r.threads ?? 1} threads)` : r.reason };
+      // Register on moelab's own tfjs instance. The backend brings its own native UnsortedSegmentSum
+      // (O(N), like core's engine fix), so nothing else is patched. When the addon did not build,
+      // `reason` says why and how to get it (a C++ toolchain, optionally OpenBLAS, then a rebuild);
+      // `auto` prints it among the backends it skipped.
+      const r = mod.registerMoelabCpuBackend(tf);
+      return { ok: r.available, reason: r.reason };
     },
   });
   registerBackendCandidate({

@@ -3,10 +3,19 @@
  * names, FLOP convention and JSON format, so that `torch_moe_bench.py --compare anchor.json ours.json`
  * prints ratios. FLOPs count matrix multiplies only (2mnk), MoE rows count useful (selected-expert)
  * FLOPs, and forward+backward = 3 x forward.
+ *
+ * `runBenchBackends` runs the rows once per available backend (tensorflow, moelab-cpu, wasm, cpu, in
+ * that order; on moelab-cpu the MoE and SwitchHead rows go through its fused `MoelabMoeMLP` /
+ * `MoelabMoeLinear` kernels, which core's ops/moe.ts calls when the backend has them). The JSON of
+ * the first backend is written to `--json out.json` itself, the others to `out.<backend>.json`, so
+ * `torch_moe_bench.py --compare anchor.json out.json out.wasm.json` compares them row by row.
+ * A call that takes longer than SLOW_MS on its first run is timed once (the plain cpu backend needs
+ * minutes per LM step); `samples` in each row says how many timings its medians come from.
  */
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { buildModel, forwardContext, type LanguageModel, type Module, MultiHeadAttention, type NodeSpec, type Registry, Rng, tf, Trainer } from '@moelab/core';
+import { chooseBackend } from './backends.js';
 import { createDefaultRegistry } from './registry.js';
 
 export interface BenchOptions {
@@ -40,19 +49,38 @@ function stats(times: number[]): [number, number] {
   return [s[Math.floor(s.length / 2)]!, s[0]!];
 }
 
+/** A call slower than this on its first run is not repeated: that first run is its timing. */
+const SLOW_MS = 8000;
+let lastSamples = 0;
+
 function timeIt(fn: () => void, warmup: number, reps: number): [number, number] {
-  for (let i = 0; i < warmup; i++) fn();
+  const t0 = performance.now();
+  fn();
+  const first = performance.now() - t0;
+  if (first > SLOW_MS) {
+    lastSamples = 1;
+    return [first, first];
+  }
+  for (let i = 1; i < warmup; i++) fn();
   const t: number[] = [];
+  if (warmup === 0) t.push(first);
   for (let i = 0; i < reps; i++) {
     const t0 = performance.now();
     fn();
     t.push(performance.now() - t0);
   }
+  lastSamples = t.length;
   return stats(t);
 }
 
 /** Forward (no autodiff) and forward+backward (gradient of sum(out * R) w.r.t. params and input). */
-function benchModule(m: Module, forward: (x: tf.Tensor) => tf.Tensor, xShape: number[], warmup: number, reps: number): { fwd: [number, number]; fb: [number, number] } {
+function benchModule(
+  m: Module,
+  forward: (x: tf.Tensor) => tf.Tensor,
+  xShape: number[],
+  warmup: number,
+  reps: number,
+): { fwd: [number, number]; fb: [number, number] } {
   const rng = new Rng(7);
   const x = tf.variable(tf.tensor(rng.normalArray(xShape.reduce((a, b) => a * b, 1)), xShape));
   const outShape = tf.tidy(() => forward(x).shape);
@@ -83,7 +111,15 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
   const rows: Row[] = [];
   let peak = Number.NaN;
   const want = (group: string, name: string) => !o.only || group === 'peak' || o.only.some((s) => `${group} ${name}`.toLowerCase().includes(s.toLowerCase()));
-  const add = (group: string, name: string, shape: string, flops: number, fwd: [number, number] | null, fb: [number, number] | null, extra: Record<string, unknown> = {}) => {
+  const add = (
+    group: string,
+    name: string,
+    shape: string,
+    flops: number,
+    fwd: [number, number] | null,
+    fb: [number, number] | null,
+    extra: Record<string, unknown> = {},
+  ) => {
     const gf = (ms: number | undefined, mult: number) => (ms ? (mult * flops) / (ms / 1e3) / 1e9 : null);
     const row: Row = {
       group,
@@ -102,6 +138,7 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
       pct_peak_fwd: null,
       pct_peak_fwdbwd: null,
       backend: tf.getBackend(),
+      samples: lastSamples,
       ...extra,
     };
     if (Number.isFinite(peak)) {
@@ -109,7 +146,9 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
       row.pct_peak_fwdbwd = row.gflops_fwdbwd ? (100 * row.gflops_fwdbwd) / peak : null;
     }
     rows.push(row);
-    log(`${group.padEnd(6)} ${name.padEnd(40)} fwd ${fwd ? fwd[0].toFixed(1).padStart(8) : '       -'} ms  fwd+bwd ${fb ? fb[0].toFixed(1).padStart(8) : '       -'} ms  ${(row.gflops_fwdbwd ?? row.gflops_fwd ?? 0).toFixed(1)} GFLOP/s`);
+    log(
+      `${group.padEnd(6)} ${name.padEnd(40)} fwd ${fwd ? fwd[0].toFixed(1).padStart(8) : '       -'} ms  fwd+bwd ${fb ? fb[0].toFixed(1).padStart(8) : '       -'} ms  ${(row.gflops_fwdbwd ?? row.gflops_fwd ?? 0).toFixed(1)} GFLOP/s`,
+    );
   };
 
   const skipped: { group: string; name: string; reason: string }[] = [];
@@ -162,7 +201,12 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
   ] as const) {
     const name = `b softmax-topk loop E${E}x${dff} k${k}`;
     if (!want('moe', name)) continue;
-    const f = layer({ type: 'moe', experts: E, router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 }, expert: { type: 'mlp', hidden: dff, activation: 'relu' } });
+    const f = layer({
+      type: 'moe',
+      experts: E,
+      router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 },
+      expert: { type: 'mlp', hidden: dff, activation: 'relu' },
+    });
     const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
     add('moe', name, `T=${T} d=${d} E=${E} dff=${dff} k=${k}`, 2 * T * d * E + 4 * T * k * d * dff, r.fwd, r.fb);
   }
@@ -184,7 +228,14 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
   const switchheadFlops = 4 * T * d * 256 + 2 * T * d * 4 * 2 * 64 + 2 * T * 4 * 2 * 64 * d + 4 * T * d * 4 * 8 + 4 * B * 4 * S * S * 64;
   if (hasSwitchHead && want('attn', 'd SwitchHead sorted E8 k2')) {
     const att = buildModel<{ layers: { attention: Module & { forward(x: tf.Tensor, ctx: unknown): tf.Tensor } }[] }>(
-      { type: 'transformer-lm', vocabSize: 256, dModel: d, contextLength: S, stack: { groupSize: 1, repeats: 1 }, block: { type: 'transformer', attention: { type: 'switchhead', heads: 4, headDim: 64, experts: 8, k: 2 }, ffn: { type: 'dense', hidden: 8 } } },
+      {
+        type: 'transformer-lm',
+        vocabSize: 256,
+        dModel: d,
+        contextLength: S,
+        stack: { groupSize: 1, repeats: 1 },
+        block: { type: 'transformer', attention: { type: 'switchhead', heads: 4, headDim: 64, experts: 8, k: 2 }, ffn: { type: 'dense', hidden: 8 } },
+      },
       registry,
       0,
     ).layers[0]!.attention;
@@ -203,25 +254,42 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
   if (hasSigma && hasSwitchHead) {
     // MoEUT: peri-LN, SwitchHead attention (its FLOPs replace MHA's below) and sigma-MoE.
     lmVariants.push(['e LM MoEUT sigma+SwitchHead(sorted)', sigmaFFN, sigmaFlops + switchheadFlops - (8 * T * d * d + 4 * B * S * S * d)]);
-    lmBlocks['e LM MoEUT sigma+SwitchHead(sorted)'] = { type: 'transformer', norm: 'peri', attention: { type: 'switchhead', heads: 4, headDim: 64, experts: 8, k: 2 }, ffn: sigmaFFN };
+    lmBlocks['e LM MoEUT sigma+SwitchHead(sorted)'] = {
+      type: 'transformer',
+      norm: 'peri',
+      attention: { type: 'switchhead', heads: 4, headDim: 64, experts: 8, k: 2 },
+      ffn: sigmaFFN,
+    };
   }
-  for (const [name, , ffnFlops] of lmVariants) attempt('lm', name, () => {
-    const spec = { type: 'transformer-lm', vocabSize: 256, dModel: d, contextLength: S, stack: { groupSize: 4, repeats: 1 }, block: lmBlocks[name]! };
-    const model = buildModel<Module & LanguageModel>(spec, registry, 0);
-    const data = { batch: (rng: Rng, b: number, s: number) => Int32Array.from({ length: b * (s + 1) }, () => rng.int(256)) };
-    const tr = new Trainer(model, data, { batchSize: B, seqLen: S, steps: 1000, lr: 1e-3, weightDecay: 0.1, warmup: 0, clip: 0 });
-    const lmReps = o.quick ? 2 : 3;
-    const tokens = tf.tensor2d(data.batch(new Rng(11), B, S - 1), [B, S], 'int32');
-    const fwd = timeIt(() => tf.tidy(() => void model.forward(tokens, forwardContext(new Rng(0), false)).dataSync()), 1, lmReps);
-    const step = timeIt(() => void tr.trainStep(), 1, lmReps);
-    const flops = 4 * (8 * T * d * d + 4 * B * S * S * d + ffnFlops) + 2 * T * d * 256;
-    add('lm', name, `V=256 d=${d} L=4 B=${B} S=${S} AdamW`, flops, fwd, step, { tokens_per_s_train: T / (step[0] / 1e3), tokens_per_s_fwd: T / (fwd[0] / 1e3), params: model.parameterCount() });
-    tr.optimizer.dispose();
-    model.dispose();
-  });
+  for (const [name, , ffnFlops] of lmVariants)
+    attempt('lm', name, () => {
+      const spec = { type: 'transformer-lm', vocabSize: 256, dModel: d, contextLength: S, stack: { groupSize: 4, repeats: 1 }, block: lmBlocks[name]! };
+      const model = buildModel<Module & LanguageModel>(spec, registry, 0);
+      const data = { batch: (rng: Rng, b: number, s: number) => Int32Array.from({ length: b * (s + 1) }, () => rng.int(256)) };
+      const tr = new Trainer(model, data, { batchSize: B, seqLen: S, steps: 1000, lr: 1e-3, weightDecay: 0.1, warmup: 0, clip: 0 });
+      const lmReps = o.quick ? 2 : 3;
+      const tokens = tf.tensor2d(data.batch(new Rng(11), B, S - 1), [B, S], 'int32');
+      const fwd = timeIt(() => tf.tidy(() => void model.forward(tokens, forwardContext(new Rng(0), false)).dataSync()), 1, lmReps);
+      const step = timeIt(() => void tr.trainStep(), 1, lmReps);
+      const flops = 4 * (8 * T * d * d + 4 * B * S * S * d + ffnFlops) + 2 * T * d * 256;
+      add('lm', name, `V=256 d=${d} L=4 B=${B} S=${S} AdamW`, flops, fwd, step, {
+        tokens_per_s_train: T / (step[0] / 1e3),
+        tokens_per_s_fwd: T / (fwd[0] / 1e3),
+        params: model.parameterCount(),
+      });
+      tr.optimizer.dispose();
+      model.dispose();
+    });
 
   const out = {
-    environment: { tool: 'moelab bench', backend: tf.getBackend(), node: process.version, cpus: os.cpus().length, cpu_model: os.cpus()[0]?.model, platform: `${os.platform()} ${os.arch()}` },
+    environment: {
+      tool: 'moelab bench',
+      backend: tf.getBackend(),
+      node: process.version,
+      cpus: os.cpus().length,
+      cpu_model: os.cpus()[0]?.model,
+      platform: `${os.platform()} ${os.arch()}`,
+    },
     settings: { warmup, reps, quick: !!o.quick },
     peak_sgemm_gflops: peak,
     rows,
@@ -229,4 +297,50 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
   };
   if (o.json) writeFileSync(o.json, `${JSON.stringify(out, null, 2)}\n`);
   return { rows, peak };
+}
+
+export interface BenchBackendsOptions extends BenchOptions {
+  /** 'auto' (every available backend), or a comma-separated list of backend names. */
+  backends?: string;
+}
+
+const BENCH_BACKENDS = ['tensorflow', 'moelab-cpu', 'wasm', 'cpu'];
+
+/** The JSON path for one backend: the first one gets `json` itself, the others `name.<backend>.json`. */
+export function benchJsonPath(json: string, backend: string, first: boolean): string {
+  if (first) return json;
+  return json.endsWith('.json') ? `${json.slice(0, -5)}.${backend}.json` : `${json}.${backend}.json`;
+}
+
+/** Run the bench on each requested backend that is available here; returns what ran and what was skipped. */
+export async function runBenchBackends(o: BenchBackendsOptions = {}): Promise<{ ran: string[]; skipped: { name: string; reason: string }[] }> {
+  const log = o.log ?? ((l: string) => process.stdout.write(`${l}\n`));
+  const request = o.backends ?? 'auto';
+  const names =
+    request === 'auto'
+      ? BENCH_BACKENDS
+      : request
+          .split(',')
+          .map((b) => b.trim())
+          .filter(Boolean);
+  const registry = createDefaultRegistry();
+  const ran: string[] = [];
+  const skipped: { name: string; reason: string }[] = [];
+  for (const name of names) {
+    try {
+      const choice = await chooseBackend(name);
+      log(`# backend ${choice.name}: ${choice.reason}`);
+    } catch (e) {
+      const reason = (e as Error).message.split('\n')[0]!;
+      skipped.push({ name, reason });
+      log(`# backend ${name} skipped: ${reason}`);
+      continue;
+    }
+    const json = o.json ? benchJsonPath(o.json, name, ran.length === 0) : undefined;
+    runBench({ ...o, json }, registry);
+    if (json) log(`# wrote ${json}`);
+    ran.push(name);
+  }
+  if (ran.length === 0) throw new Error(`no backend could run the bench: ${skipped.map((s) => `${s.name}: ${s.reason}`).join('; ')}`);
+  return { ran, skipped };
 }

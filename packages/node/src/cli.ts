@@ -43,7 +43,7 @@ Commands:
   compare <preset…>       train presets on the same data and budget, print a table
   main                    the demo: compare dense-tiny and moe-tiny (what \`pnpm start\` runs)
   sweep --router a,b,c    train --preset (default moe-tiny) once per router, compare ppl, MaxVio, drops
-  bench                   the PyTorch anchor's workloads (--json out.json, --only a,b, --quick)
+  bench                   the PyTorch anchor's workloads on each backend (--json out.json, --only a,b, --quick, --backend a,b)
 
 Common options:
   --backend auto|NAME     tfjs backend (auto: tensorflow > moelab-cpu > wasm > cpu)
@@ -315,9 +315,9 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     case 'bench': {
-      await backend(o);
-      const { runBench } = await import('./bench.js');
-      runBench({ only: o.only?.split(','), quick: o.quick, json: o.json ? (args[0] ?? 'bench.json') : undefined });
+      // Every available backend under --backend auto (the default), else the listed ones (a,b).
+      const { runBenchBackends } = await import('./bench.js');
+      await runBenchBackends({ backends: o.backend, only: o.only?.split(','), quick: o.quick, json: o.json ? (args[0] ?? 'bench.json') : undefined });
       return 0;
     }
     case 'compare':

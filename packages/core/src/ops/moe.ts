@@ -48,7 +48,9 @@ export function moeMLP(x: tf.Tensor2D, w1: tf.Tensor3D, w2: tf.Tensor3D, plan: D
   const kernelAct = KERNEL_ACTIVATIONS[activation];
   if (kernelAct && hasKernel(MOE_MLP_KERNEL)) {
     const w = weight ?? tf.ones([plan.size]);
-    return tf.engine().runKernel(
+    // The kernel's second output (the pre-activations it saves for its backward pass) is internal:
+    // the gradient tape keeps its own copy, so only `out` is handed back.
+    const [out, hidden] = tf.engine().runKernel(
       MOE_MLP_KERNEL,
       {
         x,
@@ -59,7 +61,9 @@ export function moeMLP(x: tf.Tensor2D, w1: tf.Tensor3D, w2: tf.Tensor3D, plan: D
         weight: w,
       } as unknown as tf.NamedTensorMap,
       { activation: kernelAct } as unknown as tf.NamedAttrMap,
-    ) as tf.Tensor2D;
+    ) as tf.Tensor[];
+    hidden!.dispose();
+    return out as tf.Tensor2D;
   }
   if (plan.size === 0) return tf.mul(x, 0) as tf.Tensor2D;
   const { xs, assignmentRow } = gatherPadded(x, plan);
