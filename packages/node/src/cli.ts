@@ -17,8 +17,8 @@ import {
   tf,
   type TrainConfig,
   modelSummary,
-  balanceOf,
   mergeRouting,
+  routingMetrics,
 } from '@moelab/core';
 import { chooseBackend } from './backends.js';
 import { loadCheckpoint } from './checkpoint.js';
@@ -234,11 +234,10 @@ async function cmdInspect(args: string[], o: Opts): Promise<void> {
     model.forward(tf.tensor2d(ids, [1, ids.length], 'int32'), ctx);
   });
   const layers = [...mergeRouting(ctx.routing).values()].map((s) => ({
-    layer: s.layer,
+    ...routingMetrics(s),
     experts: s.numExperts,
-    ...balanceOf(s.counts),
+    // kept for older readers: raw kept load and the mean per-token entropy in nats
     entropy: s.entropy,
-    dropRate: s.dropRate,
     load: s.load,
   }));
   if (o.json) {
@@ -252,18 +251,38 @@ async function cmdInspect(args: string[], o: Opts): Promise<void> {
     process.stdout.write('no MoE layers (dense model)\n');
     return;
   }
-  process.stdout.write(`\nrouting on ${ids.length} tokens:\n`);
+  const f3 = (x: number | undefined) => (x === undefined ? '-' : x.toFixed(3));
+  const pct = (x: number | undefined) => (x === undefined ? '-' : `${(100 * x).toFixed(1)}%`);
+  process.stdout.write(`\nrouting on ${ids.length} tokens (entropies normalised by log E; load = intended assignments):\n`);
   process.stdout.write(
     `${formatTable(
-      ['layer', 'experts', 'load per expert (%)', 'entropy', 'CV', 'MaxVio', 'drop'],
+      [
+        'layer',
+        'experts',
+        'load per expert (%)',
+        'entropy',
+        'marg. entropy',
+        'CV',
+        'MaxVio',
+        'drop',
+        'token drop',
+        'experts/token [min-max]',
+        'z-loss',
+        'saturation',
+      ],
       layers.map((l) => [
         l.layer,
         l.experts,
-        l.load.map((x) => (100 * x).toFixed(0)).join(' '),
-        l.entropy?.toFixed(3) ?? '-',
+        l.loadFraction.map((x) => (100 * x).toFixed(0)).join(' '),
+        f3(l.routingEntropy),
+        f3(l.marginalEntropy),
         l.cv.toFixed(3),
         l.maxVio.toFixed(3),
-        `${(100 * l.dropRate).toFixed(1)}%`,
+        pct(l.dropRate),
+        pct(l.tokenDropRate),
+        `${l.expertsPerToken.toFixed(2)} [${l.expertsPerTokenMin ?? '-'}-${l.expertsPerTokenMax ?? '-'}]`,
+        f3(l.zLoss),
+        pct(l.saturation),
       ]),
     )}\n`,
   );

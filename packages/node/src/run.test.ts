@@ -39,6 +39,30 @@ describe('training runs on disk', () => {
     const first = lines.find((l) => l.type === 'train');
     expect(first.routing).toHaveLength(1);
     expect(first.routing[0].load).toHaveLength(4);
+    // every per-layer metric of specs/routers.md §7 reaches metrics.jsonl
+    const layer = first.routing[0];
+    for (const key of ['loadFraction', 'keptLoadFraction', 'tokensPerExpert']) expect(layer[key]).toHaveLength(4);
+    for (const key of [
+      'cv',
+      'maxVio',
+      'maxOverMean',
+      'deadExperts',
+      'dropRate',
+      'tokenDropRate',
+      'expertsPerToken',
+      'expertsPerTokenMin',
+      'expertsPerTokenMax',
+      'routingEntropy',
+      'marginalEntropy',
+      'loadEntropy',
+      'zLoss',
+      'saturation',
+    ])
+      expect(layer[key], key).toEqual(expect.any(Number));
+    expect(layer.loadFraction.reduce((a: number, b: number) => a + b, 0)).toBeCloseTo(1, 3);
+    expect(layer.expertsPerTokenMin).toBe(2);
+    expect(layer.routingEntropy).toBeLessThanOrEqual(1);
+    expect(layer.marginalEntropy).toBeLessThanOrEqual(1);
     expect(lines.at(-1).type).toBe('eval');
   });
 

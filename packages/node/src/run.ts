@@ -10,6 +10,8 @@ import {
   type EvalMetrics,
   mergeRouting,
   MoelabError,
+  type RoutingMetrics,
+  routingMetrics,
   modelSummary,
   type ModelSummary,
   type NodeSpec,
@@ -43,11 +45,13 @@ export interface RunOptions {
   tokens?: CorpusTokens;
 }
 
-export interface LayerBalance {
-  layer: string;
-  cv: number;
-  maxVio: number;
-  dropRate: number;
+/**
+ * One MoE layer's routing metrics over a step (specs/routers.md §7: load fraction, entropies, drop rates,
+ * CV, MaxVio, experts per token, z-loss, saturation, ...) plus the kept load (`load`) and the raw mean
+ * per-token entropy in nats (`entropy`), kept for older readers.
+ */
+export interface LayerBalance extends RoutingMetrics {
+  deadFraction: number;
   entropy?: number;
   load: number[];
 }
@@ -65,7 +69,22 @@ export interface RunResult {
 }
 
 export function routingBalance(routing: StepMetrics['routing']): LayerBalance[] {
-  return [...mergeRouting(routing).values()].map((s) => ({ layer: s.layer, ...balanceOf(s.counts), dropRate: s.dropRate, entropy: s.entropy, load: s.load }));
+  return [...mergeRouting(routing).values()].map((s) => ({
+    ...routingMetrics(s),
+    deadFraction: balanceOf(s.intendedCounts ?? s.counts).deadFraction,
+    entropy: s.entropy,
+    load: s.load,
+  }));
+}
+
+/** A layer's metrics with per-expert arrays and numbers rounded for the log (4 significant decimals). */
+function roundLayer(b: LayerBalance): Record<string, unknown> {
+  const r = (x: number) => (Number.isFinite(x) ? Number(x.toFixed(4)) : x);
+  return Object.fromEntries(
+    Object.entries(b)
+      .filter(([, v]) => v !== undefined)
+      .map(([k, v]) => [k, Array.isArray(v) ? v.map(r) : typeof v === 'number' ? r(v) : v]),
+  );
 }
 
 function metricsLine(m: StepMetrics): Record<string, unknown> {
@@ -78,7 +97,7 @@ function metricsLine(m: StepMetrics): Record<string, unknown> {
     lr: m.lr,
     gradNorm: m.gradNorm,
     tokensPerSec: m.tokens / (m.ms / 1000),
-    routing: routingBalance(m.routing).map((b) => ({ ...b, load: b.load.map((x) => Number(x.toFixed(4))) })),
+    routing: routingBalance(m.routing).map(roundLayer),
   };
 }
 

@@ -3,7 +3,7 @@
  * budget, and compare validation perplexity, load balance (MaxVio, CV), drop rate and speed.
  */
 import { join } from 'node:path';
-import { MoelabError, type NodeSpec, type Preset, type TrainConfig, tf } from '@moelab/core';
+import { MoelabError, type NodeSpec, type Preset, type Registry, type TrainConfig, tf } from '@moelab/core';
 import { CorpusTokens, loadCorpus } from './corpus.js';
 import { writeFileAtomic } from './fsutil.js';
 import { createDefaultRegistry } from './registry.js';
@@ -26,6 +26,35 @@ export function withRouter(spec: NodeSpec, router: NodeSpec): NodeSpec {
   const out = walk(spec) as NodeSpec;
   if (found === 0) throw new MoelabError('the model has no MoE layer (no node of type "moe") whose router could be swept');
   return out;
+}
+
+/** The router node of the first MoE layer of `spec` (undefined if none). */
+export function firstRouter(spec: NodeSpec): NodeSpec | undefined {
+  let found: NodeSpec | undefined;
+  const walk = (n: unknown): void => {
+    if (found || !n || typeof n !== 'object') return;
+    if (Array.isArray(n)) {
+      for (const m of n) walk(m);
+      return;
+    }
+    const o = n as Record<string, unknown>;
+    if (o.type === 'moe' && o.router && typeof o.router === 'object') found = o.router as NodeSpec;
+    else for (const v of Object.values(o)) walk(v);
+  };
+  walk(spec);
+  return found;
+}
+
+/**
+ * The node for router `name` in a sweep: the fields of the preset's own router (e.g. `k`) that `name`'s
+ * schema also has are carried over, so every router runs with the same experts per token where it has
+ * such a setting (DeepSeek-V3's default k = 8 would otherwise activate every expert of an 8-expert layer).
+ */
+export function sweepRouterNode(registry: Registry, name: string, base: NodeSpec | undefined): NodeSpec {
+  const props = (registry.describe('router', name).jsonSchema as { properties?: Record<string, unknown> }).properties ?? {};
+  const node: Record<string, unknown> = { type: name };
+  for (const [k, v] of Object.entries(base ?? {})) if (k !== 'type' && k in props) node[k] = v;
+  return node as NodeSpec;
 }
 
 export interface SweepRow {
@@ -53,8 +82,9 @@ export function sweepRouters(o: {
   const preset = registry.get('preset', o.preset, '--preset').create({}, undefined as never) as Preset;
   const tokens = new CorpusTokens(loadCorpus(o.data));
   const rows: SweepRow[] = [];
+  const base = firstRouter(preset.spec);
   for (const r of o.routers) {
-    const spec = withRouter(preset.spec, { type: r });
+    const spec = withRouter(preset.spec, sweepRouterNode(registry, r, base));
     const res = trainRun({
       registry,
       spec,

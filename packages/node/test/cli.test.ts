@@ -77,8 +77,22 @@ describe('moelab CLI', () => {
     expect(j.parameters).toBeGreaterThan(j.activeParameters);
     expect(j.layers).toHaveLength(1);
     expect(j.layers[0].load.reduce((a: number, b: number) => a + b, 0)).toBeCloseTo(1, 5);
+    for (const key of [
+      'cv',
+      'maxVio',
+      'dropRate',
+      'tokenDropRate',
+      'routingEntropy',
+      'marginalEntropy',
+      'expertsPerTokenMin',
+      'expertsPerTokenMax',
+      'zLoss',
+      'saturation',
+    ])
+      expect(j.layers[0][key], key).toEqual(expect.any(Number));
     const t = run(['inspect', ckpt, '--text', 'the quick brown fox', '--backend', 'cpu']);
     expect(t.out).toMatch(/experts chosen per token/);
+    expect(t.out).toMatch(/marg\. entropy .* token drop .* experts\/token \[min-max\] .* z-loss .* saturation/);
   });
 
   it('list --json describes every entry with its JSON Schema', () => {

@@ -1,0 +1,283 @@
+import { DispatchPlan, dropPriority, forwardContext, type MoELayer, Rng, tf, zLoss } from '@moelab/core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { lossRatio, makeFFN, makeRouter, tinyLM, trainLosses } from '../test/helpers.js';
+import { sequenceSwitchLoss, switchLoss } from './balance.js';
+import { planFromChoices } from './common.js';
+import { SoftmaxTopKRouter, type SoftmaxTopKOptions } from './softmax-topk.js';
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+});
+
+const base: SoftmaxTopKOptions = { k: 2, renormalize: true, noisy: false, balanceCoef: 0.01, zLossCoef: 0.001 };
+
+/** A router whose logits are its input (W = I), so tests can route fixed logits. */
+function identityRouter(E: number, o: Partial<SoftmaxTopKOptions> = {}): SoftmaxTopKRouter {
+  const r = new SoftmaxTopKRouter(E, E, { ...base, ...o }, new Rng(0));
+  r.weight.assign(tf.eye(E));
+  return r;
+}
+
+const Z = [
+  [2, 1, 0.5, -1],
+  [0, 3, 1, 2],
+  [-1, -2, 0.1, 0.3],
+];
+const softmax = (row: number[]) => {
+  const m = Math.max(...row);
+  const e = row.map((v) => Math.exp(v - m));
+  const s = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / s);
+};
+const top2 = (row: number[]) =>
+  row
+    .map((v, i) => [v, i] as const)
+    .sort((a, b) => b[0] - a[0] || a[1] - b[1])
+    .slice(0, 2)
+    .map(([, i]) => i);
+
+/** weight of token t's s-th choice from a slot-major plan. */
+function weightsOf(plan: DispatchPlan, w: Float32Array | Int32Array | Uint8Array) {
+  const out: Record<string, number> = {};
+  for (let n = 0; n < plan.size; n++) out[`${plan.tokenIndex[n]}:${plan.expertIndex[n]}`] = w[n]!;
+  return out;
+}
+
+describe('softmax-topk: weight rules (§3.2, checklist 1)', () => {
+  it('raw, renormalised (= softmax of the selected logits) and scaled weights on fixed logits', () => {
+    const x = tf.tensor2d(Z);
+    const raw = identityRouter(4, { renormalize: false }).route(x, forwardContext(new Rng(1), false));
+    const ren = identityRouter(4).route(x, forwardContext(new Rng(1), false));
+    const scaled = identityRouter(4, { scale: 2.5 }).route(x, forwardContext(new Rng(1), false));
+    const wr = weightsOf(raw.plan, raw.weight!.dataSync() as Float32Array);
+    const wn = weightsOf(ren.plan, ren.weight!.dataSync() as Float32Array);
+    const ws = weightsOf(scaled.plan, scaled.weight!.dataSync() as Float32Array);
+    Z.forEach((row, t) => {
+      const p = softmax(row);
+      const sel = top2(row);
+      const selExp = sel.map((e) => Math.exp(row[e]!));
+      sel.forEach((e, j) => {
+        expect(wr[`${t}:${e}`]).toBeCloseTo(p[e]!, 6);
+        expect(wn[`${t}:${e}`]).toBeCloseTo(p[e]! / (p[sel[0]!]! + p[sel[1]!]!), 6);
+        // softmax over the selected logits: identical to renormalised
+        expect(wn[`${t}:${e}`]).toBeCloseTo(selExp[j]! / (selExp[0]! + selExp[1]!), 6);
+        expect(ws[`${t}:${e}`]).toBeCloseTo((2.5 * p[e]!) / (p[sel[0]!]! + p[sel[1]!]!), 5);
+      });
+    });
+    // indices distinct per token, first choice = argmax
+    for (let t = 0; t < 3; t++) {
+      expect(ren.plan.expertIndex[t]).toBe(top2(Z[t]!)[0]);
+      expect(ren.plan.expertIndex[3 + t]).toBe(top2(Z[t]!)[1]);
+    }
+  });
+
+  it('renormalised top-2 gives zero task gradient to the non-selected logits; raw weights give them gradient', () => {
+    const x = tf.tensor2d(Z);
+    const c = tf.tensor1d([0.3, -1.2, 0.7, 1.1, 0.4, -0.5]);
+    const grad = (renormalize: boolean) => {
+      const r = identityRouter(4, { renormalize });
+      return tf
+        .grad((xx: tf.Tensor) => tf.sum(tf.mul(r.route(xx as tf.Tensor2D, forwardContext(new Rng(1), false)).weight!, c)))(x)
+        .arraySync() as number[][];
+    };
+    const gn = grad(true);
+    const gr = grad(false);
+    Z.forEach((row, t) => {
+      const sel = top2(row);
+      for (let e = 0; e < 4; e++) {
+        if (sel.includes(e)) expect(Math.abs(gn[t]![e]!)).toBeGreaterThan(1e-4);
+        else {
+          expect(Math.abs(gn[t]![e]!)).toBeLessThan(1e-7);
+          expect(Math.abs(gr[t]![e]!)).toBeGreaterThan(1e-4);
+        }
+      }
+    });
+  });
+
+  it('top-1 with renormalise is rejected (entry and class); k > experts names the JSON path', () => {
+    expect(() => makeRouter({ type: 'softmax-topk', k: 1 })).toThrow(/\$\.block\.ffn\.router\.renormalize: k = 1 with renormalize: true/);
+    expect(() => new SoftmaxTopKRouter(4, 4, { ...base, k: 1 }, new Rng(0))).toThrow(/no task gradient/);
+    expect(() => makeRouter({ type: 'softmax-topk', k: 5 })).toThrow(/\$\.block\.ffn\.router\.k: k = 5 exceeds the number of experts \(4\)/);
+    expect(() => makeRouter({ type: 'softmax-topk', k: 0 })).toThrow(/\$\.block\.ffn\.router\.k/);
+    expect(() => makeRouter({ type: 'softmax-topk', balanceCoef: -1 })).toThrow(/\$\.block\.ffn\.router\.balanceCoef/);
+    expect(() => makeRouter({ type: 'noisy-topk', k: 1 })).toThrow(/\$\.block\.ffn\.router\.k: noisy top-k with k = 1/);
+    expect(() => makeRouter({ type: 'softmax-topk', loadCoef: 0.1 })).toThrow(/\$\.block\.ffn\.router\.loadCoef: the smooth load loss needs learned noise/);
+    // Switch top-1 uses the raw weight, which is accepted
+    expect(makeRouter<SoftmaxTopKRouter>({ type: 'switch' }).options.renormalize).toBe(false);
+  });
+
+  it('with E = K and renormalise the weights are the dense softmax', () => {
+    const r = identityRouter(4, { k: 4 });
+    const { plan, weight } = r.route(tf.tensor2d(Z), forwardContext(new Rng(1), false));
+    const w = weightsOf(plan, weight!.dataSync() as Float32Array);
+    Z.forEach((row, t) => {
+      softmax(row).forEach((p, e) => {
+        expect(w[`${t}:${e}`]).toBeCloseTo(p, 6);
+      });
+    });
+  });
+});
+
+describe('balance losses (§3.4, checklist 2, 3)', () => {
+  it('canonical Switch loss is 1 under uniform routing; HF parity = k × canonical; sequence scope = mean of per-sequence losses', () => {
+    const E = 4;
+    const N = 8;
+    const uniform = tf.fill([N, E], 1 / E) as tf.Tensor2D;
+    const counts = [4, 4, 4, 4]; // k = 2: 16 assignments
+    expect(switchLoss(uniform, counts, 2).dataSync()[0]).toBeCloseTo(1, 6);
+
+    const rng = new Rng(3);
+    const x = tf.tensor2d(rng.normalArray(N * E), [N, E]);
+    const ctx = (hf: boolean, scope: 'batch' | 'sequence') => {
+      const r = identityRouter(E, { balanceParity: hf ? 'hf' : 'canonical', balanceScope: scope, zLossCoef: 0 });
+      const c = forwardContext(new Rng(1), true);
+      const res = r.route(x, c, { batchShape: [2, 4] });
+      return { value: c.aux[0]!.value.dataSync()[0]!, res };
+    };
+    const canon = ctx(false, 'batch');
+    expect(ctx(true, 'batch').value).toBeCloseTo(2 * canon.value, 5);
+    // the canonical value from the definition
+    const p = tf.softmax(x).arraySync() as number[][];
+    const cnt = Array.from(canon.res.plan.counts);
+    const P = [0, 1, 2, 3].map((e) => p.reduce((s, row) => s + row[e]!, 0) / N);
+    expect(canon.value).toBeCloseTo((E / (2 * N)) * cnt.reduce((s, c, e) => s + c * P[e]!, 0), 5);
+    // sequence scope: mean over the two sequences of their own canonical loss
+    const seq = ctx(false, 'sequence');
+    const per = [0, 1].map((b) => {
+      const rows = [0, 1, 2, 3].map((t) => b * 4 + t);
+      const sub = planFromChoices(Int32Array.from(rows.flatMap((t) => [seq.res.plan.expertIndex[t]!, seq.res.plan.expertIndex[N + t]!])), 4, 2, E).plan;
+      return switchLoss(tf.tensor2d(rows.map((t) => p[t]!)), Array.from(sub.counts), 2).dataSync()[0]!;
+    });
+    expect(seq.value).toBeCloseTo((per[0]! + per[1]!) / 2, 5);
+    expect(
+      sequenceSwitchLoss(
+        uniform,
+        new DispatchPlan(Int32Array.from([0, 1, 2, 3, 4, 5, 6, 7]), Int32Array.from([0, 1, 2, 3, 0, 1, 2, 3]), 8, 4),
+        2,
+        4,
+        1,
+      ).dataSync()[0],
+    ).toBeCloseTo(1, 6);
+  });
+
+  it('z-loss = mean(logsumexp²); its gradient is 2·lse·softmax/N', () => {
+    const z = tf.tensor2d(Z);
+    const lse = Z.map((row) => Math.log(row.reduce((s, v) => s + Math.exp(v), 0)));
+    expect(zLoss(z).dataSync()[0]).toBeCloseTo(lse.reduce((s, v) => s + v * v, 0) / 3, 5);
+    const g = tf
+      .grad((zz: tf.Tensor) => zLoss(zz as tf.Tensor2D))(z)
+      .arraySync() as number[][];
+    Z.forEach((row, t) => {
+      softmax(row).forEach((p, e) => {
+        expect(g[t]![e]).toBeCloseTo((2 * lse[t]! * p) / 3, 5);
+      });
+    });
+  });
+
+  it('aux losses are pushed unscaled with their coefficients, in training only', () => {
+    const r = identityRouter(4);
+    const train = forwardContext(new Rng(1), true);
+    r.route(tf.tensor2d(Z), train);
+    expect(train.aux.map((a) => [a.name, a.coef])).toEqual([
+      ['switch_balance', 0.01],
+      ['z_loss', 0.001],
+    ]);
+    const ev = forwardContext(new Rng(1), false);
+    r.route(tf.tensor2d(Z), ev);
+    expect(ev.aux).toHaveLength(0);
+  });
+});
+
+describe('capacity and drops through the moe layer (§4, checklist 4)', () => {
+  const layer = (extra: Record<string, unknown>) =>
+    makeFFN<MoELayer>({ type: 'moe', experts: 4, router: { type: 'softmax-topk', k: 2 }, expert: { type: 'mlp', hidden: 8 }, ...extra }, 8);
+
+  it('kept counts ≤ C = ceil(cf·k·N/E); dropRate counts the drops; dropless drops nothing', () => {
+    const x = tf.tensor3d(new Rng(4).normalArray(2 * 16 * 8), [2, 16, 8]);
+    for (const cf of [0.5, 1]) {
+      const ctx = forwardContext(new Rng(1), true);
+      layer({ capacityFactor: cf }).forward(x, ctx);
+      const s = ctx.routing[0]!;
+      const C = Math.ceil((cf * 2 * 32) / 4);
+      for (const c of s.counts) expect(c).toBeLessThanOrEqual(C);
+      const intended = s.intendedCounts!.reduce((a, b) => a + b, 0);
+      const kept = s.counts.reduce((a, b) => a + b, 0);
+      expect(intended).toBe(64);
+      expect(s.dropRate).toBeCloseTo(1 - kept / intended, 9);
+      if (cf === 0.5) expect(s.dropRate).toBeGreaterThanOrEqual(0.5);
+    }
+    const ctx = forwardContext(new Rng(1), true);
+    layer({ capacityFactor: 0 }).forward(x, ctx);
+    expect(ctx.routing[0]!.dropRate).toBe(0);
+    expect(ctx.routing[0]!.tokenDropRate).toBe(0);
+  });
+
+  it('position priority keeps first choices before second choices; BPR keeps the highest-probability tokens', () => {
+    // every token: first choice expert 0, second choice expert 1; expert 1 is also the first choice of tokens 4..7
+    const choices = Int32Array.from([0, 1, 0, 1, 0, 1, 0, 1, 1, 2, 1, 2, 1, 2, 1, 2]);
+    const { plan } = planFromChoices(choices, 8, 2, 4);
+    const keep = (policy: 'position' | 'batch-prioritized', w: number[] | null) => {
+      const pr = dropPriority(plan, policy, w);
+      const order = pr ?? Int32Array.from({ length: plan.size }, (_, i) => i);
+      const used = [0, 0, 0, 0];
+      const kept: number[] = [];
+      for (const n of order) {
+        if (used[plan.expertIndex[n]!]! >= 4) continue;
+        used[plan.expertIndex[n]!]!++;
+        kept.push(n);
+      }
+      return kept;
+    };
+    // expert 1 with capacity 4: the first choices of tokens 4..7 win over the second choices of tokens 0..3
+    const kept = keep('position', null).filter((n) => plan.expertIndex[n] === 1);
+    expect(kept.map((n) => plan.tokenIndex[n]).sort()).toEqual([4, 5, 6, 7]);
+    // BPR over first choices of expert 0 with capacity 2 keeps the two tokens of highest top-1 weight
+    const { plan: p0 } = planFromChoices(Int32Array.from([0, 0, 0, 0]), 4, 1, 4);
+    const w = [0.3, 0.9, 0.5, 0.8];
+    const pr = dropPriority(p0, 'batch-prioritized', w)!;
+    expect([p0.tokenIndex[pr[0]!], p0.tokenIndex[pr[1]!]]).toEqual([1, 3]);
+  });
+});
+
+describe('softmax top-k family: training', () => {
+  it('softmax-topk, noisy-topk and switch tiny LMs learn (loss falls)', () => {
+    for (const router of [{ type: 'softmax-topk', k: 2 }, { type: 'noisy-topk' }, { type: 'switch' }]) {
+      const losses = trainLosses(tinyLM(router));
+      expect(losses.every(Number.isFinite)).toBe(true);
+      expect(lossRatio(losses), router.type).toBeLessThan(0.85);
+    }
+  });
+
+  it('noisy top-k: eval is deterministic, training is noisy; zero init ties are broken by the noise', () => {
+    const r = makeRouter<SoftmaxTopKRouter>({ type: 'noisy-topk' }, 8, 4);
+    const x = tf.tensor2d(new Rng(2).normalArray(16 * 8), [16, 8]);
+    const a = r.route(x, forwardContext(new Rng(1), false)).plan.expertIndex;
+    const b = r.route(x, forwardContext(new Rng(2), false)).plan.expertIndex;
+    expect(Array.from(a)).toEqual(Array.from(b));
+    // zero-initialised W: every eval logit ties, so the lowest indices 0, 1 win
+    expect(new Set(a)).toEqual(new Set([0, 1]));
+    const t = r.route(x, forwardContext(new Rng(3), true));
+    expect(new Set(t.plan.expertIndex).size).toBeGreaterThan(2);
+    const ctx = forwardContext(new Rng(3), true);
+    r.route(x, ctx);
+    expect(ctx.aux.map((l) => l.name)).toEqual(['importance', 'load']);
+    for (const l of ctx.aux) expect(Number.isFinite(l.value.dataSync()[0])).toBe(true);
+  });
+
+  it('TopK kernel gradient (engine fix) matches finite differences (checklist 13)', () => {
+    const x = tf.tensor1d([0.3, 2.0, -1.0, 1.2, 0.7]);
+    const c = tf.tensor1d([1.5, -0.5]);
+    const f = (v: tf.Tensor) => tf.sum(tf.mul(tf.square(tf.topk(v, 2).values), c));
+    const g = tf.grad(f)(x).dataSync();
+    const xs = Array.from(x.dataSync());
+    for (let i = 0; i < 5; i++) {
+      const h = 1e-2;
+      const up = xs.slice();
+      up[i]! += h;
+      const dn = xs.slice();
+      dn[i]! -= h;
+      const fd = (f(tf.tensor1d(up)).dataSync()[0]! - f(tf.tensor1d(dn)).dataSync()[0]!) / (2 * h);
+      expect(g[i]).toBeCloseTo(fd, 2);
+    }
+  });
+});
