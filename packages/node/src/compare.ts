@@ -100,7 +100,7 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
   ]);
   const usage = rows
     .filter((r) => r.layers.length)
-    .map((r) => `${r.preset} expert usage (% of assignments, last step):\n${r.layers.map((l) => `  ${l.layer}: ${l.load.map((x) => (100 * x).toFixed(0)).join(' ')}`).join('\n')}`)
+    .map((r) => `${r.preset} expert usage (% of assignments, last step):\n${r.layers.map((l) => `  ${l.layer}: ${usageLine(l.load)}`).join('\n')}`)
     .join('\n');
   const text = `${formatTable(headers, body)}${usage ? `\n\n${usage}` : ''}`;
   process.stdout.write(`\n${text}\n\n(data: ${o.data}, backend: ${tf.getBackend()}; runs in ${o.outDir})\n`);
@@ -112,8 +112,26 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
   return rows;
 }
 
+/**
+ * One layer's expert usage: every expert's share when there are few; for large banks (MONET, PEER: thousands
+ * of experts) a summary, since a list of 4,096 percentages says nothing at a glance.
+ */
+export function usageLine(load: readonly number[]): string {
+  if (load.length <= 32) return load.map((x) => (100 * x).toFixed(0)).join(' ');
+  const sorted = [...load].sort((a, b) => a - b);
+  const pct = (x: number) => `${(100 * x).toFixed(3)}%`;
+  const unused = load.filter((x) => x === 0).length;
+  return `${load.length} experts: min ${pct(sorted[0]!)}, median ${pct(sorted[sorted.length >> 1]!)}, max ${pct(sorted.at(-1)!)}, unused ${unused}`;
+}
+
 /** Steps of `preset` that fit in `budgetSec` on this machine (measured on 3 steps after a warm-up). */
-function calibrateSteps(registry: ReturnType<typeof createDefaultRegistry>, name: string, tokens: CorpusTokens, train: Partial<TrainConfig>, budgetSec: number): number {
+function calibrateSteps(
+  registry: ReturnType<typeof createDefaultRegistry>,
+  name: string,
+  tokens: CorpusTokens,
+  train: Partial<TrainConfig>,
+  budgetSec: number,
+): number {
   const preset = registry.get('preset', name, 'preset').create({}, undefined as never) as Preset;
   const model = buildModel<Module & LanguageModel>(preset.spec, registry, 0);
   const tr = new Trainer(model, tokens, { ...preset.train, ...train });
