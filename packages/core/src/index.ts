@@ -34,3 +34,4 @@ export * from './plugin.js';
 export * from './spec-info.js';
 export * from './fixtures.js';
 export * from './presets.js';
+export * from './checkpoint-format.js';

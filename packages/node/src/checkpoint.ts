@@ -7,31 +7,26 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   buildModel,
+  CHECKPOINT_FORMAT,
+  type CheckpointConfig,
+  checkpointConfigText,
+  checkpointWeights,
   type LanguageModel,
   loadState,
   MoelabError,
+  makeCheckpointConfig,
   type Module,
   type NodeSpec,
+  parseCheckpointConfig,
   readSafetensors,
   type Registry,
-  stateTensors,
   type Trainer,
-  type TrainConfig,
   writeSafetensors,
 } from '@moelab/core';
 import { writeDirAtomic } from './fsutil.js';
 
-export const CHECKPOINT_FORMAT = 'moelab-checkpoint-v1';
-
-export interface CheckpointConfig {
-  format: typeof CHECKPOINT_FORMAT;
-  spec: NodeSpec;
-  tokenizer: 'byte';
-  step: number;
-  seed: number;
-  train?: Partial<TrainConfig> & { data?: string };
-  created: string;
-}
+// The format itself (config.json fields, weights metadata, checks) lives in core: the playground shares it.
+export { CHECKPOINT_FORMAT, type CheckpointConfig };
 
 export type Model = Module & LanguageModel;
 
@@ -40,37 +35,20 @@ export function saveCheckpoint(
   model: Model,
   info: { spec: NodeSpec; step: number; seed: number; train?: CheckpointConfig['train']; trainer?: Trainer },
 ): void {
-  const config: CheckpointConfig = {
-    format: CHECKPOINT_FORMAT,
-    spec: info.spec,
-    tokenizer: 'byte',
-    step: info.step,
-    seed: info.seed,
-    train: info.train,
-    created: new Date().toISOString(),
-  };
-  const weights = writeSafetensors(stateTensors(model), { format: CHECKPOINT_FORMAT, step: String(info.step) });
+  const config = makeCheckpointConfig(info);
+  const weights = checkpointWeights(model, info.step);
   const optim = info.trainer ? writeSafetensors(info.trainer.optimizer.stateTensors(), { step: String(info.step) }) : undefined;
   writeDirAtomic(dir, (tmp) => {
     writeFileSync(join(tmp, 'model.safetensors'), weights);
     if (optim) writeFileSync(join(tmp, 'optimizer.safetensors'), optim);
-    writeFileSync(join(tmp, 'config.json'), `${JSON.stringify(config, null, 2)}\n`);
+    writeFileSync(join(tmp, 'config.json'), checkpointConfigText(config));
   });
 }
 
 export function readCheckpointConfig(dir: string): CheckpointConfig {
   const path = join(dir, 'config.json');
   if (!existsSync(path)) throw new MoelabError('not a moelab checkpoint: config.json is missing', dir);
-  let cfg: CheckpointConfig;
-  try {
-    cfg = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (e) {
-    throw new MoelabError(`config.json is not valid JSON (${(e as Error).message})`, path);
-  }
-  if (cfg.format !== CHECKPOINT_FORMAT)
-    throw new MoelabError(`unknown checkpoint format ${JSON.stringify(cfg.format)} (expected "${CHECKPOINT_FORMAT}")`, `${path}: $.format`);
-  if (!cfg.spec) throw new MoelabError('config.json has no "spec" (the model spec)', `${path}: $.spec`);
-  return cfg;
+  return parseCheckpointConfig(readFileSync(path, 'utf8'), path);
 }
 
 export function loadCheckpoint(dir: string, registry: Registry): { model: Model; config: CheckpointConfig } {

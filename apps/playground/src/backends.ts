@@ -1,0 +1,66 @@
+/**
+ * Browser backends for core's resolveBackend: WebGPU > WebGL > WebAssembly > plain JS (`cpu`, always
+ * registered by core). Each loads its tfjs package lazily, so a backend that is not chosen costs nothing.
+ * The wasm binaries are emitted by Vite as assets; core patches the wasm engine once it is chosen.
+ */
+import { registerBackendCandidate, tf } from '@moelab/core';
+
+export const BACKEND_CHOICES = ['auto', 'webgpu', 'webgl', 'wasm', 'cpu'] as const;
+
+let registered = false;
+
+export function registerBrowserBackends(): void {
+  if (registered) return;
+  registered = true;
+  registerBackendCandidate({
+    name: 'webgpu',
+    priority: 30,
+    hint: 'needs a browser with WebGPU enabled and a GPU adapter',
+    async load() {
+      const gpu = (navigator as unknown as { gpu?: { requestAdapter(): Promise<unknown> } }).gpu;
+      if (!gpu) return { ok: false, reason: 'navigator.gpu is missing (WebGPU not supported here)' };
+      const adapter = await gpu.requestAdapter();
+      if (!adapter) return { ok: false, reason: 'no WebGPU adapter' };
+      await import('@tensorflow/tfjs-backend-webgpu');
+      return { ok: true, reason: 'WebGPU compute shaders' };
+    },
+  });
+  registerBackendCandidate({
+    name: 'webgl',
+    priority: 20,
+    hint: 'needs WebGL2 (OffscreenCanvas in a worker)',
+    async load() {
+      if (typeof OffscreenCanvas === 'undefined') return { ok: false, reason: 'OffscreenCanvas is missing' };
+      const gl = new OffscreenCanvas(1, 1).getContext('webgl2');
+      if (!gl) return { ok: false, reason: 'no WebGL2 context (GPU disabled?)' };
+      // Software rasterisers (SwiftShader) are slower than wasm: skip them under auto.
+      const dbg = gl.getExtension('WEBGL_debug_renderer_info');
+      const renderer = dbg ? String(gl.getParameter(dbg.UNMASKED_RENDERER_WEBGL)) : '';
+      if (/swiftshader|llvmpipe|software/i.test(renderer)) return { ok: false, reason: `software WebGL (${renderer})` };
+      return { ok: true, reason: `WebGL2 shaders${renderer ? ` on ${renderer}` : ''}` };
+    },
+  });
+  registerBackendCandidate({
+    name: 'wasm',
+    priority: 10,
+    async load() {
+      if (typeof WebAssembly === 'undefined') return { ok: false, reason: 'WebAssembly is missing' };
+      const [wasm, plain, simd, threaded] = await Promise.all([
+        import('@tensorflow/tfjs-backend-wasm'),
+        import('@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm.wasm?url'),
+        import('@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm?url'),
+        import('@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm?url'),
+      ]);
+      wasm.setWasmPaths({
+        'tfjs-backend-wasm.wasm': plain.default,
+        'tfjs-backend-wasm-simd.wasm': simd.default,
+        'tfjs-backend-wasm-threaded-simd.wasm': threaded.default,
+      });
+      return { ok: true, reason: 'WebAssembly kernels (SIMD when the browser has it)' };
+    },
+  });
+}
+
+export function currentBackend(): string {
+  return tf.getBackend();
+}

@@ -1,0 +1,129 @@
+/** Small canvas charts: line charts (several series) and an expert-load heatmap over time. */
+
+export interface Series {
+  name: string;
+  color: string;
+  points: [number, number][];
+  dashed?: boolean;
+}
+
+function setup(canvas: HTMLCanvasElement): CanvasRenderingContext2D {
+  const ctx = canvas.getContext('2d');
+  if (!ctx) throw new Error('canvas 2d context unavailable');
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.font = '11px system-ui, sans-serif';
+  return ctx;
+}
+
+export function lineChart(canvas: HTMLCanvasElement, series: Series[], opts: { title: string; yLabel?: string } = { title: '' }): void {
+  const ctx = setup(canvas);
+  const W = canvas.width;
+  const H = canvas.height;
+  const pad = { l: 44, r: 8, t: 18, b: 18 };
+  ctx.fillStyle = '#fff';
+  ctx.fillRect(0, 0, W, H);
+  ctx.fillStyle = '#333';
+  ctx.fillText(opts.title, pad.l, 12);
+  const all = series.flatMap((s) => s.points).filter(([, y]) => Number.isFinite(y));
+  if (all.length === 0) {
+    ctx.fillStyle = '#999';
+    ctx.fillText('no data yet', W / 2 - 25, H / 2);
+    return;
+  }
+  let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
+  let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
+  if (x1 === x0) x1 = x0 + 1;
+  if (y1 === y0) {
+    y0 -= 0.5;
+    y1 += 0.5;
+  }
+  const X = (x: number) => pad.l + ((x - x0) / (x1 - x0)) * (W - pad.l - pad.r);
+  const Y = (y: number) => H - pad.b - ((y - y0) / (y1 - y0)) * (H - pad.t - pad.b);
+  ctx.strokeStyle = '#ddd';
+  ctx.fillStyle = '#666';
+  for (let i = 0; i <= 4; i++) {
+    const y = y0 + ((y1 - y0) * i) / 4;
+    ctx.beginPath();
+    ctx.moveTo(pad.l, Y(y));
+    ctx.lineTo(W - pad.r, Y(y));
+    ctx.stroke();
+    ctx.fillText(y.toPrecision(3), 2, Y(y) + 4);
+  }
+  ctx.fillText(String(Math.round(x0)), pad.l, H - 4);
+  ctx.fillText(String(Math.round(x1)), W - pad.r - 24, H - 4);
+  let lx = W - pad.r - 4;
+  for (const s of [...series].reverse()) {
+    const w = ctx.measureText(s.name).width + 16;
+    lx -= w;
+    ctx.fillStyle = s.color;
+    ctx.fillRect(lx, 5, 10, 3);
+    ctx.fillStyle = '#333';
+    ctx.fillText(s.name, lx + 12, 12);
+  }
+  for (const s of series) {
+    const pts = s.points.filter(([, y]) => Number.isFinite(y));
+    if (!pts.length) continue;
+    ctx.strokeStyle = s.color;
+    ctx.fillStyle = s.color;
+    ctx.lineWidth = 1.5;
+    ctx.setLineDash(s.dashed ? [4, 3] : []);
+    ctx.beginPath();
+    pts.forEach(([x, y], i) => {
+      if (i) ctx.lineTo(X(x), Y(y));
+      else ctx.moveTo(X(x), Y(y));
+    });
+    ctx.stroke();
+    if (pts.length < 30) for (const [x, y] of pts) ctx.fillRect(X(x) - 1.5, Y(y) - 1.5, 3, 3);
+  }
+  ctx.setLineDash([]);
+  ctx.lineWidth = 1;
+}
+
+/** Colour of expert e of n (distinct hues), used by the heatmap legend and the token colouring. */
+export function expertColor(e: number, n: number, alpha = 1): string {
+  if (e < 0) return `rgba(200,200,200,${alpha})`;
+  const hue = Math.round((360 * e) / Math.max(1, n)) % 360;
+  return `hsla(${hue}, 70%, 55%, ${alpha})`;
+}
+
+/**
+ * Expert load over time: one column per recorded step, one row per expert; the colour is the share of
+ * the layer's assignments (white = 0, dark = twice the uniform share or more).
+ */
+export function heatmap(canvas: HTMLCanvasElement, rows: number[][], opts: { title: string; numExperts: number }): number {
+  const ctx = setup(canvas);
+  const W = canvas.width;
+  const H = canvas.height;
+  const pad = { l: 28, r: 4, t: 16, b: 4 };
+  ctx.fillStyle = '#fff';
+  ctx.fillRect(0, 0, W, H);
+  ctx.fillStyle = '#333';
+  ctx.fillText(opts.title, pad.l, 11);
+  const E = opts.numExperts;
+  if (!rows.length || E === 0) return 0;
+  const cols = Math.min(rows.length, W - pad.l - pad.r);
+  const start = rows.length - cols;
+  const cw = (W - pad.l - pad.r) / cols;
+  const ch = (H - pad.t - pad.b) / E;
+  const uniform = 1 / E;
+  let painted = 0;
+  for (let c = 0; c < cols; c++) {
+    const load = rows[start + c]!;
+    for (let e = 0; e < E; e++) {
+      const v = Math.min(1, (load[e] ?? 0) / (2 * uniform));
+      const shade = Math.round(255 * (1 - v));
+      ctx.fillStyle = `rgb(${shade},${Math.round(shade * 0.9 + 20)},255)`;
+      ctx.fillRect(pad.l + c * cw, pad.t + e * ch, Math.ceil(cw), Math.ceil(ch));
+      painted++;
+    }
+  }
+  for (let e = 0; e < E; e++) {
+    ctx.fillStyle = expertColor(e, E);
+    ctx.fillRect(2, pad.t + e * ch + 1, 8, Math.max(1, ch - 2));
+    if (ch >= 10) {
+      ctx.fillStyle = '#333';
+      ctx.fillText(String(e), 12, pad.t + e * ch + ch / 2 + 4);
+    }
+  }
+  return painted;
+}

@@ -1,0 +1,233 @@
+/**
+ * End-to-end: the built playground in a real headless Chromium (Debian's package, driven by
+ * playwright-core). Builds the app, serves dist/, picks a preset, trains a few steps (loss falls),
+ * checks the expert-load heatmap and routed-token colouring render, generates text, saves a checkpoint
+ * (two downloads) that the CLI's loader reads, loads it back into the second run (same validation
+ * loss), rejects a malformed upload with a clear message, and saves a screenshot to test-results/.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { extname, join, normalize } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { forwardContext, resolveBackend, Rng, tf } from '@moelab/core';
+import { createDefaultRegistry, loadCheckpoint } from '@moelab/node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const CHROMIUM = '/usr/bin/chromium';
+const app = fileURLToPath(new URL('..', import.meta.url));
+const dist = join(app, 'dist');
+const results = join(app, 'test-results');
+const hasChromium = existsSync(CHROMIUM);
+if (!hasChromium) console.log(`[playground e2e] skipped: ${CHROMIUM} is missing (apt-get install -y chromium)`);
+
+function newestMtime(dir: string): number {
+  let t = 0;
+  for (const f of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, f.name);
+    t = Math.max(t, f.isDirectory() ? newestMtime(p) : statSync(p).mtimeMs);
+  }
+  return t;
+}
+
+/** vite build, unless dist/ is newer than every source (the app's and the bundled packages'). */
+function buildApp(): void {
+  const sources = [join(app, 'src'), join(app, 'index.html'), ...['core', 'routers', 'experts', 'attention'].map((p) => join(app, '../../packages', p, 'src'))];
+  const newest = Math.max(...sources.map((s) => (statSync(s).isDirectory() ? newestMtime(s) : statSync(s).mtimeMs)));
+  const built = existsSync(join(dist, 'index.html')) ? statSync(join(dist, 'index.html')).mtimeMs : 0;
+  if (built > newest) return;
+  const r = spawnSync(process.execPath, [join(app, 'node_modules/vite/bin/vite.js'), 'build', '--logLevel', 'warn'], { cwd: app, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`vite build failed:\n${r.stdout}\n${r.stderr}`);
+}
+
+const MIME: Record<string, string> = {
+  '.html': 'text/html',
+  '.js': 'text/javascript',
+  '.css': 'text/css',
+  '.wasm': 'application/wasm',
+  '.txt': 'text/plain; charset=utf-8',
+  '.json': 'application/json',
+};
+
+function serve(root: string): Promise<Server> {
+  const server = createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://x');
+    const rel = normalize(decodeURIComponent(url.pathname)).replace(/^(\.\.[/\\])+/, '');
+    let file = join(root, rel);
+    if (existsSync(file) && statSync(file).isDirectory()) file = join(file, 'index.html');
+    if (!file.startsWith(root) || !existsSync(file)) {
+      res.writeHead(404).end('not found');
+      return;
+    }
+    res.writeHead(200, { 'content-type': MIME[extname(file)] ?? 'application/octet-stream' });
+    res.end(readFileSync(file));
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
+}
+
+type Snapshot = {
+  state: string;
+  backend: string;
+  losses: [number, number][];
+  evals: [number, number][];
+  speed: [number, number][];
+  layers: { layer: string; numExperts: number; recorded: number; entropy?: number }[];
+  sampleLayers: number;
+  heatPainted: number;
+  lastSaved?: { step: number; valLoss: number };
+  loaded?: { step: number; valLoss: number };
+  generated: string;
+  errors: string[];
+};
+
+describe.skipIf(!hasChromium)('playground in headless chromium', () => {
+  // biome-ignore lint/suspicious/noExplicitAny: playwright types are loaded dynamically
+  let browser: any;
+  // biome-ignore lint/suspicious/noExplicitAny: playwright page
+  let page: any;
+  let server: Server;
+  const pageErrors: string[] = [];
+
+  beforeAll(async () => {
+    buildApp();
+    server = await serve(dist);
+    const { chromium } = await import('playwright-core');
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] });
+    page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1400, height: 1100 } });
+    page.on('pageerror', (e: Error) => pageErrors.push(e.message));
+    const port = (server.address() as AddressInfo).port;
+    await page.goto(`http://127.0.0.1:${port}/?backend=wasm`);
+    await page.waitForSelector('body[data-ready=true]', { timeout: 60_000 });
+  }, 180_000);
+
+  afterAll(async () => {
+    await browser?.close();
+    await new Promise((r) => server?.close(r));
+  });
+
+  const run = (name: 'A' | 'B'): Promise<Snapshot> =>
+    page.evaluate((n: string) => (window as unknown as { playground: { runs: Record<string, () => unknown> } }).playground.runs[n]!(), name);
+
+  it('builds a preset, trains on wasm (loss falls), renders routing views, round-trips a checkpoint', async () => {
+    // Preset -> form + spec JSON + live parameter counts.
+    await page.selectOption('#preset', 'moe-micro');
+    await page.click('#use-preset');
+    await page.waitForFunction(() => document.querySelector<HTMLElement>('#summary')?.dataset.parameters);
+    const summary = await page.evaluate(() => ({ ...document.querySelector<HTMLElement>('#summary')!.dataset }));
+    expect(Number(summary.parameters)).toBeGreaterThan(Number(summary.active));
+    const specText = await page.inputValue('#spec-json');
+    expect(JSON.parse(specText).block.ffn.router.type).toBe('softmax-topk');
+    // An invalid value is explained next to its field; fixing it clears the message.
+    const k = page.locator('input[data-path="$.block.ffn.router.k"]');
+    await k.fill('two');
+    await k.dispatchEvent('change');
+    const kError = page.locator('[data-error-for="$.block.ffn.router.k"]');
+    await expect.poll(async () => kError.textContent()).toMatch(/number|integer/i);
+    await k.fill('2');
+    await k.dispatchEvent('change');
+    await expect.poll(async () => kError.textContent()).toBe('');
+    expect(JSON.parse(await page.inputValue('#spec-json')).block.ffn.router.k).toBe(2);
+
+    // Few steps, evaluation every 10.
+    await page.fill('#train-steps', '40');
+    await page.dispatchEvent('#train-steps', 'change');
+    await page.click('#run-a .build');
+    await page.waitForFunction(() => document.querySelector('#run-a .backend')?.textContent?.includes('wasm'), null, { timeout: 60_000 });
+    await page.click('#run-a .start');
+    await page.waitForFunction(
+      () => (window as unknown as { playground: { runs: Record<string, () => { state: string; errors: string[] }> } }).playground.runs.A!().state === 'done',
+      null,
+      { timeout: 150_000, polling: 500 },
+    );
+    const a = await run('A');
+    expect(a.errors).toEqual([]);
+    expect(a.backend).toBe('wasm');
+    expect(a.losses.length).toBe(40);
+    const mean = (xs: [number, number][]) => xs.reduce((s, [, y]) => s + y, 0) / xs.length;
+    expect(mean(a.losses.slice(-5))).toBeLessThan(mean(a.losses.slice(0, 5)) - 0.3);
+    expect(a.evals.at(-1)![1]).toBeLessThan(a.evals[0]![1]);
+    expect(a.speed.every(([, s]) => s > 0)).toBe(true);
+    // Two MoE layers, each with 40 recorded loads, an entropy between 0 and log 4, and a painted heatmap.
+    expect(a.layers.length).toBe(2);
+    for (const l of a.layers) {
+      expect(l.recorded).toBe(40);
+      expect(l.entropy!).toBeGreaterThan(0);
+      expect(l.entropy!).toBeLessThanOrEqual(Math.log(4) + 1e-6);
+    }
+    expect(a.heatPainted).toBe(2 * 40 * 4);
+    const inked = await page.evaluate(() => {
+      const c = document.querySelector<HTMLCanvasElement>('#run-a canvas.heat')!;
+      const d = c.getContext('2d')!.getImageData(0, 0, c.width, c.height).data;
+      let n = 0;
+      for (let i = 0; i < d.length; i += 4) if (d[i]! < 250 || d[i + 1]! < 250) n++;
+      return n;
+    });
+    expect(inked).toBeGreaterThan(500);
+    // Routed tokens: every sampled token coloured by an expert in [0, 4).
+    const experts: number[] = await page.$$eval('#run-a .sample span', (s: HTMLElement[]) => s.map((x) => Number(x.dataset.expert)));
+    expect(experts.length).toBe(32);
+    expect(experts.every((e) => e >= 0 && e < 4)).toBe(true);
+
+    // Generate.
+    await page.click('#run-a .generate');
+    await page.waitForFunction(() => (document.querySelector('#run-a pre.generated')?.textContent ?? '').length > 20, null, { timeout: 60_000 });
+
+    // Save: two downloads.
+    const ckpt = join(results, 'checkpoint');
+    mkdirSync(ckpt, { recursive: true });
+    const downloads = new Map<string, string>();
+    const got = new Promise<void>((resolve) => {
+      page.on('download', async (d: { suggestedFilename(): string; saveAs(p: string): Promise<void> }) => {
+        const p = join(ckpt, d.suggestedFilename());
+        await d.saveAs(p);
+        downloads.set(d.suggestedFilename(), p);
+        if (downloads.size === 2) resolve();
+      });
+    });
+    await page.click('#run-a .save');
+    await got;
+    expect([...downloads.keys()].sort()).toEqual(['config.json', 'model.safetensors']);
+    const saved = (await run('A')).lastSaved!;
+    expect(saved.step).toBe(40);
+
+    // The CLI's loader reads the playground's checkpoint: same validation windows -> compare logits sanity.
+    await resolveBackend('cpu');
+    const { model, config } = loadCheckpoint(ckpt, createDefaultRegistry());
+    expect(config.step).toBe(40);
+    const logits = tf.tidy(
+      () => model.forward(tf.tensor2d([[84, 104, 101, 32]], [1, 4], 'int32'), forwardContext(new Rng(0), false)).arraySync() as number[][][],
+    );
+    expect(logits[0]!.length).toBe(4);
+    expect(logits[0]![0]!.length).toBe(256);
+    model.dispose();
+
+    // A malformed upload (config.json alone, then a broken safetensors) gives a clear message.
+    await page.setInputFiles('#run-b input.load', [downloads.get('config.json')!]);
+    await page.waitForFunction(() => (document.querySelector('#run-b .run-error')?.textContent ?? '').includes('model.safetensors is missing'));
+    await page.setInputFiles('#run-b input.load', [
+      { name: 'config.json', mimeType: 'application/json', buffer: readFileSync(downloads.get('config.json')!) },
+      { name: 'model.safetensors', mimeType: 'application/octet-stream', buffer: Buffer.from('not a safetensors file at all') },
+    ]);
+    await page.waitForFunction(
+      () =>
+        /safetensors/i.test(document.querySelector('#run-b .run-error')?.textContent ?? '') &&
+        !(document.querySelector('#run-b .run-error')?.textContent ?? '').includes('is missing'),
+    );
+
+    // Load the checkpoint into run B: same step, same validation loss as run A at save time.
+    await page.setInputFiles('#run-b input.load', [downloads.get('config.json')!, downloads.get('model.safetensors')!]);
+    await page.waitForFunction(
+      () => (window as unknown as { playground: { runs: Record<string, () => { loaded?: unknown }> } }).playground.runs.B!().loaded,
+      null,
+      { timeout: 60_000 },
+    );
+    const b = await run('B');
+    expect(b.loaded!.step).toBe(40);
+    expect(b.loaded!.valLoss).toBeCloseTo(saved.valLoss, 4);
+
+    mkdirSync(results, { recursive: true });
+    await page.screenshot({ path: join(results, 'playground.png'), fullPage: true });
+    expect(pageErrors).toEqual([]);
+  }, 240_000);
+});
