@@ -35,7 +35,7 @@ Usage: moelab <command> [options]
 
 Commands:
   train [spec.json]       train a model (a spec file or --preset NAME) on --data
-  eval <checkpoint>       validation loss and perplexity of a checkpoint
+  eval <checkpoint>       validation loss and perplexity of a checkpoint (--mask mask.json: with experts masked)
   generate <checkpoint>   sample text (--prompt, --tokens, --temperature, --top-k)
   list [kind] [pattern]   registry contents (--json for machine-readable output)
   inspect <checkpoint>    spec, parameter counts and per-layer routing on a text (--text)
@@ -44,6 +44,10 @@ Commands:
   main                    the demo: compare dense-tiny and moe-tiny (what \`pnpm start\` runs)
   sweep --router a,b,c    train --preset (default moe-tiny) once per router, compare ppl, MaxVio, drops
   bench                   the PyTorch anchor's workloads on each backend (--json out.json, --only a,b, --quick, --backend a,b)
+  mask <checkpoint>       find the experts specialised in --domain LABEL, mask them, print per-domain
+                          validation perplexity before/after and write the mask (--out, default mask.json);
+                          --fraction F (default 0.1 per layer) or --threshold S, --score share-ratio|skew,
+                          --domain-tokens N (tokens per domain, default 8192)
 
 Common options:
   --backend auto|NAME     tfjs backend (auto: tensorflow > moelab-cpu > wasm > cpu)
@@ -82,6 +86,12 @@ const options = {
   router: { type: 'string' },
   quick: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
+  domain: { type: 'string' },
+  fraction: { type: 'string' },
+  threshold: { type: 'string' },
+  score: { type: 'string' },
+  mask: { type: 'string' },
+  'domain-tokens': { type: 'string' },
 } as const;
 
 type Opts = { [K in keyof typeof options]?: (typeof options)[K]['type'] extends 'boolean' ? boolean : string };
@@ -165,6 +175,24 @@ async function cmdEval(args: string[], o: Opts): Promise<void> {
   const data = new CorpusTokens(loadCorpus(o.data ?? config.train?.data ?? 'brown'));
   const { Trainer } = await import('@moelab/core');
   const seqLen = num(o.seq, 'seq') ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
+  if (o.mask) {
+    const { evaluateWithMask, maskedCount, maskOf, readMaskFile } = await import('./specialise.js');
+    const file = readMaskFile(o.mask);
+    const ev = evaluateWithMask(model, data, {
+      seed: config.seed ?? 0,
+      seqLen,
+      batchSize: num(o.batch, 'batch') ?? 16,
+      batches: num(o['eval-batches'], 'eval-batches') ?? 16,
+      mask: maskOf(file),
+    });
+    const masked = { file: o.mask, domain: file.domain, experts: maskedCount(file), layers: Object.keys(file.layers).length };
+    if (o.json) process.stdout.write(`${JSON.stringify({ ...ev, step: config.step, masked })}\n`);
+    else
+      process.stdout.write(
+        `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/byte (${masked.experts} experts masked in ${masked.layers} layers, domain "${file.domain}")\n`,
+      );
+    return;
+  }
   const ev = new Trainer(model, data, {
     seqLen,
     batchSize: num(o.batch, 'batch') ?? 16,
@@ -176,6 +204,59 @@ async function cmdEval(args: string[], o: Opts): Promise<void> {
     process.stdout.write(
       `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/byte\n`,
     );
+}
+
+async function cmdMask(args: string[], o: Opts): Promise<void> {
+  if (!args[0] || !o.domain)
+    throw new MoelabError(
+      'usage: moelab mask <checkpoint-dir> --domain LABEL [--data brown|sotu|PATH] [--fraction 0.1 | --threshold S] [--score share-ratio|skew] [--out mask.json]',
+    );
+  const sp = await import('./specialise.js');
+  const score = (o.score ?? 'share-ratio') as import('./specialise.js').SpecialisationScore;
+  if (!sp.SPECIALISATION_SCORES.includes(score)) throw new MoelabError(`--score must be one of ${sp.SPECIALISATION_SCORES.join(', ')}, got "${o.score}"`);
+  const fraction = num(o.fraction, 'fraction', false);
+  const threshold = num(o.threshold, 'threshold', false);
+  if (fraction !== undefined && threshold !== undefined) throw new MoelabError('give --fraction or --threshold, not both');
+  if (fraction !== undefined && !(fraction > 0 && fraction <= 1)) throw new MoelabError(`--fraction must be in (0, 1], got ${fraction}`);
+  await backend(o, o.json);
+  const { model, config } = loadCheckpoint(args[0], createDefaultRegistry());
+  const dataName = o.data ?? config.train?.data ?? 'brown';
+  const corpus = loadCorpus(dataName);
+  const level = sp.labelLevel(corpus, o.domain);
+  const maskable = sp.maskableLayers(model);
+  if (maskable.size === 0) throw new MoelabError('the model has no layer whose experts can be masked (moe, monet, peer, fff)', args[0]);
+  const seqLen = num(o.seq, 'seq') ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
+  const common = { seqLen, level, maxTokens: num(o['domain-tokens'], 'domain-tokens') ?? 8192, batchSize: num(o.batch, 'batch') ?? 8 };
+  const stats = sp.collectDomainRouting(model, corpus, { ...common, split: 'train' });
+  const file = { ...sp.selectExperts(stats, o.domain, maskable, { score, fraction, threshold }), data: dataName };
+  const before = sp.evaluateDomains(model, corpus, { ...common, split: 'val' });
+  const after = sp.evaluateDomains(model, corpus, { ...common, split: 'val', mask: sp.maskOf(file) });
+  const out = resolve(o.out ?? 'mask.json');
+  sp.writeMaskFile(out, file);
+  const total = [...maskable.values()].reduce((a, l) => a + l.numExperts, 0);
+  const rise = (i: number) => after[i]!.perplexity / before[i]!.perplexity - 1;
+  const target = before.findIndex((b) => b.domain === o.domain);
+  const others = before.map((_, i) => i).filter((i) => i !== target);
+  const meanOthers = others.reduce((a, i) => a + rise(i), 0) / Math.max(1, others.length);
+  if (o.json) {
+    const domains = before.map((b, i) => ({ ...b, maskedLoss: after[i]!.loss, maskedPerplexity: after[i]!.perplexity }));
+    process.stdout.write(`${JSON.stringify({ mask: out, ...file, maskedExperts: sp.maskedCount(file), totalExperts: total, domains }, null, 2)}\n`);
+    return;
+  }
+  const how = threshold !== undefined ? `threshold ${threshold}` : `fraction ${file.fraction}`;
+  process.stdout.write(
+    `masked ${sp.maskedCount(file)} of ${total} experts in ${Object.keys(file.layers).length} layers for "${o.domain}" (${score}, ${how}; statistics on the train split, at most ${common.maxTokens} tokens per domain)\n`,
+  );
+  for (const [layer, ids] of Object.entries(file.layers)) process.stdout.write(`  ${layer}: ${ids.length ? ids.join(',') : '(none)'}\n`);
+  const pct = (x: number) => `${x >= 0 ? '+' : ''}${(100 * x).toFixed(2)}%`;
+  process.stdout.write('\nvalidation perplexity per domain (* = masked domain):\n');
+  process.stdout.write(
+    `${formatTable(
+      ['domain', 'tokens', 'ppl before', 'ppl masked', 'change'],
+      before.map((b, i) => [`${i === target ? '* ' : ''}${b.domain}`, b.tokens, b.perplexity.toFixed(3), after[i]!.perplexity.toFixed(3), pct(rise(i))]),
+    )}\n`,
+  );
+  process.stdout.write(`\n"${o.domain}": ${pct(rise(target))}; other domains: mean ${pct(meanOthers)}\nmask: ${out}\n`);
 }
 
 async function cmdGenerate(args: string[], o: Opts): Promise<void> {
@@ -312,6 +393,9 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     case 'eval':
       await cmdEval(args, o);
+      return 0;
+    case 'mask':
+      await cmdMask(args, o);
       return 0;
     case 'generate':
       await cmdGenerate(args, o);

@@ -14,3 +14,4 @@ export * from './verify.js';
 export * from './progress.js';
 export * from './table.js';
 export * from './sweep.js';
+export * from './specialise.js';

@@ -7,6 +7,7 @@
  */
 import type { ForwardContext, RoutingStats } from '../module.js';
 import { Module } from '../module.js';
+import { MoelabError } from '../errors.js';
 import { tf } from '../tf.js';
 import { capacityMask, DispatchPlan, type DropPolicy, dropPriority, expertCapacity } from './dispatch.js';
 
@@ -149,10 +150,13 @@ export class MoELayer extends Module implements FeedForward {
 
   /** Routers that mix tokens or parameters (Soft MoE, SMEAR, MoT) compute the routed output themselves. */
   private forwardMix(x: tf.Tensor, flat: tf.Tensor2D, routerIn: tf.Tensor2D, ctx: ForwardContext): tf.Tensor {
-    const res = this.router.mix!(flat, routerIn, this.experts, ctx, { batchShape: x.shape.slice(0, -1) });
+    const masked = this.maskedExperts(ctx);
+    const bank = masked && masked.size > 0 ? maskedExpertBank(this.experts, masked) : this.experts;
+    const res = this.router.mix!(flat, routerIn, bank, ctx, { batchShape: x.shape.slice(0, -1) });
     const out = this.addShared(flat, res.output, ctx);
     const E = this.experts.numExperts;
-    const counts = res.counts ?? new Array<number>(E).fill(0);
+    const counts = res.counts ? res.counts.slice() : new Array<number>(E).fill(0);
+    if (masked) for (const e of masked) if (e >= 0 && e < E) counts[e] = 0;
     const total = counts.reduce((a, b) => a + b, 0) || 1;
     const stats: RoutingStats = {
       layer: this.path,
@@ -187,7 +191,12 @@ export class MoELayer extends Module implements FeedForward {
 
   private maskedExperts(ctx: ForwardContext): Set<number> | undefined {
     if (!ctx.expertMask) return undefined;
-    return ctx.expertMask.get(this.path);
+    const masked = ctx.expertMask.get(this.path);
+    const E = this.experts.numExperts;
+    if (masked)
+      for (const id of masked)
+        if (!Number.isInteger(id) || id < 0 || id >= E) throw new MoelabError(`expert mask id ${id} is out of range [0, ${E}) for this moe layer`, this.path);
+    return masked;
   }
 
   private record(ctx: ForwardContext, plan: DispatchPlan, assigned: number, routed: RouteResult): void {
@@ -255,6 +264,30 @@ export class MoELayer extends Module implements FeedForward {
   override macsPerToken(_seqLen: number): number {
     return this.activeParameterCount();
   }
+}
+
+/**
+ * The expert bank as a mixing router (Soft MoE, SMEAR, Mixture of Tokens) sees it when experts are masked
+ * (specs/monet.md §9 reading: the removed expert's contribution is zeroed, the rest is not renormalised):
+ * `apply` drops the plan's assignments to masked experts (their slots / mixed tokens produce zeros),
+ * `applyMerged` zeroes the masked experts' merge weights. Masked experts then get no input and zero gradient.
+ */
+export function maskedExpertBank(bank: ExpertBank, masked: Set<number>): ExpertBank {
+  const E = bank.numExperts;
+  for (const id of masked)
+    if (!Number.isInteger(id) || id < 0 || id >= E) throw new MoelabError(`expert mask id ${id} is out of range [0, ${E}) for this expert bank`, bank.path);
+  const view = Object.create(bank) as ExpertBank;
+  view.apply = (x, plan, weight, ctx) => {
+    const keep = new Uint8Array(plan.size);
+    for (let n = 0; n < plan.size; n++) keep[n] = masked.has(plan.expertIndex[n]!) ? 0 : 1;
+    const { plan: kept, kept: ids } = plan.filter(keep);
+    return bank.apply(x, kept, weight ? tf.gather(weight, tf.tensor1d(ids, 'int32')) : null, ctx);
+  };
+  if (bank.applyMerged) {
+    const keep = Float32Array.from({ length: E }, (_, e) => (masked.has(e) ? 0 : 1));
+    view.applyMerged = (x, mergeWeight, group, ctx) => bank.applyMerged!(x, tf.mul(mergeWeight, tf.tensor2d(keep, [1, E])) as tf.Tensor2D, group, ctx);
+  }
+  return view;
 }
 
 /**
