@@ -32,5 +32,4 @@ export default defineConfig({
   worker: { format: 'es' },
   build: { target: 'es2022', chunkSizeWarningLimit: 8000, sourcemap: false },
   server: { fs: { allow: [fileURLToPath(new URL('../..', import.meta.url))] } },
-  optimizeDeps: { exclude: ['@tensorflow/tfjs-backend-wasm'] },
 });

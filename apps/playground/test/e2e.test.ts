@@ -33,7 +33,12 @@ function newestMtime(dir: string): number {
 
 /** vite build, unless dist/ is newer than every source (the app's and the bundled packages'). */
 function buildApp(): void {
-  const sources = [join(app, 'src'), join(app, 'index.html'), ...['core', 'routers', 'experts', 'attention'].map((p) => join(app, '../../packages', p, 'src'))];
+  const sources = [
+    join(app, 'src'),
+    join(app, 'index.html'),
+    join(app, 'vite.config.ts'),
+    ...['core', 'routers', 'experts', 'attention'].map((p) => join(app, '../../packages', p, 'src')),
+  ];
   const newest = Math.max(...sources.map((s) => (statSync(s).isDirectory() ? newestMtime(s) : statSync(s).mtimeMs)));
   const built = existsSync(join(dist, 'index.html')) ? statSync(join(dist, 'index.html')).mtimeMs : 0;
   if (built > newest) return;
@@ -128,6 +133,17 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     await k.dispatchEvent('change');
     await expect.poll(async () => kError.textContent()).toBe('');
     expect(JSON.parse(await page.inputValue('#spec-json')).block.ffn.router.k).toBe(2);
+
+    // The spec JSON and the form stay in sync both ways: editing the JSON re-renders the form and counts.
+    const edited = JSON.parse(await page.inputValue('#spec-json'));
+    edited.dModel = 48;
+    await page.fill('#spec-json', JSON.stringify(edited));
+    await expect.poll(async () => page.inputValue('input[data-path="$.dModel"]')).toBe('48');
+    await expect.poll(async () => Number(await page.getAttribute('#summary', 'data-parameters'))).toBeGreaterThan(Number(summary.parameters));
+    await page.fill('#spec-json', '{ "type": ');
+    await expect.poll(async () => page.textContent('#spec-error')).toMatch(/spec JSON: /);
+    await page.click('#use-preset');
+    await expect.poll(async () => Number(await page.getAttribute('#summary', 'data-parameters'))).toBe(Number(summary.parameters));
 
     // Few steps, evaluation every 10.
     await page.fill('#train-steps', '40');
