@@ -86,7 +86,9 @@ export function sparseMixerWeights(logits: tf.Tensor2D, chosen: Int32Array, mask
   const f = tf.customGrad(((z: tf.Tensor, save: tf.GradSaveFunc) => {
     const pis = maskT.map((m) => tf.softmax(tf.add(z, m)) as tf.Tensor2D);
     const pd = pis.map((p, s) => tf.sum(tf.mul(p, oneHots[s]!), 1));
-    save([...pis, ...pd]);
+    // the one-hot selections go through `save` too: tensors only captured by the closure are disposed
+    // when the forward scope of tf.grad / variableGrads ends, before the backward pass runs
+    save([...pis, ...pd, ...oneHots]);
     const value = tf.stack(
       pd.map((p, s) => tf.mul(p, omegaT[s]!)),
       1,
@@ -99,7 +101,7 @@ export function sparseMixerWeights(logits: tf.Tensor2D, chosen: Int32Array, mask
           const pi = saved[s]!;
           const piD = saved[k + s]!;
           const up = tf.mul(tf.reshape(tf.slice(dy, [0, s], [T, 1]), [T]), piD);
-          g = tf.add(g, tf.mul(tf.reshape(up, [T, 1]), tf.sub(oneHots[s]!, pi)));
+          g = tf.add(g, tf.mul(tf.reshape(up, [T, 1]), tf.sub(saved[2 * k + s]!, pi)));
         }
         return [g];
       },
