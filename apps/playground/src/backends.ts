@@ -8,6 +8,12 @@ import { registerBackendCandidate, tf } from '@moelab/core';
 export const BACKEND_CHOICES = ['auto', 'webgpu', 'webgl', 'wasm', 'cpu'] as const;
 
 let registered = false;
+let allowSoftwareWebGL = false;
+
+/** Under `auto`, software WebGL is skipped (slower than wasm); asking for `webgl` by name allows it. */
+export function setAllowSoftwareWebGL(allow: boolean): void {
+  allowSoftwareWebGL = allow;
+}
 
 export function registerBrowserBackends(): void {
   if (registered) return;
@@ -22,6 +28,8 @@ export function registerBrowserBackends(): void {
       const adapter = await gpu.requestAdapter();
       if (!adapter) return { ok: false, reason: 'no WebGPU adapter' };
       await import('@tensorflow/tfjs-backend-webgpu');
+      const bad = await readBackCheck('webgpu');
+      if (bad) return { ok: false, reason: bad };
       return { ok: true, reason: 'WebGPU compute shaders' };
     },
   });
@@ -36,7 +44,9 @@ export function registerBrowserBackends(): void {
       // Software rasterisers (SwiftShader) are slower than wasm: skip them under auto.
       const dbg = gl.getExtension('WEBGL_debug_renderer_info');
       const renderer = dbg ? String(gl.getParameter(dbg.UNMASKED_RENDERER_WEBGL)) : '';
-      if (/swiftshader|llvmpipe|software/i.test(renderer)) return { ok: false, reason: `software WebGL (${renderer})` };
+      if (!allowSoftwareWebGL && /swiftshader|llvmpipe|software/i.test(renderer)) return { ok: false, reason: `software WebGL (${renderer})` };
+      const bad = await readBackCheck('webgl');
+      if (bad) return { ok: false, reason: bad };
       return { ok: true, reason: `WebGL2 shaders${renderer ? ` on ${renderer}` : ''}` };
     },
   });
@@ -59,6 +69,24 @@ export function registerBrowserBackends(): void {
       return { ok: true, reason: 'WebAssembly kernels (SIMD when the browser has it)' };
     },
   });
+}
+
+/**
+ * Make `name` the tfjs backend and check that synchronous read-back (the trainer reads losses and
+ * routing decisions with dataSync) returns correct numbers; some GPU paths return zeros.
+ */
+async function readBackCheck(name: string): Promise<string | undefined> {
+  const previous = tf.getBackend();
+  try {
+    if (!(await tf.setBackend(name))) return 'tfjs could not initialise it';
+    const got = tf.tidy(() => Array.from(tf.matMul(tf.tensor2d([1, 2, 3, 4], [2, 2]), tf.tensor2d([5, 6], [2, 1])).dataSync()));
+    if (got[0] !== 17 || got[1] !== 39) return `synchronous read-back gave wrong values ([${got.join(', ')}] instead of [17, 39])`;
+    return undefined;
+  } catch (e) {
+    return `self-test failed: ${(e as Error).message.split('\n')[0]}`;
+  } finally {
+    if (previous && previous !== name) await tf.setBackend(previous);
+  }
 }
 
 export function currentBackend(): string {

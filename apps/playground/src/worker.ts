@@ -18,7 +18,7 @@ import {
   Trainer,
   type TrainConfig,
 } from '@moelab/core';
-import { registerBrowserBackends } from './backends.js';
+import { registerBrowserBackends, setAllowSoftwareWebGL } from './backends.js';
 import { checkpointFiles, loadCheckpointFiles } from './checkpoint.js';
 import { TextTokens } from './data.js';
 import type { FromWorker, LayerRouting, RunState, ToWorker, TokenRouting } from './protocol.js';
@@ -47,6 +47,7 @@ function setState(s: RunState): void {
 
 async function useBackend(request: string): Promise<{ name: string; reason: string }> {
   registerBrowserBackends();
+  setAllowSoftwareWebGL(request === 'webgl');
   if (backendChosen && (request === 'auto' || request === backendChosen)) return { name: backendChosen, reason: 'already initialised' };
   const choice = await resolveBackend(request);
   backendChosen = choice.name;
