@@ -1,5 +1,6 @@
 /**
- * Sigma top-k router: the router of sigma-MoE and MoEUT (Csordás et al. 2023, 2024).
+ * Sigma top-k router: the router of sigma-MoE and MoEUT (Csordás et al. 2023, 2024); specs/routers.md R6, specified in
+ * depth in specs/moeut.md §2.
  *
  *   l = W s                                  W = `expert_sel` [E, d], s = the router input
  *   S = top-k(l)                             (= top-k of σ(l); training-time expert dropout masks l first)
@@ -182,7 +183,7 @@ export const sigmaTopK = defineEntry({
   kind: 'router',
   name: 'sigma-topk',
   description: 'Sigmoid gates, top-k on logits, no renormalisation (sigma-MoE / MoEUT); entropy balancing per sequence or global, expert dropout.',
-  reference: 'specs/moeut.md §2.2-2.5, §4.4',
+  reference: 'specs/routers.md R6; specs/moeut.md §2.2-2.5, §4.4',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 4, description: 'experts per token' }),

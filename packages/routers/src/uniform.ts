@@ -3,8 +3,8 @@
  * `uniform_expert_assignment`, Megatron `moe_router_force_load_balancing`), for benchmarks and as the
  * "no learned routing" control of a sweep.
  *
- *   random:      each token gets k distinct experts drawn uniformly (from the forward RNG), weight 1/k
- *   round-robin: token n gets experts (n·k + s) mod E, s < k: deterministic, exactly balanced
+ *   random:      I_t = k distinct experts drawn uniformly (from the forward RNG),  g_t,e = 1/k
+ *   round-robin: I_t = { (t·k + s) mod E : s < k },  g_t,e = 1/k  (deterministic, exactly balanced)
  */
 import { Config, defineEntry, type ForwardContext, Module, type RouteResult, type Router, Type, tf } from '@moelab/core';
 import { checkK, planFromChoices } from './common.js';

@@ -1,0 +1,114 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { buildModel, forwardContext, type LanguageModel, type Module, type MoELayer, Rng, type Router, routingMetrics, tf } from '@moelab/core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { makeFFN, makeRouter, registry, tinyLM } from '../test/helpers.js';
+import { routers } from './index.js';
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+});
+
+const dir = fileURLToPath(new URL('.', import.meta.url));
+
+describe('the router catalogue', () => {
+  it('every entry declares causalSafe / batchDependent flags and a spec reference; built routers carry the same flags', () => {
+    for (const e of routers.entries) {
+      expect(e.flags, e.name).toEqual({ causalSafe: expect.any(Boolean), batchDependent: expect.any(Boolean) });
+      expect(e.reference, e.name).toMatch(/specs\/routers\.md (R\d+|§\d)/);
+      if (e.kind !== 'router') continue;
+      const r = makeRouter<Router>({ type: e.name }, 8, 8, { vocabSize: 16, contextLength: 8 });
+      expect(r.flags, e.name).toEqual(e.flags);
+      expect(r.numExperts).toBe(8);
+    }
+  });
+
+  it('every router source file opens with a doc comment giving its equation and its spec section', () => {
+    const files = readdirSync(dir).filter((f) => f.endsWith('.ts') && !f.endsWith('.test.ts') && !['index.ts', 'common.ts', 'balance.ts'].includes(f));
+    expect(files.length).toBeGreaterThanOrEqual(18);
+    for (const f of files) {
+      const src = readFileSync(`${dir}${f}`, 'utf8');
+      expect(src.startsWith('/**'), f).toBe(true);
+      const doc = src.slice(0, src.indexOf('*/'));
+      expect(doc, f).toMatch(/specs\/routers\.md/);
+      expect(doc, f).toMatch(/[=≈]/); // an equation
+    }
+  });
+
+  it('every catalogue entry of the spec (§5) that can be specified is registered', () => {
+    const names = new Set(routers.entries.map((e) => e.name));
+    // spec id -> registry name
+    const spec: Record<string, string> = {
+      R1: 'noisy-topk',
+      R2: 'softmax-topk',
+      R3: 'switch',
+      R4: 'gshard-top2',
+      R5: 'st-moe',
+      R6: 'sigma-topk',
+      R7: 'expert-choice',
+      R8: 'hash',
+      R9: 'deepseek-moe',
+      R10: 'deepseek-v3',
+      R11: 'topk-sigmoid-normalised',
+      R12: 'top-p',
+      R13: 'threshold',
+      R14: 'relu',
+      R15: 'soft-moe',
+      R16: 'smear',
+      R17: 'mixture-of-tokens',
+      R18: 'sparsemixer',
+      R19: 'aoe',
+      R21: 'chain-of-experts',
+      'R24 cosine': 'cosine-topk',
+      'R24 sinkhorn': 'sinkhorn',
+      'R24 uniform': 'uniform',
+    };
+    for (const [id, name] of Object.entries(spec)) expect(names.has(name), `${id} ${name}`).toBe(true);
+  });
+});
+
+describe('routing metrics (§7, checklist 12)', () => {
+  const layer = (router: Record<string, unknown>) => makeFFN<MoELayer>({ type: 'moe', experts: 4, router, expert: { type: 'mlp', hidden: 8 } }, 8);
+  const metrics = (router: Record<string, unknown>, x: tf.Tensor) => {
+    const ctx = forwardContext(new Rng(1), false);
+    layer(router).forward(x, ctx);
+    return routingMetrics(ctx.routing[0]!);
+  };
+
+  it('load fractions sum to 1; CV and MaxVio are 0 for exactly balanced routing and positive otherwise; entropies ≤ 1', () => {
+    const x = tf.tensor3d(new Rng(1).normalArray(2 * 8 * 8), [2, 8, 8]);
+    const rr = metrics({ type: 'uniform', k: 1, mode: 'round-robin' }, x);
+    expect(rr.cv).toBe(0);
+    expect(rr.maxVio).toBe(0);
+    expect(rr.loadEntropy).toBeCloseTo(1, 9);
+    const sk = metrics({ type: 'softmax-topk', k: 2 }, x);
+    for (const m of [rr, sk]) expect(m.loadFraction.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 9);
+    expect(sk.cv).toBeGreaterThan(0);
+    expect(sk.maxVio).toBeGreaterThan(0);
+    expect(sk.maxOverMean).toBeCloseTo(1 + sk.maxVio, 9);
+    for (const v of [sk.routingEntropy!, sk.marginalEntropy!, sk.loadEntropy]) {
+      expect(v).toBeGreaterThan(0);
+      expect(v).toBeLessThanOrEqual(1 + 1e-9);
+    }
+    expect(sk.zLoss).toBeGreaterThan(0);
+    expect(sk.expertsPerTokenMin).toBe(2);
+    expect(sk.expertsPerTokenMax).toBe(2);
+  });
+
+  it('computing statistics and recording assignments does not change the model output', () => {
+    const model = buildModel<Module & LanguageModel>(tinyLM({ type: 'softmax-topk', k: 2 }), registry(), 3);
+    const ids = tf.tensor2d(
+      Int32Array.from({ length: 24 }, (_, i) => (i * 5) % 16),
+      [2, 12],
+      'int32',
+    );
+    const a = model.forward(ids, forwardContext(new Rng(1), false)).dataSync();
+    const ctx = forwardContext(new Rng(1), false, { assignments: new Map() });
+    const b = model.forward(ids, ctx).dataSync();
+    routingMetrics(ctx.routing[0]!);
+    const c = model.forward(ids, forwardContext(new Rng(1), false)).dataSync();
+    expect(Array.from(b)).toEqual(Array.from(a));
+    expect(Array.from(c)).toEqual(Array.from(a));
+    expect(ctx.assignments!.size).toBe(1);
+  });
+});
