@@ -46,7 +46,8 @@ Commands:
   bench                   the PyTorch anchor's workloads on each backend (--json out.json, --only a,b, --quick, --backend a,b)
   mask <checkpoint>       find the experts specialised in --domain LABEL, mask them, print per-domain
                           validation perplexity before/after and write the mask (--out, default mask.json);
-                          --fraction F (default 0.1 per layer) or --threshold S, --score share-ratio|skew,
+                          --fraction F (default 0.1 per layer) or --threshold S, --score share-diff|share-ratio|skew,
+                          --min-share X (candidates carry >= X of the domain's assignments; default 0.5/E),
                           --domain-tokens N (tokens per domain, default 8192)
 
 Common options:
@@ -92,6 +93,7 @@ const options = {
   score: { type: 'string' },
   mask: { type: 'string' },
   'domain-tokens': { type: 'string' },
+  'min-share': { type: 'string' },
 } as const;
 
 type Opts = { [K in keyof typeof options]?: (typeof options)[K]['type'] extends 'boolean' ? boolean : string };
@@ -209,13 +211,15 @@ async function cmdEval(args: string[], o: Opts): Promise<void> {
 async function cmdMask(args: string[], o: Opts): Promise<void> {
   if (!args[0] || !o.domain)
     throw new MoelabError(
-      'usage: moelab mask <checkpoint-dir> --domain LABEL [--data brown|sotu|PATH] [--fraction 0.1 | --threshold S] [--score share-ratio|skew] [--out mask.json]',
+      'usage: moelab mask <checkpoint-dir> --domain LABEL [--data brown|sotu|PATH] [--fraction 0.1 | --threshold S] [--score share-diff|share-ratio|skew] [--out mask.json]',
     );
   const sp = await import('./specialise.js');
-  const score = (o.score ?? 'share-ratio') as import('./specialise.js').SpecialisationScore;
+  const score = (o.score ?? 'share-diff') as import('./specialise.js').SpecialisationScore;
   if (!sp.SPECIALISATION_SCORES.includes(score)) throw new MoelabError(`--score must be one of ${sp.SPECIALISATION_SCORES.join(', ')}, got "${o.score}"`);
   const fraction = num(o.fraction, 'fraction', false);
   const threshold = num(o.threshold, 'threshold', false);
+  const minShare = num(o['min-share'], 'min-share', false);
+  if (minShare !== undefined && !(minShare >= 0 && minShare <= 1)) throw new MoelabError(`--min-share must be in [0, 1], got ${minShare}`);
   if (fraction !== undefined && threshold !== undefined) throw new MoelabError('give --fraction or --threshold, not both');
   if (fraction !== undefined && !(fraction > 0 && fraction <= 1)) throw new MoelabError(`--fraction must be in (0, 1], got ${fraction}`);
   await backend(o, o.json);
@@ -228,7 +232,7 @@ async function cmdMask(args: string[], o: Opts): Promise<void> {
   const seqLen = num(o.seq, 'seq') ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
   const common = { seqLen, level, maxTokens: num(o['domain-tokens'], 'domain-tokens') ?? 8192, batchSize: num(o.batch, 'batch') ?? 8 };
   const stats = sp.collectDomainRouting(model, corpus, { ...common, split: 'train' });
-  const file = { ...sp.selectExperts(stats, o.domain, maskable, { score, fraction, threshold }), data: dataName };
+  const file = { ...sp.selectExperts(stats, o.domain, maskable, { score, fraction, threshold, minShare }), data: dataName };
   const before = sp.evaluateDomains(model, corpus, { ...common, split: 'val' });
   const after = sp.evaluateDomains(model, corpus, { ...common, split: 'val', mask: sp.maskOf(file) });
   const out = resolve(o.out ?? 'mask.json');

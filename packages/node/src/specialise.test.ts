@@ -274,6 +274,8 @@ describe('per-domain routing statistics', () => {
     const share = specialisationScores(layer, domains, 'a', 'share-ratio');
     // (c+1)/(40+4) over (rest+1)/(80+4)
     expect(Array.from(share)).toEqual([31 / 44 / (11 / 84), 11 / 44 / (21 / 84), 1 / 44 / (21 / 84), 1 / 44 / (31 / 84)].map((x) => expect.closeTo(x, 12)));
+    const diff = specialisationScores(layer, domains, 'a');
+    expect(Array.from(diff)).toEqual([0.75 - 10 / 80, 0.25 - 20 / 80, 0 - 20 / 80, 0 - 30 / 80].map((x) => expect.closeTo(x, 12)));
     const skew = specialisationScores(layer, domains, 'a', 'skew');
     expect(Array.from(skew)).toEqual([6, 1, 0, 0]);
     const maskable = new Map([['l', { path: 'l', numExperts: 4, kind: 'moe' as const }]]);
@@ -285,6 +287,24 @@ describe('per-domain routing statistics', () => {
     expect(selectExperts(stats, 'b', maskable, { score: 'skew', threshold: 1 }).layers).toEqual({ l: [1, 2, 3] });
     // only experts routed to more often on the domain than elsewhere are candidates
     expect(selectExperts(stats, 'b', maskable, { fraction: 1 }).layers.l).not.toContain(0);
+    expect(selectExperts(stats, 'a', maskable, { score: 'share-ratio', fraction: 0.5 }).layers).toEqual({ l: [0] });
+    // an expert seen once on the domain and never elsewhere wins the ratio, but carries too little of the domain's traffic
+    const rare: LayerDomainCounts = {
+      layer: 'l',
+      numExperts: 4,
+      counts: [
+        [100, 1, 50, 49],
+        [100, 0, 100, 100],
+      ],
+      tokens: [100, 100],
+    };
+    const rareStats = { domains: ['a', 'b'], tokens: [100, 100], layers: [rare] };
+    const ratio = specialisationScores(rare, ['a', 'b'], 'a', 'share-ratio');
+    expect(ratio[1]).toBeGreaterThan(ratio[0]!);
+    expect(selectExperts(rareStats, 'a', maskable, { score: 'share-ratio', fraction: 0.25, minShare: 0 }).layers).toEqual({ l: [1] });
+    expect(selectExperts(rareStats, 'a', maskable, { score: 'share-ratio', fraction: 0.25 }).layers).toEqual({ l: [0] });
+    expect(selectExperts(rareStats, 'a', maskable, { fraction: 0.5 }).layers).toEqual({ l: [0] });
+    expect(selectExperts(rareStats, 'a', maskable, { fraction: 0.5, minShare: 0 }).layers).toEqual({ l: [0, 1] });
     // layers that cannot be masked are skipped
     expect(selectExperts(stats, 'a', new Map(), {}).layers).toEqual({});
     expect(() => specialisationScores(layer, domains, 'z')).toThrow(/unknown domain "z"; domains: a, b, c/);

@@ -8,7 +8,10 @@
  *    number of assignments c_d(e) the router made on the tokens of domain d (its intended assignments,
  *    before capacity drops; soft mixers report their per-expert mass), and n_d the tokens seen.
  * 2. Specialisation score of expert e for the target domain D (option `score`):
- *    - `share-ratio` (default): the expert's share of D's assignments over its share of all other
+ *    - `share-diff` (default): how much more of D's traffic the expert carries than of the rest's,
+ *        s(e) = c_D(e) / C_D − c_¬D(e) / C_¬D,   C = Σ_e c,  ¬D = all other domains pooled
+ *      (favours experts that are both busy on D and specific to it: masking them costs D the most).
+ *    - `share-ratio`: the expert's share of D's assignments over its share of all other
  *      domains' assignments, with add-one smoothing:
  *        s(e) = [(c_D(e) + 1) / (C_D + E)] / [(c_¬D(e) + 1) / (C_¬D + E)],   C = Σ_e c
  *      (> 1: routed to more often on D than elsewhere; pools the other domains, so it is robust when
@@ -17,8 +20,11 @@
  *      highest frequency on any other domain, s(e) = f_D(e) / max_{d≠D} f_d(e), f_d = c_d / n_d;
  *      the paper masks experts with s ≥ 2. We count hard assignments (MONET's composed expert (i, j)
  *      counts once per token when some head selected i and j), not the soft score G.
- * 3. Selection, per layer: `threshold` t → every expert with s(e) ≥ t that D routed to; otherwise
- *    `fraction` f → the max(1, round(f·E)) highest-scoring experts among those with s(e) > 1.
+ * 3. Selection, per layer, among the experts that carry at least `minShare` of D's assignments
+ *    (default 0.5 / E: half the uniform share; without it the ratio scores are dominated by experts
+ *    seen a handful of times on D and never elsewhere — measured: masking those changes nothing):
+ *    `threshold` t → every candidate with s(e) ≥ t; otherwise `fraction` f → the max(1, round(f·E))
+ *    highest-scoring candidates that lean towards D (s > 0 for share-diff, s > 1 for the ratios).
  * 4. Masking: `ForwardContext.expertMask` (layer path → expert ids). Honoured by the `moe` layer for
  *    every router (assignment routers drop the assignments; Soft MoE / SMEAR / Mixture of Tokens see a
  *    bank whose masked experts output zeros / have zero merge weight), MONET (G' = G ⊙ M), PEER (removed
@@ -31,8 +37,8 @@ import { FFFLayer, MonetLayer, PEERLayer } from '@moelab/experts';
 import type { Model } from './checkpoint.js';
 import { type Corpus, CorpusTokens, type Document } from './corpus.js';
 
-export type SpecialisationScore = 'share-ratio' | 'skew';
-export const SPECIALISATION_SCORES: readonly SpecialisationScore[] = ['share-ratio', 'skew'];
+export type SpecialisationScore = 'share-diff' | 'share-ratio' | 'skew';
+export const SPECIALISATION_SCORES: readonly SpecialisationScore[] = ['share-diff', 'share-ratio', 'skew'];
 
 export const MASK_FORMAT = 'moelab-expert-mask-v1';
 
@@ -187,21 +193,22 @@ export function collectDomainRouting(model: Model, corpus: Corpus, o: DomainStat
 }
 
 /** Specialisation score s(e) of every expert of one layer for `domain` (see the file comment). */
-export function specialisationScores(layer: LayerDomainCounts, domains: string[], domain: string, score: SpecialisationScore = 'share-ratio'): Float64Array {
+export function specialisationScores(layer: LayerDomainCounts, domains: string[], domain: string, score: SpecialisationScore = 'share-diff'): Float64Array {
   const D = domains.indexOf(domain);
   if (D < 0) throw new MoelabError(`unknown domain "${domain}"; domains: ${domains.join(', ')}`);
   if (domains.length < 2) throw new MoelabError('specialisation needs at least two domains');
   const E = layer.numExperts;
   const out = new Float64Array(E);
   const target = layer.counts[D]!;
-  if (score === 'share-ratio') {
+  if (score === 'share-ratio' || score === 'share-diff') {
     const rest = new Float64Array(E);
     layer.counts.forEach((row, d) => {
       if (d !== D) for (let e = 0; e < E; e++) rest[e]! += row[e]!;
     });
     const cD = target.reduce((a, b) => a + b, 0);
     const cR = rest.reduce((a, b) => a + b, 0);
-    for (let e = 0; e < E; e++) out[e] = (target[e]! + 1) / (cD + E) / ((rest[e]! + 1) / (cR + E));
+    for (let e = 0; e < E; e++)
+      out[e] = score === 'share-diff' ? target[e]! / Math.max(1, cD) - rest[e]! / Math.max(1, cR) : (target[e]! + 1) / (cD + E) / ((rest[e]! + 1) / (cR + E));
     return out;
   }
   if (score === 'skew') {
@@ -219,8 +226,10 @@ export function specialisationScores(layer: LayerDomainCounts, domains: string[]
 
 export interface SelectOptions {
   score?: SpecialisationScore;
-  /** Mask the max(1, round(fraction·E)) best-scoring experts with s > 1 per layer (default 0.1). */
+  /** Mask the max(1, round(fraction·E)) best-scoring candidates per layer (default 0.1). */
   fraction?: number;
+  /** Candidates carry at least this share of the domain's assignments in their layer (default 0.5 / E). */
+  minShare?: number;
   /** Instead: mask every expert with s ≥ threshold (and some assignment on the domain). */
   threshold?: number;
 }
@@ -233,12 +242,13 @@ export interface ExpertMaskFile {
   score: SpecialisationScore;
   fraction?: number;
   threshold?: number;
+  minShare?: number;
   layers: Record<string, number[]>;
 }
 
 /** Choose the experts to mask for `domain` in every maskable layer (layers that cannot honour a mask are skipped). */
 export function selectExperts(stats: DomainRouting, domain: string, maskable: Map<string, MaskableLayer>, o: SelectOptions = {}): ExpertMaskFile {
-  const score = o.score ?? 'share-ratio';
+  const score = o.score ?? 'share-diff';
   const fraction = o.fraction ?? 0.1;
   if (o.threshold === undefined && !(fraction > 0 && fraction <= 1)) throw new MoelabError(`fraction must be in (0, 1], got ${fraction}`, '--fraction');
   const D = stats.domains.indexOf(domain);
@@ -247,19 +257,29 @@ export function selectExperts(stats: DomainRouting, domain: string, maskable: Ma
     if (!maskable.has(l.layer)) continue;
     const s = specialisationScores(l, stats.domains, domain, score);
     const E = l.numExperts;
-    const ids = Array.from({ length: E }, (_, e) => e);
+    const cD = l.counts[D]!.reduce((a, b) => a + b, 0);
+    const minShare = o.minShare ?? 0.5 / E;
+    const ids = Array.from({ length: E }, (_, e) => e).filter((e) => l.counts[D]![e]! > 0 && l.counts[D]![e]! >= minShare * cD);
     let chosen: number[];
-    if (o.threshold !== undefined) chosen = ids.filter((e) => s[e]! >= o.threshold! && l.counts[D]![e]! > 0);
+    if (o.threshold !== undefined) chosen = ids.filter((e) => s[e]! >= o.threshold!);
     else {
       const n = Math.max(1, Math.round(fraction * E));
+      const lean = score === 'share-diff' ? 0 : 1;
       chosen = ids
-        .filter((e) => s[e]! > 1)
+        .filter((e) => s[e]! > lean)
         .sort((a, b) => s[b]! - s[a]! || a - b)
         .slice(0, n);
     }
     layers[l.layer] = chosen.sort((a, b) => a - b);
   }
-  return { format: MASK_FORMAT, domain, score, ...(o.threshold !== undefined ? { threshold: o.threshold } : { fraction }), layers };
+  return {
+    format: MASK_FORMAT,
+    domain,
+    score,
+    ...(o.threshold !== undefined ? { threshold: o.threshold } : { fraction }),
+    ...(o.minShare !== undefined ? { minShare: o.minShare } : {}),
+    layers,
+  };
 }
 
 export function maskOf(file: Pick<ExpertMaskFile, 'layers'>): Map<string, Set<number>> {

@@ -61,13 +61,13 @@ describe('moelab mask / eval --mask', () => {
     const r = run(['mask', ckpt, '--domain', 'numbers', '--fraction', '0.25', '--domain-tokens', '96', '--out', out, '--backend', 'cpu']);
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(
-      /masked 1 of 4 experts in 1 layers for "numbers" \(share-ratio, fraction 0.25; statistics on the train split, at most 96 tokens per domain\)/,
+      /masked 1 of 4 experts in 1 layers for "numbers" \(share-diff, fraction 0.25; statistics on the train split, at most 96 tokens per domain\)/,
     );
     expect(r.out).toMatch(/domain\s+tokens\s+ppl before\s+ppl masked\s+change/);
     expect(r.out).toMatch(/\n\* numbers\s+96\s+\d+\.\d{3}\s+\d+\.\d{3}\s+[+-]\d+\.\d\d%/);
     expect(r.out).toMatch(/\nanimals\s+96\s/);
     const file = JSON.parse(readFileSync(out, 'utf8'));
-    expect(file).toMatchObject({ format: 'moelab-expert-mask-v1', domain: 'numbers', score: 'share-ratio', fraction: 0.25, data });
+    expect(file).toMatchObject({ format: 'moelab-expert-mask-v1', domain: 'numbers', score: 'share-diff', fraction: 0.25, data });
     const layers = Object.entries(file.layers) as [string, number[]][];
     expect(layers).toHaveLength(1);
     expect(layers[0]![1]).toHaveLength(1);
@@ -92,7 +92,7 @@ describe('moelab mask / eval --mask', () => {
     const e2 = run(['mask', ckpt, '--domain', 'plants', '--data', data, '--backend', 'cpu']);
     expect(e2.err).toMatch(/--domain: no document of corpus has the domain "plants"; domains: animals, numbers\n$/);
     const e3 = run(['mask', ckpt, '--domain', 'numbers', '--score', 'magic', '--backend', 'cpu']);
-    expect(e3.err).toBe('moelab: --score must be one of share-ratio, skew, got "magic"\n');
+    expect(e3.err).toBe('moelab: --score must be one of share-diff, share-ratio, skew, got "magic"\n');
     writeFileSync(join(root, 'bad.json'), JSON.stringify({ format: 'moelab-expert-mask-v1', domain: 'x', layers: { 'no.such.layer': [0] } }));
     const e4 = run(['eval', ckpt, '--data', data, '--backend', 'cpu', '--mask', join(root, 'bad.json')]);
     expect(e4.code).toBe(2);
