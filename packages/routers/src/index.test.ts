@@ -17,7 +17,9 @@ describe('the router catalogue', () => {
       expect(e.flags, e.name).toEqual({ causalSafe: expect.any(Boolean), batchDependent: expect.any(Boolean) });
       expect(e.reference, e.name).toMatch(/specs\/routers\.md (R\d+|§\d)/);
       if (e.kind !== 'router') continue;
-      const r = makeRouter<Router>({ type: e.name }, 8, 8, { vocabSize: 16, contextLength: 8 });
+      // maskmoe has required options (the paper's values are UNKNOWN, so no defaults)
+      const extra = e.name === 'maskmoe' ? { frequentFraction: 0.25, visibleExperts: 2, frequencies: new Array(16).fill(1) } : {};
+      const r = makeRouter<Router>({ type: e.name, ...extra }, 8, 8, { vocabSize: 16, contextLength: 8 });
       expect(r.flags, e.name).toEqual(e.flags);
       expect(r.numExperts).toBe(8);
     }
@@ -58,7 +60,9 @@ describe('the router catalogue', () => {
       R17: 'mixture-of-tokens',
       R18: 'sparsemixer',
       R19: 'aoe',
+      R20: 'maskmoe',
       R21: 'chain-of-experts',
+      R22: 'hyper-router',
       'R24 cosine': 'cosine-topk',
       'R24 sinkhorn': 'sinkhorn',
       'R24 uniform': 'uniform',

@@ -13,6 +13,8 @@ import { deepseekV3, topkSigmoidNormalised } from './deepseek-v3.js';
 import { expertChoice } from './expert-choice.js';
 import { gshardTop2, stMoE } from './gshard-top2.js';
 import { hashRouter } from './hash.js';
+import { hyperRouter } from './hyper-router.js';
+import { maskMoE } from './maskmoe.js';
 import { mixtureOfTokens } from './mixture-of-tokens.js';
 import { reluRouter } from './relu.js';
 import { sigmaTopK } from './sigma-topk.js';
@@ -30,6 +32,8 @@ export { SigmaTopKRouter, sigmaTopK, renormRowsKeepStd, type SigmaTopKOptions, t
 export { GShardTop2Router, gshardTop2, stMoE, type GShardOptions, type SecondPolicy } from './gshard-top2.js';
 export { ExpertChoiceRouter, expertChoice, type ExpertChoiceOptions } from './expert-choice.js';
 export { HashRouter, hashRouter, balancedTable, type HashKind, type HashOptions } from './hash.js';
+export { HyperRouter, hyperRouter, type HyperRouterOptions } from './hyper-router.js';
+export { MaskMoERouter, maskMoE, buildMasks, type MaskMoEOptions } from './maskmoe.js';
 export { DeepSeekMoERouter, deepseekMoE, limitGroups, type DeepSeekMoEOptions } from './deepseek-moe.js';
 export { DeepSeekV3Router, deepseekV3, topkSigmoidNormalised, type DeepSeekV3Options } from './deepseek-v3.js';
 export { CumulativeRouter, topP, cumulativeSelect, type CumulativeOptions } from './top-p.js';
@@ -70,6 +74,8 @@ export const routers = definePlugin({
     stMoE,
     expertChoice,
     hashRouter,
+    hyperRouter,
+    maskMoE,
     deepseekMoE,
     deepseekV3,
     topkSigmoidNormalised,
