@@ -21,13 +21,22 @@ import { sigmaTopK } from './sigma-topk.js';
 import { sinkhornRouter } from './sinkhorn.js';
 import { smear } from './smear.js';
 import { softMoE } from './soft-moe.js';
-import { noisyTopK, softmaxTopK, switchTop1 } from './softmax-topk.js';
+import { mixtralRouter, noisyTopK, olmoeRouter, softmaxTopK, switchTop1 } from './softmax-topk.js';
 import { sparseMixer } from './sparsemixer.js';
 import { thresholdRouter } from './threshold.js';
 import { topP } from './top-p.js';
 import { uniformRouter } from './uniform.js';
 
-export { SoftmaxTopKRouter, softmaxTopK, noisyTopK, switchTop1, softmaxTopKSchema, type SoftmaxTopKOptions } from './softmax-topk.js';
+export {
+  SoftmaxTopKRouter,
+  softmaxTopK,
+  noisyTopK,
+  switchTop1,
+  mixtralRouter,
+  olmoeRouter,
+  softmaxTopKSchema,
+  type SoftmaxTopKOptions,
+} from './softmax-topk.js';
 export { SigmaTopKRouter, sigmaTopK, renormRowsKeepStd, type SigmaTopKOptions, type BalanceMode } from './sigma-topk.js';
 export { GShardTop2Router, gshardTop2, stMoE, type GShardOptions, type SecondPolicy } from './gshard-top2.js';
 export { ExpertChoiceRouter, expertChoice, type ExpertChoiceOptions } from './expert-choice.js';
@@ -70,6 +79,8 @@ export const routers = definePlugin({
     sigmaTopK,
     noisyTopK,
     switchTop1,
+    mixtralRouter,
+    olmoeRouter,
     gshardTop2,
     stMoE,
     expertChoice,

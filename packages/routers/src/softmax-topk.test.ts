@@ -239,6 +239,37 @@ describe('capacity and drops through the moe layer (§4, checklist 4)', () => {
   });
 });
 
+describe('HF parity presets (R2)', () => {
+  it('mixtral: top-2 renormalised, aux = 2 × canonical with coef 0.001; olmoe: top-8 raw, coef 0.01', () => {
+    const x = tf.tensor2d(new Rng(7).normalArray(6 * 8), [6, 8]);
+    const mix = makeRouter<SoftmaxTopKRouter>({ type: 'mixtral' }, 8, 8);
+    const can = new SoftmaxTopKRouter(8, 8, { ...base, zLossCoef: 0 }, new Rng(0));
+    can.weight.assign(mix.weight);
+    const c1 = forwardContext(new Rng(1), true);
+    const c2 = forwardContext(new Rng(1), true);
+    const a = mix.route(x, c1);
+    can.route(x, c2);
+    expect(c1.aux).toHaveLength(1);
+    expect(c1.aux[0]!.coef).toBe(0.001);
+    expect(c1.aux[0]!.value.dataSync()[0]).toBeCloseTo(2 * c2.aux[0]!.value.dataSync()[0]!, 5);
+    const sums = new Array(6).fill(0);
+    const w = a.weight!.dataSync();
+    for (let n = 0; n < a.plan.size; n++) sums[a.plan.tokenIndex[n]!] += w[n]!;
+    for (const v of sums) expect(v).toBeCloseTo(1, 6);
+    const ol = makeRouter<SoftmaxTopKRouter>({ type: 'olmoe' }, 8, 64);
+    expect(ol.options).toMatchObject({ k: 8, renormalize: false, balanceCoef: 0.01, balanceParity: 'hf' });
+    expect(() => makeRouter({ type: 'olmoe' }, 8, 4)).toThrow(/\$\.block\.ffn\.router\.k: k = 8 exceeds the number of experts \(4\)/);
+  });
+
+  it('the moe layer rejects a negative capacity factor and minimum capacity 0 with the JSON path', () => {
+    const node = (o: Record<string, unknown>) => ({ type: 'moe', experts: 4, router: 'softmax-topk', expert: { type: 'mlp', hidden: 8 }, ...o });
+    expect(() => makeFFN(node({ capacityFactor: -1 }))).toThrow(/\$\.block\.ffn\.capacityFactor/);
+    expect(() => makeFFN(node({ evalCapacityFactor: -0.5 }))).toThrow(/\$\.block\.ffn\.evalCapacityFactor/);
+    expect(() => makeFFN(node({ minCapacity: 0 }))).toThrow(/\$\.block\.ffn\.minCapacity/);
+    expect(() => makeFFN(node({ dropPolicy: 'lifo' }))).toThrow(/\$\.block\.ffn\.dropPolicy/);
+  });
+});
+
 describe('softmax top-k family: training', () => {
   it('softmax-topk, noisy-topk and switch tiny LMs learn (loss falls)', () => {
     for (const router of [{ type: 'softmax-topk', k: 2 }, { type: 'noisy-topk' }, { type: 'switch' }]) {

@@ -256,3 +256,44 @@ export const switchTop1 = defineEntry({
       ctx.rng,
     ),
 });
+
+/**
+ * HF parity presets of `softmax-topk` (R2): Mixtral (E 8, k 2, renormalised, aux 0.001 in the HF ×k form)
+ * and OLMoE (E 64, k 8, raw, aux 0.01 in the HF ×k form). `balanceParity: 'hf'` multiplies the canonical
+ * loss by k, so the published coefficients keep their meaning (§3.4.1). Qwen2-MoE's sigmoid-gated shared
+ * expert is a layer feature, not a router one, and has no preset here.
+ */
+function hfPreset(name: string, description: string, k: number, renormalize: boolean, coef: number) {
+  return defineEntry({
+    kind: 'router',
+    name,
+    description,
+    reference: 'specs/routers.md R2, §3.4.1',
+    flags: { causalSafe: true, batchDependent: false },
+    schema: Config({
+      k: Type.Integer({ minimum: 1, default: k, description: 'experts per token' }),
+      balanceCoef: Type.Number({ minimum: 0, default: coef, description: 'aux loss coefficient in the HF (×k) convention' }),
+      jitterEps: Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0, description: 'router_jitter_noise (input jitter), training only' }),
+    }),
+    create: (c, ctx) => {
+      const E = ctx.need('numExperts');
+      if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+      if (c.k === 1 && renormalize) throw new MoelabError('k = 1 with renormalised weights makes every gate 1 (no task gradient)', `${ctx.path}.k`);
+      return new SoftmaxTopKRouter(
+        ctx.need('dModel'),
+        E,
+        { k: c.k, renormalize, noisy: false, balanceCoef: c.balanceCoef, zLossCoef: 0, balanceParity: 'hf', jitterEps: c.jitterEps },
+        ctx.rng,
+      );
+    },
+  });
+}
+
+export const mixtralRouter = hfPreset('mixtral', 'Mixtral router (HF): softmax top-2, renormalised, aux loss 0.001 in the HF ×k form.', 2, true, 0.001);
+export const olmoeRouter = hfPreset(
+  'olmoe',
+  'OLMoE router (HF): softmax top-8, raw weights (norm_topk_prob false), aux loss 0.01 in the HF ×k form.',
+  8,
+  false,
+  0.01,
+);
