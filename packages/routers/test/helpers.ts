@@ -51,6 +51,13 @@ export function tinyLM(router: NodeSpec, ffn: Record<string, unknown> = {}): Nod
   };
 }
 
+/** The same tiny LM with any feed-forward node (e.g. the router-shaped `aoe`, `chain-of-experts` ffn entries). */
+export function tinyLMWithFFN(ffn: NodeSpec): NodeSpec {
+  const spec = tinyLM('softmax-topk') as unknown as { block: { ffn: NodeSpec } };
+  spec.block.ffn = ffn;
+  return spec as unknown as NodeSpec;
+}
+
 /** A fixed toy token stream: arithmetic sequences mod 16 (learnable in a few steps). */
 export function patternSource(V = 16) {
   return {
