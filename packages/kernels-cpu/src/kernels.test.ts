@@ -146,7 +146,7 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     await compareBackends([{ shape: [3, 4], data: randInts(r, 12, 100) }], (x) => tf.transpose(x), 0);
   });
 
-  it('Multiply: broadcasting, forward and gradients; int32 falls back', async () => {
+  it('Multiply, Add, Sub, RealDiv, SquaredDifference: broadcasting, forward and gradients; int32 falls back', async () => {
     const r = rng(7);
     const pairs: [number[], number[]][] = [
       [
@@ -178,10 +178,33 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
       ],
       [[64, 300], [300]],
     ];
+    // Divisors kept away from zero so relative differences stay meaningful. Single IEEE operations
+    // match the cpu kernels bit for bit (JS computes in double and rounds once, which is the same
+    // result); (a - b)^2 rounds twice in float32, so it may differ in the last bit.
+    const ops: [string, (a: tf.Tensor, b: tf.Tensor) => tf.Tensor][] = [
+      ['mul', (a, b) => tf.mul(a, b)],
+      ['add', (a, b) => tf.add(a, b)],
+      ['sub', (a, b) => tf.sub(a, b)],
+      ['div', (a, b) => tf.div(a, tf.add(tf.abs(b), 0.5))],
+      ['squaredDifference', (a, b) => tf.squaredDifference(a, b)],
+    ];
     for (const [as, bs] of pairs) {
-      await compareBackends([f(as, r), f(bs, r)], (a, b) => tf.mul(a, b), 0);
-      await compareBackends([f(as, r), f(bs, r)], (a, b) => tf.grads((x: tf.Tensor, y: tf.Tensor) => loss(tf.mul(x, y), 11))([a, b]), 1e-5);
+      for (const [name, op] of ops) {
+        const worst = await compareBackends([f(as, r), f(bs, r)], (a, b) => op(a, b), name === 'squaredDifference' ? 1e-6 : 0);
+        expect(worst, name).toBeLessThanOrEqual(1e-6);
+        // tfjs's SquaredDifference gradient does not reduce over broadcast axes (a tfjs limitation).
+        if (name === 'squaredDifference' && as.join() !== bs.join()) continue;
+        await compareBackends([f(as, r), f(bs, r)], (a, b) => tf.grads((x: tf.Tensor, y: tf.Tensor) => loss(op(x, y), 11))([a, b]), 1e-5);
+      }
     }
+    await compareBackends(
+      [
+        { shape: [3, 4], data: randInts(r, 12, 50) },
+        { shape: [4], data: randInts(r, 4, 50) },
+      ],
+      (a, b) => [tf.add(a, b), tf.sub(a, b)],
+      0,
+    );
     await compareBackends(
       [
         { shape: [3, 4], data: randInts(r, 12, 50) },
@@ -192,6 +215,59 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     );
     // A float32 tensor cast from bool keeps a Uint8Array behind it on the cpu backend.
     await compareBackends([f([6, 5], r), f([6, 5], r)], (a, b) => tf.mul(tf.cast(tf.greater(a, 0), 'float32'), b), 0);
+  });
+
+  it('Slice and PadV2: random strided blocks, forward and gradients (Slice grad = Pad); int32 falls back', async () => {
+    const r = rng(12);
+    for (let trial = 0; trial < 30; trial++) {
+      const rank = 1 + Math.floor(r() * 4);
+      const shape = Array.from({ length: rank }, () => 1 + Math.floor(r() * 6));
+      const begin = shape.map((d) => Math.floor(r() * d));
+      const size = shape.map((d, i) => (r() < 0.2 ? -1 : 1 + Math.floor(r() * (d - begin[i]))));
+      await compareBackends([f(shape, r)], (x) => tf.slice(x, begin, size), 0);
+      await compareBackends([f(shape, r)], (x) => tf.grads((a: tf.Tensor) => loss(tf.slice(a, begin, size), trial))([x]), 0);
+      const pads = shape.map(() => [Math.floor(r() * 3), Math.floor(r() * 3)] as [number, number]);
+      await compareBackends([f(shape, r)], (x) => [tf.pad(x, pads), tf.pad(x, pads, 1.5)], 0);
+    }
+    // RoPE-like: half of the last axis of [B, S, H, dh], with inner rows long enough for block copies.
+    await compareBackends([f([2, 5, 3, 160], r)], (x) => [tf.slice(x, [0, 0, 0, 80], [-1, -1, -1, 80]), tf.slice(x, [1, 2, 0, 0], [1, 3, 3, 80])], 0);
+    await compareBackends(
+      [{ shape: [4, 5], data: randInts(r, 20, 9) }],
+      (x) => [
+        tf.slice(x, [1, 1], [2, 3]),
+        tf.pad(x, [
+          [1, 0],
+          [0, 2],
+        ]),
+      ],
+      0,
+    );
+  });
+
+  it('SplitV, Sum, Mean, Max and the unaries: bit-identical to cpu, forward and gradients', async () => {
+    const r = rng(13);
+    for (let trial = 0; trial < 20; trial++) {
+      const rank = 1 + Math.floor(r() * 4);
+      const shape = Array.from({ length: rank }, () => 1 + Math.floor(r() * 6));
+      const ax = Math.floor(r() * rank);
+      const axes = Array.from({ length: rank }, (_, i) => i).filter(() => r() < 0.5);
+      const keep = r() < 0.5;
+      // At least two pieces: tfjs cannot differentiate a concat of a single tensor (on any backend).
+      shape[ax] = Math.max(2, shape[ax]);
+      const parts = [1, shape[ax] - 1];
+      await compareBackends([f(shape, r)], (x) => tf.split(x, parts, ax), 0);
+      await compareBackends([f(shape, r)], (x) => [tf.sum(x, axes, keep), tf.mean(x, axes, keep), tf.max(x, axes, keep), tf.sum(x), tf.max(x, ax)], 0);
+      await compareBackends(
+        [f(shape, r)],
+        (x) => tf.grads((a: tf.Tensor) => loss(tf.concat(tf.split(tf.mul(tf.mean(a, ax, true), a), parts, ax), ax), trial))([x]),
+        1e-6,
+      );
+    }
+    const unaries: ((x: tf.Tensor) => tf.Tensor)[] = [tf.sqrt, tf.rsqrt, tf.square, tf.neg, tf.exp, tf.log, tf.abs, tf.relu];
+    await compareBackends([f([7, 9], r)], (x) => unaries.map((u) => u(tf.abs(x))), 0);
+    await compareBackends([f([7, 9], r)], (x) => [tf.square, tf.neg, tf.exp, tf.abs, tf.relu].map((u) => u(x)), 0);
+    await compareBackends([f([7, 9], r)], (x) => tf.grads((a: tf.Tensor) => loss(tf.add(tf.sqrt(tf.square(a)), tf.exp(tf.neg(tf.relu(a)))), 3))([x]), 0);
+    await compareBackends([{ shape: [3, 4], data: randInts(r, 12, 9) }], (x) => [tf.sum(x, 1), tf.max(x), tf.abs(x), tf.split(x, 2, 1)[1]!], 0);
   });
 
   it('GatherV2: axes and index ranks, forward and gradients; bad indices throw', async () => {

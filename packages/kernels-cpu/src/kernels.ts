@@ -74,6 +74,54 @@ function batchMap(shape: readonly number[], outShape: readonly number[]): Int32A
   return map;
 }
 
+/**
+ * Copy the block of extent `ext` starting at `srcBegin` in src (shape srcShape) to `dstBegin` in dst
+ * (shape dstShape), row by row along the last axis.
+ */
+export function copyBlock(
+  src: Float32Array,
+  srcShape: readonly number[],
+  srcBegin: readonly number[],
+  dst: Float32Array,
+  dstShape: readonly number[],
+  dstBegin: readonly number[],
+  ext: readonly number[],
+): void {
+  const rank = ext.length;
+  const inner = ext[rank - 1];
+  if (prod(ext) === 0) return;
+  const sStr = new Array<number>(rank);
+  const dStr = new Array<number>(rank);
+  sStr[rank - 1] = 1;
+  dStr[rank - 1] = 1;
+  for (let k = rank - 2; k >= 0; k--) {
+    sStr[k] = sStr[k + 1] * srcShape[k + 1];
+    dStr[k] = dStr[k + 1] * dstShape[k + 1];
+  }
+  let so = 0;
+  let dO = 0;
+  for (let k = 0; k < rank; k++) {
+    so += srcBegin[k] * sStr[k];
+    dO += dstBegin[k] * dStr[k];
+  }
+  const idx = new Array<number>(rank).fill(0);
+  const rows = prod(ext) / inner;
+  for (let r = 0; r < rows; r++) {
+    if (inner >= 64) dst.set(src.subarray(so, so + inner), dO);
+    else for (let j = 0; j < inner; j++) dst[dO + j] = src[so + j];
+    // Odometer over the outer axes.
+    for (let k = rank - 2; k >= 0; k--) {
+      idx[k]++;
+      so += sStr[k];
+      dO += dStr[k];
+      if (idx[k] < ext[k]) break;
+      so -= ext[k] * sStr[k];
+      dO -= ext[k] * dStr[k];
+      idx[k] = 0;
+    }
+  }
+}
+
 export interface Overrides {
   configs: KernelConfig[];
   /** Matmul on the native GEMM, used by _FusedMatMul and exported for benchmarks. */
@@ -191,43 +239,202 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     return backend.makeTensorInfo(outShape, 'float32', out);
   });
 
-  add(tf.Multiply, (args) => {
-    const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
-    if (a.dtype !== 'float32' || b.dtype !== 'float32') return cpu(tf.Multiply)(args);
-    const backend = be(args);
-    const outShape = broadcastShapes(a.shape, b.shape);
-    const size = prod(outShape);
-    const out = new Float32Array(size);
-    if (size > 0) {
-      // Merge adjacent axes that are contiguous for both inputs (or broadcast for both), so the
-      // native inner loop runs over the longest possible stride-1 / stride-0 run.
-      const as = broadcastStrides(a.shape, outShape);
-      const bs = broadcastStrides(b.shape, outShape);
-      const shp: number[] = [];
-      const sa: number[] = [];
-      const sb: number[] = [];
-      for (let i = 0; i < outShape.length; i++) {
-        if (outShape[i] === 1) continue;
-        const k = shp.length - 1;
-        if (k >= 0 && sa[k] === as[i] * outShape[i] && sb[k] === bs[i] * outShape[i]) {
-          shp[k] *= outShape[i];
-          sa[k] = as[i];
-          sb[k] = bs[i];
-        } else {
-          shp.push(outShape[i]);
-          sa.push(as[i]);
-          sb.push(bs[i]);
+  const binary = (kernelName: string, op: number) =>
+    add(kernelName, (args) => {
+      const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
+      if (a.dtype !== 'float32' || b.dtype !== 'float32') return cpu(kernelName)(args);
+      const backend = be(args);
+      const outShape = broadcastShapes(a.shape, b.shape);
+      const size = prod(outShape);
+      const out = new Float32Array(size);
+      if (size > 0) {
+        // Merge adjacent axes that are contiguous for both inputs (or broadcast for both), so the
+        // native inner loop runs over the longest possible stride-1 / stride-0 run.
+        const as = broadcastStrides(a.shape, outShape);
+        const bs = broadcastStrides(b.shape, outShape);
+        const shp: number[] = [];
+        const sa: number[] = [];
+        const sb: number[] = [];
+        for (let i = 0; i < outShape.length; i++) {
+          if (outShape[i] === 1) continue;
+          const k = shp.length - 1;
+          if (k >= 0 && sa[k] === as[i] * outShape[i] && sb[k] === bs[i] * outShape[i]) {
+            shp[k] *= outShape[i];
+            sa[k] = as[i];
+            sb[k] = bs[i];
+          } else {
+            shp.push(outShape[i]);
+            sa.push(as[i]);
+            sb.push(bs[i]);
+          }
         }
+        if (shp.length === 0) {
+          shp.push(1);
+          sa.push(0);
+          sb.push(0);
+        }
+        if (shp.length > 8) return cpu(kernelName)(args);
+        native.mulBroadcast(values(backend, a), values(backend, b), out, Int32Array.from(shp), Int32Array.from(sa), Int32Array.from(sb), op);
       }
-      if (shp.length === 0) {
-        shp.push(1);
-        sa.push(0);
-        sb.push(0);
-      }
-      if (shp.length > 8) return cpu(tf.Multiply)(args);
-      native.mulBroadcast(values(backend, a), values(backend, b), out, Int32Array.from(shp), Int32Array.from(sa), Int32Array.from(sb));
+      return backend.makeTensorInfo(outShape, 'float32', out);
+    });
+  // Elementwise binaries with numpy broadcasting (LayerNorm's x - mean, residual adds, masks, ...):
+  // the cpu kernels index every element through a generic broadcast loop.
+  binary(tf.Multiply, 0);
+  binary(tf.Add, 1);
+  binary(tf.Sub, 2);
+  binary(tf.RealDiv, 3);
+  binary(tf.SquaredDifference, 4);
+
+  // Strided row copies for Slice (non-contiguous: RoPE's half-channel slices, attention heads) and
+  // PadV2 (Slice's gradient); the cpu kernels walk those element by element through index math.
+  add(tf.Slice, (args) => {
+    const { x } = args.inputs as { x: TensorInfo };
+    const { begin, size } = args.attrs as unknown as { begin: number | number[]; size: number | number[] };
+    if (x.dtype !== 'float32' || x.shape.length < 2) return cpu(tf.Slice)(args);
+    const [b, s] = tf.slice_util.parseSliceParams(x as tfTypes.Tensor, begin, size);
+    tf.slice_util.assertParamsValid(x as tfTypes.Tensor, b, s);
+    if (prod(s) === 0 || tf.slice_util.isSliceContinous(x.shape, b, s)) return cpu(tf.Slice)(args);
+    const backend = be(args);
+    const out = new Float32Array(prod(s));
+    copyBlock(values(backend, x), x.shape, b, out, s, new Array<number>(s.length).fill(0), s);
+    return backend.makeTensorInfo(s, 'float32', out);
+  });
+
+  add(tf.PadV2, (args) => {
+    const { x } = args.inputs as { x: TensorInfo };
+    const { paddings, constantValue } = args.attrs as unknown as { paddings: [number, number][]; constantValue: number };
+    if (x.dtype !== 'float32' || x.shape.length === 0) return cpu(tf.PadV2)(args);
+    const backend = be(args);
+    const outShape = x.shape.map((d, i) => paddings[i][0] + d + paddings[i][1]);
+    const out = new Float32Array(prod(outShape));
+    if (constantValue !== 0) out.fill(constantValue);
+    if (prod(x.shape) > 0) {
+      copyBlock(
+        values(backend, x),
+        x.shape,
+        new Array<number>(x.shape.length).fill(0),
+        out,
+        outShape,
+        paddings.map((p) => p[0]),
+        x.shape,
+      );
     }
     return backend.makeTensorInfo(outShape, 'float32', out);
+  });
+
+  add(tf.SplitV, (args) => {
+    const { x } = args.inputs as { x: TensorInfo };
+    const { numOrSizeSplits, axis } = args.attrs as unknown as { numOrSizeSplits: number | number[]; axis: number };
+    if (x.dtype !== 'float32' || x.shape.length < 2) return cpu(tf.SplitV)(args);
+    const backend = be(args);
+    const ax = tf.util.parseAxisParam(axis, x.shape)[0];
+    const sizes = tf.backend_util.prepareSplitSize(x as tfTypes.Tensor, numOrSizeSplits, ax);
+    const xv = values(backend, x);
+    const begin = new Array<number>(x.shape.length).fill(0);
+    return sizes.map((n) => {
+      const size = x.shape.slice();
+      size[ax] = n;
+      const out = new Float32Array(prod(size));
+      copyBlock(xv, x.shape, begin, out, size, new Array<number>(size.length).fill(0), size);
+      begin[ax] += n;
+      return backend.makeTensorInfo(size, 'float32', out);
+    });
+  });
+
+  // Reductions (bias / broadcast gradients, LayerNorm statistics, softmax max): the same order of
+  // additions as the cpu kernels (innermost axes after a transpose, summed in double), so results
+  // are bit-identical, without their per-call copies.
+  const reduce = (kernelName: string, kind: 'sum' | 'mean' | 'max') =>
+    add(kernelName, (args) => {
+      const { x } = args.inputs as { x: TensorInfo };
+      // Sum and Mean call it `axis`, Max `reductionIndices`.
+      const { axis, reductionIndices, keepDims } = args.attrs as unknown as {
+        axis?: number | number[];
+        reductionIndices?: number | number[];
+        keepDims: boolean;
+      };
+      if (x.dtype !== 'float32') return cpu(kernelName)(args);
+      const backend = be(args);
+      const rank = x.shape.length;
+      const axes = tf.util.parseAxisParam((kind === 'max' ? reductionIndices : axis) as number | number[], x.shape);
+      const perm = tf.backend_util.getAxesPermutation(axes, rank);
+      let xv = values(backend, x);
+      let shape = x.shape;
+      if (perm != null) {
+        const t = new Float32Array(xv.length);
+        if (t.length > 0) native.transpose(xv, t, Int32Array.from(x.shape), Int32Array.from(perm));
+        xv = t;
+        shape = perm.map((p) => x.shape[p]);
+      }
+      const inner = tf.backend_util.getInnerMostAxes(axes.length, rank);
+      const [outShape, reduceShape] = tf.backend_util.computeOutAndReduceShapes(shape, inner);
+      const n = prod(reduceShape);
+      const out = new Float32Array(prod(outShape));
+      if (kind === 'sum') {
+        for (let i = 0, o = 0; i < out.length; i++, o += n) {
+          let acc = 0;
+          for (let j = 0; j < n; j++) acc += xv[o + j];
+          out[i] = acc;
+        }
+      } else if (kind === 'mean') {
+        // cpu: sum(x / n) with the division rounded to float32 first.
+        for (let i = 0, o = 0; i < out.length; i++, o += n) {
+          let acc = 0;
+          for (let j = 0; j < n; j++) acc += Math.fround(xv[o + j] / n);
+          out[i] = acc;
+        }
+      } else {
+        for (let i = 0, o = 0; i < out.length; i++, o += n) {
+          let m = xv[o];
+          for (let j = 1; j < n; j++) {
+            const v = xv[o + j];
+            if (Number.isNaN(v) || v > m) m = v;
+          }
+          out[i] = m;
+        }
+      }
+      const finalShape = keepDims ? tf.backend_util.expandShapeToKeepDim(outShape, axes) : outShape;
+      return backend.makeTensorInfo(finalShape, 'float32', out);
+    });
+  reduce(tf.Sum, 'sum');
+  reduce(tf.Mean, 'mean');
+  reduce(tf.Max, 'max');
+
+  // Elementwise unaries (AdamW's sqrt/square, activations, ...): one monomorphic loop each instead
+  // of the cpu backend's shared per-element callback. Same formulas, so the same float32 results.
+  const unary = (kernelName: string, loop: (x: Float32Array, out: Float32Array) => void) =>
+    add(kernelName, (args) => {
+      const { x } = args.inputs as { x: TensorInfo };
+      if (x.dtype !== 'float32') return cpu(kernelName)(args);
+      const backend = be(args);
+      const out = new Float32Array(prod(x.shape));
+      loop(values(backend, x), out);
+      return backend.makeTensorInfo(x.shape, 'float32', out);
+    });
+  unary(tf.Sqrt, (x, o) => {
+    for (let i = 0; i < o.length; i++) o[i] = Math.sqrt(x[i]);
+  });
+  unary(tf.Rsqrt, (x, o) => {
+    for (let i = 0; i < o.length; i++) o[i] = 1 / Math.sqrt(x[i]);
+  });
+  unary(tf.Square, (x, o) => {
+    for (let i = 0; i < o.length; i++) o[i] = x[i] * x[i];
+  });
+  unary(tf.Neg, (x, o) => {
+    for (let i = 0; i < o.length; i++) o[i] = -1 * x[i];
+  });
+  unary(tf.Exp, (x, o) => {
+    for (let i = 0; i < o.length; i++) o[i] = Math.exp(x[i]);
+  });
+  unary(tf.Log, (x, o) => {
+    for (let i = 0; i < o.length; i++) o[i] = Math.log(x[i]);
+  });
+  unary(tf.Abs, (x, o) => {
+    for (let i = 0; i < o.length; i++) o[i] = Math.abs(x[i]);
+  });
+  unary(tf.Relu, (x, o) => {
+    for (let i = 0; i < o.length; i++) o[i] = Math.max(0, x[i]);
   });
 
   add(tf.GatherV2, (args) => {

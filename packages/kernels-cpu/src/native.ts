@@ -29,7 +29,8 @@ export interface NativeAddon {
   ): void;
   biasAct(out: Float32Array, M: number, N: number, bias: Float32Array | null, act: number, alpha: number): void;
   transpose(x: Float32Array, out: Float32Array, shape: Int32Array, perm: Int32Array): void;
-  mulBroadcast(a: Float32Array, b: Float32Array, out: Float32Array, shape: Int32Array, aStr: Int32Array, bStr: Int32Array): void;
+  /** out = a (op) b with broadcast strides; op: 0 mul (default), 1 add, 2 sub, 3 div, 4 squared difference. */
+  mulBroadcast(a: Float32Array, b: Float32Array, out: Float32Array, shape: Int32Array, aStr: Int32Array, bStr: Int32Array, op?: number): void;
   gather(x: Float32Array, idx: Int32Array, out: Float32Array, outer: number, dim: number, inner: number): number;
   softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
   topk(x: Float32Array, values: Float32Array, indices: Int32Array, rows: number, cols: number, k: number): void;

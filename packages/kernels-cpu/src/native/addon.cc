@@ -121,7 +121,10 @@ void MulBroadcast(const Napi::CallbackInfo& info) {
   }
   const float* a = F32(info, 0, total ? aMax + 1 : 0, "a");
   const float* b = F32(info, 1, total ? bMax + 1 : 0, "b");
-  mul_broadcast(a, b, F32(info, 2, total, "out"), rank, shape, aStr, bStr);
+  // Optional 7th argument: the op (kernels.h BinaryOp), multiply by default.
+  int op = info.Length() > 6 && info[6].IsNumber() ? static_cast<int>(Int(info, 6)) : kBinMul;
+  if (op < kBinMul || op > kBinSqDiff) throw Napi::RangeError::New(info.Env(), "moelab-cpu: unknown binary op");
+  binary_broadcast(op, a, b, F32(info, 2, total, "out"), rank, shape, aStr, bStr);
 }
 
 // (x, idx, out, outer, dim, inner) -> -1 or the position of the first bad index

@@ -133,8 +133,20 @@ void transpose(const float* x, float* out, int rank, const int* shapeIn, const i
   });
 }
 
-void mul_broadcast(const float* a, const float* b, float* out, int rank, const int* shape, const long* aStr,
-                   const long* bStr) {
+namespace {
+template <int OP>
+inline float bin(float a, float b) {
+  if (OP == kBinMul) return a * b;
+  if (OP == kBinAdd) return a + b;
+  if (OP == kBinSub) return a - b;
+  if (OP == kBinDiv) return a / b;
+  float t = a - b;  // kBinSqDiff
+  return t * t;
+}
+
+template <int OP>
+void binary_broadcast_t(const float* a, const float* b, float* out, int rank, const int* shape, const long* aStr,
+                        const long* bStr) {
   long total = 1;
   for (int i = 0; i < rank; i++) total *= shape[i];
   if (total == 0) return;
@@ -154,18 +166,40 @@ void mul_broadcast(const float* a, const float* b, float* out, int rank, const i
       const float* pb = b + ob;
       float* po = out + row * inner;
       if (sa == 1 && sb == 1) {
-        for (long j = 0; j < inner; j++) po[j] = pa[j] * pb[j];
+        for (long j = 0; j < inner; j++) po[j] = bin<OP>(pa[j], pb[j]);
       } else if (sa == 1 && sb == 0) {
         float v = pb[0];
-        for (long j = 0; j < inner; j++) po[j] = pa[j] * v;
+        for (long j = 0; j < inner; j++) po[j] = bin<OP>(pa[j], v);
       } else if (sa == 0 && sb == 1) {
         float v = pa[0];
-        for (long j = 0; j < inner; j++) po[j] = v * pb[j];
+        for (long j = 0; j < inner; j++) po[j] = bin<OP>(v, pb[j]);
       } else {
-        for (long j = 0; j < inner; j++) po[j] = pa[j * sa] * pb[j * sb];
+        for (long j = 0; j < inner; j++) po[j] = bin<OP>(pa[j * sa], pb[j * sb]);
       }
     }
   });
+}
+}  // namespace
+
+void binary_broadcast(int op, const float* a, const float* b, float* out, int rank, const int* shape, const long* aStr,
+                      const long* bStr) {
+  switch (op) {
+    case kBinAdd:
+      return binary_broadcast_t<kBinAdd>(a, b, out, rank, shape, aStr, bStr);
+    case kBinSub:
+      return binary_broadcast_t<kBinSub>(a, b, out, rank, shape, aStr, bStr);
+    case kBinDiv:
+      return binary_broadcast_t<kBinDiv>(a, b, out, rank, shape, aStr, bStr);
+    case kBinSqDiff:
+      return binary_broadcast_t<kBinSqDiff>(a, b, out, rank, shape, aStr, bStr);
+    default:
+      return binary_broadcast_t<kBinMul>(a, b, out, rank, shape, aStr, bStr);
+  }
+}
+
+void mul_broadcast(const float* a, const float* b, float* out, int rank, const int* shape, const long* aStr,
+                   const long* bStr) {
+  binary_broadcast(kBinMul, a, b, out, rank, shape, aStr, bStr);
 }
 
 long gather(const float* x, const int* idx, long nIdx, float* out, long outer, long dim, long inner) {

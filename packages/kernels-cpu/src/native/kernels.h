@@ -18,8 +18,11 @@ void bias_act(float* out, long M, int N, const float* bias, int act, float alpha
 // out = transpose(x, perm) for rank <= 8.
 void transpose(const float* x, float* out, int rank, const int* shape, const int* perm);
 
-// out = a * b with broadcasting: outShape has `rank` dims, aStr/bStr are element strides of a/b
-// over the output dims (0 where that input is broadcast).
+enum BinaryOp { kBinMul = 0, kBinAdd = 1, kBinSub = 2, kBinDiv = 3, kBinSqDiff = 4 };
+// out = a (op) b with broadcasting: outShape has `rank` (<= 8) dims, aStr/bStr are element strides
+// of a/b over the output dims (0 where that input is broadcast). mul_broadcast is op = kBinMul.
+void binary_broadcast(int op, const float* a, const float* b, float* out, int rank, const int* outShape,
+                      const long* aStr, const long* bStr);
 void mul_broadcast(const float* a, const float* b, float* out, int rank, const int* outShape, const long* aStr,
                    const long* bStr);
 
