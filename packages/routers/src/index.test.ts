@@ -37,6 +37,11 @@ describe('the router catalogue', () => {
     }
   });
 
+  it('no router uses scatterND (it has no gradient in tfjs; checklist 13)', () => {
+    for (const f of readdirSync(dir).filter((n) => n.endsWith('.ts') && !n.endsWith('.test.ts')))
+      expect(readFileSync(`${dir}${f}`, 'utf8'), f).not.toMatch(/scatterND/);
+  });
+
   it('every catalogue entry of the spec (§5) that can be specified is registered', () => {
     const names = new Set(routers.entries.map((e) => e.name));
     // spec id -> registry name

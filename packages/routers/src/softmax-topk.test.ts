@@ -239,6 +239,27 @@ describe('capacity and drops through the moe layer (§4, checklist 4)', () => {
   });
 });
 
+describe('switch top-1 (R3)', () => {
+  it('one expert per token with the raw softmax weight; cf ≥ E drops nothing; its loss is 1 under uniform routing', () => {
+    const r = makeRouter<SoftmaxTopKRouter>({ type: 'switch' }, 8, 4);
+    const x = tf.tensor2d(new Rng(8).normalArray(12 * 8), [12, 8]);
+    const ctx = forwardContext(new Rng(1), false);
+    const { plan, weight, probs } = r.route(x, ctx);
+    expect(plan.size).toBe(12);
+    const p = probs!.arraySync() as number[][];
+    const w = weight!.dataSync();
+    for (let t = 0; t < 12; t++) {
+      expect(plan.expertIndex[t]).toBe(p[t]!.indexOf(Math.max(...p[t]!)));
+      expect(w[t]).toBeCloseTo(Math.max(...p[t]!), 6);
+    }
+    const layer = makeFFN<MoELayer>({ type: 'moe', experts: 4, router: 'switch', expert: { type: 'mlp', hidden: 8 }, capacityFactor: 4 }, 8);
+    const c2 = forwardContext(new Rng(1), true);
+    layer.forward(tf.tensor3d(new Rng(9).normalArray(2 * 8 * 8, 3), [2, 8, 8]), c2);
+    expect(c2.routing[0]!.dropRate).toBe(0);
+    expect(switchLoss(tf.fill([8, 4], 0.25) as tf.Tensor2D, [2, 2, 2, 2], 1).dataSync()[0]).toBeCloseTo(1, 6);
+  });
+});
+
 describe('HF parity presets (R2)', () => {
   it('mixtral: top-2 renormalised, aux = 2 × canonical with coef 0.001; olmoe: top-8 raw, coef 0.01', () => {
     const x = tf.tensor2d(new Rng(7).normalArray(6 * 8), [6, 8]);
