@@ -48,7 +48,9 @@ Commands:
                           validation perplexity before/after and write the mask (--out, default mask.json);
                           --fraction F (default 0.1 per layer) or --threshold S, --score share-diff|share-ratio|skew,
                           --min-share X (candidates carry >= X of the domain's assignments; default 0.5/E),
-                          --domain-tokens N (tokens per domain, default 8192)
+                          --domain-tokens N (tokens per domain, default 8192); --domain all: mask each
+                          domain in turn and print the specificity table (--level N: labels cut to N
+                          '/'-parts, e.g. 1 = SOTU eras; --stats-tokens N: routing statistics budget)
 
 Common options:
   --backend auto|NAME     tfjs backend (auto: tensorflow > moelab-cpu > wasm > cpu)
@@ -94,6 +96,8 @@ const options = {
   mask: { type: 'string' },
   'domain-tokens': { type: 'string' },
   'min-share': { type: 'string' },
+  level: { type: 'string' },
+  'stats-tokens': { type: 'string' },
 } as const;
 
 type Opts = { [K in keyof typeof options]?: (typeof options)[K]['type'] extends 'boolean' ? boolean : string };
@@ -226,11 +230,34 @@ async function cmdMask(args: string[], o: Opts): Promise<void> {
   const { model, config } = loadCheckpoint(args[0], createDefaultRegistry());
   const dataName = o.data ?? config.train?.data ?? 'brown';
   const corpus = loadCorpus(dataName);
-  const level = sp.labelLevel(corpus, o.domain);
+  const all = o.domain === 'all';
+  const level = all ? num(o.level, 'level') : sp.labelLevel(corpus, o.domain);
   const maskable = sp.maskableLayers(model);
   if (maskable.size === 0) throw new MoelabError('the model has no layer whose experts can be masked (moe, monet, peer, fff)', args[0]);
   const seqLen = num(o.seq, 'seq') ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
   const common = { seqLen, level, maxTokens: num(o['domain-tokens'], 'domain-tokens') ?? 8192, batchSize: num(o.batch, 'batch') ?? 8 };
+  if (all) {
+    const statsTokens = num(o['stats-tokens'], 'stats-tokens');
+    const { effects } = sp.maskEachDomain(model, corpus, { ...common, statsTokens, score, fraction, threshold, minShare });
+    if (o.json) {
+      process.stdout.write(`${JSON.stringify({ data: dataName, score, fraction, threshold, minShare, effects }, null, 2)}\n`);
+      return;
+    }
+    const pc = (x: number) => `${x >= 0 ? '+' : ''}${(100 * x).toFixed(2)}%`;
+    const n = effects.length;
+    process.stdout.write(
+      `each domain's experts masked in turn (${score}, ${threshold !== undefined ? `threshold ${threshold}` : `fraction ${fraction ?? 0.1}`}); validation perplexity change:\n`,
+    );
+    process.stdout.write(
+      `${formatTable(
+        ['masked domain', 'experts masked', 'on it', `mean on the other ${n - 1}`, 'largest other', 'rank'],
+        effects.map((e) => [e.domain, e.maskedExperts, pc(e.target), pc(e.othersMean), pc(e.othersMax), `${e.rank} of ${n}`]),
+      )}\n`,
+    );
+    const meanRank = effects.reduce((a, e) => a + e.rank, 0) / n;
+    process.stdout.write(`\nmean rank ${meanRank.toFixed(2)} (1 = perfectly domain-specific, ${((n + 1) / 2).toFixed(1)} = no specificity)\n`);
+    return;
+  }
   const stats = sp.collectDomainRouting(model, corpus, { ...common, split: 'train' });
   const file = { ...sp.selectExperts(stats, o.domain, maskable, { score, fraction, threshold, minShare }), data: dataName };
   const before = sp.evaluateDomains(model, corpus, { ...common, split: 'val' });

@@ -21,6 +21,7 @@ import {
   labelLevel,
   type LayerDomainCounts,
   maskableLayers,
+  maskEachDomain,
   maskOf,
   readMaskFile,
   selectExperts,
@@ -72,6 +73,8 @@ const routerOverrides: Record<string, Record<string, unknown>> = {
   'soft-moe': { slotsPerExpert: 2 },
   'deepseek-moe': { k: 2 },
   'deepseek-v3': { k: 2 },
+  olmoe: { k: 2 },
+  maskmoe: { k: 2, frequentFraction: 0.5, visibleExperts: 3, frequencies: Array.from({ length: V }, (_, i) => V - i) },
 };
 
 /** A standalone moe layer (outside a causal LM, so the non-causal routers build too) on x [4, 8, 16]. */
@@ -335,6 +338,13 @@ describe('masked evaluation and mask files', () => {
     expect(evaluateWithMask(model, data, { ...cfg, batches: 16, mask: maskOf(file) }).loss).not.toBe(
       evaluateWithMask(model, data, { ...cfg, batches: 16 }).loss,
     );
+    // every domain in turn: only gamma has experts of its own, so only its row changes anything
+    const each = maskEachDomain(model, c, { ...o, score: 'skew', threshold: Number.POSITIVE_INFINITY });
+    expect(each.baseline.map((b) => b.loss)).toEqual(before.map((b) => b.loss));
+    expect(each.effects.map((e) => e.domain)).toEqual(['alpha', 'beta', 'gamma']);
+    expect(each.effects[2]).toMatchObject({ maskedExperts: Object.values(file.layers).flat().length, rank: 1, othersMax: 0, othersMean: 0 });
+    expect(each.effects[2]!.target).toBeCloseTo(after[g]!.perplexity / before[g]!.perplexity - 1, 12);
+    for (const e of each.effects.slice(0, 2)) if (e.maskedExperts === 0) expect(e.target).toBe(0);
     const dir = mkdtempSync(join(tmpdir(), 'moelab-mask-'));
     const saved = { ...file, threshold: 2, data: 'toy' };
     writeMaskFile(join(dir, 'm.json'), saved);

@@ -364,3 +364,46 @@ export function evaluateWithMask(
   const loss = sum / Math.max(1, o.batches);
   return { loss, perplexity: Math.exp(loss), bitsPerToken: loss / Math.LN2 };
 }
+
+/** What masking one domain's experts did: perplexity change (after / before − 1) on it and on the others. */
+export interface DomainMaskEffect {
+  domain: string;
+  maskedExperts: number;
+  /** Relative perplexity change on the masked domain. */
+  target: number;
+  othersMean: number;
+  othersMax: number;
+  /** 1 = no other domain's perplexity rose more than the target's. */
+  rank: number;
+}
+
+/**
+ * Mask each domain's experts in turn (statistics on `statsSplit`, default train; perplexity on the
+ * validation split): the specificity check of the demonstration — a domain-specific effect puts every
+ * target at rank 1 with `target` well above `othersMean`.
+ */
+export function maskEachDomain(
+  model: Model,
+  corpus: Corpus,
+  o: DomainStatsOptions & SelectOptions & { statsTokens?: number },
+): { baseline: DomainEval[]; stats: DomainRouting; effects: DomainMaskEffect[] } {
+  const stats = collectDomainRouting(model, corpus, { ...o, split: 'train', maxTokens: o.statsTokens ?? o.maxTokens });
+  const maskable = maskableLayers(model);
+  const common = { ...o, split: 'val' as const, domains: stats.domains };
+  const baseline = evaluateDomains(model, corpus, common);
+  const effects = stats.domains.map((domain, t) => {
+    const file = selectExperts(stats, domain, maskable, o);
+    const after = evaluateDomains(model, corpus, { ...common, mask: maskOf(file) });
+    const rise = after.map((a, i) => a.perplexity / baseline[i]!.perplexity - 1);
+    const others = rise.filter((_, i) => i !== t);
+    return {
+      domain,
+      maskedExperts: maskedCount(file),
+      target: rise[t]!,
+      othersMean: others.reduce((a, b) => a + b, 0) / Math.max(1, others.length),
+      othersMax: Math.max(...others),
+      rank: 1 + rise.filter((r) => r > rise[t]!).length,
+    };
+  });
+  return { baseline, stats, effects };
+}
