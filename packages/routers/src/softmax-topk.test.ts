@@ -174,6 +174,48 @@ describe('balance losses (§3.4, checklist 2, 3)', () => {
     });
   });
 
+  it('global scope: counts accumulate over the micro-batches of a step (rescaled to the call), reset after the step', () => {
+    const r = identityRouter(4, { balanceScope: 'global', zLossCoef: 0 });
+    const b = identityRouter(4, { zLossCoef: 0 });
+    const x1 = tf.tensor2d(new Rng(11).normalArray(6 * 4, 2), [6, 4]);
+    const x2 = tf.tensor2d(new Rng(12).normalArray(6 * 4, 2), [6, 4]);
+    const value = (router: SoftmaxTopKRouter, x: tf.Tensor2D) => {
+      const c = forwardContext(new Rng(1), true);
+      const res = router.route(x, c);
+      return { v: c.aux[0]!.value.dataSync()[0]!, counts: Array.from(res.plan.counts), p: res.probs!.arraySync() as number[][] };
+    };
+    const first = value(r, x1);
+    expect(first.v).toBeCloseTo(value(b, x1).v, 6);
+    const second = value(r, x2);
+    const run = first.counts.map((c, e) => c + second.counts[e]!);
+    const P = [0, 1, 2, 3].map((e) => second.p.reduce((s, row) => s + row[e]!, 0) / 6);
+    // running totals rescaled to this call's 12 assignments: E/(k·N) Σ (run·12/24) P
+    expect(second.v).toBeCloseTo((4 / (2 * 6)) * run.reduce((s, c, e) => s + ((c * 12) / 24) * P[e]!, 0), 5);
+    r.afterStep();
+    expect(value(r, x2).v).toBeCloseTo(value(b, x2).v, 6);
+  });
+
+  it('softmax-topk expert bias: a constant shift changes nothing; the bias never enters the weights', () => {
+    const r = identityRouter(4, { expertBias: true, biasUpdateRate: 0.1 });
+    const x = tf.tensor2d(Z);
+    const run = () => {
+      const res = r.route(x, forwardContext(new Rng(1), false));
+      return { e: Array.from(res.plan.expertIndex), w: Array.from(res.weight!.dataSync()) };
+    };
+    r.bias!.bias.assign(tf.tensor1d([0.3, -0.2, 0.1, 0]));
+    const a = run();
+    r.bias!.bias.assign(tf.add(r.bias!.bias, 5));
+    const b2 = run();
+    expect(b2.e).toEqual(a.e);
+    for (let i = 0; i < a.w.length; i++) expect(b2.w[i]).toBeCloseTo(a.w[i]!, 6);
+    // training records counts; afterStep moves b by ±u towards balance
+    r.bias!.bias.assign(tf.zeros([4]));
+    r.route(x, forwardContext(new Rng(1), true));
+    r.afterStep();
+    const bias = Array.from(r.bias!.bias.dataSync());
+    for (const v of bias) expect(Math.abs(Math.abs(v) - 0.1)).toBeLessThan(1e-6);
+  });
+
   it('aux losses are pushed unscaled with their coefficients, in training only', () => {
     const r = identityRouter(4);
     const train = forwardContext(new Rng(1), true);
