@@ -50,7 +50,7 @@ Commands:
                           --min-share X (candidates carry >= X of the domain's assignments; default 0.5/E),
                           --domain-tokens N (tokens per domain, default 8192); --domain all: mask each
                           domain in turn and print the specificity table (--level N: labels cut to N
-                          '/'-parts, e.g. 1 = SOTU eras; --stats-tokens N: routing statistics budget)
+                          '/'-parts, e.g. 1 = SOTU eras); --stats-tokens N: tokens per domain for the statistics
 
 Common options:
   --backend auto|NAME     tfjs backend (auto: tensorflow > moelab-cpu > wasm > cpu)
@@ -236,8 +236,8 @@ async function cmdMask(args: string[], o: Opts): Promise<void> {
   if (maskable.size === 0) throw new MoelabError('the model has no layer whose experts can be masked (moe, monet, peer, fff)', args[0]);
   const seqLen = num(o.seq, 'seq') ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
   const common = { seqLen, level, maxTokens: num(o['domain-tokens'], 'domain-tokens') ?? 8192, batchSize: num(o.batch, 'batch') ?? 8 };
+  const statsTokens = num(o['stats-tokens'], 'stats-tokens');
   if (all) {
-    const statsTokens = num(o['stats-tokens'], 'stats-tokens');
     const { effects } = sp.maskEachDomain(model, corpus, { ...common, statsTokens, score, fraction, threshold, minShare });
     if (o.json) {
       process.stdout.write(`${JSON.stringify({ data: dataName, score, fraction, threshold, minShare, effects }, null, 2)}\n`);
@@ -258,7 +258,7 @@ async function cmdMask(args: string[], o: Opts): Promise<void> {
     process.stdout.write(`\nmean rank ${meanRank.toFixed(2)} (1 = perfectly domain-specific, ${((n + 1) / 2).toFixed(1)} = no specificity)\n`);
     return;
   }
-  const stats = sp.collectDomainRouting(model, corpus, { ...common, split: 'train' });
+  const stats = sp.collectDomainRouting(model, corpus, { ...common, split: 'train', maxTokens: statsTokens ?? common.maxTokens });
   const file = { ...sp.selectExperts(stats, o.domain, maskable, { score, fraction, threshold, minShare }), data: dataName };
   const before = sp.evaluateDomains(model, corpus, { ...common, split: 'val' });
   const after = sp.evaluateDomains(model, corpus, { ...common, split: 'val', mask: sp.maskOf(file) });
@@ -276,7 +276,7 @@ async function cmdMask(args: string[], o: Opts): Promise<void> {
   }
   const how = threshold !== undefined ? `threshold ${threshold}` : `fraction ${file.fraction}`;
   process.stdout.write(
-    `masked ${sp.maskedCount(file)} of ${total} experts in ${Object.keys(file.layers).length} layers for "${o.domain}" (${score}, ${how}; statistics on the train split, at most ${common.maxTokens} tokens per domain)\n`,
+    `masked ${sp.maskedCount(file)} of ${total} experts in ${Object.keys(file.layers).length} layers for "${o.domain}" (${score}, ${how}; statistics on the train split, at most ${statsTokens ?? common.maxTokens} tokens per domain)\n`,
   );
   for (const [layer, ids] of Object.entries(file.layers)) process.stdout.write(`  ${layer}: ${ids.length ? ids.join(',') : '(none)'}\n`);
   const pct = (x: number) => `${x >= 0 ? '+' : ''}${(100 * x).toFixed(2)}%`;
