@@ -128,7 +128,7 @@ function batches(windows: Int32Array[], batchSize: number): tf.Tensor2D[] {
     const part = windows.slice(i, i + batchSize);
     const T1 = part[0]!.length;
     const flat = new Int32Array(part.length * T1);
-    part.forEach((w, b) => flat.set(w, b * T1));
+    for (let b = 0; b < part.length; b++) flat.set(part[b]!, b * T1);
     out.push(tf.tensor2d(flat, [part.length, T1], 'int32'));
   }
   return out;
