@@ -119,6 +119,7 @@ export const NATIVE_KERNELS = [
   'Log',
   'Abs',
   'Relu',
+  'Step',
   'GatherV2',
   'Softmax',
   'TopK',

@@ -267,6 +267,16 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     await compareBackends([f([7, 9], r)], (x) => unaries.map((u) => u(tf.abs(x))), 0);
     await compareBackends([f([7, 9], r)], (x) => [tf.square, tf.neg, tf.exp, tf.abs, tf.relu].map((u) => u(x)), 0);
     await compareBackends([f([7, 9], r)], (x) => tf.grads((a: tf.Tensor) => loss(tf.add(tf.sqrt(tf.square(a)), tf.exp(tf.neg(tf.relu(a)))), 3))([x]), 0);
+    // Relu / Step (relu's gradient) run threaded in place: big enough for the pool, NaN and 0 kept as in cpu.
+    const big = randArray(r, 300 * 257);
+    big[6] = 0;
+    await compareBackends([{ shape: [300, 257], data: big }], (x) => [tf.relu(x), tf.step(x), tf.step(x, 0.25)], 0);
+    await tf.setBackend('moelab-cpu');
+    const special = tf.tensor1d([Number.NaN, 0, -1, 2]);
+    expect(Array.from(tf.relu(special).dataSync())).toEqual([Number.NaN, 0, 0, 2]);
+    expect(Array.from(tf.step(special, 0.5).dataSync())).toEqual([Number.NaN, 0.5, 0.5, 1]);
+    special.dispose();
+    await compareBackends([f([300, 257], r)], (x) => tf.grads((a: tf.Tensor) => loss(tf.relu(a), 4))([x]), 0);
     await compareBackends([{ shape: [3, 4], data: randInts(r, 12, 9) }], (x) => [tf.sum(x, 1), tf.max(x), tf.abs(x), tf.split(x, 2, 1)[1]!], 0);
   });
 

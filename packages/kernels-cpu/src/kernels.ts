@@ -433,9 +433,19 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
   unary(tf.Abs, (x, o) => {
     for (let i = 0; i < o.length; i++) o[i] = Math.abs(x[i]);
   });
-  unary(tf.Relu, (x, o) => {
-    for (let i = 0; i < o.length; i++) o[i] = Math.max(0, x[i]);
-  });
+  // Relu and its gradient's Step on big activations ([tokens, 4d]): copied, then one threaded
+  // native pass in place (NaN stays NaN, as in the cpu kernels).
+  const threadedUnary = (kernelName: string, act: number, alphaOf: (attrs: Record<string, unknown>) => number) =>
+    add(kernelName, (args) => {
+      const { x } = args.inputs as { x: TensorInfo };
+      if (x.dtype !== 'float32') return cpu(kernelName)(args);
+      const backend = be(args);
+      const out = values(backend, x).slice();
+      if (out.length > 0) native.biasAct(out, 1, out.length, null, act, alphaOf((args.attrs ?? {}) as Record<string, unknown>));
+      return backend.makeTensorInfo(x.shape, 'float32', out);
+    });
+  threadedUnary(tf.Relu, 6, () => 0);
+  threadedUnary(tf.Step, 7, (attrs) => Number(attrs.alpha ?? 0));
 
   add(tf.GatherV2, (args) => {
     const { x, indices } = args.inputs as { x: TensorInfo; indices: TensorInfo };

@@ -51,6 +51,12 @@ void bias_act(float* out, long M, int N, const float* bias, int act, float alpha
         case kLeaky:
           for (int j = 0; j < N; j++) row[j] = row[j] >= 0.f ? row[j] : alpha * row[j];
           break;
+        case kReluNan:
+          for (int j = 0; j < N; j++) row[j] = (row[j] > 0.f || row[j] != row[j]) ? row[j] : 0.f;
+          break;
+        case kStep:
+          for (int j = 0; j < N; j++) row[j] = row[j] != row[j] ? row[j] : (row[j] > 0.f ? 1.f : alpha);
+          break;
         default:
           break;
       }

@@ -10,7 +10,9 @@ namespace moelab {
 // Activations of the fused MoE ops.
 enum MoeAct { kIdentity = 0, kRelu = 1, kGelu = 2, kSilu = 3, kRelu2 = 4 };
 // Activations of _FusedMatMul (tfjs names: linear, relu, relu6, sigmoid, elu, leakyrelu).
-enum FusedAct { kLinear = 0, kFRelu = 1, kRelu6 = 2, kSigmoid = 3, kElu = 4, kLeaky = 5 };
+enum FusedAct { kLinear = 0, kFRelu = 1, kRelu6 = 2, kSigmoid = 3, kElu = 4, kLeaky = 5,
+  // The elementwise Relu / Step kernels (tfjs semantics: NaN stays NaN; Step gives alpha for x <= 0).
+  kReluNan = 6, kStep = 7 };
 
 // out[M,N] += bias (bias of length N, or null) then activation, in place on a fresh output.
 void bias_act(float* out, long M, int N, const float* bias, int act, float alpha);
