@@ -444,8 +444,18 @@ async function main(argv: string[]): Promise<number> {
       if (!o.router) throw new MoelabError('usage: moelab sweep --router a,b,c [--preset moe-tiny] [--steps N] (see `moelab list router`)');
       await backend(o);
       const { sweepRouters } = await import('./sweep.js');
-      const routers = o.router.split(',').map((r) => r.trim()).filter(Boolean);
-      sweepRouters({ routers, preset: o.preset ?? 'moe-tiny', data: o.data ?? 'brown', outDir: resolve(o.out ?? join('runs', `sweep-${routers.join('-')}`)), train: trainOverrides(o), quiet: o.quiet });
+      const routers = o.router
+        .split(',')
+        .map((r) => r.trim())
+        .filter(Boolean);
+      sweepRouters({
+        routers,
+        preset: o.preset ?? 'moe-tiny',
+        data: o.data ?? 'brown',
+        outDir: resolve(o.out ?? join('runs', `sweep-${routers.join('-')}`)),
+        train: trainOverrides(o),
+        quiet: o.quiet,
+      });
       return 0;
     }
     case 'bench': {
