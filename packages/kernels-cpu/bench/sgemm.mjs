@@ -85,7 +85,15 @@ for (const [label, T, d, E, h, k] of [
   const gflopFwd = (2 * 2 * N * d * h) / 1e9;
   const fwd = measure(() => tf.tidy(() => moeMLP(x, w1, w2, tok, exp, wt, 'relu').dataSync()), quick ? 5 : 15);
   const grad = tf.grads((a, b, c, u) => tf.sum(tf.mul(moeMLP(a, b, c, tok, exp, u, 'relu'), proj)));
-  const fb = measure(() => tf.tidy(() => grad([x, w1, w2, wt]).forEach((g) => g.dataSync())), quick ? 5 : 15);
+  const fb = measure(
+    () =>
+      tf.tidy(() =>
+        grad([x, w1, w2, wt]).forEach((g) => {
+          g.dataSync();
+        }),
+      ),
+    quick ? 5 : 15,
+  );
   rows.push({ name: `${label} fwd`, ms: fwd.ms, cpuMs: fwd.cpuMs, gflops: gflopFwd / (fwd.ms / 1e3) });
   rows.push({ name: `${label} fwd+bwd`, ms: fb.ms, cpuMs: fb.cpuMs, gflops: (3 * gflopFwd) / (fb.ms / 1e3) });
   tf.dispose([x, w1, w2, tok, exp, wt, proj]);
