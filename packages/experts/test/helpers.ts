@@ -1,29 +1,6 @@
 import { type Rng, tf } from '@moelab/core';
 
-/**
- * Finite-difference check of d f / d v along a random direction, for each variable (central difference).
- * Returns the relative errors |analytic − numeric| / max(|analytic|, |numeric|, floor).
- */
-export function directionalGradCheck(f: () => tf.Scalar, vars: tf.Variable[], rng: Rng, eps = 1e-2, floor = 1e-3): number[] {
-  const { grads } = tf.variableGrads(f, vars);
-  const errs: number[] = [];
-  for (const v of vars) {
-    const dir = tf.tensor(rng.normalArray(v.size), v.shape);
-    const analytic = tf.sum(tf.mul(grads[v.name]!, dir)).dataSync()[0]!;
-    const orig = v.clone();
-    v.assign(tf.add(orig, tf.mul(dir, eps)));
-    const fp = tf.tidy(() => f().dataSync()[0]!);
-    v.assign(tf.sub(orig, tf.mul(dir, eps)));
-    const fm = tf.tidy(() => f().dataSync()[0]!);
-    v.assign(orig);
-    const numeric = (fp - fm) / (2 * eps);
-    errs.push(Math.abs(analytic - numeric) / Math.max(Math.abs(analytic), Math.abs(numeric), floor));
-    dir.dispose();
-    orig.dispose();
-  }
-  for (const g of Object.values(grads)) g.dispose();
-  return errs;
-}
+export { directionalGradCheck } from '@moelab/core';
 
 /** Max |a − b| over two equally shaped tensors. */
 export function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {

@@ -10,6 +10,7 @@ import {
   buildNode,
   corePlugin,
   createRegistry,
+  directionalGradCheck,
   type FeedForward,
   forwardContext,
   type LanguageModel,
@@ -124,27 +125,9 @@ export function layerToyLosses(ffn: NodeSpec, steps = 20, B = 4, T = 8): number[
   return losses;
 }
 
-/**
- * Finite-difference check of d f / d v along a random direction, for each variable: relative errors
- * |analytic − numeric| / max(|analytic|, |numeric|, 1e-3). `f` must be deterministic.
- */
+/** Finite-difference gradient check with a fixed seed (core's `directionalGradCheck`). */
 export function gradCheck(f: () => tf.Scalar, vars: tf.Variable[], seed = 5, eps = 1e-2): number[] {
-  const rng = new Rng(seed);
-  const { grads } = tf.variableGrads(f, vars);
-  const errs: number[] = [];
-  for (const v of vars) {
-    const dir = tf.tensor(rng.normalArray(v.size), v.shape);
-    const analytic = tf.sum(tf.mul(grads[v.name]!, dir)).dataSync()[0]!;
-    const orig = v.clone();
-    v.assign(tf.add(orig, tf.mul(dir, eps)));
-    const fp = tf.tidy(() => f().dataSync()[0]!);
-    v.assign(tf.sub(orig, tf.mul(dir, eps)));
-    const fm = tf.tidy(() => f().dataSync()[0]!);
-    v.assign(orig);
-    const numeric = (fp - fm) / (2 * eps);
-    errs.push(Math.abs(analytic - numeric) / Math.max(Math.abs(analytic), Math.abs(numeric), 1e-3));
-  }
-  return errs;
+  return directionalGradCheck(f, vars, new Rng(seed), eps);
 }
 
 /** A deterministic scalar of a layer's output: Σ out ⊙ R for a fixed random R (sensitive to every output entry). */
