@@ -1,49 +1,21 @@
-import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { textFile, tinySpec, tmp } from './helpers.js';
+import { textFile, tinySpec, tmp, runCli, trainTiny } from './helpers.js';
 
-const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
-
-function run(args: string[], cwd?: string) {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', cwd, env: { ...process.env, MOELAB_DEBUG: '' } });
-  return { code: r.status, out: r.stdout, err: r.stderr };
-}
+const run = runCli;
 
 describe('moelab CLI', () => {
   let root: string;
   let data: string;
   let ckpt: string;
   beforeAll(() => {
-    if (!existsSync(cli)) throw new Error(`${cli} is missing: run \`pnpm build\` first (pnpm test does)`);
     root = tmp();
     data = textFile(root);
-    writeFileSync(join(root, 'tiny.json'), JSON.stringify(tinySpec));
-    const r = run([
-      'train',
-      join(root, 'tiny.json'),
-      '--data',
-      data,
-      '--steps',
-      '4',
-      '--batch',
-      '2',
-      '--seq',
-      '16',
-      '--eval-every',
-      '2',
-      '--eval-batches',
-      '1',
-      '--out',
-      join(root, 'run'),
-      '--backend',
-      'cpu',
-    ]);
+    const r = trainTiny(root, data, 4, ['--eval-every', '2']);
     expect(r.err).toContain('backend: cpu');
     expect(r.code, r.err).toBe(0);
-    ckpt = join(root, 'run', 'checkpoint');
+    ckpt = r.checkpoint;
   });
 
   it('train writes a checkpoint, metrics and a summary line with progress output', () => {

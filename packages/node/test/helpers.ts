@@ -1,6 +1,26 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The built CLI (`pnpm test` builds it first). */
+export const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+
+/** Run the built CLI; one-line errors only (MOELAB_DEBUG unset). */
+export function runCli(args: string[], cwd?: string): { code: number | null; out: string; err: string } {
+  if (!existsSync(cli)) throw new Error(`${cli} is missing: run \`pnpm build\` first (pnpm test does)`);
+  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', cwd, env: { ...process.env, MOELAB_DEBUG: '' } });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/** `moelab train` of `tinySpec` on `data` for a few steps on the cpu backend, into `<root>/run`. */
+export function trainTiny(root: string, data: string, steps: number, extra: string[] = []): ReturnType<typeof runCli> & { checkpoint: string } {
+  writeFileSync(join(root, 'tiny.json'), JSON.stringify(tinySpec));
+  const args = ['train', join(root, 'tiny.json'), '--data', data, '--steps', String(steps), '--batch', '2', '--seq', '16', '--eval-batches', '1'];
+  const r = runCli([...args, '--out', join(root, 'run'), '--backend', 'cpu', ...extra]);
+  return { ...r, checkpoint: join(root, 'run', 'checkpoint') };
+}
 
 export const tinySpec = {
   type: 'transformer-lm',

@@ -1,16 +1,9 @@
-import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { tinySpec, tmp } from './helpers.js';
+import { tmp, runCli, trainTiny } from './helpers.js';
 
-const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
-
-function run(args: string[]) {
-  const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, MOELAB_DEBUG: '' } });
-  return { code: r.status, out: r.stdout, err: r.stderr };
-}
+const run = runCli;
 
 /** A folder corpus with two domains (file names) of different text. */
 function twoDomains(root: string): string {
@@ -27,33 +20,11 @@ describe('moelab mask / eval --mask', () => {
   let data: string;
   let ckpt: string;
   beforeAll(() => {
-    if (!existsSync(cli)) throw new Error(`${cli} is missing: run \`pnpm build\` first (pnpm test does)`);
     root = tmp();
     data = twoDomains(root);
-    writeFileSync(join(root, 'tiny.json'), JSON.stringify(tinySpec));
-    const r = run([
-      'train',
-      join(root, 'tiny.json'),
-      '--data',
-      data,
-      '--steps',
-      '3',
-      '--batch',
-      '2',
-      '--seq',
-      '16',
-      '--eval-every',
-      '0',
-      '--eval-batches',
-      '1',
-      '--out',
-      join(root, 'run'),
-      '--backend',
-      'cpu',
-      '--quiet',
-    ]);
+    const r = trainTiny(root, data, 3, ['--eval-every', '0', '--quiet']);
     expect(r.code, r.err).toBe(0);
-    ckpt = join(root, 'run', 'checkpoint');
+    ckpt = r.checkpoint;
   });
 
   it('mask prints per-domain perplexity before/after, writes the mask, and eval --mask uses it', () => {
