@@ -321,12 +321,13 @@ function cmdList(args: string[], o: Opts): void {
     return;
   }
   let current = '';
+  const width = Math.max(22, ...entries.map((e) => e.name.length));
   for (const e of entries) {
     if (e.kind !== current) {
       current = e.kind;
       process.stdout.write(`\n${current}:\n`);
     }
-    process.stdout.write(`  ${e.name.padEnd(22)} ${e.description}\n`);
+    process.stdout.write(`  ${e.name.padEnd(width)} ${e.description}\n`);
   }
 }
 

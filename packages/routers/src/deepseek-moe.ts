@@ -102,7 +102,7 @@ export const deepseekMoE = defineEntry({
   kind: 'router',
   name: 'deepseek-moe',
   description:
-    'DeepSeekMoE / V2 gate: softmax over fine-grained routed experts, raw top-k weights, expert- and device-level balance losses, device-limited routing (shared experts: the moe layer`s `shared`).',
+    "DeepSeekMoE / V2 gate: softmax over fine-grained routed experts, raw top-k weights, expert- and device-level balance losses, device-limited routing (shared experts: the moe layer's `shared`).",
   reference: 'specs/routers.md R9, §3.4.4',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({

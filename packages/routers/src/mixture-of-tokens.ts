@@ -56,7 +56,7 @@ export class MixtureOfTokensRouter extends Module implements Router {
   }
 
   route(): RouteResult {
-    throw new MoelabError('mixture-of-tokens mixes tokens across examples: it runs through the MoE layer`s mix path, not route()');
+    throw new MoelabError("mixture-of-tokens mixes tokens across examples: it runs through the MoE layer's mix path, not route()");
   }
 
   /** Row permutation that puts each group's g tokens together: rows of the result are [G, g]. */

@@ -58,7 +58,7 @@ export class SmearRouter extends Module implements Router {
   }
 
   route(): RouteResult {
-    throw new MoelabError('smear merges expert parameters: it runs through the MoE layer`s mix path, not route()');
+    throw new MoelabError("smear merges expert parameters: it runs through the MoE layer's mix path, not route()");
   }
 
   /** Summaries [G, d] and the group of each row. */
@@ -98,7 +98,7 @@ export class SmearRouter extends Module implements Router {
 export const smear = defineEntry({
   kind: 'router',
   name: 'smear',
-  description: 'SMEAR (Muqeeth et al. 2023): per-example softmax merges the experts` parameters, one merged expert runs; fully differentiable.',
+  description: "SMEAR (Muqeeth et al. 2023): per-example softmax merges the experts' parameters, one merged expert runs; fully differentiable.",
   reference: 'specs/routers.md R16',
   flags: { causalSafe: false, batchDependent: true },
   schema: Config({

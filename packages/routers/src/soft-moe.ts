@@ -67,7 +67,7 @@ export class SoftMoERouter extends Module implements Router {
   }
 
   route(): RouteResult {
-    throw new MoelabError('soft-moe mixes tokens into slots: it runs through the MoE layer`s mix path, not route()');
+    throw new MoelabError("soft-moe mixes tokens into slots: it runs through the MoE layer's mix path, not route()");
   }
 
   mix(x: tf.Tensor2D, routerInput: tf.Tensor2D, experts: ExpertBank, ctx: ForwardContext, info: RouteInfo): MixResult {
