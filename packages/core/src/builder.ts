@@ -18,6 +18,8 @@ export interface BuildEnv {
   numExperts?: number;
   /** Set by a causal language model: routers that look across tokens of a batch are refused there. */
   causal?: boolean;
+  /** Modules shared between nodes of one build (see `BuildContext.shared`); set by the outermost `buildNode`. */
+  sharedModules?: Map<string, unknown>;
   [key: string]: unknown;
 }
 
@@ -33,6 +35,13 @@ export interface BuildContext {
   build<T = unknown>(kind: Kind, node: NodeSpec | undefined, key: string | number, env?: BuildEnv): T;
   /** Read a value the parent provided, or fail with a clear message naming this node. */
   need<K extends keyof BuildEnv>(key: K): NonNullable<BuildEnv[K]>;
+  /**
+   * One object per `key` for the whole build (the outermost `buildNode` call): the first node that asks
+   * creates it with `create(rng)` (rng derived from the seed and the key, so it does not depend on which
+   * node asked first); later nodes get the same object. Used for parameters shared across layers (e.g.
+   * RMoE's recurrent router cell).
+   */
+  shared<T>(key: string, create: (rng: Rng) => T): T;
 }
 
 function childPath(path: string, key: string | number): string {
@@ -65,6 +74,12 @@ export function makeContext(registry: Registry, seed: number, path: string, env:
       if (v === undefined || v === null) throw new MoelabError(`this node needs "${String(key)}" from its parent, which did not provide it`, path);
       return v as NonNullable<BuildEnv[typeof key]>;
     },
+    shared<T>(key: string, create: (rng: Rng) => T): T {
+      const store = env.sharedModules;
+      if (!store) return create(Rng.derive(seed, 'init', 'shared', key));
+      if (!store.has(key)) store.set(key, create(Rng.derive(seed, 'init', 'shared', key)));
+      return store.get(key) as T;
+    },
   };
   return ctx;
 }
@@ -74,7 +89,7 @@ export function buildNode<T = unknown>(registry: Registry, kind: Kind, node: Nod
   const { type, options } = nodeParts(node, kind, path);
   const entry = registry.get(kind, type, `${path}${typeof node === 'string' ? '' : '.type'}`);
   const config = validateConfig(entry.schema, options, path);
-  const ctx = makeContext(registry, seed, path, env);
+  const ctx = makeContext(registry, seed, path, env.sharedModules ? env : { ...env, sharedModules: new Map() });
   return entry.create(config, ctx) as T;
 }
 

@@ -118,6 +118,9 @@ export function verifyFixture(fx: Fixture, registry: Registry): VerifyReport {
     need: () => {
       throw new Error('fixture runners have no parent');
     },
+    shared: () => {
+      throw new Error('fixture runners build their own modules');
+    },
   }) as FixtureRunner;
   const got = runner(fx);
   const outTol = fx.doc.tolerances?.outputs_and_losses ?? DEFAULT_OUT;

@@ -65,6 +65,12 @@ export interface ForwardContext {
   expertMask?: Map<string, Set<number>>;
   /** Token ids of the forward pass, flattened row-major like the rows MoE layers see (set by the language model; hash routers read it). */
   tokenIds?: Int32Array;
+  /**
+   * State carried between the layers of ONE forward pass (specs/routers.md §2.1 `carry`), keyed by an id
+   * the producers agree on (e.g. a shared recurrent router's group): each MoE layer reads what the
+   * previous one in execution order left and overwrites it. Created lazily by the first writer.
+   */
+  carry?: Map<string, unknown>;
 }
 
 export function forwardContext(rng: Rng, training: boolean, extra: Partial<ForwardContext> = {}): ForwardContext {

@@ -8,7 +8,7 @@ import { MoelabError } from './errors.js';
 import { ACTIVATIONS } from './nn/activations.js';
 import type { AttentionModule } from './nn/attention.js';
 import { DenseFFN } from './nn/ffn.js';
-import { LayerNorm, type Norm, RMSNorm } from './nn/layers.js';
+import { LayerNorm, Linear, type Norm, RMSNorm } from './nn/layers.js';
 import { type ExpertBank, type FeedForward, MoELayer, type Router } from './nn/moe.js';
 import { TransformerBlock, TransformerLM } from './nn/transformer.js';
 import { defineEntry, definePlugin } from './registry.js';
@@ -69,6 +69,11 @@ export const moeFFNEntry = defineEntry({
       (['position', 'position-interleaved', 'probs', 'batch-prioritized', 'random'] as const).map((p) => Type.Literal(p)),
       { default: 'position', description: 'which assignments survive the capacity limit (specs/routers.md §4.2)' },
     ),
+    sharedGate: Type.Union([Type.Literal('none'), Type.Literal('sigmoid')], {
+      default: 'none',
+      description: "gate on the shared experts' output: none, or sigmoid = σ(w·x) per token (Qwen2-MoE; parameter shared_expert_gate.weight [1, d])",
+    }),
+    sharedGateStd: Type.Number({ minimum: 0, default: 0.02, description: 'init std of shared_expert_gate.weight (HF initializer_range 0.02)' }),
   }),
   create: (c, ctx) => {
     const router = ctx.build<Router>('router', c.router, 'router', { numExperts: c.experts });
@@ -83,11 +88,21 @@ export const moeFFNEntry = defineEntry({
     const experts = ctx.build<ExpertBank>('expert', c.expert, 'expert', { numExperts: c.experts });
     let shared: ExpertBank | undefined;
     if (c.shared !== undefined) shared = ctx.build<ExpertBank>('expert', c.shared, 'shared', { numExperts: undefined });
+    if (c.sharedGate === 'sigmoid' && !shared)
+      throw new MoelabError("sharedGate: 'sigmoid' gates the shared experts, but this moe layer has none: set `shared` too", `${ctx.path}.sharedGate`);
+    const gate = c.sharedGate === 'sigmoid' ? new Linear(ctx.need('dModel'), 1, ctx.rng, { bias: false, std: c.sharedGateStd }) : undefined;
     return new MoELayer(
       router,
       experts,
-      { capacityFactor: c.capacityFactor, evalCapacityFactor: c.evalCapacityFactor, minCapacity: c.minCapacity, dropPolicy: c.dropPolicy },
+      {
+        capacityFactor: c.capacityFactor,
+        evalCapacityFactor: c.evalCapacityFactor,
+        minCapacity: c.minCapacity,
+        dropPolicy: c.dropPolicy,
+        sharedGate: c.sharedGate,
+      },
       shared,
+      gate,
     );
   },
 });

@@ -68,6 +68,7 @@ describe('the router catalogue', () => {
       R20: 'maskmoe',
       R21: 'chain-of-experts',
       R22: 'hyper-router',
+      R23: 'rmoe',
       'R24 cosine': 'cosine-topk',
       'R24 sinkhorn': 'sinkhorn',
       'R24 uniform': 'uniform',

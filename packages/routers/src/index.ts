@@ -17,11 +17,12 @@ import { hyperRouter } from './hyper-router.js';
 import { maskMoE } from './maskmoe.js';
 import { mixtureOfTokens } from './mixture-of-tokens.js';
 import { reluRouter } from './relu.js';
+import { rmoeRouter } from './rmoe.js';
 import { sigmaTopK } from './sigma-topk.js';
 import { sinkhornRouter } from './sinkhorn.js';
 import { smear } from './smear.js';
 import { softMoE } from './soft-moe.js';
-import { mixtralRouter, noisyTopK, olmoeRouter, softmaxTopK, switchTop1 } from './softmax-topk.js';
+import { mixtralRouter, noisyTopK, olmoeRouter, qwen2MoERouter, softmaxTopK, switchTop1 } from './softmax-topk.js';
 import { sparseMixer } from './sparsemixer.js';
 import { thresholdRouter } from './threshold.js';
 import { topP } from './top-p.js';
@@ -34,6 +35,7 @@ export {
   switchTop1,
   mixtralRouter,
   olmoeRouter,
+  qwen2MoERouter,
   softmaxTopKSchema,
   type SoftmaxTopKOptions,
 } from './softmax-topk.js';
@@ -48,6 +50,7 @@ export { DeepSeekV3Router, deepseekV3, topkSigmoidNormalised, type DeepSeekV3Opt
 export { CumulativeRouter, topP, cumulativeSelect, type CumulativeOptions } from './top-p.js';
 export { thresholdRouter } from './threshold.js';
 export { ReLURouter, reluRouter, type ReLURouterOptions } from './relu.js';
+export { RMoERouter, RecurrentRouterCell, rmoeRouter, type RMoEOptions, type RMoECarry, type RecurrentCellType } from './rmoe.js';
 export { SoftMoERouter, softMoE, type SoftMoEOptions } from './soft-moe.js';
 export { SmearRouter, smear, type SmearOptions, type SmearRouteOn } from './smear.js';
 export { MixtureOfTokensRouter, mixtureOfTokens, type MixtureOfTokensOptions } from './mixture-of-tokens.js';
@@ -81,11 +84,13 @@ export const routers = definePlugin({
     switchTop1,
     mixtralRouter,
     olmoeRouter,
+    qwen2MoERouter,
     gshardTop2,
     stMoE,
     expertChoice,
     hashRouter,
     hyperRouter,
+    rmoeRouter,
     maskMoE,
     deepseekMoE,
     deepseekV3,

@@ -375,3 +375,86 @@ describe('softmax top-k family: training', () => {
     }
   });
 });
+
+describe('noisy top-k smooth load (R1 invariant, §3.4.2)', () => {
+  it('Σ_i Load_i ≈ k·N when the noise is small, reported in the layer metrics; Load → the hard counts', () => {
+    const N = 64;
+    const r = makeRouter<SoftmaxTopKRouter>({ type: 'softmax-topk', k: 2, noisy: true }, 8, 4);
+    // positive inputs and W_noise = −10: softplus(W_noise x) ≈ 0, so σ = 1e-2 (the spec's small-noise limit)
+    r.noiseWeight!.assign(tf.fill([4, 8], -10));
+    const x = tf.tensor2d(
+      Float32Array.from(new Rng(4).normalArray(N * 8), (v) => Math.abs(v) + 0.1),
+      [N, 8],
+    );
+    const res = r.route(x, forwardContext(new Rng(5), true));
+    expect(res.extra!.smoothLoadRatio).toBeGreaterThan(0.97);
+    expect(res.extra!.smoothLoadRatio).toBeLessThan(1.03);
+    expect(res.extra!.smoothLoadSum).toBeCloseTo(res.extra!.smoothLoadRatio! * 2 * N, 3);
+    // σ → 1e-2 on clean logits (eval routing): the smooth load approaches the hard assignment counts
+    const clean = r.route(x, forwardContext(new Rng(5), false));
+    const tokenMajor = new Int32Array(N * 2);
+    for (let n = 0; n < clean.plan.size; n++) tokenMajor[clean.plan.tokenIndex[n]! * 2 + (n < N ? 0 : 1)] = clean.plan.expertIndex[n]!;
+    const load = r.smoothLoad(clean.logits!, clean.logits!, tf.fill([N, 4], 1e-2) as tf.Tensor2D, tokenMajor).dataSync();
+    for (let e = 0; e < 4; e++) expect(Math.abs(load[e]! - clean.plan.counts[e]!)).toBeLessThan(0.02 * N);
+    // with the default noise scale (W_noise = 0: σ ≈ 0.70) the sum is still reported, and eval reports nothing
+    const layer = makeFFN<MoELayer>({ type: 'moe', experts: 4, router: { type: 'noisy-topk', zeroInit: false }, expert: { type: 'mlp', hidden: 8 } }, 8);
+    const ctx = forwardContext(new Rng(6), true);
+    layer.forward(tf.tensor3d(new Rng(7).normalArray(2 * 8 * 8), [2, 8, 8]), ctx);
+    expect(ctx.routing[0]!.extra!.smoothLoadRatio).toBeGreaterThan(0.5);
+    expect(ctx.routing[0]!.extra!.smoothLoadRatio).toBeLessThan(1.5);
+    const ev = forwardContext(new Rng(6), false);
+    layer.forward(tf.tensor3d(new Rng(7).normalArray(2 * 8 * 8), [2, 8, 8]), ev);
+    expect(ev.routing[0]!.extra?.smoothLoadRatio).toBeUndefined();
+  });
+});
+
+describe('qwen2-moe preset and the sigmoid-gated shared expert (R2)', () => {
+  const node = (o: Record<string, unknown>) => ({ type: 'moe', experts: 4, router: { type: 'qwen2-moe', k: 2 }, expert: { type: 'mlp', hidden: 8 }, ...o });
+  const x = tf.tensor3d(new Rng(3).normalArray(2 * 3 * 8), [2, 3, 8]);
+  const out = (layer: MoELayer) => Array.from(layer.forward(x, forwardContext(new Rng(1), false)).dataSync());
+
+  it('qwen2-moe: top-4 raw weights, aux 0.001 in the HF ×k form', () => {
+    expect(makeRouter<SoftmaxTopKRouter>({ type: 'qwen2-moe' }, 8, 60).options).toMatchObject({
+      k: 4,
+      renormalize: false,
+      balanceCoef: 0.001,
+      balanceParity: 'hf',
+      zLossCoef: 0,
+    });
+  });
+
+  it("default sharedGate 'none' adds the shared output as is; 'sigmoid' scales it by σ(x·w), w = shared_expert_gate.weight [1, d]", () => {
+    const shared = { type: 'mlp', hidden: 8, count: 1 };
+    const routed = out(makeFFN<MoELayer>(node({}), 8));
+    const plain = makeFFN<MoELayer>(node({ shared }), 8);
+    expect(plain.namedParameters().some(([n]) => n.includes('gate'))).toBe(false);
+    const ungated = out(plain);
+    // default: out = routed + shared(x), the shared bank applied to every token with weight 1
+    const flat = tf.reshape(x, [6, 8]) as tf.Tensor2D;
+    const S = Array.from(
+      plain
+        .shared!.apply(flat, new DispatchPlan(new Int32Array([0, 1, 2, 3, 4, 5]), new Int32Array(6), 6, 1), null, forwardContext(new Rng(1), false))
+        .dataSync(),
+    );
+    ungated.forEach((v, i) => expect(v).toBeCloseTo(routed[i]! + S[i]!, 5));
+    const gated = makeFFN<MoELayer>(node({ shared, sharedGate: 'sigmoid' }), 8);
+    const names = gated.namedParameters().map(([n]) => n);
+    expect(names).toContain('shared_expert_gate.weight');
+    const w = gated.sharedExpertGate!.weight;
+    expect(w.shape).toEqual([1, 8]);
+    const g = Array.from(tf.sigmoid(tf.matMul(flat, w, false, true)).dataSync());
+    const y = out(gated);
+    for (let t = 0; t < 6; t++) for (let j = 0; j < 8; j++) expect(y[t * 8 + j]).toBeCloseTo(routed[t * 8 + j]! + g[t]! * S[t * 8 + j]!, 5);
+    expect(Math.max(...g.map((v) => Math.abs(v - 0.5)))).toBeGreaterThan(1e-3); // the gate is not a constant ½
+    // the gate gets a gradient
+    const { grads } = tf.variableGrads(() => tf.sum(tf.square(gated.forward(x, forwardContext(new Rng(1), true)))) as tf.Scalar, [w]);
+    expect(tf.sum(tf.abs(grads[w.name]!)).dataSync()[0]).toBeGreaterThan(0);
+    expect(() => makeFFN(node({ sharedGate: 'sigmoid' }), 8)).toThrow(/\$\.block\.ffn\.sharedGate.*has none/s);
+    expect(() => makeFFN(node({ shared, sharedGate: 'tanh' }), 8)).toThrow(/\$\.block\.ffn\.sharedGate/);
+  });
+
+  it('a Qwen2-MoE-style tiny LM (qwen2-moe router + gated shared expert) learns', () => {
+    const losses = trainLosses(tinyLM({ type: 'qwen2-moe', k: 2 }, { shared: { type: 'mlp', hidden: 16, count: 1 }, sharedGate: 'sigmoid' }));
+    expect(lossRatio(losses)).toBeLessThan(0.85);
+  });
+});

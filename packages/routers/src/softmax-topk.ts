@@ -11,6 +11,8 @@
  * Aux (training only, unscaled, pushed with their coefficients): Switch balance loss (canonical
  * "all-k ÷ k" form, options first-choice / sequence / global / HF parity), z-loss, and for noisy gating
  * Shazeer's importance and load losses (CV² of Σ gates, and of the smooth load Σ_t Φ((z - thr)/σ)).
+ * With learned noise in training the metrics extras report `smoothLoadSum` = Σ_i Load_i and
+ * `smoothLoadRatio` = Σ_i Load_i / (k·N) (≈ 1 when the noise is small, R1's invariant).
  */
 import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
 import { Balancer, type BalanceOptions, balanceFields, cvSquared, importanceLoss } from './balance.js';
@@ -107,17 +109,24 @@ export class SoftmaxTopKRouter extends Module implements Router {
     if (ctx.training && (this.options.importanceCoef ?? 0) > 0) {
       ctx.aux.push({ name: 'importance', layer: this.path, value: importanceLoss(densify(weight, flat, T, E)), coef: this.options.importanceCoef! });
     }
-    if (ctx.training && (this.options.loadCoef ?? 0) > 0 && noiseScale && k < E) {
-      ctx.aux.push({ name: 'load', layer: this.path, value: this.smoothLoad(logits, noisy, noiseScale, choices), coef: this.options.loadCoef! });
+    let extra = this.bias?.stats();
+    if (noiseScale && k < E) {
+      const load = this.smoothLoad(logits, noisy, noiseScale, choices);
+      if ((this.options.loadCoef ?? 0) > 0) ctx.aux.push({ name: 'load', layer: this.path, value: cvSquared(load), coef: this.options.loadCoef! });
+      // §7 / R1 invariant: Σ_i Load_i ≈ k·N when the noise is small; reported as Σ Load and Σ Load / (k·N).
+      let total = 0;
+      for (const v of load.dataSync()) total += v;
+      extra = { ...extra, smoothLoadSum: total, smoothLoadRatio: total / (k * Math.max(1, T)) };
     }
-    return { plan, weight, probs, logits, extra: this.bias?.stats() };
+    return { plan, weight, probs, logits, extra };
   }
 
   /**
    * Shazeer's smooth load: P(t,i) = Φ((z_t,i − thr_t,i) / σ_t,i), thr = the (k+1)-th largest noisy logit
-   * if i is in the top-k, else the k-th largest; Load_i = Σ_t P(t,i); loss = CV²(Load).
+   * if i is in the top-k, else the k-th largest; Load_i = Σ_t P(t,i) (the `load` loss is CV²(Load)).
+   * Returns Load [E], differentiable w.r.t. the clean logits and σ. Needs k < E.
    */
-  smoothLoad(clean: tf.Tensor2D, noisy: tf.Tensor2D, sigma: tf.Tensor2D, choices: Int32Array): tf.Scalar {
+  smoothLoad(clean: tf.Tensor2D, noisy: tf.Tensor2D, sigma: tf.Tensor2D, choices: Int32Array): tf.Tensor1D {
     const [T, E] = clean.shape;
     const k = this.options.k;
     const top = topkRows(noisy.dataSync(), T, E, k + 1);
@@ -135,7 +144,7 @@ export class SoftmaxTopKRouter extends Module implements Router {
     const isIn = tf.tensor2d(inTop, [T, E]);
     const thr = tf.add(tf.mul(isIn, thrIn), tf.mul(tf.sub(1, isIn), thrOut));
     const prob = PHI(tf.div(tf.sub(clean, thr), sigma));
-    return cvSquared(tf.sum(prob, 0) as tf.Tensor1D);
+    return tf.sum(prob, 0) as tf.Tensor1D;
   }
 
   override afterStep(): void {
@@ -258,10 +267,11 @@ export const switchTop1 = defineEntry({
 });
 
 /**
- * HF parity presets of `softmax-topk` (R2): Mixtral (E 8, k 2, renormalised, aux 0.001 in the HF ×k form)
- * and OLMoE (E 64, k 8, raw, aux 0.01 in the HF ×k form). `balanceParity: 'hf'` multiplies the canonical
- * loss by k, so the published coefficients keep their meaning (§3.4.1). Qwen2-MoE's sigmoid-gated shared
- * expert is a layer feature, not a router one, and has no preset here.
+ * HF parity presets of `softmax-topk` (R2): Mixtral (E 8, k 2, renormalised, aux 0.001 in the HF ×k form),
+ * OLMoE (E 64, k 8, raw, aux 0.01 in the HF ×k form) and Qwen2-MoE (E 60, k 4, raw (norm_topk_prob
+ * false), aux 0.001 in the HF ×k form). `balanceParity: 'hf'` multiplies the canonical loss by k, so the
+ * published coefficients keep their meaning (§3.4.1). Qwen2-MoE's sigmoid-gated shared expert belongs to
+ * the layer: `{ type: 'moe', router: 'qwen2-moe', shared: {...}, sharedGate: 'sigmoid' }`.
  */
 function hfPreset(name: string, description: string, k: number, renormalize: boolean, coef: number) {
   return defineEntry({
@@ -296,4 +306,11 @@ export const olmoeRouter = hfPreset(
   8,
   false,
   0.01,
+);
+export const qwen2MoERouter = hfPreset(
+  'qwen2-moe',
+  "Qwen2-MoE router (HF): softmax top-4, raw weights (norm_topk_prob false), aux loss 0.001 in the HF ×k form; pair with the moe layer's shared + sharedGate: 'sigmoid'.",
+  4,
+  false,
+  0.001,
 );

@@ -10,6 +10,7 @@ import { Module } from '../module.js';
 import { MoelabError } from '../errors.js';
 import { tf } from '../tf.js';
 import { capacityMask, DispatchPlan, type DropPolicy, dropPriority, expertCapacity } from './dispatch.js';
+import type { Linear } from './layers.js';
 
 export interface RouterFlags {
   /** Routing of a token depends only on that token and earlier ones: safe in causal decoding. */
@@ -93,6 +94,13 @@ export interface MoELayerOptions {
   minCapacity?: number;
   /** Which assignments survive the capacity limit (default `position`), specs/routers.md §4.2. */
   dropPolicy?: DropPolicy;
+  /**
+   * Gate on the shared experts' output (default `none`: added as is). `sigmoid` (Qwen2-MoE): the shared
+   * output is scaled per token by σ(w·x), w = the `shared_expert_gate.weight` [1, d] parameter of the
+   * layer, x = the router input (the layer input unless peri-norm). Needs shared experts and the gate
+   * module (a `Linear(d, 1)` without bias) as the layer's fifth constructor argument.
+   */
+  sharedGate?: 'none' | 'sigmoid';
 }
 
 export class MoELayer extends Module implements FeedForward {
@@ -101,14 +109,23 @@ export class MoELayer extends Module implements FeedForward {
     readonly experts: ExpertBank,
     readonly options: MoELayerOptions,
     readonly shared?: ExpertBank,
+    /** Qwen2-MoE's shared-expert gate, a Linear(d, 1) without bias (with `sharedGate: 'sigmoid'`). */
+    readonly sharedExpertGate?: Linear,
   ) {
     super();
     if (router.numExperts !== experts.numExperts) {
       throw new Error(`router has ${router.numExperts} experts but the expert bank has ${experts.numExperts}`);
     }
+    const gated = (options.sharedGate ?? 'none') === 'sigmoid';
+    if (gated && !shared) throw new MoelabError("sharedGate: 'sigmoid' gates the shared experts, but this moe layer has none (set `shared`)");
+    if (gated !== !!sharedExpertGate)
+      throw new MoelabError(`sharedGate '${options.sharedGate ?? 'none'}' ${gated ? 'needs' : 'takes no'} a shared_expert_gate module`);
+    if (sharedExpertGate && sharedExpertGate.outFeatures !== 1)
+      throw new MoelabError(`shared_expert_gate must map to 1 output (got ${sharedExpertGate.outFeatures})`);
     this.child('router', router);
     this.child('experts', experts);
     if (shared) this.child('shared', shared);
+    if (sharedExpertGate) this.child('shared_expert_gate', sharedExpertGate);
   }
 
   forward(x: tf.Tensor, ctx: ForwardContext, sources: { routerInput?: tf.Tensor } = {}): tf.Tensor {
@@ -143,7 +160,7 @@ export class MoELayer extends Module implements FeedForward {
     }
 
     let out = this.experts.apply(flat, plan, weight, ctx);
-    out = this.addShared(flat, out, ctx);
+    out = this.addShared(flat, out, ctx, routerIn);
     this.record(ctx, plan, assigned, routed);
     return tf.reshape(out, shape);
   }
@@ -153,7 +170,7 @@ export class MoELayer extends Module implements FeedForward {
     const masked = this.maskedExperts(ctx);
     const bank = masked && masked.size > 0 ? maskedExpertBank(this.experts, masked) : this.experts;
     const res = this.router.mix!(flat, routerIn, bank, ctx, { batchShape: x.shape.slice(0, -1) });
-    const out = this.addShared(flat, res.output, ctx);
+    const out = this.addShared(flat, res.output, ctx, routerIn);
     const E = this.experts.numExperts;
     const counts = res.counts ? res.counts.slice() : new Array<number>(E).fill(0);
     if (masked) for (const e of masked) if (e >= 0 && e < E) counts[e] = 0;
@@ -173,7 +190,8 @@ export class MoELayer extends Module implements FeedForward {
     return tf.reshape(out, x.shape);
   }
 
-  private addShared(flat: tf.Tensor2D, out: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
+  /** out + shared(x), or out + σ(w·routerIn) ⊙ shared(x) with the Qwen2-MoE gate. */
+  private addShared(flat: tf.Tensor2D, out: tf.Tensor2D, ctx: ForwardContext, routerIn: tf.Tensor2D = flat): tf.Tensor2D {
     if (this.shared) {
       const T = flat.shape[0];
       const S = this.shared.numExperts;
@@ -184,7 +202,9 @@ export class MoELayer extends Module implements FeedForward {
           tok[s * T + t] = t;
           ex[s * T + t] = s;
         }
-      out = tf.add(out, this.shared.apply(flat, new DispatchPlan(tok, ex, T, S), null, ctx));
+      let sharedOut = this.shared.apply(flat, new DispatchPlan(tok, ex, T, S), null, ctx);
+      if (this.sharedExpertGate) sharedOut = tf.mul(sharedOut, tf.sigmoid(this.sharedExpertGate.forward(routerIn))) as tf.Tensor2D;
+      out = tf.add(out, sharedOut);
     }
     return out;
   }
@@ -256,6 +276,7 @@ export class MoELayer extends Module implements FeedForward {
     seen.add(this);
     let n = this.router.activeParameterCount(seen);
     if (this.shared) n += this.shared.activeParameterCount(seen);
+    if (this.sharedExpertGate) n += this.sharedExpertGate.activeParameterCount(seen);
     seen.add(this.experts);
     return n + this.experts.parametersPerExpert() * this.router.expertsPerToken;
   }
