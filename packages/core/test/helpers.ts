@@ -1,5 +1,5 @@
 import { attention } from '@moelab/attention';
-import { corePlugin, createRegistry, type Rng, tf } from '@moelab/core';
+import { corePlugin, createRegistry, type Rng } from '@moelab/core';
 import { experts } from '@moelab/experts';
 import { routers } from '@moelab/routers';
 

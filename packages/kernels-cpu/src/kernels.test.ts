@@ -356,11 +356,11 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
       [[400, 64], 64],
     ] as [number[], number][]) {
       const specs: Spec[] = [f(xs, r), { shape: [xs[0]], data: randInts(r, xs[0], ns) }];
-      await compareBackends(specs, (x, ids) => tf.unsortedSegmentSum(x, ids, ns), 1e-5);
-      await compareBackends(specs, (x, ids) => tf.grads((a: tf.Tensor) => loss(tf.unsortedSegmentSum(a, ids, ns), 19))([x]), 1e-5);
+      await compareBackends(specs, (x, ids) => tf.unsortedSegmentSum(x, ids as tf.Tensor1D, ns), 1e-5);
+      await compareBackends(specs, (x, ids) => tf.grads((a: tf.Tensor) => loss(tf.unsortedSegmentSum(a, ids as tf.Tensor1D, ns), 19))([x]), 1e-5);
     }
     const specs: Spec[] = [f([5, 3], r), { shape: [5], data: Int32Array.from([0, -1, 2, 9, 2]) }];
-    await compareBackends(specs, (x, ids) => tf.unsortedSegmentSum(x, ids, 3), 1e-6);
+    await compareBackends(specs, (x, ids) => tf.unsortedSegmentSum(x, ids as tf.Tensor1D, 3), 1e-6);
   });
 
   it('keeps every stock cpu kernel (e.g. Conv2D, Cumsum) under the new name', async () => {

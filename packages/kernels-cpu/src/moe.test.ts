@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type MoeActivation, moeLinear, moeMLP } from './index.js';
-import { maxRelDiff, randArray, randInts, rng, runOn, type Spec, status } from './testing/helpers.js';
+import { maxRelDiff, randArray, rng, runOn, type Spec, status } from './testing/helpers.js';
 
 afterAll(async () => {
   await tf.setBackend('cpu');
@@ -43,8 +43,8 @@ function refMLP(x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, tok: tf.Tensor, exp:
 }
 
 function refLinear(x: tf.Tensor, w: tf.Tensor, inRow: tf.Tensor, outRow: tf.Tensor, exp: tf.Tensor, wt: tf.Tensor, outRows: number): tf.Tensor {
-  const [, din] = x.shape;
-  const dout = w.shape[2];
+  const din = x.shape[1] as number;
+  const dout = w.shape[2] as number;
   const N = inRow.size;
   if (N === 0) return tf.add(tf.zeros([outRows, dout]), tf.mul(tf.add(tf.sum(x), tf.add(tf.sum(w), tf.sum(wt))), 0));
   const ohIn = oneHot(inRow, x.shape[0]);

@@ -1,4 +1,4 @@
-import { buildModel, type LanguageModel, type Module, type MoELayer, type TransformerLM } from '@moelab/core';
+import { buildModel, type Module, type MoELayer, type TransformerLM } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { forwardContext, gradCheck, lossRatio, makeRouter, probe, registry, Rng, tf, tinyLM, trainLosses } from '../test/helpers.js';
 import type { RMoERouter } from './rmoe.js';
@@ -46,8 +46,12 @@ describe('rmoe (R23): layerwise recurrent router', () => {
     const zeros = rows(x0).map((row) => row.slice(0, 5).fill(0));
     const want0 = refStep(r0.cell, rows(tf.matMul(x0, r0.weight1, false, true) as tf.Tensor2D), zeros);
     const want1 = refStep(r0.cell, rows(tf.matMul(x1, r1.weight1, false, true) as tf.Tensor2D), want0);
-    rows(h0).forEach((row, t) => row.forEach((v, i) => expect(v).toBeCloseTo(want0[t]![i]!, 5)));
-    rows(h1).forEach((row, t) => row.forEach((v, i) => expect(v).toBeCloseTo(want1[t]![i]!, 5)));
+    for (const [t, row] of rows(h0).entries()) {
+      for (const [i, v] of row.entries()) expect(v).toBeCloseTo(want0[t]![i]!, 5);
+    }
+    for (const [t, row] of rows(h1).entries()) {
+      for (const [i, v] of row.entries()) expect(v).toBeCloseTo(want1[t]![i]!, 5);
+    }
     // logits = W2 h, Mixtral top-2 renormalised
     const res = r1.route(x1, forwardContext(new Rng(1), false, { carry: new Map([['rmoe:default', { h: h0, layer: 'l0' }]]) }));
     expect(arr(res.logits!)).toEqual(arr(tf.matMul(h1, r1.weight2, false, true)).map((v) => expect.closeTo(v, 5)));
@@ -115,7 +119,9 @@ describe('rmoe (R23): layerwise recurrent router', () => {
     const want = tf.tanh(
       tf.add(tf.add(tf.matMul(tf.matMul(x1, r1.weight1, false, true), wi!, false, true), bi!), tf.add(tf.matMul(h0, wh!, false, true), bh!)),
     );
-    arr(h1).forEach((v, i) => expect(v).toBeCloseTo(arr(want)[i]!, 5));
+    arr(h1).forEach((v, i) => {
+      expect(v).toBeCloseTo(arr(want)[i]!, 5);
+    });
   });
 
   it('in a 2-layer LM: one cell under the first router, state reset every forward pass, loss falls', () => {

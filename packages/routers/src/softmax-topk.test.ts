@@ -436,7 +436,9 @@ describe('qwen2-moe preset and the sigmoid-gated shared expert (R2)', () => {
         .shared!.apply(flat, new DispatchPlan(new Int32Array([0, 1, 2, 3, 4, 5]), new Int32Array(6), 6, 1), null, forwardContext(new Rng(1), false))
         .dataSync(),
     );
-    ungated.forEach((v, i) => expect(v).toBeCloseTo(routed[i]! + S[i]!, 5));
+    ungated.forEach((v, i) => {
+      expect(v).toBeCloseTo(routed[i]! + S[i]!, 5);
+    });
     const gated = makeFFN<MoELayer>(node({ shared, sharedGate: 'sigmoid' }), 8);
     const names = gated.namedParameters().map(([n]) => n);
     expect(names).toContain('shared_expert_gate.weight');
