@@ -7,6 +7,7 @@
       "target_name": "moelab_cpu",
       "sources": [
         "src/native/addon.cc",
+        "src/native/attention.cc",
         "src/native/gemm.cc",
         "src/native/kernels.cc",
         "src/native/moe.cc",

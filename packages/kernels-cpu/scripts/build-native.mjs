@@ -3,11 +3,12 @@
 // reason recorded here (build/moelab-build.json).
 //
 //   node scripts/build-native.mjs              build (pnpm install runs this)
-//   node scripts/build-native.mjs --if-missing build only if the addon is absent (pnpm build)
+//   node scripts/build-native.mjs --if-missing build only if the addon is absent or older than its
+//                                              sources (pnpm build)
 //   node scripts/build-native.mjs --force      rebuild
 // Env: MOELAB_SKIP_NATIVE=1 skips the build; MOELAB_BLAS=none builds without OpenBLAS.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -33,7 +34,13 @@ function fail(reason, log = '') {
 }
 
 if (process.env.MOELAB_SKIP_NATIVE === '1') fail('MOELAB_SKIP_NATIVE=1 was set at install time');
-if (args.has('--if-missing') && existsSync(addon)) process.exit(0);
+if (args.has('--if-missing') && existsSync(addon)) {
+  // Up to date unless a native source (or the build file) changed since the addon was built.
+  const srcDir = join(pkgDir, 'src', 'native');
+  const sources = [join(pkgDir, 'binding.gyp'), ...readdirSync(srcDir).map((f) => join(srcDir, f))];
+  const built = statSync(addon).mtimeMs;
+  if (sources.every((f) => statSync(f).mtimeMs <= built)) process.exit(0);
+}
 
 const require = createRequire(import.meta.url);
 let gyp;

@@ -35,6 +35,35 @@ export interface NativeAddon {
   softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
   topk(x: Float32Array, values: Float32Array, indices: Int32Array, rows: number, cols: number, k: number): void;
   segmentSum(x: Float32Array, ids: Int32Array, out: Float32Array, n: number, inner: number, numSegments: number): void;
+  causalAttentionForward(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+    lse: Float32Array,
+    BH: number,
+    T: number,
+    dk: number,
+    dv: number,
+    scale: number,
+  ): void;
+  causalAttentionBackward(
+    dy: Float32Array,
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+    lse: Float32Array,
+    dq: Float32Array,
+    dk: Float32Array,
+    dv: Float32Array,
+    BH: number,
+    T: number,
+    dkDim: number,
+    dvDim: number,
+    scale: number,
+  ): void;
+  rope(x: Float32Array, cos: Float32Array, sin: Float32Array, out: Float32Array, BH: number, T: number, dh: number, dims: number, inverse: boolean): void;
   moeMlpForward(
     x: Float32Array,
     w1: Float32Array,

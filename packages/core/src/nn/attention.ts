@@ -5,6 +5,7 @@
  */
 import type { ForwardContext } from '../module.js';
 import { Module } from '../module.js';
+import { hasKernel } from '../ops/kernel.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
 import { Linear } from './layers.js';
@@ -24,11 +25,30 @@ export function causalMask(T: number): tf.Tensor2D {
   return m;
 }
 
+/**
+ * Kernel a backend may register for {@link causalAttention}: inputs q, k [B, H, T, dk], v [B, H, T, dv];
+ * attr scale. Outputs [out [B, H, T, dv], lse [B, H, T]] (lse = each row's log-sum-exp of the scaled
+ * scores, kept for the backend's backward kernel). @moelab/kernels-cpu implements it natively.
+ */
+export const CAUSAL_ATTENTION_KERNEL = 'MoelabCausalAttention';
+
 /** softmax(q k^T * scale + causal) v for q, k, v of shape [B, H, T, dh]. */
 export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!)): tf.Tensor {
   const T = q.shape[2]!;
+  if (q.rank === 4 && hasKernel(CAUSAL_ATTENTION_KERNEL) && sameShape(q.shape, k.shape) && sameShape(q.shape.slice(0, 3), v.shape.slice(0, 3))) {
+    const [out, lse] = tf
+      .engine()
+      .runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v } as unknown as tf.NamedTensorMap, { scale } as unknown as tf.NamedAttrMap) as tf.Tensor[];
+    // lse is the backward kernel's (saved through the gradient's outputsToSave), not the caller's.
+    lse!.dispose();
+    return out!;
+  }
   const scores = tf.add(tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), scale), causalMask(T));
   return tf.matMul(tf.softmax(scores, -1) as tf.Tensor4D, v as tf.Tensor4D);
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((s, i) => s === b[i]);
 }
 
 /** MACs per token of causal attention mixing: q.k and A.v, each heads x headDim per key, (seqLen + 1) / 2 keys on average. */

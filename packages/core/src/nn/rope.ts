@@ -3,7 +3,15 @@
  * i + dims/2 within the first `dims` channels of each head; the remaining channels pass through
  * (SwitchHead rotates half of each head's channels, for example).
  */
+import { hasKernel } from '../ops/kernel.js';
 import { tf } from '../tf.js';
+
+/**
+ * Kernel a backend may register for {@link applyRope}: inputs x [B, H, T, dh], cos and sin [T, dims]
+ * (the tables below); attr inverse (rotate by -angle: the transpose, which is the gradient). Output
+ * [B, H, T, dh]. @moelab/kernels-cpu implements it natively.
+ */
+export const ROPE_KERNEL = 'MoelabRope';
 
 const cache = new Map<string, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
 
@@ -34,6 +42,9 @@ export function applyRope(x: tf.Tensor, dims: number, base = 10000, offset = 0):
   if (dims <= 0) return x;
   if (dims % 2 !== 0 || dims > dh) throw new Error(`RoPE dims must be even and <= head size (${dims} vs ${dh})`);
   const { cos, sin } = tables(T, dims, base, offset);
+  if (x.rank === 4 && hasKernel(ROPE_KERNEL)) {
+    return tf.engine().runKernel(ROPE_KERNEL, { x, cos, sin } as unknown as tf.NamedTensorMap, { inverse: false } as unknown as tf.NamedAttrMap) as tf.Tensor;
+  }
   const rot = dims === dh ? x : tf.slice(x, [0, 0, 0, 0], [-1, -1, -1, dims]);
   const half = dims / 2;
   const x1 = tf.slice(rot, [0, 0, 0, 0], [-1, -1, -1, half]);

@@ -8,6 +8,7 @@ import type { Activation } from '../nn/activations.js';
 import { activate } from '../nn/activations.js';
 import { DispatchPlan } from '../nn/dispatch.js';
 import { tf } from '../tf.js';
+import { hasKernel } from './kernel.js';
 
 export const MOE_MLP_KERNEL = 'MoelabMoeMLP';
 export const MOE_LINEAR_KERNEL = 'MoelabMoeLinear';
@@ -15,9 +16,7 @@ export const MOE_LINEAR_KERNEL = 'MoelabMoeLinear';
 /** Activations the fused kernel understands (names as passed in the kernel attr). */
 const KERNEL_ACTIVATIONS: Partial<Record<Activation, string>> = { relu: 'relu', gelu: 'gelu', silu: 'silu', relu2: 'relu2', identity: 'identity' };
 
-export function hasKernel(name: string): boolean {
-  return tf.getKernel(name, tf.getBackend()) !== undefined;
-}
+export { hasKernel };
 
 /** Gather rows of `x` [T, d] into a padded [E, cap, d] block for the plan (padding rows are zero). */
 export function gatherPadded(x: tf.Tensor2D, plan: DispatchPlan): { xs: tf.Tensor3D; assignmentRow: tf.Tensor1D; capacity: number } {

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "attention.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "pool.h"
@@ -239,6 +240,34 @@ void MoeLinearBackward(const Napi::CallbackInfo& info) {
                       static_cast<int>(outRows));
 }
 
+// (q, k, v, out, lse, BH, T, dk, dv, scale)
+void CausalAttentionForward(const Napi::CallbackInfo& info) {
+  long BH = Int(info, 5), T = Int(info, 6), dk = Int(info, 7), dv = Int(info, 8);
+  float scale = info[9].As<Napi::Number>().FloatValue();
+  causal_attention_forward(F32(info, 0, BH * T * dk, "q"), F32(info, 1, BH * T * dk, "k"), F32(info, 2, BH * T * dv, "v"),
+                           F32(info, 3, BH * T * dv, "out"), F32(info, 4, BH * T, "lse"), static_cast<int>(BH),
+                           static_cast<int>(T), static_cast<int>(dk), static_cast<int>(dv), scale);
+}
+
+// (dy, q, k, v, out, lse, dq, dk, dv, BH, T, dk, dv, scale)
+void CausalAttentionBackward(const Napi::CallbackInfo& info) {
+  long BH = Int(info, 9), T = Int(info, 10), dk = Int(info, 11), dv = Int(info, 12);
+  float scale = info[13].As<Napi::Number>().FloatValue();
+  causal_attention_backward(F32(info, 0, BH * T * dv, "dy"), F32(info, 1, BH * T * dk, "q"), F32(info, 2, BH * T * dk, "k"),
+                            F32(info, 3, BH * T * dv, "v"), F32(info, 4, BH * T * dv, "out"), F32(info, 5, BH * T, "lse"),
+                            F32(info, 6, BH * T * dk, "dq"), F32(info, 7, BH * T * dk, "dk"), F32(info, 8, BH * T * dv, "dv"),
+                            static_cast<int>(BH), static_cast<int>(T), static_cast<int>(dk), static_cast<int>(dv), scale);
+}
+
+// (x, cos, sin, out, BH, T, dh, dims, inverse)
+void Rope(const Napi::CallbackInfo& info) {
+  long BH = Int(info, 4), T = Int(info, 5), dh = Int(info, 6), dims = Int(info, 7);
+  if (dims % 2 != 0 || dims > dh) throw Napi::RangeError::New(info.Env(), "moelab-cpu: rope dims must be even and <= head size");
+  rope(F32(info, 0, BH * T * dh, "x"), F32(info, 1, T * dims, "cos"), F32(info, 2, T * dims, "sin"),
+       F32(info, 3, BH * T * dh, "out"), BH, static_cast<int>(T), static_cast<int>(dh), static_cast<int>(dims),
+       info[8].As<Napi::Boolean>().Value());
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
@@ -255,6 +284,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("moeMlpBackward", Napi::Function::New(env, MoeMlpBackward));
   exports.Set("moeLinearForward", Napi::Function::New(env, MoeLinearForward));
   exports.Set("moeLinearBackward", Napi::Function::New(env, MoeLinearBackward));
+  exports.Set("causalAttentionForward", Napi::Function::New(env, CausalAttentionForward));
+  exports.Set("causalAttentionBackward", Napi::Function::New(env, CausalAttentionBackward));
+  exports.Set("rope", Napi::Function::New(env, Rope));
   return exports;
 }
 

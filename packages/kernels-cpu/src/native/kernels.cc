@@ -8,26 +8,6 @@
 #include "pool.h"
 
 namespace moelab {
-namespace {
-
-// Split [0, n) into parallel chunks of at least `grain` items (memory-bound kernels gain little
-// from a second thread on small inputs, and a fork-join costs microseconds).
-template <class F>
-void parallel_range(long n, long grain, F&& f) {
-  if (n <= 0) return;
-  int tasks = static_cast<int>(std::min<long>(pool_threads() * 4L, std::max<long>(1, n / std::max(1L, grain))));
-  if (tasks <= 1) {
-    f(0L, n);
-    return;
-  }
-  long step = (n + tasks - 1) / tasks;
-  parallel_for(tasks, [&](int t) {
-    long a = t * step, b = std::min(n, a + step);
-    if (a < b) f(a, b);
-  });
-}
-
-}  // namespace
 
 void bias_act(float* out, long M, int N, const float* bias, int act, float alpha) {
   parallel_range(M, std::max(1L, 32768L / std::max(1, N)), [&](long r0, long r1) {

@@ -6,6 +6,7 @@
 // condition variable, and the caller never waits for a worker that has not started: tasks are
 // claimed dynamically, so a descheduled worker just gets fewer of them.
 #pragma once
+#include <algorithm>
 #include <functional>
 
 namespace moelab {
@@ -17,5 +18,22 @@ void set_pool_threads(int n);
 // Run fn(0..n-1), each index exactly once, spread over the pool; returns when all are done.
 // Nested calls (from inside a task) and concurrent callers run serially on the calling thread.
 void parallel_for(int n, const std::function<void(int)>& fn);
+
+// Split [0, n) into parallel chunks of at least `grain` items (memory-bound kernels gain little
+// from a second thread on small inputs, and a fork-join costs microseconds).
+template <class F>
+void parallel_range(long n, long grain, F&& f) {
+  if (n <= 0) return;
+  int tasks = static_cast<int>(std::min<long>(pool_threads() * 4L, std::max<long>(1, n / std::max(1L, grain))));
+  if (tasks <= 1) {
+    f(0L, n);
+    return;
+  }
+  long step = (n + tasks - 1) / tasks;
+  parallel_for(tasks, [&](int t) {
+    long a = t * step, b = std::min(n, a + step);
+    if (a < b) f(a, b);
+  });
+}
 
 }  // namespace moelab
