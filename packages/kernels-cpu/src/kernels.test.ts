@@ -263,6 +263,36 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
         1e-6,
       );
     }
+    // Large enough for the thread pool and for several 256-column blocks: leading axes (bias
+    // gradients), a middle axis, trailing axes, and a non-adjacent pair (transposed first).
+    for (const [shape, axes] of [
+      [[300, 513], [0]],
+      [
+        [16, 40, 300],
+        [0, 1],
+      ],
+      [[7, 130, 300], [1]],
+      [
+        [3, 50, 700],
+        [1, 2],
+      ],
+      [
+        [6, 20, 5, 30],
+        [0, 2],
+      ],
+    ] as [number[], number[]][]) {
+      await compareBackends([f(shape, r)], (x) => [tf.sum(x, axes), tf.mean(x, axes, true), tf.max(x, axes)], 0);
+    }
+    const withNaN = randArray(r, 40 * 300);
+    withNaN[5 * 300 + 7] = Number.NaN;
+    // NaN propagates through max and sum in the same places (compared as a mask plus the finite rest).
+    const nanSplit = (t: tf.Tensor) => [tf.cast(tf.isNaN(t), 'float32'), tf.where(tf.isNaN(t), tf.zerosLike(t), t)];
+    const maxOrSum = (x: tf.Tensor) => [tf.max(x, 0), tf.max(x, 1), tf.sum(x, 0)].flatMap(nanSplit);
+    await compareBackends([{ shape: [40, 300], data: withNaN }], maxOrSum, 0);
+    await tf.setBackend('moelab-cpu');
+    const nanCols = tf.tidy(() => Array.from(tf.isNaN(tf.max(tf.tensor2d(withNaN, [40, 300]), 0)).dataSync()));
+    expect(nanCols.filter((v) => v).length).toBe(1);
+    expect(nanCols[7]).toBe(1);
     const unaries: ((x: tf.Tensor) => tf.Tensor)[] = [tf.sqrt, tf.rsqrt, tf.square, tf.neg, tf.exp, tf.log, tf.abs, tf.relu];
     await compareBackends([f([7, 9], r)], (x) => unaries.map((u) => u(tf.abs(x))), 0);
     await compareBackends([f([7, 9], r)], (x) => [tf.square, tf.neg, tf.exp, tf.abs, tf.relu].map((u) => u(x)), 0);

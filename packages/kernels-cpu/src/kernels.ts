@@ -343,9 +343,11 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
   });
 
   // Reductions (bias / broadcast gradients, LayerNorm statistics, softmax max): the same order of
-  // additions as the cpu kernels (innermost axes after a transpose, summed in double), so results
-  // are bit-identical, without their per-call copies.
-  const reduce = (kernelName: string, kind: 'sum' | 'mean' | 'max') =>
+  // additions as the cpu kernels (the reduced elements in order, summed in double), so results are
+  // bit-identical, but threaded and without the cpu kernels' transpose when the reduced axes are
+  // adjacent (x viewed as [outer, R, inner]: a bias gradient reduces the leading axes).
+  const REDUCE_KIND = { sum: 0, mean: 1, max: 2 } as const;
+  const reduce = (kernelName: string, kind: keyof typeof REDUCE_KIND) =>
     add(kernelName, (args) => {
       const { x } = args.inputs as { x: TensorInfo };
       // Sum and Mean call it `axis`, Max `reductionIndices`.
@@ -357,43 +359,27 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       if (x.dtype !== 'float32') return cpu(kernelName)(args);
       const backend = be(args);
       const rank = x.shape.length;
-      const axes = tf.util.parseAxisParam((kind === 'max' ? reductionIndices : axis) as number | number[], x.shape);
-      const perm = tf.backend_util.getAxesPermutation(axes, rank);
+      const axes = tf.util.parseAxisParam((kind === 'max' ? reductionIndices : axis) as number | number[], x.shape).sort((a, b) => a - b);
       let xv = values(backend, x);
       let shape = x.shape;
-      if (perm != null) {
+      let first = axes[0] ?? rank;
+      const adjacent = axes.every((a, i) => a === first + i);
+      if (!adjacent) {
+        // Move the reduced axes last (the cpu kernel's layout), then reduce rows.
+        const perm = tf.backend_util.getAxesPermutation(axes, rank) as number[];
         const t = new Float32Array(xv.length);
         if (t.length > 0) native.transpose(xv, t, Int32Array.from(x.shape), Int32Array.from(perm));
         xv = t;
         shape = perm.map((p) => x.shape[p]);
+        first = rank - axes.length;
       }
-      const inner = tf.backend_util.getInnerMostAxes(axes.length, rank);
-      const [outShape, reduceShape] = tf.backend_util.computeOutAndReduceShapes(shape, inner);
-      const n = prod(reduceShape);
-      const out = new Float32Array(prod(outShape));
-      if (kind === 'sum') {
-        for (let i = 0, o = 0; i < out.length; i++, o += n) {
-          let acc = 0;
-          for (let j = 0; j < n; j++) acc += xv[o + j];
-          out[i] = acc;
-        }
-      } else if (kind === 'mean') {
-        // cpu: sum(x / n) with the division rounded to float32 first.
-        for (let i = 0, o = 0; i < out.length; i++, o += n) {
-          let acc = 0;
-          for (let j = 0; j < n; j++) acc += Math.fround(xv[o + j] / n);
-          out[i] = acc;
-        }
-      } else {
-        for (let i = 0, o = 0; i < out.length; i++, o += n) {
-          let m = xv[o];
-          for (let j = 1; j < n; j++) {
-            const v = xv[o + j];
-            if (Number.isNaN(v) || v > m) m = v;
-          }
-          out[i] = m;
-        }
-      }
+      const last = first + axes.length;
+      const outer = prod(shape.slice(0, first));
+      const R = prod(shape.slice(first, last));
+      const inner = prod(shape.slice(last));
+      const outShape = x.shape.filter((_, i) => !axes.includes(i));
+      const out = new Float32Array(outer * inner);
+      if (out.length > 0) native.reduce(xv, out, outer, R, inner, REDUCE_KIND[kind]);
       const finalShape = keepDims ? tf.backend_util.expandShapeToKeepDim(outShape, axes) : outShape;
       return backend.makeTensorInfo(finalShape, 'float32', out);
     });

@@ -12,6 +12,8 @@ export interface NativeAddon {
   info(): { gemm: 'openblas' | 'builtin'; haveBlas: boolean; threads: number };
   setThreads(n: number): number;
   setGemm(useBlas: boolean): 'openblas' | 'builtin';
+  /** glibc only: fixed mmap and trim thresholds (bytes); false where unsupported or refused. */
+  tuneMalloc(mmapThreshold: number, trimThreshold: number): boolean;
   sgemmBatched(
     ta: boolean,
     tb: boolean,
@@ -34,6 +36,8 @@ export interface NativeAddon {
   gather(x: Float32Array, idx: Int32Array, out: Float32Array, outer: number, dim: number, inner: number): number;
   softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
   topk(x: Float32Array, values: Float32Array, indices: Int32Array, rows: number, cols: number, k: number): void;
+  /** out[o, c] = sum (kind 0) / mean (1) / max (2) over r of x viewed as [outer, R, inner]. */
+  reduce(x: Float32Array, out: Float32Array, outer: number, R: number, inner: number, kind: number): void;
   segmentSum(x: Float32Array, ids: Int32Array, out: Float32Array, n: number, inner: number, numSegments: number): void;
   causalAttentionForward(
     q: Float32Array,

@@ -3,6 +3,10 @@
 // shape mistake on the JS side becomes an exception, not a wild write.
 #include <napi.h>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include <string>
 
 #include "attention.h"
@@ -153,6 +157,13 @@ void TopK(const Napi::CallbackInfo& info) {
        static_cast<int>(cols), static_cast<int>(k));
 }
 
+// (x, out, outer, R, inner, kind)
+void Reduce(const Napi::CallbackInfo& info) {
+  long outer = Int(info, 2), R = Int(info, 3), inner = Int(info, 4), kind = Int(info, 5);
+  if (kind > kReduceMax) throw Napi::RangeError::New(info.Env(), "moelab-cpu: unknown reduction");
+  reduce(F32(info, 0, outer * R * inner, "x"), F32(info, 1, outer * inner, "out"), outer, R, inner, static_cast<int>(kind));
+}
+
 // (x, ids, out, n, inner, numSegments)
 void SegmentSum(const Napi::CallbackInfo& info) {
   long n = Int(info, 3), inner = Int(info, 4), ns = Int(info, 5);
@@ -268,6 +279,23 @@ void Rope(const Napi::CallbackInfo& info) {
        info[8].As<Napi::Boolean>().Value());
 }
 
+// (mmapThresholdBytes, trimThresholdBytes) -> whether glibc took both settings.
+// Every tensor is a fresh ArrayBuffer (calloc). glibc serves blocks above its mmap threshold
+// (dynamic, starting at 128 KiB) with a fresh mmap, so each large tensor costs one page fault per
+// 4 KiB on first touch, and returns freed heap above the trim threshold to the kernel. A training
+// step of the anchor's LM took ~195k page faults and ~1 s of system time that way. A fixed higher
+// mmap threshold and trim threshold keep freed tensor memory in the heap for reuse.
+Napi::Value TuneMalloc(const Napi::CallbackInfo& info) {
+#if defined(__GLIBC__)
+  long mmapBytes = Int(info, 0), trimBytes = Int(info, 1);
+  bool ok = mallopt(M_MMAP_THRESHOLD, static_cast<int>(mmapBytes)) == 1;
+  ok = mallopt(M_TRIM_THRESHOLD, static_cast<int>(trimBytes)) == 1 && ok;
+  return Napi::Boolean::New(info.Env(), ok);
+#else
+  return Napi::Boolean::New(info.Env(), false);
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   exports.Set("setThreads", Napi::Function::New(env, SetThreads));
@@ -279,6 +307,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gather", Napi::Function::New(env, Gather));
   exports.Set("softmax", Napi::Function::New(env, Softmax));
   exports.Set("topk", Napi::Function::New(env, TopK));
+  exports.Set("reduce", Napi::Function::New(env, Reduce));
   exports.Set("segmentSum", Napi::Function::New(env, SegmentSum));
   exports.Set("moeMlpForward", Napi::Function::New(env, MoeMlpForward));
   exports.Set("moeMlpBackward", Napi::Function::New(env, MoeMlpBackward));
@@ -287,6 +316,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("causalAttentionForward", Napi::Function::New(env, CausalAttentionForward));
   exports.Set("causalAttentionBackward", Napi::Function::New(env, CausalAttentionBackward));
   exports.Set("rope", Napi::Function::New(env, Rope));
+  exports.Set("tuneMalloc", Napi::Function::New(env, TuneMalloc));
   return exports;
 }
 

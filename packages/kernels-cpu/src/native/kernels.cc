@@ -266,6 +266,56 @@ void segment_sum(const float* x, const int* ids, long n, long inner, float* out,
   });
 }
 
+void reduce(const float* x, float* out, long outer, long R, long inner, int kind) {
+  // Same arithmetic as tfjs-backend-cpu after its transpose: per output, the reduced elements in
+  // order, accumulated in double (mean: each term x / R rounded to float first; max: NaN wins).
+  auto term = [&](float v) -> double { return kind == kReduceMean ? static_cast<double>(static_cast<float>(v / static_cast<float>(R))) : v; };
+  if (inner == 1) {
+    parallel_range(outer, std::max(1L, 65536L / std::max(1L, R)), [&](long o0, long o1) {
+      for (long o = o0; o < o1; o++) {
+        const float* xr = x + o * R;
+        if (kind == kReduceMax) {
+          float m = R > 0 ? xr[0] : -INFINITY;
+          for (long r = 1; r < R; r++)
+            if (std::isnan(xr[r]) || xr[r] > m) m = xr[r];
+          out[o] = m;
+        } else {
+          double acc = 0;
+          for (long r = 0; r < R; r++) acc += term(xr[r]);
+          out[o] = static_cast<float>(acc);
+        }
+      }
+    });
+    return;
+  }
+  // Reduce the middle axis of [outer, R, inner]: threads own blocks of output columns.
+  constexpr long kCols = 256;
+  const long blocks = (inner + kCols - 1) / kCols;
+  parallel_range(outer * blocks, std::max(1L, 65536L / std::max(1L, R * kCols)), [&](long a, long b) {
+    double acc[kCols];
+    for (long t = a; t < b; t++) {
+      const long o = t / blocks, c0 = (t % blocks) * kCols, nc = std::min(kCols, inner - c0);
+      const float* base = x + o * R * inner + c0;
+      float* dst = out + o * inner + c0;
+      if (kind == kReduceMax) {
+        for (long c = 0; c < nc; c++) dst[c] = R > 0 ? base[c] : -INFINITY;
+        for (long r = 1; r < R; r++) {
+          const float* xr = base + r * inner;
+          for (long c = 0; c < nc; c++)
+            if (std::isnan(xr[c]) || xr[c] > dst[c]) dst[c] = xr[c];
+        }
+        continue;
+      }
+      for (long c = 0; c < nc; c++) acc[c] = 0;
+      for (long r = 0; r < R; r++) {
+        const float* xr = base + r * inner;
+        for (long c = 0; c < nc; c++) acc[c] += term(xr[c]);
+      }
+      for (long c = 0; c < nc; c++) dst[c] = static_cast<float>(acc[c]);
+    }
+  });
+}
+
 std::string check_index(const int* idx, long n, long limit, const char* what) {
   for (long i = 0; i < n; i++)
     if (idx[i] < 0 || idx[i] >= limit)
