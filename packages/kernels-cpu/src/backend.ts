@@ -6,6 +6,7 @@
 import * as tfjs from '@tensorflow/tfjs';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import { makeOverrides } from './kernels.js';
+import { makeAdamWKernel } from './adamw.js';
 import { makeAttentionKernels, registerAttentionGradients } from './attention.js';
 import { makeMoeKernels, registerMoeGradients } from './moe.js';
 import { HOW_TO_BUILD, loadNative } from './native.js';
@@ -104,7 +105,7 @@ function registerOnce(tf: typeof tfjs, priority = 2.5): MoelabCpuStatus | null {
     if (!tf.getKernel(k.kernelName, BACKEND_NAME)) tf.registerKernel({ ...k, backendName: BACKEND_NAME });
   }
   const { configs } = makeOverrides(tf, addon, BACKEND_NAME);
-  for (const k of [...configs, ...makeMoeKernels(addon, BACKEND_NAME), ...makeAttentionKernels(addon, BACKEND_NAME)]) {
+  for (const k of [...configs, ...makeMoeKernels(addon, BACKEND_NAME), ...makeAttentionKernels(addon, BACKEND_NAME), makeAdamWKernel(addon, BACKEND_NAME)]) {
     if (tf.getKernel(k.kernelName, BACKEND_NAME)) tf.unregisterKernel(k.kernelName, BACKEND_NAME);
     tf.registerKernel(k);
   }
@@ -124,6 +125,12 @@ export const NATIVE_KERNELS = [
   'Sub',
   'RealDiv',
   'SquaredDifference',
+  'Equal',
+  'NotEqual',
+  'Greater',
+  'GreaterEqual',
+  'Less',
+  'LessEqual',
   'Slice',
   'PadV2',
   'SplitV',
@@ -150,6 +157,7 @@ export const NATIVE_KERNELS = [
   'MoelabCausalAttention',
   'MoelabCausalAttentionGrad',
   'MoelabRope',
+  'MoelabAdamW',
 ] as const;
 
 /** Switch the native GEMM ('openblas' when linked, else 'builtin'); returns the one now in use. */

@@ -13,6 +13,7 @@ import { MOE_LINEAR, MOE_MLP, type MoeActivation } from './moe.js';
 export { BACKEND_NAME, NATIVE_KERNELS, registerMoelabCpuBackend, setGemm, setThreads };
 export type { MoelabCpuStatus, RegisterOptions, MoeActivation };
 export { MOE_ACTIVATIONS, MOE_LINEAR, MOE_LINEAR_GRAD, MOE_MLP, MOE_MLP_GRAD } from './moe.js';
+export { ADAMW } from './adamw.js';
 export { CAUSAL_ATTENTION, CAUSAL_ATTENTION_GRAD, ROPE } from './attention.js';
 export { HOW_TO_BUILD } from './native.js';
 

@@ -338,6 +338,64 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     expect(() => tf.tidy(() => tf.gather(tf.zeros([3, 2]), tf.tensor1d([0, 3], 'int32')))).toThrow(/index value 3 is not in \[0, 2\]/);
   });
 
+  it('Equal, NotEqual, Greater, GreaterEqual, Less, LessEqual: broadcasting, NaN, bool out like cpu', async () => {
+    const r = rng(21);
+    const x = randArray(r, 64 * 256 * 8);
+    x[3] = Number.NaN;
+    const xs: Spec = { shape: [64, 256, 8], data: x };
+    const cmp = (a: tf.Tensor, b: tf.Tensor) => [tf.equal(a, b), tf.notEqual(a, b), tf.greater(a, b), tf.greaterEqual(a, b), tf.less(a, b), tf.lessEqual(a, b)];
+    // Max's gradient: x against its own maximum broadcast back (ties and the NaN row included).
+    await compareBackends([xs], (a) => cmp(a, tf.max(a, 1, true)), 0);
+    await compareBackends([xs, f([8], r)], (a, b) => cmp(a, b), 0);
+    await compareBackends([f([5, 1, 3], r), f([1, 4, 1], r)], (a, b) => cmp(a, b), 0);
+    await compareBackends([xs], (a) => tf.grads((t: tf.Tensor) => loss(tf.max(t, 1), 2))([a]), 0);
+    await compareBackends([{ shape: [4], data: Int32Array.of(1, 2, 3, 4) }], (a) => tf.equal(a, tf.scalar(2, 'int32')), 0);
+  });
+
+  it('Exp: threaded over rows, bit-identical to cpu', async () => {
+    const r = rng(22);
+    await compareBackends([f([300, 257], r)], (x) => [tf.exp(x), tf.exp(tf.mul(x, 40))], 0);
+    await compareBackends([{ shape: [], data: Float32Array.of(0.5) }], (x) => tf.exp(x), 0);
+  });
+
+  it('MoelabAdamW: one fused step equals the op-by-op update (with and without decay, t = 1 and 7)', async () => {
+    const r = rng(23);
+    const step = (p: tf.Tensor, g: tf.Tensor, m: tf.Tensor, v: tf.Tensor, t: number, wd: number) => {
+      const [lr, beta1, beta2, eps] = [3e-3, 0.9, 0.95, 1e-8];
+      const bc1 = 1 - beta1 ** t;
+      const bc2 = 1 - beta2 ** t;
+      if (tf.getKernel('MoelabAdamW', tf.getBackend())) {
+        return tf.engine().runKernel('MoelabAdamW', { p, g, m, v }, { lr, beta1, beta2, eps, weightDecay: wd, bc1, bc2 }) as tf.Tensor[];
+      }
+      const m2 = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
+      const v2 = tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2));
+      const update = tf.div(tf.div(m2, bc1), tf.add(tf.sqrt(tf.div(v2, bc2)), eps));
+      let next = tf.sub(p, tf.mul(update, lr));
+      if (wd > 0) next = tf.sub(next, tf.mul(p, lr * wd));
+      return [next, m2, v2];
+    };
+    const vSpec = (shape: number[]) => ({
+      shape,
+      data: randArray(
+        r,
+        shape.reduce((a, b) => a * b, 1),
+      ).map(Math.abs),
+    });
+    for (const [shape, t, wd] of [
+      [[300, 129], 1, 0.1],
+      [[7], 7, 0],
+      [[64, 32, 16], 7, 0.01],
+    ] as [number[], number, number][]) {
+      await compareBackends([f(shape, r), f(shape, r), f(shape, r), vSpec(shape)], (p, g, m, v) => step(p!, g!, m!, v!, t, wd), 0);
+    }
+    await tf.setBackend('moelab-cpu');
+    const [a, b] = [tf.zeros([2, 3]), tf.zeros([3, 2])];
+    expect(() =>
+      tf.engine().runKernel('MoelabAdamW', { p: a, g: b, m: a, v: a }, { lr: 1, beta1: 0.9, beta2: 0.9, eps: 1, weightDecay: 0, bc1: 1, bc2: 1 }),
+    ).toThrow(/input 'g' has shape \[3,2\], expected \[2,3\]/);
+    tf.dispose([a, b]);
+  });
+
   it('Softmax: forward and gradients', async () => {
     const r = rng(9);
     for (const shape of [[5], [4, 7], [2, 3, 64], [100, 8]]) {

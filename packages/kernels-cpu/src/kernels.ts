@@ -239,14 +239,14 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     return backend.makeTensorInfo(outShape, 'float32', out);
   });
 
-  const binary = (kernelName: string, op: number) =>
+  const binary = (kernelName: string, op: number, outDtype: 'float32' | 'bool' = 'float32') =>
     add(kernelName, (args) => {
       const { a, b } = args.inputs as { a: TensorInfo; b: TensorInfo };
       if (a.dtype !== 'float32' || b.dtype !== 'float32') return cpu(kernelName)(args);
       const backend = be(args);
       const outShape = broadcastShapes(a.shape, b.shape);
       const size = prod(outShape);
-      const out = new Float32Array(size);
+      const out = outDtype === 'bool' ? new Uint8Array(size) : new Float32Array(size);
       if (size > 0) {
         // Merge adjacent axes that are contiguous for both inputs (or broadcast for both), so the
         // native inner loop runs over the longest possible stride-1 / stride-0 run.
@@ -276,7 +276,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
         if (shp.length > 8) return cpu(kernelName)(args);
         native.mulBroadcast(values(backend, a), values(backend, b), out, Int32Array.from(shp), Int32Array.from(sa), Int32Array.from(sb), op);
       }
-      return backend.makeTensorInfo(outShape, 'float32', out);
+      return backend.makeTensorInfo(outShape, outDtype, out);
     });
   // Elementwise binaries with numpy broadcasting (LayerNorm's x - mean, residual adds, masks, ...):
   // the cpu kernels index every element through a generic broadcast loop.
@@ -285,6 +285,14 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
   binary(tf.Sub, 2);
   binary(tf.RealDiv, 3);
   binary(tf.SquaredDifference, 4);
+  // Comparisons (bool out): Max's gradient compares x with its broadcast maximum (logsumexp in the
+  // routers' balancing losses), which the cpu kernel does element by element through index math.
+  binary(tf.Equal, 5, 'bool');
+  binary(tf.NotEqual, 6, 'bool');
+  binary(tf.Greater, 7, 'bool');
+  binary(tf.GreaterEqual, 8, 'bool');
+  binary(tf.Less, 9, 'bool');
+  binary(tf.LessEqual, 10, 'bool');
 
   // Strided row copies for Slice (non-contiguous: RoPE's half-channel slices, attention heads) and
   // PadV2 (Slice's gradient); the cpu kernels walk those element by element through index math.
@@ -410,9 +418,6 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
   unary(tf.Neg, (x, o) => {
     for (let i = 0; i < o.length; i++) o[i] = -1 * x[i];
   });
-  unary(tf.Exp, (x, o) => {
-    for (let i = 0; i < o.length; i++) o[i] = Math.exp(x[i]);
-  });
   unary(tf.Log, (x, o) => {
     for (let i = 0; i < o.length; i++) o[i] = Math.log(x[i]);
   });
@@ -427,11 +432,14 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       if (x.dtype !== 'float32') return cpu(kernelName)(args);
       const backend = be(args);
       const out = values(backend, x).slice();
-      if (out.length > 0) native.biasAct(out, 1, out.length, null, act, alphaOf((args.attrs ?? {}) as Record<string, unknown>));
+      // Rows of the last axis, so the pool can split them (one row would run on one thread).
+      const cols = x.shape.length > 0 ? x.shape[x.shape.length - 1] : 1;
+      if (out.length > 0) native.biasAct(out, out.length / cols, cols, null, act, alphaOf((args.attrs ?? {}) as Record<string, unknown>));
       return backend.makeTensorInfo(x.shape, 'float32', out);
     });
   threadedUnary(tf.Relu, 6, () => 0);
   threadedUnary(tf.Step, 7, (attrs) => Number(attrs.alpha ?? 0));
+  threadedUnary(tf.Exp, 8, () => 0);
 
   add(tf.GatherV2, (args) => {
     const { x, indices } = args.inputs as { x: TensorInfo; indices: TensorInfo };

@@ -31,11 +31,27 @@ export interface NativeAddon {
   ): void;
   biasAct(out: Float32Array, M: number, N: number, bias: Float32Array | null, act: number, alpha: number): void;
   transpose(x: Float32Array, out: Float32Array, shape: Int32Array, perm: Int32Array): void;
-  /** out = a (op) b with broadcast strides; op: 0 mul (default), 1 add, 2 sub, 3 div, 4 squared difference. */
-  mulBroadcast(a: Float32Array, b: Float32Array, out: Float32Array, shape: Int32Array, aStr: Int32Array, bStr: Int32Array, op?: number): void;
+  /**
+   * out = a (op) b with broadcast strides; op: 0 mul (default), 1 add, 2 sub, 3 div, 4 squared
+   * difference; comparisons into a Uint8Array out: 5 equal, 6 not equal, 7 >, 8 >=, 9 <, 10 <=.
+   */
+  mulBroadcast(a: Float32Array, b: Float32Array, out: Float32Array | Uint8Array, shape: Int32Array, aStr: Int32Array, bStr: Int32Array, op?: number): void;
   gather(x: Float32Array, idx: Int32Array, out: Float32Array, outer: number, dim: number, inner: number): number;
   softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
   topk(x: Float32Array, values: Float32Array, indices: Int32Array, rows: number, cols: number, k: number): void;
+  /** One fused AdamW step; scalars = [beta1, 1-beta1, beta2, 1-beta2, eps, bc1, bc2, lr, lr*weightDecay]. */
+  adamw(
+    p: Float32Array,
+    g: Float32Array,
+    m: Float32Array,
+    v: Float32Array,
+    pOut: Float32Array,
+    mOut: Float32Array,
+    vOut: Float32Array,
+    n: number,
+    scalars: number[],
+    decay: boolean,
+  ): void;
   /** out[o, c] = sum (kind 0) / mean (1) / max (2) over r of x viewed as [outer, R, inner]. */
   reduce(x: Float32Array, out: Float32Array, outer: number, R: number, inner: number, kind: number): void;
   segmentSum(x: Float32Array, ids: Int32Array, out: Float32Array, n: number, inner: number, numSegments: number): void;

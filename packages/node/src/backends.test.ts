@@ -39,7 +39,7 @@ describe('backends', () => {
     const c = await chooseBackend('auto');
     if (native.available) {
       expect(c.name).toBe('moelab-cpu');
-      expect(c.reason).toMatch(/native kernels \((OpenBLAS|builtin packed) GEMM, \d+ threads?\)/);
+      expect(c.reason).toMatch(/native kernels \((OpenBLAS|builtin packed) GEMM, \d+ threads?(, malloc tuned)?\)/);
       expect(tf.getBackend()).toBe('moelab-cpu');
     } else {
       expect(c.name).not.toBe('moelab-cpu');

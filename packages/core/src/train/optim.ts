@@ -4,7 +4,16 @@
  * decay and an exportable state (exact resume).
  */
 import type { TensorToWrite } from '../safetensors.js';
+import { hasKernel } from '../ops/kernel.js';
 import { tf } from '../tf.js';
+
+/**
+ * Kernel a backend may register to apply one AdamW step to one tensor in a single pass: inputs p, g,
+ * m, v; attrs lr, beta1, beta2, eps, weightDecay (0 = none), bc1, bc2 (the bias corrections);
+ * outputs [p', m', v'], the same float32 operations as the op-by-op update in `AdamW.apply`.
+ * @moelab/kernels-cpu implements it natively.
+ */
+export const ADAMW_KERNEL = 'MoelabAdamW';
 
 export interface AdamWOptions {
   beta1: number;
@@ -34,12 +43,23 @@ export class AdamW {
     const { beta1, beta2, eps, weightDecay } = this.options;
     const bc1 = 1 - beta1 ** this.step;
     const bc2 = 1 - beta2 ** this.step;
+    const fused = hasKernel(ADAMW_KERNEL);
     tf.tidy(() => {
       for (const [name, p] of this.params) {
         const g = grads.get(name);
         if (!g) continue;
         const m = this.m.get(name)!;
         const v = this.v.get(name)!;
+        if (fused) {
+          const attrs = { lr, beta1, beta2, eps, weightDecay: p.rank > 1 ? weightDecay : 0, bc1, bc2 };
+          const [p2, m2, v2] = tf
+            .engine()
+            .runKernel(ADAMW_KERNEL, { p, g, m, v } as unknown as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
+          m.assign(m2!);
+          v.assign(v2!);
+          p.assign(p2!);
+          continue;
+        }
         const m2 = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
         const v2 = tf.add(tf.mul(v, beta2), tf.mul(tf.square(g), 1 - beta2));
         m.assign(m2);

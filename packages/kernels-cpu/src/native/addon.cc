@@ -128,8 +128,11 @@ void MulBroadcast(const Napi::CallbackInfo& info) {
   const float* b = F32(info, 1, total ? bMax + 1 : 0, "b");
   // Optional 7th argument: the op (kernels.h BinaryOp), multiply by default.
   int op = info.Length() > 6 && info[6].IsNumber() ? static_cast<int>(Int(info, 6)) : kBinMul;
-  if (op < kBinMul || op > kBinSqDiff) throw Napi::RangeError::New(info.Env(), "moelab-cpu: unknown binary op");
-  binary_broadcast(op, a, b, F32(info, 2, total, "out"), rank, shape, aStr, bStr);
+  if (op < kBinMul || op > kBinLessEqual) throw Napi::RangeError::New(info.Env(), "moelab-cpu: unknown binary op");
+  if (op >= kBinEqual)
+    compare_broadcast(op, a, b, typed<uint8_t, napi_uint8_array>(info, 2, total, "out"), rank, shape, aStr, bStr);
+  else
+    binary_broadcast(op, a, b, F32(info, 2, total, "out"), rank, shape, aStr, bStr);
 }
 
 // (x, idx, out, outer, dim, inner) -> -1 or the position of the first bad index
@@ -155,6 +158,17 @@ void TopK(const Napi::CallbackInfo& info) {
   if (k > cols) throw Napi::RangeError::New(info.Env(), "moelab-cpu: topk k > last dimension");
   topk(F32(info, 0, rows * cols, "x"), F32(info, 1, rows * k, "values"), I32(info, 2, rows * k, "indices"), rows,
        static_cast<int>(cols), static_cast<int>(k));
+}
+
+// (p, g, m, v, pOut, mOut, vOut, n, [beta1, 1-beta1, beta2, 1-beta2, eps, bc1, bc2, lr, lr*wd], decay)
+void AdamW(const Napi::CallbackInfo& info) {
+  long n = Int(info, 7);
+  auto sc = info[8].As<Napi::Array>();
+  if (sc.Length() != 9) throw Napi::RangeError::New(info.Env(), "moelab-cpu: adamw needs 9 scalars");
+  auto f = [&](uint32_t i) { return sc.Get(i).As<Napi::Number>().FloatValue(); };
+  AdamWScalars s{f(0), f(1), f(2), f(3), f(4), f(5), f(6), f(7), f(8), info[9].As<Napi::Boolean>().Value()};
+  adamw(F32(info, 0, n, "p"), F32(info, 1, n, "g"), F32(info, 2, n, "m"), F32(info, 3, n, "v"), F32(info, 4, n, "pOut"),
+        F32(info, 5, n, "mOut"), F32(info, 6, n, "vOut"), n, s);
 }
 
 // (x, out, outer, R, inner, kind)
@@ -307,6 +321,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gather", Napi::Function::New(env, Gather));
   exports.Set("softmax", Napi::Function::New(env, Softmax));
   exports.Set("topk", Napi::Function::New(env, TopK));
+  exports.Set("adamw", Napi::Function::New(env, AdamW));
   exports.Set("reduce", Napi::Function::New(env, Reduce));
   exports.Set("segmentSum", Napi::Function::New(env, SegmentSum));
   exports.Set("moeMlpForward", Napi::Function::New(env, MoeMlpForward));

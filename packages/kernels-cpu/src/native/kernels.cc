@@ -37,6 +37,10 @@ void bias_act(float* out, long M, int N, const float* bias, int act, float alpha
         case kStep:
           for (int j = 0; j < N; j++) row[j] = row[j] != row[j] ? row[j] : (row[j] > 0.f ? 1.f : alpha);
           break;
+        case kExpDouble:
+          // In double, rounded once, like tfjs-cpu's Math.exp into a Float32Array.
+          for (int j = 0; j < N; j++) row[j] = static_cast<float>(std::exp(static_cast<double>(row[j])));
+          break;
         default:
           break;
       }
@@ -122,6 +126,12 @@ void transpose(const float* x, float* out, int rank, const int* shapeIn, const i
 namespace {
 template <int OP>
 inline float bin(float a, float b) {
+  if (OP == kBinEqual) return a == b;
+  if (OP == kBinNotEqual) return a != b;
+  if (OP == kBinGreater) return a > b;
+  if (OP == kBinGreaterEqual) return a >= b;
+  if (OP == kBinLess) return a < b;
+  if (OP == kBinLessEqual) return a <= b;
   if (OP == kBinMul) return a * b;
   if (OP == kBinAdd) return a + b;
   if (OP == kBinSub) return a - b;
@@ -130,8 +140,8 @@ inline float bin(float a, float b) {
   return t * t;
 }
 
-template <int OP>
-void binary_broadcast_t(const float* a, const float* b, float* out, int rank, const int* shape, const long* aStr,
+template <int OP, class O>
+void binary_broadcast_t(const float* a, const float* b, O* out, int rank, const int* shape, const long* aStr,
                         const long* bStr) {
   long total = 1;
   for (int i = 0; i < rank; i++) total *= shape[i];
@@ -150,7 +160,7 @@ void binary_broadcast_t(const float* a, const float* b, float* out, int rank, co
       }
       const float* pa = a + oa;
       const float* pb = b + ob;
-      float* po = out + row * inner;
+      O* po = out + row * inner;
       if (sa == 1 && sb == 1) {
         for (long j = 0; j < inner; j++) po[j] = bin<OP>(pa[j], pb[j]);
       } else if (sa == 1 && sb == 0) {
@@ -180,6 +190,24 @@ void binary_broadcast(int op, const float* a, const float* b, float* out, int ra
       return binary_broadcast_t<kBinSqDiff>(a, b, out, rank, shape, aStr, bStr);
     default:
       return binary_broadcast_t<kBinMul>(a, b, out, rank, shape, aStr, bStr);
+  }
+}
+
+void compare_broadcast(int op, const float* a, const float* b, uint8_t* out, int rank, const int* shape,
+                       const long* aStr, const long* bStr) {
+  switch (op) {
+    case kBinEqual:
+      return binary_broadcast_t<kBinEqual>(a, b, out, rank, shape, aStr, bStr);
+    case kBinNotEqual:
+      return binary_broadcast_t<kBinNotEqual>(a, b, out, rank, shape, aStr, bStr);
+    case kBinGreater:
+      return binary_broadcast_t<kBinGreater>(a, b, out, rank, shape, aStr, bStr);
+    case kBinGreaterEqual:
+      return binary_broadcast_t<kBinGreaterEqual>(a, b, out, rank, shape, aStr, bStr);
+    case kBinLess:
+      return binary_broadcast_t<kBinLess>(a, b, out, rank, shape, aStr, bStr);
+    default:
+      return binary_broadcast_t<kBinLessEqual>(a, b, out, rank, shape, aStr, bStr);
   }
 }
 
@@ -314,6 +342,32 @@ void reduce(const float* x, float* out, long outer, long R, long inner, int kind
       for (long c = 0; c < nc; c++) dst[c] = static_cast<float>(acc[c]);
     }
   });
+}
+
+namespace {
+// Contraction into FMAs would round differently from the op-by-op update (core's generic AdamW),
+// so GCC keeps every product and sum separately rounded here (a lambda would not inherit this).
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+void adamw_range(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut,
+                 long a, long b, const AdamWScalars& s) {
+  for (long i = a; i < b; i++) {
+    const float m2 = m[i] * s.beta1 + g[i] * s.oneMinusBeta1;
+    const float v2 = v[i] * s.beta2 + (g[i] * g[i]) * s.oneMinusBeta2;
+    const float update = (m2 / s.bc1) / (std::sqrt(v2 / s.bc2) + s.eps);
+    float next = p[i] - update * s.lr;
+    if (s.decay) next = next - p[i] * s.lrTimesDecay;
+    mOut[i] = m2;
+    vOut[i] = v2;
+    pOut[i] = next;
+  }
+}
+}  // namespace
+
+void adamw(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut, long n,
+           const AdamWScalars& s) {
+  parallel_range(n, 16384, [&](long a, long b) { adamw_range(p, g, m, v, pOut, mOut, vOut, a, b, s); });
 }
 
 std::string check_index(const int* idx, long n, long limit, const char* what) {

@@ -12,7 +12,9 @@ enum MoeAct { kIdentity = 0, kRelu = 1, kGelu = 2, kSilu = 3, kRelu2 = 4 };
 // Activations of _FusedMatMul (tfjs names: linear, relu, relu6, sigmoid, elu, leakyrelu).
 enum FusedAct { kLinear = 0, kFRelu = 1, kRelu6 = 2, kSigmoid = 3, kElu = 4, kLeaky = 5,
   // The elementwise Relu / Step kernels (tfjs semantics: NaN stays NaN; Step gives alpha for x <= 0).
-  kReluNan = 6, kStep = 7 };
+  kReluNan = 6, kStep = 7,
+  // The elementwise Exp kernel.
+  kExpDouble = 8 };
 
 // out[M,N] += bias (bias of length N, or null) then activation, in place on a fresh output.
 void bias_act(float* out, long M, int N, const float* bias, int act, float alpha);
@@ -20,11 +22,15 @@ void bias_act(float* out, long M, int N, const float* bias, int act, float alpha
 // out = transpose(x, perm) for rank <= 8.
 void transpose(const float* x, float* out, int rank, const int* shape, const int* perm);
 
-enum BinaryOp { kBinMul = 0, kBinAdd = 1, kBinSub = 2, kBinDiv = 3, kBinSqDiff = 4 };
+enum BinaryOp { kBinMul = 0, kBinAdd = 1, kBinSub = 2, kBinDiv = 3, kBinSqDiff = 4,
+  // Comparisons: a 0/1 byte per element (tfjs bool storage).
+  kBinEqual = 5, kBinNotEqual = 6, kBinGreater = 7, kBinGreaterEqual = 8, kBinLess = 9, kBinLessEqual = 10 };
 // out = a (op) b with broadcasting: outShape has `rank` (<= 8) dims, aStr/bStr are element strides
 // of a/b over the output dims (0 where that input is broadcast). mul_broadcast is op = kBinMul.
 void binary_broadcast(int op, const float* a, const float* b, float* out, int rank, const int* outShape,
                       const long* aStr, const long* bStr);
+void compare_broadcast(int op, const float* a, const float* b, uint8_t* out, int rank, const int* outShape,
+                       const long* aStr, const long* bStr);
 void mul_broadcast(const float* a, const float* b, float* out, int rank, const int* outShape, const long* aStr,
                    const long* bStr);
 
@@ -45,6 +51,16 @@ enum ReduceKind { kReduceSum = 0, kReduceMean = 1, kReduceMax = 2 };
 // out[o, c] = reduce over r of x[o, r, c] for x viewed as [outer, R, inner] (tfjs-cpu's order and
 // double accumulation, so results are bit-identical to it).
 void reduce(const float* x, float* out, long outer, long R, long inner, int kind);
+
+// One AdamW step (decoupled decay) elementwise, float32 throughout, the same operations in the same
+// order as core's op-by-op update: m' = b1 m + (1-b1) g, v' = b2 v + (1-b2) g^2,
+// p' = p - lr (m'/bc1) / (sqrt(v'/bc2) + eps) [- p lr wd when decay].
+struct AdamWScalars {
+  float beta1, oneMinusBeta1, beta2, oneMinusBeta2, eps, bc1, bc2, lr, lrTimesDecay;
+  bool decay;
+};
+void adamw(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut, long n,
+           const AdamWScalars& s);
 
 // Validate assignment indices; returns an error message or "" when all are in range.
 std::string check_index(const int* idx, long n, long limit, const char* what);
