@@ -10,7 +10,7 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { values } from './kernels.js';
+import { outputArray, values } from './kernels.js';
 import type { NativeAddon } from './native.js';
 
 type TensorInfo = tfTypes.TensorInfo;
@@ -39,7 +39,7 @@ export function makeAdamWKernel(native: NativeAddon, backendName: string): tfTyp
     };
     const [lr, beta1, beta2, eps, wd, bc1, bc2] = ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'bc1', 'bc2'].map(num) as number[];
     const n = p.shape.reduce((x, y) => x * y, 1);
-    const outs = [new Float32Array(n), new Float32Array(n), new Float32Array(n)] as const;
+    const outs = [outputArray(n), outputArray(n), outputArray(n)] as const;
     const v = (name: string) => values(backend, inputs[name]);
     // The scalars as core's op-by-op version forms them (JS doubles, rounded to float32 by tfjs).
     const scalars = [beta1!, 1 - beta1!, beta2!, 1 - beta2!, eps!, bc1!, bc2!, lr!, lr! * wd!];

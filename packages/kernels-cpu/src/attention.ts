@@ -23,7 +23,7 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { values } from './kernels.js';
+import { outputArray, values } from './kernels.js';
 import type { NativeAddon } from './native.js';
 
 type Tf = typeof tfTypes;
@@ -76,7 +76,7 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
     const inputs = args.inputs as Record<string, TensorInfo>;
     const scale = scaleOf(CAUSAL_ATTENTION, args.attrs);
     const { B, H, T, dk, dv, BH } = attentionShapes(CAUSAL_ATTENTION, inputs);
-    const out = new Float32Array(BH * T * dv);
+    const out = outputArray(BH * T * dv);
     const lse = new Float32Array(BH * T);
     const v = (n: string) => values(backend, inputs[n]);
     if (out.length > 0) native.causalAttentionForward(v('q'), v('k'), v('v'), out, lse, BH, T, dk, dv, scale);
@@ -92,9 +92,9 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
     expectShape(CAUSAL_ATTENTION_GRAD, 'dy', inputs.dy, [B, H, T, dv]);
     expectShape(CAUSAL_ATTENTION_GRAD, 'out', inputs.out, [B, H, T, dv]);
     expectShape(CAUSAL_ATTENTION_GRAD, 'lse', inputs.lse, [B, H, T]);
-    const dq = new Float32Array(BH * T * dk);
-    const dkOut = new Float32Array(BH * T * dk);
-    const dvOut = new Float32Array(BH * T * dv);
+    const dq = outputArray(BH * T * dk);
+    const dkOut = outputArray(BH * T * dk);
+    const dvOut = outputArray(BH * T * dv);
     const v = (n: string) => values(backend, inputs[n]);
     if (BH * T > 0) {
       native.causalAttentionBackward(v('dy'), v('q'), v('k'), v('v'), v('out'), v('lse'), dq, dkOut, dvOut, BH, T, dk, dv, scale);
@@ -117,7 +117,7 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
     const dims = cos.shape[1];
     if (dims % 2 !== 0 || dims > dh) throw new Error(`${ROPE}: rotated channels (${dims}) must be even and <= head size ${dh}`);
     expectShape(ROPE, 'sin', inputs.sin, [T, dims]);
-    const out = new Float32Array(B * H * T * dh);
+    const out = outputArray(B * H * T * dh);
     if (out.length > 0) native.rope(values(backend, x), values(backend, cos), values(backend, inputs.sin), out, B * H, T, dh, dims, !!args.attrs?.inverse);
     return backend.makeTensorInfo(x.shape, 'float32', out);
   };

@@ -28,6 +28,16 @@ export function ints(backend: MathBackendCPU, t: TensorInfo): Int32Array {
 
 const prod = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 
+/**
+ * A Float32Array for a kernel output that the native code overwrites completely. `new
+ * Float32Array(n)` zero-fills: a second pass over memory the kernel writes anyway (~10% of a
+ * 4096x256x256 GEMM). Large outputs come uninitialised from Buffer.allocUnsafeSlow instead (its own
+ * ArrayBuffer of exactly n floats). Only for kernels that write every element.
+ */
+export function outputArray(n: number): Float32Array {
+  return n >= 16384 ? new Float32Array(Buffer.allocUnsafeSlow(n * 4).buffer, 0, n) : new Float32Array(n);
+}
+
 /** numpy-style broadcast of two shapes; throws with tfjs's wording when incompatible. */
 export function broadcastShapes(a: readonly number[], b: readonly number[]): number[] {
   const rank = Math.max(a.length, b.length);
@@ -155,7 +165,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     const bBatch = b.shape.slice(0, -2);
     const outBatch = broadcastShapes(aBatch, bBatch);
     const batch = prod(outBatch);
-    const out = new Float32Array(batch * M * N);
+    const out = outputArray(batch * M * N);
     if (out.length > 0) {
       native.sgemmBatched(
         tA,
@@ -234,7 +244,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     if (x.dtype !== 'float32' || x.shape.length > 8) return cpu(tf.Transpose)(args);
     const backend = be(args);
     const outShape = perm.map((p) => x.shape[p]);
-    const out = new Float32Array(prod(x.shape));
+    const out = outputArray(prod(x.shape));
     if (out.length > 0) native.transpose(values(backend, x), out, Int32Array.from(x.shape), Int32Array.from(perm));
     return backend.makeTensorInfo(outShape, 'float32', out);
   });
@@ -246,7 +256,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       const backend = be(args);
       const outShape = broadcastShapes(a.shape, b.shape);
       const size = prod(outShape);
-      const out = outDtype === 'bool' ? new Uint8Array(size) : new Float32Array(size);
+      const out = outDtype === 'bool' ? new Uint8Array(size) : outputArray(size);
       if (size > 0) {
         // Merge adjacent axes that are contiguous for both inputs (or broadcast for both), so the
         // native inner loop runs over the longest possible stride-1 / stride-0 run.
@@ -375,7 +385,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       if (!adjacent) {
         // Move the reduced axes last (the cpu kernel's layout), then reduce rows.
         const perm = tf.backend_util.getAxesPermutation(axes, rank) as number[];
-        const t = new Float32Array(xv.length);
+        const t = outputArray(xv.length);
         if (t.length > 0) native.transpose(xv, t, Int32Array.from(x.shape), Int32Array.from(perm));
         xv = t;
         shape = perm.map((p) => x.shape[p]);
@@ -386,7 +396,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       const R = prod(shape.slice(first, last));
       const inner = prod(shape.slice(last));
       const outShape = x.shape.filter((_, i) => !axes.includes(i));
-      const out = new Float32Array(outer * inner);
+      const out = outputArray(outer * inner);
       if (out.length > 0) native.reduce(xv, out, outer, R, inner, REDUCE_KIND[kind]);
       const finalShape = keepDims ? tf.backend_util.expandShapeToKeepDim(outShape, axes) : outShape;
       return backend.makeTensorInfo(finalShape, 'float32', out);

@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 #include "pool.h"
 
@@ -229,14 +230,50 @@ void sgemm_batched(bool ta, bool tb, int batch, int M, int N, int K, const float
       sgemm_st(ta, tb, M, N, K, 1.f, aPtr(b), lda, bPtr(b), ldb, 0.f, C + b * strideC, ldc);
     return;
   }
+  // A long reduction into a small output (weight gradients: d_in x d_out summed over all tokens):
+  // split K, each task writes its own partial product, then the partials are summed. Splitting M
+  // or N instead would hand each task a thin block that packs poorly.
+  if (batch == 1 && K >= 4 * std::max(M, N)) {
+    const int parts = std::min(nt * 2, K / 256);
+    if (parts > 1) {
+      const int kStep = (K + parts - 1) / parts;
+      const long MN = static_cast<long>(M) * N;
+      std::vector<float> partial(static_cast<size_t>(parts - 1) * MN);
+      parallel_for(parts, [&](int p) {
+        const int k0 = p * kStep, kc = std::min(kStep, K - k0);
+        float* dst = p == 0 ? C : partial.data() + (p - 1) * MN;
+        if (kc <= 0) {
+          std::fill(dst, dst + MN, 0.f);
+          return;
+        }
+        const float* a = aPtr(0) + (ta ? static_cast<long>(k0) * lda : k0);
+        const float* bb = bPtr(0) + (tb ? k0 : static_cast<long>(k0) * ldb);
+        sgemm_st(ta, tb, M, N, kc, 1.f, a, lda, bb, ldb, 0.f, dst, ldc);
+      });
+      parallel_range(MN, 16384, [&](long i0, long i1) {
+        for (int p = 1; p < parts; p++) {
+          const float* src = partial.data() + (p - 1) * MN;
+          for (long i = i0; i < i1; i++) C[i] += src[i];
+        }
+      });
+      return;
+    }
+  }
   // Several tasks per thread so a thread that loses its core to another process is compensated
   // by the others (dynamic claiming), but none smaller than ~32 rows/columns (packing overhead).
   const int want = nt * 3;
   int splitM = 1, splitN = 1;
   if (batch < want) {
     int per = (want + batch - 1) / batch;
-    splitM = std::max(1, std::min(per, M / 32));
-    if (splitM < per) splitN = std::max(1, std::min((per + splitM - 1) / splitM, N / 64));
+    // Split the longer side first: a weight gradient (M = d_in small, N = d_out large, K = tokens)
+    // split by rows would give every task a thin, inefficient block.
+    if (M >= N) {
+      splitM = std::max(1, std::min(per, M / 32));
+      if (splitM < per) splitN = std::max(1, std::min((per + splitM - 1) / splitM, N / 64));
+    } else {
+      splitN = std::max(1, std::min(per, N / 64));
+      if (splitN < per) splitM = std::max(1, std::min((per + splitN - 1) / splitN, M / 32));
+    }
   }
   const int mStep = (M + splitM - 1) / splitM;
   const int nStep = ((N + splitN - 1) / splitN + 15) / 16 * 16;
