@@ -11,6 +11,7 @@
         "src/native/gemm.cc",
         "src/native/kernels.cc",
         "src/native/moe.cc",
+        "src/native/norm.cc",
         "src/native/pool.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

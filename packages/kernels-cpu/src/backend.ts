@@ -9,6 +9,7 @@ import { makeOverrides } from './kernels.js';
 import { makeAdamWKernel } from './adamw.js';
 import { makeAttentionKernels, registerAttentionGradients } from './attention.js';
 import { makeMoeKernels, registerMoeGradients } from './moe.js';
+import { makeNormKernels, registerNormGradients } from './norm.js';
 import { HOW_TO_BUILD, loadNative } from './native.js';
 
 export const BACKEND_NAME = 'moelab-cpu';
@@ -105,12 +106,19 @@ function registerOnce(tf: typeof tfjs, priority = 2.5): MoelabCpuStatus | null {
     if (!tf.getKernel(k.kernelName, BACKEND_NAME)) tf.registerKernel({ ...k, backendName: BACKEND_NAME });
   }
   const { configs } = makeOverrides(tf, addon, BACKEND_NAME);
-  for (const k of [...configs, ...makeMoeKernels(addon, BACKEND_NAME), ...makeAttentionKernels(addon, BACKEND_NAME), makeAdamWKernel(addon, BACKEND_NAME)]) {
+  for (const k of [
+    ...configs,
+    ...makeMoeKernels(addon, BACKEND_NAME),
+    ...makeAttentionKernels(addon, BACKEND_NAME),
+    makeAdamWKernel(addon, BACKEND_NAME),
+    ...makeNormKernels(addon, BACKEND_NAME),
+  ]) {
     if (tf.getKernel(k.kernelName, BACKEND_NAME)) tf.unregisterKernel(k.kernelName, BACKEND_NAME);
     tf.registerKernel(k);
   }
   registerMoeGradients(tf);
   registerAttentionGradients(tf);
+  registerNormGradients(tf);
   registeredWith = tf;
   return null;
 }
@@ -158,6 +166,8 @@ export const NATIVE_KERNELS = [
   'MoelabCausalAttentionGrad',
   'MoelabRope',
   'MoelabAdamW',
+  'MoelabLayerNorm',
+  'MoelabLayerNormGrad',
 ] as const;
 
 /** Switch the native GEMM ('openblas' when linked, else 'builtin'); returns the one now in use. */

@@ -16,6 +16,7 @@ export { MOE_ACTIVATIONS, MOE_LINEAR, MOE_LINEAR_GRAD, MOE_MLP, MOE_MLP_GRAD } f
 export { ADAMW } from './adamw.js';
 export { CAUSAL_ATTENTION, CAUSAL_ATTENTION_GRAD, ROPE } from './attention.js';
 export { HOW_TO_BUILD } from './native.js';
+export { LAYER_NORM, LAYER_NORM_GRAD } from './norm.js';
 
 /**
  * The fused MoE MLP: out[t] = sum over assignments n with tokenIndex[n] = t of

@@ -39,6 +39,29 @@ export interface NativeAddon {
   gather(x: Float32Array, idx: Int32Array, out: Float32Array, outer: number, dim: number, inner: number): number;
   softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
   topk(x: Float32Array, values: Float32Array, indices: Int32Array, rows: number, cols: number, k: number): void;
+  layerNormForward(
+    x: Float32Array,
+    gamma: Float32Array,
+    beta: Float32Array | null,
+    y: Float32Array,
+    mean: Float32Array,
+    rstd: Float32Array,
+    rows: number,
+    D: number,
+    eps: number,
+  ): void;
+  layerNormBackward(
+    dy: Float32Array,
+    x: Float32Array,
+    gamma: Float32Array,
+    mean: Float32Array,
+    rstd: Float32Array,
+    dx: Float32Array,
+    dgamma: Float32Array,
+    dbeta: Float32Array | null,
+    rows: number,
+    D: number,
+  ): void;
   /** One fused AdamW step; scalars = [beta1, 1-beta1, beta2, 1-beta2, eps, bc1, bc2, lr, lr*weightDecay]. */
   adamw(
     p: Float32Array,

@@ -3,6 +3,7 @@
  * names and shapes match the official implementations.
  */
 import { Module } from '../module.js';
+import { hasKernel } from '../ops/kernel.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
 
@@ -69,6 +70,13 @@ export interface Norm extends Module {
   forward(x: tf.Tensor): tf.Tensor;
 }
 
+/**
+ * Kernel a backend may register for {@link LayerNorm}: inputs x [..., D], gamma [D], beta [D]
+ * (absent without bias); attrs eps, hasBeta. Outputs [y, mean, rstd] (statistics of shape
+ * x.shape[:-1], kept for the backend's backward kernel). @moelab/kernels-cpu implements it natively.
+ */
+export const LAYER_NORM_KERNEL = 'MoelabLayerNorm';
+
 export class LayerNorm extends Module implements Norm {
   readonly weight: tf.Variable;
   readonly bias?: tf.Variable;
@@ -83,6 +91,20 @@ export class LayerNorm extends Module implements Norm {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
+    if (x.rank >= 1 && hasKernel(LAYER_NORM_KERNEL)) {
+      const inputs = this.bias ? { x, gamma: this.weight, beta: this.bias } : { x, gamma: this.weight };
+      const [y, mean, rstd] = tf.engine().runKernel(
+        LAYER_NORM_KERNEL,
+        inputs as unknown as tf.NamedTensorMap,
+        {
+          eps: this.eps,
+          hasBeta: !!this.bias,
+        } as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor[];
+      // The statistics are the backward kernel's (saved through the gradient's outputsToSave).
+      tf.dispose([mean!, rstd!]);
+      return y!;
+    }
     const { mean, variance } = tf.moments(x, -1, true);
     const y = tf.mul(tf.sub(x, mean), tf.rsqrt(tf.add(variance, this.eps)));
     const scaled = tf.mul(y, this.weight);

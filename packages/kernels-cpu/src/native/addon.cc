@@ -12,6 +12,7 @@
 #include "attention.h"
 #include "gemm.h"
 #include "kernels.h"
+#include "norm.h"
 #include "pool.h"
 
 using namespace moelab;
@@ -171,6 +172,22 @@ void AdamW(const Napi::CallbackInfo& info) {
         F32(info, 5, n, "mOut"), F32(info, 6, n, "vOut"), n, s);
 }
 
+// (x, gamma, beta|null, y, mean, rstd, rows, D, eps)
+void LayerNormForward(const Napi::CallbackInfo& info) {
+  long rows = Int(info, 6), D = Int(info, 7);
+  layer_norm_forward(F32(info, 0, rows * D, "x"), F32(info, 1, D, "gamma"), F32(info, 2, D, "beta", true),
+                     F32(info, 3, rows * D, "y"), F32(info, 4, rows, "mean"), F32(info, 5, rows, "rstd"), rows,
+                     static_cast<int>(D), info[8].As<Napi::Number>().FloatValue());
+}
+
+// (dy, x, gamma, mean, rstd, dx, dgamma, dbeta|null, rows, D)
+void LayerNormBackward(const Napi::CallbackInfo& info) {
+  long rows = Int(info, 8), D = Int(info, 9);
+  layer_norm_backward(F32(info, 0, rows * D, "dy"), F32(info, 1, rows * D, "x"), F32(info, 2, D, "gamma"),
+                      F32(info, 3, rows, "mean"), F32(info, 4, rows, "rstd"), F32(info, 5, rows * D, "dx"),
+                      F32(info, 6, D, "dgamma"), F32(info, 7, D, "dbeta", true), rows, static_cast<int>(D));
+}
+
 // (x, out, outer, R, inner, kind)
 void Reduce(const Napi::CallbackInfo& info) {
   long outer = Int(info, 2), R = Int(info, 3), inner = Int(info, 4), kind = Int(info, 5);
@@ -321,6 +338,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gather", Napi::Function::New(env, Gather));
   exports.Set("softmax", Napi::Function::New(env, Softmax));
   exports.Set("topk", Napi::Function::New(env, TopK));
+  exports.Set("layerNormForward", Napi::Function::New(env, LayerNormForward));
+  exports.Set("layerNormBackward", Napi::Function::New(env, LayerNormBackward));
   exports.Set("adamw", Napi::Function::New(env, AdamW));
   exports.Set("reduce", Napi::Function::New(env, Reduce));
   exports.Set("segmentSum", Napi::Function::New(env, SegmentSum));

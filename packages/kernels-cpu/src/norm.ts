@@ -1,0 +1,106 @@
+/**
+ * Fused LayerNorm as tfjs kernels for moelab-cpu, and its gradient. Op by op (core's generic
+ * version) a LayerNorm is ~8 kernels forward (moments, subtract, rsqrt, scale, shift) and ~20
+ * backward, each a pass over [tokens, d] with broadcasts; the anchor's LM has 9 of them per step.
+ *
+ * Kernel contracts (the gradient is registered once, for every backend that has the kernels):
+ *  - `MoelabLayerNorm`: inputs x [..., D], gamma [D], beta [D] (optional); attr eps. Outputs
+ *    [y, mean, rstd] with mean, rstd of shape x.shape[:-1]: y = (x - mean) rstd gamma + beta,
+ *    rstd = 1 / sqrt(var + eps), var the biased variance (tf.moments').
+ *  - `MoelabLayerNormGrad`: inputs dy, x, gamma, mean, rstd; attr hasBeta. Outputs [dx, dgamma]
+ *    and dbeta when hasBeta.
+ */
+import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
+import type * as tfTypes from '@tensorflow/tfjs';
+import { outputArray, values } from './kernels.js';
+import type { NativeAddon } from './native.js';
+
+type Tf = typeof tfTypes;
+type Tensor = tfTypes.Tensor;
+type TensorInfo = tfTypes.TensorInfo;
+type KernelFunc = tfTypes.KernelFunc;
+type Args = Parameters<KernelFunc>[0];
+
+export const LAYER_NORM = 'MoelabLayerNorm';
+export const LAYER_NORM_GRAD = 'MoelabLayerNormGrad';
+
+function shapes(kernel: string, inputs: Record<string, TensorInfo>, names: string[]) {
+  for (const n of names) {
+    const t = inputs[n];
+    if (t?.dtype !== 'float32') throw new Error(`${kernel}: input '${n}' must be a float32 tensor`);
+  }
+  const x = inputs.x;
+  if (x.shape.length < 1) throw new Error(`${kernel}: x must have at least one axis`);
+  const D = x.shape[x.shape.length - 1];
+  const rows = D === 0 ? 0 : x.shape.reduce((a, b) => a * b, 1) / D;
+  for (const n of ['gamma', 'beta']) {
+    const t = inputs[n];
+    if (t && (t.shape.length !== 1 || t.shape[0] !== D)) throw new Error(`${kernel}: input '${n}' has shape [${t.shape}], expected [${D}]`);
+  }
+  return { D, rows, statShape: x.shape.slice(0, -1) };
+}
+
+export function makeNormKernels(native: NativeAddon, backendName: string): tfTypes.KernelConfig[] {
+  const forward = (args: Args): TensorInfo[] => {
+    const backend = args.backend as unknown as MathBackendCPU;
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const { D, rows, statShape } = shapes(LAYER_NORM, inputs, inputs.beta ? ['x', 'gamma', 'beta'] : ['x', 'gamma']);
+    const eps = Number(args.attrs?.eps);
+    if (!(eps >= 0)) throw new Error(`${LAYER_NORM}: attr eps must be a non-negative number`);
+    const y = outputArray(rows * D);
+    const mean = outputArray(rows);
+    const rstd = outputArray(rows);
+    const v = (n: string) => values(backend, inputs[n]);
+    if (rows * D > 0) native.layerNormForward(v('x'), v('gamma'), inputs.beta ? v('beta') : null, y, mean, rstd, rows, D, eps);
+    return [
+      backend.makeTensorInfo(inputs.x.shape, 'float32', y),
+      backend.makeTensorInfo(statShape, 'float32', mean),
+      backend.makeTensorInfo(statShape, 'float32', rstd),
+    ];
+  };
+
+  const backward = (args: Args): TensorInfo[] => {
+    const backend = args.backend as unknown as MathBackendCPU;
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const { D, rows } = shapes(LAYER_NORM_GRAD, inputs, ['dy', 'x', 'gamma', 'mean', 'rstd']);
+    const hasBeta = !!args.attrs?.hasBeta;
+    const dx = outputArray(rows * D);
+    const dgamma = new Float32Array(D);
+    const dbeta = hasBeta ? new Float32Array(D) : null;
+    const v = (n: string) => values(backend, inputs[n]);
+    if (rows * D > 0) native.layerNormBackward(v('dy'), v('x'), v('gamma'), v('mean'), v('rstd'), dx, dgamma, dbeta, rows, D);
+    const out = [backend.makeTensorInfo(inputs.x.shape, 'float32', dx), backend.makeTensorInfo([D], 'float32', dgamma)];
+    if (dbeta) out.push(backend.makeTensorInfo([D], 'float32', dbeta));
+    return out;
+  };
+
+  return [
+    { kernelName: LAYER_NORM, backendName, kernelFunc: forward as unknown as KernelFunc },
+    { kernelName: LAYER_NORM_GRAD, backendName, kernelFunc: backward as unknown as KernelFunc },
+  ];
+}
+
+/** Gradient of the fused LayerNorm (see registerMoeGradients for the pattern). */
+export function registerNormGradients(tf: Tf): void {
+  tf.registerGradient({
+    kernelName: LAYER_NORM,
+    inputsToSave: ['x', 'gamma'],
+    outputsToSave: [false, true, true],
+    gradFunc: (dy, saved, attrs) => {
+      const dOut = Array.isArray(dy) ? dy[0] : dy;
+      const [x, gamma, mean, rstd] = saved;
+      // Whether beta was an input: the forward's attrs carry it (core sets hasBeta).
+      const hasBeta = !!(attrs as { hasBeta?: boolean } | undefined)?.hasBeta;
+      const [dx, dgamma, dbeta] = tf
+        .engine()
+        .runKernel(
+          LAYER_NORM_GRAD,
+          { dy: dOut, x, gamma, mean, rstd } as unknown as tfTypes.NamedTensorMap,
+          { hasBeta } as unknown as tfTypes.NamedAttrMap,
+        ) as Tensor[];
+      const grads: Record<string, () => Tensor> = { x: () => dx!, gamma: () => dgamma! };
+      if (dbeta) grads.beta = () => dbeta;
+      return grads;
+    },
+  });
+}
