@@ -441,10 +441,11 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       const { x } = args.inputs as { x: TensorInfo };
       if (x.dtype !== 'float32') return cpu(kernelName)(args);
       const backend = be(args);
-      const out = values(backend, x).slice();
+      const n = prod(x.shape);
+      const out = outputArray(n);
       // Rows of the last axis, so the pool can split them (one row would run on one thread).
       const cols = x.shape.length > 0 ? x.shape[x.shape.length - 1] : 1;
-      if (out.length > 0) native.biasAct(out, out.length / cols, cols, null, act, alphaOf((args.attrs ?? {}) as Record<string, unknown>));
+      if (n > 0) native.biasAct(out, n / cols, cols, null, act, alphaOf((args.attrs ?? {}) as Record<string, unknown>), values(backend, x));
       return backend.makeTensorInfo(x.shape, 'float32', out);
     });
   threadedUnary(tf.Relu, 6, () => 0);

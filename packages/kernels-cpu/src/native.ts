@@ -29,7 +29,8 @@ export interface NativeAddon {
     batchB: number,
     C: Float32Array,
   ): void;
-  biasAct(out: Float32Array, M: number, N: number, bias: Float32Array | null, act: number, alpha: number): void;
+  /** out = act(out + bias), or act(src + bias) when src is given. */
+  biasAct(out: Float32Array, M: number, N: number, bias: Float32Array | null, act: number, alpha: number, src?: Float32Array | null): void;
   transpose(x: Float32Array, out: Float32Array, shape: Int32Array, perm: Int32Array): void;
   /**
    * out = a (op) b with broadcast strides; op: 0 mul (default), 1 add, 2 sub, 3 div, 4 squared

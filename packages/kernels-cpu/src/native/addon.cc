@@ -89,8 +89,10 @@ void BiasAct(const Napi::CallbackInfo& info) {
   long M = Int(info, 1), N = Int(info, 2);
   float* out = F32(info, 0, M * N, "out");
   const float* bias = F32(info, 3, N, "bias", true);
+  // Optional 7th argument: the source rows (out = act(src + bias) instead of in place).
+  const float* src = info.Length() > 6 ? F32(info, 6, M * N, "src", true) : nullptr;
   bias_act(out, M, static_cast<int>(N), bias, info[4].As<Napi::Number>().Int32Value(),
-           info[5].As<Napi::Number>().FloatValue());
+           info[5].As<Napi::Number>().FloatValue(), src);
 }
 
 // (x, out, shape Int32Array, perm Int32Array)

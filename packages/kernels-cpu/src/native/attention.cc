@@ -130,6 +130,7 @@ void rope(const float* x, const float* cos, const float* sin, float* out, long B
   const int half = dims / 2;
   const float sgn = inverse ? -1.f : 1.f;
   parallel_range(BH * T, std::max(1L, 16384L / std::max(1, dh)), [&](long a, long b) {
+    const float sg = sgn;  // local: through the lambda's reference it could alias `out`
     for (long r = a; r < b; r++) {
       const int t = static_cast<int>(r % T);
       const float* xr = x + r * dh;
@@ -138,8 +139,8 @@ void rope(const float* x, const float* cos, const float* sin, float* out, long B
       const float* s = sin + static_cast<long>(t) * dims;
       for (int i = 0; i < half; i++) {
         // rotate-half: out = x * cos + [-x2, x1] * sin (inverse: sin -> -sin, the transpose)
-        o[i] = xr[i] * c[i] - sgn * xr[i + half] * s[i];
-        o[i + half] = xr[i + half] * c[i + half] + sgn * xr[i] * s[i + half];
+        o[i] = xr[i] * c[i] - sg * xr[i + half] * s[i];
+        o[i + half] = xr[i + half] * c[i + half] + sg * xr[i] * s[i + half];
       }
       for (int i = dims; i < dh; i++) o[i] = xr[i];
     }

@@ -9,10 +9,14 @@
 
 namespace moelab {
 
-void bias_act(float* out, long M, int N, const float* bias, int act, float alpha) {
+void bias_act(float* out, long M, int N, const float* bias, int act, float alpha, const float* src) {
   parallel_range(M, std::max(1L, 32768L / std::max(1, N)), [&](long r0, long r1) {
+    // A local copy: through the lambda's reference, `alpha` could alias the rows being written,
+    // which keeps the compiler from vectorising the loops that read it (Step ran 5x slower).
+    const float a = alpha;
     for (long r = r0; r < r1; r++) {
       float* row = out + r * N;
+      if (src) std::memcpy(row, src + r * N, sizeof(float) * N);
       if (bias)
         for (int j = 0; j < N; j++) row[j] += bias[j];
       switch (act) {
@@ -29,13 +33,13 @@ void bias_act(float* out, long M, int N, const float* bias, int act, float alpha
           for (int j = 0; j < N; j++) row[j] = row[j] >= 0.f ? row[j] : std::exp(row[j]) - 1.f;
           break;
         case kLeaky:
-          for (int j = 0; j < N; j++) row[j] = row[j] >= 0.f ? row[j] : alpha * row[j];
+          for (int j = 0; j < N; j++) row[j] = row[j] >= 0.f ? row[j] : a * row[j];
           break;
         case kReluNan:
           for (int j = 0; j < N; j++) row[j] = (row[j] > 0.f || row[j] != row[j]) ? row[j] : 0.f;
           break;
         case kStep:
-          for (int j = 0; j < N; j++) row[j] = row[j] != row[j] ? row[j] : (row[j] > 0.f ? 1.f : alpha);
+          for (int j = 0; j < N; j++) row[j] = row[j] != row[j] ? row[j] : (row[j] > 0.f ? 1.f : a);
           break;
         case kExpDouble:
           // In double, rounded once, like tfjs-cpu's Math.exp into a Float32Array.
@@ -351,7 +355,10 @@ namespace {
 __attribute__((optimize("fp-contract=off")))
 #endif
 void adamw_range(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut,
-                 long a, long b, const AdamWScalars& s) {
+                 long a, long b, const AdamWScalars& sc) {
+  // A local copy: read through the reference, the scalars could alias the outputs, which keeps the
+  // compiler from vectorising the loop.
+  const AdamWScalars s = sc;
   for (long i = a; i < b; i++) {
     const float m2 = m[i] * s.beta1 + g[i] * s.oneMinusBeta1;
     const float v2 = v[i] * s.beta2 + (g[i] * g[i]) * s.oneMinusBeta2;

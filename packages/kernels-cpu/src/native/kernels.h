@@ -16,8 +16,9 @@ enum FusedAct { kLinear = 0, kFRelu = 1, kRelu6 = 2, kSigmoid = 3, kElu = 4, kLe
   // The elementwise Exp kernel.
   kExpDouble = 8 };
 
-// out[M,N] += bias (bias of length N, or null) then activation, in place on a fresh output.
-void bias_act(float* out, long M, int N, const float* bias, int act, float alpha);
+// out[M,N] += bias (bias of length N, or null) then activation, in place on a fresh output; with
+// src, out is first filled from src row by row (an elementwise unary into a fresh output).
+void bias_act(float* out, long M, int N, const float* bias, int act, float alpha, const float* src = nullptr);
 
 // out = transpose(x, perm) for rank <= 8.
 void transpose(const float* x, float* out, int rank, const int* shape, const int* perm);
