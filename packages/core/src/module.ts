@@ -61,7 +61,7 @@ export interface ForwardContext {
   routing: RoutingStats[];
   /** When set, MoE layers also record per-token expert choices (for visualisation / inspect). */
   assignments?: Map<string, { tokenIndex: Int32Array; expertIndex: Int32Array; tokens: number }[]>;
-  /** Experts disabled at inference, by layer path prefix -> expert ids. */
+  /** Experts disabled at inference: exact MoE layer path (e.g. `transformer.layers.0.ffn`, as `moelab mask` writes them) -> expert ids. */
   expertMask?: Map<string, Set<number>>;
   /** Token ids of the forward pass, flattened row-major like the rows MoE layers see (set by the language model; hash routers read it). */
   tokenIds?: Int32Array;

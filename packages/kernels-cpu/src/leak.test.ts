@@ -56,3 +56,25 @@ describe.skipIf(!status.available)(`no leaks over repeated calls (${status.reaso
     tf.dispose([x, w1, w2, tok, exp, wt]);
   });
 });
+
+describe.skipIf(!status.available)(`thread pool under many short runs (${status.reason})`, () => {
+  it('thousands of back-to-back parallel kernels of varying task counts finish with exact results', async () => {
+    // A claim race in the pool once let a worker run a task of a finished run again, which pushed
+    // the completion count past the task count and hung the caller. Short runs back to back, with
+    // task counts changing from one run to the next, are what exposed it.
+    await tf.setBackend('moelab-cpu');
+    const r = rng(77);
+    const xs = [
+      [64, 1024],
+      [300, 257],
+      [2048, 64],
+      [8, 8192],
+    ].map(([a, b]) => tf.tensor2d(randArray(r, a! * b!), [a!, b!]));
+    for (let i = 0; i < 4000; i++) {
+      const x = xs[i % xs.length]!;
+      const y = tf.tidy(() => tf.sum(tf.abs(tf.sub(tf.add(x, x), tf.mul(x, 2)))).dataSync()[0]);
+      if (y !== 0) expect.fail(`run ${i}: expected 0, got ${y}`);
+    }
+    tf.dispose(xs);
+  }, 60_000);
+});

@@ -24,13 +24,24 @@ constexpr int kSpin = 4000;
 
 thread_local bool tl_in_task = false;
 
+// The ticket packs (generation << 40 | task count << 20 | next task index). A worker claims a task
+// with one CAS on it, so the count it checks against and the generation it claims in are those of
+// the same run. (An earlier version kept the count in a separate field: a worker that read a stale
+// ticket and the next run's count could claim a task of a finished run, run the new job's task
+// twice and push `done` past the count, which hung the caller. The suite on moelab-cpu hit it.)
+// A successful claim also means the run cannot finish before this task does, so `job` is that run's.
+constexpr int kIdxBits = 20;
+constexpr uint64_t kIdxMask = (uint64_t{1} << kIdxBits) - 1;
+constexpr int kMaxTasks = static_cast<int>(kIdxMask);
+
+inline uint32_t gen_of(uint64_t t) { return static_cast<uint32_t>(t >> (2 * kIdxBits)); }
+inline int count_of(uint64_t t) { return static_cast<int>((t >> kIdxBits) & kIdxMask); }
+inline int idx_of(uint64_t t) { return static_cast<int>(t & kIdxMask); }
+
 struct Pool {
-  // The ticket packs (generation << 32 | next task index), so a worker that wakes late can never
-  // claim a task of a newer run with a stale view of the job: the CAS fails when the generation moved.
   std::atomic<uint64_t> ticket{0};
   std::atomic<int> done{0};
   const std::function<void(int)>* job = nullptr;
-  int ntasks = 0;
   uint32_t gen = 0;
 
   std::mutex mu;
@@ -40,17 +51,16 @@ struct Pool {
   std::vector<std::thread> workers;
   bool stop = false;
 
-  // Claim and run tasks of generation g until none is left. Returns how many this thread ran.
+  // Claim and run tasks of generation g until none is left.
   void drain(uint32_t g) {
     for (;;) {
       uint64_t t = ticket.load(std::memory_order_acquire);
-      if (static_cast<uint32_t>(t >> 32) != g) return;
-      int idx = static_cast<int>(t & 0xffffffffu);
-      if (idx >= ntasks) return;
+      if (gen_of(t) != g) return;
+      const int idx = idx_of(t), n = count_of(t);
+      if (idx >= n) return;
       if (!ticket.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
-      // The run cannot finish while we hold an unfinished task, so job/ntasks are still this run's.
       (*job)(idx);
-      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == ntasks) {
+      if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
         std::lock_guard<std::mutex> lk(mu);
         finished.notify_all();
       }
@@ -61,16 +71,16 @@ struct Pool {
     tl_in_task = true;
     uint32_t seen = 0;
     for (;;) {
-      uint32_t g = static_cast<uint32_t>(ticket.load(std::memory_order_acquire) >> 32);
+      uint32_t g = gen_of(ticket.load(std::memory_order_acquire));
       for (int s = 0; s < kSpin && g == seen; s++) {
         cpu_relax();
-        g = static_cast<uint32_t>(ticket.load(std::memory_order_acquire) >> 32);
+        g = gen_of(ticket.load(std::memory_order_acquire));
       }
       if (g == seen) {
         std::unique_lock<std::mutex> lk(mu);
-        wake.wait(lk, [&] { return stop || static_cast<uint32_t>(ticket.load() >> 32) != seen; });
+        wake.wait(lk, [&] { return stop || gen_of(ticket.load()) != seen; });
         if (stop) return;
-        g = static_cast<uint32_t>(ticket.load() >> 32);
+        g = gen_of(ticket.load());
       }
       seen = g;
       drain(g);
@@ -97,12 +107,12 @@ struct Pool {
       return;
     }
     job = &fn;
-    ntasks = n;
     done.store(0, std::memory_order_relaxed);
     {
       std::lock_guard<std::mutex> lk(mu);
-      gen++;
-      ticket.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
+      gen = (gen + 1) & 0xffffffu;  // 24 bits of generation in the ticket
+      ticket.store(static_cast<uint64_t>(gen) << (2 * kIdxBits) | static_cast<uint64_t>(n) << kIdxBits,
+                   std::memory_order_release);
     }
     wake.notify_all();
     tl_in_task = true;
@@ -152,6 +162,13 @@ void parallel_for(int n, const std::function<void(int)>& fn) {
   Pool* p = the_pool();
   if (n == 1 || tl_in_task || p->workers.empty()) {
     for (int i = 0; i < n; i++) fn(i);
+    return;
+  }
+  if (n > kMaxTasks) {
+    // More tasks than a ticket can count: each claimed task runs a strided slice of them.
+    p->run(kMaxTasks, [&](int t) {
+      for (long i = t; i < n; i += kMaxTasks) fn(static_cast<int>(i));
+    });
     return;
   }
   p->run(n, fn);
