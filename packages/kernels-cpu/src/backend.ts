@@ -36,12 +36,12 @@ export interface RegisterOptions {
   /** 'openblas' (default when linked) or 'builtin' (the portable packed GEMM). */
   gemm?: 'openblas' | 'builtin';
   /**
-   * Raise glibc's mmap threshold to 32 MiB and its trim threshold to 256 MiB for this process
-   * (default true; MOELAB_MALLOC_TUNE=0 turns it off). Every tfjs tensor is a fresh allocation; with
-   * glibc's defaults each large one is a new mmap whose pages fault in one by one (~195k faults and
-   * ~1 s of system time per step of the benchmark LM). With these thresholds freed tensor memory is
-   * reused from the heap: the step ran ~1.3x faster. The cost: up to 256 MiB of freed memory may
-   * stay mapped. No effect on other C libraries (musl, macOS, Windows).
+   * Serve large blocks from glibc's heap instead of fresh mmaps, and raise its trim threshold to
+   * 256 MiB, for this process (default true; MOELAB_MALLOC_TUNE=0 turns it off). Every tfjs tensor
+   * is a fresh allocation; with glibc's defaults each large one is a new mmap whose pages fault in
+   * one by one (~195k faults and ~1 s of system time per step of the benchmark LM). Tuned, freed
+   * tensor memory is reused from the heap: the LM step ran ~1.3x faster. The cost: up to 256 MiB
+   * of freed memory may stay mapped. No effect on other C libraries (musl, macOS, Windows).
    */
   tuneMalloc?: boolean;
 }

@@ -312,17 +312,20 @@ void Rope(const Napi::CallbackInfo& info) {
        info[8].As<Napi::Boolean>().Value());
 }
 
-// (mmapThresholdBytes, trimThresholdBytes) -> whether glibc took both settings.
+// (mmapThresholdBytes, trimThresholdBytes) -> whether glibc took the settings.
 // Every tensor is a fresh ArrayBuffer (calloc). glibc serves blocks above its mmap threshold
 // (dynamic, starting at 128 KiB) with a fresh mmap, so each large tensor costs one page fault per
 // 4 KiB on first touch, and returns freed heap above the trim threshold to the kernel. A training
 // step of the anchor's LM took ~195k page faults and ~1 s of system time that way. A fixed higher
-// mmap threshold and trim threshold keep freed tensor memory in the heap for reuse.
+// mmap threshold and trim threshold keep freed tensor memory in the heap for reuse; M_MMAP_MAX = 0
+// extends that to blocks above the highest threshold glibc accepts (32 MiB: an MoE layer's hidden
+// activations are bigger). glibc still falls back to mmap when the heap cannot grow.
 Napi::Value TuneMalloc(const Napi::CallbackInfo& info) {
 #if defined(__GLIBC__)
   long mmapBytes = Int(info, 0), trimBytes = Int(info, 1);
   bool ok = mallopt(M_MMAP_THRESHOLD, static_cast<int>(mmapBytes)) == 1;
   ok = mallopt(M_TRIM_THRESHOLD, static_cast<int>(trimBytes)) == 1 && ok;
+  ok = mallopt(M_MMAP_MAX, 0) == 1 && ok;
   return Napi::Boolean::New(info.Env(), ok);
 #else
   return Napi::Boolean::New(info.Env(), false);
