@@ -10,12 +10,9 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
+import { type Args, expectDtype, expectShape, type KernelFunc, type TensorInfo } from './kernel-helpers.js';
 import { outputArray, values } from './kernels.js';
 import type { NativeAddon } from './native.js';
-
-type TensorInfo = tfTypes.TensorInfo;
-type KernelFunc = tfTypes.KernelFunc;
-type Args = Parameters<KernelFunc>[0];
 
 export const ADAMW = 'MoelabAdamW';
 
@@ -24,13 +21,8 @@ export function makeAdamWKernel(native: NativeAddon, backendName: string): tfTyp
     const backend = args.backend as unknown as MathBackendCPU;
     const inputs = args.inputs as Record<string, TensorInfo>;
     const p = inputs.p;
-    for (const n of ['p', 'g', 'm', 'v']) {
-      const t = inputs[n];
-      if (t?.dtype !== 'float32') throw new Error(`${ADAMW}: input '${n}' must be a float32 tensor`);
-      if (t.shape.length !== p.shape.length || t.shape.some((s, i) => s !== p.shape[i])) {
-        throw new Error(`${ADAMW}: input '${n}' has shape [${t.shape}], expected [${p.shape}] (the parameter's)`);
-      }
-    }
+    expectDtype(ADAMW, inputs, ['p', 'g', 'm', 'v']);
+    for (const n of ['g', 'm', 'v']) expectShape(ADAMW, n, inputs[n]!, p.shape);
     const a = (args.attrs ?? {}) as Record<string, unknown>;
     const num = (name: string) => {
       const x = Number(a[name]);

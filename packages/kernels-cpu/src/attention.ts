@@ -23,35 +23,16 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
+import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
 import { outputArray, values } from './kernels.js';
 import type { NativeAddon } from './native.js';
-
-type Tf = typeof tfTypes;
-type Tensor = tfTypes.Tensor;
-type TensorInfo = tfTypes.TensorInfo;
-type KernelConfig = tfTypes.KernelConfig;
-type KernelFunc = tfTypes.KernelFunc;
-type Args = Parameters<KernelFunc>[0];
 
 export const CAUSAL_ATTENTION = 'MoelabCausalAttention';
 export const CAUSAL_ATTENTION_GRAD = 'MoelabCausalAttentionGrad';
 export const ROPE = 'MoelabRope';
 
-function check(kernel: string, inputs: Record<string, TensorInfo>, names: string[]): void {
-  for (const n of names) {
-    const t = inputs[n];
-    if (!t) throw new Error(`${kernel}: missing input '${n}'`);
-    if (t.dtype !== 'float32') throw new Error(`${kernel}: input '${n}' must be float32, got ${t.dtype}`);
-  }
-}
-
-function expectShape(kernel: string, name: string, t: TensorInfo, shape: number[]): void {
-  const ok = t.shape.length === shape.length && t.shape.every((s, i) => s === shape[i]);
-  if (!ok) throw new Error(`${kernel}: input '${name}' has shape [${t.shape}], expected [${shape}]`);
-}
-
 function attentionShapes(kernel: string, inputs: Record<string, TensorInfo>) {
-  check(kernel, inputs, ['q', 'k', 'v']);
+  expectDtype(kernel, inputs, ['q', 'k', 'v']);
   const { q, v } = inputs;
   if (q.shape.length !== 4) throw new Error(`${kernel}: q must be [B,H,T,dk], got [${q.shape}]`);
   const [B, H, T, dk] = q.shape;
@@ -88,7 +69,7 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
     const inputs = args.inputs as Record<string, TensorInfo>;
     const scale = scaleOf(CAUSAL_ATTENTION_GRAD, args.attrs);
     const { B, H, T, dk, dv, BH } = attentionShapes(CAUSAL_ATTENTION_GRAD, inputs);
-    check(CAUSAL_ATTENTION_GRAD, inputs, ['dy', 'out', 'lse']);
+    expectDtype(CAUSAL_ATTENTION_GRAD, inputs, ['dy', 'out', 'lse']);
     expectShape(CAUSAL_ATTENTION_GRAD, 'dy', inputs.dy, [B, H, T, dv]);
     expectShape(CAUSAL_ATTENTION_GRAD, 'out', inputs.out, [B, H, T, dv]);
     expectShape(CAUSAL_ATTENTION_GRAD, 'lse', inputs.lse, [B, H, T]);
@@ -109,7 +90,7 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
   const rope = (args: Args): TensorInfo => {
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
-    check(ROPE, inputs, ['x', 'cos', 'sin']);
+    expectDtype(ROPE, inputs, ['x', 'cos', 'sin']);
     const { x, cos } = inputs;
     if (x.shape.length !== 4) throw new Error(`${ROPE}: x must be [B,H,T,dh], got [${x.shape}]`);
     const [B, H, T, dh] = x.shape;

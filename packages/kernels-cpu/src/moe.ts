@@ -18,15 +18,9 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
+import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
 import { ints, values } from './kernels.js';
 import type { NativeAddon } from './native.js';
-
-type Tf = typeof tfTypes;
-type Tensor = tfTypes.Tensor;
-type TensorInfo = tfTypes.TensorInfo;
-type KernelConfig = tfTypes.KernelConfig;
-type KernelFunc = tfTypes.KernelFunc;
-type Args = Parameters<KernelFunc>[0];
 
 export const MOE_MLP = 'MoelabMoeMLP';
 export const MOE_MLP_GRAD = 'MoelabMoeMLPGrad';
@@ -44,25 +38,12 @@ function actCode(a: unknown): number {
   return code;
 }
 
-function expectDtype(kernel: string, inputs: Record<string, TensorInfo>, floats: string[], intsNames: string[]): void {
-  for (const n of floats) {
-    if (inputs[n]?.dtype !== 'float32') throw new Error(`${kernel}: input '${n}' must be float32, got ${inputs[n]?.dtype}`);
-  }
-  for (const n of intsNames) {
-    if (inputs[n]?.dtype !== 'int32') throw new Error(`${kernel}: input '${n}' must be int32, got ${inputs[n]?.dtype}`);
-  }
-}
-
-function expectShape(kernel: string, name: string, t: TensorInfo, shape: number[]): void {
-  const ok = t.shape.length === shape.length && t.shape.every((s, i) => s === shape[i]);
-  if (!ok) throw new Error(`${kernel}: input '${name}' has shape [${t.shape}], expected [${shape}]`);
-}
-
 export function makeMoeKernels(native: NativeAddon, backendName: string): KernelConfig[] {
   const be = (args: Args) => args.backend as unknown as MathBackendCPU;
 
   function mlpShapes(kernel: string, inputs: Record<string, TensorInfo>) {
-    expectDtype(kernel, inputs, ['x', 'w1', 'w2', 'weight'], ['tokenIndex', 'expertIndex']);
+    expectDtype(kernel, inputs, ['x', 'w1', 'w2', 'weight']);
+    expectDtype(kernel, inputs, ['tokenIndex', 'expertIndex'], 'int32');
     const { x, w1, tokenIndex } = inputs;
     if (x.shape.length !== 2 || w1.shape.length !== 3) throw new Error(`${kernel}: x must be [T,d] and w1 [E,d,h]`);
     const [T, d] = x.shape;
@@ -77,7 +58,8 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
   }
 
   function linearShapes(kernel: string, inputs: Record<string, TensorInfo>, outRows: number) {
-    expectDtype(kernel, inputs, ['x', 'w', 'weight'], ['inRow', 'outRow', 'expertIndex']);
+    expectDtype(kernel, inputs, ['x', 'w', 'weight']);
+    expectDtype(kernel, inputs, ['inRow', 'outRow', 'expertIndex'], 'int32');
     const { x, w, inRow } = inputs;
     if (x.shape.length !== 2 || w.shape.length !== 3) throw new Error(`${kernel}: x must be [R,din] and w [E,din,dout]`);
     if (!Number.isInteger(outRows) || outRows < 0) throw new Error(`${kernel}: attr outRows must be a non-negative integer`);

@@ -12,31 +12,20 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
+import { type Args, expectDtype, expectShape, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
 import { outputArray, values } from './kernels.js';
 import type { NativeAddon } from './native.js';
-
-type Tf = typeof tfTypes;
-type Tensor = tfTypes.Tensor;
-type TensorInfo = tfTypes.TensorInfo;
-type KernelFunc = tfTypes.KernelFunc;
-type Args = Parameters<KernelFunc>[0];
 
 export const LAYER_NORM = 'MoelabLayerNorm';
 export const LAYER_NORM_GRAD = 'MoelabLayerNormGrad';
 
 function shapes(kernel: string, inputs: Record<string, TensorInfo>, names: string[]) {
-  for (const n of names) {
-    const t = inputs[n];
-    if (t?.dtype !== 'float32') throw new Error(`${kernel}: input '${n}' must be a float32 tensor`);
-  }
+  expectDtype(kernel, inputs, names);
   const x = inputs.x;
   if (x.shape.length < 1) throw new Error(`${kernel}: x must have at least one axis`);
   const D = x.shape[x.shape.length - 1];
   const rows = D === 0 ? 0 : x.shape.reduce((a, b) => a * b, 1) / D;
-  for (const n of ['gamma', 'beta']) {
-    const t = inputs[n];
-    if (t && (t.shape.length !== 1 || t.shape[0] !== D)) throw new Error(`${kernel}: input '${n}' has shape [${t.shape}], expected [${D}]`);
-  }
+  for (const n of ['gamma', 'beta']) if (inputs[n]) expectShape(kernel, n, inputs[n], [D]);
   return { D, rows, statShape: x.shape.slice(0, -1) };
 }
 
