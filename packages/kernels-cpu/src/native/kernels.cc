@@ -181,38 +181,38 @@ void binary_broadcast_t(const float* a, const float* b, O* out, int rank, const 
 }
 }  // namespace
 
-void binary_broadcast(int op, const float* a, const float* b, float* out, int rank, const int* shape, const long* aStr,
-                      const long* bStr) {
+// Arithmetic ops write floats, comparisons bytes; one switch serves both output types.
+template <class O>
+void broadcast_op(int op, const float* a, const float* b, O* out, int rank, const int* shape, const long* aStr,
+                  const long* bStr) {
+#define MOELAB_BIN_CASE(OP) \
+  case OP:                  \
+    return binary_broadcast_t<OP>(a, b, out, rank, shape, aStr, bStr);
   switch (op) {
-    case kBinAdd:
-      return binary_broadcast_t<kBinAdd>(a, b, out, rank, shape, aStr, bStr);
-    case kBinSub:
-      return binary_broadcast_t<kBinSub>(a, b, out, rank, shape, aStr, bStr);
-    case kBinDiv:
-      return binary_broadcast_t<kBinDiv>(a, b, out, rank, shape, aStr, bStr);
-    case kBinSqDiff:
-      return binary_broadcast_t<kBinSqDiff>(a, b, out, rank, shape, aStr, bStr);
+    MOELAB_BIN_CASE(kBinAdd)
+    MOELAB_BIN_CASE(kBinSub)
+    MOELAB_BIN_CASE(kBinDiv)
+    MOELAB_BIN_CASE(kBinSqDiff)
+    MOELAB_BIN_CASE(kBinEqual)
+    MOELAB_BIN_CASE(kBinNotEqual)
+    MOELAB_BIN_CASE(kBinGreater)
+    MOELAB_BIN_CASE(kBinGreaterEqual)
+    MOELAB_BIN_CASE(kBinLess)
+    MOELAB_BIN_CASE(kBinLessEqual)
     default:
       return binary_broadcast_t<kBinMul>(a, b, out, rank, shape, aStr, bStr);
   }
+#undef MOELAB_BIN_CASE
+}
+
+void binary_broadcast(int op, const float* a, const float* b, float* out, int rank, const int* shape, const long* aStr,
+                      const long* bStr) {
+  broadcast_op(op, a, b, out, rank, shape, aStr, bStr);
 }
 
 void compare_broadcast(int op, const float* a, const float* b, uint8_t* out, int rank, const int* shape,
                        const long* aStr, const long* bStr) {
-  switch (op) {
-    case kBinEqual:
-      return binary_broadcast_t<kBinEqual>(a, b, out, rank, shape, aStr, bStr);
-    case kBinNotEqual:
-      return binary_broadcast_t<kBinNotEqual>(a, b, out, rank, shape, aStr, bStr);
-    case kBinGreater:
-      return binary_broadcast_t<kBinGreater>(a, b, out, rank, shape, aStr, bStr);
-    case kBinGreaterEqual:
-      return binary_broadcast_t<kBinGreaterEqual>(a, b, out, rank, shape, aStr, bStr);
-    case kBinLess:
-      return binary_broadcast_t<kBinLess>(a, b, out, rank, shape, aStr, bStr);
-    default:
-      return binary_broadcast_t<kBinLessEqual>(a, b, out, rank, shape, aStr, bStr);
-  }
+  broadcast_op(op, a, b, out, rank, shape, aStr, bStr);
 }
 
 void mul_broadcast(const float* a, const float* b, float* out, int rank, const int* shape, const long* aStr,
