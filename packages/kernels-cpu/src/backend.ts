@@ -166,6 +166,7 @@ export const NATIVE_KERNELS = [
   'MoelabCausalAttentionGrad',
   'MoelabRope',
   'MoelabAdamW',
+  'MoelabSumOfSquares',
   'MoelabLayerNorm',
   'MoelabLayerNormGrad',
 ] as const;

@@ -396,6 +396,13 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     tf.dispose([a, b]);
   });
 
+  it('MoelabSumOfSquares: equals tf.sum(tf.square(x)) on cpu bit for bit (empty, scalar, parameter-sized)', async () => {
+    const r = rng(24);
+    const sumSq = (x: tf.Tensor) =>
+      tf.getKernel('MoelabSumOfSquares', tf.getBackend()) ? (tf.engine().runKernel('MoelabSumOfSquares', { x }) as tf.Tensor) : tf.sum(tf.square(x));
+    for (const shape of [[0], [], [7], [64, 128, 256]]) await compareBackends([f(shape, r)], sumSq, 0);
+  });
+
   it('Softmax: forward and gradients', async () => {
     const r = rng(9);
     for (const shape of [[5], [4, 7], [2, 3, 64], [100, 8]]) {

@@ -401,6 +401,18 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       const finalShape = keepDims ? tf.backend_util.expandShapeToKeepDim(outShape, axes) : outShape;
       return backend.makeTensorInfo(finalShape, 'float32', out);
     });
+  // `MoelabSumOfSquares` (core's SUM_OF_SQUARES_KERNEL): x -> scalar sum of x^2, the global
+  // gradient norm's term per tensor, equal bit for bit to tf.sum(tf.square(x)) on cpu without the
+  // parameter-sized temporary.
+  add('MoelabSumOfSquares', (args) => {
+    const { x } = args.inputs as { x: TensorInfo };
+    if (x?.dtype !== 'float32') throw new Error(`MoelabSumOfSquares: input 'x' must be float32, got ${x ? x.dtype : 'nothing'}`);
+    const backend = be(args);
+    const n = prod(x.shape);
+    const out = new Float32Array(1);
+    if (n > 0) native.reduce(values(backend, x), out, 1, n, 1, 3);
+    return backend.makeTensorInfo([], 'float32', out);
+  });
   reduce(tf.Sum, 'sum');
   reduce(tf.Mean, 'mean');
   reduce(tf.Max, 'max');

@@ -76,7 +76,7 @@ export interface NativeAddon {
     scalars: number[],
     decay: boolean,
   ): void;
-  /** out[o, c] = sum (kind 0) / mean (1) / max (2) over r of x viewed as [outer, R, inner]. */
+  /** out[o, c] = sum (kind 0) / mean (1) / max (2) / sum of squares (3) over r of x viewed as [outer, R, inner]. */
   reduce(x: Float32Array, out: Float32Array, outer: number, R: number, inner: number, kind: number): void;
   segmentSum(x: Float32Array, ids: Int32Array, out: Float32Array, n: number, inner: number, numSegments: number): void;
   causalAttentionForward(

@@ -15,6 +15,12 @@ import { tf } from '../tf.js';
  */
 export const ADAMW_KERNEL = 'MoelabAdamW';
 
+/**
+ * Kernel a backend may register for one term of the global gradient norm: input x, output the
+ * scalar sum of x^2 (what tf.sum(tf.square(x)) computes, without the x-sized temporary).
+ */
+export const SUM_OF_SQUARES_KERNEL = 'MoelabSumOfSquares';
+
 export interface AdamWOptions {
   beta1: number;
   beta2: number;
@@ -118,8 +124,11 @@ export function learningRate(step: number, lr: number, warmup: number, totalStep
 
 /** Scale gradients so that their global L2 norm is at most maxNorm. Returns the norm before clipping. */
 export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number): { grads: Map<string, tf.Tensor>; norm: number } {
+  const fused = hasKernel(SUM_OF_SQUARES_KERNEL);
   const norm = tf.tidy(() => {
-    const sq = [...grads.values()].map((g) => tf.sum(tf.square(g)));
+    const sq = [...grads.values()].map((g) =>
+      fused ? (tf.engine().runKernel(SUM_OF_SQUARES_KERNEL, { x: g } as unknown as tf.NamedTensorMap) as tf.Tensor) : tf.sum(tf.square(g)),
+    );
     return sq.length ? Math.sqrt(tf.addN(sq).dataSync()[0]!) : 0;
   });
   if (!(maxNorm > 0) || norm <= maxNorm || !Number.isFinite(norm)) return { grads, norm };

@@ -301,7 +301,13 @@ void segment_sum(const float* x, const int* ids, long n, long inner, float* out,
 void reduce(const float* x, float* out, long outer, long R, long inner, int kind) {
   // Same arithmetic as tfjs-backend-cpu after its transpose: per output, the reduced elements in
   // order, accumulated in double (mean: each term x / R rounded to float first; max: NaN wins).
-  auto term = [&](float v) -> double { return kind == kReduceMean ? static_cast<double>(static_cast<float>(v / static_cast<float>(R))) : v; };
+  // Mean: each term x / R rounded to float first; sum of squares: x * x rounded to float (Square's
+  // output) then summed in double, so the result equals tf.sum(tf.square(x)) on cpu bit for bit.
+  auto term = [&](float v) -> double {
+    if (kind == kReduceMean) return static_cast<double>(static_cast<float>(v / static_cast<float>(R)));
+    if (kind == kReduceSumSq) return static_cast<double>(static_cast<float>(v * v));
+    return v;
+  };
   if (inner == 1) {
     parallel_range(outer, std::max(1L, 65536L / std::max(1L, R)), [&](long o0, long o1) {
       for (long o = o0; o < o1; o++) {

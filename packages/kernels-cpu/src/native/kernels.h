@@ -48,7 +48,7 @@ void topk(const float* x, float* values, int32_t* indices, long rows, int cols, 
 // out[numSegments, inner] = sum of rows of x[n, inner] by ids (ids outside [0, numSegments) dropped).
 void segment_sum(const float* x, const int* ids, long n, long inner, float* out, long numSegments);
 
-enum ReduceKind { kReduceSum = 0, kReduceMean = 1, kReduceMax = 2 };
+enum ReduceKind { kReduceSum = 0, kReduceMean = 1, kReduceMax = 2, kReduceSumSq = 3 };
 // out[o, c] = reduce over r of x[o, r, c] for x viewed as [outer, R, inner] (tfjs-cpu's order and
 // double accumulation, so results are bit-identical to it).
 void reduce(const float* x, float* out, long outer, long R, long inner, int kind);
