@@ -281,7 +281,8 @@ export function monetExpertScores(g1: tf.Tensor3D, g2: tf.Tensor3D): tf.Tensor3D
   return tf.matMul(g1, g2, true, false) as tf.Tensor3D;
 }
 
-interface MonetExperts extends Module {
+/** The expert bank of a MONET layer (HD or VD), as the layer sees it. */
+export interface MonetExperts extends Module {
   /** Factored evaluation from the two groups' routing (§5/§6). x [n, d] -> [n, d]. */
   forward(x: tf.Tensor2D, g1: tf.Tensor3D, g2: tf.Tensor3D): tf.Tensor2D;
   /** Evaluation from an explicit (masked) score tensor G' [n, E, E] (§9). */

@@ -76,7 +76,8 @@ export interface EvalMetrics {
   bitsPerToken: number;
 }
 
-type TrainableModel = Module & LanguageModel;
+/** What the trainer trains: a module that is a language model. */
+export type TrainableModel = Module & LanguageModel;
 
 /** Cross-entropy + weighted aux losses for one [B, T+1] batch. Call inside a tidy / grad scope. */
 export function lmLoss(model: TrainableModel, windows: tf.Tensor2D, ctx: ForwardContext): { total: tf.Scalar; ce: tf.Scalar; aux: AuxLoss[] } {
