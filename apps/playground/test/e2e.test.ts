@@ -4,6 +4,8 @@
  * checks the expert-load heatmap and routed-token colouring render, generates text, saves a checkpoint
  * (two downloads) that the CLI's loader reads, loads it back into the second run (same validation
  * loss), rejects a malformed upload with a clear message, and saves a screenshot to test-results/.
+ * A second test boots the app through Vite's dev server (what `pnpm --filter playground dev` runs)
+ * and trains a few steps there, so the development path is checked too, not only the build.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -245,5 +247,47 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     mkdirSync(results, { recursive: true });
     await page.screenshot({ path: join(results, 'playground.png'), fullPage: true });
     expect(pageErrors).toEqual([]);
+  }, 240_000);
+});
+
+describe.skipIf(!hasChromium)('playground on the Vite dev server (pnpm --filter playground dev)', () => {
+  it('serves the app from sources: it boots, builds a preset and trains in the worker without page errors', async () => {
+    const { createServer: createViteServer } = await import('vite');
+    const vite = await createViteServer({ configFile: join(app, 'vite.config.ts'), root: app, logLevel: 'warn', server: { port: 0, host: '127.0.0.1' } });
+    await vite.listen();
+    const { chromium } = await import('playwright-core');
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    });
+    try {
+      const page = await browser.newPage();
+      const errors: string[] = [];
+      page.on('pageerror', (e: Error) => errors.push(e.message));
+      const port = (vite.httpServer!.address() as AddressInfo).port;
+      await page.goto(`http://127.0.0.1:${port}/?backend=wasm`);
+      await page.waitForSelector('body[data-ready=true]', { timeout: 120_000 });
+      await page.selectOption('#preset', 'moe-micro');
+      await page.click('#use-preset');
+      await page.fill('#train-steps', '6');
+      await page.dispatchEvent('#train-steps', 'change');
+      await page.click('#run-a .build');
+      await page.click('#run-a .start');
+      await page.waitForFunction(
+        () => (window as unknown as { playground: { runs: Record<string, () => { state: string }> } }).playground.runs.A!().state === 'done',
+        null,
+        { timeout: 120_000, polling: 500 },
+      );
+      const a = await page.evaluate(() =>
+        (window as unknown as { playground: { runs: Record<string, () => { losses: unknown[]; errors: string[]; backend: string }> } }).playground.runs.A!(),
+      );
+      expect(a.errors).toEqual([]);
+      expect(a.losses.length).toBe(6);
+      expect(a.backend).toBe('wasm');
+      expect(errors).toEqual([]);
+    } finally {
+      await browser.close();
+      await vite.close();
+    }
   }, 240_000);
 });
