@@ -110,6 +110,37 @@ describe.skipIf(!status.available)(`fused causal attention and RoPE equal the op
     }
   });
 
+  it("layout 'bthd' ([B, T, H, d], no head transposes): attention and RoPE equal the [B, H, T, d] versions, values and gradients", async () => {
+    const r = rng(8);
+    const toHeads = (t: tf.Tensor) => tf.transpose(t, [0, 2, 1, 3]);
+    const attentionBthd = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number) => {
+      if (has(CAUSAL_ATTENTION)) {
+        const [out, lse] = tf.engine().runKernel(CAUSAL_ATTENTION, { q, k, v }, { scale, layout: 'bthd' }) as tf.Tensor[];
+        lse!.dispose();
+        return out!;
+      }
+      return toHeads(attention(toHeads(q), toHeads(k), toHeads(v), scale));
+    };
+    const ropeBthd = (x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) =>
+      has(ROPE) ? (tf.engine().runKernel(ROPE, { x, cos, sin }, { inverse: false, layout: 'bthd' }) as tf.Tensor) : toHeads(rope(toHeads(x), cos, sin));
+    for (const [B, T, H, dk, dv] of [
+      [2, 70, 3, 8, 12],
+      [1, 1, 2, 4, 4],
+    ]) {
+      const specs = [f([B!, T!, H!, dk!], r, 2), f([B!, T!, H!, dk!], r, 2), f([B!, T!, H!, dv!], r)];
+      await compareBackends(specs, (q, k, v) => attentionBthd(q!, k!, v!, 0.4), 1e-5);
+      await compareBackends(
+        specs,
+        (q, k, v) => tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => weightedSum(attentionBthd(a, b, c, 0.4), 6))([q!, k!, v!]),
+        1e-4,
+      );
+      const [cos, sin] = tables(T!, dk! / 2);
+      const rs = [f([B!, T!, H!, dk!], r), cos, sin];
+      await compareBackends(rs, (x, c, s) => tf.grad((a: tf.Tensor) => weightedSum(ropeBthd(a, c!, s!), 9))(x!), 1e-6);
+      await compareBackends(rs, (x, c, s) => ropeBthd(x!, c!, s!), 1e-6);
+    }
+  });
+
   it('rejects mismatched shapes with a message naming the input', async () => {
     await tf.setBackend('moelab-cpu');
     const q = tf.zeros([1, 2, 4, 8]);

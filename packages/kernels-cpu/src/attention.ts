@@ -31,15 +31,27 @@ export const CAUSAL_ATTENTION = 'MoelabCausalAttention';
 export const CAUSAL_ATTENTION_GRAD = 'MoelabCausalAttentionGrad';
 export const ROPE = 'MoelabRope';
 
-function attentionShapes(kernel: string, inputs: Record<string, TensorInfo>) {
+/** 'bhtd' (default): tensors are [B, H, T, d]; 'bthd': [B, T, H, d], the projections' own layout. */
+function layoutOf(kernel: string, attrs: unknown): boolean {
+  const layout = (attrs as { layout?: unknown } | undefined)?.layout ?? 'bhtd';
+  if (layout !== 'bhtd' && layout !== 'bthd') throw new Error(`${kernel}: attr layout must be 'bhtd' or 'bthd', got '${String(layout)}'`);
+  return layout === 'bthd';
+}
+
+/** The shape of a [B, H, T, d] or [B, T, H, d] tensor in the given layout. */
+const shaped = (bthd: boolean, B: number, H: number, T: number, d: number) => (bthd ? [B, T, H, d] : [B, H, T, d]);
+
+function attentionShapes(kernel: string, inputs: Record<string, TensorInfo>, bthd: boolean) {
   expectDtype(kernel, inputs, ['q', 'k', 'v']);
   const { q, v } = inputs;
-  if (q.shape.length !== 4) throw new Error(`${kernel}: q must be [B,H,T,dk], got [${q.shape}]`);
-  const [B, H, T, dk] = q.shape;
-  expectShape(kernel, 'k', inputs.k, [B, H, T, dk]);
-  if (v.shape.length !== 4) throw new Error(`${kernel}: v must be [B,H,T,dv], got [${v.shape}]`);
+  const name = bthd ? 'B,T,H' : 'B,H,T';
+  if (q.shape.length !== 4) throw new Error(`${kernel}: q must be [${name},dk], got [${q.shape}]`);
+  const [B, a, b, dk] = q.shape;
+  const [H, T] = bthd ? [b, a] : [a, b];
+  expectShape(kernel, 'k', inputs.k, q.shape);
+  if (v.shape.length !== 4) throw new Error(`${kernel}: v must be [${name},dv], got [${v.shape}]`);
   const dv = v.shape[3];
-  expectShape(kernel, 'v', v, [B, H, T, dv]);
+  expectShape(kernel, 'v', v, shaped(bthd, B, H, T, dv));
   return { B, H, T, dk, dv, BH: B * H };
 }
 
@@ -56,34 +68,36 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
     const scale = scaleOf(CAUSAL_ATTENTION, args.attrs);
-    const { B, H, T, dk, dv, BH } = attentionShapes(CAUSAL_ATTENTION, inputs);
+    const bthd = layoutOf(CAUSAL_ATTENTION, args.attrs);
+    const { B, H, T, dk, dv, BH } = attentionShapes(CAUSAL_ATTENTION, inputs, bthd);
     const out = outputArray(BH * T * dv);
     const lse = new Float32Array(BH * T);
     const v = (n: string) => values(backend, inputs[n]);
-    if (out.length > 0) native.causalAttentionForward(v('q'), v('k'), v('v'), out, lse, BH, T, dk, dv, scale);
-    return [backend.makeTensorInfo([B, H, T, dv], 'float32', out), backend.makeTensorInfo([B, H, T], 'float32', lse)];
+    if (out.length > 0) native.causalAttentionForward(v('q'), v('k'), v('v'), out, lse, BH, T, dk, dv, scale, H, bthd);
+    return [backend.makeTensorInfo(shaped(bthd, B, H, T, dv), 'float32', out), backend.makeTensorInfo([B, H, T], 'float32', lse)];
   };
 
   const backward = (args: Args): TensorInfo[] => {
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
     const scale = scaleOf(CAUSAL_ATTENTION_GRAD, args.attrs);
-    const { B, H, T, dk, dv, BH } = attentionShapes(CAUSAL_ATTENTION_GRAD, inputs);
+    const bthd = layoutOf(CAUSAL_ATTENTION_GRAD, args.attrs);
+    const { B, H, T, dk, dv, BH } = attentionShapes(CAUSAL_ATTENTION_GRAD, inputs, bthd);
     expectDtype(CAUSAL_ATTENTION_GRAD, inputs, ['dy', 'out', 'lse']);
-    expectShape(CAUSAL_ATTENTION_GRAD, 'dy', inputs.dy, [B, H, T, dv]);
-    expectShape(CAUSAL_ATTENTION_GRAD, 'out', inputs.out, [B, H, T, dv]);
+    expectShape(CAUSAL_ATTENTION_GRAD, 'dy', inputs.dy, shaped(bthd, B, H, T, dv));
+    expectShape(CAUSAL_ATTENTION_GRAD, 'out', inputs.out, shaped(bthd, B, H, T, dv));
     expectShape(CAUSAL_ATTENTION_GRAD, 'lse', inputs.lse, [B, H, T]);
     const dq = outputArray(BH * T * dk);
     const dkOut = outputArray(BH * T * dk);
     const dvOut = outputArray(BH * T * dv);
     const v = (n: string) => values(backend, inputs[n]);
     if (BH * T > 0) {
-      native.causalAttentionBackward(v('dy'), v('q'), v('k'), v('v'), v('out'), v('lse'), dq, dkOut, dvOut, BH, T, dk, dv, scale);
+      native.causalAttentionBackward(v('dy'), v('q'), v('k'), v('v'), v('out'), v('lse'), dq, dkOut, dvOut, BH, T, dk, dv, scale, H, bthd);
     }
     return [
-      backend.makeTensorInfo([B, H, T, dk], 'float32', dq),
-      backend.makeTensorInfo([B, H, T, dk], 'float32', dkOut),
-      backend.makeTensorInfo([B, H, T, dv], 'float32', dvOut),
+      backend.makeTensorInfo(inputs.q.shape, 'float32', dq),
+      backend.makeTensorInfo(inputs.q.shape, 'float32', dkOut),
+      backend.makeTensorInfo(inputs.v.shape, 'float32', dvOut),
     ];
   };
 
@@ -92,14 +106,17 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
     const inputs = args.inputs as Record<string, TensorInfo>;
     expectDtype(ROPE, inputs, ['x', 'cos', 'sin']);
     const { x, cos } = inputs;
-    if (x.shape.length !== 4) throw new Error(`${ROPE}: x must be [B,H,T,dh], got [${x.shape}]`);
-    const [B, H, T, dh] = x.shape;
+    const bthd = layoutOf(ROPE, args.attrs);
+    if (x.shape.length !== 4) throw new Error(`${ROPE}: x must be [${bthd ? 'B,T,H' : 'B,H,T'},dh], got [${x.shape}]`);
+    const [B, a, b, dh] = x.shape;
+    const [H, T] = bthd ? [b, a] : [a, b];
     if (cos.shape.length !== 2 || cos.shape[0] !== T) throw new Error(`${ROPE}: cos must be [T=${T}, dims], got [${cos.shape}]`);
     const dims = cos.shape[1];
     if (dims % 2 !== 0 || dims > dh) throw new Error(`${ROPE}: rotated channels (${dims}) must be even and <= head size ${dh}`);
     expectShape(ROPE, 'sin', inputs.sin, [T, dims]);
     const out = outputArray(B * H * T * dh);
-    if (out.length > 0) native.rope(values(backend, x), values(backend, cos), values(backend, inputs.sin), out, B * H, T, dh, dims, !!args.attrs?.inverse);
+    if (out.length > 0)
+      native.rope(values(backend, x), values(backend, cos), values(backend, inputs.sin), out, B * H, T, dh, dims, !!args.attrs?.inverse, H, bthd);
     return backend.makeTensorInfo(x.shape, 'float32', out);
   };
 
@@ -139,7 +156,7 @@ export function registerAttentionGradients(tf: Tf): void {
             .runKernel(
               ROPE,
               { x: dy as Tensor, cos, sin } as unknown as tfTypes.NamedTensorMap,
-              { inverse: !inverse } as unknown as tfTypes.NamedAttrMap,
+              { ...attrs, inverse: !inverse } as unknown as tfTypes.NamedAttrMap,
             ) as Tensor,
         cos: () => tf.zerosLike(cos),
         sin: () => tf.zerosLike(sin),

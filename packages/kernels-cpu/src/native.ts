@@ -79,6 +79,7 @@ export interface NativeAddon {
   /** out[o, c] = sum (kind 0) / mean (1) / max (2) / sum of squares (3) over r of x viewed as [outer, R, inner]. */
   reduce(x: Float32Array, out: Float32Array, outer: number, R: number, inner: number, kind: number): void;
   segmentSum(x: Float32Array, ids: Int32Array, out: Float32Array, n: number, inner: number, numSegments: number): void;
+  /** bthd: q, k, v, out are [B, T, H, d] instead of [B, H, T, d]; lse is [B*H, T] either way. */
   causalAttentionForward(
     q: Float32Array,
     k: Float32Array,
@@ -90,6 +91,8 @@ export interface NativeAddon {
     dk: number,
     dv: number,
     scale: number,
+    H: number,
+    bthd: boolean,
   ): void;
   causalAttentionBackward(
     dy: Float32Array,
@@ -106,8 +109,22 @@ export interface NativeAddon {
     dkDim: number,
     dvDim: number,
     scale: number,
+    H: number,
+    bthd: boolean,
   ): void;
-  rope(x: Float32Array, cos: Float32Array, sin: Float32Array, out: Float32Array, BH: number, T: number, dh: number, dims: number, inverse: boolean): void;
+  rope(
+    x: Float32Array,
+    cos: Float32Array,
+    sin: Float32Array,
+    out: Float32Array,
+    BH: number,
+    T: number,
+    dh: number,
+    dims: number,
+    inverse: boolean,
+    H: number,
+    bthd: boolean,
+  ): void;
   moeMlpForward(
     x: Float32Array,
     w1: Float32Array,

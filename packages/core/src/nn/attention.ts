@@ -9,7 +9,7 @@ import { hasKernel } from '../ops/kernel.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
 import { Linear } from './layers.js';
-import { applyRope } from './rope.js';
+import { applyRope, ROPE_KERNEL, ropeTables } from './rope.js';
 
 const masks = new Map<number, tf.Tensor2D>();
 
@@ -49,6 +49,49 @@ export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale 
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((s, i) => s === b[i]);
+}
+
+/**
+ * Causal self-attention straight from the projections' layout, q, k [B, T, H*dk] and v [B, T, H*dv],
+ * through the backend's fused kernels (RoPE of the first `ropeDims` channels of each head, then
+ * attention, both with layout 'bthd'): no head split / merge transposes. Returns [B, T, H*dv], or
+ * null when the backend lacks the kernels (then use splitHeads, applyRope, causalAttention, mergeHeads).
+ */
+export function fusedCausalAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  heads: number,
+  ropeDims: number,
+  ropeBase = 10000,
+  scale?: number,
+): tf.Tensor | null {
+  if (q.rank !== 3 || !hasKernel(CAUSAL_ATTENTION_KERNEL) || (ropeDims > 0 && !hasKernel(ROPE_KERNEL))) return null;
+  const [B, T, D] = q.shape as [number, number, number];
+  const dk = D / heads;
+  const dv = v.shape[2]! / heads;
+  const toHeads = (t: tf.Tensor, d: number) => tf.reshape(t, [B, T, heads, d]);
+  const rotate = (t: tf.Tensor) => {
+    if (ropeDims <= 0) return t;
+    if (ropeDims % 2 !== 0 || ropeDims > dk) throw new Error(`RoPE dims must be even and <= head size (${ropeDims} vs ${dk})`);
+    const { cos, sin } = ropeTables(T, ropeDims, ropeBase);
+    return tf
+      .engine()
+      .runKernel(
+        ROPE_KERNEL,
+        { x: t, cos, sin } as unknown as tf.NamedTensorMap,
+        { inverse: false, layout: 'bthd' } as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor;
+  };
+  const [out, lse] = tf
+    .engine()
+    .runKernel(
+      CAUSAL_ATTENTION_KERNEL,
+      { q: rotate(toHeads(q, dk)), k: rotate(toHeads(k, dk)), v: toHeads(v, dv) } as unknown as tf.NamedTensorMap,
+      { scale: scale ?? 1 / Math.sqrt(dk), layout: 'bthd' } as unknown as tf.NamedAttrMap,
+    ) as tf.Tensor[];
+  lse!.dispose();
+  return tf.reshape(out!, [B, T, heads * dv]);
 }
 
 /** MACs per token of causal attention mixing: q.k and A.v, each heads x headDim per key, (seqLen + 1) / 2 keys on average. */
@@ -112,6 +155,17 @@ export class MultiHeadAttention extends Module implements AttentionModule {
   }
 
   forward(x: tf.Tensor, _ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {
+    if (hasKernel(CAUSAL_ATTENTION_KERNEL) && (this.ropeDims === 0 || hasKernel(ROPE_KERNEL))) {
+      const fused = fusedCausalAttention(
+        this.q.forward(sources.q ?? x),
+        this.k.forward(sources.k ?? x),
+        this.v.forward(sources.v ?? x),
+        this.heads,
+        this.ropeDims,
+        this.ropeBase,
+      );
+      if (fused) return this.o.forward(fused);
+    }
     const q = applyRope(splitHeads(this.q.forward(sources.q ?? x), this.heads), this.ropeDims, this.ropeBase);
     const k = applyRope(splitHeads(this.k.forward(sources.k ?? x), this.heads), this.ropeDims, this.ropeBase);
     const v = splitHeads(this.v.forward(sources.v ?? x), this.heads);

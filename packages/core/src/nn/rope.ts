@@ -15,7 +15,8 @@ export const ROPE_KERNEL = 'MoelabRope';
 
 const cache = new Map<string, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
 
-function tables(T: number, dims: number, base: number, offset: number) {
+/** The cos / sin tables [T, dims] of positions offset..offset+T-1 (cached, kept). */
+export function ropeTables(T: number, dims: number, base = 10000, offset = 0): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
   const key = `${T}/${dims}/${base}/${offset}`;
   let t = cache.get(key);
   if (!t) {
@@ -41,7 +42,7 @@ export function applyRope(x: tf.Tensor, dims: number, base = 10000, offset = 0):
   const T = x.shape[2]!;
   if (dims <= 0) return x;
   if (dims % 2 !== 0 || dims > dh) throw new Error(`RoPE dims must be even and <= head size (${dims} vs ${dh})`);
-  const { cos, sin } = tables(T, dims, base, offset);
+  const { cos, sin } = ropeTables(T, dims, base, offset);
   if (x.rank === 4 && hasKernel(ROPE_KERNEL)) {
     return tf.engine().runKernel(ROPE_KERNEL, { x, cos, sin } as unknown as tf.NamedTensorMap, { inverse: false } as unknown as tf.NamedAttrMap) as tf.Tensor;
   }

@@ -284,32 +284,37 @@ void MoeLinearBackward(const Napi::CallbackInfo& info) {
                       static_cast<int>(outRows));
 }
 
-// (q, k, v, out, lse, BH, T, dk, dv, scale)
+// (q, k, v, out, lse, BH, T, dk, dv, scale, H, bthd)
 void CausalAttentionForward(const Napi::CallbackInfo& info) {
-  long BH = Int(info, 5), T = Int(info, 6), dk = Int(info, 7), dv = Int(info, 8);
+  long BH = Int(info, 5), T = Int(info, 6), dk = Int(info, 7), dv = Int(info, 8), H = Int(info, 10);
   float scale = info[9].As<Napi::Number>().FloatValue();
+  if (H < 1 || BH % H != 0) throw Napi::RangeError::New(info.Env(), "moelab-cpu: attention heads must divide B*H");
   causal_attention_forward(F32(info, 0, BH * T * dk, "q"), F32(info, 1, BH * T * dk, "k"), F32(info, 2, BH * T * dv, "v"),
                            F32(info, 3, BH * T * dv, "out"), F32(info, 4, BH * T, "lse"), static_cast<int>(BH),
-                           static_cast<int>(T), static_cast<int>(dk), static_cast<int>(dv), scale);
+                           static_cast<int>(H), static_cast<int>(T), static_cast<int>(dk), static_cast<int>(dv), scale,
+                           info[11].As<Napi::Boolean>().Value());
 }
 
-// (dy, q, k, v, out, lse, dq, dk, dv, BH, T, dk, dv, scale)
+// (dy, q, k, v, out, lse, dq, dk, dv, BH, T, dk, dv, scale, H, bthd)
 void CausalAttentionBackward(const Napi::CallbackInfo& info) {
-  long BH = Int(info, 9), T = Int(info, 10), dk = Int(info, 11), dv = Int(info, 12);
+  long BH = Int(info, 9), T = Int(info, 10), dk = Int(info, 11), dv = Int(info, 12), H = Int(info, 14);
   float scale = info[13].As<Napi::Number>().FloatValue();
+  if (H < 1 || BH % H != 0) throw Napi::RangeError::New(info.Env(), "moelab-cpu: attention heads must divide B*H");
   causal_attention_backward(F32(info, 0, BH * T * dv, "dy"), F32(info, 1, BH * T * dk, "q"), F32(info, 2, BH * T * dk, "k"),
                             F32(info, 3, BH * T * dv, "v"), F32(info, 4, BH * T * dv, "out"), F32(info, 5, BH * T, "lse"),
                             F32(info, 6, BH * T * dk, "dq"), F32(info, 7, BH * T * dk, "dk"), F32(info, 8, BH * T * dv, "dv"),
-                            static_cast<int>(BH), static_cast<int>(T), static_cast<int>(dk), static_cast<int>(dv), scale);
+                            static_cast<int>(BH), static_cast<int>(H), static_cast<int>(T), static_cast<int>(dk),
+                            static_cast<int>(dv), scale, info[15].As<Napi::Boolean>().Value());
 }
 
-// (x, cos, sin, out, BH, T, dh, dims, inverse)
+// (x, cos, sin, out, BH, T, dh, dims, inverse, H, bthd)
 void Rope(const Napi::CallbackInfo& info) {
-  long BH = Int(info, 4), T = Int(info, 5), dh = Int(info, 6), dims = Int(info, 7);
+  long BH = Int(info, 4), T = Int(info, 5), dh = Int(info, 6), dims = Int(info, 7), H = Int(info, 9);
   if (dims % 2 != 0 || dims > dh) throw Napi::RangeError::New(info.Env(), "moelab-cpu: rope dims must be even and <= head size");
+  if (H < 1 || BH % H != 0) throw Napi::RangeError::New(info.Env(), "moelab-cpu: rope heads must divide B*H");
   rope(F32(info, 0, BH * T * dh, "x"), F32(info, 1, T * dims, "cos"), F32(info, 2, T * dims, "sin"),
-       F32(info, 3, BH * T * dh, "out"), BH, static_cast<int>(T), static_cast<int>(dh), static_cast<int>(dims),
-       info[8].As<Napi::Boolean>().Value());
+       F32(info, 3, BH * T * dh, "out"), BH, static_cast<int>(H), static_cast<int>(T), static_cast<int>(dh),
+       static_cast<int>(dims), info[8].As<Napi::Boolean>().Value(), info[10].As<Napi::Boolean>().Value());
 }
 
 // (mmapThresholdBytes, trimThresholdBytes) -> whether glibc took the settings.

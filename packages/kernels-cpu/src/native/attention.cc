@@ -30,27 +30,37 @@ float* scratch(int slot, size_t n) {
 
 // scores[r0:r1, 0:r1] = scale * q[r0:r1] k[0:r1]^T for every row block (entries above the diagonal
 // inside a block are computed too and masked by the caller).
-void causal_scores(const float* q, const float* k, float* s, int T, int dk, float scale) {
+void causal_scores(const float* q, const float* k, float* s, int T, int dk, long ld, float scale) {
   for (int r0 = 0; r0 < T; r0 += kBlock) {
     int r1 = std::min(T, r0 + kBlock);
-    sgemm_st(false, true, r1 - r0, r1, dk, scale, q + static_cast<long>(r0) * dk, dk, k, dk, 0.f,
+    sgemm_st(false, true, r1 - r0, r1, dk, scale, q + r0 * ld, static_cast<int>(ld), k, static_cast<int>(ld), 0.f,
              s + static_cast<long>(r0) * T, T);
   }
 }
 
+// Where head bh's rows start and how far apart they are: [B, H, T, d] (rows contiguous per head) or
+// [B, T, H, d] (the projections' own layout: no head split / merge transposes around the kernel).
+struct HeadView {
+  long base, ld;
+  HeadView(int bh, int H, int T, int d, bool bthd)
+      : base(bthd ? (static_cast<long>(bh / H) * T * H + bh % H) * d : static_cast<long>(bh) * T * d),
+        ld(bthd ? static_cast<long>(H) * d : d) {}
+};
+
 }  // namespace
 
-void causal_attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, int BH, int T,
-                              int dk, int dv, float scale) {
+void causal_attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, int BH, int H,
+                              int T, int dk, int dv, float scale, bool bthd) {
   if (BH <= 0 || T <= 0) return;
   parallel_for(BH, [&](int bh) {
     float* p = scratch(0, static_cast<size_t>(T) * T);
-    const float* qb = q + static_cast<long>(bh) * T * dk;
-    const float* kb = k + static_cast<long>(bh) * T * dk;
-    const float* vb = v + static_cast<long>(bh) * T * dv;
-    float* ob = out + static_cast<long>(bh) * T * dv;
+    const HeadView hq(bh, H, T, dk, bthd), hv(bh, H, T, dv, bthd);
+    const float* qb = q + hq.base;
+    const float* kb = k + hq.base;
+    const float* vb = v + hv.base;
+    float* ob = out + hv.base;
     float* lb = lse + static_cast<long>(bh) * T;
-    causal_scores(qb, kb, p, T, dk, scale);
+    causal_scores(qb, kb, p, T, dk, hq.ld, scale);
     for (int i = 0; i < T; i++) {
       float* row = p + static_cast<long>(i) * T;
       float m = -INFINITY;
@@ -69,37 +79,38 @@ void causal_attention_forward(const float* q, const float* k, const float* v, fl
     }
     for (int r0 = 0; r0 < T; r0 += kBlock) {
       int r1 = std::min(T, r0 + kBlock);
-      sgemm_st(false, false, r1 - r0, dv, r1, 1.f, p + static_cast<long>(r0) * T, T, vb, dv, 0.f,
-               ob + static_cast<long>(r0) * dv, dv);
+      sgemm_st(false, false, r1 - r0, dv, r1, 1.f, p + static_cast<long>(r0) * T, T, vb, static_cast<int>(hv.ld), 0.f,
+               ob + r0 * hv.ld, static_cast<int>(hv.ld));
     }
   });
 }
 
 void causal_attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
-                               const float* lse, float* dq, float* dk_out, float* dv_out, int BH, int T, int dk, int dv,
-                               float scale) {
+                               const float* lse, float* dq, float* dk_out, float* dv_out, int BH, int H, int T, int dk,
+                               int dv, float scale, bool bthd) {
   if (BH <= 0 || T <= 0) return;
   parallel_for(BH, [&](int bh) {
     const size_t TT = static_cast<size_t>(T) * T;
     float* p = scratch(0, TT);
     float* ds = scratch(1, TT);
-    const long qo = static_cast<long>(bh) * T * dk, vo = static_cast<long>(bh) * T * dv;
+    const HeadView hq(bh, H, T, dk, bthd), hv(bh, H, T, dv, bthd);
+    const long qo = hq.base, vo = hv.base, lq = hq.ld, lv = hv.ld;
+    const int iq = static_cast<int>(lq), iv = static_cast<int>(lv);
     const float *qb = q + qo, *kb = k + qo, *vb = v + vo, *ob = out + vo, *gb = dout + vo;
     const float* lb = lse + static_cast<long>(bh) * T;
     // P again from the saved log-sum-exp: P[i, j] = exp(scale q_i.k_j - lse_i) for j <= i.
-    causal_scores(qb, kb, p, T, dk, scale);
+    causal_scores(qb, kb, p, T, dk, lq, scale);
     // dP = dO V^T, same causal row blocks.
     for (int r0 = 0; r0 < T; r0 += kBlock) {
       int r1 = std::min(T, r0 + kBlock);
-      sgemm_st(false, true, r1 - r0, r1, dv, 1.f, gb + static_cast<long>(r0) * dv, dv, vb, dv, 0.f,
-               ds + static_cast<long>(r0) * T, T);
+      sgemm_st(false, true, r1 - r0, r1, dv, 1.f, gb + r0 * lv, iv, vb, iv, 0.f, ds + static_cast<long>(r0) * T, T);
     }
     for (int i = 0; i < T; i++) {
       float* pr = p + static_cast<long>(i) * T;
       float* dr = ds + static_cast<long>(i) * T;
       // D_i = sum_c dO[i, c] O[i, c] = sum_j P[i, j] dP[i, j]
       float D = 0.f;
-      for (int c = 0; c < dv; c++) D += gb[static_cast<long>(i) * dv + c] * ob[static_cast<long>(i) * dv + c];
+      for (int c = 0; c < dv; c++) D += gb[i * lv + c] * ob[i * lv + c];
       for (int j = 0; j <= i; j++) {
         pr[j] = std::exp(pr[j] - lb[i]);
         dr[j] = pr[j] * (dr[j] - D);
@@ -111,28 +122,29 @@ void causal_attention_backward(const float* dout, const float* q, const float* k
     // keys in [c0, c1) are seen by queries >= c0 only).
     for (int r0 = 0; r0 < T; r0 += kBlock) {
       int r1 = std::min(T, r0 + kBlock);
-      sgemm_st(false, false, r1 - r0, dk, r1, scale, ds + static_cast<long>(r0) * T, T, kb, dk, 0.f,
-               dq + qo + static_cast<long>(r0) * dk, dk);
+      sgemm_st(false, false, r1 - r0, dk, r1, scale, ds + static_cast<long>(r0) * T, T, kb, iq, 0.f, dq + qo + r0 * lq,
+               iq);
     }
     for (int c0 = 0; c0 < T; c0 += kBlock) {
       int c1 = std::min(T, c0 + kBlock);
       const long rows = T - c0;
-      sgemm_st(true, false, c1 - c0, dk, rows, scale, ds + static_cast<long>(c0) * T + c0, T,
-               qb + static_cast<long>(c0) * dk, dk, 0.f, dk_out + qo + static_cast<long>(c0) * dk, dk);
-      sgemm_st(true, false, c1 - c0, dv, rows, 1.f, p + static_cast<long>(c0) * T + c0, T,
-               gb + static_cast<long>(c0) * dv, dv, 0.f, dv_out + vo + static_cast<long>(c0) * dv, dv);
+      sgemm_st(true, false, c1 - c0, dk, rows, scale, ds + static_cast<long>(c0) * T + c0, T, qb + c0 * lq, iq, 0.f,
+               dk_out + qo + c0 * lq, iq);
+      sgemm_st(true, false, c1 - c0, dv, rows, 1.f, p + static_cast<long>(c0) * T + c0, T, gb + c0 * lv, iv, 0.f,
+               dv_out + vo + c0 * lv, iv);
     }
   });
 }
 
-void rope(const float* x, const float* cos, const float* sin, float* out, long BH, int T, int dh, int dims,
-          bool inverse) {
+void rope(const float* x, const float* cos, const float* sin, float* out, long BH, int H, int T, int dh, int dims,
+          bool inverse, bool bthd) {
   const int half = dims / 2;
   const float sgn = inverse ? -1.f : 1.f;
   parallel_range(BH * T, std::max(1L, 16384L / std::max(1, dh)), [&](long a, long b) {
     const float sg = sgn;  // local: through the lambda's reference it could alias `out`
     for (long r = a; r < b; r++) {
-      const int t = static_cast<int>(r % T);
+      // Rows in memory order: (b, h, t) or, for [B, T, H, d], (b, t, h).
+      const int t = static_cast<int>(bthd ? (r / H) % T : r % T);
       const float* xr = x + r * dh;
       float* o = out + r * dh;
       const float* c = cos + static_cast<long>(t) * dims;

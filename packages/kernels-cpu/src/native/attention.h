@@ -4,16 +4,18 @@
 namespace moelab {
 
 // out[bh, i] = sum_{j <= i} softmax_j(scale q[bh, i].k[bh, j]) v[bh, j]; lse[bh, i] is the row's
-// log-sum-exp of the scaled scores (saved for the backward pass). q, k: [BH, T, dk]; v, out: [BH, T, dv].
-void causal_attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, int BH, int T,
-                              int dk, int dv, float scale);
-// Gradients of the above given dout [BH, T, dv] and the forward's out and lse.
+// log-sum-exp of the scaled scores (saved for the backward pass), lse [B*H, T]. q, k: [B, H, T, dk],
+// v, out: [B, H, T, dv]; with bthd, q, k, v, out (and the gradients) are [B, T, H, d] instead.
+void causal_attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, int BH, int H,
+                              int T, int dk, int dv, float scale, bool bthd);
+// Gradients of the above given dout (the layout of out) and the forward's out and lse.
 void causal_attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
-                               const float* lse, float* dq, float* dk, float* dv, int BH, int T, int dk_dim,
-                               int dv_dim, float scale);
-// Rotate-half RoPE of the first `dims` channels of x [BH, T, dh] with tables cos/sin [T, dims]
-// (channel i pairs with i + dims/2); other channels are copied. inverse = the transpose (sin -> -sin).
-void rope(const float* x, const float* cos, const float* sin, float* out, long BH, int T, int dh, int dims,
-          bool inverse);
+                               const float* lse, float* dq, float* dk, float* dv, int BH, int H, int T, int dk_dim,
+                               int dv_dim, float scale, bool bthd);
+// Rotate-half RoPE of the first `dims` channels of x [B, H, T, dh] (bthd: [B, T, H, dh]) with tables
+// cos/sin [T, dims] (channel i pairs with i + dims/2); other channels are copied. inverse = the
+// transpose (sin -> -sin).
+void rope(const float* x, const float* cos, const float* sin, float* out, long BH, int H, int T, int dh, int dims,
+          bool inverse, bool bthd);
 
 }  // namespace moelab
