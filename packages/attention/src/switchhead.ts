@@ -20,6 +20,7 @@
  */
 import {
   type AttentionModule,
+  CAUSAL_ATTENTION_KERNEL,
   Config,
   causalAttention,
   causalMixingMacs,
@@ -28,10 +29,13 @@ import {
   entropyBalanceReg,
   type ForwardContext,
   flatten2d,
+  fusedCausalAttention,
+  hasKernel,
   Linear,
   Module,
   MoelabError,
   moeLinear,
+  ROPE_KERNEL,
   type Rng,
   applyRope,
   splitHeads,
@@ -184,8 +188,12 @@ export class SwitchHead extends Module implements AttentionModule {
     const [B, T] = qSrc.shape as [number, number];
     const N = B * T;
     const scale = dh ** -0.25;
-    let q = splitHeads(tf.mul(this.q.forward(qSrc), scale), H);
-    let k = splitHeads(tf.mul(this.k.forward(kSrc), scale), H);
+    // The backend's fused kernels on the projections' [B, T, H*dh] layout (no head transposes),
+    // unless dropout is active: its mask is drawn in the [B, H, T, dh] order on every backend.
+    const fused = hasKernel(CAUSAL_ATTENTION_KERNEL) && (this.nRotate === 0 || hasKernel(ROPE_KERNEL)) && !(ctx.training && this.options.dropout > 0);
+    const heads = (t: tf.Tensor) => (fused ? t : splitHeads(t, H));
+    let q = heads(tf.mul(this.q.forward(qSrc), scale));
+    let k = heads(tf.mul(this.k.forward(kSrc), scale));
     q = dropout(q, this.options.dropout, ctx.rng, ctx.training);
 
     let v: tf.Tensor;
@@ -197,17 +205,24 @@ export class SwitchHead extends Module implements AttentionModule {
       if (ctx.training && this.options.balance !== 'none' && this.options.balanceCoef !== 0) this.record(ctx, oSel.logits, vSel.logits);
       // Value experts: row n of v_src -> row n·H + h of the per-head values.
       const vh = moeLinear(flatten2d(vSrc), this.v as tf.Tensor3D, vSel.tokenRow, vSel.headRow, vSel.expert, vSel.gate, N * H);
-      v = tf.transpose(tf.reshape(vh, [B, T, H, dh]), [0, 2, 1, 3]);
+      v = heads(tf.reshape(vh, [B, T, H * dh]));
     } else {
       oGate = tf.sigmoid(tf.reshape(tf.matMul(flatten2d(qSrc), this.selO, false, true), [B, T, H, 1]));
-      v = splitHeads(tf.reshape(tf.matMul(flatten2d(vSrc), this.v, false, true), [B, T, H * dh]), H);
+      v = heads(tf.reshape(tf.matMul(flatten2d(vSrc), this.v, false, true), [B, T, H * dh]));
     }
 
-    if (this.nRotate > 0) {
-      q = applyRope(q, this.nRotate, this.options.ropeBase);
-      k = applyRope(k, this.nRotate, this.options.ropeBase);
+    let res: tf.Tensor; // [B, T, H, dh]
+    const fusedOut = fused ? fusedCausalAttention(q, k, v, H, this.nRotate, this.options.ropeBase, 1) : null;
+    if (fusedOut) {
+      res = tf.reshape(fusedOut, [B, T, H, dh]);
+    } else {
+      if (fused) [q, k, v] = [q, k, v].map((t) => splitHeads(t, H)) as [tf.Tensor, tf.Tensor, tf.Tensor];
+      if (this.nRotate > 0) {
+        q = applyRope(q, this.nRotate, this.options.ropeBase);
+        k = applyRope(k, this.nRotate, this.options.ropeBase);
+      }
+      res = tf.transpose(causalAttention(q, k, v, 1), [0, 2, 1, 3]);
     }
-    const res = tf.transpose(causalAttention(q, k, v, 1), [0, 2, 1, 3]); // [B, T, H, dh]
 
     if (oSel) {
       const out = moeLinear(tf.reshape(res, [N * H, dh]) as tf.Tensor2D, this.o as tf.Tensor3D, oSel.headRow, oSel.tokenRow, oSel.expert, oSel.gate, N);
