@@ -20,7 +20,6 @@
  */
 import {
   type AttentionModule,
-  CAUSAL_ATTENTION_KERNEL,
   Config,
   causalAttention,
   causalMixingMacs,
@@ -30,12 +29,11 @@ import {
   type ForwardContext,
   flatten2d,
   fusedCausalAttention,
-  hasKernel,
+  hasFusedAttention,
   Linear,
   Module,
   MoelabError,
   moeLinear,
-  ROPE_KERNEL,
   type Rng,
   applyRope,
   splitHeads,
@@ -190,7 +188,7 @@ export class SwitchHead extends Module implements AttentionModule {
     const scale = dh ** -0.25;
     // The backend's fused kernels on the projections' [B, T, H*dh] layout (no head transposes),
     // unless dropout is active: its mask is drawn in the [B, H, T, dh] order on every backend.
-    const fused = hasKernel(CAUSAL_ATTENTION_KERNEL) && (this.nRotate === 0 || hasKernel(ROPE_KERNEL)) && !(ctx.training && this.options.dropout > 0);
+    const fused = hasFusedAttention(this.nRotate) && !(ctx.training && this.options.dropout > 0);
     const heads = (t: tf.Tensor) => (fused ? t : splitHeads(t, H));
     let q = heads(tf.mul(this.q.forward(qSrc), scale));
     let k = heads(tf.mul(this.k.forward(kSrc), scale));
@@ -212,11 +210,9 @@ export class SwitchHead extends Module implements AttentionModule {
     }
 
     let res: tf.Tensor; // [B, T, H, dh]
-    const fusedOut = fused ? fusedCausalAttention(q, k, v, H, this.nRotate, this.options.ropeBase, 1) : null;
-    if (fusedOut) {
-      res = tf.reshape(fusedOut, [B, T, H, dh]);
+    if (fused) {
+      res = tf.reshape(fusedCausalAttention(q, k, v, H, this.nRotate, this.options.ropeBase, 1), [B, T, H, dh]);
     } else {
-      if (fused) [q, k, v] = [q, k, v].map((t) => splitHeads(t, H)) as [tf.Tensor, tf.Tensor, tf.Tensor];
       if (this.nRotate > 0) {
         q = applyRope(q, this.nRotate, this.options.ropeBase);
         k = applyRope(k, this.nRotate, this.options.ropeBase);

@@ -364,7 +364,8 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
   // additions as the cpu kernels (the reduced elements in order, summed in double), so results are
   // bit-identical, but threaded and without the cpu kernels' transpose when the reduced axes are
   // adjacent (x viewed as [outer, R, inner]: a bias gradient reduces the leading axes).
-  const REDUCE_KIND = { sum: 0, mean: 1, max: 2 } as const;
+  // Codes of the native reduce (kernels.h ReduceKind).
+  const REDUCE_KIND = { sum: 0, mean: 1, max: 2, sumOfSquares: 3 } as const;
   const reduce = (kernelName: string, kind: keyof typeof REDUCE_KIND) =>
     add(kernelName, (args) => {
       const { x } = args.inputs as { x: TensorInfo };
@@ -410,7 +411,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     const backend = be(args);
     const n = prod(x.shape);
     const out = new Float32Array(1);
-    if (n > 0) native.reduce(values(backend, x), out, 1, n, 1, 3);
+    if (n > 0) native.reduce(values(backend, x), out, 1, n, 1, REDUCE_KIND.sumOfSquares);
     return backend.makeTensorInfo([], 'float32', out);
   });
   reduce(tf.Sum, 'sum');

@@ -9,7 +9,7 @@ import { hasKernel } from '../ops/kernel.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
 import { Linear } from './layers.js';
-import { applyRope, ROPE_KERNEL, ropeTables } from './rope.js';
+import { applyRope, checkRopeDims, ROPE_KERNEL, ropeTables } from './rope.js';
 
 const masks = new Map<number, tf.Tensor2D>();
 
@@ -27,8 +27,9 @@ export function causalMask(T: number): tf.Tensor2D {
 
 /**
  * Kernel a backend may register for {@link causalAttention}: inputs q, k [B, H, T, dk], v [B, H, T, dv];
- * attr scale. Outputs [out [B, H, T, dv], lse [B, H, T]] (lse = each row's log-sum-exp of the scaled
- * scores, kept for the backend's backward kernel). @moelab/kernels-cpu implements it natively.
+ * attrs scale and layout ('bhtd' default, or 'bthd': q, k, v and out are [B, T, H, d], see
+ * {@link fusedCausalAttention}). Outputs [out, lse [B, H, T]] (lse = each row's log-sum-exp of the
+ * scaled scores, kept for the backend's backward kernel). @moelab/kernels-cpu implements it natively.
  */
 export const CAUSAL_ATTENTION_KERNEL = 'MoelabCausalAttention';
 
@@ -51,29 +52,26 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((s, i) => s === b[i]);
 }
 
+/** Whether the backend has the fused kernels {@link fusedCausalAttention} needs (RoPE only when ropeDims > 0). */
+export function hasFusedAttention(ropeDims: number): boolean {
+  return hasKernel(CAUSAL_ATTENTION_KERNEL) && (ropeDims <= 0 || hasKernel(ROPE_KERNEL));
+}
+
 /**
  * Causal self-attention straight from the projections' layout, q, k [B, T, H*dk] and v [B, T, H*dv],
  * through the backend's fused kernels (RoPE of the first `ropeDims` channels of each head, then
- * attention, both with layout 'bthd'): no head split / merge transposes. Returns [B, T, H*dv], or
- * null when the backend lacks the kernels (then use splitHeads, applyRope, causalAttention, mergeHeads).
+ * attention, both with layout 'bthd'): no head split / merge transposes. Returns [B, T, H*dv]. Only
+ * where {@link hasFusedAttention} holds; elsewhere use splitHeads, applyRope, causalAttention, mergeHeads.
  */
-export function fusedCausalAttention(
-  q: tf.Tensor,
-  k: tf.Tensor,
-  v: tf.Tensor,
-  heads: number,
-  ropeDims: number,
-  ropeBase = 10000,
-  scale?: number,
-): tf.Tensor | null {
-  if (q.rank !== 3 || !hasKernel(CAUSAL_ATTENTION_KERNEL) || (ropeDims > 0 && !hasKernel(ROPE_KERNEL))) return null;
+export function fusedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, heads: number, ropeDims: number, ropeBase = 10000, scale?: number): tf.Tensor {
+  if (q.rank !== 3) throw new Error(`fusedCausalAttention: q must be [B, T, heads*headDim], got [${q.shape}]`);
   const [B, T, D] = q.shape as [number, number, number];
   const dk = D / heads;
   const dv = v.shape[2]! / heads;
   const toHeads = (t: tf.Tensor, d: number) => tf.reshape(t, [B, T, heads, d]);
   const rotate = (t: tf.Tensor) => {
     if (ropeDims <= 0) return t;
-    if (ropeDims % 2 !== 0 || ropeDims > dk) throw new Error(`RoPE dims must be even and <= head size (${ropeDims} vs ${dk})`);
+    checkRopeDims(ropeDims, dk);
     const { cos, sin } = ropeTables(T, ropeDims, ropeBase);
     return tf
       .engine()
@@ -155,16 +153,9 @@ export class MultiHeadAttention extends Module implements AttentionModule {
   }
 
   forward(x: tf.Tensor, _ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {
-    if (hasKernel(CAUSAL_ATTENTION_KERNEL) && (this.ropeDims === 0 || hasKernel(ROPE_KERNEL))) {
-      const fused = fusedCausalAttention(
-        this.q.forward(sources.q ?? x),
-        this.k.forward(sources.k ?? x),
-        this.v.forward(sources.v ?? x),
-        this.heads,
-        this.ropeDims,
-        this.ropeBase,
-      );
-      if (fused) return this.o.forward(fused);
+    if (hasFusedAttention(this.ropeDims)) {
+      const [q, k, v] = [this.q.forward(sources.q ?? x), this.k.forward(sources.k ?? x), this.v.forward(sources.v ?? x)];
+      return this.o.forward(fusedCausalAttention(q, k, v, this.heads, this.ropeDims, this.ropeBase));
     }
     const q = applyRope(splitHeads(this.q.forward(sources.q ?? x), this.heads), this.ropeDims, this.ropeBase);
     const k = applyRope(splitHeads(this.k.forward(sources.k ?? x), this.heads), this.ropeDims, this.ropeBase);

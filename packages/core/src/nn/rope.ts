@@ -8,12 +8,18 @@ import { tf } from '../tf.js';
 
 /**
  * Kernel a backend may register for {@link applyRope}: inputs x [B, H, T, dh], cos and sin [T, dims]
- * (the tables below); attr inverse (rotate by -angle: the transpose, which is the gradient). Output
- * [B, H, T, dh]. @moelab/kernels-cpu implements it natively.
+ * (the tables below); attrs inverse (rotate by -angle: the transpose, which is the gradient) and
+ * layout ('bhtd' default, or 'bthd': x is [B, T, H, dh]). Output shaped like x. @moelab/kernels-cpu
+ * implements it natively.
  */
 export const ROPE_KERNEL = 'MoelabRope';
 
 const cache = new Map<string, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
+
+/** Throws unless `dims` (the rotated channels) is even and at most the head size. */
+export function checkRopeDims(dims: number, headDim: number): void {
+  if (dims % 2 !== 0 || dims > headDim) throw new Error(`RoPE dims must be even and <= head size (${dims} vs ${headDim})`);
+}
 
 /** The cos / sin tables [T, dims] of positions offset..offset+T-1 (cached, kept). */
 export function ropeTables(T: number, dims: number, base = 10000, offset = 0): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
@@ -41,7 +47,7 @@ export function applyRope(x: tf.Tensor, dims: number, base = 10000, offset = 0):
   const dh = x.shape[3]!;
   const T = x.shape[2]!;
   if (dims <= 0) return x;
-  if (dims % 2 !== 0 || dims > dh) throw new Error(`RoPE dims must be even and <= head size (${dims} vs ${dh})`);
+  checkRopeDims(dims, dh);
   const { cos, sin } = ropeTables(T, dims, base, offset);
   if (x.rank === 4 && hasKernel(ROPE_KERNEL)) {
     return tf.engine().runKernel(ROPE_KERNEL, { x, cos, sin } as unknown as tf.NamedTensorMap, { inverse: false } as unknown as tf.NamedAttrMap) as tf.Tensor;
