@@ -24,7 +24,8 @@
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
 import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
-import { outputArray, values } from './kernels.js';
+import { values } from './kernels.js';
+import { outputArray } from './storage.js';
 import type { NativeAddon } from './native.js';
 
 export const CAUSAL_ATTENTION = 'MoelabCausalAttention';

@@ -11,6 +11,7 @@ import { makeAttentionKernels, registerAttentionGradients } from './attention.js
 import { makeMoeKernels, registerMoeGradients } from './moe.js';
 import { makeNormKernels, registerNormGradients } from './norm.js';
 import { HOW_TO_BUILD, loadNative } from './native.js';
+import { noteDisposed, noteRead, noteWrap } from './storage.js';
 
 export const BACKEND_NAME = 'moelab-cpu';
 
@@ -50,12 +51,36 @@ const MMAP_THRESHOLD = 32 * 2 ** 20;
 const TRIM_THRESHOLD = 256 * 2 ** 20;
 let mallocTuned = false;
 
-/** The cpu backend without its "looks like you are running TensorFlow.js in Node.js" banner. */
+/**
+ * The cpu backend without its "looks like you are running TensorFlow.js in Node.js" banner, and
+ * with the three moments of a buffer's life reported to storage.ts (which recycles kernel outputs
+ * and lets AdamW update in place only while nobody else can see a buffer).
+ */
 class MoelabCpuBackend extends MathBackendCPU {
   constructor() {
     super();
     // The banner advertises tfjs-node; here the native path is ours, so the hint is wrong.
     (this as unknown as { firstUse: boolean }).firstUse = false;
+  }
+
+  // Every new tensor's storage arrives here (makeTensorInfo calls it): a kernel's fresh output, a
+  // view of an existing buffer (a contiguous Slice), or an array taken over as is.
+  override write(values: tfjs.backend_util.BackendValues, shape: number[], dtype: tfjs.DataType): object {
+    noteWrap(values);
+    return super.write(values, shape, dtype);
+  }
+
+  // dataSync/data/buffer/array: the cpu backend returns its own array, not a copy.
+  override readSync(dataId: object): tfjs.backend_util.BackendValues {
+    noteRead(this.data.get(dataId)?.values);
+    return super.readSync(dataId);
+  }
+
+  override disposeData(dataId: object, force = false): boolean {
+    const values = this.data.get(dataId)?.values;
+    const deleted = super.disposeData(dataId, force);
+    if (deleted && values !== undefined) noteDisposed(values);
+    return deleted;
   }
 }
 
@@ -150,6 +175,7 @@ export const NATIVE_KERNELS = [
   'Square',
   'Neg',
   'Exp',
+  'Sigmoid',
   'Log',
   'Abs',
   'Relu',

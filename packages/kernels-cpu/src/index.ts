@@ -17,6 +17,7 @@ export { ADAMW } from './adamw.js';
 export { CAUSAL_ATTENTION, CAUSAL_ATTENTION_GRAD, ROPE } from './attention.js';
 export { HOW_TO_BUILD } from './native.js';
 export { LAYER_NORM, LAYER_NORM_GRAD } from './norm.js';
+export { pooledStorageBytes, releasePooledStorage } from './storage.js';
 
 /**
  * The fused MoE MLP: out[t] = sum over assignments n with tokenIndex[n] = t of

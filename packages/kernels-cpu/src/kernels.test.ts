@@ -358,6 +358,16 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     await compareBackends([{ shape: [], data: Float32Array.of(0.5) }], (x) => tf.exp(x), 0);
   });
 
+  it('Sigmoid: threaded over rows, bit-identical to cpu (saturated ends; NaN stays NaN)', async () => {
+    const r = rng(26);
+    await compareBackends([f([300, 257], r)], (x) => [tf.sigmoid(x), tf.sigmoid(tf.mul(x, 60))], 0);
+    await compareBackends([{ shape: [4], data: Float32Array.of(0, -1e30, 1e30, -0.25) }], (x) => tf.sigmoid(x), 0);
+    await tf.setBackend('moelab-cpu');
+    const y = tf.sigmoid(tf.tensor([Number.NaN, 100, -100]));
+    expect(Array.from(y.dataSync())).toEqual([Number.NaN, 1, Math.fround(1 / (1 + Math.exp(100)))]);
+    y.dispose();
+  });
+
   it('MoelabAdamW: one fused step equals the op-by-op update (with and without decay, t = 1 and 7)', async () => {
     const r = rng(23);
     const step = (p: tf.Tensor, g: tf.Tensor, m: tf.Tensor, v: tf.Tensor, t: number, wd: number) => {
@@ -396,11 +406,69 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     tf.dispose([a, b]);
   });
 
-  it('MoelabSumOfSquares: equals tf.sum(tf.square(x)) on cpu bit for bit (empty, scalar, parameter-sized)', async () => {
+  it('MoelabAdamW: in place only on its own unseen, unshared buffers; every other holder keeps its values', async () => {
+    await tf.setBackend('moelab-cpu');
+    const r = rng(25);
+    const data = () => randArray(r, 48);
+    const attrs = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, bc1: 0.1, bc2: 0.05 };
+    const run = (p: tf.Tensor, g: tf.Tensor, m: tf.Tensor, v: tf.Tensor) => tf.engine().runKernel('MoelabAdamW', { p, g, m, v }, attrs) as tf.Tensor[];
+    const [pd, gd, md, vd] = [data(), data(), data(), data().map(Math.abs)];
+    const snapshot = [pd, md, vd].map((a) => Array.from(a));
+    const g = tf.tensor(gd, [6, 8]);
+    // Step 1 on tensors made from user arrays: fresh outputs, the user's arrays untouched.
+    const step1 = run(tf.tensor(pd, [6, 8]), g, tf.tensor(md, [6, 8]), tf.tensor(vd, [6, 8]));
+    expect([pd, md, vd].map((a) => Array.from(a))).toEqual(snapshot);
+    // What step 2 must produce, computed on copies (fresh buffers of the test's own).
+    const copies = step1.map((t) => tf.tensor(Float32Array.from(t.dataSync()), t.shape));
+    const want = run(copies[0]!, g, copies[1]!, copies[2]!).map((t) => Array.from(t.dataSync()));
+
+    // Step 2 on step 1's outputs, which nobody has read (the copies above read them: redo step 1).
+    const fresh1 = run(tf.tensor(pd, [6, 8]), g, tf.tensor(md, [6, 8]), tf.tensor(vd, [6, 8]));
+    const before = tf.memory().numBytes;
+    const step2 = run(fresh1[0]!, g, fresh1[1]!, fresh1[2]!);
+    expect(step2.map((t) => t.dataId)).toEqual(fresh1.map((t) => t.dataId)); // in place
+    expect(tf.memory().numBytes - before).toBe(3 * 48 * 4); // three more references, no new buffers
+    expect(step2.map((t) => Array.from(t.dataSync()))).toEqual(want);
+
+    // Read out (dataSync hands out the array itself): never overwritten afterwards.
+    const read = step1[0]!.dataSync();
+    const kept = Array.from(read);
+    const after = run(step1[0]!, g, step1[1]!, step1[2]!);
+    expect(after[0]!.dataId).not.toBe(step1[0]!.dataId);
+    expect(Array.from(read)).toEqual(kept);
+    expect(after.map((t) => Array.from(t.dataSync()))).toEqual(want);
+
+    // Shared with another tensor (a reshape holds m's buffer), or viewed (a contiguous slice of v).
+    const [mOld, vOld] = [Array.from(step1[1]!.dataSync()), Array.from(step1[2]!.dataSync())];
+    const fresh2 = run(tf.tensor(pd, [6, 8]), g, tf.tensor(md, [6, 8]), tf.tensor(vd, [6, 8]));
+    const alias = tf.reshape(fresh2[1]!, [48]);
+    const out2 = run(fresh2[0]!, g, fresh2[1]!, fresh2[2]!);
+    expect(out2[0]!.dataId).not.toBe(fresh2[0]!.dataId);
+    expect(Array.from(alias.dataSync())).toEqual(mOld);
+    expect(out2.map((t) => Array.from(t.dataSync()))).toEqual(want);
+    const fresh3 = run(tf.tensor(pd, [6, 8]), g, tf.tensor(md, [6, 8]), tf.tensor(vd, [6, 8]));
+    const view = tf.slice(fresh3[2]!, [0, 0], [3, 8]);
+    const out3 = run(fresh3[0]!, g, fresh3[1]!, fresh3[2]!);
+    expect(out3[0]!.dataId).not.toBe(fresh3[0]!.dataId);
+    expect(Array.from(view.dataSync())).toEqual(vOld.slice(0, 24));
+    expect(out3.map((t) => Array.from(t.dataSync()))).toEqual(want);
+
+    // p passed as m too: never in place.
+    const fresh4 = run(tf.tensor(pd, [6, 8]), g, tf.tensor(md, [6, 8]), tf.tensor(vd, [6, 8]));
+    const same = run(fresh4[0]!, g, fresh4[0]!, fresh4[2]!);
+    expect(same[0]!.dataId).not.toBe(fresh4[0]!.dataId);
+    tf.dispose([g, ...step1, ...copies, ...fresh1, ...step2, ...after, ...fresh2, alias, ...out2, ...fresh3, view, ...out3, ...fresh4, ...same]);
+  });
+
+  it('MoelabSumOfSquares: equals tf.sum(tf.square(x)) on cpu (bit for bit up to 2^17 elements; blocked and threaded beyond, within 1 ulp)', async () => {
     const r = rng(24);
     const sumSq = (x: tf.Tensor) =>
       tf.getKernel('MoelabSumOfSquares', tf.getBackend()) ? (tf.engine().runKernel('MoelabSumOfSquares', { x }) as tf.Tensor) : tf.sum(tf.square(x));
-    for (const shape of [[0], [], [7], [64, 128, 256]]) await compareBackends([f(shape, r)], sumSq, 0);
+    for (const shape of [[0], [], [7], [2, 65536]]) await compareBackends([f(shape, r)], sumSq, 0);
+    // Parameter-sized, with a tail block; and with values of very different sizes.
+    await compareBackends([f([64, 128, 257], r)], sumSq, 1.2e-7);
+    const mixed = randArray(r, 300001).map((v, i) => (i % 1000 === 0 ? v * 1e3 : v));
+    await compareBackends([{ shape: [300001], data: mixed }], sumSq, 1.2e-7);
   });
 
   it('Softmax: forward and gradients', async () => {

@@ -7,6 +7,7 @@
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
 import type { NativeAddon } from './native.js';
+import { outputArray } from './storage.js';
 
 type Tf = typeof tfTypes;
 type TensorInfo = tfTypes.TensorInfo;
@@ -27,16 +28,6 @@ export function ints(backend: MathBackendCPU, t: TensorInfo): Int32Array {
 }
 
 const prod = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
-
-/**
- * A Float32Array for a kernel output that the native code overwrites completely. `new
- * Float32Array(n)` zero-fills: a second pass over memory the kernel writes anyway (~10% of a
- * 4096x256x256 GEMM). Large outputs come uninitialised from Buffer.allocUnsafeSlow instead (its own
- * ArrayBuffer of exactly n floats). Only for kernels that write every element.
- */
-export function outputArray(n: number): Float32Array {
-  return n >= 16384 ? new Float32Array(Buffer.allocUnsafeSlow(n * 4).buffer, 0, n) : new Float32Array(n);
-}
 
 /** numpy-style broadcast of two shapes; throws with tfjs's wording when incompatible. */
 export function broadcastShapes(a: readonly number[], b: readonly number[]): number[] {
@@ -314,7 +305,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     tf.slice_util.assertParamsValid(x as tfTypes.Tensor, b, s);
     if (prod(s) === 0 || tf.slice_util.isSliceContinous(x.shape, b, s)) return cpu(tf.Slice)(args);
     const backend = be(args);
-    const out = new Float32Array(prod(s));
+    const out = outputArray(prod(s));
     copyBlock(values(backend, x), x.shape, b, out, s, new Array<number>(s.length).fill(0), s);
     return backend.makeTensorInfo(s, 'float32', out);
   });
@@ -353,7 +344,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     return sizes.map((n) => {
       const size = x.shape.slice();
       size[ax] = n;
-      const out = new Float32Array(prod(size));
+      const out = outputArray(prod(size));
       copyBlock(xv, x.shape, begin, out, size, new Array<number>(size.length).fill(0), size);
       begin[ax] += n;
       return backend.makeTensorInfo(size, 'float32', out);
@@ -403,8 +394,8 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       return backend.makeTensorInfo(finalShape, 'float32', out);
     });
   // `MoelabSumOfSquares` (core's SUM_OF_SQUARES_KERNEL): x -> scalar sum of x^2, the global
-  // gradient norm's term per tensor, equal bit for bit to tf.sum(tf.square(x)) on cpu without the
-  // parameter-sized temporary.
+  // gradient norm's term per tensor: tf.sum(tf.square(x)) on cpu without the parameter-sized
+  // temporary (bit for bit up to 2^17 elements; larger ones are summed in threaded blocks).
   add('MoelabSumOfSquares', (args) => {
     const { x } = args.inputs as { x: TensorInfo };
     if (x?.dtype !== 'float32') throw new Error(`MoelabSumOfSquares: input 'x' must be float32, got ${x ? x.dtype : 'nothing'}`);
@@ -425,7 +416,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       const { x } = args.inputs as { x: TensorInfo };
       if (x.dtype !== 'float32') return cpu(kernelName)(args);
       const backend = be(args);
-      const out = new Float32Array(prod(x.shape));
+      const out = outputArray(prod(x.shape));
       loop(values(backend, x), out);
       return backend.makeTensorInfo(x.shape, 'float32', out);
     });
@@ -447,8 +438,8 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
   unary(tf.Abs, (x, o) => {
     for (let i = 0; i < o.length; i++) o[i] = Math.abs(x[i]);
   });
-  // Relu and its gradient's Step on big activations ([tokens, 4d]): copied, then one threaded
-  // native pass in place (NaN stays NaN, as in the cpu kernels).
+  // Relu and its gradient's Step on big activations ([tokens, 4d]), Exp and Sigmoid (router gates):
+  // copied, then one threaded native pass in place (NaN stays NaN, as in the cpu kernels).
   const threadedUnary = (kernelName: string, act: number, alphaOf: (attrs: Record<string, unknown>) => number) =>
     add(kernelName, (args) => {
       const { x } = args.inputs as { x: TensorInfo };
@@ -464,6 +455,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
   threadedUnary(tf.Relu, 6, () => 0);
   threadedUnary(tf.Step, 7, (attrs) => Number(attrs.alpha ?? 0));
   threadedUnary(tf.Exp, 8, () => 0);
+  threadedUnary(tf.Sigmoid, 9, () => 0);
 
   add(tf.GatherV2, (args) => {
     const { x, indices } = args.inputs as { x: TensorInfo; indices: TensorInfo };
@@ -476,7 +468,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     const inner = prod(x.shape.slice(ax + 1));
     const idx = ints(backend, indices);
     const outShape = [...x.shape.slice(0, ax), ...indices.shape, ...x.shape.slice(ax + 1)];
-    const out = new Float32Array(prod(outShape));
+    const out = outputArray(prod(outShape));
     const bad = native.gather(values(backend, x), idx, out, outer, dim, inner);
     if (bad >= 0) throw new Error(`GatherV2: the index value ${idx[bad]} is not in [0, ${dim - 1}]`);
     return backend.makeTensorInfo(outShape, 'float32', out);
@@ -489,7 +481,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     if (logits.dtype !== 'float32' || rank === 0 || (dim !== -1 && dim !== rank - 1)) return cpu(tf.Softmax)(args);
     const backend = be(args);
     const cols = logits.shape[rank - 1];
-    const out = new Float32Array(prod(logits.shape));
+    const out = outputArray(prod(logits.shape));
     if (out.length > 0) native.softmax(values(backend, logits), out, out.length / cols, cols);
     return backend.makeTensorInfo(logits.shape, 'float32', out);
   });

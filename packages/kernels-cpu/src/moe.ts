@@ -20,6 +20,7 @@ import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
 import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
 import { ints, values } from './kernels.js';
+import { outputArray } from './storage.js';
 import type { NativeAddon } from './native.js';
 
 export const MOE_MLP = 'MoelabMoeMLP';
@@ -76,8 +77,10 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const inputs = args.inputs as Record<string, TensorInfo>;
     const act = actCode(args.attrs?.activation);
     const { T, d, h, E, N } = mlpShapes(MOE_MLP, inputs);
-    const out = new Float32Array(T * d);
-    const hidden = new Float32Array(N * h);
+    // Native-written outputs come from the pool; without the native call they must be zeros.
+    const alloc = T * d > 0 ? outputArray : (n: number) => new Float32Array(n);
+    const out = alloc(T * d);
+    const hidden = alloc(N * h);
     if (T * d > 0) {
       const v = (n: string) => values(backend, inputs[n]);
       const i = (n: string) => ints(backend, inputs[n]);
@@ -93,10 +96,11 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const { T, d, h, E, N } = mlpShapes(MOE_MLP_GRAD, inputs);
     expectShape(MOE_MLP_GRAD, 'dy', inputs.dy, [T, d]);
     expectShape(MOE_MLP_GRAD, 'hidden', inputs.hidden, [N, h]);
-    const dx = new Float32Array(T * d);
-    const dw1 = new Float32Array(E * d * h);
-    const dw2 = new Float32Array(E * h * d);
-    const dweight = new Float32Array(N);
+    // Every element is written by the native backward (empty experts get zero gradients there).
+    const dx = outputArray(T * d);
+    const dw1 = outputArray(E * d * h);
+    const dw2 = outputArray(E * h * d);
+    const dweight = outputArray(N);
     const v = (n: string) => values(backend, inputs[n]);
     const i = (n: string) => ints(backend, inputs[n]);
     native.moeMlpBackward(
@@ -132,7 +136,7 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const inputs = args.inputs as Record<string, TensorInfo>;
     const outRows = Number(args.attrs?.outRows);
     const { R, din, dout, E, N } = linearShapes(MOE_LINEAR, inputs, outRows);
-    const out = new Float32Array(outRows * dout);
+    const out = outputArray(outRows * dout);
     if (out.length > 0) {
       const v = (n: string) => values(backend, inputs[n]);
       const i = (n: string) => ints(backend, inputs[n]);
@@ -147,9 +151,9 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const outRows = Number(args.attrs?.outRows);
     const { R, din, dout, E, N } = linearShapes(MOE_LINEAR_GRAD, inputs, outRows);
     expectShape(MOE_LINEAR_GRAD, 'dy', inputs.dy, [outRows, dout]);
-    const dx = new Float32Array(R * din);
-    const dw = new Float32Array(E * din * dout);
-    const dweight = new Float32Array(N);
+    const dx = outputArray(R * din);
+    const dw = outputArray(E * din * dout);
+    const dweight = outputArray(N);
     const v = (n: string) => values(backend, inputs[n]);
     const i = (n: string) => ints(backend, inputs[n]);
     native.moeLinearBackward(v('dy'), v('x'), v('w'), i('inRow'), i('outRow'), i('expertIndex'), v('weight'), dx, dw, dweight, R, din, dout, E, N, outRows);

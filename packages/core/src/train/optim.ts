@@ -11,7 +11,8 @@ import { tf } from '../tf.js';
  * Kernel a backend may register to apply one AdamW step to one tensor in a single pass: inputs p, g,
  * m, v; attrs lr, beta1, beta2, eps, weightDecay (0 = none), bc1, bc2 (the bias corrections);
  * outputs [p', m', v'], the same float32 operations as the op-by-op update in `AdamW.apply`.
- * @moelab/kernels-cpu implements it natively.
+ * @moelab/kernels-cpu implements it natively, in place when nothing else holds p, m or v's
+ * storage (it then returns them as its outputs), which is why `apply` assigns all three.
  */
 export const ADAMW_KERNEL = 'MoelabAdamW';
 
@@ -37,9 +38,12 @@ export class AdamW {
     readonly params: [string, tf.Variable][],
     readonly options: AdamWOptions,
   ) {
+    // In a tidy so that the zero tensors are released once the variables hold them (otherwise each
+    // stayed alive beside its variable: two parameter-sized tensors leaked per parameter).
     for (const [name, p] of params) {
-      this.m.set(name, tf.variable(tf.zerosLike(p), false));
-      this.v.set(name, tf.variable(tf.zerosLike(p), false));
+      const zeros = () => tf.tidy(() => tf.variable(tf.zerosLike(p), false));
+      this.m.set(name, zeros());
+      this.v.set(name, zeros());
     }
   }
 

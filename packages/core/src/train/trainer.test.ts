@@ -66,6 +66,16 @@ describe('trainer', () => {
     expect(tf.memory().numTensors).toBe(start);
   });
 
+  it('the optimiser holds exactly its two moments per parameter, and releases them on dispose', () => {
+    const model = buildModel<M>(tinyMoE, testRegistry(), 1);
+    const before = tf.memory().numTensors;
+    const tr = new Trainer(model, patternSource(16), cfg);
+    expect(tf.memory().numTensors - before).toBe(2 * tr.optimizer.params.length);
+    tr.optimizer.dispose();
+    expect(tf.memory().numTensors).toBe(before);
+    model.dispose();
+  });
+
   it('refuses a window longer than the context', () => {
     const model = buildModel<M>(tinyMoE, testRegistry(), 1);
     expect(() => new Trainer(model, patternSource(16), { ...cfg, seqLen: 13 })).toThrow(/seqLen 13 exceeds the model's contextLength 12/);

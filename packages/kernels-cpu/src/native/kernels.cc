@@ -45,6 +45,10 @@ void bias_act(float* out, long M, int N, const float* bias, int act, float alpha
           // In double, rounded once, like tfjs-cpu's Math.exp into a Float32Array.
           for (int j = 0; j < N; j++) row[j] = static_cast<float>(std::exp(static_cast<double>(row[j])));
           break;
+        case kSigmoidDouble:
+          // tfjs-cpu: 1 / (1 + Math.exp(-x)) in double, rounded once.
+          for (int j = 0; j < N; j++) row[j] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(row[j]))));
+          break;
         default:
           break;
       }
@@ -298,16 +302,45 @@ void segment_sum(const float* x, const int* ids, long n, long inner, float* out,
   });
 }
 
+namespace {
+constexpr long kSumSqBlock = 65536;
+}
+
 void reduce(const float* x, float* out, long outer, long R, long inner, int kind) {
   // Same arithmetic as tfjs-backend-cpu after its transpose: per output, the reduced elements in
   // order, accumulated in double (mean: each term x / R rounded to float first; max: NaN wins).
   // Mean: each term x / R rounded to float first; sum of squares: x * x rounded to float (Square's
-  // output) then summed in double, so the result equals tf.sum(tf.square(x)) on cpu bit for bit.
+  // output) then summed in double, so the result equals tf.sum(tf.square(x)) on cpu bit for bit
+  // (a single sum over many elements excepted: see below).
   auto term = [&](float v) -> double {
     if (kind == kReduceMean) return static_cast<double>(static_cast<float>(v / static_cast<float>(R)));
     if (kind == kReduceSumSq) return static_cast<double>(static_cast<float>(v * v));
     return v;
   };
+  if (kind == kReduceSumSq && outer == 1 && inner == 1 && R > 2 * kSumSqBlock) {
+    // One big sum (a gradient-norm term): one sequential chain of double adds would run at the adds'
+    // latency on one core. Fixed blocks, each with independent accumulators, summed in block order:
+    // the result does not depend on the thread count, and differs from the sequential sum only by
+    // double rounding (it equals the cpu result to float32 in all but vanishingly rare cases).
+    const long blocks = (R + kSumSqBlock - 1) / kSumSqBlock;
+    std::vector<double> partial(blocks);
+    parallel_range(blocks, 1, [&](long b0, long b1) {
+      for (long b = b0; b < b1; b++) {
+        const float* xb = x + b * kSumSqBlock;
+        const long n = std::min(kSumSqBlock, R - b * kSumSqBlock);
+        double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        long i = 0;
+        for (; i + 8 <= n; i += 8)
+          for (int l = 0; l < 8; l++) acc[l] += static_cast<double>(static_cast<float>(xb[i + l] * xb[i + l]));
+        for (; i < n; i++) acc[0] += static_cast<double>(static_cast<float>(xb[i] * xb[i]));
+        partial[b] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+      }
+    });
+    double total = 0;
+    for (double v : partial) total += v;
+    out[0] = static_cast<float>(total);
+    return;
+  }
   if (inner == 1) {
     parallel_range(outer, std::max(1L, 65536L / std::max(1L, R)), [&](long o0, long o1) {
       for (long o = o0; o < o1; o++) {
@@ -376,10 +409,35 @@ void adamw_range(const float* p, const float* g, const float* m, const float* v,
     pOut[i] = next;
   }
 }
+
+// The same update written over p, m and v. A separate function because the restrict qualifiers
+// are what lets GCC vectorise it: called with pOut == p, the loop above fails its runtime overlap
+// check and runs scalar.
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+void adamw_inplace_range(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
+                         long a, long b, const AdamWScalars& sc) {
+  const AdamWScalars s = sc;
+  for (long i = a; i < b; i++) {
+    const float m2 = m[i] * s.beta1 + g[i] * s.oneMinusBeta1;
+    const float v2 = v[i] * s.beta2 + (g[i] * g[i]) * s.oneMinusBeta2;
+    const float update = (m2 / s.bc1) / (std::sqrt(v2 / s.bc2) + s.eps);
+    float next = p[i] - update * s.lr;
+    if (s.decay) next = next - p[i] * s.lrTimesDecay;
+    m[i] = m2;
+    v[i] = v2;
+    p[i] = next;
+  }
+}
 }  // namespace
 
 void adamw(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut, long n,
            const AdamWScalars& s) {
+  if (pOut == p && mOut == m && vOut == v) {
+    parallel_range(n, 16384, [&](long a, long b) { adamw_inplace_range(pOut, g, mOut, vOut, a, b, s); });
+    return;
+  }
   parallel_range(n, 16384, [&](long a, long b) { adamw_range(p, g, m, v, pOut, mOut, vOut, a, b, s); });
 }
 

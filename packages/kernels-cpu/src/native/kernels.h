@@ -13,8 +13,8 @@ enum MoeAct { kIdentity = 0, kRelu = 1, kGelu = 2, kSilu = 3, kRelu2 = 4 };
 enum FusedAct { kLinear = 0, kFRelu = 1, kRelu6 = 2, kSigmoid = 3, kElu = 4, kLeaky = 5,
   // The elementwise Relu / Step kernels (tfjs semantics: NaN stays NaN; Step gives alpha for x <= 0).
   kReluNan = 6, kStep = 7,
-  // The elementwise Exp kernel.
-  kExpDouble = 8 };
+  // The elementwise Exp and Sigmoid kernels (in double, like tfjs-cpu's JS callbacks).
+  kExpDouble = 8, kSigmoidDouble = 9 };
 
 // out[M,N] += bias (bias of length N, or null) then activation, in place on a fresh output; with
 // src, out is first filled from src row by row (an elementwise unary into a fresh output).
@@ -60,6 +60,8 @@ struct AdamWScalars {
   float beta1, oneMinusBeta1, beta2, oneMinusBeta2, eps, bc1, bc2, lr, lrTimesDecay;
   bool decay;
 };
+// In place when pOut == p, mOut == m and vOut == v (all three; g never aliases them); any other
+// overlap between inputs and outputs is not allowed.
 void adamw(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut, long n,
            const AdamWScalars& s);
 
