@@ -6,8 +6,9 @@
  *  - `MoelabMoeMLP`: inputs x [T,d], w1 [E,d,h], w2 [E,h,d], tokenIndex [N] int32, expertIndex [N]
  *    int32, weight [N]; attr activation ('relu'|'gelu'|'silu'|'relu2'|'identity', gelu = exact erf).
  *    Outputs [out [T,d], hidden [N,h]]: out[t] = sum_{n: tokenIndex[n]=t} weight[n] *
- *    act(x[t] w1[e_n]) w2[e_n]; `hidden` is the pre-activation of each assignment in the backend's own
- *    order, kept only for the backward kernel (a second output saved through `outputsToSave`; the
+ *    act(x[t] w1[e_n]) w2[e_n]; `hidden` is what the backward kernel needs of each assignment's
+ *    hidden layer (moelab-cpu: the pre-activation, or for relu/identity the activation), in the
+ *    backend's own order, kept only for the backward kernel (a second output saved through `outputsToSave`; the
  *    tf.customGrad route leaks data ids, ENGINE-NOTES #7).
  *  - `MoelabMoeMLPGrad`: inputs dy, x, w1, w2, tokenIndex, expertIndex, weight, hidden; attr
  *    activation. Outputs [dx, dw1, dw2, dweight].

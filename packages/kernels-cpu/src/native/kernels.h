@@ -69,8 +69,9 @@ void adamw(const float* p, const float* g, const float* m, const float* v, float
 std::string check_index(const int* idx, long n, long limit, const char* what);
 
 // out[T,d] = sum over assignments n of weight[n] * act(x[tok[n]] @ w1[e_n]) @ w2[e_n].
-// hidden[N,h] receives the pre-activation of each assignment in expert-sorted order (saved for
-// the backward pass, which re-derives the same order).
+// hidden[N,h] receives the pre-activation of each assignment (for relu and identity the activation
+// itself, whose sign is all the backward needs) in expert-sorted order (saved for the backward
+// pass, which re-derives the same order).
 void moe_mlp_forward(const float* x, const float* w1, const float* w2, const int* tok, const int* exp,
                      const float* weight, float* out, float* hidden, int T, int d, int h, int E, long N, int act);
 void moe_mlp_backward(const float* dout, const float* x, const float* w1, const float* w2, const int* tok,

@@ -92,9 +92,20 @@ void act_rows(const float* in, float* out, long n) {
   for (long k = 0; k < n; k++) out[k] = act_t<ACT>(in[k]);
 }
 
-// The activation's backward over one expert block, row by row: a = act(pre) is stored (for dW2),
-// dweight[n] = g . a (the routing weight's gradient), and g becomes dPre = weight * g * act'(pre),
-// in place. Eight partial sums keep the dot product vectorisable.
+// dot(a, b) over n floats with eight partial sums (a plain float sum would not vectorise).
+inline float dot8(const float* a, const float* b, int n) {
+  float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; l++) part[l] += a[j + l] * b[j + l];
+  float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; j < n; j++) s += a[j] * b[j];
+  return s;
+}
+
+// The activation's backward over one expert block, row by row, from the saved pre-activation:
+// a = act(pre) is stored (for dW2), dweight[n] = g . a (the routing weight's gradient), and g
+// becomes dPre = weight * g * act'(pre), in place. Separate simple loops, so that they vectorise.
 template <int ACT>
 void act_backward_rows(const float* pre, float* g, float* a, long rows, int h, const long* order, const float* weight,
                        float* dweight) {
@@ -104,25 +115,30 @@ void act_backward_rows(const float* pre, float* g, float* a, long rows, int h, c
     const float* pr = pre + r * h;
     float* gr = g + r * h;
     float* ar = a + r * h;
-    float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    int j = 0;
-    for (; j + 8 <= h; j += 8)
-      for (int l = 0; l < 8; l++) {
-        const float p = pr[j + l], av = act_t<ACT>(p), gv = gr[j + l];
-        ar[j + l] = av;
-        part[l] += gv * av;
-        gr[j + l] = wn * gv * act_grad_t<ACT>(p);
-      }
-    float dot = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-    for (; j < h; j++) {
-      const float p = pr[j], av = act_t<ACT>(p), gv = gr[j];
-      ar[j] = av;
-      dot += gv * av;
-      gr[j] = wn * gv * act_grad_t<ACT>(p);
-    }
-    dweight[n] = dot;
+    for (int j = 0; j < h; j++) ar[j] = act_t<ACT>(pr[j]);
+    dweight[n] = dot8(gr, ar, h);
+    for (int j = 0; j < h; j++) gr[j] = wn * gr[j] * act_grad_t<ACT>(pr[j]);
   }
 }
+
+// The same from the saved activation itself, for ReLU (act' = [a > 0]) and identity (act' = 1):
+// no activation to recompute and no second N x h buffer to write.
+template <int ACT>
+void act_backward_from_output(const float* a, float* g, long rows, int h, const long* order, const float* weight,
+                              float* dweight) {
+  static_assert(ACT == kRelu || ACT == kIdentity, "only activations whose derivative follows from the output");
+  for (long r = 0; r < rows; r++) {
+    const long n = order[r];
+    const float wn = weight[n];
+    const float* ar = a + r * h;
+    float* gr = g + r * h;
+    dweight[n] = dot8(gr, ar, h);
+    for (int j = 0; j < h; j++) gr[j] = ACT == kRelu ? (ar[j] > 0.f ? wn * gr[j] : 0.f) : wn * gr[j];
+  }
+}
+
+// Whether the forward saves act(pre) instead of pre (see moe_mlp_forward).
+inline bool saves_output(int act) { return act == kRelu || act == kIdentity; }
 
 // Calls f(std::integral_constant<int, ACT>{}) for the runtime activation code: one switch per
 // expert block, not per element.
@@ -195,8 +211,10 @@ void moe_mlp_forward(const float* x, const float* w1, const float* w2, const int
   Groups byExp(exp, N, E);
   Groups byTok(tok, N, T);
   std::vector<long> pos = positions(byExp);
-  Scratch xs(N * d), ha(act == kIdentity ? 0 : N * h), y(N * d);
-  float* hact = act == kIdentity ? hidden : ha.get();
+  // For ReLU (and identity) the saved tensor is the activation itself: the backward only needs its
+  // sign, so ReLU is applied in place and no second N x h buffer is written and read.
+  Scratch xs(N * d), ha(saves_output(act) ? 0 : N * h), y(N * d);
+  float* hact = saves_output(act) ? hidden : ha.get();
   std::vector<Chunk> cs = chunks(byExp, E, N);
   parallel_for(static_cast<int>(cs.size()), [&](int i) {
     const Chunk& c = cs[i];
@@ -205,7 +223,10 @@ void moe_mlp_forward(const float* x, const float* w1, const float* w2, const int
     float* hp = hidden + c.r0 * h;
     sgemm_st(false, false, rows, h, d, 1.f, xs.get() + c.r0 * d, d, w1 + static_cast<long>(c.e) * d * h, h, 0.f, hp,
              h);
-    if (act != kIdentity) with_act(act, [&](auto A) { act_rows<decltype(A)::value>(hp, hact + c.r0 * h, rows * h); });
+    if (act == kRelu)
+      act_rows<kRelu>(hp, hp, rows * h);
+    else if (act != kIdentity)
+      with_act(act, [&](auto A) { act_rows<decltype(A)::value>(hp, hact + c.r0 * h, rows * h); });
     sgemm_st(false, false, rows, d, h, 1.f, hact + c.r0 * h, h, w2 + static_cast<long>(c.e) * h * d, d, 0.f,
              y.get() + c.r0 * d, d);
   });
@@ -218,7 +239,9 @@ void moe_mlp_backward(const float* dout, const float* x, const float* w1, const 
   Groups byExp(exp, N, E);
   Groups byTok(tok, N, T);
   std::vector<long> pos = positions(byExp);
-  Scratch xs(N * d), dy(N * d), g(N * h), ha(N * h), dxs(N * d);
+  const bool fromOutput = saves_output(act);
+  Scratch xs(N * d), dy(N * d), g(N * h), ha(fromOutput ? 0 : N * h), dxs(N * d);
+  const float* acts = fromOutput ? hidden : ha.get();
   std::vector<Chunk> cs = chunks(byExp, E, N);
   parallel_for(static_cast<int>(cs.size()), [&](int i) {
     const Chunk& c = cs[i];
@@ -229,10 +252,16 @@ void moe_mlp_backward(const float* dout, const float* x, const float* w1, const 
     // G = dOut_rows @ W2^T: the gradient w.r.t. the activation, before the routing weight.
     sgemm_st(false, true, rows, h, d, 1.f, dy.get() + c.r0 * d, d, w2 + static_cast<long>(c.e) * h * d, d, 0.f, gp,
              h);
-    with_act(act, [&](auto A) {
-      act_backward_rows<decltype(A)::value>(hidden + c.r0 * h, gp, ha.get() + c.r0 * h, rows, h,
-                                            byExp.order.data() + c.r0, weight, dweight);
-    });
+    const long* order = byExp.order.data() + c.r0;
+    if (act == kRelu)
+      act_backward_from_output<kRelu>(hidden + c.r0 * h, gp, rows, h, order, weight, dweight);
+    else if (act == kIdentity)
+      act_backward_from_output<kIdentity>(hidden + c.r0 * h, gp, rows, h, order, weight, dweight);
+    else
+      with_act(act, [&](auto A) {
+        act_backward_rows<decltype(A)::value>(hidden + c.r0 * h, gp, ha.get() + c.r0 * h, rows, h, order, weight,
+                                              dweight);
+      });
     for (long r = 0; r < rows; r++) {
       const float wn = weight[byExp.order[c.r0 + r]];
       float* dyr = dy.get() + (c.r0 + r) * d;
@@ -242,7 +271,7 @@ void moe_mlp_backward(const float* dout, const float* x, const float* w1, const 
              d);
   });
   // Experts with no assignment still get (zero) weight gradients.
-  expert_weight_grads(byExp, E, ha.get(), h, dy.get(), d, dw2);
+  expert_weight_grads(byExp, E, acts, h, dy.get(), d, dw2);
   expert_weight_grads(byExp, E, xs.get(), d, g.get(), h, dw1);
   scatter_rows(byTok, pos, dxs.get(), dx, T, d, [](long) { return 1.f; });
 }
