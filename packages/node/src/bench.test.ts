@@ -1,0 +1,68 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { tf } from '@moelab/core';
+import { afterAll, describe, expect, it } from 'vitest';
+import { chooseBackend } from './backends.js';
+import { benchJsonPath, runBenchBackends } from './bench.js';
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 'moelab-bench-'));
+afterAll(async () => {
+  rmSync(dir, { recursive: true, force: true });
+  await tf.setBackend('cpu');
+});
+
+// Whether the native backend can run here (the rows are far too slow on the plain cpu backend).
+const native = await chooseBackend('moelab-cpu')
+  .then(() => true)
+  .catch(() => false);
+await tf.setBackend('cpu');
+
+interface JsonRow {
+  group: string;
+  name: string;
+  gflop_fwd: number;
+  gflop_fwdbwd: number;
+  fwd_ms: number | null;
+  fwdbwd_ms: number | null;
+  gflops_fwd: number | null;
+  gflops_fwdbwd: number | null;
+}
+
+describe('moelab bench', () => {
+  it('names one JSON per backend the way torch_moe_bench.py --compare takes them', () => {
+    expect(benchJsonPath('out.json', 'moelab-cpu', true)).toBe('out.json');
+    expect(benchJsonPath('out.json', 'wasm', false)).toBe('out.wasm.json');
+    expect(benchJsonPath('results', 'cpu', false)).toBe('results.cpu.json');
+  });
+
+  it('skips a backend it cannot start, with the reason, and fails when none can run', async () => {
+    const lines: string[] = [];
+    await expect(runBenchBackends({ backends: 'no-such-backend', only: ['a dense'], quick: true, log: (l) => lines.push(l) })).rejects.toThrow(
+      /no backend could run the bench: no-such-backend: /,
+    );
+    expect(lines.join('\n')).toMatch(/# backend no-such-backend skipped: /);
+  });
+
+  it.skipIf(!native)('writes the anchor’s row names, FLOP convention and fields (moelab-cpu, one layer row)', async () => {
+    const json = path.join(dir, 'bench.json');
+    const lines: string[] = [];
+    const { ran } = await runBenchBackends({ backends: 'moelab-cpu', only: ['a dense'], quick: true, json, log: (l) => lines.push(l) });
+    expect(ran).toEqual(['moelab-cpu']);
+    expect(existsSync(json)).toBe(true);
+    const out = JSON.parse(readFileSync(json, 'utf8')) as { environment: { backend: string }; peak_sgemm_gflops: number; rows: JsonRow[] };
+    expect(out.environment.backend).toBe('moelab-cpu');
+    // The anchor's names: peak sgemm rows always run, plus the selected layer row.
+    expect(out.rows.map((r) => r.name)).toEqual(['sgemm 2048^3', 'sgemm 1024^3', 'a dense FFN relu']);
+    const ffn = out.rows.find((r) => r.name === 'a dense FFN relu')!;
+    expect(ffn.group).toBe('ffn');
+    // 2mnk per matrix multiply: T=4096 tokens, d=256, d_ff=1024, two GEMMs; training = 3 x forward.
+    expect(ffn.gflop_fwd).toBeCloseTo((2 * 2 * 4096 * 256 * 1024) / 1e9, 6);
+    expect(ffn.gflop_fwdbwd).toBeCloseTo(3 * ffn.gflop_fwd, 6);
+    expect(ffn.fwd_ms!).toBeGreaterThan(0);
+    expect(ffn.fwdbwd_ms!).toBeGreaterThan(ffn.fwd_ms!);
+    expect(ffn.gflops_fwd!).toBeCloseTo(ffn.gflop_fwd / (ffn.fwd_ms! / 1e3), 1);
+    expect(out.peak_sgemm_gflops).toBeGreaterThan(1);
+    expect(lines.join('\n')).toMatch(/a dense FFN relu\s+fwd\s+[\d.]+ ms\s+fwd\+bwd\s+[\d.]+ ms/);
+  });
+});
