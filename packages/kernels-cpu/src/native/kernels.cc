@@ -390,34 +390,14 @@ void reduce(const float* x, float* out, long outer, long R, long inner, int kind
 namespace {
 // Contraction into FMAs would round differently from the op-by-op update (core's generic AdamW),
 // so GCC keeps every product and sum separately rounded here (a lambda would not inherit this).
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("fp-contract=off")))
-#endif
-void adamw_range(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut,
-                 long a, long b, const AdamWScalars& sc) {
-  // A local copy: read through the reference, the scalars could alias the outputs, which keeps the
-  // compiler from vectorising the loop.
-  const AdamWScalars s = sc;
-  for (long i = a; i < b; i++) {
-    const float m2 = m[i] * s.beta1 + g[i] * s.oneMinusBeta1;
-    const float v2 = v[i] * s.beta2 + (g[i] * g[i]) * s.oneMinusBeta2;
-    const float update = (m2 / s.bc1) / (std::sqrt(v2 / s.bc2) + s.eps);
-    float next = p[i] - update * s.lr;
-    if (s.decay) next = next - p[i] * s.lrTimesDecay;
-    mOut[i] = m2;
-    vOut[i] = v2;
-    pOut[i] = next;
-  }
-}
-
-// The same update written over p, m and v. A separate function because the restrict qualifiers
-// are what lets GCC vectorise it: called with pOut == p, the loop above fails its runtime overlap
-// check and runs scalar.
+// The update is written over p, m and v; the restrict qualifiers are what lets GCC vectorise it.
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("fp-contract=off")))
 #endif
 void adamw_inplace_range(float* __restrict p, const float* __restrict g, float* __restrict m, float* __restrict v,
                          long a, long b, const AdamWScalars& sc) {
+  // A local copy: read through the reference, the scalars could alias the arrays, which keeps the
+  // compiler from vectorising the loop.
   const AdamWScalars s = sc;
   for (long i = a; i < b; i++) {
     const float m2 = m[i] * s.beta1 + g[i] * s.oneMinusBeta1;
@@ -434,11 +414,17 @@ void adamw_inplace_range(float* __restrict p, const float* __restrict g, float* 
 
 void adamw(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut, long n,
            const AdamWScalars& s) {
-  if (pOut == p && mOut == m && vOut == v) {
-    parallel_range(n, 16384, [&](long a, long b) { adamw_inplace_range(pOut, g, mOut, vOut, a, b, s); });
-    return;
-  }
-  parallel_range(n, 16384, [&](long a, long b) { adamw_range(p, g, m, v, pOut, mOut, vOut, a, b, s); });
+  const bool inPlace = pOut == p && mOut == m && vOut == v;
+  parallel_range(n, 16384, [&](long a, long b) {
+    if (!inPlace) {
+      // Fresh outputs: copy this block in, then update it there while it is still in cache.
+      const size_t bytes = sizeof(float) * static_cast<size_t>(b - a);
+      std::memcpy(pOut + a, p + a, bytes);
+      std::memcpy(mOut + a, m + a, bytes);
+      std::memcpy(vOut + a, v + a, bytes);
+    }
+    adamw_inplace_range(pOut, g, mOut, vOut, a, b, s);
+  });
 }
 
 std::string check_index(const int* idx, long n, long limit, const char* what) {
