@@ -1,6 +1,8 @@
 // Plain C++ entry points of the native kernels (no Node-API types: addon.cc does the marshalling).
 // Every kernel reads its inputs and writes only into the output buffers it is given, which the
-// JS side allocates fresh for each call (inputs may share storage with other tensors).
+// JS side allocates for each call (uninitialised, possibly recycled: see storage.ts); inputs may
+// share storage with other tensors. The one exception is adamw, which the JS side calls in place
+// only on buffers nobody else can see.
 #pragma once
 #include <cstdint>
 #include <string>
