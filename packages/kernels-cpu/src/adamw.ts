@@ -2,7 +2,7 @@
  * The fused AdamW update as a tfjs kernel for moelab-cpu. Core's AdamW runs ~12 elementwise ops
  * per parameter tensor (each a full pass and a fresh allocation); on the MoE LMs of the benchmark,
  * whose expert banks hold most of the parameters, that was ~0.5 s per step. This is one threaded
- * pass that reads p, g, m, v once and writes the three new tensors.
+ * pass that reads p, g, m, v once and writes p', m', v'.
  *
  * In place when that cannot be observed: when p, m and v are each held by one tensor only (backend
  * refCount 1: the optimiser's variables between steps) and their buffers are *owned* (storage.ts:

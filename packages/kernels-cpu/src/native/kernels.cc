@@ -308,10 +308,9 @@ constexpr long kSumSqBlock = 65536;
 
 void reduce(const float* x, float* out, long outer, long R, long inner, int kind) {
   // Same arithmetic as tfjs-backend-cpu after its transpose: per output, the reduced elements in
-  // order, accumulated in double (mean: each term x / R rounded to float first; max: NaN wins).
-  // Mean: each term x / R rounded to float first; sum of squares: x * x rounded to float (Square's
-  // output) then summed in double, so the result equals tf.sum(tf.square(x)) on cpu bit for bit
-  // (a single sum over many elements excepted: see below).
+  // order, accumulated in double (mean: each term x / R rounded to float first; max: NaN wins; sum
+  // of squares: x * x rounded to float, Square's output, then summed in double, so the result
+  // equals tf.sum(tf.square(x)) on cpu bit for bit, a single sum over many elements excepted: see below).
   auto term = [&](float v) -> double {
     if (kind == kReduceMean) return static_cast<double>(static_cast<float>(v / static_cast<float>(R)));
     if (kind == kReduceSumSq) return static_cast<double>(static_cast<float>(v * v));

@@ -223,10 +223,8 @@ void moe_mlp_forward(const float* x, const float* w1, const float* w2, const int
     float* hp = hidden + c.r0 * h;
     sgemm_st(false, false, rows, h, d, 1.f, xs.get() + c.r0 * d, d, w1 + static_cast<long>(c.e) * d * h, h, 0.f, hp,
              h);
-    if (act == kRelu)
-      act_rows<kRelu>(hp, hp, rows * h);
-    else if (act != kIdentity)
-      with_act(act, [&](auto A) { act_rows<decltype(A)::value>(hp, hact + c.r0 * h, rows * h); });
+    // In place for ReLU (hact is hidden there).
+    if (act != kIdentity) with_act(act, [&](auto A) { act_rows<decltype(A)::value>(hp, hact + c.r0 * h, rows * h); });
     sgemm_st(false, false, rows, d, h, 1.f, hact + c.r0 * h, h, w2 + static_cast<long>(c.e) * h * d, d, 0.f,
              y.get() + c.r0 * d, d);
   });
