@@ -11,6 +11,7 @@
         "src/native/gemm.cc",
         "src/native/kernels.cc",
         "src/native/moe.cc",
+        "src/native/moe_glu.cc",
         "src/native/norm.cc",
         "src/native/pool.cc"
       ],

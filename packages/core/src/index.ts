@@ -20,6 +20,7 @@ export * from './nn/moe.js';
 export * from './nn/ffn.js';
 export * from './nn/transformer.js';
 export * from './ops/moe.js';
+export * from './ops/moe-glu.js';
 export { patchWasmBackend, registerSegmentSumFor } from './ops/engine-fixes.js';
 export * from './losses.js';
 export * from './safetensors.js';

@@ -4,7 +4,8 @@
  *   expert_e(x) = act(x W1[e]) W2[e]                    W1: [E, d, h], W2: [E, h, d]
  *   expert_e(x) = (act(x W1[e]) * (x W3[e])) W2[e]      with glu
  *
- * The ungated form goes through core's `moeMLP` op, which a backend may implement as one fused kernel.
+ * Both forms go through one core op (`moeMLP`, `moeGLU`), which a backend may implement as one fused
+ * kernel (moelab-cpu does, see docs/kernels.md).
  * Spec: specs/routers.md §2 (expert contract); GLU variants: Shazeer 2020.
  */
 import {
@@ -20,6 +21,7 @@ import {
   gatherPadded,
   Module,
   MoelabError,
+  moeGLU,
   moeMLP,
   type Rng,
   Type,
@@ -54,10 +56,7 @@ export class MLPExperts extends Module implements ExpertBank {
 
   apply(x: tf.Tensor2D, plan: DispatchPlan, weight: tf.Tensor1D | null, _ctx: ForwardContext): tf.Tensor2D {
     if (!this.w3) return moeMLP(x, this.w1 as tf.Tensor3D, this.w2 as tf.Tensor3D, plan, weight, this.options.activation);
-    if (plan.size === 0) return tf.mul(x, 0) as tf.Tensor2D;
-    const { xs, assignmentRow } = gatherPadded(x, plan);
-    const h = tf.mul(activate(tf.matMul(xs, this.w1 as tf.Tensor3D), this.options.activation), tf.matMul(xs, this.w3 as tf.Tensor3D)) as tf.Tensor3D;
-    return combine(ungatherPadded(tf.matMul(h, this.w2 as tf.Tensor3D) as tf.Tensor3D, assignmentRow), weight, plan);
+    return moeGLU(x, this.w1 as tf.Tensor3D, this.w3 as tf.Tensor3D, this.w2 as tf.Tensor3D, plan, weight, this.options.activation);
   }
 
   parametersPerExpert(): number {

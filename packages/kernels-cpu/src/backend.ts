@@ -9,6 +9,7 @@ import { makeOverrides } from './kernels.js';
 import { makeAdamWKernel } from './adamw.js';
 import { makeAttentionKernels, registerAttentionGradients } from './attention.js';
 import { makeMoeKernels, registerMoeGradients } from './moe.js';
+import { makeMoeGluKernels, registerMoeGluGradient } from './moe-glu.js';
 import { makeNormKernels, registerNormGradients } from './norm.js';
 import { HOW_TO_BUILD, loadNative } from './native.js';
 import { noteDisposed, noteRead, noteWrap } from './storage.js';
@@ -134,6 +135,7 @@ function registerOnce(tf: typeof tfjs, priority = 2.5): MoelabCpuStatus | null {
   for (const k of [
     ...configs,
     ...makeMoeKernels(addon, BACKEND_NAME),
+    ...makeMoeGluKernels(addon, BACKEND_NAME),
     ...makeAttentionKernels(addon, BACKEND_NAME),
     makeAdamWKernel(addon, BACKEND_NAME),
     ...makeNormKernels(addon, BACKEND_NAME),
@@ -142,6 +144,7 @@ function registerOnce(tf: typeof tfjs, priority = 2.5): MoelabCpuStatus | null {
     tf.registerKernel(k);
   }
   registerMoeGradients(tf);
+  registerMoeGluGradient(tf);
   registerAttentionGradients(tf);
   registerNormGradients(tf);
   registeredWith = tf;
@@ -186,6 +189,8 @@ export const NATIVE_KERNELS = [
   'UnsortedSegmentSum',
   'MoelabMoeMLP',
   'MoelabMoeMLPGrad',
+  'MoelabMoeGLU',
+  'MoelabMoeGLUGrad',
   'MoelabMoeLinear',
   'MoelabMoeLinearGrad',
   'MoelabCausalAttention',

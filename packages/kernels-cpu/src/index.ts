@@ -9,10 +9,12 @@
 import * as tfjs from '@tensorflow/tfjs';
 import { BACKEND_NAME, type MoelabCpuStatus, NATIVE_KERNELS, type RegisterOptions, registerMoelabCpuBackend, setGemm, setThreads } from './backend.js';
 import { MOE_LINEAR, MOE_MLP, type MoeActivation } from './moe.js';
+import { MOE_GLU } from './moe-glu.js';
 
 export { BACKEND_NAME, NATIVE_KERNELS, registerMoelabCpuBackend, setGemm, setThreads };
 export type { MoelabCpuStatus, RegisterOptions, MoeActivation };
 export { MOE_ACTIVATIONS, MOE_LINEAR, MOE_LINEAR_GRAD, MOE_MLP, MOE_MLP_GRAD } from './moe.js';
+export { MOE_GLU, MOE_GLU_GRAD } from './moe-glu.js';
 export { ADAMW } from './adamw.js';
 export { CAUSAL_ATTENTION, CAUSAL_ATTENTION_GRAD, ROPE } from './attention.js';
 export { HOW_TO_BUILD } from './native.js';
@@ -42,6 +44,35 @@ export function moeMLP(
     .runKernel(
       MOE_MLP,
       { x, w1, w2, tokenIndex, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
+      { activation } as unknown as tfjs.NamedAttrMap,
+    ) as tfjs.Tensor[];
+  hidden.dispose();
+  return out as tfjs.Tensor2D;
+}
+
+/**
+ * The fused gated (GLU) MoE experts: out[t] = sum over assignments n with tokenIndex[n] = t of
+ * weight[n] * (act(x[t] w1[e_n]) * (x[t] w3[e_n])) w2[e_n]. x [T,d], w1 / w3 [E,d,h], w2 [E,h,d],
+ * tokenIndex / expertIndex int32 [N], weight [N]; `activation` is the gate's (silu = SwiGLU).
+ * Differentiable w.r.t. x, w1, w3, w2 and weight. Needs the `MoelabMoeGLU` kernel (moelab-cpu).
+ */
+export function moeGLU(
+  x: tfjs.Tensor2D,
+  w1: tfjs.Tensor3D,
+  w3: tfjs.Tensor3D,
+  w2: tfjs.Tensor3D,
+  tokenIndex: tfjs.Tensor1D,
+  expertIndex: tfjs.Tensor1D,
+  weight: tfjs.Tensor1D,
+  activation: MoeActivation,
+  tf: typeof tfjs = tfjs,
+): tfjs.Tensor2D {
+  // The second output (what the backward kernel needs) is held by the gradient tape.
+  const [out, hidden] = tf
+    .engine()
+    .runKernel(
+      MOE_GLU,
+      { x, w1, w3, w2, tokenIndex, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
       { activation } as unknown as tfjs.NamedAttrMap,
     ) as tfjs.Tensor[];
   hidden.dispose();

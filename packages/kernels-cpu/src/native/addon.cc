@@ -244,6 +244,49 @@ void MoeMlpBackward(const Napi::CallbackInfo& info) {
                    static_cast<int>(d), static_cast<int>(h), static_cast<int>(E), N, act);
 }
 
+// (x, w1, w3, w2, tok, exp, weight, out, hidden, T, d, h, E, N, act)
+void MoeGluForward(const Napi::CallbackInfo& info) {
+  long T = Int(info, 9), d = Int(info, 10), h = Int(info, 11), E = Int(info, 12), N = Int(info, 13);
+  int act = info[14].As<Napi::Number>().Int32Value();
+  const float* x = F32(info, 0, T * d, "x");
+  const float* w1 = F32(info, 1, E * d * h, "w1");
+  const float* w3 = F32(info, 2, E * d * h, "w3");
+  const float* w2 = F32(info, 3, E * h * d, "w2");
+  const int* tok = I32(info, 4, N, "tokenIndex");
+  const int* exp = I32(info, 5, N, "expertIndex");
+  const float* weight = F32(info, 6, N, "weight");
+  float* out = F32(info, 7, T * d, "out");
+  float* hidden = F32(info, 8, N * 2 * h, "hidden");
+  checkIdx(info, tok, N, T, "tokenIndex");
+  checkIdx(info, exp, N, E, "expertIndex");
+  moe_glu_forward(x, w1, w3, w2, tok, exp, weight, out, hidden, static_cast<int>(T), static_cast<int>(d),
+                  static_cast<int>(h), static_cast<int>(E), N, act);
+}
+
+// (dout, x, w1, w3, w2, tok, exp, weight, hidden, dx, dw1, dw3, dw2, dweight, T, d, h, E, N, act)
+void MoeGluBackward(const Napi::CallbackInfo& info) {
+  long T = Int(info, 14), d = Int(info, 15), h = Int(info, 16), E = Int(info, 17), N = Int(info, 18);
+  int act = info[19].As<Napi::Number>().Int32Value();
+  const float* dout = F32(info, 0, T * d, "dy");
+  const float* x = F32(info, 1, T * d, "x");
+  const float* w1 = F32(info, 2, E * d * h, "w1");
+  const float* w3 = F32(info, 3, E * d * h, "w3");
+  const float* w2 = F32(info, 4, E * h * d, "w2");
+  const int* tok = I32(info, 5, N, "tokenIndex");
+  const int* exp = I32(info, 6, N, "expertIndex");
+  const float* weight = F32(info, 7, N, "weight");
+  const float* hidden = F32(info, 8, N * 2 * h, "hidden");
+  float* dx = F32(info, 9, T * d, "dx");
+  float* dw1 = F32(info, 10, E * d * h, "dw1");
+  float* dw3 = F32(info, 11, E * d * h, "dw3");
+  float* dw2 = F32(info, 12, E * h * d, "dw2");
+  float* dweight = F32(info, 13, N, "dweight");
+  checkIdx(info, tok, N, T, "tokenIndex");
+  checkIdx(info, exp, N, E, "expertIndex");
+  moe_glu_backward(dout, x, w1, w3, w2, tok, exp, weight, hidden, dx, dw1, dw3, dw2, dweight, static_cast<int>(T),
+                   static_cast<int>(d), static_cast<int>(h), static_cast<int>(E), N, act);
+}
+
 // (x, w, inRow, outRow, exp, weight, out, R, din, dout, E, N, outRows)
 void MoeLinearForward(const Napi::CallbackInfo& info) {
   long R = Int(info, 7), din = Int(info, 8), dout = Int(info, 9), E = Int(info, 10), N = Int(info, 11),
@@ -355,6 +398,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("segmentSum", Napi::Function::New(env, SegmentSum));
   exports.Set("moeMlpForward", Napi::Function::New(env, MoeMlpForward));
   exports.Set("moeMlpBackward", Napi::Function::New(env, MoeMlpBackward));
+  exports.Set("moeGluForward", Napi::Function::New(env, MoeGluForward));
+  exports.Set("moeGluBackward", Napi::Function::New(env, MoeGluBackward));
   exports.Set("moeLinearForward", Napi::Function::New(env, MoeLinearForward));
   exports.Set("moeLinearBackward", Napi::Function::New(env, MoeLinearBackward));
   exports.Set("causalAttentionForward", Napi::Function::New(env, CausalAttentionForward));

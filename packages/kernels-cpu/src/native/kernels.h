@@ -80,6 +80,15 @@ void moe_mlp_backward(const float* dout, const float* x, const float* w1, const 
                       const int* exp, const float* weight, const float* hidden, float* dx, float* dw1, float* dw2,
                       float* dweight, int T, int d, int h, int E, long N, int act);
 
+// Gated (GLU) experts: out[T,d] = sum over assignments n of weight[n] * (act(x[tok[n]] @ w1[e_n]) *
+// (x[tok[n]] @ w3[e_n])) @ w2[e_n]; w1, w3 [E,d,h], w2 [E,h,d]. hidden[N,2h] receives each
+// assignment's two pre-activations [x w1 | x w3] in expert-sorted order (saved for the backward).
+void moe_glu_forward(const float* x, const float* w1, const float* w3, const float* w2, const int* tok, const int* exp,
+                     const float* weight, float* out, float* hidden, int T, int d, int h, int E, long N, int act);
+void moe_glu_backward(const float* dout, const float* x, const float* w1, const float* w3, const float* w2,
+                      const int* tok, const int* exp, const float* weight, const float* hidden, float* dx, float* dw1,
+                      float* dw3, float* dw2, float* dweight, int T, int d, int h, int E, long N, int act);
+
 // out[outRow[n]] += weight[n] * x[inRow[n]] @ w[e_n]; out is [outRows, dout].
 void moe_linear_forward(const float* x, const float* w, const int* inRow, const int* outRow, const int* exp,
                         const float* weight, float* out, int R, int din, int dout, int E, long N, int outRows);

@@ -1,0 +1,158 @@
+/**
+ * The fused gated (GLU) MoE experts as tfjs kernels for the moelab-cpu backend, their gradient, and
+ * an op function to call them:
+ *
+ *   out[t] = sum_{n: tokenIndex[n] = t} weight[n] * (act(x[t] W1[e_n]) * (x[t] W3[e_n])) W2[e_n]
+ *
+ * (SwiGLU with silu, GeGLU with gelu, ReGLU with relu; Shazeer 2020, arXiv:2002.05202.)
+ *
+ * Kernel contracts (any backend may implement them; the gradient is registered once, globally):
+ *  - `MoelabMoeGLU`: inputs x [T,d], w1 [E,d,h], w3 [E,d,h], w2 [E,h,d], tokenIndex [N] int32,
+ *    expertIndex [N] int32, weight [N]; attr activation (the gate's: 'relu'|'gelu'|'silu'|'relu2'|
+ *    'identity', gelu = exact erf). Outputs [out [T,d], hidden [N,2h]]: `hidden` is what the backward
+ *    kernel needs of each assignment (moelab-cpu: the two pre-activations [x W1 | x W3] in its own
+ *    order), kept only for the backward kernel (saved through `outputsToSave`).
+ *  - `MoelabMoeGLUGrad`: inputs dy, x, w1, w3, w2, tokenIndex, expertIndex, weight, hidden; attr
+ *    activation. Outputs [dx, dw1, dw3, dw2, dweight].
+ */
+import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
+import type * as tfTypes from '@tensorflow/tfjs';
+import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
+import { ints, values } from './kernels.js';
+import { MOE_ACTIVATIONS, type MoeActivation } from './moe.js';
+import type { NativeAddon } from './native.js';
+import { outputArray } from './storage.js';
+
+export const MOE_GLU = 'MoelabMoeGLU';
+export const MOE_GLU_GRAD = 'MoelabMoeGLUGrad';
+
+function actCode(a: unknown): number {
+  const code = MOE_ACTIVATIONS[a as MoeActivation];
+  if (code === undefined) {
+    throw new Error(`${MOE_GLU}: unknown activation '${String(a)}' (expected ${Object.keys(MOE_ACTIVATIONS).join(', ')})`);
+  }
+  return code;
+}
+
+function gluShapes(kernel: string, inputs: Record<string, TensorInfo>) {
+  expectDtype(kernel, inputs, ['x', 'w1', 'w3', 'w2', 'weight']);
+  expectDtype(kernel, inputs, ['tokenIndex', 'expertIndex'], 'int32');
+  const { x, w1, tokenIndex } = inputs;
+  if (x.shape.length !== 2 || w1.shape.length !== 3) throw new Error(`${kernel}: x must be [T,d] and w1 [E,d,h]`);
+  const [T, d] = x.shape;
+  const [E, , h] = w1.shape;
+  const N = tokenIndex.shape.reduce((a, b) => a * b, 1);
+  expectShape(kernel, 'w1', w1, [E, d, h]);
+  expectShape(kernel, 'w3', inputs.w3, [E, d, h]);
+  expectShape(kernel, 'w2', inputs.w2, [E, h, d]);
+  expectShape(kernel, 'tokenIndex', tokenIndex, [N]);
+  expectShape(kernel, 'expertIndex', inputs.expertIndex, [N]);
+  expectShape(kernel, 'weight', inputs.weight, [N]);
+  return { T, d, h, E, N };
+}
+
+export function makeMoeGluKernels(native: NativeAddon, backendName: string): KernelConfig[] {
+  const be = (args: Args) => args.backend as unknown as MathBackendCPU;
+
+  const glu = (args: Args): TensorInfo[] => {
+    const backend = be(args);
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const act = actCode(args.attrs?.activation);
+    const { T, d, h, E, N } = gluShapes(MOE_GLU, inputs);
+    // Native-written outputs come from the pool; without the native call they must be zeros.
+    const alloc = T * d > 0 ? outputArray : (n: number) => new Float32Array(n);
+    const out = alloc(T * d);
+    const hidden = alloc(N * 2 * h);
+    if (T * d > 0) {
+      const v = (n: string) => values(backend, inputs[n]);
+      const i = (n: string) => ints(backend, inputs[n]);
+      native.moeGluForward(v('x'), v('w1'), v('w3'), v('w2'), i('tokenIndex'), i('expertIndex'), v('weight'), out, hidden, T, d, h, E, N, act);
+    }
+    return [backend.makeTensorInfo([T, d], 'float32', out), backend.makeTensorInfo([N, 2 * h], 'float32', hidden)];
+  };
+
+  const gluGrad = (args: Args): TensorInfo[] => {
+    const backend = be(args);
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const act = actCode(args.attrs?.activation);
+    const { T, d, h, E, N } = gluShapes(MOE_GLU_GRAD, inputs);
+    expectShape(MOE_GLU_GRAD, 'dy', inputs.dy, [T, d]);
+    expectShape(MOE_GLU_GRAD, 'hidden', inputs.hidden, [N, 2 * h]);
+    // Every element is written by the native backward (empty experts get zero gradients there).
+    const dx = outputArray(T * d);
+    const dw1 = outputArray(E * d * h);
+    const dw3 = outputArray(E * d * h);
+    const dw2 = outputArray(E * h * d);
+    const dweight = outputArray(N);
+    const v = (n: string) => values(backend, inputs[n]);
+    const i = (n: string) => ints(backend, inputs[n]);
+    native.moeGluBackward(
+      v('dy'),
+      v('x'),
+      v('w1'),
+      v('w3'),
+      v('w2'),
+      i('tokenIndex'),
+      i('expertIndex'),
+      v('weight'),
+      v('hidden'),
+      dx,
+      dw1,
+      dw3,
+      dw2,
+      dweight,
+      T,
+      d,
+      h,
+      E,
+      N,
+      act,
+    );
+    return [
+      backend.makeTensorInfo([T, d], 'float32', dx),
+      backend.makeTensorInfo([E, d, h], 'float32', dw1),
+      backend.makeTensorInfo([E, d, h], 'float32', dw3),
+      backend.makeTensorInfo([E, h, d], 'float32', dw2),
+      backend.makeTensorInfo([N], 'float32', dweight),
+    ];
+  };
+
+  return [
+    { kernelName: MOE_GLU, backendName, kernelFunc: glu as unknown as KernelFunc },
+    { kernelName: MOE_GLU_GRAD, backendName, kernelFunc: gluGrad as unknown as KernelFunc },
+  ];
+}
+
+/**
+ * The gradient of `MoelabMoeGLU`, registered once for every backend: the backward work is the
+ * `MoelabMoeGLUGrad` kernel, run eagerly here (tfjs runs each closure in its own tidy, which would
+ * dispose the outputs meant for the other inputs).
+ */
+export function registerMoeGluGradient(tf: Tf): void {
+  const zerosFor = (t: Tensor) => () => tf.zeros(t.shape, 'float32');
+  tf.registerGradient({
+    kernelName: MOE_GLU,
+    inputsToSave: ['x', 'w1', 'w3', 'w2', 'tokenIndex', 'expertIndex', 'weight'],
+    outputsToSave: [false, true],
+    gradFunc: (dy, saved, attrs) => {
+      const dOut = Array.isArray(dy) ? dy[0] : dy;
+      const [x, w1, w3, w2, tokenIndex, expertIndex, weight, hidden] = saved;
+      const [dx, dw1, dw3, dw2, dweight] = tf
+        .engine()
+        .runKernel(
+          MOE_GLU_GRAD,
+          { dy: dOut, x, w1, w3, w2, tokenIndex, expertIndex, weight, hidden } as unknown as tfTypes.NamedTensorMap,
+          attrs as tfTypes.NamedAttrMap,
+        ) as Tensor[];
+      return {
+        x: () => dx,
+        w1: () => dw1,
+        w3: () => dw3,
+        w2: () => dw2,
+        weight: () => dweight,
+        tokenIndex: zerosFor(tokenIndex),
+        expertIndex: zerosFor(expertIndex),
+      };
+    },
+  });
+}

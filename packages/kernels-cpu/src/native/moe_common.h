@@ -1,0 +1,174 @@
+// Building blocks shared by the fused MoE expert ops (moe.cc, moe_glu.cc): assignments grouped by
+// expert with a stable counting sort, row gathers, per-destination (CSR) scatter-adds so threads
+// own output rows (no atomics, results independent of the thread count), per-expert weight
+// gradients, and the activations as template parameters.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "gemm.h"
+#include "kernels.h"
+#include "pool.h"
+
+namespace moelab {
+namespace moe_detail {
+
+// Uninitialised float scratch, freed when the op returns (every element is written before read).
+struct Scratch {
+  std::unique_ptr<float[]> p;
+  explicit Scratch(long n) : p(n > 0 ? new float[n] : nullptr) {}
+  float* get() const { return p.get(); }
+};
+
+// Assignments grouped by key (expert, or destination row), stable in n: order[off[k]..off[k+1]).
+struct Groups {
+  std::vector<long> off;
+  std::vector<long> order;
+  Groups(const int* key, long n, int nkeys) : off(nkeys + 1, 0), order(n) {
+    for (long i = 0; i < n; i++) off[key[i] + 1]++;
+    for (int k = 0; k < nkeys; k++) off[k + 1] += off[k];
+    std::vector<long> fill(off.begin(), off.end() - 1);
+    for (long i = 0; i < n; i++) order[fill[key[i]]++] = i;
+  }
+};
+
+// Rows of `by` sorted position: for destination-grouped sums we need, per destination row, the
+// sorted positions of its assignments. pos[n] = sorted position of assignment n.
+inline std::vector<long> positions(const Groups& g) {
+  std::vector<long> pos(g.order.size());
+  for (size_t p = 0; p < g.order.size(); p++) pos[g.order[p]] = static_cast<long>(p);
+  return pos;
+}
+
+// A unit of per-expert work: rows [r0, r1) of expert e's block (in sorted positions).
+struct Chunk {
+  int e;
+  long r0, r1;
+};
+
+// Chunks of at most `maxRows` rows; big experts are split so two threads can share them.
+inline std::vector<Chunk> chunks(const Groups& g, int E, long N) {
+  long target = std::max<long>(64, (N + pool_threads() * 4 - 1) / (pool_threads() * 4));
+  std::vector<Chunk> out;
+  for (int e = 0; e < E; e++) {
+    long a = g.off[e], b = g.off[e + 1];
+    if (a == b) continue;
+    long n = b - a, pieces = (n + target - 1) / target, step = (n + pieces - 1) / pieces;
+    for (long r = a; r < b; r += step) out.push_back({e, r, std::min(b, r + step)});
+  }
+  return out;
+}
+
+// The activation as a template parameter: the per-element loops below then compile to one
+// branch-free (vectorised, for ReLU and ReLU^2) loop per activation instead of a switch per element.
+template <int ACT>
+inline float act_t(float v) {
+  if constexpr (ACT == kRelu) return v > 0.f ? v : 0.f;
+  if constexpr (ACT == kGelu) return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+  if constexpr (ACT == kSilu) return v / (1.f + std::exp(-v));
+  if constexpr (ACT == kRelu2) return v > 0.f ? v * v : 0.f;
+  return v;
+}
+
+template <int ACT>
+inline float act_grad_t(float v) {
+  if constexpr (ACT == kRelu) return v > 0.f ? 1.f : 0.f;
+  if constexpr (ACT == kGelu)
+    return 0.5f * (1.f + std::erf(v * 0.70710678118654752f)) + v * 0.39894228040143268f * std::exp(-0.5f * v * v);
+  if constexpr (ACT == kSilu) {
+    float s = 1.f / (1.f + std::exp(-v));
+    return s * (1.f + v * (1.f - s));
+  }
+  if constexpr (ACT == kRelu2) return v > 0.f ? 2.f * v : 0.f;
+  return 1.f;
+}
+
+// out[k] = act(in[k]) for k < n.
+template <int ACT>
+void act_rows(const float* in, float* out, long n) {
+  for (long k = 0; k < n; k++) out[k] = act_t<ACT>(in[k]);
+}
+
+// dot(a, b) over n floats with eight partial sums (a plain float sum would not vectorise).
+inline float dot8(const float* a, const float* b, int n) {
+  float part[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  int j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; l++) part[l] += a[j + l] * b[j + l];
+  float s = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  for (; j < n; j++) s += a[j] * b[j];
+  return s;
+}
+
+// Calls f(std::integral_constant<int, ACT>{}) for the runtime activation code: one switch per
+// expert block, not per element.
+template <class F>
+void with_act(int act, F&& f) {
+  switch (act) {
+    case kRelu:
+      return f(std::integral_constant<int, kRelu>{});
+    case kGelu:
+      return f(std::integral_constant<int, kGelu>{});
+    case kSilu:
+      return f(std::integral_constant<int, kSilu>{});
+    case kRelu2:
+      return f(std::integral_constant<int, kRelu2>{});
+    default:
+      return f(std::integral_constant<int, kIdentity>{});
+  }
+}
+
+// dst[row r] = sum over the assignments of r of scale(n) * src[pos[n]], rows [0, rows), width w.
+template <class Scale>
+void scatter_rows(const Groups& byDst, const std::vector<long>& pos, const float* src, float* dst, long rows, int w,
+                  Scale scale) {
+  int tasks = static_cast<int>(std::min<long>(pool_threads() * 4L, std::max<long>(1, rows * w / 16384)));
+  long step = (rows + tasks - 1) / std::max(1, tasks);
+  parallel_for(tasks, [&](int t) {
+    long a = t * step, b = std::min(rows, a + step);
+    for (long r = a; r < b; r++) {
+      float* o = dst + r * w;
+      std::memset(o, 0, sizeof(float) * w);
+      for (long q = byDst.off[r]; q < byDst.off[r + 1]; q++) {
+        long n = byDst.order[q];
+        float s = scale(n);
+        const float* y = src + pos[n] * static_cast<long>(w);
+        for (int j = 0; j < w; j++) o[j] += s * y[j];
+      }
+    }
+  });
+}
+
+// dst[p] = src[row[order[p]]] for p in [r0, r1), width w.
+inline void gather_rows(const float* src, const int* row, const Groups& g, long r0, long r1, int w, float* dst) {
+  for (long p = r0; p < r1; p++)
+    std::memcpy(dst + p * static_cast<long>(w), src + static_cast<long>(row[g.order[p]]) * w, sizeof(float) * w);
+}
+
+// Weight gradients dW[e] = A_e^T @ B_e for each expert (A rows width m, B rows width n with row
+// stride ldb, dW[e] an m x n block): tasks over experts and, for few experts, over column blocks of
+// dW so both threads have work.
+inline void expert_weight_grads(const Groups& g, int E, const float* A, int m, const float* B, int n, int ldb,
+                                float* dW) {
+  int colSplit = E >= pool_threads() * 4 ? 1 : std::max(1, std::min(n / 64, (pool_threads() * 4 + E - 1) / E));
+  int step = ((n + colSplit - 1) / colSplit + 15) / 16 * 16;
+  int tiles = (n + step - 1) / step;
+  parallel_for(E * tiles, [&](int t) {
+    int e = t / tiles, c0 = (t % tiles) * step, nc = std::min(step, n - c0);
+    if (nc <= 0) return;
+    long a = g.off[e], rows = g.off[e + 1] - a;
+    float* out = dW + static_cast<long>(e) * m * n + c0;
+    if (rows == 0) {
+      for (int i = 0; i < m; i++) std::memset(out + static_cast<long>(i) * n, 0, sizeof(float) * nc);
+      return;
+    }
+    sgemm_st(true, false, m, nc, static_cast<int>(rows), 1.f, A + a * m, m, B + a * ldb + c0, ldb, 0.f, out, n);
+  });
+}
+
+}  // namespace moe_detail
+}  // namespace moelab

@@ -1,0 +1,122 @@
+// Fused gated (GLU) MoE experts: out[t] = sum_n weight[n] * (act(x_t W1[e]) * (x_t W3[e])) W2[e].
+//
+// Forward, per block of rows of one expert (rows sorted by expert, see moe_common.h):
+//   [a | b] = xs [W1[e] | W3[e]]      (two GEMMs writing the two halves of each saved row)
+//   u = act(a) * b,  y = u W2[e],     out[t] += weight[n] * y[n]   (CSR scatter-add)
+// Backward, with G = dOut_rows W2[e]^T (the gradient of u before the routing weight):
+//   dweight[n] = G[n] . u[n]
+//   da = weight * G * b * act'(a),  db = weight * G * act(a)     (written over the saved layout)
+//   dW2[e] = u^T (weight * dOut_rows),  dW1[e] = xs^T da,  dW3[e] = xs^T db
+//   dx[t] += da W1[e]^T + db W3[e]^T
+// The saved tensor holds [a | b] per assignment (N x 2h): u is recomputed from it in the backward,
+// which costs one activation per element and saves an N x h buffer between the passes.
+#include "moe_common.h"
+
+namespace moelab {
+namespace {
+
+using namespace moe_detail;
+
+// u = act(a) * b over one block; a and b are the halves of rows of width 2h.
+template <int ACT>
+void gate_rows(const float* ab, float* u, long rows, int h) {
+  for (long r = 0; r < rows; r++) {
+    const float* a = ab + r * 2L * h;
+    const float* b = a + h;
+    float* ur = u + r * h;
+    for (int j = 0; j < h; j++) ur[j] = act_t<ACT>(a[j]) * b[j];
+  }
+}
+
+// The gate's backward over one block. On entry the first half of each row of gab holds G (the
+// gradient of u), the second half is unused; pre holds the saved [a | b]. On exit u = act(a) * b
+// (for dW2), dweight[n] = G . u, and gab's row is [da | db] (routing weight included).
+template <int ACT>
+void gate_backward_rows(const float* pre, float* gab, float* u, long rows, int h, const long* order,
+                        const float* weight, float* dweight) {
+  for (long r = 0; r < rows; r++) {
+    const long n = order[r];
+    const float wn = weight[n];
+    const float* a = pre + r * 2L * h;
+    const float* b = a + h;
+    float* g = gab + r * 2L * h;
+    float* db = g + h;
+    float* ur = u + r * h;
+    // db first holds act(a): the loops stay simple enough to vectorise.
+    for (int j = 0; j < h; j++) db[j] = act_t<ACT>(a[j]);
+    for (int j = 0; j < h; j++) ur[j] = db[j] * b[j];
+    dweight[n] = dot8(g, ur, h);
+    for (int j = 0; j < h; j++) {
+      const float wg = wn * g[j];
+      g[j] = wg * b[j] * act_grad_t<ACT>(a[j]);
+      db[j] = wg * db[j];
+    }
+  }
+}
+
+}  // namespace
+
+void moe_glu_forward(const float* x, const float* w1, const float* w3, const float* w2, const int* tok, const int* exp,
+                     const float* weight, float* out, float* hidden, int T, int d, int h, int E, long N, int act) {
+  Groups byExp(exp, N, E);
+  Groups byTok(tok, N, T);
+  std::vector<long> pos = positions(byExp);
+  Scratch xs(N * d), u(N * h), y(N * d);
+  const long h2 = 2L * h;
+  std::vector<Chunk> cs = chunks(byExp, E, N);
+  parallel_for(static_cast<int>(cs.size()), [&](int i) {
+    const Chunk& c = cs[i];
+    const long rows = c.r1 - c.r0;
+    const long we = static_cast<long>(c.e) * d * h;
+    gather_rows(x, tok, byExp, c.r0, c.r1, d, xs.get());
+    const float* xr = xs.get() + c.r0 * d;
+    float* ab = hidden + c.r0 * h2;
+    sgemm_st(false, false, rows, h, d, 1.f, xr, d, w1 + we, h, 0.f, ab, h2);
+    sgemm_st(false, false, rows, h, d, 1.f, xr, d, w3 + we, h, 0.f, ab + h, h2);
+    with_act(act, [&](auto A) { gate_rows<decltype(A)::value>(ab, u.get() + c.r0 * h, rows, h); });
+    sgemm_st(false, false, rows, d, h, 1.f, u.get() + c.r0 * h, h, w2 + we, d, 0.f, y.get() + c.r0 * d, d);
+  });
+  scatter_rows(byTok, pos, y.get(), out, T, d, [&](long n) { return weight[n]; });
+}
+
+void moe_glu_backward(const float* dout, const float* x, const float* w1, const float* w3, const float* w2,
+                      const int* tok, const int* exp, const float* weight, const float* hidden, float* dx, float* dw1,
+                      float* dw3, float* dw2, float* dweight, int T, int d, int h, int E, long N, int act) {
+  Groups byExp(exp, N, E);
+  Groups byTok(tok, N, T);
+  std::vector<long> pos = positions(byExp);
+  const long h2 = 2L * h;
+  Scratch xs(N * d), dy(N * d), gab(N * h2), u(N * h), dxs(N * d);
+  std::vector<Chunk> cs = chunks(byExp, E, N);
+  parallel_for(static_cast<int>(cs.size()), [&](int i) {
+    const Chunk& c = cs[i];
+    const long rows = c.r1 - c.r0;
+    const long we = static_cast<long>(c.e) * d * h;
+    gather_rows(x, tok, byExp, c.r0, c.r1, d, xs.get());
+    gather_rows(dout, tok, byExp, c.r0, c.r1, d, dy.get());
+    float* g = gab.get() + c.r0 * h2;
+    float* dyr = dy.get() + c.r0 * d;
+    // G = dOut_rows W2^T into the first half of each row.
+    sgemm_st(false, true, rows, h, d, 1.f, dyr, d, w2 + we, d, 0.f, g, h2);
+    const long* order = byExp.order.data() + c.r0;
+    with_act(act, [&](auto A) {
+      gate_backward_rows<decltype(A)::value>(hidden + c.r0 * h2, g, u.get() + c.r0 * h, rows, h, order, weight,
+                                             dweight);
+    });
+    for (long r = 0; r < rows; r++) {
+      const float wn = weight[order[r]];
+      float* row = dyr + r * d;
+      for (int j = 0; j < d; j++) row[j] *= wn;  // weight * dOut (for dW2)
+    }
+    float* dxr = dxs.get() + c.r0 * d;
+    sgemm_st(false, true, rows, d, h, 1.f, g, h2, w1 + we, h, 0.f, dxr, d);
+    sgemm_st(false, true, rows, d, h, 1.f, g + h, h2, w3 + we, h, 1.f, dxr, d);
+  });
+  // Experts with no assignment still get (zero) weight gradients.
+  expert_weight_grads(byExp, E, u.get(), h, dy.get(), d, d, dw2);
+  expert_weight_grads(byExp, E, xs.get(), d, gab.get(), h, h2, dw1);
+  expert_weight_grads(byExp, E, xs.get(), d, gab.get() + h, h, h2, dw3);
+  scatter_rows(byTok, pos, dxs.get(), dx, T, d, [](long) { return 1.f; });
+}
+
+}  // namespace moelab
