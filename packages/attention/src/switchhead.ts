@@ -25,6 +25,7 @@ import {
   causalMixingMacs,
   defineEntry,
   dropout,
+  ensureCarry,
   entropyBalanceReg,
   type ForwardContext,
   flatten2d,
@@ -34,9 +35,12 @@ import {
   Module,
   MoelabError,
   moeLinear,
+  privateCarryKey,
+  readCarry,
   type Rng,
   applyRope,
   splitHeads,
+  takeCarry,
   Type,
   tf,
 } from '@moelab/core';
@@ -108,7 +112,8 @@ export class SwitchHead extends Module implements AttentionModule {
   readonly selO: tf.Variable;
   /** Channels of each head rotated by RoPE. */
   readonly nRotate: number;
-  private history: { ctx: ForwardContext | null; o: tf.Tensor4D[]; v: tf.Tensor4D[] } = { ctx: null, o: [], v: [] };
+  /** Where this module keeps the selection logits of its calls in the current forward pass (training only), for the regularisers. */
+  private readonly callsKey = privateCarryKey<{ o: tf.Tensor4D[]; v: tf.Tensor4D[] }>('switchhead');
 
   constructor(
     readonly dModel: number,
@@ -229,15 +234,15 @@ export class SwitchHead extends Module implements AttentionModule {
   }
 
   private record(ctx: ForwardContext, o: tf.Tensor4D, v: tf.Tensor4D): void {
-    if (this.history.ctx !== ctx) this.history = { ctx, o: [], v: [] };
-    this.history.o.push(o);
-    this.history.v.push(v);
+    const calls = ensureCarry(ctx, this.callsKey, () => ({ o: [], v: [] }));
+    calls.o.push(o);
+    calls.v.push(v);
   }
 
   /** The unscaled regularisers over the calls of this forward pass: -mean_{b,h} H(p̄) for the o and v routers (null if none recorded). */
   regularizers(ctx: ForwardContext): { o: tf.Scalar; v: tf.Scalar } | null {
-    const h = this.history;
-    if (h.ctx !== ctx || h.o.length === 0) return null;
+    const h = readCarry(ctx, this.callsKey);
+    if (!h?.o.length) return null;
     const term = (calls: tf.Tensor4D[]) => {
       const [B, , H, E] = calls[0]!.shape;
       const all = tf.concat(calls, 1); // [B, T·R, H, E]
@@ -248,7 +253,7 @@ export class SwitchHead extends Module implements AttentionModule {
 
   override finalizeForward(ctx: ForwardContext): void {
     const r = this.regularizers(ctx);
-    this.history = { ctx: null, o: [], v: [] };
+    takeCarry(ctx, this.callsKey);
     if (!r) return;
     ctx.aux.push({ name: 'att_entropy_o', layer: this.path, value: r.o, coef: this.options.balanceCoef });
     ctx.aux.push({ name: 'att_entropy_v', layer: this.path, value: r.v, coef: this.options.balanceCoef });

@@ -66,15 +66,69 @@ export interface ForwardContext {
   /** Token ids of the forward pass, flattened row-major like the rows MoE layers see (set by the language model; hash routers read it). */
   tokenIds?: Int32Array;
   /**
-   * State carried between the layers of ONE forward pass (specs/routers.md §2.1 `carry`), keyed by an id
-   * the producers agree on (e.g. a shared recurrent router's group): each MoE layer reads what the
-   * previous one in execution order left and overwrites it. Created lazily by the first writer.
+   * State that lives for ONE forward pass, read and written only through `CarryKey`s (`readCarry`,
+   * `writeCarry`, `ensureCarry`, `takeCarry`). The language model starts every forward pass with an empty carry;
+   * a fresh context has none until the first write. Two uses:
+   * - state handed from layer to layer, under a key the layers agree on by name (a shared recurrent
+   *   router's hidden state, `rmoe:<group>`; MONET's routing reused by the next layers, `monet:routing`);
+   * - what one module gathers over its calls until `finalizeForward` (a regulariser over every repeat of a
+   *   shared layer), under a key private to that module (`privateCarryKey`).
    */
   carry?: Map<string, unknown>;
 }
 
 export function forwardContext(rng: Rng, training: boolean, extra: Partial<ForwardContext> = {}): ForwardContext {
   return { training, rng, aux: [], routing: [], ...extra };
+}
+
+/**
+ * A typed slot of `ForwardContext.carry`: `name` identifies the slot, `T` is the type of what it holds.
+ * Keys with the same name address the same slot, so producers and consumers in different modules meet
+ * by agreeing on the name.
+ */
+export interface CarryKey<T> {
+  readonly name: string;
+  /** Never set: only carries the slot's value type. */
+  readonly valueType?: (value: T) => T;
+}
+
+/** The key of the slot called `name`. */
+export function carryKey<T>(name: string): CarryKey<T> {
+  return { name };
+}
+
+let privateCarrySlots = 0;
+
+/** A key no other call returns (its name is `label#n`): for state one module instance keeps to itself. */
+export function privateCarryKey<T>(label: string): CarryKey<T> {
+  return { name: `${label}#${privateCarrySlots++}` };
+}
+
+/** What this forward pass holds under `key`, or undefined. */
+export function readCarry<T>(ctx: ForwardContext, key: CarryKey<T>): T | undefined {
+  return ctx.carry?.get(key.name) as T | undefined;
+}
+
+/** Store `value` under `key` for the rest of this forward pass (replaces what was there). */
+export function writeCarry<T>(ctx: ForwardContext, key: CarryKey<T>, value: T): void {
+  ctx.carry ??= new Map();
+  ctx.carry.set(key.name, value);
+}
+
+/** What this forward pass holds under `key`; the first call in the pass stores and returns `create()`. */
+export function ensureCarry<T>(ctx: ForwardContext, key: CarryKey<T>, create: () => T): T {
+  const held = readCarry(ctx, key);
+  if (held !== undefined) return held;
+  const value = create();
+  writeCarry(ctx, key, value);
+  return value;
+}
+
+/** Read and remove what this forward pass holds under `key`. */
+export function takeCarry<T>(ctx: ForwardContext, key: CarryKey<T>): T | undefined {
+  const value = readCarry(ctx, key);
+  ctx.carry?.delete(key.name);
+  return value;
 }
 
 export abstract class Module {

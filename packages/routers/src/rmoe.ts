@@ -20,7 +20,23 @@
  * the pass left (layer order; shared blocks of layer grouping chain once per repeat) and overwrites it.
  * Causal-safe and batch-independent: the state is per token.
  */
-import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
+import {
+  type CarryKey,
+  Config,
+  carryKey,
+  defineEntry,
+  type ForwardContext,
+  Module,
+  MoelabError,
+  type RouteInfo,
+  type RouteResult,
+  type Router,
+  type Rng,
+  readCarry,
+  Type,
+  tf,
+  writeCarry,
+} from '@moelab/core';
 import { Balancer } from './balance.js';
 import { gatherAt, planFromChoices, renormPerToken, topkRows } from './common.js';
 
@@ -113,22 +129,21 @@ export class RMoERouter extends Module implements Router {
     return this.options.k;
   }
 
-  /** The `ctx.carry` key of this router's group. */
-  get carryKey(): string {
-    return `rmoe:${this.options.group}`;
+  /** The `ctx.carry` slot of this router's group: every RMoE router of the group reads and overwrites it. */
+  get carryKey(): CarryKey<RMoECarry> {
+    return carryKey(`rmoe:${this.options.group}`);
   }
 
   /** h_l for x [T, d] given the carried state (also stores it for the next layer). */
   state(x: tf.Tensor2D, ctx: ForwardContext): tf.Tensor2D {
-    ctx.carry ??= new Map();
-    const prev = ctx.carry.get(this.carryKey) as RMoECarry | undefined;
+    const prev = readCarry(ctx, this.carryKey);
     if (prev && prev.h.shape[0] !== x.shape[0])
       throw new MoelabError(
         `the recurrent router state left by ${prev.layer || 'the previous layer'} has ${prev.h.shape[0]} tokens but this layer routes ${x.shape[0]}; RMoE layers of one forward pass must see the same tokens (or use different groups)`,
         this.path,
       );
     const h = this.cell.step(tf.matMul(x, this.weight1, false, true) as tf.Tensor2D, prev ? prev.h : null);
-    ctx.carry.set(this.carryKey, { h, layer: this.path } satisfies RMoECarry);
+    writeCarry(ctx, this.carryKey, { h, layer: this.path });
     return h;
   }
 

@@ -21,14 +21,18 @@ import {
   Config,
   DispatchPlan,
   defineEntry,
+  ensureCarry,
   entropyBalanceReg,
   type ForwardContext,
   Module,
   MoelabError,
+  privateCarryKey,
   type RouteInfo,
   type RouteResult,
   type Router,
   type Rng,
+  readCarry,
+  takeCarry,
   Type,
   tf,
 } from '@moelab/core';
@@ -75,11 +79,18 @@ function dropMask(rng: Rng, n: number, p: number): Uint8Array {
   return m;
 }
 
+/** One training call's router logits [batch·time, E], with the [batch, time] layout they came in. */
+interface SigmaTopKCall {
+  logits: tf.Tensor2D;
+  batch: number;
+  time: number;
+}
+
 export class SigmaTopKRouter extends Module implements Router {
   readonly flags = { causalSafe: true, batchDependent: false };
   readonly weight: tf.Variable;
-  /** Logits of the calls of the current forward pass (training only), for the regulariser. */
-  private history: { ctx: ForwardContext | null; calls: { logits: tf.Tensor2D; batch: number; time: number }[] } = { ctx: null, calls: [] };
+  /** Where this router keeps the logits of its calls in the current forward pass (training only), for the regulariser. */
+  private readonly callsKey = privateCarryKey<SigmaTopKCall[]>('sigma-topk');
 
   constructor(
     readonly dModel: number,
@@ -135,17 +146,15 @@ export class SigmaTopKRouter extends Module implements Router {
   }
 
   private record(logits: tf.Tensor2D, ctx: ForwardContext, info?: RouteInfo): void {
-    // A new forward pass (finalizeForward was not called for the previous one): start afresh.
-    if (this.history.ctx !== ctx) this.history = { ctx, calls: [] };
     const lead = info?.batchShape ?? [logits.shape[0]];
     const time = lead.length >= 2 ? lead[lead.length - 1]! : logits.shape[0];
-    this.history.calls.push({ logits, batch: logits.shape[0] / time, time });
+    ensureCarry(ctx, this.callsKey, () => []).push({ logits, batch: logits.shape[0] / time, time });
   }
 
   /** The unscaled regulariser over the calls recorded in this forward pass (null if none). */
   regularizer(ctx: ForwardContext): tf.Scalar | null {
-    if (this.history.ctx !== ctx || this.history.calls.length === 0) return null;
-    const calls = this.history.calls;
+    const calls = readCarry(ctx, this.callsKey);
+    if (!calls?.length) return null;
     const E = this.numExperts;
     let grouped: tf.Tensor3D;
     if (this.options.balance === 'global') {
@@ -169,7 +178,7 @@ export class SigmaTopKRouter extends Module implements Router {
 
   override finalizeForward(ctx: ForwardContext): void {
     const reg = this.regularizer(ctx);
-    this.history = { ctx: null, calls: [] };
+    takeCarry(ctx, this.callsKey);
     if (reg) ctx.aux.push({ name: 'entropy_balance', layer: this.path, value: reg, coef: this.options.balanceCoef });
   }
 }

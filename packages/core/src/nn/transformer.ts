@@ -120,7 +120,7 @@ export class TransformerLM extends Module {
     }
     const ids = tokens.dataSync();
     ctx.tokenIds = ids instanceof Int32Array ? ids : Int32Array.from(ids as ArrayLike<number>);
-    ctx.carry = new Map(); // cross-layer state (RMoE) starts empty in every forward pass
+    ctx.carry = new Map(); // per-forward state (ForwardContext.carry) starts empty in every forward pass
     let h = this.embedding.forward(tokens);
     if (this.options.embeddingScale !== 1) h = tf.mul(h, this.options.embeddingScale);
     for (const i of this.schedule) h = this.layers[i]!.forward(h, ctx);

@@ -1,0 +1,12 @@
+/**
+ * What a MONET layer needs from its expert shards, whichever decomposition (HD or VD) holds them.
+ */
+import type { Module, tf } from '@moelab/core';
+
+/** The expert bank of a MONET layer (HD or VD), as the layer sees it. */
+export interface MonetExperts extends Module {
+  /** Factored evaluation from the two groups' routing (§5/§6). x [n, d] -> [n, d]. */
+  forward(x: tf.Tensor2D, g1: tf.Tensor3D, g2: tf.Tensor3D): tf.Tensor2D;
+  /** Evaluation from an explicit (masked) score tensor G' [n, E, E] (§9). */
+  forwardScores(x: tf.Tensor2D, scores: tf.Tensor3D): tf.Tensor2D;
+}
