@@ -75,7 +75,7 @@ function updateSummary(): void {
     const built = buildModel(spec, registry, 0);
     model = built;
     const s = modelSummary(built);
-    out.textContent = `${fmt(s.parameters)} parameters · ${fmt(s.activeParameters)} active per token · ${fmt(s.nonEmbeddingParameters)} non-embedding`;
+    out.textContent = `${fmt(s.parameters)} parameters · ${fmt(s.activeParameters)} active per token · ${fmt(s.nonEmbeddingParameters)} non-embedding · ${fmt(s.forwardFlopsPerToken)} FLOPs per token (forward)`;
     out.dataset.parameters = String(s.parameters);
     out.dataset.active = String(s.activeParameters);
     err.textContent = '';

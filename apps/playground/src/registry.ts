@@ -4,7 +4,7 @@
  * presets.ts because @moelab/node is Node-only) and two micro presets small enough to train in a
  * few seconds in any browser.
  */
-import { moeutPresets, attention } from '@moelab/attention';
+import { attention, attentionMoePresets, moeutPresets } from '@moelab/attention';
 import { corePlugin, createRegistry, definePlugin, definePreset, type Plugin, type Registry } from '@moelab/core';
 import { expertPresets, experts } from '@moelab/experts';
 import { routers } from '@moelab/routers';
@@ -70,7 +70,17 @@ export const playgroundPresets = definePlugin({
   ],
 });
 
-export const playgroundPlugins: Plugin[] = [corePlugin, routers, experts, attention, foundationPresets, moeutPresets, expertPresets, playgroundPresets];
+export const playgroundPlugins: Plugin[] = [
+  corePlugin,
+  routers,
+  experts,
+  attention,
+  foundationPresets,
+  moeutPresets,
+  attentionMoePresets,
+  expertPresets,
+  playgroundPresets,
+];
 
 export function createPlaygroundRegistry(): Registry {
   return createRegistry(...playgroundPlugins);

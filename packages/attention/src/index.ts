@@ -4,10 +4,13 @@
  */
 import { definePlugin } from '@moelab/core';
 import { moeutLMFixture, switchheadFixture } from './fixtures.js';
+import { bamSoftMoA } from './bam.js';
 import { mha } from './mha.js';
 import { switchhead } from './switchhead.js';
 
 export { mha } from './mha.js';
+export { BamSoftMoA, bamSoftMoA, type BamOptions } from './bam.js';
+export { ParamGroup, expandKvHeads, routingStatsOf } from './common.js';
 export { SwitchHead, switchhead, renormRows, type SwitchHeadOptions } from './switchhead.js';
 export { moeutLMFixture, moeutSpecFromOfficialConfig, switchheadFixture } from './fixtures.js';
 export {
@@ -23,5 +26,6 @@ export {
   moeutTinyTrain,
 } from './presets/moeut.js';
 
-export const attention = definePlugin({ name: '@moelab/attention', entries: [mha, switchhead, switchheadFixture, moeutLMFixture] });
+export const attention = definePlugin({ name: '@moelab/attention', entries: [mha, switchhead, bamSoftMoA, switchheadFixture, moeutLMFixture] });
 export default attention;
+export { attentionMoePresets, bamAttnTiny, bamAttnTinySpec } from './presets/attention-moe.js';

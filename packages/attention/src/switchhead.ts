@@ -39,6 +39,7 @@ import {
   readCarry,
   type Rng,
   applyRope,
+  attentionMixingFlops,
   splitHeads,
   takeCarry,
   Type,
@@ -265,6 +266,12 @@ export class SwitchHead extends Module implements AttentionModule {
     const d = this.dModel;
     const experts = E > 1 ? 2 * K * H * d * dh + 2 * H * E * d : 2 * H * dh * d + H * d;
     return 2 * H * dh * d + experts + causalMixingMacs(H, dh, seqLen);
+  }
+
+  /** The same projections at 2 FLOPs per MAC, mixing as 2 · n_ctx · H · dh (Module.flopsPerToken's convention). */
+  override flopsPerToken(seqLen: number): number {
+    const { heads: H, headDim: dh } = this.options;
+    return 2 * (this.macsPerToken(seqLen) - causalMixingMacs(H, dh, seqLen)) + attentionMixingFlops(H, dh, seqLen);
   }
 
   override activeParameterCount(seen = new Set<Module>()): number {

@@ -251,6 +251,17 @@ export abstract class Module {
     return n;
   }
 
+  /**
+   * Forward FLOPs spent on one token with a context of `seqLen`, in the convention of Kaplan et al.
+   * (arXiv 2001.08361, Table 1) that BAM's Table 10 (arXiv 2408.08274) uses: 2 FLOPs per multiply-
+   * accumulate of a matrix product, attention mixing (scores and weighted sum) counted as
+   * 2 · seqLen · d_attn, norms, biases, activations and embedding lookups not counted. Default: twice
+   * {@link macsPerToken}; attention, norms, linear maps and containers override it.
+   */
+  flopsPerToken(seqLen: number): number {
+    return 2 * this.macsPerToken(seqLen);
+  }
+
   /** Every module of the tree once, depth first. */
   modules(): Module[] {
     const out: Module[] = [];

@@ -110,8 +110,18 @@ export const moeFFNEntry = defineEntry({
 export const transformerBlockEntry = defineEntry({
   kind: 'block',
   name: 'transformer',
-  description: 'Transformer block: attention + feed-forward with pre-, post- or peri-layernorm.',
+  description: 'Transformer block: attention + feed-forward, sequential (pre-, post- or peri-layernorm) or parallel (y = x + Attn(N(x)) + FFN(N(x))).',
+  reference: 'docs/attention-moe.md (parallel block: BAM arXiv 2408.08274 §3.1, GPT-J, PaLM)',
   schema: Config({
+    layout: Type.Union([Type.Literal('sequential'), Type.Literal('parallel')], {
+      default: 'sequential',
+      description: 'sequential: h = x + Attn(N1 x), y = h + FFN(N2 h); parallel: y = x + Attn(N x) + FFN(N x) (needs norm: pre)',
+    }),
+    norms: Type.Optional(
+      Type.Union([Type.Literal(1), Type.Literal(2)], {
+        description: 'norms per block: a parallel block has 1 (shared by both branches, BAM) or 2 (GPT-NeoX); sequential always 2',
+      }),
+    ),
     norm: Type.Union([Type.Literal('pre'), Type.Literal('post'), Type.Literal('peri')], {
       default: 'pre',
       description: 'norm placement; peri = MoEUT (norm only before softmax/sigmoid inputs)',
@@ -122,11 +132,16 @@ export const transformerBlockEntry = defineEntry({
     dropout: Type.Number({ minimum: 0, maximum: 1, default: 0 }),
   }),
   create: (c, ctx) => {
+    if (c.layout === 'parallel' && c.norm !== 'pre')
+      throw new MoelabError(`a parallel block normalises its input once (norm: "pre"); "${c.norm}" is for sequential blocks`, `${ctx.path}.norm`);
+    if (c.layout === 'sequential' && c.norms === 1)
+      throw new MoelabError('a sequential block has two norms (one per branch); norms: 1 needs layout: "parallel"', `${ctx.path}.norms`);
     const attention = ctx.build<AttentionModule>('attention', c.attention, 'attention');
     const ffn = ctx.build<FeedForward>('ffn', c.ffn, 'ffn');
     const ln1 = ctx.build<Norm>('norm', c.normType, 'normType');
-    const ln2 = ctx.build<Norm>('norm', c.normType, 'normType');
-    return new TransformerBlock(attention, ffn, ln1, ln2, c.norm, c.dropout);
+    const twoNorms = c.layout === 'sequential' || c.norms === 2;
+    const ln2 = twoNorms ? ctx.build<Norm>('norm', c.normType, 'normType') : undefined;
+    return new TransformerBlock(attention, ffn, ln1, ln2, c.norm, c.dropout, c.layout);
   },
 });
 
@@ -152,6 +167,11 @@ export const transformerLMEntry = defineEntry({
     headBias: Type.Boolean({ default: false }),
     embeddingStd: Type.Number({ exclusiveMinimum: 0, default: 0.02 }),
     embeddingScale: Type.Number({ exclusiveMinimum: 0, default: 1 }),
+    positionEmbedding: Type.Union([Type.Literal('none'), Type.Literal('learned')], {
+      default: 'none',
+      description:
+        'learned: absolute position embeddings [contextLength, dModel] added to the token embeddings (GPT-2); none: positions come from the attention (RoPE)',
+    }),
   }),
   create: (c, ctx: BuildContext) => {
     const env = { dModel: c.dModel, vocabSize: c.vocabSize, contextLength: c.contextLength, causal: true, nLayers: c.stack.groupSize * c.stack.repeats };
@@ -169,6 +189,7 @@ export const transformerLMEntry = defineEntry({
         headBias: c.headBias,
         embeddingStd: c.embeddingStd,
         embeddingScale: c.embeddingScale,
+        positionEmbedding: c.positionEmbedding,
       },
       blocks,
       outNorm,

@@ -358,7 +358,7 @@ async function cmdInspect(args: string[], o: Opts): Promise<void> {
     return;
   }
   process.stdout.write(
-    `checkpoint: ${args[0]} (step ${config.step})\nspec: ${JSON.stringify(config.spec)}\nparameters: ${summary.parameters.toLocaleString()}  active per token: ${summary.activeParameters.toLocaleString()}  non-embedding: ${summary.nonEmbeddingParameters.toLocaleString()}\n`,
+    `checkpoint: ${args[0]} (step ${config.step})\nspec: ${JSON.stringify(config.spec)}\nparameters: ${summary.parameters.toLocaleString()}  active per token: ${summary.activeParameters.toLocaleString()}  non-embedding: ${summary.nonEmbeddingParameters.toLocaleString()}\nforward FLOPs per token (n_ctx ${model.contextLength}, attention included): ${summary.forwardFlopsPerToken.toLocaleString()}\n`,
   );
   if (layers.length === 0) {
     process.stdout.write('no MoE layers (dense model)\n');

@@ -1,11 +1,11 @@
 import { corePlugin, createRegistry, type Plugin, type Registry } from '@moelab/core';
-import { attention, moeutPresets } from '@moelab/attention';
+import { attention, attentionMoePresets, moeutPresets } from '@moelab/attention';
 import { expertPresets, experts } from '@moelab/experts';
 import { routers } from '@moelab/routers';
 import { foundationPresets } from './presets.js';
 
 /** Every plugin that ships with moelab. */
-export const builtinPlugins: Plugin[] = [corePlugin, routers, experts, attention, foundationPresets, moeutPresets, expertPresets];
+export const builtinPlugins: Plugin[] = [corePlugin, routers, experts, attention, foundationPresets, moeutPresets, attentionMoePresets, expertPresets];
 
 /** A registry with every built-in plugin (plus any extra plugins, e.g. a third-party `moelab-plugin-foo`). */
 export function createDefaultRegistry(...extra: Plugin[]): Registry {

@@ -97,6 +97,14 @@ export function causalMixingMacs(heads: number, headDim: number, seqLen: number)
   return heads * headDim * (seqLen + 1);
 }
 
+/**
+ * Forward FLOPs per token of attention mixing in the Kaplan / BAM Table 10 convention: scores and the
+ * weighted sum together count 2 · n_ctx · d_attn (d_attn = heads · headDim), whatever the mask.
+ */
+export function attentionMixingFlops(heads: number, headDim: number, nCtx: number): number {
+  return 2 * nCtx * heads * headDim;
+}
+
 /** [B, T, H*dh] -> [B, H, T, dh] */
 export function splitHeads(x: tf.Tensor, heads: number): tf.Tensor {
   const [B, T, D] = x.shape as [number, number, number];
@@ -150,6 +158,17 @@ export class MultiHeadAttention extends Module implements AttentionModule {
   /** Projections plus causal attention mixing (q.k and A.v over (seqLen + 1) / 2 keys on average). */
   override macsPerToken(seqLen: number): number {
     return super.macsPerToken(seqLen) + causalMixingMacs(this.heads, this.headDim, seqLen);
+  }
+
+  /** QKV and output projections (2 FLOPs per weight) plus 2 · n_ctx · d_attn of mixing (BAM Table 10). */
+  override flopsPerToken(seqLen: number): number {
+    return (
+      this.q.flopsPerToken(seqLen) +
+      this.k.flopsPerToken(seqLen) +
+      this.v.flopsPerToken(seqLen) +
+      this.o.flopsPerToken(seqLen) +
+      attentionMixingFlops(this.heads, this.headDim, seqLen)
+    );
   }
 
   forward(x: tf.Tensor, _ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {

@@ -34,6 +34,11 @@ export class Linear extends Module {
     if (opts.bias) this.bias = this.param('bias', new Float32Array(outFeatures), [outFeatures]);
   }
 
+  /** The matrix product only (biases are not counted: {@link Module.flopsPerToken}). */
+  override flopsPerToken(_seqLen: number): number {
+    return 2 * this.inFeatures * this.outFeatures;
+  }
+
   forward(x: tf.Tensor): tf.Tensor {
     const lead = x.shape.slice(0, -1);
     const y2 = tf.matMul(flatten2d(x), this.weight, false, true);
@@ -90,6 +95,11 @@ export class LayerNorm extends Module implements Norm {
     if (withBias) this.bias = this.param('bias', new Float32Array(dim), [dim]);
   }
 
+  /** Norms are not counted ({@link Module.flopsPerToken}). */
+  override flopsPerToken(_seqLen: number): number {
+    return 0;
+  }
+
   forward(x: tf.Tensor): tf.Tensor {
     if (x.rank >= 1 && hasKernel(LAYER_NORM_KERNEL)) {
       const inputs = this.bias ? { x, gamma: this.weight, beta: this.bias } : { x, gamma: this.weight };
@@ -120,6 +130,11 @@ export class RMSNorm extends Module implements Norm {
   ) {
     super();
     this.weight = this.param('weight', new Float32Array(dim).fill(1), [dim]);
+  }
+
+  /** Norms are not counted ({@link Module.flopsPerToken}). */
+  override flopsPerToken(_seqLen: number): number {
+    return 0;
   }
 
   forward(x: tf.Tensor): tf.Tensor {

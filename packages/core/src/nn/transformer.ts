@@ -2,6 +2,13 @@
  * The transformer language model and its block, with layer grouping (MoEUT): `groupSize` distinct
  * blocks run `repeats` times in "abab" (or "aabb") order with shared weights, so gradients from every
  * repeat accumulate into one parameter set.
+ *
+ * Block layouts (docs/attention-moe.md):
+ *   sequential (pre-norm):  h = x + Attn(N1(x));   y = h + FFN(N2(h))
+ *   parallel (GPT-J, PaLM, BAM arXiv 2408.08274 §3.1):  u = N(x);   y = x + Attn(u) + FFN(u)
+ *     (one norm shared by both branches; `norms: 2` gives each branch its own, as GPT-NeoX does).
+ * Positions: RoPE inside attention, and/or learned absolute embeddings added to the token embeddings
+ * (`positionEmbedding: "learned"`, GPT-2's `wpe`): h_0[t] = E[token_t]·scale + P[t].
  */
 import type { ForwardContext } from '../module.js';
 import { Module, ModuleDict, ModuleList } from '../module.js';
@@ -12,40 +19,58 @@ import { dropout, Embedding, Linear, type Norm } from './layers.js';
 import type { FeedForward } from './moe.js';
 
 export type NormPlacement = 'pre' | 'post' | 'peri';
+export type BlockLayout = 'sequential' | 'parallel';
 
 export class TransformerBlock extends Module {
   constructor(
     readonly attention: AttentionModule,
     readonly ffn: FeedForward,
     readonly ln1: Norm,
-    readonly ln2: Norm,
+    /** The second norm; absent in a parallel block with one norm. */
+    readonly ln2: Norm | undefined,
     readonly placement: NormPlacement,
     readonly dropoutRate = 0,
+    readonly layout: BlockLayout = 'sequential',
   ) {
     super();
+    if (!ln2 && layout === 'sequential') throw new Error('a sequential block needs two norms');
+    if (layout === 'parallel' && placement !== 'pre') throw new Error(`a parallel block normalises its input (norm 'pre'), got '${placement}'`);
     this.child('attention', attention);
     this.child('ffn', ffn);
     this.child('ln1', ln1);
-    this.child('ln2', ln2);
+    if (ln2) this.child('ln2', ln2);
+  }
+
+  /** Forward FLOPs per token of the attention, FFN and norms (see {@link Module.flopsPerToken}). */
+  override flopsPerToken(seqLen: number): number {
+    let n = 0;
+    for (const c of this.children.values()) n += c.flopsPerToken(seqLen);
+    return n;
   }
 
   forward(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
     const drop = (t: tf.Tensor) => dropout(t, this.dropoutRate, ctx.rng, ctx.training);
+    if (this.layout === 'parallel') {
+      const u = this.ln1.forward(x);
+      const u2 = this.ln2 ? this.ln2.forward(x) : u;
+      return tf.add(tf.add(x, drop(this.attention.forward(u, ctx))), drop(this.ffn.forward(u2, ctx)));
+    }
+    const ln2 = this.ln2!;
     switch (this.placement) {
       case 'pre': {
         const h = tf.add(x, drop(this.attention.forward(this.ln1.forward(x), ctx)));
-        return tf.add(h, drop(this.ffn.forward(this.ln2.forward(h), ctx)));
+        return tf.add(h, drop(this.ffn.forward(ln2.forward(h), ctx)));
       }
       case 'post': {
         const h = this.ln1.forward(tf.add(x, drop(this.attention.forward(x, ctx))));
-        return this.ln2.forward(tf.add(h, drop(this.ffn.forward(h, ctx))));
+        return ln2.forward(tf.add(h, drop(this.ffn.forward(h, ctx))));
       }
       case 'peri': {
         // Peri-LN (MoEUT §4.1): normalise only what feeds a softmax/sigmoid (queries, keys, routers);
         // values, expert inputs and the residual stream stay raw.
         const xn = this.ln1.forward(x);
         const h = tf.add(x, drop(this.attention.forward(x, ctx, { q: xn, k: xn, v: x })));
-        return tf.add(h, drop(this.ffn.forward(h, ctx, { routerInput: this.ln2.forward(h) })));
+        return tf.add(h, drop(this.ffn.forward(h, ctx, { routerInput: ln2.forward(h) })));
       }
     }
   }
@@ -62,6 +87,8 @@ export interface TransformerLMOptions {
   embeddingStd: number;
   /** Multiply embeddings by this (some recipes use sqrt(dModel)). */
   embeddingScale: number;
+  /** 'learned': absolute position embeddings [contextLength, dModel] added to the token embeddings. */
+  positionEmbedding?: 'none' | 'learned';
 }
 
 export class TransformerLM extends Module {
@@ -69,6 +96,7 @@ export class TransformerLM extends Module {
   readonly layers: TransformerBlock[];
   readonly outNorm: Norm;
   readonly head?: Linear;
+  readonly positions?: Embedding;
 
   constructor(
     readonly options: TransformerLMOptions,
@@ -83,6 +111,9 @@ export class TransformerLM extends Module {
     this.layers = blocks;
     this.outNorm = this.child('out_norm', outNorm);
     if (!options.tieEmbeddings) this.head = this.child('lm_head', new Linear(options.dModel, options.vocabSize, rng, { bias: options.headBias }));
+    // Drawn after everything else, so that models without it keep their initialisation.
+    if (options.positionEmbedding === 'learned')
+      this.positions = this.child('position_embedding', new Embedding(options.contextLength, options.dModel, rng, options.embeddingStd));
     this.assignPaths();
   }
 
@@ -113,6 +144,15 @@ export class TransformerLM extends Module {
     return n;
   }
 
+  /** Forward FLOPs per token: every scheduled block and the readout (embedding lookups cost none). */
+  override flopsPerToken(seqLen = this.options.contextLength): number {
+    let n = 0;
+    for (const i of this.schedule) n += this.layers[i]!.flopsPerToken(seqLen);
+    n += this.outNorm.flopsPerToken(seqLen);
+    n += this.head ? this.head.flopsPerToken(seqLen) : 2 * this.options.vocabSize * this.options.dModel;
+    return n;
+  }
+
   /** tokens [B, T] int32 -> logits [B, T, V]. */
   forward(tokens: tf.Tensor, ctx: ForwardContext): tf.Tensor3D {
     if (tokens.shape[1]! > this.options.contextLength) {
@@ -123,6 +163,7 @@ export class TransformerLM extends Module {
     ctx.carry = new Map(); // per-forward state (ForwardContext.carry) starts empty in every forward pass
     let h = this.embedding.forward(tokens);
     if (this.options.embeddingScale !== 1) h = tf.mul(h, this.options.embeddingScale);
+    if (this.positions) h = tf.add(h, tf.slice(this.positions.weight, [0, 0], [tokens.shape[1]!, -1]));
     for (const i of this.schedule) h = this.layers[i]!.forward(h, ctx);
     for (const m of this.modules()) m.finalizeForward?.(ctx);
     const hn = this.outNorm.forward(h);
