@@ -18,7 +18,12 @@ beforeAll(async () => {
 
 const registry = createRegistry(corePlugin, routers, experts, attention);
 const swiglu = (hidden: number) => ({ type: 'mlp', hidden, glu: true, activation: 'silu' });
-const moe = (E: number, k: number, hidden: number) => ({ type: 'moe', experts: E, router: { type: 'softmax-topk', k, renormalize: k > 1 }, expert: swiglu(hidden) });
+const moe = (E: number, k: number, hidden: number) => ({
+  type: 'moe',
+  experts: E,
+  router: { type: 'softmax-topk', k, renormalize: k > 1 },
+  expert: swiglu(hidden),
+});
 const block = (attention: NodeSpec, ffn: NodeSpec): NodeSpec => ({ type: 'transformer', layout: 'parallel', normType: 'rmsnorm', attention, ffn });
 
 describe('BAM Table 9: parameter accounting of the 590M models', () => {
