@@ -21,6 +21,7 @@ export * from './nn/ffn.js';
 export * from './nn/transformer.js';
 export * from './ops/moe.js';
 export * from './ops/moe-glu.js';
+export * from './kernels/contract.js';
 export { patchWasmBackend, registerSegmentSumFor } from './ops/engine-fixes.js';
 export * from './losses.js';
 export * from './safetensors.js';

@@ -12,33 +12,32 @@
  * tensor per step and about half the memory traffic; PyTorch's AdamW is in place too. Anything
  * else (a user's array, a buffer read by dataSync or viewed by a slice) gets fresh outputs.
  *
- * Kernel contract (core's `ADAMW_KERNEL`, no gradient): inputs p, g, m, v (float32, one shape);
- * attrs lr, beta1, beta2, eps, weightDecay (0 = none), bc1 = 1 - beta1^t, bc2 = 1 - beta2^t.
- * Outputs [p', m', v'] with the same float32 operations, in the same order, as core's op-by-op step.
+ * Kernel contract: ADAMW_KERNEL of @moelab/core/kernels (no gradient). Outputs [p', m', v'] with
+ * the same float32 operations, in the same order, as core's op-by-op step.
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
 import { type Args, expectDtype, expectShape, type KernelFunc, type TensorInfo } from './kernel-helpers.js';
 import { values } from './kernels.js';
+import { ADAMW_KERNEL, type AdamWAttrs } from '@moelab/core/kernels';
 import { isOwned, outputArray } from './storage.js';
 import type { NativeAddon } from './native.js';
-
-export const ADAMW = 'MoelabAdamW';
 
 export function makeAdamWKernel(native: NativeAddon, backendName: string): tfTypes.KernelConfig {
   const kernelFunc = (args: Args): TensorInfo[] => {
     const backend = args.backend as unknown as MathBackendCPU;
     const inputs = args.inputs as Record<string, TensorInfo>;
     const p = inputs.p;
-    expectDtype(ADAMW, inputs, ['p', 'g', 'm', 'v']);
-    for (const n of ['g', 'm', 'v']) expectShape(ADAMW, n, inputs[n]!, p.shape);
+    expectDtype(ADAMW_KERNEL, inputs, ['p', 'g', 'm', 'v']);
+    for (const n of ['g', 'm', 'v']) expectShape(ADAMW_KERNEL, n, inputs[n]!, p.shape);
     const a = (args.attrs ?? {}) as Record<string, unknown>;
     const num = (name: string) => {
       const x = Number(a[name]);
-      if (!Number.isFinite(x)) throw new Error(`${ADAMW}: attr ${name} must be a finite number, got ${String(a[name])}`);
+      if (!Number.isFinite(x)) throw new Error(`${ADAMW_KERNEL}: attr ${name} must be a finite number, got ${String(a[name])}`);
       return x;
     };
-    const [lr, beta1, beta2, eps, wd, bc1, bc2] = ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'bc1', 'bc2'].map(num) as number[];
+    const names: (keyof AdamWAttrs)[] = ['lr', 'beta1', 'beta2', 'eps', 'weightDecay', 'bc1', 'bc2'];
+    const [lr, beta1, beta2, eps, wd, bc1, bc2] = names.map(num) as number[];
     const n = p.shape.reduce((x, y) => x * y, 1);
     // The scalars as core's op-by-op version forms them (JS doubles, rounded to float32 by tfjs).
     const scalars = [beta1!, 1 - beta1!, beta2!, 1 - beta2!, eps!, bc1!, bc2!, lr!, lr! * wd!];
@@ -55,7 +54,7 @@ export function makeAdamWKernel(native: NativeAddon, backendName: string): tfTyp
     if (n > 0) native.adamw(v('p'), v('g'), v('m'), v('v'), outs[0], outs[1], outs[2], n, scalars, wd! > 0);
     return outs.map((o) => backend.makeTensorInfo(p.shape, 'float32', o));
   };
-  return { kernelName: ADAMW, backendName, kernelFunc: kernelFunc as unknown as KernelFunc };
+  return { kernelName: ADAMW_KERNEL, backendName, kernelFunc: kernelFunc as unknown as KernelFunc };
 }
 
 /**

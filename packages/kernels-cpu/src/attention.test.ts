@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CAUSAL_ATTENTION, ROPE } from './attention.js';
+import { CAUSAL_ATTENTION_KERNEL, ROPE_KERNEL } from '@moelab/core/kernels';
 import { compareBackends, randArray, rng, type Spec, status } from './testing/helpers.js';
 
 const f = (shape: number[], r: () => number, scale = 1): Spec => ({
@@ -15,8 +15,8 @@ const has = (name: string) => tf.getKernel(name, tf.getBackend()) !== undefined;
 
 /** The fused kernel where the backend has it, else the op-by-op reference (core's fallback maths). */
 function attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number): tf.Tensor {
-  if (has(CAUSAL_ATTENTION)) {
-    const [out, lse] = tf.engine().runKernel(CAUSAL_ATTENTION, { q, k, v }, { scale }) as tf.Tensor[];
+  if (has(CAUSAL_ATTENTION_KERNEL)) {
+    const [out, lse] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale }) as tf.Tensor[];
     lse!.dispose();
     return out!;
   }
@@ -31,7 +31,7 @@ function attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number): tf.
 
 /** Rotate-half RoPE of the first cos.shape[1] channels. */
 function rope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
-  if (has(ROPE)) return tf.engine().runKernel(ROPE, { x, cos, sin }, { inverse: false }) as tf.Tensor;
+  if (has(ROPE_KERNEL)) return tf.engine().runKernel(ROPE_KERNEL, { x, cos, sin }, { inverse: false }) as tf.Tensor;
   const dh = x.shape[3]!;
   const dims = cos.shape[1]!;
   const half = dims / 2;
@@ -114,15 +114,17 @@ describe.skipIf(!status.available)(`fused causal attention and RoPE equal the op
     const r = rng(8);
     const toHeads = (t: tf.Tensor) => tf.transpose(t, [0, 2, 1, 3]);
     const attentionBthd = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number) => {
-      if (has(CAUSAL_ATTENTION)) {
-        const [out, lse] = tf.engine().runKernel(CAUSAL_ATTENTION, { q, k, v }, { scale, layout: 'bthd' }) as tf.Tensor[];
+      if (has(CAUSAL_ATTENTION_KERNEL)) {
+        const [out, lse] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale, layout: 'bthd' }) as tf.Tensor[];
         lse!.dispose();
         return out!;
       }
       return toHeads(attention(toHeads(q), toHeads(k), toHeads(v), scale));
     };
     const ropeBthd = (x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) =>
-      has(ROPE) ? (tf.engine().runKernel(ROPE, { x, cos, sin }, { inverse: false, layout: 'bthd' }) as tf.Tensor) : toHeads(rope(toHeads(x), cos, sin));
+      has(ROPE_KERNEL)
+        ? (tf.engine().runKernel(ROPE_KERNEL, { x, cos, sin }, { inverse: false, layout: 'bthd' }) as tf.Tensor)
+        : toHeads(rope(toHeads(x), cos, sin));
     for (const [B, T, H, dk, dv] of [
       [2, 70, 3, 8, 12],
       [1, 1, 2, 4, 4],
@@ -145,8 +147,8 @@ describe.skipIf(!status.available)(`fused causal attention and RoPE equal the op
     await tf.setBackend('moelab-cpu');
     const q = tf.zeros([1, 2, 4, 8]);
     const k = tf.zeros([1, 2, 5, 8]);
-    expect(() => tf.engine().runKernel(CAUSAL_ATTENTION, { q, k, v: q }, { scale: 1 })).toThrow(/input 'k' has shape \[1,2,5,8\], expected \[1,2,4,8\]/);
-    expect(() => tf.engine().runKernel(ROPE, { x: q, cos: tf.zeros([4, 3]), sin: tf.zeros([4, 3]) }, { inverse: false })).toThrow(/must be even/);
+    expect(() => tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v: q }, { scale: 1 })).toThrow(/input 'k' has shape \[1,2,5,8\], expected \[1,2,4,8\]/);
+    expect(() => tf.engine().runKernel(ROPE_KERNEL, { x: q, cos: tf.zeros([4, 3]), sin: tf.zeros([4, 3]) }, { inverse: false })).toThrow(/must be even/);
     tf.dispose([q, k]);
   });
 

@@ -12,6 +12,7 @@ import { makeMoeKernels, registerMoeGradients } from './moe.js';
 import { makeMoeGluKernels, registerMoeGluGradient } from './moe-glu.js';
 import { makeNormKernels, registerNormGradients } from './norm.js';
 import { HOW_TO_BUILD, loadNative } from './native.js';
+import { FUSED_KERNELS } from '@moelab/core/kernels';
 import { noteDisposed, noteRead, noteWrap } from './storage.js';
 
 export const BACKEND_NAME = 'moelab-cpu';
@@ -187,19 +188,8 @@ export const NATIVE_KERNELS = [
   'Softmax',
   'TopK',
   'UnsortedSegmentSum',
-  'MoelabMoeMLP',
-  'MoelabMoeMLPGrad',
-  'MoelabMoeGLU',
-  'MoelabMoeGLUGrad',
-  'MoelabMoeLinear',
-  'MoelabMoeLinearGrad',
-  'MoelabCausalAttention',
-  'MoelabCausalAttentionGrad',
-  'MoelabRope',
-  'MoelabAdamW',
-  'MoelabSumOfSquares',
-  'MoelabLayerNorm',
-  'MoelabLayerNormGrad',
+  // Every fused kernel of core's contract.
+  ...FUSED_KERNELS,
 ] as const;
 
 /** Switch the native GEMM ('openblas' when linked, else 'builtin'); returns the one now in use. */

@@ -8,17 +8,20 @@
  */
 import * as tfjs from '@tensorflow/tfjs';
 import { BACKEND_NAME, type MoelabCpuStatus, NATIVE_KERNELS, type RegisterOptions, registerMoelabCpuBackend, setGemm, setThreads } from './backend.js';
-import { MOE_LINEAR, MOE_MLP, type MoeActivation } from './moe.js';
-import { MOE_GLU } from './moe-glu.js';
+import {
+  MOE_GLU_KERNEL,
+  MOE_LINEAR_KERNEL,
+  MOE_MLP_KERNEL,
+  type MoeActivation,
+  type MoeGluAttrs,
+  type MoeLinearAttrs,
+  type MoeMlpAttrs,
+} from '@moelab/core/kernels';
 
+// Kernel names, attributes and codes are core's kernel contract: import them from @moelab/core/kernels.
 export { BACKEND_NAME, NATIVE_KERNELS, registerMoelabCpuBackend, setGemm, setThreads };
 export type { MoelabCpuStatus, RegisterOptions, MoeActivation };
-export { MOE_ACTIVATIONS, MOE_LINEAR, MOE_LINEAR_GRAD, MOE_MLP, MOE_MLP_GRAD } from './moe.js';
-export { MOE_GLU, MOE_GLU_GRAD } from './moe-glu.js';
-export { ADAMW } from './adamw.js';
-export { CAUSAL_ATTENTION, CAUSAL_ATTENTION_GRAD, ROPE } from './attention.js';
 export { HOW_TO_BUILD } from './native.js';
-export { LAYER_NORM, LAYER_NORM_GRAD } from './norm.js';
 export { pooledStorageBytes, releasePooledStorage } from './storage.js';
 
 /**
@@ -42,9 +45,9 @@ export function moeMLP(
   const [out, hidden] = tf
     .engine()
     .runKernel(
-      MOE_MLP,
+      MOE_MLP_KERNEL,
       { x, w1, w2, tokenIndex, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
-      { activation } as unknown as tfjs.NamedAttrMap,
+      { activation } satisfies MoeMlpAttrs as unknown as tfjs.NamedAttrMap,
     ) as tfjs.Tensor[];
   hidden.dispose();
   return out as tfjs.Tensor2D;
@@ -71,9 +74,9 @@ export function moeGLU(
   const [out, hidden] = tf
     .engine()
     .runKernel(
-      MOE_GLU,
+      MOE_GLU_KERNEL,
       { x, w1, w3, w2, tokenIndex, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
-      { activation } as unknown as tfjs.NamedAttrMap,
+      { activation } satisfies MoeGluAttrs as unknown as tfjs.NamedAttrMap,
     ) as tfjs.Tensor[];
   hidden.dispose();
   return out as tfjs.Tensor2D;
@@ -97,9 +100,9 @@ export function moeLinear(
   return tf
     .engine()
     .runKernel(
-      MOE_LINEAR,
+      MOE_LINEAR_KERNEL,
       { x, w, inRow, outRow, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
-      { outRows } as unknown as tfjs.NamedAttrMap,
+      { outRows } satisfies MoeLinearAttrs as unknown as tfjs.NamedAttrMap,
     ) as tfjs.Tensor2D;
 }
 

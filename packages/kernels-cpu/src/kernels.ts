@@ -8,6 +8,14 @@ import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
 import type { NativeAddon } from './native.js';
 import { outputArray } from './storage.js';
+import {
+  BINARY_OP_CODE,
+  FUSED_MATMUL_ACTIVATION_CODE,
+  REDUCE_CODE,
+  SUM_OF_SQUARES_KERNEL,
+  type SumOfSquaresInputs,
+  UNARY_ACTIVATION_CODE,
+} from '@moelab/core/kernels';
 
 type Tf = typeof tfTypes;
 type TensorInfo = tfTypes.TensorInfo;
@@ -129,7 +137,8 @@ export interface Overrides {
   batchMatMul: (backend: MathBackendCPU, a: TensorInfo, b: TensorInfo, transposeA: boolean, transposeB: boolean) => TensorInfo;
 }
 
-const FUSED_ACT: Record<string, number> = { linear: 0, relu: 1, relu6: 2, sigmoid: 3, elu: 4, leakyrelu: 5 };
+// _FusedMatMul's activation attr -> native code (a Map: an attr such as 'toString' finds nothing).
+const FUSED_ACT = new Map<string, number>(Object.entries(FUSED_MATMUL_ACTIVATION_CODE));
 
 export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string): Overrides {
   const cpu = (name: string): KernelFunc => {
@@ -214,13 +223,15 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     } else if (bias) {
       fusedBias = true;
     }
-    const act = FUSED_ACT[activation ?? 'linear'];
+    const act = FUSED_ACT.get(activation ?? 'linear');
     const outValues = values(backend, out);
     if (act !== undefined) {
-      if (fusedBias || act !== 0) native.biasAct(outValues, rows, N, fusedBias && bias ? values(backend, bias) : null, act, leakyreluAlpha ?? 0.2);
+      if (fusedBias || act !== FUSED_MATMUL_ACTIVATION_CODE.linear) {
+        native.biasAct(outValues, rows, N, fusedBias && bias ? values(backend, bias) : null, act, leakyreluAlpha ?? 0.2);
+      }
       return out;
     }
-    if (fusedBias && bias) native.biasAct(outValues, rows, N, values(backend, bias), 0, 0);
+    if (fusedBias && bias) native.biasAct(outValues, rows, N, values(backend, bias), FUSED_MATMUL_ACTIVATION_CODE.linear, 0);
     if (activation === 'prelu' && preluActivationWeights) {
       const r = cpu(tf.Prelu)({ inputs: { x: out, alpha: preluActivationWeights }, backend: args.backend, attrs: {} }) as TensorInfo;
       backend.disposeIntermediateTensorInfo(out);
@@ -281,19 +292,19 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
     });
   // Elementwise binaries with numpy broadcasting (LayerNorm's x - mean, residual adds, masks, ...):
   // the cpu kernels index every element through a generic broadcast loop.
-  binary(tf.Multiply, 0);
-  binary(tf.Add, 1);
-  binary(tf.Sub, 2);
-  binary(tf.RealDiv, 3);
-  binary(tf.SquaredDifference, 4);
+  binary(tf.Multiply, BINARY_OP_CODE.mul);
+  binary(tf.Add, BINARY_OP_CODE.add);
+  binary(tf.Sub, BINARY_OP_CODE.sub);
+  binary(tf.RealDiv, BINARY_OP_CODE.div);
+  binary(tf.SquaredDifference, BINARY_OP_CODE.squaredDifference);
   // Comparisons (bool out): Max's gradient compares x with its broadcast maximum (logsumexp in the
   // routers' balancing losses), which the cpu kernel does element by element through index math.
-  binary(tf.Equal, 5, 'bool');
-  binary(tf.NotEqual, 6, 'bool');
-  binary(tf.Greater, 7, 'bool');
-  binary(tf.GreaterEqual, 8, 'bool');
-  binary(tf.Less, 9, 'bool');
-  binary(tf.LessEqual, 10, 'bool');
+  binary(tf.Equal, BINARY_OP_CODE.equal, 'bool');
+  binary(tf.NotEqual, BINARY_OP_CODE.notEqual, 'bool');
+  binary(tf.Greater, BINARY_OP_CODE.greater, 'bool');
+  binary(tf.GreaterEqual, BINARY_OP_CODE.greaterEqual, 'bool');
+  binary(tf.Less, BINARY_OP_CODE.less, 'bool');
+  binary(tf.LessEqual, BINARY_OP_CODE.lessEqual, 'bool');
 
   // Strided row copies for Slice (non-contiguous: RoPE's half-channel slices, attention heads) and
   // PadV2 (Slice's gradient); the cpu kernels walk those element by element through index math.
@@ -355,9 +366,7 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
   // additions as the cpu kernels (the reduced elements in order, summed in double), so results are
   // bit-identical, but threaded and without the cpu kernels' transpose when the reduced axes are
   // adjacent (x viewed as [outer, R, inner]: a bias gradient reduces the leading axes).
-  // Codes of the native reduce (kernels.h ReduceKind).
-  const REDUCE_KIND = { sum: 0, mean: 1, max: 2, sumOfSquares: 3 } as const;
-  const reduce = (kernelName: string, kind: keyof typeof REDUCE_KIND) =>
+  const reduce = (kernelName: string, kind: keyof typeof REDUCE_CODE) =>
     add(kernelName, (args) => {
       const { x } = args.inputs as { x: TensorInfo };
       // Sum and Mean call it `axis`, Max `reductionIndices`.
@@ -389,20 +398,20 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       const inner = prod(shape.slice(last));
       const outShape = x.shape.filter((_, i) => !axes.includes(i));
       const out = outputArray(outer * inner);
-      if (out.length > 0) native.reduce(xv, out, outer, R, inner, REDUCE_KIND[kind]);
+      if (out.length > 0) native.reduce(xv, out, outer, R, inner, REDUCE_CODE[kind]);
       const finalShape = keepDims ? tf.backend_util.expandShapeToKeepDim(outShape, axes) : outShape;
       return backend.makeTensorInfo(finalShape, 'float32', out);
     });
-  // `MoelabSumOfSquares` (core's SUM_OF_SQUARES_KERNEL): x -> scalar sum of x^2, the global
-  // gradient norm's term per tensor: tf.sum(tf.square(x)) on cpu without the parameter-sized
-  // temporary (bit for bit up to 2^17 elements; larger ones are summed in threaded blocks).
-  add('MoelabSumOfSquares', (args) => {
-    const { x } = args.inputs as { x: TensorInfo };
-    if (x?.dtype !== 'float32') throw new Error(`MoelabSumOfSquares: input 'x' must be float32, got ${x ? x.dtype : 'nothing'}`);
+  // SUM_OF_SQUARES_KERNEL: x -> scalar sum of x^2, the global gradient norm's term per tensor:
+  // tf.sum(tf.square(x)) on cpu without the parameter-sized temporary (bit for bit up to 2^17
+  // elements; larger ones are summed in threaded blocks).
+  add(SUM_OF_SQUARES_KERNEL, (args) => {
+    const { x } = args.inputs as unknown as SumOfSquaresInputs<TensorInfo | undefined>;
+    if (x?.dtype !== 'float32') throw new Error(`${SUM_OF_SQUARES_KERNEL}: input 'x' must be float32, got ${x ? x.dtype : 'nothing'}`);
     const backend = be(args);
     const n = prod(x.shape);
     const out = new Float32Array(1);
-    if (n > 0) native.reduce(values(backend, x), out, 1, n, 1, REDUCE_KIND.sumOfSquares);
+    if (n > 0) native.reduce(values(backend, x), out, 1, n, 1, REDUCE_CODE.sumOfSquares);
     return backend.makeTensorInfo([], 'float32', out);
   });
   reduce(tf.Sum, 'sum');
@@ -452,10 +461,10 @@ export function makeOverrides(tf: Tf, native: NativeAddon, backendName: string):
       if (n > 0) native.biasAct(out, n / cols, cols, null, act, alphaOf((args.attrs ?? {}) as Record<string, unknown>), values(backend, x));
       return backend.makeTensorInfo(x.shape, 'float32', out);
     });
-  threadedUnary(tf.Relu, 6, () => 0);
-  threadedUnary(tf.Step, 7, (attrs) => Number(attrs.alpha ?? 0));
-  threadedUnary(tf.Exp, 8, () => 0);
-  threadedUnary(tf.Sigmoid, 9, () => 0);
+  threadedUnary(tf.Relu, UNARY_ACTIVATION_CODE.reluNan, () => 0);
+  threadedUnary(tf.Step, UNARY_ACTIVATION_CODE.step, (attrs) => Number(attrs.alpha ?? 0));
+  threadedUnary(tf.Exp, UNARY_ACTIVATION_CODE.expDouble, () => 0);
+  threadedUnary(tf.Sigmoid, UNARY_ACTIVATION_CODE.sigmoidDouble, () => 0);
 
   add(tf.GatherV2, (args) => {
     const { x, indices } = args.inputs as { x: TensorInfo; indices: TensorInfo };

@@ -1,37 +1,27 @@
 /**
- * The fused gated (GLU) MoE experts as tfjs kernels for the moelab-cpu backend, their gradient, and
- * an op function to call them:
+ * The fused gated (GLU) MoE experts of the kernel contract (@moelab/core/kernels: MOE_GLU_KERNEL
+ * and MOE_GLU_GRAD_KERNEL) for the moelab-cpu backend, and their gradient:
  *
  *   out[t] = sum_{n: tokenIndex[n] = t} weight[n] * (act(x[t] W1[e_n]) * (x[t] W3[e_n])) W2[e_n]
  *
  * (SwiGLU with silu, GeGLU with gelu, ReGLU with relu; Shazeer 2020, arXiv:2002.05202.)
  *
- * Kernel contracts (any backend may implement them; the gradient is registered once, globally):
- *  - `MoelabMoeGLU`: inputs x [T,d], w1 [E,d,h], w3 [E,d,h], w2 [E,h,d], tokenIndex [N] int32,
- *    expertIndex [N] int32, weight [N]; attr activation (the gate's: 'relu'|'gelu'|'silu'|'relu2'|
- *    'identity', gelu = exact erf). Outputs [out [T,d], hidden [N,2h]]: `hidden` is what the backward
- *    kernel needs of each assignment (moelab-cpu: the two pre-activations [x W1 | x W3] in its own
- *    order), kept only for the backward kernel (saved through `outputsToSave`).
- *  - `MoelabMoeGLUGrad`: inputs dy, x, w1, w3, w2, tokenIndex, expertIndex, weight, hidden; attr
- *    activation. Outputs [dx, dw1, dw3, dw2, dweight].
+ * moelab-cpu's `hidden` output holds each assignment's two pre-activations [x W1 | x W3] in its own
+ * order, kept only for the backward kernel (saved through `outputsToSave`).
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
 import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
 import { ints, values } from './kernels.js';
-import { MOE_ACTIVATIONS, type MoeActivation } from './moe.js';
+import { isMoeActivation, MOE_ACTIVATION_CODE, MOE_GLU_GRAD_KERNEL, MOE_GLU_KERNEL, type MoeGluGradInputs } from '@moelab/core/kernels';
 import type { NativeAddon } from './native.js';
 import { outputArray } from './storage.js';
 
-export const MOE_GLU = 'MoelabMoeGLU';
-export const MOE_GLU_GRAD = 'MoelabMoeGLUGrad';
-
 function actCode(a: unknown): number {
-  const code = MOE_ACTIVATIONS[a as MoeActivation];
-  if (code === undefined) {
-    throw new Error(`${MOE_GLU}: unknown activation '${String(a)}' (expected ${Object.keys(MOE_ACTIVATIONS).join(', ')})`);
+  if (typeof a !== 'string' || !isMoeActivation(a)) {
+    throw new Error(`${MOE_GLU_KERNEL}: unknown activation '${String(a)}' (expected ${Object.keys(MOE_ACTIVATION_CODE).join(', ')})`);
   }
-  return code;
+  return MOE_ACTIVATION_CODE[a];
 }
 
 function gluShapes(kernel: string, inputs: Record<string, TensorInfo>) {
@@ -58,7 +48,7 @@ export function makeMoeGluKernels(native: NativeAddon, backendName: string): Ker
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
     const act = actCode(args.attrs?.activation);
-    const { T, d, h, E, N } = gluShapes(MOE_GLU, inputs);
+    const { T, d, h, E, N } = gluShapes(MOE_GLU_KERNEL, inputs);
     // Native-written outputs come from the pool; without the native call they must be zeros.
     const alloc = T * d > 0 ? outputArray : (n: number) => new Float32Array(n);
     const out = alloc(T * d);
@@ -75,9 +65,9 @@ export function makeMoeGluKernels(native: NativeAddon, backendName: string): Ker
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
     const act = actCode(args.attrs?.activation);
-    const { T, d, h, E, N } = gluShapes(MOE_GLU_GRAD, inputs);
-    expectShape(MOE_GLU_GRAD, 'dy', inputs.dy, [T, d]);
-    expectShape(MOE_GLU_GRAD, 'hidden', inputs.hidden, [N, 2 * h]);
+    const { T, d, h, E, N } = gluShapes(MOE_GLU_GRAD_KERNEL, inputs);
+    expectShape(MOE_GLU_GRAD_KERNEL, 'dy', inputs.dy, [T, d]);
+    expectShape(MOE_GLU_GRAD_KERNEL, 'hidden', inputs.hidden, [N, 2 * h]);
     // Every element is written by the native backward (empty experts get zero gradients there).
     const dx = outputArray(T * d);
     const dw1 = outputArray(E * d * h);
@@ -118,8 +108,8 @@ export function makeMoeGluKernels(native: NativeAddon, backendName: string): Ker
   };
 
   return [
-    { kernelName: MOE_GLU, backendName, kernelFunc: glu as unknown as KernelFunc },
-    { kernelName: MOE_GLU_GRAD, backendName, kernelFunc: gluGrad as unknown as KernelFunc },
+    { kernelName: MOE_GLU_KERNEL, backendName, kernelFunc: glu as unknown as KernelFunc },
+    { kernelName: MOE_GLU_GRAD_KERNEL, backendName, kernelFunc: gluGrad as unknown as KernelFunc },
   ];
 }
 
@@ -131,7 +121,7 @@ export function makeMoeGluKernels(native: NativeAddon, backendName: string): Ker
 export function registerMoeGluGradient(tf: Tf): void {
   const zerosFor = (t: Tensor) => () => tf.zeros(t.shape, 'float32');
   tf.registerGradient({
-    kernelName: MOE_GLU,
+    kernelName: MOE_GLU_KERNEL,
     inputsToSave: ['x', 'w1', 'w3', 'w2', 'tokenIndex', 'expertIndex', 'weight'],
     outputsToSave: [false, true],
     gradFunc: (dy, saved, attrs) => {
@@ -140,8 +130,8 @@ export function registerMoeGluGradient(tf: Tf): void {
       const [dx, dw1, dw3, dw2, dweight] = tf
         .engine()
         .runKernel(
-          MOE_GLU_GRAD,
-          { dy: dOut, x, w1, w3, w2, tokenIndex, expertIndex, weight, hidden } as unknown as tfTypes.NamedTensorMap,
+          MOE_GLU_GRAD_KERNEL,
+          { dy: dOut, x, w1, w3, w2, tokenIndex, expertIndex, weight, hidden } satisfies MoeGluGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
           attrs as tfTypes.NamedAttrMap,
         ) as Tensor[];
       return {

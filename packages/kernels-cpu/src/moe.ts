@@ -1,43 +1,36 @@
 /**
- * The fused MoE expert ops as tfjs kernels (forward and backward) for the moelab-cpu backend, their
- * gradients, and op functions to call them.
+ * The fused MoE expert ops of the kernel contract (@moelab/core/kernels: MOE_MLP_KERNEL,
+ * MOE_LINEAR_KERNEL and their Grad kernels) for the moelab-cpu backend, and their gradients.
  *
- * Kernel contracts (any backend may implement them; the gradient is registered once, globally):
- *  - `MoelabMoeMLP`: inputs x [T,d], w1 [E,d,h], w2 [E,h,d], tokenIndex [N] int32, expertIndex [N]
- *    int32, weight [N]; attr activation ('relu'|'gelu'|'silu'|'relu2'|'identity', gelu = exact erf).
- *    Outputs [out [T,d], hidden [N,h]]: out[t] = sum_{n: tokenIndex[n]=t} weight[n] *
- *    act(x[t] w1[e_n]) w2[e_n]; `hidden` is what the backward kernel needs of each assignment's
- *    hidden layer (moelab-cpu: the pre-activation, or for relu/identity the activation), in the
- *    backend's own order, kept only for the backward kernel (a second output saved through `outputsToSave`; the
- *    tf.customGrad route leaks data ids, ENGINE-NOTES #7).
- *  - `MoelabMoeMLPGrad`: inputs dy, x, w1, w2, tokenIndex, expertIndex, weight, hidden; attr
- *    activation. Outputs [dx, dw1, dw2, dweight].
- *  - `MoelabMoeLinear`: inputs x [R,din], w [E,din,dout], inRow, outRow, expertIndex [N] int32,
- *    weight [N]; attr outRows. Output out [outRows,dout]: out[outRow[n]] += weight[n] x[inRow[n]] w[e_n].
- *  - `MoelabMoeLinearGrad`: inputs dy, x, w, inRow, outRow, expertIndex, weight; attr outRows.
- *    Outputs [dx, dw, dweight].
+ *   MoeMLP:    out[t] = sum_{n: tokenIndex[n]=t} weight[n] * act(x[t] w1[e_n]) w2[e_n]
+ *   MoeLinear: out[outRow[n]] += weight[n] * x[inRow[n]] w[e_n]
+ *
+ * moelab-cpu's `hidden` output is each assignment's pre-activation (for relu and identity the
+ * activation itself), in expert-sorted order. It is a second output saved through
+ * `outputsToSave` rather than a tf.customGrad closure, which leaks data ids.
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
 import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
 import { ints, values } from './kernels.js';
+import {
+  isMoeActivation,
+  MOE_ACTIVATION_CODE,
+  MOE_LINEAR_GRAD_KERNEL,
+  MOE_LINEAR_KERNEL,
+  MOE_MLP_GRAD_KERNEL,
+  MOE_MLP_KERNEL,
+  type MoeLinearGradInputs,
+  type MoeMlpGradInputs,
+} from '@moelab/core/kernels';
 import { outputArray } from './storage.js';
 import type { NativeAddon } from './native.js';
 
-export const MOE_MLP = 'MoelabMoeMLP';
-export const MOE_MLP_GRAD = 'MoelabMoeMLPGrad';
-export const MOE_LINEAR = 'MoelabMoeLinear';
-export const MOE_LINEAR_GRAD = 'MoelabMoeLinearGrad';
-
-export type MoeActivation = 'relu' | 'gelu' | 'silu' | 'relu2' | 'identity';
-export const MOE_ACTIVATIONS: Record<MoeActivation, number> = { identity: 0, relu: 1, gelu: 2, silu: 3, relu2: 4 };
-
 function actCode(a: unknown): number {
-  const code = MOE_ACTIVATIONS[a as MoeActivation];
-  if (code === undefined) {
-    throw new Error(`${MOE_MLP}: unknown activation '${String(a)}' (expected ${Object.keys(MOE_ACTIVATIONS).join(', ')})`);
+  if (typeof a !== 'string' || !isMoeActivation(a)) {
+    throw new Error(`${MOE_MLP_KERNEL}: unknown activation '${String(a)}' (expected ${Object.keys(MOE_ACTIVATION_CODE).join(', ')})`);
   }
-  return code;
+  return MOE_ACTIVATION_CODE[a];
 }
 
 export function makeMoeKernels(native: NativeAddon, backendName: string): KernelConfig[] {
@@ -77,7 +70,7 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
     const act = actCode(args.attrs?.activation);
-    const { T, d, h, E, N } = mlpShapes(MOE_MLP, inputs);
+    const { T, d, h, E, N } = mlpShapes(MOE_MLP_KERNEL, inputs);
     // Native-written outputs come from the pool; without the native call they must be zeros.
     const alloc = T * d > 0 ? outputArray : (n: number) => new Float32Array(n);
     const out = alloc(T * d);
@@ -94,9 +87,9 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
     const act = actCode(args.attrs?.activation);
-    const { T, d, h, E, N } = mlpShapes(MOE_MLP_GRAD, inputs);
-    expectShape(MOE_MLP_GRAD, 'dy', inputs.dy, [T, d]);
-    expectShape(MOE_MLP_GRAD, 'hidden', inputs.hidden, [N, h]);
+    const { T, d, h, E, N } = mlpShapes(MOE_MLP_GRAD_KERNEL, inputs);
+    expectShape(MOE_MLP_GRAD_KERNEL, 'dy', inputs.dy, [T, d]);
+    expectShape(MOE_MLP_GRAD_KERNEL, 'hidden', inputs.hidden, [N, h]);
     // Every element is written by the native backward (empty experts get zero gradients there).
     const dx = outputArray(T * d);
     const dw1 = outputArray(E * d * h);
@@ -136,7 +129,7 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
     const outRows = Number(args.attrs?.outRows);
-    const { R, din, dout, E, N } = linearShapes(MOE_LINEAR, inputs, outRows);
+    const { R, din, dout, E, N } = linearShapes(MOE_LINEAR_KERNEL, inputs, outRows);
     const out = outputArray(outRows * dout);
     if (out.length > 0) {
       const v = (n: string) => values(backend, inputs[n]);
@@ -150,8 +143,8 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
     const outRows = Number(args.attrs?.outRows);
-    const { R, din, dout, E, N } = linearShapes(MOE_LINEAR_GRAD, inputs, outRows);
-    expectShape(MOE_LINEAR_GRAD, 'dy', inputs.dy, [outRows, dout]);
+    const { R, din, dout, E, N } = linearShapes(MOE_LINEAR_GRAD_KERNEL, inputs, outRows);
+    expectShape(MOE_LINEAR_GRAD_KERNEL, 'dy', inputs.dy, [outRows, dout]);
     const dx = outputArray(R * din);
     const dw = outputArray(E * din * dout);
     const dweight = outputArray(N);
@@ -166,10 +159,10 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
   };
 
   return [
-    { kernelName: MOE_MLP, backendName, kernelFunc: mlp as unknown as KernelFunc },
-    { kernelName: MOE_MLP_GRAD, backendName, kernelFunc: mlpGrad as unknown as KernelFunc },
-    { kernelName: MOE_LINEAR, backendName, kernelFunc: linear as unknown as KernelFunc },
-    { kernelName: MOE_LINEAR_GRAD, backendName, kernelFunc: linearGrad as unknown as KernelFunc },
+    { kernelName: MOE_MLP_KERNEL, backendName, kernelFunc: mlp as unknown as KernelFunc },
+    { kernelName: MOE_MLP_GRAD_KERNEL, backendName, kernelFunc: mlpGrad as unknown as KernelFunc },
+    { kernelName: MOE_LINEAR_KERNEL, backendName, kernelFunc: linear as unknown as KernelFunc },
+    { kernelName: MOE_LINEAR_GRAD_KERNEL, backendName, kernelFunc: linearGrad as unknown as KernelFunc },
   ];
 }
 
@@ -182,7 +175,7 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
 export function registerMoeGradients(tf: Tf): void {
   const zerosFor = (t: Tensor) => () => tf.zeros(t.shape, 'float32');
   tf.registerGradient({
-    kernelName: MOE_MLP,
+    kernelName: MOE_MLP_KERNEL,
     inputsToSave: ['x', 'w1', 'w2', 'tokenIndex', 'expertIndex', 'weight'],
     outputsToSave: [false, true],
     gradFunc: (dy, saved, attrs) => {
@@ -191,8 +184,8 @@ export function registerMoeGradients(tf: Tf): void {
       const [dx, dw1, dw2, dweight] = tf
         .engine()
         .runKernel(
-          MOE_MLP_GRAD,
-          { dy: dOut, x, w1, w2, tokenIndex, expertIndex, weight, hidden } as unknown as tfTypes.NamedTensorMap,
+          MOE_MLP_GRAD_KERNEL,
+          { dy: dOut, x, w1, w2, tokenIndex, expertIndex, weight, hidden } satisfies MoeMlpGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
           attrs as tfTypes.NamedAttrMap,
         ) as Tensor[];
       return {
@@ -206,7 +199,7 @@ export function registerMoeGradients(tf: Tf): void {
     },
   });
   tf.registerGradient({
-    kernelName: MOE_LINEAR,
+    kernelName: MOE_LINEAR_KERNEL,
     inputsToSave: ['x', 'w', 'inRow', 'outRow', 'expertIndex', 'weight'],
     gradFunc: (dy, saved, attrs) => {
       const dOut = Array.isArray(dy) ? dy[0] : dy;
@@ -214,8 +207,8 @@ export function registerMoeGradients(tf: Tf): void {
       const [dx, dw, dweight] = tf
         .engine()
         .runKernel(
-          MOE_LINEAR_GRAD,
-          { dy: dOut, x, w, inRow, outRow, expertIndex, weight } as unknown as tfTypes.NamedTensorMap,
+          MOE_LINEAR_GRAD_KERNEL,
+          { dy: dOut, x, w, inRow, outRow, expertIndex, weight } satisfies MoeLinearGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
           attrs as tfTypes.NamedAttrMap,
         ) as Tensor[];
       return {

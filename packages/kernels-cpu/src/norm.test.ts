@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { LAYER_NORM } from './norm.js';
+import { LAYER_NORM_KERNEL } from '@moelab/core/kernels';
 import { compareBackends, randArray, rng, type Spec, status } from './testing/helpers.js';
 
 const f = (shape: number[], r: () => number, scale = 1, shift = 0): Spec => ({
@@ -14,9 +14,9 @@ const f = (shape: number[], r: () => number, scale = 1, shift = 0): Spec => ({
 
 /** The fused kernel where the backend has it, else core's op-by-op LayerNorm. */
 function layerNorm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor | null, eps: number): tf.Tensor {
-  if (tf.getKernel(LAYER_NORM, tf.getBackend())) {
+  if (tf.getKernel(LAYER_NORM_KERNEL, tf.getBackend())) {
     const inputs: tf.NamedTensorMap = beta ? { x, gamma, beta } : { x, gamma };
-    const [y, mean, rstd] = tf.engine().runKernel(LAYER_NORM, inputs, { eps, hasBeta: !!beta }) as tf.Tensor[];
+    const [y, mean, rstd] = tf.engine().runKernel(LAYER_NORM_KERNEL, inputs, { eps, hasBeta: !!beta }) as tf.Tensor[];
     tf.dispose([mean!, rstd!]);
     return y!;
   }
@@ -59,7 +59,9 @@ describe.skipIf(!status.available)(`fused LayerNorm equals the op-by-op version 
     await tf.setBackend('moelab-cpu');
     const x = tf.zeros([2, 4]);
     const g = tf.ones([3]);
-    expect(() => tf.engine().runKernel(LAYER_NORM, { x, gamma: g }, { eps: 1e-5, hasBeta: false })).toThrow(/input 'gamma' has shape \[3\], expected \[4\]/);
+    expect(() => tf.engine().runKernel(LAYER_NORM_KERNEL, { x, gamma: g }, { eps: 1e-5, hasBeta: false })).toThrow(
+      /input 'gamma' has shape \[3\], expected \[4\]/,
+    );
     tf.dispose([x, g]);
   });
 });

@@ -1,24 +1,20 @@
 /**
- * Fused LayerNorm as tfjs kernels for moelab-cpu, and its gradient. Op by op (core's generic
- * version) a LayerNorm is ~8 kernels forward (moments, subtract, rsqrt, scale, shift) and ~20
- * backward, each a pass over [tokens, d] with broadcasts; the anchor's LM has 9 of them per step.
+ * Fused LayerNorm (@moelab/core/kernels: LAYER_NORM_KERNEL and its Grad kernel) for moelab-cpu,
+ * and its gradient:
  *
- * Kernel contracts (the gradient is registered once, for every backend that has the kernels):
- *  - `MoelabLayerNorm`: inputs x [..., D], gamma [D], beta [D] (optional); attr eps. Outputs
- *    [y, mean, rstd] with mean, rstd of shape x.shape[:-1]: y = (x - mean) rstd gamma + beta,
- *    rstd = 1 / sqrt(var + eps), var the biased variance (tf.moments').
- *  - `MoelabLayerNormGrad`: inputs dy, x, gamma, mean, rstd; attr hasBeta. Outputs [dx, dgamma]
- *    and dbeta when hasBeta.
+ *   y = (x - mean) rstd gamma + beta,  rstd = 1 / sqrt(var + eps)  (var biased, as tf.moments)
+ *
+ * Op by op (core's generic version) a LayerNorm is ~8 kernels forward (moments, subtract, rsqrt,
+ * scale, shift) and ~20 backward, each a pass over [tokens, d] with broadcasts; the anchor's LM has
+ * 9 of them per step.
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
 import { type Args, expectDtype, expectShape, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
 import { values } from './kernels.js';
+import { LAYER_NORM_GRAD_KERNEL, LAYER_NORM_KERNEL, type LayerNormAttrs, type LayerNormGradAttrs, type LayerNormGradInputs } from '@moelab/core/kernels';
 import { outputArray } from './storage.js';
 import type { NativeAddon } from './native.js';
-
-export const LAYER_NORM = 'MoelabLayerNorm';
-export const LAYER_NORM_GRAD = 'MoelabLayerNormGrad';
 
 function shapes(kernel: string, inputs: Record<string, TensorInfo>, names: string[]) {
   expectDtype(kernel, inputs, names);
@@ -34,9 +30,9 @@ export function makeNormKernels(native: NativeAddon, backendName: string): tfTyp
   const forward = (args: Args): TensorInfo[] => {
     const backend = args.backend as unknown as MathBackendCPU;
     const inputs = args.inputs as Record<string, TensorInfo>;
-    const { D, rows, statShape } = shapes(LAYER_NORM, inputs, inputs.beta ? ['x', 'gamma', 'beta'] : ['x', 'gamma']);
+    const { D, rows, statShape } = shapes(LAYER_NORM_KERNEL, inputs, inputs.beta ? ['x', 'gamma', 'beta'] : ['x', 'gamma']);
     const eps = Number(args.attrs?.eps);
-    if (!(eps >= 0)) throw new Error(`${LAYER_NORM}: attr eps must be a non-negative number`);
+    if (!(eps >= 0)) throw new Error(`${LAYER_NORM_KERNEL}: attr eps must be a non-negative number`);
     const y = outputArray(rows * D);
     const mean = outputArray(rows);
     const rstd = outputArray(rows);
@@ -52,7 +48,7 @@ export function makeNormKernels(native: NativeAddon, backendName: string): tfTyp
   const backward = (args: Args): TensorInfo[] => {
     const backend = args.backend as unknown as MathBackendCPU;
     const inputs = args.inputs as Record<string, TensorInfo>;
-    const { D, rows } = shapes(LAYER_NORM_GRAD, inputs, ['dy', 'x', 'gamma', 'mean', 'rstd']);
+    const { D, rows } = shapes(LAYER_NORM_GRAD_KERNEL, inputs, ['dy', 'x', 'gamma', 'mean', 'rstd']);
     const hasBeta = !!args.attrs?.hasBeta;
     const dx = outputArray(rows * D);
     const dgamma = new Float32Array(D);
@@ -65,28 +61,28 @@ export function makeNormKernels(native: NativeAddon, backendName: string): tfTyp
   };
 
   return [
-    { kernelName: LAYER_NORM, backendName, kernelFunc: forward as unknown as KernelFunc },
-    { kernelName: LAYER_NORM_GRAD, backendName, kernelFunc: backward as unknown as KernelFunc },
+    { kernelName: LAYER_NORM_KERNEL, backendName, kernelFunc: forward as unknown as KernelFunc },
+    { kernelName: LAYER_NORM_GRAD_KERNEL, backendName, kernelFunc: backward as unknown as KernelFunc },
   ];
 }
 
 /** Gradient of the fused LayerNorm (see registerMoeGradients for the pattern). */
 export function registerNormGradients(tf: Tf): void {
   tf.registerGradient({
-    kernelName: LAYER_NORM,
+    kernelName: LAYER_NORM_KERNEL,
     inputsToSave: ['x', 'gamma'],
     outputsToSave: [false, true, true],
     gradFunc: (dy, saved, attrs) => {
       const dOut = Array.isArray(dy) ? dy[0] : dy;
       const [x, gamma, mean, rstd] = saved;
       // Whether beta was an input: the forward's attrs carry it (core sets hasBeta).
-      const hasBeta = !!(attrs as { hasBeta?: boolean } | undefined)?.hasBeta;
+      const hasBeta = !!(attrs as Partial<LayerNormAttrs> | undefined)?.hasBeta;
       const [dx, dgamma, dbeta] = tf
         .engine()
         .runKernel(
-          LAYER_NORM_GRAD,
-          { dy: dOut, x, gamma, mean, rstd } as unknown as tfTypes.NamedTensorMap,
-          { hasBeta } as unknown as tfTypes.NamedAttrMap,
+          LAYER_NORM_GRAD_KERNEL,
+          { dy: dOut, x, gamma, mean, rstd } satisfies LayerNormGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
+          { hasBeta } satisfies LayerNormGradAttrs as unknown as tfTypes.NamedAttrMap,
         ) as Tensor[];
       const grads: Record<string, () => Tensor> = { x: () => dx!, gamma: () => dgamma! };
       if (dbeta) grads.beta = () => dbeta;

@@ -9,7 +9,15 @@ import { hasKernel } from '../ops/kernel.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
 import { Linear } from './layers.js';
-import { applyRope, checkRopeDims, ROPE_KERNEL, ropeTables } from './rope.js';
+import {
+  CAUSAL_ATTENTION_KERNEL,
+  type CausalAttentionAttrs,
+  type CausalAttentionInputs,
+  ROPE_KERNEL,
+  type RopeAttrs,
+  type RopeInputs,
+} from '../kernels/contract.js';
+import { applyRope, checkRopeDims, ropeTables } from './rope.js';
 
 const masks = new Map<number, tf.Tensor2D>();
 
@@ -26,20 +34,19 @@ export function causalMask(T: number): tf.Tensor2D {
 }
 
 /**
- * Kernel a backend may register for {@link causalAttention}: inputs q, k [B, H, T, dk], v [B, H, T, dv];
- * attrs scale and layout ('bhtd' default, or 'bthd': q, k, v and out are [B, T, H, d], see
- * {@link fusedCausalAttention}). Outputs [out, lse [B, H, T]] (lse = each row's log-sum-exp of the
- * scaled scores, kept for the backend's backward kernel). @moelab/kernels-cpu implements it natively.
+ * softmax(q k^T * scale + causal) v for q, k, v of shape [B, H, T, dh]; through the backend's fused
+ * kernel when it has one (CAUSAL_ATTENTION_KERNEL in the kernel contract).
  */
-export const CAUSAL_ATTENTION_KERNEL = 'MoelabCausalAttention';
-
-/** softmax(q k^T * scale + causal) v for q, k, v of shape [B, H, T, dh]. */
 export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!)): tf.Tensor {
   const T = q.shape[2]!;
   if (q.rank === 4 && hasKernel(CAUSAL_ATTENTION_KERNEL) && sameShape(q.shape, k.shape) && sameShape(q.shape.slice(0, 3), v.shape.slice(0, 3))) {
     const [out, lse] = tf
       .engine()
-      .runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v } as unknown as tf.NamedTensorMap, { scale } as unknown as tf.NamedAttrMap) as tf.Tensor[];
+      .runKernel(
+        CAUSAL_ATTENTION_KERNEL,
+        { q, k, v } satisfies CausalAttentionInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+        { scale } satisfies CausalAttentionAttrs as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor[];
     // lse is the backward kernel's (saved through the gradient's outputsToSave), not the caller's.
     lse!.dispose();
     return out!;
@@ -77,16 +84,16 @@ export function fusedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, h
       .engine()
       .runKernel(
         ROPE_KERNEL,
-        { x: t, cos, sin } as unknown as tf.NamedTensorMap,
-        { inverse: false, layout: 'bthd' } as unknown as tf.NamedAttrMap,
+        { x: t, cos, sin } satisfies RopeInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+        { inverse: false, layout: 'bthd' } satisfies RopeAttrs as unknown as tf.NamedAttrMap,
       ) as tf.Tensor;
   };
   const [out, lse] = tf
     .engine()
     .runKernel(
       CAUSAL_ATTENTION_KERNEL,
-      { q: rotate(toHeads(q, dk)), k: rotate(toHeads(k, dk)), v: toHeads(v, dv) } as unknown as tf.NamedTensorMap,
-      { scale: scale ?? 1 / Math.sqrt(dk), layout: 'bthd' } as unknown as tf.NamedAttrMap,
+      { q: rotate(toHeads(q, dk)), k: rotate(toHeads(k, dk)), v: toHeads(v, dv) } satisfies CausalAttentionInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+      { scale: scale ?? 1 / Math.sqrt(dk), layout: 'bthd' } satisfies CausalAttentionAttrs as unknown as tf.NamedAttrMap,
     ) as tf.Tensor[];
   lse!.dispose();
   return tf.reshape(out!, [B, T, heads * dv]);

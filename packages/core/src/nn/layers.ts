@@ -3,6 +3,7 @@
  * names and shapes match the official implementations.
  */
 import { Module } from '../module.js';
+import { LAYER_NORM_KERNEL, type LayerNormAttrs, type LayerNormInputs } from '../kernels/contract.js';
 import { hasKernel } from '../ops/kernel.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
@@ -75,13 +76,6 @@ export interface Norm extends Module {
   forward(x: tf.Tensor): tf.Tensor;
 }
 
-/**
- * Kernel a backend may register for {@link LayerNorm}: inputs x [..., D], gamma [D], beta [D]
- * (absent without bias); attrs eps, hasBeta. Outputs [y, mean, rstd] (statistics of shape
- * x.shape[:-1], kept for the backend's backward kernel). @moelab/kernels-cpu implements it natively.
- */
-export const LAYER_NORM_KERNEL = 'MoelabLayerNorm';
-
 export class LayerNorm extends Module implements Norm {
   readonly weight: tf.Variable;
   readonly bias?: tf.Variable;
@@ -101,16 +95,16 @@ export class LayerNorm extends Module implements Norm {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
+    // The backend's fused LayerNorm when it has one (LAYER_NORM_KERNEL in the kernel contract).
     if (x.rank >= 1 && hasKernel(LAYER_NORM_KERNEL)) {
-      const inputs = this.bias ? { x, gamma: this.weight, beta: this.bias } : { x, gamma: this.weight };
-      const [y, mean, rstd] = tf.engine().runKernel(
-        LAYER_NORM_KERNEL,
-        inputs as unknown as tf.NamedTensorMap,
-        {
-          eps: this.eps,
-          hasBeta: !!this.bias,
-        } as unknown as tf.NamedAttrMap,
-      ) as tf.Tensor[];
+      const inputs: LayerNormInputs<tf.Tensor> = this.bias ? { x, gamma: this.weight, beta: this.bias } : { x, gamma: this.weight };
+      const [y, mean, rstd] = tf
+        .engine()
+        .runKernel(
+          LAYER_NORM_KERNEL,
+          inputs as unknown as tf.NamedTensorMap,
+          { eps: this.eps, hasBeta: !!this.bias } satisfies LayerNormAttrs as unknown as tf.NamedAttrMap,
+        ) as tf.Tensor[];
       // The statistics are the backward kernel's (saved through the gradient's outputsToSave).
       tf.dispose([mean!, rstd!]);
       return y!;

@@ -3,16 +3,9 @@
  * i + dims/2 within the first `dims` channels of each head; the remaining channels pass through
  * (SwitchHead rotates half of each head's channels, for example).
  */
+import { ROPE_KERNEL, type RopeAttrs, type RopeInputs } from '../kernels/contract.js';
 import { hasKernel } from '../ops/kernel.js';
 import { tf } from '../tf.js';
-
-/**
- * Kernel a backend may register for {@link applyRope}: inputs x [B, H, T, dh], cos and sin [T, dims]
- * (the tables below); attrs inverse (rotate by -angle: the transpose, which is the gradient) and
- * layout ('bhtd' default, or 'bthd': x is [B, T, H, dh]). Output shaped like x. @moelab/kernels-cpu
- * implements it natively.
- */
-export const ROPE_KERNEL = 'MoelabRope';
 
 const cache = new Map<string, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
 
@@ -49,8 +42,15 @@ export function applyRope(x: tf.Tensor, dims: number, base = 10000, offset = 0):
   if (dims <= 0) return x;
   checkRopeDims(dims, dh);
   const { cos, sin } = ropeTables(T, dims, base, offset);
+  // The backend's fused RoPE when it has one (ROPE_KERNEL in the kernel contract).
   if (x.rank === 4 && hasKernel(ROPE_KERNEL)) {
-    return tf.engine().runKernel(ROPE_KERNEL, { x, cos, sin } as unknown as tf.NamedTensorMap, { inverse: false } as unknown as tf.NamedAttrMap) as tf.Tensor;
+    return tf
+      .engine()
+      .runKernel(
+        ROPE_KERNEL,
+        { x, cos, sin } satisfies RopeInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+        { inverse: false } satisfies RopeAttrs as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor;
   }
   const rot = dims === dh ? x : tf.slice(x, [0, 0, 0, 0], [-1, -1, -1, dims]);
   const half = dims / 2;

@@ -12,13 +12,9 @@ import type { Activation } from '../nn/activations.js';
 import { activate } from '../nn/activations.js';
 import type { DispatchPlan } from '../nn/dispatch.js';
 import { tf } from '../tf.js';
+import { isMoeActivation, MOE_GLU_KERNEL, type MoeGluAttrs, type MoeGluInputs } from '../kernels/contract.js';
 import { hasKernel } from './kernel.js';
 import { combine, gatherPadded, ungatherPadded } from './moe.js';
-
-export const MOE_GLU_KERNEL = 'MoelabMoeGLU';
-
-/** Gate activations the fused kernel understands (names as passed in its `activation` attr). */
-const GLU_KERNEL_ACTIVATIONS: Partial<Record<Activation, string>> = { relu: 'relu', gelu: 'gelu', silu: 'silu', relu2: 'relu2', identity: 'identity' };
 
 /**
  * The gated experts of the plan's assignments. x [T, d], w1 and w3 [E, d, h], w2 [E, h, d],
@@ -33,8 +29,7 @@ export function moeGLU(
   weight: tf.Tensor1D | null,
   activation: Activation,
 ): tf.Tensor2D {
-  const kernelAct = GLU_KERNEL_ACTIVATIONS[activation];
-  if (!kernelAct || !hasKernel(MOE_GLU_KERNEL)) return moeGLUGeneric(x, w1, w3, w2, plan, weight, activation);
+  if (!isMoeActivation(activation) || !hasKernel(MOE_GLU_KERNEL)) return moeGLUGeneric(x, w1, w3, w2, plan, weight, activation);
   const [out, hidden] = tf.engine().runKernel(
     MOE_GLU_KERNEL,
     {
@@ -45,8 +40,8 @@ export function moeGLU(
       tokenIndex: tf.tensor1d(plan.tokenIndex, 'int32'),
       expertIndex: tf.tensor1d(plan.expertIndex, 'int32'),
       weight: weight ?? tf.ones([plan.size]),
-    } as unknown as tf.NamedTensorMap,
-    { activation: kernelAct } as unknown as tf.NamedAttrMap,
+    } satisfies MoeGluInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+    { activation } satisfies MoeGluAttrs as unknown as tf.NamedAttrMap,
   ) as tf.Tensor[];
   // The second output (what the kernel's backward needs) is held by the gradient tape.
   hidden!.dispose();

@@ -8,13 +8,16 @@ import type { Activation } from '../nn/activations.js';
 import { activate } from '../nn/activations.js';
 import { DispatchPlan } from '../nn/dispatch.js';
 import { tf } from '../tf.js';
+import {
+  isMoeActivation,
+  MOE_LINEAR_KERNEL,
+  MOE_MLP_KERNEL,
+  type MoeLinearAttrs,
+  type MoeLinearInputs,
+  type MoeMlpAttrs,
+  type MoeMlpInputs,
+} from '../kernels/contract.js';
 import { hasKernel } from './kernel.js';
-
-export const MOE_MLP_KERNEL = 'MoelabMoeMLP';
-export const MOE_LINEAR_KERNEL = 'MoelabMoeLinear';
-
-/** Activations the fused kernel understands (names as passed in the kernel attr). */
-const KERNEL_ACTIVATIONS: Partial<Record<Activation, string>> = { relu: 'relu', gelu: 'gelu', silu: 'silu', relu2: 'relu2', identity: 'identity' };
 
 export { hasKernel };
 
@@ -44,8 +47,7 @@ export function combine(y: tf.Tensor2D, weight: tf.Tensor1D | null, plan: Dispat
  * x [T, d], w1 [E, d, h], w2 [E, h, d], weight [N] (null = all ones). Returns [T, d].
  */
 export function moeMLP(x: tf.Tensor2D, w1: tf.Tensor3D, w2: tf.Tensor3D, plan: DispatchPlan, weight: tf.Tensor1D | null, activation: Activation): tf.Tensor2D {
-  const kernelAct = KERNEL_ACTIVATIONS[activation];
-  if (kernelAct && hasKernel(MOE_MLP_KERNEL)) {
+  if (isMoeActivation(activation) && hasKernel(MOE_MLP_KERNEL)) {
     const w = weight ?? tf.ones([plan.size]);
     // The kernel's second output (the pre-activations it saves for its backward pass) is internal:
     // the gradient tape keeps its own copy, so only `out` is handed back.
@@ -58,8 +60,8 @@ export function moeMLP(x: tf.Tensor2D, w1: tf.Tensor3D, w2: tf.Tensor3D, plan: D
         tokenIndex: tf.tensor1d(plan.tokenIndex, 'int32'),
         expertIndex: tf.tensor1d(plan.expertIndex, 'int32'),
         weight: w,
-      } as unknown as tf.NamedTensorMap,
-      { activation: kernelAct } as unknown as tf.NamedAttrMap,
+      } satisfies MoeMlpInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+      { activation } satisfies MoeMlpAttrs as unknown as tf.NamedAttrMap,
     ) as tf.Tensor[];
     hidden!.dispose();
     return out as tf.Tensor2D;
@@ -95,8 +97,8 @@ export function moeLinear(
         outRow: tf.tensor1d(outRow, 'int32'),
         expertIndex: tf.tensor1d(expertIndex, 'int32'),
         weight: wt,
-      } as unknown as tf.NamedTensorMap,
-      { outRows } as unknown as tf.NamedAttrMap,
+      } satisfies MoeLinearInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+      { outRows } satisfies MoeLinearAttrs as unknown as tf.NamedAttrMap,
     ) as tf.Tensor2D;
   }
   const dout = w.shape[2];

@@ -4,23 +4,9 @@
  * decay and an exportable state (exact resume).
  */
 import type { TensorToWrite } from '../safetensors.js';
+import { ADAMW_KERNEL, type AdamWAttrs, type AdamWInputs, SUM_OF_SQUARES_KERNEL, type SumOfSquaresInputs } from '../kernels/contract.js';
 import { hasKernel } from '../ops/kernel.js';
 import { tf } from '../tf.js';
-
-/**
- * Kernel a backend may register to apply one AdamW step to one tensor in a single pass: inputs p, g,
- * m, v; attrs lr, beta1, beta2, eps, weightDecay (0 = none), bc1, bc2 (the bias corrections);
- * outputs [p', m', v'], the same float32 operations as the op-by-op update in `AdamW.apply`.
- * @moelab/kernels-cpu implements it natively, in place when nothing else holds p, m or v's
- * storage (it then returns them as its outputs), which is why `apply` assigns all three.
- */
-export const ADAMW_KERNEL = 'MoelabAdamW';
-
-/**
- * Kernel a backend may register for one term of the global gradient norm: input x, output the
- * scalar sum of x^2 (what tf.sum(tf.square(x)) computes, without the x-sized temporary).
- */
-export const SUM_OF_SQUARES_KERNEL = 'MoelabSumOfSquares';
 
 export interface AdamWOptions {
   beta1: number;
@@ -61,10 +47,16 @@ export class AdamW {
         const m = this.m.get(name)!;
         const v = this.v.get(name)!;
         if (fused) {
-          const attrs = { lr, beta1, beta2, eps, weightDecay: p.rank > 1 ? weightDecay : 0, bc1, bc2 };
+          // The backend's fused step (ADAMW_KERNEL in the kernel contract); it may update in
+          // place and return p, m, v themselves, hence all three assigns.
+          const attrs: AdamWAttrs = { lr, beta1, beta2, eps, weightDecay: p.rank > 1 ? weightDecay : 0, bc1, bc2 };
           const [p2, m2, v2] = tf
             .engine()
-            .runKernel(ADAMW_KERNEL, { p, g, m, v } as unknown as tf.NamedTensorMap, attrs as unknown as tf.NamedAttrMap) as tf.Tensor[];
+            .runKernel(
+              ADAMW_KERNEL,
+              { p, g, m, v } satisfies AdamWInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+              attrs as unknown as tf.NamedAttrMap,
+            ) as tf.Tensor[];
           m.assign(m2!);
           v.assign(v2!);
           p.assign(p2!);
@@ -131,7 +123,9 @@ export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number)
   const fused = hasKernel(SUM_OF_SQUARES_KERNEL);
   const norm = tf.tidy(() => {
     const sq = [...grads.values()].map((g) =>
-      fused ? (tf.engine().runKernel(SUM_OF_SQUARES_KERNEL, { x: g } as unknown as tf.NamedTensorMap) as tf.Tensor) : tf.sum(tf.square(g)),
+      fused
+        ? (tf.engine().runKernel(SUM_OF_SQUARES_KERNEL, { x: g } satisfies SumOfSquaresInputs<tf.Tensor> as unknown as tf.NamedTensorMap) as tf.Tensor)
+        : tf.sum(tf.square(g)),
     );
     return sq.length ? Math.sqrt(tf.addN(sq).dataSync()[0]!) : 0;
   });

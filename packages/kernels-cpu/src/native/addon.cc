@@ -193,7 +193,7 @@ void LayerNormBackward(const Napi::CallbackInfo& info) {
 // (x, out, outer, R, inner, kind)
 void Reduce(const Napi::CallbackInfo& info) {
   long outer = Int(info, 2), R = Int(info, 3), inner = Int(info, 4), kind = Int(info, 5);
-  if (kind > kReduceSumSq) throw Napi::RangeError::New(info.Env(), "moelab-cpu: unknown reduction");
+  if (kind > kReduceSumOfSquares) throw Napi::RangeError::New(info.Env(), "moelab-cpu: unknown reduction");
   reduce(F32(info, 0, outer * R * inner, "x"), F32(info, 1, outer * inner, "out"), outer, R, inner, static_cast<int>(kind));
 }
 

@@ -20,32 +20,32 @@ void bias_act(float* out, long M, int N, const float* bias, int act, float alpha
       if (bias)
         for (int j = 0; j < N; j++) row[j] += bias[j];
       switch (act) {
-        case kFRelu:
+        case kActRelu:
           for (int j = 0; j < N; j++) row[j] = row[j] > 0.f ? row[j] : 0.f;
           break;
-        case kRelu6:
+        case kActRelu6:
           for (int j = 0; j < N; j++) row[j] = std::min(6.f, std::max(0.f, row[j]));
           break;
-        case kSigmoid:
+        case kActSigmoid:
           for (int j = 0; j < N; j++) row[j] = 1.f / (1.f + std::exp(-row[j]));
           break;
-        case kElu:
+        case kActElu:
           for (int j = 0; j < N; j++) row[j] = row[j] >= 0.f ? row[j] : std::exp(row[j]) - 1.f;
           break;
-        case kLeaky:
+        case kActLeakyrelu:
           for (int j = 0; j < N; j++) row[j] = row[j] >= 0.f ? row[j] : a * row[j];
           break;
-        case kReluNan:
+        case kActReluNan:
           for (int j = 0; j < N; j++) row[j] = (row[j] > 0.f || row[j] != row[j]) ? row[j] : 0.f;
           break;
-        case kStep:
+        case kActStep:
           for (int j = 0; j < N; j++) row[j] = row[j] != row[j] ? row[j] : (row[j] > 0.f ? 1.f : a);
           break;
-        case kExpDouble:
+        case kActExpDouble:
           // In double, rounded once, like tfjs-cpu's Math.exp into a Float32Array.
           for (int j = 0; j < N; j++) row[j] = static_cast<float>(std::exp(static_cast<double>(row[j])));
           break;
-        case kSigmoidDouble:
+        case kActSigmoidDouble:
           // tfjs-cpu: 1 / (1 + Math.exp(-x)) in double, rounded once.
           for (int j = 0; j < N; j++) row[j] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(row[j]))));
           break;
@@ -144,7 +144,7 @@ inline float bin(float a, float b) {
   if (OP == kBinAdd) return a + b;
   if (OP == kBinSub) return a - b;
   if (OP == kBinDiv) return a / b;
-  float t = a - b;  // kBinSqDiff
+  float t = a - b;  // kBinSquaredDifference
   return t * t;
 }
 
@@ -196,7 +196,7 @@ void broadcast_op(int op, const float* a, const float* b, O* out, int rank, cons
     MOELAB_BIN_CASE(kBinAdd)
     MOELAB_BIN_CASE(kBinSub)
     MOELAB_BIN_CASE(kBinDiv)
-    MOELAB_BIN_CASE(kBinSqDiff)
+    MOELAB_BIN_CASE(kBinSquaredDifference)
     MOELAB_BIN_CASE(kBinEqual)
     MOELAB_BIN_CASE(kBinNotEqual)
     MOELAB_BIN_CASE(kBinGreater)
@@ -313,10 +313,10 @@ void reduce(const float* x, float* out, long outer, long R, long inner, int kind
   // equals tf.sum(tf.square(x)) on cpu bit for bit, a single sum over many elements excepted: see below).
   auto term = [&](float v) -> double {
     if (kind == kReduceMean) return static_cast<double>(static_cast<float>(v / static_cast<float>(R)));
-    if (kind == kReduceSumSq) return static_cast<double>(static_cast<float>(v * v));
+    if (kind == kReduceSumOfSquares) return static_cast<double>(static_cast<float>(v * v));
     return v;
   };
-  if (kind == kReduceSumSq && outer == 1 && inner == 1 && R > 2 * kSumSqBlock) {
+  if (kind == kReduceSumOfSquares && outer == 1 && inner == 1 && R > 2 * kSumSqBlock) {
     // One big sum (a gradient-norm term): one sequential chain of double adds would run at the adds'
     // latency on one core. Fixed blocks, each with independent accumulators, summed in block order:
     // the result does not depend on the thread count, and differs from the sequential sum only by

@@ -9,14 +9,21 @@
 
 namespace moelab {
 
+// The enums below are the native codes of @moelab/core's kernel contract (its
+// src/kernels/contract.ts: MOE_ACTIVATION_CODE, FUSED_MATMUL_ACTIVATION_CODE +
+// UNARY_ACTIVATION_CODE, BINARY_OP_CODE, REDUCE_CODE), enumerator = prefix + the key in
+// PascalCase, every value explicit. kernels-cpu's contract.test.ts parses this header and fails
+// on any difference, in either direction.
+
 // Activations of the fused MoE ops.
-enum MoeAct { kIdentity = 0, kRelu = 1, kGelu = 2, kSilu = 3, kRelu2 = 4 };
-// Activations of _FusedMatMul (tfjs names: linear, relu, relu6, sigmoid, elu, leakyrelu).
-enum FusedAct { kLinear = 0, kFRelu = 1, kRelu6 = 2, kSigmoid = 3, kElu = 4, kLeaky = 5,
+enum MoeActivation { kMoeIdentity = 0, kMoeRelu = 1, kMoeGelu = 2, kMoeSilu = 3, kMoeRelu2 = 4 };
+// The bias + activation pass: the activations of _FusedMatMul (tfjs names: linear, relu, relu6,
+// sigmoid, elu, leakyrelu), then elementwise unaries that reuse the threaded pass.
+enum BiasActivation { kActLinear = 0, kActRelu = 1, kActRelu6 = 2, kActSigmoid = 3, kActElu = 4, kActLeakyrelu = 5,
   // The elementwise Relu / Step kernels (tfjs semantics: NaN stays NaN; Step gives alpha for x <= 0).
-  kReluNan = 6, kStep = 7,
+  kActReluNan = 6, kActStep = 7,
   // The elementwise Exp and Sigmoid kernels (in double, like tfjs-cpu's JS callbacks).
-  kExpDouble = 8, kSigmoidDouble = 9 };
+  kActExpDouble = 8, kActSigmoidDouble = 9 };
 
 // out[M,N] += bias (bias of length N, or null) then activation, in place on a fresh output; with
 // src, out is first filled from src row by row (an elementwise unary into a fresh output).
@@ -25,7 +32,7 @@ void bias_act(float* out, long M, int N, const float* bias, int act, float alpha
 // out = transpose(x, perm) for rank <= 8.
 void transpose(const float* x, float* out, int rank, const int* shape, const int* perm);
 
-enum BinaryOp { kBinMul = 0, kBinAdd = 1, kBinSub = 2, kBinDiv = 3, kBinSqDiff = 4,
+enum BinaryOp { kBinMul = 0, kBinAdd = 1, kBinSub = 2, kBinDiv = 3, kBinSquaredDifference = 4,
   // Comparisons: a 0/1 byte per element (tfjs bool storage).
   kBinEqual = 5, kBinNotEqual = 6, kBinGreater = 7, kBinGreaterEqual = 8, kBinLess = 9, kBinLessEqual = 10 };
 // out = a (op) b with broadcasting: outShape has `rank` (<= 8) dims, aStr/bStr are element strides
@@ -50,7 +57,7 @@ void topk(const float* x, float* values, int32_t* indices, long rows, int cols, 
 // out[numSegments, inner] = sum of rows of x[n, inner] by ids (ids outside [0, numSegments) dropped).
 void segment_sum(const float* x, const int* ids, long n, long inner, float* out, long numSegments);
 
-enum ReduceKind { kReduceSum = 0, kReduceMean = 1, kReduceMax = 2, kReduceSumSq = 3 };
+enum ReduceKind { kReduceSum = 0, kReduceMean = 1, kReduceMax = 2, kReduceSumOfSquares = 3 };
 // out[o, c] = reduce over r of x[o, r, c] for x viewed as [outer, R, inner] (tfjs-cpu's order and
 // double accumulation, so results are bit-identical to it).
 void reduce(const float* x, float* out, long outer, long R, long inner, int kind);

@@ -30,19 +30,19 @@ void act_backward_rows(const float* pre, float* g, float* a, long rows, int h, c
 template <int ACT>
 void act_backward_from_output(const float* a, float* g, long rows, int h, const long* order, const float* weight,
                               float* dweight) {
-  static_assert(ACT == kRelu || ACT == kIdentity, "only activations whose derivative follows from the output");
+  static_assert(ACT == kMoeRelu || ACT == kMoeIdentity, "only activations whose derivative follows from the output");
   for (long r = 0; r < rows; r++) {
     const long n = order[r];
     const float wn = weight[n];
     const float* ar = a + r * h;
     float* gr = g + r * h;
     dweight[n] = dot8(gr, ar, h);
-    for (int j = 0; j < h; j++) gr[j] = ACT == kRelu ? (ar[j] > 0.f ? wn * gr[j] : 0.f) : wn * gr[j];
+    for (int j = 0; j < h; j++) gr[j] = ACT == kMoeRelu ? (ar[j] > 0.f ? wn * gr[j] : 0.f) : wn * gr[j];
   }
 }
 
 // Whether the forward saves act(pre) instead of pre (see moe_mlp_forward).
-inline bool saves_output(int act) { return act == kRelu || act == kIdentity; }
+inline bool saves_output(int act) { return act == kMoeRelu || act == kMoeIdentity; }
 
 }  // namespace
 
@@ -64,7 +64,7 @@ void moe_mlp_forward(const float* x, const float* w1, const float* w2, const int
     sgemm_st(false, false, rows, h, d, 1.f, xs.get() + c.r0 * d, d, w1 + static_cast<long>(c.e) * d * h, h, 0.f, hp,
              h);
     // In place for ReLU (hact is hidden there).
-    if (act != kIdentity) with_act(act, [&](auto A) { act_rows<decltype(A)::value>(hp, hact + c.r0 * h, rows * h); });
+    if (act != kMoeIdentity) with_act(act, [&](auto A) { act_rows<decltype(A)::value>(hp, hact + c.r0 * h, rows * h); });
     sgemm_st(false, false, rows, d, h, 1.f, hact + c.r0 * h, h, w2 + static_cast<long>(c.e) * h * d, d, 0.f,
              y.get() + c.r0 * d, d);
   });
@@ -91,10 +91,10 @@ void moe_mlp_backward(const float* dout, const float* x, const float* w1, const 
     sgemm_st(false, true, rows, h, d, 1.f, dy.get() + c.r0 * d, d, w2 + static_cast<long>(c.e) * h * d, d, 0.f, gp,
              h);
     const long* order = byExp.order.data() + c.r0;
-    if (act == kRelu)
-      act_backward_from_output<kRelu>(hidden + c.r0 * h, gp, rows, h, order, weight, dweight);
-    else if (act == kIdentity)
-      act_backward_from_output<kIdentity>(hidden + c.r0 * h, gp, rows, h, order, weight, dweight);
+    if (act == kMoeRelu)
+      act_backward_from_output<kMoeRelu>(hidden + c.r0 * h, gp, rows, h, order, weight, dweight);
+    else if (act == kMoeIdentity)
+      act_backward_from_output<kMoeIdentity>(hidden + c.r0 * h, gp, rows, h, order, weight, dweight);
     else
       with_act(act, [&](auto A) {
         act_backward_rows<decltype(A)::value>(hidden + c.r0 * h, gp, ha.get() + c.r0 * h, rows, h, order, weight,

@@ -67,23 +67,23 @@ inline std::vector<Chunk> chunks(const Groups& g, int E, long N) {
 // branch-free (vectorised, for ReLU and ReLU^2) loop per activation instead of a switch per element.
 template <int ACT>
 inline float act_t(float v) {
-  if constexpr (ACT == kRelu) return v > 0.f ? v : 0.f;
-  if constexpr (ACT == kGelu) return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
-  if constexpr (ACT == kSilu) return v / (1.f + std::exp(-v));
-  if constexpr (ACT == kRelu2) return v > 0.f ? v * v : 0.f;
+  if constexpr (ACT == kMoeRelu) return v > 0.f ? v : 0.f;
+  if constexpr (ACT == kMoeGelu) return 0.5f * v * (1.f + std::erf(v * 0.70710678118654752f));
+  if constexpr (ACT == kMoeSilu) return v / (1.f + std::exp(-v));
+  if constexpr (ACT == kMoeRelu2) return v > 0.f ? v * v : 0.f;
   return v;
 }
 
 template <int ACT>
 inline float act_grad_t(float v) {
-  if constexpr (ACT == kRelu) return v > 0.f ? 1.f : 0.f;
-  if constexpr (ACT == kGelu)
+  if constexpr (ACT == kMoeRelu) return v > 0.f ? 1.f : 0.f;
+  if constexpr (ACT == kMoeGelu)
     return 0.5f * (1.f + std::erf(v * 0.70710678118654752f)) + v * 0.39894228040143268f * std::exp(-0.5f * v * v);
-  if constexpr (ACT == kSilu) {
+  if constexpr (ACT == kMoeSilu) {
     float s = 1.f / (1.f + std::exp(-v));
     return s * (1.f + v * (1.f - s));
   }
-  if constexpr (ACT == kRelu2) return v > 0.f ? 2.f * v : 0.f;
+  if constexpr (ACT == kMoeRelu2) return v > 0.f ? 2.f * v : 0.f;
   return 1.f;
 }
 
@@ -109,16 +109,16 @@ inline float dot8(const float* a, const float* b, int n) {
 template <class F>
 void with_act(int act, F&& f) {
   switch (act) {
-    case kRelu:
-      return f(std::integral_constant<int, kRelu>{});
-    case kGelu:
-      return f(std::integral_constant<int, kGelu>{});
-    case kSilu:
-      return f(std::integral_constant<int, kSilu>{});
-    case kRelu2:
-      return f(std::integral_constant<int, kRelu2>{});
+    case kMoeRelu:
+      return f(std::integral_constant<int, kMoeRelu>{});
+    case kMoeGelu:
+      return f(std::integral_constant<int, kMoeGelu>{});
+    case kMoeSilu:
+      return f(std::integral_constant<int, kMoeSilu>{});
+    case kMoeRelu2:
+      return f(std::integral_constant<int, kMoeRelu2>{});
     default:
-      return f(std::integral_constant<int, kIdentity>{});
+      return f(std::integral_constant<int, kMoeIdentity>{});
   }
 }
 

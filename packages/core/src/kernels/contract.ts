@@ -1,0 +1,278 @@
+/**
+ * The fused-kernel contract: the one place that names the kernels core calls when a backend has
+ * them, their inputs and attributes, and the numeric codes the native kernels take. Core's call
+ * sites, @moelab/kernels-cpu (and any other backend: wasm, CUDA) import these constants instead of
+ * repeating string and number literals; kernels-cpu's `contract.test.ts` checks the C++ header
+ * `kernels.h` against the code tables below, in both directions.
+ *
+ * Import it alone as `@moelab/core/kernels` (no tfjs, no side effects), or from `@moelab/core`.
+ *
+ * A backend implements a kernel by registering a tfjs kernel under the name; core checks
+ * `tf.getKernel(name, backend)` and otherwise runs its op-by-op version. Gradients of the fused
+ * forward kernels are registered once, for every backend, by the backend package that brings them
+ * (kernels-cpu today): the backward work is itself a kernel (`...Grad`) that each backend brings.
+ * See docs/kernels.md.
+ */
+
+// ---------------------------------------------------------------------------------------------
+// Kernel names
+
+/**
+ * out[t] = sum over assignments n with tokenIndex[n] = t of weight[n] * act(x[t] w1[e_n]) w2[e_n].
+ * Inputs {@link MoeMlpInputs}, attrs {@link MoeMlpAttrs}. Outputs [out [T,d], hidden [N,h]]:
+ * `hidden` is whatever the backend's backward kernel needs of each assignment's hidden layer, in
+ * the backend's own order (saved through the gradient's `outputsToSave`; callers dispose it).
+ */
+export const MOE_MLP_KERNEL = 'MoelabMoeMLP';
+/** Backward of {@link MOE_MLP_KERNEL}: inputs {@link MoeMlpGradInputs}, the forward's attrs. Outputs [dx, dw1, dw2, dweight]. */
+export const MOE_MLP_GRAD_KERNEL = 'MoelabMoeMLPGrad';
+/**
+ * Gated (GLU) experts: out[t] = sum_n weight[n] * (act(x[t] w1[e_n]) * (x[t] w3[e_n])) w2[e_n]
+ * (SwiGLU with silu, GeGLU with gelu, ReGLU with relu; arXiv:2002.05202). Inputs
+ * {@link MoeGluInputs}, attrs {@link MoeGluAttrs} (the gate's activation). Outputs
+ * [out [T,d], hidden [N,2h]]: `hidden` is the backend's own record for its backward kernel.
+ */
+export const MOE_GLU_KERNEL = 'MoelabMoeGLU';
+/** Backward of {@link MOE_GLU_KERNEL}: inputs {@link MoeGluGradInputs}, the forward's attrs. Outputs [dx, dw1, dw3, dw2, dweight]. */
+export const MOE_GLU_GRAD_KERNEL = 'MoelabMoeGLUGrad';
+/**
+ * One expert-selected linear map: out[outRow[n]] += weight[n] * x[inRow[n]] w[e_n].
+ * Inputs {@link MoeLinearInputs}, attrs {@link MoeLinearAttrs}. Output out [outRows, dout].
+ */
+export const MOE_LINEAR_KERNEL = 'MoelabMoeLinear';
+/** Backward of {@link MOE_LINEAR_KERNEL}: inputs {@link MoeLinearGradInputs}, the forward's attrs. Outputs [dx, dw, dweight]. */
+export const MOE_LINEAR_GRAD_KERNEL = 'MoelabMoeLinearGrad';
+/**
+ * Causal scaled dot-product attention: out_i = sum_{j<=i} softmax_j(scale q_i.k_j) v_j.
+ * Inputs {@link CausalAttentionInputs}, attrs {@link CausalAttentionAttrs}. Outputs [out, lse [B,H,T]]
+ * (lse = each row's log-sum-exp of the scaled scores, kept for the backward kernel).
+ */
+export const CAUSAL_ATTENTION_KERNEL = 'MoelabCausalAttention';
+/**
+ * Backward of {@link CAUSAL_ATTENTION_KERNEL}: inputs {@link CausalAttentionGradInputs}, the
+ * forward's attrs. Outputs [dq, dk, dv]: with P = exp(S - lse) and D_i = sum_c dy_ic out_ic,
+ * dS = P (dy v^T - D), dq = scale dS k, dk = scale dS^T q, dv = P^T dy.
+ */
+export const CAUSAL_ATTENTION_GRAD_KERNEL = 'MoelabCausalAttentionGrad';
+/**
+ * Rotate-half RoPE of the first `dims` channels of each head (channel i pairs with i + dims/2; the
+ * cos / sin tables are equal on both halves), other channels copied. Inputs {@link RopeInputs},
+ * attrs {@link RopeAttrs}. Output shaped like x. `inverse` rotates by the negative angle, which is
+ * the transpose, hence the gradient (no separate Grad kernel).
+ */
+export const ROPE_KERNEL = 'MoelabRope';
+/**
+ * LayerNorm over the last axis: y = (x - mean) rstd gamma + beta, rstd = 1 / sqrt(var + eps), var
+ * the biased variance. Inputs {@link LayerNormInputs}, attrs {@link LayerNormAttrs}. Outputs
+ * [y, mean, rstd] with mean, rstd of shape x.shape[:-1] (kept for the backward kernel).
+ */
+export const LAYER_NORM_KERNEL = 'MoelabLayerNorm';
+/** Backward of {@link LAYER_NORM_KERNEL}: inputs {@link LayerNormGradInputs}, attrs {@link LayerNormGradAttrs}. Outputs [dx, dgamma] and dbeta when hasBeta. */
+export const LAYER_NORM_GRAD_KERNEL = 'MoelabLayerNormGrad';
+/**
+ * One AdamW step on one tensor (no gradient): m' = b1 m + (1-b1) g, v' = b2 v + (1-b2) g^2,
+ * p' = p - lr (m'/bc1) / (sqrt(v'/bc2) + eps) - lr wd p. Inputs {@link AdamWInputs}, attrs
+ * {@link AdamWAttrs}. Outputs [p', m', v'], the same float32 operations in the same order as core's
+ * op-by-op update. A backend may update in place when nobody else can see p, m, v (it then returns
+ * them as its outputs), which is why callers assign all three.
+ */
+export const ADAMW_KERNEL = 'MoelabAdamW';
+/** sum(x^2) as a scalar (one term of the global gradient norm) without the x-sized temporary. Inputs {@link SumOfSquaresInputs}, no attrs. */
+export const SUM_OF_SQUARES_KERNEL = 'MoelabSumOfSquares';
+
+/** Every fused kernel name of the contract. */
+export const FUSED_KERNELS = [
+  MOE_MLP_KERNEL,
+  MOE_MLP_GRAD_KERNEL,
+  MOE_GLU_KERNEL,
+  MOE_GLU_GRAD_KERNEL,
+  MOE_LINEAR_KERNEL,
+  MOE_LINEAR_GRAD_KERNEL,
+  CAUSAL_ATTENTION_KERNEL,
+  CAUSAL_ATTENTION_GRAD_KERNEL,
+  ROPE_KERNEL,
+  LAYER_NORM_KERNEL,
+  LAYER_NORM_GRAD_KERNEL,
+  ADAMW_KERNEL,
+  SUM_OF_SQUARES_KERNEL,
+] as const;
+export type FusedKernelName = (typeof FUSED_KERNELS)[number];
+
+// ---------------------------------------------------------------------------------------------
+// Inputs and attributes (T is the tensor type: tf.Tensor at a call site, TensorInfo in a kernel)
+
+/** x [T,d], w1 [E,d,h], w2 [E,h,d]; tokenIndex, expertIndex int32 [N]; weight [N]. */
+export interface MoeMlpInputs<T> {
+  x: T;
+  w1: T;
+  w2: T;
+  tokenIndex: T;
+  expertIndex: T;
+  weight: T;
+}
+/** The forward's inputs plus dy [T,d] and the forward's second output `hidden` [N,h]. */
+export interface MoeMlpGradInputs<T> extends MoeMlpInputs<T> {
+  dy: T;
+  hidden: T;
+}
+export interface MoeMlpAttrs {
+  /** The expert activation (gelu = the exact erf form). */
+  activation: MoeActivation;
+}
+
+/** x [T,d], w1 and w3 [E,d,h], w2 [E,h,d]; tokenIndex, expertIndex int32 [N]; weight [N]. */
+export interface MoeGluInputs<T> extends MoeMlpInputs<T> {
+  w3: T;
+}
+/** The forward's inputs plus dy [T,d] and the forward's second output `hidden` [N,2h]. */
+export interface MoeGluGradInputs<T> extends MoeGluInputs<T> {
+  dy: T;
+  hidden: T;
+}
+export interface MoeGluAttrs {
+  /** The gate's activation (gelu = the exact erf form). */
+  activation: MoeActivation;
+}
+
+/** x [R,din], w [E,din,dout]; inRow, outRow, expertIndex int32 [N]; weight [N]. */
+export interface MoeLinearInputs<T> {
+  x: T;
+  w: T;
+  inRow: T;
+  outRow: T;
+  expertIndex: T;
+  weight: T;
+}
+/** The forward's inputs plus dy [outRows,dout]. */
+export interface MoeLinearGradInputs<T> extends MoeLinearInputs<T> {
+  dy: T;
+}
+export interface MoeLinearAttrs {
+  /** Rows of the output (a non-negative integer). */
+  outRows: number;
+}
+
+/** q, k [B,H,T,dk] and v [B,H,T,dv] (layout 'bthd': [B,T,H,d]). */
+export interface CausalAttentionInputs<T> {
+  q: T;
+  k: T;
+  v: T;
+}
+/** The forward's inputs plus dy and out (the layout of out) and lse [B,H,T]. */
+export interface CausalAttentionGradInputs<T> extends CausalAttentionInputs<T> {
+  dy: T;
+  out: T;
+  lse: T;
+}
+export interface CausalAttentionAttrs {
+  /** Multiplies q.k before the softmax (usually 1/sqrt(dk)); finite. */
+  scale: number;
+  /** Default 'bhtd'. */
+  layout?: AttentionLayout;
+}
+
+/** x [B,H,T,dh] (layout 'bthd': [B,T,H,dh]); cos, sin [T,dims], dims even and <= dh. */
+export interface RopeInputs<T> {
+  x: T;
+  cos: T;
+  sin: T;
+}
+export interface RopeAttrs {
+  /** Rotate by the negative angle (the transpose: the gradient). */
+  inverse: boolean;
+  /** Default 'bhtd'. */
+  layout?: AttentionLayout;
+}
+
+/** x [..., D], gamma [D], beta [D] (absent without bias). */
+export interface LayerNormInputs<T> {
+  x: T;
+  gamma: T;
+  beta?: T;
+}
+export interface LayerNormAttrs {
+  /** Added to the variance; non-negative. */
+  eps: number;
+  /** Whether beta is an input (the gradient reads it back from these attrs). */
+  hasBeta: boolean;
+}
+/** dy, x [..., D], gamma [D], and the forward's mean, rstd [...]. */
+export interface LayerNormGradInputs<T> {
+  dy: T;
+  x: T;
+  gamma: T;
+  mean: T;
+  rstd: T;
+}
+export interface LayerNormGradAttrs {
+  /** Whether to return dbeta as a third output. */
+  hasBeta: boolean;
+}
+
+/** p, g, m, v: float32, one shape. */
+export interface AdamWInputs<T> {
+  p: T;
+  g: T;
+  m: T;
+  v: T;
+}
+export interface AdamWAttrs {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** Decoupled weight decay (0 = none). */
+  weightDecay: number;
+  /** Bias corrections 1 - beta1^t and 1 - beta2^t. */
+  bc1: number;
+  bc2: number;
+}
+
+export interface SumOfSquaresInputs<T> {
+  x: T;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enumerated attribute values and the native codes (kernels-cpu's src/native/kernels.h)
+
+/** Tensor layouts of the attention and RoPE kernels: [B, H, T, d] or [B, T, H, d] (the projections' own layout). */
+export const ATTENTION_LAYOUTS = ['bhtd', 'bthd'] as const;
+export type AttentionLayout = (typeof ATTENTION_LAYOUTS)[number];
+
+/** Activations of the fused MoE kernels and their native codes (kernels.h `MoeActivation`, `kMoe...`). */
+export const MOE_ACTIVATION_CODE = { identity: 0, relu: 1, gelu: 2, silu: 3, relu2: 4 } as const;
+export type MoeActivation = keyof typeof MOE_ACTIVATION_CODE;
+
+/** Whether `name` is an activation the fused MoE kernels take. */
+export function isMoeActivation(name: string): name is MoeActivation {
+  return Object.hasOwn(MOE_ACTIVATION_CODE, name);
+}
+
+/**
+ * The native bias + activation pass (kernels.h `BiasActivation`, `kAct...`), part 1: the
+ * activations of tfjs's `_FusedMatMul`, keyed by tfjs's attr value.
+ */
+export const FUSED_MATMUL_ACTIVATION_CODE = { linear: 0, relu: 1, relu6: 2, sigmoid: 3, elu: 4, leakyrelu: 5 } as const;
+/**
+ * Part 2: elementwise unary kernels run through the same threaded pass, with tfjs-cpu's semantics
+ * (reluNan: NaN stays NaN; step: alpha for x <= 0; exp and sigmoid computed in double).
+ */
+export const UNARY_ACTIVATION_CODE = { reluNan: 6, step: 7, expDouble: 8, sigmoidDouble: 9 } as const;
+
+/** Elementwise binaries with broadcasting (kernels.h `BinaryOp`, `kBin...`); 5 and up write a 0/1 byte (bool). */
+export const BINARY_OP_CODE = {
+  mul: 0,
+  add: 1,
+  sub: 2,
+  div: 3,
+  squaredDifference: 4,
+  equal: 5,
+  notEqual: 6,
+  greater: 7,
+  greaterEqual: 8,
+  less: 9,
+  lessEqual: 10,
+} as const;
+
+/** Reductions over the middle axis of [outer, R, inner] (kernels.h `ReduceKind`, `kReduce...`). */
+export const REDUCE_CODE = { sum: 0, mean: 1, max: 2, sumOfSquares: 3 } as const;
