@@ -8,7 +8,8 @@ import { DispatchPlan } from '../nn/dispatch.js';
 import { Rng } from '../rng.js';
 import { tf } from '../tf.js';
 import { hasKernel } from './kernel.js';
-import { MOE_GLU_KERNEL, moeGLU, moeGLUGeneric } from './moe-glu.js';
+import { MOE_GLU_KERNEL } from '../kernels/contract.js';
+import { moeGLU, moeGLUGeneric } from './moe-glu.js';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
