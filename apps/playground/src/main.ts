@@ -3,7 +3,7 @@
  * data, and train two runs side by side in Web Workers with live charts, routing views, generation
  * and checkpoints.
  */
-import { buildModel, defaultTrainConfig, type LanguageModel, type Module, modelSummary, type NodeSpec, type Preset, type TrainConfig, tf } from '@moelab/core';
+import { buildModel, defaultTrainConfig, type LanguageModel, type Module, modelSummary, type NodeSpec, type TrainConfig, tf } from '@moelab/core';
 import { BACKEND_CHOICES } from './backends.js';
 import { expertColor, heatmap, lineChart, type Series } from './charts.js';
 import { splitText, type TextData } from './data.js';
@@ -100,14 +100,15 @@ function setSpec(next: NodeSpec, train: Partial<TrainConfig>): void {
 // ---------------------------------------------------------------- presets and the registry
 
 const presetSelect = $<HTMLSelectElement>('#preset');
-for (const name of registry.names('preset')) presetSelect.append(el('option', { value: name }, name));
-presetSelect.value = registry.has('preset', 'moe-micro') ? 'moe-micro' : (registry.names('preset')[0] ?? '');
+const presetDefinitions = registry.presets();
+for (const p of presetDefinitions) presetSelect.append(el('option', { value: p.name }, p.name));
+presetSelect.value = registry.hasPreset('moe-micro') ? 'moe-micro' : (presetDefinitions[0]?.name ?? '');
 const showPresetDesc = () => {
-  $('#preset-desc').textContent = presetSelect.value ? registry.get('preset', presetSelect.value).description : '';
+  $('#preset-desc').textContent = presetDefinitions.find((p) => p.name === presetSelect.value)?.description ?? '';
 };
 presetSelect.addEventListener('change', showPresetDesc);
 function usePreset(name: string): void {
-  const p = registry.get('preset', name).create({}, undefined as never) as Preset;
+  const p = registry.preset(name);
   setSpec(p.spec, p.train);
 }
 $('#use-preset').addEventListener('click', () => usePreset(presetSelect.value));
@@ -561,7 +562,7 @@ async function startUp(): Promise<void> {
   showPresetDesc();
   usePreset(presetSelect.value);
   drawCompare();
-  $('#app-status').textContent = `${registry.kinds().length} registry kinds · ${registry.names('preset').length} presets`;
+  $('#app-status').textContent = `${registry.kinds().length} registry kinds · ${registry.presetNames().length} presets`;
   document.body.dataset.ready = 'true';
   loadBrown()
     .then((b) => {

@@ -16,7 +16,7 @@ const train = { batchSize: 16, seqLen: 128, lr: 3e-3, warmup: 30, steps: 400, ev
 /** The CLI's `dense-tiny` / `moe-tiny` (same specs as packages/node/src/presets.ts). */
 export const foundationPresets = definePlugin({
   name: '@moelab/node/presets',
-  entries: [
+  presets: [
     definePreset(
       'dense-tiny',
       'Dense baseline: d 128, 2 layers, 4 heads, FFN 516 (same active params per token as moe-tiny).',
@@ -46,7 +46,7 @@ const microTrain = { batchSize: 8, seqLen: 32, lr: 1e-2, warmup: 5, steps: 200, 
 /** Playground-only presets: tiny enough for a few seconds of training on the plain JS backend. */
 export const playgroundPresets = definePlugin({
   name: 'playground/presets',
-  entries: [
+  presets: [
     definePreset(
       'moe-micro',
       'Softmax top-2 MoE: d 32, 2 layers, 2 heads, 4 GELU experts of 32. Trains in seconds (for trying things out).',

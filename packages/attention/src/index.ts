@@ -3,7 +3,6 @@
  * @packageDocumentation
  */
 import { definePlugin } from '@moelab/core';
-import { moeutLMFixture, switchheadFixture } from './fixtures.js';
 import { bamSoftMoA } from './bam.js';
 import { mha } from './mha.js';
 import { switchhead } from './switchhead.js';
@@ -12,7 +11,7 @@ export { mha } from './mha.js';
 export { BamSoftMoA, bamSoftMoA, type BamOptions } from './bam.js';
 export { ParamGroup, expandKvHeads, routingStatsOf } from './common.js';
 export { SwitchHead, switchhead, renormRows, type SwitchHeadOptions } from './switchhead.js';
-export { moeutLMFixture, moeutSpecFromOfficialConfig, switchheadFixture } from './fixtures.js';
+export { moeutSpecFromOfficialConfig } from './moeut-config.js';
 export {
   DENSE_COMPUTE_HIDDEN,
   DENSE_PARAMS_HIDDEN,
@@ -26,6 +25,6 @@ export {
   moeutTinyTrain,
 } from './presets/moeut.js';
 
-export const attention = definePlugin({ name: '@moelab/attention', entries: [mha, switchhead, bamSoftMoA, switchheadFixture, moeutLMFixture] });
+export const attention = definePlugin({ name: '@moelab/attention', entries: [mha, switchhead, bamSoftMoA] });
 export default attention;
 export { attentionMoePresets, bamAttnTiny, bamAttnTinySpec } from './presets/attention-moe.js';

@@ -34,7 +34,6 @@ export * from './metrics.js';
 export * from './generate.js';
 export * from './plugin.js';
 export * from './spec-info.js';
-export * from './fixtures.js';
 export { directionalGradCheck } from './gradcheck.js';
 export * from './presets.js';
 export * from './checkpoint-format.js';

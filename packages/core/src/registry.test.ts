@@ -1,5 +1,5 @@
 import { beforeAll, describe, expect, it } from 'vitest';
-import { buildModel, Config, createRegistry, defineEntry, definePlugin, MoelabError, Registry, resolveConfig, Type, tf } from './index.js';
+import { buildModel, Config, createRegistry, defineEntry, definePlugin, definePreset, MoelabError, Registry, resolveConfig, Type, tf } from './index.js';
 import { testRegistry } from '../test/helpers.js';
 
 beforeAll(async () => {
@@ -43,6 +43,31 @@ describe('registry', () => {
 
   it('rejects invalid entry names', () => {
     expect(() => new Registry().register({ ...toy, name: 'Bad_Name' })).toThrow(/invalid router name/);
+  });
+});
+
+describe('presets', () => {
+  const tiny = definePreset('tiny', 'a tiny model', { type: 'transformer-lm', dModel: 8 }, { steps: 3 });
+  const plugin = definePlugin({ name: 'presets', presets: [tiny, definePreset('tinier', 'smaller', { type: 'transformer-lm', dModel: 4 })] });
+
+  it('a plugin contributes presets to their own table; each read is a fresh copy', () => {
+    const r = createRegistry(plugin);
+    expect(r.presetNames()).toEqual(['tinier', 'tiny']);
+    expect(r.presets('tin?').map((p) => p.name)).toEqual(['tiny']);
+    expect(r.kinds()).toEqual([]);
+    const a = r.preset('tiny');
+    expect(a).toEqual({ spec: { type: 'transformer-lm', dModel: 8 }, train: { steps: 3 } });
+    a.spec.dModel = 99;
+    a.train.steps = 99;
+    expect(r.preset('tiny')).toEqual({ spec: { type: 'transformer-lm', dModel: 8 }, train: { steps: 3 } });
+  });
+
+  it('unknown and duplicate presets are errors naming them', () => {
+    const r = createRegistry(plugin);
+    expect(() => r.preset('tinny', '--preset')).toThrow(/--preset: unknown preset "tinny"\. Did you mean: tiny/);
+    expect(() => r.registerPreset(tiny)).toThrow(/duplicate preset "tiny"/);
+    expect(() => new Registry().registerPreset(definePreset('Big Model', '', { type: 'x' }))).toThrow(/invalid preset name "Big Model"/);
+    expect(() => new Registry().preset('tiny')).toThrow(/unknown preset "tiny"\. No presets are registered/);
   });
 });
 

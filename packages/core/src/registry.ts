@@ -1,28 +1,17 @@
 /**
  * The registry: one flat map of named entries per kind (router, expert, ffn, attention, block, norm, model,
- * preset, ...). An entry is a plain object — name, description, config schema, defaults, factory — and a
- * package contributes entries through an explicit plugin object: `createRegistry().use(routers)`.
- * Duplicate names are errors; unknown names are errors that list the close matches.
+ * ...). An entry is a plain object — name, description, config schema, defaults, factory — and a package
+ * contributes entries through an explicit plugin object: `createRegistry().use(routers)`. Presets (ready
+ * model specs) are a second, typed table filled from a plugin's `presets` list. Duplicate names are
+ * errors; unknown names are errors that list the close matches.
  */
 import { closeMatches, MoelabError } from './errors.js';
 import { type Static, type TSchema, schemaDefaults } from './schema.js';
 import type { BuildContext } from './builder.js';
+import type { Preset, PresetDefinition } from './presets.js';
 
 /** Well-known kinds. Plugins may add their own kinds (any string). */
-export type Kind =
-  | 'model'
-  | 'block'
-  | 'attention'
-  | 'ffn'
-  | 'router'
-  | 'expert'
-  | 'norm'
-  | 'peft'
-  | 'upcycler'
-  | 'kernel'
-  | 'dataset'
-  | 'preset'
-  | (string & {});
+export type Kind = 'model' | 'block' | 'attention' | 'ffn' | 'router' | 'expert' | 'norm' | 'peft' | 'upcycler' | 'kernel' | 'dataset' | (string & {});
 
 export interface Entry<S extends TSchema = TSchema, R = unknown> {
   kind: Kind;
@@ -46,11 +35,15 @@ export function defineEntry<S extends TSchema, R>(entry: Entry<S, R>): Entry<S, 
 
 export interface Plugin {
   name: string;
+  /** Buildable entries (routers, experts, ...). */
   entries: Entry<TSchema, unknown>[];
+  /** Ready model specs (`definePreset`), read back with `registry.preset(name)`. */
+  presets?: PresetDefinition[];
 }
 
-export function definePlugin(plugin: Plugin): Plugin {
-  return plugin;
+/** A plugin from its name and its entries and/or presets (either list may be left out). */
+export function definePlugin(plugin: { name: string; entries?: Entry<TSchema, unknown>[]; presets?: PresetDefinition[] }): Plugin {
+  return { ...plugin, entries: plugin.entries ?? [] };
 }
 
 export interface EntryDescription {
@@ -73,14 +66,52 @@ function wildcard(pattern: string): RegExp {
 
 export class Registry {
   private readonly byKind = new Map<string, Map<string, Entry>>();
+  private readonly presetTable = new Map<string, PresetDefinition>();
   private readonly plugins: string[] = [];
 
-  /** Add every entry of a plugin. Using the same plugin twice is an error, like any duplicate name. */
+  /** Add every entry and preset of a plugin. Using the same plugin twice is an error, like any duplicate name. */
   use(plugin: Plugin): this {
     if (this.plugins.includes(plugin.name)) throw new MoelabError(`plugin "${plugin.name}" is already in use`);
     for (const e of plugin.entries) this.register(e);
+    for (const p of plugin.presets ?? []) this.registerPreset(p);
     this.plugins.push(plugin.name);
     return this;
+  }
+
+  registerPreset(preset: PresetDefinition): this {
+    if (!preset.name || !/^[a-z0-9][a-z0-9-]*$/.test(preset.name)) {
+      throw new MoelabError(`invalid preset name "${preset.name}": use lower-case letters, digits and '-'`);
+    }
+    if (this.presetTable.has(preset.name)) throw new MoelabError(`duplicate preset "${preset.name}": a preset with this name is already registered`);
+    this.presetTable.set(preset.name, preset);
+    return this;
+  }
+
+  /**
+   * A fresh copy of a preset's spec and training config (callers may edit it), or an error listing close
+   * names. `where` (e.g. `--preset`) is put in the message.
+   */
+  preset(name: string, where?: string): Preset {
+    const p = this.presetTable.get(name);
+    if (p) return { spec: structuredClone(p.spec), train: structuredClone(p.train) };
+    const names = this.presetNames();
+    const close = closeMatches(name, names);
+    const hint = close.length ? ` Did you mean: ${close.join(', ')}?` : names.length ? ` Known presets: ${names.join(', ')}.` : ' No presets are registered.';
+    throw new MoelabError(`unknown preset "${name}".${hint}`, where);
+  }
+
+  hasPreset(name: string): boolean {
+    return this.presetTable.has(name);
+  }
+
+  presetNames(): string[] {
+    return [...this.presetTable.keys()].sort();
+  }
+
+  /** Preset definitions (name, description, spec, train), optionally filtered by a wildcard such as `moe*`. */
+  presets(pattern?: string): PresetDefinition[] {
+    const re = pattern ? wildcard(pattern) : undefined;
+    return [...this.presetTable.values()].filter((p) => !re || re.test(p.name)).sort((a, b) => a.name.localeCompare(b.name));
   }
 
   register<S extends TSchema, R>(entry: Entry<S, R>): this {

@@ -74,9 +74,13 @@ function composedExpert(m: MonetLayer, i: number, j: number, x: number[]): numbe
   return [...top, ...bot];
 }
 
-/** Σ_h Σ_ij g1[h,i] g2[h,j] E_ij(x) (skipping masked ids i·E + j). */
-function explicitSum(m: MonetLayer, x: number[][], masked = new Set<number>()): number[][] {
-  const r = m.lastRouting!;
+/**
+ * Σ_h Σ_ij g1[h,i] g2[h,j] E_ij(x) (skipping masked ids i·E + j), with the routing of the layer's own router
+ * (in training mode it normalises with the batch statistics, which re-routing the same batch reproduces).
+ */
+function explicitSum(m: MonetLayer, xt: tf.Tensor2D, training: boolean, masked = new Set<number>()): number[][] {
+  const r = m.router!.route(xt, training);
+  const x = xt.arraySync();
   const g1 = r.group1.g.arraySync();
   const g2 = r.group2.g.arraySync();
   const { experts: E, heads: H } = m.options;
@@ -116,10 +120,10 @@ describe('monet', () => {
       const x = tf.tensor2d(new Rng(2).normalArray(7 * d), [7, d]);
       for (const training of [true, false]) {
         const y = m.forward(x, forwardContext(new Rng(0), training)) as tf.Tensor2D;
-        expectClose(y.arraySync(), explicitSum(m, x.arraySync()));
+        expectClose(y.arraySync(), explicitSum(m, x, training));
       }
       // the routing really is sparse and multi-expert: some (token, head) rows select 1 < count < E
-      const sel = m.lastRouting!.group1.sel;
+      const sel = m.router!.route(x, false).group1.sel;
       let partial = 0;
       for (let r = 0; r < sel.length / 3; r++) {
         const c = sel[3 * r]! + sel[3 * r + 1]! + sel[3 * r + 2]!;
@@ -138,7 +142,7 @@ describe('monet', () => {
       for (let i = 0; i < E; i++) masked.add(i * E + 2);
       const expertMask = new Map([['ffn', masked]]);
       const y = m.forward(x, forwardContext(new Rng(0), false, { expertMask })) as tf.Tensor2D;
-      expectClose(y.arraySync(), explicitSum(m, x.arraySync(), masked));
+      expectClose(y.arraySync(), explicitSum(m, x, false, masked));
       const unmasked = m.forward(x, forwardContext(new Rng(0), false)) as tf.Tensor2D;
       expect(tf.max(tf.abs(tf.sub(unmasked, y))).dataSync()[0]!).toBeGreaterThan(1e-3);
       // all-ones mask (nothing masked) == plain; mask everything -> 0

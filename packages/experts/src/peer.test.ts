@@ -60,8 +60,7 @@ describe('peer', () => {
   it('the layer retrieves the brute-force top-k of its own query scores; gates are a softmax per head', () => {
     const p = peer();
     const x = tf.tensor2d(new Rng(2).normalArray(10 * d), [10, d]);
-    p.forward(x, forwardContext(new Rng(0), false));
-    const r = p.lastRetrieval!;
+    const r = p.retrieve(x, false);
     const q = r.q.arraySync();
     const keys = p.subKeys.arraySync() as number[][][];
     for (let t = 0; t < 10; t++)
@@ -80,7 +79,7 @@ describe('peer', () => {
     const p = peer({ k: 1, heads: 3, activation: 'gelu' });
     const x = tf.tensor2d(new Rng(4).normalArray(5 * d), [5, d]);
     const y = p.forward(x, forwardContext(new Rng(0), false)).arraySync() as number[][];
-    const r = p.lastRetrieval!;
+    const r = p.retrieve(x, false);
     for (const g of r.gates.dataSync()) expect(g).toBe(1);
     const U = p.down.weight.arraySync() as number[][];
     const V = p.up.weight.arraySync() as number[][];
@@ -136,17 +135,16 @@ describe('peer', () => {
     const p = peer({}, 10);
     const x = tf.tensor2d(new Rng(11).normalArray(6 * d), [6, d]);
     // which experts does the unmasked layer pick? mask three of them
-    p.forward(x, forwardContext(new Rng(0), false));
-    const chosen = [...new Set(p.lastRetrieval!.indices)];
+    const chosen = [...new Set(p.retrieve(x, false).indices)];
     const masked = new Set(chosen.slice(0, 3));
     const expertMask = new Map([['ffn', masked]]);
     const run = (mask: boolean) => () => tf.sum(tf.square(p.forward(x, forwardContext(new Rng(0), false, mask ? { expertMask } : {})))) as tf.Scalar;
     const { grads } = tf.variableGrads(run(true), [p.down.weight, p.up.weight]);
-    p.forward(x, forwardContext(new Rng(0), false, { expertMask }));
-    const ids = p.lastRetrieval!.indices;
+    const underMask = p.retrieve(x, false, masked);
+    const ids = underMask.indices;
     for (const e of masked) expect(ids.includes(e)).toBe(false);
     // retrieval under the mask == brute force over the unmasked experts
-    const q = p.lastRetrieval!.q.arraySync();
+    const q = underMask.q.arraySync();
     const keys = p.subKeys.arraySync() as number[][][];
     for (let t = 0; t < 6; t++)
       for (let h = 0; h < 2; h++) {

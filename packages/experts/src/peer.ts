@@ -153,7 +153,6 @@ export class PEERLayer extends Module implements FeedForward {
   readonly down: Embedding;
   readonly up: Embedding;
   readonly S: number;
-  lastRetrieval?: PEERRetrieval;
 
   constructor(
     readonly dModel: number,
@@ -218,7 +217,6 @@ export class PEERLayer extends Module implements FeedForward {
         if (!Number.isInteger(id) || id < 0 || id >= this.numExperts)
           throw new MoelabError(`expert mask id ${id} is out of range [0, ${this.numExperts})`, this.path);
     const r = this.retrieve(flat, ctx.training, masked);
-    this.lastRetrieval = r;
     const idx = tf.tensor1d(r.indices, 'int32');
     const u = tf.reshape(tf.gather(this.down.weight, idx), [n, h * k, d]);
     const v = tf.reshape(tf.gather(this.up.weight, idx), [n, h * k, d]);

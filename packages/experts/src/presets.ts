@@ -53,4 +53,4 @@ export const peerTiny = definePreset(
   expertPresetTrain,
 );
 
-export const expertPresets = definePlugin({ name: '@moelab/experts/presets', entries: [monetTiny, peerTiny] });
+export const expertPresets = definePlugin({ name: '@moelab/experts/presets', presets: [monetTiny, peerTiny] });

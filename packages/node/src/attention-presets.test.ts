@@ -4,7 +4,7 @@
  * loss falls within a few small steps and validation runs.
  */
 import { BamSoftMoA } from '@moelab/attention';
-import { buildModel, modelSummary, type Preset, Trainer, tf } from '@moelab/core';
+import { buildModel, modelSummary, Trainer, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { CorpusTokens, loadCorpus } from './corpus.js';
 import { createDefaultRegistry } from './registry.js';
@@ -20,7 +20,7 @@ describe('attention-mixture presets on the default corpus', () => {
 
   for (const [name, isMixture] of cases) {
     it(`${name}: in the registry, attention mixtures in both layers, loss falls in a few steps`, () => {
-      const preset = registry.get('preset', name, 'preset').create({}, undefined as never) as Preset;
+      const preset = registry.preset(name, 'preset');
       expect(preset.train).toMatchObject({ batchSize: 16, seqLen: 128, steps: 400 });
       const model = buildModel(preset.spec, registry, 1);
       expect(model.modules().filter(isMixture)).toHaveLength(2);

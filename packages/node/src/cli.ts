@@ -12,7 +12,6 @@ import {
   generateTokens,
   MoelabError,
   type NodeSpec,
-  type Preset,
   Rng,
   tf,
   type TrainConfig,
@@ -147,7 +146,7 @@ async function cmdTrain(args: string[], o: Opts): Promise<void> {
     spec = {} as NodeSpec;
     name = o.out;
   } else if (o.preset) {
-    const p = registry.get('preset', o.preset, '--preset').create({}, undefined as never) as Preset;
+    const p = registry.preset(o.preset, '--preset');
     spec = p.spec;
     train = p.train;
     name = o.preset;
@@ -308,21 +307,23 @@ async function cmdGenerate(args: string[], o: Opts): Promise<void> {
 function cmdList(args: string[], o: Opts): void {
   const registry = createDefaultRegistry();
   const [kind, pattern] = args;
-  if (kind && !registry.kinds().includes(kind)) throw new MoelabError(`unknown kind "${kind}". Kinds: ${registry.kinds().join(', ')}`);
-  const entries = registry.list(kind, pattern);
+  const kinds = [...registry.kinds(), 'preset'].sort();
+  if (kind && !kinds.includes(kind)) throw new MoelabError(`unknown kind "${kind}". Kinds: ${kinds.join(', ')}`);
+  const entries = kind === 'preset' ? [] : registry.list(kind, pattern);
+  const presets = !kind || kind === 'preset' ? registry.presets(pattern) : [];
   if (o.json) {
-    process.stdout.write(
-      `${JSON.stringify(
-        entries.map((e) => registry.describe(e.kind, e.name)),
-        null,
-        2,
-      )}\n`,
-    );
+    const described = [...entries.map((e) => registry.describe(e.kind, e.name)), ...presets.map((p) => ({ kind: 'preset', ...p }))];
+    process.stdout.write(`${JSON.stringify(described, null, 2)}\n`);
     return;
   }
+  const rows = [
+    ...entries.map((e) => ({ kind: e.kind as string, name: e.name, description: e.description })),
+    ...presets.map((p) => ({ kind: 'preset', ...p })),
+  ];
+  rows.sort((a, b) => a.kind.localeCompare(b.kind) || a.name.localeCompare(b.name));
   let current = '';
-  const width = Math.max(22, ...entries.map((e) => e.name.length));
-  for (const e of entries) {
+  const width = Math.max(22, ...rows.map((e) => e.name.length));
+  for (const e of rows) {
     if (e.kind !== current) {
       current = e.kind;
       process.stdout.write(`\n${current}:\n`);

@@ -5,7 +5,7 @@
  * learning-rate schedule for all.
  */
 import { join } from 'node:path';
-import { buildModel, type LanguageModel, type Module, type Preset, type TrainConfig, Trainer, tf } from '@moelab/core';
+import { buildModel, type LanguageModel, type Module, type TrainConfig, Trainer, tf } from '@moelab/core';
 import { CorpusTokens, loadCorpus } from './corpus.js';
 import { writeFileAtomic } from './fsutil.js';
 import { createDefaultRegistry } from './registry.js';
@@ -52,7 +52,7 @@ export async function compareRuns(o: CompareOptions): Promise<CompareRow[]> {
     if (!o.quiet) process.stderr.write(`time budget ${o.timeBudgetSec}s -> ${steps} steps per preset\n`);
   }
   for (const name of o.presets) {
-    const preset = registry.get('preset', name, 'preset').create({}, undefined as never) as Preset;
+    const preset = registry.preset(name, 'preset');
     const train = { ...preset.train, ...(o.train ?? {}), ...(steps !== undefined ? { steps } : {}) };
     const r: RunResult = trainRun({
       registry,
@@ -132,7 +132,7 @@ function calibrateSteps(
   train: Partial<TrainConfig>,
   budgetSec: number,
 ): number {
-  const preset = registry.get('preset', name, 'preset').create({}, undefined as never) as Preset;
+  const preset = registry.preset(name, 'preset');
   const model = buildModel<Module & LanguageModel>(preset.spec, registry, 0);
   const tr = new Trainer(model, tokens, { ...preset.train, ...train });
   tr.trainStep();

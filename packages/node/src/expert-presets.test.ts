@@ -3,7 +3,7 @@
  * default registry, build at the documented sizes, and train on the default corpus (Brown): the training
  * loss falls within a few small steps and validation runs in eval mode (BN buffers, no batch statistics).
  */
-import { buildModel, type Preset, Trainer, tf } from '@moelab/core';
+import { buildModel, Trainer, tf } from '@moelab/core';
 import { MonetLayer, PEERLayer } from '@moelab/experts';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { CorpusTokens, loadCorpus } from './corpus.js';
@@ -19,7 +19,7 @@ describe('expert presets on the default corpus', () => {
 
   for (const name of ['monet-tiny', 'peer-tiny']) {
     it(`${name}: in the registry, documented size, loss falls in a few steps`, () => {
-      const preset = registry.get('preset', name, 'preset').create({}, undefined as never) as Preset;
+      const preset = registry.preset(name, 'preset');
       expect(preset.train).toMatchObject({ batchSize: 16, seqLen: 128, steps: 400 });
       const model = buildModel(preset.spec, registry, 1);
       const layers = model.modules().filter((m) => m instanceof MonetLayer || m instanceof PEERLayer);

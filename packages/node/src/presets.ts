@@ -31,4 +31,4 @@ export const moeTiny = definePreset(
   train,
 );
 
-export const foundationPresets = definePlugin({ name: '@moelab/node/presets', entries: [denseTiny, moeTiny] });
+export const foundationPresets = definePlugin({ name: '@moelab/node/presets', presets: [denseTiny, moeTiny] });

@@ -3,7 +3,7 @@
  * budget, and compare validation perplexity, load balance (MaxVio, CV), drop rate and speed.
  */
 import { join } from 'node:path';
-import { MoelabError, type NodeSpec, type Preset, type Registry, type TrainConfig, tf } from '@moelab/core';
+import { MoelabError, type NodeSpec, type Registry, type TrainConfig, tf } from '@moelab/core';
 import { CorpusTokens, loadCorpus } from './corpus.js';
 import { writeFileAtomic } from './fsutil.js';
 import { createDefaultRegistry } from './registry.js';
@@ -79,7 +79,7 @@ export function sweepRouters(o: {
 }): SweepRow[] {
   const registry = createDefaultRegistry();
   for (const r of o.routers) registry.get('router', r, '--router');
-  const preset = registry.get('preset', o.preset, '--preset').create({}, undefined as never) as Preset;
+  const preset = registry.preset(o.preset, '--preset');
   const tokens = new CorpusTokens(loadCorpus(o.data));
   const rows: SweepRow[] = [];
   const base = firstRouter(preset.spec);

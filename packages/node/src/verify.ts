@@ -1,28 +1,28 @@
 /** `moelab verify`: run golden fixtures (JSON + safetensors beside it) and print a line per tensor. */
 import { existsSync, readFileSync } from 'node:fs';
-import { MoelabError, parseFixtureDoc, readSafetensors, type Registry, tf, verifyFixture } from '@moelab/core';
+import { MoelabError, type Registry, tf } from '@moelab/core';
+import { parseFixture, type VerifyReport, verifyFixture } from '@moelab/verify';
 
 export function verifyFiles(paths: string[], registry: Registry, json: boolean): number {
   if (paths.length === 0) throw new MoelabError('usage: moelab verify <fixture.json> [more.json …]');
   let failed = 0;
-  const reports = [];
+  const reports: VerifyReport[] = [];
   for (const p of paths) {
     if (!existsSync(p)) throw new MoelabError('no such file', p);
-    const doc = parseFixtureDoc(readFileSync(p, 'utf8'), p);
     const st = p.replace(/\.json$/, '.safetensors');
-    if (!existsSync(st)) throw new MoelabError(`its tensors file ${st} is missing`, p);
-    const tensors = readSafetensors(new Uint8Array(readFileSync(st)), st).tensors;
+    if (st === p || !existsSync(st)) throw new MoelabError(`its tensors file ${st === p ? '<name>.safetensors' : st} is missing`, p);
+    const fx = parseFixture(readFileSync(p, 'utf8'), new Uint8Array(readFileSync(st)), p);
     tf.engine().startScope();
-    let report: ReturnType<typeof verifyFixture>;
+    let report: VerifyReport;
     try {
-      report = verifyFixture({ doc, tensors }, registry);
+      report = verifyFixture(fx, registry);
     } finally {
       tf.engine().endScope();
     }
     reports.push(report);
     if (!report.ok) failed++;
     if (json) continue;
-    process.stdout.write(`${report.ok ? 'PASS' : 'FAIL'} ${doc.name} (${doc.kind}, backend ${tf.getBackend()})\n`);
+    process.stdout.write(`${report.ok ? 'PASS' : 'FAIL'} ${fx.doc.name} (${fx.doc.kind}, backend ${tf.getBackend()})\n`);
     for (const c of report.checks) {
       const used = c.missing ? 'missing' : Number.isFinite(c.budgetUsed) ? `${(100 * c.budgetUsed).toFixed(1)}% of budget` : 'mismatch';
       process.stdout.write(

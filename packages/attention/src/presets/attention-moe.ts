@@ -30,4 +30,4 @@ export const bamAttnTiny = definePreset(
   train,
 );
 
-export const attentionMoePresets = definePlugin({ name: '@moelab/attention/attention-moe-presets', entries: [bamAttnTiny] });
+export const attentionMoePresets = definePlugin({ name: '@moelab/attention/attention-moe-presets', presets: [bamAttnTiny] });

@@ -81,4 +81,4 @@ export const moeutTinyDenseCompute = definePreset(
   moeutTinyTrain,
 );
 
-export const moeutPresets = definePlugin({ name: '@moelab/attention/presets', entries: [moeutTiny, moeutTinyDenseParams, moeutTinyDenseCompute] });
+export const moeutPresets = definePlugin({ name: '@moelab/attention/presets', presets: [moeutTiny, moeutTinyDenseParams, moeutTinyDenseCompute] });

@@ -55,8 +55,6 @@ const sharedRouting = carryKey<MonetRouting>('monet:routing');
 export class MonetLayer extends Module implements FeedForward {
   readonly router?: MonetRouter;
   readonly moe: MonetHDExperts | MonetVDExperts;
-  /** The routing of the last forward call (for inspection and the fixture runner). */
-  lastRouting?: MonetRouting;
 
   constructor(
     readonly dModel: number,
@@ -108,7 +106,6 @@ export class MonetLayer extends Module implements FeedForward {
         );
       if (routing.n !== n) throw new MoelabError(`monet layer ${this.path}: the shared routing covers ${routing.n} tokens, this layer got ${n}`);
     }
-    this.lastRouting = routing;
     const g1 = routing.group1.g;
     const g2 = routing.group2.g;
     const masked = ctx.expertMask?.get(this.path);
