@@ -57,7 +57,7 @@ describe('presets', () => {
     expect(r.kinds()).toEqual([]);
     const a = r.preset('tiny');
     expect(a).toEqual({ spec: { type: 'transformer-lm', dModel: 8 }, train: { steps: 3 } });
-    a.spec.dModel = 99;
+    (a.spec as Record<string, unknown>).dModel = 99;
     a.train.steps = 99;
     expect(r.preset('tiny')).toEqual({ spec: { type: 'transformer-lm', dModel: 8 }, train: { steps: 3 } });
   });
