@@ -50,6 +50,8 @@ describe('moelab verify and moelab list preset', () => {
     const j = JSON.parse(runCli(['list', 'preset', 'moe*', '--json']).out);
     expect(j.map((p: { name: string }) => p.name)).toEqual(['moe-tiny', 'moeut-tiny', 'moeut-tiny-dense-compute', 'moeut-tiny-dense-params']);
     expect(j[0]).toMatchObject({ kind: 'preset', spec: { type: 'transformer-lm' }, train: { batchSize: 16 } });
-    expect(runCli(['list']).out).toMatch(/^preset:\n {2}dense-tiny/m);
+    const all = runCli(['list']).out;
+    expect(all).toMatch(/^router:$/m);
+    expect(all.slice(all.indexOf('\npreset:\n'))).toMatch(/^ {2}dense-tiny +Dense baseline/m);
   });
 });
