@@ -5,12 +5,7 @@
  */
 import * as tfjs from '@tensorflow/tfjs';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
-import { makeOverrides } from './kernels.js';
-import { makeAdamWKernel } from './adamw.js';
-import { makeAttentionKernels, registerAttentionGradients } from './attention.js';
-import { makeMoeKernels, registerMoeGradients } from './moe.js';
-import { makeMoeGluKernels, registerMoeGluGradient } from './moe-glu.js';
-import { makeNormKernels, registerNormGradients } from './norm.js';
+import { nativeKernels, registerFusedGradients } from './kernels/index.js';
 import { HOW_TO_BUILD, loadNative } from './native.js';
 import { FUSED_KERNELS } from '@moelab/core/kernels';
 import { noteDisposed, noteRead, noteWrap } from './storage.js';
@@ -132,22 +127,11 @@ function registerOnce(tf: typeof tfjs, priority = 2.5): MoelabCpuStatus | null {
   for (const k of cpuKernels) {
     if (!tf.getKernel(k.kernelName, BACKEND_NAME)) tf.registerKernel({ ...k, backendName: BACKEND_NAME });
   }
-  const { configs } = makeOverrides(tf, addon, BACKEND_NAME);
-  for (const k of [
-    ...configs,
-    ...makeMoeKernels(addon, BACKEND_NAME),
-    ...makeMoeGluKernels(addon, BACKEND_NAME),
-    ...makeAttentionKernels(addon, BACKEND_NAME),
-    makeAdamWKernel(addon, BACKEND_NAME),
-    ...makeNormKernels(addon, BACKEND_NAME),
-  ]) {
+  for (const k of nativeKernels(tf, addon, BACKEND_NAME)) {
     if (tf.getKernel(k.kernelName, BACKEND_NAME)) tf.unregisterKernel(k.kernelName, BACKEND_NAME);
     tf.registerKernel(k);
   }
-  registerMoeGradients(tf);
-  registerMoeGluGradient(tf);
-  registerAttentionGradients(tf);
-  registerNormGradients(tf);
+  registerFusedGradients(tf);
   registeredWith = tf;
   return null;
 }

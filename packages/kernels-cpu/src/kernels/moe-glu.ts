@@ -11,11 +11,10 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
-import { ints, values } from './kernels.js';
+import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf, ints, values } from './helpers.js';
 import { isMoeActivation, MOE_ACTIVATION_CODE, MOE_GLU_GRAD_KERNEL, MOE_GLU_KERNEL, type MoeGluGradInputs } from '@moelab/core/kernels';
-import type { NativeAddon } from './native.js';
-import { outputArray } from './storage.js';
+import type { NativeAddon } from '../native.js';
+import { outputArray } from '../storage.js';
 
 function actCode(a: unknown): number {
   if (typeof a !== 'string' || !isMoeActivation(a)) {

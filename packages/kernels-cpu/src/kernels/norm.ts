@@ -10,11 +10,10 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { type Args, expectDtype, expectShape, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
-import { values } from './kernels.js';
+import { type Args, expectDtype, expectShape, type KernelFunc, type Tensor, type TensorInfo, type Tf, values } from './helpers.js';
 import { LAYER_NORM_GRAD_KERNEL, LAYER_NORM_KERNEL, type LayerNormAttrs, type LayerNormGradAttrs, type LayerNormGradInputs } from '@moelab/core/kernels';
-import { outputArray } from './storage.js';
-import type { NativeAddon } from './native.js';
+import { outputArray } from '../storage.js';
+import type { NativeAddon } from '../native.js';
 
 function shapes(kernel: string, inputs: Record<string, TensorInfo>, names: string[]) {
   expectDtype(kernel, inputs, names);

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { type MoeActivation, moeGLU } from './index.js';
-import { maxRelDiff, randArray, rng, runOn, type Spec, status } from './testing/helpers.js';
-import { act, type MlpCase, mlpCases, oneHot } from './testing/moe-reference.js';
+import { type MoeActivation, moeGLU } from '../index.js';
+import { maxRelDiff, randArray, rng, runOn, type Spec, status } from '../testing/helpers.js';
+import { act, type MlpCase, mlpCases, oneHot } from '../testing/moe-reference.js';
 
 afterAll(async () => {
   await tf.setBackend('cpu');

@@ -17,8 +17,7 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
-import { values } from './kernels.js';
+import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf, values } from './helpers.js';
 import {
   ATTENTION_LAYOUTS,
   type AttentionLayout,
@@ -29,8 +28,8 @@ import {
   type RopeAttrs,
   type RopeInputs,
 } from '@moelab/core/kernels';
-import { outputArray } from './storage.js';
-import type { NativeAddon } from './native.js';
+import { outputArray } from '../storage.js';
+import type { NativeAddon } from '../native.js';
 
 /** 'bhtd' (default): tensors are [B, H, T, d]; 'bthd': [B, T, H, d], the projections' own layout. Returns whether bthd. */
 function layoutOf(kernel: string, attrs: unknown): boolean {

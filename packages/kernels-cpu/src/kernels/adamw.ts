@@ -17,11 +17,10 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { type Args, expectDtype, expectShape, type KernelFunc, type TensorInfo } from './kernel-helpers.js';
-import { values } from './kernels.js';
+import { type Args, expectDtype, expectShape, type KernelFunc, type TensorInfo, values } from './helpers.js';
 import { ADAMW_KERNEL, type AdamWAttrs } from '@moelab/core/kernels';
-import { isOwned, outputArray } from './storage.js';
-import type { NativeAddon } from './native.js';
+import { isOwned, outputArray } from '../storage.js';
+import type { NativeAddon } from '../native.js';
 
 export function makeAdamWKernel(native: NativeAddon, backendName: string): tfTypes.KernelConfig {
   const kernelFunc = (args: Args): TensorInfo[] => {

@@ -1,7 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CAUSAL_ATTENTION_KERNEL, ROPE_KERNEL } from '@moelab/core/kernels';
-import { compareBackends, randArray, rng, type Spec, status } from './testing/helpers.js';
+import { compareBackends, randArray, rng, type Spec, status } from '../testing/helpers.js';
 
 const f = (shape: number[], r: () => number, scale = 1): Spec => ({
   shape,

@@ -11,8 +11,7 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf } from './kernel-helpers.js';
-import { ints, values } from './kernels.js';
+import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf, ints, values } from './helpers.js';
 import {
   isMoeActivation,
   MOE_ACTIVATION_CODE,
@@ -23,8 +22,8 @@ import {
   type MoeLinearGradInputs,
   type MoeMlpGradInputs,
 } from '@moelab/core/kernels';
-import { outputArray } from './storage.js';
-import type { NativeAddon } from './native.js';
+import { outputArray } from '../storage.js';
+import type { NativeAddon } from '../native.js';
 
 function actCode(a: unknown): number {
   if (typeof a !== 'string' || !isMoeActivation(a)) {
