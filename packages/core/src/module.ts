@@ -59,6 +59,12 @@ export interface ForwardContext {
   aux: AuxLoss[];
   /** Routing statistics of every MoE layer call. */
   routing: RoutingStats[];
+  /**
+   * False: MoE layers skip their routing statistics (`routing` stays empty; the trainer asks for them
+   * only every `statsEvery` steps, they cost a pass over the [T, E] routing distribution per layer).
+   * Undefined or true: recorded.
+   */
+  stats?: boolean;
   /** When set, MoE layers also record per-token expert choices (for visualisation / inspect). */
   assignments?: Map<string, { tokenIndex: Int32Array; expertIndex: Int32Array; tokens: number }[]>;
   /** Experts disabled at inference: exact MoE layer path (e.g. `transformer.layers.0.ffn`, as `moelab mask` writes them) -> expert ids. */

@@ -330,7 +330,7 @@ export class FFFLayer extends Module implements FeedForward {
       // training evaluates every leaf (soft mixture); inference one
       expertsPerToken: ctx.training ? L : 1,
     };
-    ctx.routing.push(stats);
+    if (ctx.stats !== false) ctx.routing.push(stats);
     if (ctx.assignments) {
       const list = ctx.assignments.get(this.path) ?? [];
       list.push({ tokenIndex: Int32Array.from(tok), expertIndex: Int32Array.from(ex), tokens: n });

@@ -260,7 +260,7 @@ export class PEERLayer extends Module implements FeedForward {
       expertsPerTokenMin: per,
       expertsPerTokenMax: per,
     };
-    ctx.routing.push(stats);
+    if (ctx.stats !== false) ctx.routing.push(stats);
     if (ctx.assignments) {
       const list = ctx.assignments.get(this.path) ?? [];
       list.push({ tokenIndex: Int32Array.from(ids, (_, a) => Math.floor(a / per)), expertIndex: ids, tokens: n });

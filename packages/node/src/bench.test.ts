@@ -65,4 +65,19 @@ describe('moelab bench', () => {
     expect(out.peak_sgemm_gflops).toBeGreaterThan(1);
     expect(lines.join('\n')).toMatch(/a dense FFN relu\s+fwd\s+[\d.]+ ms\s+fwd\+bwd\s+[\d.]+ ms/);
   });
+
+  it.skipIf(!native)('SwiGLU rows: the MoE row counts useful FLOPs and reports its GFLOP/s over the dense SwiGLU row of the same run', async () => {
+    const json = path.join(dir, 'glu.json');
+    const lines: string[] = [];
+    await runBenchBackends({ backends: 'moelab-cpu', only: ['SwiGLU FFN h512', 'SwiGLU MoE topk E64x128'], quick: true, json, log: (l) => lines.push(l) });
+    const out = JSON.parse(readFileSync(json, 'utf8')) as { rows: (JsonRow & { vs_dense_fwdbwd?: number; dense?: string })[] };
+    expect(out.rows.map((r) => r.name)).toEqual(['sgemm 2048^3', 'sgemm 1024^3', 'f dense SwiGLU FFN h512', 'f SwiGLU MoE topk E64x128 k4']);
+    const [dense, moe] = out.rows.slice(2);
+    // Dense: three GEMMs of 2 T d h (h = k x expert hidden = 512); MoE: the router's 2 T d E + the same.
+    expect(dense!.gflop_fwd).toBeCloseTo((6 * 4096 * 256 * 512) / 1e9, 6);
+    expect(moe!.gflop_fwd).toBeCloseTo((2 * 4096 * 256 * 64 + 6 * 4096 * 4 * 256 * 128) / 1e9, 6);
+    expect(moe!.dense).toBe('f dense SwiGLU FFN h512');
+    expect(moe!.vs_dense_fwdbwd).toBeCloseTo(moe!.gflops_fwdbwd! / dense!.gflops_fwdbwd!, 6);
+    expect(lines.join('\n')).toMatch(/f SwiGLU MoE topk E64x128 k4 .* GFLOP\/s\s+[\d.]+x dense/);
+  });
 });

@@ -2,7 +2,9 @@
  * `moelab bench`: the PyTorch anchor's workloads (shared anchors/torch_moe_bench.py) with the same row
  * names, FLOP convention and JSON format, so that `torch_moe_bench.py --compare anchor.json ours.json`
  * prints ratios. FLOPs count matrix multiplies only (2mnk), MoE rows count useful (selected-expert)
- * FLOPs, and forward+backward = 3 x forward.
+ * FLOPs, and forward+backward = 3 x forward. Rows the anchor does not have (group `glu`: SwiGLU experts
+ * beside dense SwiGLU FFNs of the same active FLOPs, and the Mixtral-style LM) are ours alone; a MoE
+ * row's `vs_dense_fwdbwd` is its useful GFLOP/s over its dense FFN row's in the same run.
  *
  * `runBenchBackends` runs the rows once per available backend (tensorflow, moelab-cpu, wasm, cpu, in
  * that order; on moelab-cpu the MoE and SwitchHead rows go through its fused `MoelabMoeMLP` /
@@ -149,9 +151,13 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
       row.pct_peak_fwd = row.gflops_fwd ? (100 * row.gflops_fwd) / peak : null;
       row.pct_peak_fwdbwd = row.gflops_fwdbwd ? (100 * row.gflops_fwdbwd) / peak : null;
     }
+    // MoE rows: useful GFLOP/s as a fraction of the dense FFN's in this same run (when it ran).
+    const dense = typeof extra.dense === 'string' ? rows.find((r) => r.name === extra.dense) : undefined;
+    if (dense?.gflops_fwdbwd && row.gflops_fwdbwd) row.vs_dense_fwdbwd = row.gflops_fwdbwd / dense.gflops_fwdbwd;
     rows.push(row);
+    const vsDense = typeof row.vs_dense_fwdbwd === 'number' ? `  ${row.vs_dense_fwdbwd.toFixed(2)}x dense` : '';
     log(
-      `${group.padEnd(6)} ${name.padEnd(40)} fwd ${fwd ? fwd[0].toFixed(1).padStart(8) : '       -'} ms  fwd+bwd ${fb ? fb[0].toFixed(1).padStart(8) : '       -'} ms  ${(row.gflops_fwdbwd ?? row.gflops_fwd ?? 0).toFixed(1)} GFLOP/s`,
+      `${group.padEnd(6)} ${name.padEnd(40)} fwd ${fwd ? fwd[0].toFixed(1).padStart(8) : '       -'} ms  fwd+bwd ${fb ? fb[0].toFixed(1).padStart(8) : '       -'} ms  ${(row.gflops_fwdbwd ?? row.gflops_fwd ?? 0).toFixed(1)} GFLOP/s${vsDense}`,
     );
   };
 
@@ -212,7 +218,32 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
       expert: { type: 'mlp', hidden: dff, activation: 'relu' },
     });
     const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
-    add('moe', name, `T=${T} d=${d} E=${E} dff=${dff} k=${k}`, 2 * T * d * E + 4 * T * k * d * dff, r.fwd, r.fb);
+    add('moe', name, `T=${T} d=${d} E=${E} dff=${dff} k=${k}`, 2 * T * d * E + 4 * T * k * d * dff, r.fwd, r.fb, { dense: 'a dense FFN relu' });
+  }
+  // Gated (SwiGLU) experts, Mixtral / OLMoE / Qwen-MoE style, each beside a dense SwiGLU FFN of the
+  // same active FLOPs (hidden = k x expert hidden): 3 GEMMs of 2 T d h each.
+  const hasGlu = registry.has('expert', 'glu');
+  for (const [E, dff, k] of [
+    [8, 1024, 2],
+    [64, 128, 4],
+  ] as const) {
+    const hidden = k * dff;
+    const denseName = `f dense SwiGLU FFN h${hidden}`;
+    if (want('glu', denseName)) {
+      const f = layer({ type: 'dense', hidden, activation: 'silu', glu: true });
+      const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
+      add('glu', denseName, `T=${T} d=${d} h=${hidden}`, 6 * T * d * hidden, r.fwd, r.fb);
+    }
+    const name = `f SwiGLU MoE topk E${E}x${dff} k${k}`;
+    if (!hasGlu || !want('glu', name)) continue;
+    const f = layer({
+      type: 'moe',
+      experts: E,
+      router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 },
+      expert: { type: 'glu', hidden: dff, activation: 'silu' },
+    });
+    const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
+    add('glu', name, `T=${T} d=${d} E=${E} dff=${dff} k=${k}`, 2 * T * d * E + 6 * T * k * d * dff, r.fwd, r.fb, { dense: denseName });
   }
   const hasSigma = registry.has('ffn', 'sigma-moe');
   const hasSwitchHead = registry.has('attention', 'switchhead');
@@ -221,7 +252,7 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
   if (hasSigma && want('sigma', 'c sigma-MoE sorted E64x128 k4')) {
     const f = layer(sigmaFFN);
     const r = benchModule(f, (x) => f.forward(x, ctxFor()), [B, S, d], warmup, reps);
-    add('sigma', 'c sigma-MoE sorted E64x128 k4', `T=${T} d=${d} E=64 G=128 k=4`, sigmaFlops, r.fwd, r.fb);
+    add('sigma', 'c sigma-MoE sorted E64x128 k4', `T=${T} d=${d} E=64 G=128 k=4`, sigmaFlops, r.fwd, r.fb, { dense: 'a dense FFN relu' });
   }
   if (want('attn', 'd MHA h4')) {
     const rng = new Rng(3);
@@ -264,6 +295,13 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
       attention: { type: 'switchhead', heads: 4, headDim: 64, experts: 8, k: 2 },
       ffn: sigmaFFN,
     };
+  }
+  if (hasGlu) {
+    // Mixtral-style block: RMSNorm, MHA, 8 SwiGLU experts, top-2 (balancing loss on, as in training).
+    const name = 'e LM SwiGLU-MoE E8x512 k2 + MHA (Mixtral-style)';
+    const ffn: NodeSpec = { type: 'moe', experts: 8, router: { type: 'softmax-topk', k: 2 }, expert: { type: 'glu', hidden: 512, activation: 'silu' } };
+    lmVariants.push([name, ffn, 2 * T * d * 8 + 6 * T * 2 * d * 512]);
+    lmBlocks[name] = { type: 'transformer', normType: { type: 'rmsnorm' }, attention: { type: 'mha', heads: 4 }, ffn };
   }
   for (const [name, , ffnFlops] of lmVariants)
     attempt('lm', name, () => {

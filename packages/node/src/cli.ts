@@ -56,6 +56,8 @@ Common options:
   --data brown|sotu|PATH  training text (default brown)
   --out DIR               run directory (default runs/<name>)
   --steps N --batch N --seq N --lr X --seed N --eval-every N --accumulate N
+  --stats-every N         routing statistics in metrics.jsonl at step 1, every N-th and the last step
+                          (default 10; 1 = every step)
   --time-budget SECONDS   stop a run early after this long
   --resume                continue the checkpoint in --out exactly
   -h, --help
@@ -72,6 +74,7 @@ const options = {
   lr: { type: 'string' },
   seed: { type: 'string' },
   'eval-every': { type: 'string' },
+  'stats-every': { type: 'string' },
   'eval-batches': { type: 'string' },
   accumulate: { type: 'string' },
   'time-budget': { type: 'string' },
@@ -116,6 +119,7 @@ function trainOverrides(o: Opts): Partial<TrainConfig> {
     lr: num(o.lr, 'lr', false),
     seed: num(o.seed, 'seed'),
     evalEvery: num(o['eval-every'], 'eval-every'),
+    statsEvery: num(o['stats-every'], 'stats-every'),
     evalBatches: num(o['eval-batches'], 'eval-batches'),
     accumulate: num(o.accumulate, 'accumulate'),
   };

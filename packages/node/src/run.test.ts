@@ -66,6 +66,29 @@ describe('training runs on disk', () => {
     expect(lines.at(-1).type).toBe('eval');
   });
 
+  it('statsEvery: metrics.jsonl reports routing at step 1, every N-th and the last step, equal to a per-step run there', () => {
+    const root = tmp();
+    const data = textFile(root);
+    const registry = createDefaultRegistry();
+    const train = { steps: 5, batchSize: 2, seqLen: 8, lr: 5e-3, warmup: 1, evalEvery: 0, evalBatches: 1, seed: 3 };
+    trainRun({ registry, spec: tinySpec, train: { ...train, statsEvery: 1 }, data, outDir: join(root, 'every'), quiet: true });
+    trainRun({ registry, spec: tinySpec, train: { ...train, statsEvery: 2 }, data, outDir: join(root, 'sparse'), quiet: true });
+    const trainLines = (dir: string) =>
+      readFileSync(join(root, dir, 'metrics.jsonl'), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l))
+        .filter((r) => r.type === 'train');
+    const every = trainLines('every');
+    const sparse = trainLines('sparse');
+    expect(sparse.map((l) => l.step)).toEqual([1, 2, 3, 4, 5]);
+    expect(sparse.filter((l) => l.routing).map((l) => l.step)).toEqual([1, 2, 4, 5]);
+    sparse.forEach((l, i) => {
+      expect(l.loss).toBe(every[i].loss);
+      if (l.routing) expect(l.routing).toEqual(every[i].routing);
+    });
+  });
+
   it('refuses to resume a finished run without more steps', () => {
     const root = tmp();
     const data = textFile(root);

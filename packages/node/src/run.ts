@@ -97,7 +97,8 @@ function metricsLine(m: StepMetrics): Record<string, unknown> {
     lr: m.lr,
     gradNorm: m.gradNorm,
     tokensPerSec: m.tokens / (m.ms / 1000),
-    routing: routingBalance(m.routing).map(roundLayer),
+    // Only at the steps that computed routing statistics (`statsEvery`).
+    ...(m.stats ? { routing: routingBalance(m.routing).map(roundLayer) } : {}),
   };
 }
 
@@ -139,12 +140,13 @@ export function trainRun(o: RunOptions): RunResult {
   const stopAt = Math.min(c.steps, o.stopAfter ?? c.steps);
   const save = () => saveCheckpoint(ckptDir, model, { spec, step: trainer.step, seed, train: { ...c, data: o.data }, trainer });
   while (trainer.step < stopAt) {
-    const m = trainer.trainStep();
+    // The last step of this run always has routing statistics (the run's final balance).
+    const m = trainer.trainStep(trainer.step + 1 === stopAt ? { stats: true } : {});
     if (!Number.isFinite(m.loss))
       throw new MoelabError(`the loss became ${m.loss} at step ${m.step}; lower the learning rate (--lr) or enable clipping`, o.label);
     tokensSeen += m.tokens;
     losses.push(m.loss);
-    routing = m.routing.length ? m.routing : routing;
+    if (m.stats) routing = m.routing;
     log(metricsLine(m));
     if (c.evalEvery > 0 && trainer.step % c.evalEvery === 0) {
       lastEval = trainer.evaluate();

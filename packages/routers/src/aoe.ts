@@ -109,7 +109,7 @@ export class AutonomyOfExperts extends Module implements FeedForward {
       intendedCounts: counts.slice(),
       ...distributionStats(probs),
     };
-    ctx.routing.push(stats);
+    if (ctx.stats !== false) ctx.routing.push(stats);
     return tf.reshape(out, shape);
   }
 

@@ -171,6 +171,7 @@ export class MoELayer extends Module implements FeedForward {
     const bank = masked && masked.size > 0 ? maskedExpertBank(this.experts, masked) : this.experts;
     const res = this.router.mix!(flat, routerIn, bank, ctx, { batchShape: x.shape.slice(0, -1) });
     const out = this.addShared(flat, res.output, ctx, routerIn);
+    if (ctx.stats === false) return tf.reshape(out, x.shape);
     const E = this.experts.numExperts;
     const counts = res.counts ? res.counts.slice() : new Array<number>(E).fill(0);
     if (masked) for (const e of masked) if (e >= 0 && e < E) counts[e] = 0;
@@ -220,6 +221,12 @@ export class MoELayer extends Module implements FeedForward {
   }
 
   private record(ctx: ForwardContext, plan: DispatchPlan, assigned: number, routed: RouteResult): void {
+    if (ctx.assignments) {
+      const list = ctx.assignments.get(this.path) ?? [];
+      list.push({ tokenIndex: plan.tokenIndex, expertIndex: plan.expertIndex, tokens: plan.numTokens });
+      ctx.assignments.set(this.path, list);
+    }
+    if (ctx.stats === false) return;
     const counts = Array.from(plan.counts);
     const total = plan.size || 1;
     const stats: RoutingStats = {
@@ -264,11 +271,6 @@ export class MoELayer extends Module implements FeedForward {
       stats.zLoss = s / Math.max(1, T);
     }
     ctx.routing.push(stats);
-    if (ctx.assignments) {
-      const list = ctx.assignments.get(this.path) ?? [];
-      list.push({ tokenIndex: plan.tokenIndex, expertIndex: plan.expertIndex, tokens: plan.numTokens });
-      ctx.assignments.set(this.path, list);
-    }
   }
 
   override activeParameterCount(seen = new Set<Module>()): number {

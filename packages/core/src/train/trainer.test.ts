@@ -55,6 +55,35 @@ describe('trainer', () => {
     expect(m.routing.length).toBe(4); // 2 micro-batches x 2 layer calls
   });
 
+  it('routing statistics every N steps equal the per-step ones at those steps, and never change training', () => {
+    const run = (statsEvery: number) => {
+      const model = buildModel<M>(tinyMoE, testRegistry(), 2);
+      const tr = new Trainer(model, patternSource(16), { ...cfg, steps: 7, statsEvery });
+      const steps = Array.from({ length: 7 }, () => tr.trainStep());
+      model.dispose();
+      return steps;
+    };
+    const every = run(1);
+    const sparse = run(3);
+    // Step 1, every 3rd and the last one (7).
+    expect(sparse.map((m) => m.stats)).toEqual([true, false, true, false, false, true, true]);
+    sparse.forEach((m, i) => {
+      expect(m.loss).toBe(every[i]!.loss);
+      expect(every[i]!.routing).toHaveLength(2);
+      if (m.stats) expect(m.routing).toEqual(every[i]!.routing);
+      else expect(m.routing).toEqual([]);
+    });
+    // The routing distribution's statistics are among them.
+    expect(sparse[2]!.routing[0]!.entropy).toEqual(expect.any(Number));
+    expect(sparse[2]!.routing[0]!.zLoss).toEqual(expect.any(Number));
+  });
+
+  it('refuses a statsEvery that is not a positive integer', () => {
+    const model = buildModel<M>(tinyMoE, testRegistry(), 1);
+    expect(() => new Trainer(model, patternSource(16), { ...cfg, statsEvery: 0 })).toThrow('train.statsEvery: statsEvery must be a positive integer, got 0');
+    model.dispose();
+  });
+
   it('leaks no tensors across 50 steps', () => {
     const model = buildModel<M>(tinyMoE, testRegistry(), 1);
     const tr = new Trainer(model, patternSource(16), { ...cfg, steps: 60, batchSize: 2, seqLen: 8, clip: 0.5 });

@@ -177,7 +177,7 @@ export class MonetLayer extends Module implements FeedForward {
       expertsPerTokenMax: max,
       extra: { sigma: this.router?.sigma ?? Number.NaN },
     };
-    ctx.routing.push(stats);
+    if (ctx.stats !== false) ctx.routing.push(stats);
     if (ctx.assignments) {
       const list = ctx.assignments.get(this.path) ?? [];
       list.push({ tokenIndex: Int32Array.from(tok), expertIndex: Int32Array.from(ex), tokens: n });

@@ -53,16 +53,17 @@ void moe_mlp_forward(const float* x, const float* w1, const float* w2, const int
   std::vector<long> pos = positions(byExp);
   // For ReLU (and identity) the saved tensor is the activation itself: the backward only needs its
   // sign, so ReLU is applied in place and no second N x h buffer is written and read.
-  Scratch xs(N * d), ha(saves_output(act) ? 0 : N * h), y(N * d);
+  Scratch ha(saves_output(act) ? 0 : N * h), y(N * d);
   float* hact = saves_output(act) ? hidden : ha.get();
   std::vector<Chunk> cs = chunks(byExp, E, N);
   parallel_for(static_cast<int>(cs.size()), [&](int i) {
     const Chunk& c = cs[i];
     long rows = c.r1 - c.r0;
-    gather_rows(x, tok, byExp, c.r0, c.r1, d, xs.get());
+    // The gathered rows are only read by this chunk's first GEMM: per task, so they stay in cache.
+    Scratch xs(rows * d);
+    gather_block(x, tok, byExp, c.r0, c.r1, d, xs.get());
     float* hp = hidden + c.r0 * h;
-    sgemm_st(false, false, rows, h, d, 1.f, xs.get() + c.r0 * d, d, w1 + static_cast<long>(c.e) * d * h, h, 0.f, hp,
-             h);
+    sgemm_st(false, false, rows, h, d, 1.f, xs.get(), d, w1 + static_cast<long>(c.e) * d * h, h, 0.f, hp, h);
     // In place for ReLU (hact is hidden there).
     if (act != kMoeIdentity) with_act(act, [&](auto A) { act_rows<decltype(A)::value>(hp, hact + c.r0 * h, rows * h); });
     sgemm_st(false, false, rows, d, h, 1.f, hact + c.r0 * h, h, w2 + static_cast<long>(c.e) * h * d, d, 0.f,
@@ -78,18 +79,30 @@ void moe_mlp_backward(const float* dout, const float* x, const float* w1, const 
   Groups byTok(tok, N, T);
   std::vector<long> pos = positions(byExp);
   const bool fromOutput = saves_output(act);
-  Scratch xs(N * d), dy(N * d), g(N * h), ha(fromOutput ? 0 : N * h), dxs(N * d);
-  const float* acts = fromOutput ? hidden : ha.get();
   std::vector<Chunk> cs = chunks(byExp, E, N);
+  // Whole experts per task (the usual case for many small experts): the weight gradients are
+  // computed in the task and every scratch block is the task's own. Otherwise the gathered rows,
+  // G and the activations are kept for all N rows and the weight gradients reduce over them after.
+  const bool fused = whole_experts(cs, byExp);
+  const long perRow = 2L * d + h + (fromOutput ? 0 : h);
+  Scratch all(fused ? 0 : N * perRow), dxs(N * d);
   parallel_for(static_cast<int>(cs.size()), [&](int i) {
     const Chunk& c = cs[i];
     long rows = c.r1 - c.r0;
-    gather_rows(x, tok, byExp, c.r0, c.r1, d, xs.get());
-    gather_rows(dout, tok, byExp, c.r0, c.r1, d, dy.get());
-    float* gp = g.get() + c.r0 * h;
+    Scratch own(fused ? rows * perRow : 0);
+    // Blocks [xs rows*d | dy rows*d | g rows*h | activations rows*h], in `own` or in this chunk's
+    // slice of each N-row region of `all`.
+    float* xs = fused ? own.get() : all.get() + c.r0 * d;
+    float* dy = fused ? xs + rows * d : all.get() + N * d + c.r0 * d;
+    float* gp = fused ? dy + rows * d : all.get() + 2 * N * d + c.r0 * h;
+    float* ha = fromOutput ? nullptr : fused ? gp + rows * h : all.get() + 2 * N * d + N * h + c.r0 * h;
+    const float* acts = fromOutput ? hidden + c.r0 * h : ha;
+    gather_block(x, tok, byExp, c.r0, c.r1, d, xs);
+    gather_block(dout, tok, byExp, c.r0, c.r1, d, dy);
+    const float* w1e = w1 + static_cast<long>(c.e) * d * h;
+    const float* w2e = w2 + static_cast<long>(c.e) * h * d;
     // G = dOut_rows @ W2^T: the gradient w.r.t. the activation, before the routing weight.
-    sgemm_st(false, true, rows, h, d, 1.f, dy.get() + c.r0 * d, d, w2 + static_cast<long>(c.e) * h * d, d, 0.f, gp,
-             h);
+    sgemm_st(false, true, rows, h, d, 1.f, dy, d, w2e, d, 0.f, gp, h);
     const long* order = byExp.order.data() + c.r0;
     if (act == kMoeRelu)
       act_backward_from_output<kMoeRelu>(hidden + c.r0 * h, gp, rows, h, order, weight, dweight);
@@ -97,20 +110,28 @@ void moe_mlp_backward(const float* dout, const float* x, const float* w1, const 
       act_backward_from_output<kMoeIdentity>(hidden + c.r0 * h, gp, rows, h, order, weight, dweight);
     else
       with_act(act, [&](auto A) {
-        act_backward_rows<decltype(A)::value>(hidden + c.r0 * h, gp, ha.get() + c.r0 * h, rows, h, order, weight,
-                                              dweight);
+        act_backward_rows<decltype(A)::value>(hidden + c.r0 * h, gp, ha, rows, h, order, weight, dweight);
       });
     for (long r = 0; r < rows; r++) {
-      const float wn = weight[byExp.order[c.r0 + r]];
-      float* dyr = dy.get() + (c.r0 + r) * d;
+      const float wn = weight[order[r]];
+      float* dyr = dy + r * d;
       for (int j = 0; j < d; j++) dyr[j] *= wn;  // dY = weight * dOut (for dW2)
     }
-    sgemm_st(false, true, rows, d, h, 1.f, gp, h, w1 + static_cast<long>(c.e) * d * h, h, 0.f, dxs.get() + c.r0 * d,
-             d);
+    sgemm_st(false, true, rows, d, h, 1.f, gp, h, w1e, h, 0.f, dxs.get() + c.r0 * d, d);
+    if (fused) {
+      sgemm_st(true, false, h, d, rows, 1.f, acts, h, dy, d, 0.f, dw2 + static_cast<long>(c.e) * h * d, d);
+      sgemm_st(true, false, d, h, rows, 1.f, xs, d, gp, h, 0.f, dw1 + static_cast<long>(c.e) * d * h, h);
+    }
   });
   // Experts with no assignment still get (zero) weight gradients.
-  expert_weight_grads(byExp, E, acts, h, dy.get(), d, d, dw2);
-  expert_weight_grads(byExp, E, xs.get(), d, g.get(), h, h, dw1);
+  if (fused) {
+    zero_empty_experts(byExp, E, static_cast<long>(h) * d, dw2);
+    zero_empty_experts(byExp, E, static_cast<long>(d) * h, dw1);
+  } else {
+    const float* acts = fromOutput ? hidden : all.get() + 2 * N * d + N * h;
+    expert_weight_grads(byExp, E, acts, h, all.get() + N * d, d, d, dw2);
+    expert_weight_grads(byExp, E, all.get(), d, all.get() + 2 * N * d, h, h, dw1);
+  }
   scatter_rows(byTok, pos, dxs.get(), dx, T, d, [](long) { return 1.f; });
 }
 

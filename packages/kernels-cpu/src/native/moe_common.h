@@ -149,6 +149,27 @@ inline void gather_rows(const float* src, const int* row, const Groups& g, long 
     std::memcpy(dst + p * static_cast<long>(w), src + static_cast<long>(row[g.order[p]]) * w, sizeof(float) * w);
 }
 
+// dst[p - r0] = src[row[order[p]]] for p in [r0, r1), width w: one chunk's rows into its own block.
+inline void gather_block(const float* src, const int* row, const Groups& g, long r0, long r1, int w, float* dst) {
+  for (long p = r0; p < r1; p++)
+    std::memcpy(dst + (p - r0) * static_cast<long>(w), src + static_cast<long>(row[g.order[p]]) * w, sizeof(float) * w);
+}
+
+// Whether every chunk is a whole expert. Then the task that runs an expert's backward can also
+// compute that expert's weight gradients from its rows while they are still in cache, and all the
+// per-row scratch of the backward is per task instead of N rows long.
+inline bool whole_experts(const std::vector<Chunk>& cs, const Groups& g) {
+  for (const Chunk& c : cs)
+    if (c.r0 != g.off[c.e] || c.r1 != g.off[c.e + 1]) return false;
+  return true;
+}
+
+// Zero weight gradients (each of `n` floats per expert) of the experts without any assignment.
+inline void zero_empty_experts(const Groups& g, int E, long n, float* dW) {
+  for (int e = 0; e < E; e++)
+    if (g.off[e] == g.off[e + 1]) std::memset(dW + e * n, 0, sizeof(float) * n);
+}
+
 // Weight gradients dW[e] = A_e^T @ B_e for each expert (A rows width m, B rows width n with row
 // stride ldb, dW[e] an m x n block): tasks over experts and, for few experts, over column blocks of
 // dW so both threads have work.
