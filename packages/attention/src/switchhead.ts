@@ -20,6 +20,9 @@
  */
 import {
   type AttentionModule,
+  type AttentionSources,
+  assertInference,
+  cachedCausalAttention,
   Config,
   causalAttention,
   causalMixingMacs,
@@ -31,9 +34,11 @@ import {
   flatten2d,
   fusedCausalAttention,
   hasFusedAttention,
+  type KVCache,
   Linear,
   Module,
   MoelabError,
+  mergeHeads,
   moeLinear,
   privateCarryKey,
   readCarry,
@@ -184,54 +189,86 @@ export class SwitchHead extends Module implements AttentionModule {
     return { logits, headRow: Int32Array.from(headRow), tokenRow: Int32Array.from(tokenRow), expert: Int32Array.from(expert), gate };
   }
 
-  forward(x: tf.Tensor, ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {
+  forward(x: tf.Tensor, ctx: ForwardContext, sources: AttentionSources = {}): tf.Tensor {
     const qSrc = sources.q ?? x;
     const kSrc = sources.k ?? x;
     const vSrc = sources.v ?? x;
-    const { heads: H, headDim: dh, experts: E } = this.options;
+    const { heads: H, headDim: dh } = this.options;
     const [B, T] = qSrc.shape as [number, number];
-    const N = B * T;
-    const scale = dh ** -0.25;
     // The backend's fused kernels on the projections' [B, T, H*dh] layout (no head transposes),
     // unless dropout is active: its mask is drawn in the [B, H, T, dh] order on every backend.
     const fused = hasFusedAttention(this.nRotate) && !(ctx.training && this.options.dropout > 0);
     const heads = (t: tf.Tensor) => (fused ? t : splitHeads(t, H));
+    const scale = dh ** -0.25;
     let q = heads(tf.mul(this.q.forward(qSrc), scale));
     let k = heads(tf.mul(this.k.forward(kSrc), scale));
     q = dropout(q, this.options.dropout, ctx.rng, ctx.training);
-
-    let v: tf.Tensor;
-    let oSel: Selection | undefined;
-    let oGate: tf.Tensor | undefined;
-    if (E > 1) {
-      const vSel = this.select(kSrc, 'v', ctx);
-      oSel = this.select(qSrc, 'o', ctx);
-      if (ctx.training && this.options.balance !== 'none' && this.options.balanceCoef !== 0) this.record(ctx, oSel.logits, vSel.logits);
-      // Value experts: row n of v_src -> row n·H + h of the per-head values.
-      const vh = moeLinear(flatten2d(vSrc), this.v as tf.Tensor3D, vSel.tokenRow, vSel.headRow, vSel.expert, vSel.gate, N * H);
-      v = heads(tf.reshape(vh, [B, T, H * dh]));
-    } else {
-      oGate = tf.sigmoid(tf.reshape(tf.matMul(flatten2d(qSrc), this.selO, false, true), [B, T, H, 1]));
-      v = heads(tf.reshape(tf.matMul(flatten2d(vSrc), this.v, false, true), [B, T, H * dh]));
-    }
+    const { v, output } = this.routed(qSrc, kSrc, vSrc, ctx);
 
     let res: tf.Tensor; // [B, T, H, dh]
     if (fused) {
-      res = tf.reshape(fusedCausalAttention(q, k, v, H, this.nRotate, this.options.ropeBase, 1), [B, T, H, dh]);
+      res = tf.reshape(fusedCausalAttention(q, k, heads(v), H, this.nRotate, this.options.ropeBase, 1), [B, T, H, dh]);
     } else {
       if (this.nRotate > 0) {
         q = applyRope(q, this.nRotate, this.options.ropeBase);
         k = applyRope(k, this.nRotate, this.options.ropeBase);
       }
-      res = tf.transpose(causalAttention(q, k, v, 1), [0, 2, 1, 3]);
+      res = tf.transpose(causalAttention(q, k, heads(v), 1), [0, 2, 1, 3]);
     }
+    return output(res);
+  }
 
-    if (oSel) {
-      const out = moeLinear(tf.reshape(res, [N * H, dh]) as tf.Tensor2D, this.o as tf.Tensor3D, oSel.headRow, oSel.tokenRow, oSel.expert, oSel.gate, N);
-      return tf.reshape(out, [B, T, this.dModel]);
+  /**
+   * The new rows at positions n0 = cache.length ..: q, k projected and rotated at their own positions,
+   * the value experts chosen from each new row's k source and the output experts from its q source
+   * (routing is per token, so earlier rows' choices never change), k and the mixed values appended to
+   * the cache ([B, H, T, dh] entries "k", "v"), attention over all cached positions.
+   */
+  forwardCached(x: tf.Tensor, ctx: ForwardContext, cache: KVCache, sources: AttentionSources = {}): tf.Tensor {
+    assertInference(ctx, this.path);
+    const qSrc = sources.q ?? x;
+    const kSrc = sources.k ?? x;
+    const vSrc = sources.v ?? x;
+    const { heads: H, headDim: dh } = this.options;
+    const n0 = cache.length;
+    const scale = dh ** -0.25;
+    const q = applyRope(splitHeads(tf.mul(this.q.forward(qSrc), scale), H), this.nRotate, this.options.ropeBase, n0);
+    const k = applyRope(splitHeads(tf.mul(this.k.forward(kSrc), scale), H), this.nRotate, this.options.ropeBase, n0);
+    const { v, output } = this.routed(qSrc, kSrc, vSrc, ctx);
+    const all = cache.append({ k, v: splitHeads(v, H) });
+    const res = mergeHeads(cachedCausalAttention(q, all.k, all.v, 1)); // [B, m, H*dh]
+    const [B, m] = qSrc.shape as [number, number];
+    return output(tf.reshape(res, [B, m, H, dh]));
+  }
+
+  /**
+   * The routed halves shared by both paths: the values v [B, T, H*dh] (value experts of each row's
+   * k source, or the dense projection) and `output(res [B, T, H, dh])` (output experts of each row's
+   * q source, or the per-head gate and dense projection) -> [B, T, d].
+   */
+  private routed(qSrc: tf.Tensor, kSrc: tf.Tensor, vSrc: tf.Tensor, ctx: ForwardContext): { v: tf.Tensor; output: (res: tf.Tensor) => tf.Tensor } {
+    const { heads: H, headDim: dh, experts: E } = this.options;
+    const [B, T] = qSrc.shape as [number, number];
+    const N = B * T;
+    if (E > 1) {
+      const vSel = this.select(kSrc, 'v', ctx);
+      const oSel = this.select(qSrc, 'o', ctx);
+      if (ctx.training && this.options.balance !== 'none' && this.options.balanceCoef !== 0) this.record(ctx, oSel.logits, vSel.logits);
+      // Value experts: row n of v_src -> row n·H + h of the per-head values.
+      const vh = moeLinear(flatten2d(vSrc), this.v as tf.Tensor3D, vSel.tokenRow, vSel.headRow, vSel.expert, vSel.gate, N * H);
+      const output = (res: tf.Tensor) => {
+        const out = moeLinear(tf.reshape(res, [N * H, dh]) as tf.Tensor2D, this.o as tf.Tensor3D, oSel.headRow, oSel.tokenRow, oSel.expert, oSel.gate, N);
+        return tf.reshape(out, [B, T, this.dModel]);
+      };
+      return { v: tf.reshape(vh, [B, T, H * dh]), output };
     }
-    const gated = tf.reshape(tf.mul(res, oGate!), [N, H * dh]);
-    return tf.reshape(tf.matMul(gated, this.o, false, true), [B, T, this.dModel]);
+    const oGate = tf.sigmoid(tf.reshape(tf.matMul(flatten2d(qSrc), this.selO, false, true), [B, T, H, 1]));
+    const v = tf.reshape(tf.matMul(flatten2d(vSrc), this.v, false, true), [B, T, H * dh]);
+    const output = (res: tf.Tensor) => {
+      const gated = tf.reshape(tf.mul(res, oGate), [N, H * dh]);
+      return tf.reshape(tf.matMul(gated, this.o, false, true), [B, T, this.dModel]);
+    };
+    return { v, output };
   }
 
   private record(ctx: ForwardContext, o: tf.Tensor4D, v: tf.Tensor4D): void {

@@ -106,6 +106,16 @@ export interface LanguageModel {
   readonly contextLength: number;
   /** tokens [B, T] int32 -> logits [B, T, V] */
   forward(tokens: import('./tf.js').Tensor, ctx: import('./module.js').ForwardContext): import('./tf.js').Tensor3D;
+  /** Optional KV-cached decoding (TransformerLM has it): why the model cannot use a cache, or null. */
+  cacheBlocker?(): string | null;
+  /** A fresh decoding cache (throws a MoelabError when cacheBlocker objects). */
+  createCache?(): import('./nn/kv-cache.js').DecodingCache;
+  /** tokens [B, m] at positions cache.length.. -> their logits [B, m, V], appending to the cache. */
+  forwardCached?(
+    tokens: import('./tf.js').Tensor,
+    ctx: import('./module.js').ForwardContext,
+    cache: import('./nn/kv-cache.js').DecodingCache,
+  ): import('./tf.js').Tensor3D;
 }
 
 /** Build a model from a JSON spec. The spec's root is a `model` node, e.g. `{ "type": "transformer-lm", ... }`. */

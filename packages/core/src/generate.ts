@@ -1,6 +1,20 @@
-/** Autoregressive sampling with temperature and top-k. */
+/**
+ * Autoregressive sampling with temperature and top-k, with or without a KV cache.
+ *
+ * Cached (default, when the model supports it): the prompt's last window is prefilled once, then each
+ * new token is one cached step (TransformerLM.forwardCached: O(1) new rows per layer instead of the
+ * whole window). When the cache fills (contextLength positions), the window slides: the cache is
+ * emptied and the last `slideKeep` tokens are prefilled again. With `slideKeep = contextLength` every
+ * step past the limit conditions on exactly the uncached path's window (the last contextLength
+ * tokens) at the uncached cost; the default, half the context, re-prefills once per contextLength/2
+ * tokens and conditions on the last contextLength/2 .. contextLength tokens.
+ *
+ * Uncached (`cache: false`): every new token re-runs the model over the last contextLength tokens.
+ */
 import type { LanguageModel } from './builder.js';
+import { MoelabError } from './errors.js';
 import { forwardContext } from './module.js';
+import type { DecodingCache } from './nn/kv-cache.js';
 import { Rng } from './rng.js';
 import { tf } from './tf.js';
 
@@ -10,21 +24,54 @@ export interface SampleOptions {
   /** Keep only the k most likely tokens (0 = all). */
   topK: number;
   seed: number;
+  /** Decode with a KV cache when the model can (default true); false re-runs the window for every token. */
+  cache: boolean;
+  /** Tokens re-prefilled when the cached window slides past contextLength (default: half the context; 1 .. contextLength). */
+  slideKeep?: number;
+  /** Told once, in one line, why the model cannot use a cache (generation then re-runs the window). */
+  onFallback?: (reason: string) => void;
+  /** Sees the logits each new token is sampled from (step 0 = the first new token). */
+  onLogits?: (logits: Float32Array, step: number) => void;
 }
 
 export function generateTokens(model: LanguageModel, prompt: ArrayLike<number>, opts: Partial<SampleOptions> = {}): number[] {
-  const o: SampleOptions = { maxNewTokens: 100, temperature: 0.8, topK: 0, seed: 0, ...opts };
+  const o: SampleOptions = { maxNewTokens: 100, temperature: 0.8, topK: 0, seed: 0, cache: true, ...opts };
   const rng = new Rng(o.seed);
   const ids = Array.from(prompt);
-  if (ids.length === 0) throw new Error('generate: the prompt is empty (give at least one token)');
-  for (let i = 0; i < o.maxNewTokens; i++) {
-    const window = ids.slice(-model.contextLength);
-    const probs = tf.tidy(() => {
-      const logits = model.forward(tf.tensor2d([window], [1, window.length], 'int32'), forwardContext(rng, false));
-      const last = tf.reshape(tf.slice(logits, [0, window.length - 1, 0], [1, 1, -1]), [-1]);
-      return last.dataSync() as Float32Array;
+  if (ids.length === 0) throw new MoelabError('generate: the prompt is empty (give at least one token)');
+  const C = model.contextLength;
+  const keep = o.slideKeep ?? Math.max(1, Math.floor(C / 2));
+  if (!Number.isInteger(keep) || keep < 1 || keep > C)
+    throw new MoelabError(`slideKeep ${keep} must be an integer in 1..${C} (the model's contextLength)`, 'generate');
+  let cache: DecodingCache | undefined;
+  if (o.cache) {
+    const why = model.createCache ? (model.cacheBlocker?.() ?? null) : 'this model has no cached decoding path';
+    if (why) o.onFallback?.(`no KV cache, re-running the window per token: ${why}`);
+    else cache = model.createCache!();
+  }
+  // Logits of the last row of `tokens` (the next token's distribution).
+  const lastLogits = (run: (t: tf.Tensor) => tf.Tensor, tokens: number[]) =>
+    tf.tidy(() => {
+      const logits = run(tf.tensor2d([tokens], [1, tokens.length], 'int32'));
+      return tf.reshape(tf.slice(logits, [0, tokens.length - 1, 0], [1, 1, -1]), [-1]).dataSync() as Float32Array;
     });
-    ids.push(sample(probs, o, rng));
+  const full = (window: number[]) => lastLogits((t) => model.forward(t, forwardContext(rng, false)), window);
+  const cached = (tokens: number[]) => lastLogits((t) => model.forwardCached!(t, forwardContext(rng, false), cache!), tokens);
+  try {
+    let logits = cache ? cached(ids.slice(-C)) : full(ids.slice(-C));
+    for (let i = 0; i < o.maxNewTokens; i++) {
+      o.onLogits?.(logits, i);
+      ids.push(sample(logits, o, rng));
+      if (i + 1 === o.maxNewTokens) break;
+      if (!cache) logits = full(ids.slice(-C));
+      else if (cache.length < C) logits = cached(ids.slice(-1));
+      else {
+        cache.reset();
+        logits = cached(ids.slice(-keep));
+      }
+    }
+  } finally {
+    cache?.dispose();
   }
   return ids.slice(prompt.length);
 }

@@ -15,6 +15,7 @@ export * from './nn/activations.js';
 export * from './nn/layers.js';
 export * from './nn/rope.js';
 export * from './nn/attention.js';
+export * from './nn/kv-cache.js';
 export * from './nn/dispatch.js';
 export * from './nn/moe.js';
 export * from './nn/ffn.js';

@@ -81,6 +81,12 @@ export interface ForwardContext {
    *   shared layer), under a key private to that module (`privateCarryKey`).
    */
   carry?: Map<string, unknown>;
+  /**
+   * Position of the first row of this call in its sequence: 0 in a full forward pass, the number of
+   * cached positions in a cached decoding step (TransformerLM.forwardCached). Position-dependent
+   * modules (learned absolute positions) read it.
+   */
+  positionOffset?: number;
 }
 
 export function forwardContext(rng: Rng, training: boolean, extra: Partial<ForwardContext> = {}): ForwardContext {
@@ -150,6 +156,15 @@ export abstract class Module {
    * they recorded during the step's training forward passes.
    */
   afterStep?(): void;
+
+  /**
+   * Optional: why this module cannot take part in cached (incremental) decoding, or null when it can.
+   * A cached step runs every module on the new rows of the sequence only, so a module whose output
+   * for a row depends on other rows of the call (batch-dependent routing, capacity drops, mixing of
+   * tokens) or on earlier rows it does not cache (a previous-token hash) returns a one-line reason.
+   * The language model asks every module before it creates a cache (TransformerLM.cacheBlocker).
+   */
+  cachedDecodingBlocker?(): string | null;
 
   /** Set by the parent: the dotted path of this module (first reference wins). */
   path = '';

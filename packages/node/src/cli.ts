@@ -35,7 +35,7 @@ Usage: moelab <command> [options]
 Commands:
   train [spec.json]       train a model (a spec file or --preset NAME) on --data
   eval <checkpoint>       validation loss and perplexity of a checkpoint (--mask mask.json: with experts masked)
-  generate <checkpoint>   sample text (--prompt, --tokens, --temperature, --top-k)
+  generate <checkpoint>   sample text (--prompt, --tokens, --temperature, --top-k; KV-cached, --no-cache re-runs the window per token)
   list [kind] [pattern]   registry contents (--json for machine-readable output)
   inspect <checkpoint>    spec, parameter counts and per-layer routing on a text (--text)
   verify <fixture.json…>  check golden fixtures against this implementation
@@ -85,6 +85,7 @@ const options = {
   tokens: { type: 'string' },
   temperature: { type: 'string' },
   'top-k': { type: 'string' },
+  'no-cache': { type: 'boolean' },
   text: { type: 'string' },
   quiet: { type: 'boolean' },
   only: { type: 'string' },
@@ -294,7 +295,7 @@ async function cmdMask(args: string[], o: Opts): Promise<void> {
 }
 
 async function cmdGenerate(args: string[], o: Opts): Promise<void> {
-  if (!args[0]) throw new MoelabError('usage: moelab generate <checkpoint-dir> [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K]');
+  if (!args[0]) throw new MoelabError('usage: moelab generate <checkpoint-dir> [--prompt TEXT] [--tokens N] [--temperature X] [--top-k K] [--no-cache]');
   await backend(o, true);
   const { model } = loadCheckpoint(args[0], createDefaultRegistry());
   const tok = new ByteTokenizer();
@@ -304,6 +305,8 @@ async function cmdGenerate(args: string[], o: Opts): Promise<void> {
     temperature: num(o.temperature, 'temperature', false) ?? 0.8,
     topK: num(o['top-k'], 'top-k') ?? 0,
     seed: num(o.seed, 'seed') ?? 0,
+    cache: !o['no-cache'],
+    onFallback: (reason) => process.stderr.write(`moelab generate: ${reason}\n`),
   });
   process.stdout.write(`${prompt}${tok.decode(ids)}\n`);
 }

@@ -40,6 +40,14 @@ describe('moelab CLI', () => {
     expect(r.code, r.err).toBe(0);
     expect(r.out.startsWith('the ')).toBe(true);
     expect(Buffer.byteLength(r.out.trimEnd(), 'utf8')).toBeGreaterThan(4);
+    expect(r.err).not.toMatch(/no KV cache/);
+    // Within the context (16 here) the KV-cached default and the full re-run per token (--no-cache)
+    // sample the same text; past it the cached path slides its window by half the context.
+    const args = ['generate', ckpt, '--prompt', 'the ', '--tokens', '12', '--top-k', '5', '--backend', 'cpu'];
+    const cached = run(args);
+    const full = run([...args, '--no-cache']);
+    expect(full.code, full.err).toBe(0);
+    expect(full.out).toBe(cached.out);
   });
 
   it('inspect shows parameter counts and per-layer routing', () => {

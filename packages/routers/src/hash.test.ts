@@ -1,4 +1,4 @@
-import { buildModel, forwardContext, type MoELayer, Rng, tf } from '@moelab/core';
+import { buildModel, forwardContext, generateTokens, type MoELayer, Rng, type TransformerLM, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { lossRatio, makeFFN, makeRouter, registry, tinyLM, trainLosses } from '../test/helpers.js';
 import { balancedTable, HashRouter } from './hash.js';
@@ -55,6 +55,19 @@ describe('hash router (R8; checklist 10)', () => {
     const s1 = makeRouter<HashRouter>({ type: 'hash', sameTableAllLayers: true }, 4, 4, { vocabSize: 64, layerIndex: 1 }).table;
     expect(Array.from(t1)).not.toEqual(Array.from(t0));
     expect(Array.from(s1)).toEqual(Array.from(t0));
+  });
+
+  it('KV-cached generation: the token-id hashes decode with the cache; bigram, previous-token and position fall back, saying why', () => {
+    const random = buildModel<TransformerLM>(tinyLM({ type: 'hash' }), registry(), 0);
+    expect(random.cacheBlocker()).toBeNull();
+    const prompt = [1, 2, 3];
+    expect(generateTokens(random, prompt, { maxNewTokens: 6, seed: 1 })).toEqual(generateTokens(random, prompt, { maxNewTokens: 6, seed: 1, cache: false }));
+    for (const hash of ['bigram', 'previous-token', 'position']) {
+      const model = buildModel<TransformerLM>(tinyLM({ type: 'hash', hash }), registry(), 0);
+      const reasons: string[] = [];
+      generateTokens(model, prompt, { maxNewTokens: 2, onFallback: (r) => reasons.push(r) });
+      expect(reasons).toEqual([expect.stringMatching(new RegExp(`transformer\\.layers\\.0\\.ffn\\.router: the ${hash} hash reads the`))]);
+    }
   });
 
   it('errors: missing token ids, ids outside the table, balanced without frequencies (JSON path)', () => {

@@ -76,6 +76,14 @@ export class HashRouter extends Module implements Router {
     return 1;
   }
 
+  /** A cached decoding step sees only the new tokens: the hashes of the previous token or of the position need earlier rows. */
+  override cachedDecodingBlocker(): string | null {
+    const h = this.options.hash;
+    return h === 'bigram' || h === 'previous-token' || h === 'position'
+      ? `the ${h} hash reads the ${h === 'position' ? "token's position" : 'previous token'} from the rows of the call, which a cached step does not pass`
+      : null;
+  }
+
   expertOf(id: number, prev: number | undefined, position: number): number {
     const E = this.numExperts;
     switch (this.options.hash) {

@@ -4,10 +4,12 @@
  * that attention variants (SwitchHead, MoA, ...) reuse them.
  */
 import type { ForwardContext } from '../module.js';
+import { MoelabError } from '../errors.js';
 import { Module } from '../module.js';
 import { hasKernel } from '../ops/kernel.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
+import type { KVCache } from './kv-cache.js';
 import { Linear } from './layers.js';
 import {
   CAUSAL_ATTENTION_KERNEL,
@@ -99,6 +101,29 @@ export function fusedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, h
   return tf.reshape(out!, [B, T, heads * dv]);
 }
 
+/**
+ * Causal attention of m new query rows against all n = n0 + m cached positions (see kv-cache.ts:
+ * out_i = softmax(q_i K^T · scale + M_i) V, M_i[j] = -inf for j > n - m + i): q [B, H, m, dk], k [B, H, n, dk], v [B, H, n, dv] -> [B, H, m, dv]. With n0 = 0 this is
+ * {@link causalAttention} (the backend's fused kernel when it has one); with m = 1 no mask is needed.
+ */
+export function cachedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!)): tf.Tensor {
+  const m = q.shape[2]!;
+  const n = k.shape[2]!;
+  if (n < m) throw new MoelabError(`cachedCausalAttention: ${m} queries but only ${n} keys (the keys must include the new rows)`);
+  if (n === m) return causalAttention(q, k, v, scale);
+  const scores = tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), scale);
+  const masked = m === 1 ? scores : tf.add(scores, offsetCausalMask(m, n));
+  return tf.matMul(tf.softmax(masked, -1) as tf.Tensor4D, v as tf.Tensor4D);
+}
+
+/** Additive mask [m, n] of m new rows after n - m cached ones: row i sees keys j <= n - m + i. */
+function offsetCausalMask(m: number, n: number): tf.Tensor2D {
+  const a = new Float32Array(m * n);
+  const n0 = n - m;
+  for (let i = 0; i < m; i++) for (let j = n0 + i + 1; j < n; j++) a[i * n + j] = -1e9;
+  return tf.tensor2d(a, [m, n]);
+}
+
 /** MACs per token of causal attention mixing: q.k and A.v, each heads x headDim per key, (seqLen + 1) / 2 keys on average. */
 export function causalMixingMacs(heads: number, headDim: number, seqLen: number): number {
   return heads * headDim * (seqLen + 1);
@@ -115,18 +140,44 @@ export function attentionMixingFlops(heads: number, headDim: number, nCtx: numbe
 /** [B, T, H*dh] -> [B, H, T, dh] */
 export function splitHeads(x: tf.Tensor, heads: number): tf.Tensor {
   const [B, T, D] = x.shape as [number, number, number];
+  // One position (a cached decoding step) or one head: the same memory order, no transpose needed.
+  if (T === 1 || heads === 1) return tf.reshape(x, [B, heads, T, D / heads]);
   return tf.transpose(tf.reshape(x, [B, T, heads, D / heads]), [0, 2, 1, 3]);
 }
 
 /** [B, H, T, dh] -> [B, T, H*dh] */
 export function mergeHeads(x: tf.Tensor): tf.Tensor {
   const [B, H, T, dh] = x.shape as [number, number, number, number];
+  if (T === 1 || H === 1) return tf.reshape(x, [B, T, H * dh]);
   return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [B, T, H * dh]);
 }
 
-/** What every attention module implements. `kvSrc` defaults to `x` (self-attention). */
+/** Separate inputs of the query, key and value projections (peri-norm feeds normalised q/k, raw v); each defaults to `x`. */
+export interface AttentionSources {
+  q?: tf.Tensor;
+  k?: tf.Tensor;
+  v?: tf.Tensor;
+}
+
+/** What every attention module implements. */
 export interface AttentionModule extends Module {
-  forward(x: tf.Tensor, ctx: ForwardContext, sources?: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor }): tf.Tensor;
+  /** Causal self-attention over x [B, T, d] (every position sees itself and earlier ones) -> [B, T, d]. */
+  forward(x: tf.Tensor, ctx: ForwardContext, sources?: AttentionSources): tf.Tensor;
+  /**
+   * Cached (incremental) attention, for decoding; inference only. x [B, m, d] holds the rows of
+   * positions cache.length .. cache.length+m-1 of sequences whose earlier positions this module put
+   * into `cache`; it appends what later positions need (keys, values: each already position-encoded,
+   * e.g. rotated by RoPE at its own position) and returns the outputs of the new rows, equal to those
+   * rows of `forward` over the whole prefix. Modules without it make a model decode by re-running the
+   * window (generateTokens falls back and says why). See docs/attention-moe.md, "Generation with a KV cache".
+   */
+  forwardCached?(x: tf.Tensor, ctx: ForwardContext, cache: KVCache, sources?: AttentionSources): tf.Tensor;
+}
+
+/** Throws unless the forward context is an inference one: caches hold no gradients, dropout and noise would differ. */
+export function assertInference(ctx: ForwardContext, where: string): void {
+  if (ctx.training)
+    throw new MoelabError('cached decoding is for inference: call forwardCached with a forward context whose training is false', where || undefined);
 }
 
 export interface MHAOptions {
@@ -178,7 +229,7 @@ export class MultiHeadAttention extends Module implements AttentionModule {
     );
   }
 
-  forward(x: tf.Tensor, _ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {
+  forward(x: tf.Tensor, _ctx: ForwardContext, sources: AttentionSources = {}): tf.Tensor {
     if (hasFusedAttention(this.ropeDims)) {
       const [q, k, v] = [this.q.forward(sources.q ?? x), this.k.forward(sources.k ?? x), this.v.forward(sources.v ?? x)];
       return this.o.forward(fusedCausalAttention(q, k, v, this.heads, this.ropeDims, this.ropeBase));
@@ -187,5 +238,20 @@ export class MultiHeadAttention extends Module implements AttentionModule {
     const k = applyRope(splitHeads(this.k.forward(sources.k ?? x), this.heads), this.ropeDims, this.ropeBase);
     const v = splitHeads(this.v.forward(sources.v ?? x), this.heads);
     return this.o.forward(mergeHeads(causalAttention(q, k, v)));
+  }
+
+  /**
+   * The new rows at positions n0 = cache.length ..: q, k rotated at their own positions (RoPE offset
+   * n0), k and v appended to the cache ([B, H, T, dh] entries "k", "v"), attention over all cached
+   * positions (cachedCausalAttention).
+   */
+  forwardCached(x: tf.Tensor, ctx: ForwardContext, cache: KVCache, sources: AttentionSources = {}): tf.Tensor {
+    assertInference(ctx, this.path);
+    const n0 = cache.length;
+    const q = applyRope(splitHeads(this.q.forward(sources.q ?? x), this.heads), this.ropeDims, this.ropeBase, n0);
+    const k = applyRope(splitHeads(this.k.forward(sources.k ?? x), this.heads), this.ropeDims, this.ropeBase, n0);
+    const v = splitHeads(this.v.forward(sources.v ?? x), this.heads);
+    const all = cache.append({ k, v });
+    return this.o.forward(mergeHeads(cachedCausalAttention(q, all.k, all.v)));
   }
 }

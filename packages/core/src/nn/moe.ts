@@ -128,6 +128,21 @@ export class MoELayer extends Module implements FeedForward {
     if (sharedExpertGate) this.child('shared_expert_gate', sharedExpertGate);
   }
 
+  /**
+   * Cached decoding feeds this layer the new rows only: fine when a row's experts depend on that row
+   * alone (causal-safe, batch-independent routers, no capacity drops at inference); otherwise the reason.
+   */
+  override cachedDecodingBlocker(): string | null {
+    const name = this.router.constructor.name;
+    if (this.router.mix) return `router ${name} mixes tokens or expert parameters across the rows of a call, so one new row alone computes something else`;
+    if (this.router.flags.batchDependent || !this.router.flags.causalSafe)
+      return `router ${name} is ${this.router.flags.causalSafe ? 'batch-dependent' : 'not causal'}: a token's experts depend on other tokens of the call`;
+    const cf = this.options.evalCapacityFactor ?? this.options.capacityFactor;
+    if (cf > 0)
+      return `capacity factor ${cf} at inference drops assignments depending on the other tokens of the call (set evalCapacityFactor: 0 to decode with a cache)`;
+    return null;
+  }
+
   forward(x: tf.Tensor, ctx: ForwardContext, sources: { routerInput?: tf.Tensor } = {}): tf.Tensor {
     const shape = x.shape;
     const d = shape[shape.length - 1]!;

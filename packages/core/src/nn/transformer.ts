@@ -9,12 +9,18 @@
  *     (one norm shared by both branches; `norms: 2` gives each branch its own, as GPT-NeoX does).
  * Positions: RoPE inside attention, and/or learned absolute embeddings added to the token embeddings
  * (`positionEmbedding: "learned"`, GPT-2's `wpe`): h_0[t] = E[token_t]·scale + P[t].
+ *
+ * Cached decoding (kv-cache.ts): `createCache()` gives one KVCache per scheduled block application
+ * (G·R of them: a shared block caches its own keys and values once per repeat), `forwardCached`
+ * runs only the new tokens through the stack, each application against its own cache.
  */
+import { MoelabError } from '../errors.js';
 import type { ForwardContext } from '../module.js';
 import { Module, ModuleDict, ModuleList } from '../module.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
-import type { AttentionModule } from './attention.js';
+import { type AttentionModule, type AttentionSources, assertInference } from './attention.js';
+import { checkCapacity, DecodingCache, KVCache } from './kv-cache.js';
 import { dropout, Embedding, Linear, type Norm } from './layers.js';
 import type { FeedForward } from './moe.js';
 
@@ -49,27 +55,39 @@ export class TransformerBlock extends Module {
   }
 
   forward(x: tf.Tensor, ctx: ForwardContext): tf.Tensor {
+    return this.run(x, ctx, (a, s) => this.attention.forward(a, ctx, s));
+  }
+
+  /** The block on the new rows x [B, m, d] of a cached decoding step; `cache` is this application's. */
+  forwardCached(x: tf.Tensor, ctx: ForwardContext, cache: KVCache): tf.Tensor {
+    const attention = this.attention;
+    if (!attention.forwardCached)
+      throw new MoelabError(`this attention module (${attention.constructor.name}) has no cached path (forwardCached)`, attention.path);
+    return this.run(x, ctx, (a, s) => attention.forwardCached!(a, ctx, cache, s));
+  }
+
+  private run(x: tf.Tensor, ctx: ForwardContext, attend: (x: tf.Tensor, sources?: AttentionSources) => tf.Tensor): tf.Tensor {
     const drop = (t: tf.Tensor) => dropout(t, this.dropoutRate, ctx.rng, ctx.training);
     if (this.layout === 'parallel') {
       const u = this.ln1.forward(x);
       const u2 = this.ln2 ? this.ln2.forward(x) : u;
-      return tf.add(tf.add(x, drop(this.attention.forward(u, ctx))), drop(this.ffn.forward(u2, ctx)));
+      return tf.add(tf.add(x, drop(attend(u))), drop(this.ffn.forward(u2, ctx)));
     }
     const ln2 = this.ln2!;
     switch (this.placement) {
       case 'pre': {
-        const h = tf.add(x, drop(this.attention.forward(this.ln1.forward(x), ctx)));
+        const h = tf.add(x, drop(attend(this.ln1.forward(x))));
         return tf.add(h, drop(this.ffn.forward(ln2.forward(h), ctx)));
       }
       case 'post': {
-        const h = this.ln1.forward(tf.add(x, drop(this.attention.forward(x, ctx))));
+        const h = this.ln1.forward(tf.add(x, drop(attend(x))));
         return ln2.forward(tf.add(h, drop(this.ffn.forward(h, ctx))));
       }
       case 'peri': {
         // Peri-LN (MoEUT §4.1): normalise only what feeds a softmax/sigmoid (queries, keys, routers);
         // values, expert inputs and the residual stream stay raw.
         const xn = this.ln1.forward(x);
-        const h = tf.add(x, drop(this.attention.forward(x, ctx, { q: xn, k: xn, v: x })));
+        const h = tf.add(x, drop(attend(x, { q: xn, k: xn, v: x })));
         return tf.add(h, drop(this.ffn.forward(h, ctx, { routerInput: ln2.forward(h) })));
       }
     }
@@ -158,13 +176,71 @@ export class TransformerLM extends Module {
     if (tokens.shape[1]! > this.options.contextLength) {
       throw new Error(`sequence length ${tokens.shape[1]} exceeds the model's contextLength ${this.options.contextLength}`);
     }
+    let h = this.embed(tokens, ctx, 0);
+    for (const i of this.schedule) h = this.layers[i]!.forward(h, ctx);
+    return this.readout(h, ctx);
+  }
+
+  /**
+   * Why this model cannot decode with a KV cache (the first module that says so, with its path), or
+   * null when it can: every attention module needs `forwardCached`, and no module may object
+   * (Module.cachedDecodingBlocker: batch-dependent routers, capacity drops, ...).
+   */
+  cacheBlocker(): string | null {
+    for (const block of this.layers)
+      if (!block.attention.forwardCached) return `${block.attention.path}: this attention module (${block.attention.constructor.name}) has no cached path`;
+    for (const m of this.modules()) {
+      const why = m.cachedDecodingBlocker?.();
+      if (why) return `${m.path || 'model'}: ${why}`;
+    }
+    return null;
+  }
+
+  /** A fresh, empty decoding cache: one KVCache per scheduled block application. Throws a MoelabError when {@link cacheBlocker} objects. */
+  createCache(): DecodingCache {
+    const why = this.cacheBlocker();
+    if (why) throw new MoelabError(`cannot decode with a KV cache: ${why}`);
+    const C = this.options.contextLength;
+    return new DecodingCache(
+      this.schedule.map((i, s) => new KVCache(C, `${this.layers[i]!.attention.path} (application ${s})`)),
+      C,
+    );
+  }
+
+  /**
+   * Cached decoding: tokens [B, m] int32 are the positions cache.length .. cache.length+m-1 of the
+   * sequences `cache` holds (m = the prompt to prefill, or 1 new token per step); returns their logits
+   * [B, m, V], equal to those rows of forward() over the whole prefix. Inference only. A cache fed past
+   * the contextLength throws a one-line MoelabError naming the limit.
+   */
+  forwardCached(tokens: tf.Tensor, ctx: ForwardContext, cache: DecodingCache): tf.Tensor3D {
+    assertInference(ctx, this.path);
+    const schedule = this.schedule;
+    if (cache.layers.length !== schedule.length)
+      throw new MoelabError(`this cache has ${cache.layers.length} layer caches, the model runs ${schedule.length} blocks: use model.createCache()`);
+    if (tokens.rank !== 2) throw new MoelabError(`forwardCached: tokens must be [batch, positions], got [${tokens.shape}]`);
+    const n0 = cache.length;
+    checkCapacity(n0, tokens.shape[1]!, this.options.contextLength);
+    let h = this.embed(tokens, ctx, n0);
+    schedule.forEach((i, s) => {
+      h = this.layers[i]!.forwardCached(h, ctx, cache.layers[s]!);
+    });
+    return this.readout(h, ctx);
+  }
+
+  private embed(tokens: tf.Tensor, ctx: ForwardContext, positionOffset: number): tf.Tensor {
     const ids = tokens.dataSync();
     ctx.tokenIds = ids instanceof Int32Array ? ids : Int32Array.from(ids as ArrayLike<number>);
     ctx.carry = new Map(); // per-forward state (ForwardContext.carry) starts empty in every forward pass
+    ctx.positionOffset = positionOffset;
     let h = this.embedding.forward(tokens);
     if (this.options.embeddingScale !== 1) h = tf.mul(h, this.options.embeddingScale);
-    if (this.positions) h = tf.add(h, tf.slice(this.positions.weight, [0, 0], [tokens.shape[1]!, -1]));
-    for (const i of this.schedule) h = this.layers[i]!.forward(h, ctx);
+    // Learned absolute positions of the rows: positionOffset .. positionOffset+T-1.
+    if (this.positions) h = tf.add(h, tf.slice(this.positions.weight, [positionOffset, 0], [tokens.shape[1]!, -1]));
+    return h;
+  }
+
+  private readout(h: tf.Tensor, ctx: ForwardContext): tf.Tensor3D {
     for (const m of this.modules()) m.finalizeForward?.(ctx);
     const hn = this.outNorm.forward(h);
     if (this.head) return this.head.forward(hn) as tf.Tensor3D;
