@@ -92,7 +92,7 @@ describe('moelab CLI', () => {
       [['eval', join(root, 'nope')], /not a moelab checkpoint/],
       [['train', join(root, 'tiny.json'), '--steps', 'many'], /--steps expects an integer, got "many"/],
       [['frobnicate'], /unknown command "frobnicate"/],
-      [['train', '--bogus'], /Unknown option '--bogus'/],
+      [['train', '--bogus'], /unknown option "--bogus" for `moelab train`/],
       [['train', join(root, 'tiny.json'), '--backend', 'quantum'], /unknown backend "quantum"/],
     ];
     for (const [args, re] of cases) {

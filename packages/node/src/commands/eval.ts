@@ -1,0 +1,48 @@
+/** `moelab eval`: validation loss, perplexity and bits per byte of a checkpoint, optionally with experts masked. */
+import { Command, Option } from '@commander-js/extra-typings';
+import { Trainer } from '@moelab/core';
+import { loadCheckpoint } from '../checkpoint.js';
+import { CorpusTokens, loadCorpus } from '../corpus.js';
+import { createDefaultRegistry } from '../registry.js';
+import { defineCommand } from './command.js';
+import { backendOption, batchOption, checkpointDataOption, evalBatchesOption, jsonOption, seqOption, useBackend } from './options.js';
+
+export const evaluate = defineCommand({
+  define: () =>
+    new Command('eval')
+      .summary('validation loss and perplexity of a checkpoint (--mask mask.json: with experts masked)')
+      .description('Validation loss, perplexity and bits per byte of a checkpoint on the validation split of --data.')
+      .argument('<checkpoint>', 'checkpoint directory (runs/<name>/checkpoint)')
+      .addOption(checkpointDataOption())
+      .addOption(seqOption("sequence length (default: the checkpoint's, at most its context length)"))
+      .addOption(batchOption().default(16))
+      .addOption(evalBatchesOption().default(16))
+      .addOption(new Option('--mask <file>', 'an expert mask written by `moelab mask`: evaluate with those experts disabled'))
+      .addOption(jsonOption())
+      .addOption(backendOption()),
+  async run([checkpoint], o) {
+    await useBackend(o.backend, o.json);
+    const { model, config } = loadCheckpoint(checkpoint, createDefaultRegistry());
+    const data = new CorpusTokens(loadCorpus(o.data ?? config.train?.data ?? 'brown'));
+    const seqLen = o.seq ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
+    if (o.mask) {
+      const { evaluateWithMask, maskedCount, maskOf, readMaskFile } = await import('../specialise.js');
+      const file = readMaskFile(o.mask);
+      const ev = evaluateWithMask(model, data, { seed: config.seed ?? 0, seqLen, batchSize: o.batch, batches: o.evalBatches, mask: maskOf(file) });
+      const masked = { file: o.mask, domain: file.domain, experts: maskedCount(file), layers: Object.keys(file.layers).length };
+      if (o.json) process.stdout.write(`${JSON.stringify({ ...ev, step: config.step, masked })}\n`);
+      else
+        process.stdout.write(
+          `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/byte (${masked.experts} experts masked in ${masked.layers} layers, domain "${file.domain}")\n`,
+        );
+      return 0;
+    }
+    const ev = new Trainer(model, data, { seqLen, batchSize: o.batch, seed: config.seed, evalBatches: o.evalBatches }).evaluate();
+    if (o.json) process.stdout.write(`${JSON.stringify({ ...ev, step: config.step })}\n`);
+    else
+      process.stdout.write(
+        `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/byte\n`,
+      );
+    return 0;
+  },
+});

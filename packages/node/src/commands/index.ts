@@ -1,0 +1,20 @@
+/**
+ * Every `moelab` command, in the order `moelab --help` lists them. A new command is one file in this
+ * folder exporting a `MoelabCommand` (see `./command.ts`) plus one line here.
+ */
+import { bench } from './bench.js';
+import type { MoelabCommand } from './command.js';
+import { compare, main } from './compare.js';
+import { evaluate } from './eval.js';
+import { generate } from './generate.js';
+import { inspect } from './inspect.js';
+import { list } from './list.js';
+import { mask } from './mask.js';
+import { sweep } from './sweep.js';
+import { train } from './train.js';
+import { verify } from './verify.js';
+
+// biome-ignore lint/suspicious/noExplicitAny: each command has its own argument and flag types
+export const commands: MoelabCommand<any, any>[] = [train, evaluate, generate, list, inspect, verify, compare, main, sweep, bench, mask];
+
+export { type MoelabCommand, defineCommand, parseCommandLine } from './command.js';

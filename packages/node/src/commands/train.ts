@@ -1,0 +1,103 @@
+/** `moelab train`: train a model from a spec file or a preset on a corpus; writes a checkpoint and metrics.jsonl. */
+import { existsSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { Command, Option } from '@commander-js/extra-typings';
+import { MoelabError, type NodeSpec, type TrainConfig } from '@moelab/core';
+import { createDefaultRegistry } from '../registry.js';
+import { trainRun } from '../run.js';
+import { human } from '../table.js';
+import { defineCommand } from './command.js';
+import {
+  backendOption,
+  dataOption,
+  integer,
+  quietOption,
+  timeBudgetOption,
+  trainOverrides,
+  useBackend,
+  stepsOption,
+  lrOption,
+  evalEveryOption,
+  statsEveryOption,
+  evalBatchesOption,
+  accumulateOption,
+  batchOption,
+  seqOption,
+  seedOption,
+} from './options.js';
+
+export function readSpecFile(path: string): NodeSpec {
+  if (!existsSync(path)) throw new MoelabError('no such file', path);
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (e) {
+    throw new MoelabError(`not valid JSON (${(e as Error).message})`, path);
+  }
+}
+
+export const train = defineCommand({
+  define: () =>
+    new Command('train')
+      .summary('train a model (a spec file or --preset NAME) on --data')
+      .description(
+        'Train a model from a JSON spec file or a registered preset (`moelab list preset`) and write ' +
+          '<out>/checkpoint, <out>/metrics.jsonl (one JSON line per step and evaluation).',
+      )
+      .argument('[spec]', 'model spec JSON file (or give --preset)')
+      .addOption(new Option('--preset <name>', 'a registered preset: its spec and suggested training config'))
+      .addOption(dataOption())
+      .addOption(new Option('--out <dir>', 'run directory (default: runs/<spec or preset name>)'))
+      .addOption(backendOption())
+      .addOption(stepsOption())
+      .addOption(batchOption())
+      .addOption(seqOption())
+      .addOption(lrOption())
+      .addOption(seedOption('random seed (initialisation and batch order)'))
+      .addOption(evalEveryOption())
+      .addOption(statsEveryOption())
+      .addOption(evalBatchesOption())
+      .addOption(accumulateOption())
+      .addOption(timeBudgetOption())
+      .addOption(
+        new Option('--checkpoint-every <n>', 'also save the checkpoint every N steps (default: only at the end)').argParser(integer('--checkpoint-every')),
+      )
+      .addOption(new Option('--resume', 'continue the checkpoint in --out exactly (its spec, config, optimizer state and step)'))
+      .addOption(quietOption()),
+  async run([specFile], o) {
+    const registry = createDefaultRegistry();
+    let spec: NodeSpec;
+    let preset: Partial<TrainConfig> = {};
+    let name: string;
+    if (o.resume) {
+      if (!o.out) throw new MoelabError('--resume needs --out DIR (the run directory to continue)');
+      spec = {} as NodeSpec;
+      name = o.out;
+    } else if (o.preset) {
+      const p = registry.preset(o.preset, '--preset');
+      spec = p.spec;
+      preset = p.train;
+      name = o.preset;
+    } else if (specFile) {
+      spec = readSpecFile(specFile);
+      name = specFile.replace(/^.*\//, '').replace(/\.json$/, '');
+    } else throw new MoelabError('give a model spec file or --preset NAME (see `moelab list preset`)');
+    await useBackend(o.backend);
+    const outDir = resolve(o.out ?? join('runs', name));
+    const r = trainRun({
+      registry,
+      spec,
+      train: { ...preset, ...trainOverrides(o) },
+      data: o.data,
+      outDir,
+      resume: o.resume,
+      timeBudgetSec: o.timeBudget,
+      checkpointEvery: o.checkpointEvery,
+      label: name,
+      quiet: o.quiet,
+    });
+    process.stdout.write(
+      `${name}: ${r.steps} steps, val loss ${r.finalEval.loss.toFixed(4)} (ppl ${r.finalEval.perplexity.toFixed(2)}), ${Math.round(r.tokensPerSec)} tok/s, ${human(r.summary.parameters)} params (${human(r.summary.activeParameters)} active)\ncheckpoint: ${join(outDir, 'checkpoint')}\nmetrics: ${join(outDir, 'metrics.jsonl')}\n`,
+    );
+    return 0;
+  },
+});

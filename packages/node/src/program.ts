@@ -1,0 +1,75 @@
+/**
+ * The `moelab` program: the root command with every command of `./commands/index.ts`, and `runCli`,
+ * which parses argv, runs the command and turns every error into one line on stderr and an exit code:
+ * 0 ok, 1 a check failed (`verify`) or no command given, 2 bad input (MOELAB_DEBUG=1 adds the stack).
+ */
+import { readFileSync } from 'node:fs';
+import { Command } from '@commander-js/extra-typings';
+import { MoelabError } from '@moelab/core';
+import { configureCommand, type MoelabCommand, UsageExit } from './commands/command.js';
+import { commands as allCommands } from './commands/index.js';
+
+function version(): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** Where the program writes: stdout and stderr by default, buffers in tests. */
+export interface CliIo {
+  out: (s: string) => void;
+  err: (s: string) => void;
+}
+
+const processIo: CliIo = { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s) };
+
+/**
+ * The root command with `commands` attached; `onRun` receives each command's exit code. Help and
+ * usage errors surface as exceptions (see `usageError`), never as `process.exit`.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: each command has its own argument and flag types
+export function buildProgram(commands: MoelabCommand<any, any>[] = allCommands, io: CliIo = processIo, onRun: (code: number) => void = () => {}) {
+  const program = configureCommand(
+    new Command('moelab')
+      .description('moelab — a lab for Mixture-of-Experts models')
+      .usage('<command> [options]')
+      .version(version(), '-v, --version', 'print the version')
+      .helpOption('-h, --help', 'show this help')
+      .addHelpText('after', '\nRun `moelab <command> --help` for its arguments and flags.\nEnvironment: MOELAB_DEBUG=1 prints stack traces with errors.\n'),
+    io.out,
+  );
+  program.helpCommand('help [command]', 'show help for a command');
+  for (const c of commands) {
+    const cmd = configureCommand(c.define(), io.out);
+    cmd.helpOption('-h, --help', 'show this help');
+    cmd.action(async () => {
+      onRun((await c.run(cmd.processedArgs, cmd.opts())) ?? 0);
+    });
+    program.addCommand(cmd);
+  }
+  return program;
+}
+
+/** Run `moelab` with `argv` (without `node cli.js`); resolves to the exit code and never throws. */
+export async function runCli(argv: string[], io: CliIo = processIo): Promise<number> {
+  let code = 0;
+  const program = buildProgram(allCommands, io, (c) => {
+    code = c;
+  });
+  if (argv.length === 0) {
+    io.out(program.helpInformation());
+    return 1;
+  }
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return code;
+  } catch (e) {
+    if (e instanceof UsageExit) return e.exitCode;
+    const err = e as Error;
+    if (process.env.MOELAB_DEBUG) io.err(`${err.stack ?? err}\n`);
+    io.err(`moelab: ${err instanceof MoelabError ? '' : 'error: '}${err.message}\n`);
+    return 2;
+  }
+}
