@@ -4,7 +4,7 @@ import path from 'node:path';
 import { tf } from '@moelab/core';
 import { afterAll, describe, expect, it } from 'vitest';
 import { chooseBackend } from './backends.js';
-import { benchJsonPath, runBenchBackends } from './bench.js';
+import { benchJsonPath, GENERATE_WORKLOAD, generateRowName, runBenchBackends } from './bench.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'moelab-bench-'));
 afterAll(async () => {
@@ -79,5 +79,30 @@ describe('moelab bench', () => {
     expect(moe!.dense).toBe('f dense SwiGLU FFN h512');
     expect(moe!.vs_dense_fwdbwd).toBeCloseTo(moe!.gflops_fwdbwd! / dense!.gflops_fwdbwd!, 6);
     expect(lines.join('\n')).toMatch(/f SwiGLU MoE topk E64x128 k4 .* GFLOP\/s\s+[\d.]+x dense/);
+  });
+
+  it.skipIf(!native)('the generate row: cached and uncached tokens/s of one workload, speedup = their ratio (moelab-cpu, a small workload)', async () => {
+    expect(generateRowName(GENERATE_WORKLOAD)).toBe('f generate moe-tiny 64+256 ctx256');
+    const json = path.join(dir, 'gen.json');
+    const lines: string[] = [];
+    const generate = { preset: 'moe-tiny', prompt: 8, newTokens: 24, contextLength: 16 };
+    await runBenchBackends({ backends: 'moelab-cpu', only: ['generate'], quick: true, json, generate, log: (l) => lines.push(l) });
+    const out = JSON.parse(readFileSync(json, 'utf8')) as { rows: (JsonRow & Record<string, number | string | null>)[]; skipped: unknown[] };
+    expect(out.skipped).toEqual([]);
+    expect(out.rows.map((r) => r.name)).toEqual(['sgemm 2048^3', 'sgemm 1024^3', 'f generate moe-tiny 8+24 ctx16']);
+    const row = out.rows[2]!;
+    expect(row.group).toBe('gen');
+    expect(row.fwdbwd_ms).toBeNull();
+    const cached = row.tokens_per_s_cached as number;
+    const uncached = row.tokens_per_s_uncached as number;
+    expect(cached).toBeGreaterThan(0);
+    expect(uncached).toBeGreaterThan(0);
+    // fwd_ms is ms per new token of the cached path (median of its runs).
+    expect(cached).toBeCloseTo(1000 / row.fwd_ms!, 6);
+    expect(row.speedup_cached).toBeCloseTo(cached / uncached, 6);
+    expect(row.uncached_ms_per_token).toBeCloseTo(1000 / uncached, 6);
+    expect(row.samples).toBe(2);
+    expect(row.uncached_samples).toBe(1);
+    expect(lines.join('\n')).toMatch(/f generate moe-tiny 8\+24 ctx16\s+cached [\d.]+ tok\/s\s+uncached [\d.]+ tok\/s\s+speedup [\d.]+x/);
   });
 });

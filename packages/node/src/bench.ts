@@ -16,7 +16,19 @@
  */
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
-import { buildModel, forwardContext, type LanguageModel, type Module, MultiHeadAttention, type NodeSpec, type Registry, Rng, tf, Trainer } from '@moelab/core';
+import {
+  buildModel,
+  forwardContext,
+  generateTokens,
+  type LanguageModel,
+  type Module,
+  MultiHeadAttention,
+  type NodeSpec,
+  type Registry,
+  Rng,
+  tf,
+  Trainer,
+} from '@moelab/core';
 import { chooseBackend } from './backends.js';
 import { createDefaultRegistry } from './registry.js';
 
@@ -25,6 +37,24 @@ export interface BenchOptions {
   quick?: boolean;
   json?: string;
   log?: (line: string) => void;
+  /** The generate row's workload (default: moe-tiny, a 64-token prompt, 256 new tokens, a 256-token context). */
+  generate?: GenerateWorkload;
+}
+
+/** What the `generate` row times: `newTokens` sampled greedily after a `prompt`-token prompt. */
+export interface GenerateWorkload {
+  preset: string;
+  prompt: number;
+  newTokens: number;
+  contextLength: number;
+}
+
+/** The issue's workload: tokens/s for 256 new tokens after a 64-token prompt with a 256-token context. */
+export const GENERATE_WORKLOAD: GenerateWorkload = { preset: 'moe-tiny', prompt: 64, newTokens: 256, contextLength: 256 };
+
+/** The generate row's name for a workload. */
+export function generateRowName(w: GenerateWorkload): string {
+  return `f generate ${w.preset} ${w.prompt}+${w.newTokens} ctx${w.contextLength}`;
 }
 
 interface Row {
@@ -322,6 +352,59 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
       tr.optimizer.dispose();
       model.dispose();
     });
+
+  // Generation: tokens/s of the KV-cached decoder (prefill once, one token per step; past the context
+  // the window slides by half) against re-running the window per token. Runs alternate (cached,
+  // uncached, cached, ...) so that a change in the machine's load hits both; medians per path.
+  // fwd_ms is ms per new token of the cached path; the FLOPs are the model's forward FLOPs per token
+  // at the context length (an upper bound for one cached step).
+  const gen = o.generate ?? GENERATE_WORKLOAD;
+  const genName = generateRowName(gen);
+  attempt('gen', genName, () => {
+    const spec = registry.preset(gen.preset).spec as Record<string, unknown>;
+    const model = buildModel<Module & LanguageModel>({ ...spec, contextLength: gen.contextLength } as unknown as NodeSpec, registry, 0);
+    const prompt = Array.from({ length: gen.prompt }, (_, i) => (i * 37 + 11) % model.vocabSize);
+    const run = (cache: boolean, n = gen.newTokens) => {
+      const t0 = performance.now();
+      generateTokens(model, prompt, { maxNewTokens: n, temperature: 0, cache });
+      return performance.now() - t0;
+    };
+    run(true, Math.min(16, gen.newTokens)); // warm-up: kernels, RoPE tables
+    const cached: number[] = [];
+    const uncached: number[] = [];
+    const rounds = o.quick ? 1 : 2;
+    for (let r = 0; r < rounds; r++) {
+      cached.push(run(true));
+      uncached.push(run(false));
+    }
+    cached.push(run(true));
+    lastSamples = cached.length;
+    const [c, cMin] = stats(cached);
+    const [u, uMin] = stats(uncached);
+    const perToken = (ms: number) => ms / gen.newTokens;
+    const flops = (model as Module).flopsPerToken(gen.contextLength);
+    add(
+      'gen',
+      genName,
+      `preset=${gen.preset} prompt=${gen.prompt} new=${gen.newTokens} ctx=${gen.contextLength} B=1 greedy`,
+      flops,
+      [perToken(c), perToken(cMin)],
+      null,
+      {
+        tokens_per_s_cached: gen.newTokens / (c / 1e3),
+        tokens_per_s_uncached: gen.newTokens / (u / 1e3),
+        uncached_ms_per_token: perToken(u),
+        uncached_ms_per_token_min: perToken(uMin),
+        uncached_samples: uncached.length,
+        speedup_cached: u / c,
+        params: model.parameterCount(),
+      },
+    );
+    log(
+      `${'gen'.padEnd(6)} ${genName.padEnd(40)} cached ${(gen.newTokens / (c / 1e3)).toFixed(1)} tok/s  uncached ${(gen.newTokens / (u / 1e3)).toFixed(1)} tok/s  speedup ${(u / c).toFixed(1)}x`,
+    );
+    model.dispose();
+  });
 
   const out = {
     environment: {
