@@ -7,6 +7,11 @@ export class ParamGroup extends Module {
     return this.param(name, values, shape);
   }
 
+  /** Register a nested group (its parameters are named `<name>.<param>`). */
+  addChild<M extends Module>(name: string, m: M): M {
+    return this.child(name, m);
+  }
+
   get(name: string): tf.Variable {
     const v = this.params.get(name);
     if (!v) throw new Error(`no parameter "${name}" in ${this.path || 'this group'}`);

@@ -16,6 +16,8 @@ export interface FixtureDoc {
   kind: string;
   config: Record<string, unknown>;
   tolerances?: { outputs_and_losses?: Tolerance; grads?: Tolerance };
+  /** The same rule under the key some fixture sets use (e.g. `moa`). */
+  tolerance?: { outputs?: Tolerance; grads?: Tolerance };
   tensors: Record<string, { role?: string; dtype: string; shape: number[] }>;
   modes?: string[];
   [key: string]: unknown;

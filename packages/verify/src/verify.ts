@@ -35,8 +35,8 @@ export function verifyFixture(fx: Fixture, registry: Registry = verifyRegistry()
     throw new MoelabError(`no runner for fixture kind "${kind}".${hint}`, `${fx.doc.name}: $.kind`);
   }
   const got = fixtureRunners[kind](fx, registry);
-  const outTol = fx.doc.tolerances?.outputs_and_losses ?? DEFAULT_OUTPUT_TOLERANCE;
-  const gradTol = fx.doc.tolerances?.grads ?? DEFAULT_GRAD_TOLERANCE;
+  const outTol = fx.doc.tolerances?.outputs_and_losses ?? fx.doc.tolerance?.outputs ?? DEFAULT_OUTPUT_TOLERANCE;
+  const gradTol = fx.doc.tolerances?.grads ?? fx.doc.tolerance?.grads ?? DEFAULT_GRAD_TOLERANCE;
   const checks: TensorCheck[] = [];
   for (const [name, exp] of [...fx.tensors.entries()].sort(([a], [b]) => a.localeCompare(b))) {
     if (!isCheckedTensor(name)) continue;

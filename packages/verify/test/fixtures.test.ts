@@ -32,6 +32,8 @@ describe('golden fixtures', () => {
   it('the public fixtures of every system are present, and every kind has one', () => {
     expect(names).toEqual(
       expect.arrayContaining([
+        'moa/moa_p1',
+        'moa/moa_p2_k_eq_E_cv',
         'moeut/moeut_lm_p1',
         'moeut/moeut_lm_p2',
         'moeut/sigma_moe_p1',

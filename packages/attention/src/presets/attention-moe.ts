@@ -4,6 +4,9 @@
  *
  * - `bam-attn-tiny`: BAM's architecture (arXiv 2408.08274 §3.1): parallel blocks with one RMSNorm,
  *   a soft mixture of 4 attention experts (4 heads of 32 each, own K/V, RoPE), dense GELU FFN 512.
+ * - `moa-tiny`: MoA (arXiv 2210.05144): sequential pre-norm blocks, learned absolute positions (the
+ *   official layer has no RoPE), top-2 of 8 head experts of width 32 sharing one K/V head, switch 0.01
+ *   and z 0.001 auxiliary losses as in the official WMT14 script; dense GELU FFN 512.
  */
 import { definePlugin, definePreset, type NodeSpec } from '@moelab/core';
 
@@ -23,6 +26,12 @@ export const bamAttnTinySpec: NodeSpec = {
   },
 };
 
+export const moaTinySpec: NodeSpec = {
+  ...base,
+  positionEmbedding: 'learned',
+  block: { type: 'transformer', norm: 'pre', attention: { type: 'moa', experts: 8, k: 2, headDim: 32 }, ffn },
+};
+
 export const bamAttnTiny = definePreset(
   'bam-attn-tiny',
   'BAM soft Mixture-of-Attention: d 128, 2 parallel blocks, 4 attention experts (4x32 heads, own K/V, RoPE), dense FFN 512.',
@@ -30,4 +39,11 @@ export const bamAttnTiny = definePreset(
   train,
 );
 
-export const attentionMoePresets = definePlugin({ name: '@moelab/attention/attention-moe-presets', presets: [bamAttnTiny] });
+export const moaTiny = definePreset(
+  'moa-tiny',
+  'MoA (Mixture of Attention heads): d 128, 2 layers, learned positions, top-2 of 8 head experts (32 wide, one shared K/V), dense FFN 512.',
+  moaTinySpec,
+  train,
+);
+
+export const attentionMoePresets = definePlugin({ name: '@moelab/attention/attention-moe-presets', presets: [bamAttnTiny, moaTiny] });

@@ -3,6 +3,7 @@
  * its runner file beside these and one line here (see this package's README).
  */
 import type { FixtureRunner } from '../fixture.js';
+import { moaRunner } from './moa.js';
 import { moeutLMRunner } from './moeut-lm.js';
 import { monetHDRunner, monetVDRunner } from './monet.js';
 import { peerRunner } from './peer.js';
@@ -16,6 +17,7 @@ export const fixtureRunners = {
   monet_hd: monetHDRunner,
   monet_vd: monetVDRunner,
   peer: peerRunner,
+  moa: moaRunner,
 } as const satisfies Record<string, FixtureRunner>;
 
 /** A fixture kind this package can check (the `kind` field of a fixture document). */

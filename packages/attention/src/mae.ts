@@ -1,0 +1,143 @@
+/**
+ * MAE — "A Mixture of h − 1 Heads is Better than h Heads" (Peng, Schwartz, Li, Smith, ACL 2020,
+ * arXiv 2005.06537; no official code found). With H_i(x) = head_i(x) W_o^{(i)} the contribution of head i
+ * of a multi-head attention, expert i is the attention without head i, rescaled:
+ *
+ *   f_i(x) = h/(h−1) · Σ_{j≠i} H_j(x)                  i = 1..h
+ *   MHA(x) = Σ_i H_i(x) = Σ_i (1/h) f_i(x)              (every head is in h − 1 experts)
+ *   MAE(x) = Σ_i g_i(x) f_i(x) = Σ_j c_j(x) H_j(x),     c_j = h (1 − g_j) / (h − 1)
+ *   g(x) = softmax(u W_gᵀ)                               W_g = gate.weight [h, d], zero-initialised
+ *
+ * so a uniform gate (the zero init) gives exactly the dense attention, and a trained gate reweights the
+ * heads per token. `granularity: "token"` gates from each token's input; `"sequence"` from the running
+ * mean of the inputs up to the token (causal, so generation sees the same function). The paper trains
+ * by block coordinate descent, updating a single expert per step; this module implements the mixture's
+ * forward pass and trains it end to end (BCD training is not implemented). Parameter names are MHA's
+ * (`q_proj`, `k_proj`, `v_proj`, `o_proj`) plus `gate.weight`, so dense weights load unchanged.
+ */
+import {
+  applyRope,
+  type AttentionModule,
+  attentionMixingFlops,
+  Config,
+  causalAttention,
+  causalMixingMacs,
+  defineEntry,
+  type ForwardContext,
+  fusedCausalAttention,
+  hasFusedAttention,
+  Linear,
+  Module,
+  MoelabError,
+  mergeHeads,
+  type Rng,
+  splitHeads,
+  Type,
+  tf,
+} from '@moelab/core';
+import { routingStatsOf } from './common.js';
+
+export interface MAEOptions {
+  heads: number;
+  headDim: number;
+  ropeDims: number;
+  ropeBase: number;
+  granularity: 'token' | 'sequence';
+  gateStd: number;
+}
+
+export class MixtureOfHeadDroppedExperts extends Module implements AttentionModule {
+  readonly q: Linear;
+  readonly k: Linear;
+  readonly v: Linear;
+  readonly o: Linear;
+  readonly gate: Linear;
+
+  constructor(
+    readonly dModel: number,
+    readonly options: MAEOptions,
+    rng: Rng,
+  ) {
+    super();
+    const { heads: H, headDim: dh } = options;
+    if (H < 2) throw new MoelabError(`MAE needs at least 2 heads (an expert drops one), got ${H}`);
+    const inner = H * dh;
+    this.q = this.child('q_proj', new Linear(dModel, inner, rng));
+    this.k = this.child('k_proj', new Linear(dModel, inner, rng));
+    this.v = this.child('v_proj', new Linear(dModel, inner, rng));
+    this.o = this.child('o_proj', new Linear(inner, dModel, rng));
+    this.gate = this.child('gate', new Linear(dModel, H, rng, { std: options.gateStd }));
+  }
+
+  /** Expert weights g [B·T, h] for the gate input `u` [B, T, d]. */
+  weights(u: tf.Tensor): tf.Tensor2D {
+    const [B, T, d] = u.shape as [number, number, number];
+    let src = u;
+    if (this.options.granularity === 'sequence') {
+      // Running mean as a product with the lower-triangular averaging matrix (tfjs's cumsum gradient
+      // is wrong off the last axis).
+      const avg = new Float32Array(T * T);
+      for (let t = 0; t < T; t++) for (let s = 0; s <= t; s++) avg[t * T + s] = 1 / (t + 1);
+      const flat = tf.reshape(tf.transpose(u, [1, 0, 2]), [T, B * d]);
+      src = tf.transpose(tf.reshape(tf.matMul(tf.tensor2d(avg, [T, T]), flat), [T, B, d]), [1, 0, 2]);
+    }
+    return tf.softmax(tf.reshape(this.gate.forward(tf.reshape(src, [B * T, d])), [B * T, this.options.heads])) as tf.Tensor2D;
+  }
+
+  forward(x: tf.Tensor, ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {
+    const { heads: H, headDim: dh, ropeDims, ropeBase } = this.options;
+    const qSrc = sources.q ?? x;
+    const [B, T] = qSrc.shape as [number, number];
+    const q = this.q.forward(qSrc);
+    const k = this.k.forward(sources.k ?? x);
+    const v = this.v.forward(sources.v ?? x);
+    let heads: tf.Tensor; // [B, T, H·dh]
+    if (hasFusedAttention(ropeDims)) heads = fusedCausalAttention(q, k, v, H, ropeDims, ropeBase);
+    else
+      heads = mergeHeads(causalAttention(applyRope(splitHeads(q, H), ropeDims, ropeBase), applyRope(splitHeads(k, H), ropeDims, ropeBase), splitHeads(v, H)));
+    const g = this.weights(qSrc);
+    ctx.routing.push(routingStatsOf(this.path, g, H));
+    const c = tf.mul(tf.sub(1, g), H / (H - 1)); // [B·T, H]
+    const scaled = tf.mul(tf.reshape(heads, [B * T, H, dh]), tf.reshape(c, [B * T, H, 1]));
+    return this.o.forward(tf.reshape(scaled, [B, T, H * dh]));
+  }
+
+  override macsPerToken(seqLen: number): number {
+    return super.macsPerToken(seqLen) + causalMixingMacs(this.options.heads, this.options.headDim, seqLen);
+  }
+
+  /** MHA's projections and mixing plus the gate (2 · h · d). */
+  override flopsPerToken(seqLen: number): number {
+    const { heads: H, headDim: dh } = this.options;
+    return [this.q, this.k, this.v, this.o, this.gate].reduce((s, m) => s + m.flopsPerToken(seqLen), 0) + attentionMixingFlops(H, dh, seqLen);
+  }
+}
+
+export const mae = defineEntry({
+  kind: 'attention',
+  name: 'mae',
+  description: 'MAE: multi-head attention as a gated mixture of its h "drop one head" experts; zero gate = the dense attention.',
+  reference: 'docs/attention-moe.md; MAE arXiv 2005.06537',
+  schema: Config({
+    heads: Type.Integer({ minimum: 2, default: 4, description: 'h heads = h experts' }),
+    headDim: Type.Optional(Type.Integer({ minimum: 1, description: 'default dModel / heads' })),
+    ropeDims: Type.Optional(Type.Integer({ minimum: 0, description: 'channels per head rotated by RoPE (default: all; 0 = none)' })),
+    ropeBase: Type.Number({ exclusiveMinimum: 0, default: 10000 }),
+    granularity: Type.Union([Type.Literal('token'), Type.Literal('sequence')], {
+      default: 'token',
+      description: "token: gate from each token's input; sequence: from the running mean of the inputs so far",
+    }),
+    gateStd: Type.Number({ minimum: 0, default: 0, description: 'init std of gate.weight (0 = zeros: exactly the dense attention at step 0)' }),
+  }),
+  create: (c, ctx) => {
+    const d = ctx.need('dModel');
+    if (c.headDim === undefined && d % c.heads !== 0)
+      throw new MoelabError(`dModel ${d} is not divisible by heads ${c.heads}; set headDim`, `${ctx.path}.heads`);
+    const headDim = c.headDim ?? d / c.heads;
+    return new MixtureOfHeadDroppedExperts(
+      d,
+      { heads: c.heads, headDim, ropeDims: c.ropeDims ?? headDim, ropeBase: c.ropeBase, granularity: c.granularity, gateStd: c.gateStd },
+      ctx.rng,
+    );
+  },
+});
