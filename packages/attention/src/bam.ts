@@ -20,6 +20,9 @@
  * kernel where it has one), and the output is one product of the g-weighted heads with the stacked W_o:
  * Σ_j g_j (heads_j W_o^j) = [g_1 heads_1 ‖ … ‖ g_N heads_N] [W_o^1; …; W_o^N].
  *
+ * Cached decoding: keys and values are cached as computed (before the GQA / sharing expansion), so the
+ * KV-sharing cache is the dense model's size and the KV-experts cache N times that (BAM §3.3).
+ *
  * Routing statistics per call: `load` = mean g per expert, `entropy` = mean entropy of g (nats); no
  * auxiliary loss (the paper describes none for the attention router). Costs follow BAM Table 10:
  * router 2 N d, QKV 2 N d (H + 2 H_kv) d_h (shared: the K/V part once), mixing 2 N n_ctx H d_h,
@@ -27,6 +30,10 @@
  */
 import {
   type AttentionModule,
+  type AttentionSources,
+  assertInference,
+  cachedCausalAttention,
+  type KVCache,
   attentionMixingFlops,
   Config,
   causalAttention,
@@ -46,7 +53,7 @@ import {
   Type,
   tf,
 } from '@moelab/core';
-import { ParamGroup, expandKvHeads, routingStatsOf } from './common.js';
+import { expandKvHeads, gatherKvHeads, ParamGroup, routingStatsOf } from './common.js';
 
 export interface BamOptions {
   experts: number;
@@ -116,13 +123,12 @@ export class BamSoftMoA extends Module implements AttentionModule {
     return (ws.length === 1 ? ws[0]! : tf.concat(ws, name === 'wo' ? 0 : 1)) as tf.Tensor2D;
   }
 
-  forward(x: tf.Tensor, ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {
+  forward(x: tf.Tensor, ctx: ForwardContext, sources: AttentionSources = {}): tf.Tensor {
     const { experts: N, heads: H, kvHeads: Hkv, headDim: dh } = this.options;
     const qSrc = sources.q ?? x;
     const kSrc = sources.k ?? x;
     const vSrc = sources.v ?? x;
     const [B, T] = qSrc.shape as [number, number];
-    const rows = B * T;
     const proj = (src: tf.Tensor, w: tf.Tensor2D) => tf.reshape(tf.matMul(flatten2d(src), w), [B, T, -1]);
     const q = proj(qSrc, this.cat('wq')); // [B, T, N·H·dh]
     let k: tf.Tensor;
@@ -140,7 +146,37 @@ export class BamSoftMoA extends Module implements AttentionModule {
       const split = (t: tf.Tensor) => applyRope(splitHeads(t, N * H), this.ropeDims, this.options.ropeBase);
       heads = mergeHeads(causalAttention(split(q), split(k), splitHeads(v, N * H)));
     }
-    const g = this.weights(qSrc);
+    return this.mix(heads, this.weights(qSrc), ctx, B, T);
+  }
+
+  /**
+   * Cached decoding (inference): the new rows' queries attend to every cached position. The cache holds
+   * the keys and values as computed, before GQA / sharing expansion ([B, N·H_kv, T, dh] with KV experts,
+   * [B, H_kv, T, dh] with shared K/V: one cache the size of the dense model's), keys rotated at their
+   * own positions; the mixture weights of a row depend on that row only.
+   */
+  forwardCached(x: tf.Tensor, ctx: ForwardContext, cache: KVCache, sources: AttentionSources = {}): tf.Tensor {
+    assertInference(ctx, this.path);
+    const { experts: N, heads: H, kvHeads: Hkv } = this.options;
+    const qSrc = sources.q ?? x;
+    const [B, m] = qSrc.shape as [number, number];
+    const n0 = cache.length;
+    const proj = (src: tf.Tensor, w: tf.Tensor2D) => tf.reshape(tf.matMul(flatten2d(src), w), [B, m, -1]);
+    const rope = (t: tf.Tensor, heads: number) => applyRope(splitHeads(t, heads), this.ropeDims, this.options.ropeBase, n0);
+    const q = rope(proj(qSrc, this.cat('wq')), N * H);
+    const groups = this.sharedKv ? 1 : N;
+    const wk = this.sharedKv ? (this.sharedKv.get('wk') as tf.Tensor2D) : this.cat('wk');
+    const wv = this.sharedKv ? (this.sharedKv.get('wv') as tf.Tensor2D) : this.cat('wv');
+    const all = cache.append({ k: rope(proj(sources.k ?? x, wk), groups * Hkv), v: splitHeads(proj(sources.v ?? x, wv), groups * Hkv) });
+    const shared = !!this.sharedKv;
+    const heads = mergeHeads(cachedCausalAttention(q, gatherKvHeads(all.k, N, H, Hkv, shared), gatherKvHeads(all.v, N, H, Hkv, shared)));
+    return this.mix(heads, this.weights(qSrc), ctx, B, m);
+  }
+
+  /** y = [g_1 heads_1 ‖ … ‖ g_N heads_N] [W_o^1; …; W_o^N] for heads [B, T, N·H·dh] and g [B·T, N]. */
+  private mix(heads: tf.Tensor, g: tf.Tensor2D, ctx: ForwardContext, B: number, T: number): tf.Tensor {
+    const { experts: N, heads: H, headDim: dh } = this.options;
+    const rows = B * T;
     this.record(ctx, g);
     const weighted = tf.reshape(tf.mul(tf.reshape(heads, [rows, N, H * dh]), tf.reshape(g, [rows, N, 1])), [rows, N * H * dh]);
     return tf.reshape(tf.matMul(weighted, this.cat('wo')), [B, T, this.dModel]);

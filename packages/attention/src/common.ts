@@ -34,6 +34,19 @@ export function expandKvHeads(t: tf.Tensor, groups: number, kvHeads: number, rep
 }
 
 /**
+ * The same expansion for cached key/value heads in the [B, G·H_kv, T, dh] layout (inference only): query
+ * head j·H + i (expert j of `experts`) reads KV head g(j)·H_kv + ⌊i/r⌋, g(j) = j when every expert has its
+ * own K/V (`shared` false) and 0 when they share one set.
+ */
+export function gatherKvHeads(t: tf.Tensor, experts: number, heads: number, kvHeads: number, shared: boolean): tf.Tensor {
+  const r = heads / kvHeads;
+  const idx = new Int32Array(experts * heads);
+  for (let j = 0; j < experts; j++) for (let i = 0; i < heads; i++) idx[j * heads + i] = (shared ? 0 : j) * kvHeads + Math.floor(i / r);
+  if (idx.every((v, i) => v === i)) return t;
+  return tf.gather(t, tf.tensor1d(idx, 'int32'), 1);
+}
+
+/**
  * Statistics of a soft (or top-k-masked soft) mixture g [rows, N]: `counts` are Σ_t g_tj (expected
  * assignments), `load` the mean weight per expert, `entropy` the mean entropy of g_t in nats.
  */

@@ -18,6 +18,10 @@
 import {
   applyRope,
   type AttentionModule,
+  type AttentionSources,
+  assertInference,
+  cachedCausalAttention,
+  type KVCache,
   attentionMixingFlops,
   Config,
   causalAttention,
@@ -69,25 +73,59 @@ export class MixtureOfHeadDroppedExperts extends Module implements AttentionModu
     this.gate = this.child('gate', new Linear(dModel, H, rng, { std: options.gateStd }));
   }
 
-  /** Expert weights g [B·T, h] for the gate input `u` [B, T, d]. */
-  weights(u: tf.Tensor): tf.Tensor2D {
+  /**
+   * Expert weights g [B·m, h] of the last m rows of the gate input `u` [B, T, d] (default: all rows).
+   * With `granularity: "sequence"` a row's gate reads the mean of u over that row and every earlier one.
+   */
+  weights(u: tf.Tensor, m = u.shape[1]!): tf.Tensor2D {
     const [B, T, d] = u.shape as [number, number, number];
-    let src = u;
+    let src = tf.slice(u, [0, T - m, 0], [-1, m, -1]);
     if (this.options.granularity === 'sequence') {
       // Running mean as a product with the lower-triangular averaging matrix (tfjs's cumsum gradient
-      // is wrong off the last axis).
-      const avg = new Float32Array(T * T);
-      for (let t = 0; t < T; t++) for (let s = 0; s <= t; s++) avg[t * T + s] = 1 / (t + 1);
+      // is wrong off the last axis); row i of the result is position T - m + i.
+      const avg = new Float32Array(m * T);
+      for (let i = 0; i < m; i++) for (let s = 0; s <= T - m + i; s++) avg[i * T + s] = 1 / (T - m + i + 1);
       const flat = tf.reshape(tf.transpose(u, [1, 0, 2]), [T, B * d]);
-      src = tf.transpose(tf.reshape(tf.matMul(tf.tensor2d(avg, [T, T]), flat), [T, B, d]), [1, 0, 2]);
+      src = tf.transpose(tf.reshape(tf.matMul(tf.tensor2d(avg, [m, T]), flat), [m, B, d]), [1, 0, 2]);
     }
-    return tf.softmax(tf.reshape(this.gate.forward(tf.reshape(src, [B * T, d])), [B * T, this.options.heads])) as tf.Tensor2D;
+    return tf.softmax(tf.reshape(this.gate.forward(tf.reshape(src, [B * m, d])), [B * m, this.options.heads])) as tf.Tensor2D;
   }
 
-  forward(x: tf.Tensor, ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {
-    const { heads: H, headDim: dh, ropeDims, ropeBase } = this.options;
+  /** y = Σ_j c_j H_j: heads [B, T, H·dh] scaled per row by c = h (1 − g) / (h − 1), then W_o. */
+  private mix(heads: tf.Tensor, g: tf.Tensor2D, ctx: ForwardContext): tf.Tensor {
+    const { heads: H, headDim: dh } = this.options;
+    const [B, T] = heads.shape as [number, number];
+    ctx.routing.push(routingStatsOf(this.path, g, H));
+    const c = tf.mul(tf.sub(1, g), H / (H - 1)); // [B·T, H]
+    const scaled = tf.mul(tf.reshape(heads, [B * T, H, dh]), tf.reshape(c, [B * T, H, 1]));
+    return this.o.forward(tf.reshape(scaled, [B, T, H * dh]));
+  }
+
+  /**
+   * Cached decoding (inference): MHA's cache (keys rotated at their positions, values) plus, with
+   * `granularity: "sequence"`, the gate inputs of the cached rows (entry "u", [B, 1, T, d]) for the running mean.
+   */
+  forwardCached(x: tf.Tensor, ctx: ForwardContext, cache: KVCache, sources: AttentionSources = {}): tf.Tensor {
+    assertInference(ctx, this.path);
+    const { heads: H, ropeDims, ropeBase } = this.options;
     const qSrc = sources.q ?? x;
-    const [B, T] = qSrc.shape as [number, number];
+    const [B, m, d] = qSrc.shape as [number, number, number];
+    const n0 = cache.length;
+    const q = applyRope(splitHeads(this.q.forward(qSrc), H), ropeDims, ropeBase, n0);
+    const rows: Record<string, tf.Tensor> = {
+      k: applyRope(splitHeads(this.k.forward(sources.k ?? x), H), ropeDims, ropeBase, n0),
+      v: splitHeads(this.v.forward(sources.v ?? x), H),
+    };
+    if (this.options.granularity === 'sequence') rows.u = tf.reshape(qSrc, [B, 1, m, d]);
+    const all = cache.append(rows);
+    const heads = mergeHeads(cachedCausalAttention(q, all.k!, all.v!));
+    const g = this.options.granularity === 'sequence' ? this.weights(tf.reshape(all.u!, [B, n0 + m, d]), m) : this.weights(qSrc);
+    return this.mix(heads, g, ctx);
+  }
+
+  forward(x: tf.Tensor, ctx: ForwardContext, sources: AttentionSources = {}): tf.Tensor {
+    const { heads: H, ropeDims, ropeBase } = this.options;
+    const qSrc = sources.q ?? x;
     const q = this.q.forward(qSrc);
     const k = this.k.forward(sources.k ?? x);
     const v = this.v.forward(sources.v ?? x);
@@ -95,11 +133,7 @@ export class MixtureOfHeadDroppedExperts extends Module implements AttentionModu
     if (hasFusedAttention(ropeDims)) heads = fusedCausalAttention(q, k, v, H, ropeDims, ropeBase);
     else
       heads = mergeHeads(causalAttention(applyRope(splitHeads(q, H), ropeDims, ropeBase), applyRope(splitHeads(k, H), ropeDims, ropeBase), splitHeads(v, H)));
-    const g = this.weights(qSrc);
-    ctx.routing.push(routingStatsOf(this.path, g, H));
-    const c = tf.mul(tf.sub(1, g), H / (H - 1)); // [B·T, H]
-    const scaled = tf.mul(tf.reshape(heads, [B * T, H, dh]), tf.reshape(c, [B * T, H, 1]));
-    return this.o.forward(tf.reshape(scaled, [B, T, H * dh]));
+    return this.mix(heads, this.weights(qSrc), ctx);
   }
 
   override macsPerToken(seqLen: number): number {

@@ -27,6 +27,10 @@
 import {
   applyRope,
   type AttentionModule,
+  type AttentionSources,
+  assertInference,
+  cachedCausalAttention,
+  type KVCache,
   attentionMixingFlops,
   Config,
   causalAttention,
@@ -138,9 +142,13 @@ export class MixtureOfAttentionHeads extends Module implements AttentionModule {
     return out;
   }
 
-  forward(x: tf.Tensor, ctx: ForwardContext, sources: { q?: tf.Tensor; k?: tf.Tensor; v?: tf.Tensor } = {}): tf.Tensor {
+  /**
+   * The routed halves shared by both paths: each token's k chosen experts, its query slots q [B, T, k·dh]
+   * (before any rotation) and `output(slots [B, T, k·dh])` -> [B, T, d] (output experts weighted by the
+   * gates). Adds the auxiliary losses in training and records the routing statistics.
+   */
+  private route(qSrc: tf.Tensor, ctx: ForwardContext): { q: tf.Tensor; output: (slots: tf.Tensor) => tf.Tensor } {
     const { experts: E, k, headDim: dh } = this.options;
-    const qSrc = sources.q ?? x;
     const [B, T] = qSrc.shape as [number, number];
     const rows = B * T;
     const logits = this.logits(qSrc, ctx);
@@ -157,11 +165,30 @@ export class MixtureOfAttentionHeads extends Module implements AttentionModule {
       }
     let gate = tf.gather(tf.reshape(probs, [-1]), tf.tensor1d(flat, 'int32')) as tf.Tensor1D;
     if (this.options.weighting === 'renormalise') gate = tf.reshape(tf.div(tf.reshape(gate, [rows, k]), tf.sum(tf.reshape(gate, [rows, k]), 1, true)), [-1]);
-
+    if (ctx.training) this.addAux(ctx, logits, probs, chosen);
+    this.record(ctx, probs, chosen);
     const q = tf.reshape(moeLinear(flatten2d(qSrc), this.queryExperts.get('w') as tf.Tensor3D, tokenRow, slotRow, chosen, null, rows * k), [B, T, k * dh]);
-    const kv = (src: tf.Tensor, w: tf.Variable) => expandKvHeads(tf.reshape(tf.matMul(flatten2d(src), w, false, true), [B, T, dh]), 1, 1, k, 1, dh);
-    const K = kv(sources.k ?? x, this.kProj.get('weight'));
-    const V = kv(sources.v ?? x, this.vProj.get('weight'));
+    const output = (slots: tf.Tensor) =>
+      tf.reshape(
+        moeLinear(tf.reshape(slots, [rows * k, dh]) as tf.Tensor2D, this.outputExperts.get('w') as tf.Tensor3D, slotRow, tokenRow, chosen, gate, rows),
+        [B, T, this.dModel],
+      );
+    return { q, output };
+  }
+
+  /** The shared key or value head of `src` [B, T, d]: [B, T, dh]. */
+  private kv(src: tf.Tensor, which: 'k' | 'v'): tf.Tensor {
+    const [B, T] = src.shape as [number, number];
+    const w = (which === 'k' ? this.kProj : this.vProj).get('weight');
+    return tf.reshape(tf.matMul(flatten2d(src), w, false, true), [B, T, this.options.headDim]);
+  }
+
+  forward(x: tf.Tensor, ctx: ForwardContext, sources: AttentionSources = {}): tf.Tensor {
+    const { k, headDim: dh } = this.options;
+    const qSrc = sources.q ?? x;
+    const { q, output } = this.route(qSrc, ctx);
+    const K = expandKvHeads(this.kv(sources.k ?? x, 'k'), 1, 1, k, 1, dh);
+    const V = expandKvHeads(this.kv(sources.v ?? x, 'v'), 1, 1, k, 1, dh);
     const ropeDims = this.options.rope ? dh : 0;
     let slots: tf.Tensor; // [B, T, k·dh]
     if (hasFusedAttention(ropeDims)) slots = fusedCausalAttention(q, K, V, k, ropeDims, this.options.ropeBase);
@@ -169,10 +196,28 @@ export class MixtureOfAttentionHeads extends Module implements AttentionModule {
       const split = (t: tf.Tensor) => applyRope(splitHeads(t, k), ropeDims, this.options.ropeBase);
       slots = mergeHeads(causalAttention(split(q), split(K), splitHeads(V, k)));
     }
-    const y = moeLinear(tf.reshape(slots, [rows * k, dh]) as tf.Tensor2D, this.outputExperts.get('w') as tf.Tensor3D, slotRow, tokenRow, chosen, gate, rows);
-    if (ctx.training) this.addAux(ctx, logits, probs, chosen);
-    this.record(ctx, probs, chosen);
-    return tf.reshape(y, [B, T, this.dModel]);
+    return output(slots);
+  }
+
+  /**
+   * Cached decoding (inference): one key and one value head are cached ([B, 1, T, dh], the key rotated at
+   * its position when `rope`), the size of a multi-query attention's cache; each new row's k query slots
+   * attend to every cached position.
+   */
+  forwardCached(x: tf.Tensor, ctx: ForwardContext, cache: KVCache, sources: AttentionSources = {}): tf.Tensor {
+    assertInference(ctx, this.path);
+    const { k, headDim: dh } = this.options;
+    const qSrc = sources.q ?? x;
+    const n0 = cache.length;
+    const ropeDims = this.options.rope ? dh : 0;
+    const { q, output } = this.route(qSrc, ctx);
+    const all = cache.append({
+      k: applyRope(splitHeads(this.kv(sources.k ?? x, 'k'), 1), ropeDims, this.options.ropeBase, n0),
+      v: splitHeads(this.kv(sources.v ?? x, 'v'), 1),
+    });
+    const slotHeads = (t: tf.Tensor) => tf.tile(t, [1, k, 1, 1]);
+    const res = cachedCausalAttention(applyRope(splitHeads(q, k), ropeDims, this.options.ropeBase, n0), slotHeads(all.k), slotHeads(all.v));
+    return output(mergeHeads(res));
   }
 
   /** The unweighted auxiliary losses of one call (cv, switch, z), as the official code computes them. */
