@@ -228,7 +228,9 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     ) as unknown as { layers: { ffn: Module & { forward(x: tf.Tensor, ctx: unknown): tf.Tensor } }[] };
     return block.layers[0]!.ffn;
   };
-  const ctxFor = () => forwardContext(new Rng(0), true);
+  // Training-mode forwards without the routing statistics: the trainer computes those only every
+  // `statsEvery` steps, and the anchor computes none.
+  const ctxFor = () => forwardContext(new Rng(0), true, { stats: false });
 
   if (want('ffn', 'a dense FFN relu')) {
     const f = layer({ type: 'dense', hidden: 1024, activation: 'relu' });

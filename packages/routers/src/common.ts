@@ -12,47 +12,50 @@ import { DispatchPlan, type ForwardContext, MoelabError, type Rng, Type, tf } fr
  */
 export function topkRows(v: ArrayLike<number>, T: number, E: number, k: number): Int32Array {
   const out = new Int32Array(T * k).fill(-1);
-  const idx = new Int32Array(E);
+  // One pass per row keeping the best k so far, sorted: an entry moves ahead only of strictly
+  // smaller ones, so among equal values the lower index (seen first) stays ahead.
+  const bestV = new Float64Array(k);
+  const bestI = new Int32Array(k);
   for (let t = 0; t < T; t++) {
-    for (let e = 0; e < E; e++) idx[e] = e;
     const row = t * E;
-    // partial selection sort: k is small
-    for (let s = 0; s < k; s++) {
-      let best = -1;
-      let bv = Number.NEGATIVE_INFINITY;
-      for (let j = s; j < E; j++) {
-        const val = v[row + idx[j]!]!;
-        if (val > bv || (val === bv && best >= 0 && idx[j]! < idx[best]!)) {
-          bv = val;
-          best = j;
-        }
+    let n = 0;
+    for (let e = 0; e < E; e++) {
+      const val = v[row + e]!;
+      if (!(val > Number.NEGATIVE_INFINITY)) continue; // -Infinity and NaN are never chosen
+      if (n === k && !(val > bestV[k - 1]!)) continue;
+      let p = n < k ? n++ : k - 1;
+      while (p > 0 && val > bestV[p - 1]!) {
+        bestV[p] = bestV[p - 1]!;
+        bestI[p] = bestI[p - 1]!;
+        p--;
       }
-      if (best < 0) break;
-      const tmp = idx[s]!;
-      idx[s] = idx[best]!;
-      idx[best] = tmp;
-      out[t * k + s] = idx[s]!;
+      bestV[p] = val;
+      bestI[p] = e;
     }
+    for (let s = 0; s < n; s++) out[t * k + s] = bestI[s]!;
   }
   return out;
 }
 
 /** A slot-major plan (every token's first choice before any second choice) from token-major choices [T*K] (-1 = none). */
 export function planFromChoices(choices: Int32Array, T: number, K: number, E: number): { plan: DispatchPlan; flat: Int32Array; slot: Int32Array } {
-  const tok: number[] = [];
-  const ex: number[] = [];
-  const slot: number[] = [];
+  let N = 0;
+  for (let i = 0; i < T * K; i++) if (choices[i]! >= 0) N++;
+  const tok = new Int32Array(N);
+  const ex = new Int32Array(N);
+  const slot = new Int32Array(N);
+  const flat = new Int32Array(N);
+  let n = 0;
   for (let s = 0; s < K; s++)
     for (let t = 0; t < T; t++) {
       const e = choices[t * K + s]!;
       if (e < 0) continue;
-      tok.push(t);
-      ex.push(e);
-      slot.push(s);
+      tok[n] = t;
+      ex[n] = e;
+      slot[n] = s;
+      flat[n++] = t * E + e;
     }
-  const plan = new DispatchPlan(Int32Array.from(tok), Int32Array.from(ex), T, E);
-  const flat = Int32Array.from(tok, (t, n) => t * E + ex[n]!);
-  return { plan, flat, slot: Int32Array.from(slot) };
+  return { plan: new DispatchPlan(tok, ex, T, E), flat, slot };
 }
 
 /** scores[t, e] for each assignment (t, e) given as flat indices t*E+e: differentiable w.r.t. scores. */

@@ -61,20 +61,23 @@ void moe_glu_forward(const float* x, const float* w1, const float* w3, const flo
   Groups byExp(exp, N, E);
   Groups byTok(tok, N, T);
   std::vector<long> pos = positions(byExp);
-  Scratch xs(N * d), u(N * h), y(N * d);
+  Scratch y(N * d);
   const long h2 = 2L * h;
   std::vector<Chunk> cs = chunks(byExp, E, N);
   parallel_for(static_cast<int>(cs.size()), [&](int i) {
     const Chunk& c = cs[i];
     const long rows = c.r1 - c.r0;
     const long we = static_cast<long>(c.e) * d * h;
-    gather_rows(x, tok, byExp, c.r0, c.r1, d, xs.get());
-    const float* xr = xs.get() + c.r0 * d;
+    // The gathered rows and the gate output are only used inside this chunk: per task, in cache.
+    Scratch own(rows * (d + h));
+    float* xr = own.get();
+    float* u = xr + rows * d;
+    gather_block(x, tok, byExp, c.r0, c.r1, d, xr);
     float* ab = hidden + c.r0 * h2;
     sgemm_st(false, false, rows, h, d, 1.f, xr, d, w1 + we, h, 0.f, ab, h2);
     sgemm_st(false, false, rows, h, d, 1.f, xr, d, w3 + we, h, 0.f, ab + h, h2);
-    with_act(act, [&](auto A) { gate_rows<decltype(A)::value>(ab, u.get() + c.r0 * h, rows, h); });
-    sgemm_st(false, false, rows, d, h, 1.f, u.get() + c.r0 * h, h, w2 + we, d, 0.f, y.get() + c.r0 * d, d);
+    with_act(act, [&](auto A) { gate_rows<decltype(A)::value>(ab, u, rows, h); });
+    sgemm_st(false, false, rows, d, h, 1.f, u, h, w2 + we, d, 0.f, y.get() + c.r0 * d, d);
   });
   scatter_rows(byTok, pos, y.get(), out, T, d, [&](long n) { return weight[n]; });
 }
@@ -86,22 +89,29 @@ void moe_glu_backward(const float* dout, const float* x, const float* w1, const 
   Groups byTok(tok, N, T);
   std::vector<long> pos = positions(byExp);
   const long h2 = 2L * h;
-  Scratch xs(N * d), dy(N * d), gab(N * h2), u(N * h), dxs(N * d);
   std::vector<Chunk> cs = chunks(byExp, E, N);
+  // Whole experts per task (many small experts): weight gradients in the task, per-task scratch.
+  // Otherwise the per-row blocks span all N rows and the weight gradients reduce over them after.
+  const bool fused = whole_experts(cs, byExp);
+  const long perRow = 2L * d + h2 + h;
+  Scratch all(fused ? 0 : N * perRow), dxs(N * d);
   parallel_for(static_cast<int>(cs.size()), [&](int i) {
     const Chunk& c = cs[i];
     const long rows = c.r1 - c.r0;
     const long we = static_cast<long>(c.e) * d * h;
-    gather_rows(x, tok, byExp, c.r0, c.r1, d, xs.get());
-    gather_rows(dout, tok, byExp, c.r0, c.r1, d, dy.get());
-    float* g = gab.get() + c.r0 * h2;
-    float* dyr = dy.get() + c.r0 * d;
+    Scratch own(fused ? rows * perRow : 0);
+    // Blocks [xs rows*d | dy rows*d | [G|.] then [da|db] rows*2h | u rows*h].
+    float* xs = fused ? own.get() : all.get() + c.r0 * d;
+    float* dyr = fused ? xs + rows * d : all.get() + N * d + c.r0 * d;
+    float* g = fused ? dyr + rows * d : all.get() + 2 * N * d + c.r0 * h2;
+    float* u = fused ? g + rows * h2 : all.get() + 2 * N * d + N * h2 + c.r0 * h;
+    gather_block(x, tok, byExp, c.r0, c.r1, d, xs);
+    gather_block(dout, tok, byExp, c.r0, c.r1, d, dyr);
     // G = dOut_rows W2^T into the first half of each row.
     sgemm_st(false, true, rows, h, d, 1.f, dyr, d, w2 + we, d, 0.f, g, h2);
     const long* order = byExp.order.data() + c.r0;
     with_act(act, [&](auto A) {
-      gate_backward_rows<decltype(A)::value>(hidden + c.r0 * h2, g, u.get() + c.r0 * h, rows, h, order, weight,
-                                             dweight);
+      gate_backward_rows<decltype(A)::value>(hidden + c.r0 * h2, g, u, rows, h, order, weight, dweight);
     });
     for (long r = 0; r < rows; r++) {
       const float wn = weight[order[r]];
@@ -111,11 +121,25 @@ void moe_glu_backward(const float* dout, const float* x, const float* w1, const 
     float* dxr = dxs.get() + c.r0 * d;
     sgemm_st(false, true, rows, d, h, 1.f, g, h2, w1 + we, h, 0.f, dxr, d);
     sgemm_st(false, true, rows, d, h, 1.f, g + h, h2, w3 + we, h, 1.f, dxr, d);
+    if (fused) {
+      sgemm_st(true, false, h, d, rows, 1.f, u, h, dyr, d, 0.f, dw2 + we, d);
+      sgemm_st(true, false, d, h, rows, 1.f, xs, d, g, h2, 0.f, dw1 + we, h);
+      sgemm_st(true, false, d, h, rows, 1.f, xs, d, g + h, h2, 0.f, dw3 + we, h);
+    }
   });
   // Experts with no assignment still get (zero) weight gradients.
-  expert_weight_grads(byExp, E, u.get(), h, dy.get(), d, d, dw2);
-  expert_weight_grads(byExp, E, xs.get(), d, gab.get(), h, h2, dw1);
-  expert_weight_grads(byExp, E, xs.get(), d, gab.get() + h, h, h2, dw3);
+  const long per = static_cast<long>(d) * h;
+  if (fused) {
+    zero_empty_experts(byExp, E, per, dw2);
+    zero_empty_experts(byExp, E, per, dw1);
+    zero_empty_experts(byExp, E, per, dw3);
+  } else {
+    const float* xsAll = all.get();
+    const float* gAll = all.get() + 2 * N * d;
+    expert_weight_grads(byExp, E, all.get() + 2 * N * d + N * h2, h, all.get() + N * d, d, d, dw2);
+    expert_weight_grads(byExp, E, xsAll, d, gAll, h, h2, dw1);
+    expert_weight_grads(byExp, E, xsAll, d, gAll + h, h, h2, dw3);
+  }
   scatter_rows(byTok, pos, dxs.get(), dx, T, d, [](long) { return 1.f; });
 }
 
