@@ -1,4 +1,17 @@
-/** Small canvas charts: line charts (several series) and an expert-load heatmap over time. */
+/**
+ * Small canvas charts: line charts (several series) and an expert-load heatmap over time.
+ *
+ * Sharp on high-DPI screens: every draw sizes the canvas's backing store to its CSS box times
+ * `devicePixelRatio` and draws in CSS pixels through a scaled transform, and {@link RedrawOnResize}
+ * redraws when a canvas changes CSS size or the ratio changes (browser zoom, a move to another
+ * screen). Each canvas needs an explicit CSS width and height (style.css), so that the backing size
+ * never feeds back into the layout.
+ *
+ * Why hand-written rather than a charting library such as uPlot: the expert-load heatmap is not a
+ * chart type uPlot has (it would be custom drawing inside uPlot anyway), the line charts need only
+ * axes, a legend and dashed series, and keeping one ~200-line drawing module lets the tests read
+ * pixels and counts from every chart the same way. The high-DPI fix is the sizing below.
+ */
 
 export interface Series {
   name: string;
@@ -7,18 +20,82 @@ export interface Series {
   dashed?: boolean;
 }
 
-function setup(canvas: HTMLCanvasElement): CanvasRenderingContext2D {
+/** A canvas prepared for drawing in CSS pixels: its context and CSS size. */
+export interface CanvasFrame {
+  ctx: CanvasRenderingContext2D;
+  /** CSS width and height (the drawing coordinates). */
+  width: number;
+  height: number;
+}
+
+/**
+ * Size `canvas`'s backing store to its CSS box × devicePixelRatio, clear it, and scale its context
+ * so that drawing uses CSS pixels. A canvas not laid out (display: none, detached) keeps its
+ * current backing size at ratio 1.
+ */
+export function prepareCanvas(canvas: HTMLCanvasElement): CanvasFrame {
   const ctx = canvas.getContext('2d');
   if (!ctx) throw new Error('canvas 2d context unavailable');
+  const cssW = canvas.clientWidth;
+  const cssH = canvas.clientHeight;
+  const laidOut = cssW > 0 && cssH > 0;
+  const dpr = laidOut ? (globalThis.devicePixelRatio ?? 1) : 1;
+  const width = laidOut ? cssW : canvas.width;
+  const height = laidOut ? cssH : canvas.height;
+  const backingW = Math.round(width * dpr);
+  const backingH = Math.round(height * dpr);
+  // Assigning width/height resets the bitmap and the context state, so only when they change.
+  if (canvas.width !== backingW) canvas.width = backingW;
+  if (canvas.height !== backingH) canvas.height = backingH;
+  ctx.setTransform(1, 0, 0, 1, 0, 0);
   ctx.clearRect(0, 0, canvas.width, canvas.height);
+  ctx.setTransform(backingW / width, 0, 0, backingH / height, 0, 0);
   ctx.font = '11px system-ui, sans-serif';
-  return ctx;
+  return { ctx, width, height };
+}
+
+/**
+ * Calls `redraw` (at most once per animation frame) when an observed canvas changes CSS size or the
+ * device pixel ratio changes.
+ */
+export class RedrawOnResize {
+  private readonly observer: ResizeObserver;
+  private pending = false;
+
+  constructor(private readonly redraw: () => void) {
+    this.observer = new ResizeObserver(() => this.schedule());
+    this.watchPixelRatio();
+  }
+
+  observe(canvas: HTMLCanvasElement): void {
+    this.observer.observe(canvas);
+  }
+
+  private schedule(): void {
+    if (this.pending) return;
+    this.pending = true;
+    requestAnimationFrame(() => {
+      this.pending = false;
+      this.redraw();
+    });
+  }
+
+  // A media query matches the current ratio only; when it stops matching, redraw and watch the new one.
+  private watchPixelRatio(): void {
+    const query = matchMedia(`(resolution: ${globalThis.devicePixelRatio ?? 1}dppx)`);
+    query.addEventListener(
+      'change',
+      () => {
+        this.schedule();
+        this.watchPixelRatio();
+      },
+      { once: true },
+    );
+  }
 }
 
 export function lineChart(canvas: HTMLCanvasElement, series: Series[], opts: { title: string; yLabel?: string } = { title: '' }): void {
-  const ctx = setup(canvas);
-  const W = canvas.width;
-  const H = canvas.height;
+  const { ctx, width: W, height: H } = prepareCanvas(canvas);
   const pad = { l: 44, r: 8, t: 18, b: 18 };
   ctx.fillStyle = '#fff';
   ctx.fillRect(0, 0, W, H);
@@ -91,9 +168,7 @@ export function expertColor(e: number, n: number, alpha = 1): string {
  * the layer's assignments (white = 0, dark = twice the uniform share or more).
  */
 export function heatmap(canvas: HTMLCanvasElement, rows: number[][], opts: { title: string; numExperts: number }): number {
-  const ctx = setup(canvas);
-  const W = canvas.width;
-  const H = canvas.height;
+  const { ctx, width: W, height: H } = prepareCanvas(canvas);
   const pad = { l: 28, r: 4, t: 16, b: 4 };
   ctx.fillStyle = '#fff';
   ctx.fillRect(0, 0, W, H);

@@ -6,6 +6,7 @@
  * explained next to the field they concern.
  */
 import { MoelabError, NODE_DEFAULT, NODE_KIND, type NodeSpec, type Registry, schemaDefaults, validateConfig } from '@moelab/core';
+import { el } from './dom.js';
 
 type Schema = Record<string, unknown> & {
   type?: string;
@@ -23,13 +24,6 @@ export interface FormHost {
   registry: Registry;
   /** Called after every edit with the whole new spec. */
   onChange(spec: NodeSpec): void;
-}
-
-function el<K extends keyof HTMLElementTagNameMap>(tag: K, attrs: Record<string, string> = {}, text?: string): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
-  if (text !== undefined) e.textContent = text;
-  return e;
 }
 
 function literalChoices(s: Schema): unknown[] | undefined {

@@ -94,6 +94,7 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
   // biome-ignore lint/suspicious/noExplicitAny: playwright page
   let page: any;
   let server: Server;
+  let url: string;
   const pageErrors: string[] = [];
 
   beforeAll(async () => {
@@ -103,8 +104,8 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'] });
     page = await browser.newPage({ acceptDownloads: true, viewport: { width: 1400, height: 1100 } });
     page.on('pageerror', (e: Error) => pageErrors.push(e.message));
-    const port = (server.address() as AddressInfo).port;
-    await page.goto(`http://127.0.0.1:${port}/?backend=wasm`);
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/?backend=wasm`;
+    await page.goto(url);
     await page.waitForSelector('body[data-ready=true]', { timeout: 60_000 });
   }, 180_000);
 
@@ -248,6 +249,73 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     await page.screenshot({ path: join(results, 'playground.png'), fullPage: true });
     expect(pageErrors).toEqual([]);
   }, 240_000);
+});
+
+describe.skipIf(!hasChromium)('playground charts on a high-DPI screen', () => {
+  it('size every chart backing store to its CSS box x devicePixelRatio, and again after a resize or a ratio change', async () => {
+    buildApp();
+    const server = await serve(dist);
+    const { chromium } = await import('playwright-core');
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    });
+    try {
+      const page = await browser.newPage({ deviceScaleFactor: 2, viewport: { width: 1200, height: 900 } });
+      const errors: string[] = [];
+      page.on('pageerror', (e: Error) => errors.push(e.message));
+      await page.goto(`http://127.0.0.1:${(server.address() as AddressInfo).port}/?backend=cpu`);
+      await page.waitForSelector('body[data-ready=true]', { timeout: 60_000 });
+      type Canvas = { name: string; width: number; height: number; cssWidth: number; cssHeight: number; cornerAlpha: number };
+      const canvases = (): Promise<{ dpr: number; list: Canvas[] }> =>
+        page.evaluate(() => ({
+          dpr: devicePixelRatio,
+          list: [...document.querySelectorAll('canvas')].map((c) => ({
+            name: c.id || `${c.closest('.run')?.id} ${c.className}`,
+            width: c.width,
+            height: c.height,
+            cssWidth: c.clientWidth,
+            cssHeight: c.clientHeight,
+            // The white chart background covers the whole backing store only if drawing is scaled by the ratio.
+            cornerAlpha: c.getContext('2d')!.getImageData(c.width - 1, c.height - 1, 1, 1).data[3]!,
+          })),
+        }));
+      const atRatio = (dpr: number) => async () => {
+        const { dpr: actual, list } = await canvases();
+        return {
+          actual,
+          mismatched: list.filter((c) => c.width !== Math.round(c.cssWidth * dpr) || c.height !== Math.round(c.cssHeight * dpr) || c.cornerAlpha !== 255),
+        };
+      };
+
+      const first = await canvases();
+      expect(first.dpr).toBe(2);
+      // The comparison chart and each run's loss and speed charts.
+      expect(first.list.length).toBe(5);
+      for (const c of first.list) {
+        expect(c.cssWidth).toBeGreaterThan(100);
+        expect(c.cssHeight).toBeGreaterThan(30);
+      }
+      await expect.poll(atRatio(2)).toEqual({ actual: 2, mismatched: [] });
+
+      // A narrower window: the charts shrink with it and are redrawn at the new size.
+      const compareWidth = first.list.find((c) => c.name === 'compare')!.cssWidth;
+      await page.setViewportSize({ width: 700, height: 900 });
+      await expect.poll(async () => (await canvases()).list.find((c) => c.name === 'compare')!.cssWidth).toBeLessThan(compareWidth);
+      await expect.poll(atRatio(2)).toEqual({ actual: 2, mismatched: [] });
+
+      // The ratio changes (browser zoom, another screen): redrawn at the new ratio.
+      const cdp = await page.context().newCDPSession(page);
+      await cdp.send('Emulation.setDeviceMetricsOverride', { width: 700, height: 900, deviceScaleFactor: 3, mobile: false });
+      // Headless Chromium evaluates media queries when it renders a frame (a screen would at once).
+      await cdp.send('Page.captureScreenshot', {});
+      await expect.poll(atRatio(3)).toEqual({ actual: 3, mismatched: [] });
+      expect(errors).toEqual([]);
+    } finally {
+      await browser.close();
+      await new Promise((r) => server.close(r));
+    }
+  }, 180_000);
 });
 
 describe.skipIf(!hasChromium)('playground on the Vite dev server (pnpm --filter playground dev)', () => {
