@@ -143,8 +143,8 @@ async function init(msg: Extract<ToWorker, { type: 'init' }>): Promise<void> {
   train = msg.train;
   data = new TextTokens(msg.data);
   model = buildModel<Model>(spec, registry, train.seed ?? 0);
-  // The live routing charts plot every step.
-  trainer = new Trainer(model, data, { statsEvery: 1, ...train });
+  // The live routing charts plot every step (after the spread: the page sends the defaults, statsEvery 10 included).
+  trainer = new Trainer(model, data, { ...train, statsEvery: 1 });
   lastVal = Number.NaN;
   ready(choice.reason);
   setState('idle');
@@ -232,7 +232,7 @@ async function handle(msg: ToWorker): Promise<void> {
       train = { ...rest, seed: loaded.config.train?.seed ?? loaded.config.seed };
       data = new TextTokens(msg.data);
       const steps = Math.max(train.steps ?? 0, loaded.config.step + 1);
-      trainer = new Trainer(model, data, { statsEvery: 1, ...train, steps });
+      trainer = new Trainer(model, data, { ...train, steps, statsEvery: 1 });
       // The optimiser restarts (config.json + model.safetensors carry no optimiser state); the step
       // counter continues from the checkpoint's step so the schedule and charts line up.
       trainer.optimizer.step = loaded.config.step;
