@@ -7,19 +7,20 @@
 //                                              sources (pnpm build)
 //   node scripts/build-native.mjs --force      rebuild
 // Env: MOELAB_SKIP_NATIVE=1 skips the build; MOELAB_BLAS=none builds without OpenBLAS.
+// pnpm 10 and npm 12 run a dependency's install script only once the user approves it: when this
+// script never ran there is no build record, and loadNative() says how to approve and rebuild
+// (the texts are in build-help.mjs).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildFailedHelp, installFailureMessage } from './build-help.mjs';
 
 const pkgDir = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const addon = join(pkgDir, 'build', 'Release', 'moelab_cpu.node');
 const statusFile = join(pkgDir, 'build', 'moelab-build.json');
 const args = new Set(process.argv.slice(2));
-const HOW =
-  'To get the fast path: install a C++ toolchain and Python 3 (Debian/Ubuntu: apt-get install -y build-essential python3), ' +
-  'optionally OpenBLAS (apt-get install -y libopenblas-dev), then run `pnpm rebuild @moelab/kernels-cpu`.';
 
 function record(status) {
   mkdirSync(dirname(statusFile), { recursive: true });
@@ -27,8 +28,8 @@ function record(status) {
 }
 
 function fail(reason, log = '') {
-  record({ ok: false, reason, how: HOW, log: log.slice(-4000) });
-  console.warn(`[@moelab/kernels-cpu] native build skipped: ${reason}\n[@moelab/kernels-cpu] ${HOW}`);
+  record({ ok: false, reason, how: buildFailedHelp(), log: log.slice(-4000) });
+  console.warn(installFailureMessage(reason));
   // Exit 0 on purpose: the package works without its addon (the `auto` backend falls back).
   process.exit(0);
 }

@@ -6,6 +6,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { buildFailedHelp, missingAddonReason } from '../scripts/build-help.mjs';
 
 /** The functions the addon exports (see src/native/addon.cc for the argument contracts). */
 export interface NativeAddon {
@@ -241,9 +242,8 @@ export interface NativeLoad {
   reason: string;
 }
 
-export const HOW_TO_BUILD =
-  'Install a C++ toolchain and Python 3 (Debian/Ubuntu: apt-get install -y build-essential python3), optionally ' +
-  'OpenBLAS for the fastest GEMM (apt-get install -y libopenblas-dev), then run `pnpm rebuild @moelab/kernels-cpu`.';
+/** What to install and run when the build failed (the toolchain, then a rebuild). */
+export const HOW_TO_BUILD = buildFailedHelp();
 
 // The package root, from src/ (tests) and from dist/ (built) alike.
 const pkgRoot = fileURLToPath(new URL('..', import.meta.url));
@@ -254,14 +254,13 @@ export function loadNative(): NativeLoad {
   if (cached) return cached;
   const file = `${pkgRoot}build/Release/moelab_cpu.node`;
   if (!existsSync(file)) {
-    let why = 'the native addon was not built';
+    let record: { ok?: boolean; reason?: string } | undefined;
     try {
-      const status = JSON.parse(readFileSync(`${pkgRoot}build/moelab-build.json`, 'utf8')) as { ok?: boolean; reason?: string };
-      if (status.ok === false && status.reason) why = `the native addon was not built: ${status.reason}`;
+      record = JSON.parse(readFileSync(`${pkgRoot}build/moelab-build.json`, 'utf8'));
     } catch {
-      /* no build record: the install script never ran */
+      /* no build record: the install script never ran (blocked by the package manager, or --ignore-scripts) */
     }
-    cached = { addon: null, reason: `${why}. ${HOW_TO_BUILD}` };
+    cached = { addon: null, reason: missingAddonReason(record) };
     return cached;
   }
   // OpenBLAS reads these when the library is loaded: keep its own threads out of the way (our pool

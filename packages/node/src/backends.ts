@@ -38,19 +38,18 @@ export function registerNodeBackends(): void {
   registerBackendCandidate({
     name: 'moelab-cpu',
     priority: 50,
-    hint: 'It needs a C++ compiler at install time (and OpenBLAS for the fastest GEMM: apt-get install libopenblas-dev), then `pnpm rebuild @moelab/kernels-cpu`.',
     load: async () => {
       let mod: { registerMoelabCpuBackend?: (tfjs?: unknown) => { available: boolean; reason: string; blas?: string; threads?: number } };
       try {
         mod = (await tryImport('@moelab/kernels-cpu')) as typeof mod;
       } catch {
-        return { ok: false, reason: '@moelab/kernels-cpu is not installed' };
+        return { ok: false, reason: '@moelab/kernels-cpu is not installed (`pnpm add @moelab/kernels-cpu` or `npm install @moelab/kernels-cpu`)' };
       }
       if (!mod.registerMoelabCpuBackend) return { ok: false, reason: '@moelab/kernels-cpu has no registerMoelabCpuBackend export' };
       // Register on moelab's own tfjs instance. The backend brings its own native UnsortedSegmentSum
       // (O(N), like core's engine fix), so nothing else is patched. When the addon did not build,
-      // `reason` says why and how to get it (a C++ toolchain, optionally OpenBLAS, then a rebuild);
-      // `auto` prints it among the backends it skipped.
+      // `reason` says why and exactly what to do (approve the blocked install script, or install the
+      // toolchain, then rebuild); `auto` prints it among the backends it skipped.
       const r = mod.registerMoelabCpuBackend(tf);
       return { ok: r.available, reason: r.reason };
     },
