@@ -11,7 +11,7 @@
  * `tf.getKernel(name, backend)` and otherwise runs its op-by-op version. Gradients of the fused
  * forward kernels are registered once, for every backend, by the backend package that brings them
  * (kernels-cpu today): the backward work is itself a kernel (`...Grad`) that each backend brings.
- * See docs/kernels.md.
+ * See docs/kernel-contract.md.
  */
 
 // ---------------------------------------------------------------------------------------------
