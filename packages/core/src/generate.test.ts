@@ -124,9 +124,20 @@ describe('generation with a KV cache equals the full re-run, every step (max |Δ
     expectCachedEqualsFull(lm({ type: 'mha', heads: 2, ropeDims: 4 }, {}, ffn), prompt, 9);
   });
 
+  it('a parallel block (one shared norm) with learned absolute positions and no RoPE: positions offset by the cache', () => {
+    const block = { type: 'transformer', layout: 'parallel', norms: 1, attention: { type: 'mha', heads: 2, ropeDims: 0 }, ffn: { type: 'dense', hidden: 32 } };
+    expectCachedEqualsFull(lm({ type: 'mha', heads: 2 }, { positionEmbedding: 'learned', block }), prompt, 20);
+  });
+
   it('SwitchHead (value and output experts per token) and dense-gated SwitchHead', () => {
     expectCachedEqualsFull(lm({ type: 'switchhead', heads: 2, headDim: 8, experts: 4, k: 2 }), prompt, 9);
     expectCachedEqualsFull(lm({ type: 'switchhead', heads: 2, headDim: 8, experts: 1 }), prompt, 9);
+  });
+
+  it('BAM soft Mixture-of-Attention: KV experts and shared KV (GQA), soft and top-k routing', () => {
+    expectCachedEqualsFull(lm({ type: 'bam-soft-moa', experts: 3, heads: 2, kv: 'experts' }), prompt, 9);
+    expectCachedEqualsFull(lm({ type: 'bam-soft-moa', experts: 2, heads: 4, kvHeads: 2, kv: 'shared', routing: { type: 'topk', k: 1 } }), prompt, 9);
+    expectCachedEqualsFull(lm({ type: 'bam-soft-moa', experts: 2, heads: 2, rope: false }, { positionEmbedding: 'learned' }), prompt, 20);
   });
 
   it('a MoEUT stack (2 shared blocks x 2 repeats, peri-norm, SwitchHead, sigma-MoE): one cache per application', () => {
