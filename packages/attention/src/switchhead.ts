@@ -1,5 +1,5 @@
 /**
- * SwitchHead attention (Csordás et al. 2023), as used by MoEUT (RoPE variant; specs/moeut.md §3).
+ * SwitchHead attention (Csordás et al. 2023), as used by MoEUT (RoPE variant; docs/moeut.md#switchhead-attention, arXiv 2312.07987).
  * Queries and keys are dense; values and outputs are experts chosen per head by sigmoid gates:
  *
  *   q = (q_src Wq^T)·dh^-¼,  k = (k_src Wk^T)·dh^-¼                  then RoPE on the first n_rot channels
@@ -9,12 +9,12 @@
  *
  * `experts: 1` is the dense-gated case: v [H·dh, d], o [d, H·dh] (Linear layout) and a sigmoid gate per
  * head, out = concat_h(σ(q_src sel_o^T)_h · res[h]) o^T, with no regulariser.
- * RoPE (§3.3): n_rot = floor(rotateFraction·dh) rounded down to even, rotate-half pairing, base 10000.
- * Regulariser (§3.5, §4.4): in training, the raw logits of every call are kept; once per forward pass
+ * RoPE: n_rot = floor(rotateFraction·dh) rounded down to even, rotate-half pairing, base 10000.
+ * Regulariser (docs/moeut.md#the-entropy-regulariser): in training, the raw logits of every call are kept; once per forward pass
  * (`finalizeForward`) reg_o and reg_v = -mean_{b,h} H(mean over time × repeats of softmax over E), each added
  * with `balanceCoef` (MoEUT δ = 0.001) as aux losses `att_entropy_o` / `att_entropy_v`.
  * Parameter names are the official ones: `q.weight`, `k.weight`, `v`, `o`, `sel_v`, `sel_o`.
- * Init (§3.4): sel_* ~ N(0,(s/√d)²) then rows renormalised, q, k, v ~ N(0,(s/√d)²), o ~ N(0,(s/√(H·dh))²),
+ * Init: sel_* ~ N(0,(s/√d)²) then rows renormalised, q, k, v ~ N(0,(s/√d)²), o ~ N(0,(s/√(H·dh))²),
  * s = `initScale`, by default √(2/L) with L the unrolled depth.
  * The expert projections use core's `moeLinear` op (a backend's fused kernel when registered).
  */
@@ -327,7 +327,7 @@ export const switchhead = defineEntry({
   name: 'switchhead',
   description:
     'SwitchHead: dense q/k, value and output experts per head with sigmoid gates, RoPE on part of each head (MoEUT); experts: 1 = dense with a gate per head.',
-  reference: 'specs/moeut.md §3',
+  reference: 'docs/moeut.md#switchhead-attention; arXiv 2312.07987, 2405.16039',
   schema: Config({
     heads: Type.Integer({ minimum: 1, default: 4 }),
     headDim: Type.Optional(Type.Integer({ minimum: 1, description: 'd_head; default dModel / heads' })),

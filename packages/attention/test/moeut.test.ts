@@ -1,5 +1,5 @@
 /**
- * MoEUT model-level invariants (specs/moeut.md §4, §7): shared layers, names, regulariser, training,
+ * MoEUT model-level invariants (docs/moeut.md#invariants-the-tests-check): shared layers, names, regulariser, training,
  * presets (parameter and compute matching).
  */
 import { readFileSync } from 'node:fs';
@@ -153,7 +153,7 @@ describe('MoEUT presets', () => {
   const params = (s: NodeSpec) => buildModel<LM>(s, registry).parameterCount();
   const macs = (s: NodeSpec) => buildModel<LM>(s, registry).macsPerToken(128);
 
-  it('moeut-tiny matches the spec §5.1 parameter formula', () => {
+  it('moeut-tiny matches the official MoEUT parameter-count formula', () => {
     const [G, H, dh, Ea, E, es, d, V] = [2, 2, 32, 4, 16, 64, 128, 256];
     const formula = G * (2 * H * dh * d + 2 * H * Ea * d * dh + 2 * H * Ea * d + E * d * (2 * es + 1) + 4 * d) + 2 * V * d + V + 2 * d;
     expect(params(moeutTinySpec)).toBe(formula);

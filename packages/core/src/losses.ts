@@ -1,6 +1,6 @@
 /**
  * Losses shared by models and routers. Routers import the balancing losses from here so that every
- * router uses one definition of each (the formulas are in specs/routers.md §5).
+ * router uses one definition of each (the formulas are in docs/routers.md#balancing-losses).
  */
 import type { DispatchPlan } from './nn/dispatch.js';
 import { tf } from './tf.js';
@@ -43,7 +43,7 @@ export function meanEntropy(probs: tf.Tensor): tf.Scalar {
 }
 
 /**
- * Entropy balancing regulariser of sigma-MoE / MoEUT (specs/moeut.md §2.5): for each averaging group g
+ * Entropy balancing regulariser of sigma-MoE / MoEUT (docs/moeut.md#the-entropy-regulariser): for each averaging group g
  * of `logits` [G, n, E], p̄_g = mean over its n rows of softmax(logits), and the result is
  * mean_g sum_e p̄_g,e log p̄_g,e = -mean_g H(p̄_g) (negative; minimum -log E). log p̄ is computed stably
  * as logsumexp over the rows of log_softmax minus log n, as the official code does.

@@ -1,5 +1,5 @@
 /**
- * Load-balance metrics of routing statistics (specs/routers.md §7).
+ * Load-balance metrics of routing statistics (docs/metrics.md).
  */
 import type { RoutingStats } from './module.js';
 
@@ -88,7 +88,7 @@ export function summarizeLayer(s: RoutingStats): BalanceSummary {
 }
 
 /**
- * Every metric of specs/routers.md §7 for one layer's (merged) statistics, as a flat record of numbers
+ * Every metric of docs/metrics.md for one layer's (merged) statistics, as a flat record of numbers
  * and per-expert arrays, for metrics.jsonl and `moelab inspect`. Counts are intended assignments (before
  * capacity) where the layer reported them, kept assignments otherwise; `keptLoadFraction` is after drops.
  * Entropies are normalised by log E (1 = uniform).

@@ -36,7 +36,7 @@ export interface RoutingStats {
   expertsPerToken: number;
   /** Extra router-specific numbers (e.g. bias norms). */
   extra?: Record<string, number>;
-  /** Assignments per expert the router intended, before capacity drops and expert masks (specs/routers.md §7). */
+  /** Assignments per expert the router intended, before capacity drops and expert masks (docs/metrics.md#definitions). */
   intendedCounts?: number[];
   /** Tokens whose every assignment was dropped / tokens (Switch's "< 1%" statistic). */
   tokenDropRate?: number;

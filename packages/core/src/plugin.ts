@@ -52,7 +52,7 @@ export const moeFFNEntry = defineEntry({
   kind: 'ffn',
   name: 'moe',
   description: 'Mixture-of-Experts feed-forward: router -> dispatch -> experts -> combine, dropless or with capacity.',
-  reference: 'specs/routers.md §2 (router contract), §6 (capacity)',
+  reference: 'docs/routers.md#the-router-contract, docs/routers.md#capacity-and-dropping',
   schema: Config({
     experts: Type.Integer({ minimum: 1, default: 8, description: 'number of routed experts E' }),
     router: Node('router', { default: 'softmax-topk' }),
@@ -67,7 +67,7 @@ export const moeFFNEntry = defineEntry({
     minCapacity: Type.Integer({ minimum: 1, default: 1, description: 'smallest per-expert capacity when capacity is on (mesh-TF, DeepSpeed: 4)' }),
     dropPolicy: Type.Union(
       (['position', 'position-interleaved', 'probs', 'batch-prioritized', 'random'] as const).map((p) => Type.Literal(p)),
-      { default: 'position', description: 'which assignments survive the capacity limit (specs/routers.md §4.2)' },
+      { default: 'position', description: 'which assignments survive the capacity limit (docs/routers.md#capacity-and-dropping)' },
     ),
     sharedGate: Type.Union([Type.Literal('none'), Type.Literal('sigmoid')], {
       default: 'none',

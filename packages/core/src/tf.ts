@@ -3,7 +3,7 @@
  *
  * We depend on `@tensorflow/tfjs` rather than `@tensorflow/tfjs-core` alone: in Node, tfjs-core by itself
  * registers no gradients ("gradient function not found for Sum") and its ESM build cannot be loaded
- * (ENGINE-NOTES pitfall 1). Both packages share one engine, so plugins may import either.
+ * (docs/engine.md#one-engine-per-process). Both packages share one engine, so plugins may import either.
  */
 import * as tf from '@tensorflow/tfjs';
 import { installEngineFixes } from './ops/engine-fixes.js';

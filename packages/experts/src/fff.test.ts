@@ -1,5 +1,5 @@
 /**
- * Fast Feedforward (specs/peer-fff.md §3.7 invariants): D = 0 is a dense FFN, Σ P_l = 1 and uniform
+ * Fast Feedforward (docs/peer-fff.md#invariants-the-tests-check-1): D = 0 is a dense FFN, Σ P_l = 1 and uniform
  * leaves for zero nodes, inference == hard descent == hardened training (with and without the official
  * b2s omission), entropies in [0, log 2] and hardening lowers them, the follow-up's balance loss and
  * master leaf, region leaks, masking, finite-difference gradients, and a tiny LM that trains.

@@ -3,7 +3,7 @@
  * `pbelcak/fastfeedforward`), with the load-balancing loss and Master Leaf of the follow-up
  * (Charalampopoulos et al. 2024, arXiv 2405.16836). An `ffn` entry: a balanced binary tree of depth D
  * whose 2^D − 1 nodes are single sigmoid neurons and whose L = 2^D leaves are small MLPs of width ℓ.
- * Spec: specs/peer-fff.md §3.
+ * Docs: docs/peer-fff.md#fast-feedforward-networks.
  *
  *   p_n(x)    = sigmoid(node_weights[n]·x + node_biases[n])          probability of going RIGHT at node n
  *   P_l(x)    = Π over the root→leaf-l path of (p_n or 1 − p_n)         Σ_l P_l = 1
@@ -12,21 +12,21 @@
  *   inference:  descend from node 0, right iff node_weights[n]·x + node_biases[n] ≥ 0; y = leaf_l(x)
  *
  * Nodes are stored breadth first (children of n: 2n+1 left, 2n+2 right), leaves left to right.
- * Options (§3.2): `trainHardened` rounds every decision in training (non-differentiable tree),
+ * Options: `trainHardened` rounds every decision in training (non-differentiable tree),
  * `regionLeak` swaps p ↔ 1 − p per token and node with that probability (training only), `leafDropout`
  * after the leaf activation (training only).
  *
  * Aux losses (training only, pushed to ctx.aux):
- * - `fff_harden` (coef h, §3.4): mean over nodes of the batch-mean Bernoulli entropy H(p_n(x)), p clamped
+ * - `fff_harden` (coef h): mean over nodes of the batch-mean Bernoulli entropy H(p_n(x)), p clamped
  *   to [1e-6, 1 − 1e-6], computed before rounding / leaks (the follow-up's reduction; the paper sums).
- * - `fff_balance` (coef α, §3.5): L · Σ_l f_l · P̄_l, f_l = fraction of tokens whose hard path reaches
+ * - `fff_balance` (coef α): L · Σ_l f_l · P̄_l, f_l = fraction of tokens whose hard path reaches
  *   leaf l (constant), P̄_l = mean soft probability of leaf l (carries the gradient).
  *
- * Master Leaf (§3.5): an always-active leaf of width 8 (`magic_w1 [1, d, 8]`, `magic_b1 [1, 8]`,
+ * Master Leaf: an always-active leaf of width 8 (`magic_w1 [1, d, 8]`, `magic_b1 [1, 8]`,
  * `magic_w2 [1, 8, d]`, `magic_b2 [1, d]`) mixed in both modes as y = κ y_FFF + (1 − κ) y_master with
  * κ = sigmoid(master_mix), master_mix initialised to 0.5 (the follow-up's `k`; our name).
  *
- * Code vs paper (§3.3): the official `eval_forward` omits `b2s`; we include it unless
+ * Code vs paper: the official `eval_forward` omits `b2s`; we include it unless
  * `officialEvalOmitsLeafOutputBias` is set. With hardened decisions and `b2s` included, training and
  * inference outputs coincide. D = 0 is one dense FFN of width ℓ in both modes (the official eval raises).
  *
@@ -155,7 +155,7 @@ export class FFFLayer extends Module implements FeedForward {
     return 2 ** this.options.depth - 1;
   }
 
-  /** (2^D − 1)(d + 1) + L·(dℓ + ℓ + ℓd + d) (+ the master leaf 2·d·m + m + d + 1), specs/peer-fff.md §3.1. */
+  /** (2^D − 1)(d + 1) + L·(dℓ + ℓ + ℓd + d) (+ the master leaf 2·d·m + m + d + 1), docs/peer-fff.md#fast-feedforward-networks. */
   static parameterCount(d: number, depth: number, leafWidth: number, masterLeafWidth = 0): number {
     const L = 2 ** depth;
     const m = masterLeafWidth;
@@ -215,7 +215,7 @@ export class FFFLayer extends Module implements FeedForward {
     return keep;
   }
 
-  /** Training forward: the soft mixture over all leaves (§3.2). Pushes the hardening and balance losses. */
+  /** Training forward: the soft mixture over all leaves. Pushes the hardening and balance losses. */
   private softForward(x: tf.Tensor2D, ctx: ForwardContext, leaves: Int32Array, keep?: Float32Array): tf.Tensor2D {
     const { depth: D, leafWidth: l, regionLeak, trainHardened } = this.options;
     const n = x.shape[0];
@@ -273,7 +273,7 @@ export class FFFLayer extends Module implements FeedForward {
     return tf.add(tf.matMul(hp, tf.reshape(this.w2s, [L * l, d])), tf.matMul(P, this.b2s)) as tf.Tensor2D;
   }
 
-  /** Inference forward: each token evaluates only the leaf its hard descent reaches (§3.3). */
+  /** Inference forward: each token evaluates only the leaf its hard descent reaches. */
   private hardForward(x: tf.Tensor2D, leaves: Int32Array, keep?: Float32Array): tf.Tensor2D {
     const n = x.shape[0];
     const tok: number[] = [];
@@ -348,7 +348,7 @@ export class FFFLayer extends Module implements FeedForward {
     return this.depth * (d + 1) + 2 * d * l + l + d + (m > 0 ? 2 * d * m + m + d + 1 : 0);
   }
 
-  /** Inference MACs per token: D node dot products, one leaf, the master leaf (§3.3). Training costs L leaves. */
+  /** Inference MACs per token: D node dot products, one leaf, the master leaf. Training costs L leaves. */
   override macsPerToken(_seqLen: number): number {
     const d = this.dModel;
     const m = this.masterMix ? this.options.masterLeafWidth : 0;
@@ -360,7 +360,7 @@ export const fffFFN = defineEntry({
   kind: 'ffn',
   name: 'fff',
   description: 'Fast Feedforward: binary tree of sigmoid nodes over 2^D leaf MLPs; soft mixture in training, hard descent to one leaf at inference.',
-  reference: 'specs/peer-fff.md §3',
+  reference: 'docs/peer-fff.md#fast-feedforward-networks; arXiv 2308.14711, 2405.16836',
   schema: Config({
     depth: Type.Integer({ minimum: 0, maximum: 16, default: defaultFFFOptions.depth, description: 'tree depth D (2^D leaves)' }),
     leafWidth: Type.Integer({ minimum: 1, default: defaultFFFOptions.leafWidth, description: 'hidden width ℓ of each leaf' }),

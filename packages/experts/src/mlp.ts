@@ -6,7 +6,7 @@
  *
  * Both forms go through one core op (`moeMLP`, `moeGLU`), which a backend may implement as one fused
  * kernel (moelab-cpu does, see docs/kernels.md).
- * Spec: specs/routers.md §2 (expert contract); GLU variants: Shazeer 2020.
+ * Docs: docs/routers.md#the-router-contract (the expert bank contract); GLU variants: Shazeer 2020, arXiv 2002.05202.
  */
 import {
   ACTIVATIONS,
@@ -63,7 +63,7 @@ export class MLPExperts extends Module implements ExpertBank {
     return this.dModel * this.options.hidden * (this.w3 ? 3 : 2);
   }
 
-  /** SMEAR (specs/routers.md R16): token t runs one MLP with weights sum_e mergeWeight[group[t], e] * W[e]. */
+  /** SMEAR (docs/routers.md#smear): token t runs one MLP with weights sum_e mergeWeight[group[t], e] * W[e]. */
   applyMerged(x: tf.Tensor2D, mergeWeight: tf.Tensor2D, group: Int32Array, _ctx: ForwardContext): tf.Tensor2D {
     const G = mergeWeight.shape[0];
     const merge = (w: tf.Variable) => tf.reshape(tf.matMul(mergeWeight, tf.reshape(w, [this.numExperts, -1])), [G, w.shape[1]!, w.shape[2]!]) as tf.Tensor3D;
@@ -102,7 +102,7 @@ export const mlpExperts = defineEntry({
   kind: 'expert',
   name: 'mlp',
   description: 'Two-layer MLP experts (ReLU, GELU, SiLU, ReLU^2), optionally gated (GLU / SwiGLU).',
-  reference: 'specs/routers.md §2',
+  reference: 'docs/routers.md#the-router-contract',
   schema: Config({
     hidden: Type.Integer({ minimum: 1, default: 128, description: 'hidden width of each expert' }),
     activation: activationSchema('gelu'),
@@ -121,7 +121,7 @@ export const gluExperts = defineEntry({
   kind: 'expert',
   name: 'glu',
   description: 'Gated (GLU) MLP experts: (act(x W1) * x W3) W2; SwiGLU by default (silu), GeGLU (gelu), ReGLU (relu).',
-  reference: 'specs/routers.md §2; Shazeer 2020, "GLU Variants Improve Transformer"',
+  reference: 'docs/routers.md#the-router-contract; Shazeer 2020, "GLU Variants Improve Transformer", arXiv 2002.05202',
   schema: Config({
     hidden: Type.Integer({ minimum: 1, default: 128, description: 'hidden width of each expert' }),
     activation: activationSchema('silu'),
@@ -211,7 +211,7 @@ export const heteroMLPExperts = defineEntry({
   kind: 'expert',
   name: 'mlp-hetero',
   description: 'MLP experts of different hidden sizes (one width per expert), optionally gated.',
-  reference: 'specs/routers.md §2 (expert contract)',
+  reference: 'docs/routers.md#the-router-contract',
   schema: Config({
     hiddenSizes: Type.Array(Type.Integer({ minimum: 1 }), { minItems: 1, description: 'hidden width of each expert, one entry per expert' }),
     activation: activationSchema('gelu'),

@@ -1,5 +1,5 @@
 /**
- * MONET invariants (specs/monet.md §14): the factored HD / VD evaluation equals the explicit sum over all
+ * MONET invariants (docs/monet.md#invariants-the-tests-check): the factored HD / VD evaluation equals the explicit sum over all
  * E² composed experts Σ_h Σ_ij g1[h,i] g2[h,j] E_ij(x); a 262,144-expert layer is built (not trained) at
  * its O(√N) parameter count; finite-difference gradients (router, shards, input, aux losses); masking
  * removes composed experts (output = explicit sum without them, fully masked shards get zero gradient).
@@ -50,7 +50,7 @@ function lin(w: ArrayLike<number>, b: ArrayLike<number> | null, x: number[], out
   });
 }
 
-/** E_ij(x) written out from the state_dict layouts of §5 / §6. */
+/** E_ij(x) written out from the official state_dict layouts (docs/monet.md). */
 function composedExpert(m: MonetLayer, i: number, j: number, x: number[]): number[] {
   const { expertDim: mm, experts: E } = m.options;
   if (m.moe instanceof MonetHDExperts) {

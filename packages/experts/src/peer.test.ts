@@ -1,5 +1,5 @@
 /**
- * PEER invariants (specs/peer-fff.md §1.7): product-key search == brute-force top-k over all N keys
+ * PEER invariants (docs/peer-fff.md#invariants-the-tests-check): product-key search == brute-force top-k over all N keys
  * (with and without masked experts); k = 1 is a dense MLP of retrieved neurons; per-head gates sum to 1;
  * eval mode is batch-independent; finite-difference gradients; unselected and masked experts get exactly
  * zero gradient and masked experts are never retrieved.

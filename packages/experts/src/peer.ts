@@ -1,7 +1,7 @@
 /**
  * PEER — Parameter Efficient Expert Retrieval (He 2024, "Mixture of A Million Experts"), an `ffn` entry:
  * N = S² single-neuron experts retrieved per token by product keys, with h retrieval heads.
- * Spec: specs/peer-fff.md §1 (no official code; we follow the paper: shared sub-keys, query BatchNorm,
+ * Docs: docs/peer-fff.md#peer (arXiv 2407.04153; no official code; we follow the paper: shared sub-keys, query BatchNorm,
  * softmax over the k retrieved scores, no biases).
  *
  *   q = BN(W_q x)                                     per head r: q_r = [q1; q2] (dk/2 each)
@@ -227,7 +227,7 @@ export class PEERLayer extends Module implements FeedForward {
     return out;
   }
 
-  /** Usage metrics of one retrieval (paper §3.3): fraction of experts with nonzero summed gate, and KL(z ‖ uniform). */
+  /** Usage metrics of one retrieval (from PKM; docs/peer-fff.md#peer): fraction of experts with nonzero summed gate, and KL(z ‖ uniform). */
   usage(r: PEERRetrieval): { expertUsage: number; unevenness: number } {
     const N = this.numExperts;
     const z = new Float64Array(N);
@@ -268,7 +268,7 @@ export class PEERLayer extends Module implements FeedForward {
     }
   }
 
-  /** Parameters: 2·N·d + h·dk·d + 2·S·dk/2 (+ 2·h·dk BatchNorm affine), specs/peer-fff.md §1.2. */
+  /** Parameters: 2·N·d + h·dk·d + 2·S·dk/2 (+ 2·h·dk BatchNorm affine), docs/peer-fff.md#retrieval-and-output. */
   static parameterCount(d: number, N: number, h: number, dk: number, queryBatchNorm = true): number {
     return 2 * N * d + h * dk * d + Math.round(Math.sqrt(N)) * dk + (queryBatchNorm ? 2 * h * dk : 0);
   }
@@ -292,7 +292,7 @@ export const peerFFN = defineEntry({
   kind: 'ffn',
   name: 'peer',
   description: 'PEER: product-key retrieval of single-neuron experts from a pool of N = S², multi-head, query BatchNorm.',
-  reference: 'specs/peer-fff.md §1',
+  reference: 'docs/peer-fff.md#peer; arXiv 2407.04153',
   schema: Config({
     experts: Type.Integer({ minimum: 1, default: 1024, description: 'N experts (a perfect square)' }),
     heads: Type.Integer({ minimum: 1, default: 4, description: 'retrieval heads h (outputs summed)' }),

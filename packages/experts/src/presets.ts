@@ -2,11 +2,11 @@
  * Presets for the expert catalogue, scaled to train in a few CPU minutes on bytes (vocab 256, context
  * 128, d 128, 2 layers, LLaMA-style pre-RMSNorm blocks with RoPE attention, untied head):
  *
- * - `monet-tiny`: MONET-VD (specs/monet.md §6, §10 "small defaults") with E = 32 shards per group, so
+ * - `monet-tiny`: MONET-VD (docs/monet.md#preset) with E = 32 shards per group, so
  *   N = 1,024 composed experts per layer, expert width m = 8, H = 4 routing heads, k = 4 (k/E = 1/8),
  *   a router in every layer (G = 1), squared ReLU, λ = 1e-3 for both aux losses, HF init (std 0.02).
  *   Its dense compute is that of an FFN of width E·m = 256 = 2d.
- * - `peer-tiny`: PEER (specs/peer-fff.md §1) with N = 64² = 4,096 single-neuron experts per layer,
+ * - `peer-tiny`: PEER (docs/peer-fff.md#peer) with N = 64² = 4,096 single-neuron experts per layer,
  *   h = 4 heads retrieving k = 8 each (32 active neurons per token), dk = 32, query BatchNorm, GELU.
  *   (The paper replaces the middle block's FFN only; with one shared block spec every layer gets PEER.)
  */

@@ -12,7 +12,7 @@
  *     etc. in a MoEUT model). In a peri-LN block the router reads ln2(x) and the experts the raw x.
  *
  * The expert computation goes through core's `moeMLP` op (a backend's fused kernel when registered).
- * Init (specs/moeut.md §2.4): keys ~ N(0, (s/√d)²), values ~ N(0, (s/√(E·es))²), s = `initScale`, by default
+ * Init (docs/moeut.md#initialisation): keys ~ N(0, (s/√d)²), values ~ N(0, (s/√(E·es))²), s = `initScale`, by default
  * √(2/L) with L the unrolled depth of the model (1 outside a model).
  */
 import {
@@ -110,7 +110,7 @@ export const sigmaMoEExperts = defineEntry({
   kind: 'expert',
   name: 'sigma-moe',
   description: 'sigma-MoE experts: keys [E,d,es], values [E,es,d], ReLU (MoEUT init); use with the sigma-topk router.',
-  reference: 'specs/moeut.md §2',
+  reference: 'docs/moeut.md#sigma-moe-feed-forward; arXiv 2310.10837',
   schema: Config({
     size: Type.Integer({ minimum: 1, default: 128, description: 'units per expert (es; 128 in every MoEUT profile)' }),
     activation,
@@ -129,7 +129,7 @@ export const sigmaMoEFFN = defineEntry({
   kind: 'ffn',
   name: 'sigma-moe',
   description: 'MoEUT sigma-MoE feed-forward (sigma-topk router + sigma-moe experts) with the official names expert_sel / keys / values.',
-  reference: 'specs/moeut.md §2, §6.1',
+  reference: 'docs/moeut.md#sigma-moe-feed-forward, docs/moeut.md#parameter-names; arXiv 2310.10837, 2405.16039',
   schema: Config({
     experts: Type.Integer({ minimum: 1, default: 64, description: 'number of experts E' }),
     k: Type.Integer({ minimum: 1, default: 4, description: 'experts per token K' }),

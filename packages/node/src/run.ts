@@ -46,7 +46,7 @@ export interface RunOptions {
 }
 
 /**
- * One MoE layer's routing metrics over a step (specs/routers.md §7: load fraction, entropies, drop rates,
+ * One MoE layer's routing metrics over a step (docs/metrics.md: load fraction, entropies, drop rates,
  * CV, MaxVio, experts per token, z-loss, saturation, ...) plus the kept load (`load`) and the raw mean
  * per-token entropy in nats (`entropy`), kept for older readers.
  */

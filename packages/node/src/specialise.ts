@@ -1,5 +1,5 @@
 /**
- * Knowledge manipulation by expert masking (specs/monet.md §9): find the experts that specialise in one
+ * Knowledge manipulation by expert masking (docs/monet.md#finding-experts-to-mask; MONET, arXiv 2412.04139): find the experts that specialise in one
  * domain of a labelled corpus from routing statistics alone, mask them at inference, and measure the
  * per-domain perplexity before and after.
  *
@@ -16,7 +16,7 @@
  *        s(e) = [(c_D(e) + 1) / (C_D + E)] / [(c_¬D(e) + 1) / (C_¬D + E)],   C = Σ_e c
  *      (> 1: routed to more often on D than elsewhere; pools the other domains, so it is robust when
  *      there are many small domains).
- *    - `skew` (the MONET paper's rule, §9 item 1): mean routing frequency per token on D over the
+ *    - `skew` (the MONET paper's rule): mean routing frequency per token on D over the
  *      highest frequency on any other domain, s(e) = f_D(e) / max_{d≠D} f_d(e), f_d = c_d / n_d;
  *      the paper masks experts with s ≥ 2. We count hard assignments (MONET's composed expert (i, j)
  *      counts once per token when some head selected i and j), not the soft score G.

@@ -9,7 +9,7 @@ beforeAll(async () => {
 
 const node = (o: Record<string, unknown> = {}) => ({ type: 'aoe', experts: 4, k: 2, rank: 3, hidden: 5, activation: 'relu', ...o });
 
-describe('autonomy-of-experts (R19)', () => {
+describe('autonomy-of-experts', () => {
   it('with k = E it is the dense mixture Σ_e softmax(||x W_down^e||)_e · y_e', () => {
     const m = makeFFN<AutonomyOfExperts>(node({ k: 4 }), 6);
     const x = tf.tensor2d(new Rng(1).normalArray(5 * 6), [5, 6]);

@@ -1,5 +1,5 @@
 /**
- * Autonomy-of-Experts (Lv et al. 2025), specs/routers.md R19: no router; each expert scores itself by the
+ * Autonomy-of-Experts (Lv et al. 2025, arXiv 2501.13074), docs/routers.md#aoe: no router; each expert scores itself by the
  * norm of its own low-rank gate activation. An `ffn` entry of its own (the router and the experts share
  * parameters, so the router/expert-bank split of the `moe` layer does not apply).
  *
@@ -9,7 +9,7 @@
  *   out = Σ_{e∈I} p_e y_e
  *
  * Aux: the Switch loss on p (canonical, coef 1e-2). Dropless. `r` (d_low) and the paper's widths are
- * UNKNOWN defaults (spec §11): r = 8 here. Parameter names: `w_down` [d, E·r], `w_up` [E, r, h],
+ * not known to us: r = 8 here. Parameter names: `w_down` [d, E·r], `w_up` [E, r, h],
  * `w_p` [E, d, h], `w_o` [E, h, d].
  */
 import {
@@ -130,7 +130,7 @@ export const autonomyOfExperts = defineEntry({
   kind: 'ffn',
   name: 'aoe',
   description: 'Autonomy-of-Experts (Lv et al. 2025): experts select themselves by the norm of their low-rank gate activation; no router.',
-  reference: 'specs/routers.md R19',
+  reference: 'docs/routers.md#aoe; arXiv 2501.13074',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     experts: Type.Integer({ minimum: 1, default: 8, description: 'number of experts E' }),

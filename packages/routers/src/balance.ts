@@ -1,16 +1,16 @@
 /**
- * Load-balancing auxiliary losses (specs/routers.md §3.4). Every loss is returned UNSCALED; routers push
+ * Load-balancing auxiliary losses (docs/routers.md#balancing-losses). Every loss is returned UNSCALED; routers push
  * it to `ctx.aux` with its coefficient and the trainer adds coef·value.
  *
- * Canonical Switch loss ("all-k, divided by K", Megablocks / Megatron / DeepSeekMoE form; §3.4.1):
+ * Canonical Switch loss ("all-k, divided by K", Megablocks / Megatron / DeepSeekMoE form):
  *
  *   L_lb = E / (K·N) · Σ_e count_e · P_e          count_e = assignments to e (before drops), P_e = mean_t p_t,e
  *
  * = 1 under uniform routing. Options: `counts: 'first'` (GShard / mesh-TF: first choices only, K = 1),
  * `parity: 'hf'` (HF Mixtral/OLMoE `load_balancing_loss_func`: K × canonical), `scope: 'sequence'`
  * (per-sequence canonical loss averaged over sequences: DeepSeek-V3's complementary sequence-wise loss,
- * §3.4.4), `scope: 'global'` (counts accumulated over the micro-batches of one optimiser step, §3.4.5).
- * Also: z-loss (ST-MoE, §3.4.3), importance CV² (Shazeer 2017, §3.4.2), DeepSeekMoE device-level loss.
+ * docs/routers.md#deepseek-v3), `scope: 'global'` (counts accumulated over the micro-batches of one optimiser step).
+ * Also: z-loss (ST-MoE), importance CV² (Shazeer 2017), DeepSeekMoE device-level loss.
  */
 import { type DispatchPlan, type ForwardContext, type RouteInfo, Type, tf, zLoss } from '@moelab/core';
 import { sequenceLayout } from './common.js';

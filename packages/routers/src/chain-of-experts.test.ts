@@ -16,7 +16,7 @@ const coe = (o: Record<string, unknown> = {}) => ({
   ...o,
 });
 
-describe('chain-of-experts (R21)', () => {
+describe('chain-of-experts', () => {
   it('C = 1 returning the increment equals a plain moe layer; the literal form adds x', () => {
     const one = makeFFN<ChainOfExperts>(coe({ iterations: 1 }), 8);
     const lit = makeFFN<ChainOfExperts>(coe({ iterations: 1, returnIncrement: false }), 8);

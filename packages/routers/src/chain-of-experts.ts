@@ -1,9 +1,9 @@
 /**
- * Chain-of-Experts (Wang et al. 2025), specs/routers.md R21: an `ffn` wrapper that runs the SAME expert
+ * Chain-of-Experts (Wang et al. 2025, arXiv 2506.18945), docs/routers.md#chain-of-experts: an `ffn` wrapper that runs the SAME expert
  * bank C times, each iteration with its own router (any token-choice router of the registry):
  *
  *   x⁽⁰⁾ = x;   x⁽ᵗ⁾ = Σ_{e∈I_t} g_t,e E_e(x⁽ᵗ⁻¹⁾) + x⁽ᵗ⁻¹⁾      (inner residual), t = 1..C
- *   returns x⁽ᶜ⁾ − x   (the increment: the block's outer residual adds x back; decision 15)
+ *   returns x⁽ᶜ⁾ − x   (the increment: the block's outer residual adds x back)
  *   or x⁽ᶜ⁾ with `returnIncrement: false` (the literal form, which doubles the residual).
  *
  * Compute-matched with a k-expert MoE when each iteration's router uses k/C experts. Routers are built
@@ -71,7 +71,7 @@ export const chainOfExperts = defineEntry({
   kind: 'ffn',
   name: 'chain-of-experts',
   description: 'Chain-of-Experts (Wang et al. 2025): C sequential passes through one shared expert bank, a router per pass, inner residuals.',
-  reference: 'specs/routers.md R21',
+  reference: 'docs/routers.md#chain-of-experts; arXiv 2506.18945',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     experts: Type.Integer({ minimum: 1, default: 8, description: 'number of experts E (shared by every iteration)' }),

@@ -1,8 +1,9 @@
 /**
- * Building blocks the routers of this package share (specs/routers.md §2, §3): selection on plain
+ * Building blocks the routers of this package share (docs/routers.md#the-router-contract,
+ * docs/routers.md#weighting-rules): selection on plain
  * arrays (routing decisions are discrete and never need gradients), slot-major dispatch plans,
  * differentiable gathering of the chosen scores, per-token renormalisation, input jitter, and the
- * aux-loss-free bias controller (§3.5). Not a registry entry.
+ * aux-loss-free bias controller. Not a registry entry.
  */
 import { DispatchPlan, type ForwardContext, MoelabError, type Rng, Type, tf } from '@moelab/core';
 
@@ -98,7 +99,7 @@ export function sequenceLayout(rows: number, batchShape?: number[]): { B: number
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Aux-loss-free bias balancing (DeepSeek Loss-Free Balancing / V3; specs/routers.md §3.5)
+// Aux-loss-free bias balancing (DeepSeek Loss-Free Balancing / V3; docs/routers.md#aux-loss-free-bias-balancing)
 
 export const biasSchema = {
   expertBias: Type.Boolean({
@@ -160,7 +161,7 @@ export class BiasController {
     this.counts = new Float64Array(E);
   }
 
-  /** min / max / mean of b and the fraction of per-expert updates that flipped sign (§7 biasStats). */
+  /** min / max / mean of b and the fraction of per-expert updates that flipped sign (bias statistics of docs/metrics.md). */
   stats(): Record<string, number> {
     const b = this.bias.dataSync();
     let min = Number.POSITIVE_INFINITY;

@@ -7,7 +7,7 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-describe('cosine-topk router (§3.1, R24)', () => {
+describe('cosine-topk router', () => {
   it('logits = exp(min(θ, log 100))·cos(Px, w_e): bounded by the scale, invariant to the input norm', () => {
     const r = makeRouter<CosineRouter>({ type: 'cosine-topk', projDim: 8 }, 6, 4);
     const x = tf.tensor2d(new Rng(1).normalArray(5 * 6), [5, 6]);

@@ -1,5 +1,5 @@
 /**
- * Cosine top-k router (Tutel `cosine_top`, X-MoE style), specs/routers.md §3.1 (`cosine`) and R24.
+ * Cosine top-k router (Tutel `cosine_top`, X-MoE style), docs/routers.md#cosine-topk.
  *
  *   z_e = exp(min(θ, log 100)) · cos(P x, w_e)      P: learned projection d -> projDim (Tutel 256),
  *                                                   θ learned, init log(1 / 0.5) (init_t = 0.5)
@@ -75,7 +75,7 @@ export const cosineTopK = defineEntry({
   kind: 'router',
   name: 'cosine-topk',
   description: 'Cosine router (Tutel cosine_top): scaled cosine between a learned projection of x and expert embeddings (scale ≤ 100), top-k.',
-  reference: 'specs/routers.md §3.1, R24',
+  reference: 'docs/routers.md#cosine-topk; arXiv 2206.03382',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),

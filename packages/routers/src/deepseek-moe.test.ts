@@ -8,7 +8,7 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-describe('deepseek-moe router (R9)', () => {
+describe('deepseek-moe router', () => {
   it('raw weights: the selected softmax probabilities, summing to Σ_top s ≤ 1', () => {
     const r = makeRouter<DeepSeekMoERouter>({ type: 'deepseek-moe', k: 3 }, 6, 8);
     const x = tf.tensor2d(new Rng(1).normalArray(10 * 6), [10, 6]);

@@ -1,5 +1,5 @@
 /**
- * DeepSeekMoE router (Dai et al. 2024; DeepSeek-V2), specs/routers.md R9, §3.4.4.
+ * DeepSeekMoE router (Dai et al. 2024, arXiv 2401.06066; DeepSeek-V2, arXiv 2405.04434), docs/routers.md#deepseek-moe.
  *
  *   s_t = softmax(W u_t) over the N' routed experts
  *   g_e = s_t,e for e in TopK'(s_t), else 0          raw (norm_topk_prob = false); `renormalize` optional
@@ -103,7 +103,7 @@ export const deepseekMoE = defineEntry({
   name: 'deepseek-moe',
   description:
     "DeepSeekMoE / V2 gate: softmax over fine-grained routed experts, raw top-k weights, expert- and device-level balance losses, device-limited routing (shared experts: the moe layer's `shared`).",
-  reference: 'specs/routers.md R9, §3.4.4',
+  reference: 'docs/routers.md#deepseek-moe; arXiv 2401.06066, 2405.04434',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 6, description: "routed experts per token K' (16B: 6 of 64)" }),

@@ -29,7 +29,7 @@ const byToken = (plan: { tokenIndex: Int32Array; expertIndex: Int32Array; numTok
   return per;
 };
 
-describe('deepseek-v3 router (R10, §3.5)', () => {
+describe('deepseek-v3 router', () => {
   it('normalised sigmoid weights sum to γ per token and equal γ·s_e/Σ_selected s', () => {
     const r = new DeepSeekV3Router(6, 8, opts, new Rng(1));
     const x = tf.tensor2d(new Rng(2).normalArray(10 * 6), [10, 6]);

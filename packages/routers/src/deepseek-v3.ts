@@ -1,7 +1,7 @@
 /**
  * DeepSeek-V3 router: sigmoid affinities, normalised over the selected experts, aux-loss-free bias
- * balancing, group-limited selection, complementary sequence-wise loss. specs/routers.md R10, §3.4.4, §3.5.
- * Also `topk-sigmoid-normalised` (R11, Nguyen et al. 2025): the same gate without bias, groups or scaling.
+ * balancing, group-limited selection, complementary sequence-wise loss (arXiv 2412.19437, 2408.15664). docs/routers.md#deepseek-v3.
+ * Also `topk-sigmoid-normalised` (Nguyen et al. 2025, arXiv 2505.10860): the same gate without bias, groups or scaling.
  *
  *   s = σ(W x)                                   (float32, no bias)
  *   c = s + b                                    b: buffer `e_score_correction_bias`, selection only
@@ -122,7 +122,7 @@ export const deepseekV3 = defineEntry({
   name: 'deepseek-v3',
   description:
     'DeepSeek-V3 gate: sigmoid scores normalised over the selected × γ, aux-loss-free bias balancing (selection only), group-limited top-k, sequence-wise loss 1e-4.',
-  reference: 'specs/routers.md R10, §3.4.4, §3.5',
+  reference: 'docs/routers.md#deepseek-v3; arXiv 2412.19437, 2408.15664',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 8, description: 'routed experts per token (V3: 8 of 256)' }),
@@ -154,7 +154,7 @@ export const topkSigmoidNormalised = defineEntry({
   kind: 'router',
   name: 'topk-sigmoid-normalised',
   description: 'Normalised sigmoid gating (Nguyen et al. 2025): top-k of σ(Wx), weights σ_e / Σ_selected σ; no bias, groups or scaling.',
-  reference: 'specs/routers.md R11',
+  reference: 'docs/routers.md#topk-sigmoid-normalised; arXiv 2505.10860',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),

@@ -9,7 +9,7 @@ beforeAll(async () => {
 
 const moe = (router: Record<string, unknown>) => ({ type: 'moe', experts: 4, router, expert: { type: 'mlp', hidden: 8 } });
 
-describe('expert-choice router (R7)', () => {
+describe('expert-choice router', () => {
   it('every expert takes exactly C = ceil(n·c/E) tokens (Σ = E·C), the top-C of its softmax column; weights in (0, 1]', () => {
     const r = new ExpertChoiceRouter(6, 4, { capacityFactor: 2, group: 'batch', softmaxAxis: 'experts', normalizeByExpertsPerToken: false }, new Rng(1));
     const x = tf.tensor2d(new Rng(2).normalArray(10 * 6), [10, 6]);

@@ -1,5 +1,5 @@
 /**
- * Expert choice routing, Zhou et al. 2022 (specs/routers.md R7): experts choose tokens.
+ * Expert choice routing, Zhou et al. 2022 (arXiv 2202.09368; docs/routers.md#expert-choice): experts choose tokens.
  *
  *   S = softmax(X W^T) over experts          [n, E] for a group of n tokens
  *   C = min(n, ceil(n·c / E))                 capacity per expert (c = capacity factor, paper "EC-CF2": 2)
@@ -97,7 +97,7 @@ export const expertChoice = defineEntry({
   kind: 'router',
   name: 'expert-choice',
   description: 'Expert choice (Zhou et al. 2022): each expert takes its top-C tokens, C = ceil(n·c/E); perfectly balanced, not causal.',
-  reference: 'specs/routers.md R7',
+  reference: 'docs/routers.md#expert-choice; arXiv 2202.09368',
   flags: { causalSafe: false, batchDependent: true },
   schema: Config({
     capacityFactor: Type.Number({ exclusiveMinimum: 0, default: 2, description: 'c: average experts per token (paper EC-CF2: 2)' }),

@@ -18,7 +18,7 @@ function route(o: Partial<GShardOptions>, T = 40, training = false, seed = 1) {
   return { ...res, ctx, p, T };
 }
 
-describe('gshard-top2 router (R4, R5)', () => {
+describe('gshard-top2 and st-moe routers', () => {
   it('policy all: two experts per token, the top-2 of p, gates g1 ≥ g2 with g1 + g2 = 1', () => {
     const { plan, weight, p, T } = route({});
     expect(plan.size).toBe(2 * T);

@@ -1,6 +1,6 @@
 /**
  * GShard top-2 with its second-expert rule (Lepikhin et al. 2020; mesh-TF `_top_2_gating`), and the
- * ST-MoE recipe built on it. specs/routers.md R4, R5.
+ * ST-MoE recipe built on it (arXiv 2006.16668, 2202.08906). docs/routers.md#gshard-top2, docs/routers.md#st-moe.
  *
  *   p = softmax(W x);  e1 = argmax p;  e2 = argmax of p without e1
  *   g1, g2 = p_e1 / (p_e1 + p_e2), p_e2 / (p_e1 + p_e2)          (renormalised over the pair)
@@ -8,7 +8,7 @@
  *                                   | sampling (DeepSpeed: e2 by Gumbel-max on the logits, always kept)
  *
  * Defaults: mesh-TF (`random`, θ = 0.2: e2 kept with probability min(1, 5·g2)), in training and eval
- * (separate options). When e2 is not kept, g1 stays g1/(g1+g2) (no renormalisation after a drop, §4.3).
+ * (separate options). When e2 is not kept, g1 stays g1/(g1+g2) (no renormalisation after a drop).
  * Aux: first-choice-only Switch loss E·Σ f1·P (coef 1e-2); ST-MoE adds z-loss 1e-3. Capacity is the MoE
  * layer's option (ST-MoE: capacityFactor 1.25, evalCapacityFactor 2.0, minCapacity 4).
  */
@@ -134,7 +134,7 @@ export const gshardTop2 = defineEntry({
   kind: 'router',
   name: 'gshard-top2',
   description: 'GShard top-2: pair-renormalised gates, second expert kept at random with prob min(1, g2/0.2) (mesh-TF), first-choice balance loss.',
-  reference: 'specs/routers.md R4',
+  reference: 'docs/routers.md#gshard-top2; arXiv 2006.16668',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config(gshardSchema(0)),
   create: (c, ctx) => {
@@ -144,12 +144,12 @@ export const gshardTop2 = defineEntry({
   },
 });
 
-/** ST-MoE recipe (R5): GShard top-2 (random, θ 0.2) + Switch loss 1e-2 + z-loss 1e-3; capacity 1.25/2.0 on the layer. */
+/** ST-MoE recipe: GShard top-2 (random, θ 0.2) + Switch loss 1e-2 + z-loss 1e-3; capacity 1.25/2.0 on the layer. */
 export const stMoE = defineEntry({
   kind: 'router',
   name: 'st-moe',
   description: 'ST-MoE router recipe: GShard top-2 (random second expert, θ = 0.2), balance loss 1e-2 + z-loss 1e-3.',
-  reference: 'specs/routers.md R5',
+  reference: 'docs/routers.md#st-moe; arXiv 2202.08906',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config(gshardSchema(1e-3)),
   create: (c, ctx) => {

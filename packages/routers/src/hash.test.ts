@@ -10,7 +10,7 @@ beforeAll(async () => {
 const experts = (r: HashRouter, ids: number[], x = tf.zeros([ids.length, 4]) as tf.Tensor2D, batchShape?: number[]) =>
   Array.from(r.route(x, forwardContext(new Rng(1), false, { tokenIds: Int32Array.from(ids) }), batchShape ? { batchShape } : undefined).plan.expertIndex);
 
-describe('hash router (R8; checklist 10)', () => {
+describe('hash router', () => {
   it('routing depends only on the token id: same id -> same expert, whatever the hidden state or the batch', () => {
     const r = new HashRouter(4, { hash: 'random', vocabSize: 16, seed: 42 });
     const ids = [3, 7, 3, 12, 7, 0];

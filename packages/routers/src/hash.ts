@@ -1,5 +1,5 @@
 /**
- * Hash layers, Roller et al. 2021 (specs/routers.md R8): the expert is a fixed function of the token id,
+ * Hash layers, Roller et al. 2021 (arXiv 2106.04426; docs/routers.md#hash): the expert is a fixed function of the token id,
  * not of the hidden state. No parameters, no aux loss, weight 1, one expert per token.
  *
  *   e_t = h(id_t)         random: a fixed random table V -> E (seeded per layer: seed + layerIndex)
@@ -122,7 +122,7 @@ export const hashRouter = defineEntry({
   kind: 'router',
   name: 'hash',
   description: 'Hash layers (Roller et al. 2021): expert = fixed hash of the token id (random, balanced, bigram, previous-token, position); no parameters.',
-  reference: 'specs/routers.md R8',
+  reference: 'docs/routers.md#hash; arXiv 2106.04426',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     hash: Type.Union(

@@ -7,7 +7,7 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-describe('hyper-router (R22)', () => {
+describe('hyper-router', () => {
   it('only the embedding (d numbers) is trainable; the generated router changes only through it', () => {
     const r = makeRouter<HyperRouter>({ type: 'hyper-router', hyper: 8 }, 6, 4);
     const trainable = r.namedParameters().filter(([, v]) => v.trainable);

@@ -1,6 +1,6 @@
 /**
  * @moelab/routers — gates that decide which experts process each token: the router catalogue of
- * specs/routers.md (token choice, expert choice, hash, DeepSeek, dynamic, soft/merging, estimators),
+ * docs/routers.md (token choice, expert choice, hash, DeepSeek, dynamic, soft/merging, estimators),
  * its balancing losses and controllers.
  * @packageDocumentation
  */

@@ -11,7 +11,7 @@ beforeAll(async () => {
 const frequencies = Array.from({ length: 16 }, (_, v) => (v < 4 ? 1000 - v : 10 + v));
 const node = { type: 'maskmoe', frequentFraction: 0.25, visibleExperts: 3, frequencies };
 
-describe('maskmoe router (R20)', () => {
+describe('maskmoe router', () => {
   it('rare ids see exactly one expert, the most frequent ids `visibleExperts`', () => {
     const m = buildMasks(frequencies, 4, 0.25, 3, 7);
     for (let v = 0; v < 16; v++) {

@@ -1,12 +1,12 @@
 /**
- * MaskMoE, Su et al. 2024 (specs/routers.md R20): a fixed routing mask per vocabulary id, built before
+ * MaskMoE, Su et al. 2024 (arXiv 2407.09816; docs/routers.md#maskmoe): a fixed routing mask per vocabulary id, built before
  * training from corpus frequencies. Infrequent ids see exactly ONE (random) expert, frequent ids see
  * `visibleExperts` random experts; routing is the softmax top-k over the visible experts only.
  *
  *   M_v ∈ {0, −∞}^E  (1 visible entry for rare ids v, visibleExperts for the ⌈frequentFraction·V⌉ most frequent)
  *   p_t = softmax(z_t + M_{id_t});   I_t = TopK_{min(k, |visible|)}(p_t);   g_t,e = p_t,e  (raw; `renormalize`)
  *
- * The paper's frequency cut-off, V and k are UNKNOWN in the spec (§11), so `frequentFraction` and
+ * The paper's frequency cut-off, V and k are not known to us, so `frequentFraction` and
  * `visibleExperts` are required options with no default. Masks are drawn per layer (seed + layer index).
  * Needs the token ids of the forward pass (`ctx.tokenIds`, set by the language model) and the corpus
  * frequencies of every id (like the balanced hash). Aux: canonical Switch loss on p (÷ mean experts per
@@ -109,7 +109,7 @@ export const maskMoE = defineEntry({
   name: 'maskmoe',
   description:
     'MaskMoE (Su et al. 2024): fixed per-token-id expert masks from corpus frequencies (rare ids: one expert, frequent ids: V), softmax top-k over the visible.',
-  reference: 'specs/routers.md R20',
+  reference: 'docs/routers.md#maskmoe; arXiv 2407.09816',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token among the visible ones (rare ids get 1)' }),

@@ -9,7 +9,7 @@ beforeAll(async () => {
 
 const moe = (router: Record<string, unknown>) => ({ type: 'moe', experts: 3, router, expert: { type: 'mlp', hidden: 8 } });
 
-describe('mixture-of-tokens router (R17)', () => {
+describe('mixture-of-tokens router', () => {
   it('merge weights sum to 1 over each group; permuting the examples of a group permutes the outputs', () => {
     const layer = makeFFN<MoELayer>(moe({ type: 'mixture-of-tokens', groupSize: 2 }), 8);
     const B = 4;

@@ -1,5 +1,6 @@
 /**
- * Mixture of Tokens, Antoniak et al. 2023 (specs/routers.md R17; llm-random `ContinuousMoeBaseClass`).
+ * Mixture of Tokens, Antoniak et al. 2023 (arXiv 2310.15961; docs/routers.md#mixture-of-tokens; llm-random/llm-random
+ * `ContinuousMoeBaseClass`).
  *
  *   groups of g tokens at the SAME position of g different examples (`grouping: 'batch'`), or g consecutive
  *   tokens of one sequence (`'sequence'`, not causal);  controller c [E, d];  temperature τ
@@ -113,7 +114,7 @@ export const mixtureOfTokens = defineEntry({
   name: 'mixture-of-tokens',
   description:
     'Mixture of Tokens (Antoniak et al. 2023): each expert processes a softmax mixture of the tokens of a cross-example group; fully differentiable.',
-  reference: 'specs/routers.md R17',
+  reference: 'docs/routers.md#mixture-of-tokens; arXiv 2310.15961',
   flags: { causalSafe: true, batchDependent: true },
   schema: Config({
     groupSize: Type.Integer({ minimum: 2, default: 4, description: 'g tokens per group (the batch must be a multiple of g)' }),

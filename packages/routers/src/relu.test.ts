@@ -7,7 +7,7 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-describe('relu router (ReMoE, R14; checklist 8)', () => {
+describe('relu router (ReMoE)', () => {
   it('an expert is active iff R = ReLU(Wx) > 0; weight = R; a token may get zero experts', () => {
     const r = new ReLURouter(4, 4, { k: 2, lambda0: 1e-8, alpha: 1.2 }, new Rng(1));
     r.weight.assign(tf.eye(4));

@@ -1,6 +1,6 @@
 /**
  * ReLU routing with an adaptive, load-balanced L1 regulariser: ReMoE (Wang, Chen, Zhu 2024),
- * specs/routers.md R14.
+ * docs/routers.md#relu (arXiv 2412.14711).
  *
  *   R = ReLU(W x)                  [N, E];  expert e is active for token t iff R_t,e > 0;  weight = R_t,e
  *   L_reg = λ · E / (K·N²) · Σ_e (Σ_t R_t,e)(Σ_t [R_t,e > 0])      (pushed unscaled with coef λ)
@@ -92,7 +92,7 @@ export const reluRouter = defineEntry({
   kind: 'router',
   name: 'relu',
   description: 'ReLU routing (ReMoE): weights = ReLU(Wx), experts active where > 0; load-balanced L1 with λ steered to sparsity 1 − K/E.',
-  reference: 'specs/routers.md R14',
+  reference: 'docs/routers.md#relu; arXiv 2412.14711',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 2, description: 'target active experts per token K (sets the sparsity target 1 − K/E)' }),

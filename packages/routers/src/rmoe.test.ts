@@ -34,7 +34,7 @@ function refStep(cell: Module, x: number[][], h: number[][]): number[][] {
 }
 const rows = (t: tf.Tensor2D) => tf.unstack(t).map(arr);
 
-describe('rmoe (R23): layerwise recurrent router', () => {
+describe('rmoe: layerwise recurrent router', () => {
   it('h_l = GRU(W1_l x_l, h_{l-1}) with h_0 = 0, z_l = W2_l h_l; the two layers share one cell', () => {
     const [r0, r1] = pair();
     expect(r1.cell).toBe(r0.cell);

@@ -1,5 +1,5 @@
 /**
- * RMoE, the layerwise recurrent router (Qiu et al. 2024), specs/routers.md R23. One GRU cell (hidden r)
+ * RMoE, the layerwise recurrent router (Qiu et al. 2024, arXiv 2408.06793), docs/routers.md#rmoe. One GRU cell (hidden r)
  * is shared by every RMoE router of a model; each layer l has its own input projection W1_l [r, d] and
  * output W2_l [E, r]:
  *
@@ -111,7 +111,7 @@ export class RMoERouter extends Module implements Router {
     const { k, hidden, initStd } = options;
     if (k > numExperts) throw new MoelabError(`k = ${k} exceeds the number of experts (${numExperts})`);
     if (k === 1 && options.renormalize)
-      throw new MoelabError('k = 1 with renormalize makes every gate 1: the router gets no task gradient (specs/routers.md §3.2)');
+      throw new MoelabError('k = 1 with renormalize makes every gate 1: the router gets no task gradient (docs/routers.md#weighting-rules)');
     if (cell.hidden !== hidden) throw new MoelabError(`the shared recurrent cell of group '${options.group}' has hidden size ${cell.hidden}, not ${hidden}`);
     this.weight1 = this.param('weight1', rng.normalArray(hidden * dModel, initStd), [hidden, dModel]);
     this.weight2 = this.param('weight2', rng.normalArray(numExperts * hidden, initStd), [numExperts, hidden]);
@@ -169,7 +169,7 @@ export const rmoeRouter = defineEntry({
   name: 'rmoe',
   description:
     'RMoE (Qiu et al. 2024): a GRU shared by all MoE layers carries a per-token router state across layers; logits = W2_l GRU(W1_l x, h_{l-1}); Mixtral-style top-k.',
-  reference: 'specs/routers.md R23',
+  reference: 'docs/routers.md#rmoe; arXiv 2408.06793',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),

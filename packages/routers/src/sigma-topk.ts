@@ -1,12 +1,12 @@
 /**
- * Sigma top-k router: the router of sigma-MoE and MoEUT (Csordás et al. 2023, 2024); specs/routers.md R6, specified in
- * depth in specs/moeut.md §2.
+ * Sigma top-k router: the router of sigma-MoE and MoEUT (Csordás et al. 2023, 2024;
+ * arXiv 2310.10837, 2405.16039): docs/routers.md#sigma-topk, in depth docs/moeut.md#sigma-moe-feed-forward.
  *
  *   l = W s                                  W = `expert_sel` [E, d], s = the router input
  *   S = top-k(l)                             (= top-k of σ(l); training-time expert dropout masks l first)
  *   g_e = σ(l_e)  for e in S                 sigmoid gates: NOT renormalised, no softmax over the top-k
  *
- * Balancing regulariser (specs/moeut.md §2.5, §4.4): from the raw logits, p = softmax(l) per token,
+ * Balancing regulariser (docs/moeut.md#the-entropy-regulariser): from the raw logits, p = softmax(l) per token,
  * p̄ = mean of p over an averaging group, reg = -mean over groups of H(p̄) (added with `balanceCoef`).
  *   - `balance: "sequence"` (MoEUT, `layers_time`): a group is one sequence, i.e. all T positions of every
  *     call of this router in the forward pass: a layer shared by R repeats is averaged over T·R positions,
@@ -14,7 +14,7 @@
  *   - `balance: "global"` (sigma-MoE paper, `moe_layer`): one group of every token of the batch (all calls).
  *   - `balance: "none"`.
  * Only in training mode, like MoEUT (its reg is 0 in eval). The parameter is named `expert_sel` as in the
- * official state_dict. Init (§2.4): N(0, (initScale/√d)²), then rows renormalised to equal norm keeping the
+ * official state_dict. Init: N(0, (initScale/√d)²), then rows renormalised to equal norm keeping the
  * global std; initScale defaults to √(2/L) with L the model's unrolled depth (1 outside a model).
  */
 import {
@@ -192,7 +192,7 @@ export const sigmaTopK = defineEntry({
   kind: 'router',
   name: 'sigma-topk',
   description: 'Sigmoid gates, top-k on logits, no renormalisation (sigma-MoE / MoEUT); entropy balancing per sequence or global, expert dropout.',
-  reference: 'specs/routers.md R6; specs/moeut.md §2.2-2.5, §4.4',
+  reference: 'docs/routers.md#sigma-topk, docs/moeut.md#sigma-moe-feed-forward; arXiv 2310.10837, 2405.16039',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 4, description: 'experts per token' }),

@@ -7,7 +7,7 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-describe('sinkhorn router (R24)', () => {
+describe('sinkhorn router', () => {
   it('sinkhorn(exp z) is near doubly stochastic: rows sum to 1/T, columns to 1/E', () => {
     const T = 12;
     const E = 4;

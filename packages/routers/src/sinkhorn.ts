@@ -1,6 +1,6 @@
 /**
  * Sinkhorn router (Megatron-LM `sinkhorn` load balancing, BASE-layers-like balanced assignment),
- * specs/routers.md R24.
+ * docs/routers.md#sinkhorn.
  *
  *   training: A = sinkhorn(exp(z)) over the batch (rows and columns rescaled until the column scalings
  *             change by < tol on average: a near doubly-stochastic matrix), S = top-k rows of A
@@ -78,7 +78,7 @@ export const sinkhornRouter = defineEntry({
   kind: 'router',
   name: 'sinkhorn',
   description: 'Sinkhorn router (Megatron): balanced assignment from Sinkhorn-normalised exp(logits) in training, plain top-k in eval; no aux loss.',
-  reference: 'specs/routers.md R24',
+  reference: 'docs/routers.md#sinkhorn; arXiv 2103.16716',
   flags: { causalSafe: false, batchDependent: true },
   schema: Config({ k: Type.Integer({ minimum: 1, default: 1, description: 'experts per token (weights: sigmoid for k = 1, softmax for k > 1)' }) }),
   create: (c, ctx) => {

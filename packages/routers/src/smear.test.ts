@@ -9,7 +9,7 @@ beforeAll(async () => {
 
 const moe = (router: Record<string, unknown>) => ({ type: 'moe', experts: 4, router, expert: { type: 'mlp', hidden: 8 } });
 
-describe('smear router (R16)', () => {
+describe('smear router', () => {
   it('a one-hot merge weight runs exactly that expert; identical experts make the output independent of p', () => {
     const layer = makeFFN<MoELayer>(moe({ type: 'smear' }), 8);
     const bank = layer.experts as ExpertBank;

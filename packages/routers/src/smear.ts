@@ -1,5 +1,6 @@
 /**
- * SMEAR: Soft Merging of Experts with Adaptive Routing, Muqeeth, Liu, Raffel 2023 (specs/routers.md R16).
+ * SMEAR: Soft Merging of Experts with Adaptive Routing, Muqeeth, Liu, Raffel 2023 (arXiv 2306.03745;
+ * docs/routers.md#smear).
  *
  *   r = a summary of the example's router input;   p = softmax(W r) over experts
  *   θ̄ = Σ_e p_e θ_e  (every parameter tensor of the expert bank);   y_t = f(x_t; θ̄) for the example's tokens
@@ -99,7 +100,7 @@ export const smear = defineEntry({
   kind: 'router',
   name: 'smear',
   description: "SMEAR (Muqeeth et al. 2023): per-example softmax merges the experts' parameters, one merged expert runs; fully differentiable.",
-  reference: 'specs/routers.md R16',
+  reference: 'docs/routers.md#smear; arXiv 2306.03745',
   flags: { causalSafe: false, batchDependent: true },
   schema: Config({
     routeOn: Type.Union([Type.Literal('sequence-mean'), Type.Literal('prefix-segment'), Type.Literal('bos')], {

@@ -9,7 +9,7 @@ beforeAll(async () => {
 
 const moe = (router: Record<string, unknown>) => ({ type: 'moe', experts: 4, router, expert: { type: 'mlp', hidden: 8 } });
 
-describe('soft-moe router (R15)', () => {
+describe('soft-moe router', () => {
   it('dispatch columns sum to 1 over the tokens of a sequence; combine rows sum to 1 over the E·S slots', () => {
     const r = makeRouter<SoftMoERouter>({ type: 'soft-moe', slotsPerExpert: 2 }, 8, 4);
     const x = tf.tensor2d(new Rng(1).normalArray(2 * 5 * 8), [10, 8]);

@@ -1,5 +1,5 @@
 /**
- * Soft MoE, Puigcerver et al. 2023 (specs/routers.md R15; vmoe `SoftRouter`): every slot is a convex
+ * Soft MoE, Puigcerver et al. 2023 (arXiv 2308.00951; docs/routers.md#soft-moe; google-research/vmoe `SoftRouter`): every slot is a convex
  * mixture of the tokens of a group, every token a convex mixture of the slot outputs.
  *
  *   per group (one sequence) X [m, d];  Φ [d, E·S] slot parameters (LeCun-normal);  σ learned scalar (init 1)
@@ -7,7 +7,7 @@
  *   D = softmax over tokens m (dispatch, per slot);   C = softmax over the E·S slots (combine, per token)
  *   X̃ = Dᵀ X  (the UN-normalised expert input)   Ỹ_{e,s} = f_e(X̃_{e,s})   Y = C Ỹ
  *
- * Normalisation: the official l2 + scalar (decision 13), not lucidrains' RMSNorm + γ. No aux loss.
+ * Normalisation: the official l2 + scalar, not lucidrains' RMSNorm + γ. No aux loss.
  * Not causal (every output mixes all tokens of its sequence): the `moe` layer refuses it in a causal LM.
  * Implements the router contract's `mix` method (the layer calls it instead of dispatch/combine).
  */
@@ -97,7 +97,7 @@ export const softMoE = defineEntry({
   kind: 'router',
   name: 'soft-moe',
   description: 'Soft MoE (Puigcerver et al. 2023): slots = softmax-over-tokens mixtures of a sequence, outputs = softmax-over-slots mixtures; not causal.',
-  reference: 'specs/routers.md R15',
+  reference: 'docs/routers.md#soft-moe; arXiv 2308.00951',
   flags: { causalSafe: false, batchDependent: true },
   schema: Config({
     slotsPerExpert: Type.Optional(

@@ -43,7 +43,7 @@ function weightsOf(plan: DispatchPlan, w: Float32Array | Int32Array | Uint8Array
   return out;
 }
 
-describe('softmax-topk: weight rules (§3.2, checklist 1)', () => {
+describe('softmax-topk: weight rules', () => {
   it('raw, renormalised (= softmax of the selected logits) and scaled weights on fixed logits', () => {
     const x = tf.tensor2d(Z);
     const raw = identityRouter(4, { renormalize: false }).route(x, forwardContext(new Rng(1), false));
@@ -118,7 +118,7 @@ describe('softmax-topk: weight rules (§3.2, checklist 1)', () => {
   });
 });
 
-describe('balance losses (§3.4, checklist 2, 3)', () => {
+describe('balance losses', () => {
   it('canonical Switch loss is 1 under uniform routing; HF parity = k × canonical; sequence scope = mean of per-sequence losses', () => {
     const E = 4;
     const N = 8;
@@ -230,7 +230,7 @@ describe('balance losses (§3.4, checklist 2, 3)', () => {
   });
 });
 
-describe('capacity and drops through the moe layer (§4, checklist 4)', () => {
+describe('capacity and drops through the moe layer', () => {
   const layer = (extra: Record<string, unknown>) =>
     makeFFN<MoELayer>({ type: 'moe', experts: 4, router: { type: 'softmax-topk', k: 2 }, expert: { type: 'mlp', hidden: 8 }, ...extra }, 8);
 
@@ -281,7 +281,7 @@ describe('capacity and drops through the moe layer (§4, checklist 4)', () => {
   });
 });
 
-describe('switch top-1 (R3)', () => {
+describe('switch top-1', () => {
   it('one expert per token with the raw softmax weight; cf ≥ E drops nothing; its loss is 1 under uniform routing', () => {
     const r = makeRouter<SoftmaxTopKRouter>({ type: 'switch' }, 8, 4);
     const x = tf.tensor2d(new Rng(8).normalArray(12 * 8), [12, 8]);
@@ -302,7 +302,7 @@ describe('switch top-1 (R3)', () => {
   });
 });
 
-describe('HF parity presets (R2)', () => {
+describe('HF parity presets', () => {
   it('mixtral: top-2 renormalised, aux = 2 × canonical with coef 0.001; olmoe: top-8 raw, coef 0.01', () => {
     const x = tf.tensor2d(new Rng(7).normalArray(6 * 8), [6, 8]);
     const mix = makeRouter<SoftmaxTopKRouter>({ type: 'mixtral' }, 8, 8);
@@ -358,7 +358,7 @@ describe('softmax top-k family: training', () => {
     for (const l of ctx.aux) expect(Number.isFinite(l.value.dataSync()[0])).toBe(true);
   });
 
-  it('TopK kernel gradient (engine fix) matches finite differences (checklist 13)', () => {
+  it('TopK kernel gradient (engine fix) matches finite differences', () => {
     const x = tf.tensor1d([0.3, 2.0, -1.0, 1.2, 0.7]);
     const c = tf.tensor1d([1.5, -0.5]);
     const f = (v: tf.Tensor) => tf.sum(tf.mul(tf.square(tf.topk(v, 2).values), c));
@@ -376,11 +376,11 @@ describe('softmax top-k family: training', () => {
   });
 });
 
-describe('noisy top-k smooth load (R1 invariant, §3.4.2)', () => {
+describe('noisy top-k smooth load', () => {
   it('Σ_i Load_i ≈ k·N when the noise is small, reported in the layer metrics; Load → the hard counts', () => {
     const N = 64;
     const r = makeRouter<SoftmaxTopKRouter>({ type: 'softmax-topk', k: 2, noisy: true }, 8, 4);
-    // positive inputs and W_noise = −10: softplus(W_noise x) ≈ 0, so σ = 1e-2 (the spec's small-noise limit)
+    // positive inputs and W_noise = −10: softplus(W_noise x) ≈ 0, so σ = 1e-2 (the small-noise limit)
     r.noiseWeight!.assign(tf.fill([4, 8], -10));
     const x = tf.tensor2d(
       Float32Array.from(new Rng(4).normalArray(N * 8), (v) => Math.abs(v) + 0.1),
@@ -408,7 +408,7 @@ describe('noisy top-k smooth load (R1 invariant, §3.4.2)', () => {
   });
 });
 
-describe('qwen2-moe preset and the sigmoid-gated shared expert (R2)', () => {
+describe('qwen2-moe preset and the sigmoid-gated shared expert', () => {
   const node = (o: Record<string, unknown>) => ({ type: 'moe', experts: 4, router: { type: 'qwen2-moe', k: 2 }, expert: { type: 'mlp', hidden: 8 }, ...o });
   const x = tf.tensor3d(new Rng(3).normalArray(2 * 3 * 8), [2, 3, 8]);
   const out = (layer: MoELayer) => Array.from(layer.forward(x, forwardContext(new Rng(1), false)).dataSync());

@@ -1,18 +1,18 @@
 /**
  * Softmax top-k router: the generic token-choice gate (Shazeer et al. 2017; Mixtral, OLMoE, Qwen2-MoE,
- * DBRX). specs/routers.md R1 (noisy top-k), R2 (topk-softmax), §3.2-3.5.
+ * DBRX). docs/routers.md#softmax-topk, docs/routers.md#noisy-topk (arXiv 1701.06538), docs/routers.md#switch.
  *
  *   z = W x                                  W: [E, d]   (x optionally jittered: x ⊙ U(1-ε, 1+ε), training)
  *   H = z + ε ⊙ (softplus(W_noise x) + 1e-2) (learned noise, `noisy`, training only)   or   z + (σ/E)·ε (`noiseStd`)
  *   p = softmax(H)                           S = top-k(H + b)   (b: aux-loss-free bias, selection only)
  *   g_e = γ · p_e / Σ_{j∈S} p_j   if renormalize (= softmax over the selected logits), else γ · p_e  (e ∈ S)
  *
- * Renormalised top-1 makes every weight 1 and the router gets no task gradient (§3.2): refused.
+ * Renormalised top-1 makes every weight 1 and the router gets no task gradient (docs/routers.md#weighting-rules): refused.
  * Aux (training only, unscaled, pushed with their coefficients): Switch balance loss (canonical
  * "all-k ÷ k" form, options first-choice / sequence / global / HF parity), z-loss, and for noisy gating
  * Shazeer's importance and load losses (CV² of Σ gates, and of the smooth load Σ_t Φ((z - thr)/σ)).
  * With learned noise in training the metrics extras report `smoothLoadSum` = Σ_i Load_i and
- * `smoothLoadRatio` = Σ_i Load_i / (k·N) (≈ 1 when the noise is small, R1's invariant).
+ * `smoothLoadRatio` = Σ_i Load_i / (k·N) (≈ 1 when the noise is small).
  */
 import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
 import { Balancer, type BalanceOptions, balanceFields, cvSquared, importanceLoss } from './balance.js';
@@ -62,7 +62,7 @@ export class SoftmaxTopKRouter extends Module implements Router {
     if (options.k > numExperts) throw new MoelabError(`k = ${options.k} exceeds the number of experts (${numExperts})`);
     if (options.k === 1 && options.renormalize) {
       throw new MoelabError(
-        'k = 1 with renormalize makes every gate exactly 1, so the router gets no task gradient (specs/routers.md §3.2); use renormalize: false (Switch)',
+        'k = 1 with renormalize makes every gate exactly 1, so the router gets no task gradient (docs/routers.md#weighting-rules); use renormalize: false (Switch)',
       );
     }
     const std = options.initStd ?? 1 / Math.sqrt(dModel);
@@ -113,7 +113,7 @@ export class SoftmaxTopKRouter extends Module implements Router {
     if (noiseScale && k < E) {
       const load = this.smoothLoad(logits, noisy, noiseScale, choices);
       if ((this.options.loadCoef ?? 0) > 0) ctx.aux.push({ name: 'load', layer: this.path, value: cvSquared(load), coef: this.options.loadCoef! });
-      // §7 / R1 invariant: Σ_i Load_i ≈ k·N when the noise is small; reported as Σ Load and Σ Load / (k·N).
+      // Noisy top-k invariant: Σ_i Load_i ≈ k·N when the noise is small; reported as Σ Load and Σ Load / (k·N).
       let total = 0;
       for (const v of load.dataSync()) total += v;
       extra = { ...extra, smoothLoadSum: total, smoothLoadRatio: total / (k * Math.max(1, T)) };
@@ -173,7 +173,7 @@ export const softmaxTopK = defineEntry({
   name: 'softmax-topk',
   description:
     'Softmax gate, top-k (Mixtral/OLMoE/Qwen2-MoE), renormalised or raw, optional noise, jitter, scaling, loss-free bias; Switch balance loss + z-loss.',
-  reference: 'specs/routers.md R1, R2, §3.2-3.5',
+  reference: 'docs/routers.md#softmax-topk; arXiv 1701.06538, 2401.04088',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config(softmaxTopKSchema),
   create: (c, ctx) => {
@@ -191,14 +191,14 @@ export const softmaxTopK = defineEntry({
 });
 
 /**
- * Noisy top-k gating, Shazeer et al. 2017 (R1): learned noise, W and W_noise zero-initialised, weights =
+ * Noisy top-k gating, Shazeer et al. 2017: learned noise, W and W_noise zero-initialised, weights =
  * softmax over the selected noisy logits, importance + load losses 0.1 each, E 16 / k 2 in the reference.
  */
 export const noisyTopK = defineEntry({
   kind: 'router',
   name: 'noisy-topk',
   description: 'Noisy top-k gating (Shazeer 2017): learned Gaussian noise, zero init, softmax over the selected, importance + load losses (0.1 each).',
-  reference: 'specs/routers.md R1, §3.4.2',
+  reference: 'docs/routers.md#noisy-topk; arXiv 1701.06538',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
@@ -233,7 +233,7 @@ export const noisyTopK = defineEntry({
 });
 
 /**
- * Switch Transformer top-1 (R3): x jittered by U(1-ε, 1+ε) (ε 1e-2), p = softmax(W x), e* = argmax p,
+ * Switch Transformer top-1 (arXiv 2101.03961): x jittered by U(1-ε, 1+ε) (ε 1e-2), p = softmax(W x), e* = argmax p,
  * weight = raw p_e* (never renormalised), Switch loss α = 1e-2. Init N(0, 0.1/d) (Switch's 10× smaller scale).
  * Capacity / drops are options of the `moe` layer (capacityFactor 1.25 train, evalCapacityFactor 2.0).
  */
@@ -241,7 +241,7 @@ export const switchTop1 = defineEntry({
   kind: 'router',
   name: 'switch',
   description: 'Switch Transformer top-1: raw softmax weight of the argmax expert, input jitter 1e-2, Switch balance loss 1e-2.',
-  reference: 'specs/routers.md R3',
+  reference: 'docs/routers.md#switch; arXiv 2101.03961',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     jitterEps: Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0.01, description: 'multiplicative input jitter' }),
@@ -267,10 +267,10 @@ export const switchTop1 = defineEntry({
 });
 
 /**
- * HF parity presets of `softmax-topk` (R2): Mixtral (E 8, k 2, renormalised, aux 0.001 in the HF ×k form),
+ * HF parity presets of `softmax-topk`: Mixtral (E 8, k 2, renormalised, aux 0.001 in the HF ×k form),
  * OLMoE (E 64, k 8, raw, aux 0.01 in the HF ×k form) and Qwen2-MoE (E 60, k 4, raw (norm_topk_prob
  * false), aux 0.001 in the HF ×k form). `balanceParity: 'hf'` multiplies the canonical loss by k, so the
- * published coefficients keep their meaning (§3.4.1). Qwen2-MoE's sigmoid-gated shared expert belongs to
+ * published coefficients keep their meaning (docs/routers.md#switch-load-balancing-loss). Qwen2-MoE's sigmoid-gated shared expert belongs to
  * the layer: `{ type: 'moe', router: 'qwen2-moe', shared: {...}, sharedGate: 'sigmoid' }`.
  */
 function hfPreset(name: string, description: string, k: number, renormalize: boolean, coef: number) {
@@ -278,7 +278,7 @@ function hfPreset(name: string, description: string, k: number, renormalize: boo
     kind: 'router',
     name,
     description,
-    reference: 'specs/routers.md R2, §3.4.1',
+    reference: `docs/routers.md#${name}`,
     flags: { causalSafe: true, batchDependent: false },
     schema: Config({
       k: Type.Integer({ minimum: 1, default: k, description: 'experts per token' }),

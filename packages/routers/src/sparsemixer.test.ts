@@ -7,7 +7,7 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-describe('sparsemixer-v2 (GRIN, R18; checklist 11)', () => {
+describe('sparsemixer-v2 (GRIN)', () => {
   it('eval selects the top-2 of z in order, with ω = 1 and weights in (0, 1]', () => {
     const rng = new Rng(1);
     const T = 20;

@@ -1,6 +1,6 @@
 /**
  * SparseMixer-v2, the gradient estimator of GRIN (Liu et al. 2024; microsoft/SparseMixer, HF PhiMoE),
- * specs/routers.md R18. For each of k rounds (k ≤ 2 in GRIN), with r = `jitterEps`:
+ * arXiv 2409.12136; docs/routers.md#sparsemixer. For each of k rounds (k ≤ 2 in GRIN), with r = `jitterEps`:
  *
  *   z* = max_e z_e;   masked_e = (z* − z_e) / max(|z_e|, z*) > 2r          (mask computed without gradient)
  *   π = softmax(z with masked entries = −∞)
@@ -10,7 +10,7 @@
  *   next round: z_D = −∞, threshold recomputed against the new max (|z| of the original logits)
  *
  * The expert outputs are multiplied by w INCLUDING ω, so experts get ω-scaled gradients: this follows the
- * released code; the paper's Algorithm 1 would not scale them (decision 11: code). Weights of the rounds do
+ * released code; the paper's Algorithm 1 would not scale them (we follow the code). Weights of the rounds do
  * not sum to 1. Aux: Switch loss on softmax(z), coef 1e-3 (PhiMoE config), `balanceScope: 'global'` =
  * GRIN's global load balance over the step's micro-batches. Dropless.
  */
@@ -154,7 +154,7 @@ export const sparseMixer = defineEntry({
   kind: 'router',
   name: 'sparsemixer',
   description: "GRIN's SparseMixer-v2: masked-softmax sampling of each expert (training), custom gradient π_D(e_D − π), ω ∈ {1, 1/3}; eval = top-k.",
-  reference: 'specs/routers.md R18',
+  reference: 'docs/routers.md#sparsemixer; arXiv 2409.12136',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 2, description: 'rounds = experts per token (GRIN: 2)' }),

@@ -7,7 +7,7 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-describe('threshold router (XMoE, R13)', () => {
+describe('threshold router (XMoE)', () => {
   it('keeps experts while the mass ranked before them is < t (at least one), raw weights, first-choice balance loss', () => {
     const r = makeRouter<CumulativeRouter>({ type: 'threshold', threshold: 0.6 }, 6, 4);
     const x = tf.tensor2d(new Rng(1).normalArray(30 * 6, 2), [30, 6]);

@@ -1,5 +1,5 @@
 /**
- * Threshold router (XMoE, Yang et al. 2024; specs/routers.md R13): the top-p selector with XMoE's edge
+ * Threshold router (XMoE, Yang et al. 2024, arXiv 2403.18926; docs/routers.md#threshold): the top-p selector with XMoE's edge
  * rule and defaults. Sorted softmax; expert i is kept while the mass ranked before it is < t (at least
  * one expert); raw softmax weights; first-choice Switch loss 0.01. XMoE's launch script: t = 0.90, 64
  * small experts, capacity factor 8 with token dropping (set `capacityFactor: 8, minCapacity: 4` on the
@@ -13,7 +13,7 @@ export const thresholdRouter = defineEntry({
   kind: 'router',
   name: 'threshold',
   description: 'Threshold routing (XMoE): experts in softmax order while the mass before them is below t (0.9), raw weights, first-choice balance loss.',
-  reference: 'specs/routers.md R13',
+  reference: 'docs/routers.md#threshold; arXiv 2403.18926',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     threshold: Type.Number({ exclusiveMinimum: 0, maximum: 1, default: 0.9, description: 'cumulative mass threshold t' }),

@@ -9,7 +9,7 @@ beforeAll(async () => {
 
 const chosen = (c: Int32Array, t: number, m: number) => Array.from(c.slice(t * m, t * m + m)).filter((e) => e >= 0);
 
-describe('top-p and threshold selection (R12, R13; checklist 6)', () => {
+describe('top-p and threshold selection', () => {
   it('top-p keeps the minimal prefix whose mass exceeds p; one expert when max P > p; ties at exactly p keep one more', () => {
     expect(chosen(cumulativeSelect([0.4, 0.4, 0.2], 1, 3, 0.4, 3, true), 0, 3)).toEqual([0, 1]);
     expect(chosen(cumulativeSelect([0.1, 0.7, 0.2], 1, 3, 0.4, 3, true), 0, 3)).toEqual([1]);

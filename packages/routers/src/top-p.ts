@@ -1,6 +1,6 @@
 /**
- * Dynamic top-p routing, Huang et al. 2024 "Harder Tasks Need More Experts" (specs/routers.md R12), and
- * the shared selector of the threshold router (R13, `threshold.ts`).
+ * Dynamic top-p routing, Huang et al. 2024 "Harder Tasks Need More Experts" (arXiv 2403.07652;
+ * docs/routers.md#top-p), and the shared selector of the threshold router (`threshold.ts`).
  *
  *   P = softmax(W x); sort descending; keep the shortest prefix whose cumulative sum EXCEEDS p
  *   (the released code keeps the first index where cumsum > p: expert i is kept iff the sum of the
@@ -93,7 +93,7 @@ export const topP = defineEntry({
   kind: 'router',
   name: 'top-p',
   description: 'Dynamic top-p routing (Huang et al. 2024): smallest set of experts whose softmax mass exceeds p, raw weights; balance + entropy losses.',
-  reference: 'specs/routers.md R12',
+  reference: 'docs/routers.md#top-p; arXiv 2403.07652',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     p: Type.Number({ exclusiveMinimum: 0, exclusiveMaximum: 1, default: 0.4, description: 'cumulative probability threshold (released config: 0.4)' }),

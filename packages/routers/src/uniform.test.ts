@@ -7,7 +7,7 @@ beforeAll(async () => {
   await tf.setBackend('cpu');
 });
 
-describe('uniform router (R24)', () => {
+describe('uniform router', () => {
   it('random: k distinct experts per token, weight 1/k, balanced in expectation; round-robin: exactly balanced', () => {
     const r = makeRouter<UniformRouter>({ type: 'uniform', k: 2 }, 4, 4);
     const { plan, weight } = r.route(tf.zeros([400, 4]) as tf.Tensor2D, forwardContext(new Rng(1), true));

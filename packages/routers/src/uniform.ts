@@ -1,5 +1,5 @@
 /**
- * Parameter-free baseline routers (specs/routers.md R24 `uniform` / `random`; Megablocks
+ * Parameter-free baseline routers (docs/routers.md#uniform; Megablocks
  * `uniform_expert_assignment`, Megatron `moe_router_force_load_balancing`), for benchmarks and as the
  * "no learned routing" control of a sweep.
  *
@@ -49,7 +49,7 @@ export const uniformRouter = defineEntry({
   kind: 'router',
   name: 'uniform',
   description: 'Parameter-free baseline: k random distinct experts per token (or round-robin), weight 1/k; perfectly balanced in expectation.',
-  reference: 'specs/routers.md R24',
+  reference: 'docs/routers.md#uniform',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),

@@ -1,5 +1,5 @@
 /**
- * MoEUT presets, scaled down from the paper's recipe (specs/moeut.md §4.6, §5) to train in a few CPU
+ * MoEUT presets, scaled down from the paper's recipe (docs/moeut.md#presets, arXiv 2405.16039) to train in a few CPU
  * minutes on bytes (vocab 256, context 128, d 128):
  *
  * - `moeut-tiny`: G = 2 distinct peri-LN layers repeated R = 2 times (L = 4, abab), SwitchHead with H = 2

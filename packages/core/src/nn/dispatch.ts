@@ -120,7 +120,7 @@ export function expertCapacity(assignments: number, numExperts: number, capacity
   return Math.max(1, Math.ceil((capacityFactor * assignments) / numExperts));
 }
 
-/** Which assignments survive a capacity limit (specs/routers.md §4.2). */
+/** Which assignments survive a capacity limit (docs/routers.md#capacity-and-dropping). */
 export type DropPolicy = 'position' | 'position-interleaved' | 'probs' | 'batch-prioritized' | 'random';
 
 /**

@@ -92,7 +92,7 @@ export interface MoELayerOptions {
   evalCapacityFactor?: number;
   /** Smallest per-expert capacity when capacity is on (default 1; mesh-TF and DeepSpeed use 4). */
   minCapacity?: number;
-  /** Which assignments survive the capacity limit (default `position`), specs/routers.md §4.2. */
+  /** Which assignments survive the capacity limit (default `position`), docs/routers.md#capacity-and-dropping. */
   dropPolicy?: DropPolicy;
   /**
    * Gate on the shared experts' output (default `none`: added as is). `sigmoid` (Qwen2-MoE): the shared
@@ -306,7 +306,7 @@ export class MoELayer extends Module implements FeedForward {
 
 /**
  * The expert bank as a mixing router (Soft MoE, SMEAR, Mixture of Tokens) sees it when experts are masked
- * (specs/monet.md §9 reading: the removed expert's contribution is zeroed, the rest is not renormalised):
+ * (docs/monet.md#expert-masking: the removed expert's contribution is zeroed, the rest is not renormalised):
  * `apply` drops the plan's assignments to masked experts (their slots / mixed tokens produce zeros),
  * `applyMerged` zeroes the masked experts' merge weights. Masked experts then get no input and zero gradient.
  */
@@ -331,7 +331,7 @@ export function maskedExpertBank(bank: ExpertBank, masked: Set<number>): ExpertB
 /**
  * Statistics of per-token routing distributions p [T, E] (rows renormalised to sum to 1; all-zero rows
  * skipped): mean per-token entropy, entropy of the mean distribution (nats), and the fraction of tokens
- * whose largest probability exceeds 0.99 (specs/routers.md §7).
+ * whose largest probability exceeds 0.99 (docs/metrics.md#definitions).
  */
 export function distributionStats(probs: tf.Tensor2D): { entropy: number; marginalEntropy: number; saturation: number } {
   const p = probs.dataSync();

@@ -84,7 +84,7 @@ export class TransformerBlock extends Module {
         return ln2.forward(tf.add(h, drop(this.ffn.forward(h, ctx))));
       }
       case 'peri': {
-        // Peri-LN (MoEUT §4.1): normalise only what feeds a softmax/sigmoid (queries, keys, routers);
+        // Peri-LN (MoEUT, docs/moeut.md#peri-layernorm): normalise only what feeds a softmax/sigmoid (queries, keys, routers);
         // values, expert inputs and the residual stream stay raw.
         const xn = this.ln1.forward(x);
         const h = tf.add(x, drop(attend(x, { q: xn, k: xn, v: x })));

@@ -1,5 +1,5 @@
 /**
- * Gaps in stock tfjs that break MoE training, closed once for every backend (ENGINE-NOTES pitfalls 8, 9).
+ * Gaps in stock tfjs that break MoE training, closed once for every backend (docs/engine.md#side-effects-of-importing-core).
  *
  * 1. TopK has no gradient: we register one (values' gradient scattered back to the input positions).
  * 2. GatherV2's gradient returns an int32 gradient for `indices`, which autodiff rejects when the indices
@@ -156,7 +156,7 @@ let wasmPatched = false;
 /**
  * tfjs-backend-wasm runs BatchMatMul through XNNPACK only for batch 1 without transposes; every other
  * case (attention, batched expert GEMMs, every backward matmul) is a scalar loop at ~0.5 GFLOP/s
- * (ENGINE-NOTES pitfall 10). This wraps its kernel: transposes are done in JS and each batch is one
+ * (docs/engine.md#side-effects-of-importing-core). This wraps its kernel: transposes are done in JS and each batch is one
  * XNNPACK call, which measured ~25x faster. Call once after the wasm backend is registered
  * (`resolveBackend('wasm')` does).
  */

@@ -15,7 +15,7 @@ function refMLP(x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, tok: tf.Tensor, exp:
   // Zero, but still a function of every input, so tf.grads yields (zero) gradients for all of them.
   if (N === 0) return tf.add(tf.mul(x, 0), tf.mul(tf.add(tf.sum(w1), tf.add(tf.sum(w2), tf.sum(wt))), 0));
   // Token gather and combine as one-hot matmuls: same maths, and the stock cpu gradient of
-  // gather/unsortedSegmentSum is quadratic (ENGINE-NOTES #9), too slow for the bigger cases.
+  // gather/unsortedSegmentSum is quadratic (docs/engine.md#side-effects-of-importing-core), too slow for the bigger cases.
   const oh = oneHot(tok, T);
   const xs = tf.reshape(tf.matMul(oh, x), [N, 1, d]);
   const h = act(tf.matMul(xs, tf.gather(w1, exp)), a);

@@ -7,7 +7,7 @@
  *
  * moelab-cpu's `hidden` output is each assignment's pre-activation (for relu and identity the
  * activation itself), in expert-sorted order. It is a second output saved through
- * `outputsToSave` rather than a tf.customGrad closure, which leaks data ids.
+ * `outputsToSave` rather than a tf.customGrad closure, which leaks data ids (docs/engine.md#traps).
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';

@@ -1,7 +1,7 @@
 // A small fork-join thread pool for the native kernels.
 //
 // Why our own pool instead of OpenMP / OpenBLAS threads: both spin-wait for a long time after each
-// parallel region and collapse when another process holds a core (ENGINE-NOTES #11: 1.4 GFLOP/s on
+// parallel region and collapse when another process holds a core (docs/kernels.md#threads: 1.4 GFLOP/s on
 // small GEMMs with 2 threads). Here workers spin only for a few microseconds, then sleep on a
 // condition variable, and the caller never waits for a worker that has not started: tasks are
 // claimed dynamically, so a descheduled worker just gets fewer of them.

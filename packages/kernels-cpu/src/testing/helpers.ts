@@ -3,7 +3,7 @@ import * as tf from '@tensorflow/tfjs';
 import { registerMoelabCpuBackend } from '../index.js';
 
 export const status = registerMoelabCpuBackend(tf);
-// Makes the engine check every kernel for leaked data ids (ENGINE-NOTES #7).
+// Makes the engine check every kernel for leaked data ids (docs/engine.md#traps).
 tf.env().set('IS_TEST', true);
 
 /** Deterministic PRNG (mulberry32) so a failing case can be reproduced. */
