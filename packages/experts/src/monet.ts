@@ -2,7 +2,8 @@
  * MONET (Park et al., ICLR 2025, "Mixture of Monosemantic Experts for Transformers"; code dmis-lab/Monet):
  * N = E² experts per layer composed from 2E shards, so parameters grow with √N. Router and experts are one
  * layer, registered as two `ffn` entries: `monet-hd` (horizontal decomposition) and `monet-vd` (vertical).
- * Spec: specs/monet.md (§3 router, §5 HD, §6 VD, §8 aux losses, §9 masking).
+ * Docs: docs/monet.md (router, horizontal and vertical decomposition, auxiliary losses, expert masking);
+ * arXiv 2412.04139.
  *
  * Router (one per routing group of G layers; layers L with L % G != 0 reuse the last router's g1, g2):
  *
@@ -15,12 +16,13 @@
  *
  * HD: E_ij(x) = V_j relu2(U_i x + bu_i) + c_j,   out = Σ_h Σ_ij g1[h,i] g2[h,j] E_ij(x), computed as
  *   a = relu2(U x + bu) [E, m];  s[h] = Σ_i g1[h,i] a_i;  y_j = Σ_h g2[h,j] s[h];  out = Σ_j V_j y_j + Σ_j w2_j c_j
- * VD: hidden halves a1_i (owned by i), a2_j (owned by j), output halves top (i) and bottom (j), six terms §6.
+ * VD: hidden halves a1_i (owned by i), a2_j (owned by j), output halves top (i) and bottom (j), six terms
+ * (docs/monet.md#vertical-decomposition).
  *
- * Aux losses (§8, batch-mean reading): L_unif = −(1/2HE) Σ log p̄, L_amb = mean_t (1/2H) Σ_h (1 − max g),
+ * Aux losses (docs/monet.md#auxiliary-losses, batch-mean reading): L_unif = −(1/2HE) Σ log p̄, L_amb = mean_t (1/2H) Σ_h (1 − max g),
  * pushed as `monet_unif` / `monet_amb` with coefficient λ (default 1e-3) by every routing layer.
  *
- * Expert masking (§9): `ctx.expertMask.get(layerPath)` holds expert ids i·E + j; the layer then evaluates
+ * Expert masking (docs/monet.md#expert-masking): `ctx.expertMask.get(layerPath)` holds expert ids i·E + j; the layer then evaluates
  * from G' = (Σ_h g1 ⊗ g2) ⊙ M, so a removed expert's weights and biases vanish (no renormalisation).
  *
  * Parameter names follow the official state_dict relative to a decoder layer: `router.w1.weight`,

@@ -5,7 +5,7 @@
  * Aux losses: L_unif and L_amb are pushed as `monet_unif` / `monet_amb` with coefficient λ (default 1e-3)
  * by every routing layer.
  *
- * Expert masking (§9): `ctx.expertMask.get(layerPath)` holds expert ids i·E + j; the layer then evaluates
+ * Expert masking (docs/monet.md#expert-masking): `ctx.expertMask.get(layerPath)` holds expert ids i·E + j; the layer then evaluates
  * from G' = (Σ_h g1 ⊗ g2) ⊙ M, so a removed expert's weights and biases vanish (no renormalisation).
  */
 import {
@@ -79,7 +79,7 @@ export class MonetLayer extends Module implements FeedForward {
     return this.options.experts * this.options.experts;
   }
 
-  /** Expert parameters per layer: 2·E·m·d + E·m + E·d (specs/monet.md §7), plus 2·H·E·d on routing layers. */
+  /** Expert parameters per layer: 2·E·m·d + E·m + E·d (docs/monet.md#costs), plus 2·H·E·d on routing layers. */
   static parameterCount(d: number, E: number, m: number, H: number, ownsRouter: boolean): number {
     return 2 * E * m * d + E * m + E * d + (ownsRouter ? 2 * H * E * d : 0);
   }
@@ -216,7 +216,7 @@ function monetEntry(decomposition: 'horizontal' | 'vertical') {
       decomposition === 'horizontal'
         ? 'MONET-HD: E² experts composed from E bottom and E top shards, BatchNorm-threshold routing (router + experts in one layer).'
         : 'MONET-VD: E² experts composed from left/right hidden halves and top/bottom output halves, BatchNorm-threshold routing.',
-    reference: `specs/monet.md §3, §${decomposition === 'horizontal' ? 5 : 6}, §8, §9`,
+    reference: `docs/monet.md#${decomposition === 'horizontal' ? 'horizontal' : 'vertical'}-decomposition; arXiv 2412.04139`,
     schema: monetSchema,
     create: (c, ctx) => {
       const d = ctx.need('dModel');

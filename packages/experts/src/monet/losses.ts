@@ -1,12 +1,12 @@
 /**
- * MONET's auxiliary losses (§8, batch-mean reading) and composed-expert scores:
+ * MONET's auxiliary losses (docs/monet.md#auxiliary-losses, batch-mean reading) and composed-expert scores:
  *
  *   L_unif = −(1/2HE) Σ log p̄            L_amb = mean_t (1/2H) Σ_h (1 − max g)
  *   G[t, i, j] = Σ_h g1[t,h,i] g2[t,h,j]  (the score of composed expert i·E + j)
  */
 import { tf } from '@moelab/core';
 
-/** L_unif = −(1/(2HE)) Σ_{K,h,e} log max(p̄_K[h,e], 1e-9), p̄ = mean over tokens of g (specs/monet.md §8). */
+/** L_unif = −(1/(2HE)) Σ_{K,h,e} log max(p̄_K[h,e], 1e-9), p̄ = mean over tokens of g. */
 export function monetUniformityLoss(g1: tf.Tensor3D, g2: tf.Tensor3D): tf.Scalar {
   const [, H, E] = g1.shape;
   const logs = (g: tf.Tensor3D) => tf.sum(tf.log(tf.maximum(tf.mean(g, 0), 1e-9)));

@@ -53,7 +53,7 @@ export interface MonetRouting {
   group2: MonetGroupRouting;
 }
 
-/** MONET's router: two groups of H·E expert embeddings with BatchNorm-threshold selection (specs/monet.md §3). */
+/** MONET's router: two groups of H·E expert embeddings with BatchNorm-threshold selection (docs/monet.md#router). */
 export class MonetRouter extends Module {
   readonly w1: Linear;
   readonly w2: Linear;
@@ -78,7 +78,7 @@ export class MonetRouter extends Module {
 
   /**
    * Route tokens x [n, d]. In training mode the BN statistics are the batch's (over the tokens whose
-   * `tokenMask` entry is 1, default all; specs/monet.md §3 recommends masking padding) and the running
+   * `tokenMask` entry is 1, default all; masking padding keeps it out of the statistics) and the running
    * buffers are updated; otherwise the buffers are used.
    */
   route(x: tf.Tensor2D, training: boolean, tokenMask?: Uint8Array): MonetRouting {

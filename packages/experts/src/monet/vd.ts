@@ -1,6 +1,6 @@
 /**
  * MONET-VD (vertical decomposition): hidden halves a1_i (owned by i), a2_j (owned by j), output halves
- * top (i) and bottom (j); the composed expert's output is the sum of six terms (§6), evaluated from the
+ * top (i) and bottom (j); the composed expert's output is the sum of six terms (docs/monet.md#vertical-decomposition), evaluated from the
  * per-shard mixes without forming the E² experts.
  *
  * Parameter names: `moe.u1/u2.{weight,bias}`, `moe.v11/v12/v21/v22.weight`, `moe.b1`, `moe.b2`.
