@@ -4,6 +4,7 @@
  * (tfjs-node-gpu, the native CPU kernels) are registered by the packages that know how to load them;
  * core knows only how to choose.
  */
+import { closeMatches, MoelabError } from './errors.js';
 import { patchWasmBackend } from './ops/engine-fixes.js';
 import { tf } from './tf.js';
 
@@ -47,7 +48,12 @@ export async function resolveBackend(request = 'auto'): Promise<BackendChoice> {
   const list = request === 'auto' ? backendCandidates() : [candidates.get(request)];
   if (request !== 'auto' && !list[0]) {
     const known = [...candidates.keys(), ...Object.keys(tf.engine().registryFactory)];
-    if (!known.includes(request)) throw new Error(`unknown backend "${request}". Known: ${[...new Set(known)].join(', ')}`);
+    if (!known.includes(request)) {
+      const close = closeMatches(request, [...new Set(known)]);
+      throw new MoelabError(
+        `unknown backend "${request}". ${close.length ? `Did you mean: ${close.join(', ')}? ` : ''}Known: ${[...new Set(known)].join(', ')}`,
+      );
+    }
     list[0] = { name: request, priority: 0, load: async () => ({ ok: true, reason: 'registered with tfjs' }) };
   }
   for (const c of list) {
@@ -69,8 +75,8 @@ export async function resolveBackend(request = 'auto'): Promise<BackendChoice> {
       return { name: c.name, reason: why, tried };
     }
     if (request !== 'auto') {
-      throw new Error(`backend "${c.name}" is not available: ${res.reason}${c.hint ? `. ${c.hint}` : ''}`);
+      throw new MoelabError(`backend "${c.name}" is not available: ${res.reason}${c.hint ? `. ${c.hint}` : ''}`);
     }
   }
-  throw new Error(`no backend could be initialised: ${tried.map((t) => `${t.name}: ${t.reason}`).join('; ')}`);
+  throw new MoelabError(`no backend could be initialised: ${tried.map((t) => `${t.name}: ${t.reason}`).join('; ')}`);
 }

@@ -3,6 +3,7 @@
  * registry, validates it against the entry's schema (errors carry the JSON path), and calls factories.
  */
 import { MoelabError } from './errors.js';
+import { buildWithinLimit } from './memory.js';
 import type { Kind, Registry } from './registry.js';
 import { Rng } from './rng.js';
 import { type NodeSpec, validateConfig } from './schema.js';
@@ -88,7 +89,7 @@ export function makeContext(registry: Registry, seed: number, path: string, env:
 export function buildNode<T = unknown>(registry: Registry, kind: Kind, node: NodeSpec | undefined, path: string, seed: number, env: BuildEnv = {}): T {
   const { type, options } = nodeParts(node, kind, path);
   const entry = registry.get(kind, type, `${path}${typeof node === 'string' ? '' : '.type'}`);
-  const config = validateConfig(entry.schema, options, path);
+  const config = validateConfig(entry.schema, options, path, (kind) => registry.names(kind));
   const ctx = makeContext(registry, seed, path, env.sharedModules ? env : { ...env, sharedModules: new Map() });
   return entry.create(config, ctx) as T;
 }
@@ -97,7 +98,7 @@ export function buildNode<T = unknown>(registry: Registry, kind: Kind, node: Nod
 export function resolveConfig(registry: Registry, kind: Kind, node: NodeSpec, path = '$'): { type: string; config: Record<string, unknown> } {
   const { type, options } = nodeParts(node, kind, path);
   const entry = registry.get(kind, type, `${path}.type`);
-  return { type, config: validateConfig(entry.schema, options, path) as Record<string, unknown> };
+  return { type, config: validateConfig(entry.schema, options, path, (kind) => registry.names(kind)) as Record<string, unknown> };
 }
 
 /** What a `model` entry builds: a causal language model over token ids. */
@@ -118,7 +119,19 @@ export interface LanguageModel {
   ): import('./tf.js').Tensor3D;
 }
 
-/** Build a model from a JSON spec. The spec's root is a `model` node, e.g. `{ "type": "transformer-lm", ... }`. */
-export function buildModel<M = import('./module.js').Module & LanguageModel>(spec: NodeSpec, registry: Registry, seed = 0): M {
-  return buildNode<M>(registry, 'model', spec, '$', seed, {});
+export interface BuildModelOptions {
+  /**
+   * Refuse the model, before allocating its weights, when it has more parameters than this. Default: the
+   * `MOELAB_MAX_PARAMETERS` environment variable, else the available memory / 16 bytes (see memory.ts).
+   */
+  maxParameters?: number;
+}
+
+/**
+ * Build a model from a JSON spec. The spec's root is a `model` node, e.g. `{ "type": "transformer-lm", ... }`.
+ * A model with more parameters than `maxParameters` is refused with its parameter count before its
+ * weights are allocated.
+ */
+export function buildModel<M = import('./module.js').Module & LanguageModel>(spec: NodeSpec, registry: Registry, seed = 0, options: BuildModelOptions = {}): M {
+  return buildWithinLimit(() => buildNode<M>(registry, 'model', spec, '$', seed, {}), { limit: options.maxParameters, where: '$' });
 }

@@ -9,11 +9,17 @@ import { MoelabError } from './errors.js';
 import type { Module } from './module.js';
 import type { Registry } from './registry.js';
 import { readSafetensors, writeSafetensors } from './safetensors.js';
-import type { NodeSpec } from './schema.js';
+import { Config, type NodeSpec, Type, validateConfig } from './schema.js';
 import { loadState, stateTensors } from './state.js';
-import type { TrainConfig } from './train/trainer.js';
+import { type TrainConfig, trainConfigSchema } from './train/trainer.js';
 
 export const CHECKPOINT_FORMAT = 'moelab-checkpoint-v1';
+
+/** The `train` section of config.json: the run's TrainConfig and the name of its data. */
+export const checkpointTrainSchema = Config({
+  ...trainConfigSchema.properties,
+  data: Type.Optional(Type.String({ description: 'the corpus or file the run trained on' })),
+});
 
 export interface CheckpointConfig {
   format: typeof CHECKPOINT_FORMAT;
@@ -81,6 +87,11 @@ export function parseCheckpointConfig(text: string, where = 'config.json'): Chec
     throw new MoelabError(`"step" must be a non-negative integer (got ${JSON.stringify(c.step)})`, `${where}: $.step`);
   if (c.seed !== undefined && (typeof c.seed !== 'number' || !Number.isFinite(c.seed)))
     throw new MoelabError(`"seed" must be a number (got ${JSON.stringify(c.seed)})`, `${where}: $.seed`);
+  if (c.train !== undefined) {
+    if (!c.train || typeof c.train !== 'object' || Array.isArray(c.train))
+      throw new MoelabError(`"train" must be an object of training settings (got ${JSON.stringify(c.train)})`, `${where}: $.train`);
+    validateConfig(checkpointTrainSchema, c.train, `${where}: $.train`);
+  }
   return c as CheckpointConfig;
 }
 

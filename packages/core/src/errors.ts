@@ -37,3 +37,21 @@ export function editDistance(a: string, b: string): number {
   }
   return prev[b.length]!;
 }
+
+/** Receives warnings: something is suspicious but the operation went on (e.g. a checkpoint holding NaN). */
+export type WarningHandler = (message: string) => void;
+
+const printWarning: WarningHandler = (message) => console.warn(`moelab: warning: ${message}`);
+let warningHandler: WarningHandler = printWarning;
+
+/** Route warnings elsewhere (a log, a UI, a test); `undefined` restores printing to the console. Returns the previous handler. */
+export function setWarningHandler(handler: WarningHandler | undefined): WarningHandler {
+  const previous = warningHandler;
+  warningHandler = handler ?? printWarning;
+  return previous;
+}
+
+/** Report a warning, formatted like a MoelabError: `where: message`. */
+export function warn(message: string, where?: string): void {
+  warningHandler(where ? `${where}: ${message}` : message);
+}

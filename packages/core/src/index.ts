@@ -26,6 +26,7 @@ export * from './schema.js';
 export * from './registry.js';
 export * from './builder.js';
 export * from './module.js';
+export * from './memory.js';
 export * from './nn/activations.js';
 export * from './nn/layers.js';
 export * from './nn/rope.js';

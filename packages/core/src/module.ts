@@ -6,6 +6,7 @@
  * `namedParameters()` lists each variable once, under the first name it was reached by.
  */
 import { tf } from './tf.js';
+import { reserveParameters, trackAllocation } from './memory.js';
 import type { Rng } from './rng.js';
 
 export interface AuxLoss {
@@ -143,6 +144,20 @@ export function takeCarry<T>(ctx: ForwardContext, key: CarryKey<T>): T | undefin
   return value;
 }
 
+/**
+ * A variable holding `values`, after reserving its size in the parameter budget of a build (memory.ts);
+ * a build over its limit only counts, and gets an empty placeholder.
+ */
+function makeVariable(values: Float32Array | tf.Tensor, shape: number[] | undefined, trainable: boolean): tf.Variable {
+  const isArray = values instanceof Float32Array;
+  const size = isArray ? (shape ? shape.reduce((a, b) => a * b, 1) : values.length) : values.size;
+  const t = !reserveParameters(size) ? tf.zeros([0]) : isArray ? tf.tensor(values, shape) : values;
+  const v = tf.variable(t, trainable);
+  if (t !== values) t.dispose();
+  trackAllocation(v);
+  return v;
+}
+
 export abstract class Module {
   /**
    * Optional hook, called by the model once per forward pass after every layer ran: modules whose
@@ -174,18 +189,14 @@ export abstract class Module {
 
   /** Register a trainable parameter. `values` are copied into a new variable. */
   protected param(name: string, values: Float32Array | tf.Tensor, shape?: number[], trainable = true): tf.Variable {
-    const t = values instanceof Float32Array ? tf.tensor(values, shape) : values;
-    const v = tf.variable(t, trainable);
-    if (values instanceof Float32Array) t.dispose();
+    const v = makeVariable(values, shape, trainable);
     this.params.set(name, v);
     return v;
   }
 
   /** Register non-trainable state that is saved with the weights (e.g. BatchNorm running statistics). */
   protected buffer(name: string, values: Float32Array | tf.Tensor, shape?: number[]): tf.Variable {
-    const t = values instanceof Float32Array ? tf.tensor(values, shape) : values;
-    const v = tf.variable(t, false);
-    if (values instanceof Float32Array) t.dispose();
+    const v = makeVariable(values, shape, false);
     this.buffers.set(name, v);
     return v;
   }

@@ -2,6 +2,8 @@
  * A small seeded random number generator (xoshiro128**), so that the same seed gives the same run on
  * every backend: parameter initialisation, data order and dropout never use tfjs's global RNG.
  */
+import { mayAllocate } from './memory.js';
+
 export class Rng {
   private s: Uint32Array;
 
@@ -55,13 +57,16 @@ export class Rng {
     return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * v);
   }
 
+  // The array makers ask the parameter budget first (memory.ts): a build over its limit gets empty arrays.
   normalArray(n: number, std = 1, mean = 0): Float32Array {
+    if (!mayAllocate(n)) return new Float32Array(0);
     const a = new Float32Array(n);
     for (let i = 0; i < n; i++) a[i] = mean + std * this.normal();
     return a;
   }
 
   uniformArray(n: number, lo: number, hi: number): Float32Array {
+    if (!mayAllocate(n)) return new Float32Array(0);
     const a = new Float32Array(n);
     for (let i = 0; i < n; i++) a[i] = lo + (hi - lo) * this.next();
     return a;
@@ -69,6 +74,7 @@ export class Rng {
 
   /** Normal truncated to [-2 std, 2 std] by resampling (the usual transformer init). */
   truncNormalArray(n: number, std = 1): Float32Array {
+    if (!mayAllocate(n)) return new Float32Array(0);
     const a = new Float32Array(n);
     for (let i = 0; i < n; i++) {
       let z = this.normal();

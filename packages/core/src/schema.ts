@@ -4,7 +4,7 @@
  */
 import { type Static, type TSchema, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
-import { MoelabError } from './errors.js';
+import { closeMatches, MoelabError } from './errors.js';
 
 export { Type, type Static, type TSchema };
 
@@ -44,11 +44,39 @@ function joinPath(base: string, pointer: string): string {
   return parts.reduce((acc, p) => (/^\d+$/.test(p) ? `${acc}[${p}]` : `${acc}.${p}`), base);
 }
 
+/** The registered type names of a kind (the registry's `names`), for messages about child nodes. */
+export type TypeNames = (kind: string) => string[];
+
+/**
+ * Why a value matches none of a union's alternatives, in the user's terms: the allowed `type` names of
+ * a child node (when `typeNames` is given), the allowed literals of an enumeration, or the kinds of value.
+ */
+function unionMessage(schema: TSchema, value: unknown, typeNames?: TypeNames): string {
+  const got = value === undefined ? '' : ` (got ${JSON.stringify(value)})`;
+  const kind = (schema as Record<string, unknown>)[NODE_KIND];
+  if (typeof kind === 'string') {
+    const names = typeNames?.(kind) ?? [];
+    const allowed = names.length ? `; allowed types: ${names.join(', ')}` : '';
+    if (value && typeof value === 'object' && !Array.isArray(value) && !('type' in value)) return `this ${kind} node has no "type" field${allowed}${got}`;
+    return `expected a ${kind} node: a type name or an object with a "type" field${allowed}${got}`;
+  }
+  const options = (schema as unknown as { anyOf: Record<string, unknown>[] }).anyOf;
+  if (options.every((o) => 'const' in o)) {
+    const values = options.map((o) => o.const);
+    const close = typeof value === 'string' ? closeMatches(value, values.map(String)) : [];
+    const hint = close.length ? `. Did you mean: ${close.join(', ')}?` : '';
+    return `expected one of ${values.map((v) => JSON.stringify(v)).join(', ')}${got}${hint}`;
+  }
+  const kinds = [...new Set(options.map((o) => String(o.type ?? ('const' in o ? JSON.stringify(o.const) : 'value'))))];
+  return `expected ${kinds.join(' or ')}${got}`;
+}
+
 /**
  * Fill defaults and validate `value` against `schema`. Throws a MoelabError naming the JSON path of the
- * first problem, e.g. `$.block.ffn.router.k: Expected integer (got "two")`.
+ * first problem, e.g. `$.block.ffn.router.k: Expected integer (got "two")`. `typeNames` lets the message
+ * for a malformed child node list the registered types of its kind.
  */
-export function validateConfig<S extends TSchema>(schema: S, value: unknown, path = '$'): Static<S> {
+export function validateConfig<S extends TSchema>(schema: S, value: unknown, path = '$', typeNames?: TypeNames): Static<S> {
   // Value.Default mutates: work on a clone so the user's spec object is untouched.
   const withDefaults = Value.Default(schema, structuredClone(value ?? {})) as Record<string, unknown>;
   const props = (schema as { properties?: Record<string, Record<string, unknown>> }).properties ?? {};
@@ -67,6 +95,8 @@ export function validateConfig<S extends TSchema>(schema: S, value: unknown, pat
       const key = first.path.split('/').pop() ?? '';
       where = joinPath(path, first.path.split('/').slice(0, -1).join('/'));
       msg = `unknown field "${key}"; allowed: ${Object.keys(objSchema.properties ?? {}).join(', ')}`;
+    } else if (Array.isArray((first.schema as { anyOf?: unknown }).anyOf)) {
+      msg = unionMessage(first.schema, first.value, typeNames);
     } else if (first.value !== undefined) {
       msg = `${msg} (got ${JSON.stringify(first.value)})`;
     }

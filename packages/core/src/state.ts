@@ -2,7 +2,7 @@
  * Moving parameters between modules and safetensors: names map to variables, and every mismatch is
  * reported by tensor name (missing, unexpected, wrong shape) instead of failing somewhere deep inside.
  */
-import { MoelabError } from './errors.js';
+import { MoelabError, warn } from './errors.js';
 import type { Module } from './module.js';
 import type { SafeTensor, TensorToWrite } from './safetensors.js';
 import { tf } from './tf.js';
@@ -12,6 +12,21 @@ export interface LoadReport {
   missing: string[];
   unexpected: string[];
   mismatched: { name: string; expected: number[]; got: number[] }[];
+  /** Loaded tensors holding NaN or ±Inf, with how many of each (each one is also reported through `warn`). */
+  nonFinite: { name: string; nan: number; inf: number }[];
+}
+
+/** How many NaN and ±Inf values `data` holds. */
+export function countNonFinite(data: ArrayLike<number>): { nan: number; inf: number } {
+  let nan = 0;
+  let inf = 0;
+  for (let i = 0; i < data.length; i++) {
+    const x = data[i]!;
+    if (Number.isFinite(x)) continue;
+    if (Number.isNaN(x)) nan++;
+    else inf++;
+  }
+  return { nan, inf };
 }
 
 /** Snapshot of a module's parameters and buffers as plain arrays, ready for writeSafetensors. */
@@ -33,8 +48,8 @@ export function loadState(
   const strict = opts.strict ?? true;
   const prefix = opts.prefix ?? '';
   const own = new Map(module.stateDict());
-  const report: LoadReport = { loaded: [], missing: [], unexpected: [], mismatched: [] };
-  const pending: [tf.Variable, SafeTensor | TensorToWrite][] = [];
+  const report: LoadReport = { loaded: [], missing: [], unexpected: [], mismatched: [], nonFinite: [] };
+  const pending: [string, tf.Variable, SafeTensor | TensorToWrite][] = [];
   for (const [name, v] of own) {
     const t = tensors.get(prefix + name);
     if (!t) {
@@ -45,7 +60,7 @@ export function loadState(
       report.mismatched.push({ name, expected: v.shape.slice(), got: t.shape.slice() });
       continue;
     }
-    pending.push([v, t]);
+    pending.push([name, v, t]);
     report.loaded.push(name);
   }
   for (const name of tensors.keys()) {
@@ -60,8 +75,17 @@ export function loadState(
       parts.push(`wrong shape: ${report.mismatched.map((m) => `${m.name} (model ${JSON.stringify(m.expected)}, file ${JSON.stringify(m.got)})`).join(', ')}`);
     throw new MoelabError(`tensors do not match the model — ${parts.join('; ')}`, opts.source);
   }
+  // The weights load as they are (a user may want to inspect them), but a NaN or Inf is named.
+  for (const [name, , t] of pending) {
+    if (!(t.data instanceof Float32Array)) continue;
+    const { nan, inf } = countNonFinite(t.data);
+    if (nan + inf === 0) continue;
+    report.nonFinite.push({ name: prefix + name, nan, inf });
+    const what = [nan ? `${nan} NaN` : '', inf ? `${inf} infinite` : ''].filter(Boolean).join(' and ');
+    warn(`tensor "${prefix}${name}" holds ${what} value${nan + inf > 1 ? 's' : ''} (of ${t.data.length})`, opts.source);
+  }
   // Only assign once everything checked out, so a failed load leaves the model untouched.
-  for (const [v, t] of pending) {
+  for (const [, v, t] of pending) {
     const data = t.data instanceof Float32Array ? t.data : Float32Array.from(t.data as ArrayLike<number>);
     tf.tidy(() => v.assign(tf.tensor(data, v.shape, v.dtype)));
   }

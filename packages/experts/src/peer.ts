@@ -60,7 +60,7 @@ export class BatchNorm1d extends Module {
       return { y };
     }
     const n = x.shape[0];
-    if (n < 2) throw new MoelabError('BatchNorm in training mode needs at least 2 tokens');
+    if (n < 2) throw new MoelabError(`BatchNorm in training mode needs at least 2 tokens (got ${n})`, this.path || undefined);
     const { mean, variance } = tf.moments(x, 0);
     const y = tf.add(tf.mul(tf.div(tf.sub(x, mean), tf.sqrt(tf.add(variance, this.eps))), this.weight), this.bias) as tf.Tensor2D;
     const batchMean = (mean.dataSync() as Float32Array).slice();
@@ -185,6 +185,8 @@ export class PEERLayer extends Module implements FeedForward {
     const { heads: h, keyDim: dk, k } = this.options;
     const n = x.shape[0];
     const S = this.S;
+    if (masked && S * S - masked.size < k)
+      throw new MoelabError(`only ${S * S - masked.size} experts are left unmasked, fewer than k = ${k}`, this.path || undefined);
     const qRaw = this.queryProj.forward(x) as tf.Tensor2D;
     let q = qRaw;
     let batchMean: Float32Array | undefined;

@@ -103,7 +103,8 @@ export class HashRouter extends Module implements Router {
     const ids = ctx.tokenIds;
     if (!ids || ids.length !== N) {
       throw new MoelabError(
-        `${this.path || 'hash router'}: needs the token ids of the forward pass (ctx.tokenIds with ${N} entries; got ${ids ? ids.length : 'none'}); use it inside a language model`,
+        `the hash router needs the token ids of the forward pass (ctx.tokenIds with ${N} entries; got ${ids ? ids.length : 'none'}); use it inside a language model`,
+        this.path || undefined,
       );
     }
     const { T } = sequenceLayout(N, info?.batchShape);
@@ -111,7 +112,8 @@ export class HashRouter extends Module implements Router {
     for (let n = 0; n < N; n++) {
       const pos = n % T;
       const id = ids[n]!;
-      if (id < 0 || id >= this.options.vocabSize) throw new MoelabError(`token id ${id} is outside the hash table (vocabSize ${this.options.vocabSize})`);
+      if (id < 0 || id >= this.options.vocabSize)
+        throw new MoelabError(`token id ${id} is outside the hash table (vocabSize ${this.options.vocabSize})`, this.path || undefined);
       choices[n] = this.expertOf(id, pos > 0 ? ids[n - 1] : undefined, pos);
     }
     return { plan: planFromChoices(choices, N, 1, this.numExperts).plan, weight: null };

@@ -83,12 +83,13 @@ export class MaskMoERouter extends Module implements Router {
     const ids = ctx.tokenIds;
     if (!ids || ids.length !== T)
       throw new MoelabError(
-        `${this.path || 'maskmoe router'}: needs the token ids of the forward pass (ctx.tokenIds with ${T} entries); use it inside a language model`,
+        `the maskmoe router needs the token ids of the forward pass (ctx.tokenIds with ${T} entries); use it inside a language model`,
+        this.path || undefined,
       );
     const add = new Float32Array(T * E);
     for (let t = 0; t < T; t++) {
       const id = ids[t]!;
-      if (id < 0 || id >= V) throw new MoelabError(`token id ${id} is outside the mask table (${V} ids)`);
+      if (id < 0 || id >= V) throw new MoelabError(`token id ${id} is outside the mask table (${V} ids)`, this.path || undefined);
       for (let e = 0; e < E; e++) if (!this.masks[id * E + e]) add[t * E + e] = -1e30;
     }
     const logits = tf.matMul(x, this.weight, false, true) as tf.Tensor2D;

@@ -65,12 +65,13 @@ export class MixtureOfTokensRouter extends Module implements Router {
     const g = this.options.groupSize;
     const N = B * T;
     if (this.options.grouping === 'sequence') {
-      if (T % g !== 0) throw new MoelabError(`mixture-of-tokens: sequence length ${T} is not a multiple of groupSize ${g}`);
+      if (T % g !== 0) throw new MoelabError(`mixture-of-tokens: sequence length ${T} is not a multiple of groupSize ${g}`, this.path || undefined);
       return Int32Array.from({ length: N }, (_, n) => n);
     }
     if (B % g !== 0)
       throw new MoelabError(
         `mixture-of-tokens: batch size ${B} is not a multiple of groupSize ${g} (groups are made of tokens at the same position of ${g} examples)`,
+        this.path || undefined,
       );
     // group (bb, t) = examples bb*g .. bb*g+g-1 at position t
     const order = new Int32Array(N);

@@ -167,7 +167,7 @@ export class SigmaTopKRouter extends Module implements Router {
       ) as tf.Tensor3D;
     } else {
       const B = calls[0]!.batch;
-      if (calls.some((c) => c.batch !== B)) throw new MoelabError(`${this.path}: calls of one forward pass have different batch sizes`);
+      if (calls.some((c) => c.batch !== B)) throw new MoelabError('calls of one forward pass have different batch sizes', this.path || undefined);
       grouped = tf.concat(
         calls.map((c) => tf.reshape(c.logits, [B, c.time, E])),
         1,

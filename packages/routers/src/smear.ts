@@ -84,7 +84,10 @@ export class SmearRouter extends Module implements Router {
 
   mix(x: tf.Tensor2D, routerInput: tf.Tensor2D, experts: ExpertBank, ctx: ForwardContext, info: RouteInfo): MixResult {
     if (!experts.applyMerged)
-      throw new MoelabError(`${this.path || 'smear'}: the expert bank cannot merge parameters (it has no applyMerged); use e.g. the "mlp" experts`);
+      throw new MoelabError(
+        'the smear router needs an expert bank that can merge parameters (it has no applyMerged); use e.g. the "mlp" experts',
+        this.path || undefined,
+      );
     const N = x.shape[0];
     const { B, T } = sequenceLayout(N, info.batchShape);
     const { summary, group } = this.summaries(routerInput, B, T);

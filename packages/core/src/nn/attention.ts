@@ -3,6 +3,7 @@
  * The registry entry (`attention: mha`) lives in @moelab/attention; the building blocks live here so
  * that attention variants (SwitchHead, MoA, ...) reuse them.
  */
+import { MoelabError } from '../errors.js';
 import type { ForwardContext } from '../module.js';
 import { MoelabError } from '../errors.js';
 import { Module } from '../module.js';
@@ -203,7 +204,8 @@ export class MultiHeadAttention extends Module implements AttentionModule {
     super();
     this.heads = opts.heads;
     this.headDim = opts.headDim ?? dModel / opts.heads;
-    if (!Number.isInteger(this.headDim)) throw new Error(`dModel ${dModel} is not divisible by heads ${opts.heads}`);
+    if (!Number.isInteger(this.headDim)) throw new MoelabError(`dModel ${dModel} is not divisible by heads ${opts.heads}; set headDim`, 'heads');
+    if (opts.ropeDims !== undefined) checkRopeDims(opts.ropeDims, this.headDim);
     this.ropeDims = opts.ropeDims ?? this.headDim;
     this.ropeBase = opts.ropeBase ?? 10000;
     const inner = this.heads * this.headDim;

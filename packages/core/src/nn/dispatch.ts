@@ -4,6 +4,7 @@
  * every token's first choice before any second choice, the Switch/GShard capacity priority); expert
  * choice emits E*c. Indices are plain Int32Arrays: routing decisions are discrete and never need gradients.
  */
+import { MoelabError } from '../errors.js';
 import { tf } from '../tf.js';
 
 export class DispatchPlan {
@@ -17,11 +18,12 @@ export class DispatchPlan {
     readonly numTokens: number,
     readonly numExperts: number,
   ) {
-    if (tokenIndex.length !== expertIndex.length) throw new Error('dispatch plan: tokenIndex and expertIndex differ in length');
+    if (tokenIndex.length !== expertIndex.length)
+      throw new MoelabError(`tokenIndex has ${tokenIndex.length} entries but expertIndex has ${expertIndex.length}`, 'dispatch plan');
     const counts = new Int32Array(numExperts);
     for (let n = 0; n < expertIndex.length; n++) {
       const e = expertIndex[n]!;
-      if (e < 0 || e >= numExperts) throw new Error(`dispatch plan: expert index ${e} out of range [0, ${numExperts})`);
+      if (e < 0 || e >= numExperts) throw new MoelabError(`expert index ${e} out of range [0, ${numExperts}) (entry ${n})`, 'dispatch plan');
       counts[e]!++;
     }
     this.counts = counts;

@@ -114,7 +114,7 @@ export class MoELayer extends Module implements FeedForward {
   ) {
     super();
     if (router.numExperts !== experts.numExperts) {
-      throw new Error(`router has ${router.numExperts} experts but the expert bank has ${experts.numExperts}`);
+      throw new MoelabError(`the router routes to ${router.numExperts} experts but the expert bank holds ${experts.numExperts}`, router.path || undefined);
     }
     const gated = (options.sharedGate ?? 'none') === 'sigmoid';
     if (gated && !shared) throw new MoelabError("sharedGate: 'sigmoid' gates the shared experts, but this moe layer has none (set `shared`)");

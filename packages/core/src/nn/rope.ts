@@ -3,6 +3,7 @@
  * i + dims/2 within the first `dims` channels of each head; the remaining channels pass through
  * (SwitchHead rotates half of each head's channels, for example).
  */
+import { MoelabError } from '../errors.js';
 import { ROPE_KERNEL, type RopeAttrs, type RopeInputs } from '../kernels/contract.js';
 import { hasKernel } from '../ops/kernel.js';
 import { tf } from '../tf.js';
@@ -11,7 +12,7 @@ const cache = new Map<string, { cos: tf.Tensor2D; sin: tf.Tensor2D }>();
 
 /** Throws unless `dims` (the rotated channels) is even and at most the head size. */
 export function checkRopeDims(dims: number, headDim: number): void {
-  if (dims % 2 !== 0 || dims > headDim) throw new Error(`RoPE dims must be even and <= head size (${dims} vs ${headDim})`);
+  if (dims % 2 !== 0 || dims > headDim) throw new MoelabError(`RoPE dims must be even and at most the head size (${dims} vs ${headDim})`, 'ropeDims');
 }
 
 /** The cos / sin tables [T, dims] of positions offset..offset+T-1 (cached, kept). */

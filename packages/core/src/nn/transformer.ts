@@ -174,7 +174,7 @@ export class TransformerLM extends Module {
   /** tokens [B, T] int32 -> logits [B, T, V]. */
   forward(tokens: tf.Tensor, ctx: ForwardContext): tf.Tensor3D {
     if (tokens.shape[1]! > this.options.contextLength) {
-      throw new Error(`sequence length ${tokens.shape[1]} exceeds the model's contextLength ${this.options.contextLength}`);
+      throw new MoelabError(`sequence length ${tokens.shape[1]} exceeds the model's contextLength ${this.options.contextLength}`, 'tokens');
     }
     let h = this.embed(tokens, ctx, 0);
     for (const i of this.schedule) h = this.layers[i]!.forward(h, ctx);
@@ -231,6 +231,17 @@ export class TransformerLM extends Module {
   private embed(tokens: tf.Tensor, ctx: ForwardContext, positionOffset: number): tf.Tensor {
     const ids = tokens.dataSync();
     ctx.tokenIds = ids instanceof Int32Array ? ids : Int32Array.from(ids as ArrayLike<number>);
+    const V = this.options.vocabSize;
+    for (let i = 0; i < ctx.tokenIds.length; i++) {
+      const id = ctx.tokenIds[i]!;
+      if (id < 0 || id >= V) {
+        const T = tokens.shape[1]!;
+        throw new MoelabError(
+          `token id ${id} at [${Math.floor(i / T)}, ${i % T}] is outside the vocabulary [0, ${V}) (vocabSize ${V}; byte tokens need 256)`,
+          'tokens',
+        );
+      }
+    }
     ctx.carry = new Map(); // per-forward state (ForwardContext.carry) starts empty in every forward pass
     ctx.positionOffset = positionOffset;
     let h = this.embedding.forward(tokens);

@@ -7,6 +7,7 @@
  * 3. The cpu backend's UnsortedSegmentSum is O(segments x size) (140 s for 64 segments of [4096,256]) and
  *    it is what GatherV2's gradient calls; wasm has none at all. We register an O(N) kernel for both.
  */
+import { MoelabError } from '../errors.js';
 import * as tf from '@tensorflow/tfjs';
 
 let installed = false;
@@ -233,7 +234,7 @@ function patchWasmGather(): void {
     const out = x.dtype === 'float32' ? new Float32Array(idx.length * inner1) : new Int32Array(idx.length * inner1);
     for (let i = 0; i < idx.length; i++) {
       const r = idx[i]!;
-      if (r < 0 || r >= rows) throw new Error(`GatherV2: index ${r} is out of range [0, ${rows})`);
+      if (r < 0 || r >= rows) throw new MoelabError(`index ${r} is out of range [0, ${rows})`, 'gather');
       out.set(src.subarray(r * inner1, (r + 1) * inner1), i * inner1);
     }
     return backend.makeOutput([...indices.shape, ...x.shape.slice(1)], x.dtype, undefined, out);

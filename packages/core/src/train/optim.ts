@@ -3,6 +3,7 @@
  * global-norm gradient clipping. Written here rather than using tf.train.adam because we need decoupled
  * decay and an exportable state (exact resume).
  */
+import { MoelabError } from '../errors.js';
 import type { TensorToWrite } from '../safetensors.js';
 import { ADAMW_KERNEL, type AdamWAttrs, type AdamWInputs, SUM_OF_SQUARES_KERNEL, type SumOfSquaresInputs } from '../kernels/contract.js';
 import { hasKernel } from '../ops/kernel.js';
@@ -88,16 +89,16 @@ export class AdamW {
 
   loadState(tensors: Map<string, { shape: number[]; data: Float32Array | Int32Array | Uint8Array }>, source = 'optimizer state'): void {
     const stepT = tensors.get('step');
-    if (!stepT) throw new Error(`${source}: tensor "step" is missing`);
+    if (!stepT) throw new MoelabError('tensor "step" is missing', source);
     for (const [name, p] of this.params) {
       for (const [prefix, store] of [
         ['exp_avg.', this.m],
         ['exp_avg_sq.', this.v],
       ] as const) {
         const t = tensors.get(prefix + name);
-        if (!t) throw new Error(`${source}: tensor "${prefix}${name}" is missing`);
+        if (!t) throw new MoelabError(`tensor "${prefix}${name}" is missing`, source);
         if (t.shape.join(',') !== p.shape.join(','))
-          throw new Error(`${source}: tensor "${prefix}${name}" has shape ${JSON.stringify(t.shape)}, parameter has ${JSON.stringify(p.shape)}`);
+          throw new MoelabError(`tensor "${prefix}${name}" has shape ${JSON.stringify(t.shape)}, parameter has ${JSON.stringify(p.shape)}`, source);
         tf.tidy(() => store.get(name)!.assign(tf.tensor(Float32Array.from(t.data as ArrayLike<number>), p.shape)));
       }
     }

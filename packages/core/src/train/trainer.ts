@@ -7,6 +7,7 @@
  */
 import type { LanguageModel } from '../builder.js';
 import { MoelabError } from '../errors.js';
+import { Config, Type } from '../schema.js';
 import { crossEntropy } from '../losses.js';
 import { type AuxLoss, type ForwardContext, forwardContext, type Module, type RoutingStats } from '../module.js';
 import { Rng } from '../rng.js';
@@ -41,6 +42,29 @@ export interface TrainConfig {
   statsEvery: number;
   seed: number;
 }
+
+/**
+ * The schema of a (partial) TrainConfig as JSON, e.g. a checkpoint's `train` section: every field
+ * optional, no defaults filled in, unknown fields refused.
+ */
+export const trainConfigSchema = Config({
+  steps: Type.Optional(Type.Integer({ minimum: 0, description: 'optimiser steps of the run' })),
+  batchSize: Type.Optional(Type.Integer({ minimum: 1, description: 'sequences per micro-batch' })),
+  seqLen: Type.Optional(Type.Integer({ minimum: 1, description: "tokens per training window (<= the model's contextLength)" })),
+  lr: Type.Optional(Type.Number({ minimum: 0, description: 'peak learning rate' })),
+  minLrRatio: Type.Optional(Type.Number({ minimum: 0, description: 'final learning rate of the cosine schedule / lr' })),
+  warmup: Type.Optional(Type.Integer({ minimum: 0, description: 'linear warm-up steps' })),
+  weightDecay: Type.Optional(Type.Number({ minimum: 0 })),
+  beta1: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 1 })),
+  beta2: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 1 })),
+  eps: Type.Optional(Type.Number({ minimum: 0 })),
+  clip: Type.Optional(Type.Number({ minimum: 0, description: 'max global gradient norm (0 = no clipping)' })),
+  accumulate: Type.Optional(Type.Integer({ minimum: 1, description: 'micro-batches per optimiser step' })),
+  evalEvery: Type.Optional(Type.Integer({ minimum: 0, description: 'evaluate every N steps (0 = only when asked)' })),
+  evalBatches: Type.Optional(Type.Integer({ minimum: 0 })),
+  statsEvery: Type.Optional(Type.Integer({ minimum: 1, description: 'routing statistics at the first, every N-th and the last step' })),
+  seed: Type.Optional(Type.Number()),
+});
 
 export const defaultTrainConfig: TrainConfig = {
   steps: 200,
@@ -116,7 +140,8 @@ export class Trainer {
     this.config = { ...defaultTrainConfig, ...config };
     const every = this.config.statsEvery;
     if (!Number.isInteger(every) || every < 1) throw new MoelabError(`statsEvery must be a positive integer, got ${every}`, 'train.statsEvery');
-    if (this.config.seqLen > model.contextLength) throw new Error(`seqLen ${this.config.seqLen} exceeds the model's contextLength ${model.contextLength}`);
+    if (this.config.seqLen > model.contextLength)
+      throw new MoelabError(`seqLen ${this.config.seqLen} exceeds the model's contextLength ${model.contextLength}`);
     this.params = model.namedParameters().filter(([, v]) => v.trainable);
     this.optimizer = new AdamW(this.params, this.config);
   }

@@ -102,9 +102,10 @@ export class MonetLayer extends Module implements FeedForward {
       routing = readCarry(ctx, sharedRouting);
       if (!routing)
         throw new MoelabError(
-          `monet layer ${this.path || '(root)'} shares its router (routerGroup ${this.options.routerGroup}) but no earlier layer of this forward pass routed`,
+          `this monet layer shares its router (routerGroup ${this.options.routerGroup}) but no earlier layer of this forward pass routed`,
+          this.path || undefined,
         );
-      if (routing.n !== n) throw new MoelabError(`monet layer ${this.path}: the shared routing covers ${routing.n} tokens, this layer got ${n}`);
+      if (routing.n !== n) throw new MoelabError(`the shared routing covers ${routing.n} tokens, this monet layer got ${n}`, this.path || undefined);
     }
     const g1 = routing.group1.g;
     const g2 = routing.group2.g;

@@ -93,7 +93,8 @@ export class MonetRouter extends Module {
   private group(w: Linear, norm: RunningNorm, x: tf.Tensor2D, training: boolean, tokenMask?: Uint8Array): MonetGroupRouting {
     const { heads: H, experts: E, eps, momentum } = this.options;
     const n = x.shape[0];
-    if (tokenMask && tokenMask.length !== n) throw new MoelabError(`monet router: token mask has ${tokenMask.length} entries for ${n} tokens`);
+    if (tokenMask && tokenMask.length !== n)
+      throw new MoelabError(`the monet router's token mask has ${tokenMask.length} entries for ${n} tokens`, this.path || undefined);
     const z = tf.reshape(w.forward(x), [n, H, E]) as tf.Tensor3D;
     const zd = z.dataSync();
     const mean = new Float64Array(H);
@@ -101,7 +102,7 @@ export class MonetRouter extends Module {
     if (training) {
       let count = 0;
       for (let t = 0; t < n; t++) if (!tokenMask || tokenMask[t]) count++;
-      if (count === 0) throw new MoelabError('monet router: no token to take batch statistics from');
+      if (count === 0) throw new MoelabError('the monet router has no token to take batch statistics from', this.path || undefined);
       for (let t = 0; t < n; t++) {
         if (tokenMask && !tokenMask[t]) continue;
         for (let h = 0; h < H; h++) for (let e = 0; e < E; e++) mean[h]! += zd[(t * H + h) * E + e]!;
