@@ -3,7 +3,6 @@
  * The registry entry (`attention: mha`) lives in @moelab/attention; the building blocks live here so
  * that attention variants (SwitchHead, MoA, ...) reuse them.
  */
-import { MoelabError } from '../errors.js';
 import type { ForwardContext } from '../module.js';
 import { MoelabError } from '../errors.js';
 import { Module } from '../module.js';
