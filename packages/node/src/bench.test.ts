@@ -39,7 +39,7 @@ describe('moelab bench', () => {
   it('skips a backend it cannot start, with the reason, and fails when none can run', async () => {
     const lines: string[] = [];
     await expect(runBenchBackends({ backends: 'no-such-backend', only: ['a dense'], quick: true, log: (l) => lines.push(l) })).rejects.toThrow(
-      /no backend could run the bench: no-such-backend: /,
+      /^--backend: no backend could run the bench: no-such-backend: /,
     );
     expect(lines.join('\n')).toMatch(/# backend no-such-backend skipped: /);
   });

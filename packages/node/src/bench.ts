@@ -14,9 +14,9 @@
  * A call that takes longer than SLOW_MS on its first run is timed once (the plain cpu backend needs
  * minutes per LM step); `samples` in each row says how many timings its medians come from.
  */
-import { writeFileSync } from 'node:fs';
 import os from 'node:os';
 import {
+  MoelabError,
   buildModel,
   forwardContext,
   generateTokens,
@@ -30,6 +30,7 @@ import {
   Trainer,
 } from '@moelab/core';
 import { chooseBackend } from './backends.js';
+import { writeFileAtomic } from './fsutil.js';
 import { createDefaultRegistry } from './registry.js';
 
 export interface BenchOptions {
@@ -422,7 +423,7 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     rows,
     skipped,
   };
-  if (o.json) writeFileSync(o.json, `${JSON.stringify(out, null, 2)}\n`);
+  if (o.json) writeFileAtomic(o.json, `${JSON.stringify(out, null, 2)}\n`);
   return { rows, peak };
 }
 
@@ -468,6 +469,6 @@ export async function runBenchBackends(o: BenchBackendsOptions = {}): Promise<{ 
     if (json) log(`# wrote ${json}`);
     ran.push(name);
   }
-  if (ran.length === 0) throw new Error(`no backend could run the bench: ${skipped.map((s) => `${s.name}: ${s.reason}`).join('; ')}`);
+  if (ran.length === 0) throw new MoelabError(`no backend could run the bench: ${skipped.map((s) => `${s.name}: ${s.reason}`).join('; ')}`, '--backend');
   return { ran, skipped };
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Rng } from '@moelab/core';
-import { CorpusTokens, cleanBrown, loadBrown, loadSotu, loadTextPath } from './corpus.js';
+import { CorpusTokens, cleanBrown, loadBrown, loadSotu, loadCorpus, loadTextPath } from './corpus.js';
 
 describe('corpora', () => {
   it('strips Brown word/tag format', () => {
@@ -44,5 +44,6 @@ describe('corpora', () => {
 
   it('own text: clear errors for a missing path or too little text', () => {
     expect(() => loadTextPath('/nonexistent/x.txt')).toThrow(/\/nonexistent\/x\.txt: no such file or folder/);
+    expect(() => loadCorpus('brwon')).toThrow('brwon: no such file or folder (built-in corpora: brown, sotu). Did you mean: brown?');
   });
 });

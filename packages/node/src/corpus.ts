@@ -9,7 +9,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { basename, dirname, extname, join } from 'node:path';
-import { ByteTokenizer, MoelabError, type Rng, type TokenSource, type Tokenizer } from '@moelab/core';
+import { ByteTokenizer, closeMatches, MoelabError, type Rng, type TokenSource, type Tokenizer } from '@moelab/core';
 
 export interface Document {
   id: string;
@@ -117,7 +117,10 @@ export function loadTextPath(path: string): Corpus {
   try {
     st = statSync(path);
   } catch {
-    throw new MoelabError('no such file or folder', path);
+    // A bare word is most likely a misspelt built-in corpus name.
+    const close = /[/\\.]/.test(path) ? [] : closeMatches(path, BUILTIN_CORPORA);
+    const hint = close.length ? ` (built-in corpora: ${BUILTIN_CORPORA.join(', ')}). Did you mean: ${close.join(', ')}?` : '';
+    throw new MoelabError(`no such file or folder${hint}`, path);
   }
   const files = st.isDirectory()
     ? readdirSync(path)

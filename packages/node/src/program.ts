@@ -52,6 +52,33 @@ export function buildProgram(commands: MoelabCommand<any, any>[] = allCommands, 
   return program;
 }
 
+/** A file-system error from Node (`ENOENT: no such file or directory, open 'x'`). */
+interface SystemError extends Error {
+  code: string;
+  syscall?: string;
+  path?: string;
+}
+
+function isSystemError(e: unknown): e is SystemError {
+  return e instanceof Error && typeof (e as SystemError).code === 'string' && /^E[A-Z]+$/.test((e as SystemError).code) && 'syscall' in e;
+}
+
+/**
+ * The one line a user sees for an error: a MoelabError's message; a file-system error as its path,
+ * what went wrong and the system call (`runs/x: not a directory (ENOTDIR, mkdir)`); anything else
+ * (a bug) as the first line of its message and where to get the stack.
+ */
+export function userMessage(e: unknown): string {
+  if (e instanceof MoelabError) return e.message;
+  if (isSystemError(e)) {
+    // Node's text is "CODE: what, syscall 'path'": keep "what".
+    const what = e.message.replace(/^E[A-Z]+: /, '').replace(/, \w+ '.*$/s, '');
+    return new MoelabError(`${what} (${e.code}${e.syscall ? `, ${e.syscall}` : ''})`, e.path).message;
+  }
+  const first = (e instanceof Error ? e.message : String(e)).split('\n')[0];
+  return `error: ${first}${process.env.MOELAB_DEBUG ? '' : ' (MOELAB_DEBUG=1 shows the stack)'}`;
+}
+
 /** Run `moelab` with `argv` (without `node cli.js`); resolves to the exit code and never throws. */
 export async function runCli(argv: string[], io: CliIo = processIo): Promise<number> {
   let code = 0;
@@ -67,9 +94,8 @@ export async function runCli(argv: string[], io: CliIo = processIo): Promise<num
     return code;
   } catch (e) {
     if (e instanceof UsageExit) return e.exitCode;
-    const err = e as Error;
-    if (process.env.MOELAB_DEBUG) io.err(`${err.stack ?? err}\n`);
-    io.err(`moelab: ${err instanceof MoelabError ? '' : 'error: '}${err.message}\n`);
+    if (process.env.MOELAB_DEBUG) io.err(`${(e as Error).stack ?? e}\n`);
+    io.err(`moelab: ${userMessage(e)}\n`);
     return 2;
   }
 }

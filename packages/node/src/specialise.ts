@@ -31,10 +31,11 @@
  *    from retrieval) and FFF (leaf weight zeroed). Other layers that route (Autonomy-of-Experts,
  *    SwitchHead attention) cannot honour a mask: `checkMask` rejects masks that name them.
  */
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { ByteTokenizer, crossEntropy, type ForwardContext, forwardContext, MoELayer, MoelabError, type Module, Rng, type TokenSource, tf } from '@moelab/core';
 import { FFFLayer, MonetLayer, PEERLayer } from '@moelab/experts';
 import type { Model } from './checkpoint.js';
+import { writeFileAtomic } from './fsutil.js';
 import { type Corpus, CorpusTokens, type Document } from './corpus.js';
 
 export type SpecialisationScore = 'share-diff' | 'share-ratio' | 'skew';
@@ -291,7 +292,7 @@ export function maskedCount(file: Pick<ExpertMaskFile, 'layers'>): number {
 }
 
 export function writeMaskFile(path: string, file: ExpertMaskFile): void {
-  writeFileSync(path, `${JSON.stringify(file, null, 2)}\n`);
+  writeFileAtomic(path, `${JSON.stringify(file, null, 2)}\n`);
 }
 
 export function readMaskFile(path: string): ExpertMaskFile {

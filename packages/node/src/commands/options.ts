@@ -94,6 +94,11 @@ export function trainOverrides(o: TrainFlags): Partial<TrainConfig> {
 
 /** Select the backend before any model is built; prints the choice on stderr unless `quiet`. */
 export async function useBackend(request: string, quiet = false): Promise<void> {
-  const choice = await chooseBackend(request);
+  let choice: Awaited<ReturnType<typeof chooseBackend>>;
+  try {
+    choice = await chooseBackend(request);
+  } catch (e) {
+    throw new MoelabError((e as Error).message, '--backend');
+  }
   if (!quiet) process.stderr.write(`backend: ${choice.name} — ${choice.reason}\n`);
 }
