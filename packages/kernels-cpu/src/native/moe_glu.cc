@@ -1,7 +1,8 @@
 // Fused gated (GLU) MoE experts: out[t] = sum_n weight[n] * (act(x_t W1[e]) * (x_t W3[e])) W2[e].
 //
-// Forward, per block of rows of one expert (rows sorted by expert, see moe_common.h):
-//   [a | b] = xs [W1[e] | W3[e]]      (two GEMMs writing the two halves of each saved row)
+// Forward, per block of rows of one expert (rows sorted by expert, see moe_common.h; W1 and W3 are
+// packed side by side per expert so that both projections are one GEMM):
+//   [a | b] = xs [W1[e] | W3[e]]      (the two halves of each saved row)
 //   u = act(a) * b,  y = u W2[e],     out[t] += weight[n] * y[n]   (CSR scatter-add)
 // Backward, with G = dOut_rows W2[e]^T (the gradient of u before the routing weight):
 //   dweight[n] = G[n] . u[n]
@@ -54,6 +55,14 @@ void gate_backward_rows(const float* pre, float* gab, float* u, long rows, int h
   }
 }
 
+// w13[i] = [w1[i] | w3[i]] for the d rows of one expert: both projections as one d x 2h GEMM operand.
+inline void pack_w13(const float* w1e, const float* w3e, int d, int h, float* w13) {
+  for (int i = 0; i < d; i++) {
+    std::memcpy(w13 + 2L * i * h, w1e + static_cast<long>(i) * h, sizeof(float) * h);
+    std::memcpy(w13 + 2L * i * h + h, w3e + static_cast<long>(i) * h, sizeof(float) * h);
+  }
+}
+
 }  // namespace
 
 void moe_glu_forward(const float* x, const float* w1, const float* w3, const float* w2, const int* tok, const int* exp,
@@ -69,13 +78,14 @@ void moe_glu_forward(const float* x, const float* w1, const float* w3, const flo
     const long rows = c.r1 - c.r0;
     const long we = static_cast<long>(c.e) * d * h;
     // The gathered rows and the gate output are only used inside this chunk: per task, in cache.
-    Scratch own(rows * (d + h));
+    Scratch own(rows * (d + h) + d * h2);
     float* xr = own.get();
     float* u = xr + rows * d;
+    float* w13 = u + rows * h;
     gather_block(x, tok, byExp, c.r0, c.r1, d, xr);
+    pack_w13(w1 + we, w3 + we, d, h, w13);
     float* ab = hidden + c.r0 * h2;
-    sgemm_st(false, false, rows, h, d, 1.f, xr, d, w1 + we, h, 0.f, ab, h2);
-    sgemm_st(false, false, rows, h, d, 1.f, xr, d, w3 + we, h, 0.f, ab + h, h2);
+    sgemm_st(false, false, rows, h2, d, 1.f, xr, d, w13, h2, 0.f, ab, h2);
     with_act(act, [&](auto A) { gate_rows<decltype(A)::value>(ab, u, rows, h); });
     sgemm_st(false, false, rows, d, h, 1.f, u, h, w2 + we, d, 0.f, y.get() + c.r0 * d, d);
   });
@@ -99,12 +109,14 @@ void moe_glu_backward(const float* dout, const float* x, const float* w1, const 
     const Chunk& c = cs[i];
     const long rows = c.r1 - c.r0;
     const long we = static_cast<long>(c.e) * d * h;
-    Scratch own(fused ? rows * perRow : 0);
+    Scratch own((fused ? rows * perRow : 0) + d * h2 * (fused ? 2 : 1));
     // Blocks [xs rows*d | dy rows*d | [G|.] then [da|db] rows*2h | u rows*h].
     float* xs = fused ? own.get() : all.get() + c.r0 * d;
     float* dyr = fused ? xs + rows * d : all.get() + N * d + c.r0 * d;
     float* g = fused ? dyr + rows * d : all.get() + 2 * N * d + c.r0 * h2;
     float* u = fused ? g + rows * h2 : all.get() + 2 * N * d + N * h2 + c.r0 * h;
+    float* w13 = own.get() + (fused ? rows * perRow : 0);
+    pack_w13(w1 + we, w3 + we, d, h, w13);
     gather_block(x, tok, byExp, c.r0, c.r1, d, xs);
     gather_block(dout, tok, byExp, c.r0, c.r1, d, dyr);
     // G = dOut_rows W2^T into the first half of each row.
@@ -119,12 +131,17 @@ void moe_glu_backward(const float* dout, const float* x, const float* w1, const 
       for (int j = 0; j < d; j++) row[j] *= wn;  // weight * dOut (for dW2)
     }
     float* dxr = dxs.get() + c.r0 * d;
-    sgemm_st(false, true, rows, d, h, 1.f, g, h2, w1 + we, h, 0.f, dxr, d);
-    sgemm_st(false, true, rows, d, h, 1.f, g + h, h2, w3 + we, h, 1.f, dxr, d);
+    // dx rows = [da | db] [W1 | W3]^T: one GEMM over K = 2h.
+    sgemm_st(false, true, rows, d, h2, 1.f, g, h2, w13, h2, 0.f, dxr, d);
     if (fused) {
       sgemm_st(true, false, h, d, rows, 1.f, u, h, dyr, d, 0.f, dw2 + we, d);
-      sgemm_st(true, false, d, h, rows, 1.f, xs, d, g, h2, 0.f, dw1 + we, h);
-      sgemm_st(true, false, d, h, rows, 1.f, xs, d, g + h, h2, 0.f, dw3 + we, h);
+      // [dW1 | dW3] = xs^T [da | db] as one d x 2h GEMM into the packed block, then split.
+      float* dw13 = w13 + d * h2;
+      sgemm_st(true, false, d, h2, rows, 1.f, xs, d, g, h2, 0.f, dw13, h2);
+      for (int i = 0; i < d; i++) {
+        std::memcpy(dw1 + we + static_cast<long>(i) * h, dw13 + 2L * i * h, sizeof(float) * h);
+        std::memcpy(dw3 + we + static_cast<long>(i) * h, dw13 + 2L * i * h + h, sizeof(float) * h);
+      }
     }
   });
   // Experts with no assignment still get (zero) weight gradients.
