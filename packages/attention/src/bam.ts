@@ -124,7 +124,7 @@ export class BamSoftMoA extends Module implements AttentionModule {
   }
 
   forward(x: tf.Tensor, ctx: ForwardContext, sources: AttentionSources = {}): tf.Tensor {
-    const { experts: N, heads: H, kvHeads: Hkv, headDim: dh } = this.options;
+    const { experts: N, heads: H, kvHeads: Hkv } = this.options;
     const qSrc = sources.q ?? x;
     const kSrc = sources.k ?? x;
     const vSrc = sources.v ?? x;
@@ -134,11 +134,11 @@ export class BamSoftMoA extends Module implements AttentionModule {
     let k: tf.Tensor;
     let v: tf.Tensor;
     if (this.sharedKv) {
-      k = expandKvHeads(proj(kSrc, this.sharedKv.get('wk') as tf.Tensor2D), 1, Hkv, N, H / Hkv, dh);
-      v = expandKvHeads(proj(vSrc, this.sharedKv.get('wv') as tf.Tensor2D), 1, Hkv, N, H / Hkv, dh);
+      k = expandKvHeads(proj(kSrc, this.sharedKv.get('wk') as tf.Tensor2D), N, H, Hkv, true);
+      v = expandKvHeads(proj(vSrc, this.sharedKv.get('wv') as tf.Tensor2D), N, H, Hkv, true);
     } else {
-      k = expandKvHeads(proj(kSrc, this.cat('wk')), N, Hkv, 1, H / Hkv, dh);
-      v = expandKvHeads(proj(vSrc, this.cat('wv')), N, Hkv, 1, H / Hkv, dh);
+      k = expandKvHeads(proj(kSrc, this.cat('wk')), N, H, Hkv, false);
+      v = expandKvHeads(proj(vSrc, this.cat('wv')), N, H, Hkv, false);
     }
     let heads: tf.Tensor; // [B, T, N·H·dh]
     if (hasFusedAttention(this.ropeDims)) heads = fusedCausalAttention(q, k, v, N * H, this.ropeDims, this.options.ropeBase);

@@ -19,31 +19,33 @@ export class ParamGroup extends Module {
   }
 }
 
-/**
- * Key/value heads laid out for the query heads that read them: `t` [B, T, G·H_kv·dh] (G groups of H_kv
- * heads) becomes [B, T, G·reps·H_kv·r·dh], group g repeated `reps` times and every head repeated `r`
- * times in place, so that query head i of expert j reads KV head ⌊i/r⌋ of its group (GQA).
- */
-export function expandKvHeads(t: tf.Tensor, groups: number, kvHeads: number, reps: number, r: number, dh: number): tf.Tensor {
-  const [B, T] = t.shape as [number, number];
-  let out = t;
-  // tfjs differentiates tile up to rank 4: the two repeats are done separately.
-  if (reps > 1) out = tf.tile(tf.reshape(out, [B * T, groups, kvHeads, dh]), [1, reps, 1, 1]);
-  if (r > 1) out = tf.tile(tf.reshape(out, [B * T * groups * reps * kvHeads, 1, dh]), [1, r, 1]);
-  return tf.reshape(out, [B, T, groups * reps * kvHeads * r * dh]);
-}
-
-/**
- * The same expansion for cached key/value heads in the [B, G·H_kv, T, dh] layout (inference only): query
- * head j·H + i (expert j of `experts`) reads KV head g(j)·H_kv + ⌊i/r⌋, g(j) = j when every expert has its
- * own K/V (`shared` false) and 0 when they share one set.
- */
-export function gatherKvHeads(t: tf.Tensor, experts: number, heads: number, kvHeads: number, shared: boolean): tf.Tensor {
+/** Index of the KV head that query head j·H + i reads: g(j)·H_kv + ⌊i/r⌋ (g(j) = j, or 0 when shared). */
+function kvHeadIndex(experts: number, heads: number, kvHeads: number, shared: boolean): Int32Array | null {
   const r = heads / kvHeads;
   const idx = new Int32Array(experts * heads);
   for (let j = 0; j < experts; j++) for (let i = 0; i < heads; i++) idx[j * heads + i] = (shared ? 0 : j) * kvHeads + Math.floor(i / r);
-  if (idx.every((v, i) => v === i)) return t;
-  return tf.gather(t, tf.tensor1d(idx, 'int32'), 1);
+  return idx.every((v, i) => v === i) ? null : idx;
+}
+
+/**
+ * Key/value heads laid out for the query heads that read them (GQA and shared K/V): `t` [B, T, G·H_kv·dh]
+ * (G = experts groups of H_kv heads, or G = 1 when `shared`) becomes [B, T, experts·heads·dh], query head
+ * i of expert j reading KV head ⌊i/r⌋ of its group (r = heads / H_kv). One gather (a native kernel on
+ * moelab-cpu; its gradient sums the copies back).
+ */
+export function expandKvHeads(t: tf.Tensor, experts: number, heads: number, kvHeads: number, shared: boolean): tf.Tensor {
+  const idx = kvHeadIndex(experts, heads, kvHeads, shared);
+  if (!idx) return t;
+  const [B, T, D] = t.shape as [number, number, number];
+  const dh = D / ((shared ? 1 : experts) * kvHeads);
+  const g = tf.gather(tf.reshape(t, [B * T, D / dh, dh]), tf.tensor1d(idx, 'int32'), 1);
+  return tf.reshape(g, [B, T, experts * heads * dh]);
+}
+
+/** The same expansion for cached key/value heads in the [B, G·H_kv, T, dh] layout (inference). */
+export function gatherKvHeads(t: tf.Tensor, experts: number, heads: number, kvHeads: number, shared: boolean): tf.Tensor {
+  const idx = kvHeadIndex(experts, heads, kvHeads, shared);
+  return idx ? tf.gather(t, tf.tensor1d(idx, 'int32'), 1) : t;
 }
 
 /**

@@ -49,7 +49,7 @@ import {
   Type,
   tf,
 } from '@moelab/core';
-import { expandKvHeads, ParamGroup } from './common.js';
+import { expandKvHeads, gatherKvHeads, ParamGroup } from './common.js';
 
 export interface MoAOptions {
   experts: number;
@@ -187,8 +187,8 @@ export class MixtureOfAttentionHeads extends Module implements AttentionModule {
     const { k, headDim: dh } = this.options;
     const qSrc = sources.q ?? x;
     const { q, output } = this.route(qSrc, ctx);
-    const K = expandKvHeads(this.kv(sources.k ?? x, 'k'), 1, 1, k, 1, dh);
-    const V = expandKvHeads(this.kv(sources.v ?? x, 'v'), 1, 1, k, 1, dh);
+    const K = expandKvHeads(this.kv(sources.k ?? x, 'k'), k, 1, 1, true);
+    const V = expandKvHeads(this.kv(sources.v ?? x, 'v'), k, 1, 1, true);
     const ropeDims = this.options.rope ? dh : 0;
     let slots: tf.Tensor; // [B, T, k·dh]
     if (hasFusedAttention(ropeDims)) slots = fusedCausalAttention(q, K, V, k, ropeDims, this.options.ropeBase);
@@ -215,7 +215,7 @@ export class MixtureOfAttentionHeads extends Module implements AttentionModule {
       k: applyRope(splitHeads(this.kv(sources.k ?? x, 'k'), 1), ropeDims, this.options.ropeBase, n0),
       v: splitHeads(this.kv(sources.v ?? x, 'v'), 1),
     });
-    const slotHeads = (t: tf.Tensor) => tf.tile(t, [1, k, 1, 1]);
+    const slotHeads = (t: tf.Tensor) => gatherKvHeads(t, k, 1, 1, true);
     const res = cachedCausalAttention(applyRope(splitHeads(q, k), ropeDims, this.options.ropeBase, n0), slotHeads(all.k), slotHeads(all.v));
     return output(mergeHeads(res));
   }

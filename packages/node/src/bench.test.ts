@@ -105,4 +105,21 @@ describe('moelab bench', () => {
     expect(row.uncached_samples).toBe(1);
     expect(lines.join('\n')).toMatch(/f generate moe-tiny 8\+24 ctx16\s+cached [\d.]+ tok\/s\s+uncached [\d.]+ tok\/s\s+speedup [\d.]+x/);
   });
+
+  it.skipIf(!native)('attention-mixture rows run with the MHA row and report their time over it (and per expert)', async () => {
+    const json = path.join(dir, 'mix.json');
+    const lines: string[] = [];
+    await runBenchBackends({ backends: 'moelab-cpu', only: ['KV-sharing'], quick: true, json, log: (l) => lines.push(l) });
+    const out = JSON.parse(readFileSync(json, 'utf8')) as { rows: (JsonRow & Record<string, number | string | null>)[] };
+    expect(out.rows.map((r) => r.name)).toEqual(['sgemm 2048^3', 'sgemm 1024^3', 'd MHA h4', 'd BAM soft-MoA KV-sharing N4 h4']);
+    const [mha, bam] = out.rows.slice(2);
+    // 4 x (Q, O projections + mixing) + one K, V projection + the router: 2 T d N.
+    const T = 4096;
+    const d = 256;
+    expect(bam!.gflop_fwd).toBeCloseTo((4 * (4 * T * d * d + 4 * 16 * 256 * 256 * d) + 4 * T * d * d + 2 * T * d * 4) / 1e9, 6);
+    expect(bam!.mha).toBe('d MHA h4');
+    expect(bam!.vs_mha_fwdbwd).toBeCloseTo(bam!.fwdbwd_ms! / mha!.fwdbwd_ms!, 6);
+    expect(bam!.vs_n_mha_fwdbwd).toBeCloseTo((bam!.vs_mha_fwdbwd as number) / 4, 6);
+    expect(lines.join('\n')).toMatch(/d BAM soft-MoA KV-sharing N4 h4 .* GFLOP\/s\s+[\d.]+x MHA \([\d.]+x N·MHA\)/);
+  });
 });

@@ -4,7 +4,10 @@
  * prints ratios. FLOPs count matrix multiplies only (2mnk), MoE rows count useful (selected-expert)
  * FLOPs, and forward+backward = 3 x forward. Rows the anchor does not have (group `glu`: SwiGLU experts
  * beside dense SwiGLU FFNs of the same active FLOPs, and the Mixtral-style LM) are ours alone; a MoE
- * row's `vs_dense_fwdbwd` is its useful GFLOP/s over its dense FFN row's in the same run.
+ * row's `vs_dense_fwdbwd` is its useful GFLOP/s over its dense FFN row's in the same run. The
+ * attention-mixture rows (BAM with KV experts / shared K/V, MoA; ours alone) report their time over the
+ * MHA row's of the same run (`vs_mha_fwd`, `vs_mha_fwdbwd`) and, for a soft mixture of N experts, that
+ * ratio over N (`vs_n_mha_fwdbwd`: 1 = no cost beyond the N attentions).
  *
  * `runBenchBackends` runs the rows once per available backend (tensorflow, moelab-cpu, wasm, cpu, in
  * that order; on moelab-cpu the MoE and SwitchHead rows go through its fused `MoelabMoeMLP` /
@@ -185,8 +188,21 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     // MoE rows: useful GFLOP/s as a fraction of the dense FFN's in this same run (when it ran).
     const dense = typeof extra.dense === 'string' ? rows.find((r) => r.name === extra.dense) : undefined;
     if (dense?.gflops_fwdbwd && row.gflops_fwdbwd) row.vs_dense_fwdbwd = row.gflops_fwdbwd / dense.gflops_fwdbwd;
+    // Attention-mixture rows: time over the MHA row's in this same run (and per expert for soft mixtures).
+    const mha = typeof extra.mha === 'string' ? rows.find((r) => r.name === extra.mha) : undefined;
+    if (mha?.fwd_ms && row.fwd_ms) row.vs_mha_fwd = row.fwd_ms / mha.fwd_ms;
+    if (mha?.fwdbwd_ms && row.fwdbwd_ms) {
+      const ratio = row.fwdbwd_ms / mha.fwdbwd_ms;
+      row.vs_mha_fwdbwd = ratio;
+      if (typeof extra.experts === 'number') row.vs_n_mha_fwdbwd = ratio / extra.experts;
+    }
     rows.push(row);
-    const vsDense = typeof row.vs_dense_fwdbwd === 'number' ? `  ${row.vs_dense_fwdbwd.toFixed(2)}x dense` : '';
+    const vsDense =
+      typeof row.vs_dense_fwdbwd === 'number'
+        ? `  ${row.vs_dense_fwdbwd.toFixed(2)}x dense`
+        : typeof row.vs_mha_fwdbwd === 'number'
+          ? `  ${row.vs_mha_fwdbwd.toFixed(2)}x MHA${typeof row.vs_n_mha_fwdbwd === 'number' ? ` (${row.vs_n_mha_fwdbwd.toFixed(2)}x N·MHA)` : ''}`
+          : '';
     log(
       `${group.padEnd(6)} ${name.padEnd(40)} fwd ${fwd ? fwd[0].toFixed(1).padStart(8) : '       -'} ms  fwd+bwd ${fb ? fb[0].toFixed(1).padStart(8) : '       -'} ms  ${(row.gflops_fwdbwd ?? row.gflops_fwd ?? 0).toFixed(1)} GFLOP/s${vsDense}`,
     );
@@ -287,7 +303,10 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     const r = benchModule(f, (x) => f.forward(x, ctxFor()), [B, S, d], warmup, reps);
     add('sigma', 'c sigma-MoE sorted E64x128 k4', `T=${T} d=${d} E=64 G=128 k=4`, sigmaFlops, r.fwd, r.fb, { dense: 'a dense FFN relu' });
   }
-  if (want('attn', 'd MHA h4')) {
+  const hasMixtures = registry.has('attention', 'bam-soft-moa') && registry.has('attention', 'moa');
+  const mixtureRows = ['d BAM soft-MoA KV-experts N4 h4', 'd BAM soft-MoA KV-sharing N4 h4', 'd MoA E8 k4 dh64'];
+  // The mixture rows are reported against the MHA row, so it runs whenever one of them does.
+  if (want('attn', 'd MHA h4') || (hasMixtures && mixtureRows.some((n) => want('attn', n)))) {
     const rng = new Rng(3);
     const att = new MultiHeadAttention(d, { heads: 4 }, rng);
     const r = benchModule(att, (x) => att.forward(x, ctxFor()), [B, S, d], warmup, reps);
@@ -309,6 +328,37 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     ).layers[0]!.attention;
     const r = benchModule(att, (x) => att.forward(x, ctxFor()), [B, S, d], warmup, reps);
     add('attn', 'd SwitchHead sorted E8 k2', `B=${B} S=${S} d=${d} H=4 E=8 k=2`, switchheadFlops, r.fwd, r.fb);
+  }
+
+  // Attention mixtures at the same shape (4 heads x 64 per expert): one layer built through the registry.
+  const attentionLayer = (spec: NodeSpec) =>
+    buildModel<{ layers: { attention: Module & { forward(x: tf.Tensor, ctx: unknown): tf.Tensor } }[] }>(
+      {
+        type: 'transformer-lm',
+        vocabSize: 256,
+        dModel: d,
+        contextLength: S,
+        stack: { groupSize: 1, repeats: 1 },
+        block: { type: 'transformer', attention: spec, ffn: { type: 'dense', hidden: 8 } },
+      },
+      registry,
+      0,
+    ).layers[0]!.attention;
+  const N = 4;
+  const mhaFlops = 8 * T * d * d + 4 * B * S * S * d;
+  const mixtures: [string, NodeSpec, number, number | undefined][] = [
+    // N full attentions + the router (2 T d N).
+    [mixtureRows[0]!, { type: 'bam-soft-moa', experts: N, heads: 4, kv: 'experts' }, N * mhaFlops + 2 * T * d * N, N],
+    // N x (Q, O projections + mixing) + one K, V projection + the router.
+    [mixtureRows[1]!, { type: 'bam-soft-moa', experts: N, heads: 4, kv: 'shared' }, N * (4 * T * d * d + 4 * B * S * S * d) + 4 * T * d * d + 2 * T * d * N, N],
+    // Router 2 T d E, shared K and V 4 T d dh, k query + output experts 4 T k d dh, mixing 4 B k S² dh.
+    [mixtureRows[2]!, { type: 'moa', experts: 8, k: 4, headDim: 64 }, 2 * T * d * 8 + 4 * T * d * 64 + 4 * T * 4 * d * 64 + 4 * B * 4 * S * S * 64, undefined],
+  ];
+  for (const [name, spec, flops, experts] of mixtures) {
+    if (!hasMixtures || !want('attn', name)) continue;
+    const att = attentionLayer(spec);
+    const r = benchModule(att, (x) => att.forward(x, ctxFor()), [B, S, d], warmup, reps);
+    add('attn', name, `B=${B} S=${S} d=${d} H=4 dh=64`, flops, r.fwd, r.fb, { mha: 'd MHA h4', ...(experts ? { experts } : {}) });
   }
 
   // Whole training steps of a 4-layer LM (AdamW), tokens/s.
