@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { Command } from '@commander-js/extra-typings';
 import { MoelabError } from '@moelab/core';
-import { configureCommand, type MoelabCommand, UsageExit } from './commands/command.js';
+import { configureCommand, type MoelabCommand, UsageExit, unknownCommand } from './commands/command.js';
 import { commands as allCommands } from './commands/index.js';
 
 function version(): string {
@@ -86,10 +86,13 @@ export async function runCli(argv: string[], io: CliIo = processIo): Promise<num
     code = c;
   });
   if (argv.length === 0) {
-    io.out(program.helpInformation());
+    program.outputHelp();
     return 1;
   }
   try {
+    // commander answers `moelab help <unknown>` with the full help; say what is wrong instead.
+    const names = program.commands.map((c) => c.name());
+    if (argv[0] === 'help' && argv[1] !== undefined && !names.includes(argv[1])) throw unknownCommand(argv[1], names);
     await program.parseAsync(argv, { from: 'user' });
     return code;
   } catch (e) {

@@ -37,6 +37,11 @@ function didYouMean(name: string, candidates: readonly string[]): string {
   return close.length ? `. Did you mean: ${close.join(', ')}?` : '.';
 }
 
+/** `unknown command "trian". Did you mean: train? …` */
+export function unknownCommand(name: string, names: readonly string[]): MoelabError {
+  return new MoelabError(`unknown command "${name}"${didYouMean(name, names)} Run \`moelab --help\` for the list.`);
+}
+
 /** The MoelabError (or clean exit) for a commander error raised while parsing `cmd`'s arguments. */
 export function usageError(err: CommanderError, cmd: Command<unknown[], OptionValues, OptionValues>): Error {
   if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return new UsageExit(err.exitCode);
@@ -50,11 +55,11 @@ export function usageError(err: CommanderError, cmd: Command<unknown[], OptionVa
     if (users.length) return new MoelabError(`"${flag}" is a flag of ${users.join(', ')}: put it after the command (\`moelab ${users[0]} ${flag} …\`).`);
     return new MoelabError(`unknown option "${flag}" for \`${path}\`${didYouMean(flag, [...flagsOf(cmd), '--help'])} See \`${path} --help\`.`);
   }
-  if (err.code === 'commander.unknownCommand') {
-    const name = quoted(firstLine) ?? firstLine;
-    const names = cmd.commands.map((c) => c.name());
-    return new MoelabError(`unknown command "${name}"${didYouMean(name, names)} Run \`moelab --help\` for the list.`);
-  }
+  if (err.code === 'commander.unknownCommand')
+    return unknownCommand(
+      quoted(firstLine) ?? firstLine,
+      cmd.commands.map((c) => c.name()),
+    );
   // Missing or extra arguments, a flag without its value, a value outside the choices: say it and show the usage.
   return new MoelabError(`${firstLine.replace(/\.$/, '')} (usage: ${path} ${cmd.usage()})`);
 }

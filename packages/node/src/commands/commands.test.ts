@@ -41,6 +41,7 @@ describe('moelab help', () => {
     const r = await cli();
     expect(r.code).toBe(1);
     expect(r.out).toContain('Commands:');
+    expect(r.out).toContain('Run `moelab <command> --help` for its arguments and flags.');
   });
 
   it('`moelab train --help` documents every flag, including --eval-batches, --checkpoint-every and --quiet', async () => {
@@ -100,6 +101,13 @@ describe('moelab usage errors: one line, exit code 2, close names', () => {
     const r = await cli('trian', '--preset', 'moe-tiny');
     expect(r.code).toBe(2);
     expect(r.err).toBe('moelab: unknown command "trian". Did you mean: train, main? Run `moelab --help` for the list.\n');
+  });
+
+  it('`moelab help` of a typo suggests the close name', async () => {
+    const r = await cli('help', 'mask2');
+    expect(r.code).toBe(2);
+    expect(r.err).toBe('moelab: unknown command "mask2". Did you mean: mask, main? Run `moelab --help` for the list.\n');
+    expect(r.out).toBe('');
   });
 
   it('a flag of another command is refused with that command named', async () => {
