@@ -176,7 +176,7 @@ export class MixtureOfAttentionHeads extends Module implements AttentionModule {
     return { q, output };
   }
 
-  /** The shared key or value head of `src` [B, T, d]: [B, T, dh]. */
+  /** The shared key or value head [B, T, dh] of `src` [B, T, d]. */
   private kv(src: tf.Tensor, which: 'k' | 'v'): tf.Tensor {
     const [B, T] = src.shape as [number, number];
     const w = (which === 'k' ? this.kProj : this.vProj).get('weight');
