@@ -1,19 +1,12 @@
-import { buildNode, corePlugin, createRegistry, directionalGradCheck, forwardContext, MultiHeadAttention, Rng, tf } from '@moelab/core';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { attention } from './index.js';
+import { directionalGradCheck, MultiHeadAttention, Rng, tf } from '@moelab/core';
+import { describe, expect, it } from 'vitest';
+import { attentionBuilder, inferenceContext as ctx, input, maxDiff, useCpuBackend } from '../test/helpers.js';
 import type { BamSoftMoA } from './bam.js';
 
-beforeAll(async () => {
-  await tf.setBackend('cpu');
-});
+useCpuBackend();
 
-const registry = createRegistry(corePlugin, attention);
-const build = (spec: Record<string, unknown>, d = 16, seed = 0) =>
-  buildNode<BamSoftMoA>(registry, 'attention', { type: 'bam-soft-moa', ...spec }, '$.block.attention', seed, { dModel: d });
+const build = attentionBuilder<BamSoftMoA>('bam-soft-moa');
 
-const maxDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
-const ctx = () => forwardContext(new Rng(0), false);
-const input = (B: number, T: number, d: number, seed = 5) => tf.tensor3d(new Rng(seed).normalArray(B * T * d), [B, T, d]);
 /** [out, in] Linear weight -> [in, out] */
 const t = (w: tf.Tensor) => tf.transpose(w);
 

@@ -36,13 +36,10 @@ import {
   type KVCache,
   attentionMixingFlops,
   Config,
-  causalAttention,
   causalMixingMacs,
   defineEntry,
   type ForwardContext,
   flatten2d,
-  fusedCausalAttention,
-  hasFusedAttention,
   Module,
   ModuleList,
   MoelabError,
@@ -53,7 +50,7 @@ import {
   Type,
   tf,
 } from '@moelab/core';
-import { expandKvHeads, gatherKvHeads, ParamGroup, routingStatsOf } from './common.js';
+import { expandKvHeads, gatherKvHeads, mergedCausalAttention, ParamGroup, routingStatsOf } from './common.js';
 
 export interface BamOptions {
   experts: number;
@@ -140,12 +137,7 @@ export class BamSoftMoA extends Module implements AttentionModule {
       k = expandKvHeads(proj(kSrc, this.cat('wk')), N, H, Hkv, false);
       v = expandKvHeads(proj(vSrc, this.cat('wv')), N, H, Hkv, false);
     }
-    let heads: tf.Tensor; // [B, T, N·H·dh]
-    if (hasFusedAttention(this.ropeDims)) heads = fusedCausalAttention(q, k, v, N * H, this.ropeDims, this.options.ropeBase);
-    else {
-      const split = (t: tf.Tensor) => applyRope(splitHeads(t, N * H), this.ropeDims, this.options.ropeBase);
-      heads = mergeHeads(causalAttention(split(q), split(k), splitHeads(v, N * H)));
-    }
+    const heads = mergedCausalAttention(q, k, v, N * H, this.ropeDims, this.options.ropeBase); // [B, T, N·H·dh]
     return this.mix(heads, this.weights(qSrc), ctx, B, T);
   }
 

@@ -1,5 +1,8 @@
-/** Pieces the attention mixtures share: named parameter groups, K/V head expansion, soft routing statistics. */
-import { Module, type RoutingStats, tf } from '@moelab/core';
+/**
+ * Pieces the attention mixtures share: named parameter groups, K/V head expansion, causal attention over
+ * merged heads, soft routing statistics.
+ */
+import { applyRope, causalAttention, fusedCausalAttention, hasFusedAttention, Module, mergeHeads, type RoutingStats, splitHeads, tf } from '@moelab/core';
 
 /** A module holding named parameters (stored [in, out] or as the official code lays them out). */
 export class ParamGroup extends Module {
@@ -46,6 +49,17 @@ export function expandKvHeads(t: tf.Tensor, experts: number, heads: number, kvHe
 export function gatherKvHeads(t: tf.Tensor, experts: number, heads: number, kvHeads: number, shared: boolean): tf.Tensor {
   const idx = kvHeadIndex(experts, heads, kvHeads, shared);
   return idx ? tf.gather(t, tf.tensor1d(idx, 'int32'), 1) : t;
+}
+
+/**
+ * Causal attention of `heads` heads laid out side by side, q, k [B, T, heads·dk] and v [B, T, heads·dv]
+ * -> [B, T, heads·dv], q and k rotated on the first `ropeDims` channels of each head (positions from 0):
+ * the backend's fused kernels where it has them, else split the heads, rotate, attend and merge.
+ */
+export function mergedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, heads: number, ropeDims: number, ropeBase: number): tf.Tensor {
+  if (hasFusedAttention(ropeDims)) return fusedCausalAttention(q, k, v, heads, ropeDims, ropeBase);
+  const rotated = (t: tf.Tensor) => applyRope(splitHeads(t, heads), ropeDims, ropeBase);
+  return mergeHeads(causalAttention(rotated(q), rotated(k), splitHeads(v, heads)));
 }
 
 /**

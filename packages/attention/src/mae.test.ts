@@ -1,18 +1,11 @@
-import { buildNode, corePlugin, createRegistry, directionalGradCheck, forwardContext, MultiHeadAttention, Rng, tf } from '@moelab/core';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { attention } from './index.js';
+import { directionalGradCheck, MultiHeadAttention, Rng, tf } from '@moelab/core';
+import { describe, expect, it } from 'vitest';
+import { attentionBuilder, inferenceContext as ctx, input, maxDiff, useCpuBackend } from '../test/helpers.js';
 import type { MixtureOfHeadDroppedExperts } from './mae.js';
 
-beforeAll(async () => {
-  await tf.setBackend('cpu');
-});
+useCpuBackend();
 
-const registry = createRegistry(corePlugin, attention);
-const build = (spec: Record<string, unknown>, d = 16, seed = 0) =>
-  buildNode<MixtureOfHeadDroppedExperts>(registry, 'attention', { type: 'mae', ...spec }, '$.block.attention', seed, { dModel: d });
-const maxDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
-const input = (B: number, T: number, d: number, seed = 5) => tf.tensor3d(new Rng(seed).normalArray(B * T * d), [B, T, d]);
-const ctx = () => forwardContext(new Rng(0), false);
+const build = attentionBuilder<MixtureOfHeadDroppedExperts>('mae');
 
 /** A dense MHA with the MAE's q/k/v/o weights. */
 function dense(m: MixtureOfHeadDroppedExperts): MultiHeadAttention {

@@ -24,12 +24,9 @@ import {
   type KVCache,
   attentionMixingFlops,
   Config,
-  causalAttention,
   causalMixingMacs,
   defineEntry,
   type ForwardContext,
-  fusedCausalAttention,
-  hasFusedAttention,
   Linear,
   Module,
   MoelabError,
@@ -39,7 +36,7 @@ import {
   Type,
   tf,
 } from '@moelab/core';
-import { routingStatsOf } from './common.js';
+import { mergedCausalAttention, routingStatsOf } from './common.js';
 
 export interface MAEOptions {
   heads: number;
@@ -129,10 +126,7 @@ export class MixtureOfHeadDroppedExperts extends Module implements AttentionModu
     const q = this.q.forward(qSrc);
     const k = this.k.forward(sources.k ?? x);
     const v = this.v.forward(sources.v ?? x);
-    let heads: tf.Tensor; // [B, T, H·dh]
-    if (hasFusedAttention(ropeDims)) heads = fusedCausalAttention(q, k, v, H, ropeDims, ropeBase);
-    else
-      heads = mergeHeads(causalAttention(applyRope(splitHeads(q, H), ropeDims, ropeBase), applyRope(splitHeads(k, H), ropeDims, ropeBase), splitHeads(v, H)));
+    const heads = mergedCausalAttention(q, k, v, H, ropeDims, ropeBase); // [B, T, H·dh]
     return this.mix(heads, this.weights(qSrc), ctx);
   }
 

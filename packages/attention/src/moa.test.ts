@@ -1,17 +1,11 @@
-import { buildNode, corePlugin, createRegistry, directionalGradCheck, forwardContext, MultiHeadAttention, Rng, tf } from '@moelab/core';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { attention } from './index.js';
+import { directionalGradCheck, forwardContext, MultiHeadAttention, Rng, tf } from '@moelab/core';
+import { describe, expect, it } from 'vitest';
+import { attentionBuilder, input, maxDiff, useCpuBackend } from '../test/helpers.js';
 import type { MixtureOfAttentionHeads } from './moa.js';
 
-beforeAll(async () => {
-  await tf.setBackend('cpu');
-});
+useCpuBackend();
 
-const registry = createRegistry(corePlugin, attention);
-const build = (spec: Record<string, unknown>, d = 16, seed = 0) =>
-  buildNode<MixtureOfAttentionHeads>(registry, 'attention', { type: 'moa', ...spec }, '$.block.attention', seed, { dModel: d });
-const maxDiff = (a: tf.Tensor, b: tf.Tensor) => tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
-const input = (B: number, T: number, d: number, seed = 5) => tf.tensor3d(new Rng(seed).normalArray(B * T * d), [B, T, d]);
+const build = attentionBuilder<MixtureOfAttentionHeads>('moa');
 const totalAux = (ctx: ReturnType<typeof forwardContext>) => tf.addN(ctx.aux.map((a) => tf.mul(a.value, a.coef))) as tf.Scalar;
 
 describe('moa', () => {

@@ -33,13 +33,10 @@ import {
   type KVCache,
   attentionMixingFlops,
   Config,
-  causalAttention,
   causalMixingMacs,
   defineEntry,
   type ForwardContext,
   flatten2d,
-  fusedCausalAttention,
-  hasFusedAttention,
   Module,
   MoelabError,
   mergeHeads,
@@ -49,7 +46,7 @@ import {
   Type,
   tf,
 } from '@moelab/core';
-import { expandKvHeads, gatherKvHeads, ParamGroup } from './common.js';
+import { expandKvHeads, gatherKvHeads, mergedCausalAttention, ParamGroup } from './common.js';
 
 export interface MoAOptions {
   experts: number;
@@ -190,13 +187,7 @@ export class MixtureOfAttentionHeads extends Module implements AttentionModule {
     const K = expandKvHeads(this.kv(sources.k ?? x, 'k'), k, 1, 1, true);
     const V = expandKvHeads(this.kv(sources.v ?? x, 'v'), k, 1, 1, true);
     const ropeDims = this.options.rope ? dh : 0;
-    let slots: tf.Tensor; // [B, T, k·dh]
-    if (hasFusedAttention(ropeDims)) slots = fusedCausalAttention(q, K, V, k, ropeDims, this.options.ropeBase);
-    else {
-      const split = (t: tf.Tensor) => applyRope(splitHeads(t, k), ropeDims, this.options.ropeBase);
-      slots = mergeHeads(causalAttention(split(q), split(K), splitHeads(V, k)));
-    }
-    return output(slots);
+    return output(mergedCausalAttention(q, K, V, k, ropeDims, this.options.ropeBase)); // slots [B, T, k·dh]
   }
 
   /**
