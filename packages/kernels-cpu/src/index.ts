@@ -40,17 +40,7 @@ export function moeMLP(
   activation: MoeActivation,
   tf: typeof tfjs = tfjs,
 ): tfjs.Tensor2D {
-  // The kernel's second output (pre-activations saved for the backward pass) is internal: the
-  // gradient tape keeps its own reference, so the caller's copy is disposed here.
-  const [out, hidden] = tf
-    .engine()
-    .runKernel(
-      MOE_MLP_KERNEL,
-      { x, w1, w2, tokenIndex, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
-      { activation } satisfies MoeMlpAttrs as unknown as tfjs.NamedAttrMap,
-    ) as tfjs.Tensor[];
-  hidden.dispose();
-  return out as tfjs.Tensor2D;
+  return runExpertKernel(tf, MOE_MLP_KERNEL, { x, w1, w2, tokenIndex, expertIndex, weight }, { activation });
 }
 
 /**
@@ -70,14 +60,21 @@ export function moeGLU(
   activation: MoeActivation,
   tf: typeof tfjs = tfjs,
 ): tfjs.Tensor2D {
-  // The second output (what the backward kernel needs) is held by the gradient tape.
-  const [out, hidden] = tf
-    .engine()
-    .runKernel(
-      MOE_GLU_KERNEL,
-      { x, w1, w3, w2, tokenIndex, expertIndex, weight } as unknown as tfjs.NamedTensorMap,
-      { activation } satisfies MoeGluAttrs as unknown as tfjs.NamedAttrMap,
-    ) as tfjs.Tensor[];
+  return runExpertKernel(tf, MOE_GLU_KERNEL, { x, w1, w3, w2, tokenIndex, expertIndex, weight }, { activation });
+}
+
+/**
+ * Runs a fused expert kernel and returns its first output. The second output (pre-activations
+ * saved for the backward kernel) is internal: the gradient tape keeps its own reference, so the
+ * caller's copy is disposed here.
+ */
+function runExpertKernel(
+  tf: typeof tfjs,
+  kernel: typeof MOE_MLP_KERNEL | typeof MOE_GLU_KERNEL,
+  inputs: Record<string, tfjs.Tensor>,
+  attrs: MoeMlpAttrs | MoeGluAttrs,
+): tfjs.Tensor2D {
+  const [out, hidden] = tf.engine().runKernel(kernel, inputs as unknown as tfjs.NamedTensorMap, attrs as unknown as tfjs.NamedAttrMap) as tfjs.Tensor[];
   hidden.dispose();
   return out as tfjs.Tensor2D;
 }

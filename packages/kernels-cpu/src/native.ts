@@ -8,6 +8,11 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { buildFailedHelp, missingAddonReason } from '../scripts/build-help.mjs';
 
+/** The trailing sizes of the fused expert calls: tokens, model width, expert hidden, experts, assignments, activation code. */
+type MoeExpertSizes = [T: number, d: number, h: number, E: number, N: number, act: number];
+/** The trailing sizes of the expert-selected linear calls: rows, in and out widths, experts, assignments, output rows. */
+type MoeLinearSizes = [R: number, din: number, dout: number, E: number, N: number, outRows: number];
+
 /** The functions the addon exports (see src/native/addon.cc for the argument contracts). */
 export interface NativeAddon {
   info(): { gemm: 'openblas' | 'builtin'; haveBlas: boolean; threads: number };
@@ -135,12 +140,7 @@ export interface NativeAddon {
     weight: Float32Array,
     out: Float32Array,
     hidden: Float32Array,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
+    ...sizes: MoeExpertSizes
   ): void;
   moeMlpBackward(
     dy: Float32Array,
@@ -155,12 +155,7 @@ export interface NativeAddon {
     dw1: Float32Array,
     dw2: Float32Array,
     dweight: Float32Array,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
+    ...sizes: MoeExpertSizes
   ): void;
   moeGluForward(
     x: Float32Array,
@@ -172,12 +167,7 @@ export interface NativeAddon {
     weight: Float32Array,
     out: Float32Array,
     hidden: Float32Array,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
+    ...sizes: MoeExpertSizes
   ): void;
   moeGluBackward(
     dy: Float32Array,
@@ -194,12 +184,7 @@ export interface NativeAddon {
     dw3: Float32Array,
     dw2: Float32Array,
     dweight: Float32Array,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
+    ...sizes: MoeExpertSizes
   ): void;
   moeLinearForward(
     x: Float32Array,
@@ -209,12 +194,7 @@ export interface NativeAddon {
     exp: Int32Array,
     weight: Float32Array,
     out: Float32Array,
-    R: number,
-    din: number,
-    dout: number,
-    E: number,
-    N: number,
-    outRows: number,
+    ...sizes: MoeLinearSizes
   ): void;
   moeLinearBackward(
     dy: Float32Array,
@@ -227,12 +207,7 @@ export interface NativeAddon {
     dx: Float32Array,
     dw: Float32Array,
     dweight: Float32Array,
-    R: number,
-    din: number,
-    dout: number,
-    E: number,
-    N: number,
-    outRows: number,
+    ...sizes: MoeLinearSizes
   ): void;
 }
 

@@ -245,6 +245,13 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     ) as unknown as { layers: { ffn: Module & { forward(x: tf.Tensor, ctx: unknown): tf.Tensor } }[] };
     return block.layers[0]!.ffn;
   };
+  // An E-expert MoE FFN with a top-k softmax router and no auxiliary losses.
+  const topkMoE = (E: number, k: number, expert: NodeSpec): NodeSpec => ({
+    type: 'moe',
+    experts: E,
+    router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 },
+    expert,
+  });
   // Training-mode forwards without the routing statistics: the trainer computes those only every
   // `statsEvery` steps, and the anchor computes none.
   const ctxFor = () => forwardContext(new Rng(0), true, { stats: false });
@@ -260,12 +267,7 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
   ] as const) {
     const name = `b softmax-topk loop E${E}x${dff} k${k}`;
     if (!want('moe', name)) continue;
-    const f = layer({
-      type: 'moe',
-      experts: E,
-      router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 },
-      expert: { type: 'mlp', hidden: dff, activation: 'relu' },
-    });
+    const f = layer(topkMoE(E, k, { type: 'mlp', hidden: dff, activation: 'relu' }));
     const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
     add('moe', name, `T=${T} d=${d} E=${E} dff=${dff} k=${k}`, 2 * T * d * E + 4 * T * k * d * dff, r.fwd, r.fb, { dense: 'a dense FFN relu' });
   }
@@ -285,12 +287,7 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
     }
     const name = `f SwiGLU MoE topk E${E}x${dff} k${k}`;
     if (!hasGlu || !want('glu', name)) continue;
-    const f = layer({
-      type: 'moe',
-      experts: E,
-      router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 },
-      expert: { type: 'glu', hidden: dff, activation: 'silu' },
-    });
+    const f = layer(topkMoE(E, k, { type: 'glu', hidden: dff, activation: 'silu' }));
     const r = benchModule(f, (x) => f.forward(x, ctxFor()), [T, d], warmup, reps);
     add('glu', name, `T=${T} d=${d} E=${E} dff=${dff} k=${k}`, 2 * T * d * E + 6 * T * k * d * dff, r.fwd, r.fb, { dense: denseName });
   }

@@ -48,18 +48,10 @@ export function moeGLU(
   return out as tf.Tensor2D;
 }
 
-/** `moeGLU` from stock tfjs ops, on any backend. */
-export function moeGLUGeneric(
-  x: tf.Tensor2D,
-  w1: tf.Tensor3D,
-  w3: tf.Tensor3D,
-  w2: tf.Tensor3D,
-  plan: DispatchPlan,
-  weight: tf.Tensor1D | null,
-  activation: Activation,
-): tf.Tensor2D {
+/** `moeGLU` from stock tfjs ops, on any backend (same arguments). */
+export const moeGLUGeneric: typeof moeGLU = (x, w1, w3, w2, plan, weight, activation) => {
   if (plan.size === 0) return tf.mul(x, 0) as tf.Tensor2D;
   const { xs, assignmentRow } = gatherPadded(x, plan);
   const u = tf.mul(activate(tf.matMul(xs, w1), activation), tf.matMul(xs, w3)) as tf.Tensor3D;
   return combine(ungatherPadded(tf.matMul(u, w2) as tf.Tensor3D, assignmentRow), weight, plan);
-}
+};

@@ -5,6 +5,7 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
+import { isMoeActivation, MOE_ACTIVATION_CODE } from '@moelab/core/kernels';
 import type { NativeAddon } from '../native.js';
 
 export type Tf = typeof tfTypes;
@@ -41,6 +42,39 @@ export function values(backend: MathBackendCPU, t: TensorInfo): Float32Array {
 export function ints(backend: MathBackendCPU, t: TensorInfo): Int32Array {
   const v = backend.data.get(t.dataId).values;
   return v instanceof Int32Array ? v : Int32Array.from(v as ArrayLike<number>);
+}
+
+/** The native code of a fused MoE kernel's `activation` attribute; throws `${kernel}: unknown activation ...`. */
+export function moeActivationCode(kernel: string, a: unknown): number {
+  if (typeof a !== 'string' || !isMoeActivation(a)) {
+    throw new Error(`${kernel}: unknown activation '${String(a)}' (expected ${Object.keys(MOE_ACTIVATION_CODE).join(', ')})`);
+  }
+  return MOE_ACTIVATION_CODE[a];
+}
+
+const UNGATED_FLOATS = ['x', 'w1', 'w2', 'weight'];
+const GATED_FLOATS = ['x', 'w1', 'w3', 'w2', 'weight'];
+const ASSIGNMENT_INTS = ['tokenIndex', 'expertIndex'];
+
+/**
+ * Checks the inputs of a fused MoE expert kernel (x [T,d], w1 [E,d,h], w3 [E,d,h] when `gated`,
+ * w2 [E,h,d], tokenIndex / expertIndex int32 [N], weight [N]) and returns their sizes.
+ */
+export function moeExpertShapes(kernel: string, inputs: Record<string, TensorInfo>, gated: boolean): { T: number; d: number; h: number; E: number; N: number } {
+  expectDtype(kernel, inputs, gated ? GATED_FLOATS : UNGATED_FLOATS);
+  expectDtype(kernel, inputs, ASSIGNMENT_INTS, 'int32');
+  const { x, w1, tokenIndex } = inputs;
+  if (x.shape.length !== 2 || w1.shape.length !== 3) throw new Error(`${kernel}: x must be [T,d] and w1 [E,d,h]`);
+  const [T, d] = x.shape;
+  const [E, , h] = w1.shape;
+  const N = tokenIndex.shape.reduce((a, b) => a * b, 1);
+  expectShape(kernel, 'w1', w1, [E, d, h]);
+  if (gated) expectShape(kernel, 'w3', inputs.w3, [E, d, h]);
+  expectShape(kernel, 'w2', inputs.w2, [E, h, d]);
+  expectShape(kernel, 'tokenIndex', tokenIndex, [N]);
+  expectShape(kernel, 'expertIndex', inputs.expertIndex, [N]);
+  expectShape(kernel, 'weight', inputs.weight, [N]);
+  return { T, d, h, E, N };
 }
 
 /** Number of elements of a shape. */

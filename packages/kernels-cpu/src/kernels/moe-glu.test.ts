@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type MoeActivation, moeGLU } from '../index.js';
-import { maxRelDiff, randArray, rng, runOn, type Spec, status } from '../testing/helpers.js';
-import { act, type MlpCase, mlpCases, oneHot } from '../testing/moe-reference.js';
+import { randArray, rng, status } from '../testing/helpers.js';
+import { act, expectSame, expertSpecs, mlpCases, oneHot } from '../testing/moe-reference.js';
 
 afterAll(async () => {
   await tf.setBackend('cpu');
@@ -21,40 +21,11 @@ function refGLU(x: tf.Tensor, w1: tf.Tensor, w3: tf.Tensor, w2: tf.Tensor, tok: 
   return tf.matMul(oh, tf.mul(y, tf.reshape(wt, [N, 1])), true, false);
 }
 
-function specsFor(c: MlpCase, seed: number): Spec[] {
-  const r = rng(seed);
-  const N = c.tok.length;
-  return [
-    { shape: [c.T, c.d], data: randArray(r, c.T * c.d) },
-    { shape: [c.E, c.d, c.h], data: randArray(r, c.E * c.d * c.h, 0.5) },
-    { shape: [c.E, c.d, c.h], data: randArray(r, c.E * c.d * c.h, 0.5) },
-    { shape: [c.E, c.h, c.d], data: randArray(r, c.E * c.h * c.d, 0.5) },
-    { shape: [N], data: c.tok },
-    { shape: [N], data: c.exp },
-    { shape: [N], data: randArray(r, N) },
-  ];
-}
-
-async function expectSame(
-  specs: Spec[],
-  fast: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
-  ref: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
-  tol: number,
-) {
-  const want = await runOn('cpu', specs, ref);
-  const got = await runOn('moelab-cpu', specs, fast);
-  expect(got.length).toBe(want.length);
-  got.forEach((g, i) => {
-    expect(g.shape).toEqual(want[i].shape);
-    expect(maxRelDiff(g.data, want[i].data)).toBeLessThan(tol);
-  });
-}
-
 describe.skipIf(!status.available)(`fused GLU experts equal the plain-tfjs reference (${status.reason})`, () => {
   for (const c of mlpCases) {
     for (const a of ['silu', 'gelu', 'relu', 'relu2', 'identity'] as MoeActivation[]) {
       it(`MoelabMoeGLU ${a}: ${c.name} (forward and gradients of x, w1, w3, w2, weight)`, async () => {
-        const specs = specsFor(c, 300 + c.T + a.length);
+        const specs = expertSpecs(c, 300 + c.T + a.length, true);
         const proj = randArray(rng(11), c.T * c.d);
         const lossOf = (y: tf.Tensor) => tf.sum(tf.mul(y, tf.tensor(proj, y.shape)));
         const fast = (x: tf.Tensor, w1: tf.Tensor, w3: tf.Tensor, w2: tf.Tensor, tok: tf.Tensor, exp: tf.Tensor, wt: tf.Tensor) =>

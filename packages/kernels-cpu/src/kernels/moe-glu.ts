@@ -11,34 +11,22 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf, ints, values } from './helpers.js';
-import { isMoeActivation, MOE_ACTIVATION_CODE, MOE_GLU_GRAD_KERNEL, MOE_GLU_KERNEL, type MoeGluGradInputs } from '@moelab/core/kernels';
+import {
+  type Args,
+  expectShape,
+  type KernelConfig,
+  type KernelFunc,
+  moeActivationCode,
+  moeExpertShapes,
+  type Tensor,
+  type TensorInfo,
+  type Tf,
+  ints,
+  values,
+} from './helpers.js';
+import { MOE_GLU_GRAD_KERNEL, MOE_GLU_KERNEL, type MoeGluGradInputs } from '@moelab/core/kernels';
 import type { NativeAddon } from '../native.js';
 import { outputArray } from '../storage.js';
-
-function actCode(a: unknown): number {
-  if (typeof a !== 'string' || !isMoeActivation(a)) {
-    throw new Error(`${MOE_GLU_KERNEL}: unknown activation '${String(a)}' (expected ${Object.keys(MOE_ACTIVATION_CODE).join(', ')})`);
-  }
-  return MOE_ACTIVATION_CODE[a];
-}
-
-function gluShapes(kernel: string, inputs: Record<string, TensorInfo>) {
-  expectDtype(kernel, inputs, ['x', 'w1', 'w3', 'w2', 'weight']);
-  expectDtype(kernel, inputs, ['tokenIndex', 'expertIndex'], 'int32');
-  const { x, w1, tokenIndex } = inputs;
-  if (x.shape.length !== 2 || w1.shape.length !== 3) throw new Error(`${kernel}: x must be [T,d] and w1 [E,d,h]`);
-  const [T, d] = x.shape;
-  const [E, , h] = w1.shape;
-  const N = tokenIndex.shape.reduce((a, b) => a * b, 1);
-  expectShape(kernel, 'w1', w1, [E, d, h]);
-  expectShape(kernel, 'w3', inputs.w3, [E, d, h]);
-  expectShape(kernel, 'w2', inputs.w2, [E, h, d]);
-  expectShape(kernel, 'tokenIndex', tokenIndex, [N]);
-  expectShape(kernel, 'expertIndex', inputs.expertIndex, [N]);
-  expectShape(kernel, 'weight', inputs.weight, [N]);
-  return { T, d, h, E, N };
-}
 
 export function makeMoeGluKernels(native: NativeAddon, backendName: string): KernelConfig[] {
   const be = (args: Args) => args.backend as unknown as MathBackendCPU;
@@ -46,8 +34,8 @@ export function makeMoeGluKernels(native: NativeAddon, backendName: string): Ker
   const glu = (args: Args): TensorInfo[] => {
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
-    const act = actCode(args.attrs?.activation);
-    const { T, d, h, E, N } = gluShapes(MOE_GLU_KERNEL, inputs);
+    const act = moeActivationCode(MOE_GLU_KERNEL, args.attrs?.activation);
+    const { T, d, h, E, N } = moeExpertShapes(MOE_GLU_KERNEL, inputs, true);
     // Native-written outputs come from the pool; without the native call they must be zeros.
     const alloc = T * d > 0 ? outputArray : (n: number) => new Float32Array(n);
     const out = alloc(T * d);
@@ -63,8 +51,8 @@ export function makeMoeGluKernels(native: NativeAddon, backendName: string): Ker
   const gluGrad = (args: Args): TensorInfo[] => {
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
-    const act = actCode(args.attrs?.activation);
-    const { T, d, h, E, N } = gluShapes(MOE_GLU_GRAD_KERNEL, inputs);
+    const act = moeActivationCode(MOE_GLU_KERNEL, args.attrs?.activation);
+    const { T, d, h, E, N } = moeExpertShapes(MOE_GLU_GRAD_KERNEL, inputs, true);
     expectShape(MOE_GLU_GRAD_KERNEL, 'dy', inputs.dy, [T, d]);
     expectShape(MOE_GLU_GRAD_KERNEL, 'hidden', inputs.hidden, [N, 2 * h]);
     // Every element is written by the native backward (empty experts get zero gradients there).

@@ -1,8 +1,8 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type MoeActivation, moeLinear, moeMLP } from '../index.js';
-import { maxRelDiff, randArray, rng, runOn, type Spec, status } from '../testing/helpers.js';
-import { act, type MlpCase, mlpCases, oneHot } from '../testing/moe-reference.js';
+import { randArray, rng, type Spec, status } from '../testing/helpers.js';
+import { act, expectSame, expertSpecs, mlpCases, oneHot } from '../testing/moe-reference.js';
 
 afterAll(async () => {
   await tf.setBackend('cpu');
@@ -34,39 +34,11 @@ function refLinear(x: tf.Tensor, w: tf.Tensor, inRow: tf.Tensor, outRow: tf.Tens
   return tf.matMul(ohOut, tf.mul(y, tf.reshape(wt, [N, 1])), true, false);
 }
 
-function specsFor(c: MlpCase, seed: number): Spec[] {
-  const r = rng(seed);
-  const N = c.tok.length;
-  return [
-    { shape: [c.T, c.d], data: randArray(r, c.T * c.d) },
-    { shape: [c.E, c.d, c.h], data: randArray(r, c.E * c.d * c.h, 0.5) },
-    { shape: [c.E, c.h, c.d], data: randArray(r, c.E * c.h * c.d, 0.5) },
-    { shape: [N], data: c.tok },
-    { shape: [N], data: c.exp },
-    { shape: [N], data: randArray(r, N) },
-  ];
-}
-
-async function expectSame(
-  specs: Spec[],
-  fast: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
-  ref: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
-  tol: number,
-) {
-  const want = await runOn('cpu', specs, ref);
-  const got = await runOn('moelab-cpu', specs, fast);
-  expect(got.length).toBe(want.length);
-  got.forEach((g, i) => {
-    expect(g.shape).toEqual(want[i].shape);
-    expect(maxRelDiff(g.data, want[i].data)).toBeLessThan(tol);
-  });
-}
-
 describe.skipIf(!status.available)(`fused MoE ops equal the plain-tfjs reference (${status.reason})`, () => {
   for (const c of mlpCases) {
     for (const a of ['relu', 'gelu', 'silu', 'relu2', 'identity'] as MoeActivation[]) {
       it(`MoelabMoeMLP ${a}: ${c.name} (forward and gradients of x, w1, w2, weight)`, async () => {
-        const specs = specsFor(c, 100 + c.T + a.length);
+        const specs = expertSpecs(c, 100 + c.T + a.length, false);
         const proj = randArray(rng(9), c.T * c.d);
         const lossOf = (y: tf.Tensor) => tf.sum(tf.mul(y, tf.tensor(proj, y.shape)));
         await expectSame(

@@ -11,10 +11,21 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf, ints, values } from './helpers.js';
 import {
-  isMoeActivation,
-  MOE_ACTIVATION_CODE,
+  type Args,
+  expectDtype,
+  expectShape,
+  type KernelConfig,
+  type KernelFunc,
+  moeActivationCode,
+  moeExpertShapes,
+  type Tensor,
+  type TensorInfo,
+  type Tf,
+  ints,
+  values,
+} from './helpers.js';
+import {
   MOE_LINEAR_GRAD_KERNEL,
   MOE_LINEAR_KERNEL,
   MOE_MLP_GRAD_KERNEL,
@@ -25,31 +36,8 @@ import {
 import { outputArray } from '../storage.js';
 import type { NativeAddon } from '../native.js';
 
-function actCode(a: unknown): number {
-  if (typeof a !== 'string' || !isMoeActivation(a)) {
-    throw new Error(`${MOE_MLP_KERNEL}: unknown activation '${String(a)}' (expected ${Object.keys(MOE_ACTIVATION_CODE).join(', ')})`);
-  }
-  return MOE_ACTIVATION_CODE[a];
-}
-
 export function makeMoeKernels(native: NativeAddon, backendName: string): KernelConfig[] {
   const be = (args: Args) => args.backend as unknown as MathBackendCPU;
-
-  function mlpShapes(kernel: string, inputs: Record<string, TensorInfo>) {
-    expectDtype(kernel, inputs, ['x', 'w1', 'w2', 'weight']);
-    expectDtype(kernel, inputs, ['tokenIndex', 'expertIndex'], 'int32');
-    const { x, w1, tokenIndex } = inputs;
-    if (x.shape.length !== 2 || w1.shape.length !== 3) throw new Error(`${kernel}: x must be [T,d] and w1 [E,d,h]`);
-    const [T, d] = x.shape;
-    const [E, , h] = w1.shape;
-    const N = tokenIndex.shape.reduce((a, b) => a * b, 1);
-    expectShape(kernel, 'w1', w1, [E, d, h]);
-    expectShape(kernel, 'w2', inputs.w2, [E, h, d]);
-    expectShape(kernel, 'tokenIndex', tokenIndex, [N]);
-    expectShape(kernel, 'expertIndex', inputs.expertIndex, [N]);
-    expectShape(kernel, 'weight', inputs.weight, [N]);
-    return { T, d, h, E, N };
-  }
 
   function linearShapes(kernel: string, inputs: Record<string, TensorInfo>, outRows: number) {
     expectDtype(kernel, inputs, ['x', 'w', 'weight']);
@@ -68,8 +56,8 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
   const mlp = (args: Args): TensorInfo[] => {
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
-    const act = actCode(args.attrs?.activation);
-    const { T, d, h, E, N } = mlpShapes(MOE_MLP_KERNEL, inputs);
+    const act = moeActivationCode(MOE_MLP_KERNEL, args.attrs?.activation);
+    const { T, d, h, E, N } = moeExpertShapes(MOE_MLP_KERNEL, inputs, false);
     // Native-written outputs come from the pool; without the native call they must be zeros.
     const alloc = T * d > 0 ? outputArray : (n: number) => new Float32Array(n);
     const out = alloc(T * d);
@@ -85,8 +73,8 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
   const mlpGrad = (args: Args): TensorInfo[] => {
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
-    const act = actCode(args.attrs?.activation);
-    const { T, d, h, E, N } = mlpShapes(MOE_MLP_GRAD_KERNEL, inputs);
+    const act = moeActivationCode(MOE_MLP_KERNEL, args.attrs?.activation);
+    const { T, d, h, E, N } = moeExpertShapes(MOE_MLP_GRAD_KERNEL, inputs, false);
     expectShape(MOE_MLP_GRAD_KERNEL, 'dy', inputs.dy, [T, d]);
     expectShape(MOE_MLP_GRAD_KERNEL, 'hidden', inputs.hidden, [N, h]);
     // Every element is written by the native backward (empty experts get zero gradients there).

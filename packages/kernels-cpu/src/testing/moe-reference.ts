@@ -1,7 +1,8 @@
-/** Plain-tfjs references and routing cases shared by the fused MoE op tests (not shipped in dist). */
+/** Plain-tfjs references, routing cases, inputs and the backend comparison shared by the fused MoE op tests (not shipped in dist). */
 import * as tf from '@tensorflow/tfjs';
 import type { MoeActivation } from '../index.js';
-import { rng } from './helpers.js';
+import { expect } from 'vitest';
+import { maxRelDiff, randArray, rng, runOn, type Spec } from './helpers.js';
 
 export function act(h: tf.Tensor, a: MoeActivation): tf.Tensor {
   switch (a) {
@@ -70,3 +71,30 @@ export const mlpCases: MlpCase[] = [
   topkCase('big experts split across threads (E=2, 700 tokens)', 4, 700, 24, 40, 2, 1),
   topkCase('E=16 top-4, 200 tokens', 5, 200, 32, 16, 16, 4),
 ];
+
+/** The inputs of a fused expert op for `c`: x, w1, (w3 when `gated`,) w2, tokenIndex, expertIndex, weight. */
+export function expertSpecs(c: MlpCase, seed: number, gated: boolean): Spec[] {
+  const r = rng(seed);
+  const N = c.tok.length;
+  const x = { shape: [c.T, c.d], data: randArray(r, c.T * c.d) };
+  const w1 = { shape: [c.E, c.d, c.h], data: randArray(r, c.E * c.d * c.h, 0.5) };
+  const w3 = gated ? [{ shape: [c.E, c.d, c.h], data: randArray(r, c.E * c.d * c.h, 0.5) }] : [];
+  const w2 = { shape: [c.E, c.h, c.d], data: randArray(r, c.E * c.h * c.d, 0.5) };
+  return [x, w1, ...w3, w2, { shape: [N], data: c.tok }, { shape: [N], data: c.exp }, { shape: [N], data: randArray(r, N) }];
+}
+
+/** Asserts that `fast` on moelab-cpu gives the shapes of `ref` on the stock cpu backend and values within `tol`. */
+export async function expectSame(
+  specs: Spec[],
+  fast: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
+  ref: (...t: tf.Tensor[]) => tf.Tensor | tf.Tensor[],
+  tol: number,
+): Promise<void> {
+  const want = await runOn('cpu', specs, ref);
+  const got = await runOn('moelab-cpu', specs, fast);
+  expect(got.length).toBe(want.length);
+  got.forEach((g, i) => {
+    expect(g.shape).toEqual(want[i].shape);
+    expect(maxRelDiff(g.data, want[i].data)).toBeLessThan(tol);
+  });
+}
