@@ -1,5 +1,8 @@
 /**
- * Causal scaled dot-product attention and standard multi-head attention with RoPE.
+ * Causal scaled dot-product attention and standard multi-head attention with RoPE, grouped-query
+ * attention (GQA, arXiv 2305.13245: kvHeads < heads key/value heads, each shared by heads / kvHeads query
+ * heads) and optional RMSNorm of queries and keys (per head as in Qwen3, or over the whole projection as
+ * in OLMoE, arXiv 2409.02060).
  * The registry entry (`attention: mha`) lives in @moelab/attention; the building blocks live here so
  * that attention variants (SwitchHead, MoA, ...) reuse them.
  */
@@ -10,7 +13,6 @@ import { hasKernel } from '../ops/kernel.js';
 import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
 import type { KVCache } from './kv-cache.js';
-import { Linear } from './layers.js';
 import {
   CAUSAL_ATTENTION_KERNEL,
   type CausalAttentionAttrs,
@@ -19,7 +21,8 @@ import {
   type RopeAttrs,
   type RopeInputs,
 } from '../kernels/contract.js';
-import { applyRope, checkRopeDims, ropeTables } from './rope.js';
+import { Linear, RMSNorm } from './layers.js';
+import { applyRope, checkRopeDims, inRopeLayout, type RopeLayout, ropeTables } from './rope.js';
 
 const masks = new Map<number, tf.Tensor2D>();
 
@@ -72,7 +75,16 @@ export function hasFusedAttention(ropeDims: number): boolean {
  * attention, both with layout 'bthd'): no head split / merge transposes. Returns [B, T, H*dv]. Only
  * where {@link hasFusedAttention} holds; elsewhere use splitHeads, applyRope, causalAttention, mergeHeads.
  */
-export function fusedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, heads: number, ropeDims: number, ropeBase = 10000, scale?: number): tf.Tensor {
+export function fusedCausalAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  heads: number,
+  ropeDims: number,
+  ropeBase = 10000,
+  scale?: number,
+  ropeLayout: RopeLayout = 'half',
+): tf.Tensor {
   if (q.rank !== 3) throw new Error(`fusedCausalAttention: q must be [B, T, heads*headDim], got [${q.shape}]`);
   const [B, T, D] = q.shape as [number, number, number];
   const dk = D / heads;
@@ -82,13 +94,19 @@ export function fusedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, h
     if (ropeDims <= 0) return t;
     checkRopeDims(ropeDims, dk);
     const { cos, sin } = ropeTables(T, ropeDims, ropeBase);
-    return tf
-      .engine()
-      .runKernel(
-        ROPE_KERNEL,
-        { x: t, cos, sin } satisfies RopeInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
-        { inverse: false, layout: 'bthd' } satisfies RopeAttrs as unknown as tf.NamedAttrMap,
-      ) as tf.Tensor;
+    return inRopeLayout(
+      t,
+      ropeDims,
+      ropeLayout,
+      (x) =>
+        tf
+          .engine()
+          .runKernel(
+            ROPE_KERNEL,
+            { x, cos, sin } satisfies RopeInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+            { inverse: false, layout: 'bthd' } satisfies RopeAttrs as unknown as tf.NamedAttrMap,
+          ) as tf.Tensor,
+    );
   };
   const [out, lse] = tf
     .engine()
@@ -152,6 +170,40 @@ export function mergeHeads(x: tf.Tensor): tf.Tensor {
   return tf.reshape(tf.transpose(x, [0, 2, 1, 3]), [B, T, H * dh]);
 }
 
+const kvIndex = new Map<string, tf.Tensor1D>();
+
+/** Source index of each of heads·width target slots: slot h·width + c reads kv head floor(h / (heads / kvHeads)). */
+function kvRepeatIndex(kvHeads: number, heads: number, width: number): tf.Tensor1D {
+  const key = `${kvHeads}/${heads}/${width}`;
+  let idx = kvIndex.get(key);
+  if (!idx) {
+    const r = heads / kvHeads;
+    const a = new Int32Array(heads * width);
+    for (let h = 0; h < heads; h++) for (let c = 0; c < width; c++) a[h * width + c] = Math.floor(h / r) * width + c;
+    idx = tf.keep(tf.tensor1d(a, 'int32'));
+    kvIndex.set(key, idx);
+  }
+  return idx;
+}
+
+/**
+ * Grouped-query attention's key / value sharing on the projections' layout: x [..., kvHeads·dh] ->
+ * [..., heads·dh], query head h reading kv head floor(h / (heads / kvHeads)) (HF's repeat_kv). The
+ * identity when kvHeads = heads.
+ */
+export function repeatKvChannels(x: tf.Tensor, kvHeads: number, heads: number): tf.Tensor {
+  if (kvHeads === heads) return x;
+  const dh = x.shape[x.rank - 1]! / kvHeads;
+  return tf.gather(x, kvRepeatIndex(kvHeads, heads, dh), x.rank - 1);
+}
+
+/** The same on the head layout: x [B, kvHeads, T, dh] -> [B, heads, T, dh]. */
+export function repeatKvHeads(x: tf.Tensor, heads: number): tf.Tensor {
+  const kvHeads = x.shape[1]!;
+  if (kvHeads === heads) return x;
+  return tf.gather(x, kvRepeatIndex(kvHeads, heads, 1), 1);
+}
+
 /** Separate inputs of the query, key and value projections (peri-norm feeds normalised q/k, raw v); each defaults to `x`. */
 export interface AttentionSources {
   q?: tf.Tensor;
@@ -182,11 +234,22 @@ export function assertInference(ctx: ForwardContext, where: string): void {
 
 export interface MHAOptions {
   heads: number;
+  /** Key / value heads (grouped-query attention); divides `heads`. Default: heads. */
+  kvHeads?: number;
   headDim?: number;
   /** Channels of each head rotated by RoPE (0 = no RoPE). Default: the whole head. */
   ropeDims?: number;
   ropeBase?: number;
+  /** Which channels RoPE pairs (rope.ts). Default `half` (rotate_half). */
+  ropeLayout?: RopeLayout;
+  /** Biases on all four projections. */
   bias?: boolean;
+  /** Biases on the q, k, v projections (Qwen2: yes, o_proj none). Default: `bias`. */
+  qkvBias?: boolean;
+  /** RMSNorm of queries and keys before RoPE: per head (`head`, Qwen3) or over the whole projection (`projection`, OLMoE). */
+  qkNorm?: 'none' | 'head' | 'projection';
+  /** The q/k norms' epsilon. Default 1e-6. */
+  qkNormEps?: number;
 }
 
 export class MultiHeadAttention extends Module implements AttentionModule {
@@ -194,24 +257,42 @@ export class MultiHeadAttention extends Module implements AttentionModule {
   readonly k: Linear;
   readonly v: Linear;
   readonly o: Linear;
+  readonly qNorm?: RMSNorm;
+  readonly kNorm?: RMSNorm;
   readonly heads: number;
+  readonly kvHeads: number;
   readonly headDim: number;
   readonly ropeDims: number;
   readonly ropeBase: number;
+  readonly ropeLayout: RopeLayout;
+  readonly qkNorm: 'none' | 'head' | 'projection';
 
   constructor(dModel: number, opts: MHAOptions, rng: Rng) {
     super();
     this.heads = opts.heads;
+    this.kvHeads = opts.kvHeads ?? opts.heads;
+    if (!Number.isInteger(this.kvHeads) || this.kvHeads < 1 || this.heads % this.kvHeads !== 0)
+      throw new MoelabError(`kvHeads ${this.kvHeads} must divide heads ${this.heads} (each key/value head serves heads / kvHeads query heads)`, 'kvHeads');
     this.headDim = opts.headDim ?? dModel / opts.heads;
     if (!Number.isInteger(this.headDim)) throw new MoelabError(`dModel ${dModel} is not divisible by heads ${opts.heads}; set headDim`, 'heads');
     if (opts.ropeDims !== undefined) checkRopeDims(opts.ropeDims, this.headDim);
     this.ropeDims = opts.ropeDims ?? this.headDim;
     this.ropeBase = opts.ropeBase ?? 10000;
+    this.ropeLayout = opts.ropeLayout ?? 'half';
+    this.qkNorm = opts.qkNorm ?? 'none';
     const inner = this.heads * this.headDim;
-    this.q = this.child('q_proj', new Linear(dModel, inner, rng, { bias: opts.bias }));
-    this.k = this.child('k_proj', new Linear(dModel, inner, rng, { bias: opts.bias }));
-    this.v = this.child('v_proj', new Linear(dModel, inner, rng, { bias: opts.bias }));
+    const kvInner = this.kvHeads * this.headDim;
+    const qkvBias = opts.qkvBias ?? opts.bias;
+    this.q = this.child('q_proj', new Linear(dModel, inner, rng, { bias: qkvBias }));
+    this.k = this.child('k_proj', new Linear(dModel, kvInner, rng, { bias: qkvBias }));
+    this.v = this.child('v_proj', new Linear(dModel, kvInner, rng, { bias: qkvBias }));
     this.o = this.child('o_proj', new Linear(inner, dModel, rng, { bias: opts.bias }));
+    if (this.qkNorm !== 'none') {
+      const eps = opts.qkNormEps ?? 1e-6;
+      const perHead = this.qkNorm === 'head';
+      this.qNorm = this.child('q_norm', new RMSNorm(perHead ? this.headDim : inner, eps));
+      this.kNorm = this.child('k_norm', new RMSNorm(perHead ? this.headDim : kvInner, eps));
+    }
   }
 
   /** Projections plus causal attention mixing (q.k and A.v over (seqLen + 1) / 2 keys on average). */
@@ -230,29 +311,51 @@ export class MultiHeadAttention extends Module implements AttentionModule {
     );
   }
 
-  forward(x: tf.Tensor, _ctx: ForwardContext, sources: AttentionSources = {}): tf.Tensor {
-    if (hasFusedAttention(this.ropeDims)) {
-      const [q, k, v] = [this.q.forward(sources.q ?? x), this.k.forward(sources.k ?? x), this.v.forward(sources.v ?? x)];
-      return this.o.forward(fusedCausalAttention(q, k, v, this.heads, this.ropeDims, this.ropeBase));
+  /** q [B, T, heads·dh], k, v [B, T, kvHeads·dh]: the projections, q and k normalised when qkNorm is set. */
+  private project(x: tf.Tensor, sources: AttentionSources): [tf.Tensor, tf.Tensor, tf.Tensor] {
+    let q = this.q.forward(sources.q ?? x);
+    let k = this.k.forward(sources.k ?? x);
+    const v = this.v.forward(sources.v ?? x);
+    if (this.qNorm && this.kNorm) {
+      if (this.qkNorm === 'head') {
+        const perHead = (t: tf.Tensor, norm: RMSNorm) => {
+          const shape = t.shape;
+          return tf.reshape(norm.forward(tf.reshape(t, [...shape.slice(0, -1), -1, this.headDim])), shape);
+        };
+        q = perHead(q, this.qNorm);
+        k = perHead(k, this.kNorm);
+      } else {
+        q = this.qNorm.forward(q);
+        k = this.kNorm.forward(k);
+      }
     }
-    const q = applyRope(splitHeads(this.q.forward(sources.q ?? x), this.heads), this.ropeDims, this.ropeBase);
-    const k = applyRope(splitHeads(this.k.forward(sources.k ?? x), this.heads), this.ropeDims, this.ropeBase);
-    const v = splitHeads(this.v.forward(sources.v ?? x), this.heads);
-    return this.o.forward(mergeHeads(causalAttention(q, k, v)));
+    return [q, k, v];
+  }
+
+  forward(x: tf.Tensor, _ctx: ForwardContext, sources: AttentionSources = {}): tf.Tensor {
+    const [q, k0, v0] = this.project(x, sources);
+    // GQA: every query head gets its group's key / value head (rotating k after the copy is the same as before).
+    const k = repeatKvChannels(k0, this.kvHeads, this.heads);
+    const v = repeatKvChannels(v0, this.kvHeads, this.heads);
+    if (hasFusedAttention(this.ropeDims))
+      return this.o.forward(fusedCausalAttention(q, k, v, this.heads, this.ropeDims, this.ropeBase, undefined, this.ropeLayout));
+    const rope = (t: tf.Tensor) => applyRope(splitHeads(t, this.heads), this.ropeDims, this.ropeBase, 0, this.ropeLayout);
+    return this.o.forward(mergeHeads(causalAttention(rope(q), rope(k), splitHeads(v, this.heads))));
   }
 
   /**
    * The new rows at positions n0 = cache.length ..: q, k rotated at their own positions (RoPE offset
-   * n0), k and v appended to the cache ([B, H, T, dh] entries "k", "v"), attention over all cached
-   * positions (cachedCausalAttention).
+   * n0), k and v appended to the cache ([B, kvHeads, T, dh] entries "k", "v": GQA caches kvHeads heads),
+   * attention over all cached positions (cachedCausalAttention).
    */
   forwardCached(x: tf.Tensor, ctx: ForwardContext, cache: KVCache, sources: AttentionSources = {}): tf.Tensor {
     assertInference(ctx, this.path);
     const n0 = cache.length;
-    const q = applyRope(splitHeads(this.q.forward(sources.q ?? x), this.heads), this.ropeDims, this.ropeBase, n0);
-    const k = applyRope(splitHeads(this.k.forward(sources.k ?? x), this.heads), this.ropeDims, this.ropeBase, n0);
-    const v = splitHeads(this.v.forward(sources.v ?? x), this.heads);
+    const [qp, kp, vp] = this.project(x, sources);
+    const q = applyRope(splitHeads(qp, this.heads), this.ropeDims, this.ropeBase, n0, this.ropeLayout);
+    const k = applyRope(splitHeads(kp, this.kvHeads), this.ropeDims, this.ropeBase, n0, this.ropeLayout);
+    const v = splitHeads(vp, this.kvHeads);
     const all = cache.append({ k, v });
-    return this.o.forward(mergeHeads(cachedCausalAttention(q, all.k, all.v)));
+    return this.o.forward(mergeHeads(cachedCausalAttention(q, repeatKvHeads(all.k, this.heads), repeatKvHeads(all.v, this.heads))));
   }
 }
