@@ -74,8 +74,15 @@ export const moeFFNEntry = defineEntry({
       description: "gate on the shared experts' output: none, or sigmoid = σ(w·x) per token (Qwen2-MoE; parameter shared_expert_gate.weight [1, d])",
     }),
     sharedGateStd: Type.Number({ minimum: 0, default: 0.02, description: 'init std of shared_expert_gate.weight (HF initializer_range 0.02)' }),
+    expertNames: Type.Optional(
+      Type.Array(Type.String(), {
+        description: 'a label per routed expert (e.g. the dense model or domain an upcycled expert came from), for routing plots and reports',
+      }),
+    ),
   }),
   create: (c, ctx) => {
+    if (c.expertNames && c.expertNames.length !== c.experts)
+      throw new MoelabError(`expertNames has ${c.expertNames.length} labels for ${c.experts} experts`, `${ctx.path}.expertNames`);
     const router = ctx.build<Router>('router', c.router, 'router', { numExperts: c.experts });
     if (ctx.env.causal && router.flags.batchDependent && (!router.flags.causalSafe || !c.allowBatchDependent)) {
       throw new MoelabError(
@@ -162,6 +169,13 @@ export const transformerLMEntry = defineEntry({
       { additionalProperties: false, default: {} },
     ),
     block: Node('block', { default: { type: 'transformer' } }),
+    blocks: Type.Optional(
+      Type.Array(Node('block'), {
+        minItems: 1,
+        description:
+          'one block spec per distinct layer (length stack.groupSize), replacing `block`: stacks whose layers differ, e.g. sparse upcycling that turns every other FFN into an MoE',
+      }),
+    ),
     outNorm: Node('norm', { default: 'layernorm' }),
     tieEmbeddings: Type.Boolean({ default: false }),
     headBias: Type.Boolean({ default: false }),
@@ -176,7 +190,15 @@ export const transformerLMEntry = defineEntry({
   create: (c, ctx: BuildContext) => {
     const env = { dModel: c.dModel, vocabSize: c.vocabSize, contextLength: c.contextLength, causal: true, nLayers: c.stack.groupSize * c.stack.repeats };
     const blocks: TransformerBlock[] = [];
-    for (let i = 0; i < c.stack.groupSize; i++) blocks.push(ctx.build<TransformerBlock>('block', c.block, 'block', { ...env, layerIndex: i }));
+    if (c.blocks && c.blocks.length !== c.stack.groupSize)
+      throw new MoelabError(
+        `blocks lists ${c.blocks.length} block specs but stack.groupSize is ${c.stack.groupSize}: give one per distinct layer`,
+        `${ctx.path}.blocks`,
+      );
+    for (let i = 0; i < c.stack.groupSize; i++) {
+      const node = c.blocks ? c.blocks[i] : c.block;
+      blocks.push(ctx.build<TransformerBlock>('block', node, c.blocks ? `blocks[${i}]` : 'block', { ...env, layerIndex: i }));
+    }
     const outNorm = ctx.build<Norm>('norm', c.outNorm, 'outNorm', env);
     return new TransformerLM(
       {

@@ -108,3 +108,17 @@ describe('forward FLOPs per token (Kaplan / BAM Table 10 convention)', () => {
     expect(3 * modelSummary(model).forwardFlopsPerToken).toBe(909_312);
   });
 });
+
+describe('per-layer blocks', () => {
+  it('blocks gives each distinct layer its own block spec; its length must match groupSize', () => {
+    const dense = { type: 'transformer', attention: { type: 'mha', heads: 2 }, ffn: { type: 'dense', hidden: 24 } };
+    const moe = { ...dense, ffn: { type: 'moe', experts: 2, router: { type: 'softmax-topk', k: 1, renormalize: false }, expert: { type: 'mlp', hidden: 8 } } };
+    const model = lm({}, { blocks: [dense, moe] });
+    expect(model.layers.map((b) => b.ffn.constructor.name)).toEqual(['DenseFFN', 'MoELayer']);
+    expect(model.namedParameters().some(([n]) => n === 'transformer.layers.1.ffn.experts.w1')).toBe(true);
+    expect(() => lm({}, { blocks: [dense] })).toThrow(/^\$\.blocks: blocks lists 1 block specs but stack\.groupSize is 2/);
+    expect(() => lm({}, { blocks: [dense, { ...moe, ffn: { ...moe.ffn, expertNames: ['a'] } }] })).toThrow(
+      /\$\.blocks\[1\]\.ffn\.expertNames: expertNames has 1 labels for 2 experts/,
+    );
+  });
+});

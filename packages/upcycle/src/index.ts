@@ -1,0 +1,43 @@
+/**
+ * @moelab/upcycle — turn dense checkpoints into Mixture-of-Experts models without training: the registry
+ * kind `upcycler`, the generic tensor operators, precondition checks, provenance, and the upcyclers
+ * (docs/upcycling.md).
+ * @packageDocumentation
+ */
+import { definePlugin } from '@moelab/core';
+import { sparseUpcycle, sparseUpcycleT5 } from './upcyclers/sparse-upcycle.js';
+
+export type {
+  ProvenanceEntry,
+  UpcycleDraft,
+  UpcycleInput,
+  UpcycleReport,
+  UpcycleResult,
+  UpcycleSource,
+  UpcycleTools,
+  Upcycler,
+} from './contract.js';
+export { upcycle, upcyclerNames, methodName, type UpcycleOptions } from './upcycle.js';
+export { checkCompatible, meanSpread, sourceLabel } from './check.js';
+export { formatProvenance, formatReport, groupedProvenance, provenanceRows, type ProvenanceRow } from './provenance.js';
+export {
+  averageTensors,
+  copyTensor,
+  gatherColumns,
+  gatherRows,
+  numel,
+  relativeSpread,
+  sameShape,
+  stackTensors,
+  transpose2d,
+  unstack,
+  zerosTensor,
+  type WeightMap,
+  type WeightTensor,
+} from './weights.js';
+export { layerPrefix, modelView, selectLayers, specWithBlocks, type LayerView, type ModelView } from './model-view.js';
+export { sparseUpcycle, sparseUpcycleT5 } from './upcyclers/sparse-upcycle.js';
+
+/** The upcyclers as a registry plugin: `createRegistry(corePlugin, routers, experts, attention, upcycle)`. */
+export const upcyclePlugin = definePlugin({ name: '@moelab/upcycle', entries: [sparseUpcycle, sparseUpcycleT5] });
+export default upcyclePlugin;
