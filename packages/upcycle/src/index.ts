@@ -5,6 +5,8 @@
  * @packageDocumentation
  */
 import { definePlugin } from '@moelab/core';
+import { bam, bamKvShare } from './upcyclers/bam.js';
+import { btx } from './upcyclers/btx.js';
 import { sparseUpcycle, sparseUpcycleT5 } from './upcyclers/sparse-upcycle.js';
 
 export type {
@@ -37,7 +39,10 @@ export {
 } from './weights.js';
 export { layerPrefix, modelView, selectLayers, specWithBlocks, type LayerView, type ModelView } from './model-view.js';
 export { sparseUpcycle, sparseUpcycleT5 } from './upcyclers/sparse-upcycle.js';
+export { btx, chunkExpert } from './upcyclers/btx.js';
+export { bam, bamKvShare } from './upcyclers/bam.js';
+export { averageInto, mergeSources, type MergeSources } from './merge.js';
 
 /** The upcyclers as a registry plugin: `createRegistry(corePlugin, routers, experts, attention, upcycle)`. */
-export const upcyclePlugin = definePlugin({ name: '@moelab/upcycle', entries: [sparseUpcycle, sparseUpcycleT5] });
+export const upcyclePlugin = definePlugin({ name: '@moelab/upcycle', entries: [sparseUpcycle, sparseUpcycleT5, btx, bam, bamKvShare] });
 export default upcyclePlugin;
