@@ -87,6 +87,20 @@ export function readSafetensors(bytes: Uint8Array, source = 'safetensors'): Safe
   return { tensors, metadata };
 }
 
+/**
+ * Decode `numel` elements of `dtype` from `bytes` (little-endian, as stored in a safetensors data
+ * section): floats to a Float32Array (F16 / BF16 exactly, F64 rounded), integers to an Int32Array.
+ * For readers that fetch one tensor at a time instead of the whole file.
+ */
+export function decodeSafeTensor(bytes: Uint8Array, dtype: SafeDType, numel: number): Float32Array | Int32Array | Uint8Array {
+  return decode(bytes, 0, numel, dtype, new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength));
+}
+
+/** Bytes per element of a safetensors dtype. */
+export function safeDTypeSize(dtype: SafeDType): number {
+  return ITEMSIZE[dtype];
+}
+
 function decode(bytes: Uint8Array, at: number, numel: number, dtype: SafeDType, view: DataView): Float32Array | Int32Array | Uint8Array {
   switch (dtype) {
     case 'F32': {

@@ -1,0 +1,358 @@
+/**
+ * The Hugging Face decoder architectures moelab converts to and from, one table row each: its
+ * `model_type` and class, what it can express (`refuses`), its config.json fields (`toConfig`,
+ * `fromConfig`) and its parameter names. Read from transformers' modeling / configuration code
+ * (github.com/huggingface/transformers, src/transformers/models/{llama,qwen2,mixtral,qwen2_moe,qwen3_moe,olmoe}).
+ *
+ * | model_type | FFN                               | attention                                   | router weights           |
+ * | ---------- | --------------------------------- | ------------------------------------------- | ------------------------ |
+ * | llama      | dense SwiGLU (mlp_bias)           | attention_bias on q, k, v, o                | -                        |
+ * | qwen2      | dense SwiGLU                      | biases on q, k, v; none on o                | -                        |
+ * | mixtral    | block_sparse_moe, experts w1/w3/w2| no biases                                   | always renormalised      |
+ * | qwen2_moe  | mlp + shared_expert + σ gate      | biases on q, k, v; none on o                | norm_topk_prob           |
+ * | qwen3_moe  | mlp, experts gate/up/down         | per-head q_norm / k_norm, attention_bias    | norm_topk_prob           |
+ * | olmoe      | mlp, experts gate/up/down         | q_norm / k_norm over the projection         | norm_topk_prob           |
+ */
+import { closeMatches, MoelabError } from '@moelab/core';
+import type { DecoderShape, MoEShape } from './shape.js';
+
+type Json = Record<string, unknown>;
+
+export interface HfArchitecture {
+  /** config.json `model_type`. */
+  modelType: string;
+  /** config.json `architectures[0]`: the transformers class. */
+  className: string;
+  /** Why this architecture cannot hold a model of this shape, or null. */
+  refuses(s: DecoderShape): string | null;
+  /** The config.json of a shape (fields transformers reads). */
+  toConfig(s: DecoderShape): Json;
+  /** The shape of a config.json (fields checked, defaults as in transformers' config classes). */
+  fromConfig(c: ConfigReader): DecoderShape;
+  /** Names inside `model.layers.<i>.` of the MoE block and its experts' projections (MoE architectures). */
+  moeNames?: { block: string; gate: string; up: string; down: string };
+}
+
+/** Reads typed fields of an HF config.json, with one-line errors naming the file and the field. */
+export class ConfigReader {
+  constructor(
+    readonly json: Json,
+    readonly where: string,
+  ) {}
+
+  private fail(field: string, what: string): never {
+    throw new MoelabError(`"${field}" ${what}`, this.where);
+  }
+
+  int(field: string, fallback?: number): number {
+    const v = this.json[field] ?? fallback;
+    if (v === undefined || v === null) this.fail(field, 'is missing');
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 0) this.fail(field, `must be a non-negative integer (got ${JSON.stringify(v)})`);
+    return v as number;
+  }
+
+  positive(field: string, fallback?: number): number {
+    const v = this.int(field, fallback);
+    if (v < 1) this.fail(field, `must be at least 1 (got ${v})`);
+    return v;
+  }
+
+  num(field: string, fallback?: number): number {
+    const v = this.json[field] ?? fallback;
+    if (v === undefined || v === null) this.fail(field, 'is missing');
+    if (typeof v !== 'number' || !Number.isFinite(v)) this.fail(field, `must be a number (got ${JSON.stringify(v)})`);
+    return v as number;
+  }
+
+  bool(field: string, fallback: boolean): boolean {
+    const v = this.json[field] ?? fallback;
+    if (typeof v !== 'boolean') this.fail(field, `must be true or false (got ${JSON.stringify(v)})`);
+    return v as boolean;
+  }
+
+  /** The field must be absent, null or one of `allowed` (moelab has no equivalent of other values). */
+  only(field: string, allowed: unknown[], why: string): void {
+    const v = this.json[field];
+    if (v === undefined || v === null) return;
+    if (!allowed.some((a) => JSON.stringify(a) === JSON.stringify(v))) this.fail(field, `= ${JSON.stringify(v)} is not supported: ${why}`);
+  }
+}
+
+function common(s: DecoderShape, arch: { modelType: string; className: string }): Json {
+  return {
+    architectures: [arch.className],
+    model_type: arch.modelType,
+    vocab_size: s.vocabSize,
+    hidden_size: s.dModel,
+    num_hidden_layers: s.layers,
+    num_attention_heads: s.heads,
+    num_key_value_heads: s.kvHeads,
+    head_dim: s.headDim,
+    max_position_embeddings: s.contextLength,
+    rms_norm_eps: s.normEps,
+    rope_theta: s.ropeBase,
+    rope_scaling: null,
+    hidden_act: 'silu',
+    tie_word_embeddings: s.tieEmbeddings,
+    initializer_range: s.initStd,
+    attention_dropout: 0,
+    use_cache: true,
+    torch_dtype: 'float32',
+  };
+}
+
+/** The fields every architecture reads the same way. */
+function readCommon(c: ConfigReader, defaults: { eps: number; theta: number }): Omit<DecoderShape, 'qkvBias' | 'oBias' | 'qkNorm' | 'ffn'> {
+  const dModel = c.positive('hidden_size');
+  const heads = c.positive('num_attention_heads');
+  const kvHeads = c.positive('num_key_value_heads', heads);
+  if (heads % kvHeads !== 0) throw new MoelabError(`"num_key_value_heads" ${kvHeads} does not divide "num_attention_heads" ${heads}`, c.where);
+  const headDim = c.positive('head_dim', dModel / heads);
+  c.only('hidden_act', ['silu'], 'moelab converts SwiGLU (silu) MLPs');
+  c.only('rope_scaling', [], 'moelab implements plain RoPE (no rope_scaling)');
+  c.only('use_sliding_window', [false], 'moelab attends over the whole context (no sliding window)');
+  return {
+    vocabSize: c.positive('vocab_size'),
+    dModel,
+    layers: c.positive('num_hidden_layers'),
+    contextLength: c.positive('max_position_embeddings'),
+    tieEmbeddings: c.bool('tie_word_embeddings', false),
+    normEps: c.num('rms_norm_eps', defaults.eps),
+    initStd: c.num('initializer_range', 0.02),
+    heads,
+    kvHeads,
+    headDim,
+    ropeBase: c.num('rope_theta', defaults.theta),
+  };
+}
+
+/** Qwen-MoE's layer pattern: every layer must be sparse (moelab's blocks share one spec). */
+function allSparse(c: ConfigReader): void {
+  c.only('decoder_sparse_step', [1], 'moelab builds every layer alike, so every layer must be an MoE layer (decoder_sparse_step 1)');
+  c.only('mlp_only_layers', [[]], 'moelab builds every layer alike (no dense-only layers)');
+}
+
+function readMoE(c: ConfigReader, expertsField: string, hiddenField: string, renormalize: boolean | null): MoEShape {
+  const experts = c.positive(expertsField);
+  const k = c.positive('num_experts_per_tok');
+  if (k > experts) throw new MoelabError(`"num_experts_per_tok" ${k} exceeds "${expertsField}" ${experts}`, c.where);
+  return {
+    kind: 'moe',
+    experts,
+    k,
+    renormalize: renormalize ?? c.bool('norm_topk_prob', false),
+    hidden: c.positive(hiddenField),
+    auxCoef: c.num('router_aux_loss_coef', 0.001),
+    jitter: c.num('router_jitter_noise', 0),
+  };
+}
+
+const biasesAll = (s: DecoderShape) => (s.qkvBias === s.oBias ? null : 'q/k/v biases without an o bias are Qwen2-style (qwen2, qwen2_moe)');
+const biasesQkv = (s: DecoderShape) => (s.qkvBias && !s.oBias ? null : 'Qwen2 attention has biases on q, k, v and none on o (qkvBias: true, bias: false)');
+const noQkNorm = (s: DecoderShape) => (s.qkNorm === 'none' ? null : `q/k norms (qkNorm "${s.qkNorm}") are not part of this architecture`);
+const plainHeadDim = (s: DecoderShape) => (s.headDim * s.heads === s.dModel ? null : `headDim ${s.headDim} ≠ dModel / heads: this architecture derives it`);
+const first = (...reasons: (string | null)[]) => reasons.find((r) => r !== null) ?? null;
+const isMoE = (s: DecoderShape): s is DecoderShape & { ffn: MoEShape } => s.ffn.kind === 'moe';
+const dense = (s: DecoderShape) => (s.ffn.kind === 'dense' ? null : 'an MoE feed-forward needs an MoE architecture');
+const moe = (s: DecoderShape) => (isMoE(s) ? null : 'a dense feed-forward needs a dense architecture (llama, qwen2)');
+const noShared = (s: DecoderShape) => (isMoE(s) && s.ffn.sharedHidden !== undefined ? 'a gated shared expert is Qwen2-MoE (qwen2_moe)' : null);
+
+function moeConfig(s: DecoderShape, expertsField: string): Json {
+  const f = s.ffn as MoEShape;
+  return { [expertsField]: f.experts, num_experts_per_tok: f.k, router_aux_loss_coef: f.auxCoef, output_router_logits: false };
+}
+
+export const llama: HfArchitecture = {
+  modelType: 'llama',
+  className: 'LlamaForCausalLM',
+  refuses: (s) => first(dense(s), noQkNorm(s), biasesAll(s)),
+  toConfig: (s) => ({
+    ...common(s, llama),
+    intermediate_size: (s.ffn as { hidden: number }).hidden,
+    attention_bias: s.oBias,
+    mlp_bias: s.ffn.kind === 'dense' && s.ffn.bias,
+    pretraining_tp: 1,
+  }),
+  fromConfig: (c) => {
+    c.only('pretraining_tp', [1], 'moelab does not split projections for tensor-parallel pretraining');
+    const bias = c.bool('attention_bias', false);
+    return {
+      ...readCommon(c, { eps: 1e-6, theta: 10000 }),
+      qkvBias: bias,
+      oBias: bias,
+      qkNorm: 'none',
+      ffn: { kind: 'dense', hidden: c.positive('intermediate_size'), bias: c.bool('mlp_bias', false) },
+    };
+  },
+};
+
+export const qwen2: HfArchitecture = {
+  modelType: 'qwen2',
+  className: 'Qwen2ForCausalLM',
+  refuses: (s) => first(dense(s), noQkNorm(s), biasesQkv(s), s.ffn.kind === 'dense' && s.ffn.bias ? 'Qwen2 MLPs have no biases' : null, plainHeadDim(s)),
+  toConfig: (s) => ({ ...common(s, qwen2), intermediate_size: (s.ffn as { hidden: number }).hidden, use_sliding_window: false, sliding_window: null }),
+  fromConfig: (c) => ({
+    ...readCommon(c, { eps: 1e-6, theta: 10000 }),
+    qkvBias: true,
+    oBias: false,
+    qkNorm: 'none',
+    ffn: { kind: 'dense', hidden: c.positive('intermediate_size'), bias: false },
+  }),
+};
+
+export const mixtral: HfArchitecture = {
+  modelType: 'mixtral',
+  className: 'MixtralForCausalLM',
+  refuses: (s) =>
+    first(
+      moe(s),
+      noShared(s),
+      noQkNorm(s),
+      s.qkvBias || s.oBias ? 'Mixtral attention has no biases' : null,
+      isMoE(s) && !s.ffn.renormalize ? 'Mixtral renormalises the top-k weights (norm_topk_prob false needs qwen2_moe, qwen3_moe or olmoe)' : null,
+    ),
+  toConfig: (s) => ({
+    ...common(s, mixtral),
+    ...moeConfig(s, 'num_local_experts'),
+    intermediate_size: (s.ffn as MoEShape).hidden,
+    router_jitter_noise: (s.ffn as MoEShape).jitter,
+    sliding_window: null,
+  }),
+  fromConfig: (c) => {
+    c.only('sliding_window', [], 'moelab attends over the whole context (sliding_window must be null)');
+    return {
+      ...readCommon(c, { eps: 1e-5, theta: 1e6 }),
+      qkvBias: false,
+      oBias: false,
+      qkNorm: 'none',
+      ffn: readMoE(c, 'num_local_experts', 'intermediate_size', true),
+    };
+  },
+  moeNames: { block: 'block_sparse_moe', gate: 'w1', up: 'w3', down: 'w2' },
+};
+
+const qwenMoeNames = { block: 'mlp', gate: 'gate_proj', up: 'up_proj', down: 'down_proj' };
+
+export const qwen2Moe: HfArchitecture = {
+  modelType: 'qwen2_moe',
+  className: 'Qwen2MoeForCausalLM',
+  refuses: (s) =>
+    first(
+      moe(s),
+      noQkNorm(s),
+      biasesQkv(s),
+      isMoE(s) && s.ffn.sharedHidden === undefined ? 'Qwen2-MoE layers have a gated shared expert (shared + sharedGate: sigmoid)' : null,
+      plainHeadDim(s),
+    ),
+  toConfig: (s) => {
+    const f = s.ffn as MoEShape;
+    return {
+      ...common(s, qwen2Moe),
+      ...moeConfig(s, 'num_experts'),
+      moe_intermediate_size: f.hidden,
+      shared_expert_intermediate_size: f.sharedHidden,
+      intermediate_size: f.sharedHidden,
+      norm_topk_prob: f.renormalize,
+      decoder_sparse_step: 1,
+      mlp_only_layers: [],
+      use_sliding_window: false,
+      sliding_window: null,
+    };
+  },
+  fromConfig: (c) => {
+    allSparse(c);
+    const ffn = readMoE(c, 'num_experts', 'moe_intermediate_size', null);
+    ffn.sharedHidden = c.positive('shared_expert_intermediate_size');
+    return { ...readCommon(c, { eps: 1e-6, theta: 10000 }), qkvBias: true, oBias: false, qkNorm: 'none', ffn };
+  },
+  moeNames: qwenMoeNames,
+};
+
+export const qwen3Moe: HfArchitecture = {
+  modelType: 'qwen3_moe',
+  className: 'Qwen3MoeForCausalLM',
+  refuses: (s) => first(moe(s), noShared(s), s.qkNorm === 'head' ? null : 'Qwen3-MoE normalises q and k per head (qkNorm: "head")', biasesAll(s)),
+  toConfig: (s) => {
+    const f = s.ffn as MoEShape;
+    return {
+      ...common(s, qwen3Moe),
+      ...moeConfig(s, 'num_experts'),
+      moe_intermediate_size: f.hidden,
+      intermediate_size: f.hidden,
+      norm_topk_prob: f.renormalize,
+      decoder_sparse_step: 1,
+      mlp_only_layers: [],
+      attention_bias: s.oBias,
+      use_sliding_window: false,
+      sliding_window: null,
+    };
+  },
+  fromConfig: (c) => {
+    allSparse(c);
+    const bias = c.bool('attention_bias', false);
+    return {
+      ...readCommon(c, { eps: 1e-6, theta: 10000 }),
+      qkvBias: bias,
+      oBias: bias,
+      qkNorm: 'head',
+      ffn: readMoE(c, 'num_experts', 'moe_intermediate_size', null),
+    };
+  },
+  moeNames: qwenMoeNames,
+};
+
+export const olmoe: HfArchitecture = {
+  modelType: 'olmoe',
+  className: 'OlmoeForCausalLM',
+  refuses: (s) =>
+    first(
+      moe(s),
+      noShared(s),
+      s.qkNorm === 'projection' ? null : 'OLMoE normalises the whole q and k projections (qkNorm: "projection")',
+      biasesAll(s),
+      plainHeadDim(s),
+    ),
+  toConfig: (s) => {
+    const f = s.ffn as MoEShape;
+    return {
+      ...common(s, olmoe),
+      ...moeConfig(s, 'num_experts'),
+      intermediate_size: f.hidden,
+      norm_topk_prob: f.renormalize,
+      attention_bias: s.oBias,
+      clip_qkv: null,
+    };
+  },
+  fromConfig: (c) => {
+    c.only('clip_qkv', [], 'moelab does not clamp q, k, v');
+    const bias = c.bool('attention_bias', false);
+    return {
+      ...readCommon(c, { eps: 1e-5, theta: 10000 }),
+      qkvBias: bias,
+      oBias: bias,
+      qkNorm: 'projection',
+      ffn: readMoE(c, 'num_experts', 'intermediate_size', null),
+    };
+  },
+  moeNames: qwenMoeNames,
+};
+
+/** Every architecture, MoE ones first (the order `--arch auto` tries them in). */
+export const HF_ARCHITECTURES: readonly HfArchitecture[] = [mixtral, qwen2Moe, qwen3Moe, olmoe, llama, qwen2];
+
+/** The architecture of a model_type, or a one-line error listing the supported ones (closest first). */
+export function architecture(modelType: unknown, where?: string): HfArchitecture {
+  const names = HF_ARCHITECTURES.map((a) => a.modelType);
+  const a = HF_ARCHITECTURES.find((x) => x.modelType === modelType);
+  if (a) return a;
+  const close = typeof modelType === 'string' ? closeMatches(modelType, names) : [];
+  throw new MoelabError(
+    `unknown model_type ${JSON.stringify(modelType)}${close.length ? ` (did you mean ${close.join(', ')}?)` : ''}; moelab converts ${names.join(', ')}`,
+    where,
+  );
+}
+
+/** The architectures that can hold a model of this shape, in {@link HF_ARCHITECTURES} order. */
+export function architecturesFor(s: DecoderShape): HfArchitecture[] {
+  return HF_ARCHITECTURES.filter((a) => a.refuses(s) === null);
+}

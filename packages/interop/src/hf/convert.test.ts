@@ -1,0 +1,166 @@
+/**
+ * Hugging Face layouts in memory, for each architecture: a moelab model exported to HF names gives the
+ * logits of an independent plain-JS forward written from transformers' modeling code (test/hf-reference.ts),
+ * the round trip moelab -> HF -> moelab is bit-exact, and a model an architecture cannot express is
+ * refused in one line naming the architectures that can hold it.
+ */
+import { attention } from '@moelab/attention';
+import {
+  buildModel,
+  corePlugin,
+  createRegistry,
+  forwardContext,
+  type LanguageModel,
+  loadState,
+  type Module,
+  type NodeSpec,
+  Rng,
+  stateTensors,
+  tf,
+} from '@moelab/core';
+import { experts } from '@moelab/experts';
+import { routers } from '@moelab/routers';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { type HfTensors, hfForward } from '../../test/hf-reference.js';
+import { exportTensors, importTensors, memorySource, planExport, planImport } from './convert.js';
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+});
+
+const registry = createRegistry(corePlugin, routers, experts, attention);
+type Model = Module & LanguageModel;
+
+function decoder(attentionSpec: Record<string, unknown>, ffn: Record<string, unknown>, extra: Record<string, unknown> = {}): NodeSpec {
+  return {
+    type: 'transformer-lm',
+    vocabSize: 40,
+    dModel: 16,
+    contextLength: 16,
+    stack: { groupSize: 2 },
+    block: { type: 'transformer', normType: { type: 'rmsnorm', eps: 1e-5 }, attention: { type: 'mha', heads: 4, ...attentionSpec }, ffn },
+    outNorm: { type: 'rmsnorm', eps: 1e-5 },
+    ...extra,
+  } as NodeSpec;
+}
+
+const glu = { type: 'glu', hidden: 12, activation: 'silu' };
+const moe = (router: Record<string, unknown>, more: Record<string, unknown> = {}) => ({ type: 'moe', experts: 4, router, expert: glu, ...more });
+
+const cases: [string, NodeSpec][] = [
+  ['mixtral', decoder({ kvHeads: 2 }, moe({ type: 'mixtral' }))],
+  [
+    'qwen2_moe',
+    decoder(
+      { kvHeads: 2, qkvBias: true },
+      moe({ type: 'qwen2-moe', k: 2 }, { shared: { type: 'glu', hidden: 20, activation: 'silu' }, sharedGate: 'sigmoid' }),
+    ),
+  ],
+  ['qwen3_moe', decoder({ kvHeads: 1, headDim: 6, qkNorm: 'head', qkNormEps: 1e-5 }, moe({ type: 'softmax-topk', k: 2, renormalize: true }))],
+  ['olmoe', decoder({ qkNorm: 'projection', qkNormEps: 1e-5 }, moe({ type: 'olmoe', k: 3 }), { tieEmbeddings: true })],
+  ['llama', decoder({ kvHeads: 2, bias: true }, { type: 'dense', hidden: 24, glu: true, activation: 'silu', bias: true })],
+  ['qwen2', decoder({ kvHeads: 2, qkvBias: true }, { type: 'dense', hidden: 24, glu: true, activation: 'silu' })],
+];
+
+/** Every parameter of the model, randomised (biases and norm gains too, so a misplaced one shows). */
+function randomise(model: Model, seed: number): Map<string, { shape: number[]; data: Float32Array }> {
+  const rng = new Rng(seed);
+  const out = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [name, t] of stateTensors(model)) {
+    const data = Float32Array.from(rng.normalArray(t.data.length, name.includes('router') ? 1 : 0.3), (v) =>
+      name.endsWith('norm.weight') || /ln\d\.weight/.test(name) ? 1 + v : v,
+    );
+    out.set(name, { shape: t.shape, data });
+  }
+  loadState(model, new Map([...out].map(([n, t]) => [n, { dtype: 'F32' as const, shape: t.shape, data: t.data }])), { source: 'test' });
+  return out;
+}
+
+const ids = [3, 17, 5, 39, 0, 22, 8, 11, 30];
+
+describe('Hugging Face layouts', () => {
+  for (const [arch, spec] of cases) {
+    it(`${arch}: exported tensors give the HF reference forward's logits; moelab -> HF -> moelab is bit-exact`, () => {
+      const model = buildModel<Model>(spec, registry, 1);
+      const weights = randomise(model, 7);
+      const plan = planExport(spec, registry, arch);
+      expect(plan.config.model_type).toBe(arch);
+      const hf: HfTensors = new Map();
+      exportTensors(plan, memorySource(weights), (name, shape, data) => hf.set(name, { shape, data }));
+      expect(hf.size).toBe(plan.outputs.length);
+
+      const want = hfForward(plan.config, hf, ids);
+      const got = model.forward(tf.tensor2d(ids, [1, ids.length], 'int32'), forwardContext(new Rng(0), false)).dataSync();
+      let worst = 0;
+      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(got[i]! - want[i]!));
+      expect(worst).toBeLessThan(1e-4);
+
+      const back = planImport(JSON.parse(JSON.stringify(plan.config)));
+      const imported = new Map<string, { shape: number[]; data: Float32Array }>();
+      importTensors(back, memorySource(hf), (name, shape, data) => imported.set(name, { shape, data }));
+      expect([...imported.keys()].sort()).toEqual([...weights.keys()].sort());
+      for (const [name, t] of weights) {
+        const u = imported.get(name)!;
+        expect(u.shape, name).toEqual(t.shape);
+        expect(
+          Buffer.from(u.data.buffer, u.data.byteOffset, u.data.byteLength).equals(Buffer.from(t.data.buffer, t.data.byteOffset, t.data.byteLength)),
+          name,
+        ).toBe(true);
+      }
+      // The imported spec builds the same model: it loads the imported tensors and computes the same logits.
+      const again = buildModel<Model>(back.spec, registry, 2);
+      loadState(again, new Map([...imported].map(([n, t]) => [n, { dtype: 'F32' as const, ...t }])), { source: 'imported' });
+      const logits2 = again.forward(tf.tensor2d(ids, [1, ids.length], 'int32'), forwardContext(new Rng(0), false)).dataSync();
+      expect(Math.max(...Array.from(logits2, (v, i) => Math.abs(v - got[i]!)))).toBe(0);
+    });
+  }
+
+  it('picks the first architecture that can hold the model when none is named', () => {
+    expect(planExport(cases[1]![1], registry).arch.modelType).toBe('qwen2_moe');
+    expect(planExport(cases[4]![1], registry).arch.modelType).toBe('llama');
+  });
+
+  it('refuses a model the target cannot express, naming the architectures that could hold it', () => {
+    expect(() => planExport(cases[1]![1], registry, 'mixtral')).toThrow(
+      /^cannot export as mixtral: a gated shared expert is Qwen2-MoE \(qwen2_moe\); architectures that can hold this model: qwen2_moe$/,
+    );
+    const raw = decoder({}, moe({ type: 'softmax-topk', k: 2, renormalize: false }));
+    expect(() => planExport(raw, registry, 'mixtral')).toThrow(
+      /Mixtral renormalises the top-k weights \(norm_topk_prob false needs qwen2_moe, qwen3_moe or olmoe\); none of mixtral, qwen2_moe, qwen3_moe, olmoe, llama, qwen2 can hold it$/,
+    );
+    const ec = decoder({}, moe({ type: 'expert-choice' }));
+    expect(() => planExport(ec, registry, 'mixtral')).toThrow(/router "expert-choice": HF MoE layouts route with softmax top-k/);
+    expect(() => planExport(cases[0]![1], registry, 'qwen2')).toThrow(
+      /cannot export as qwen2: an MoE feed-forward needs an MoE architecture; architectures that can hold this model: mixtral$/,
+    );
+    expect(() => planExport(cases[0]![1], registry, 'mixtrall')).toThrow(/unknown model_type "mixtrall" \(did you mean mixtral\?\)/);
+  });
+
+  it('import: unknown model_type, missing and wrong-shape tensors are one-line errors naming file and tensor', () => {
+    expect(() => planImport({ model_type: 'deepseek_v3' }, 'm/config.json')).toThrow(
+      /^m\/config.json: model_type: unknown model_type "deepseek_v3"; moelab converts mixtral, /,
+    );
+    expect(() => planImport({ model_type: 'llama', hidden_size: 16 }, 'm/config.json')).toThrow(/^m\/config.json: "num_attention_heads" is missing$/);
+    expect(() => planImport({ model_type: 'llama', hidden_size: 16, num_attention_heads: 4, num_key_value_heads: 3 }, 'c.json')).toThrow(
+      /"num_key_value_heads" 3 does not divide "num_attention_heads" 4/,
+    );
+    const plan = planExport(cases[4]![1], registry);
+    const model = buildModel<Model>(cases[4]![1], registry, 1);
+    const hf: HfTensors = new Map();
+    exportTensors(plan, memorySource(randomise(model, 1)), (n, shape, data) => hf.set(n, { shape, data }));
+    const back = planImport(plan.config);
+    const missing = new Map(hf);
+    missing.delete('model.layers.1.mlp.up_proj.weight');
+    expect(() => importTensors(back, memorySource(missing, 'dir/model-00002-of-00002.safetensors'), () => {})).toThrow(
+      /^dir\/model-00002-of-00002.safetensors: tensor "model.layers.1.mlp.up_proj.weight" is missing/,
+    );
+    const wrong = new Map(hf);
+    wrong.set('model.layers.0.self_attn.k_proj.weight', { shape: [16, 16], data: new Float32Array(256) });
+    expect(() => importTensors(back, memorySource(wrong), () => {})).toThrow(
+      /tensor "model.layers.0.self_attn.k_proj.weight" has shape \[16,16\], a llama model of this config.json needs \[8,16\]/,
+    );
+    expect(() => planImport({ ...plan.config, rope_scaling: { rope_type: 'llama3', factor: 8 } })).toThrow(
+      /"rope_scaling" = .* is not supported: moelab implements plain RoPE/,
+    );
+  });
+});
