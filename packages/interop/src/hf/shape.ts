@@ -73,7 +73,10 @@ export function shapeFromSpec(spec: NodeSpec, registry: Registry): ShapeResult {
   if (m.embeddingScale !== 1) return fail(`embeddingScale ${m.embeddingScale}: HF decoders do not scale embeddings`);
   if (m.headBias) return fail('headBias: the HF lm_head has no bias');
   const outNorm = resolveConfig(registry, 'norm', m.outNorm as NodeSpec, '$.outNorm');
-  const block = resolveConfig(registry, 'block', m.block as NodeSpec, '$.block');
+  const blocks = m.blocks as NodeSpec[] | undefined;
+  if (blocks && blocks.some((b) => JSON.stringify(b) !== JSON.stringify(blocks[0])))
+    return fail('its layers differ (blocks lists different block specs); the HF layouts moelab converts have one layer type');
+  const block = resolveConfig(registry, 'block', (blocks?.[0] ?? m.block) as NodeSpec, blocks ? '$.blocks[0]' : '$.block');
   if (block.type !== 'transformer') return fail(`block "${block.type}": HF decoders are transformer blocks`);
   const b = block.config;
   if (b.layout !== 'sequential' || b.norm !== 'pre') return fail(`block layout ${b.layout} / norm ${b.norm}: HF decoders are sequential pre-norm blocks`);
