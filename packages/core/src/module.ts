@@ -5,6 +5,7 @@
  * A module may be referenced from several places (layer grouping shares one block between repeats):
  * `namedParameters()` lists each variable once, under the first name it was reached by.
  */
+import { MoelabError } from './errors.js';
 import { tf } from './tf.js';
 import { reserveParameters, trackAllocation } from './memory.js';
 import type { Rng } from './rng.js';
@@ -203,6 +204,24 @@ export abstract class Module {
 
   protected child<M extends Module>(name: string, m: M): M {
     this.children.set(name, m);
+    return m;
+  }
+
+  /**
+   * Add a child to a module that is already built (a fine-tuning package attaches its adapter modules
+   * to a loaded model this way) and give the new subtree its paths. The name must be new.
+   */
+  attachChild<M extends Module>(name: string, m: M): M {
+    if (this.children.has(name)) throw new MoelabError(`this module already has a child "${name}"`, this.path || undefined);
+    this.children.set(name, m);
+    m.assignPaths(this.path ? `${this.path}.${name}` : name);
+    return m;
+  }
+
+  /** Remove a child added by {@link attachChild}; returns it (undefined when there is none). */
+  detachChild(name: string): Module | undefined {
+    const m = this.children.get(name);
+    this.children.delete(name);
     return m;
   }
 

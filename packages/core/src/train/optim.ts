@@ -16,15 +16,27 @@ export interface AdamWOptions {
   weightDecay: number;
 }
 
+/**
+ * Masked update of a parameter: `mask` (bool, the parameter's shape) marks the entries the optimiser may
+ * move. After each step `θ ← where(mask, θ_proposed, θ_old)`, so nothing outside the mask changes — not
+ * even through decoupled weight decay (`θ ← θ − lr·wd·θ` runs where the gradient is 0) or through a
+ * non-zero moment left from earlier steps. Used to train slices of a stacked tensor (one expert of an
+ * `[E, ...]` bank) while the rest stays bitwise frozen.
+ */
+export type UpdateMasks = Map<string, tf.Tensor>;
+
 export class AdamW {
   step = 0;
   private m = new Map<string, tf.Variable>();
   private v = new Map<string, tf.Variable>();
+  private readonly masks: UpdateMasks;
 
   constructor(
     readonly params: [string, tf.Variable][],
     readonly options: AdamWOptions,
+    masks: UpdateMasks = new Map(),
   ) {
+    this.masks = checkUpdateMasks(params, masks);
     // In a tidy so that the zero tensors are released once the variables hold them (otherwise each
     // stayed alive beside its variable: two parameter-sized tensors leaked per parameter).
     for (const [name, p] of params) {
@@ -47,6 +59,12 @@ export class AdamW {
         if (!g) continue;
         const m = this.m.get(name)!;
         const v = this.v.get(name)!;
+        const mask = this.masks.get(name);
+        // A copy of the bytes (tf.clone would share the buffer, and the fused kernel may update p in place).
+        const old = mask ? tf.tensor(Float32Array.from(p.dataSync() as Float32Array), p.shape) : undefined;
+        const restore = () => {
+          if (mask && old) p.assign(tf.where(mask, p, old));
+        };
         if (fused) {
           // The backend's fused step (ADAMW_KERNEL in the kernel contract); it may update in
           // place and return p, m, v themselves, hence all three assigns.
@@ -61,6 +79,7 @@ export class AdamW {
           m.assign(m2!);
           v.assign(v2!);
           p.assign(p2!);
+          restore();
           continue;
         }
         const m2 = tf.add(tf.mul(m, beta1), tf.mul(g, 1 - beta1));
@@ -70,7 +89,7 @@ export class AdamW {
         const update = tf.div(tf.div(m2, bc1), tf.add(tf.sqrt(tf.div(v2, bc2)), eps));
         let next = tf.sub(p, tf.mul(update, lr));
         if (weightDecay > 0 && p.rank > 1) next = tf.sub(next, tf.mul(p, lr * weightDecay));
-        p.assign(next);
+        p.assign(mask ? tf.where(mask, next, p) : next);
       }
     });
   }
@@ -106,6 +125,7 @@ export class AdamW {
   }
 
   dispose(): void {
+    for (const t of this.masks.values()) t.dispose();
     for (const t of this.m.values()) t.dispose();
     for (const t of this.v.values()) t.dispose();
   }
@@ -138,4 +158,23 @@ export function clipByGlobalNorm(grads: Map<string, tf.Tensor>, maxNorm: number)
     g.dispose();
   }
   return { grads: out, norm };
+}
+
+/**
+ * Check update masks against the parameters they belong to (names known, shapes equal) and hold them as
+ * bool tensors (copies: the caller keeps its own).
+ */
+export function checkUpdateMasks(params: [string, tf.Variable][], masks: UpdateMasks): UpdateMasks {
+  const byName = new Map(params);
+  const out: UpdateMasks = new Map();
+  for (const [name, mask] of masks) {
+    const p = byName.get(name);
+    if (!p) throw new MoelabError(`update mask for "${name}", which is not a trained parameter`, name);
+    if (mask.shape.join(',') !== p.shape.join(',')) throw new MoelabError(`update mask has shape [${mask.shape}], the parameter [${p.shape}]`, name);
+    out.set(
+      name,
+      tf.tidy(() => (mask.dtype === 'bool' ? tf.clone(mask) : tf.notEqual(mask, 0))),
+    );
+  }
+  return out;
 }

@@ -12,7 +12,7 @@ import { crossEntropy } from '../losses.js';
 import { type AuxLoss, type ForwardContext, forwardContext, type Module, type RoutingStats } from '../module.js';
 import { Rng } from '../rng.js';
 import { tf } from '../tf.js';
-import { AdamW, clipByGlobalNorm, learningRate } from './optim.js';
+import { AdamW, clipByGlobalNorm, learningRate, type UpdateMasks } from './optim.js';
 
 export interface TrainConfig {
   steps: number;
@@ -112,6 +112,16 @@ export interface EvalMetrics {
   bitsPerToken: number;
 }
 
+/** Options of a trainer beyond its TrainConfig (the parts that are not plain JSON). */
+export interface TrainerOptions {
+  /**
+   * Masked updates (AdamW's `UpdateMasks`), keyed by parameter name: only the entries where the mask is
+   * true are trained. Their gradients are masked before clipping (the global norm counts only what is
+   * trained) and the optimiser restores every other entry after each step.
+   */
+  updateMasks?: UpdateMasks;
+}
+
 /** What the trainer trains: a module that is a language model. */
 export type TrainableModel = Module & LanguageModel;
 
@@ -131,11 +141,14 @@ export class Trainer {
   readonly config: TrainConfig;
   readonly optimizer: AdamW;
   readonly params: [string, tf.Variable][];
+  private readonly gradMasks = new Map<string, tf.Tensor>();
 
+  /** Trains the model's parameters whose variable is `trainable` (frozen ones are not in the optimiser at all). */
   constructor(
     readonly model: TrainableModel,
     readonly data: TokenSource,
     config: Partial<TrainConfig> = {},
+    options: TrainerOptions = {},
   ) {
     this.config = { ...defaultTrainConfig, ...config };
     const every = this.config.statsEvery;
@@ -143,7 +156,12 @@ export class Trainer {
     if (this.config.seqLen > model.contextLength)
       throw new MoelabError(`seqLen ${this.config.seqLen} exceeds the model's contextLength ${model.contextLength}`);
     this.params = model.namedParameters().filter(([, v]) => v.trainable);
-    this.optimizer = new AdamW(this.params, this.config);
+    this.optimizer = new AdamW(this.params, this.config, options.updateMasks);
+    for (const [name, mask] of options.updateMasks ?? [])
+      this.gradMasks.set(
+        name,
+        tf.tidy(() => tf.cast(tf.notEqual(mask, 0), 'float32')),
+      );
   }
 
   get step(): number {
@@ -208,6 +226,12 @@ export class Trainer {
         g.dispose();
       }
       acc = scaled;
+    }
+    for (const [k, mask] of this.gradMasks) {
+      const g = acc.get(k);
+      if (!g) continue;
+      acc.set(k, tf.mul(g, mask));
+      g.dispose();
     }
     const { grads, norm } = clipByGlobalNorm(acc, c.clip);
     const lr = learningRate(step, c.lr, c.warmup, c.steps, c.minLrRatio);

@@ -1,0 +1,22 @@
+/**
+ * @moelab/finetune — parameter-efficient fine-tuning for and with mixtures of experts: the `adapter`
+ * registry kind and its five attachment points, frozen-base training with masked updates, adapter
+ * checkpoints keyed by the base's content hash, and the adapters LoRA, PERFT (-S, -D, -R, -E), MoV,
+ * MoLoRA and MixLoRA. Isomorphic: no fs, no native code. See docs/finetune.md.
+ * @packageDocumentation
+ */
+import { definePlugin, type Plugin } from '@moelab/core';
+import { loraAdapter } from './lora.js';
+
+export * from './adapter.js';
+export * from './adapted-model.js';
+export * from './hash.js';
+export * from './low-rank.js';
+export * from './lora.js';
+export * from './targets.js';
+
+/** Every adapter of this package, for `registry.use(finetune)`. */
+export const finetune: Plugin = definePlugin({
+  name: '@moelab/finetune',
+  entries: [loraAdapter],
+});
