@@ -16,6 +16,7 @@ import { hashRouter } from './hash.js';
 import { hyperRouter } from './hyper-router.js';
 import { maskMoE } from './maskmoe.js';
 import { mixtureOfTokens } from './mixture-of-tokens.js';
+import { nexusProjection } from './nexus.js';
 import { reluRouter } from './relu.js';
 import { rmoeRouter } from './rmoe.js';
 import { sigmaTopK } from './sigma-topk.js';
@@ -58,6 +59,7 @@ export { SparseMixerRouter, sparseMixer, sparseMixerChoices, sparseMixerWeights,
 export { CosineRouter, cosineTopK, type CosineOptions } from './cosine.js';
 export { SinkhornRouter, sinkhornRouter, sinkhorn } from './sinkhorn.js';
 export { UniformRouter, uniformRouter } from './uniform.js';
+export { NexusRouter, nexusProjection, type NexusRouterOptions } from './nexus.js';
 export { AutonomyOfExperts, autonomyOfExperts, type AoEOptions } from './aoe.js';
 export { ChainOfExperts, chainOfExperts } from './chain-of-experts.js';
 export * from './balance.js';
@@ -105,6 +107,7 @@ export const routers = definePlugin({
     cosineTopK,
     sinkhornRouter,
     uniformRouter,
+    nexusProjection,
     autonomyOfExperts,
     chainOfExperts,
   ],

@@ -7,6 +7,7 @@
 import { definePlugin } from '@moelab/core';
 import { bam, bamKvShare } from './upcyclers/bam.js';
 import { btx } from './upcyclers/btx.js';
+import { nexus, nexusExtend, nexusLinear } from './upcyclers/nexus.js';
 import { sparseUpcycle, sparseUpcycleT5 } from './upcyclers/sparse-upcycle.js';
 
 export type {
@@ -41,8 +42,13 @@ export { layerPrefix, modelView, selectLayers, specWithBlocks, type LayerView, t
 export { sparseUpcycle, sparseUpcycleT5 } from './upcyclers/sparse-upcycle.js';
 export { btx, chunkExpert } from './upcyclers/btx.js';
 export { bam, bamKvShare } from './upcyclers/bam.js';
+export { nexus, nexusExtend, nexusLinear } from './upcyclers/nexus.js';
+export { hashedNgramEmbeddings, seedMeanEmbeddings } from './embed.js';
 export { averageInto, mergeSources, type MergeSources } from './merge.js';
 
 /** The upcyclers as a registry plugin: `createRegistry(corePlugin, routers, experts, attention, upcycle)`. */
-export const upcyclePlugin = definePlugin({ name: '@moelab/upcycle', entries: [sparseUpcycle, sparseUpcycleT5, btx, bam, bamKvShare] });
+export const upcyclePlugin = definePlugin({
+  name: '@moelab/upcycle',
+  entries: [sparseUpcycle, sparseUpcycleT5, btx, bam, bamKvShare, nexus, nexusLinear, nexusExtend],
+});
 export default upcyclePlugin;
