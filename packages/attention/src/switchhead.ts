@@ -21,8 +21,8 @@
 import {
   type AttentionModule,
   type AttentionSources,
+  appendAndAttend,
   assertInference,
-  cachedCausalAttention,
   Config,
   causalAttention,
   causalMixingMacs,
@@ -222,7 +222,7 @@ export class SwitchHead extends Module implements AttentionModule {
    * The new rows at positions n0 = cache.length ..: q, k projected and rotated at their own positions,
    * the value experts chosen from each new row's k source and the output experts from its q source
    * (routing is per token, so earlier rows' choices never change), k and the mixed values appended to
-   * the cache ([B, H, T, dh] entries "k", "v"), attention over all cached positions.
+   * the cache ([B, H, T, dh] entries "k", "v"), attention over all cached positions (appendAndAttend).
    */
   forwardCached(x: tf.Tensor, ctx: ForwardContext, cache: KVCache, sources: AttentionSources = {}): tf.Tensor {
     assertInference(ctx, this.path);
@@ -235,8 +235,7 @@ export class SwitchHead extends Module implements AttentionModule {
     const q = applyRope(splitHeads(tf.mul(this.q.forward(qSrc), scale), H), this.nRotate, this.options.ropeBase, n0);
     const k = applyRope(splitHeads(tf.mul(this.k.forward(kSrc), scale), H), this.nRotate, this.options.ropeBase, n0);
     const { v, output } = this.routed(qSrc, kSrc, vSrc, ctx);
-    const all = cache.append({ k, v: splitHeads(v, H) });
-    const res = mergeHeads(cachedCausalAttention(q, all.k, all.v, 1)); // [B, m, H*dh]
+    const res = mergeHeads(appendAndAttend(cache, q, k, splitHeads(v, H), 1)); // [B, m, H*dh]
     const [B, m] = qSrc.shape as [number, number];
     return output(tf.reshape(res, [B, m, H, dh]));
   }

@@ -100,6 +100,25 @@ export interface NativeAddon {
     H: number,
     bthd: boolean,
   ): void;
+  /**
+   * Attention of m new query rows over the first n of Tk cached positions (row i sees keys 0 .. n-m+i):
+   * q [B,H,m,dk], k [B,Hkv,Tk,dk], v [B,Hkv,Tk,dv], out [B,H,m,dv]; query head h reads kv head floor(h·Hkv/H).
+   */
+  cachedAttentionForward(
+    q: Float32Array,
+    k: Float32Array,
+    v: Float32Array,
+    out: Float32Array,
+    B: number,
+    H: number,
+    Hkv: number,
+    m: number,
+    n: number,
+    Tk: number,
+    dk: number,
+    dv: number,
+    scale: number,
+  ): void;
   causalAttentionBackward(
     dy: Float32Array,
     q: Float32Array,

@@ -55,6 +55,23 @@ export const CAUSAL_ATTENTION_KERNEL = 'MoelabCausalAttention';
  */
 export const CAUSAL_ATTENTION_GRAD_KERNEL = 'MoelabCausalAttentionGrad';
 /**
+ * Attention of m new query rows over the first `length` positions of a KV cache (the last m of
+ * them the new rows' own): out_i = sum_{j <= length - m + i} softmax_j(scale q_i.k_j) v_j. Inputs
+ * {@link CachedAttentionInputs}, attrs {@link CachedAttentionAttrs}. Output [B,H,m,dv]. k and v may
+ * hold more positions than `length` (a preallocated cache, see {@link CACHE_WRITE_KERNEL}); only the
+ * first `length` are read. Inference only: no gradient.
+ */
+export const CACHED_ATTENTION_KERNEL = 'MoelabCachedAttention';
+/**
+ * Writes m new positions into a preallocated cache: out = cache with positions `position` ..
+ * `position`+m-1 along `axis` replaced by `rows`, every other element unchanged. Inputs
+ * {@link CacheWriteInputs}, attrs {@link CacheWriteAttrs}. Output shaped like cache. A backend may
+ * write into the cache's storage in place when nobody else can see it (it then returns that storage
+ * as its output, as {@link ADAMW_KERNEL} does), which is why callers replace their cache tensor with
+ * the output and never use the input again. Inference only: no gradient.
+ */
+export const CACHE_WRITE_KERNEL = 'MoelabCacheWrite';
+/**
  * Rotate-half RoPE of the first `dims` channels of each head (channel i pairs with i + dims/2; the
  * cos / sin tables are equal on both halves), other channels copied. Inputs {@link RopeInputs},
  * attrs {@link RopeAttrs}. Output shaped like x. `inverse` rotates by the negative angle, which is
@@ -90,6 +107,8 @@ export const FUSED_KERNELS = [
   MOE_LINEAR_GRAD_KERNEL,
   CAUSAL_ATTENTION_KERNEL,
   CAUSAL_ATTENTION_GRAD_KERNEL,
+  CACHED_ATTENTION_KERNEL,
+  CACHE_WRITE_KERNEL,
   ROPE_KERNEL,
   LAYER_NORM_KERNEL,
   LAYER_NORM_GRAD_KERNEL,
@@ -169,6 +188,34 @@ export interface CausalAttentionAttrs {
   scale: number;
   /** Default 'bhtd'. */
   layout?: AttentionLayout;
+}
+
+/**
+ * q [B,H,m,dk]; k [B,Hkv,Tk,dk] and v [B,Hkv,Tk,dv] with Tk >= length and Hkv dividing H
+ * (grouped-query attention: query head h reads key / value head floor(h·Hkv/H)).
+ */
+export interface CachedAttentionInputs<T> {
+  q: T;
+  k: T;
+  v: T;
+}
+export interface CachedAttentionAttrs {
+  /** Multiplies q.k before the softmax (usually 1/sqrt(dk)); finite. */
+  scale: number;
+  /** Cached positions to attend over, the new rows included: an integer, m <= length <= Tk. */
+  length: number;
+}
+
+/** cache [..., C, ...] and rows [..., m, ...]: the same shape except along the attrs' axis. */
+export interface CacheWriteInputs<T> {
+  cache: T;
+  rows: T;
+}
+export interface CacheWriteAttrs {
+  /** The time axis of cache and rows. */
+  axis: number;
+  /** Where the first new row goes along `axis`: an integer, position + m <= C. */
+  position: number;
 }
 
 /** x [B,H,T,dh] (layout 'bthd': [B,T,H,dh]); cos, sin [T,dims], dims even and <= dh. */

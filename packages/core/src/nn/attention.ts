@@ -14,6 +14,9 @@ import type { Rng } from '../rng.js';
 import { tf } from '../tf.js';
 import type { KVCache } from './kv-cache.js';
 import {
+  CACHED_ATTENTION_KERNEL,
+  type CachedAttentionAttrs,
+  type CachedAttentionInputs,
   CAUSAL_ATTENTION_KERNEL,
   type CausalAttentionAttrs,
   type CausalAttentionInputs,
@@ -121,17 +124,51 @@ export function fusedCausalAttention(
 
 /**
  * Causal attention of m new query rows against all n = n0 + m cached positions (see kv-cache.ts:
- * out_i = softmax(q_i K^T · scale + M_i) V, M_i[j] = -inf for j > n - m + i): q [B, H, m, dk], k [B, H, n, dk], v [B, H, n, dv] -> [B, H, m, dv]. With n0 = 0 this is
- * {@link causalAttention} (the backend's fused kernel when it has one); with m = 1 no mask is needed.
+ * out_i = softmax(q_i K^T · scale + M_i) V, M_i[j] = -inf for j > n - m + i): q [B, H, m, dk],
+ * k [B, Hkv, Tk, dk], v [B, Hkv, Tk, dv] -> [B, H, m, dv]. Only the first n = `length` positions of k
+ * and v are read (default: all; more is a preallocated cache, KVCache.appendStored). With Hkv < H
+ * (grouped-query attention) query head h reads key / value head floor(h·Hkv/H). Through the
+ * backend's CACHED_ATTENTION_KERNEL when it has one; otherwise with n0 = 0 this is
+ * {@link causalAttention} (the backend's fused kernel when it has one), and with m = 1 no mask is needed.
  */
-export function cachedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!)): tf.Tensor {
+export function cachedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!), length = k.shape[2]!): tf.Tensor {
   const m = q.shape[2]!;
-  const n = k.shape[2]!;
+  const n = length;
   if (n < m) throw new MoelabError(`cachedCausalAttention: ${m} queries but only ${n} keys (the keys must include the new rows)`);
+  if (n > k.shape[2]!) throw new MoelabError(`cachedCausalAttention: length ${n} exceeds the ${k.shape[2]} positions of the keys`);
+  if (q.rank === 4 && hasKernel(CACHED_ATTENTION_KERNEL) && (n > m || k.shape[2]! > n || k.shape[1] !== q.shape[1])) {
+    return tf
+      .engine()
+      .runKernel(
+        CACHED_ATTENTION_KERNEL,
+        { q, k, v } satisfies CachedAttentionInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+        { scale, length: n } satisfies CachedAttentionAttrs as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor;
+  }
+  if (k.shape[2]! > n) {
+    k = tf.slice(k, [0, 0, 0, 0], [-1, -1, n, -1]);
+    v = tf.slice(v, [0, 0, 0, 0], [-1, -1, n, -1]);
+  }
+  k = repeatKvHeads(k, q.shape[1]!);
+  v = repeatKvHeads(v, q.shape[1]!);
   if (n === m) return causalAttention(q, k, v, scale);
   const scores = tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), scale);
   const masked = m === 1 ? scores : tf.add(scores, offsetCausalMask(m, n));
   return tf.matMul(tf.softmax(masked, -1) as tf.Tensor4D, v as tf.Tensor4D);
+}
+
+/**
+ * One cached attention step of a module that caches its keys and values as entries "k" and "v"
+ * ([B, Hkv, T, d], Hkv dividing the query heads: see cachedCausalAttention): appends the new rows'
+ * k, v and attends q [B, H, m, dk] over every cached position, reading the cache where it is stored
+ * (no exact-length copy on backends that preallocate it). A prefill into an empty cache is causal
+ * attention over the new rows, as in the full pass.
+ */
+export function appendAndAttend(cache: KVCache, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!)): tf.Tensor {
+  const n0 = cache.length;
+  const { entries, length } = cache.appendStored({ k, v });
+  if (n0 === 0) return causalAttention(q, repeatKvHeads(k, q.shape[1]!), repeatKvHeads(v, q.shape[1]!), scale);
+  return cachedCausalAttention(q, entries.k, entries.v, scale, length);
 }
 
 /** Additive mask [m, n] of m new rows after n - m cached ones: row i sees keys j <= n - m + i. */
@@ -346,7 +383,7 @@ export class MultiHeadAttention extends Module implements AttentionModule {
   /**
    * The new rows at positions n0 = cache.length ..: q, k rotated at their own positions (RoPE offset
    * n0), k and v appended to the cache ([B, kvHeads, T, dh] entries "k", "v": GQA caches kvHeads heads),
-   * attention over all cached positions (cachedCausalAttention).
+   * attention over all cached positions (appendAndAttend).
    */
   forwardCached(x: tf.Tensor, ctx: ForwardContext, cache: KVCache, sources: AttentionSources = {}): tf.Tensor {
     assertInference(ctx, this.path);
@@ -355,7 +392,6 @@ export class MultiHeadAttention extends Module implements AttentionModule {
     const q = applyRope(splitHeads(qp, this.heads), this.ropeDims, this.ropeBase, n0, this.ropeLayout);
     const k = applyRope(splitHeads(kp, this.kvHeads), this.ropeDims, this.ropeBase, n0, this.ropeLayout);
     const v = splitHeads(vp, this.kvHeads);
-    const all = cache.append({ k, v });
-    return this.o.forward(mergeHeads(cachedCausalAttention(q, repeatKvHeads(all.k, this.heads), repeatKvHeads(all.v, this.heads))));
+    return this.o.forward(mergeHeads(appendAndAttend(cache, q, k, v)));
   }
 }

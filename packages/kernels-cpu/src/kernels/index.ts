@@ -9,6 +9,7 @@
 import type { NativeAddon } from '../native.js';
 import { makeAdamWKernel } from './adamw.js';
 import { makeAttentionKernels, registerAttentionGradients } from './attention.js';
+import { makeDecodeKernels } from './decode.js';
 import { registerElementwise } from './elementwise.js';
 import { type KernelConfig, overrides, type Tf } from './helpers.js';
 import { registerIndexing } from './indexing.js';
@@ -29,6 +30,7 @@ export function nativeKernels(tf: Tf, native: NativeAddon, backendName: string):
     ...makeMoeKernels(native, backendName),
     ...makeMoeGluKernels(native, backendName),
     ...makeAttentionKernels(native, backendName),
+    ...makeDecodeKernels(native, backendName),
     makeAdamWKernel(native, backendName),
     ...makeNormKernels(native, backendName),
   );

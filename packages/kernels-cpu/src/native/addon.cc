@@ -338,6 +338,19 @@ void CausalAttentionForward(const Napi::CallbackInfo& info) {
                            info[11].As<Napi::Boolean>().Value());
 }
 
+// (q, k, v, out, B, H, Hkv, m, n, Tk, dk, dv, scale)
+void CachedAttentionForward(const Napi::CallbackInfo& info) {
+  long B = Int(info, 4), H = Int(info, 5), Hkv = Int(info, 6), m = Int(info, 7), n = Int(info, 8), Tk = Int(info, 9),
+       dk = Int(info, 10), dv = Int(info, 11);
+  float scale = info[12].As<Napi::Number>().FloatValue();
+  if (m > n || n > Tk) throw Napi::RangeError::New(info.Env(), "moelab-cpu: cached attention needs new rows <= length <= cached positions");
+  if (Hkv < 1 || H % Hkv != 0) throw Napi::RangeError::New(info.Env(), "moelab-cpu: cached attention kv heads must divide the query heads");
+  cached_attention_forward(F32(info, 0, B * H * m * dk, "q"), F32(info, 1, B * Hkv * Tk * dk, "k"),
+                           F32(info, 2, B * Hkv * Tk * dv, "v"), F32(info, 3, B * H * m * dv, "out"), static_cast<int>(B),
+                           static_cast<int>(H), static_cast<int>(Hkv), static_cast<int>(m), static_cast<int>(n),
+                           static_cast<int>(Tk), static_cast<int>(dk), static_cast<int>(dv), scale);
+}
+
 // (dy, q, k, v, out, lse, dq, dk, dv, BH, T, dk, dv, scale, H, bthd)
 void CausalAttentionBackward(const Napi::CallbackInfo& info) {
   long BH = Int(info, 9), T = Int(info, 10), dk = Int(info, 11), dv = Int(info, 12), H = Int(info, 14);
@@ -404,6 +417,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("moeLinearBackward", Napi::Function::New(env, MoeLinearBackward));
   exports.Set("causalAttentionForward", Napi::Function::New(env, CausalAttentionForward));
   exports.Set("causalAttentionBackward", Napi::Function::New(env, CausalAttentionBackward));
+  exports.Set("cachedAttentionForward", Napi::Function::New(env, CachedAttentionForward));
   exports.Set("rope", Napi::Function::New(env, Rope));
   exports.Set("tuneMalloc", Napi::Function::New(env, TuneMalloc));
   return exports;

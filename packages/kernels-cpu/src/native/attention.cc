@@ -52,7 +52,7 @@ struct HeadView {
 void causal_attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, int BH, int H,
                               int T, int dk, int dv, float scale, bool bthd) {
   if (BH <= 0 || T <= 0) return;
-  parallel_for(BH, [&](int bh) {
+  parallel_for_work(BH, static_cast<double>(BH) * T * T * (dk + dv), [&](int bh) {
     float* p = scratch(0, static_cast<size_t>(T) * T);
     const HeadView hq(bh, H, T, dk, bthd), hv(bh, H, T, dv, bthd);
     const float* qb = q + hq.base;
@@ -82,6 +82,35 @@ void causal_attention_forward(const float* q, const float* k, const float* v, fl
       sgemm_st(false, false, r1 - r0, dv, r1, 1.f, p + static_cast<long>(r0) * T, T, vb, static_cast<int>(hv.ld), 0.f,
                ob + r0 * hv.ld, static_cast<int>(hv.ld));
     }
+  });
+}
+
+void cached_attention_forward(const float* q, const float* k, const float* v, float* out, int B, int H, int Hkv, int m,
+                              int n, int Tk, int dk, int dv, float scale) {
+  if (B <= 0 || H <= 0 || m <= 0) return;
+  const int n0 = n - m, group = H / Hkv, BH = B * H;
+  parallel_for_work(BH, 2.0 * BH * m * n * (dk + dv), [&](int bh) {
+    float* p = scratch(0, static_cast<size_t>(m) * n);
+    const long kvh = static_cast<long>(bh / H) * Hkv + (bh % H) / group;
+    const float* qb = q + static_cast<long>(bh) * m * dk;
+    const float* kb = k + kvh * Tk * dk;
+    const float* vb = v + kvh * Tk * dv;
+    sgemm_st(false, true, m, n, dk, scale, qb, dk, kb, dk, 0.f, p, n);
+    for (int i = 0; i < m; i++) {
+      float* row = p + static_cast<long>(i) * n;
+      const int seen = n0 + i + 1;  // row i sees keys 0 .. n0 + i
+      float mx = -INFINITY;
+      for (int j = 0; j < seen; j++) mx = std::max(mx, row[j]);
+      float sum = 0.f;
+      for (int j = 0; j < seen; j++) {
+        row[j] = std::exp(row[j] - mx);
+        sum += row[j];
+      }
+      const float inv = 1.f / sum;
+      for (int j = 0; j < seen; j++) row[j] *= inv;
+      for (int j = seen; j < n; j++) row[j] = 0.f;
+    }
+    sgemm_st(false, false, m, dv, n, 1.f, p, n, vb, dv, 0.f, out + static_cast<long>(bh) * m * dv, dv);
   });
 }
 

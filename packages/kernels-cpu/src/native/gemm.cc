@@ -224,8 +224,7 @@ void sgemm_batched(bool ta, bool tb, int batch, int M, int N, int K, const float
   auto bPtr = [&](int b) { return B + (bIdx ? static_cast<long>(bIdx[b]) * strideB : b * strideB); };
   const double flops = 2.0 * batch * M * N * std::max(K, 1);
   const int nt = pool_threads();
-  // Below ~0.5 MFLOP a fork-join costs more than it saves.
-  if (nt == 1 || flops < 5e5) {
+  if (nt == 1 || flops < kMinParallelFlops) {
     for (int b = 0; b < batch; b++)
       sgemm_st(ta, tb, M, N, K, 1.f, aPtr(b), lda, bPtr(b), ldb, 0.f, C + b * strideC, ldc);
     return;

@@ -56,7 +56,7 @@ void moe_mlp_forward(const float* x, const float* w1, const float* w2, const int
   Scratch ha(saves_output(act) ? 0 : N * h), y(N * d);
   float* hact = saves_output(act) ? hidden : ha.get();
   std::vector<Chunk> cs = chunks(byExp, E, N);
-  parallel_for(static_cast<int>(cs.size()), [&](int i) {
+  parallel_for_work(static_cast<int>(cs.size()), 4.0 * N * d * h, [&](int i) {
     const Chunk& c = cs[i];
     long rows = c.r1 - c.r0;
     // The gathered rows are only read by this chunk's first GEMM: per task, so they stay in cache.
@@ -86,7 +86,7 @@ void moe_mlp_backward(const float* dout, const float* x, const float* w1, const 
   const bool fused = whole_experts(cs, byExp);
   const long perRow = 2L * d + h + (fromOutput ? 0 : h);
   Scratch all(fused ? 0 : N * perRow), dxs(N * d);
-  parallel_for(static_cast<int>(cs.size()), [&](int i) {
+  parallel_for_work(static_cast<int>(cs.size()), 8.0 * N * d * h, [&](int i) {
     const Chunk& c = cs[i];
     long rows = c.r1 - c.r0;
     Scratch own(fused ? rows * perRow : 0);
@@ -143,7 +143,7 @@ void moe_linear_forward(const float* x, const float* w, const int* inRow, const 
   std::vector<long> pos = positions(byExp);
   Scratch xs(N * din), y(N * dout);
   std::vector<Chunk> cs = chunks(byExp, E, N);
-  parallel_for(static_cast<int>(cs.size()), [&](int i) {
+  parallel_for_work(static_cast<int>(cs.size()), 2.0 * N * din * dout, [&](int i) {
     const Chunk& c = cs[i];
     gather_rows(x, inRow, byExp, c.r0, c.r1, din, xs.get());
     sgemm_st(false, false, c.r1 - c.r0, dout, din, 1.f, xs.get() + c.r0 * din, din,
@@ -161,7 +161,7 @@ void moe_linear_backward(const float* dyIn, const float* x, const float* w, cons
   std::vector<long> pos = positions(byExp);
   Scratch xs(N * din), dy(N * dout), g(N * din);
   std::vector<Chunk> cs = chunks(byExp, E, N);
-  parallel_for(static_cast<int>(cs.size()), [&](int i) {
+  parallel_for_work(static_cast<int>(cs.size()), 2.0 * N * din * dout, [&](int i) {
     const Chunk& c = cs[i];
     long rows = c.r1 - c.r0;
     gather_rows(x, inRow, byExp, c.r0, c.r1, din, xs.get());

@@ -73,7 +73,7 @@ void moe_glu_forward(const float* x, const float* w1, const float* w3, const flo
   Scratch y(N * d);
   const long h2 = 2L * h;
   std::vector<Chunk> cs = chunks(byExp, E, N);
-  parallel_for(static_cast<int>(cs.size()), [&](int i) {
+  parallel_for_work(static_cast<int>(cs.size()), 6.0 * N * d * h, [&](int i) {
     const Chunk& c = cs[i];
     const long rows = c.r1 - c.r0;
     const long we = static_cast<long>(c.e) * d * h;
@@ -105,7 +105,7 @@ void moe_glu_backward(const float* dout, const float* x, const float* w1, const 
   const bool fused = whole_experts(cs, byExp);
   const long perRow = 2L * d + h2 + h;
   Scratch all(fused ? 0 : N * perRow), dxs(N * d);
-  parallel_for(static_cast<int>(cs.size()), [&](int i) {
+  parallel_for_work(static_cast<int>(cs.size()), 12.0 * N * d * h, [&](int i) {
     const Chunk& c = cs[i];
     const long rows = c.r1 - c.r0;
     const long we = static_cast<long>(c.e) * d * h;

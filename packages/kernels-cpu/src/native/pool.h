@@ -19,6 +19,23 @@ void set_pool_threads(int n);
 // Nested calls (from inside a task) and concurrent callers run serially on the calling thread.
 void parallel_for(int n, const std::function<void(int)>& fn);
 
+// Below this many floating-point operations a job runs on the calling thread: waking a sleeping
+// worker is a system call, and on a busy machine the caller then waits for that worker to be
+// scheduled (tens of microseconds), more than the second thread saves. A decoding step's MoE call
+// on one token, for example, is ~0.3 MFLOP.
+constexpr double kMinParallelFlops = 5e5;
+
+// parallel_for(n, fn) for a job of about `flops` operations in all; fn(0..n-1) in order on the
+// calling thread when that is below kMinParallelFlops.
+template <class F>
+void parallel_for_work(int n, double flops, F&& fn) {
+  if (flops < kMinParallelFlops) {
+    for (int i = 0; i < n; i++) fn(i);
+    return;
+  }
+  parallel_for(n, fn);
+}
+
 // Split [0, n) into parallel chunks of at least `grain` items (memory-bound kernels gain little
 // from a second thread on small inputs, and a fork-join costs microseconds).
 template <class F>
