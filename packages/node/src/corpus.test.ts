@@ -1,6 +1,10 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { gzipSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
 import { Rng } from '@moelab/core';
-import { CorpusTokens, cleanBrown, loadBrown, loadSotu, loadCorpus, loadTextPath } from './corpus.js';
+import { CorpusTokens, cleanBrown, domainName, loadBrown, loadDomains, loadSotu, loadCorpus, loadTextPath, readText } from './corpus.js';
 
 describe('corpora', () => {
   it('strips Brown word/tag format', () => {
@@ -45,5 +49,42 @@ describe('corpora', () => {
   it('own text: clear errors for a missing path or too little text', () => {
     expect(() => loadTextPath('/nonexistent/x.txt')).toThrow(/\/nonexistent\/x\.txt: no such file or folder/);
     expect(() => loadCorpus('brwon')).toThrow('brwon: no such file or folder (built-in corpora: brown, sotu). Did you mean: brown?');
+  });
+
+  it('domains: one per file (.txt, gzip/dictzip .dict.dz) or per sub-folder, with a held-out tail per domain', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'moelab-domains-'));
+    try {
+      const a = 'alpha '.repeat(200);
+      const b = 'beta '.repeat(200);
+      writeFileSync(join(dir, 'plain.txt'), a);
+      writeFileSync(join(dir, 'lexicon.dict.dz'), gzipSync(Buffer.from(b)));
+      mkdirSync(join(dir, 'letters'));
+      writeFileSync(join(dir, 'letters', 'one.txt'), 'x'.repeat(500));
+      writeFileSync(join(dir, 'letters', 'two.md'), 'y'.repeat(500));
+      writeFileSync(join(dir, 'letters', 'skip.json'), '{}');
+      expect(domainName('jargon.dict.dz')).toBe('jargon');
+      expect(domainName('notes.txt.gz')).toBe('notes');
+      expect(readText(join(dir, 'lexicon.dict.dz'))).toBe(b);
+      const c = loadTextPath(dir, { heldOut: 0.05 });
+      expect([...new Set(c.docs.map((d) => d.domain))]).toEqual(['letters', 'lexicon', 'plain']);
+      const val = c.docs.find((d) => d.domain === 'plain' && d.split === 'val')!;
+      expect(val.text).toBe(a.slice(Math.floor(a.length * 0.95)));
+      expect(c.docs.filter((d) => d.domain === 'letters').map((d) => d.id)).toEqual([
+        'letters/one.txt#train',
+        'letters/one.txt#val',
+        'letters/two.md#train',
+        'letters/two.md#val',
+      ]);
+      const named = loadDomains({ lex: 'lexicon.dict.dz', mine: 'letters' }, { baseDir: dir, heldOut: 0.1, where: '$.corpus.domains' });
+      expect([...new Set(named.docs.map((d) => d.domain))]).toEqual(['lex', 'mine']);
+      expect(named.docs.filter((d) => d.domain === 'lex' && d.split === 'train')[0]!.text).toBe(b.slice(0, 900));
+      expect(() => loadDomains({ lex: 'lexicon.dz' }, { baseDir: dir, where: '$.corpus.domains' })).toThrow(
+        `$.corpus.domains.lex: the file of domain "lex" does not exist: ${join(dir, 'lexicon.dz')}`,
+      );
+      writeFileSync(join(dir, 'broken.gz'), 'not gzip');
+      expect(() => readText(join(dir, 'broken.gz'), '$.corpus.domains.x')).toThrow(/^\$\.corpus\.domains\.x: .*broken\.gz: not a gzip\/dictzip file/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

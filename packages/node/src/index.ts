@@ -3,6 +3,7 @@
  * @packageDocumentation
  */
 export * from './corpus.js';
+export * from './domains.js';
 export * from './checkpoint.js';
 export * from './fsutil.js';
 export * from './backends.js';
@@ -15,3 +16,17 @@ export * from './progress.js';
 export * from './table.js';
 export * from './sweep.js';
 export * from './specialise.js';
+export { formatResults } from './recipe/results.js';
+export {
+  loadRecipeCorpus,
+  prepareRecipe,
+  readRecipeFile,
+  type PreparedRecipe,
+  type RecipeRunOptions,
+  type RecipeRunResult,
+  runRecipe,
+  unitFingerprint,
+} from './recipe/runner.js';
+export { parseRecipe, type Phase, type Recipe, recipeSchema } from './recipe/schema.js';
+export { lineage, planRecipe, type Unit } from './recipe/plan.js';
+export type { RecipeRow } from './recipe/unit.js';

@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { runCli } from '../program.js';
 import { bench } from './bench.js';
@@ -32,7 +35,7 @@ describe('moelab help', () => {
     const r = await cli('--help');
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/^Usage: moelab <command> \[options\]/);
-    const names = ['train', 'eval', 'generate', 'list', 'inspect', 'verify', 'compare', 'main', 'sweep', 'bench', 'mask'];
+    const names = ['train', 'eval', 'generate', 'list', 'inspect', 'verify', 'compare', 'main', 'sweep', 'bench', 'mask', 'recipe'];
     expect(commands.map((c) => c.define().name()).sort()).toEqual([...names].sort());
     for (const name of names) expect(r.out).toMatch(new RegExp(`\\n  ${name}\\b.* {2,}\\S`));
   });
@@ -108,6 +111,29 @@ describe('moelab usage errors: one line, exit code 2, close names', () => {
     expect(r.code).toBe(2);
     expect(r.err).toBe('moelab: unknown command "mask2". Did you mean: mask, main? Run `moelab --help` for the list.\n');
     expect(r.out).toBe('');
+  });
+
+  it('a recipe with a phase referring to a missing phase: one line naming the JSON path', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'moelab-cli-recipe-'));
+    const file = join(dir, 'r.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        corpus: { domains: { a: 'a.txt' } },
+        model: { type: 'transformer-lm' },
+        phases: [
+          { type: 'train', name: 'seed', steps: 2 },
+          { type: 'train', name: 'branch', from: 'seeed', steps: 2 },
+        ],
+      }),
+    );
+    const r = await cli('recipe', file, '--check');
+    expect(r.code).toBe(2);
+    expect(r.err).toBe('moelab: $.phases[1].from: no phase named "seeed". Did you mean: seed?\n');
+    const missing = await cli('recipe', join(dir, 'nope.json'));
+    expect(missing.code).toBe(2);
+    expect(missing.err).toBe(`moelab: ${join(dir, 'nope.json')}: no such recipe file\n`);
+    rmSync(dir, { recursive: true, force: true });
   });
 
   it('a flag of another command is refused with that command named', async () => {

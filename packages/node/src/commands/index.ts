@@ -10,11 +10,12 @@ import { generate } from './generate.js';
 import { inspect } from './inspect.js';
 import { list } from './list.js';
 import { mask } from './mask.js';
+import { recipe } from './recipe.js';
 import { sweep } from './sweep.js';
 import { train } from './train.js';
 import { verify } from './verify.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: each command has its own argument and flag types
-export const commands: MoelabCommand<any, any>[] = [train, evaluate, generate, list, inspect, verify, compare, main, sweep, bench, mask];
+export const commands: MoelabCommand<any, any>[] = [train, evaluate, generate, list, inspect, verify, compare, main, sweep, bench, mask, recipe];
 
 export { type MoelabCommand, defineCommand, parseCommandLine } from './command.js';
