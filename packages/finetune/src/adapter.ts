@@ -18,6 +18,7 @@
  * `targets` option replaces it.
  */
 import {
+  type CarryKey,
   Config,
   type DispatchPlan,
   defineEntry,
@@ -26,6 +27,7 @@ import {
   type Linear,
   Module,
   type MoELayer,
+  privateCarryKey,
   type Rng,
   type Static,
   type TensorToWrite,
@@ -106,6 +108,13 @@ export abstract class InExpertAdapter extends Adapter {
   readonly attachment = 'in-expert' as const;
   /** The routed output [T, d] for rows x [T, d]: `base(x, plan, weight, ctx)` plus or instead of the adapter's part. */
   abstract apply(base: ExpertApply, x: tf.Tensor2D, plan: DispatchPlan, weight: tf.Tensor1D | null, ctx: ForwardContext): tf.Tensor2D;
+  /**
+   * Weight changes of the expert bank's own tensors (local name in the bank, e.g. `w1` -> ΔW of its shape)
+   * when the adapter is exactly such a change (then it folds into the bank), or a one-line reason.
+   */
+  mergedExpertWeights(): Map<string, tf.Tensor> | string {
+    return `${this.constructor.name} adds an output beside the experts' own, which is not a change of their weights`;
+  }
 }
 
 /** `linear-wrap`: Δ(x) around a Linear; its output becomes W0 x (+ b) + Δ(x). */
@@ -173,7 +182,17 @@ export interface AdapterDefinition<S extends TSchema, A extends Attachment> {
   targets: string[];
   /** The adapter's options (without `type` and `targets`), built with core's `Config`. */
   schema: S;
-  build(config: Static<S>, site: AdapterSite<A>, rng: Rng): Adapter;
+  /**
+   * The adapter module for one site. `group` is one object per adapter node, shared by the modules of all
+   * its sites: its carry key lets them meet in the forward pass (e.g. one balance loss pooled over layers).
+   */
+  build(config: Static<S>, site: AdapterSite<A>, rng: Rng, group: AdapterGroup): Adapter;
+}
+
+/** What the modules of one adapter node share (see {@link AdapterDefinition.build}). */
+export interface AdapterGroup {
+  /** A forward-carry key private to this adapter node. */
+  carry: CarryKey<unknown>;
 }
 
 /**
@@ -198,12 +217,13 @@ export function defineAdapter<S extends TSchema & { properties: Record<string, T
     schema,
     create: (config: Record<string, unknown>): AdapterFactory => {
       const { targets, ...rest } = config as { targets: string[] };
+      const group: AdapterGroup = { carry: privateCarryKey(`adapter:${def.name}`) };
       return {
         name: def.name,
         attachment: def.attachment,
         targets,
         config,
-        build: (site, rng) => def.build(rest as Static<S>, site as AdapterSite<A>, rng),
+        build: (site, rng) => def.build(rest as Static<S>, site as AdapterSite<A>, rng, group),
       };
     },
   }) as unknown as Entry;

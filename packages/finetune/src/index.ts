@@ -7,16 +7,31 @@
  */
 import { definePlugin, type Plugin } from '@moelab/core';
 import { loraAdapter } from './lora.js';
+import { mixloraAdapter } from './mixlora.js';
+import { moloraAdapter } from './molora.js';
+import { movAdapter } from './mov.js';
+import { perftDAdapter } from './perft-d.js';
+import { perftEAdapter } from './perft-e.js';
+import { perftRAdapter } from './perft-r.js';
+import { perftSAdapter } from './perft-s.js';
 
 export * from './adapter.js';
 export * from './adapted-model.js';
 export * from './hash.js';
 export * from './low-rank.js';
 export * from './lora.js';
+export * from './mixlora.js';
+export * from './molora.js';
+export * from './mov.js';
+export * from './perft.js';
+export * from './perft-d.js';
+export * from './perft-e.js';
+export * from './perft-r.js';
+export * from './perft-s.js';
 export * from './targets.js';
 
 /** Every adapter of this package, for `registry.use(finetune)`. */
 export const finetune: Plugin = definePlugin({
   name: '@moelab/finetune',
-  entries: [loraAdapter],
+  entries: [loraAdapter, perftSAdapter, perftDAdapter, perftRAdapter, perftEAdapter, movAdapter, moloraAdapter, mixloraAdapter],
 });
