@@ -24,15 +24,21 @@ export const checkpointTrainSchema = Config({
 export interface CheckpointConfig {
   format: typeof CHECKPOINT_FORMAT;
   spec: NodeSpec;
-  tokenizer: 'byte';
+  /** `byte`: UTF-8 bytes are the tokens; `tokenizer.json`: a Hugging Face tokenizer stored beside config.json under that name. */
+  tokenizer: CheckpointTokenizer;
   step: number;
   seed: number;
   train?: Partial<TrainConfig> & { data?: string };
   created: string;
 }
 
+/** Which tokenizer a checkpoint's token ids belong to. */
+export type CheckpointTokenizer = 'byte' | 'tokenizer.json';
+
 export interface CheckpointInfo {
   spec: NodeSpec;
+  /** Default `byte`. */
+  tokenizer?: CheckpointTokenizer;
   step: number;
   seed: number;
   train?: CheckpointConfig['train'];
@@ -42,7 +48,7 @@ export function makeCheckpointConfig(info: CheckpointInfo): CheckpointConfig {
   return {
     format: CHECKPOINT_FORMAT,
     spec: info.spec,
-    tokenizer: 'byte',
+    tokenizer: info.tokenizer ?? 'byte',
     step: info.step,
     seed: info.seed,
     train: info.train,
@@ -81,8 +87,11 @@ export function parseCheckpointConfig(text: string, where = 'config.json'): Chec
   if (!c.spec) throw new MoelabError('config.json has no "spec" (the model spec)', `${where}: $.spec`);
   if (typeof c.spec !== 'string' && (typeof c.spec !== 'object' || Array.isArray(c.spec)))
     throw new MoelabError('"spec" must be a model node (an object with a "type" field)', `${where}: $.spec`);
-  if (c.tokenizer !== undefined && c.tokenizer !== 'byte')
-    throw new MoelabError(`unknown tokenizer ${JSON.stringify(c.tokenizer)} (only "byte" is supported)`, `${where}: $.tokenizer`);
+  if (c.tokenizer !== undefined && c.tokenizer !== 'byte' && c.tokenizer !== 'tokenizer.json')
+    throw new MoelabError(
+      `unknown tokenizer ${JSON.stringify(c.tokenizer)} (expected "byte" or "tokenizer.json", a Hugging Face tokenizer stored beside config.json)`,
+      `${where}: $.tokenizer`,
+    );
   if (c.step !== undefined && (typeof c.step !== 'number' || !Number.isInteger(c.step) || c.step < 0))
     throw new MoelabError(`"step" must be a non-negative integer (got ${JSON.stringify(c.step)})`, `${where}: $.step`);
   if (c.seed !== undefined && (typeof c.seed !== 'number' || !Number.isFinite(c.seed)))

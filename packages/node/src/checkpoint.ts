@@ -7,6 +7,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   buildModel,
+  ByteTokenizer,
   CHECKPOINT_FORMAT,
   type CheckpointConfig,
   checkpointConfigText,
@@ -20,9 +21,11 @@ import {
   parseCheckpointConfig,
   readSafetensors,
   type Registry,
+  type Tokenizer,
   type Trainer,
   writeSafetensors,
 } from '@moelab/core';
+import { HfTokenizer, parseHfTokenizer } from '@moelab/interop';
 import { writeDirAtomic } from './fsutil.js';
 
 // The format itself (config.json fields, weights metadata, checks) lives in core: the playground shares it.
@@ -33,16 +36,27 @@ export type Model = Module & LanguageModel;
 export function saveCheckpoint(
   dir: string,
   model: Model,
-  info: { spec: NodeSpec; step: number; seed: number; train?: CheckpointConfig['train']; trainer?: Trainer },
+  info: { spec: NodeSpec; step: number; seed: number; train?: CheckpointConfig['train']; trainer?: Trainer; tokenizer?: Tokenizer },
 ): void {
-  const config = makeCheckpointConfig(info);
+  // A Hugging Face tokenizer travels with the checkpoint as tokenizer.json; the byte tokenizer needs no file.
+  const hfTokenizer = info.tokenizer instanceof HfTokenizer ? info.tokenizer : undefined;
+  const config = makeCheckpointConfig({ ...info, tokenizer: hfTokenizer ? 'tokenizer.json' : 'byte' });
   const weights = checkpointWeights(model, info.step);
   const optim = info.trainer ? writeSafetensors(info.trainer.optimizer.stateTensors(), { step: String(info.step) }) : undefined;
   writeDirAtomic(dir, (tmp) => {
     writeFileSync(join(tmp, 'model.safetensors'), weights);
     if (optim) writeFileSync(join(tmp, 'optimizer.safetensors'), optim);
+    if (hfTokenizer) writeFileSync(join(tmp, 'tokenizer.json'), hfTokenizer.json);
     writeFileSync(join(tmp, 'config.json'), checkpointConfigText(config));
   });
+}
+
+/** The tokenizer of a checkpoint: the byte tokenizer, or its tokenizer.json (a one-line error when that file is missing or bad). */
+export function loadCheckpointTokenizer(dir: string, config: CheckpointConfig = readCheckpointConfig(dir)): Tokenizer {
+  if ((config.tokenizer ?? 'byte') === 'byte') return new ByteTokenizer();
+  const path = join(dir, 'tokenizer.json');
+  if (!existsSync(path)) throw new MoelabError('config.json names tokenizer "tokenizer.json" but the file is missing', path);
+  return parseHfTokenizer(readFileSync(path, 'utf8'), path);
 }
 
 export function readCheckpointConfig(dir: string): CheckpointConfig {

@@ -74,7 +74,7 @@ export function shapeFromSpec(spec: NodeSpec, registry: Registry): ShapeResult {
   if (m.headBias) return fail('headBias: the HF lm_head has no bias');
   const outNorm = resolveConfig(registry, 'norm', m.outNorm as NodeSpec, '$.outNorm');
   const blocks = m.blocks as NodeSpec[] | undefined;
-  if (blocks && blocks.some((b) => JSON.stringify(b) !== JSON.stringify(blocks[0])))
+  if (blocks?.some((b) => JSON.stringify(b) !== JSON.stringify(blocks[0])))
     return fail('its layers differ (blocks lists different block specs); the HF layouts moelab converts have one layer type');
   const block = resolveConfig(registry, 'block', (blocks?.[0] ?? m.block) as NodeSpec, blocks ? '$.blocks[0]' : '$.block');
   if (block.type !== 'transformer') return fail(`block "${block.type}": HF decoders are transformer blocks`);

@@ -1,7 +1,7 @@
 /** `moelab eval`: validation loss, perplexity and bits per byte of a checkpoint, optionally with experts masked. */
 import { Command, Option } from '@commander-js/extra-typings';
 import { Trainer } from '@moelab/core';
-import { loadCheckpoint } from '../checkpoint.js';
+import { loadCheckpoint, loadCheckpointTokenizer } from '../checkpoint.js';
 import { CorpusTokens, loadCorpus } from '../corpus.js';
 import { createDefaultRegistry } from '../registry.js';
 import { defineCommand } from './command.js';
@@ -23,7 +23,9 @@ export const evaluate = defineCommand({
   async run([checkpoint], o) {
     await useBackend(o.backend, o.json);
     const { model, config } = loadCheckpoint(checkpoint, createDefaultRegistry());
-    const data = new CorpusTokens(loadCorpus(o.data ?? config.train?.data ?? 'brown'));
+    const tokenizer = loadCheckpointTokenizer(checkpoint, config);
+    const data = new CorpusTokens(loadCorpus(o.data ?? config.train?.data ?? 'brown'), tokenizer);
+    const unit = tokenizer.name === 'byte' ? 'byte' : 'token';
     const seqLen = o.seq ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
     if (o.mask) {
       const { evaluateWithMask, maskedCount, maskOf, readMaskFile } = await import('../specialise.js');
@@ -33,7 +35,7 @@ export const evaluate = defineCommand({
       if (o.json) process.stdout.write(`${JSON.stringify({ ...ev, step: config.step, masked })}\n`);
       else
         process.stdout.write(
-          `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/byte (${masked.experts} experts masked in ${masked.layers} layers, domain "${file.domain}")\n`,
+          `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/${unit} (${masked.experts} experts masked in ${masked.layers} layers, domain "${file.domain}")\n`,
         );
       return 0;
     }
@@ -41,7 +43,7 @@ export const evaluate = defineCommand({
     if (o.json) process.stdout.write(`${JSON.stringify({ ...ev, step: config.step })}\n`);
     else
       process.stdout.write(
-        `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/byte\n`,
+        `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/${unit}\n`,
       );
     return 0;
   },

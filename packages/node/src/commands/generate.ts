@@ -1,7 +1,7 @@
 /** `moelab generate`: sample a continuation of a prompt from a checkpoint. */
 import { Command, Option } from '@commander-js/extra-typings';
-import { ByteTokenizer, generateTokens } from '@moelab/core';
-import { loadCheckpoint } from '../checkpoint.js';
+import { generateTokens } from '@moelab/core';
+import { loadCheckpoint, loadCheckpointTokenizer } from '../checkpoint.js';
 import { createDefaultRegistry } from '../registry.js';
 import { defineCommand } from './command.js';
 import { backendOption, integer, number, seedOption, useBackend } from './options.js';
@@ -13,7 +13,7 @@ export const generate = defineCommand({
       .description('Continue --prompt with tokens sampled from a checkpoint; prints the prompt and its continuation.')
       .argument('<checkpoint>', 'checkpoint directory (runs/<name>/checkpoint)')
       .addOption(new Option('--prompt <text>', 'text to continue').default('The '))
-      .addOption(new Option('--tokens <n>', 'new tokens (bytes) to sample').default(200).argParser(integer('--tokens')))
+      .addOption(new Option('--tokens <n>', 'new tokens to sample').default(200).argParser(integer('--tokens')))
       .addOption(new Option('--temperature <x>', 'sampling temperature (0 = greedy)').default(0.8).argParser(number('--temperature')))
       .addOption(new Option('--top-k <k>', 'sample among the k most likely tokens (0 = all)').default(0).argParser(integer('--top-k')))
       .addOption(seedOption('sampling seed').default(0))
@@ -21,8 +21,8 @@ export const generate = defineCommand({
       .addOption(backendOption()),
   async run([checkpoint], o) {
     await useBackend(o.backend, true);
-    const { model } = loadCheckpoint(checkpoint, createDefaultRegistry());
-    const tok = new ByteTokenizer();
+    const { model, config } = loadCheckpoint(checkpoint, createDefaultRegistry());
+    const tok = loadCheckpointTokenizer(checkpoint, config); // bytes, or the checkpoint's tokenizer.json
     const ids = generateTokens(model, tok.encode(o.prompt), {
       maxNewTokens: o.tokens,
       temperature: o.temperature,

@@ -6,7 +6,9 @@ import { bench } from './bench.js';
 import type { MoelabCommand } from './command.js';
 import { compare, main } from './compare.js';
 import { evaluate } from './eval.js';
+import { exportCommand } from './export.js';
 import { generate } from './generate.js';
+import { importCommand } from './import.js';
 import { inspect } from './inspect.js';
 import { list } from './list.js';
 import { mask } from './mask.js';
@@ -16,6 +18,21 @@ import { train } from './train.js';
 import { verify } from './verify.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: each command has its own argument and flag types
-export const commands: MoelabCommand<any, any>[] = [train, evaluate, generate, list, inspect, verify, compare, main, sweep, bench, mask, recipe];
+export const commands: MoelabCommand<any, any>[] = [
+  train,
+  evaluate,
+  generate,
+  list,
+  inspect,
+  verify,
+  compare,
+  main,
+  sweep,
+  bench,
+  mask,
+  recipe,
+  exportCommand,
+  importCommand,
+];
 
 export { type MoelabCommand, defineCommand, parseCommandLine } from './command.js';
