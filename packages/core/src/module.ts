@@ -9,6 +9,7 @@ import { MoelabError } from './errors.js';
 import { tf } from './tf.js';
 import { reserveParameters, trackAllocation } from './memory.js';
 import type { Rng } from './rng.js';
+import type { MoERouteEvent, RouterLogitEdit } from './nn/moe.js';
 
 export interface AuxLoss {
   /** e.g. `switch_balance`, `z_loss`, `entropy` */
@@ -69,6 +70,20 @@ export interface ForwardContext {
   stats?: boolean;
   /** When set, MoE layers also record per-token expert choices (for visualisation / inspect). */
   assignments?: Map<string, { tokenIndex: Int32Array; expertIndex: Int32Array; tokens: number }[]>;
+  /**
+   * Sees every call of a `moe` layer whose router emits assignments: the expert input, the router's
+   * result and the plan and weights the experts run (after masks and capacity). Read-only: the routing
+   * observer of `@moelab/compress` accumulates its calibration statistics here.
+   */
+  moeObserver?: (event: MoERouteEvent) => void;
+  /**
+   * Edits of router logits before the softmax / top-k, by MoE layer path (runtime expert masking with
+   * −∞, SteerMoE's force / block). Routers apply them through `editRouterLogits`; a `moe` layer whose
+   * router ignores an edit addressed to it throws instead of silently running unedited.
+   */
+  routerLogitEdits?: Map<string, RouterLogitEdit>;
+  /** MoE layer paths whose router applied its `routerLogitEdits` entry in this call (set by `editRouterLogits`). */
+  routerLogitEditsApplied?: Set<string>;
   /** Experts disabled at inference: exact MoE layer path (e.g. `transformer.layers.0.ffn`, as `moelab mask` writes them) -> expert ids. */
   expertMask?: Map<string, Set<number>>;
   /** Token ids of the forward pass, flattened row-major like the rows MoE layers see (set by the language model; hash routers read it). */

@@ -32,6 +32,7 @@
  *    SwitchHead attention) cannot honour a mask: `checkMask` rejects masks that name them.
  */
 import { existsSync, readFileSync } from 'node:fs';
+import { RoutingObserver } from '@moelab/compress';
 import { ByteTokenizer, crossEntropy, type ForwardContext, forwardContext, MoELayer, MoelabError, type Module, Rng, type TokenSource, tf } from '@moelab/core';
 import { FFFLayer, MonetLayer, PEERLayer } from '@moelab/experts';
 import type { Model } from './checkpoint.js';
@@ -157,40 +158,31 @@ export interface DomainRouting {
   layers: LayerDomainCounts[];
 }
 
-/** Per-domain routing statistics (eval mode, no mask): assignments per layer, expert and domain. */
+/**
+ * Per-domain routing statistics (eval mode, no mask): assignments per layer, expert and domain, from the
+ * routing observer of `@moelab/compress` (its per-domain counts: intended assignments, before capacity).
+ */
 export function collectDomainRouting(model: Model, corpus: Corpus, o: DomainStatsOptions): DomainRouting {
   const domains = o.domains ?? domainLabels(corpus, o.level);
-  const layers = new Map<string, LayerDomainCounts>();
+  // Only the counts are needed here: skip the expert re-runs and input statistics.
+  const observer = new RoutingObserver({ outputs: false, inputs: false });
   const tokens = new Array<number>(domains.length).fill(0);
   domains.forEach((domain, d) => {
     const windows = domainWindows(corpus, domain, { ...o, split: o.split ?? 'train' });
     for (const batch of batches(windows, o.batchSize ?? 8)) {
       const [B, T1] = batch.shape;
       tokens[d]! += B * (T1 - 1);
-      const ctx = forwardContext(new Rng(0), false);
-      tf.tidy(() => {
-        model.forward(tf.slice(batch, [0, 0], [B, T1 - 1]), ctx);
-      });
+      tf.tidy(() => observer.observe(model, tf.slice(batch, [0, 0], [B, T1 - 1]), { domain }));
       batch.dispose();
-      for (const s of ctx.routing) {
-        let l = layers.get(s.layer);
-        if (!l) {
-          l = {
-            layer: s.layer,
-            numExperts: s.numExperts,
-            counts: domains.map(() => new Array<number>(s.numExperts).fill(0)),
-            tokens: new Array(domains.length).fill(0),
-          };
-          layers.set(s.layer, l);
-        }
-        const c = s.intendedCounts ?? s.counts;
-        const row = l.counts[d]!;
-        for (let e = 0; e < c.length; e++) row[e]! += c[e]!;
-        l.tokens[d]! += s.tokens;
-      }
     }
   });
-  return { domains, tokens, layers: [...layers.values()] };
+  const layers = [...observer.layers.values()].map((s) => ({
+    layer: s.layer,
+    numExperts: s.numExperts,
+    counts: domains.map((domain) => Array.from(s.domainCounts.get(domain) ?? new Float64Array(s.numExperts))),
+    tokens: domains.map((domain) => s.domainTokens.get(domain) ?? 0),
+  }));
+  return { domains, tokens, layers };
 }
 
 /** Specialisation score s(e) of every expert of one layer for `domain` (see the file comment). */

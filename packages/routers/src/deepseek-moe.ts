@@ -12,7 +12,20 @@
  * expert-level loss (canonical Switch form, α1 `balanceCoef`, 0.01 for the 2B model, 0.001 for 16B),
  * device-level loss (α2 `deviceBalanceCoef`, V2: 0.05), optional sequence scope (`balanceScope`).
  */
-import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
+import {
+  Config,
+  defineEntry,
+  editRouterLogits,
+  type ForwardContext,
+  Module,
+  MoelabError,
+  type RouteInfo,
+  type RouteResult,
+  type Router,
+  type Rng,
+  Type,
+  tf,
+} from '@moelab/core';
 import { Balancer, type BalanceOptions, balanceFields, deviceBalanceLoss } from './balance.js';
 import { checkK, gatherAt, planFromChoices, renormPerToken, topkRows } from './common.js';
 
@@ -74,7 +87,7 @@ export class DeepSeekMoERouter extends Module implements Router {
     const { k, devices, deviceLimit } = this.options;
     const T = x.shape[0];
     const E = this.numExperts;
-    const logits = tf.matMul(x, this.weight, false, true) as tf.Tensor2D;
+    const logits = editRouterLogits(ctx, this.path, tf.matMul(x, this.weight, false, true) as tf.Tensor2D);
     const probs = tf.softmax(logits) as tf.Tensor2D;
     let sel = probs.dataSync() as Float32Array;
     if (devices > 1 && deviceLimit > 0 && deviceLimit < devices) sel = limitGroups(sel, T, E, devices, deviceLimit);

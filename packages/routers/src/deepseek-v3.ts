@@ -18,6 +18,7 @@
 import {
   Config,
   defineEntry,
+  editRouterLogits,
   type ForwardContext,
   Module,
   MoelabError,
@@ -86,7 +87,7 @@ export class DeepSeekV3Router extends Module implements Router {
     const { k } = this.options;
     const T = x.shape[0];
     const E = this.numExperts;
-    const logits = tf.matMul(x, this.weight, false, true) as tf.Tensor2D;
+    const logits = editRouterLogits(ctx, this.path, tf.matMul(x, this.weight, false, true) as tf.Tensor2D);
     const scores = tf.sigmoid(logits) as tf.Tensor2D;
     const s = scores.dataSync() as Float32Array;
     const { plan, flat } = planFromChoices(this.select(s, T, true), T, k, E);

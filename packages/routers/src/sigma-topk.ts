@@ -21,6 +21,7 @@ import {
   Config,
   DispatchPlan,
   defineEntry,
+  editRouterLogits,
   ensureCarry,
   entropyBalanceReg,
   type ForwardContext,
@@ -118,7 +119,7 @@ export class SigmaTopKRouter extends Module implements Router {
     const { k, expertDropout } = this.options;
     const T = x.shape[0];
     const E = this.numExperts;
-    const logits = this.logits(x);
+    const logits = editRouterLogits(ctx, this.path, this.logits(x));
     if (ctx.training && this.options.balance !== 'none' && this.options.balanceCoef !== 0) this.record(logits, ctx, info);
     let dropped: Uint8Array | undefined;
     let selectFrom: tf.Tensor2D = logits;

@@ -14,7 +14,20 @@
  * With learned noise in training the metrics extras report `smoothLoadSum` = Σ_i Load_i and
  * `smoothLoadRatio` = Σ_i Load_i / (k·N) (≈ 1 when the noise is small).
  */
-import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
+import {
+  Config,
+  defineEntry,
+  editRouterLogits,
+  type ForwardContext,
+  Module,
+  MoelabError,
+  type RouteInfo,
+  type RouteResult,
+  type Router,
+  type Rng,
+  Type,
+  tf,
+} from '@moelab/core';
 import { Balancer, type BalanceOptions, balanceFields, cvSquared, importanceLoss } from './balance.js';
 import { BiasController, biasSchema, densify, gatherAt, gaussian, jitter, planFromChoices, renormPerToken, topkRows } from './common.js';
 
@@ -88,7 +101,7 @@ export class SoftmaxTopKRouter extends Module implements Router {
     const T = x.shape[0];
     const E = this.numExperts;
     const xin = jitter(x, this.options.jitterEps ?? 0, ctx);
-    const logits = tf.matMul(xin, this.weight, false, true) as tf.Tensor2D;
+    const logits = editRouterLogits(ctx, this.path, tf.matMul(xin, this.weight, false, true) as tf.Tensor2D);
     let noisy = logits;
     let noiseScale: tf.Tensor2D | undefined;
     if (ctx.training && this.noiseWeight) {

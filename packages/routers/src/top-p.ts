@@ -12,7 +12,20 @@
  * experts suffice), β = 1e-4 [recalled coefficients]. Dropless by default; the experts-per-token min/max
  * are in the layer statistics.
  */
-import { Config, defineEntry, type ForwardContext, meanEntropy, Module, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
+import {
+  Config,
+  defineEntry,
+  editRouterLogits,
+  type ForwardContext,
+  meanEntropy,
+  Module,
+  type RouteInfo,
+  type RouteResult,
+  type Router,
+  type Rng,
+  Type,
+  tf,
+} from '@moelab/core';
 import { Balancer, balanceFields } from './balance.js';
 import { gatherAt, planFromChoices, topkRows } from './common.js';
 
@@ -77,7 +90,7 @@ export class CumulativeRouter extends Module implements Router {
     const T = x.shape[0];
     const E = this.numExperts;
     const { maxExperts } = this.options;
-    const logits = tf.matMul(x, this.weight, false, true) as tf.Tensor2D;
+    const logits = editRouterLogits(ctx, this.path, tf.matMul(x, this.weight, false, true) as tf.Tensor2D);
     const probs = tf.softmax(logits) as tf.Tensor2D;
     const choices = cumulativeSelect(probs.dataSync(), T, E, this.options.threshold, maxExperts, this.options.inclusive);
     const { plan, flat } = planFromChoices(choices, T, maxExperts, E);

@@ -67,6 +67,42 @@ export interface Router extends Module {
   mix?(x: tf.Tensor2D, routerInput: tf.Tensor2D, experts: ExpertBank, ctx: ForwardContext, info: RouteInfo): MixResult;
 }
 
+/** What `ForwardContext.moeObserver` sees of one `moe` layer call. */
+export interface MoERouteEvent {
+  /** The MoE layer's parameter path (e.g. `transformer.layers.0.ffn`). */
+  layer: string;
+  /** Expert input [T, d] (the flattened layer input). */
+  x: tf.Tensor2D;
+  /** The router's result, before masks and capacity. */
+  routed: RouteResult;
+  /** The assignments the experts run (after masks and capacity) and their combine weights (null = 1). */
+  plan: DispatchPlan;
+  weight: tf.Tensor1D | null;
+  experts: ExpertBank;
+  ctx: ForwardContext;
+}
+
+/** An edit of one layer's router logits [T, E] before its softmax / top-k (same shape out). */
+export type RouterLogitEdit = (logits: tf.Tensor2D) => tf.Tensor2D;
+
+/**
+ * The router logits after the edit `ctx.routerLogitEdits` holds for the router's MoE layer (the parent
+ * of `routerPath`), or unchanged. Routers call it on their logits before softmax and top-k.
+ */
+export function editRouterLogits(ctx: ForwardContext, routerPath: string, logits: tf.Tensor2D): tf.Tensor2D {
+  const edits = ctx.routerLogitEdits;
+  if (!edits) return logits;
+  const layer = routerPath.slice(0, Math.max(0, routerPath.lastIndexOf('.')));
+  const edit = edits.get(layer);
+  if (!edit) return logits;
+  ctx.routerLogitEditsApplied ??= new Set();
+  ctx.routerLogitEditsApplied.add(layer);
+  const out = edit(logits);
+  if (out.shape[0] !== logits.shape[0] || out.shape[1] !== logits.shape[1])
+    throw new MoelabError(`a router-logit edit returned shape [${out.shape}] for logits [${logits.shape}]`, layer);
+  return out;
+}
+
 export interface ExpertBank extends Module {
   readonly numExperts: number;
   /** out[t] = sum over the plan's assignments n of token t: weight[n] * expert_{e_n}(x[t]). Returns [T, d]. */
@@ -149,7 +185,14 @@ export class MoELayer extends Module implements FeedForward {
     const flat = tf.reshape(x, [-1, d]) as tf.Tensor2D;
     const routerIn = sources.routerInput ? (tf.reshape(sources.routerInput, [-1, sources.routerInput.shape.at(-1)!]) as tf.Tensor2D) : flat;
     if (this.router.mix) return this.forwardMix(x, flat, routerIn, ctx);
+    const edited = ctx.routerLogitEdits?.has(this.path);
+    if (edited) ctx.routerLogitEditsApplied?.delete(this.path);
     const routed = this.router.route(routerIn, ctx, { batchShape: shape.slice(0, -1) });
+    if (edited && !ctx.routerLogitEditsApplied?.has(this.path))
+      throw new MoelabError(
+        `router ${this.router.constructor.name} does not take router-logit edits (runtime expert masking, steering); routers that do: softmax-topk and its presets, deepseek-moe, deepseek-v3, sigma-topk, top-p`,
+        this.path,
+      );
     let { plan, weight } = routed;
     const assigned = plan.size;
 
@@ -174,6 +217,7 @@ export class MoELayer extends Module implements FeedForward {
       plan = kept;
     }
 
+    ctx.moeObserver?.({ layer: this.path, x: flat, routed, plan, weight, experts: this.experts, ctx });
     let out = this.experts.apply(flat, plan, weight, ctx);
     out = this.addShared(flat, out, ctx, routerIn);
     this.record(ctx, plan, assigned, routed);
