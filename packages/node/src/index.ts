@@ -5,6 +5,8 @@
 export * from './corpus.js';
 export * from './domains.js';
 export * from './checkpoint.js';
+export * from './hf-files.js';
+export { type ExportFlags, type ExportFormat, exportFormats } from './export-formats/index.js';
 export * from './fsutil.js';
 export * from './backends.js';
 export * from './registry.js';
