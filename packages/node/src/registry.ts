@@ -1,6 +1,7 @@
 import { corePlugin, createRegistry, type Plugin, type Registry } from '@moelab/core';
 import { attention, attentionMoePresets, moeutPresets } from '@moelab/attention';
 import { expertPresets, experts } from '@moelab/experts';
+import { finetune } from '@moelab/finetune';
 import { routers } from '@moelab/routers';
 import { upcyclePlugin } from '@moelab/upcycle';
 import { foundationPresets } from './presets.js';
@@ -11,6 +12,7 @@ export const builtinPlugins: Plugin[] = [
   routers,
   experts,
   attention,
+  finetune,
   foundationPresets,
   moeutPresets,
   attentionMoePresets,

@@ -12,12 +12,14 @@ const fixtures = fileURLToPath(new URL('../../../fixtures/', import.meta.url));
 
 describe('moelab verify and moelab list preset', () => {
   it('verify passes a fixture of each system, a line per tensor', () => {
-    const r = runCli(['verify', `${fixtures}moeut/switchhead_p3_dense_gated.json`, `${fixtures}peer/peer_p1.json`]);
+    const r = runCli(['verify', `${fixtures}moeut/switchhead_p3_dense_gated.json`, `${fixtures}peer/peer_p1.json`, `${fixtures}smore/smore_p1_switch.json`]);
     expect(r.err).toBe('');
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/^PASS .*switchhead_p3_dense_gated.* \(switchhead, backend /m);
     expect(r.out).toMatch(/^ {2}ok {3}expected\.eval\.out +max err \S+ +\d+\.\d% of budget$/m);
-    expect(r.out).toMatch(/^2 passed, 0 failed$/m);
+    expect(r.out).toMatch(/^PASS .*smore_p1_switch.* \(smore_layer, backend /m);
+    expect(r.out).toMatch(/^ {2}ok {3}grad_aux\.moe_gate\.default\.0\.keys +max err \S+ +\d+\.\d% of budget$/m);
+    expect(r.out).toMatch(/^3 passed, 0 failed$/m);
     const j = JSON.parse(runCli(['verify', `${fixtures}peer/peer_p1.json`, '--json']).out);
     expect(j[0]).toMatchObject({ kind: 'peer', ok: true });
     expect(j[0].checks.length).toBe(35);

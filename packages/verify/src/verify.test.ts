@@ -43,7 +43,7 @@ describe('fixture documents', () => {
   it('an unknown kind names the close kinds', () => {
     const fx = { doc: parseFixtureDoc('{"name":"f","kind":"sigma-moe","tensors":{}}'), tensors: new Map() };
     expect(() => verifyFixture(fx)).toThrow(/f: \$\.kind: no runner for fixture kind "sigma-moe"\. Did you mean: sigma_moe/);
-    expect(fixtureKinds).toEqual(['moa', 'moeut_lm', 'monet_hd', 'monet_vd', 'peer', 'sigma_moe', 'switchhead']);
+    expect(fixtureKinds).toEqual(['moa', 'moeut_lm', 'monet_hd', 'monet_vd', 'peer', 'sigma_moe', 'smore_layer', 'switchhead']);
   });
 
   it('a reference tensor the runner does not produce fails as missing; a perturbed one fails its budget', () => {

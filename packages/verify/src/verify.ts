@@ -5,6 +5,7 @@
 import { attention } from '@moelab/attention';
 import { closeMatches, corePlugin, createRegistry, MoelabError, type Registry } from '@moelab/core';
 import { experts } from '@moelab/experts';
+import { finetune } from '@moelab/finetune';
 import { routers } from '@moelab/routers';
 import { compareTensor, DEFAULT_GRAD_TOLERANCE, DEFAULT_OUTPUT_TOLERANCE, isCheckedTensor, type TensorCheck } from './compare.js';
 import type { Fixture } from './fixture.js';
@@ -20,12 +21,12 @@ export interface VerifyReport {
 
 /** The registry runners build from when the caller gives none: core and the built-in plugins. */
 export function verifyRegistry(): Registry {
-  return createRegistry(corePlugin, routers, experts, attention);
+  return createRegistry(corePlugin, routers, experts, attention, finetune);
 }
 
 /**
  * Check one fixture. `registry` must hold the plugins the fixture's system is built from (default: core,
- * routers, experts and attention). Tensors the runner creates are disposed before it returns.
+ * routers, experts, attention and finetune). Tensors the runner creates are disposed before it returns.
  */
 export function verifyFixture(fx: Fixture, registry: Registry = verifyRegistry()): VerifyReport {
   const kind = fx.doc.kind;

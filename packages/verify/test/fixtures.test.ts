@@ -47,6 +47,9 @@ describe('golden fixtures', () => {
         'monet/monet_vd_p2',
         'peer/peer_p1',
         'peer/peer_p2',
+        'smore/smore_p1_switch',
+        'smore/smore_p2_dense_3pools',
+        'smore/smore_p3_switch_f1_childv2',
       ]),
     );
     const kinds = new Set(names.map((n) => load(n).doc.kind));

@@ -10,6 +10,7 @@ import { generate } from './generate.js';
 import { commands, parseCommandLine } from './index.js';
 import { inspect } from './inspect.js';
 import { list } from './list.js';
+import { esftScoresCommand } from './esft-scores.js';
 import { mask } from './mask.js';
 import { sweep } from './sweep.js';
 import { train } from './train.js';
@@ -35,7 +36,7 @@ describe('moelab help', () => {
     const r = await cli('--help');
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/^Usage: moelab <command> \[options\]/);
-    const names = ['train', 'eval', 'generate', 'list', 'inspect', 'verify', 'compare', 'main', 'sweep', 'bench', 'mask', 'recipe', 'export', 'import'];
+    const names = ['train', 'eval', 'generate', 'list', 'inspect', 'verify', 'compare', 'main', 'sweep', 'bench', 'mask', 'recipe', 'export', 'import', 'esft-scores'];
     expect(commands.map((c) => c.define().name()).sort()).toEqual([...names].sort());
     for (const name of names) expect(r.out).toMatch(new RegExp(`\\n  ${name}\\b.* {2,}\\S`));
   });
@@ -282,6 +283,24 @@ describe('each command parses its flags into typed options', () => {
       only: ['a dense', 'b moe'],
       quick: true,
     });
+  });
+
+  it('esft-scores', () => {
+    const { args, opts } = parseCommandLine(esftScoresCommand, [
+      'c',
+      '--data',
+      'sotu',
+      '--tokens',
+      '4096',
+      '--score',
+      'gate',
+      '--p',
+      '0.15',
+      '--shared-experts',
+    ]);
+    expect(args).toEqual(['c']);
+    expect(opts).toEqual({ data: 'sotu', tokens: 4096, score: 'gate', p: 0.15, sharedExperts: true, batch: 8, out: 'esft', backend: 'auto' });
+    expect(() => parseCommandLine(esftScoresCommand, ['c', '--tokens', 'many'])).toThrow('--tokens expects an integer, got "many"');
   });
 
   it('mask', () => {

@@ -5,6 +5,7 @@
 import { bench } from './bench.js';
 import type { MoelabCommand } from './command.js';
 import { compare, main } from './compare.js';
+import { esftScoresCommand } from './esft-scores.js';
 import { evaluate } from './eval.js';
 import { exportCommand } from './export.js';
 import { generate } from './generate.js';

@@ -8,6 +8,7 @@ import { moeutLMRunner } from './moeut-lm.js';
 import { monetHDRunner, monetVDRunner } from './monet.js';
 import { peerRunner } from './peer.js';
 import { sigmaMoERunner } from './sigma-moe.js';
+import { smoreRunner } from './smore.js';
 import { switchheadRunner } from './switchhead.js';
 
 export const fixtureRunners = {
@@ -18,6 +19,7 @@ export const fixtureRunners = {
   monet_vd: monetVDRunner,
   peer: peerRunner,
   moa: moaRunner,
+  smore_layer: smoreRunner,
 } as const satisfies Record<string, FixtureRunner>;
 
 /** A fixture kind this package can check (the `kind` field of a fixture document). */
