@@ -36,7 +36,23 @@ describe('moelab help', () => {
     const r = await cli('--help');
     expect(r.code).toBe(0);
     expect(r.out).toMatch(/^Usage: moelab <command> \[options\]/);
-    const names = ['train', 'eval', 'generate', 'list', 'inspect', 'verify', 'compare', 'main', 'sweep', 'bench', 'mask', 'recipe', 'export', 'import', 'esft-scores'];
+    const names = [
+      'train',
+      'eval',
+      'generate',
+      'list',
+      'inspect',
+      'verify',
+      'compare',
+      'main',
+      'sweep',
+      'bench',
+      'mask',
+      'recipe',
+      'export',
+      'import',
+      'esft-scores',
+    ];
     expect(commands.map((c) => c.define().name()).sort()).toEqual([...names].sort());
     for (const name of names) expect(r.out).toMatch(new RegExp(`\\n  ${name}\\b.* {2,}\\S`));
   });

@@ -34,6 +34,7 @@ export const commands: MoelabCommand<any, any>[] = [
   recipe,
   exportCommand,
   importCommand,
+  esftScoresCommand,
 ];
 
 export { type MoelabCommand, defineCommand, parseCommandLine } from './command.js';
