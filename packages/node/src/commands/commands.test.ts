@@ -52,6 +52,7 @@ describe('moelab help', () => {
       'export',
       'import',
       'esft-scores',
+      'upcycle',
     ];
     expect(commands.map((c) => c.define().name()).sort()).toEqual([...names].sort());
     for (const name of names) expect(r.out).toMatch(new RegExp(`\\n  ${name}\\b.* {2,}\\S`));

@@ -16,6 +16,7 @@ import { mask } from './mask.js';
 import { recipe } from './recipe.js';
 import { sweep } from './sweep.js';
 import { train } from './train.js';
+import { upcycleCommand } from './upcycle.js';
 import { verify } from './verify.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: each command has its own argument and flag types
@@ -35,6 +36,7 @@ export const commands: MoelabCommand<any, any>[] = [
   exportCommand,
   importCommand,
   esftScoresCommand,
+  upcycleCommand,
 ];
 
 export { type MoelabCommand, defineCommand, parseCommandLine } from './command.js';
