@@ -5,7 +5,7 @@
  */
 import { ByteTokenizer } from '@moelab/core';
 import { describe, expect, it } from 'vitest';
-import { byteTokenizerJson, parseHfTokenizer } from './tokenizer.js';
+import { byteTokenizerJson, isByteTokenizerJson, parseHfTokenizer } from './tokenizer.js';
 
 describe('HF tokenizers', () => {
   it("byteTokenizerJson() is moelab's byte tokenizer: id = UTF-8 byte, lossless both ways", () => {
@@ -15,6 +15,12 @@ describe('HF tokenizers', () => {
     expect(Array.from(tok.encode(text))).toEqual(Array.from(bytes.encode(text)));
     expect(tok.decode(bytes.encode(text))).toBe(text);
     expect(tok.vocabSize).toBe(256);
+    // Recognised whatever the formatting (transformers re-saves it compactly), and only when it is bytes.
+    expect(isByteTokenizerJson(JSON.stringify(JSON.parse(byteTokenizerJson())))).toBe(true);
+    const other = JSON.parse(byteTokenizerJson());
+    other.model.merges = ['Ġ t'];
+    expect(isByteTokenizerJson(JSON.stringify(other))).toBe(false);
+    expect(isByteTokenizerJson('{')).toBe(false);
   });
 
   it('a BPE tokenizer.json applies its merges and reports its vocabulary size with added tokens', () => {

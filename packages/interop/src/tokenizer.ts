@@ -106,3 +106,25 @@ export function byteTokenizerJson(): string {
     2,
   )}\n`;
 }
+
+/**
+ * Whether a tokenizer.json is moelab's byte tokenizer (as {@link byteTokenizerJson} writes it, or as
+ * transformers saves it back, whatever the formatting): a BPE model without merges whose vocabulary maps
+ * the ByteLevel character of byte b to b, a ByteLevel pre-tokenizer without the regex split, no
+ * normalizer and no added tokens.
+ */
+export function isByteTokenizerJson(json: string): boolean {
+  let t: Record<string, unknown>;
+  try {
+    t = JSON.parse(json);
+  } catch {
+    return false;
+  }
+  const model = t?.model as { type?: string; vocab?: Record<string, number>; merges?: unknown[] } | undefined;
+  const pre = t?.pre_tokenizer as { type?: string; use_regex?: boolean } | null | undefined;
+  if (model?.type !== 'BPE' || (model.merges?.length ?? 0) !== 0 || !model.vocab) return false;
+  if (pre?.type !== 'ByteLevel' || pre.use_regex !== false || t.normalizer) return false;
+  if (Array.isArray(t.added_tokens) && t.added_tokens.length > 0) return false;
+  const chars = byteAlphabet();
+  return Object.keys(model.vocab).length === 256 && chars.every((c, b) => model.vocab![c] === b);
+}

@@ -51,12 +51,18 @@ export function saveCheckpoint(
   });
 }
 
+/** A Hugging Face tokenizer.json from disk (one-line errors naming the file when it is missing or bad). */
+export function readTokenizerFile(path: string): HfTokenizer {
+  if (!existsSync(path)) throw new MoelabError('file is missing', path);
+  return parseHfTokenizer(readFileSync(path, 'utf8'), path);
+}
+
 /** The tokenizer of a checkpoint: the byte tokenizer, or its tokenizer.json (a one-line error when that file is missing or bad). */
 export function loadCheckpointTokenizer(dir: string, config: CheckpointConfig = readCheckpointConfig(dir)): Tokenizer {
   if ((config.tokenizer ?? 'byte') === 'byte') return new ByteTokenizer();
   const path = join(dir, 'tokenizer.json');
   if (!existsSync(path)) throw new MoelabError('config.json names tokenizer "tokenizer.json" but the file is missing', path);
-  return parseHfTokenizer(readFileSync(path, 'utf8'), path);
+  return readTokenizerFile(path);
 }
 
 export function readCheckpointConfig(dir: string): CheckpointConfig {

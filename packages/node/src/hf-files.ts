@@ -18,6 +18,7 @@ import {
   headerLength,
   type ImportPlan,
   importTensors,
+  isByteTokenizerJson,
   type PlannedTensor,
   parseHeader,
   parseHfTokenizer,
@@ -307,7 +308,7 @@ export function importHfCheckpoint(dir: string, outCkpt: string): ImportResult {
   if (existsSync(tokPath)) {
     tokJson = readFileSync(tokPath, 'utf8');
     const tok = parseHfTokenizer(tokJson, tokPath);
-    tokenizer = tokJson === byteTokenizerJson() ? 'byte' : 'tokenizer.json';
+    tokenizer = isByteTokenizerJson(tokJson) ? 'byte' : 'tokenizer.json';
     if (tok.vocabSize > plan.shape.vocabSize)
       throw new MoelabError(`the tokenizer has ${tok.vocabSize} tokens but vocab_size is ${plan.shape.vocabSize}`, tokPath);
   }

@@ -17,11 +17,12 @@ import {
   type NodeSpec,
   type Registry,
   type StepMetrics,
+  type Tokenizer,
   type TrainConfig,
   Trainer,
   tf,
 } from '@moelab/core';
-import { type Model, loadCheckpoint, loadOptimizerState, readCheckpointConfig, saveCheckpoint } from './checkpoint.js';
+import { type Model, loadCheckpoint, loadCheckpointTokenizer, loadOptimizerState, readCheckpointConfig, saveCheckpoint } from './checkpoint.js';
 import { CorpusTokens, loadCorpus } from './corpus.js';
 import { Progress } from './progress.js';
 
@@ -43,6 +44,8 @@ export interface RunOptions {
   /** Stop after this step even if train.steps is larger (used to test resume). */
   stopAfter?: number;
   tokens?: CorpusTokens;
+  /** The tokenizer of the corpus and of the checkpoint (default: bytes; on resume: the checkpoint's). */
+  tokenizer?: Tokenizer;
 }
 
 /**
@@ -108,8 +111,10 @@ export function trainRun(o: RunOptions): RunResult {
   let spec = o.spec;
   let train = o.train;
   let seed = o.train.seed ?? 0;
+  let tokenizer = o.tokenizer;
   if (o.resume) {
     const cfg = readCheckpointConfig(ckptDir);
+    tokenizer = loadCheckpointTokenizer(ckptDir, cfg);
     spec = cfg.spec;
     train = { ...(cfg.train ?? {}), ...stripUndefined(o.train), seed: cfg.seed };
     seed = cfg.seed;
@@ -117,7 +122,9 @@ export function trainRun(o: RunOptions): RunResult {
   } else {
     model = buildModel<Model>(spec, o.registry, seed);
   }
-  const tokens = o.tokens ?? new CorpusTokens(loadCorpus(o.data));
+  if (tokenizer && tokenizer.name !== 'byte' && tokenizer.vocabSize > model.vocabSize)
+    throw new MoelabError(`the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabSize is ${model.vocabSize}`, 'tokenizer');
+  const tokens = o.tokens ?? new CorpusTokens(loadCorpus(o.data), tokenizer);
   const trainer = new Trainer(model, tokens, { ...train, seed });
   const c = trainer.config;
   if (o.resume) loadOptimizerState(ckptDir, trainer);
@@ -138,7 +145,7 @@ export function trainRun(o: RunOptions): RunResult {
   let routing: StepMetrics['routing'] = [];
   let lastEval: EvalMetrics | undefined;
   const stopAt = Math.min(c.steps, o.stopAfter ?? c.steps);
-  const save = () => saveCheckpoint(ckptDir, model, { spec, step: trainer.step, seed, train: { ...c, data: o.data }, trainer });
+  const save = () => saveCheckpoint(ckptDir, model, { spec, step: trainer.step, seed, train: { ...c, data: o.data }, trainer, tokenizer });
   while (trainer.step < stopAt) {
     // The last step of this run always has routing statistics (the run's final balance).
     const m = trainer.trainStep(trainer.step + 1 === stopAt ? { stats: true } : {});

@@ -5,7 +5,7 @@
  * evaluates to the same loss, generates the same text and inspects. Refusals and unknown formats are
  * one-line errors that write nothing.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildModel, type NodeSpec, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it, vi } from 'vitest';
@@ -91,5 +91,38 @@ describe('moelab export / import (Hugging Face)', () => {
     expect((await cli('import', join(root, 'nothing-here'), '--out', join(root, 'no'))).err).toMatch(
       /^moelab: .*nothing-here\/config.json: file is missing\n$/,
     );
+  });
+
+  it('train --tokenizer tokenizes the corpus with a tokenizer.json that travels with the checkpoint, through --resume and eval', async () => {
+    const vocab: Record<string, number> = { '[UNK]': 0 };
+    for (const c of 'abcdefghijklmnopqrstuvwxyz.') vocab[c] = Object.keys(vocab).length;
+    vocab.th = Object.keys(vocab).length;
+    vocab.the = Object.keys(vocab).length;
+    const tokJson = JSON.stringify({
+      version: '1.0',
+      added_tokens: [],
+      normalizer: { type: 'Lowercase' },
+      pre_tokenizer: { type: 'Whitespace' },
+      post_processor: null,
+      decoder: null,
+      model: { type: 'BPE', vocab, merges: ['t h', 'th e'], unk_token: '[UNK]' },
+    });
+    writeFileSync(join(root, 'tok.json'), tokJson);
+    writeFileSync(join(root, 'small.json'), JSON.stringify({ ...(mixtralSpec as object), vocabSize: 32 }));
+    writeFileSync(join(root, 'mixtral.json'), JSON.stringify(mixtralSpec));
+    const out = join(root, 'bpe-run');
+    const common = ['--data', data, '--batch', '2', '--seq', '8', '--eval-batches', '1', '--out', out, '--backend', 'cpu', '--quiet'];
+    const t = await cli('train', join(root, 'small.json'), '--tokenizer', join(root, 'tok.json'), '--steps', '2', ...common);
+    expect(t.code, t.err).toBe(0);
+    const ck = join(out, 'checkpoint');
+    expect(JSON.parse(readFileSync(join(ck, 'config.json'), 'utf8')).tokenizer).toBe('tokenizer.json');
+    expect(readFileSync(join(ck, 'tokenizer.json'), 'utf8')).toBe(tokJson);
+    const resumed = await cli('train', '--resume', '--steps', '3', ...common);
+    expect(resumed.code, resumed.err).toBe(0);
+    expect(JSON.parse(readFileSync(join(ck, 'config.json'), 'utf8'))).toMatchObject({ step: 3, tokenizer: 'tokenizer.json' });
+    const ev = await cli('eval', ck, '--data', data, '--eval-batches', '1', '--batch', '2', '--seq', '8', '--backend', 'cpu');
+    expect(ev.out).toMatch(/bits\/token\n$/);
+    const big = await cli('train', join(root, 'small.json'), '--tokenizer', join(root, 'mixtral.json'), '--steps', '1', ...common);
+    expect(big.err).toMatch(/^moelab: .*mixtral.json: (not a Hugging Face tokenizer|file is missing)/);
   });
 });

@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, Option } from '@commander-js/extra-typings';
 import { MoelabError, type NodeSpec, type TrainConfig } from '@moelab/core';
+import { readTokenizerFile } from '../checkpoint.js';
 import { createDefaultRegistry } from '../registry.js';
 import { trainRun } from '../run.js';
 import { human } from '../table.js';
@@ -61,7 +62,8 @@ export const train = defineCommand({
       .addOption(
         new Option('--checkpoint-every <n>', 'also save the checkpoint every N steps (default: only at the end)').argParser(integer('--checkpoint-every')),
       )
-      .addOption(new Option('--resume', 'continue the checkpoint in --out exactly (its spec, config, optimizer state and step)'))
+      .addOption(new Option('--resume', 'continue the checkpoint in --out exactly (its spec, config, optimizer state, tokenizer and step)'))
+      .addOption(new Option('--tokenizer <file>', 'a Hugging Face tokenizer.json to tokenize the corpus with (default: bytes); it travels with the checkpoint'))
       .addOption(quietOption()),
   async run([specFile], o) {
     const registry = createDefaultRegistry();
@@ -70,6 +72,7 @@ export const train = defineCommand({
     let name: string;
     if (o.resume) {
       if (!o.out) throw new MoelabError('--resume needs --out DIR (the run directory to continue)');
+      if (o.tokenizer) throw new MoelabError("--resume continues with the checkpoint's own tokenizer; leave --tokenizer out", '--tokenizer');
       spec = {} as NodeSpec;
       name = o.out;
     } else if (o.preset) {
@@ -94,6 +97,7 @@ export const train = defineCommand({
       checkpointEvery: o.checkpointEvery,
       label: name,
       quiet: o.quiet,
+      tokenizer: o.tokenizer ? readTokenizerFile(o.tokenizer) : undefined,
     });
     process.stdout.write(
       `${name}: ${r.steps} steps, val loss ${r.finalEval.loss.toFixed(4)} (ppl ${r.finalEval.perplexity.toFixed(2)}), ${Math.round(r.tokensPerSec)} tok/s, ${human(r.summary.parameters)} params (${human(r.summary.activeParameters)} active)\ncheckpoint: ${join(outDir, 'checkpoint')}\nmetrics: ${join(outDir, 'metrics.jsonl')}\n`,
