@@ -8,10 +8,10 @@
  */
 import { forwardContext, Rng, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { baseWeights, changedWeights, logitsOf, registry, sameValues, tinyModel, trainSteps } from '../../test/helpers.js';
+import { baseWeights, changedWeights, logitsOf, patternSource, registry, sameValues, tinyModel, trainSteps } from '../../test/helpers.js';
 import { AdaptedModel } from '../adapted-model.js';
 import type { Model } from '../index.js';
-import type { EsftExperts } from './adapter.js';
+import { type EsftExperts, esftMethodNode } from './adapter.js';
 import { esftScores } from './scores.js';
 import { esftExpertConfig, esftTrainableParameters } from './select.js';
 
@@ -111,6 +111,25 @@ describe('esft adapter', () => {
     again.detach();
     model.dispose();
     fresh.dispose();
+  });
+
+  it('the esft method node scores the training data when no selection is given (token / p = 0.2 by default)', () => {
+    const model = tinyMoE();
+    const data = patternSource();
+    const node = esftMethodNode({ scoreTokens: 96 }, { model, data, seed: 4 });
+    // The same windows the method scored: 96 tokens of the train split as windows of the context length (12).
+    const windows = [0].map((i) => {
+      const raw = data.batch(Rng.derive(4, 'esft-data', i), 8, 12, 'train');
+      const ids = new Int32Array(8 * 12);
+      for (let b = 0; b < 8; b++) ids.set(raw.subarray(b * 13, b * 13 + 12), b * 12);
+      return { ids, batchSize: 8, seqLen: 12 };
+    });
+    expect(node).toEqual({ type: 'esft', scoreTokens: 96, experts: esftExpertConfig(esftScores(model, windows).file, { score: 'token', p: 0.2 }).experts });
+    const gate = esftMethodNode({ score: 'gate', p: 0.5, scoreTokens: 96 }, { model, data, seed: 4 });
+    expect(gate.experts).toEqual(esftExpertConfig(esftScores(model, windows).file, { score: 'gate', p: 0.5 }).experts);
+    expect(esftMethodNode({ experts: selection }, { model, data, seed: 4 })).toEqual({ type: 'esft', experts: selection });
+    expect(() => esftMethodNode({ score: 'tokens' }, { model, data, seed: 4 })).toThrow('$.adapter.score: score must be token or gate, got "tokens"');
+    model.dispose();
   });
 
   it('bad input: a dense model, a layer that is not an MoE layer, an unknown layer, an expert id out of range, no selection', () => {

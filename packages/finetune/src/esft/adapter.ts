@@ -17,8 +17,21 @@
  * selection, its layers are the targets. An ESFT adapter checkpoint stores only the selected rows of each
  * expert tensor (shape [|E_s^l|, …], in selection order) and the selection itself. docs/finetune.md#esft.
  */
-import { Config, type Entry, type MoELayer, MoelabError, type TensorToWrite, Type, tf } from '@moelab/core';
+import {
+  Config,
+  type Entry,
+  type LanguageModel,
+  type Module,
+  type MoELayer,
+  MoelabError,
+  Rng,
+  type TensorToWrite,
+  type TokenSource,
+  Type,
+  tf,
+} from '@moelab/core';
 import { type AdapterFactory, defineAdapter, ExpertSelectAdapter, type TrainedSlice } from '../adapter.js';
+import { esftSelect } from './scores.js';
 import { ESFT_DEFAULT_P, type EsftScoreKind } from './select.js';
 
 /** The ESFT adapter at one MoE layer: its selected experts' rows of the routed expert tensors. */
@@ -196,3 +209,39 @@ export const esftAdapter: Entry = {
     return factory;
   },
 };
+
+/** The training windows `esftMethodNodes` scores when a selection must be made: `tokens` from the train split. */
+function* scoringWindows(data: TokenSource, seed: number, tokens: number, seqLen: number, batchSize = 8) {
+  const batches = Math.max(1, Math.ceil(tokens / (batchSize * seqLen)));
+  for (let i = 0; i < batches; i++) {
+    const raw = data.batch(Rng.derive(seed, 'esft-data', i), batchSize, seqLen, 'train');
+    // Windows come as [B, T+1] (inputs and next-token targets); the scores need the inputs only.
+    const ids = new Int32Array(batchSize * seqLen);
+    for (let b = 0; b < batchSize; b++) ids.set(raw.subarray(b * (seqLen + 1), b * (seqLen + 1) + seqLen), b * seqLen);
+    yield { ids, batchSize, seqLen };
+  }
+}
+
+/**
+ * The adapter node of the `esft` fine-tuning method: the user's options, with `experts` computed from the
+ * base's routing on `scoreTokens` tokens of the training data (eq. 8 with `score` and `p`) when not given.
+ */
+export function esftMethodNode(
+  options: Record<string, unknown>,
+  ctx: { model: Module & LanguageModel; data: TokenSource; seed: number },
+): { type: 'esft' } & Record<string, unknown> {
+  if (options.experts !== undefined) return { ...options, type: 'esft' };
+  const score = (options.score as EsftScoreKind | undefined) ?? 'token';
+  if (score !== 'token' && score !== 'gate') throw new MoelabError(`score must be token or gate, got ${JSON.stringify(score)}`, '$.adapter.score');
+  const p = options.p as number | undefined;
+  const tokens = (options.scoreTokens as number | undefined) ?? 32768;
+  if (!Number.isInteger(tokens) || tokens < 1)
+    throw new MoelabError(`scoreTokens must be a positive integer, got ${JSON.stringify(tokens)}`, '$.adapter.scoreTokens');
+  const { config } = esftSelect(ctx.model, scoringWindows(ctx.data, ctx.seed, tokens, ctx.model.contextLength), {
+    score,
+    p: esftThreshold({ score, p }),
+    seed: ctx.seed,
+    where: '$.adapter',
+  });
+  return { ...options, type: 'esft', experts: config.experts };
+}
