@@ -13,7 +13,8 @@
         "src/native/moe.cc",
         "src/native/moe_glu.cc",
         "src/native/norm.cc",
-        "src/native/pool.cc"
+        "src/native/pool.cc",
+        "src/native/quant.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

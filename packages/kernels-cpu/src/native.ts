@@ -205,6 +205,49 @@ export interface NativeAddon {
     dweight: Float32Array,
     ...sizes: MoeExpertSizes
   ): void;
+  /**
+   * Packed experts (weight-only quantized, layout in src/native/quant.h), gated when the w3 arrays
+   * are given (null otherwise); `hidden` as moeMlpForward / moeGluForward.
+   */
+  moePackedForward(
+    x: Float32Array,
+    w1Codes: Int32Array,
+    w1Scale: Float32Array,
+    w1Zero: Float32Array,
+    w3Codes: Int32Array | null,
+    w3Scale: Float32Array | null,
+    w3Zero: Float32Array | null,
+    w2Codes: Int32Array,
+    w2Scale: Float32Array,
+    w2Zero: Float32Array,
+    tok: Int32Array,
+    exp: Int32Array,
+    weight: Float32Array,
+    out: Float32Array,
+    hidden: Float32Array,
+    ...sizes: [...MoeExpertSizes, bits: number, group: number]
+  ): void;
+  /** The packed experts' backward w.r.t. x and the routing weights. */
+  moePackedBackward(
+    dy: Float32Array,
+    x: Float32Array,
+    w1Codes: Int32Array,
+    w1Scale: Float32Array,
+    w1Zero: Float32Array,
+    w3Codes: Int32Array | null,
+    w3Scale: Float32Array | null,
+    w3Zero: Float32Array | null,
+    w2Codes: Int32Array,
+    w2Scale: Float32Array,
+    w2Zero: Float32Array,
+    tok: Int32Array,
+    exp: Int32Array,
+    weight: Float32Array,
+    hidden: Float32Array,
+    dx: Float32Array,
+    dweight: Float32Array,
+    ...sizes: [...MoeExpertSizes, bits: number, group: number]
+  ): void;
   moeLinearForward(
     x: Float32Array,
     w: Float32Array,

@@ -36,6 +36,19 @@ export const MOE_GLU_KERNEL = 'MoelabMoeGLU';
 /** Backward of {@link MOE_GLU_KERNEL}: inputs {@link MoeGluGradInputs}, the forward's attrs. Outputs [dx, dw1, dw3, dw2, dweight]. */
 export const MOE_GLU_GRAD_KERNEL = 'MoelabMoeGLUGrad';
 /**
+ * The MLP or GLU experts of {@link MOE_MLP_KERNEL} / {@link MOE_GLU_KERNEL} with weight-only
+ * quantized ("packed") expert weights, dequantized inside the expert GEMMs: gated when the w3
+ * inputs are non-empty. Every weight W [E, din, dout] comes as codes int32 [E, din, words] (row
+ * (e, i) a little-endian bit stream of dout unsigned `bits`-bit codes u, code j at bits
+ * [j*bits, (j+1)*bits), words = ceil(dout*bits/32)), scale and zero float32 [E, G, dout]
+ * (G = ceil(din / group)), and W[e,i,j] = scale[e, i/group, j] * (u - zero[e, i/group, j])
+ * (docs/compression.md#quantization). Inputs {@link MoePackedInputs}, attrs {@link MoePackedAttrs}.
+ * Outputs [out [T,d], hidden] as the float kernels (hidden [N,h], or [N,2h] when gated).
+ */
+export const MOE_PACKED_KERNEL = 'MoelabMoePacked';
+/** Backward of {@link MOE_PACKED_KERNEL} w.r.t. x and the routing weights (packed weights are frozen): inputs {@link MoePackedGradInputs}, the forward's attrs. Outputs [dx, dweight]. */
+export const MOE_PACKED_GRAD_KERNEL = 'MoelabMoePackedGrad';
+/**
  * One expert-selected linear map: out[outRow[n]] += weight[n] * x[inRow[n]] w[e_n].
  * Inputs {@link MoeLinearInputs}, attrs {@link MoeLinearAttrs}. Output out [outRows, dout].
  */
@@ -103,6 +116,8 @@ export const FUSED_KERNELS = [
   MOE_MLP_GRAD_KERNEL,
   MOE_GLU_KERNEL,
   MOE_GLU_GRAD_KERNEL,
+  MOE_PACKED_KERNEL,
+  MOE_PACKED_GRAD_KERNEL,
   MOE_LINEAR_KERNEL,
   MOE_LINEAR_GRAD_KERNEL,
   CAUSAL_ATTENTION_KERNEL,
@@ -151,6 +166,54 @@ export interface MoeGluGradInputs<T> extends MoeGluInputs<T> {
 export interface MoeGluAttrs {
   /** The gate's activation (gelu = the exact erf form). */
   activation: MoeActivation;
+}
+
+/**
+ * x [T,d]; w1 (and w3) [E,d,h] and w2 [E,h,d] as codes int32 [E,din,ceil(dout*bits/32)] + scale
+ * and zero float32 [E,G,dout]; tokenIndex, expertIndex int32 [N]; weight [N]. Ungated experts
+ * pass empty w3 tensors (shape [0]: tfjs saves gradient inputs by name, so all are always there).
+ */
+export interface MoePackedInputs<T> {
+  x: T;
+  w1Codes: T;
+  w1Scale: T;
+  w1Zero: T;
+  w3Codes: T;
+  w3Scale: T;
+  w3Zero: T;
+  w2Codes: T;
+  w2Scale: T;
+  w2Zero: T;
+  tokenIndex: T;
+  expertIndex: T;
+  weight: T;
+}
+/** The forward's inputs plus dy [T,d] and the forward's second output `hidden`. */
+export interface MoePackedGradInputs<T> extends MoePackedInputs<T> {
+  dy: T;
+  hidden: T;
+}
+export interface MoePackedAttrs {
+  /** The activation (of the gate, when gated). */
+  activation: MoeActivation;
+  /** Code width: one of {@link PACKED_BITS}. */
+  bits: PackedBits;
+  /** Input rows per scale group; 0 (or >= the input width) = one group per output channel. */
+  group: number;
+}
+
+/** The code widths of packed expert weights. */
+export const PACKED_BITS = [2, 3, 4, 8] as const;
+export type PackedBits = (typeof PACKED_BITS)[number];
+
+/** Scale groups of a packed weight with `din` input rows: ceil(din / group), 1 for group 0 or >= din. */
+export function packedGroups(din: number, group: number): number {
+  return group <= 0 || group >= din ? 1 : Math.ceil(din / group);
+}
+
+/** int32 words of one packed row of `dout` codes of `bits` bits. */
+export function packedRowWords(dout: number, bits: number): number {
+  return Math.ceil((dout * bits) / 32);
 }
 
 /** x [R,din], w [E,din,dout]; inRow, outRow, expertIndex int32 [N]; weight [N]. */

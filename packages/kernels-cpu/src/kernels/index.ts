@@ -17,6 +17,7 @@ import { registerLayout } from './layout.js';
 import { registerMatmul } from './matmul.js';
 import { makeMoeKernels, registerMoeGradients } from './moe.js';
 import { makeMoeGluKernels, registerMoeGluGradient } from './moe-glu.js';
+import { makeMoePackedKernels, registerMoePackedGradient } from './moe-packed.js';
 import { makeNormKernels, registerNormGradients } from './norm.js';
 import { registerReduce } from './reduce.js';
 import { registerSoftmax } from './softmax.js';
@@ -29,6 +30,7 @@ export function nativeKernels(tf: Tf, native: NativeAddon, backendName: string):
   configs.push(
     ...makeMoeKernels(native, backendName),
     ...makeMoeGluKernels(native, backendName),
+    ...makeMoePackedKernels(native, backendName),
     ...makeAttentionKernels(native, backendName),
     ...makeDecodeKernels(native, backendName),
     makeAdamWKernel(native, backendName),
@@ -41,6 +43,7 @@ export function nativeKernels(tf: Tf, native: NativeAddon, backendName: string):
 export function registerFusedGradients(tf: Tf): void {
   registerMoeGradients(tf);
   registerMoeGluGradient(tf);
+  registerMoePackedGradient(tf);
   registerAttentionGradients(tf);
   registerNormGradients(tf);
 }

@@ -287,6 +287,84 @@ void MoeGluBackward(const Napi::CallbackInfo& info) {
                    static_cast<int>(d), static_cast<int>(h), static_cast<int>(E), N, act);
 }
 
+// One packed expert weight [E, din, dout] from three arguments (codes Int32Array, scale, zero
+// Float32Array) starting at info[i]; null codes = absent (ungated experts have no w3).
+PackedWeights packedArg(const Napi::CallbackInfo& info, size_t i, long E, long din, long dout, int bits, long group,
+                        const char* name) {
+  if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
+    throw Napi::RangeError::New(info.Env(), "moelab-cpu: packed experts take 2, 3, 4 or 8 bits");
+  const long g = group <= 0 || group >= din ? din : group;
+  const long G = (din + g - 1) / g;
+  const std::string n(name);
+  const long words = packed_code_bytes(static_cast<int>(E), static_cast<int>(din), static_cast<int>(dout), bits) / 4;
+  PackedWeights w{};
+  w.codes = reinterpret_cast<const uint8_t*>(I32(info, i, words, (n + " codes").c_str()));
+  w.scale = F32(info, i + 1, E * G * dout, (n + " scale").c_str());
+  w.zero = F32(info, i + 2, E * G * dout, (n + " zero").c_str());
+  w.bits = bits;
+  w.group = static_cast<int>(g);
+  w.din = static_cast<int>(din);
+  w.dout = static_cast<int>(dout);
+  return w;
+}
+
+// Packed experts, gated when the w3 arguments are given:
+// (x, w1 codes/scale/zero, w3 codes/scale/zero | nulls, w2 codes/scale/zero, tok, exp, weight,
+//  out, hidden, T, d, h, E, N, act, bits, group)
+void MoePackedForward(const Napi::CallbackInfo& info) {
+  long T = Int(info, 15), d = Int(info, 16), h = Int(info, 17), E = Int(info, 18), N = Int(info, 19);
+  int act = info[20].As<Napi::Number>().Int32Value();
+  int bits = static_cast<int>(Int(info, 21));
+  long group = Int(info, 22);
+  const bool gated = !(info[4].IsNull() || info[4].IsUndefined());
+  const float* x = F32(info, 0, T * d, "x");
+  PackedWeights w1 = packedArg(info, 1, E, d, h, bits, group, "w1");
+  PackedWeights w3 = gated ? packedArg(info, 4, E, d, h, bits, group, "w3") : PackedWeights{};
+  PackedWeights w2 = packedArg(info, 7, E, h, d, bits, group, "w2");
+  const int* tok = I32(info, 10, N, "tokenIndex");
+  const int* exp = I32(info, 11, N, "expertIndex");
+  const float* weight = F32(info, 12, N, "weight");
+  float* out = F32(info, 13, T * d, "out");
+  float* hidden = F32(info, 14, N * h * (gated ? 2 : 1), "hidden");
+  checkIdx(info, tok, N, T, "tokenIndex");
+  checkIdx(info, exp, N, E, "expertIndex");
+  if (gated)
+    moe_glu_packed_forward(x, w1, w3, w2, tok, exp, weight, out, hidden, static_cast<int>(T), static_cast<int>(d),
+                           static_cast<int>(h), static_cast<int>(E), N, act);
+  else
+    moe_mlp_packed_forward(x, w1, w2, tok, exp, weight, out, hidden, static_cast<int>(T), static_cast<int>(d),
+                           static_cast<int>(h), static_cast<int>(E), N, act);
+}
+
+// (dy, x, w1 codes/scale/zero, w3 codes/scale/zero | nulls, w2 codes/scale/zero, tok, exp,
+//  weight, hidden, dx, dweight, T, d, h, E, N, act, bits, group)
+void MoePackedBackward(const Napi::CallbackInfo& info) {
+  long T = Int(info, 17), d = Int(info, 18), h = Int(info, 19), E = Int(info, 20), N = Int(info, 21);
+  int act = info[22].As<Napi::Number>().Int32Value();
+  int bits = static_cast<int>(Int(info, 23));
+  long group = Int(info, 24);
+  const bool gated = !(info[5].IsNull() || info[5].IsUndefined());
+  const float* dout = F32(info, 0, T * d, "dy");
+  const float* x = F32(info, 1, T * d, "x");
+  PackedWeights w1 = packedArg(info, 2, E, d, h, bits, group, "w1");
+  PackedWeights w3 = gated ? packedArg(info, 5, E, d, h, bits, group, "w3") : PackedWeights{};
+  PackedWeights w2 = packedArg(info, 8, E, h, d, bits, group, "w2");
+  const int* tok = I32(info, 11, N, "tokenIndex");
+  const int* exp = I32(info, 12, N, "expertIndex");
+  const float* weight = F32(info, 13, N, "weight");
+  const float* hidden = F32(info, 14, N * h * (gated ? 2 : 1), "hidden");
+  float* dx = F32(info, 15, T * d, "dx");
+  float* dweight = F32(info, 16, N, "dweight");
+  checkIdx(info, tok, N, T, "tokenIndex");
+  checkIdx(info, exp, N, E, "expertIndex");
+  if (gated)
+    moe_glu_packed_backward(dout, x, w1, w3, w2, tok, exp, weight, hidden, dx, dweight, static_cast<int>(T),
+                            static_cast<int>(d), static_cast<int>(h), static_cast<int>(E), N, act);
+  else
+    moe_mlp_packed_backward(dout, x, w1, w2, tok, exp, weight, hidden, dx, dweight, static_cast<int>(T),
+                            static_cast<int>(d), static_cast<int>(h), static_cast<int>(E), N, act);
+}
+
 // (x, w, inRow, outRow, exp, weight, out, R, din, dout, E, N, outRows)
 void MoeLinearForward(const Napi::CallbackInfo& info) {
   long R = Int(info, 7), din = Int(info, 8), dout = Int(info, 9), E = Int(info, 10), N = Int(info, 11),
@@ -413,6 +491,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("moeMlpBackward", Napi::Function::New(env, MoeMlpBackward));
   exports.Set("moeGluForward", Napi::Function::New(env, MoeGluForward));
   exports.Set("moeGluBackward", Napi::Function::New(env, MoeGluBackward));
+  exports.Set("moePackedForward", Napi::Function::New(env, MoePackedForward));
+  exports.Set("moePackedBackward", Napi::Function::New(env, MoePackedBackward));
   exports.Set("moeLinearForward", Napi::Function::New(env, MoeLinearForward));
   exports.Set("moeLinearBackward", Napi::Function::New(env, MoeLinearBackward));
   exports.Set("causalAttentionForward", Napi::Function::New(env, CausalAttentionForward));

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <string>
 
+#include "quant.h"
+
 namespace moelab {
 
 // The enums below are the native codes of @moelab/core's kernel contract (its
@@ -95,6 +97,23 @@ void moe_glu_forward(const float* x, const float* w1, const float* w3, const flo
 void moe_glu_backward(const float* dout, const float* x, const float* w1, const float* w3, const float* w2,
                       const int* tok, const int* exp, const float* weight, const float* hidden, float* dx, float* dw1,
                       float* dw3, float* dw2, float* dweight, int T, int d, int h, int E, long N, int act);
+
+// The same two ops on packed (weight-only quantized) experts, layout in quant.h: w1 (and w3) are
+// [E,d,h], w2 [E,h,d]. The forward outputs and `hidden` are those of the float ops; the backward
+// returns dx and dweight only (packed weights are frozen).
+void moe_mlp_packed_forward(const float* x, const PackedWeights& w1, const PackedWeights& w2, const int* tok,
+                            const int* exp, const float* weight, float* out, float* hidden, int T, int d, int h, int E,
+                            long N, int act);
+void moe_mlp_packed_backward(const float* dout, const float* x, const PackedWeights& w1, const PackedWeights& w2,
+                             const int* tok, const int* exp, const float* weight, const float* hidden, float* dx,
+                             float* dweight, int T, int d, int h, int E, long N, int act);
+void moe_glu_packed_forward(const float* x, const PackedWeights& w1, const PackedWeights& w3, const PackedWeights& w2,
+                            const int* tok, const int* exp, const float* weight, float* out, float* hidden, int T,
+                            int d, int h, int E, long N, int act);
+void moe_glu_packed_backward(const float* dout, const float* x, const PackedWeights& w1, const PackedWeights& w3,
+                             const PackedWeights& w2, const int* tok, const int* exp, const float* weight,
+                             const float* hidden, float* dx, float* dweight, int T, int d, int h, int E, long N,
+                             int act);
 
 // out[outRow[n]] += weight[n] * x[inRow[n]] @ w[e_n]; out is [outRows, dout].
 void moe_linear_forward(const float* x, const float* w, const int* inRow, const int* outRow, const int* exp,
