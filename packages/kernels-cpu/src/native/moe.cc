@@ -66,13 +66,11 @@ void mlp_forward(const float* x, const W& w1, const W& w2, const int* tok, const
     // task, so they stay in cache.
     Scratch xs(rows * d + w1.scratch_size() + w2.scratch_size());
     gather_block(x, tok, byExp, c.r0, c.r1, d, xs.get());
-    const float* w1e = w1.expert(c.e, xs.get() + rows * d);
-    const float* w2e = w2.expert(c.e, xs.get() + rows * d + w1.scratch_size());
     float* hp = hidden + c.r0 * h;
-    sgemm_st(false, false, rows, h, d, 1.f, xs.get(), d, w1e, h, 0.f, hp, h);
+    w1.matmul(c.e, xs.get(), rows, hp, h, xs.get() + rows * d);
     // In place for ReLU (hact is hidden there).
     if (act != kMoeIdentity) with_act(act, [&](auto A) { act_rows<decltype(A)::value>(hp, hact + c.r0 * h, rows * h); });
-    sgemm_st(false, false, rows, d, h, 1.f, hact + c.r0 * h, h, w2e, d, 0.f, y.get() + c.r0 * d, d);
+    w2.matmul(c.e, hact + c.r0 * h, rows, y.get() + c.r0 * d, d, xs.get() + rows * d + w1.scratch_size());
   });
   scatter_rows(byTok, pos, y.get(), out, T, d, [&](long n) { return weight[n]; });
 }

@@ -73,18 +73,24 @@ void glu_forward(const float* x, const W& w1, const W& w3, const W& w2, const in
     const long rows = c.r1 - c.r0;
     // The gathered rows, the gate output and the expert's [W1 | W3] block (W1, W3 side by side per
     // row, so both projections are one GEMM) are only used inside this chunk: per task, in cache.
-    Scratch own(rows * (d + h) + d * h2 + w2.scratch_size());
+    Scratch own(rows * (d + h) + d * h2 + std::max(w1.scratch_size(), w2.scratch_size()));
     float* xr = own.get();
     float* u = xr + rows * d;
     float* w13 = u + rows * h;
     gather_block(x, tok, byExp, c.r0, c.r1, d, xr);
-    w1.into(c.e, w13, h2);
-    w3.into(c.e, w13 + h, h2);
-    const float* w2e = w2.expert(c.e, w13 + d * h2);
     float* ab = hidden + c.r0 * h2;
-    sgemm_st(false, false, rows, h2, d, 1.f, xr, d, w13, h2, 0.f, ab, h2);
+    float* ws = w13 + d * h2;
+    if (W::kDequantizes && rows <= kPackedFewRows) {
+      // A token or two: straight from the codes, no dequantized copy of the expert.
+      w1.matmul(c.e, xr, rows, ab, h2, ws);
+      w3.matmul(c.e, xr, rows, ab + h, h2, ws);
+    } else {
+      w1.into(c.e, w13, h2);
+      w3.into(c.e, w13 + h, h2);
+      sgemm_st(false, false, rows, h2, d, 1.f, xr, d, w13, h2, 0.f, ab, h2);
+    }
     with_act(act, [&](auto A) { gate_rows<decltype(A)::value>(ab, u, rows, h); });
-    sgemm_st(false, false, rows, d, h, 1.f, u, h, w2e, d, 0.f, y.get() + c.r0 * d, d);
+    w2.matmul(c.e, u, rows, y.get() + c.r0 * d, d, ws);
   });
   scatter_rows(byTok, pos, y.get(), out, T, d, [&](long n) { return weight[n]; });
 }

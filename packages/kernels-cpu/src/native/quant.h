@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "gemm.h"
+
 namespace moelab {
 
 struct PackedWeights {
@@ -36,12 +38,24 @@ inline long packed_code_bytes(int E, int din, int dout, int bits) {
 // dst[(i - i0) * ld + j] = W[e, i, j] for rows i in [i0, i1).
 void dequant_rows(const PackedWeights& w, int e, int i0, int i1, float* dst, long ld);
 
+// C[rows, dout] = A[rows, din] W[e] for a few rows (decoding: a token or two per expert), without
+// materialising W: per scale group, acc = A_g U_g on the raw codes, then C += s (acc - z rowsum(A_g)).
+// `scratch` holds (rows + 1) * dout floats.
+void packed_matmul_rows(const PackedWeights& w, int e, const float* A, int rows, float* C, long ldc, float* scratch);
+
+// Up to this many rows per expert block the packed ops use packed_matmul_rows; more rows amortise
+// a dequantized copy of the block and a BLAS GEMM.
+constexpr long kPackedFewRows = 4;
+
 namespace moe_detail {
 
 // The weights of one expert bank as the fused ops read them. `into(e, dst, ld)` writes expert e's
 // [din, dout] block with row stride ld; `expert(e, scratch)` returns a pointer to the block, in
-// `scratch` (of scratch_size() floats) when it has to be materialised.
+// `scratch` (of scratch_size() floats) when it has to be materialised; `matmul(e, A, rows, C,
+// ldc, scratch)` is C = A W[e] (C [rows, dout] with row stride ldc, A [rows, din]). kDequantizes:
+// whether blocks are materialised (then a few rows go through `matmul`, not a dequantized copy).
 struct DenseWeights {
+  static constexpr bool kDequantizes = false;
   const float* w;
   int din, dout;
   long block() const { return static_cast<long>(din) * dout; }
@@ -51,16 +65,26 @@ struct DenseWeights {
     const float* src = w + e * block();
     for (int i = 0; i < din; i++) std::memcpy(dst + i * ld, src + static_cast<long>(i) * dout, sizeof(float) * dout);
   }
+  void matmul(int e, const float* A, long rows, float* C, long ldc, float*) const {
+    sgemm_st(false, false, static_cast<int>(rows), dout, din, 1.f, A, din, w + e * block(), dout, 0.f, C,
+             static_cast<int>(ldc));
+  }
 };
 
 struct PackedSource {
+  static constexpr bool kDequantizes = true;
   PackedWeights p;
-  long scratch_size() const { return static_cast<long>(p.din) * p.dout; }
+  long scratch_size() const { return static_cast<long>(p.din > kPackedFewRows ? p.din : kPackedFewRows + 1) * p.dout; }
   const float* expert(int e, float* scratch) const {
     dequant_rows(p, e, 0, p.din, scratch, p.dout);
     return scratch;
   }
   void into(int e, float* dst, long ld) const { dequant_rows(p, e, 0, p.din, dst, ld); }
+  void matmul(int e, const float* A, long rows, float* C, long ldc, float* scratch) const {
+    if (rows <= kPackedFewRows) return packed_matmul_rows(p, e, A, static_cast<int>(rows), C, ldc, scratch);
+    sgemm_st(false, false, static_cast<int>(rows), p.dout, p.din, 1.f, A, p.din, expert(e, scratch), p.dout, 0.f, C,
+             static_cast<int>(ldc));
+  }
 };
 
 }  // namespace moe_detail
