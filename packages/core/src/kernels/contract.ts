@@ -42,7 +42,7 @@ export const MOE_GLU_GRAD_KERNEL = 'MoelabMoeGLUGrad';
  * (e, i) a little-endian bit stream of dout unsigned `bits`-bit codes u, code j at bits
  * [j*bits, (j+1)*bits), words = ceil(dout*bits/32)), scale and zero float32 [E, G, dout]
  * (G = ceil(din / group)), and W[e,i,j] = scale[e, i/group, j] * (u - zero[e, i/group, j])
- * (docs/compression.md#quantization). Inputs {@link MoePackedInputs}, attrs {@link MoePackedAttrs}.
+ * (docs/kernel-contract.md). Inputs {@link MoePackedInputs}, attrs {@link MoePackedAttrs}.
  * Outputs [out [T,d], hidden] as the float kernels (hidden [N,h], or [N,2h] when gated).
  */
 export const MOE_PACKED_KERNEL = 'MoelabMoePacked';

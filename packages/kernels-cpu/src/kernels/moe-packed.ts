@@ -8,7 +8,7 @@
  *
  * The native kernel runs the float kernels' code with a weight source that dequantizes one
  * expert's blocks into the running task's scratch just before its GEMMs, so the only resident copy
- * of the expert weights is the packed one (layout: src/native/quant.h, docs/compression.md).
+ * of the expert weights is the packed one (layout: src/native/quant.h, docs/kernel-contract.md).
  * The backward gives dx and dweight: packed weights are frozen (zero gradients for the codes,
  * scales and zeros).
  */

@@ -9,7 +9,7 @@
 //   scale, zero float [E, G, dout], G = ceil(din / group): one pair per group of `group`
 //          consecutive input rows and output channel;
 //   W[e, i, j] = scale[e, i / group, j] * (u - zero[e, i / group, j]).
-// Symmetric codes have zero = qmax, an exact integer (docs/compression.md#quantization).
+// Symmetric codes have zero = qmax, an exact integer (docs/kernel-contract.md).
 #pragma once
 #include <cstdint>
 #include <cstring>
