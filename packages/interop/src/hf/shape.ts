@@ -52,6 +52,12 @@ export interface DecoderShape {
   qkvBias: boolean;
   oBias: boolean;
   qkNorm: 'none' | 'head' | 'projection';
+  /**
+   * moelab side only: RoPE pairs channels (2i, 2i+1) (`ropeLayout: "interleaved"`). transformers rotates
+   * half, so the export reorders the rows of q_proj / k_proj (and their biases and q/k norm gains) within
+   * each head to evens-then-odds: the same attention, as HF's Llama weight converter does.
+   */
+  ropeInterleaved?: boolean;
   ffn: DenseShape | MoEShape;
 }
 
@@ -92,7 +98,8 @@ export function shapeFromSpec(spec: NodeSpec, registry: Registry): ShapeResult {
   const heads = a.heads as number;
   const headDim = (a.headDim as number | undefined) ?? dModel / heads;
   if ((a.ropeDims ?? headDim) !== headDim) return fail(`ropeDims ${a.ropeDims} rotates part of each head; these HF decoders rotate the whole head`);
-  if (a.ropeLayout !== 'half') return fail('ropeLayout "interleaved": transformers rotates half (set ropeLayout: "half")');
+  if (a.ropeLayout === 'interleaved')
+    notes.push('interleaved RoPE: the q / k projection rows are reordered per head to the rotate_half layout (the same attention)');
   const qkNorm = a.qkNorm as DecoderShape['qkNorm'];
   if (qkNorm !== 'none' && a.qkNormEps !== eps) return fail(`qkNormEps ${a.qkNormEps} differs from the norms' eps ${eps}; HF has one rms_norm_eps`);
   const ffnNode = resolveConfig(registry, 'ffn', b.ffn as NodeSpec, '$.block.ffn');
@@ -162,6 +169,7 @@ export function shapeFromSpec(spec: NodeSpec, registry: Registry): ShapeResult {
       qkvBias: (a.qkvBias as boolean | undefined) ?? (a.bias as boolean),
       oBias: a.bias as boolean,
       qkNorm,
+      ropeInterleaved: a.ropeLayout === 'interleaved',
       ffn,
     },
   };

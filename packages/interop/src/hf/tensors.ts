@@ -14,6 +14,8 @@ import type { DecoderShape } from './shape.js';
 
 export interface TensorLink {
   kind: 'same' | 'experts';
+  /** `same` only: HF row r holds moelab row rowOrder[r] (first axis); an interleaved-RoPE q / k projection. */
+  rowOrder?: Int32Array;
   moelab: string;
   moelabShape: number[];
   /** One HF name for `same`, E for `experts` (expert order). */
@@ -29,6 +31,15 @@ export function tensorLinks(s: DecoderShape, arch: HfArchitecture): TensorLink[]
   const d = s.dModel;
   const qDim = s.heads * s.headDim;
   const kvDim = s.kvHeads * s.headDim;
+  // Interleaved RoPE: rows of each head reordered evens-then-odds, so HF's rotate_half pairs what moelab paired.
+  const order = (heads: number, width: number) => {
+    const o = new Int32Array(heads * width);
+    const half = s.headDim / 2;
+    for (let h = 0; h < heads; h++) for (let c = 0; c < width; c++) o[h * width + c] = h * width + (c < half ? 2 * c : 2 * (c - half) + 1);
+    return o;
+  };
+  const permuted = (moelab: string, hf: string, shape: number[], rowOrder: Int32Array) =>
+    out.push({ kind: 'same', moelab, moelabShape: shape, hf: [hf], hfShape: shape, rowOrder });
   same('embedding.weight', 'model.embed_tokens.weight', [s.vocabSize, d]);
   for (let i = 0; i < s.layers; i++) {
     const m = `transformer.layers.${i}.`;
@@ -40,13 +51,20 @@ export function tensorLinks(s: DecoderShape, arch: HfArchitecture): TensorLink[]
       ['v_proj', kvDim, s.qkvBias],
       ['o_proj', d, s.oBias],
     ] as const) {
-      same(`${m}attention.${p}.weight`, `${h}self_attn.${p}.weight`, [rows, p === 'o_proj' ? qDim : d]);
-      if (bias) same(`${m}attention.${p}.bias`, `${h}self_attn.${p}.bias`, [rows]);
+      const rowOrder = s.ropeInterleaved && (p === 'q_proj' || p === 'k_proj') ? order(rows / s.headDim, s.headDim) : undefined;
+      const link = (mName: string, hName: string, shape: number[]) => (rowOrder ? permuted(mName, hName, shape, rowOrder) : same(mName, hName, shape));
+      link(`${m}attention.${p}.weight`, `${h}self_attn.${p}.weight`, [rows, p === 'o_proj' ? qDim : d]);
+      if (bias) link(`${m}attention.${p}.bias`, `${h}self_attn.${p}.bias`, [rows]);
     }
     if (s.qkNorm !== 'none') {
       const perHead = s.qkNorm === 'head';
-      same(`${m}attention.q_norm.weight`, `${h}self_attn.q_norm.weight`, [perHead ? s.headDim : qDim]);
-      same(`${m}attention.k_norm.weight`, `${h}self_attn.k_norm.weight`, [perHead ? s.headDim : kvDim]);
+      for (const [n, width] of [
+        ['q_norm', perHead ? s.headDim : qDim],
+        ['k_norm', perHead ? s.headDim : kvDim],
+      ] as const) {
+        if (s.ropeInterleaved) permuted(`${m}attention.${n}.weight`, `${h}self_attn.${n}.weight`, [width], order(width / s.headDim, s.headDim));
+        else same(`${m}attention.${n}.weight`, `${h}self_attn.${n}.weight`, [width]);
+      }
     }
     same(`${m}ln2.weight`, `${h}post_attention_layernorm.weight`, [d]);
     const f = s.ffn;
@@ -90,14 +108,14 @@ export function tensorLinks(s: DecoderShape, arch: HfArchitecture): TensorLink[]
 
 /** The HF tensors of one link from its moelab tensor's data. */
 export function toHfTensors(link: TensorLink, data: Float32Array): Float32Array[] {
-  if (link.kind === 'same') return [data];
+  if (link.kind === 'same') return [link.rowOrder ? reorderRows(data, link.rowOrder, false) : data];
   const [E, a, b] = link.moelabShape as [number, number, number];
   return Array.from({ length: E }, (_, e) => transpose(data.subarray(e * a * b, (e + 1) * a * b), a, b));
 }
 
 /** The moelab tensor of one link from its HF tensors' data (in link.hf order). */
 export function toMoelabTensor(link: TensorLink, parts: Float32Array[]): Float32Array {
-  if (link.kind === 'same') return parts[0]!;
+  if (link.kind === 'same') return link.rowOrder ? reorderRows(parts[0]!, link.rowOrder, true) : parts[0]!;
   const [E, a, b] = link.moelabShape as [number, number, number];
   const out = new Float32Array(E * a * b);
   for (let e = 0; e < E; e++) out.set(transpose(parts[e]!, b, a), e * a * b);
@@ -108,5 +126,16 @@ export function toMoelabTensor(link: TensorLink, parts: Float32Array[]): Float32
 export function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
   const y = new Float32Array(rows * cols);
   for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) y[c * rows + r] = x[r * cols + c]!;
+  return y;
+}
+
+/** Rows of x (row count = order.length) gathered by `order` (out[r] = x[order[r]]), or scattered back (`inverse`). */
+function reorderRows(x: Float32Array, order: Int32Array, inverse: boolean): Float32Array {
+  const width = x.length / order.length;
+  const y = new Float32Array(x.length);
+  for (let r = 0; r < order.length; r++) {
+    const [to, from] = inverse ? [order[r]!, r] : [r, order[r]!];
+    y.set(x.subarray(from * width, (from + 1) * width), to * width);
+  }
   return y;
 }
