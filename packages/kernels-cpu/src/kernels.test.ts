@@ -37,8 +37,11 @@ describe('availability', () => {
 describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reason})`, () => {
   it('BatchMatMul: 2-D with every transpose, forward and gradients', async () => {
     const r = rng(1);
+    // One output row or column (a matrix-vector product on the BLAS path) among them.
     for (const [M, N, K] of [
       [1, 1, 1],
+      [1, 70, 130],
+      [33, 1, 130],
       [7, 19, 5],
       [33, 70, 130],
       [64, 48, 1],

@@ -1,11 +1,12 @@
 /**
  * Selection and plan building shared by the routers: top-k per row equals a full stable sort (values
  * descending, ties to the lower index, -Infinity and NaN never chosen), and the slot-major plan lists
- * every token's first choice before any second one.
+ * every token's first choice before any second one. The chosen weights computed on plain arrays (no
+ * gradient recorded, few assignments: a decoding step) equal the ops' values.
  */
-import { Rng } from '@moelab/core';
+import { Rng, tf } from '@moelab/core';
 import { describe, expect, it } from 'vitest';
-import { planFromChoices, topkRows } from './common.js';
+import { gatherAt, planFromChoices, renormPerToken, topkRows } from './common.js';
 
 /** The definition: sort each row's finite-or-+Infinity entries by value descending, then index. */
 function topkBySort(v: Float32Array, T: number, E: number, k: number): Int32Array {
@@ -53,5 +54,46 @@ describe('planFromChoices', () => {
     expect(Array.from(flat)).toEqual([2, 5, 11, 0, 10]);
     expect(plan.numTokens).toBe(3);
     expect(plan.numExperts).toBe(4);
+  });
+});
+
+describe('gatherAt and renormPerToken', () => {
+  /** Chosen weights of random softmax rows, [gathered, renormalised]; under a gradient tape the ops run. */
+  function weights(T: number, E: number, k: number, tape: boolean): [Float32Array, Float32Array] {
+    const rng = new Rng(9);
+    const probs = tf.softmax(tf.tensor2d(rng.normalArray(T * E, 2), [T, E])) as tf.Tensor2D;
+    const { plan, flat } = planFromChoices(topkRows(probs.dataSync(), T, E, k), T, k, E);
+    let out: [Float32Array, Float32Array] = [new Float32Array(), new Float32Array()];
+    const run = (p: tf.Tensor2D) => {
+      const g = gatherAt(p, flat);
+      const r = renormPerToken(g, plan);
+      out = [Float32Array.from(g.dataSync()), Float32Array.from(r.dataSync())];
+      return tf.sum(r);
+    };
+    // probs + 0 under the tape: the same values, recorded for the gradient.
+    if (tape) tf.tidy(() => void tf.grad((x) => run(tf.add(probs, x) as tf.Tensor2D))(tf.scalar(0)));
+    else tf.tidy(() => void run(probs));
+    probs.dispose();
+    return out;
+  }
+
+  it('on plain arrays (no tape, a few assignments) equal the ops: bit for bit with two per token', () => {
+    expect(tf.engine().isTapeOn()).toBe(false);
+    const [g, r] = weights(3, 8, 2, false);
+    const [gOps, rOps] = weights(3, 8, 2, true);
+    expect(g).toEqual(gOps);
+    expect(r).toEqual(rOps);
+    for (let t = 0; t < 3; t++) expect(r[t]! + r[3 + t]!).toBeCloseTo(1, 6);
+  });
+
+  it('and within float32 rounding with four per token; larger calls keep the ops', () => {
+    const [g, r] = weights(4, 16, 4, false);
+    const [gOps, rOps] = weights(4, 16, 4, true);
+    expect(g).toEqual(gOps);
+    for (let n = 0; n < r.length; n++) expect(Math.abs(r[n]! - rOps[n]!)).toBeLessThanOrEqual(2 ** -23 * rOps[n]!);
+    const [gBig, rBig] = weights(40, 8, 2, false);
+    const [gBigOps, rBigOps] = weights(40, 8, 2, true);
+    expect(gBig).toEqual(gBigOps);
+    expect(rBig).toEqual(rBigOps);
   });
 });

@@ -59,13 +59,40 @@ export function planFromChoices(choices: Int32Array, T: number, K: number, E: nu
   return { plan: new DispatchPlan(tok, ex, T, E), flat, slot };
 }
 
+/**
+ * Up to this many assignments, with no gradient being recorded (inference: a decoding step routes
+ * one token per call), gatherAt and renormPerToken compute on plain arrays: the same float32 values
+ * as their ops, one small tensor instead of three to five kernels. Larger calls keep the ops (on a GPU
+ * backend reading the scores back would cost more than the kernels).
+ */
+const PLAIN_ARRAY_ASSIGNMENTS = 64;
+const onPlainArrays = (assignments: number) => assignments <= PLAIN_ARRAY_ASSIGNMENTS && !tf.engine().isTapeOn();
+
 /** scores[t, e] for each assignment (t, e) given as flat indices t*E+e: differentiable w.r.t. scores. */
 export function gatherAt(scores: tf.Tensor2D, flat: Int32Array): tf.Tensor1D {
+  if (onPlainArrays(flat.length)) {
+    const s = scores.dataSync();
+    const out = new Float32Array(flat.length);
+    for (let n = 0; n < flat.length; n++) out[n] = s[flat[n]!]!;
+    return tf.tensor1d(out);
+  }
   return tf.gather(tf.reshape(scores, [-1]), tf.tensor1d(flat, 'int32')) as tf.Tensor1D;
 }
 
 /** w[n] / sum of w over the assignments of the same token (differentiable). */
 export function renormPerToken(w: tf.Tensor1D, plan: DispatchPlan, eps = 0): tf.Tensor1D {
+  if (onPlainArrays(plan.size)) {
+    // float32 throughout, as moelab-cpu's kernels compute it: each stored partial sum and quotient
+    // rounds to float32 (a backend that sums a token's weights in double may differ in the last bit
+    // when it has more than two).
+    const v = w.dataSync();
+    const sums = new Float32Array(plan.numTokens);
+    for (let n = 0; n < plan.size; n++) sums[plan.tokenIndex[n]!]! += v[n]!;
+    const e = Math.fround(eps);
+    const out = new Float32Array(plan.size);
+    for (let n = 0; n < plan.size; n++) out[n] = v[n]! / Math.fround(sums[plan.tokenIndex[n]!]! + e);
+    return tf.tensor1d(out);
+  }
   const tok = plan.tokenIndexTensor();
   const sums = tf.unsortedSegmentSum(w, tok, plan.numTokens);
   return tf.div(w, tf.add(tf.gather(sums, tok), eps)) as tf.Tensor1D;

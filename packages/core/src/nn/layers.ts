@@ -41,6 +41,14 @@ export class Linear extends Module {
   }
 
   forward(x: tf.Tensor): tf.Tensor {
+    if (x.rank > 2 && !tf.engine().isTapeOn()) {
+      // No gradient recorded (inference): x [..., in] goes to the product as it is, the weight
+      // broadcast over the leading axes: one kernel instead of flatten, product and unflatten, which
+      // counts when a decoding step is ~60 kernels on one token. With a tape the rows are flattened:
+      // tfjs's BatchMatMul gradient does not sum over broadcast batch axes.
+      const y = tf.matMul(x, this.weight, false, true);
+      return this.bias ? tf.add(y, this.bias) : y;
+    }
     const lead = x.shape.slice(0, -1);
     const y2 = tf.matMul(flatten2d(x), this.weight, false, true);
     const y = this.bias ? tf.add(y2, this.bias) : y2;
