@@ -5,3 +5,36 @@
  * @packageDocumentation
  */
 export { type ObserverOptions, type ObserveTag, type Phase, LayerStats, RoutingObserver } from './observer.js';
+export {
+  bindExperts,
+  checkPartition,
+  collapseGroups,
+  type ExpertReduction,
+  expertAxesOf,
+  logitOverride,
+  maskExperts,
+  type Model,
+  type MoELayerInfo,
+  moeLayer,
+  moeLayers,
+  reduceExperts,
+  type RouterRowRule,
+  type SpecModel,
+  selection,
+  sliceExperts,
+  specWithExperts,
+} from './surgery.js';
+export {
+  expertScores,
+  PRUNE_SCORES,
+  type PruneOptions,
+  type PrunePlan,
+  type PruneScore,
+  planPruning,
+  pruneExperts,
+  type SuperExpertOptions,
+  superExperts,
+} from './prune.js';
+export { alignmentPermutation, groupExperts, type MergeOptions, type MergeReport, maxAssignment, mergeExperts, permuteExpert } from './merge.js';
+export { parseSteerFile, planSteering, STEER_FORMAT, type SteerFile, type SteerOptions, type SteerScore, steerEdits, steerScores } from './steer.js';
+export { type AnalysisReport, analyse, type LayerReport } from './analyse.js';

@@ -13,7 +13,7 @@
  */
 import type { LanguageModel } from './builder.js';
 import { MoelabError } from './errors.js';
-import { forwardContext } from './module.js';
+import { type ForwardContext, forwardContext } from './module.js';
 import type { DecodingCache } from './nn/kv-cache.js';
 import { Rng } from './rng.js';
 import { tf } from './tf.js';
@@ -30,6 +30,8 @@ export interface SampleOptions {
   slideKeep?: number;
   /** Told once, in one line, why the model cannot use a cache (generation then re-runs the window). */
   onFallback?: (reason: string) => void;
+  /** Router-logit edits applied in every forward pass (steering, runtime expert masking; see `ForwardContext.routerLogitEdits`). */
+  routerLogitEdits?: ForwardContext['routerLogitEdits'];
   /** Sees the logits each new token is sampled from (step 0 = the first new token). */
   onLogits?: (logits: Float32Array, step: number) => void;
 }
@@ -62,7 +64,8 @@ export function generateTokens(model: LanguageModel, prompt: ArrayLike<number>, 
     return values;
   };
   // No routing statistics: nobody reads them here, and they cost a pass over the router's outputs per MoE layer.
-  const context = () => forwardContext(rng, false, { stats: false });
+  const edits: Partial<ForwardContext> = o.routerLogitEdits ? { routerLogitEdits: o.routerLogitEdits } : {};
+  const context = () => forwardContext(rng, false, { stats: false, ...edits });
   const full = (window: number[]) => lastLogits((t) => model.forward(t, context()), window);
   const cached = (tokens: number[]) => lastLogits((t) => model.forwardCached!(t, context(), cache!), tokens);
   try {

@@ -18,6 +18,7 @@ export * from './progress.js';
 export * from './table.js';
 export * from './sweep.js';
 export * from './specialise.js';
+export * from './calibration.js';
 export { formatResults } from './recipe/results.js';
 export {
   loadRecipeCorpus,

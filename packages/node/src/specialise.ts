@@ -33,7 +33,19 @@
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { RoutingObserver } from '@moelab/compress';
-import { ByteTokenizer, crossEntropy, type ForwardContext, forwardContext, MoELayer, MoelabError, type Module, Rng, type TokenSource, tf } from '@moelab/core';
+import {
+  ByteTokenizer,
+  crossEntropy,
+  type ForwardContext,
+  forwardContext,
+  MoELayer,
+  MoelabError,
+  type Module,
+  Rng,
+  type RouterLogitEdit,
+  type TokenSource,
+  tf,
+} from '@moelab/core';
 import { FFFLayer, MonetLayer, PEERLayer } from '@moelab/experts';
 import type { Model } from './checkpoint.js';
 import { writeFileAtomic } from './fsutil.js';
@@ -336,18 +348,18 @@ export function evaluateDomains(model: Model, corpus: Corpus, o: DomainStatsOpti
 
 /**
  * Validation loss exactly like `Trainer.evaluate` (same windows for the same seed) with an optional
- * expert mask: what `moelab eval --mask` reports.
+ * expert mask and router-logit edits (steering): what `moelab eval --mask` / `--steer` reports.
  */
 export function evaluateWithMask(
   model: Model,
   data: TokenSource,
-  o: { seed: number; batches: number; batchSize: number; seqLen: number; mask?: Map<string, Set<number>> },
+  o: { seed: number; batches: number; batchSize: number; seqLen: number; mask?: Map<string, Set<number>>; edits?: Map<string, RouterLogitEdit> },
 ): { loss: number; perplexity: number; bitsPerToken: number } {
   if (o.mask) checkMask(model, o.mask);
   let sum = 0;
   for (let i = 0; i < o.batches; i++) {
     sum += tf.tidy(() => {
-      const extra: Partial<ForwardContext> = o.mask ? { expertMask: o.mask } : {};
+      const extra: Partial<ForwardContext> = { ...(o.mask ? { expertMask: o.mask } : {}), ...(o.edits ? { routerLogitEdits: o.edits } : {}) };
       const ctx = forwardContext(Rng.derive(o.seed, 'eval-fwd', i), false, extra);
       const w = tf.tensor2d(data.batch(Rng.derive(o.seed, 'eval', i), o.batchSize, o.seqLen, 'val'), [o.batchSize, o.seqLen + 1], 'int32');
       const logits = model.forward(tf.slice(w, [0, 0], [o.batchSize, o.seqLen]), ctx);

@@ -1,6 +1,8 @@
 /** `moelab eval`: validation loss, perplexity and bits per byte of a checkpoint, optionally with experts masked. */
 import { Command, Option } from '@commander-js/extra-typings';
+import { steerEdits } from '@moelab/compress';
 import { Trainer } from '@moelab/core';
+import { readSteerFile } from '../calibration.js';
 import { loadCheckpoint, loadCheckpointTokenizer } from '../checkpoint.js';
 import { CorpusTokens, loadCorpus } from '../corpus.js';
 import { createDefaultRegistry } from '../registry.js';
@@ -10,7 +12,7 @@ import { backendOption, batchOption, checkpointDataOption, evalBatchesOption, js
 export const evaluate = defineCommand({
   define: () =>
     new Command('eval')
-      .summary('validation loss and perplexity of a checkpoint (--mask mask.json: with experts masked)')
+      .summary('validation loss and perplexity of a checkpoint (--mask mask.json: experts masked; --steer steer.json: steered)')
       .description('Validation loss, perplexity and bits per byte of a checkpoint on the validation split of --data.')
       .argument('<checkpoint>', 'checkpoint directory (runs/<name>/checkpoint)')
       .addOption(checkpointDataOption())
@@ -18,6 +20,7 @@ export const evaluate = defineCommand({
       .addOption(batchOption().default(16))
       .addOption(evalBatchesOption().default(16))
       .addOption(new Option('--mask <file>', 'an expert mask written by `moelab mask`: evaluate with those experts disabled'))
+      .addOption(new Option('--steer <file>', 'a steering file written by `moelab steer`: evaluate with those experts forced / blocked'))
       .addOption(jsonOption())
       .addOption(backendOption()),
   async run([checkpoint], o) {
@@ -27,16 +30,38 @@ export const evaluate = defineCommand({
     const data = new CorpusTokens(loadCorpus(o.data ?? config.train?.data ?? 'brown'), tokenizer);
     const unit = tokenizer.name === 'byte' ? 'byte' : 'token';
     const seqLen = o.seq ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
-    if (o.mask) {
+    if (o.mask || o.steer) {
       const { evaluateWithMask, maskedCount, maskOf, readMaskFile } = await import('../specialise.js');
-      const file = readMaskFile(o.mask);
-      const ev = evaluateWithMask(model, data, { seed: config.seed ?? 0, seqLen, batchSize: o.batch, batches: o.evalBatches, mask: maskOf(file) });
-      const masked = { file: o.mask, domain: file.domain, experts: maskedCount(file), layers: Object.keys(file.layers).length };
-      if (o.json) process.stdout.write(`${JSON.stringify({ ...ev, step: config.step, masked })}\n`);
-      else
+      const file = o.mask ? readMaskFile(o.mask) : undefined;
+      const steering = o.steer ? readSteerFile(o.steer) : undefined;
+      const ev = evaluateWithMask(model, data, {
+        seed: config.seed ?? 0,
+        seqLen,
+        batchSize: o.batch,
+        batches: o.evalBatches,
+        mask: file ? maskOf(file) : undefined,
+        edits: steering ? steerEdits(steering) : undefined,
+      });
+      const masked = file ? { file: o.mask, domain: file.domain, experts: maskedCount(file), layers: Object.keys(file.layers).length } : undefined;
+      const steered = steering
+        ? {
+            file: o.steer,
+            toward: steering.toward,
+            away: steering.away,
+            forced: Object.values(steering.layers).reduce((a, l) => a + l.force.length, 0),
+            blocked: Object.values(steering.layers).reduce((a, l) => a + l.block.length, 0),
+          }
+        : undefined;
+      if (o.json) process.stdout.write(`${JSON.stringify({ ...ev, step: config.step, ...(masked ? { masked } : {}), ...(steered ? { steered } : {}) })}\n`);
+      else {
+        const notes = [
+          masked ? `${masked.experts} experts masked in ${masked.layers} layers, domain "${masked.domain}"` : '',
+          steered ? `steered toward "${steered.toward}" away from "${steered.away}": ${steered.forced} forced, ${steered.blocked} blocked` : '',
+        ].filter(Boolean);
         process.stdout.write(
-          `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/${unit} (${masked.experts} experts masked in ${masked.layers} layers, domain "${file.domain}")\n`,
+          `step ${config.step}: val loss ${ev.loss.toFixed(4)}, perplexity ${ev.perplexity.toFixed(3)}, ${ev.bitsPerToken.toFixed(3)} bits/${unit} (${notes.join('; ')})\n`,
         );
+      }
       return 0;
     }
     const ev = new Trainer(model, data, { seqLen, batchSize: o.batch, seed: config.seed, evalBatches: o.evalBatches }).evaluate();

@@ -1,6 +1,8 @@
 /** `moelab generate`: sample a continuation of a prompt from a checkpoint. */
 import { Command, Option } from '@commander-js/extra-typings';
+import { steerEdits } from '@moelab/compress';
 import { generateTokens } from '@moelab/core';
+import { readSteerFile } from '../calibration.js';
 import { loadCheckpoint, loadCheckpointTokenizer } from '../checkpoint.js';
 import { createDefaultRegistry } from '../registry.js';
 import { defineCommand } from './command.js';
@@ -17,6 +19,7 @@ export const generate = defineCommand({
       .addOption(new Option('--temperature <x>', 'sampling temperature (0 = greedy)').default(0.8).argParser(number('--temperature')))
       .addOption(new Option('--top-k <k>', 'sample among the k most likely tokens (0 = all)').default(0).argParser(integer('--top-k')))
       .addOption(seedOption('sampling seed').default(0))
+      .addOption(new Option('--steer <file>', 'a steering file written by `moelab steer`: force / block those experts while sampling'))
       .addOption(new Option('--no-cache', 'recompute the whole window for every new token instead of using the KV cache'))
       .addOption(backendOption()),
   async run([checkpoint], o) {
@@ -29,6 +32,7 @@ export const generate = defineCommand({
       topK: o.topK,
       seed: o.seed,
       cache: o.cache,
+      ...(o.steer ? { routerLogitEdits: steerEdits(readSteerFile(o.steer)) } : {}),
       onFallback: (reason) => process.stderr.write(`moelab generate: ${reason}\n`),
     });
     process.stdout.write(`${o.prompt}${tok.decode(ids)}\n`);

@@ -2,6 +2,7 @@
  * Every `moelab` command, in the order `moelab --help` lists them. A new command is one file in this
  * folder exporting a `MoelabCommand` (see `./command.ts`) plus one line here.
  */
+import { analyseCommand } from './analyse.js';
 import { bench } from './bench.js';
 import type { MoelabCommand } from './command.js';
 import { compare, main } from './compare.js';
@@ -13,7 +14,10 @@ import { importCommand } from './import.js';
 import { inspect } from './inspect.js';
 import { list } from './list.js';
 import { mask } from './mask.js';
+import { mergeExpertsCommand } from './merge-experts.js';
+import { prune } from './prune.js';
 import { recipe } from './recipe.js';
+import { steer } from './steer.js';
 import { sweep } from './sweep.js';
 import { train } from './train.js';
 import { upcycleCommand } from './upcycle.js';
@@ -37,6 +41,10 @@ export const commands: MoelabCommand<any, any>[] = [
   importCommand,
   esftScoresCommand,
   upcycleCommand,
+  prune,
+  mergeExpertsCommand,
+  steer,
+  analyseCommand,
 ];
 
 export { type MoelabCommand, defineCommand, parseCommandLine } from './command.js';

@@ -1,0 +1,160 @@
+#!/usr/bin/env node
+/**
+ * The measured tables (b), (c), (d) of packages/compress/README.md, from one trained checkpoint:
+ *   (b) expert pruning 25 % / 50 % by REAP, frequency, EAN and random, calibrated on the evaluation
+ *       domain and on another corpus;
+ *   (c) MC-SMoE merging (and plain frequency-weighted averaging) to the same expert counts;
+ *   (d) SteerMoE toward one Brown genre and away from another: per-domain perplexity before/after,
+ *       with a random force/block of the same size as the control.
+ * Usage (repository root, after `pnpm build`):
+ *   nice -n 10 node packages/node/scripts/compress-tables.mjs [CHECKPOINT] [OUT.json]
+ * CHECKPOINT defaults to runs/compress-ref/moe/checkpoint (packages/compress/scripts/train-reference.sh).
+ * Settings: EVAL=brown:news (evaluation domain), OTHER=sotu (the other calibration text), TOWARD=brown:news,
+ * AWAY=brown:fiction, CALIB_TOKENS=16384, EVAL_TOKENS=16384.
+ */
+import { writeFileSync } from 'node:fs';
+import { mergeExperts, planSteering, pruneExperts, RoutingObserver, steerEdits, steerScores } from '@moelab/compress';
+import { Rng } from '@moelab/core';
+import {
+  calibrate,
+  chooseBackend,
+  createDefaultRegistry,
+  CorpusTokens,
+  evaluateWithMask,
+  loadCheckpoint,
+  loadCorpus,
+  observeWindows,
+  textSet,
+  textWindows,
+  windowsPerplexity,
+} from '@moelab/node';
+
+const ckpt = process.argv[2] ?? 'runs/compress-ref/moe/checkpoint';
+const outJson = process.argv[3];
+const env = (k, d) => process.env[k] ?? d;
+const EVAL = env('EVAL', 'brown:news');
+const OTHER = env('OTHER', 'sotu');
+const TOWARD = env('TOWARD', 'brown:news');
+const AWAY = env('AWAY', 'brown:fiction');
+const calibTokens = Number(env('CALIB_TOKENS', 16384));
+const evalTokens = Number(env('EVAL_TOKENS', 16384));
+const batch = 8;
+
+await chooseBackend('auto');
+const registry = createDefaultRegistry();
+const load = () => loadCheckpoint(ckpt, registry);
+const { model, config } = load();
+const seqLen = Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
+const evalSet = textSet(EVAL, 'EVAL');
+const evalWindows = textWindows(evalSet, { split: 'val', seqLen, maxTokens: evalTokens }, 'EVAL');
+const brown = new CorpusTokens(loadCorpus('brown'));
+const evalOpts = { seed: config.seed ?? 0, seqLen, batchSize: 16, batches: 8 };
+const measure = (m) => ({ domain: windowsPerplexity(m, evalWindows, batch), brown: evaluateWithMask(m, brown, evalOpts).perplexity });
+const params = (m) => m.namedParameters().reduce((a, [, v]) => a + v.size, 0);
+const t0 = Date.now();
+const log = (s) => process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(0)}s] ${s}\n`);
+
+const base = measure(model);
+log(`base: ${EVAL} ${base.domain.toFixed(3)}, brown ${base.brown.toFixed(3)}`);
+const calibs = {};
+for (const name of [EVAL, OTHER]) {
+  calibs[name] = calibrate(model, textSet(name, 'calib'), { seqLen, maxTokens: calibTokens, batchSize: batch, flag: 'calib' });
+  log(`calibrated on ${name}`);
+}
+const E = [...calibs[EVAL].layers.values()][0].numExperts;
+
+const pruning = [];
+for (const ratio of [0.25, 0.5])
+  for (const method of ['reap', 'frequency', 'ean', 'random'])
+    for (const calib of [EVAL, OTHER]) {
+      if (method === 'random' && calib !== EVAL) continue; // random ignores the calibration
+      const pruned = pruneExperts(registry, calibs[calib], { spec: config.spec, model }, { method, ratio, seed: 0 });
+      const r = {
+        ratio,
+        method,
+        calib: method === 'random' ? '-' : calib,
+        experts: E - Math.round(ratio * E),
+        parameters: params(pruned.model),
+        ...measure(pruned.model),
+      };
+      pruned.model.dispose();
+      pruning.push(r);
+      log(`prune ${method} ${ratio} calib ${calib}: ${r.domain.toFixed(3)} / ${r.brown.toFixed(3)}`);
+    }
+
+const merging = [];
+for (const groups of [Math.round(0.75 * E), Math.round(0.5 * E)])
+  for (const method of ['mc-smoe', 'average'])
+    for (const calib of [EVAL, OTHER]) {
+      const fresh = load();
+      mergeExperts(registry, calibs[calib], { spec: fresh.config.spec, model: fresh.model }, { groups, align: method === 'mc-smoe' });
+      const r = { groups, method, calib, ...measure(fresh.model) };
+      fresh.model.dispose();
+      merging.push(r);
+      log(`merge ${method} ${groups} calib ${calib}: ${r.domain.toFixed(3)} / ${r.brown.toFixed(3)}`);
+    }
+
+// (d) steering: detection on the train split of both sets, perplexity on the validation split of several domains.
+const detect = new RoutingObserver({ outputs: false, inputs: false });
+const toward = textSet(TOWARD, 'TOWARD');
+const away = textSet(AWAY, 'AWAY');
+for (const set of [toward, away])
+  observeWindows(detect, model, textWindows(set, { split: 'train', seqLen, maxTokens: calibTokens }, set.name), { domain: set.name }, batch);
+const topK = new Map([...detect.layers.keys()].map((p) => [p, 2]));
+const L = detect.layers.size;
+const domains = [TOWARD, AWAY, 'brown:learned', 'brown:romance', 'sotu'];
+const domainWindows = Object.fromEntries(domains.map((d) => [d, textWindows(textSet(d, d), { split: 'val', seqLen, maxTokens: 8192 }, d)]));
+const steering = [];
+for (const [activate, deactivate] of [
+  [L, 0],
+  [0, 2 * L],
+  [L, 2 * L],
+]) {
+  const file = planSteering(steerScores(detect, toward.name, away.name), toward.name, away.name, { activate, deactivate, topK });
+  // Control: the same number of forced / blocked experts per layer, chosen at random.
+  const rng = new Rng(1);
+  const control = { layers: {} };
+  for (const [path, l] of Object.entries(file.layers)) {
+    const ids = Array.from({ length: E }, (_, e) => e).sort(() => rng.next() - 0.5);
+    control.layers[path] = { force: ids.slice(0, l.force.length), block: ids.slice(l.force.length, l.force.length + l.block.length) };
+  }
+  for (const [kind, f] of [
+    ['steer', file],
+    ['random', control],
+  ]) {
+    const row = { activate, deactivate, kind };
+    for (const d of domains) {
+      const before = windowsPerplexity(model, domainWindows[d], batch);
+      const after = windowsPerplexity(model, domainWindows[d], batch, { routerLogitEdits: steerEdits(f) });
+      row[d] = { before, after };
+    }
+    steering.push(row);
+    log(`steer ${kind} +${activate}/-${deactivate}: ${domains.map((d) => `${d} ${row[d].before.toFixed(2)}->${row[d].after.toFixed(2)}`).join(', ')}`);
+  }
+}
+
+const pct = (a, b) => `${a >= b ? '+' : ''}${((100 * (a - b)) / b).toFixed(1)}%`;
+const lines = [];
+lines.push(`base: ${EVAL} val ppl ${base.domain.toFixed(3)}, brown val ppl ${base.brown.toFixed(3)}, ${E} experts/layer, ${params(model)} parameters`);
+lines.push(
+  '',
+  '| experts removed | method | calibration | experts left | parameters | ppl ' + EVAL + ' | ppl brown |',
+  '| --- | --- | --- | --- | --- | --- | --- |',
+);
+for (const r of pruning)
+  lines.push(
+    `| ${100 * r.ratio}% | ${r.method} | ${r.calib} | ${r.experts} | ${r.parameters} | ${r.domain.toFixed(3)} (${pct(r.domain, base.domain)}) | ${r.brown.toFixed(3)} (${pct(r.brown, base.brown)}) |`,
+  );
+lines.push('', '| distinct experts | method | calibration | ppl ' + EVAL + ' | ppl brown |', '| --- | --- | --- | --- | --- |');
+for (const r of merging)
+  lines.push(
+    `| ${r.groups} | ${r.method} | ${r.calib} | ${r.domain.toFixed(3)} (${pct(r.domain, base.domain)}) | ${r.brown.toFixed(3)} (${pct(r.brown, base.brown)}) |`,
+  );
+lines.push('', `| forced / blocked | experts chosen by | ${domains.join(' | ')} |`, `| --- | --- | ${domains.map(() => '---').join(' | ')} |`);
+for (const r of steering)
+  lines.push(
+    `| +${r.activate} / −${r.deactivate} | ${r.kind === 'steer' ? `SteerMoE (${TOWARD} vs ${AWAY})` : 'random (control)'} | ${domains.map((d) => `${r[d].before.toFixed(2)} → ${r[d].after.toFixed(2)} (${pct(r[d].after, r[d].before)})`).join(' | ')} |`,
+  );
+process.stdout.write(`${lines.join('\n')}\n`);
+if (outJson) writeFileSync(outJson, `${JSON.stringify({ checkpoint: ckpt, base, pruning, merging, steering }, null, 2)}\n`);
+log('done');

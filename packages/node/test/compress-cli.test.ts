@@ -1,0 +1,181 @@
+/**
+ * The compression commands end to end on a tiny trained MoE (4 experts, top-2, one block repeated
+ * twice): prune, merge-experts, steer (+ eval/generate --steer), analyse; their outputs load in `eval`;
+ * the one-line errors of bad input.
+ */
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { runCli as run, tinySpec, tmp, trainTiny } from './helpers.js';
+
+function twoDomains(root: string): string {
+  const dir = join(root, 'corpus');
+  mkdirSync(dir);
+  const make = (words: string[]) => Array.from({ length: 600 }, (_, i) => words[(i * 7 + (i >> 2)) % words.length]).join(' ');
+  writeFileSync(join(dir, 'animals.txt'), make('the cat and the dog ran over the hill to see a fox'.split(' ')));
+  writeFileSync(join(dir, 'numbers.txt'), make('1790 2021 42 7 365 1000 12 0.5 99 3.14 2048 64'.split(' ')));
+  return dir;
+}
+
+const cpu = ['--backend', 'cpu'];
+/** The error line (the backend line may come first on stderr). */
+const last = (err: string) => err.trim().split('\n').at(-1)!;
+
+describe('moelab prune / merge-experts / steer / analyse', () => {
+  let root: string;
+  let data: string;
+  let ckpt: string;
+  beforeAll(() => {
+    root = tmp();
+    data = twoDomains(root);
+    const r = trainTiny(root, data, 3, ['--eval-every', '0', '--quiet']);
+    expect(r.code, r.err).toBe(0);
+    ckpt = r.checkpoint;
+  });
+
+  it('prune writes a checkpoint with fewer experts that eval loads; bad ratios and empty calibration are one-line errors', () => {
+    const out = join(root, 'pruned');
+    const r = run([
+      'prune',
+      ckpt,
+      '--method',
+      'reap',
+      '--ratio',
+      '0.5',
+      '--calib',
+      `${data}:numbers`,
+      '--calib-tokens',
+      '64',
+      '--batch',
+      '2',
+      '--eval-batches',
+      '1',
+      '--out',
+      out,
+      ...cpu,
+    ]);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/pruned 2 experts by reap \(ratio 0.5, calibration ".*:numbers", \d+ tokens\)/);
+    expect(r.out).toMatch(/transformer\.layers\.0\.ffn: kept \d,\d; removed \d,\d/);
+    expect(r.out).toMatch(/validation perplexity on .*: \d+\.\d{3} -> \d+\.\d{3}/);
+    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(2);
+    const ev = run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]);
+    expect(ev.code, ev.err).toBe(0);
+    expect(ev.out).toMatch(/perplexity \d+\.\d{3}/);
+
+    const few = run(['prune', ckpt, '--ratio', '0.75', '--calib-tokens', '64', '--batch', '2', '--out', join(root, 'x'), ...cpu]);
+    expect(few.code).toBe(2);
+    expect(last(few.err)).toMatch(
+      /^moelab: transformer\.layers\.0\.ffn: 1 experts would be left in this layer, fewer than the router's top-k = 2; keep at least 2$/,
+    );
+    const short = join(root, 'short.txt');
+    writeFileSync(short, 'too short');
+    const empty = run(['prune', ckpt, '--ratio', '0.5', '--calib', short, '--out', join(root, 'y'), ...cpu]);
+    expect(empty.code).toBe(2);
+    expect(last(empty.err)).toMatch(/^moelab: .*short\.txt: only 9 characters of text/);
+    const none = run(['prune', ckpt, '--ratio', '0.5', '--calib', `${data}:numbers`, '--calib-tokens', '8', '--out', join(root, 'y'), ...cpu]);
+    expect(none.code).toBe(2);
+    expect(last(none.err)).toMatch(
+      /^moelab: --calib: the train split of ".*:numbers" has no tokens to calibrate on \(\d+ tokens, one window needs 17; --calib-tokens 8\)$/,
+    );
+    const method = run(['prune', ckpt, '--ratio', '0.5', '--method', 'reaper', '--out', join(root, 'z'), ...cpu]);
+    expect(last(method.err)).toMatch(/^moelab: --method: unknown method "reaper"; one of reap, frequency/);
+  });
+
+  it('merge-experts binds the experts into --groups distinct experts; a dense model is a one-line error', () => {
+    const out = join(root, 'merged');
+    const r = run(['merge-experts', ckpt, '--groups', '2', '--calib-tokens', '64', '--batch', '2', '--eval-batches', '1', '--out', out, ...cpu]);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/merged every MoE layer into 2 experts \(mc-smoe/);
+    expect(r.out).toMatch(/transformer\.layers\.0\.ffn: \{\d(,\d)*\} \{\d(,\d)*\}/);
+    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(4);
+    expect(run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+
+    const dense = join(root, 'dense');
+    mkdirSync(dense);
+    writeFileSync(join(dense, 'spec.json'), JSON.stringify({ ...tinySpec, block: { ...tinySpec.block, ffn: { type: 'dense', hidden: 16 } } }));
+    const t = run([
+      'train',
+      join(dense, 'spec.json'),
+      '--data',
+      data,
+      '--steps',
+      '1',
+      '--batch',
+      '2',
+      '--seq',
+      '16',
+      '--eval-batches',
+      '1',
+      '--eval-every',
+      '0',
+      '--quiet',
+      '--out',
+      dense,
+      ...cpu,
+    ]);
+    expect(t.code, t.err).toBe(0);
+    const m = run([
+      'merge-experts',
+      join(dense, 'checkpoint'),
+      '--groups',
+      '2',
+      '--calib-tokens',
+      '64',
+      '--eval-batches',
+      '0',
+      '--out',
+      join(root, 'w'),
+      ...cpu,
+    ]);
+    expect(m.code).toBe(2);
+    expect(last(m.err)).toBe('moelab: the model has no moe layer with routed experts to merge');
+  });
+
+  it('steer writes a force/block file that eval --steer and generate --steer apply; analyse prints the report', () => {
+    const out = join(root, 'steer.json');
+    const r = run([
+      'steer',
+      ckpt,
+      '--toward',
+      `${data}:numbers`,
+      '--away',
+      `${data}:animals`,
+      '--activate',
+      '1',
+      '--deactivate',
+      '1',
+      '--calib-tokens',
+      '64',
+      '--eval-tokens',
+      '32',
+      '--batch',
+      '2',
+      '--out',
+      out,
+      ...cpu,
+    ]);
+    expect(r.code, r.err).toBe(0);
+    expect(r.out).toMatch(/steering toward ".*:numbers", away from ".*:animals": 1 experts forced, 1 blocked/);
+    expect(r.out).toMatch(/validation perplexity of ".*:numbers": \d+\.\d{3} -> \d+\.\d{3}/);
+    const file = JSON.parse(readFileSync(out, 'utf8'));
+    expect(file.format).toBe('moelab-steer-v1');
+    const ev = run(['eval', ckpt, '--steer', out, '--eval-batches', '1', '--batch', '2', ...cpu]);
+    expect(ev.code, ev.err).toBe(0);
+    expect(ev.out).toMatch(/steered toward ".*:numbers" away from ".*:animals": 1 forced, 1 blocked/);
+    const g = run(['generate', ckpt, '--steer', out, '--tokens', '5', '--prompt', 'the ', ...cpu]);
+    expect(g.code, g.err).toBe(0);
+    writeFileSync(join(root, 'bad.json'), '{"format":"nope"}');
+    const bad = run(['eval', ckpt, '--steer', join(root, 'bad.json'), ...cpu]);
+    expect(last(bad.err)).toMatch(/^moelab: .*bad\.json: \$\.format: unknown steering format "nope"/);
+
+    const a = run(['analyse', ckpt, '--tokens', '64', '--batch', '2', '--json', ...cpu]);
+    expect(a.code, a.err).toBe(0);
+    const report = JSON.parse(a.out);
+    expect(report.layers).toHaveLength(1);
+    expect(report.layers[0].load.reduce((x: number, y: number) => x + y, 0)).toBeCloseTo(1, 9);
+    expect(Object.keys(report.layers[0].domainJS).sort()).toEqual(['animals', 'numbers']);
+    const table = run(['analyse', ckpt, '--tokens', '64', '--batch', '2', ...cpu]);
+    expect(table.out).toMatch(/layer\s+experts\s+tokens\s+load CV\s+MaxVio/);
+  });
+});
