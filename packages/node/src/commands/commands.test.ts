@@ -53,6 +53,10 @@ describe('moelab help', () => {
       'import',
       'esft-scores',
       'upcycle',
+      'prune',
+      'merge-experts',
+      'steer',
+      'analyse',
     ];
     expect(commands.map((c) => c.define().name()).sort()).toEqual([...names].sort());
     for (const name of names) expect(r.out).toMatch(new RegExp(`\\n  ${name}\\b.* {2,}\\S`));
