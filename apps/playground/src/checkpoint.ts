@@ -65,5 +65,13 @@ export function loadCheckpointFiles<M extends Module & LanguageModel>(files: Upl
   } catch {
     throw new MoelabError('config.json is not UTF-8 text', config.name);
   }
-  return decodeCheckpoint<M>(text, weights.bytes, registry, { config: config.name, weights: weights.name });
+  const loaded = decodeCheckpoint<M>(text, weights.bytes, registry, { config: config.name, weights: weights.name });
+  if ((loaded.config.tokenizer ?? 'byte') !== 'byte') {
+    loaded.model.dispose();
+    throw new MoelabError(
+      'this checkpoint tokenizes with a Hugging Face tokenizer.json; the playground reads and writes bytes only (use the moelab CLI: eval, generate)',
+      `${config.name}: $.tokenizer`,
+    );
+  }
+  return loaded;
 }

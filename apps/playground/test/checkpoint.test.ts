@@ -112,6 +112,9 @@ describe('checkpoints: playground <-> CLI', () => {
     expect(fail([config('{"format":"pytorch","spec":{}}'), weights])).toMatch(/\$\.format: unknown checkpoint format "pytorch"/);
     expect(fail([config('{"format":"moelab-checkpoint-v1"}'), weights])).toMatch(/\$\.spec: config.json has no "spec"/);
     expect(fail([config('{"format":"moelab-checkpoint-v1","spec":{"type":"transformer-lm"},"tokenizer":"bpe"}'), weights])).toMatch(/unknown tokenizer "bpe"/);
+    expect(fail([config(good.configJson.replace('"tokenizer": "byte"', '"tokenizer": "tokenizer.json"')), weights])).toMatch(
+      /^config.json: \$\.tokenizer: this checkpoint tokenizes with a Hugging Face tokenizer.json; the playground reads and writes bytes only/,
+    );
     expect(fail([config(good.configJson.replace('"softmax-topk"', '"softmax-topkk"')), weights])).toMatch(
       /unknown router "softmax-topkk". Did you mean: softmax-topk/,
     );
