@@ -9,7 +9,7 @@
  * Usage (repository root, after `pnpm build`):
  *   nice -n 10 node packages/node/scripts/compress-tables.mjs [CHECKPOINT] [OUT.json]
  * CHECKPOINT defaults to runs/compress-ref/moe/checkpoint (packages/compress/scripts/train-reference.sh).
- * Settings: EVAL=brown:news (evaluation domain), OTHER=sotu (the other calibration text), TOWARD=brown:news,
+ * Settings: EVAL=brown:press-reportage (evaluation domain), OTHER=sotu (the other calibration text), TOWARD=brown:press-reportage,
  * AWAY=brown:fiction, CALIB_TOKENS=16384, EVAL_TOKENS=16384.
  */
 import { writeFileSync } from 'node:fs';
@@ -32,9 +32,9 @@ import {
 const ckpt = process.argv[2] ?? 'runs/compress-ref/moe/checkpoint';
 const outJson = process.argv[3];
 const env = (k, d) => process.env[k] ?? d;
-const EVAL = env('EVAL', 'brown:news');
+const EVAL = env('EVAL', 'brown:press-reportage');
 const OTHER = env('OTHER', 'sotu');
-const TOWARD = env('TOWARD', 'brown:news');
+const TOWARD = env('TOWARD', 'brown:press-reportage');
 const AWAY = env('AWAY', 'brown:fiction');
 const calibTokens = Number(env('CALIB_TOKENS', 16384));
 const evalTokens = Number(env('EVAL_TOKENS', 16384));
