@@ -115,7 +115,11 @@ for (const [activate, deactivate] of [
   const rng = new Rng(1);
   const control = { layers: {} };
   for (const [path, l] of Object.entries(file.layers)) {
-    const ids = Array.from({ length: E }, (_, e) => e).sort(() => rng.next() - 0.5);
+    const ids = Array.from({ length: E }, (_, e) => e);
+    for (let i = E - 1; i > 0; i--) {
+      const j = Math.floor(rng.next() * (i + 1));
+      [ids[i], ids[j]] = [ids[j], ids[i]];
+    }
     control.layers[path] = { force: ids.slice(0, l.force.length), block: ids.slice(l.force.length, l.force.length + l.block.length) };
   }
   for (const [kind, f] of [
