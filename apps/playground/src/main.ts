@@ -8,6 +8,7 @@
  *   run-panel.ts    a run: controls, its worker (worker.ts), charts (run-charts.ts), routed tokens,
  *                   generation, checkpoint save / load (checkpoint-io.ts)
  *   charts.ts       the canvas charts, sized for the screen's pixel ratio
+ *   upcycle-view.ts dense runs or checkpoint files -> an upcycler -> provenance table -> train in a run
  */
 import { tf } from '@moelab/core';
 import { BACKEND_CHOICES } from './backends.js';
@@ -17,6 +18,7 @@ import { $, el } from './dom.js';
 import { createPlaygroundRegistry } from './registry.js';
 import { RunPanel } from './run-panel.js';
 import { SpecEditor } from './spec-editor.js';
+import { UpcycleView } from './upcycle-view.js';
 
 const registry = createPlaygroundRegistry();
 const editor = new SpecEditor(registry);
@@ -49,6 +51,7 @@ const host = {
   resize,
 };
 const runs = [new RunPanel('A', $('#run-panels'), host), new RunPanel('B', $('#run-panels'), host)];
+const upcycleView = new UpcycleView(registry, { runs, data: () => data.current(), trainConfig: () => editor.trainConfig() });
 const compare = $<HTMLCanvasElement>('#compare');
 resize.observe(compare);
 
@@ -75,6 +78,7 @@ window.playground = {
   runs: Object.fromEntries(runs.map((r) => [r.name, () => r.snapshot()])),
   spec: () => editor.spec(),
   summary: () => ({ ...$('#summary').dataset }),
+  upcycle: () => upcycleView.snapshot(),
 };
 
 async function startUp(): Promise<void> {

@@ -9,6 +9,8 @@ export type ToWorker =
   | { type: 'stop' }
   | { type: 'generate'; prompt: string; maxNewTokens: number; temperature: number; topK: number; seed: number }
   | { type: 'save' }
+  /** The model's checkpoint files without a download (the upcycle view takes them as a source). */
+  | { type: 'export' }
   | { type: 'load'; backend: string; files: { name: string; bytes: ArrayBuffer }[]; data: TextData };
 
 export interface LayerRouting {
@@ -37,5 +39,6 @@ export type FromWorker =
   | { type: 'sample'; step: number; tokens: number[]; layers: TokenRouting[] }
   | { type: 'generated'; prompt: string; text: string }
   | { type: 'saved'; configJson: string; weights: ArrayBuffer; step: number; valLoss: number }
+  | { type: 'exported'; configJson: string; weights: ArrayBuffer; step: number }
   | { type: 'loaded'; config: CheckpointConfig; valLoss: number }
   | { type: 'error'; message: string };

@@ -66,6 +66,7 @@ export class RunPanel {
   loaded?: { step: number; valLoss: number };
   generated = '';
   errors: string[] = [];
+  private readonly exports: { resolve(m: { configJson: string; weights: ArrayBuffer; step: number }): void; reject(e: Error): void }[] = [];
 
   constructor(
     readonly name: string,
@@ -116,7 +117,15 @@ export class RunPanel {
   async load(files: FileList | null): Promise<void> {
     if (!files || files.length === 0) return;
     try {
-      const list = await readUploads(files);
+      await this.loadFiles(await readUploads(files));
+    } catch (e) {
+      this.error((e as Error).message);
+    }
+  }
+
+  /** Load checkpoint files made on the page (e.g. an upcycled model) into this run. */
+  async loadFiles(list: { name: string; bytes: ArrayBuffer }[]): Promise<void> {
+    try {
       const data = await this.host.data();
       this.reset();
       this.q('.ckpt-status').textContent = `loading ${list.map((f) => f.name).join(' + ')}…`;
@@ -127,6 +136,15 @@ export class RunPanel {
     } catch (e) {
       this.error((e as Error).message);
     }
+  }
+
+  /** The run's model as checkpoint files (config.json + model.safetensors), without a download. */
+  exportModel(): Promise<{ configJson: string; weights: ArrayBuffer; step: number }> {
+    if (!this.worker) return Promise.reject(new Error(`run ${this.name} has no model: build one (or load a checkpoint) first`));
+    return new Promise((resolve, reject) => {
+      this.exports.push({ resolve, reject });
+      this.send({ type: 'export' });
+    });
   }
 
   draw(): void {
@@ -213,12 +231,17 @@ export class RunPanel {
         downloadCheckpoint(m.configJson, m.weights);
         this.q('.ckpt-status').textContent = `saved step ${m.step} (validation loss ${m.valLoss.toFixed(4)})`;
         break;
+      case 'exported':
+        this.exports.shift()?.resolve({ configJson: m.configJson, weights: m.weights, step: m.step });
+        break;
       case 'loaded':
         this.loaded = { step: m.config.step, valLoss: m.valLoss };
         this.q('.ckpt-status').textContent = `loaded checkpoint: step ${m.config.step}, validation loss ${m.valLoss.toFixed(4)}`;
         this.host.onLoaded(m.config.spec, m.config.train ?? {});
         break;
       case 'error':
+        // An export waiting for this worker failed with it (e.g. no model yet).
+        this.exports.shift()?.reject(new Error(m.message));
         this.error(m.message);
         if (this.q('.ckpt-status').textContent?.startsWith('loading')) this.q('.ckpt-status').textContent = '';
         break;

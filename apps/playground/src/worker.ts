@@ -206,9 +206,10 @@ async function handle(msg: ToWorker): Promise<void> {
       post({ type: 'generated', prompt: msg.prompt, text: tokenizer.decode(out) });
       return;
     }
-    case 'save': {
+    case 'save':
+    case 'export': {
       if (!model || !trainer || !spec) throw new Error('build or load a model first');
-      if (Number.isNaN(lastVal)) evaluate();
+      if (msg.type === 'save' && Number.isNaN(lastVal)) evaluate();
       const { configJson, weights } = checkpointFiles(model, {
         spec,
         step: trainer.step,
@@ -216,7 +217,8 @@ async function handle(msg: ToWorker): Promise<void> {
         train: { ...train, data: data?.data.name },
       });
       const buf = weights.slice().buffer as ArrayBuffer;
-      post({ type: 'saved', configJson, weights: buf, step: trainer.step, valLoss: lastVal }, [buf]);
+      if (msg.type === 'export') post({ type: 'exported', configJson, weights: buf, step: trainer.step }, [buf]);
+      else post({ type: 'saved', configJson, weights: buf, step: trainer.step, valLoss: lastVal }, [buf]);
       return;
     }
     case 'load': {

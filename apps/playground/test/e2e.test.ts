@@ -4,6 +4,7 @@
  * checks the expert-load heatmap and routed-token colouring render, generates text, saves a checkpoint
  * (two downloads) that the CLI's loader reads, loads it back into the second run (same validation
  * loss), rejects a malformed upload with a clear message, and saves a screenshot to test-results/.
+ * Then it upcycles a dense run into an MoE in the Upcycle section (provenance table) and trains it in run B.
  * A second test boots the app through Vite's dev server (what `pnpm --filter playground dev` runs)
  * and trains a few steps there, so the development path is checked too, not only the build.
  */
@@ -247,6 +248,57 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
 
     mkdirSync(results, { recursive: true });
     await page.screenshot({ path: join(results, 'playground.png'), fullPage: true });
+    expect(pageErrors).toEqual([]);
+  }, 240_000);
+
+  it('upcycles a dense run into an MoE (provenance table) and trains it in run B', async () => {
+    type Up = {
+      sources: string[];
+      built?: { method: string; totalParams: number; activeParams: number; tensors: number };
+      provenance: { op: string; count: number }[];
+      errors: string[];
+    };
+    const up = (): Promise<Up> => page.evaluate(() => (window as unknown as { playground: { upcycle: () => unknown } }).playground.upcycle());
+    await page.selectOption('#preset', 'dense-micro');
+    await page.click('#use-preset');
+    await page.fill('#train-steps', '6');
+    await page.dispatchEvent('#train-steps', 'change');
+    await page.click('#run-a .build');
+    await page.waitForFunction(() => document.querySelector('#run-a .params')?.textContent?.includes('6 steps'), null, { timeout: 60_000 });
+    await page.click('#up-clear');
+    await page.click('.up-add-a');
+    await expect.poll(async () => (await up()).sources, { timeout: 30_000 }).toEqual(['runA@0']);
+    await page.selectOption('#up-method', 'sparse-upcycle');
+    await page.fill('#up-options', '{ "experts": 4, "layers": "all" }');
+    await page.click('#up-build');
+    await expect.poll(async () => (await up()).built?.method, { timeout: 30_000 }).toBe('sparse-upcycle');
+    const u = await up();
+    expect(u.errors).toEqual([]);
+    // Every tensor has a provenance row; the routers are new, the rest comes from the dense run.
+    expect(u.provenance.reduce((n, r) => n + r.count, 0)).toBe(u.built!.tensors);
+    expect(u.provenance.some((r) => r.op === 'new')).toBe(true);
+    expect(u.provenance.some((r) => r.op !== 'new')).toBe(true);
+    expect(await page.locator('#up-provenance tr').count()).toBe(u.provenance.length + 1);
+    expect(u.built!.totalParams).toBeGreaterThan(u.built!.activeParams);
+    // Train on: run B loads the upcycled model (step 0) and trains its 6 steps through 2 MoE layers of 4 experts.
+    const earlierErrors = (await run('B')).errors.length; // the malformed uploads of the previous test
+    await page.click('.up-train-b');
+    await page.waitForFunction(
+      () => (window as unknown as { playground: { runs: Record<string, () => { loaded?: { step: number } }> } }).playground.runs.B!().loaded?.step === 0,
+      null,
+      { timeout: 60_000 },
+    );
+    await page.click('#run-b .start');
+    await page.waitForFunction(
+      () => (window as unknown as { playground: { runs: Record<string, () => { state: string }> } }).playground.runs.B!().state === 'done',
+      null,
+      { timeout: 120_000, polling: 500 },
+    );
+    const b = await run('B');
+    expect(b.errors.slice(earlierErrors)).toEqual([]);
+    expect(b.losses.length).toBe(6);
+    expect(b.layers.map((l) => l.numExperts)).toEqual([4, 4]);
+    await page.screenshot({ path: join(results, 'playground-upcycle.png'), fullPage: true });
     expect(pageErrors).toEqual([]);
   }, 240_000);
 });

@@ -193,6 +193,33 @@ describe('recipe validation', () => {
   });
 });
 
+describe('the bundled toy recipe (recipes/upcycle-toy.json)', () => {
+  it('validates against the registry and expands into the 14 runs of the scenario', () => {
+    const file = fileURLToPath(new URL('../../../../recipes/upcycle-toy.json', import.meta.url));
+    const recipe = parseRecipe(readRecipeFile(file), registry);
+    const units = planRecipe(recipe, ['kjv', 'jargon', 'devil']);
+    expect(units.map((u) => u.id)).toEqual([
+      'seed',
+      'branch.kjv',
+      'branch.jargon',
+      'branch.devil',
+      'merge.btx',
+      'merge.bam',
+      'merge.bam-kvshare',
+      'merge.nexus',
+      'merge.nexus-linear',
+      'merge800.btx',
+      'baselines.dense-dm200',
+      'baselines.dense-dm800',
+      'baselines.sparse-upcycle-cm',
+      'baselines.moe-scratch-cm',
+    ]);
+    const steps = Object.fromEntries(units.map((u) => [u.id, u.train.steps]));
+    expect([steps.seed, steps['branch.kjv'], steps['merge.btx'], steps['merge800.btx']]).toEqual([1200, 300, 200, 800]);
+    expect(units.find((u) => u.id === 'baselines.dense-dm800')!.deps).toEqual(['seed', 'merge800.btx']);
+  });
+});
+
 describe('running a recipe', () => {
   const out = join(root, 'runs', 'tiny');
 

@@ -26,7 +26,9 @@ function sharesBlock(r: RecipeRow, domains: readonly string[]): string | undefin
   const shares = r.heldOut.routingShares;
   if (!shares) return undefined;
   const E = Math.max(...Object.values(shares).map((s) => s.length));
-  const names = r.expertNames && r.expertNames.length === E ? r.expertNames : Array.from({ length: E }, (_, e) => `e${e}`);
+  // A model trained from scratch has the merge's architecture, expert names included, but no expert came from a domain.
+  const named = r.kind !== 'scratch' && r.expertNames && r.expertNames.length === E;
+  const names = named ? r.expertNames! : Array.from({ length: E }, (_, e) => `e${e}`);
   const rows = domains.filter((d) => shares[d]).map((d) => [d, ...shares[d]!.map((x) => x.toFixed(2))]);
   const own = domains
     .map((d) => {
