@@ -38,3 +38,4 @@ export {
 export { alignmentPermutation, groupExperts, type MergeOptions, type MergeReport, maxAssignment, mergeExperts, permuteExpert } from './merge.js';
 export { parseSteerFile, planSteering, STEER_FORMAT, type SteerFile, type SteerOptions, type SteerScore, steerEdits, steerScores } from './steer.js';
 export { type AnalysisReport, analyse, type LayerReport } from './analyse.js';
+export * from './quant/index.js';

@@ -18,11 +18,16 @@
  * minutes per LM step); `samples` in each row says how many timings its medians come from.
  */
 import os from 'node:os';
+import { loadQuantizedState, quantizedSize, quantizedTensors, quantizeModel } from '@moelab/compress';
 import {
   MoelabError,
   buildModel,
   forwardContext,
   generateTokens,
+  hasKernel,
+  MOE_PACKED_KERNEL,
+  readSafetensors,
+  writeSafetensors,
   type LanguageModel,
   type Module,
   MultiHeadAttention,
@@ -454,6 +459,59 @@ export function runBench(o: BenchOptions = {}, registry: Registry = createDefaul
       `${'gen'.padEnd(6)} ${genName.padEnd(40)} cached ${(gen.newTokens / (c / 1e3)).toFixed(1)} tok/s  uncached ${(gen.newTokens / (u / 1e3)).toFixed(1)} tok/s  speedup ${(u / c).toFixed(1)}x`,
     );
     model.dispose();
+  });
+
+  // Packed experts: the same generation with the routed experts quantized to 4 bits and run packed
+  // (moelab-cpu's MoelabMoePacked kernel dequantizes inside the expert GEMMs) against the float
+  // model; runs alternate. Resident expert bytes: float32 weights vs codes + scales + zero points.
+  const qName = `f generate ${gen.preset} experts int4 packed vs fp32`;
+  attempt('gen', qName, () => {
+    if (!hasKernel(MOE_PACKED_KERNEL)) throw new Error(`the ${tf.getBackend()} backend has no packed expert kernel (moelab-cpu has)`);
+    const spec = { ...(registry.preset(gen.preset).spec as Record<string, unknown>), contextLength: gen.contextLength } as unknown as NodeSpec;
+    const float = buildModel<Module & LanguageModel>(spec, registry, 0);
+    const q = quantizeModel(float, { bits: 4 });
+    const { tensors, metadata } = quantizedTensors(q);
+    const packed = buildModel<Module & LanguageModel>(spec, registry, 0);
+    loadQuantizedState(packed, readSafetensors(writeSafetensors(tensors, metadata)), { packed: true });
+    const prompt = Array.from({ length: gen.prompt }, (_, i) => (i * 37 + 11) % float.vocabSize);
+    const run = (model: Module & LanguageModel, n = gen.newTokens) => {
+      const t0 = performance.now();
+      generateTokens(model, prompt, { maxNewTokens: n, temperature: 0, cache: true });
+      return performance.now() - t0;
+    };
+    run(float, 16);
+    run(packed, 16);
+    const fp: number[] = [];
+    const pk: number[] = [];
+    for (let r = 0; r < (o.quick ? 2 : 3); r++) {
+      fp.push(run(float));
+      pk.push(run(packed));
+    }
+    lastSamples = pk.length;
+    const [f] = stats(fp);
+    const [p, pMin] = stats(pk);
+    const size = quantizedSize(q.packed);
+    add(
+      'gen',
+      qName,
+      `preset=${gen.preset} prompt=${gen.prompt} new=${gen.newTokens} ctx=${gen.contextLength} B=1 greedy, experts 4-bit channel-wise`,
+      (packed as Module).flopsPerToken(gen.contextLength),
+      [p / gen.newTokens, pMin / gen.newTokens],
+      null,
+      {
+        tokens_per_s_packed: gen.newTokens / (p / 1e3),
+        tokens_per_s_fp32: gen.newTokens / (f / 1e3),
+        speed_vs_fp32: f / p,
+        expert_bytes_fp32: size.floatBytes,
+        expert_bytes_packed: size.packedBytes,
+        expert_memory_ratio: size.packedBytes / size.floatBytes,
+      },
+    );
+    log(
+      `${'gen'.padEnd(6)} ${qName.padEnd(40)} packed ${(gen.newTokens / (p / 1e3)).toFixed(1)} tok/s  fp32 ${(gen.newTokens / (f / 1e3)).toFixed(1)} tok/s  ${(f / p).toFixed(2)}x speed, ${((100 * size.packedBytes) / size.floatBytes).toFixed(1)}% of the expert memory`,
+    );
+    float.dispose();
+    packed.dispose();
   });
 
   const out = {

@@ -26,6 +26,7 @@ import {
   writeSafetensors,
 } from '@moelab/core';
 import { HfTokenizer, parseHfTokenizer } from '@moelab/interop';
+import { isQuantized, loadQuantizedState } from '@moelab/compress';
 import { writeDirAtomic } from './fsutil.js';
 
 // The format itself (config.json fields, weights metadata, checks) lives in core: the playground shares it.
@@ -71,13 +72,24 @@ export function readCheckpointConfig(dir: string): CheckpointConfig {
   return parseCheckpointConfig(readFileSync(path, 'utf8'), path);
 }
 
-export function loadCheckpoint(dir: string, registry: Registry): { model: Model; config: CheckpointConfig } {
+/**
+ * Build a checkpoint's model and load its weights. A quantized checkpoint (`moelab quantize`)
+ * loads dequantized to float, or with `packed` (for inference) its expert banks stay packed where
+ * the backend has the packed expert kernel (moelab-cpu); docs/compression.md#quantization.
+ */
+export function loadCheckpoint(dir: string, registry: Registry, opts: { packed?: boolean } = {}): { model: Model; config: CheckpointConfig } {
   const config = readCheckpointConfig(dir);
-  const model = buildModel<Model>(config.spec, registry, config.seed ?? 0);
   const wpath = join(dir, 'model.safetensors');
   if (!existsSync(wpath)) throw new MoelabError('model.safetensors is missing', dir);
   const file = readSafetensors(new Uint8Array(readFileSync(wpath)), wpath);
-  loadState(model, file.tensors, { source: wpath });
+  const model = buildModel<Model>(config.spec, registry, config.seed ?? 0);
+  try {
+    if (isQuantized(file)) loadQuantizedState(model, file, { packed: opts.packed ? undefined : false, source: wpath });
+    else loadState(model, file.tensors, { source: wpath });
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
   return { model, config };
 }
 

@@ -57,6 +57,7 @@ describe('moelab help', () => {
       'merge-experts',
       'steer',
       'analyse',
+      'quantize',
     ];
     expect(commands.map((c) => c.define().name()).sort()).toEqual([...names].sort());
     for (const name of names) expect(r.out).toMatch(new RegExp(`\\n  ${name}\\b.* {2,}\\S`));

@@ -25,7 +25,7 @@ export const evaluate = defineCommand({
       .addOption(backendOption()),
   async run([checkpoint], o) {
     await useBackend(o.backend, o.json);
-    const { model, config } = loadCheckpoint(checkpoint, createDefaultRegistry());
+    const { model, config } = loadCheckpoint(checkpoint, createDefaultRegistry(), { packed: true });
     const tokenizer = loadCheckpointTokenizer(checkpoint, config);
     const data = new CorpusTokens(loadCorpus(o.data ?? config.train?.data ?? 'brown'), tokenizer);
     const unit = tokenizer.name === 'byte' ? 'byte' : 'token';

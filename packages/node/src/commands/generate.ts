@@ -24,7 +24,7 @@ export const generate = defineCommand({
       .addOption(backendOption()),
   async run([checkpoint], o) {
     await useBackend(o.backend, true);
-    const { model, config } = loadCheckpoint(checkpoint, createDefaultRegistry());
+    const { model, config } = loadCheckpoint(checkpoint, createDefaultRegistry(), { packed: true });
     const tok = loadCheckpointTokenizer(checkpoint, config); // bytes, or the checkpoint's tokenizer.json
     const ids = generateTokens(model, tok.encode(o.prompt), {
       maxNewTokens: o.tokens,

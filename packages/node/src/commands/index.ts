@@ -16,6 +16,7 @@ import { list } from './list.js';
 import { mask } from './mask.js';
 import { mergeExpertsCommand } from './merge-experts.js';
 import { prune } from './prune.js';
+import { quantize } from './quantize.js';
 import { recipe } from './recipe.js';
 import { steer } from './steer.js';
 import { sweep } from './sweep.js';
@@ -45,6 +46,7 @@ export const commands: MoelabCommand<any, any>[] = [
   mergeExpertsCommand,
   steer,
   analyseCommand,
+  quantize,
 ];
 
 export { type MoelabCommand, defineCommand, parseCommandLine } from './command.js';
