@@ -118,6 +118,7 @@ export class AdaptedModel {
   private readonly calls = new Map<Adapter, number>();
   private readonly trainableBefore = new Map<tf.Variable, boolean>();
   private readonly slices: TrainedSlice[] = [];
+  private readonly sites = new Map<Adapter, { key: string; module: Module }>();
   /** The forward context of the pass in progress (Linear.forward has no context argument). */
   private current: ForwardContext | undefined;
 
@@ -168,6 +169,7 @@ export class AdaptedModel {
       this.attached.push({ factory: b.factory, node: b.node, modules: b.sites.map((s) => s.adapter) });
       for (const s of b.sites) {
         this.adapters.push(s.adapter);
+        this.sites.set(s.adapter, { key: s.key, module: s.module });
         this.wire(s.adapter, s.module);
       }
     }
@@ -184,6 +186,13 @@ export class AdaptedModel {
   /** The adapter modules' parameters (names relative to the model root, `adapter.…`). */
   adapterParameters(): [string, tf.Variable][] {
     return this.model.namedParameters().filter(([n]) => n.startsWith(`${ADAPTER_ROOT}.`));
+  }
+
+  /** The base module an adapter is attached to, and its key under the `adapter` child. */
+  siteOf(adapter: Adapter): { key: string; module: Module } {
+    const site = this.sites.get(adapter);
+    if (!site) throw new MoelabError('this adapter module is not attached to this model', adapter.sitePath);
+    return site;
   }
 
   /** The update masks of trained base slices, keyed by parameter name (for core's Trainer). */

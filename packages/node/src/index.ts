@@ -12,6 +12,8 @@ export * from './backends.js';
 export * from './registry.js';
 export * from './presets.js';
 export * from './run.js';
+export * from './finetune-run.js';
+export * from './adapter-checkpoint.js';
 export * from './compare.js';
 export * from './verify.js';
 export * from './progress.js';

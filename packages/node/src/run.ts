@@ -90,7 +90,7 @@ function roundLayer(b: LayerBalance): Record<string, unknown> {
   );
 }
 
-function metricsLine(m: StepMetrics): Record<string, unknown> {
+export function metricsLine(m: StepMetrics): Record<string, unknown> {
   return {
     type: 'train',
     step: m.step,

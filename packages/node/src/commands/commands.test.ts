@@ -58,6 +58,8 @@ describe('moelab help', () => {
       'steer',
       'analyse',
       'quantize',
+      'finetune',
+      'merge-adapter',
     ];
     expect(commands.map((c) => c.define().name()).sort()).toEqual([...names].sort());
     for (const name of names) expect(r.out).toMatch(new RegExp(`\\n  ${name}\\b.* {2,}\\S`));

@@ -1,10 +1,11 @@
-/** `moelab eval`: validation loss, perplexity and bits per byte of a checkpoint, optionally with experts masked. */
+/** `moelab eval`: validation loss, perplexity and bits per byte of a checkpoint, optionally with experts masked or an adapter attached. */
 import { Command, Option } from '@commander-js/extra-typings';
 import { steerEdits } from '@moelab/compress';
 import { Trainer } from '@moelab/core';
 import { readSteerFile } from '../calibration.js';
+import { loadAdapterCheckpoint } from '../adapter-checkpoint.js';
 import { loadCheckpoint, loadCheckpointTokenizer } from '../checkpoint.js';
-import { CorpusTokens, loadCorpus } from '../corpus.js';
+import { domainTokens } from '../finetune-run.js';
 import { createDefaultRegistry } from '../registry.js';
 import { defineCommand } from './command.js';
 import { backendOption, batchOption, checkpointDataOption, evalBatchesOption, jsonOption, seqOption, useBackend } from './options.js';
@@ -12,7 +13,7 @@ import { backendOption, batchOption, checkpointDataOption, evalBatchesOption, js
 export const evaluate = defineCommand({
   define: () =>
     new Command('eval')
-      .summary('validation loss and perplexity of a checkpoint (--mask mask.json: experts masked; --steer steer.json: steered)')
+      .summary('validation loss and perplexity of a checkpoint (--mask mask.json: experts masked; --steer steer.json: steered; --adapter DIR: fine-tuned)')
       .description('Validation loss, perplexity and bits per byte of a checkpoint on the validation split of --data.')
       .argument('<checkpoint>', 'checkpoint directory (runs/<name>/checkpoint)')
       .addOption(checkpointDataOption())
@@ -21,13 +22,19 @@ export const evaluate = defineCommand({
       .addOption(evalBatchesOption().default(16))
       .addOption(new Option('--mask <file>', 'an expert mask written by `moelab mask`: evaluate with those experts disabled'))
       .addOption(new Option('--steer <file>', 'a steering file written by `moelab steer`: evaluate with those experts forced / blocked'))
+      .addOption(new Option('--adapter <dir>', 'an adapter written by `moelab finetune` for this base: evaluate the fine-tuned model'))
+      .addOption(new Option('--domain <prefix>', 'keep only documents of this domain of --data (e.g. 1946-2021)'))
       .addOption(jsonOption())
       .addOption(backendOption()),
   async run([checkpoint], o) {
     await useBackend(o.backend, o.json);
-    const { model, config } = loadCheckpoint(checkpoint, createDefaultRegistry(), { packed: true });
+    const registry = createDefaultRegistry();
+    const { model, config } = loadCheckpoint(checkpoint, registry, { packed: !o.adapter });
     const tokenizer = loadCheckpointTokenizer(checkpoint, config);
-    const data = new CorpusTokens(loadCorpus(o.data ?? config.train?.data ?? 'brown'), tokenizer);
+    const adapterTrain = o.adapter ? loadAdapterCheckpoint(o.adapter, model, registry).config.train : undefined;
+    const data = domainTokens(o.data ?? adapterTrain?.data ?? config.train?.data ?? 'brown', o.domain ?? (o.data ? undefined : adapterTrain?.domain), {
+      tokenizer,
+    });
     const unit = tokenizer.name === 'byte' ? 'byte' : 'token';
     const seqLen = o.seq ?? Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
     if (o.mask || o.steer) {

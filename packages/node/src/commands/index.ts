@@ -9,6 +9,7 @@ import { compare, main } from './compare.js';
 import { esftScoresCommand } from './esft-scores.js';
 import { evaluate } from './eval.js';
 import { exportCommand } from './export.js';
+import { finetune } from './finetune.js';
 import { generate } from './generate.js';
 import { importCommand } from './import.js';
 import { inspect } from './inspect.js';
@@ -17,6 +18,7 @@ import { mask } from './mask.js';
 import { mergeExpertsCommand } from './merge-experts.js';
 import { prune } from './prune.js';
 import { quantize } from './quantize.js';
+import { mergeAdapter } from './merge-adapter.js';
 import { recipe } from './recipe.js';
 import { steer } from './steer.js';
 import { sweep } from './sweep.js';
@@ -47,6 +49,8 @@ export const commands: MoelabCommand<any, any>[] = [
   steer,
   analyseCommand,
   quantize,
+  finetune,
+  mergeAdapter,
 ];
 
 export { type MoelabCommand, defineCommand, parseCommandLine } from './command.js';
