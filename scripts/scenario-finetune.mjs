@@ -77,7 +77,19 @@ if (!existsSync(join(baseDir, 'checkpoint', 'config.json'))) {
   const r = node.trainRun({
     registry,
     spec,
-    train: { steps: pretrainSteps, batchSize: batch, seqLen: seq, lr: 2e-3, warmup: 100, minLrRatio: 0.1, weightDecay: 0.1, clip: 1, evalEvery: 0, evalBatches: 4, seed: 0 },
+    train: {
+      steps: pretrainSteps,
+      batchSize: batch,
+      seqLen: seq,
+      lr: 2e-3,
+      warmup: 100,
+      minLrRatio: 0.1,
+      weightDecay: 0.1,
+      clip: 1,
+      evalEvery: 0,
+      evalBatches: 4,
+      seed: 0,
+    },
     data: 'brown',
     outDir: baseDir,
     label: 'pretrain (brown)',
@@ -126,7 +138,16 @@ const lines = [
 ];
 const claims = [];
 const lowered = rows.filter((r) => r.target.after.bitsPerToken < r.target.before.bitsPerToken).map((r) => r.method);
-claims.push(`lowered SOTU-val: ${lowered.length} of ${rows.length} methods${lowered.length < rows.length ? ` (not: ${rows.filter((r) => !lowered.includes(r.method)).map((r) => r.method).join(', ')})` : ''}`);
+claims.push(
+  `lowered SOTU-val: ${lowered.length} of ${rows.length} methods${
+    lowered.length < rows.length
+      ? ` (not: ${rows
+          .filter((r) => !lowered.includes(r.method))
+          .map((r) => r.method)
+          .join(', ')})`
+      : ''
+  }`,
+);
 if (full) {
   const fullForget = Math.abs(full.general.after.bitsPerToken - full.general.before.bitsPerToken);
   const less = rows.filter((r) => r !== full && Math.abs(r.general.after.bitsPerToken - r.general.before.bitsPerToken) < fullForget).map((r) => r.method);

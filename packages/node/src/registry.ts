@@ -3,7 +3,6 @@ import { attention, attentionMoePresets, moeutPresets } from '@moelab/attention'
 import { expertPresets, experts } from '@moelab/experts';
 import { finetune } from '@moelab/finetune';
 import { routers } from '@moelab/routers';
-import { finetune } from '@moelab/finetune';
 import { upcyclePlugin } from '@moelab/upcycle';
 import { foundationPresets } from './presets.js';
 
@@ -19,7 +18,6 @@ export const builtinPlugins: Plugin[] = [
   attentionMoePresets,
   expertPresets,
   upcyclePlugin,
-  finetune,
 ];
 
 /** A registry with every built-in plugin (plus any extra plugins, e.g. a third-party `moelab-plugin-foo`). */
