@@ -31,7 +31,7 @@ const pretrainSteps = Number(flag('pretrain-steps', size === 'small' ? 600 : 120
 const batch = Number(flag('batch', 16));
 const seq = Number(flag('seq', size === 'small' ? 64 : 128));
 const evalBatches = Number(flag('eval-batches', 16));
-const methods = flag('methods', 'full,lora,perft-s,perft-d,perft-r,perft-e,mov,molora,mixlora').split(',');
+const methods = flag('methods', 'full,lora,esft,perft-s,perft-d,perft-r,perft-e,smore,mov,molora,mixlora').split(',');
 
 // The base of the scenario: d = 128, 4 layers, 4 heads, context 128, learned positions, pre-LN, tied
 // embeddings, an MoE FFN in every layer (softmax top-2 of 8, renormalised, GELU experts h = 128, Switch
@@ -62,6 +62,8 @@ const options = {
   mov: { experts: 4 },
   molora: { experts: 4, rank: 4 },
   mixlora: { rank: 4 },
+  // S'MoRE s = [4, 4], f = [2, 2], r = [4, 8], m = 16, d_down = 16 beside each block; ESFT selects by token scores, p = 0.2.
+  smore: { ranks: [4, 8], experts: [4, 4], fanout: [2, 2], gateDims: [16, 16], dDown: 16 },
 };
 
 const backend = await node.chooseBackend(flag('backend', 'auto'));

@@ -7,6 +7,7 @@
  */
 import { MoelabError, closeMatches, type NodeSpec, type TokenSource, type TrainConfig } from '@moelab/core';
 import type { Model } from './adapted-model.js';
+import { esftMethodNode } from './esft/adapter.js';
 
 /** What a method may look at when it builds its adapter nodes (ESFT scores the base on the data). */
 export interface MethodContext {
@@ -62,6 +63,18 @@ const table: FinetuneMethod[] = [
     name: 'molora',
     description: 'MoLoRA: a soft mixture of LoRA experts on every attention projection',
     adapters: single('molora'),
+    train: ADAPTER_TRAIN,
+  }),
+  defineMethod({
+    name: 'esft',
+    description: 'ESFT: only the routed experts the training data uses most train (token scores, p = 0.2; routing unchanged)',
+    adapters: (options, ctx) => [esftMethodNode(options, ctx)],
+    train: { ...ADAPTER_TRAIN, lr: 1e-3 },
+  }),
+  defineMethod({
+    name: 'smore',
+    description: "S'MoRE: a tree of low-rank residual experts beside each feed-forward block",
+    adapters: single('smore'),
     train: ADAPTER_TRAIN,
   }),
   defineMethod({

@@ -10,6 +10,7 @@ import { forwardContext, Rng, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { baseWeights, changedWeights, logitsOf, patternSource, registry, sameValues, tinyModel, trainSteps } from '../../test/helpers.js';
 import { AdaptedModel } from '../adapted-model.js';
+import { finetuneMethod } from '../methods.js';
 import type { Model } from '../index.js';
 import { type EsftExperts, esftMethodNode } from './adapter.js';
 import { esftScores } from './scores.js';
@@ -129,6 +130,17 @@ describe('esft adapter', () => {
     expect(gate.experts).toEqual(esftExpertConfig(esftScores(model, windows).file, { score: 'gate', p: 0.5 }).experts);
     expect(esftMethodNode({ experts: selection }, { model, data, seed: 4 })).toEqual({ type: 'esft', experts: selection });
     expect(() => esftMethodNode({ score: 'tokens' }, { model, data, seed: 4 })).toThrow('$.adapter.score: score must be token or gate, got "tokens"');
+    model.dispose();
+  });
+
+  it('is the `esft` method of moelab finetune (lr 1e-3), beside `smore`', () => {
+    const model = tinyMoE();
+    const ctx = { model, data: patternSource(), seed: 4 };
+    const esft = finetuneMethod('esft');
+    expect(esft.train.lr).toBe(1e-3);
+    expect(esft.adapters({ experts: selection }, ctx)).toEqual([{ type: 'esft', experts: selection }]);
+    expect(esft.adapters({ scoreTokens: 96 }, ctx)).toEqual([esftMethodNode({ scoreTokens: 96 }, ctx)]);
+    expect(finetuneMethod('smore').adapters({ ranks: [2, 4] }, ctx)).toEqual([{ type: 'smore', ranks: [2, 4] }]);
     model.dispose();
   });
 
