@@ -1,5 +1,5 @@
 /**
- * The playground's registry: every browser-safe plugin (core, routers, experts, attention, upcycle) and their
+ * The playground's registry: every browser-safe plugin (core, routers, experts, attention, upcycle, finetune) and their
  * presets, plus the CLI's foundation presets (dense-tiny, moe-tiny; copied from packages/node
  * presets.ts because @moelab/node is Node-only) and two micro presets small enough to train in a
  * few seconds in any browser.
@@ -8,6 +8,7 @@ import { attention, attentionMoePresets, moeutPresets } from '@moelab/attention'
 import { corePlugin, createRegistry, definePlugin, definePreset, type Plugin, type Registry } from '@moelab/core';
 import { expertPresets, experts } from '@moelab/experts';
 import { routers } from '@moelab/routers';
+import { finetune } from '@moelab/finetune';
 import { upcyclePlugin } from '@moelab/upcycle';
 
 const base = { type: 'transformer-lm', vocabSize: 256, dModel: 128, contextLength: 128, stack: { groupSize: 2, repeats: 1 } };
@@ -81,6 +82,7 @@ export const playgroundPlugins: Plugin[] = [
   attentionMoePresets,
   expertPresets,
   upcyclePlugin,
+  finetune,
   playgroundPresets,
 ];
 

@@ -40,7 +40,7 @@ function buildApp(): void {
     join(app, 'src'),
     join(app, 'index.html'),
     join(app, 'vite.config.ts'),
-    ...['core', 'routers', 'experts', 'attention', 'upcycle'].map((p) => join(app, '../../packages', p, 'src')),
+    ...['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune'].map((p) => join(app, '../../packages', p, 'src')),
   ];
   const newest = Math.max(...sources.map((s) => (statSync(s).isDirectory() ? newestMtime(s) : statSync(s).mtimeMs)));
   const built = existsSync(join(dist, 'index.html')) ? statSync(join(dist, 'index.html')).mtimeMs : 0;
