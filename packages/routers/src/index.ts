@@ -17,6 +17,8 @@ import { hyperRouter } from './hyper-router.js';
 import { maskMoE } from './maskmoe.js';
 import { mixtureOfTokens } from './mixture-of-tokens.js';
 import { nexusProjection } from './nexus.js';
+import { moeficationMlp } from './moefication.js';
+import { cmoeAnalytic } from './cmoe.js';
 import { reluRouter } from './relu.js';
 import { rmoeRouter } from './rmoe.js';
 import { sigmaTopK } from './sigma-topk.js';
@@ -60,6 +62,8 @@ export { CosineRouter, cosineTopK, type CosineOptions } from './cosine.js';
 export { SinkhornRouter, sinkhornRouter, sinkhorn } from './sinkhorn.js';
 export { UniformRouter, uniformRouter } from './uniform.js';
 export { NexusRouter, nexusProjection, type NexusRouterOptions } from './nexus.js';
+export { MoEficationRouter, moeficationMlp } from './moefication.js';
+export { CMoERouter, cmoeAnalytic } from './cmoe.js';
 export { AutonomyOfExperts, autonomyOfExperts, type AoEOptions } from './aoe.js';
 export { ChainOfExperts, chainOfExperts } from './chain-of-experts.js';
 export * from './balance.js';
@@ -108,6 +112,8 @@ export const routers = definePlugin({
     sinkhornRouter,
     uniformRouter,
     nexusProjection,
+    moeficationMlp,
+    cmoeAnalytic,
     autonomyOfExperts,
     chainOfExperts,
   ],

@@ -8,6 +8,8 @@ import { definePlugin } from '@moelab/core';
 import { bam, bamKvShare } from './upcyclers/bam.js';
 import { btx } from './upcyclers/btx.js';
 import { nexus, nexusExtend, nexusLinear } from './upcyclers/nexus.js';
+import { cmoe } from './upcyclers/cmoe.js';
+import { llamaMoE, moefication, moeSplit } from './upcyclers/split.js';
 import { sparseUpcycle, sparseUpcycleT5 } from './upcyclers/sparse-upcycle.js';
 
 export type {
@@ -44,11 +46,15 @@ export { btx, chunkExpert } from './upcyclers/btx.js';
 export { bam, bamKvShare } from './upcyclers/bam.js';
 export { nexus, nexusExtend, nexusLinear } from './upcyclers/nexus.js';
 export { hashedNgramEmbeddings, seedMeanEmbeddings } from './embed.js';
+export { llamaMoE, moefication, moeSplit } from './upcyclers/split.js';
+export { cmoe } from './upcyclers/cmoe.js';
+export { ffnInputs } from './calibrate.js';
+export { balancedKMeans, checkPartition, contiguousPartition, normalisedRows, randomPartition, type Partition } from './partition.js';
 export { averageInto, mergeSources, type MergeSources } from './merge.js';
 
 /** The upcyclers as a registry plugin: `createRegistry(corePlugin, routers, experts, attention, upcycle)`. */
 export const upcyclePlugin = definePlugin({
   name: '@moelab/upcycle',
-  entries: [sparseUpcycle, sparseUpcycleT5, btx, bam, bamKvShare, nexus, nexusLinear, nexusExtend],
+  entries: [sparseUpcycle, sparseUpcycleT5, btx, bam, bamKvShare, nexus, nexusLinear, nexusExtend, moeSplit, moefication, llamaMoE, cmoe],
 });
 export default upcyclePlugin;
