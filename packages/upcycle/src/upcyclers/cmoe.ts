@@ -130,7 +130,7 @@ export const cmoe: Entry<TSchema, Upcycler> = defineEntry({
           ['up_rep', u, 'w3'],
         ] as const) {
           const t = new Float32Array(Er * d);
-          reps.forEach((r, e) => t.set(Float32Array.from(rows[r]!), e * d));
+          for (const [e, r] of reps.entries()) t.set(Float32Array.from(rows[r]!), e * d);
           weights.set(`${p}.ffn.router.${name}`, { shape: [Er, d], data: t });
           provenance.set(`${p}.ffn.router.${name}`, {
             op: 'computed',
