@@ -86,7 +86,7 @@ describe('moelab bench', () => {
     const json = path.join(dir, 'gen.json');
     const lines: string[] = [];
     const generate = { preset: 'moe-tiny', prompt: 8, newTokens: 24, contextLength: 16 };
-    await runBenchBackends({ backends: 'moelab-cpu', only: ['generate'], quick: true, json, generate, log: (l) => lines.push(l) });
+    await runBenchBackends({ backends: 'moelab-cpu', only: ['generate moe-tiny 8+24'], quick: true, json, generate, log: (l) => lines.push(l) });
     const out = JSON.parse(readFileSync(json, 'utf8')) as { rows: (JsonRow & Record<string, number | string | null>)[]; skipped: unknown[] };
     expect(out.skipped).toEqual([]);
     expect(out.rows.map((r) => r.name)).toEqual(['sgemm 2048^3', 'sgemm 1024^3', 'f generate moe-tiny 8+24 ctx16']);

@@ -5,45 +5,27 @@
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { runCli as run, tinySpec, tmp, trainTiny } from './helpers.js';
-
-function twoDomains(root: string): string {
-  const dir = join(root, 'corpus');
-  mkdirSync(dir);
-  const make = (words: string[]) => Array.from({ length: 600 }, (_, i) => words[(i * 7 + (i >> 2)) % words.length]).join(' ');
-  writeFileSync(join(dir, 'animals.txt'), make('the cat and the dog ran over the hill to see a fox'.split(' ')));
-  writeFileSync(join(dir, 'numbers.txt'), make('1790 2021 42 7 365 1000 12 0.5 99 3.14 2048 64'.split(' ')));
-  return dir;
-}
+import { describe, expect, it } from 'vitest';
+import { runCli as run, tinySpec, trainedTiny, twoDomains } from './helpers.js';
 
 const cpu = ['--backend', 'cpu'];
 /** The error line (the backend line may come first on stderr). */
 const last = (err: string) => err.trim().split('\n').at(-1)!;
 
 describe('moelab prune / merge-experts / steer / analyse', () => {
-  let root: string;
-  let data: string;
-  let ckpt: string;
-  beforeAll(() => {
-    root = tmp();
-    data = twoDomains(root);
-    const r = trainTiny(root, data, 3, ['--eval-every', '0', '--quiet']);
-    expect(r.code, r.err).toBe(0);
-    ckpt = r.checkpoint;
-  });
+  const fixture = trainedTiny(twoDomains, 3);
 
   it('prune writes a checkpoint with fewer experts that eval loads; bad ratios and empty calibration are one-line errors', () => {
-    const out = join(root, 'pruned');
+    const out = join(fixture.root, 'pruned');
     const r = run([
       'prune',
-      ckpt,
+      fixture.ckpt,
       '--method',
       'reap',
       '--ratio',
       '0.5',
       '--calib',
-      `${data}:numbers`,
+      `${fixture.data}:numbers`,
       '--calib-tokens',
       '64',
       '--batch',
@@ -63,42 +45,54 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(ev.code, ev.err).toBe(0);
     expect(ev.out).toMatch(/perplexity \d+\.\d{3}/);
 
-    const few = run(['prune', ckpt, '--ratio', '0.75', '--calib-tokens', '64', '--batch', '2', '--out', join(root, 'x'), ...cpu]);
+    const few = run(['prune', fixture.ckpt, '--ratio', '0.75', '--calib-tokens', '64', '--batch', '2', '--out', join(fixture.root, 'x'), ...cpu]);
     expect(few.code).toBe(2);
     expect(last(few.err)).toMatch(
       /^moelab: transformer\.layers\.0\.ffn: 1 experts would be left in this layer, fewer than the router's top-k = 2; keep at least 2$/,
     );
-    const short = join(root, 'short.txt');
+    const short = join(fixture.root, 'short.txt');
     writeFileSync(short, 'too short');
-    const empty = run(['prune', ckpt, '--ratio', '0.5', '--calib', short, '--out', join(root, 'y'), ...cpu]);
+    const empty = run(['prune', fixture.ckpt, '--ratio', '0.5', '--calib', short, '--out', join(fixture.root, 'y'), ...cpu]);
     expect(empty.code).toBe(2);
     expect(last(empty.err)).toMatch(/^moelab: .*short\.txt: only 9 characters of text/);
-    const none = run(['prune', ckpt, '--ratio', '0.5', '--calib', `${data}:numbers`, '--calib-tokens', '8', '--out', join(root, 'y'), ...cpu]);
+    const none = run([
+      'prune',
+      fixture.ckpt,
+      '--ratio',
+      '0.5',
+      '--calib',
+      `${fixture.data}:numbers`,
+      '--calib-tokens',
+      '8',
+      '--out',
+      join(fixture.root, 'y'),
+      ...cpu,
+    ]);
     expect(none.code).toBe(2);
     expect(last(none.err)).toMatch(
       /^moelab: --calib: the train split of ".*:numbers" has no tokens to calibrate on \(\d+ tokens, one window needs 17; --calib-tokens 8\)$/,
     );
-    const method = run(['prune', ckpt, '--ratio', '0.5', '--method', 'reaper', '--out', join(root, 'z'), ...cpu]);
+    const method = run(['prune', fixture.ckpt, '--ratio', '0.5', '--method', 'reaper', '--out', join(fixture.root, 'z'), ...cpu]);
     expect(last(method.err)).toMatch(/^moelab: --method: unknown method "reaper"; one of reap, frequency/);
   });
 
   it('merge-experts binds the experts into --groups distinct experts; a dense model is a one-line error', () => {
-    const out = join(root, 'merged');
-    const r = run(['merge-experts', ckpt, '--groups', '2', '--calib-tokens', '64', '--batch', '2', '--eval-batches', '1', '--out', out, ...cpu]);
+    const out = join(fixture.root, 'merged');
+    const r = run(['merge-experts', fixture.ckpt, '--groups', '2', '--calib-tokens', '64', '--batch', '2', '--eval-batches', '1', '--out', out, ...cpu]);
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/merged every MoE layer into 2 experts \(mc-smoe/);
     expect(r.out).toMatch(/transformer\.layers\.0\.ffn: \{\d(,\d)*\} \{\d(,\d)*\}/);
     expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(4);
     expect(run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
 
-    const dense = join(root, 'dense');
+    const dense = join(fixture.root, 'dense');
     mkdirSync(dense);
     writeFileSync(join(dense, 'spec.json'), JSON.stringify({ ...tinySpec, block: { ...tinySpec.block, ffn: { type: 'dense', hidden: 16 } } }));
     const t = run([
       'train',
       join(dense, 'spec.json'),
       '--data',
-      data,
+      fixture.data,
       '--steps',
       '1',
       '--batch',
@@ -125,7 +119,7 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
       '--eval-batches',
       '0',
       '--out',
-      join(root, 'w'),
+      join(fixture.root, 'w'),
       ...cpu,
     ]);
     expect(m.code).toBe(2);
@@ -133,14 +127,14 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
   });
 
   it('steer writes a force/block file that eval --steer and generate --steer apply; analyse prints the report', () => {
-    const out = join(root, 'steer.json');
+    const out = join(fixture.root, 'steer.json');
     const r = run([
       'steer',
-      ckpt,
+      fixture.ckpt,
       '--toward',
-      `${data}:numbers`,
+      `${fixture.data}:numbers`,
       '--away',
-      `${data}:animals`,
+      `${fixture.data}:animals`,
       '--activate',
       '1',
       '--deactivate',
@@ -160,22 +154,22 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(r.out).toMatch(/validation perplexity of ".*:numbers": \d+\.\d{3} -> \d+\.\d{3}/);
     const file = JSON.parse(readFileSync(out, 'utf8'));
     expect(file.format).toBe('moelab-steer-v1');
-    const ev = run(['eval', ckpt, '--steer', out, '--eval-batches', '1', '--batch', '2', ...cpu]);
+    const ev = run(['eval', fixture.ckpt, '--steer', out, '--eval-batches', '1', '--batch', '2', ...cpu]);
     expect(ev.code, ev.err).toBe(0);
     expect(ev.out).toMatch(/steered toward ".*:numbers" away from ".*:animals": 1 forced, 1 blocked/);
-    const g = run(['generate', ckpt, '--steer', out, '--tokens', '5', '--prompt', 'the ', ...cpu]);
+    const g = run(['generate', fixture.ckpt, '--steer', out, '--tokens', '5', '--prompt', 'the ', ...cpu]);
     expect(g.code, g.err).toBe(0);
-    writeFileSync(join(root, 'bad.json'), '{"format":"nope"}');
-    const bad = run(['eval', ckpt, '--steer', join(root, 'bad.json'), ...cpu]);
+    writeFileSync(join(fixture.root, 'bad.json'), '{"format":"nope"}');
+    const bad = run(['eval', fixture.ckpt, '--steer', join(fixture.root, 'bad.json'), ...cpu]);
     expect(last(bad.err)).toMatch(/^moelab: .*bad\.json: \$\.format: unknown steering format "nope"/);
 
-    const a = run(['analyse', ckpt, '--tokens', '64', '--batch', '2', '--json', ...cpu]);
+    const a = run(['analyse', fixture.ckpt, '--tokens', '64', '--batch', '2', '--json', ...cpu]);
     expect(a.code, a.err).toBe(0);
     const report = JSON.parse(a.out);
     expect(report.layers).toHaveLength(1);
     expect(report.layers[0].load.reduce((x: number, y: number) => x + y, 0)).toBeCloseTo(1, 9);
     expect(Object.keys(report.layers[0].domainJS).sort()).toEqual(['animals', 'numbers']);
-    const table = run(['analyse', ckpt, '--tokens', '64', '--batch', '2', ...cpu]);
+    const table = run(['analyse', fixture.ckpt, '--tokens', '64', '--batch', '2', ...cpu]);
     expect(table.out).toMatch(/layer\s+experts\s+tokens\s+load CV\s+MaxVio/);
   });
 });

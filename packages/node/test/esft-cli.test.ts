@@ -1,28 +1,19 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { esftExpertConfig, parseEsftConfig, parseEsftScores } from '@moelab/finetune';
-import { beforeAll, describe, expect, it } from 'vitest';
-import { runCli, textFile, tinySpec, tmp, trainTiny } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { runCli, textFile, tinySpec, tmp, trainedTiny } from './helpers.js';
 
 describe('moelab esft-scores', () => {
-  let root: string;
-  let data: string;
-  let ckpt: string;
-  beforeAll(() => {
-    root = tmp();
-    data = textFile(root);
-    const r = trainTiny(root, data, 2, ['--eval-every', '0', '--quiet']);
-    expect(r.code, r.err).toBe(0);
-    ckpt = r.checkpoint;
-  });
+  const fixture = trainedTiny(textFile, 2);
 
   it('writes the scores and the expert selection in the released ESFT formats, and prints the selection', () => {
-    const out = join(root, 'esft');
+    const out = join(fixture.root, 'esft');
     const r = runCli([
       'esft-scores',
-      ckpt,
+      fixture.ckpt,
       '--data',
-      data,
+      fixture.data,
       '--tokens',
       '256',
       '--batch',
@@ -56,9 +47,9 @@ describe('moelab esft-scores', () => {
     );
     const json = runCli([
       'esft-scores',
-      ckpt,
+      fixture.ckpt,
       '--data',
-      data,
+      fixture.data,
       '--tokens',
       '64',
       '--batch',
@@ -87,7 +78,7 @@ describe('moelab esft-scores', () => {
       'train',
       join(denseRoot, 'dense.json'),
       '--data',
-      data,
+      fixture.data,
       '--steps',
       '1',
       '--batch',
@@ -103,14 +94,14 @@ describe('moelab esft-scores', () => {
       '--quiet',
     ]);
     expect(t.code, t.err).toBe(0);
-    const e1 = runCli(['esft-scores', join(denseRoot, 'run', 'checkpoint'), '--data', data, '--backend', 'cpu']);
+    const e1 = runCli(['esft-scores', join(denseRoot, 'run', 'checkpoint'), '--data', fixture.data, '--backend', 'cpu']);
     expect(e1.code).toBe(2);
     expect(e1.err).toMatch(
       /\nmoelab: .*checkpoint: ESFT fine-tunes the routed experts of an MoE model, but this model has no moe layer \(a dense model: use lora or full fine-tuning\)\n$/,
     );
-    const e2 = runCli(['esft-scores', ckpt, '--score', 'tokens', '--backend', 'cpu']);
+    const e2 = runCli(['esft-scores', fixture.ckpt, '--score', 'tokens', '--backend', 'cpu']);
     expect(e2.err).toBe('moelab: --score must be token or gate, got "tokens"\n');
-    const e3 = runCli(['esft-scores', ckpt, '--p', '0', '--backend', 'cpu']);
+    const e3 = runCli(['esft-scores', fixture.ckpt, '--p', '0', '--backend', 'cpu']);
     expect(e3.err).toBe('moelab: --p must be in (0, 1], got 0\n');
   });
 });

@@ -1,8 +1,9 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { beforeAll, expect } from 'vitest';
 
 /** The built CLI (`pnpm test` builds it first). */
 export const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
@@ -52,4 +53,30 @@ export function textFile(dir: string): string {
   const p = join(dir, 'tiny.txt');
   writeFileSync(p, s);
   return p;
+}
+
+/** A folder corpus with two domains (file names) of different text. */
+export function twoDomains(root: string): string {
+  const dir = join(root, 'corpus');
+  mkdirSync(dir);
+  const make = (words: string[]) => Array.from({ length: 600 }, (_, i) => words[(i * 7 + (i >> 2)) % words.length]).join(' ');
+  writeFileSync(join(dir, 'animals.txt'), make('the cat and the dog ran over the hill to see a fox'.split(' ')));
+  writeFileSync(join(dir, 'numbers.txt'), make('1790 2021 42 7 365 1000 12 0.5 99 3.14 2048 64'.split(' ')));
+  return dir;
+}
+
+/**
+ * A describe block's shared fixture: in `beforeAll`, a temporary folder, its corpus (`makeData`) and
+ * `tinySpec` trained on it for `steps` steps. The fields are filled when the tests run.
+ */
+export function trainedTiny(makeData: (root: string) => string, steps: number): { root: string; data: string; ckpt: string } {
+  const f = { root: '', data: '', ckpt: '' };
+  beforeAll(() => {
+    f.root = tmp();
+    f.data = makeData(f.root);
+    const r = trainTiny(f.root, f.data, steps, ['--eval-every', '0', '--quiet']);
+    expect(r.code, r.err).toBe(0);
+    f.ckpt = r.checkpoint;
+  });
+  return f;
 }
