@@ -202,3 +202,77 @@ export function heatmap(canvas: HTMLCanvasElement, rows: number[][], opts: { tit
   }
   return painted;
 }
+
+/** One group of bars (one MoE layer): a value per expert. */
+export interface BarGroup {
+  label: string;
+  values: number[];
+  /** Per bar: drawn hollow (e.g. a pruned expert). */
+  hollow?: boolean[];
+  /** Per bar: colour index (default: the expert's own colour); bars with the same index share a colour. */
+  colorIndex?: number[];
+}
+
+/**
+ * Bars per expert, grouped by layer side by side on one axis from 0. Returns the number of bars drawn
+ * (the e2e test checks it).
+ */
+export function barChart(canvas: HTMLCanvasElement, groups: BarGroup[], opts: { title: string }): number {
+  const { ctx, width: W, height: H } = prepareCanvas(canvas);
+  const pad = { l: 44, r: 8, t: 18, b: 18 };
+  ctx.fillStyle = '#fff';
+  ctx.fillRect(0, 0, W, H);
+  ctx.fillStyle = '#333';
+  ctx.fillText(opts.title, pad.l, 12);
+  const all = groups.flatMap((g) => g.values).filter(Number.isFinite);
+  if (all.length === 0) {
+    ctx.fillStyle = '#999';
+    ctx.fillText('no data yet', W / 2 - 25, H / 2);
+    return 0;
+  }
+  const y1 = Math.max(...all, 0) || 1;
+  const y0 = Math.min(...all, 0);
+  const Y = (y: number) => H - pad.b - ((y - y0) / (y1 - y0)) * (H - pad.t - pad.b);
+  ctx.strokeStyle = '#ddd';
+  ctx.fillStyle = '#666';
+  for (let i = 0; i <= 4; i++) {
+    const y = y0 + ((y1 - y0) * i) / 4;
+    ctx.beginPath();
+    ctx.moveTo(pad.l, Y(y));
+    ctx.lineTo(W - pad.r, Y(y));
+    ctx.stroke();
+    ctx.fillText(y.toPrecision(3), 2, Y(y) + 4);
+  }
+  const gap = 1;
+  const slots = groups.reduce((n, g) => n + g.values.length, 0) + gap * (groups.length - 1);
+  const bw = (W - pad.l - pad.r) / slots;
+  let x = pad.l;
+  let drawn = 0;
+  for (const g of groups) {
+    const n = g.values.length;
+    ctx.fillStyle = '#333';
+    ctx.fillText(g.label, x, H - 4);
+    g.values.forEach((v, e) => {
+      if (!Number.isFinite(v)) return;
+      const ci = g.colorIndex?.[e] ?? e;
+      const top = Y(Math.max(v, 0));
+      const h = Math.max(1, Math.abs(Y(v) - Y(0)));
+      const left = x + e * bw + 1;
+      const width = Math.max(1, bw - 2);
+      if (g.hollow?.[e]) {
+        ctx.strokeStyle = expertColor(ci, n);
+        ctx.lineWidth = 1.5;
+        ctx.setLineDash([3, 2]);
+        ctx.strokeRect(left, top, width, h);
+        ctx.setLineDash([]);
+        ctx.lineWidth = 1;
+      } else {
+        ctx.fillStyle = expertColor(ci, n);
+        ctx.fillRect(left, top, width, h);
+      }
+      drawn++;
+    });
+    x += (n + gap) * bw;
+  }
+  return drawn;
+}

@@ -3,7 +3,9 @@
  * encoded and decoded by core's checkpoint-format functions, so files move both ways between the
  * playground and `moelab`. Uploaded files are only parsed (JSON.parse, the safetensors header), never run.
  */
+import { isQuantized, loadQuantizedState } from '@moelab/compress';
 import {
+  buildModel,
   type CheckpointConfig,
   type CheckpointInfo,
   decodeCheckpoint,
@@ -11,7 +13,9 @@ import {
   type LanguageModel,
   MoelabError,
   type Module,
+  parseCheckpointConfig,
   type Registry,
+  readSafetensors,
 } from '@moelab/core';
 
 export interface UploadedFile {
@@ -56,7 +60,30 @@ export function pickCheckpointFiles(files: UploadedFile[]): { config: UploadedFi
   return { config, weights };
 }
 
-/** Decode uploaded checkpoint files into a model (strict weight loading). */
+/**
+ * An ordinary checkpoint through core's decoder; a quantized one (`moelab quantize`, the Compress
+ * section) is built from its config and its codes dequantized to float weights at load.
+ */
+function decodeWeights<M extends Module & LanguageModel>(
+  text: string,
+  weights: UploadedFile,
+  registry: Registry,
+  configName: string,
+): { model: M; config: CheckpointConfig } {
+  const file = readSafetensors(weights.bytes, weights.name);
+  if (!isQuantized(file)) return decodeCheckpoint<M>(text, weights.bytes, registry, { config: configName, weights: weights.name });
+  const config = parseCheckpointConfig(text, configName);
+  const model = buildModel<M>(config.spec, registry, config.seed ?? 0);
+  try {
+    loadQuantizedState(model, file, { packed: false, source: weights.name });
+  } catch (e) {
+    model.dispose();
+    throw e;
+  }
+  return { model, config };
+}
+
+/** Decode uploaded checkpoint files into a model (strict weight loading; quantized weights are dequantized). */
 export function loadCheckpointFiles<M extends Module & LanguageModel>(files: UploadedFile[], registry: Registry): { model: M; config: CheckpointConfig } {
   const { config, weights } = pickCheckpointFiles(files);
   let text: string;
@@ -65,7 +92,7 @@ export function loadCheckpointFiles<M extends Module & LanguageModel>(files: Upl
   } catch {
     throw new MoelabError('config.json is not UTF-8 text', config.name);
   }
-  const loaded = decodeCheckpoint<M>(text, weights.bytes, registry, { config: config.name, weights: weights.name });
+  const loaded = decodeWeights<M>(text, weights, registry, config.name);
   if ((loaded.config.tokenizer ?? 'byte') !== 'byte') {
     loaded.model.dispose();
     throw new MoelabError(

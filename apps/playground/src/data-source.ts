@@ -8,6 +8,8 @@ import { $, fmt } from './dom.js';
 export class DataSource {
   private brown?: TextData;
   private ownFile?: TextData;
+  /** Texts added by other sections (the Fine-tune section's fine-tuning text), in the order added. */
+  private readonly extra: TextData[] = [];
 
   /** Wires the file input and the drop zone. */
   constructor() {
@@ -64,19 +66,37 @@ export class DataSource {
     return this.loadBrown();
   }
 
+  /**
+   * Every text the page has: the bundled corpus (when it loaded), the Build section's file and the
+   * texts other sections added. Names are unique (a re-added file replaces the earlier one).
+   */
+  async texts(): Promise<TextData[]> {
+    const out: TextData[] = [];
+    try {
+      out.push(await this.loadBrown());
+    } catch {
+      // Shown under the data choice already (preload).
+    }
+    if (this.ownFile) out.push(this.ownFile);
+    for (const t of this.extra) if (!out.some((o) => o.name === t.name)) out.push(t);
+    return out;
+  }
+
+  /** Read and split a text file for another section (its last 10% is validation) and keep it in `texts()`. */
+  async addTextFile(file: File): Promise<TextData> {
+    const data = await readTextFile(file);
+    const at = this.extra.findIndex((t) => t.name === data.name);
+    if (at >= 0) this.extra.splice(at, 1);
+    this.extra.push(data);
+    return data;
+  }
+
   private async useTextFile(file: File): Promise<void> {
     const status = $('#data-status');
     const err = $('#data-error');
     err.textContent = '';
     try {
-      const bytes = new Uint8Array(await file.arrayBuffer());
-      let text: string;
-      try {
-        text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
-      } catch {
-        throw new Error(`${file.name}: not UTF-8 text`);
-      }
-      this.ownFile = splitText(file.name, text);
+      this.ownFile = await readTextFile(file);
       $<HTMLInputElement>('input[name=data][value=file]').checked = true;
       status.textContent = `${file.name}: ${fmt(this.ownFile.train.length)} train + ${fmt(this.ownFile.val.length)} validation characters`;
     } catch (e) {
@@ -84,4 +104,16 @@ export class DataSource {
       err.textContent = (e as Error).message;
     }
   }
+}
+
+/** A chosen or dropped file as training text (UTF-8 only; see splitText for the split and the checks). */
+export async function readTextFile(file: File): Promise<TextData> {
+  const bytes = new Uint8Array(await file.arrayBuffer());
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    throw new Error(`${file.name}: not UTF-8 text`);
+  }
+  return splitText(file.name, text);
 }

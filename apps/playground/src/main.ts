@@ -9,12 +9,18 @@
  *                   generation, checkpoint save / load (checkpoint-io.ts)
  *   charts.ts       the canvas charts, sized for the screen's pixel ratio
  *   upcycle-view.ts dense runs or checkpoint files -> an upcycler -> provenance table -> train in a run
+ *   finetune-view.ts a run's model or checkpoint files -> an adapter method -> trained in a job worker
+ *                   (job-worker.ts, finetune.ts) -> parameter counts, perplexity on two domains
+ *   compress-view.ts a run's model or checkpoint files -> quantize / prune / merge in a job worker
+ *                   (compress.ts) -> size, perplexity, per-expert scores -> download or load into a run
  */
 import { tf } from '@moelab/core';
 import { BACKEND_CHOICES } from './backends.js';
 import { lineChart, RedrawOnResize, type Series } from './charts.js';
+import { CompressView } from './compress-view.js';
 import { DataSource } from './data-source.js';
 import { $, el } from './dom.js';
+import { FinetuneView } from './finetune-view.js';
 import { createPlaygroundRegistry } from './registry.js';
 import { RunPanel } from './run-panel.js';
 import { SpecEditor } from './spec-editor.js';
@@ -52,6 +58,8 @@ const host = {
 };
 const runs = [new RunPanel('A', $('#run-panels'), host), new RunPanel('B', $('#run-panels'), host)];
 const upcycleView = new UpcycleView(registry, { runs, data: () => data.current(), trainConfig: () => editor.trainConfig() });
+const finetuneView = new FinetuneView(registry, { runs, data, backend: () => backendSelect.value, resize, onChange: scheduleDraw });
+const compressView = new CompressView({ runs, data: () => data.current(), backend: () => backendSelect.value, resize, onChange: scheduleDraw });
 const compare = $<HTMLCanvasElement>('#compare');
 resize.observe(compare);
 
@@ -67,6 +75,8 @@ function drawCompare(): void {
 function drawAll(): void {
   for (const r of runs) r.draw();
   drawCompare();
+  finetuneView.draw();
+  compressView.draw();
 }
 
 declare global {
@@ -79,6 +89,8 @@ window.playground = {
   spec: () => editor.spec(),
   summary: () => ({ ...$('#summary').dataset }),
   upcycle: () => upcycleView.snapshot(),
+  finetune: () => finetuneView.snapshot(),
+  compress: () => compressView.snapshot(),
 };
 
 async function startUp(): Promise<void> {

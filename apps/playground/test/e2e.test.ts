@@ -4,7 +4,9 @@
  * checks the expert-load heatmap and routed-token colouring render, generates text, saves a checkpoint
  * (two downloads) that the CLI's loader reads, loads it back into the second run (same validation
  * loss), rejects a malformed upload with a clear message, and saves a screenshot to test-results/.
- * Then it upcycles a dense run into an MoE in the Upcycle section (provenance table) and trains it in run B.
+ * Then it upcycles a dense run into an MoE in the Upcycle section (provenance table) and trains it in run B,
+ * fine-tunes a trained MoE with LoRA in the Fine-tune section (counts, perplexity on both domains, the
+ * adapter download) and compresses it in the Compress section (size, perplexity, per-expert chart).
  * A second test boots the app through Vite's dev server (what `pnpm --filter playground dev` runs)
  * and trains a few steps there, so the development path is checked too, not only the build.
  */
@@ -40,7 +42,7 @@ function buildApp(): void {
     join(app, 'src'),
     join(app, 'index.html'),
     join(app, 'vite.config.ts'),
-    ...['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune'].map((p) => join(app, '../../packages', p, 'src')),
+    ...['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune', 'compress'].map((p) => join(app, '../../packages', p, 'src')),
   ];
   const newest = Math.max(...sources.map((s) => (statSync(s).isDirectory() ? newestMtime(s) : statSync(s).mtimeMs)));
   const built = existsSync(join(dist, 'index.html')) ? statSync(join(dist, 'index.html')).mtimeMs : 0;
@@ -301,6 +303,105 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     await page.screenshot({ path: join(results, 'playground-upcycle.png'), fullPage: true });
     expect(pageErrors).toEqual([]);
   }, 240_000);
+
+  it('fine-tunes a trained MoE with LoRA (counts, perplexity on both domains) and compresses it (size, perplexity, per-expert scores)', async () => {
+    type Ft = {
+      state: string;
+      counts?: { trainable: number; frozen: number; base: number; added: number };
+      domains: { role: string; name: string; before: number; after?: number }[];
+      losses: [number, number][];
+      files: string[];
+      errors: string[];
+    };
+    type Cp = {
+      state: string;
+      result?: {
+        size: { before: { bytes: number; parameters: number }; after: { bytes: number; parameters: number } };
+        perplexity: { before: number; after: number };
+        experts: { values: number[]; kept?: boolean[] }[];
+      };
+      barsDrawn: number;
+      errors: string[];
+    };
+    const ft = (): Promise<Ft> => page.evaluate(() => (window as unknown as { playground: { finetune: () => unknown } }).playground.finetune());
+    const cp = (): Promise<Cp> => page.evaluate(() => (window as unknown as { playground: { compress: () => unknown } }).playground.compress());
+    // A trained moe-micro in run A (8 steps).
+    await page.selectOption('#preset', 'moe-micro');
+    await page.click('#use-preset');
+    await page.fill('#train-steps', '8');
+    await page.dispatchEvent('#train-steps', 'change');
+    const parameters = Number(await page.getAttribute('#summary', 'data-parameters'));
+    await page.click('#run-a .build');
+    await page.waitForFunction(() => document.querySelector('#run-a .params')?.textContent?.includes('8 steps'), null, { timeout: 60_000 });
+    await page.click('#run-a .start');
+    await page.waitForFunction(
+      () => (window as unknown as { playground: { runs: Record<string, () => { state: string }> } }).playground.runs.A!().state === 'done',
+      null,
+      { timeout: 120_000, polling: 500 },
+    );
+
+    // Fine-tune: run A's model, LoRA rank 4, 5 steps on an uploaded text; the base's domain is the bundled corpus.
+    await page.click('.ft-use-a');
+    await page.waitForFunction(() => document.querySelector('.ft-model')?.textContent?.includes('runA@8'), null, { timeout: 30_000 });
+    await page.setInputFiles('#ft-file', { name: 'drill.txt', mimeType: 'text/plain', buffer: Buffer.from('abcd efgh abcd efgh ijkl. '.repeat(120)) });
+    await expect.poll(async () => page.inputValue('#ft-target')).toBe('drill.txt');
+    expect(await page.inputValue('#ft-general')).toBe('brown (bundled slice)');
+    await page.selectOption('#ft-method', 'lora');
+    await page.fill('#ft-options', '{ "rank": 4 }');
+    await page.fill('#ft-steps', '5');
+    await page.click('#ft-run');
+    await expect.poll(async () => (await ft()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
+    const f = await ft();
+    expect(f.errors).toEqual([]);
+    // LoRA rank 4 on q and v (32 -> 32) of both layers: 2 x 2 x 4 x (32 + 32) trainable; the whole base frozen.
+    expect(f.counts).toEqual({ trainable: 2 * 2 * 4 * 64, added: 2 * 2 * 4 * 64, frozen: parameters, base: parameters });
+    expect(await page.getAttribute('#ft-counts', 'data-trainable')).toBe('1024');
+    expect(f.losses.length).toBe(5);
+    expect(f.domains.map((d) => [d.role, d.name])).toEqual([
+      ['target', 'drill.txt'],
+      ['general', 'brown (bundled slice)'],
+    ]);
+    for (const d of f.domains) {
+      expect(d.before).toBeGreaterThan(1);
+      expect(d.after).toBeGreaterThan(1);
+    }
+    for (const role of ['target', 'general'])
+      for (const cell of ['before', 'after']) expect(Number(await page.textContent(`#ft-perplexity tr[data-role=${role}] td.${cell}`))).toBeGreaterThan(1);
+    expect(f.files).toEqual(['adapter.json', 'adapter.safetensors']);
+    const adapterJson = new Promise<string>((resolve) => {
+      page.once('download', async (d: { suggestedFilename(): string; path(): Promise<string> }) => resolve(readFileSync(await d.path(), 'utf8')));
+    });
+    await page.click('#ft-save');
+    const adapter = JSON.parse(await adapterJson);
+    expect(adapter.format).toBe('moelab-adapter-v1');
+    expect(adapter.counts.trainable).toBe(1024);
+
+    // Compress run A's model: 4-bit experts shrink the file; pruning half the experts by REAP removes parameters.
+    await page.click('.cp-use-a');
+    await page.waitForFunction(() => document.querySelector('.cp-model')?.textContent?.includes('runA@8'), null, { timeout: 30_000 });
+    await page.selectOption('#cp-method', 'quantize');
+    await page.selectOption('#cp-bits', '4');
+    await page.click('#cp-run');
+    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
+    const q = await cp();
+    expect(q.errors).toEqual([]);
+    expect(q.result!.size.after.bytes).toBeLessThan(q.result!.size.before.bytes);
+    expect(q.result!.size.after.parameters).toBe(parameters);
+    expect(Number(await page.textContent('#cp-table tr[data-row=perplexity] td.after'))).toBeGreaterThan(1);
+    expect(q.barsDrawn).toBe(2 * 4);
+    await page.selectOption('#cp-method', 'prune');
+    await page.selectOption('#cp-score', 'reap');
+    await page.fill('#cp-ratio', '0.5');
+    await page.click('#cp-run');
+    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
+    const p = await cp();
+    expect(p.errors).toEqual([]);
+    expect(p.result!.size.after.parameters).toBeLessThan(parameters);
+    expect(p.result!.experts.map((l) => l.kept!.filter(Boolean).length)).toEqual([2, 2]);
+    expect(p.barsDrawn).toBe(2 * 4);
+    await page.screenshot({ path: join(results, 'playground-finetune-compress.png'), fullPage: true });
+    expect(pageErrors).toEqual([]);
+  }, 240_000);
 });
 
 describe.skipIf(!hasChromium)('playground charts on a high-DPI screen', () => {
@@ -342,8 +443,8 @@ describe.skipIf(!hasChromium)('playground charts on a high-DPI screen', () => {
 
       const first = await canvases();
       expect(first.dpr).toBe(2);
-      // The comparison chart and each run's loss and speed charts.
-      expect(first.list.length).toBe(5);
+      // The comparison chart, each run's loss and speed charts, the fine-tuning loss and the per-expert scores.
+      expect(first.list.length).toBe(7);
       for (const c of first.list) {
         expect(c.cssWidth).toBeGreaterThan(100);
         expect(c.cssHeight).toBeGreaterThan(30);

@@ -1,0 +1,315 @@
+/**
+ * Compression in the page (no DOM here; the view is compress-view.ts, the work runs in job-worker.ts):
+ * a trained checkpoint (a run of the page, or uploaded files), one `@moelab/compress` method, and what it
+ * changed — checkpoint size, parameters and validation perplexity — with a score per expert:
+ *
+ *   quantize  weight-only, 8/4/3/2-bit codes with one scale per output channel (or per `group` input
+ *             rows), routed experts only (MoQE) or every matrix; per expert: the relative weight error
+ *             ‖W_e − Ŵ_e‖ / ‖W_e‖ over the expert's matrices.
+ *   prune     remove round(ratio · E) experts of every MoE layer by a calibration score (REAP,
+ *             frequency, EAN, …, random); per expert: that score (removed experts are marked).
+ *   merge     MC-SMoE: group the experts around the G most used ones by router-logit similarity, align
+ *             hidden units, average with usage weights and bind every slot of a group to the merged
+ *             expert; per expert: its usage frequency on the calibration text (and its group).
+ *
+ * Calibration uses the train split of the page's data, perplexity its validation split: non-overlapping
+ * windows of the checkpoint's sequence length, the same windows before and after. Perplexity is per byte.
+ * The equations and the papers are in docs/compression.md.
+ */
+import {
+  PRUNE_SCORES,
+  type PruneScore,
+  pruneExperts,
+  QUANT_BITS,
+  quantizedSize,
+  quantizedTensors,
+  quantizeModel,
+  dequantizeTensor,
+  loadQuantizedState,
+  mergeExperts,
+  moeLayers,
+  RoutingObserver,
+  routedExpertBanks,
+} from '@moelab/compress';
+import {
+  buildModel,
+  type CheckpointConfig,
+  checkpointConfigText,
+  crossEntropy,
+  encodeCheckpoint,
+  forwardContext,
+  type LanguageModel,
+  MoelabError,
+  type Module,
+  type PackedBits,
+  type Registry,
+  Rng,
+  readSafetensors,
+  tf,
+  writeSafetensors,
+} from '@moelab/core';
+import { loadCheckpointFiles, type UploadedFile } from './checkpoint.js';
+import { type TextData, TextTokens } from './data.js';
+
+type Model = Module & LanguageModel;
+
+export type CompressMethod =
+  | { kind: 'quantize'; bits: number; group?: number; scope: 'experts' | 'all' }
+  | { kind: 'prune'; score: PruneScore; ratio: number; preserveSuper?: boolean; seed?: number }
+  | { kind: 'merge'; groups: number; align?: boolean };
+
+export const COMPRESS_KINDS = ['quantize', 'prune', 'merge'] as const;
+export { PRUNE_SCORES, QUANT_BITS };
+
+export interface CompressRequest {
+  files: UploadedFile[];
+  method: CompressMethod;
+  data: TextData;
+  /** Calibration tokens (train split; prune and merge). Default 4096. */
+  calibTokens?: number;
+  /** Evaluation tokens (validation split). Default 4096. */
+  evalTokens?: number;
+  batchSize?: number;
+}
+
+export interface ModelSize {
+  parameters: number;
+  /** Bytes of model.safetensors. */
+  bytes: number;
+  /** Parameters that differ (merged experts share one copy per group). */
+  distinctParameters: number;
+}
+
+export interface ExpertScores {
+  layer: string;
+  values: number[];
+  /** Pruning: whether each expert was kept. */
+  kept?: boolean[];
+  /** Merging: the group index of each expert. */
+  group?: number[];
+}
+
+export interface CompressResult {
+  /** One line: what was done. */
+  summary: string;
+  /** What the per-expert values are. */
+  score: string;
+  size: { before: ModelSize; after: ModelSize };
+  perplexity: { before: number; after: number; data: string; tokens: number };
+  experts: ExpertScores[];
+  /** The compressed checkpoint (for quantize, the packed format `moelab` reads). */
+  files: { name: string; bytes: Uint8Array }[];
+  /** The compressed model as an ordinary float checkpoint a run of the page loads. */
+  runFiles: { name: string; bytes: Uint8Array }[];
+}
+
+/** Non-overlapping windows [seqLen + 1] of a split, at most `maxTokens` targets, or a one-line error. */
+export function textWindows(data: TextData, split: 'train' | 'val', seqLen: number, maxTokens: number): Int32Array[] {
+  const ids = new TextTokens(data).tokens(split);
+  const out: Int32Array[] = [];
+  for (let at = 0; at + seqLen + 1 <= ids.length && (out.length + 1) * seqLen <= maxTokens; at += seqLen) out.push(ids.subarray(at, at + seqLen + 1));
+  if (out.length === 0)
+    throw new MoelabError(
+      `the ${split} split has ${ids.length} tokens, fewer than one window of ${seqLen + 1} (or the token budget ${maxTokens} is below ${seqLen})`,
+      data.name,
+    );
+  return out;
+}
+
+/** Batches of windows as [B, T+1] int32 tensors (the caller disposes them). */
+function* batches(windows: Int32Array[], batchSize: number): Generator<tf.Tensor2D> {
+  for (let i = 0; i < windows.length; i += batchSize) {
+    const part = windows.slice(i, i + batchSize);
+    const T1 = part[0]!.length;
+    const flat = new Int32Array(part.length * T1);
+    for (const [b, w] of part.entries()) flat.set(w, b * T1);
+    yield tf.tensor2d(flat, [part.length, T1], 'int32');
+  }
+}
+
+/** Per-byte perplexity of the windows' next-token predictions. */
+export function windowsPerplexity(model: Model, windows: Int32Array[], batchSize: number): number {
+  let sum = 0;
+  let tokens = 0;
+  for (const batch of batches(windows, batchSize)) {
+    const [B, T1] = batch.shape;
+    sum += tf.tidy(() => {
+      const logits = model.forward(tf.slice(batch, [0, 0], [B, T1 - 1]), forwardContext(new Rng(0), false));
+      return crossEntropy(logits, tf.slice(batch, [0, 1], [B, T1 - 1])).dataSync()[0]! * B * (T1 - 1);
+    });
+    tokens += B * (T1 - 1);
+    batch.dispose();
+  }
+  return Math.exp(sum / tokens);
+}
+
+/** One observed pass over the calibration windows: every routing statistic the methods need. */
+export function calibrate(model: Model, windows: Int32Array[], batchSize: number, domain: string): RoutingObserver {
+  const observer = new RoutingObserver();
+  for (const batch of batches(windows, batchSize)) {
+    observer.observeLoss(model, batch, { domain });
+    batch.dispose();
+  }
+  return observer;
+}
+
+function size(model: Module, bytes: number, distinct = model.parameterCount()): ModelSize {
+  return { parameters: model.parameterCount(), bytes, distinctParameters: distinct };
+}
+
+const checkpointPair = (configJson: string, weights: Uint8Array) => [
+  { name: 'config.json', bytes: new TextEncoder().encode(configJson) },
+  { name: 'model.safetensors', bytes: weights },
+];
+
+function ordinaryCheckpoint(model: Module, config: CheckpointConfig, spec = config.spec) {
+  const { configJson, weights } = encodeCheckpoint(model, { spec, step: config.step, seed: config.seed ?? 0, train: config.train });
+  return { configJson, weights };
+}
+
+function checkMethod(m: CompressMethod): void {
+  if (m.kind === 'quantize') {
+    if (!(QUANT_BITS as readonly number[]).includes(m.bits)) throw new MoelabError(`bits must be one of ${QUANT_BITS.join(', ')} (got ${m.bits})`, 'bits');
+  } else if (m.kind === 'prune') {
+    if (!(PRUNE_SCORES as readonly string[]).includes(m.score))
+      throw new MoelabError(`unknown pruning score "${m.score}"; one of ${PRUNE_SCORES.join(', ')}`, 'score');
+    if (!(m.ratio > 0 && m.ratio < 1)) throw new MoelabError(`the ratio must be in (0, 1), got ${m.ratio}`, 'ratio');
+  } else if (m.kind === 'merge') {
+    if (!Number.isInteger(m.groups) || m.groups < 1) throw new MoelabError(`groups must be a positive integer, got ${m.groups}`, 'groups');
+  } else throw new MoelabError(`unknown method "${(m as { kind: string }).kind}"; one of ${COMPRESS_KINDS.join(', ')}`, 'method');
+}
+
+/**
+ * Run one compression method on checkpoint files. `progress` hears each phase (the worker posts them).
+ * The inputs are never changed; every model built here is disposed.
+ */
+export function compressInPage(registry: Registry, request: CompressRequest, progress: (phase: string) => void = () => {}): CompressResult {
+  checkMethod(request.method);
+  const { model, config } = loadCheckpointFiles<Model>(request.files, registry);
+  const disposables: Module[] = [model];
+  try {
+    const seqLen = Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
+    const batchSize = request.batchSize ?? 8;
+    const evalWindows = textWindows(request.data, 'val', seqLen, request.evalTokens ?? 4096);
+    const weightsBytes = request.files.find((f) => f.name.endsWith('.safetensors'))?.bytes.length ?? ordinaryCheckpoint(model, config).weights.length;
+    const before = size(model, weightsBytes);
+    progress('perplexity before');
+    const pplBefore = windowsPerplexity(model, evalWindows, batchSize);
+    const done = (r: Omit<CompressResult, 'perplexity'>, after: Model): CompressResult => {
+      progress('perplexity after');
+      return {
+        ...r,
+        perplexity: {
+          before: pplBefore,
+          after: windowsPerplexity(after, evalWindows, batchSize),
+          data: request.data.name,
+          tokens: evalWindows.length * seqLen,
+        },
+      };
+    };
+    const m = request.method;
+    if (m.kind === 'quantize') {
+      progress('quantizing');
+      const q = quantizeModel(model, { bits: m.bits as PackedBits, group: m.group ?? 0, targets: m.scope === 'all' ? ['**'] : undefined });
+      const { tensors, metadata } = quantizedTensors(q);
+      const weights = writeSafetensors(tensors, { ...metadata, format: config.format, step: String(config.step) });
+      // What every backend but moelab-cpu runs: the codes dequantized at load.
+      const loaded = buildModel<Model>(config.spec, registry, config.seed ?? 0);
+      disposables.push(loaded);
+      loadQuantizedState(loaded, readSafetensors(weights), { packed: false });
+      const experts: ExpertScores[] = [];
+      for (const { path, layer, bank } of routedExpertBanks(model)) {
+        const E = bank.numExperts;
+        const num = new Float64Array(E);
+        const den = new Float64Array(E);
+        for (const [name, v] of bank.namedParameters()) {
+          const p = q.packed.get(`${path}.${name}`);
+          if (!p || v.shape[0] !== E) continue;
+          const w = v.dataSync() as Float32Array;
+          const wHat = dequantizeTensor(p);
+          const per = w.length / E;
+          for (let e = 0; e < E; e++)
+            for (let i = e * per; i < (e + 1) * per; i++) {
+              num[e]! += (w[i]! - wHat[i]!) ** 2;
+              den[e]! += w[i]! ** 2;
+            }
+        }
+        if (den.some((d) => d > 0)) experts.push({ layer: layer.path, values: Array.from(num, (n, e) => (den[e]! > 0 ? Math.sqrt(n / den[e]!) : 0)) });
+      }
+      const s = quantizedSize(q.packed);
+      const after = ordinaryCheckpoint(loaded, config);
+      return done(
+        {
+          summary: `${q.packed.size} ${m.scope === 'all' ? '' : 'expert '}matrices to ${q.options.bits} bits (${q.options.group ? `a scale per ${q.options.group} input rows` : 'a scale per output channel'}): ${s.floatBytes.toLocaleString('en-US')} float32 bytes -> ${s.packedBytes.toLocaleString('en-US')} packed`,
+          score: 'relative weight error ‖W − Ŵ‖ / ‖W‖',
+          size: { before, after: size(loaded, weights.length) },
+          experts,
+          files: checkpointPair(checkpointConfigText(config), weights),
+          runFiles: checkpointPair(after.configJson, after.weights),
+        },
+        loaded,
+      );
+    }
+    const calibWindows = textWindows(request.data, 'train', seqLen, request.calibTokens ?? 4096);
+    progress('calibrating');
+    const observer = calibrate(model, calibWindows, batchSize, request.data.name);
+    if (m.kind === 'prune') {
+      progress('pruning');
+      const pruned = pruneExperts(
+        registry,
+        observer,
+        { spec: config.spec, model },
+        { method: m.score, ratio: m.ratio, seed: m.seed ?? 0, preserveSuper: !!m.preserveSuper },
+      );
+      disposables.push(pruned.model);
+      const out = ordinaryCheckpoint(pruned.model, config, pruned.spec);
+      const experts = [...pruned.plan.scores].map(([layer, scores]) => {
+        const keep = pruned.plan.keep.get(layer) ?? [];
+        return { layer, values: Array.from(scores), kept: Array.from(scores, (_, e) => keep.includes(e)) };
+      });
+      const removed = experts.reduce((n, l) => n + l.kept.filter((k) => !k).length, 0);
+      return done(
+        {
+          summary: `removed ${removed} experts by ${m.score} (ratio ${m.ratio}), calibrated on ${calibWindows.length * seqLen} tokens of ${request.data.name}`,
+          score: `${m.score} score`,
+          size: { before, after: size(pruned.model, out.weights.length) },
+          experts,
+          files: checkpointPair(out.configJson, out.weights),
+          runFiles: checkpointPair(out.configJson, out.weights),
+        },
+        pruned.model,
+      );
+    }
+    // Merge: in place on `model` (its weights were measured above), every slot of a group bound to one expert.
+    progress('merging');
+    const layers = moeLayers(model);
+    const usage = new Map(layers.map((l) => [l.path, Array.from(observer.layer(l.path).load())]));
+    const report = mergeExperts(registry, observer, { spec: config.spec, model }, { groups: m.groups, align: m.align ?? true });
+    let shared = 0;
+    const experts: ExpertScores[] = [];
+    for (const l of layers) {
+      const groups = report.groups.get(l.path);
+      if (!groups) continue;
+      shared += (l.numExperts - groups.length) * l.layer.experts.parametersPerExpert();
+      const group = new Array<number>(l.numExperts).fill(-1);
+      groups.forEach((g, gi) => {
+        for (const e of g) group[e] = gi;
+      });
+      experts.push({ layer: l.path, values: usage.get(l.path) ?? [], group });
+    }
+    const out = ordinaryCheckpoint(model, config);
+    return done(
+      {
+        summary: `merged every MoE layer's experts into ${m.groups} groups (${m.align === false ? 'plain average' : 'MC-SMoE, aligned'}); every slot of a group holds the merged expert, so the file keeps its size and ${shared.toLocaleString('en-US')} parameters are duplicates`,
+        score: 'usage frequency on the calibration text (colour: merged group)',
+        size: { before, after: size(model, out.weights.length, model.parameterCount() - shared) },
+        experts,
+        files: checkpointPair(out.configJson, out.weights),
+        runFiles: checkpointPair(out.configJson, out.weights),
+      },
+      model,
+    );
+  } finally {
+    for (const d of disposables) d.dispose();
+  }
+}

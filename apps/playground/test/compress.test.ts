@@ -1,0 +1,104 @@
+/**
+ * The playground's compression path (src/compress.ts, what the Compress section's worker runs) on a
+ * trained moe-micro checkpoint: quantization (smaller file, per-expert error monotone in the bits, the
+ * packed file loads back through the upload path), pruning (half the experts gone, the scores and the
+ * kept set agree), merging (groups, duplicates counted), and one-line errors for bad input.
+ */
+import { buildModel, type LanguageModel, type Module, resolveBackend, Trainer } from '@moelab/core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { checkpointFiles, loadCheckpointFiles } from '../src/checkpoint.js';
+import { type CompressMethod, compressInPage, textWindows, windowsPerplexity } from '../src/compress.js';
+import { splitText, TextTokens } from '../src/data.js';
+import { createPlaygroundRegistry } from '../src/registry.js';
+
+type Model = Module & LanguageModel;
+const registry = createPlaygroundRegistry();
+const data = splitText('fox.txt', 'The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. '.repeat(60));
+
+let files: { name: string; bytes: Uint8Array }[];
+
+beforeAll(async () => {
+  await resolveBackend('cpu');
+  // moe-micro (4 experts, top-2, 2 layers) trained 20 steps, as a run of the page exports it.
+  const preset = registry.preset('moe-micro');
+  const model = buildModel<Model>(preset.spec, registry, 5);
+  const trainer = new Trainer(model, new TextTokens(data), { ...preset.train, batchSize: 4, seqLen: 16, steps: 20, seed: 5 });
+  for (let i = 0; i < 20; i++) trainer.trainStep();
+  const { configJson, weights } = checkpointFiles(model, { spec: preset.spec, step: 20, seed: 5, train: { ...preset.train, batchSize: 4, seqLen: 16 } });
+  model.dispose();
+  files = [
+    { name: 'config.json', bytes: new TextEncoder().encode(configJson) },
+    { name: 'model.safetensors', bytes: weights },
+  ];
+});
+
+const run = (method: CompressMethod) => compressInPage(registry, { files, method, data, calibTokens: 1024, evalTokens: 1024 });
+
+/** Perplexity of checkpoint files on the same validation windows compressInPage uses. */
+function filesPerplexity(f: { name: string; bytes: Uint8Array }[]): number {
+  const { model } = loadCheckpointFiles<Model>(f, registry);
+  const ppl = windowsPerplexity(model, textWindows(data, 'val', 16, 1024), 8);
+  model.dispose();
+  return ppl;
+}
+
+describe('compression in the playground', () => {
+  it('quantizes the routed experts: smaller file, per-expert error grows as bits fall, the packed file loads back', () => {
+    const q4 = run({ kind: 'quantize', bits: 4, scope: 'experts' });
+    const q2 = run({ kind: 'quantize', bits: 2, scope: 'experts' });
+    expect(q4.size.after.parameters).toBe(q4.size.before.parameters);
+    expect(q4.size.after.bytes).toBeLessThan(q4.size.before.bytes);
+    expect(q2.size.after.bytes).toBeLessThan(q4.size.after.bytes);
+    expect(q4.experts.map((l) => l.layer)).toEqual(['transformer.layers.0.ffn', 'transformer.layers.1.ffn']);
+    q4.experts.forEach((l, i) => {
+      expect(l.values.length).toBe(4);
+      l.values.forEach((v, e) => {
+        expect(v).toBeGreaterThan(0);
+        expect(v).toBeLessThan(q2.experts[i]!.values[e]!);
+      });
+    });
+    expect(q4.perplexity.before).toBeCloseTo(filesPerplexity(files), 5);
+    // The downloadable (packed) checkpoint and the float one for a run both give the "after" perplexity.
+    expect(new TextDecoder().decode(q4.files[1]!.bytes.subarray(8, 400))).toContain('moelab.quantization');
+    expect(filesPerplexity(q4.files)).toBeCloseTo(q4.perplexity.after, 5);
+    expect(filesPerplexity(q4.runFiles)).toBeCloseTo(q4.perplexity.after, 5);
+    expect(Math.abs(q4.perplexity.after / q4.perplexity.before - 1)).toBeLessThan(0.1);
+  });
+
+  it('prunes half the experts by REAP: the lowest scores go, the result is a smaller ordinary checkpoint', () => {
+    const r = run({ kind: 'prune', score: 'reap', ratio: 0.5 });
+    expect(r.size.after.parameters).toBeLessThan(r.size.before.parameters);
+    expect(r.size.after.bytes).toBeLessThan(r.size.before.bytes);
+    for (const l of r.experts) {
+      expect(l.kept!.filter(Boolean).length).toBe(2);
+      const kept = l.values.filter((_, e) => l.kept![e]);
+      const removed = l.values.filter((_, e) => !l.kept![e]);
+      expect(Math.min(...kept)).toBeGreaterThanOrEqual(Math.max(...removed));
+    }
+    const { model } = loadCheckpointFiles<Model>(r.runFiles, registry);
+    expect(model.parameterCount()).toBe(r.size.after.parameters);
+    model.dispose();
+    expect(filesPerplexity(r.runFiles)).toBeCloseTo(r.perplexity.after, 5);
+  });
+
+  it('merges every layer into 2 groups: same file size, duplicated experts counted, usage sums to 1', () => {
+    const r = run({ kind: 'merge', groups: 2 });
+    expect(r.size.after.parameters).toBe(r.size.before.parameters);
+    expect(r.size.after.distinctParameters).toBeLessThan(r.size.after.parameters);
+    for (const l of r.experts) {
+      expect(new Set(l.group).size).toBe(2);
+      expect(l.values.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6);
+    }
+    expect(filesPerplexity(r.runFiles)).toBeCloseTo(r.perplexity.after, 5);
+  });
+
+  it('refuses bad input in one line', () => {
+    expect(() => run({ kind: 'quantize', bits: 5, scope: 'experts' })).toThrow(/bits must be one of 8, 4, 3, 2 \(got 5\)/);
+    expect(() => run({ kind: 'prune', score: 'reap', ratio: 1.5 })).toThrow(/ratio must be in \(0, 1\)/);
+    expect(() => run({ kind: 'prune', score: 'reap', ratio: 0.75 })).toThrow(/transformer\.layers\.0\.ffn: 1 experts would be left.*top-k = 2/);
+    expect(() => run({ kind: 'merge', groups: 0 })).toThrow(/groups must be a positive integer/);
+    expect(() =>
+      compressInPage(registry, { files, method: { kind: 'merge', groups: 2 }, data: { name: 'tiny.txt', train: 'x'.repeat(100), val: 'y' } }),
+    ).toThrow(/tiny\.txt.*fewer than one window/);
+  });
+});
