@@ -48,8 +48,23 @@ export { nexus, nexusExtend, nexusLinear } from './upcyclers/nexus.js';
 export { hashedNgramEmbeddings, seedMeanEmbeddings } from './embed.js';
 export { llamaMoE, moefication, moeSplit } from './upcyclers/split.js';
 export { cmoe } from './upcyclers/cmoe.js';
-export { ffnInputs } from './calibrate.js';
-export { balancedKMeans, checkPartition, contiguousPartition, normalisedRows, randomPartition, type Partition } from './partition.js';
+export { ffnInputs, ffnOutputGrads, hiddenActivations, type SequenceGrads } from './calibrate.js';
+export {
+  balancedGraphPartition,
+  balancedKMeans,
+  checkPartition,
+  coactivationGraph,
+  contiguousPartition,
+  edgeCut,
+  importancePartition,
+  normalisedRows,
+  randomPartition,
+  sharingInnerPartition,
+  sharingInterPartition,
+  type Partition,
+} from './partition.js';
+export { fitSelectionRouter, groupMass, type RouterFitOptions, type RouterFitResult } from './router-fit.js';
+export { PARTITIONS, type PartitionKind } from './upcyclers/split.js';
 export { averageInto, mergeSources, type MergeSources } from './merge.js';
 
 /** The upcyclers as a registry plugin: `createRegistry(corePlugin, routers, experts, attention, upcycle)`. */

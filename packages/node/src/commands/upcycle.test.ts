@@ -135,6 +135,28 @@ describe('moelab upcycle', () => {
     expect(loadCheckpoint(out, createDefaultRegistry()).model).toBeDefined();
   });
 
+  it('moefication --partition co-activation with --calibration: every group active reproduces the seed; without calibration a one-line error', async () => {
+    const text = join(dir, 'calibration.txt');
+    writeFileSync(text, 'The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs!\n'.repeat(20));
+    const out = join(dir, 'moefication', 'checkpoint');
+    const args = ['upcycle', '--method', 'moefication', '--partition', 'co-activation', '--seed', seed, '--config', '{"experts": 4, "k": 4}'];
+    const r = await cli(...args, '--calibration', text, '--samples', '6', '--provenance', 'none', '--out', out);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/4 experts of co-activation neuron groups per FFN/);
+    expect(r.out).toMatch(/router top-4 covers 100\.0% of held-out activation mass/);
+    const a = logits(loadCheckpoint(out, createDefaultRegistry()).model);
+    const b = logits(loadCheckpoint(seed, createDefaultRegistry()).model);
+    let diff = 0;
+    for (let i = 0; i < a.length; i++) diff = Math.max(diff, Math.abs(a[i]! - b[i]!));
+    expect(diff).toBeLessThan(1e-4);
+    const none = await cli(...args, '--out', join(dir, 'moefication-bad', 'checkpoint'));
+    expect(none.code).toBe(2);
+    expect(none.err).toMatch(/^moelab: sources\.calibration: partition "co-activation" needs calibration token sequences \(--calibration TEXT\)/);
+    const bad = await cli('upcycle', '--method', 'moefication', '--partition', 'metis', '--seed', seed, '--out', join(dir, 'moefication-bad', 'checkpoint'));
+    expect(bad.err).toMatch(/^moelab: upcycler\.partition/);
+  });
+
   it('bad input: one line naming the problem, no checkpoint written', async () => {
     const out = join(dir, 'bad', 'checkpoint');
     const unknown = await cli('upcycle', '--method', 'btz', '--seed', seed, '--experts', experts[0]!, '--out', out);

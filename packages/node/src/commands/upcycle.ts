@@ -5,6 +5,7 @@
  *
  *   moelab upcycle --method btx --seed runs/seed/checkpoint --experts runs/a/checkpoint,runs/b/checkpoint --out runs/btx/checkpoint
  *   moelab upcycle --method sparse-upcycle --seed runs/seed/checkpoint --experts 8 --out runs/su/checkpoint
+ *   moelab upcycle --method moefication --partition co-activation --seed runs/seed/checkpoint --calibration corpus.txt --out runs/mf/checkpoint
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -98,6 +99,12 @@ export const upcycleCommand = defineCommand({
       .addOption(new Option('--config <json>', 'the upcycler\'s options as JSON (or a JSON file), e.g. \'{"layers": "all"}\''))
       .addOption(new Option('--domains <list>', 'nexus: one text source per expert (file, folder, brown, sotu) for the domain embeddings'))
       .addOption(new Option('--domain-embeddings <file>', 'nexus: a JSON array with one embedding (array of numbers) per expert'))
+      .addOption(
+        new Option(
+          '--partition <name>',
+          'split methods: how neurons are grouped (contiguous, random, balanced-kmeans, co-activation, importance, sharing-inner, sharing-inter); same as --config \'{"partition": …}\'',
+        ),
+      )
       .addOption(new Option('--calibration <source>', 'split methods: text the seed is run on to collect activation statistics'))
       .addOption(new Option('--samples <n>', 'windows per domain / calibration windows').default(64).argParser(integer('--samples')))
       .addOption(new Option('--rng-seed <n>', 'seed of the router initialisation and every random choice').default(0).argParser(integer('--rng-seed')))
@@ -113,6 +120,7 @@ export const upcycleCommand = defineCommand({
     if (!['grouped', 'all', 'none'].includes(o.provenance)) throw new MoelabError(`--provenance must be grouped, all or none, got "${o.provenance}"`);
     const registry = createDefaultRegistry();
     const config = parseConfig(o.config);
+    if (o.partition !== undefined) config.partition = o.partition;
     const input: UpcycleInput = {};
     if (o.seed) input.seed = readSource(o.seed, '--seed');
     if (o.base) input.base = readSource(o.base, '--base');
