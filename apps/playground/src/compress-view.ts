@@ -1,7 +1,7 @@
 /**
  * The Compress section: pick a model (a run's model or checkpoint files) and a method of
- * `@moelab/compress` — quantize (bits, scale group, experts or every matrix), prune (score, ratio) or
- * merge (MC-SMoE, groups) — run it in a worker (job-worker.ts, compress.ts) on the page's data, and see
+ * `@moelab/compress` — quantize (bits, scale group, experts or every matrix), prune (score, ratio),
+ * merge (MC-SMoE, groups) or steer (SteerMoE, two texts) — run it in a worker (job-worker.ts, compress.ts) on the page's data, and see
  * the size, parameters and perplexity before and after and a chart of the per-expert scores; download
  * the compressed checkpoint or load it into a run.
  */
@@ -10,6 +10,7 @@ import type { BarGroup, RedrawOnResize } from './charts.js';
 import { barChart } from './charts.js';
 import { type CompressMethod, type CompressResult, PRUNE_SCORES, QUANT_BITS } from './compress.js';
 import type { TextData } from './data.js';
+import { type DataSource, fillTextSelect } from './data-source.js';
 import { $, download, el, fmt } from './dom.js';
 import type { FromJob, JobFile, ToJob } from './job-protocol.js';
 import { ModelSource } from './model-source.js';
@@ -17,7 +18,8 @@ import type { RunPanel } from './run-panel.js';
 
 export interface CompressHost {
   runs: RunPanel[];
-  data(): Promise<TextData>;
+  /** The page's texts: calibration and measurement use the Build section's choice; steering picks two. */
+  data: DataSource;
   backend(): string;
   resize: RedrawOnResize;
   onChange(): void;
@@ -38,6 +40,9 @@ export class CompressView {
   private readonly source: ModelSource;
   private readonly method = $<HTMLSelectElement>('#cp-method');
   private readonly chart = $<HTMLCanvasElement>('#cp-scores');
+  private readonly toward = $<HTMLSelectElement>('#cp-toward');
+  private readonly away = $<HTMLSelectElement>('#cp-away');
+  private texts: TextData[] = [];
 
   constructor(private readonly host: CompressHost) {
     this.source = new ModelSource($('#cp-model'), 'cp', host.runs, (m) => this.error(m));
@@ -55,6 +60,28 @@ export class CompressView {
       loads.append(b);
     }
     host.resize.observe(this.chart);
+    for (const s of [this.toward, this.away]) s.addEventListener('focus', () => void this.refreshTexts());
+    $<HTMLInputElement>('#cp-file').addEventListener('change', (e) => void this.addText((e.target as HTMLInputElement).files?.[0]));
+    void this.refreshTexts();
+  }
+
+  /** Fill the steering choices from the page's texts ("away" defaults to the first, "toward" to the last). */
+  async refreshTexts(prefer?: string): Promise<void> {
+    this.texts = await this.host.data.texts();
+    fillTextSelect(this.away, this.texts, 0);
+    fillTextSelect(this.toward, this.texts, this.texts.length - 1);
+    if (prefer) this.toward.value = prefer;
+  }
+
+  private async addText(file: File | undefined): Promise<void> {
+    if (!file) return;
+    $('#cp-error').textContent = '';
+    try {
+      const t = await this.host.data.addTextFile(file);
+      await this.refreshTexts(t.name);
+    } catch (e) {
+      this.error((e as Error).message);
+    }
   }
 
   /** What the e2e test reads through window.playground. */
@@ -73,14 +100,15 @@ export class CompressView {
     const groups: BarGroup[] = (this.result?.experts ?? []).map((l) => ({
       label: l.layer.replace(/^transformer\.layers\.(\d+)\.ffn$/, 'layer $1'),
       values: l.values,
-      hollow: l.kept?.map((k) => !k),
-      colorIndex: l.group,
+      hollow: l.kept?.map((k) => !k) ?? l.steer?.map((r) => r === 'block'),
+      // Steering colours the forced experts only (the rest grey).
+      colorIndex: l.group ?? l.steer?.map((r, e) => (r === 'force' ? e : -1)),
     }));
     this.barsDrawn = barChart(this.chart, groups, { title: this.result ? `Per expert: ${this.result.score}` : 'Per-expert scores' });
   }
 
   private showMethod(): void {
-    for (const kind of ['quantize', 'prune', 'merge']) $(`#cp-${kind}`).hidden = kind !== this.method.value;
+    for (const kind of ['quantize', 'prune', 'merge', 'steer']) $(`#cp-${kind}`).hidden = kind !== this.method.value;
   }
 
   private methodFromForm(): CompressMethod {
@@ -100,6 +128,20 @@ export class CompressView {
           ratio: num('#cp-ratio'),
           preserveSuper: $<HTMLInputElement>('#cp-super').checked,
         };
+      case 'steer': {
+        const pick = (name: string, what: string) => {
+          const t = this.texts.find((x) => x.name === name);
+          if (!t) throw new Error(`choose the text to steer ${what}`);
+          return t;
+        };
+        return {
+          kind: 'steer',
+          toward: pick(this.toward.value, 'toward (add a text file)'),
+          away: pick(this.away.value, 'away from'),
+          activate: num('#cp-activate'),
+          deactivate: num('#cp-deactivate'),
+        };
+      }
       default:
         return { kind: 'merge', groups: num('#cp-groups'), align: $<HTMLInputElement>('#cp-align').checked };
     }
@@ -121,8 +163,9 @@ export class CompressView {
     $('#cp-error').textContent = '';
     try {
       const model = this.source.take();
+      if (this.method.value === 'steer') await this.refreshTexts();
       const method = this.methodFromForm();
-      const data = await this.host.data();
+      const data = await this.host.data.current();
       this.result = undefined;
       this.files = undefined;
       this.runFiles = undefined;
@@ -196,6 +239,8 @@ export class CompressView {
           (n) => n.toFixed(3),
         ],
       ];
+      const o = r.otherPerplexity;
+      if (o) rows.push([`perplexity (${o.data}, ${fmt(o.tokens)} validation bytes)`, 'other-perplexity', o.before, o.after, (n) => n.toFixed(3)]);
       for (const [label, key, a, b, f] of rows) {
         const tr = el('tr', { 'data-row': key });
         tr.append(el('td', {}, label), el('td', { class: 'before' }, f(a)), el('td', { class: 'after' }, f(b)), el('td', {}, change(a, b)));
@@ -217,6 +262,10 @@ export class CompressView {
   private loadInto(run: RunPanel): void {
     if (!this.runFiles) {
       this.error('compress a model first');
+      return;
+    }
+    if (this.runFiles.length === 0) {
+      this.error('steering changes no weight: download steer.json and pass it to `moelab eval` or `moelab generate` with --steer');
       return;
     }
     // The run's worker takes (and detaches) the buffers it is given: send copies.

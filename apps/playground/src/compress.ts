@@ -11,6 +11,9 @@
  *   merge     MC-SMoE: group the experts around the G most used ones by router-logit similarity, align
  *             hidden units, average with usage weights and bind every slot of a group to the merged
  *             expert; per expert: its usage frequency on the calibration text (and its group).
+ *   steer     SteerMoE: force / block the experts whose activation rate differs most between two texts
+ *             (router-logit edits, no weight changes); per expert: Δ = rate on "toward" − rate on "away",
+ *             and the perplexity of both texts without and with the edits.
  *
  * Calibration uses the train split of the page's data, perplexity its validation split: non-overlapping
  * windows of the checkpoint's sequence length, the same windows before and after. Perplexity is per byte.
@@ -29,7 +32,10 @@ import {
   mergeExperts,
   moeLayers,
   RoutingObserver,
+  planSteering,
   routedExpertBanks,
+  steerEdits,
+  steerScores,
 } from '@moelab/compress';
 import {
   buildModel,
@@ -37,6 +43,7 @@ import {
   checkpointConfigText,
   crossEntropy,
   encodeCheckpoint,
+  type ForwardContext,
   forwardContext,
   type LanguageModel,
   MoelabError,
@@ -56,9 +63,10 @@ type Model = Module & LanguageModel;
 export type CompressMethod =
   | { kind: 'quantize'; bits: number; group?: number; scope: 'experts' | 'all' }
   | { kind: 'prune'; score: PruneScore; ratio: number; preserveSuper?: boolean; seed?: number }
-  | { kind: 'merge'; groups: number; align?: boolean };
+  | { kind: 'merge'; groups: number; align?: boolean }
+  | { kind: 'steer'; toward: TextData; away: TextData; activate: number; deactivate: number };
 
-export const COMPRESS_KINDS = ['quantize', 'prune', 'merge'] as const;
+export const COMPRESS_KINDS = ['quantize', 'prune', 'merge', 'steer'] as const;
 export { PRUNE_SCORES, QUANT_BITS };
 
 export interface CompressRequest {
@@ -87,6 +95,16 @@ export interface ExpertScores {
   kept?: boolean[];
   /** Merging: the group index of each expert. */
   group?: number[];
+  /** Steering: forced, blocked or left alone. */
+  steer?: ('force' | 'block' | null)[];
+}
+
+export interface Perplexity {
+  before: number;
+  after: number;
+  /** The text's name (its validation split). */
+  data: string;
+  tokens: number;
 }
 
 export interface CompressResult {
@@ -95,7 +113,9 @@ export interface CompressResult {
   /** What the per-expert values are. */
   score: string;
   size: { before: ModelSize; after: ModelSize };
-  perplexity: { before: number; after: number; data: string; tokens: number };
+  perplexity: Perplexity;
+  /** Steering: the perplexity of the text steered away from. */
+  otherPerplexity?: Perplexity;
   experts: ExpertScores[];
   /** The compressed checkpoint (for quantize, the packed format `moelab` reads). */
   files: { name: string; bytes: Uint8Array }[];
@@ -127,14 +147,14 @@ function* batches(windows: Int32Array[], batchSize: number): Generator<tf.Tensor
   }
 }
 
-/** Per-byte perplexity of the windows' next-token predictions. */
-export function windowsPerplexity(model: Model, windows: Int32Array[], batchSize: number): number {
+/** Per-byte perplexity of the windows' next-token predictions (with forward-context extras: steering edits). */
+export function windowsPerplexity(model: Model, windows: Int32Array[], batchSize: number, extra: Partial<ForwardContext> = {}): number {
   let sum = 0;
   let tokens = 0;
   for (const batch of batches(windows, batchSize)) {
     const [B, T1] = batch.shape;
     sum += tf.tidy(() => {
-      const logits = model.forward(tf.slice(batch, [0, 0], [B, T1 - 1]), forwardContext(new Rng(0), false));
+      const logits = model.forward(tf.slice(batch, [0, 0], [B, T1 - 1]), forwardContext(new Rng(0), false, extra));
       return crossEntropy(logits, tf.slice(batch, [0, 1], [B, T1 - 1])).dataSync()[0]! * B * (T1 - 1);
     });
     tokens += B * (T1 - 1);
@@ -144,8 +164,7 @@ export function windowsPerplexity(model: Model, windows: Int32Array[], batchSize
 }
 
 /** One observed pass over the calibration windows: every routing statistic the methods need. */
-export function calibrate(model: Model, windows: Int32Array[], batchSize: number, domain: string): RoutingObserver {
-  const observer = new RoutingObserver();
+export function calibrate(model: Model, windows: Int32Array[], batchSize: number, domain: string, observer = new RoutingObserver()): RoutingObserver {
   for (const batch of batches(windows, batchSize)) {
     observer.observeLoss(model, batch, { domain });
     batch.dispose();
@@ -176,6 +195,8 @@ function checkMethod(m: CompressMethod): void {
     if (!(m.ratio > 0 && m.ratio < 1)) throw new MoelabError(`the ratio must be in (0, 1), got ${m.ratio}`, 'ratio');
   } else if (m.kind === 'merge') {
     if (!Number.isInteger(m.groups) || m.groups < 1) throw new MoelabError(`groups must be a positive integer, got ${m.groups}`, 'groups');
+  } else if (m.kind === 'steer') {
+    if (m.toward.name === m.away.name) throw new MoelabError(`steer toward and away from two different texts (both are "${m.toward.name}")`, 'away');
   } else throw new MoelabError(`unknown method "${(m as { kind: string }).kind}"; one of ${COMPRESS_KINDS.join(', ')}`, 'method');
 }
 
@@ -190,6 +211,7 @@ export function compressInPage(registry: Registry, request: CompressRequest, pro
   try {
     const seqLen = Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
     const batchSize = request.batchSize ?? 8;
+    if (request.method.kind === 'steer') return steer(model, config, request.method, { seqLen, batchSize, ...request }, progress);
     const evalWindows = textWindows(request.data, 'val', seqLen, request.evalTokens ?? 4096);
     const weightsBytes = request.files.find((f) => f.name.endsWith('.safetensors'))?.bytes.length ?? ordinaryCheckpoint(model, config).weights.length;
     const before = size(model, weightsBytes);
@@ -312,4 +334,60 @@ export function compressInPage(registry: Registry, request: CompressRequest, pro
   } finally {
     for (const d of disposables) d.dispose();
   }
+}
+
+/**
+ * SteerMoE: the experts whose activation rate differs most between the two texts (train splits) are
+ * forced (Δ > 0) or blocked (Δ < 0) by router-logit edits at inference; the weights do not change. The
+ * result is the steering file `moelab eval/generate --steer` reads, and the perplexity of both texts'
+ * validation splits without and with the edits.
+ */
+function steer(
+  model: Model,
+  config: CheckpointConfig,
+  m: Extract<CompressMethod, { kind: 'steer' }>,
+  o: { seqLen: number; batchSize: number; calibTokens?: number; evalTokens?: number; files: UploadedFile[] },
+  progress: (phase: string) => void,
+): CompressResult {
+  progress('calibrating on both texts');
+  const observer = new RoutingObserver({ outputs: false, inputs: false });
+  for (const t of [m.toward, m.away]) calibrate(model, textWindows(t, 'train', o.seqLen, o.calibTokens ?? 4096), o.batchSize, t.name, observer);
+  const topK = new Map<string, number>();
+  for (const l of moeLayers(model)) topK.set(l.path, l.layer.router.expertsPerToken);
+  const scores = steerScores(observer, m.toward.name, m.away.name);
+  const file = planSteering(scores, m.toward.name, m.away.name, { activate: m.activate, deactivate: m.deactivate, topK });
+  const edits = { routerLogitEdits: steerEdits(file) };
+  progress('perplexity without and with steering');
+  const measure = (t: TextData): Perplexity => {
+    const windows = textWindows(t, 'val', o.seqLen, o.evalTokens ?? 4096);
+    return {
+      before: windowsPerplexity(model, windows, o.batchSize),
+      after: windowsPerplexity(model, windows, o.batchSize, edits),
+      data: t.name,
+      tokens: windows.length * o.seqLen,
+    };
+  };
+  const experts: ExpertScores[] = [...observer.layers.keys()].map((layer) => {
+    const rows = scores.filter((s) => s.layer === layer).sort((a, b) => a.expert - b.expert);
+    const l = file.layers[layer];
+    return {
+      layer,
+      values: rows.map((r) => r.delta),
+      steer: rows.map((r) => (l?.force.includes(r.expert) ? 'force' : l?.block.includes(r.expert) ? 'block' : null)),
+    };
+  });
+  const forced = Object.values(file.layers).reduce((n, l) => n + l.force.length, 0);
+  const blocked = Object.values(file.layers).reduce((n, l) => n + l.block.length, 0);
+  const bytes = o.files.find((f) => f.name.endsWith('.safetensors'))?.bytes.length ?? ordinaryCheckpoint(model, config).weights.length;
+  const same = size(model, bytes);
+  return {
+    summary: `steering toward "${m.toward.name}", away from "${m.away.name}": ${forced} experts forced, ${blocked} blocked (router-logit edits at inference; the weights do not change)`,
+    score: `activation rate on "${m.toward.name}" minus on "${m.away.name}" (coloured: forced, hollow: blocked)`,
+    size: { before: same, after: same },
+    perplexity: measure(m.toward),
+    otherPerplexity: measure(m.away),
+    experts,
+    files: [{ name: 'steer.json', bytes: new TextEncoder().encode(`${JSON.stringify(file, null, 2)}\n`) }],
+    runFiles: [],
+  };
 }

@@ -3,7 +3,7 @@
  * UTF-8 text file, chosen or dropped (its last 10% is validation, see data.ts).
  */
 import { splitText, type TextData } from './data.js';
-import { $, fmt } from './dom.js';
+import { $, el, fmt } from './dom.js';
 
 export class DataSource {
   private brown?: TextData;
@@ -116,4 +116,21 @@ export async function readTextFile(file: File): Promise<TextData> {
     throw new Error(`${file.name}: not UTF-8 text`);
   }
   return splitText(file.name, text);
+}
+
+/**
+ * Fill a choice list with the page's texts: a text the person chose stays chosen while it exists;
+ * otherwise `texts[fallback]` (so a newly added text becomes the default until a choice is made).
+ */
+export function fillTextSelect(select: HTMLSelectElement, texts: TextData[], fallback: number): void {
+  if (!select.dataset.watched) {
+    select.dataset.watched = 'true';
+    select.addEventListener('change', () => {
+      select.dataset.chosen = 'true';
+    });
+  }
+  const keep = select.dataset.chosen ? select.value : '';
+  select.replaceChildren(...texts.map((t) => el('option', { value: t.name }, t.name)));
+  const names = texts.map((t) => t.name);
+  select.value = names.includes(keep) ? keep : (names[fallback] ?? names[0] ?? '');
 }

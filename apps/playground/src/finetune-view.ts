@@ -7,7 +7,7 @@
 import type { NodeSpec, Registry, TrainConfig } from '@moelab/core';
 import { finetuneMethod, type ParameterCounts } from '@moelab/finetune';
 import { lineChart, type RedrawOnResize } from './charts.js';
-import type { DataSource } from './data-source.js';
+import { type DataSource, fillTextSelect } from './data-source.js';
 import type { TextData } from './data.js';
 import { $, download, el, fmt } from './dom.js';
 import { finetuneMethodNames, methodDefaults, parseOptions, type DomainPerplexity } from './finetune.js';
@@ -83,15 +83,9 @@ export class FinetuneView {
   /** Fill both text choices from the page's texts; keeps the current choices where they still exist. */
   async refreshTexts(prefer?: string): Promise<void> {
     this.texts = await this.host.data.texts();
-    const fill = (select: HTMLSelectElement, fallback: number) => {
-      const keep = select.value;
-      select.replaceChildren(...this.texts.map((t) => el('option', { value: t.name }, t.name)));
-      const names = this.texts.map((t) => t.name);
-      select.value = names.includes(keep) ? keep : (names[fallback] ?? names[0] ?? '');
-    };
     // The base's domain defaults to the first text (the bundled corpus), the fine-tuning text to the last.
-    fill(this.general, 0);
-    fill(this.target, this.texts.length - 1);
+    fillTextSelect(this.general, this.texts, 0);
+    fillTextSelect(this.target, this.texts, this.texts.length - 1);
     if (prefer) this.target.value = prefer;
   }
 

@@ -59,7 +59,7 @@ const host = {
 const runs = [new RunPanel('A', $('#run-panels'), host), new RunPanel('B', $('#run-panels'), host)];
 const upcycleView = new UpcycleView(registry, { runs, data: () => data.current(), trainConfig: () => editor.trainConfig() });
 const finetuneView = new FinetuneView(registry, { runs, data, backend: () => backendSelect.value, resize, onChange: scheduleDraw });
-const compressView = new CompressView({ runs, data: () => data.current(), backend: () => backendSelect.value, resize, onChange: scheduleDraw });
+const compressView = new CompressView({ runs, data, backend: () => backendSelect.value, resize, onChange: scheduleDraw });
 const compare = $<HTMLCanvasElement>('#compare');
 resize.observe(compare);
 

@@ -2,8 +2,10 @@
  * The playground's compression path (src/compress.ts, what the Compress section's worker runs) on a
  * trained moe-micro checkpoint: quantization (smaller file, per-expert error monotone in the bits, the
  * packed file loads back through the upload path), pruning (half the experts gone, the scores and the
- * kept set agree), merging (groups, duplicates counted), and one-line errors for bad input.
+ * kept set agree), merging (groups, duplicates counted), steering (forced / blocked experts match the
+ * steering file, nothing else changes), and one-line errors for bad input.
  */
+import { parseSteerFile } from '@moelab/compress';
 import { buildModel, type LanguageModel, type Module, resolveBackend, Trainer } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { checkpointFiles, loadCheckpointFiles } from '../src/checkpoint.js';
@@ -90,6 +92,36 @@ describe('compression in the playground', () => {
       expect(l.values.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 6);
     }
     expect(filesPerplexity(r.runFiles)).toBeCloseTo(r.perplexity.after, 5);
+  });
+
+  it('steers toward one text and away from another: the largest differences are forced / blocked, the weights stay', () => {
+    const other = splitText('abc.txt', 'abcd efgh abcd efgh ijkl. 0123 4567. '.repeat(80));
+    const r = run({ kind: 'steer', toward: other, away: data, activate: 2, deactivate: 2 });
+    const file = parseSteerFile(new TextDecoder().decode(r.files[0]!.bytes), 'steer.json');
+    expect(file.toward).toBe('abc.txt');
+    expect(file.away).toBe('fox.txt');
+    const all = r.experts.flatMap((l) => l.values.map((delta, e) => ({ layer: l.layer, e, delta, role: l.steer![e] })));
+    const forced = all.filter((x) => x.role === 'force');
+    const blocked = all.filter((x) => x.role === 'block');
+    expect(forced.length + blocked.length).toBeGreaterThan(0);
+    for (const f of forced) expect(file.layers[f.layer]!.force).toContain(f.e);
+    for (const b of blocked) expect(file.layers[b.layer]!.block).toContain(b.e);
+    // Forced: positive Δ, and no unforced expert has a larger Δ than the smallest forced one (ranked over all layers).
+    // Blocked: the most negative Δ (k = 2 of 4 experts leaves room for 2 per layer, so no cap binds here).
+    for (const f of forced) expect(f.delta).toBeGreaterThan(0);
+    for (const b of blocked) expect(b.delta).toBeLessThan(0);
+    const rest = all.filter((x) => x.role === null);
+    if (forced.length) for (const x of rest) expect(x.delta).toBeLessThanOrEqual(Math.min(...forced.map((f) => f.delta)));
+    if (blocked.length) for (const x of rest) expect(x.delta).toBeGreaterThanOrEqual(Math.max(...blocked.map((b) => b.delta)));
+    // Nothing but routing changes: same size, no checkpoint for a run; both texts measured with and without the edits.
+    expect(r.size.after).toEqual(r.size.before);
+    expect(r.runFiles).toEqual([]);
+    expect(r.perplexity.data).toBe('abc.txt');
+    expect(r.otherPerplexity!.data).toBe('fox.txt');
+    expect(r.otherPerplexity!.before).toBeCloseTo(filesPerplexity(files), 5);
+    expect(r.perplexity.after).not.toBe(r.perplexity.before);
+    expect(() => run({ kind: 'steer', toward: data, away: data, activate: 1, deactivate: 0 })).toThrow(/two different texts/);
+    expect(() => run({ kind: 'steer', toward: other, away: data, activate: 0, deactivate: 0 })).toThrow(/nothing to steer/);
   });
 
   it('refuses bad input in one line', () => {

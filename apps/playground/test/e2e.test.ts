@@ -399,6 +399,26 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     expect(p.result!.size.after.parameters).toBeLessThan(parameters);
     expect(p.result!.experts.map((l) => l.kept!.filter(Boolean).length)).toEqual([2, 2]);
     expect(p.barsDrawn).toBe(2 * 4);
+    // The pruned model trains on in run B: the Build section shows its spec (2 experts per layer).
+    await page.click('.cp-load-b');
+    await page.waitForFunction(
+      () => (window as unknown as { playground: { runs: Record<string, () => { loaded?: { step: number } }> } }).playground.runs.B!().loaded?.step === 8,
+      null,
+      { timeout: 60_000 },
+    );
+    expect(JSON.parse(await page.inputValue('#spec-json')).block.ffn.experts).toBe(2);
+    // Steering toward the uploaded text, away from the bundled corpus: both perplexities, the steering file.
+    await page.selectOption('#cp-method', 'steer');
+    await page.focus('#cp-toward');
+    await expect.poll(async () => page.inputValue('#cp-toward')).toBe('drill.txt');
+    expect(await page.inputValue('#cp-away')).toBe('brown (bundled slice)');
+    await page.click('#cp-run');
+    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
+    const st = (await cp()) as Cp & { files: string[] };
+    expect(st.errors).toEqual([]);
+    expect(st.files).toEqual(['steer.json']);
+    expect(Number(await page.textContent('#cp-table tr[data-row=other-perplexity] td.after'))).toBeGreaterThan(1);
+    expect(st.barsDrawn).toBe(2 * 4);
     await page.screenshot({ path: join(results, 'playground-finetune-compress.png'), fullPage: true });
     expect(pageErrors).toEqual([]);
   }, 240_000);
