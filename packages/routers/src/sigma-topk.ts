@@ -19,7 +19,6 @@
  */
 import {
   Config,
-  DispatchPlan,
   defineEntry,
   editRouterLogits,
   ensureCarry,
@@ -37,6 +36,7 @@ import {
   Type,
   tf,
 } from '@moelab/core';
+import { gatherAt, planFromChoices, topkRows } from './common.js';
 
 export type BalanceMode = 'sequence' | 'global' | 'none';
 
@@ -121,28 +121,20 @@ export class SigmaTopKRouter extends Module implements Router {
     const E = this.numExperts;
     const logits = editRouterLogits(ctx, this.path, this.logits(x));
     if (ctx.training && this.options.balance !== 'none' && this.options.balanceCoef !== 0) this.record(logits, ctx, info);
-    let dropped: Uint8Array | undefined;
-    let selectFrom: tf.Tensor2D = logits;
+    // Selection on plain arrays (routing decisions need no gradient): a dropped logit reads as
+    // -Infinity, which topkRows never chooses, so a token left with fewer than k experts makes fewer
+    // choices. Ties: the lower expert index first, like tf.topk.
+    const z = logits.dataSync();
+    let selectFrom: ArrayLike<number> = z;
     if (ctx.training && expertDropout > 0) {
-      dropped = dropMask(ctx.rng, T * E, expertDropout);
-      selectFrom = tf.where(tf.tensor2d(dropped, [T, E], 'bool'), tf.fill([T, E], Number.NEGATIVE_INFINITY), logits) as tf.Tensor2D;
+      const dropped = dropMask(ctx.rng, T * E, expertDropout);
+      const masked = Float32Array.from(z);
+      for (let i = 0; i < masked.length; i++) if (dropped[i]) masked[i] = Number.NEGATIVE_INFINITY;
+      selectFrom = masked;
     }
-    const idx = tf.topk(selectFrom, k).indices.dataSync() as Int32Array;
-    // Slot-major plan (every token's first choice before any second choice); a choice that expert
-    // dropout masked (fewer than k experts left for the token) is not made.
-    const tok: number[] = [];
-    const ex: number[] = [];
-    const flat: number[] = [];
-    for (let s = 0; s < k; s++)
-      for (let t = 0; t < T; t++) {
-        const e = idx[t * k + s]!;
-        if (dropped?.[t * E + e]) continue;
-        tok.push(t);
-        ex.push(e);
-        flat.push(t * E + e);
-      }
-    const plan = new DispatchPlan(Int32Array.from(tok), Int32Array.from(ex), T, E);
-    const weight = tf.gather(tf.reshape(tf.sigmoid(logits), [-1]), tf.tensor1d(Int32Array.from(flat), 'int32')) as tf.Tensor1D;
+    const { plan, flat } = planFromChoices(topkRows(selectFrom, T, E, k), T, k, E);
+    // σ of the chosen logits only (N values instead of T x E, forward and backward).
+    const weight = tf.sigmoid(gatherAt(logits, flat)) as tf.Tensor1D;
     return { plan, weight, probs: tf.softmax(logits) as tf.Tensor2D };
   }
 
