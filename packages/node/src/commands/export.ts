@@ -8,13 +8,13 @@ import { defineCommand } from './command.js';
 export const exportCommand = defineCommand({
   define: () =>
     new Command('export')
-      .summary('write a checkpoint in another layout (--format hf: Hugging Face transformers)')
+      .summary('write a checkpoint in another layout (--format hf: Hugging Face transformers; onnx: an ONNX inference graph)')
       .description(
-        `Write a moelab checkpoint in another framework's layout, atomically (a temporary directory renamed into place). Formats:\n${exportFormats.map((f) => `  ${f.name}: ${f.description}`).join('\n')}`,
+        `Write a moelab checkpoint in another framework's layout, atomically (a temporary directory or file renamed into place). Formats:\n${exportFormats.map((f) => `  ${f.name}: ${f.description}`).join('\n')}`,
       )
       .argument('<checkpoint>', 'checkpoint directory (runs/<name>/checkpoint)')
       .addOption(new Option('--format <name>', `output format (${exportFormats.map((f) => f.name).join(', ')})`).default('hf'))
-      .addOption(new Option('--out <dir>', 'output directory').makeOptionMandatory())
+      .addOption(new Option('--out <path>', 'output directory (hf) or .onnx file (onnx)').makeOptionMandatory())
       .addOption(
         new Option(
           '--arch <model_type>',
@@ -22,7 +22,8 @@ export const exportCommand = defineCommand({
         ).default('auto'),
       )
       .addOption(new Option('--dtype <type>', 'hf: weight dtype on disk, f32 (exact) or bf16').default('f32'))
-      .addOption(new Option('--max-shard-size <size>', 'hf: largest safetensors shard, e.g. 5GB, 500MB').default('5GB')),
+      .addOption(new Option('--max-shard-size <size>', 'hf: largest safetensors shard, e.g. 5GB, 500MB').default('5GB'))
+      .addOption(new Option('--onnx-dense-experts', 'onnx: run every expert on every token, weighted by the gates (default: sparse top-k dispatch)')),
   run([checkpoint], o) {
     const format = exportFormats.find((f) => f.name === o.format);
     if (!format) {
@@ -35,7 +36,12 @@ export const exportCommand = defineCommand({
         '--format',
       );
     }
-    for (const line of format.run(checkpoint, o.out, { arch: o.arch, dtype: o.dtype, maxShardSize: o.maxShardSize }, createDefaultRegistry()))
+    for (const line of format.run(
+      checkpoint,
+      o.out,
+      { arch: o.arch, dtype: o.dtype, maxShardSize: o.maxShardSize, denseExperts: o.onnxDenseExperts === true },
+      createDefaultRegistry(),
+    ))
       process.stdout.write(`${line}\n`);
     return 0;
   },

@@ -86,7 +86,7 @@ describe('moelab export / import (Hugging Face)', () => {
     expect(r.err).toBe('moelab: cannot export as llama: an MoE feed-forward needs an MoE architecture; architectures that can hold this model: mixtral\n');
     expect(existsSync(join(root, 'no'))).toBe(false);
     expect((await cli('export', ckpt, '--format', 'hff', '--out', join(root, 'no'))).err).toBe(
-      'moelab: --format: unknown format "hff". Did you mean: hf? (formats: hf)\n',
+      'moelab: --format: unknown format "hff". Did you mean: hf? (formats: hf, onnx)\n',
     );
     expect((await cli('import', join(root, 'nothing-here'), '--out', join(root, 'no'))).err).toMatch(
       /^moelab: .*nothing-here\/config.json: file is missing\n$/,

@@ -12,6 +12,8 @@ export interface ExportFlags {
   dtype?: string;
   /** Largest shard (hf), e.g. "5GB". */
   maxShardSize?: string;
+  /** onnx: run every expert on every token, weighted by the gate matrix, instead of dispatching. */
+  denseExperts?: boolean;
 }
 
 export interface ExportFormat {

@@ -1,0 +1,244 @@
+/**
+ * ONNX export of each layer option the graph covers, run in ONNX Runtime (onnxruntime-node, CPU): the
+ * logits of the file equal moelab's forward pass within 1e-4 for tiny models (d 16, 2 layers, T 6),
+ * one model per option group (LayerNorm / RMSNorm, GQA, both RoPE layouts and partial RoPE, q/k norms,
+ * biases, every router family with and without renormalisation, GLU experts, gated shared experts,
+ * tied embeddings, learned positions, shared layers, post / peri / parallel blocks, dense experts).
+ * The file is also read back: opset 17, TopK and ScatterElements present, no dense expert trick unless asked.
+ */
+import { attention } from '@moelab/attention';
+import {
+  buildModel,
+  corePlugin,
+  createRegistry,
+  forwardContext,
+  type LanguageModel,
+  loadState,
+  type Module,
+  type NodeSpec,
+  Rng,
+  stateTensors,
+  tf,
+} from '@moelab/core';
+import { experts } from '@moelab/experts';
+import { routers } from '@moelab/routers';
+import * as ort from 'onnxruntime-node';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { memorySource } from '../hf/convert.js';
+import { exportOnnx, ONNX_OPSET, type OnnxExportOptions } from './export.js';
+import { decodeOnnxModel } from './proto.js';
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+});
+
+const registry = createRegistry(corePlugin, routers, experts, attention);
+type Model = Module & LanguageModel;
+
+const B = 2;
+const T = 6;
+const V = 40;
+
+function lm(block: Record<string, unknown>, extra: Record<string, unknown> = {}): NodeSpec {
+  return { type: 'transformer-lm', vocabSize: V, dModel: 16, contextLength: 8, stack: { groupSize: 2 }, block: { type: 'transformer', ...block }, ...extra };
+}
+
+function tokens(seed: number): Int32Array {
+  return Int32Array.from({ length: B * T }, (_, i) => (i * 7 + seed * 13 + ((i * i) % 5)) % V);
+}
+
+/** Nudge every parameter and buffer (norm gains, biases, the selection bias) off its init, deterministically. */
+function randomize(model: Model): void {
+  let s = 1;
+  const state = stateTensors(model);
+  for (const t of state.values()) {
+    const data = t.data.slice();
+    for (let i = 0; i < data.length; i++) {
+      s = (s * 1103515245 + 12345) % 2 ** 31;
+      data[i]! += ((s / 2 ** 31) * 2 - 1) * 0.1;
+    }
+    t.data = data;
+  }
+  loadState(model, state);
+}
+
+async function parity(spec: NodeSpec, options: OnnxExportOptions = {}): Promise<{ maxDiff: number; bytes: Uint8Array }> {
+  const model = buildModel<Model>(spec, registry, 3);
+  randomize(model);
+  const weights = new Map([...stateTensors(model)].map(([name, t]) => [name, { shape: t.shape, data: t.data as Float32Array }]));
+  const { bytes } = exportOnnx(spec, registry, memorySource(weights), options);
+  const ids = tokens(1);
+  const expected = tf.tidy(() => model.forward(tf.tensor2d(ids, [B, T], 'int32'), forwardContext(new Rng(0), false)).dataSync());
+  const session = await ort.InferenceSession.create(bytes);
+  const out = await session.run({
+    input_ids: new ort.Tensor(
+      'int64',
+      BigInt64Array.from(ids, (v) => BigInt(v)),
+      [B, T],
+    ),
+  });
+  const logits = out.logits!;
+  expect(logits.dims).toEqual([B, T, V]);
+  const got = logits.data as Float32Array;
+  let maxDiff = 0;
+  for (let i = 0; i < got.length; i++) maxDiff = Math.max(maxDiff, Math.abs(got[i]! - expected[i]!));
+  await session.release();
+  model.dispose();
+  return { maxDiff, bytes };
+}
+
+const mha = { type: 'mha', heads: 4 };
+const moe = (router: unknown, expert: unknown = { type: 'mlp', hidden: 24 }, extra: Record<string, unknown> = {}) => ({
+  type: 'moe',
+  experts: 4,
+  router,
+  expert,
+  ...extra,
+});
+
+const cases: [string, NodeSpec, OnnxExportOptions?][] = [
+  ['LayerNorm, MHA, dense GELU FFN', lm({ attention: mha, ffn: { type: 'dense', hidden: 24 } })],
+  [
+    'RMSNorm, GQA, interleaved partial RoPE, q/k/v biases, per-head q/k norms, SwiGLU, tied embeddings',
+    lm(
+      {
+        normType: 'rmsnorm',
+        attention: { type: 'mha', heads: 4, kvHeads: 2, ropeLayout: 'interleaved', ropeDims: 2, qkvBias: true, qkNorm: 'head', ropeBase: 500 },
+        ffn: { type: 'dense', hidden: 24, glu: true, activation: 'silu', bias: true },
+      },
+      { outNorm: 'rmsnorm', tieEmbeddings: true },
+    ),
+  ],
+  [
+    'projection q/k norms, all biases, gelu-tanh, learned positions, embedding scale, head bias',
+    lm(
+      { attention: { type: 'mha', heads: 2, bias: true, qkNorm: 'projection', ropeDims: 0 }, ffn: { type: 'dense', hidden: 24, activation: 'gelu-tanh' } },
+      { positionEmbedding: 'learned', embeddingScale: 2, headBias: true },
+    ),
+  ],
+  ['softmax top-2 renormalised, GELU experts', lm({ attention: mha, ffn: moe({ type: 'softmax-topk', k: 2 }) })],
+  [
+    'Qwen2-MoE: raw top-2 weights, SwiGLU experts, sigmoid-gated shared expert',
+    lm({
+      normType: 'rmsnorm',
+      attention: { type: 'mha', heads: 4, kvHeads: 1, qkvBias: true },
+      ffn: moe({ type: 'qwen2-moe', k: 2 }, { type: 'glu', hidden: 16 }, { shared: { type: 'glu', hidden: 24 }, sharedGate: 'sigmoid' }),
+    }),
+  ],
+  [
+    'softmax top-3 with selection bias and routed scaling, two ungated shared relu2 experts',
+    lm({
+      attention: mha,
+      ffn: moe(
+        { type: 'softmax-topk', k: 3, renormalize: false, expertBias: true, scale: 1.7 },
+        { type: 'mlp', hidden: 12, activation: 'relu2' },
+        {
+          shared: { type: 'mlp', hidden: 8, count: 2 },
+        },
+      ),
+    }),
+  ],
+  [
+    'Switch top-1, relu experts, post-norm blocks',
+    lm({ norm: 'post', attention: mha, ffn: moe({ type: 'switch' }, { type: 'mlp', hidden: 24, activation: 'relu' }) }),
+  ],
+  [
+    'sigma top-k (sigmoid gates), peri-norm, 2 shared layers repeated aabb',
+    lm({ norm: 'peri', attention: mha, ffn: moe({ type: 'sigma-topk', k: 2 }) }, { stack: { groupSize: 2, repeats: 2, order: 'aabb' } }),
+  ],
+  [
+    'DeepSeek-V3 sigmoid gate with bias, normalised and scaled; parallel block with two norms',
+    lm({ layout: 'parallel', norms: 2, attention: mha, ffn: moe({ type: 'deepseek-v3', k: 2 }, { type: 'glu', hidden: 16 }) }),
+  ],
+  [
+    'layers that differ (blocks), normalised sigmoid top-k',
+    lm(
+      {},
+      {
+        blocks: [
+          { type: 'transformer', attention: mha, ffn: { type: 'dense', hidden: 24 } },
+          { type: 'transformer', attention: mha, ffn: moe({ type: 'topk-sigmoid-normalised', k: 2 }) },
+        ],
+      },
+    ),
+  ],
+  [
+    'dense experts (--onnx-dense-experts), Mixtral router',
+    lm({ attention: mha, ffn: moe({ type: 'mixtral' }, { type: 'glu', hidden: 16 }) }),
+    { denseExperts: true },
+  ],
+];
+
+describe('ONNX export parity in ONNX Runtime', () => {
+  for (const [name, spec, options] of cases) {
+    it(name, async () => {
+      const { maxDiff } = await parity(spec, options);
+      expect(maxDiff).toBeLessThan(1e-4);
+    });
+  }
+});
+
+describe('the ONNX file', () => {
+  it('is opset 17 with sparse top-k dispatch, and dense experts only when asked', async () => {
+    const spec = lm({ attention: mha, ffn: moe({ type: 'softmax-topk', k: 2 }) });
+    const model = buildModel<Model>(spec, registry, 0);
+    const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+    const read = (options: OnnxExportOptions) => decodeOnnxModel(exportOnnx(spec, registry, memorySource(weights), options).bytes);
+    const sparse = read({});
+    expect(sparse.opsetImport.map((o) => [o.domain ?? '', o.version])).toEqual([['', ONNX_OPSET]]);
+    expect(sparse.irVersion).toBe(8);
+    expect(ONNX_OPSET).toBe(17);
+    const ops = (m: typeof sparse) => new Set(m.graph.node.map((n) => n.opType));
+    for (const op of ['TopK', 'GatherElements', 'NonZero', 'Gather', 'ScatterElements']) expect(ops(sparse).has(op)).toBe(true);
+    // Dispatch: each expert's first-layer weight is its own [d, h] initializer, used by one MatMul per layer.
+    expect(sparse.graph.initializer.find((t) => t.name === 'transformer.layers.0.ffn.experts.w1[3]')?.dims).toEqual([16, 24]);
+    const dense = read({ denseExperts: true });
+    expect(dense.graph.initializer.find((t) => t.name === 'transformer.layers.0.ffn.experts.w1')?.dims).toEqual([4, 16, 24]);
+    expect(ops(dense).has('NonZero')).toBe(false);
+    expect(sparse.graph.input[0]!.name).toBe('input_ids');
+    expect(sparse.graph.output[0]!.name).toBe('logits');
+    model.dispose();
+  });
+
+  it('refuses what the graph cannot express in one line naming the node kind and its JSON path', () => {
+    const refused = (spec: NodeSpec) => {
+      const model = buildModel<Model>(spec, registry, 0);
+      const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+      model.dispose();
+      try {
+        exportOnnx(spec, registry, memorySource(weights));
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return 'exported';
+    };
+    expect(refused(lm({ attention: mha, ffn: moe({ type: 'hash' }) }))).toMatch(
+      /^\$\.block\.ffn\.router: router "hash" has no ONNX export \(routers the ONNX export holds: softmax-topk, /,
+    );
+    expect(refused(lm({ attention: { type: 'switchhead', heads: 2 }, ffn: { type: 'dense', hidden: 8 } }))).toMatch(
+      /^\$\.block\.attention: attention "switchhead" has no ONNX export/,
+    );
+    expect(refused(lm({ attention: mha, ffn: moe({ type: 'softmax-topk', k: 2 }, 'mlp', { capacityFactor: 1.25 }) }))).toMatch(
+      /^\$\.block\.ffn\.capacityFactor: capacity factor 1\.25 at inference drops assignments/,
+    );
+    expect(refused(lm({ attention: mha, ffn: moe({ type: 'deepseek-v3', k: 2, groups: 2, topkGroup: 1 }) }))).toMatch(
+      /^\$\.block\.ffn\.router\.groups: group-limited/,
+    );
+    for (const m of [refused(lm({ attention: mha, ffn: moe({ type: 'hash' }) }))]) expect(m.split('\n')).toHaveLength(1);
+  });
+
+  it('names a missing or misshapen tensor', () => {
+    const spec = lm({ attention: mha, ffn: { type: 'dense', hidden: 24 } });
+    const model = buildModel<Model>(spec, registry, 0);
+    const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+    model.dispose();
+    const missing = new Map(weights);
+    missing.delete('transformer.layers.1.ffn.w2.weight');
+    expect(() => exportOnnx(spec, registry, memorySource(missing))).toThrow('model.safetensors: tensor "transformer.layers.1.ffn.w2.weight" is missing');
+    const wrong = new Map(weights);
+    wrong.set('lm_head.weight', { shape: [V, 8], data: new Float32Array(V * 8) });
+    expect(() => exportOnnx(spec, registry, memorySource(wrong))).toThrow(
+      'tensor "lm_head.weight" has shape [40,8], the ONNX graph of this spec needs [40,16]',
+    );
+  });
+});

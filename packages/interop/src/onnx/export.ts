@@ -1,0 +1,599 @@
+/**
+ * A moelab language model as an ONNX inference graph (opset 17, IR version 8): `input_ids [B, T]`
+ * int64 -> `logits [B, T, V]` float32, the same function as the model's forward pass in eval mode.
+ * docs/interop.md#onnx-export lists what maps to which ONNX operators.
+ *
+ *   h_0 = E[ids]·scale (+ P[0:T]);   h_{l+1} = Block_{s(l)}(h_l);   logits = Norm(h_L) W_head^T (+ b)
+ *
+ * The graph is built from the model's JSON spec (every node resolved through the registry, defaults
+ * filled in) and its weights by parameter name; each node kind has a handler here. A node kind without
+ * one, or an option the graph cannot express, is refused with a one-line MoelabError naming the node
+ * kind and its JSON path. Top-k routing is sparse: TopK picks each token's experts, GatherElements
+ * their weights, and each expert runs only on the rows routed to it (NonZero, Gather) whose outputs
+ * ScatterElements adds back (reduction "add"); `denseExperts` instead runs every expert on every row
+ * and weights them by the scattered gate matrix (an option, not the default).
+ */
+import { MoelabError, type NodeSpec, type Registry, resolveConfig } from '@moelab/core';
+import type { TensorSource } from '../hf/convert.js';
+import { OnnxGraph } from './graph.js';
+import { encodeOnnxModel, ONNX_FLOAT, ONNX_INT64, type OnnxValueInfo } from './proto.js';
+
+/** The ONNX operator set the exported graphs use (ONNX Runtime 1.13+ runs it). */
+export const ONNX_OPSET = 17;
+/** The ONNX IR version of opset 17 (ONNX 1.12). */
+export const ONNX_IR_VERSION = 8;
+/** Protobuf messages cannot exceed 2 GiB; larger models would need ONNX external data, which is not written here. */
+export const ONNX_MAX_BYTES = 2 ** 31 - 1;
+
+export interface OnnxExportOptions {
+  /** Run every expert on every token and weight them by the (sparse) gate matrix instead of dispatching. Default false. */
+  denseExperts?: boolean;
+  /** Written as the model's producer_version. */
+  producerVersion?: string;
+  /** Written into the graph's doc_string (e.g. the checkpoint it came from). */
+  docString?: string;
+}
+
+export interface OnnxExport {
+  /** The `.onnx` file. */
+  bytes: Uint8Array;
+  opset: number;
+  /** Counts, for a summary line. */
+  nodes: number;
+  initializers: number;
+  parameters: number;
+}
+
+type Cfg = Record<string, unknown>;
+
+/** Values every block reads: the sequence length, the causal mask. */
+interface Shared {
+  /** [1] int64: T. */
+  tVec: string;
+  /** [T, T] float: 0 on and below the diagonal, -1e9 above. */
+  mask: string;
+}
+
+/** Handler of one attention kind: (x, sources for q / k / v, parameter prefix, config, JSON path) -> [B, T, d]. */
+type AttentionHandler = (ex: Exporter, src: { q: string; k: string; v: string }, prefix: string, c: Cfg, path: string) => string;
+/** Handler of one ffn kind: (x, router input, prefix, config, path) -> [B, T, d]. */
+type FfnHandler = (ex: Exporter, x: string, routerIn: string, prefix: string, c: Cfg, path: string) => string;
+/** A router's choice for rows X [N, d]: expert indices [N, k] int64 and their combine weights [N, k]. */
+interface Routing {
+  indices: string;
+  weights: string;
+  k: number;
+}
+type RouterHandler = (ex: Exporter, x: string, prefix: string, c: Cfg, path: string, experts: number) => Routing;
+/** An expert bank: expert e on rows [M, d] -> [M, d], and every expert on rows [N, d] -> [E, N, d]. */
+interface ExpertBankGraph {
+  count: number;
+  one(x: string, e: number): string;
+  all(x: string): string;
+}
+type ExpertHandler = (ex: Exporter, prefix: string, c: Cfg, path: string, count: number) => ExpertBankGraph;
+
+function refuse(kind: string, type: string, path: string, table: Record<string, unknown>): never {
+  throw new MoelabError(`${kind} "${type}" has no ONNX export (${kind}s the ONNX export holds: ${Object.keys(table).join(', ')})`, path);
+}
+
+/** The exporter's state: the graph, the weights it reads, the shared values. */
+class Exporter {
+  readonly g = new OnnxGraph();
+  parameters = 0;
+  private readonly used = new Set<string>();
+  shared!: Shared;
+  private ropeTables = new Map<string, { cos: string; sin: string }>();
+
+  constructor(
+    readonly registry: Registry,
+    readonly weights: TensorSource,
+    readonly options: OnnxExportOptions,
+    readonly dModel: number,
+    readonly contextLength: number,
+  ) {}
+
+  resolve(kind: Parameters<typeof resolveConfig>[1], node: unknown, path: string): { type: string; config: Cfg } {
+    return resolveConfig(this.registry, kind, node as NodeSpec, path);
+  }
+
+  /** A weight's data, checked against the shape the spec implies. */
+  read(name: string, shape: number[]): Float32Array {
+    const got = this.weights.shape(name);
+    if (!got) throw new MoelabError(`tensor "${name}" is missing (the ONNX graph of this spec needs it)`, this.weights.where(name));
+    if (got.length !== shape.length || got.some((s, i) => s !== shape[i]))
+      throw new MoelabError(`tensor "${name}" has shape [${got}], the ONNX graph of this spec needs [${shape}]`, this.weights.where(name));
+    if (!this.used.has(name)) {
+      this.used.add(name);
+      this.parameters += shape.reduce((a, b) => a * b, 1);
+    }
+    return this.weights.read(name);
+  }
+
+  /** A weight as an initializer of the same shape. */
+  param(name: string, shape: number[]): string {
+    return this.g.float(name, shape, () => this.read(name, shape));
+  }
+
+  /** A Linear's weight [out, in] transposed to [in, out] for MatMul. */
+  linearWeight(name: string, inF: number, outF: number): string {
+    return this.g.float(`${name}^T`, [inF, outF], () => transpose2d(this.read(name, [outF, inF]), outF, inF));
+  }
+
+  /** y = x W^T (+ b) of the Linear at `prefix`. */
+  linear(x: string, prefix: string, inF: number, outF: number, bias: boolean): string {
+    const y = this.g.matmul(x, this.linearWeight(`${prefix}.weight`, inF, outF));
+    return bias ? this.g.add(y, this.param(`${prefix}.bias`, [outF])) : y;
+  }
+
+  /** x / √(mean(x²) + ε) · g over the last axis. */
+  rmsNorm(x: string, gain: string, eps: number): string {
+    const g = this.g;
+    const ms = g.reduceMean(g.mul(x, x), [-1], true);
+    const inv = g.op('Reciprocal', [g.op('Sqrt', [g.add(ms, g.f32(eps))])]);
+    return g.mul(g.mul(x, inv), gain);
+  }
+
+  /** A `norm` node (layernorm, rmsnorm) over the model dimension. */
+  norm(x: string, node: unknown, path: string, prefix: string, dim = this.dModel): string {
+    const n = this.resolve('norm', node, path);
+    if (n.type === 'rmsnorm') return this.rmsNorm(x, this.param(`${prefix}.weight`, [dim]), n.config.eps as number);
+    if (n.type === 'layernorm') {
+      const inputs = [x, this.param(`${prefix}.weight`, [dim])];
+      if (n.config.bias) inputs.push(this.param(`${prefix}.bias`, [dim]));
+      return this.g.op('LayerNormalization', inputs, { axis: { i: -1 }, epsilon: { f: n.config.eps as number } });
+    }
+    return refuse('norm', n.type, path, { layernorm: 1, rmsnorm: 1 });
+  }
+
+  activation(x: string, act: string, path: string): string {
+    const g = this.g;
+    switch (act) {
+      case 'relu':
+        return g.op('Relu', [x]);
+      case 'relu2': {
+        const r = g.op('Relu', [x]);
+        return g.mul(r, r);
+      }
+      case 'gelu':
+        return g.mul(g.mul(x, g.f32(0.5)), g.add(g.f32(1), g.op('Erf', [g.mul(x, g.f32(Math.SQRT1_2))])));
+      case 'gelu-tanh': {
+        const inner = g.mul(g.f32(Math.sqrt(2 / Math.PI)), g.add(x, g.mul(g.f32(0.044715), g.mul(x, g.mul(x, x)))));
+        return g.mul(g.mul(x, g.f32(0.5)), g.add(g.f32(1), g.op('Tanh', [inner])));
+      }
+      case 'silu':
+        return g.mul(x, g.sigmoid(x));
+      case 'identity':
+        return x;
+    }
+    throw new MoelabError(`activation "${act}" has no ONNX export`, path);
+  }
+
+  /** cos / sin tables [contextLength, dims] (float64 angles, as moelab computes them) sliced to [T, dims]. */
+  rope(dims: number, base: number): { cos: string; sin: string } {
+    const key = `${dims}/${base}`;
+    let t = this.ropeTables.get(key);
+    if (!t) {
+      const C = this.contextLength;
+      const half = dims / 2;
+      const cos = new Float32Array(C * dims);
+      const sin = new Float32Array(C * dims);
+      for (let p = 0; p < C; p++)
+        for (let i = 0; i < half; i++) {
+          const ang = p / base ** ((2 * i) / dims);
+          cos[p * dims + i] = cos[p * dims + i + half] = Math.cos(ang);
+          sin[p * dims + i] = sin[p * dims + i + half] = Math.sin(ang);
+        }
+      const g = this.g;
+      const cut = (name: string, data: Float32Array) =>
+        g.op('Slice', [g.float(name, [C, dims], () => data), g.i64([0]), this.shared.tVec, g.i64([0])], {}, 'rope_table');
+      t = { cos: cut(`rope.cos.${dims}.${base}`, cos), sin: cut(`rope.sin.${dims}.${base}`, sin) };
+      this.ropeTables.set(key, t);
+    }
+    return t;
+  }
+
+  /** RoPE of the first `dims` channels of x [B, H, T, dh] (rope.ts: rotate-half, or interleaved via a channel reorder). */
+  applyRope(x: string, dh: number, dims: number, base: number, layout: string): string {
+    if (dims <= 0) return x;
+    const g = this.g;
+    let back: number[] | undefined;
+    if (layout === 'interleaved') {
+      const toHalf = Array.from({ length: dh }, (_, c) => c);
+      for (let i = 0; i < dims / 2; i++) {
+        toHalf[i] = 2 * i;
+        toHalf[i + dims / 2] = 2 * i + 1;
+      }
+      back = new Array<number>(dh);
+      for (let c = 0; c < dh; c++) back[toHalf[c]!] = c;
+      x = g.gather(x, g.i64(toHalf), 3);
+    }
+    const { cos, sin } = this.rope(dims, base);
+    const rot = dims === dh ? x : g.slice(x, 3, 0, dims);
+    const half = dims / 2;
+    const rotated = g.concat([g.op('Neg', [g.slice(rot, 3, half, dims)]), g.slice(rot, 3, 0, half)], 3);
+    let out = g.add(g.mul(rot, cos), g.mul(rotated, sin));
+    if (dims !== dh) out = g.concat([out, g.slice(x, 3, dims, dh)], 3);
+    return back ? g.gather(out, g.i64(back), 3) : out;
+  }
+
+  /** softmax(q k^T · scale + causal mask) v for q, k, v [B, H, T, dh] -> [B, H, T, dv]. */
+  causalAttention(q: string, k: string, v: string, scale: number): string {
+    const g = this.g;
+    const scores = g.add(g.mul(g.matmul(q, g.transpose(k, [0, 1, 3, 2])), g.f32(scale)), this.shared.mask);
+    return g.matmul(g.softmax(scores), v);
+  }
+
+  /** [B, T, H·dh] -> [B, H, T, dh]. */
+  splitHeads(x: string, heads: number, dh: number): string {
+    return this.g.transpose(this.g.reshape(x, [0, 0, heads, dh]), [0, 2, 1, 3]);
+  }
+
+  /** [B, H, T, dh] -> [B, T, H·dh]. */
+  mergeHeads(x: string, heads: number, dh: number): string {
+    return this.g.reshape(this.g.transpose(x, [0, 2, 1, 3]), [0, 0, heads * dh]);
+  }
+
+  /** The bank's expert-e slice [rows, cols] of a [E, rows, cols] weight, as an initializer. */
+  expertSlice(name: string, E: number, rows: number, cols: number, e: number): string {
+    return this.g.float(`${name}[${e}]`, [rows, cols], () => this.read(name, [E, rows, cols]).slice(e * rows * cols, (e + 1) * rows * cols));
+  }
+}
+
+function transpose2d(a: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(a.length);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = a[r * cols + c]!;
+  return out;
+}
+
+// ---- attention ---------------------------------------------------------------------------------
+
+/** `mha` (packages/attention/src/mha.ts): GQA, RoPE (either layout, partial), q/k/v and o biases, q/k RMSNorm. */
+const mhaAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
+  const g = ex.g;
+  const d = ex.dModel;
+  const H = c.heads as number;
+  const Hkv = (c.kvHeads as number | undefined) ?? H;
+  const dh = (c.headDim as number | undefined) ?? d / H;
+  const dims = (c.ropeDims as number | undefined) ?? dh;
+  const qkvBias = (c.qkvBias as boolean | undefined) ?? (c.bias as boolean);
+  let q = ex.linear(src.q, `${prefix}.q_proj`, d, H * dh, qkvBias);
+  let k = ex.linear(src.k, `${prefix}.k_proj`, d, Hkv * dh, qkvBias);
+  const v = ex.linear(src.v, `${prefix}.v_proj`, d, Hkv * dh, qkvBias);
+  const eps = c.qkNormEps as number;
+  if (c.qkNorm === 'projection') {
+    q = ex.rmsNorm(q, ex.param(`${prefix}.q_norm.weight`, [H * dh]), eps);
+    k = ex.rmsNorm(k, ex.param(`${prefix}.k_norm.weight`, [Hkv * dh]), eps);
+  }
+  let qh = g.reshape(q, [0, 0, H, dh]);
+  let kh = g.reshape(k, [0, 0, Hkv, dh]);
+  if (c.qkNorm === 'head') {
+    qh = ex.rmsNorm(qh, ex.param(`${prefix}.q_norm.weight`, [dh]), eps);
+    kh = ex.rmsNorm(kh, ex.param(`${prefix}.k_norm.weight`, [dh]), eps);
+  }
+  qh = g.transpose(qh, [0, 2, 1, 3]);
+  kh = g.transpose(kh, [0, 2, 1, 3]);
+  let vh = ex.splitHeads(v, Hkv, dh);
+  if (Hkv !== H) {
+    // GQA: query head h reads key / value head floor(h / (H / Hkv)).
+    const group = g.i64(Array.from({ length: H }, (_, h) => Math.floor(h / (H / Hkv))));
+    kh = g.gather(kh, group, 1);
+    vh = g.gather(vh, group, 1);
+  }
+  const base = c.ropeBase as number;
+  const layout = c.ropeLayout as string;
+  const out = ex.causalAttention(ex.applyRope(qh, dh, dims, base, layout), ex.applyRope(kh, dh, dims, base, layout), vh, 1 / Math.sqrt(dh));
+  return ex.linear(ex.mergeHeads(out, H, dh), `${prefix}.o_proj`, H * dh, d, c.bias as boolean);
+};
+
+const ATTENTION: Record<string, AttentionHandler> = { mha: mhaAttention };
+
+// ---- routers -----------------------------------------------------------------------------------
+
+/** TopK over the last axis: [values, int64 indices]. */
+function topk(g: OnnxGraph, x: string, k: number): [string, string] {
+  const [values, indices] = g.node('TopK', [x, g.i64([k])], { axis: { i: -1 }, largest: { i: 1 }, sorted: { i: 1 } }, 2, 'topk');
+  return [values!, indices!];
+}
+
+/** Divide each row's k weights by their sum. */
+function renormalize(g: OnnxGraph, w: string): string {
+  return g.div(w, g.reduceSum(w, [-1], true));
+}
+
+/**
+ * Softmax top-k family (softmax-topk.ts): p = softmax(W x), S = top-k(W x [+ b]), g = γ·p_S (/ Σ p_S).
+ * Noise, jitter and the balance losses are training-only.
+ */
+function softmaxTopK(fixed: { k?: number; renormalize?: boolean }): RouterHandler {
+  return (ex, x, prefix, c, _path, E) => {
+    const g = ex.g;
+    const k = fixed.k ?? (c.k as number);
+    const renorm = fixed.renormalize ?? (c.renormalize as boolean);
+    const logits = ex.linear(x, prefix, ex.dModel, E, false);
+    const probs = g.softmax(logits);
+    const select = c.expertBias ? g.add(logits, ex.param(`${prefix}.e_score_correction_bias`, [E])) : logits;
+    const [, indices] = topk(g, select, k);
+    let weights = g.op('GatherElements', [probs, indices], { axis: { i: 1 } });
+    if (renorm) weights = renormalize(g, weights);
+    const scale = (c.scale as number | undefined) ?? 1;
+    if (scale !== 1) weights = g.mul(weights, g.f32(scale));
+    return { indices, weights, k };
+  };
+}
+
+/** sigma-topk (sigma-topk.ts): S = top-k(W x), g_e = σ((W x)_e), not renormalised. Expert dropout is training-only. */
+const sigmaTopK: RouterHandler = (ex, x, prefix, c, _path, E) => {
+  const g = ex.g;
+  const k = c.k as number;
+  const logits = g.matmul(x, ex.linearWeight(`${prefix}.expert_sel`, ex.dModel, E));
+  const [values, indices] = topk(g, logits, k);
+  return { indices, weights: g.sigmoid(values), k };
+};
+
+/** deepseek-v3 / topk-sigmoid-normalised (deepseek-v3.ts): s = σ(W x), S = top-k(s [+ b]), g = γ·s_S (/ Σ s_S). */
+function sigmoidTopK(fixed: { normalize?: boolean; scale?: number }): RouterHandler {
+  return (ex, x, prefix, c, path, E) => {
+    const g = ex.g;
+    if (((c.groups as number | undefined) ?? 1) > 1)
+      throw new MoelabError(`group-limited selection (groups ${c.groups}) has no ONNX export; set groups: 1`, `${path}.groups`);
+    const k = c.k as number;
+    const s = g.sigmoid(ex.linear(x, prefix, ex.dModel, E, false));
+    const select = c.expertBias ? g.add(s, ex.param(`${prefix}.e_score_correction_bias`, [E])) : s;
+    const [, indices] = topk(g, select, k);
+    let weights = g.op('GatherElements', [s, indices], { axis: { i: 1 } });
+    if (fixed.normalize ?? (c.normalize as boolean)) weights = renormalize(g, weights);
+    const scale = fixed.scale ?? (c.scale as number);
+    if (scale !== 1) weights = g.mul(weights, g.f32(scale));
+    return { indices, weights, k };
+  };
+}
+
+const ROUTERS: Record<string, RouterHandler> = {
+  'softmax-topk': softmaxTopK({}),
+  'noisy-topk': softmaxTopK({ renormalize: true }),
+  switch: softmaxTopK({ k: 1, renormalize: false }),
+  mixtral: softmaxTopK({ renormalize: true }),
+  olmoe: softmaxTopK({ renormalize: false }),
+  'qwen2-moe': softmaxTopK({ renormalize: false }),
+  'sigma-topk': sigmaTopK,
+  'deepseek-v3': sigmoidTopK({}),
+  'topk-sigmoid-normalised': sigmoidTopK({ normalize: true, scale: 1 }),
+};
+
+// ---- experts -----------------------------------------------------------------------------------
+
+/** mlp / glu experts (packages/experts/src/mlp.ts): act(x W1[e]) (⊙ x W3[e]) W2[e], banks [E, d, h] / [E, h, d]. */
+function mlpExperts(glu: boolean | undefined): ExpertHandler {
+  return (ex, prefix, c, path, E) => {
+    const g = ex.g;
+    const d = ex.dModel;
+    const h = c.hidden as number;
+    const gated = glu ?? (c.glu as boolean);
+    const act = c.activation as string;
+    return {
+      count: E,
+      one(x, e) {
+        let hid = ex.activation(g.matmul(x, ex.expertSlice(`${prefix}.w1`, E, d, h, e)), act, path);
+        if (gated) hid = g.mul(hid, g.matmul(x, ex.expertSlice(`${prefix}.w3`, E, d, h, e)));
+        return g.matmul(hid, ex.expertSlice(`${prefix}.w2`, E, h, d, e));
+      },
+      all(x) {
+        // [N, d] · [E, d, h] broadcasts to [E, N, h].
+        let hid = ex.activation(g.matmul(x, ex.param(`${prefix}.w1`, [E, d, h])), act, path);
+        if (gated) hid = g.mul(hid, g.matmul(x, ex.param(`${prefix}.w3`, [E, d, h])));
+        return g.matmul(hid, ex.param(`${prefix}.w2`, [E, h, d]));
+      },
+    };
+  };
+}
+
+const EXPERTS: Record<string, ExpertHandler> = { mlp: mlpExperts(undefined), glu: mlpExperts(true) };
+
+function expertBank(ex: Exporter, node: unknown, path: string, prefix: string, count: number): ExpertBankGraph {
+  const r = ex.resolve('expert', node, path);
+  const handler = EXPERTS[r.type];
+  if (!handler) return refuse('expert', r.type, path, EXPERTS);
+  return handler(ex, prefix, r.config, path, count);
+}
+
+/**
+ * Σ over the routed (row, expert) pairs of weight · expert(row), for rows X [N, d]: dispatched (each
+ * expert gathers its rows and scatters its outputs back, added) or, with denseExperts, every expert
+ * on every row weighted by the gate matrix (zero off the top-k).
+ */
+function combineExperts(ex: Exporter, X: string, routing: Routing, bank: ExpertBankGraph): string {
+  const g = ex.g;
+  const { indices, weights, k } = routing;
+  const E = bank.count;
+  if (ex.options.denseExperts) {
+    const gates = g.op('ScatterElements', [g.zeros(g.concat([g.op('Shape', [X], { start: { i: 0 }, end: { i: 1 } }), g.i64([E])], 0)), indices, weights], {
+      axis: { i: 1 },
+    });
+    const y = bank.all(X); // [E, N, d]
+    return g.reduceSum(g.mul(y, g.unsqueeze(g.transpose(gates, [1, 0]), [2])), [0], false);
+  }
+  const flatIdx = g.reshape(indices, [-1]);
+  const flatW = g.reshape(weights, [-1]);
+  let out = g.zeros(g.op('Shape', [X]));
+  for (let e = 0; e < E; e++) {
+    // Assignment n = row·k + slot: the rows routed to e and their weights.
+    const pos = g.reshape(g.op('NonZero', [g.op('Equal', [flatIdx, g.i64(e)])]), [-1]);
+    const rows = g.div(pos, g.i64(k));
+    const y = g.mul(bank.one(g.gather(X, rows, 0), e), g.unsqueeze(g.gather(flatW, pos, 0), [1]));
+    const at = g.op('Expand', [g.unsqueeze(rows, [1]), g.op('Shape', [y])]);
+    out = g.op('ScatterElements', [out, at, y], { axis: { i: 0 }, reduction: { s: 'add' } });
+  }
+  return out;
+}
+
+// ---- feed-forward ------------------------------------------------------------------------------
+
+/** `dense` (core ffn.ts): W2 act(W1 x) or W2 (act(W1 x) ⊙ W3 x). */
+const denseFfn: FfnHandler = (ex, x, _routerIn, prefix, c, path) => {
+  const d = ex.dModel;
+  const h = c.hidden as number;
+  const bias = c.bias as boolean;
+  let hid = ex.activation(ex.linear(x, `${prefix}.w1`, d, h, bias), c.activation as string, path);
+  if (c.glu) hid = ex.g.mul(hid, ex.linear(x, `${prefix}.w3`, d, h, bias));
+  return ex.linear(hid, `${prefix}.w2`, h, d, bias);
+};
+
+/** `moe` (core moe.ts): routed experts + optional shared experts (σ-gated with sharedGate: sigmoid). Dropless only. */
+const moeFfn: FfnHandler = (ex, x, routerIn, prefix, c, path) => {
+  const g = ex.g;
+  const d = ex.dModel;
+  const cf = (c.evalCapacityFactor as number | undefined) ?? (c.capacityFactor as number);
+  if (cf > 0)
+    throw new MoelabError(
+      `capacity factor ${cf} at inference drops assignments depending on the other tokens of the batch; the ONNX graph is dropless (set evalCapacityFactor: 0)`,
+      `${path}.${c.evalCapacityFactor !== undefined ? 'evalCapacityFactor' : 'capacityFactor'}`,
+    );
+  const E = c.experts as number;
+  const router = ex.resolve('router', c.router, `${path}.router`);
+  const routerHandler = ROUTERS[router.type];
+  if (!routerHandler) return refuse('router', router.type, `${path}.router`, ROUTERS);
+  const X = g.reshape(x, [-1, d]);
+  const R = routerIn === x ? X : g.reshape(routerIn, [-1, d]);
+  const routing = routerHandler(ex, R, `${prefix}.router`, router.config, `${path}.router`, E);
+  const bank = expertBank(ex, c.expert, `${path}.expert`, `${prefix}.experts`, E);
+  let out = combineExperts(ex, X, routing, bank);
+  if (c.shared !== undefined) {
+    const sharedCount = ((ex.resolve('expert', c.shared, `${path}.shared`).config.count as number | undefined) ?? 1) as number;
+    const shared = expertBank(ex, c.shared, `${path}.shared`, `${prefix}.shared`, sharedCount);
+    let s = shared.one(X, 0);
+    for (let i = 1; i < sharedCount; i++) s = g.add(s, shared.one(X, i));
+    if (c.sharedGate === 'sigmoid') s = g.mul(s, g.sigmoid(ex.linear(R, `${prefix}.shared_expert_gate`, d, 1, false)));
+    out = g.add(out, s);
+  }
+  return g.op('Reshape', [out, g.op('Shape', [x])]);
+};
+
+const FFNS: Record<string, FfnHandler> = { dense: denseFfn, moe: moeFfn };
+
+// ---- blocks and the model ----------------------------------------------------------------------
+
+function attention(ex: Exporter, node: unknown, path: string, prefix: string, src: { q: string; k: string; v: string }): string {
+  const r = ex.resolve('attention', node, path);
+  const handler = ATTENTION[r.type];
+  if (!handler) return refuse('attention', r.type, path, ATTENTION);
+  return handler(ex, src, prefix, r.config, path);
+}
+
+function ffn(ex: Exporter, node: unknown, path: string, prefix: string, x: string, routerIn: string): string {
+  const r = ex.resolve('ffn', node, path);
+  const handler = FFNS[r.type];
+  if (!handler) return refuse('ffn', r.type, path, FFNS);
+  return handler(ex, x, routerIn, prefix, r.config, path);
+}
+
+/** A `transformer` block (core transformer.ts): sequential pre / post / peri-norm, or parallel with one or two norms. */
+function block(ex: Exporter, node: unknown, path: string, prefix: string, x: string): string {
+  const r = ex.resolve('block', node, path);
+  if (r.type !== 'transformer') return refuse('block', r.type, path, { transformer: 1 });
+  const c = r.config;
+  const g = ex.g;
+  const norm = (v: string, which: string) => ex.norm(v, c.normType, `${path}.normType`, `${prefix}.${which}`);
+  const att = (src: { q: string; k: string; v: string }) => attention(ex, c.attention, `${path}.attention`, `${prefix}.attention`, src);
+  const ff = (v: string, routerIn = v) => ffn(ex, c.ffn, `${path}.ffn`, `${prefix}.ffn`, v, routerIn);
+  if (c.layout === 'parallel') {
+    const u = norm(x, 'ln1');
+    const u2 = c.norms === 2 ? norm(x, 'ln2') : u;
+    return g.add(g.add(x, att({ q: u, k: u, v: u })), ff(u2));
+  }
+  switch (c.norm) {
+    case 'pre': {
+      const a = norm(x, 'ln1');
+      const h = g.add(x, att({ q: a, k: a, v: a }));
+      return g.add(h, ff(norm(h, 'ln2')));
+    }
+    case 'post': {
+      const h = norm(g.add(x, att({ q: x, k: x, v: x })), 'ln1');
+      return norm(g.add(h, ff(h)), 'ln2');
+    }
+    case 'peri': {
+      const xn = norm(x, 'ln1');
+      const h = g.add(x, att({ q: xn, k: xn, v: x }));
+      return g.add(h, ff(h, norm(h, 'ln2')));
+    }
+  }
+  throw new MoelabError(`norm placement "${c.norm}" has no ONNX export`, `${path}.norm`);
+}
+
+function valueInfo(name: string, elemType: number, dims: (number | string)[]): OnnxValueInfo {
+  return {
+    name,
+    type: { tensorType: { elemType, shape: { dim: dims.map((v) => (typeof v === 'number' ? { dimValue: v } : { dimParam: v })) } } },
+  };
+}
+
+/**
+ * The ONNX file of a model: its spec (resolved through `registry`) and its weights by parameter name
+ * (e.g. `memorySource` over `stateTensors(model)`, or a checkpoint's safetensors). Throws a one-line
+ * MoelabError naming the node kind and JSON path of anything the graph cannot express.
+ */
+export function exportOnnx(spec: NodeSpec, registry: Registry, weights: TensorSource, options: OnnxExportOptions = {}): OnnxExport {
+  const m = resolveConfig(registry, 'model', spec, '$');
+  if (m.type !== 'transformer-lm') refuse('model', m.type, '$', { 'transformer-lm': 1 });
+  const c = m.config as Cfg;
+  const d = c.dModel as number;
+  const V = c.vocabSize as number;
+  const C = c.contextLength as number;
+  const ex = new Exporter(registry, weights, options, d, C);
+  const g = ex.g;
+
+  const ids = 'input_ids';
+  const tVec = g.op('Shape', [ids], { start: { i: 1 }, end: { i: 2 } }, 'seq_len');
+  // Causal mask [T, T]: -1e9 where key position j > query position i (as core's causalMask).
+  const pos = g.op('Range', [g.i64(0), g.op('Squeeze', [tVec, g.i64([0])]), g.i64(1)], {}, 'positions');
+  const future = g.op('Greater', [g.unsqueeze(pos, [0]), g.unsqueeze(pos, [1])]);
+  const mask = g.op('Where', [future, g.f32(-1e9), g.f32(0)], {}, 'causal_mask');
+  ex.shared = { tVec, mask };
+
+  let h = g.gather(ex.param('embedding.weight', [V, d]), ids, 0);
+  if ((c.embeddingScale as number) !== 1) h = g.mul(h, g.f32(c.embeddingScale as number));
+  if (c.positionEmbedding === 'learned') h = g.add(h, g.op('Slice', [ex.param('position_embedding.weight', [C, d]), g.i64([0]), tVec, g.i64([0])]));
+
+  const stack = c.stack as { groupSize: number; repeats: number; order: string };
+  const blocks = c.blocks as unknown[] | undefined;
+  const schedule: number[] = [];
+  if (stack.order === 'abab') for (let r = 0; r < stack.repeats; r++) for (let i = 0; i < stack.groupSize; i++) schedule.push(i);
+  else for (let i = 0; i < stack.groupSize; i++) for (let r = 0; r < stack.repeats; r++) schedule.push(i);
+  for (const i of schedule) {
+    const node = blocks ? blocks[i] : c.block;
+    h = block(ex, node, blocks ? `$.blocks[${i}]` : '$.block', `transformer.layers.${i}`, h);
+  }
+
+  const hn = ex.norm(h, c.outNorm, '$.outNorm', 'out_norm');
+  let logits: string;
+  if (c.tieEmbeddings) logits = g.matmul(hn, g.transpose(ex.param('embedding.weight', [V, d]), [1, 0]));
+  else logits = ex.linear(hn, 'lm_head', d, V, c.headBias as boolean);
+  g.nodes.push({ name: 'logits_out', opType: 'Identity', input: [logits], output: ['logits'], attribute: [] });
+
+  let size = 0;
+  for (const t of g.initializers.values()) size += t.rawData.byteLength;
+  if (size > ONNX_MAX_BYTES - (64 << 20))
+    throw new MoelabError(
+      `the weights take ${(size / 2 ** 30).toFixed(2)} GiB; one ONNX protobuf file holds at most 2 GiB (external data is not written)`,
+      '$',
+    );
+  const bytes = encodeOnnxModel({
+    irVersion: ONNX_IR_VERSION,
+    producerName: 'moelab',
+    producerVersion: options.producerVersion ?? '',
+    opsetImport: [{ domain: '', version: ONNX_OPSET }],
+    graph: {
+      name: 'moelab',
+      node: g.nodes,
+      initializer: [...g.initializers.values()],
+      input: [valueInfo(ids, ONNX_INT64, ['batch', 'sequence'])],
+      output: [valueInfo('logits', ONNX_FLOAT, ['batch', 'sequence', V])],
+    },
+    ...(options.docString ? { docString: options.docString } : {}),
+    metadataProps: [
+      { key: 'moelab.spec', value: JSON.stringify(spec) },
+      { key: 'moelab.contextLength', value: String(C) },
+    ],
+  });
+  return { bytes, opset: ONNX_OPSET, nodes: g.nodes.length, initializers: g.initializers.size, parameters: ex.parameters };
+}

@@ -1,0 +1,200 @@
+/**
+ * `moelab export --format onnx` checked in ONNX Runtime (onnxruntime-node, CPU): every preset of the
+ * default registry that the ONNX graph can express, shrunk to a tiny size (d 32, 2 distinct layers,
+ * T 8), gives the logits of moelab's forward pass within 1e-4; the presets it cannot express are listed
+ * with the one-line reason; the command writes the file atomically and writes nothing when it refuses.
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { buildModel, forwardContext, loadState, type NodeSpec, Rng, stateTensors, tf } from '@moelab/core';
+import { exportOnnx, memorySource } from '@moelab/interop';
+import * as ort from 'onnxruntime-node';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
+import { tmp } from '../../test/helpers.js';
+import { loadCheckpoint, type Model, saveCheckpoint } from '../checkpoint.js';
+import { runCli } from '../program.js';
+import { createDefaultRegistry } from '../registry.js';
+
+const registry = createDefaultRegistry();
+const B = 2;
+const T = 8;
+
+type Spec = Record<string, unknown>;
+
+/** The object at a dotted path of a spec (e.g. `block.ffn`), to edit in place. */
+function at(s: Spec, path: string): Spec {
+  return path.split('.').reduce((o, k) => o[k] as Spec, s);
+}
+
+/** The tiny version of each preset: same structure, small widths (d 32, context 8, at most 2 distinct layers). */
+const TINY: Record<string, (s: Spec) => void> = {
+  'dense-tiny': (s) => {
+    at(s, 'block.ffn').hidden = 48;
+  },
+  'moe-tiny': (s) => {
+    at(s, 'block.ffn.expert').hidden = 16;
+  },
+  'moeut-tiny-dense-params': (s) => {
+    at(s, 'block.ffn').hidden = 40;
+  },
+  'moeut-tiny-dense-compute': (s) => {
+    at(s, 'block.ffn').hidden = 24;
+  },
+};
+
+/** Presets the ONNX graph cannot express, and the reason the export gives. */
+const REFUSED: Record<string, RegExp> = {
+  'moeut-tiny': /^\$\.block\.attention: attention "switchhead" has no ONNX export/,
+  'bam-attn-tiny': /^\$\.block\.attention: attention "bam-soft-moa" has no ONNX export/,
+  'moa-tiny': /^\$\.block\.attention: attention "moa" has no ONNX export/,
+  'monet-tiny': /^\$\.block\.ffn: ffn "monet-vd" has no ONNX export/,
+  'peer-tiny': /^\$\.block\.ffn: ffn "peer" has no ONNX export/,
+};
+
+function tiny(name: string): NodeSpec {
+  const s = registry.preset(name).spec as Spec;
+  s.dModel = 32;
+  s.contextLength = T;
+  s.stack = { ...at(s, 'stack'), groupSize: Math.min(2, at(s, 'stack').groupSize as number) };
+  TINY[name]?.(s);
+  return s as NodeSpec;
+}
+
+/** Weights off their init (norm gains, biases), deterministically. */
+function randomize(model: Model): void {
+  let x = 7;
+  const state = stateTensors(model);
+  for (const t of state.values()) {
+    const data = t.data.slice();
+    for (let i = 0; i < data.length; i++) {
+      x = (x * 1103515245 + 12345) % 2 ** 31;
+      data[i]! += ((x / 2 ** 31) * 2 - 1) * 0.05;
+    }
+    t.data = data;
+  }
+  loadState(model, state);
+}
+
+const ids = Int32Array.from({ length: B * T }, (_, i) => (i * 37 + 11) % 256);
+
+async function ortLogits(bytes: Uint8Array): Promise<{ dims: readonly number[]; data: Float32Array }> {
+  const session = await ort.InferenceSession.create(bytes);
+  try {
+    const out = await session.run({
+      input_ids: new ort.Tensor(
+        'int64',
+        BigInt64Array.from(ids, (v) => BigInt(v)),
+        [B, T],
+      ),
+    });
+    return { dims: out.logits!.dims, data: out.logits!.data as Float32Array };
+  } finally {
+    await session.release();
+  }
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+function moelabLogits(model: Model): Float32Array {
+  return tf.tidy(() => model.forward(tf.tensor2d(ids, [B, T], 'int32'), forwardContext(new Rng(0), false)).dataSync() as Float32Array);
+}
+
+beforeAll(async () => {
+  await tf.setBackend('cpu');
+});
+
+describe('ONNX export of the registry presets', () => {
+  it('every preset is either checked for parity or listed as refused', () => {
+    expect(registry.presetNames()).toEqual([...Object.keys(TINY), ...Object.keys(REFUSED)].sort());
+  });
+
+  for (const name of Object.keys(TINY)) {
+    it(`${name}: ONNX Runtime logits equal moelab's within 1e-4`, async () => {
+      const spec = tiny(name);
+      const model = buildModel<Model>(spec, registry, 1);
+      randomize(model);
+      const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+      const { bytes } = exportOnnx(spec, registry, memorySource(weights));
+      const got = await ortLogits(bytes);
+      expect(got.dims).toEqual([B, T, (spec as Spec).vocabSize]);
+      expect(maxAbsDiff(got.data, moelabLogits(model))).toBeLessThan(1e-4);
+      model.dispose();
+    });
+  }
+
+  for (const [name, reason] of Object.entries(REFUSED)) {
+    it(`${name}: refused in one line naming the node kind and its JSON path`, () => {
+      const spec = registry.preset(name).spec;
+      const model = buildModel<Model>(spec, registry, 0);
+      const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+      model.dispose();
+      let message = '';
+      try {
+        exportOnnx(spec, registry, memorySource(weights));
+      } catch (e) {
+        message = (e as Error).message;
+      }
+      expect(message).toMatch(reason);
+      expect(message.split('\n')).toHaveLength(1);
+    });
+  }
+});
+
+/** Run the program in-process; returns the exit code, stdout and the error line. */
+async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
+    out += String(s);
+    return true;
+  });
+  try {
+    const code = await runCli(argv, { out: (s) => (out += s), err: (s) => (err += s) });
+    return { code, out, err };
+  } finally {
+    spy.mockRestore();
+  }
+}
+
+describe('moelab export --format onnx', () => {
+  it('writes a file ONNX Runtime runs to the checkpoint logits, sparse and with --onnx-dense-experts; refusals write nothing', async () => {
+    const root = tmp();
+    const ckpt = join(root, 'run', 'checkpoint');
+    const spec = tiny('moe-tiny');
+    const built = buildModel<Model>(spec, registry, 5);
+    randomize(built);
+    saveCheckpoint(ckpt, built, { spec, step: 2, seed: 5 });
+    built.dispose();
+    const { model } = loadCheckpoint(ckpt, registry);
+    const expected = moelabLogits(model);
+    model.dispose();
+
+    const file = join(root, 'out', 'model.onnx');
+    const r = await cli('export', ckpt, '--format', 'onnx', '--out', file);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.out).toMatch(/^exported .* as ONNX \(opset 17\) to .*model\.onnx: \d+ nodes, \d+ parameters, [\d.]+ MiB\n$/);
+    expect(maxAbsDiff((await ortLogits(new Uint8Array(readFileSync(file)))).data, expected)).toBeLessThan(1e-4);
+    expect(readdirSync(join(root, 'out'))).toEqual(['model.onnx']); // no temporary file left beside it
+
+    const dense = join(root, 'out', 'dense.onnx');
+    expect((await cli('export', ckpt, '--format', 'onnx', '--onnx-dense-experts', '--out', dense)).out).toContain('dense experts');
+    expect(maxAbsDiff((await ortLogits(new Uint8Array(readFileSync(dense)))).data, expected)).toBeLessThan(1e-4);
+
+    const refusedCkpt = join(root, 'peer', 'checkpoint');
+    const peerSpec = registry.preset('peer-tiny').spec as Spec;
+    Object.assign(peerSpec, { dModel: 16, contextLength: T });
+    Object.assign(at(peerSpec, 'block'), { attention: { type: 'mha', heads: 2 }, ffn: { type: 'peer', experts: 16, heads: 1, k: 2, keyDim: 4 } });
+    const peer = buildModel<Model>(peerSpec as NodeSpec, registry, 0);
+    saveCheckpoint(refusedCkpt, peer, { spec: peerSpec as NodeSpec, step: 0, seed: 0 });
+    peer.dispose();
+    const bad = await cli('export', refusedCkpt, '--format', 'onnx', '--out', join(root, 'no', 'peer.onnx'));
+    expect(bad.code).not.toBe(0);
+    expect(bad.err).toMatch(/^moelab: \$\.block\.ffn: ffn "peer" has no ONNX export \(ffns the ONNX export holds: dense, moe\)\n$/);
+    expect(existsSync(join(root, 'no'))).toBe(false);
+  });
+});
