@@ -1,6 +1,6 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
-import { compareBackends, randArray, randInts, rng, type Spec, status } from './testing/helpers.js';
+import { compareBackends, randArray, randInts, rng, type Spec, status, underTest } from './testing/helpers.js';
 
 const f = (shape: number[], r: () => number): Spec => ({
   shape,
@@ -409,7 +409,8 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     tf.dispose([a, b]);
   });
 
-  it('MoelabAdamW: in place only on its own unseen, unshared buffers; every other holder keeps its values', async () => {
+  // moelab-cpu's storage rules (a read hands out the array itself); moelab-wasm copies on read.
+  it.skipIf(underTest !== 'moelab-cpu')('MoelabAdamW: in place only on its own unseen, unshared buffers; every other holder keeps its values', async () => {
     await tf.setBackend('moelab-cpu');
     const r = rng(25);
     const data = () => randArray(r, 48);
@@ -536,7 +537,7 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
   });
 });
 
-describe.skipIf(!status.available)(`builtin packed GEMM equals cpu (${status.reason})`, () => {
+describe.skipIf(!status.available || underTest !== 'moelab-cpu')(`builtin packed GEMM equals cpu (${status.reason})`, () => {
   it('every transpose, edge sizes and pooled sizes', async () => {
     const { setGemm } = await import('./index.js');
     const before = status.blas;

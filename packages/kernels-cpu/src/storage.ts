@@ -29,7 +29,8 @@ let pooledBytes = 0;
 let capBytes = defaultCap();
 
 function defaultCap(): number {
-  const env = process.env.MOELAB_POOL_MB;
+  // (No `process` in a browser, where kernels-wasm runs these kernels.)
+  const env = typeof process === 'undefined' ? undefined : process.env.MOELAB_POOL_MB;
   if (env !== undefined && env !== '' && Number.isFinite(Number(env))) return Math.max(0, Number(env)) * 2 ** 20;
   return 2 * 2 ** 30;
 }
@@ -42,6 +43,7 @@ function defaultCap(): number {
  * Only for kernels that write every element.
  */
 export function outputArray(n: number): Float32Array {
+  if (allocator) return allocator(n);
   const free = n < MIN_POOLED ? undefined : pool.get(n);
   let out = free?.pop();
   if (out) {
@@ -52,6 +54,24 @@ export function outputArray(n: number): Float32Array {
   }
   states.set(out.buffer, 'fresh');
   return out;
+}
+
+// Another backend running these kernels on its own storage (kernels-wasm: the module's memory).
+let allocator: ((n: number) => Float32Array) | null = null;
+
+/**
+ * Runs `fn` (a kernel call) with every outputArray served by `alloc` instead of this pool: how the
+ * moelab-wasm backend runs these kernels with their outputs in the WebAssembly module's memory.
+ * Kernels are synchronous, so the switch covers exactly one kernel call.
+ */
+export function withOutputAllocator<T>(alloc: (n: number) => Float32Array, fn: () => T): T {
+  const previous = allocator;
+  allocator = alloc;
+  try {
+    return fn();
+  } finally {
+    allocator = previous;
+  }
 }
 
 /** A tensor is being created on `values` (backend.write): the first wrap of a fresh buffer owns it; any other exposes it. */

@@ -2,7 +2,11 @@ import * as tf from '@tensorflow/tfjs';
 import { MOE_PACKED_KERNEL, type MoePackedAttrs, PACKED_BITS, packedGroups, packedRowWords } from '@moelab/core/kernels';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type MoeActivation, moeGLU, moeMLP } from '../index.js';
-import { maxRelDiff, randArray, rng, runOn, type Spec, status } from '../testing/helpers.js';
+import { maxRelDiff, randArray, rng, runOn, type Spec, status, underTest } from '../testing/helpers.js';
+
+// The packed and the dense path sum in different orders; natively each step is a fused
+// multiply-add, in WebAssembly SIMD128 (no FMA) a rounded product and sum, so they drift further apart.
+const TOL = underTest === 'moelab-cpu' ? 2e-5 : 6e-5;
 import { mlpCases, type MlpCase } from '../testing/moe-reference.js';
 
 afterAll(async () => {
@@ -114,7 +118,7 @@ describe.skipIf(!status.available)(`packed experts: the native dequantized GEMMs
         const want = await runOn('moelab-cpu', specs, (...t) => [dense(t), ...grads(dense)(...t)]);
         got.forEach((g, i) => {
           expect(g.shape).toEqual(want[i]!.shape);
-          expect(maxRelDiff(g.data, want[i]!.data), `output ${i}`).toBeLessThan(2e-5);
+          expect(maxRelDiff(g.data, want[i]!.data), `output ${i}`).toBeLessThan(TOL);
         });
       });
     }
@@ -126,7 +130,7 @@ describe.skipIf(!status.available)(`packed experts: the native dequantized GEMMs
       const { specs } = packedSpecs(c, 900 + bits, true, bits, 0);
       const got = await runOn('moelab-cpu', specs, (...t) => runPacked(t, 'silu', bits, 0));
       const want = await runOn('moelab-cpu', specs, (...t) => runDense(t, 'silu', true));
-      expect(maxRelDiff(got[0]!.data, want[0]!.data), `${bits} bits`).toBeLessThan(2e-5);
+      expect(maxRelDiff(got[0]!.data, want[0]!.data), `${bits} bits`).toBeLessThan(TOL);
     }
   });
 

@@ -8,6 +8,10 @@
 
 #include "pool.h"
 
+#if defined(__wasm_simd128__)
+#include "gemm_wasm_simd.h"
+#endif
+
 #ifdef MOELAB_HAVE_OPENBLAS
 #include <cblas.h>
 extern "C" void openblas_set_num_threads(int);
@@ -21,10 +25,16 @@ namespace {
 // register-blocked micro-kernel over the packed data). GCC vector extensions let -march=native pick
 // AVX2/FMA (or SSE / NEON) without intrinsics. Block sizes target a 32 KiB L1 (one 16xKC B sliver),
 // a 512 KiB L2 (the packed A block) and a shared L3 (the packed B panel).
+// In WebAssembly (the kernels-wasm build) the micro-kernel is gemm_wasm_simd.h's SIMD128 one.
 // ---------------------------------------------------------------------------------------------
+constexpr int KC = 256, MC = 120, NC = 2048;
+#if defined(__wasm_simd128__)
+using wasm_gemm::micro_kernel;
+using wasm_gemm::MR;
+using wasm_gemm::NR;
+#else
 typedef float v8 __attribute__((vector_size(32)));
 constexpr int MR = 6, NR = 16;
-constexpr int KC = 256, MC = 120, NC = 2048;
 
 // Broadcast by element list, not `v8{} + f`: the latter must keep a real add (0 + -0.0 is +0.0)
 // and costs an extra instruction per row per k in the micro-kernel.
@@ -32,6 +42,8 @@ static inline v8 bcast(const float* p) {
   float f = *p;
   return v8{f, f, f, f, f, f, f, f};
 }
+#endif  // !__wasm_simd128__
+static_assert(MC % MR == 0, "the packed A block holds whole slivers");
 
 struct Packs {
   float* a = nullptr;
@@ -89,6 +101,7 @@ void pack_b(bool tb, const float* B, int ldb, int p0, int kc, int j0, int nc, fl
   }
 }
 
+#if !defined(__wasm_simd128__)
 // C[0:mr, 0:nr] = alpha * (a-sliver . b-sliver) + beta * C. The full 6x16 tile is the hot path;
 // edge tiles go through a small stack buffer.
 inline void micro_kernel(int kc, const float* __restrict a, const float* __restrict b, float* C, int ldc,
@@ -135,6 +148,8 @@ inline void micro_kernel(int kc, const float* __restrict a, const float* __restr
     }
   }
 }
+
+#endif  // !__wasm_simd128__
 
 void builtin_sgemm(bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda, const float* B,
                    int ldb, float beta, float* C, int ldc) {

@@ -89,6 +89,9 @@ struct Pool {
 
   void resize(int total) {
     if (total < 1) total = 1;
+#if defined(__EMSCRIPTEN__) && !defined(__EMSCRIPTEN_PTHREADS__)
+    total = 1;  // a WebAssembly build without threads (kernels-wasm's single-threaded module)
+#endif
     {
       std::lock_guard<std::mutex> lk(mu);
       stop = true;
@@ -132,6 +135,9 @@ int default_threads() {
     int v = std::atoi(e);
     if (v >= 1) return v;
   }
+#if defined(__EMSCRIPTEN__) && !defined(__EMSCRIPTEN_PTHREADS__)
+  return 1;
+#endif
   unsigned hc = std::thread::hardware_concurrency();
   return hc == 0 ? 1 : static_cast<int>(hc);
 }

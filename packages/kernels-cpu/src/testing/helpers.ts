@@ -1,8 +1,16 @@
 /** Test helpers: run the same computation on `cpu` and `moelab-cpu` and compare (not shipped in dist). */
 import * as tf from '@tensorflow/tfjs';
-import { registerMoelabCpuBackend } from '../index.js';
+import { type MoelabCpuStatus, registerMoelabCpuBackend } from '../index.js';
 
-export const status = registerMoelabCpuBackend(tf);
+/**
+ * Another backend that runs these kernels and these tests (kernels-wasm's suite sets it before it
+ * imports the test files, and maps the name `moelab-cpu` to its own): its name and status.
+ */
+const other = (globalThis as { __moelabKernelsUnderTest?: { name: string; status: MoelabCpuStatus } }).__moelabKernelsUnderTest;
+const cpuStatus = registerMoelabCpuBackend(tf);
+/** The backend these tests check against `cpu`: moelab-cpu, or the one kernels-cpu's suite is run for. */
+export const underTest = other?.name ?? 'moelab-cpu';
+export const status = other?.status ?? cpuStatus;
 // Makes the engine check every kernel for leaked data ids (docs/engine.md#traps).
 tf.env().set('IS_TEST', true);
 

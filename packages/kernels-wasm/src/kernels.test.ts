@@ -1,0 +1,47 @@
+/**
+ * Every kernel moelab-wasm runs in WebAssembly equals the cpu backend, forward and gradients: this
+ * file runs kernels-cpu's own kernel suites (the same random shapes and tolerances) with the name
+ * `moelab-cpu` mapped to `moelab-wasm`. Skips, with the reason, when the module is not built.
+ */
+import * as tf from '@tensorflow/tfjs';
+import { describe, expect, it } from 'vitest';
+import { registerMoelabWasmBackend } from './index.js';
+
+const wasm = await registerMoelabWasmBackend(tf);
+
+describe('moelab-wasm availability', () => {
+  it('reports what runs, or why not and how to build', () => {
+    if (wasm.available) {
+      expect(wasm.threads).toBeGreaterThanOrEqual(1);
+      for (const k of ['BatchMatMul', '_FusedMatMul', 'MoelabMoeMLP', 'MoelabMoeGLU', 'Softmax', 'TopK', 'MoelabAdamW']) expect(wasm.kernels).toContain(k);
+    } else {
+      expect(wasm.reason).toMatch(/emscripten/i);
+    }
+  });
+});
+
+if (wasm.available) {
+  // kernels-cpu's helpers read this before registering (see its src/testing/helpers.ts).
+  (globalThis as { __moelabKernelsUnderTest?: unknown }).__moelabKernelsUnderTest = {
+    name: 'moelab-wasm',
+    status: { available: true, reason: wasm.reason, blas: 'builtin', threads: wasm.threads, mallocTuned: false },
+  };
+  // The suites name their backend `moelab-cpu`: run them on moelab-wasm instead.
+  const engine = tf.engine();
+  const mapName = (name: string) => (name === 'moelab-cpu' ? 'moelab-wasm' : name);
+  const setBackend = engine.setBackend.bind(engine);
+  engine.setBackend = (name: string) => setBackend(mapName(name));
+  const findFactory = engine.findBackendFactory.bind(engine);
+  engine.findBackendFactory = (name: string) => findFactory(mapName(name));
+  await import('../../kernels-cpu/src/kernels.test.js');
+  await import('../../kernels-cpu/src/kernels/moe.test.js');
+  await import('../../kernels-cpu/src/kernels/moe-glu.test.js');
+  await import('../../kernels-cpu/src/kernels/moe-packed.test.js');
+  await import('../../kernels-cpu/src/kernels/attention.test.js');
+  await import('../../kernels-cpu/src/kernels/norm.test.js');
+  await import('../../kernels-cpu/src/kernels/decode.test.js');
+} else {
+  describe.skip(`moelab-wasm kernels equal cpu (${wasm.reason})`, () => {
+    it('needs the built module', () => {});
+  });
+}
