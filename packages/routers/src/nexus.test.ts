@@ -76,5 +76,7 @@ describe('nexus-projection', () => {
     expect(r.domainEmbeddings.trainable).toBe(false);
     expect(ctx.aux.map((a) => [a.name, a.coef])).toEqual([['switch_balance', 0.05]]);
     expect(() => makeRouter({ type: 'nexus-projection', renormalize: true }, 8, 4)).toThrow(/k = 1 with renormalize/);
+    expect(() => makeRouter({ type: 'nexus-projection', domainCentre: [0, 1, 2] }, 8, 4)).toThrow(/domainCentre has 3 entries, the domain embeddings 8/);
+    expect(makeRouter({ type: 'nexus-projection', domainCentre: new Array(8).fill(0.5) }, 8, 4)).toBeDefined();
   });
 });

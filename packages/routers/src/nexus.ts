@@ -109,10 +109,18 @@ export const nexusProjection = defineEntry({
     renormalize: Type.Boolean({ default: false, description: 'renormalise the k selected probabilities (Nexus: raw weight; refused with k = 1)' }),
     balanceCoef: Type.Number({ minimum: 0, default: 0.05, description: 'Switch load-balancing loss weight (Nexus: 0.05)' }),
     zLossCoef: Type.Number({ minimum: 0, default: 0, description: 'router z-loss weight (Nexus: none)' }),
+    domainCentre: Type.Optional(
+      Type.Array(Type.Number(), {
+        description:
+          'the mean of the initial raw domain embeddings, subtracted before they entered D (centred embeddings); metadata for adding a domain later, not used by the forward pass',
+      }),
+    ),
   }),
   create: (c, ctx) => {
     const E = ctx.need('numExperts');
     const d = ctx.need('dModel');
+    if (c.domainCentre && c.domainCentre.length !== (c.embeddingDim ?? d))
+      throw new MoelabError(`domainCentre has ${c.domainCentre.length} entries, the domain embeddings ${c.embeddingDim ?? d}`, `${ctx.path}.domainCentre`);
     if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
     if (c.k === 1 && c.renormalize)
       throw new MoelabError('k = 1 with renormalize: true makes every gate 1 and the router gets no task gradient', `${ctx.path}.renormalize`);

@@ -134,3 +134,55 @@ describe('nexus-extend', () => {
     expect(() => upcycle(registry(), 'nexus-extend', { base, experts: [c], domainEmbeddings: [unit(8, 0)] })).toThrow(/length 8, the base's have 16/);
   });
 });
+
+describe('nexus domain-embedding centring', () => {
+  const a = branched(seed, 'a', 1);
+  const b = branched(seed, 'b', 2);
+  const c = branched(seed, 'c', 3);
+  // three nearly collinear raw embeddings (cosines ≈ 0.98), as raw domain means of a small model are
+  const raw = [0, 1, 2].map((i) => Float32Array.from({ length: 16 }, (_, j) => 1 + (j === i ? 0.3 : 0)));
+  const cos = (u: Float32Array, v: Float32Array) => u.reduce((s, x, j) => s + x * v[j]!, 0) / (Math.hypot(...u) * Math.hypot(...v));
+
+  it('center: D_i = (d_i − μ̄)/‖d_i − μ̄‖ with μ̄ the mean of the raw embeddings, kept in the router spec; nexus-extend centres the new domain with it', () => {
+    const r = upcycle(registry(), { type: 'nexus', center: true }, { seed, experts: [a, b, c], domainEmbeddings: raw });
+    const router = (r.spec as unknown as { block: { ffn: { router: { domainCentre: number[] } } } }).block.ffn.router;
+    const mu = Array.from({ length: 16 }, (_, j) => (raw[0]![j]! + raw[1]![j]! + raw[2]![j]!) / 3);
+    expect(router.domainCentre.length).toBe(16);
+    expect(maxAbsDiff(router.domainCentre, mu)).toBeLessThan(1e-6);
+    const D = r.weights.get('transformer.layers.1.ffn.router.domain_embeddings')!;
+    const row = (i: number) => D.data.slice(i * 16, (i + 1) * 16);
+    for (let i = 0; i < 3; i++) {
+      const want = Array.from(raw[i]!, (x, j) => x - mu[j]!);
+      const n = Math.hypot(...want);
+      expect(
+        maxAbsDiff(
+          row(i),
+          want.map((x) => x / n),
+        ),
+      ).toBeLessThan(1e-6);
+    }
+    expect(cos(raw[0]!, raw[1]!)).toBeGreaterThan(0.97);
+    expect(cos(row(0), row(1))).toBeCloseTo(-0.5, 5); // three centred points: 120° apart
+    expect(r.report.notes.join(' ')).toMatch(/provided, centred/);
+    const plain = upcycle(registry(), 'nexus', { seed, experts: [a, b, c], domainEmbeddings: raw });
+    expect((plain.spec as unknown as { block: { ffn: { router: Record<string, unknown> } } }).block.ffn.router.domainCentre).toBeUndefined();
+
+    const base: UpcycleSource = { name: 'moe', spec: r.spec, weights: r.weights };
+    const fresh = Float32Array.from({ length: 16 }, (_, j) => 1 + (j === 5 ? 0.3 : 0));
+    const x = upcycle(registry(), 'nexus-extend', { base, experts: [branched(seed, 'd', 4)], domainEmbeddings: [fresh] });
+    const D2 = x.weights.get('transformer.layers.0.ffn.router.domain_embeddings')!;
+    expect(Array.from(D2.data.slice(0, 48))).toEqual(Array.from(r.weights.get('transformer.layers.0.ffn.router.domain_embeddings')!.data));
+    const want = Array.from(fresh, (v, j) => v - mu[j]!);
+    const n = Math.hypot(...want);
+    expect(
+      maxAbsDiff(
+        D2.data.slice(48),
+        want.map((v) => v / n),
+      ),
+    ).toBeLessThan(1e-5);
+    expect(x.provenance.get('transformer.layers.0.ffn.router.domain_embeddings')!.note).toMatch(/centred by the stored domainCentre/);
+    expect(() => upcycle(registry(), { type: 'nexus', center: true }, { seed, experts: [a], domainEmbeddings: [raw[0]!] })).toThrow(
+      /^upcycler\.center: centring one domain embedding leaves nothing/,
+    );
+  });
+});

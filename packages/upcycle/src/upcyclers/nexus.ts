@@ -14,7 +14,8 @@
  * retraining the others: its FFN is appended to the routed experts, its domain embedding to D (the trained
  * projection places it: no new router parameters), every non-FFN tensor becomes
  * φ = (1 − λ) φ_moe + λ φ_new with λ = 1/(n+1) — the running mean, as if the new model had been in the
- * original average (I10d). A linear router cannot place a new expert: it is re-initialised (the paper's baseline).
+ * original average (I10d). With centred embeddings (`center: true`) the new domain's embedding is centred by
+ * the stored centre of the initial domains, so the existing rows of D do not move. A linear router cannot place a new expert: it is re-initialised (the paper's baseline).
  */
 import { Config, defineEntry, type Entry, MoelabError, type NodeSpec, type TSchema, Type } from '@moelab/core';
 import type { ProvenanceEntry, UpcycleDraft, UpcycleInput, UpcycleSource, UpcycleTools, Upcycler } from '../contract.js';
@@ -29,6 +30,24 @@ const embedderSchema = Type.Union([Type.Literal('seed-mean'), Type.Literal('hash
   default: 'seed-mean',
   description: 'how domain embeddings are computed from domainSamples when none are provided',
 });
+
+/**
+ * Centring (docs/upcycling.md#domain-embeddings): μ̄ = mean_i d_i over the initial domains, d_i ← (d_i − μ̄)/‖d_i − μ̄‖.
+ * Raw domain means of small models are nearly collinear (cosines above 0.9); centring spreads them apart.
+ */
+export function centreEmbeddings(vectors: Float32Array[]): { centred: Float32Array[]; centre: Float64Array } {
+  const m = vectors[0]!.length;
+  const centre = new Float64Array(m);
+  for (const v of vectors) for (let a = 0; a < m; a++) centre[a]! += v[a]! / vectors.length;
+  return { centred: vectors.map((v) => centred(v, centre)), centre };
+}
+
+/** (v − μ̄)/‖v − μ̄‖ (zero stays zero). */
+export function centred(v: Float32Array, centre: ArrayLike<number>): Float32Array {
+  const out = Float64Array.from(v, (x, a) => x - centre[a]!);
+  const n = Math.hypot(...out) || 1;
+  return Float32Array.from(out, (x) => x / n);
+}
 
 /** One domain embedding per expert: provided, or computed from the domains' samples. */
 function domainEmbeddings(
@@ -73,6 +92,10 @@ function nexusEntry(name: string, linear: boolean, description: string): Entry<T
       }),
       embedder: embedderSchema,
       buckets: Type.Integer({ minimum: 1, default: 1024, description: 'hashed-ngrams: embedding length m' }),
+      center: Type.Boolean({
+        default: false,
+        description: 'subtract the mean of the domain embeddings and re-normalise (kept in the router spec for nexus-extend); the paper does not centre',
+      }),
       routerHidden: Type.Optional(Type.Integer({ minimum: 1, description: 'h_p of the projection (default dModel)' })),
       balanceCoef: Type.Number({ minimum: 0, default: 0.05, description: 'Switch balance loss of the routed experts (the paper: 0.05)' }),
       routerInit: routerInitSchema,
@@ -94,10 +117,18 @@ function nexusEntry(name: string, linear: boolean, description: string): Entry<T
         else {
           const e = domainEmbeddings(input, tools, n, c.embedder, c.buckets, seed, name);
           const m = e.vectors[0]!.length;
-          embeddings = stackTensors(e.vectors.map((v) => ({ shape: [m], data: v })));
+          let vectors = e.vectors;
+          let centre: Float64Array | undefined;
           how = e.how;
+          if (c.center) {
+            if (n < 2) throw new MoelabError('centring one domain embedding leaves nothing: center needs at least 2 domains', 'upcycler.center');
+            ({ centred: vectors, centre } = centreEmbeddings(vectors));
+            how += ', centred';
+          }
+          embeddings = stackTensors(vectors.map((v) => ({ shape: [m], data: v })));
           router = { type: 'nexus-projection', k: 1, embeddingDim: m, balanceCoef: c.balanceCoef };
           if (c.routerHidden !== undefined) router.hidden = c.routerHidden;
+          if (centre) router.domainCentre = Array.from(centre, (x) => Math.fround(x));
         }
         const expertNames = domains.map((s) => s.name);
         const blocks = view.layers.map((layer) => {
@@ -172,6 +203,7 @@ export const nexusExtend: Entry<TSchema, Upcycler> = defineEntry({
       const provenance = new Map<string, ProvenanceEntry>();
       let n = 0;
       let newEmbedding: Float32Array | undefined;
+      let centredNew = false;
       const blocks = view.layers.map((layer) => {
         const p = layerPrefix(layer.index);
         if (layer.ffnType !== 'moe')
@@ -212,6 +244,11 @@ export const nexusExtend: Entry<TSchema, Upcycler> = defineEntry({
               `the new domain embedding has length ${newEmbedding.length}, the base's have ${D.shape[1]}: use the same embedder`,
               'sources.domainEmbeddings',
             );
+          const centre = (router as { domainCentre?: number[] }).domainCentre;
+          if (centre && !tools.moments && !centredNew) {
+            newEmbedding = centred(newEmbedding, centre);
+            centredNew = true;
+          }
           const grown = { shape: [n + 1, D.shape[1]!], data: new Float32Array((n + 1) * D.shape[1]!) };
           grown.data.set(D.data);
           grown.data.set(newEmbedding, n * D.shape[1]!);
@@ -219,7 +256,7 @@ export const nexusExtend: Entry<TSchema, Upcycler> = defineEntry({
           provenance.set(`${p}.ffn.router.domain_embeddings`, {
             op: 'computed',
             from: [`${base.name}:${p}.ffn.router.domain_embeddings`, `${added.name}:data`],
-            note: 'the new domain appended',
+            note: centredNew ? 'the new domain appended, centred by the stored domainCentre' : 'the new domain appended',
           });
           for (const w of ['proj1', 'proj2']) {
             const t = `${p}.ffn.router.${w}`;
