@@ -4,7 +4,11 @@
  * Works on any moelab model through the registry; isomorphic (no fs, no native code).
  * @packageDocumentation
  */
-export { type ObserverOptions, type ObserveTag, type Phase, LayerStats, RoutingObserver } from './observer.js';
+export { easyTokenWeight, type ObserverOptions, type ObserveTag, type Phase, LayerStats, RoutingObserver } from './observer.js';
+export { asMlpBank, type MlpBank, mlpHidden } from './bank.js';
+export { type MoEPrunerOptions, type MoEPrunerReport, moePrune, wandaMask } from './moe-pruner.js';
+export { type EEPOptions, type EEPResult, eepSearch, keepMapping, routerRemap, windowsLoss } from './eep.js';
+export { rankRouting, type SCMoEOptions, scmoeContrast } from './scmoe.js';
 export {
   bindExperts,
   checkPartition,

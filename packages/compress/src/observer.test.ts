@@ -48,6 +48,7 @@ function direct(moe: MoELayer, x: tf.Tensor2D, rows: number[]) {
     reapSum: new Float64Array(E),
     maxAbsOut: new Float64Array(E),
     inSqGated: new Float64Array(E * d),
+    hiddenSqGated: new Float64Array(E * H),
     logitSum: new Float64Array(E),
     logitGram: new Float64Array(E * E),
     coact: new Float64Array(E * E),
@@ -69,11 +70,12 @@ function direct(moe: MoELayer, x: tf.Tensor2D, rows: number[]) {
     for (const i of top) for (const j of top) out.coact[i * E + j]! += 1;
     for (const e of top) {
       const g = p[e]! / s;
-      const y = tf.tidy(() => {
+      const [y, u] = tf.tidy(() => {
         const xe = tf.tensor2d([X[t]!], [1, d]);
-        const h = tf.matMul(xe, tf.squeeze(tf.gather(bank.w1, [e]), [0]) as tf.Tensor2D);
-        return Array.from(tf.matMul(activate(h, 'gelu') as tf.Tensor2D, tf.squeeze(tf.gather(bank.w2, [e]), [0]) as tf.Tensor2D).dataSync());
+        const h = activate(tf.matMul(xe, tf.squeeze(tf.gather(bank.w1, [e]), [0]) as tf.Tensor2D), 'gelu') as tf.Tensor2D;
+        return [Array.from(tf.matMul(h, tf.squeeze(tf.gather(bank.w2, [e]), [0]) as tf.Tensor2D).dataSync()), Array.from(h.dataSync())];
       });
+      for (let i = 0; i < H; i++) out.hiddenSqGated[e * H + i]! += (g * u[i]!) ** 2;
       const norm = Math.hypot(...y);
       out.count[e]! += 1;
       out.gateSum[e]! += g;
@@ -95,7 +97,7 @@ describe('RoutingObserver', () => {
   it('accumulates every statistic of the table equal to a direct computation from the weights', () => {
     const moe = layer();
     const x = tf.randomNormal([24, d], 0, 1, 'float32', 11) as tf.Tensor2D;
-    const obs = new RoutingObserver();
+    const obs = new RoutingObserver({ hidden: true });
     run(moe, obs, x);
     const s = obs.layer('ffn');
     const want = direct(
@@ -111,6 +113,7 @@ describe('RoutingObserver', () => {
     close(s.reapSum, want.reapSum);
     close(s.maxAbsOut, want.maxAbsOut);
     close(s.inSqGated!, want.inSqGated);
+    close(s.hiddenSqGated!, want.hiddenSqGated);
     close(s.logitSum, want.logitSum);
     close(s.logitGram, want.logitGram);
     close(s.coact, want.coact);

@@ -10,6 +10,9 @@
  *   logitSum[e]    = Σ_t z_{t,e}                           logitGram[i,j] = Σ_t z_{t,i} z_{t,j}
  *   coact[i,j]     = #{t : i, j ∈ S_t}                      entropySum    = Σ_t H(p_t)
  *   per-domain and per-phase (prefill / decode) copies of `count` and of the token count.
+ *   hiddenSqGated[e,i] = Σ_{t: e∈S_t} (g_{t,e} u_{e,t,i})²   (option `hidden`, mlp / glu banks: u = the input of W2)
+ *   easySum[e]     = Σ_{t: e∈S_t} g_{t,e} ‖f_e(x_t)‖₂ · w_t,  w_t = 1 − cos(h_t, h_t + r_t) ∈ [0, 2]
+ *                    (EASY-EP: h_t the residual stream the layer output is added to, r_t = Σ_{e∈S_t} g_{t,e} f_e(x_t))
  *
  * Every sum is a float64 accumulator and never holds a token; padding rows (`valid[t] = 0`) are
  * excluded from every statistic. The `moe` layer reports each call through `ForwardContext.moeObserver`
@@ -30,6 +33,16 @@ import {
   type RoutingStats,
   tf,
 } from '@moelab/core';
+import { asMlpBank, type MlpBank, mlpHidden } from './bank.js';
+
+function isMlpBank(experts: unknown): experts is MlpBank {
+  try {
+    asMlpBank(experts, '', '');
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 /** Prefill (the prompt, or any full-sequence pass) or decode (one new token per cached step). */
 export type Phase = 'prefill' | 'decode';
@@ -57,6 +70,14 @@ export class LayerStats {
   inSqGated: Float64Array | null = null;
   /** Expert input width d, once seen. */
   inputDim = 0;
+  /** [E, h] row-major: the gated squared inputs of W2 (option `hidden`, mlp / glu banks only). */
+  hiddenSqGated: Float64Array | null = null;
+  /** Hidden width h, once seen. */
+  hiddenDim = 0;
+  /** EASY-EP's sums (see the file comment); only filled when the block reports its residual stream. */
+  readonly easySum: Float64Array;
+  /** Tokens that contributed to `easySum` (their residual stream was seen). */
+  easyTokens = 0;
   readonly logitSum: Float64Array;
   /** [E, E] row-major. */
   readonly logitGram: Float64Array;
@@ -85,6 +106,7 @@ export class LayerStats {
     this.gateSum = new Float64Array(E);
     this.outNormSum = new Float64Array(E);
     this.reapSum = new Float64Array(E);
+    this.easySum = new Float64Array(E);
     this.maxAbsOut = new Float64Array(E);
     this.logitSum = new Float64Array(E);
     this.logitGram = new Float64Array(E * E);
@@ -137,6 +159,25 @@ export interface ObserverOptions {
   outputs?: boolean;
   /** Accumulate inSqGated [E, d] (MoE-Pruner; default true). */
   inputs?: boolean;
+  /** Accumulate hiddenSqGated [E, h] for mlp / glu banks (MoE-Pruner's W2; default false: one more expert pass). */
+  hidden?: boolean;
+}
+
+/** EASY-EP's token weight 1 − cos(h, h + r), clamped to [0, 2]; 0 when either vector is zero (no direction to compare). */
+export function easyTokenWeight(h: ArrayLike<number>, r: ArrayLike<number>): number {
+  let hh = 0;
+  let hs = 0;
+  let ss = 0;
+  for (let i = 0; i < h.length; i++) {
+    const a = h[i]!;
+    const b = a + r[i]!;
+    hh += a * a;
+    hs += a * b;
+    ss += b * b;
+  }
+  const den = Math.sqrt(hh * ss);
+  if (!(den > 0)) return 0;
+  return Math.min(2, Math.max(0, 1 - hs / den));
 }
 
 /** Sum of a tensor-free helper: row entropies of p [T, E] (rows renormalised; all-zero rows give null). */
@@ -156,10 +197,14 @@ export class RoutingObserver {
   readonly layers = new Map<string, LayerStats>();
   private readonly outputs: boolean;
   private readonly inputs: boolean;
+  private readonly hidden: boolean;
+  /** The residual stream of the layer call about to run, by layer path ([T, d], kept until its route event). */
+  private readonly residuals = new Map<string, tf.Tensor2D>();
 
   constructor(options: ObserverOptions = {}) {
     this.outputs = options.outputs ?? true;
     this.inputs = options.inputs ?? true;
+    this.hidden = options.hidden ?? false;
   }
 
   /** The statistics of one layer, by path (with a clear error naming the observed layers). */
@@ -175,11 +220,23 @@ export class RoutingObserver {
    */
   hooks(tag: ObserveTag = {}): Partial<ForwardContext> & { observed: Set<string> } {
     const observed = new Set<string>();
-    return { moeObserver: (event) => this.onRoute(event, tag, observed), observed };
+    return {
+      moeObserver: (event) => this.onRoute(event, tag, observed),
+      ...(this.outputs ? { ffnResidualObserver: (layer: string, h: tf.Tensor) => this.onResidual(layer, h) } : {}),
+      observed,
+    };
+  }
+
+  private onResidual(layer: string, h: tf.Tensor): void {
+    this.residuals.get(layer)?.dispose();
+    const d = h.shape[h.shape.length - 1]!;
+    this.residuals.set(layer, tf.keep(tf.reshape(h, [-1, d]) as tf.Tensor2D));
   }
 
   /** Folds in the per-call counts of layers that did not report details (MONET, PEER, FFF, mixing routers). */
   finish(ctx: ForwardContext, tag: ObserveTag, observed: Set<string>): void {
+    for (const h of this.residuals.values()) h.dispose();
+    this.residuals.clear();
     const pads = tag.valid ? Array.prototype.some.call(tag.valid, (v: number) => !v) : false;
     for (const s of ctx.routing) {
       if (observed.has(s.layer)) continue;
@@ -253,6 +310,16 @@ export class RoutingObserver {
 
   private onRoute(ev: MoERouteEvent, tag: ObserveTag, observed: Set<string>): void {
     observed.add(ev.layer);
+    const residual = this.residuals.get(ev.layer);
+    this.residuals.delete(ev.layer);
+    try {
+      this.route(ev, tag, residual);
+    } finally {
+      residual?.dispose();
+    }
+  }
+
+  private route(ev: MoERouteEvent, tag: ObserveTag, residual: tf.Tensor2D | undefined): void {
     const { x, plan, routed } = ev;
     const T = x.shape[0];
     const E = plan.numExperts;
@@ -337,16 +404,47 @@ export class RoutingObserver {
           }
         }
       }
+      if (this.hidden && isMlpBank(ev.experts)) {
+        const u = mlpHidden(ev.experts, xs, ex, ev.layer);
+        const h = u.shape[1];
+        if (!s.hiddenSqGated) {
+          s.hiddenSqGated = new Float64Array(E * h);
+          s.hiddenDim = h;
+        }
+        const uv = u.dataSync();
+        for (let n = 0; n < N; n++) {
+          const g2 = gate[n]! * gate[n]!;
+          const row = ex[n]! * h;
+          for (let i = 0; i < h; i++) {
+            const v = uv[n * h + i]!;
+            s.hiddenSqGated[row + i]! += g2 * v * v;
+          }
+        }
+      }
       if (!this.outputs) return;
       const rows = Int32Array.from({ length: N }, (_, n) => n);
       const y = ev.experts.apply(xs, new DispatchPlan(rows, ex, N, E), null, ev.ctx);
       const norms = tf.norm(y, 'euclidean', 1).dataSync();
       const maxAbs = tf.max(tf.abs(y), 1).dataSync();
+      // EASY-EP: r_t = Σ_{e∈S_t} g_{t,e} f_e(x_t), compared with the residual stream h_t.
+      let weightOf: ((t: number) => number) | null = null;
+      if (residual && residual.shape[0] === T) {
+        const r = tf.unsortedSegmentSum(tf.mul(y, tf.tensor2d(Float32Array.from(gate), [N, 1])), tf.tensor1d(tok, 'int32'), T).dataSync();
+        const hv = residual.dataSync();
+        const d = residual.shape[1];
+        const w = new Float64Array(T);
+        for (const t of new Set(tok)) {
+          w[t] = easyTokenWeight(hv.subarray(t * d, (t + 1) * d), r.subarray(t * d, (t + 1) * d));
+          s.easyTokens++;
+        }
+        weightOf = (t) => w[t]!;
+      }
       for (let n = 0; n < N; n++) {
         const e = ex[n]!;
         const norm = norms[n]!;
         s.outNormSum[e]! += norm;
         s.reapSum[e]! += gate[n]! * norm;
+        if (weightOf) s.easySum[e]! += gate[n]! * norm * weightOf(tok[n]!);
         if (maxAbs[n]! > s.maxAbsOut[e]!) s.maxAbsOut[e] = maxAbs[n]!;
       }
     });

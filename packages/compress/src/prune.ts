@@ -11,6 +11,9 @@
  *   ean-mean             (1/|T_e|) Σ_{t∈T_e} ‖f_e(x_t)‖₂
  *   weighted-ean         Σ_{t∈T_e} g_{t,e} ‖f_e(x_t)‖₂  (= REAP · |T_e|)
  *   max-activation       max_{t∈T_e} ‖f_e(x_t)‖_∞
+ *   easy-ep              Σ_{t∈T_e} g_{t,e} ‖f_e(x_t)‖₂ · (1 − cos(h_t, h_t + r_t))   EASY-EP, arXiv 2504.06792
+ *                        (h_t: the residual stream the layer output is added to; r_t = Σ_{e∈S_t} g_{t,e} f_e(x_t):
+ *                        tokens whose representation the routed experts turn more count more)
  *   random               a seeded random permutation (the control)
  *
  * `preserveSuper`: super experts (see `superExperts`) get +∞ and are never pruned.
@@ -20,7 +23,7 @@ import { MoelabError, type Registry, Rng } from '@moelab/core';
 import type { LayerStats, RoutingObserver } from './observer.js';
 import { moeLayers, type SpecModel, sliceExperts } from './surgery.js';
 
-export const PRUNE_SCORES = ['reap', 'frequency', 'weighted-frequency', 'ean', 'ean-mean', 'weighted-ean', 'max-activation', 'random'] as const;
+export const PRUNE_SCORES = ['reap', 'frequency', 'weighted-frequency', 'ean', 'ean-mean', 'weighted-ean', 'max-activation', 'easy-ep', 'random'] as const;
 export type PruneScore = (typeof PRUNE_SCORES)[number];
 
 /** The per-expert score of one layer (higher = more important). */
@@ -40,6 +43,10 @@ export function expertScores(s: LayerStats, method: PruneScore, seed = 0): Float
       return s.reapSum.slice();
     case 'max-activation':
       return s.maxAbsOut.slice();
+    case 'easy-ep':
+      if (s.easyTokens === 0)
+        throw new MoelabError('the easy-ep score needs the residual stream around the layer, which no transformer block reported during calibration', s.layer);
+      return s.easySum.slice();
     case 'random': {
       const rng = Rng.derive(seed, 'prune-random', s.layer);
       return Float64Array.from({ length: s.numExperts }, () => rng.next());
@@ -49,7 +56,7 @@ export function expertScores(s: LayerStats, method: PruneScore, seed = 0): Float
 }
 
 /** Layers whose score needs the expert outputs (everything but frequency / random). */
-const NEEDS_DETAIL: ReadonlySet<PruneScore> = new Set(['reap', 'weighted-frequency', 'ean', 'ean-mean', 'weighted-ean', 'max-activation']);
+const NEEDS_DETAIL: ReadonlySet<PruneScore> = new Set(['reap', 'weighted-frequency', 'ean', 'ean-mean', 'weighted-ean', 'max-activation', 'easy-ep']);
 
 export interface SuperExpertOptions {
   /** Percentile of all (layer, expert) maxima the maximum must exceed (default 99.5). */

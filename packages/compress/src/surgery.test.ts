@@ -8,6 +8,7 @@
 import { buildModel, DispatchPlan, forwardContext, type MoELayer, type NodeSpec, Rng, type RouterLogitEdit, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { testRegistry } from '../test/registry.js';
+import { windowsLoss } from './eep.js';
 import { alignmentPermutation, groupExperts, maxAssignment, mergeExperts, permuteExpert } from './merge.js';
 import { RoutingObserver } from './observer.js';
 import { planPruning, pruneExperts, superExperts } from './prune.js';
@@ -227,6 +228,31 @@ describe('pruning', () => {
     expect(superExperts(obs2, paths)).toEqual(new Map([['transformer.layers.0.ffn', [2]]]));
     const guarded = planPruning(obs2, src, { method: 'frequency', ratio: 0.84, preserveSuper: true });
     expect(guarded.keep.get('transformer.layers.0.ffn')).toContain(2);
+  });
+
+  it('super experts: removing the flagged outlier expert changes the loss more than removing any other single expert', () => {
+    const src = source();
+    const path = 'transformer.layers.0.ffn';
+    const bank = moeLayers(src.model)[0]!.layer.experts as unknown as { w2: tf.Variable };
+    bank.w2.assign(
+      tf.mul(
+        bank.w2,
+        tf.tensor3d(
+          Float32Array.from({ length: E }, (_, e) => (e === 4 ? 100 : 1)),
+          [E, 1, 1],
+        ),
+      ),
+    );
+    const windows = Array.from({ length: 4 }, (_, w) => Int32Array.from({ length: 9 }, (_, i) => (w * 7 + i * 5 + 2) % 32));
+    const flagged = superExperts(
+      calibrate(src.model),
+      moeLayers(src.model).map((l) => l.path),
+    );
+    expect(flagged).toEqual(new Map([[path, [4]]]));
+    const base = windowsLoss(src.model, windows, 8);
+    const delta = Array.from({ length: E }, (_, e) => Math.abs(windowsLoss(src.model, windows, 8, new Map([[path, maskExperts([e])]])) - base));
+    const others = Math.max(...delta.filter((_, e) => e !== 4));
+    expect(delta[4]!).toBeGreaterThan(others);
   });
 
   it('one-line errors: a ratio leaving fewer experts than top-k, a ratio out of range, a layer without experts', () => {

@@ -77,6 +77,12 @@ export interface ForwardContext {
    */
   moeObserver?: (event: MoERouteEvent) => void;
   /**
+   * Sees, in every transformer block, the residual stream the feed-forward output is added to (before
+   * the add), keyed by the feed-forward layer's path and called just before that layer runs. EASY-EP's
+   * token weight (`@moelab/compress`) compares it with the routed experts' output. Read-only.
+   */
+  ffnResidualObserver?: (layer: string, residual: tf.Tensor) => void;
+  /**
    * Edits of router logits before the softmax / top-k, by MoE layer path (runtime expert masking with
    * −∞, SteerMoE's force / block). Routers apply them through `editRouterLogits`; a `moe` layer whose
    * router ignores an edit addressed to it throws instead of silently running unedited.

@@ -1,6 +1,7 @@
 /**
  * The compression commands end to end on a tiny trained MoE (4 experts, top-2, one block repeated
- * twice): prune, merge-experts, steer (+ eval/generate --steer), analyse; their outputs load in `eval`;
+ * twice): prune (expert scores, EASY-EP, EEP, MoE-Pruner), merge-experts, steer (+ eval/generate --steer,
+ * generate --scmoe), analyse; their outputs load in `eval`;
  * the one-line errors of bad input.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -74,6 +75,68 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     );
     const method = run(['prune', fixture.ckpt, '--ratio', '0.5', '--method', 'reaper', '--out', join(fixture.root, 'z'), ...cpu]);
     expect(last(method.err)).toMatch(/^moelab: --method: unknown method "reaper"; one of reap, frequency/);
+  });
+
+  it('prune --method moe-pruner zeroes half of every expert neuron’s weights; the checkpoint loads', () => {
+    const out = join(fixture.root, 'moe-pruned');
+    const r = run([
+      'prune',
+      fixture.ckpt,
+      '--method',
+      'moe-pruner',
+      '--ratio',
+      '0.5',
+      '--calib-tokens',
+      '64',
+      '--batch',
+      '2',
+      '--eval-batches',
+      '1',
+      '--json',
+      '--out',
+      out,
+      ...cpu,
+    ]);
+    expect(r.code, r.err).toBe(0);
+    const summary = JSON.parse(r.out);
+    expect(summary.method).toBe('moe-pruner');
+    expect(summary.expertWeights.zeroed * 2).toBe(summary.expertWeights.total);
+    expect(summary.tensors.map((t: { tensor: string }) => t.tensor).sort()).toEqual(['w1', 'w2']);
+    expect(summary.perplexity.after).toBeGreaterThan(0);
+    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(4);
+    expect(run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+  });
+
+  it('prune --method easy-ep and --method eep (tiny search budget) write sliced checkpoints', () => {
+    const common = ['--ratio', '0.5', '--calib', `${fixture.data}:numbers`, '--calib-tokens', '64', '--batch', '2', '--eval-batches', '0', '--json', ...cpu];
+    const easy = run(['prune', fixture.ckpt, '--method', 'easy-ep', ...common, '--out', join(fixture.root, 'easy')]);
+    expect(easy.code, easy.err).toBe(0);
+    const e = JSON.parse(easy.out);
+    expect(e.layers[0].kept).toHaveLength(2);
+    const keptScores = e.layers[0].kept.map((i: number) => e.layers[0].scores[i]);
+    for (const i of e.layers[0].removed) expect(e.layers[0].scores[i]).toBeLessThanOrEqual(Math.min(...keptScores));
+    const eep = run([
+      'prune',
+      fixture.ckpt,
+      '--method',
+      'eep',
+      '--population',
+      '3',
+      '--generations',
+      '1',
+      '--search-tokens',
+      '32',
+      ...common,
+      '--out',
+      join(fixture.root, 'eep'),
+    ]);
+    expect(eep.code, eep.err).toBe(0);
+    const s = JSON.parse(eep.out);
+    expect(s.search.history).toHaveLength(2);
+    expect(s.search.history[1]).toBeLessThanOrEqual(s.search.history[0]);
+    expect(JSON.parse(readFileSync(join(fixture.root, 'eep', 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(2);
+    const bad = run(['prune', fixture.ckpt, '--method', 'eep', '--population', '1', ...common, '--out', join(fixture.root, 'eep1')]);
+    expect(last(bad.err)).toBe('moelab: --population: the population must be an integer of at least 2, got 1');
   });
 
   it('merge-experts binds the experts into --groups distinct experts; a dense model is a one-line error', () => {
@@ -159,6 +222,27 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(ev.out).toMatch(/steered toward ".*:numbers" away from ".*:animals": 1 forced, 1 blocked/);
     const g = run(['generate', fixture.ckpt, '--steer', out, '--tokens', '5', '--prompt', 'the ', ...cpu]);
     expect(g.code, g.err).toBe(0);
+    const sc = run([
+      'generate',
+      fixture.ckpt,
+      '--steer',
+      out,
+      '--scmoe',
+      '0.5',
+      '--scmoe-rank',
+      '1',
+      '--tokens',
+      '5',
+      '--temperature',
+      '0',
+      '--prompt',
+      'the ',
+      ...cpu,
+    ]);
+    expect(sc.code, sc.err).toBe(0);
+    expect(sc.out.startsWith('the ')).toBe(true);
+    const badRank = run(['generate', fixture.ckpt, '--scmoe', '0.5', '--scmoe-rank', '4', '--tokens', '2', ...cpu]);
+    expect(last(badRank.err)).toBe('moelab: --scmoe-rank: the weak rank 4 needs more than 4 experts (ranks are 0-based)');
     writeFileSync(join(fixture.root, 'bad.json'), '{"format":"nope"}');
     const bad = run(['eval', fixture.ckpt, '--steer', join(fixture.root, 'bad.json'), ...cpu]);
     expect(last(bad.err)).toMatch(/^moelab: .*bad\.json: \$\.format: unknown steering format "nope"/);

@@ -71,16 +71,19 @@ export class TransformerBlock extends Module {
     if (this.layout === 'parallel') {
       const u = this.ln1.forward(x);
       const u2 = this.ln2 ? this.ln2.forward(x) : u;
+      ctx.ffnResidualObserver?.(this.ffn.path, x);
       return tf.add(tf.add(x, drop(attend(u))), drop(this.ffn.forward(u2, ctx)));
     }
     const ln2 = this.ln2!;
     switch (this.placement) {
       case 'pre': {
         const h = tf.add(x, drop(attend(this.ln1.forward(x))));
+        ctx.ffnResidualObserver?.(this.ffn.path, h);
         return tf.add(h, drop(this.ffn.forward(ln2.forward(h), ctx)));
       }
       case 'post': {
         const h = this.ln1.forward(tf.add(x, drop(attend(x))));
+        ctx.ffnResidualObserver?.(this.ffn.path, h);
         return ln2.forward(tf.add(h, drop(this.ffn.forward(h, ctx))));
       }
       case 'peri': {
@@ -88,6 +91,7 @@ export class TransformerBlock extends Module {
         // values, expert inputs and the residual stream stay raw.
         const xn = this.ln1.forward(x);
         const h = tf.add(x, drop(attend(x, { q: xn, k: xn, v: x })));
+        ctx.ffnResidualObserver?.(this.ffn.path, h);
         return tf.add(h, drop(this.ffn.forward(h, ctx, { routerInput: ln2.forward(h) })));
       }
     }

@@ -1,6 +1,6 @@
-/** `moelab generate`: sample a continuation of a prompt from a checkpoint. */
+/** `moelab generate`: sample a continuation of a prompt from a checkpoint (optionally steered, or SCMoE self-contrast). */
 import { Command, Option } from '@commander-js/extra-typings';
-import { steerEdits } from '@moelab/compress';
+import { scmoeContrast, steerEdits } from '@moelab/compress';
 import { generateTokens } from '@moelab/core';
 import { readSteerFile } from '../calibration.js';
 import { loadCheckpoint, loadCheckpointTokenizer } from '../checkpoint.js';
@@ -20,6 +20,15 @@ export const generate = defineCommand({
       .addOption(new Option('--top-k <k>', 'sample among the k most likely tokens (0 = all)').default(0).argParser(integer('--top-k')))
       .addOption(seedOption('sampling seed').default(0))
       .addOption(new Option('--steer <file>', 'a steering file written by `moelab steer`: force / block those experts while sampling'))
+      .addOption(
+        new Option('--scmoe <beta>', 'SCMoE self-contrast decoding with weight beta against a weak routing (docs/compression.md#scmoe)').argParser(
+          number('--scmoe'),
+        ),
+      )
+      .addOption(
+        new Option('--scmoe-rank <r>', "SCMoE's weak routing: the expert at this 0-based rank, weight 1").default(2).argParser(integer('--scmoe-rank')),
+      )
+      .addOption(new Option('--scmoe-alpha <a>', 'SCMoE plausibility: keep tokens with p >= a · max p').default(0.1).argParser(number('--scmoe-alpha')))
       .addOption(new Option('--no-cache', 'recompute the whole window for every new token instead of using the KV cache'))
       .addOption(backendOption()),
   async run([checkpoint], o) {
@@ -33,6 +42,7 @@ export const generate = defineCommand({
       seed: o.seed,
       cache: o.cache,
       ...(o.steer ? { routerLogitEdits: steerEdits(readSteerFile(o.steer)) } : {}),
+      ...(o.scmoe !== undefined ? { contrast: scmoeContrast(model, { beta: o.scmoe, alpha: o.scmoeAlpha, weakRank: o.scmoeRank }) } : {}),
       onFallback: (reason) => process.stderr.write(`moelab generate: ${reason}\n`),
     });
     process.stdout.write(`${o.prompt}${tok.decode(ids)}\n`);

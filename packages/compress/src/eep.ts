@@ -1,0 +1,192 @@
+/**
+ * EEP, Efficient Expert Pruning (Liu et al. 2024, arXiv 2407.00945; official code
+ * imagination-research/EEP applies searched patterns, the search itself is unreleased),
+ * docs/compression.md#eep: a gradient-free search for the experts to keep, judged only by the task loss.
+ *
+ * EEP parameterises a layer by a router mapping R ∈ R^{E'×E} and a merging matrix M ∈ R^{E'×E}:
+ *
+ *   p'_t = softmax(z_t) Rᵀ,  S'_t = TopK(p'_t),  g'_{t,i} = p'_{t,i} / Σ_{j∈S'_t} p'_{t,j},   expert'_i = Σ_j M_{ij} expert_j
+ *
+ * Its pruning phase restricts R = M to selections (one 1 per row). `routerRemap(R)` is the routing
+ * part as a router-logit edit for a square R (E' = E, zero rows for removed experts):
+ * z'_t = log(softmax(z_t) Rᵀ), so softmax(z') = p' / Σ p' and the top-k and renormalised weights are
+ * EEP's; a selection R there equals slicing the kept experts under a router that renormalises its top-k.
+ *
+ * The search (`eepSearch`, ours: an elitist evolution over keep-sets): every candidate keeps
+ * E − round(ratio · E) experts per layer; its fitness is the mean next-token cross-entropy on the
+ * search windows with the removed experts masked by −∞ (≡ slicing, invariant I0.1). Each generation
+ * keeps the better half and refills the population with mutants of it (a mutant swaps one kept expert
+ * for a removed one in one random layer). Seeded: the same seed, model and windows give the same result.
+ * The merging phase (continuous M and R) is not implemented.
+ */
+import { crossEntropy, forwardContext, MoelabError, Rng, type RouterLogitEdit, tf } from '@moelab/core';
+import { maskExperts, type Model, moeLayers } from './surgery.js';
+
+/** EEP's router mapping p' = softmax(z) Rᵀ as a logit edit z' = log(p') for a square R [E][E] (zero rows: −∞). */
+export function routerRemap(R: number[][]): RouterLogitEdit {
+  const E = R.length;
+  if (R.some((row) => row.length !== E)) throw new MoelabError(`the router mapping must be square (${E} × ${E}) to be a logit edit`);
+  if (R.some((row) => row.some((v) => !(v >= 0)))) throw new MoelabError('the router mapping must be non-negative (it mixes probabilities)');
+  return (logits) =>
+    tf.tidy(() => {
+      if (logits.shape[1] !== E) throw new MoelabError(`the router mapping is ${E} × ${E} but the layer has ${logits.shape[1]} experts`);
+      return tf.log(tf.matMul(tf.softmax(logits), tf.tensor2d(R), false, true)) as tf.Tensor2D;
+    });
+}
+
+/** The square router mapping that keeps `keep` of E experts (identity rows for kept experts, zero rows otherwise). */
+export function keepMapping(keep: number[], E: number): number[][] {
+  const set = new Set(keep);
+  return Array.from({ length: E }, (_, i) => Array.from({ length: E }, (_, j) => (i === j && set.has(i) ? 1 : 0)));
+}
+
+export interface EEPOptions {
+  /** Fraction of each layer's experts to remove, in (0, 1). */
+  ratio: number;
+  /** Candidates per generation (default 8). */
+  population?: number;
+  /** Generations after the first evaluation (default 4). */
+  generations?: number;
+  seed?: number;
+  /** Windows per forward pass of the fitness (default 8). */
+  batchSize?: number;
+  /** Keep-sets to start from (e.g. a REAP plan); the rest of the first population is random. */
+  init?: Map<string, number[]>[];
+}
+
+export interface EEPResult {
+  /** Layer path → kept expert ids (sorted): the best candidate. */
+  keep: Map<string, number[]>;
+  /** Its fitness: mean next-token cross-entropy (nats) on the search windows. */
+  loss: number;
+  /** The unpruned model's loss on the same windows. */
+  baseLoss: number;
+  /** Best loss after each generation (the first entry: the initial population); never increases. */
+  history: number[];
+  /** Distinct candidates evaluated. */
+  evaluations: number;
+}
+
+/** Mean next-token cross-entropy of `windows` ([T + 1] each) with the given router-logit edits. */
+export function windowsLoss(model: Model, windows: Int32Array[], batchSize: number, edits?: Map<string, RouterLogitEdit>): number {
+  let sum = 0;
+  let tokens = 0;
+  for (let i = 0; i < windows.length; i += batchSize) {
+    const part = windows.slice(i, i + batchSize);
+    const T1 = part[0]!.length;
+    const flat = new Int32Array(part.length * T1);
+    for (const [b, w] of part.entries()) flat.set(w, b * T1);
+    sum += tf.tidy(() => {
+      const batch = tf.tensor2d(flat, [part.length, T1], 'int32');
+      const ctx = forwardContext(new Rng(0), false, { stats: false, ...(edits ? { routerLogitEdits: edits } : {}) });
+      const logits = model.forward(tf.slice(batch, [0, 0], [part.length, T1 - 1]), ctx);
+      return crossEntropy(logits, tf.slice(batch, [0, 1], [part.length, T1 - 1])).dataSync()[0]! * part.length * (T1 - 1);
+    });
+    tokens += part.length * (T1 - 1);
+  }
+  return sum / tokens;
+}
+
+type Candidate = Map<string, number[]>;
+const keyOf = (c: Candidate) => [...c.entries()].map(([p, k]) => `${p}:${k.join(',')}`).join('|');
+
+/** Search the experts to keep (see the file comment). */
+export function eepSearch(model: Model, windows: Int32Array[], o: EEPOptions): EEPResult {
+  if (!(o.ratio > 0 && o.ratio < 1)) throw new MoelabError(`the pruning ratio must be in (0, 1), got ${o.ratio}`, '--ratio');
+  const P = o.population ?? 8;
+  const G = o.generations ?? 4;
+  if (!(Number.isInteger(P) && P >= 2)) throw new MoelabError(`the population must be an integer of at least 2, got ${P}`, '--population');
+  if (!(Number.isInteger(G) && G >= 0)) throw new MoelabError(`the generations must be a non-negative integer, got ${G}`, '--generations');
+  if (windows.length === 0) throw new MoelabError('the search has no windows to evaluate candidates on', '--calib');
+  const layers = moeLayers(model);
+  if (layers.length === 0) throw new MoelabError('the model has no moe layer with routed experts to prune');
+  const sizes = layers.map((l) => {
+    const n = Math.round(o.ratio * l.numExperts);
+    if (n < 1)
+      throw new MoelabError(`ratio ${o.ratio} of ${l.numExperts} experts prunes none; use a ratio of at least ${(0.5 / l.numExperts).toFixed(3)}`, '--ratio');
+    const k = (l.layer.router as { expertsPerToken?: number }).expertsPerToken;
+    if (k !== undefined && l.numExperts - n < k)
+      throw new MoelabError(`${l.numExperts - n} experts would be left in this layer, fewer than the router's top-k = ${k}; keep at least ${k}`, l.path);
+    return l.numExperts - n;
+  });
+  const rng = Rng.derive(o.seed ?? 0, 'eep-search');
+  const batchSize = o.batchSize ?? 8;
+  const shuffled = (E: number) => {
+    const ids = Array.from({ length: E }, (_, i) => i);
+    for (let i = E - 1; i > 0; i--) {
+      const j = Math.floor(rng.next() * (i + 1));
+      [ids[i], ids[j]] = [ids[j]!, ids[i]!];
+    }
+    return ids;
+  };
+  const random = (): Candidate =>
+    new Map(
+      layers.map((l, i) => [
+        l.path,
+        shuffled(l.numExperts)
+          .slice(0, sizes[i])
+          .sort((a, b) => a - b),
+      ]),
+    );
+  const mutate = (c: Candidate): Candidate => {
+    const out: Candidate = new Map([...c].map(([p, k]) => [p, k.slice()]));
+    const i = Math.floor(rng.next() * layers.length);
+    const l = layers[i]!;
+    const kept = out.get(l.path)!;
+    const removed = Array.from({ length: l.numExperts }, (_, e) => e).filter((e) => !kept.includes(e));
+    const a = Math.floor(rng.next() * kept.length);
+    const b = Math.floor(rng.next() * removed.length);
+    kept[a] = removed[b]!;
+    kept.sort((x, y) => x - y);
+    return out;
+  };
+  const seen = new Map<string, number>();
+  const fitness = (c: Candidate): number => {
+    const key = keyOf(c);
+    const hit = seen.get(key);
+    if (hit !== undefined) return hit;
+    const edits = new Map(
+      layers.map((l) => {
+        const kept = c.get(l.path)!;
+        return [l.path, maskExperts(Array.from({ length: l.numExperts }, (_, e) => e).filter((e) => !kept.includes(e)))] as const;
+      }),
+    );
+    const loss = windowsLoss(model, windows, batchSize, edits);
+    seen.set(key, loss);
+    return loss;
+  };
+  for (const init of o.init ?? [])
+    layers.forEach((l, i) => {
+      const k = init.get(l.path);
+      if (!k || k.length !== sizes[i]) throw new MoelabError(`a starting keep-set must keep ${sizes[i]} experts`, l.path);
+    });
+  let population: Candidate[] = (o.init ?? []).slice(0, P).map(
+    (c) =>
+      new Map(
+        layers.map((l) => [
+          l.path,
+          c
+            .get(l.path)!
+            .slice()
+            .sort((a, b) => a - b),
+        ]),
+      ),
+  );
+  while (population.length < P) population.push(random());
+  const rank = (pop: Candidate[]) =>
+    pop
+      .map((c) => ({ c, loss: fitness(c), key: keyOf(c) }))
+      .sort((a, b) => a.loss - b.loss || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+      .map((r) => r.c);
+  population = rank(population);
+  const history = [fitness(population[0]!)];
+  for (let g = 0; g < G; g++) {
+    const elite = population.slice(0, Math.max(1, Math.floor(P / 2)));
+    const next = elite.slice();
+    while (next.length < P) next.push(mutate(elite[Math.floor(rng.next() * elite.length)]!));
+    population = rank(next);
+    history.push(fitness(population[0]!));
+  }
+  const best = population[0]!;
+  return { keep: best, loss: fitness(best), baseLoss: windowsLoss(model, windows, batchSize), history, evaluations: seen.size };
+}
