@@ -2,7 +2,8 @@
  * The Fine-tune section: pick a base (a run's model or checkpoint files), a method of
  * `@moelab/finetune` and its options, the fine-tuning text and the base's domain, and fine-tune in a
  * worker (job-worker.ts, finetune.ts) with a progress bar and a loss chart; then see the trainable and
- * frozen parameter counts, the perplexity on both domains before and after, and download the adapter.
+ * frozen parameter counts, the perplexity on both domains before and after, download the adapter, or
+ * load the fine-tuned model (adapters folded into the base where they can be) into a run.
  */
 import type { NodeSpec, Registry, TrainConfig } from '@moelab/core';
 import { finetuneMethod, type ParameterCounts } from '@moelab/finetune';
@@ -33,6 +34,8 @@ export class FinetuneView {
   steps = 0;
   adapters: NodeSpec[] = [];
   result?: JobFile[];
+  runFiles?: JobFile[];
+  mergeBlocked?: string;
   errors: string[] = [];
   private worker?: Worker;
   private texts: TextData[] = [];
@@ -57,6 +60,12 @@ export class FinetuneView {
     $('#ft-run').addEventListener('click', () => void this.run());
     $('#ft-stop').addEventListener('click', () => this.worker?.postMessage({ type: 'stop' } satisfies ToJob));
     $('#ft-save').addEventListener('click', () => this.save());
+    const loads = $('#ft-load');
+    for (const run of host.runs) {
+      const b = el('button', { type: 'button', class: `ft-load-${run.name.toLowerCase()}` }, `Load it into run ${run.name}`);
+      b.addEventListener('click', () => this.loadInto(run));
+      loads.append(b);
+    }
     host.resize.observe(this.chart);
     void this.refreshTexts();
   }
@@ -72,6 +81,8 @@ export class FinetuneView {
       losses: this.losses,
       steps: this.steps,
       files: this.result?.map((f) => f.name) ?? [],
+      runFiles: this.runFiles?.map((f) => f.name) ?? [],
+      mergeBlocked: this.mergeBlocked,
       errors: this.errors,
     };
   }
@@ -152,6 +163,8 @@ export class FinetuneView {
       this.domains = [];
       this.losses = [];
       this.result = undefined;
+      this.runFiles = undefined;
+      this.mergeBlocked = undefined;
       this.adapters = [];
       this.steps = steps;
       this.render();
@@ -202,6 +215,8 @@ export class FinetuneView {
       case 'ft-done':
         this.domains = m.domains;
         this.result = m.files;
+        this.runFiles = m.runFiles;
+        this.mergeBlocked = m.mergeBlocked;
         this.setState('done', `done: ${m.steps} steps`);
         break;
       case 'error':
@@ -250,6 +265,20 @@ export class FinetuneView {
     }
     $<HTMLButtonElement>('#ft-save').disabled = !this.result;
     this.host.onChange();
+  }
+
+  /** The fine-tuned model (adapters folded into the base) trains on or generates in a run. */
+  private loadInto(run: RunPanel): void {
+    if (!this.runFiles) {
+      this.error('fine-tune first');
+      return;
+    }
+    if (this.runFiles.length === 0) {
+      this.error(this.mergeBlocked ?? 'the adapters cannot be folded into the base');
+      return;
+    }
+    // The run's worker takes (and detaches) the buffers it is given: send copies.
+    void run.loadFiles(this.runFiles.map((f) => ({ name: f.name, bytes: f.bytes.slice(0) })));
   }
 
   private save(): void {

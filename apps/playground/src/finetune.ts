@@ -12,7 +12,16 @@
  * validation split, on the same seeded windows before and after.
  */
 import { encodeCheckpoint, type EvalMetrics, MoelabError, type NodeSpec, type Registry, type TrainConfig, Trainer } from '@moelab/core';
-import { AdaptedModel, baseContentHash, encodeAdapterCheckpoint, finetuneMethod, finetuneMethods, type Model, type ParameterCounts } from '@moelab/finetune';
+import {
+  AdaptedModel,
+  baseContentHash,
+  encodeAdapterCheckpoint,
+  finetuneMethod,
+  finetuneMethods,
+  type Model,
+  mergeAdapters,
+  type ParameterCounts,
+} from '@moelab/finetune';
 import { loadCheckpointFiles, type UploadedFile } from './checkpoint.js';
 import { type TextData, TextTokens } from './data.js';
 
@@ -86,6 +95,7 @@ export class PageFinetune {
   private readonly target: TextTokens;
   private readonly general: TextTokens;
   private readonly evalConfig: Partial<TrainConfig>;
+  private merged = false;
 
   constructor(
     registry: Registry,
@@ -175,11 +185,26 @@ export class PageFinetune {
         { name: 'adapter.safetensors', bytes: weights },
       ];
     }
+    return this.mergedFiles();
+  }
+
+  /**
+   * The fine-tuned model as an ordinary checkpoint a run loads: the adapters folded into the base
+   * weights where the maths allows (`mergeAdapters`: LoRA, (IA)³, MixLoRA, ESFT), the model itself for
+   * full fine-tuning. A block-parallel or input-dependent adapter (PERFT, MoLoRA, S'MoRE, MoV with
+   * E > 1) cannot be folded: a one-line error says why. Call after `resultFiles` (folding detaches the
+   * adapters).
+   */
+  mergedFiles(): { name: string; bytes: Uint8Array }[] {
+    if (this.adapted && !this.merged) {
+      mergeAdapters(this.adapted);
+      this.merged = true;
+    }
     const { configJson, weights } = encodeCheckpoint(this.model, {
       spec: this.spec,
       step: this.baseStep + this.trainer.step,
       seed: this.trainer.config.seed,
-      train,
+      train: { ...this.trainer.config, data: this.request.target.name },
     });
     return [
       { name: 'config.json', bytes: new TextEncoder().encode(configJson) },
@@ -188,7 +213,7 @@ export class PageFinetune {
   }
 
   dispose(): void {
-    this.adapted?.detach();
+    if (!this.merged) this.adapted?.detach();
     this.model.dispose();
   }
 

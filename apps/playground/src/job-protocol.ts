@@ -38,6 +38,16 @@ export type FromJob =
       steps: number;
     }
   | { type: 'ft-step'; step: number; steps: number; loss: number }
-  | { type: 'ft-done'; domains: DomainPerplexity[]; steps: number; files: JobFile[] }
+  | {
+      type: 'ft-done';
+      domains: DomainPerplexity[];
+      steps: number;
+      /** The adapter checkpoint (full fine-tuning: the model's checkpoint). */
+      files: JobFile[];
+      /** The fine-tuned model as a checkpoint a run loads (empty when the adapters cannot be folded). */
+      runFiles: JobFile[];
+      /** Why the adapters cannot be folded into the base. */
+      mergeBlocked?: string;
+    }
   | { type: 'compressed'; result: Omit<CompressResult, 'files' | 'runFiles'>; files: JobFile[]; runFiles: JobFile[] }
   | { type: 'error'; message: string };

@@ -57,9 +57,17 @@ async function finetune(msg: Extract<ToJob, { type: 'finetune' }>): Promise<void
     post({ type: 'progress', phase: 'measuring both domains after fine-tuning' });
     const domains = job.finish();
     const files = transferable(job.resultFiles());
+    // The fine-tuned model for a run: adapters folded into the base where they can be (else why not).
+    let runFiles: JobFile[] = [];
+    let mergeBlocked: string | undefined;
+    try {
+      runFiles = transferable(job.mergedFiles());
+    } catch (e) {
+      mergeBlocked = (e as Error).message;
+    }
     post(
-      { type: 'ft-done', domains, steps: job.trainer.step, files },
-      files.map((f) => f.bytes),
+      { type: 'ft-done', domains, steps: job.trainer.step, files, runFiles, mergeBlocked },
+      [...files, ...runFiles].map((f) => f.bytes),
     );
   } finally {
     job.dispose();

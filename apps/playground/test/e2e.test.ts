@@ -375,6 +375,13 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     const adapter = JSON.parse(await adapterJson);
     expect(adapter.format).toBe('moelab-adapter-v1');
     expect(adapter.counts.trainable).toBe(1024);
+    // LoRA folds into the base: the fine-tuned model loads into run B (8 + 5 steps).
+    await page.click('.ft-load-b');
+    await page.waitForFunction(
+      () => (window as unknown as { playground: { runs: Record<string, () => { loaded?: { step: number } }> } }).playground.runs.B!().loaded?.step === 13,
+      null,
+      { timeout: 60_000 },
+    );
 
     // Compress run A's model: 4-bit experts shrink the file; pruning half the experts by REAP removes parameters.
     await page.click('.cp-use-a');
@@ -388,7 +395,8 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     expect(q.result!.size.after.bytes).toBeLessThan(q.result!.size.before.bytes);
     expect(q.result!.size.after.parameters).toBe(parameters);
     expect(Number(await page.textContent('#cp-table tr[data-row=perplexity] td.after'))).toBeGreaterThan(1);
-    expect(q.barsDrawn).toBe(2 * 4);
+    // Charts draw on the next animation frame.
+    await expect.poll(async () => (await cp()).barsDrawn).toBe(2 * 4);
     await page.selectOption('#cp-method', 'prune');
     await page.selectOption('#cp-score', 'reap');
     await page.fill('#cp-ratio', '0.5');
@@ -398,7 +406,7 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     expect(p.errors).toEqual([]);
     expect(p.result!.size.after.parameters).toBeLessThan(parameters);
     expect(p.result!.experts.map((l) => l.kept!.filter(Boolean).length)).toEqual([2, 2]);
-    expect(p.barsDrawn).toBe(2 * 4);
+    await expect.poll(async () => (await cp()).barsDrawn).toBe(2 * 4);
     // The pruned model trains on in run B: the Build section shows its spec (2 experts per layer).
     await page.click('.cp-load-b');
     await page.waitForFunction(
@@ -418,7 +426,7 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     expect(st.errors).toEqual([]);
     expect(st.files).toEqual(['steer.json']);
     expect(Number(await page.textContent('#cp-table tr[data-row=other-perplexity] td.after'))).toBeGreaterThan(1);
-    expect(st.barsDrawn).toBe(2 * 4);
+    await expect.poll(async () => (await cp()).barsDrawn).toBe(2 * 4);
     await page.screenshot({ path: join(results, 'playground-finetune-compress.png'), fullPage: true });
     expect(pageErrors).toEqual([]);
   }, 240_000);

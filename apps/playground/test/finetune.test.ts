@@ -3,10 +3,14 @@
  * checkpoint as files, an adapter method, the fine-tuning text and the base's domain. Checks the
  * parameter counts against LoRA's formula, that "before" is the base's own perplexity (adapters start as
  * the identity), that the fine-tuning text's perplexity falls while the base stays bitwise unchanged,
- * and that the adapter files re-attach to the base and reproduce the fine-tuned logits.
+ * that the adapter files re-attach to the base through the CLI's loaders and reproduce the fine-tuned
+ * logits, and that the folded checkpoint for a run does too (where the adapter can be folded).
  */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { buildModel, forwardContext, type LanguageModel, type Module, Rng, resolveBackend, Trainer, tf } from '@moelab/core';
-import { decodeAdapterCheckpoint } from '@moelab/finetune';
+import { createDefaultRegistry, loadAdapterCheckpoint, loadCheckpoint } from '@moelab/node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { checkpointFiles, loadCheckpointFiles } from '../src/checkpoint.js';
 import { splitText, TextTokens } from '../src/data.js';
@@ -36,6 +40,7 @@ function baseFiles() {
 
 const probe = () => tf.tensor2d([[97, 98, 99, 100, 32, 101, 102, 103]], [1, 8], 'int32');
 const logits = (m: Model) => tf.tidy(() => m.forward(probe(), forwardContext(new Rng(0), false)).dataSync() as Float32Array);
+const maxDiff = (a: Float32Array, b: Float32Array) => Math.max(...Array.from(a, (x, i) => Math.abs(x - b[i]!)));
 const request = (files: ReturnType<typeof baseFiles>, method: string, options: Record<string, unknown> = {}) => ({
   files,
   source: 'runA@3',
@@ -86,14 +91,38 @@ describe('fine-tuning in the playground', () => {
     expect(config.format).toBe('moelab-adapter-v1');
     expect(config.base.source).toBe('runA@3');
     expect(config.step).toBe(12);
+    // LoRA folds into the base: the merged checkpoint a run loads computes the fine-tuned logits.
+    const merged = job.mergedFiles();
     job.dispose();
-    // The adapter files on a freshly loaded base give the fine-tuned model's logits.
-    const { adapted } = decodeAdapterCheckpoint(base, new TextDecoder().decode(out[0]!.bytes), out[1]!.bytes, registry);
-    const again = logits(base);
-    const maxDiff = Math.max(...Array.from(tuned, (x, i) => Math.abs(x - again[i]!)));
-    expect(maxDiff).toBeLessThan(1e-5);
-    adapted.detach();
+    const { model: folded, config: foldedConfig } = loadCheckpointFiles<Model>(merged, registry);
+    expect(foldedConfig.step).toBe(3 + 12);
+    expect(maxDiff(logits(folded), tuned)).toBeLessThan(1e-4);
+    folded.dispose();
     base.dispose();
+    // The downloads, saved as directories, are what the CLI reads: the base checkpoint plus the adapter.
+    const dir = mkdtempSync(join(tmpdir(), 'moelab-playground-ft-'));
+    try {
+      mkdirSync(join(dir, 'base'));
+      mkdirSync(join(dir, 'adapter'));
+      for (const f of files) writeFileSync(join(dir, 'base', f.name), f.bytes);
+      for (const f of out) writeFileSync(join(dir, 'adapter', f.name), f.bytes);
+      const cli = createDefaultRegistry();
+      const { model } = loadCheckpoint(join(dir, 'base'), cli);
+      const { adapted } = loadAdapterCheckpoint(join(dir, 'adapter'), model, cli);
+      expect(maxDiff(logits(model), tuned)).toBeLessThan(1e-5);
+      adapted.detach();
+      model.dispose();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a block-parallel adapter (PERFT-S) cannot be folded into the base: the adapter files only, and why', () => {
+    const job = new PageFinetune(registry, { ...request(baseFiles(), 'perft-s'), train: { ...train, steps: 1 } });
+    job.step();
+    expect(job.resultFiles().map((f) => f.name)).toEqual(['adapter.json', 'adapter.safetensors']);
+    expect(() => job.mergedFiles()).toThrow(/cannot merge/);
+    job.dispose();
   });
 
   it('full fine-tuning: nothing frozen, the result is an ordinary checkpoint one step further per step', () => {
