@@ -8,7 +8,7 @@ import { writeCorpusSlice } from './scripts/make-corpus.mjs';
 const here = fileURLToPath(new URL('.', import.meta.url));
 const packages = fileURLToPath(new URL('../../packages/', import.meta.url));
 const alias: Record<string, string> = {};
-for (const dir of ['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune', 'compress']) {
+for (const dir of ['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune', 'compress', 'interop']) {
   const entry = `${packages}${dir}/src/index.ts`;
   if (existsSync(entry)) alias[`@moelab/${dir}`] = entry;
 }

@@ -7,6 +7,7 @@ import type { RedrawOnResize } from './charts.js';
 import { downloadCheckpoint, readUploads } from './checkpoint-io.js';
 import type { TextData } from './data.js';
 import { $, el, fmt } from './dom.js';
+import { downloadOnnx } from './onnx-download.js';
 import type { FromWorker, RunState, ToWorker } from './protocol.js';
 import { type RoutedSample, renderRoutedTokens } from './routed-tokens.js';
 import { RunCharts } from './run-charts.js';
@@ -50,6 +51,7 @@ const PANEL_HTML = (name: string) => `
   <pre class="generated"></pre>
   <h3>Checkpoint</h3>
   <div class="row"><button type="button" class="save">Save (config.json + model.safetensors)</button>
+    <button type="button" class="onnx" title="the current model as an ONNX inference graph">Download ONNX</button>
     <label>Load <input class="load" type="file" multiple accept=".json,.safetensors" /></label></div>
   <div class="meta ckpt-status"></div>`;
 
@@ -94,6 +96,7 @@ export class RunPanel {
       });
     });
     this.q('.save').addEventListener('click', () => this.send({ type: 'save' }));
+    this.q('.onnx').addEventListener('click', () => void downloadOnnx(this, this.q('.ckpt-status')));
     this.q<HTMLInputElement>('.load').addEventListener('change', (e) => void this.load((e.target as HTMLInputElement).files));
     this.q('.sample-layer').addEventListener('change', () => this.drawSample());
   }

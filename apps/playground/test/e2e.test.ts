@@ -7,6 +7,7 @@
  * Then it upcycles a dense run into an MoE in the Upcycle section (provenance table) and trains it in run B,
  * fine-tunes a trained MoE with LoRA in the Fine-tune section (counts, perplexity on both domains, the
  * adapter download) and compresses it in the Compress section (size, perplexity, per-expert chart).
+ * "Download ONNX" gives a model.onnx that ONNX Runtime runs to the CLI loader's logits.
  * A second test boots the app through Vite's dev server (what `pnpm --filter playground dev` runs)
  * and trains a few steps there, so the development path is checked too, not only the build.
  */
@@ -17,7 +18,9 @@ import type { AddressInfo } from 'node:net';
 import { extname, join, normalize } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { forwardContext, resolveBackend, Rng, tf } from '@moelab/core';
+import { decodeOnnxModel } from '@moelab/interop';
 import { createDefaultRegistry, loadCheckpoint } from '@moelab/node';
+import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -42,7 +45,7 @@ function buildApp(): void {
     join(app, 'src'),
     join(app, 'index.html'),
     join(app, 'vite.config.ts'),
-    ...['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune', 'compress'].map((p) => join(app, '../../packages', p, 'src')),
+    ...['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune', 'compress', 'interop'].map((p) => join(app, '../../packages', p, 'src')),
   ];
   const newest = Math.max(...sources.map((s) => (statSync(s).isDirectory() ? newestMtime(s) : statSync(s).mtimeMs)));
   const built = existsSync(join(dist, 'index.html')) ? statSync(join(dist, 'index.html')).mtimeMs : 0;
@@ -247,6 +250,27 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     const b = await run('B');
     expect(b.loaded!.step).toBe(40);
     expect(b.loaded!.valLoss).toBeCloseTo(saved.valLoss, 4);
+
+    // Download ONNX: run A's model as model.onnx, built in the page; ONNX Runtime gives the CLI loader's logits.
+    const onnxDownload = page.waitForEvent('download');
+    await page.click('#run-a .onnx');
+    const onnx = await onnxDownload;
+    expect(onnx.suggestedFilename()).toBe('model.onnx');
+    const onnxBytes = new Uint8Array(readFileSync(await onnx.path()));
+    expect(onnxBytes.length).toBeGreaterThan(1000);
+    expect(decodeOnnxModel(onnxBytes).graph.node.some((n) => n.opType === 'TopK')).toBe(true);
+    const session = await ort.InferenceSession.create(onnxBytes);
+    const ortOut = await session.run({ input_ids: new ort.Tensor('int64', BigInt64Array.from([84n, 104n, 101n, 32n]), [1, 4]) });
+    const ortLogits = ortOut.logits!.data as Float32Array;
+    await session.release();
+    let onnxDiff = 0;
+    logits[0]!.flat().forEach((v, i) => {
+      onnxDiff = Math.max(onnxDiff, Math.abs(v - ortLogits[i]!));
+    });
+    expect(onnxDiff).toBeLessThan(1e-4);
+    await expect.poll(async () => page.textContent('#run-a .ckpt-status')).toMatch(/^model\.onnx \(step 40\): ONNX opset 17: \d+ nodes/);
+    // The page bundle builds the file itself: the Node runtime never enters it.
+    for (const f of readdirSync(join(dist, 'assets'))) expect(readFileSync(join(dist, 'assets', f), 'latin1').includes('onnxruntime')).toBe(false);
 
     mkdirSync(results, { recursive: true });
     await page.screenshot({ path: join(results, 'playground.png'), fullPage: true });

@@ -163,6 +163,21 @@ const cases: [string, NodeSpec, OnnxExportOptions?][] = [
     ),
   ],
   [
+    'MoEUT: SwitchHead (2 of 3 value / output experts per head, partial RoPE), sigma-MoE FFN, peri-norm, shared layers',
+    lm(
+      {
+        norm: 'peri',
+        attention: { type: 'switchhead', heads: 2, headDim: 6, experts: 3, k: 2 },
+        ffn: { type: 'sigma-moe', experts: 6, k: 2, expertSize: 8 },
+      },
+      { stack: { groupSize: 2, repeats: 2 }, headBias: true },
+    ),
+  ],
+  [
+    'dense-gated SwitchHead (experts: 1), sigma-moe experts in the moe shell',
+    lm({ attention: { type: 'switchhead', heads: 4, experts: 1 }, ffn: moe({ type: 'sigma-topk', k: 2 }, { type: 'sigma-moe', size: 8 }) }),
+  ],
+  [
     'dense experts (--onnx-dense-experts), Mixtral router',
     lm({ attention: mha, ffn: moe({ type: 'mixtral' }, { type: 'glu', hidden: 16 }) }),
     { denseExperts: true },
@@ -215,8 +230,8 @@ describe('the ONNX file', () => {
     expect(refused(lm({ attention: mha, ffn: moe({ type: 'hash' }) }))).toMatch(
       /^\$\.block\.ffn\.router: router "hash" has no ONNX export \(routers the ONNX export holds: softmax-topk, /,
     );
-    expect(refused(lm({ attention: { type: 'switchhead', heads: 2 }, ffn: { type: 'dense', hidden: 8 } }))).toMatch(
-      /^\$\.block\.attention: attention "switchhead" has no ONNX export/,
+    expect(refused(lm({ attention: { type: 'mae', heads: 4 }, ffn: { type: 'dense', hidden: 8 } }))).toMatch(
+      /^\$\.block\.attention: attention "mae" has no ONNX export \(attentions the ONNX export holds: mha, switchhead/,
     );
     expect(refused(lm({ attention: mha, ffn: moe({ type: 'softmax-topk', k: 2 }, 'mlp', { capacityFactor: 1.25 }) }))).toMatch(
       /^\$\.block\.ffn\.capacityFactor: capacity factor 1\.25 at inference drops assignments/,

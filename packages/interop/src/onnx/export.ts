@@ -286,7 +286,61 @@ const mhaAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
   return ex.linear(ex.mergeHeads(out, H, dh), `${prefix}.o_proj`, H * dh, d, c.bias as boolean);
 };
 
-const ATTENTION: Record<string, AttentionHandler> = { mha: mhaAttention };
+/**
+ * `switchhead` (packages/attention/src/switchhead.ts; MoEUT): q, k dense and scaled by dh^-¼ each, RoPE
+ * (rotate-half) on the first n_rot channels, attention without a further 1/√dh; per head, value experts
+ * chosen by top-k of σ(k_src sel_v^T) and output experts by top-k of σ(q_src sel_o^T), both dispatched.
+ * With experts: 1, dense v / o and a sigmoid output gate per head.
+ */
+const switchHeadAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
+  const g = ex.g;
+  const d = ex.dModel;
+  const H = c.heads as number;
+  const dh = (c.headDim as number | undefined) ?? d / H;
+  const E = c.experts as number;
+  const K = c.k as number;
+  const nr = Math.floor((c.rotateFraction as number) * dh);
+  const nRotate = nr - (nr % 2);
+  const scale = g.f32(dh ** -0.25);
+  const q = ex.splitHeads(g.mul(ex.linear(src.q, `${prefix}.q`, d, H * dh, false), scale), H, dh);
+  const k = ex.splitHeads(g.mul(ex.linear(src.k, `${prefix}.k`, d, H * dh, false), scale), H, dh);
+  const Xq = g.reshape(src.q, [-1, d]);
+  const Xk = g.reshape(src.k, [-1, d]);
+  const Xv = g.reshape(src.v, [-1, d]);
+  const rows = g.op('Shape', [Xq], { start: { i: 0 }, end: { i: 1 } }); // [N]
+  const base = c.ropeBase as number;
+  const attend = (v: string) => ex.causalAttention(ex.applyRope(q, dh, nRotate, base, 'half'), ex.applyRope(k, dh, nRotate, base, 'half'), v, 1);
+  if (E === 1) {
+    const v = g.matmul(src.v, ex.linearWeight(`${prefix}.v`, d, H * dh));
+    const res = g.transpose(attend(ex.splitHeads(v, H, dh)), [0, 2, 1, 3]); // [B, T, H, dh]
+    const gate = g.sigmoid(g.reshape(g.matmul(src.q, ex.linearWeight(`${prefix}.sel_o`, d, H)), [0, 0, H, 1]));
+    return g.matmul(g.reshape(g.mul(res, gate), [0, 0, H * dh]), ex.linearWeight(`${prefix}.o`, H * dh, d));
+  }
+  // Per-head choices [N, H, K] of expert h·E + e, with sigmoid gates.
+  const offsets = g.reshape(g.i64(Array.from({ length: H }, (_, h) => h * E)), [1, H, 1]);
+  const choose = (x: string, sel: string) => {
+    const logits = g.reshape(g.matmul(x, ex.linearWeight(`${prefix}.${sel}`, d, H * E)), [0, H, E]);
+    const [values, indices] = topk(g, logits, K);
+    return { experts: g.add(indices, offsets), weights: g.sigmoid(values) };
+  };
+  const bank = (name: string, rowsIn: number, colsOut: number) => ({
+    count: H * E,
+    one: (x: string, e: number) => g.matmul(x, ex.expertSlice(`${prefix}.${name}`, H * E, rowsIn, colsOut, e)),
+  });
+  // Assignment a = (n·H + h)·K + j: values read row n of v_src and fill row n·H + h; outputs the reverse.
+  const vSel = choose(Xk, 'sel_v');
+  const headRow = (pos: string) => g.div(pos, g.i64(K));
+  const tokenRow = (pos: string) => g.div(pos, g.i64(H * K));
+  const vZeros = g.zeros(g.concat([g.mul(rows, g.i64([H])), g.i64([dh])], 0));
+  const vh = dispatch(g, Xv, vZeros, bank('v', d, dh), { ...vSel, src: tokenRow, dst: headRow }); // [N·H, dh]
+  const v = g.op('Reshape', [vh, g.concat([g.op('Shape', [src.v], { start: { i: 0 }, end: { i: 2 } }), g.i64([H * dh])], 0)]);
+  const res = g.reshape(g.transpose(attend(ex.splitHeads(v, H, dh)), [0, 2, 1, 3]), [-1, dh]); // [N·H, dh]
+  const oSel = choose(Xq, 'sel_o');
+  const out = dispatch(g, res, g.zeros(g.concat([rows, g.i64([d])], 0)), bank('o', dh, d), { ...oSel, src: headRow, dst: tokenRow });
+  return g.op('Reshape', [out, g.op('Shape', [src.q])]);
+};
+
+const ATTENTION: Record<string, AttentionHandler> = { mha: mhaAttention, switchhead: switchHeadAttention };
 
 // ---- routers -----------------------------------------------------------------------------------
 
@@ -363,38 +417,76 @@ const ROUTERS: Record<string, RouterHandler> = {
 
 // ---- experts -----------------------------------------------------------------------------------
 
-/** mlp / glu experts (packages/experts/src/mlp.ts): act(x W1[e]) (⊙ x W3[e]) W2[e], banks [E, d, h] / [E, h, d]. */
-function mlpExperts(glu: boolean | undefined): ExpertHandler {
-  return (ex, prefix, c, path, E) => {
-    const g = ex.g;
-    const d = ex.dModel;
-    const h = c.hidden as number;
-    const gated = glu ?? (c.glu as boolean);
-    const act = c.activation as string;
-    return {
-      count: E,
-      one(x, e) {
-        let hid = ex.activation(g.matmul(x, ex.expertSlice(`${prefix}.w1`, E, d, h, e)), act, path);
-        if (gated) hid = g.mul(hid, g.matmul(x, ex.expertSlice(`${prefix}.w3`, E, d, h, e)));
-        return g.matmul(hid, ex.expertSlice(`${prefix}.w2`, E, h, d, e));
-      },
-      all(x) {
-        // [N, d] · [E, d, h] broadcasts to [E, N, h].
-        let hid = ex.activation(g.matmul(x, ex.param(`${prefix}.w1`, [E, d, h])), act, path);
-        if (gated) hid = g.mul(hid, g.matmul(x, ex.param(`${prefix}.w3`, [E, d, h])));
-        return g.matmul(hid, ex.param(`${prefix}.w2`, [E, h, d]));
-      },
-    };
+/** Two-layer experts act(x W1[e]) (⊙ x W3[e]) W2[e] from banks [E, d, h] / [E, h, d] named `in`, `gate`, `out` under `prefix`. */
+function twoLayerBank(
+  ex: Exporter,
+  prefix: string,
+  E: number,
+  h: number,
+  act: string,
+  path: string,
+  names: { in: string; gate?: string; out: string },
+): ExpertBankGraph {
+  const g = ex.g;
+  const d = ex.dModel;
+  const w = (n: string) => `${prefix}.${n}`;
+  return {
+    count: E,
+    one(x, e) {
+      let hid = ex.activation(g.matmul(x, ex.expertSlice(w(names.in), E, d, h, e)), act, path);
+      if (names.gate) hid = g.mul(hid, g.matmul(x, ex.expertSlice(w(names.gate), E, d, h, e)));
+      return g.matmul(hid, ex.expertSlice(w(names.out), E, h, d, e));
+    },
+    all(x) {
+      // [N, d] · [E, d, h] broadcasts to [E, N, h].
+      let hid = ex.activation(g.matmul(x, ex.param(w(names.in), [E, d, h])), act, path);
+      if (names.gate) hid = g.mul(hid, g.matmul(x, ex.param(w(names.gate), [E, d, h])));
+      return g.matmul(hid, ex.param(w(names.out), [E, h, d]));
+    },
   };
 }
 
-const EXPERTS: Record<string, ExpertHandler> = { mlp: mlpExperts(undefined), glu: mlpExperts(true) };
+/** mlp / glu experts (packages/experts/src/mlp.ts): act(x W1[e]) (⊙ x W3[e]) W2[e], banks w1, w3 [E, d, h], w2 [E, h, d]. */
+function mlpExperts(glu: boolean | undefined): ExpertHandler {
+  return (ex, prefix, c, path, E) =>
+    twoLayerBank(ex, prefix, E, c.hidden as number, c.activation as string, path, { in: 'w1', gate: (glu ?? c.glu) ? 'w3' : undefined, out: 'w2' });
+}
+
+/** sigma-moe experts (packages/experts/src/sigma-moe.ts): act(x keys[e]) values[e]. */
+const sigmaMoEExperts: ExpertHandler = (ex, prefix, c, path, E) =>
+  twoLayerBank(ex, prefix, E, c.size as number, c.activation as string, path, { in: 'keys', out: 'values' });
+
+const EXPERTS: Record<string, ExpertHandler> = { mlp: mlpExperts(undefined), glu: mlpExperts(true), 'sigma-moe': sigmaMoEExperts };
 
 function expertBank(ex: Exporter, node: unknown, path: string, prefix: string, count: number): ExpertBankGraph {
   const r = ex.resolve('expert', node, path);
   const handler = EXPERTS[r.type];
   if (!handler) return refuse('expert', r.type, path, EXPERTS);
   return handler(ex, prefix, r.config, path, count);
+}
+
+/**
+ * Sparse dispatch: assignment a (a flat list A [M] of expert ids with weights W [M]) reads row src(a)
+ * of `input` [R, din] and adds W[a] · expert_{A[a]}(row) to row dst(a) of `out` [R', dout]. Each expert
+ * gathers only its assignments (Equal, NonZero, Gather), runs on them, and ScatterElements (reduction
+ * add) puts the weighted outputs back. `src` / `dst` map the int64 positions [M] to row indices.
+ */
+export function dispatch(
+  g: OnnxGraph,
+  input: string,
+  out: string,
+  experts: { count: number; one(x: string, e: number): string },
+  assignment: { experts: string; weights: string; src(pos: string): string; dst(pos: string): string },
+): string {
+  const A = g.reshape(assignment.experts, [-1]);
+  const W = g.reshape(assignment.weights, [-1]);
+  for (let e = 0; e < experts.count; e++) {
+    const pos = g.reshape(g.op('NonZero', [g.op('Equal', [A, g.i64(e)])]), [-1]);
+    const y = g.mul(experts.one(g.gather(input, assignment.src(pos), 0), e), g.unsqueeze(g.gather(W, pos, 0), [1]));
+    const at = g.op('Expand', [g.unsqueeze(assignment.dst(pos), [1]), g.op('Shape', [y])]);
+    out = g.op('ScatterElements', [out, at, y], { axis: { i: 0 }, reduction: { s: 'add' } });
+  }
+  return out;
 }
 
 /**
@@ -413,18 +505,9 @@ function combineExperts(ex: Exporter, X: string, routing: Routing, bank: ExpertB
     const y = bank.all(X); // [E, N, d]
     return g.reduceSum(g.mul(y, g.unsqueeze(g.transpose(gates, [1, 0]), [2])), [0], false);
   }
-  const flatIdx = g.reshape(indices, [-1]);
-  const flatW = g.reshape(weights, [-1]);
-  let out = g.zeros(g.op('Shape', [X]));
-  for (let e = 0; e < E; e++) {
-    // Assignment n = row·k + slot: the rows routed to e and their weights.
-    const pos = g.reshape(g.op('NonZero', [g.op('Equal', [flatIdx, g.i64(e)])]), [-1]);
-    const rows = g.div(pos, g.i64(k));
-    const y = g.mul(bank.one(g.gather(X, rows, 0), e), g.unsqueeze(g.gather(flatW, pos, 0), [1]));
-    const at = g.op('Expand', [g.unsqueeze(rows, [1]), g.op('Shape', [y])]);
-    out = g.op('ScatterElements', [out, at, y], { axis: { i: 0 }, reduction: { s: 'add' } });
-  }
-  return out;
+  // Assignment a = row·k + slot.
+  const row = (pos: string) => g.div(pos, g.i64(k));
+  return dispatch(g, X, g.zeros(g.op('Shape', [X])), bank, { experts: indices, weights, src: row, dst: row });
 }
 
 // ---- feed-forward ------------------------------------------------------------------------------
@@ -443,12 +526,7 @@ const denseFfn: FfnHandler = (ex, x, _routerIn, prefix, c, path) => {
 const moeFfn: FfnHandler = (ex, x, routerIn, prefix, c, path) => {
   const g = ex.g;
   const d = ex.dModel;
-  const cf = (c.evalCapacityFactor as number | undefined) ?? (c.capacityFactor as number);
-  if (cf > 0)
-    throw new MoelabError(
-      `capacity factor ${cf} at inference drops assignments depending on the other tokens of the batch; the ONNX graph is dropless (set evalCapacityFactor: 0)`,
-      `${path}.${c.evalCapacityFactor !== undefined ? 'evalCapacityFactor' : 'capacityFactor'}`,
-    );
+  requireDropless(c, path);
   const E = c.experts as number;
   const router = ex.resolve('router', c.router, `${path}.router`);
   const routerHandler = ROUTERS[router.type];
@@ -469,7 +547,30 @@ const moeFfn: FfnHandler = (ex, x, routerIn, prefix, c, path) => {
   return g.op('Reshape', [out, g.op('Shape', [x])]);
 };
 
-const FFNS: Record<string, FfnHandler> = { dense: denseFfn, moe: moeFfn };
+/** Refuse a capacity factor at inference: its drops depend on the other tokens of the batch. */
+function requireDropless(c: Cfg, path: string): void {
+  const cf = (c.evalCapacityFactor as number | undefined) ?? (c.capacityFactor as number);
+  if (cf > 0)
+    throw new MoelabError(
+      `capacity factor ${cf} at inference drops assignments depending on the other tokens of the batch; the ONNX graph is dropless (set evalCapacityFactor: 0)`,
+      `${path}.${c.evalCapacityFactor !== undefined ? 'evalCapacityFactor' : 'capacityFactor'}`,
+    );
+}
+
+/** `sigma-moe` FFN (MoEUT, packages/experts/src/sigma-moe.ts): sigma-topk on the router input (flat `expert_sel`), experts `keys` / `values`. */
+const sigmaMoEFfn: FfnHandler = (ex, x, routerIn, prefix, c, path) => {
+  const g = ex.g;
+  const d = ex.dModel;
+  requireDropless(c, path);
+  const E = c.experts as number;
+  const X = g.reshape(x, [-1, d]);
+  const R = routerIn === x ? X : g.reshape(routerIn, [-1, d]);
+  const routing = sigmaTopK(ex, R, prefix, { k: c.k }, path, E);
+  const bank = twoLayerBank(ex, prefix, E, c.expertSize as number, c.activation as string, path, { in: 'keys', out: 'values' });
+  return g.op('Reshape', [combineExperts(ex, X, routing, bank), g.op('Shape', [x])]);
+};
+
+const FFNS: Record<string, FfnHandler> = { dense: denseFfn, moe: moeFfn, 'sigma-moe': sigmaMoEFfn };
 
 // ---- blocks and the model ----------------------------------------------------------------------
 

@@ -37,6 +37,10 @@ const TINY: Record<string, (s: Spec) => void> = {
   'moeut-tiny-dense-params': (s) => {
     at(s, 'block.ffn').hidden = 40;
   },
+  'moeut-tiny': (s) => {
+    Object.assign(at(s, 'block.attention'), { headDim: 8, experts: 3 });
+    Object.assign(at(s, 'block.ffn'), { experts: 8, expertSize: 8 });
+  },
   'moeut-tiny-dense-compute': (s) => {
     at(s, 'block.ffn').hidden = 24;
   },
@@ -44,7 +48,6 @@ const TINY: Record<string, (s: Spec) => void> = {
 
 /** Presets the ONNX graph cannot express, and the reason the export gives. */
 const REFUSED: Record<string, RegExp> = {
-  'moeut-tiny': /^\$\.block\.attention: attention "switchhead" has no ONNX export/,
   'bam-attn-tiny': /^\$\.block\.attention: attention "bam-soft-moa" has no ONNX export/,
   'moa-tiny': /^\$\.block\.attention: attention "moa" has no ONNX export/,
   'monet-tiny': /^\$\.block\.ffn: ffn "monet-vd" has no ONNX export/,
@@ -185,16 +188,18 @@ describe('moelab export --format onnx', () => {
     expect((await cli('export', ckpt, '--format', 'onnx', '--onnx-dense-experts', '--out', dense)).out).toContain('dense experts');
     expect(maxAbsDiff((await ortLogits(new Uint8Array(readFileSync(dense)))).data, expected)).toBeLessThan(1e-4);
 
-    const refusedCkpt = join(root, 'peer', 'checkpoint');
-    const peerSpec = registry.preset('peer-tiny').spec as Spec;
-    Object.assign(peerSpec, { dModel: 16, contextLength: T });
-    Object.assign(at(peerSpec, 'block'), { attention: { type: 'mha', heads: 2 }, ffn: { type: 'peer', experts: 16, heads: 1, k: 2, keyDim: 4 } });
-    const peer = buildModel<Model>(peerSpec as NodeSpec, registry, 0);
-    saveCheckpoint(refusedCkpt, peer, { spec: peerSpec as NodeSpec, step: 0, seed: 0 });
-    peer.dispose();
-    const bad = await cli('export', refusedCkpt, '--format', 'onnx', '--out', join(root, 'no', 'peer.onnx'));
+    // Capacity drops at inference depend on the other tokens of the batch: refused, nothing written.
+    const refusedCkpt = join(root, 'capacity', 'checkpoint');
+    const capSpec = tiny('moe-tiny') as Spec;
+    at(capSpec, 'block.ffn').capacityFactor = 1.25;
+    const capped = buildModel<Model>(capSpec as NodeSpec, registry, 0);
+    saveCheckpoint(refusedCkpt, capped, { spec: capSpec as NodeSpec, step: 0, seed: 0 });
+    capped.dispose();
+    const bad = await cli('export', refusedCkpt, '--format', 'onnx', '--out', join(root, 'no', 'capped.onnx'));
     expect(bad.code).not.toBe(0);
-    expect(bad.err).toMatch(/^moelab: \$\.block\.ffn: ffn "peer" has no ONNX export \(ffns the ONNX export holds: dense, moe\)\n$/);
+    expect(bad.err).toMatch(
+      /^moelab: \$\.block\.ffn\.capacityFactor: capacity factor 1\.25 at inference drops assignments depending on the other tokens of the batch; the ONNX graph is dropless \(set evalCapacityFactor: 0\)\n$/,
+    );
     expect(existsSync(join(root, 'no'))).toBe(false);
   });
 });
