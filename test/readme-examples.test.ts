@@ -30,7 +30,7 @@ const shorten = (code: string) =>
     .replace(/i < (\d+)/g, (_, n) => `i < ${Math.min(3, Number(n))}`)
     .replace(/'runs\/example\/checkpoint'/g, JSON.stringify(join(dir, 'checkpoint')));
 
-const packages = ['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune', 'node', 'interop', 'compress', 'kernels-wasm'];
+const packages = ['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune', 'node', 'interop', 'compress', 'kernels-wasm', 'kernels-cuda'];
 
 describe('README examples', () => {
   for (const pkg of packages) {

@@ -23,6 +23,8 @@ export { BACKEND_NAME, NATIVE_KERNELS, registerMoelabCpuBackend, setGemm, setThr
 export type { MoelabCpuStatus, RegisterOptions, MoeActivation };
 export { HOW_TO_BUILD } from './native.js';
 export { pooledStorageBytes, releasePooledStorage } from './storage.js';
+/** Gradients of the contract's fused kernels, for any backend that brings the kernels (moelab-cpu registers them itself). */
+export { registerFusedGradients } from './kernels/index.js';
 
 /**
  * The fused MoE MLP: out[t] = sum over assignments n with tokenIndex[n] = t of

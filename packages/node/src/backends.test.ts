@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { Rng, tf } from '@moelab/core';
 import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
-import { chooseBackend } from './backends.js';
+import { chooseBackend, fallbackReport } from './backends.js';
 
 function bmmCases(): { a: number[]; b: number[]; ta: boolean; tb: boolean }[] {
   return [
@@ -30,14 +30,15 @@ function compute(backend: string): Float32Array[] {
 describe('backends', () => {
   it('auto picks the best available backend and says why', async () => {
     const c = await chooseBackend('auto');
-    expect(['tensorflow', 'moelab-cpu', 'wasm', 'cpu']).toContain(c.name);
+    expect(['tensorflow', 'moelab-cuda', 'moelab-cpu', 'wasm', 'cpu']).toContain(c.name);
     expect(c.reason.length).toBeGreaterThan(10);
   });
 
   it('auto picks moelab-cpu when its addon loaded, and otherwise says why and how to get it', async () => {
     const native = registerMoelabCpuBackend(tf);
     const c = await chooseBackend('auto');
-    if (native.available) {
+    if (c.name === 'moelab-cuda') expect(c.tried.find((t) => t.name === 'moelab-cuda')?.ok).toBe(true);
+    else if (native.available) {
       expect(c.name).toBe('moelab-cpu');
       expect(c.reason).toMatch(/native kernels \((OpenBLAS|builtin packed) GEMM, \d+ threads?(, malloc tuned)?\)/);
       expect(tf.getBackend()).toBe('moelab-cpu');
@@ -82,5 +83,34 @@ describe('backends', () => {
     const g = tf.grad((v: tf.Tensor) => tf.sum(tf.mul(tf.unsortedSegmentSum(v, ids, 3), tf.tensor2d([1, 2, 3, 4, 5, 6], [3, 2]))))(x);
     expect(Array.from(g.dataSync())).toEqual([5, 6, 1, 2, 5, 6]);
     await chooseBackend('cpu');
+  });
+});
+
+describe('moelab-cuda', () => {
+  it('auto tries moelab-cuda first among moelab backends and says why it was skipped when no GPU answers', async () => {
+    const c = await chooseBackend('auto');
+    const cuda = c.tried.find((t) => t.name === 'moelab-cuda');
+    expect(cuda).toBeDefined();
+    if (!cuda!.ok) {
+      expect(c.reason).toContain(`moelab-cuda: ${cuda!.reason}`);
+      expect(cuda!.reason.length).toBeGreaterThan(10);
+    } else expect(c.name).toBe('moelab-cuda');
+    await chooseBackend('cpu');
+  });
+
+  it('moelab-cuda-emu runs when named and reports the kernels that fell back to the host', async () => {
+    const c = await chooseBackend('moelab-cuda-emu').catch((e: Error) => ({ name: 'unavailable', reason: e.message, tried: [] }));
+    if (c.name === 'unavailable') {
+      expect(c.reason).toMatch(/moelab-cuda-emu/);
+      return;
+    }
+    const { resetFallbackCounts } = await import('@moelab/kernels-cuda');
+    resetFallbackCounts('moelab-cuda-emu');
+    const y = tf.tidy(() => tf.cumsum(tf.tensor1d([1, 2, 3]).mul(2)).dataSync());
+    expect(Array.from(y)).toEqual([2, 6, 12]);
+    expect(await fallbackReport()).toBe('moelab-cuda-emu: 1 kernel ran on the host (no CUDA version yet): Cumsum x1');
+    expect(c.name).toBe('moelab-cuda-emu');
+    await chooseBackend('cpu');
+    expect(await fallbackReport()).toBeNull();
   });
 });

@@ -2,6 +2,9 @@
  * Node backends, detected at run time (none is a hard dependency):
  *  - `tensorflow`: @tensorflow/tfjs-node-gpu, else @tensorflow/tfjs-node, when the user installed one
  *    (`pnpm add @tensorflow/tfjs-node-gpu`; its installer downloads libtensorflow, so we never list it).
+ *  - `moelab-cuda`: moelab's CUDA kernels (@moelab/kernels-cuda, an optional peer dependency), when
+ *    its device addon built (nvcc at install) and an NVIDIA GPU (sm_80+) answers; `moelab-cuda-emu`
+ *    is the same backend on a CPU emulation of the launch grid (named explicitly only, never `auto`).
  *  - `moelab-cpu`: moelab's native CPU kernels (@moelab/kernels-cpu), when its addon built.
  *  - `wasm`: tfjs's WebAssembly backend (single-threaded in Node).
  *  - `cpu`: plain JavaScript (always there).
@@ -35,6 +38,25 @@ export function registerNodeBackends(): void {
       return { ok: false, reason: 'neither @tensorflow/tfjs-node-gpu nor @tensorflow/tfjs-node is installed' };
     },
   });
+  for (const emulate of [false, true]) {
+    registerBackendCandidate({
+      name: emulate ? 'moelab-cuda-emu' : 'moelab-cuda',
+      // The emulation is for kernel tests and debugging: below cpu, so `auto` never reaches it.
+      priority: emulate ? -10 : 75,
+      hint: 'It needs @moelab/kernels-cuda installed on a machine with the CUDA toolkit (nvcc) at install time and an NVIDIA GPU of compute capability 8.0 or newer',
+      load: async () => {
+        let mod: { registerMoelabCudaBackend?: (tfjs?: unknown, options?: { emulate?: boolean }) => { available: boolean; reason: string } };
+        try {
+          mod = (await tryImport('@moelab/kernels-cuda')) as typeof mod;
+        } catch {
+          return { ok: false, reason: '@moelab/kernels-cuda is not installed (`pnpm add @moelab/kernels-cuda` or `npm install @moelab/kernels-cuda`)' };
+        }
+        if (!mod.registerMoelabCudaBackend) return { ok: false, reason: '@moelab/kernels-cuda has no registerMoelabCudaBackend export' };
+        const r = mod.registerMoelabCudaBackend(tf, { emulate });
+        return { ok: r.available, reason: r.reason };
+      },
+    });
+  }
   registerBackendCandidate({
     name: 'moelab-cpu',
     priority: 50,
@@ -66,6 +88,20 @@ export function registerNodeBackends(): void {
       }
     },
   });
+}
+
+/**
+ * One line naming the kernels that ran on the host instead of the device since the backend was
+ * chosen (moelab-cuda's fallback counts, most frequent first), or null on other backends or when
+ * none fell back.
+ */
+export async function fallbackReport(): Promise<string | null> {
+  const name = tf.getBackend();
+  if (name !== 'moelab-cuda' && name !== 'moelab-cuda-emu') return null;
+  const mod = (await tryImport('@moelab/kernels-cuda')) as { fallbackCounts(backend: string): Record<string, number> };
+  const counts = Object.entries(mod.fallbackCounts(name));
+  if (counts.length === 0) return null;
+  return `${name}: ${counts.length} kernel${counts.length === 1 ? '' : 's'} ran on the host (no CUDA version yet): ${counts.map(([k, n]) => `${k} x${n}`).join(', ')}`;
 }
 
 /** Pick the backend (`auto` or a name) before any model is built. */

@@ -3,6 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, Option } from '@commander-js/extra-typings';
 import { MoelabError, type NodeSpec, type TrainConfig } from '@moelab/core';
+import { fallbackReport } from '../backends.js';
 import { readTokenizerFile } from '../checkpoint.js';
 import { createDefaultRegistry } from '../registry.js';
 import { trainRun } from '../run.js';
@@ -99,6 +100,8 @@ export const train = defineCommand({
       quiet: o.quiet,
       tokenizer: o.tokenizer ? readTokenizerFile(o.tokenizer) : undefined,
     });
+    const fellBack = await fallbackReport();
+    if (fellBack) process.stderr.write(`${fellBack}\n`);
     process.stdout.write(
       `${name}: ${r.steps} steps, val loss ${r.finalEval.loss.toFixed(4)} (ppl ${r.finalEval.perplexity.toFixed(2)}), ${Math.round(r.tokensPerSec)} tok/s, ${human(r.summary.parameters)} params (${human(r.summary.activeParameters)} active)\ncheckpoint: ${join(outDir, 'checkpoint')}\nmetrics: ${join(outDir, 'metrics.jsonl')}\n`,
     );
