@@ -178,6 +178,25 @@ const cases: [string, NodeSpec, OnnxExportOptions?][] = [
     lm({ attention: { type: 'switchhead', heads: 4, experts: 1 }, ffn: moe({ type: 'sigma-topk', k: 2 }, { type: 'sigma-moe', size: 8 }) }),
   ],
   [
+    'MoA: top-2 of 5 head experts with one shared K/V head, raw gates; learned positions',
+    lm({ attention: { type: 'moa', experts: 5, k: 2, headDim: 6 }, ffn: { type: 'dense', hidden: 16 } }, { positionEmbedding: 'learned' }),
+  ],
+  [
+    'MoA with RoPE and renormalised gates',
+    lm({ attention: { type: 'moa', experts: 4, k: 3, headDim: 4, rope: true, router: { weighting: 'renormalise' } }, ffn: { type: 'dense', hidden: 16 } }),
+  ],
+  [
+    'BAM soft mixture of 3 attention experts (own K/V, GQA), parallel block with one norm',
+    lm({ layout: 'parallel', normType: 'rmsnorm', attention: { type: 'bam-soft-moa', experts: 3, heads: 4, kvHeads: 2 }, ffn: { type: 'dense', hidden: 16 } }),
+  ],
+  [
+    'BAM with shared K/V and top-2 routing (renormalised), no RoPE',
+    lm({
+      attention: { type: 'bam-soft-moa', experts: 3, heads: 2, kv: 'shared', rope: false, routing: { type: 'topk', k: 2, weighting: 'renormalise' } },
+      ffn: { type: 'dense', hidden: 16 },
+    }),
+  ],
+  [
     'dense experts (--onnx-dense-experts), Mixtral router',
     lm({ attention: mha, ffn: moe({ type: 'mixtral' }, { type: 'glu', hidden: 16 }) }),
     { denseExperts: true },
@@ -231,7 +250,7 @@ describe('the ONNX file', () => {
       /^\$\.block\.ffn\.router: router "hash" has no ONNX export \(routers the ONNX export holds: softmax-topk, /,
     );
     expect(refused(lm({ attention: { type: 'mae', heads: 4 }, ffn: { type: 'dense', hidden: 8 } }))).toMatch(
-      /^\$\.block\.attention: attention "mae" has no ONNX export \(attentions the ONNX export holds: mha, switchhead/,
+      /^\$\.block\.attention: attention "mae" has no ONNX export \(attentions the ONNX export holds: mha, switchhead, moa, bam-soft-moa\)$/,
     );
     expect(refused(lm({ attention: mha, ffn: moe({ type: 'softmax-topk', k: 2 }, 'mlp', { capacityFactor: 1.25 }) }))).toMatch(
       /^\$\.block\.ffn\.capacityFactor: capacity factor 1\.25 at inference drops assignments/,

@@ -340,7 +340,95 @@ const switchHeadAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
   return g.op('Reshape', [out, g.op('Shape', [src.q])]);
 };
 
-const ATTENTION: Record<string, AttentionHandler> = { mha: mhaAttention, switchhead: switchHeadAttention };
+/**
+ * `moa` (packages/attention/src/moa.ts, arXiv 2210.05144): a softmax router over E head experts picks k
+ * per token (TopK, GatherElements, raw or renormalised); each chosen expert's query projection makes one
+ * query slot (dispatched), the k slots attend as k heads to ONE shared key / value head, and the output
+ * experts map the slots back weighted by the gates (dispatched). RoPE (optional) on queries and the key.
+ */
+const moaAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
+  const g = ex.g;
+  const d = ex.dModel;
+  const E = c.experts as number;
+  const k = c.k as number;
+  const dh = (c.headDim as number | undefined) ?? d / k;
+  const router = c.router as Cfg;
+  const Xq = g.reshape(src.q, [-1, d]);
+  const probs = g.softmax(g.matmul(Xq, ex.param(`${prefix}.q_proj.w_gate`, [d, E])));
+  const [, indices] = topk(g, probs, k);
+  let gates = g.op('GatherElements', [probs, indices], { axis: { i: 1 } });
+  if (router.weighting === 'renormalise') gates = renormalize(g, gates);
+  const bank = (name: string, rows: number, cols: number) => ({
+    count: E,
+    one: (x: string, e: number) => g.matmul(x, ex.expertSlice(`${prefix}.q_proj.${name}.w`, E, rows, cols, e)),
+  });
+  // Assignment a = n·k + j is query slot a of token n.
+  const slot = (pos: string) => pos;
+  const token = (pos: string) => g.div(pos, g.i64(k));
+  const slotShape = g.op('Shape', [indices]); // [N, k]
+  const slots = g.concat([g.unsqueeze(g.op('Size', [indices]), [0]), g.i64([dh])], 0); // [N·k, dh]
+  const q = dispatch(g, Xq, g.zeros(slots), bank('experts', d, dh), { experts: indices, weights: g.fill(slotShape, 1), src: token, dst: slot });
+  const qh = g.transpose(g.op('Reshape', [q, g.concat([g.op('Shape', [src.q], { start: { i: 0 }, end: { i: 2 } }), g.i64([k, dh])], 0)]), [0, 2, 1, 3]);
+  const kv = (which: string, x: string) => g.unsqueeze(g.matmul(x, ex.linearWeight(`${prefix}.${which}.weight`, d, dh)), [1]); // [B, 1, T, dh]
+  const dims = c.rope ? dh : 0;
+  const base = c.ropeBase as number;
+  const res = ex.causalAttention(
+    ex.applyRope(qh, dh, dims, base, 'half'),
+    ex.applyRope(kv('k_proj', src.k), dh, dims, base, 'half'),
+    kv('v_proj', src.v),
+    1 / Math.sqrt(dh),
+  );
+  const flatSlots = g.reshape(g.transpose(res, [0, 2, 1, 3]), [-1, dh]); // [N·k, dh]
+  const out = dispatch(g, flatSlots, g.zeros(g.op('Shape', [Xq])), bank('output_experts', dh, d), { experts: indices, weights: gates, src: slot, dst: token });
+  return g.op('Reshape', [out, g.op('Shape', [src.q])]);
+};
+
+/**
+ * `bam-soft-moa` (packages/attention/src/bam.ts, arXiv 2408.08274): N complete attention experts (own or
+ * shared K / V, GQA, RoPE) mixed per token by g = softmax(u W_r); with routing top-k, g is kept on its
+ * k largest entries (TopK, GatherElements, ScatterElements), raw or renormalised. Every expert is
+ * evaluated, as in moelab: the routing makes the weights sparse, not the compute.
+ */
+const bamAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
+  const g = ex.g;
+  const d = ex.dModel;
+  const N = c.experts as number;
+  const H = c.heads as number;
+  const Hkv = (c.kvHeads as number | undefined) ?? H;
+  const dh = (c.headDim as number | undefined) ?? d / H;
+  const dims = c.rope ? dh : 0;
+  const base = c.ropeBase as number;
+  let mix = g.softmax(g.matmul(src.q, ex.param(`${prefix}.router.weight`, [d, N]))); // [B, T, N]
+  const routing = c.routing as Cfg;
+  if (routing.type === 'topk') {
+    const [, idx] = topk(g, mix, routing.k as number);
+    mix = g.op('ScatterElements', [g.zeros(g.op('Shape', [mix])), idx, g.op('GatherElements', [mix, idx], { axis: { i: 2 } })], { axis: { i: 2 } });
+    if (routing.weighting !== 'raw') mix = renormalize(g, mix);
+  }
+  const group = Hkv === H ? undefined : g.i64(Array.from({ length: H }, (_, h) => Math.floor(h / (H / Hkv))));
+  const heads = (x: string, name: string, n: number) => {
+    const t = ex.splitHeads(g.matmul(x, ex.param(name, [d, n * dh])), n, dh);
+    return group && n === Hkv ? g.gather(t, group, 1) : t;
+  };
+  const kvPrefix = (j: number) => (c.kv === 'shared' ? `${prefix}.shared_kv` : `${prefix}.experts.${j}`);
+  let out = '';
+  for (let j = 0; j < N; j++) {
+    const q = ex.applyRope(heads(src.q, `${prefix}.experts.${j}.wq`, H), dh, dims, base, 'half');
+    const k = ex.applyRope(heads(src.k, `${kvPrefix(j)}.wk`, Hkv), dh, dims, base, 'half');
+    const v = heads(src.v, `${kvPrefix(j)}.wv`, Hkv);
+    const y = g.matmul(ex.mergeHeads(ex.causalAttention(q, k, v, 1 / Math.sqrt(dh)), H, dh), ex.param(`${prefix}.experts.${j}.wo`, [H * dh, d]));
+    const term = g.mul(y, g.slice(mix, 2, j, j + 1));
+    out = j === 0 ? term : g.add(out, term);
+  }
+  return out;
+};
+
+const ATTENTION: Record<string, AttentionHandler> = {
+  mha: mhaAttention,
+  switchhead: switchHeadAttention,
+  moa: moaAttention,
+  'bam-soft-moa': bamAttention,
+};
 
 // ---- routers -----------------------------------------------------------------------------------
 

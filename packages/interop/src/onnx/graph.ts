@@ -146,6 +146,10 @@ export class OnnxGraph {
   }
   /** A float32 tensor of zeros with the (1-D int64) shape `shape`. */
   zeros(shape: string): string {
-    return this.op('ConstantOfShape', [shape], { value: { t: floatTensor('value', [1], new Float32Array(1)) } });
+    return this.fill(shape, 0);
+  }
+  /** A float32 tensor filled with `value`, of the (1-D int64) shape `shape`. */
+  fill(shape: string, value: number): string {
+    return this.op('ConstantOfShape', [shape], { value: { t: floatTensor('value', [1], Float32Array.of(value)) } });
   }
 }
