@@ -10,6 +10,12 @@
  * `parity: 'hf'` (HF Mixtral/OLMoE `load_balancing_loss_func`: K × canonical), `scope: 'sequence'`
  * (per-sequence canonical loss averaged over sequences: DeepSeek-V3's complementary sequence-wise loss,
  * docs/routers.md#deepseek-v3), `scope: 'global'` (counts accumulated over the micro-batches of one optimiser step).
+ * Mean-gate form (`usage: 'gates'`, BTX, arXiv 2403.07816 §2): the hard counts are replaced by the mean of the
+ * sparse (renormalised) gate values, which carries gradient,
+ *
+ *   L_lb = E · Σ_e u_e · P_e          u_e = mean_t g_t,e (0 where e is not selected), P_e = mean_t p_t,e
+ *
+ * = 1 under uniform routing with renormalised gates, like the canonical form.
  * Also: z-loss (ST-MoE), importance CV² (Shazeer 2017), DeepSeekMoE device-level loss.
  */
 import { type DispatchPlan, type ForwardContext, type RouteInfo, Type, tf, zLoss } from '@moelab/core';
@@ -55,6 +61,12 @@ export function sequenceSwitchLoss(probs: tf.Tensor2D, plan: DispatchPlan, B: nu
   }
   const P = tf.mean(tf.reshape(probs, [B, T, E]), 1); // [B, E]
   return tf.mul(E / (k * T * B), tf.sum(tf.mul(P, tf.tensor2d(counts, [B, E])))) as tf.Scalar;
+}
+
+/** E · Σ_e mean_t gates[t, e] · mean_t probs[t, e]: BTX's load-balancing loss on the sparse gate values [N, E]. */
+export function meanGateLoss(probs: tf.Tensor2D, gates: tf.Tensor2D): tf.Scalar {
+  const E = probs.shape[1];
+  return tf.mul(E, tf.sum(tf.mul(tf.mean(gates, 0), tf.mean(probs, 0)))) as tf.Scalar;
 }
 
 /** CV(v)² = var(v) / mean(v)² (population variance, eps 1e-10), as in Shazeer et al.'s cv_squared. */
@@ -107,6 +119,8 @@ export function balanceFields(defaultCoef: number, defaultCounts: 'all' | 'first
 
 export interface BalanceOptions {
   balanceCoef: number;
+  /** What stands for the load: assignment counts (Switch) or the mean sparse gate value (BTX); default counts. */
+  balanceUsage?: 'counts' | 'gates';
   balanceCounts: 'all' | 'first';
   balanceScope: BalanceScope;
   balanceParity: 'canonical' | 'hf';
@@ -122,14 +136,26 @@ export class Balancer {
 
   constructor(readonly options: BalanceOptions) {}
 
-  push(ctx: ForwardContext, layer: string, probs: tf.Tensor2D, plan: DispatchPlan, k: number, info?: RouteInfo, logits?: tf.Tensor2D): void {
+  push(
+    ctx: ForwardContext,
+    layer: string,
+    probs: tf.Tensor2D,
+    plan: DispatchPlan,
+    k: number,
+    info?: RouteInfo,
+    logits?: tf.Tensor2D,
+    gates?: () => tf.Tensor2D,
+  ): void {
     if (!ctx.training) return;
     const o = this.options;
     const kk = o.balanceCounts === 'first' ? 1 : k;
     const scale = o.balanceParity === 'hf' ? kk : 1;
     if (o.balanceCoef > 0) {
       let value: tf.Scalar;
-      if (o.balanceScope === 'sequence') {
+      if (o.balanceUsage === 'gates') {
+        if (!gates) throw new Error('balanceUsage "gates" needs the router to pass its gate values');
+        value = meanGateLoss(probs, gates());
+      } else if (o.balanceScope === 'sequence') {
         const { B, T } = sequenceLayout(probs.shape[0], info?.batchShape);
         value = sequenceSwitchLoss(probs, plan, B, T, kk, o.balanceCounts === 'first');
       } else {

@@ -216,6 +216,63 @@ describe('balance losses', () => {
     for (const v of bias) expect(Math.abs(Math.abs(v) - 0.1)).toBeLessThan(1e-6);
   });
 
+  it('balanceUsage gates: BTX mean-gate loss E·Σ_e mean_t g_te · mean_t p_te (1 when uniform), with gradient through the gates', () => {
+    const r = identityRouter(4, { k: 2, renormalize: true, balanceUsage: 'gates', zLossCoef: 0 });
+    const ctx = forwardContext(new Rng(1), true);
+    const res = r.route(tf.tensor2d(Z), ctx);
+    const [aux] = ctx.aux;
+    expect(aux!.name).toBe('switch_balance');
+    // reference from the softmax of the logits: top-2 renormalised gates, dense probabilities
+    const p = Z.map((z) => {
+      const e = z.map(Math.exp);
+      const s = e.reduce((a, b) => a + b, 0);
+      return e.map((v) => v / s);
+    });
+    const u = [0, 0, 0, 0];
+    const P = [0, 0, 0, 0];
+    for (const row of p) {
+      const top = row
+        .map((v, e) => [v, e] as const)
+        .sort((a, b) => b[0] - a[0])
+        .slice(0, 2);
+      const sum = top[0]![0] + top[1]![0];
+      for (const [v, e] of top) u[e]! += v / sum / 3;
+      row.forEach((v, e) => {
+        P[e]! += v / 3;
+      });
+    }
+    const want = 4 * u.reduce((acc, ue, e) => acc + ue * P[e]!, 0);
+    expect(aux!.value.dataSync()[0]).toBeCloseTo(want, 5);
+    const counts = identityRouter(4, { k: 2, renormalize: true, zLossCoef: 0 });
+    const cctx = forwardContext(new Rng(1), true);
+    counts.route(tf.tensor2d(Z), cctx);
+    expect(Math.abs(cctx.aux[0]!.value.dataSync()[0]! - want)).toBeGreaterThan(1e-3);
+    expect(res.weight).toBeDefined();
+    // uniform logits: u = P = 1/E, L = 1
+    const flat = identityRouter(4, { k: 2, renormalize: true, balanceUsage: 'gates', zLossCoef: 0 });
+    const fctx = forwardContext(new Rng(1), true);
+    flat.route(tf.zeros([5, 4]) as tf.Tensor2D, fctx);
+    expect(fctx.aux[0]!.value.dataSync()[0]).toBeCloseTo(1, 6);
+    // the gates carry gradient: d L / d W differs from the counts form's
+    const x = tf.tensor2d(Z);
+    const grad = (router: SoftmaxTopKRouter) =>
+      tf
+        .variableGrads(() => {
+          const c = forwardContext(new Rng(1), true);
+          router.route(x, c);
+          return c.aux[0]!.value;
+        }, [router.weight])
+        .grads[router.weight.name]!.dataSync();
+    const gG = grad(r);
+    const gC = grad(counts);
+    let diff = 0;
+    for (let i = 0; i < gG.length; i++) diff = Math.max(diff, Math.abs(gG[i]! - gC[i]!));
+    expect(diff).toBeGreaterThan(1e-4);
+    expect(() => makeRouter({ type: 'softmax-topk', balanceUsage: 'gates', balanceScope: 'sequence' }, 8, 4)).toThrow(
+      /balanceUsage: the mean-gate balance loss is per micro-batch/,
+    );
+  });
+
   it('aux losses are pushed unscaled with their coefficients, in training only', () => {
     const r = identityRouter(4);
     const train = forwardContext(new Rng(1), true);

@@ -9,7 +9,8 @@
  *
  * Renormalised top-1 makes every weight 1 and the router gets no task gradient (docs/routers.md#weighting-rules): refused.
  * Aux (training only, unscaled, pushed with their coefficients): Switch balance loss (canonical
- * "all-k ÷ k" form, options first-choice / sequence / global / HF parity), z-loss, and for noisy gating
+ * "all-k ÷ k" form, options first-choice / sequence / global / HF parity, or BTX's mean-gate form
+ * E·Σ_e mean_t g_t,e · mean_t p_t,e with `balanceUsage: 'gates'`), z-loss, and for noisy gating
  * Shazeer's importance and load losses (CV² of Σ gates, and of the smooth load Σ_t Φ((z - thr)/σ)).
  * With learned noise in training the metrics extras report `smoothLoadSum` = Σ_i Load_i and
  * `smoothLoadRatio` = Σ_i Load_i / (k·N) (≈ 1 when the noise is small).
@@ -41,6 +42,8 @@ export interface SoftmaxTopKOptions {
   balanceCounts?: BalanceOptions['balanceCounts'];
   balanceScope?: BalanceOptions['balanceScope'];
   balanceParity?: BalanceOptions['balanceParity'];
+  /** Load in the balance loss: counts (Switch) or the mean sparse gate value (BTX). */
+  balanceUsage?: 'counts' | 'gates';
   /** Fixed logit noise (V-MoE, Tutel): z + (noiseStd / E)·ε in training. */
   noiseStd?: number;
   /** Multiplicative input jitter ε (Switch: 1e-2). */
@@ -89,6 +92,7 @@ export class SoftmaxTopKRouter extends Module implements Router {
       balanceCounts: options.balanceCounts ?? 'all',
       balanceScope: options.balanceScope ?? 'batch',
       balanceParity: options.balanceParity ?? 'canonical',
+      balanceUsage: options.balanceUsage ?? 'counts',
     });
   }
 
@@ -116,9 +120,10 @@ export class SoftmaxTopKRouter extends Module implements Router {
     const { plan, flat } = planFromChoices(choices, T, k, E);
     let weight = gatherAt(probs, flat);
     if (renormalize) weight = renormPerToken(weight, plan);
+    const gates = weight;
     if ((this.options.scale ?? 1) !== 1) weight = tf.mul(weight, this.options.scale!) as tf.Tensor1D;
     this.bias?.record(plan, ctx);
-    this.balancer.push(ctx, this.path, probs, plan, k, info, logits);
+    this.balancer.push(ctx, this.path, probs, plan, k, info, logits, () => densify(gates, flat, T, E));
     if (ctx.training && (this.options.importanceCoef ?? 0) > 0) {
       ctx.aux.push({ name: 'importance', layer: this.path, value: importanceLoss(densify(weight, flat, T, E)), coef: this.options.importanceCoef! });
     }
@@ -174,6 +179,10 @@ export const softmaxTopKSchema = {
   jitterEps: Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0, description: 'multiplicative input jitter ε (Switch 1e-2), training only' }),
   scale: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'routed scaling factor γ multiplying every weight' }),
   ...balanceFields(0.01),
+  balanceUsage: Type.Union([Type.Literal('counts'), Type.Literal('gates')], {
+    default: 'counts',
+    description: 'load in the balance loss: assignment counts (Switch) or the mean of the sparse gate values, with gradient (BTX)',
+  }),
   zLossCoef: Type.Number({ minimum: 0, default: 0.001, description: 'router z-loss weight (ST-MoE 1e-3)' }),
   importanceCoef: Type.Number({ minimum: 0, default: 0, description: "Shazeer's importance loss weight (CV² of Σ gates; paper 0.1)" }),
   loadCoef: Type.Number({ minimum: 0, default: 0, description: "Shazeer's smooth load loss weight (needs noisy: true; paper 0.1)" }),
@@ -199,6 +208,11 @@ export const softmaxTopK = defineEntry({
       );
     }
     if (c.loadCoef > 0 && !c.noisy) throw new MoelabError('the smooth load loss needs learned noise (noisy: true)', `${ctx.path}.loadCoef`);
+    if (c.balanceUsage === 'gates' && (c.balanceScope !== 'batch' || c.balanceCounts !== 'all' || c.balanceParity !== 'canonical'))
+      throw new MoelabError(
+        'the mean-gate balance loss is per micro-batch over all gates: leave balanceScope, balanceCounts and balanceParity at their defaults',
+        `${ctx.path}.balanceUsage`,
+      );
     return new SoftmaxTopKRouter(ctx.need('dModel'), E, c, ctx.rng);
   },
 });

@@ -21,6 +21,11 @@ describe('btx', () => {
     const moe = run(r.spec, r.weights);
     expect(maxAbsDiff(moe.logits, dense.logits)).toBeLessThan(1e-5 * maxAbs(dense.logits));
     expect(warnings).toEqual([]);
+    // the paper's mean-gate balance loss changes training only: the step-0 function is the same
+    const router = { type: 'softmax-topk', k: 2, renormalize: true, balanceCoef: 0.01, balanceUsage: 'gates', zLossCoef: 0 };
+    const g = upcycle(registry(), { type: 'btx', router }, { seed, experts: ['a', 'b', 'c'].map((n) => copyOf(seed, n)) });
+    expect((g.spec as unknown as { block: { ffn: { router: unknown } } }).block.ffn.router).toMatchObject({ balanceUsage: 'gates' });
+    expect(maxAbsDiff(run(g.spec, g.weights).logits, dense.logits)).toBeLessThan(1e-5 * maxAbs(dense.logits));
   });
 
   it('experts are the sources’ FFNs in order (seed first), everything else the uniform average; names and provenance say so', () => {
