@@ -3,11 +3,11 @@ import { MOE_PACKED_KERNEL, type MoePackedAttrs, PACKED_BITS, packedGroups, pack
 import { afterAll, describe, expect, it } from 'vitest';
 import { type MoeActivation, moeGLU, moeMLP } from '../index.js';
 import { maxRelDiff, randArray, rng, runOn, type Spec, status, underTest } from '../testing/helpers.js';
+import { mlpCases, type MlpCase, topkCase } from '../testing/moe-reference.js';
 
 // The packed and the dense path sum in different orders; natively each step is a fused
 // multiply-add, in WebAssembly SIMD128 (no FMA) a rounded product and sum, so they drift further apart.
 const TOL = underTest === 'moelab-cpu' ? 2e-5 : 6e-5;
-import { mlpCases, type MlpCase } from '../testing/moe-reference.js';
 
 afterAll(async () => {
   await tf.setBackend('cpu');
@@ -132,6 +132,41 @@ describe.skipIf(!status.available)(`packed experts: the native dequantized GEMMs
       const want = await runOn('moelab-cpu', specs, (...t) => runDense(t, 'silu', true));
       expect(maxRelDiff(got[0]!.data, want[0]!.data), `${bits} bits`).toBeLessThan(TOL);
     }
+  });
+
+  it('one token (the decoding step): 4- and 2-bit rows of 32-column blocks, 8-column blocks and a tail, channel-wise and grouped, forward and dx', async () => {
+    // d = 45 and h = 77: both projections have full 32-column blocks, an 8-column block and 5
+    // leftover columns; one token with k = 2 gives each of its experts a single row.
+    const c = topkCase('one token, d 45, h 77', 31, 1, 45, 77, 4, 2);
+    for (const bits of [4, 2])
+      for (const group of [0, 7]) {
+        const { specs } = packedSpecs(c, 950 + bits + group, false, bits, group);
+        const proj = randArray(rng(17), c.T * c.d);
+        const run =
+          (f: (t: tf.Tensor[]) => tf.Tensor) =>
+          (...t: tf.Tensor[]) => {
+            const y = f(t);
+            const dx = tf.grad((x: tf.Tensor) => {
+              const u = t.slice();
+              u[0] = x;
+              return tf.sum(tf.mul(f(u), tf.tensor(proj, y.shape)));
+            })(t[0]!);
+            return [y, dx];
+          };
+        const got = await runOn(
+          'moelab-cpu',
+          specs,
+          run((t) => runPacked(t, 'gelu', bits, group)),
+        );
+        const want = await runOn(
+          'moelab-cpu',
+          specs,
+          run((t) => runDense(t, 'gelu', false)),
+        );
+        got.forEach((g, i) => {
+          expect(maxRelDiff(g.data, want[i]!.data), `${bits} bits, group ${group}, output ${i}`).toBeLessThan(TOL);
+        });
+      }
   });
 
   it('rejects a bad code width and mis-shaped packed weights with a clear error', async () => {
