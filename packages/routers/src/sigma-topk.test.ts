@@ -121,6 +121,42 @@ describe('sigma-topk router', () => {
     expect(trainPlan.size).toBeLessThanOrEqual(64 * 3);
   });
 
+  it("the gates differentiate as σ of the chosen logits: d/dW of sum(gates) = Σ σ'(l_te) x_t over the chosen (t, e), also with dropout", () => {
+    const rng = new Rng(6);
+    const r = new SigmaTopKRouter(5, 7, { ...opts, k: 3, expertDropout: 0.7 }, rng);
+    const x = tf.tensor2d(rng.normalArray(20 * 5), [20, 5]);
+    let plan: ReturnType<SigmaTopKRouter['route']>['plan'] | undefined;
+    const { grads } = tf.variableGrads(() => {
+      const routed = r.route(x, forwardContext(new Rng(3), true));
+      plan = routed.plan;
+      return tf.sum(routed.weight!) as tf.Scalar;
+    }, [r.weight]);
+    const logits = r.logits(x).arraySync();
+    const xs = x.arraySync();
+    const want = Array.from({ length: 7 }, () => new Array(5).fill(0));
+    for (let n = 0; n < plan!.size; n++) {
+      const t = plan!.tokenIndex[n]!;
+      const e = plan!.expertIndex[n]!;
+      const s = 1 / (1 + Math.exp(-logits[t]![e]!));
+      for (let j = 0; j < 5; j++) want[e]![j] += s * (1 - s) * xs[t]![j]!;
+    }
+    expect(plan!.size).toBeLessThan(20 * 3); // dropout left some tokens fewer than k experts
+    const got = (grads[r.weight.name] as tf.Tensor2D).arraySync();
+    for (let e = 0; e < 7; e++) for (let j = 0; j < 5; j++) expect(got[e]![j]).toBeCloseTo(want[e]![j]!, 5);
+  });
+
+  it('never chooses an expert whose logit is -Infinity (a masked expert), even with fewer than k left', () => {
+    const rng = new Rng(8);
+    const r = new SigmaTopKRouter(4, 3, { ...opts, k: 3 }, rng);
+    const x = tf.tensor2d(rng.normalArray(6 * 4), [6, 4]);
+    r.path = 'block.ffn.router';
+    const ctx = forwardContext(rng, false);
+    ctx.routerLogitEdits = new Map([['block.ffn', (l: tf.Tensor2D) => tf.add(l, tf.tensor1d([0, Number.NEGATIVE_INFINITY, 0])) as tf.Tensor2D]]);
+    const { plan } = r.route(x, ctx);
+    expect(plan.size).toBe(6 * 2);
+    for (let n = 0; n < plan.size; n++) expect(plan.expertIndex[n]).not.toBe(1);
+  });
+
   it('rejects k > experts with the JSON path', () => {
     const reg = createRegistry(corePlugin, routers);
     expect(() => buildNode<MoELayer>(reg, 'router', { type: 'sigma-topk', k: 9 }, '$.block.ffn.router', 0, { dModel: 8, numExperts: 8 })).toThrow(
