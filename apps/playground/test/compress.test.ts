@@ -5,11 +5,11 @@
  * kept set agree), merging (groups, duplicates counted), steering (forced / blocked experts match the
  * steering file, nothing else changes), and one-line errors for bad input.
  */
-import { parseSteerFile } from '@moelab/compress';
+import { parseSteerFile, planPruning } from '@moelab/compress';
 import { buildModel, type LanguageModel, type Module, resolveBackend, Trainer } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { checkpointFiles, loadCheckpointFiles } from '../src/checkpoint.js';
-import { type CompressMethod, compressInPage, textWindows, windowsPerplexity } from '../src/compress.js';
+import { type CompressMethod, calibrate, compressInPage, PRUNE_SCORES, textWindows, windowsPerplexity } from '../src/compress.js';
 import { splitText, TextTokens } from '../src/data.js';
 import { createPlaygroundRegistry } from '../src/registry.js';
 
@@ -81,6 +81,23 @@ describe('compression in the playground', () => {
     expect(model.parameterCount()).toBe(r.size.after.parameters);
     model.dispose();
     expect(filesPerplexity(r.runFiles)).toBeCloseTo(r.perplexity.after, 5);
+  });
+
+  it('every pruning score the section offers plans from the page calibration pass', () => {
+    const { model, config } = loadCheckpointFiles<Model>(files, registry);
+    const observer = calibrate(model, textWindows(data, 'train', 16, 1024), 8, data.name);
+    for (const score of PRUNE_SCORES) {
+      const plan = planPruning(observer, { spec: config.spec, model }, { method: score, ratio: 0.5 });
+      expect(
+        [...plan.keep.values()].map((k) => k.length),
+        score,
+      ).toEqual([2, 2]);
+      expect(
+        [...plan.scores.values()].every((v) => v.every(Number.isFinite)),
+        score,
+      ).toBe(true);
+    }
+    model.dispose();
   });
 
   it('merges every layer into 2 groups: same file size, duplicated experts counted, usage sums to 1', () => {
