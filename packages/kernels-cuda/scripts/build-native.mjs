@@ -10,7 +10,9 @@
 //   node scripts/build-native.mjs --if-missing  only what is absent or older than its sources
 //   node scripts/build-native.mjs --force       rebuild both
 // Env: MOELAB_SKIP_NATIVE=1 builds nothing; MOELAB_CUDA_SKIP_DEVICE=1 skips the nvcc build;
-// CUDA_HOME / CUDA_PATH or NVCC point at the toolkit; CXX picks the host compiler (default g++).
+// CUDA_HOME / CUDA_PATH or NVCC point at the toolkit; CXX picks the host compiler (default g++);
+// MOELAB_CUDA_SKIP_EMULATION=1 skips the emulation build; MOELAB_NODE_ADDON_API names node-addon-api's
+// include directory (scripts/device-check.sh, where there is no node_modules).
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -65,11 +67,13 @@ function run(cmd, argv) {
 // symbols at load time, so the compiler needs only node's headers and node-addon-api's.
 function headerFlags() {
   const require = createRequire(import.meta.url);
-  let addonApi;
-  try {
-    addonApi = require('node-addon-api').include_dir;
-  } catch {
-    return { error: 'node-addon-api is not installed' };
+  let addonApi = process.env.MOELAB_NODE_ADDON_API;
+  if (!addonApi) {
+    try {
+      addonApi = require('node-addon-api').include_dir;
+    } catch {
+      return { error: 'node-addon-api is not installed' };
+    }
   }
   const candidates = [process.env.npm_config_nodedir, resolve(dirname(process.execPath), '..')].filter(Boolean);
   const nodeInclude = candidates.map((d) => join(d, 'include', 'node')).find((d) => existsSync(join(d, 'node_api.h')));
@@ -183,7 +187,9 @@ function main() {
     console.warn(`${TAG} native builds skipped: ${h.error}`);
     return;
   }
-  if (!(ifMissing && upToDate(EMU))) {
+  if (process.env.MOELAB_CUDA_SKIP_EMULATION === '1') {
+    if (!existsSync(EMU)) status.emulation = { ok: false, reason: 'MOELAB_CUDA_SKIP_EMULATION=1 was set at build time' };
+  } else if (!(ifMissing && upToDate(EMU))) {
     const r = buildEmulation(h.flags);
     status.emulation = r.ok ? { ok: true, compiler: cxx } : { ok: false, reason: r.reason, log: r.log.slice(-4000) };
     console.log(r.ok ? `${TAG} emulation addon built (${cxx})` : `${TAG} emulation addon not built: ${r.reason}`);
