@@ -197,6 +197,14 @@ const cases: [string, NodeSpec, OnnxExportOptions?][] = [
     }),
   ],
   [
+    'PEER: 36 single-neuron experts, 2 heads retrieving 3 by product keys, query BatchNorm (running statistics)',
+    lm({ normType: 'rmsnorm', attention: mha, ffn: { type: 'peer', experts: 36, heads: 2, k: 3, keyDim: 6 } }),
+  ],
+  [
+    'PEER without query BatchNorm, relu',
+    lm({ attention: mha, ffn: { type: 'peer', experts: 16, heads: 1, k: 2, keyDim: 4, queryBatchNorm: false, activation: 'relu' } }),
+  ],
+  [
     'dense experts (--onnx-dense-experts), Mixtral router',
     lm({ attention: mha, ffn: moe({ type: 'mixtral' }, { type: 'glu', hidden: 16 }) }),
     { denseExperts: true },

@@ -658,7 +658,53 @@ const sigmaMoEFfn: FfnHandler = (ex, x, routerIn, prefix, c, path) => {
   return g.op('Reshape', [combineExperts(ex, X, routing, bank), g.op('Shape', [x])]);
 };
 
-const FFNS: Record<string, FfnHandler> = { dense: denseFfn, moe: moeFfn, 'sigma-moe': sigmaMoEFfn };
+/**
+ * `peer` (packages/experts/src/peer.ts, arXiv 2407.04153): queries q = BN(W_q x) (BatchNorm with its
+ * running statistics, as in eval), per head the product-key search (TopK of each half's sub-key scores,
+ * TopK of the k² sums: exact), softmax over the k scores, then the retrieved single-neuron experts by
+ * Gather of their down / up embeddings: Σ softmax · σ(u_e·x) v_e.
+ */
+const peerFfn: FfnHandler = (ex, x, _routerIn, prefix, c, path) => {
+  const g = ex.g;
+  const d = ex.dModel;
+  const N = c.experts as number;
+  const h = c.heads as number;
+  const k = c.k as number;
+  const dk = c.keyDim as number;
+  const S = Math.round(Math.sqrt(N));
+  const F = h * dk;
+  const X = g.reshape(x, [-1, d]);
+  let q = ex.linear(X, `${prefix}.query_proj`, d, F, false);
+  if (c.queryBatchNorm) {
+    const bn = (n: string) => ex.param(`${prefix}.query_bn.${n}`, [F]);
+    const std = g.op('Sqrt', [g.add(bn('running_var'), g.f32(c.bnEps as number))]);
+    q = g.add(g.mul(g.div(g.sub(q, bn('running_mean')), std), bn('weight')), bn('bias'));
+  }
+  const halves = g.reshape(q, [-1, 2, dk / 2]); // [n·h, 2, dk/2]
+  const subKeys = ex.read(`${prefix}.sub_keys`, [2, S, dk / 2]);
+  const half = (i: number) => {
+    const keys = g.float(`${prefix}.sub_keys[${i}]^T`, [dk / 2, S], () => transpose2d(subKeys.slice(i * S * (dk / 2), (i + 1) * S * (dk / 2)), S, dk / 2));
+    return topk(g, g.matmul(g.reshape(g.slice(halves, 1, i, i + 1), [-1, dk / 2]), keys), k); // [n·h, k] scores, sub-key ids
+  };
+  const [v1, i1] = half(0);
+  const [v2, i2] = half(1);
+  const pairs = g.reshape(g.add(g.unsqueeze(v1, [2]), g.unsqueeze(v2, [1])), [-1, k * k]);
+  const [scores, pick] = topk(g, pairs, k);
+  const ids = g.add(
+    g.mul(g.op('GatherElements', [i1, g.div(pick, g.i64(k))], { axis: { i: 1 } }), g.i64(S)),
+    g.op('GatherElements', [i2, g.op('Mod', [pick, g.i64(k)])], { axis: { i: 1 } }),
+  );
+  const flatIds = g.reshape(ids, [-1, h * k]); // [n, h·k]
+  const gates = g.reshape(g.softmax(scores), [-1, h * k]);
+  const down = g.gather(ex.param(`${prefix}.w_down_embed.weight`, [N, d]), flatIds, 0); // [n, h·k, d]
+  const up = g.gather(ex.param(`${prefix}.w_up_embed.weight`, [N, d]), flatIds, 0);
+  const dots = g.reshape(g.matmul(down, g.unsqueeze(X, [2])), [-1, h * k]);
+  const act = g.mul(ex.activation(dots, c.activation as string, path), gates);
+  const out = g.matmul(g.unsqueeze(act, [1]), up); // [n, 1, d]
+  return g.op('Reshape', [out, g.op('Shape', [x])]);
+};
+
+const FFNS: Record<string, FfnHandler> = { dense: denseFfn, moe: moeFfn, 'sigma-moe': sigmaMoEFfn, peer: peerFfn };
 
 // ---- blocks and the model ----------------------------------------------------------------------
 

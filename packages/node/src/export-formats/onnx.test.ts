@@ -48,6 +48,9 @@ const TINY: Record<string, (s: Spec) => void> = {
     at(s, 'block.attention').headDim = 8;
     at(s, 'block.ffn').hidden = 48;
   },
+  'peer-tiny': (s) => {
+    Object.assign(at(s, 'block.ffn'), { experts: 64, heads: 2, k: 4, keyDim: 8 });
+  },
   'moeut-tiny-dense-compute': (s) => {
     at(s, 'block.ffn').hidden = 24;
   },
@@ -56,7 +59,6 @@ const TINY: Record<string, (s: Spec) => void> = {
 /** Presets the ONNX graph cannot express, and the reason the export gives. */
 const REFUSED: Record<string, RegExp> = {
   'monet-tiny': /^\$\.block\.ffn: ffn "monet-vd" has no ONNX export/,
-  'peer-tiny': /^\$\.block\.ffn: ffn "peer" has no ONNX export/,
 };
 
 function tiny(name: string): NodeSpec {
