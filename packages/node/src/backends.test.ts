@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { Rng, tf } from '@moelab/core';
+import { backendCandidates, Rng, tf } from '@moelab/core';
 import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
+import { registerMoelabWasmBackend } from '@moelab/kernels-wasm';
 import { chooseBackend, fallbackReport } from './backends.js';
 
 function bmmCases(): { a: number[]; b: number[]; ta: boolean; tb: boolean }[] {
@@ -30,7 +31,7 @@ function compute(backend: string): Float32Array[] {
 describe('backends', () => {
   it('auto picks the best available backend and says why', async () => {
     const c = await chooseBackend('auto');
-    expect(['tensorflow', 'moelab-cuda', 'moelab-cpu', 'wasm', 'cpu']).toContain(c.name);
+    expect(['tensorflow', 'moelab-cuda', 'moelab-cpu', 'moelab-wasm', 'wasm', 'cpu']).toContain(c.name);
     expect(c.reason.length).toBeGreaterThan(10);
   });
 
@@ -45,6 +46,28 @@ describe('backends', () => {
     } else {
       expect(c.name).not.toBe('moelab-cpu');
       expect(c.reason).toMatch(/moelab-cpu: the native addon .*pnpm rebuild @moelab\/kernels-cpu/);
+    }
+    await chooseBackend('cpu');
+  });
+
+  it('moelab-wasm: ranks between moelab-cpu and tfjs wasm under auto, and runs by name (values equal cpu)', async () => {
+    await chooseBackend('cpu'); // registers the Node candidates
+    const order = backendCandidates().map((c) => c.name);
+    expect(order.indexOf('moelab-wasm')).toBeGreaterThan(order.indexOf('moelab-cpu'));
+    expect(order.indexOf('moelab-wasm')).toBeLessThan(order.indexOf('wasm'));
+    const wasm = await registerMoelabWasmBackend(tf);
+    if (!wasm.available) {
+      await expect(chooseBackend('moelab-wasm')).rejects.toThrow(/backend "moelab-wasm" is not available: the WebAssembly module was not built/);
+      return;
+    }
+    await chooseBackend('cpu');
+    const ref = compute('cpu');
+    const choice = await chooseBackend('moelab-wasm');
+    expect(choice.reason).toMatch(/WebAssembly SIMD128 kernels/);
+    expect(tf.getBackend()).toBe('moelab-wasm');
+    const got = compute('moelab-wasm');
+    for (const [i, g] of got.entries()) {
+      for (const [j, v] of g.entries()) expect(Math.abs(v - ref[i]![j]!)).toBeLessThan(1e-4 * (1 + Math.abs(ref[i]![j]!)));
     }
     await chooseBackend('cpu');
   });

@@ -6,6 +6,8 @@
  *    its device addon built (nvcc at install) and an NVIDIA GPU (sm_80+) answers; `moelab-cuda-emu`
  *    is the same backend on a CPU emulation of the launch grid (named explicitly only, never `auto`).
  *  - `moelab-cpu`: moelab's native CPU kernels (@moelab/kernels-cpu), when its addon built.
+ *  - `moelab-wasm`: the same kernels compiled to WebAssembly (@moelab/kernels-wasm): needs no
+ *    compiler, so `auto` takes it when the native addon is missing.
  *  - `wasm`: tfjs's WebAssembly backend (single-threaded in Node).
  *  - `cpu`: plain JavaScript (always there).
  */
@@ -73,6 +75,21 @@ export function registerNodeBackends(): void {
       // `reason` says why and exactly what to do (approve the blocked install script, or install the
       // toolchain, then rebuild); `auto` prints it among the backends it skipped.
       const r = mod.registerMoelabCpuBackend(tf);
+      return { ok: r.available, reason: r.reason };
+    },
+  });
+  registerBackendCandidate({
+    name: 'moelab-wasm',
+    priority: 30,
+    load: async () => {
+      let mod: { registerMoelabWasmBackend?: (tfjs?: unknown) => Promise<{ available: boolean; reason: string }> };
+      try {
+        mod = (await tryImport('@moelab/kernels-wasm')) as typeof mod;
+      } catch {
+        return { ok: false, reason: '@moelab/kernels-wasm is not installed (`pnpm add @moelab/kernels-wasm` or `npm install @moelab/kernels-wasm`)' };
+      }
+      if (!mod.registerMoelabWasmBackend) return { ok: false, reason: '@moelab/kernels-wasm has no registerMoelabWasmBackend export' };
+      const r = await mod.registerMoelabWasmBackend(tf);
       return { ok: r.available, reason: r.reason };
     },
   });

@@ -9,7 +9,7 @@
  * MHA row's of the same run (`vs_mha_fwd`, `vs_mha_fwdbwd`) and, for a soft mixture of N experts, that
  * ratio over N (`vs_n_mha_fwdbwd`: 1 = no cost beyond the N attentions).
  *
- * `runBenchBackends` runs the rows once per available backend (tensorflow, moelab-cpu, wasm, cpu, in
+ * `runBenchBackends` runs the rows once per available backend (tensorflow, moelab-cpu, moelab-wasm, wasm, cpu, in
  * that order; on moelab-cpu the MoE and SwitchHead rows go through its fused `MoelabMoeMLP` /
  * `MoelabMoeLinear` kernels, which core's ops/moe.ts calls when the backend has them). The JSON of
  * the first backend is written to `--json out.json` itself, the others to `out.<backend>.json`, so
@@ -537,7 +537,7 @@ export interface BenchBackendsOptions extends BenchOptions {
   backends?: string;
 }
 
-const BENCH_BACKENDS = ['tensorflow', 'moelab-cpu', 'wasm', 'cpu'];
+const BENCH_BACKENDS = ['tensorflow', 'moelab-cpu', 'moelab-wasm', 'wasm', 'cpu'];
 
 /** The JSON path for one backend: the first one gets `json` itself, the others `name.<backend>.json`. */
 export function benchJsonPath(json: string, backend: string, first: boolean): string {

@@ -12,7 +12,11 @@ export const bench = defineCommand({
         'Time the reference workloads (the same rows as the PyTorch anchor benchmark) on every available backend ' +
           '(--backend auto) or on the listed ones, and print a table per backend.',
       )
-      .addOption(new Option('--backend <names>', 'auto (every available backend) or a comma-separated list: tensorflow, moelab-cpu, wasm, cpu').default('auto'))
+      .addOption(
+        new Option('--backend <names>', 'auto (every available backend) or a comma-separated list: tensorflow, moelab-cpu, moelab-wasm, wasm, cpu').default(
+          'auto',
+        ),
+      )
       .addOption(new Option('--only <rows>', 'only the rows whose names contain one of these (comma-separated)').argParser(list))
       .addOption(new Option('--quick', 'fewer repetitions (a smoke run, not a measurement)'))
       .addOption(new Option('--json [file]', 'also write the results as JSON (backends after the first get <file>.<backend>.json)').preset('bench.json')),

@@ -33,7 +33,10 @@ export function list(v: string): string[] {
 }
 
 export const backendOption = () =>
-  new Option('--backend <name>', 'tfjs backend: auto (tensorflow > moelab-cpu > wasm > cpu) or a name (moelab-cpu, wasm, cpu, tensorflow)').default('auto');
+  new Option(
+    '--backend <name>',
+    'tfjs backend: auto (tensorflow > moelab-cpu > moelab-wasm > wasm > cpu) or a name (moelab-cpu, moelab-wasm, wasm, cpu, tensorflow)',
+  ).default('auto');
 
 const DATA = 'text: brown, sotu, or a path to a text file or a folder of text files (domain = file name)';
 /** `--data` for commands that train (default brown). */
