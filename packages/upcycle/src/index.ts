@@ -50,11 +50,13 @@ export { llamaMoE, moefication, moeSplit } from './upcyclers/split.js';
 export { cmoe } from './upcyclers/cmoe.js';
 export { ffnInputs, ffnOutputGrads, hiddenActivations, type SequenceGrads } from './calibrate.js';
 export {
+  balancedAssignment,
   balancedGraphPartition,
   balancedKMeans,
   checkPartition,
   coactivationGraph,
   contiguousPartition,
+  EXACT_ASSIGNMENT_LIMIT,
   edgeCut,
   importancePartition,
   normalisedRows,

@@ -1,6 +1,7 @@
 import { Rng } from '@moelab/core';
 import { describe, expect, it } from 'vitest';
 import {
+  balancedAssignment,
   balancedGraphPartition,
   checkPartition,
   coactivationGraph,
@@ -10,6 +11,30 @@ import {
   sharingInnerPartition,
   sharingInterPartition,
 } from './partition.js';
+
+describe('balanced assignment', () => {
+  it('exact: the least-cost assignment with exactly n/E per group, where greedy is not; greedy above the limit', () => {
+    // 4 items, 2 groups of 2. Greedy takes item 0 -> group 0 (cost 0) first, then item 1 -> group 0 (1),
+    // leaving items 2, 3 for group 1 at cost 10 + 10: total 21. The optimum puts 0 and 2 in group 0 and pays
+    // 10 for item 3 in group 1: 0 + 1 + 2 + 10 = 13.
+    const cost = Float64Array.from([0, 9, 1, 1, 2, 10, 3, 10]);
+    const total = (a: Int32Array) => a.reduce((s, c, j) => s + cost[j * 2 + c]!, 0);
+    const exact = balancedAssignment(cost, 4, 2);
+    expect(Array.from(exact)).toEqual([0, 1, 0, 1]);
+    expect(total(exact)).toBe(13);
+    const greedy = balancedAssignment(cost, 4, 2, 0);
+    expect(Array.from(greedy)).toEqual([0, 0, 1, 1]);
+    expect(total(greedy)).toBe(21);
+    // random instance: exact never costs more than greedy, and both are balanced
+    const rng = new Rng(9);
+    const big = Float64Array.from({ length: 48 * 4 }, () => rng.next());
+    const e = balancedAssignment(big, 48, 4);
+    const g = balancedAssignment(big, 48, 4, 0);
+    const sum = (a: Int32Array) => a.reduce((s, c, j) => s + big[j * 4 + c]!, 0);
+    expect(sum(e)).toBeLessThanOrEqual(sum(g) + 1e-12);
+    for (const a of [e, g]) for (let c = 0; c < 4; c++) expect(a.filter((x) => x === c).length).toBe(12);
+  });
+});
 
 describe('co-activation graph', () => {
   it('clamps each batch’s co-activation at 1, thresholds at 0.99 × the first positive decile, weights ⌊A/τ⌋', () => {

@@ -7,14 +7,45 @@
  *                     assignment step gives every cluster exactly h/E neurons (MoEfication's parameter
  *                     clustering, LLaMA-MoE's Independent-Clustering)
  *
- * The balanced assignment is greedy — all (neuron, cluster) pairs by increasing distance, each taken when
- * the neuron is free and the cluster not full — an approximation of the exact min-cost assignment the
- * reference code solves (KMeansConstrained); every group has exactly h/E neurons either way.
+ * The balanced assignment (every cluster exactly h/E members, least total distance) is the exact min-cost
+ * assignment of the h neurons to h slots (each cluster repeated h/E times), solved by the Hungarian
+ * algorithm (npm `munkres`) up to EXACT_ASSIGNMENT_LIMIT neurons, as the reference code's KMeansConstrained
+ * and LAPJV do; above it a greedy pass — all (neuron, cluster) pairs by increasing distance, each taken when
+ * the neuron is free and the cluster not full — keeps the cost at O(hE log hE).
  */
 import { MoelabError, Rng } from '@moelab/core';
+import { munkres } from 'munkres';
 import type { WeightTensor } from './weights.js';
 
 export type Partition = number[][];
+
+/** Neurons up to which the balanced assignment is solved exactly (Hungarian, O(h³)); greedy above. */
+export const EXACT_ASSIGNMENT_LIMIT = 2048;
+
+/**
+ * Assigns n items to E groups of exactly `size` = n/E members minimising Σ cost[j·E + c] (cost [n, E]
+ * row-major). Exact (Hungarian on n × n slots) when n ≤ `exactLimit`, greedy otherwise. Returns the group of
+ * each item.
+ */
+export function balancedAssignment(cost: Float64Array, n: number, E: number, exactLimit = EXACT_ASSIGNMENT_LIMIT): Int32Array {
+  const size = n / E;
+  const assign = new Int32Array(n).fill(-1);
+  if (n <= exactLimit) {
+    const m = Array.from({ length: n }, (_, j) => Array.from({ length: n }, (_, slot) => cost[j * E + Math.floor(slot / size)]!));
+    for (const [j, slot] of munkres(m)) assign[j] = Math.floor(slot / size);
+    return assign;
+  }
+  const pairs: [number, number, number][] = [];
+  for (let j = 0; j < n; j++) for (let c = 0; c < E; c++) pairs.push([cost[j * E + c]!, j, c]);
+  pairs.sort((x, y) => x[0] - y[0] || x[1] - y[1] || x[2] - y[2]);
+  const fill = new Int32Array(E);
+  for (const [, j, c] of pairs) {
+    if (assign[j] !== -1 || fill[c]! >= size) continue;
+    assign[j] = c;
+    fill[c]!++;
+  }
+  return assign;
+}
 
 export function contiguousPartition(h: number, E: number): Partition {
   const s = h / E;
@@ -43,29 +74,22 @@ export function normalisedRows(w: WeightTensor): Float64Array[] {
 }
 
 /** Balanced k-means of `points` into E clusters of exactly points.length / E members. */
-export function balancedKMeans(points: Float64Array[], E: number, seed: number, label: string, maxIter = 20): Partition {
+export function balancedKMeans(points: Float64Array[], E: number, seed: number, label: string, maxIter = 20, exactLimit = EXACT_ASSIGNMENT_LIMIT): Partition {
   const h = points.length;
   const d = points[0]!.length;
   const size = h / E;
   const order = randomPartition(h, h, seed, `${label}/init`).map((g) => g[0]!);
   let centres = order.slice(0, E).map((j) => Float64Array.from(points[j]!));
-  let assign = new Int32Array(h).fill(-1);
+  let assign: Int32Array = new Int32Array(h).fill(-1);
   for (let it = 0; it < maxIter; it++) {
-    const pairs: [number, number, number][] = [];
+    const cost = new Float64Array(h * E);
     for (let j = 0; j < h; j++)
       for (let c = 0; c < E; c++) {
         let s = 0;
         for (let a = 0; a < d; a++) s += (points[j]![a]! - centres[c]![a]!) ** 2;
-        pairs.push([s, j, c]);
+        cost[j * E + c] = s;
       }
-    pairs.sort((x, y) => x[0] - y[0] || x[1] - y[1] || x[2] - y[2]);
-    const next = new Int32Array(h).fill(-1);
-    const fill = new Int32Array(E);
-    for (const [, j, c] of pairs) {
-      if (next[j] !== -1 || fill[c]! >= size) continue;
-      next[j] = c;
-      fill[c]!++;
-    }
+    const next = balancedAssignment(cost, h, E, exactLimit);
     const stable = next.every((c, j) => c === assign[j]);
     assign = next;
     centres = Array.from({ length: E }, () => new Float64Array(d));

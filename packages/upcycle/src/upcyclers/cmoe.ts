@@ -5,8 +5,9 @@
  *   a_tj = silu(x̂_t·ĝ_j) · (x̂_t·û_j)          x̂, ĝ_j, û_j: the L2-normalised FFN input and neuron j's gate / up rows
  *   M_tj = 1 if j is among the K_act largest |a_t·| (activation markers);   ρ_j = mean_t M_tj (activation rate)
  *   shared expert = the N_s·h/E neurons of highest ρ
- *   routed experts: centroids = the marker columns of the E − N_s remaining neurons of highest ρ; every other
- *     neuron joins the nearest centroid by L1 distance of marker columns, h/E per expert (balanced, greedy);
+ *   routed experts: centroids = the marker columns of the E − N_s remaining neurons of highest ρ; the remaining
+ *     neurons are assigned to them, exactly h/E per expert, at least total L1 distance of marker columns
+ *     (the reference's LAPJV; balancedAssignment: exact up to a few thousand neurons, greedy above);
  *     representative r_e = the member closest to its expert's updated centroid
  *   router cmoe-analytic: score_e = |(x·û_{r_e})·silu(x·ĝ_{r_e})|, weight 1 + γ_e·s_e, γ = 0
  *
@@ -17,7 +18,7 @@ import { ffnInputs } from '../calibrate.js';
 import type { ProvenanceEntry, UpcycleDraft, Upcycler } from '../contract.js';
 import { denseAsExpert, type ExpertTensors, ffnParts, mlpExpertNode, writeExperts } from '../ffn.js';
 import { denseFFN, layerPrefix, modelView, replaceInBlock, selectLayers, specWithBlocks } from '../model-view.js';
-import { normalisedRows } from '../partition.js';
+import { balancedAssignment, normalisedRows } from '../partition.js';
 import { copyTensor, gatherColumns, gatherRows, type WeightMap } from '../weights.js';
 import { layersSchema } from './sparse-upcycle.js';
 
@@ -95,16 +96,12 @@ export const cmoe: Entry<TSchema, Upcycler> = defineEntry({
           for (let t = 0; t < N; t++) s += Math.abs(m[t]! - cvec[t]!);
           return s;
         };
-        const pairs: [number, number, number][] = [];
-        for (const j of rest) for (let e = 0; e < Er; e++) pairs.push([l1(marks[j]!, centroids[e]!), j, e]);
-        pairs.sort((x, y) => x[0] - y[0] || x[1] - y[1] || x[2] - y[2]);
-        const owner = new Map<number, number>();
-        const fill = new Int32Array(Er);
-        for (const [, j, e] of pairs) {
-          if (owner.has(j) || fill[e]! >= size) continue;
-          owner.set(j, e);
-          fill[e]!++;
-        }
+        const cost = new Float64Array(rest.length * Er);
+        rest.forEach((j, i) => {
+          for (let e = 0; e < Er; e++) cost[i * Er + e] = l1(marks[j]!, centroids[e]!);
+        });
+        const assigned = balancedAssignment(cost, rest.length, Er);
+        const owner = new Map<number, number>(rest.map((j, i) => [j, assigned[i]!]));
         const groups: number[][] = Array.from({ length: Er }, () => []);
         for (const [j, e] of owner) groups[e]!.push(j);
         for (const gr of groups) gr.sort((a, b) => a - b);
