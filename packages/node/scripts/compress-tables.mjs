@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /**
  * The measured tables (b), (c), (d) of packages/compress/README.md, from one trained checkpoint:
- *   (b) expert pruning 25 % / 50 % by REAP, frequency, EAN and random, calibrated on the evaluation
- *       domain and on another corpus;
+ *   (b) expert pruning 25 % / 50 % by REAP, frequency, EAN, EASY-EP, EEP (default search budget) and
+ *       random, calibrated on the evaluation domain and on another corpus; MoE-Pruner at 25 % / 50 %
+ *       of every expert neuron's weights;
  *   (c) MC-SMoE merging (and plain frequency-weighted averaging) to the same expert counts;
  *   (d) SteerMoE toward one Brown genre and away from another: per-domain perplexity before/after,
  *       with a random force/block of the same size as the control.
@@ -13,7 +14,18 @@
  * AWAY=brown:fiction, CALIB_TOKENS=16384, EVAL_TOKENS=16384.
  */
 import { writeFileSync } from 'node:fs';
-import { mergeExperts, planSteering, pruneExperts, RoutingObserver, steerEdits, steerScores } from '@moelab/compress';
+import {
+  eepSearch,
+  mergeExperts,
+  moePrune,
+  planPruning,
+  planSteering,
+  pruneExperts,
+  RoutingObserver,
+  sliceExperts,
+  steerEdits,
+  steerScores,
+} from '@moelab/compress';
 import { Rng } from '@moelab/core';
 import {
   calibrate,
@@ -58,17 +70,30 @@ const base = measure(model);
 log(`base: ${EVAL} ${base.domain.toFixed(3)}, brown ${base.brown.toFixed(3)}`);
 const calibs = {};
 for (const name of [EVAL, OTHER]) {
-  calibs[name] = calibrate(model, textSet(name, 'calib'), { seqLen, maxTokens: calibTokens, batchSize: batch, flag: 'calib' });
+  calibs[name] = calibrate(model, textSet(name, 'calib'), {
+    seqLen,
+    maxTokens: calibTokens,
+    batchSize: batch,
+    flag: 'calib',
+    observer: new RoutingObserver({ hidden: true }),
+  });
   log(`calibrated on ${name}`);
 }
 const E = [...calibs[EVAL].layers.values()][0].numExperts;
 
 const pruning = [];
 for (const ratio of [0.25, 0.5])
-  for (const method of ['reap', 'frequency', 'ean', 'random'])
+  for (const method of ['reap', 'frequency', 'ean', 'easy-ep', 'eep', 'random'])
     for (const calib of [EVAL, OTHER]) {
       if (method === 'random' && calib !== EVAL) continue; // random ignores the calibration
-      const pruned = pruneExperts(registry, calibs[calib], { spec: config.spec, model }, { method, ratio, seed: 0 });
+      const source = { spec: config.spec, model };
+      let pruned;
+      if (method === 'eep') {
+        // moelab prune's defaults: population 8, 4 generations, 2048 search tokens, REAP as one starting keep-set.
+        const windows = textWindows(textSet(calib, 'calib'), { split: 'train', seqLen, maxTokens: 2048 }, 'calib');
+        const init = [planPruning(calibs[calib], source, { method: 'reap', ratio }).keep];
+        pruned = sliceExperts(registry, source, eepSearch(model, windows, { ratio, population: 8, generations: 4, seed: 0, batchSize: batch, init }).keep);
+      } else pruned = pruneExperts(registry, calibs[calib], source, { method, ratio, seed: 0 });
       const r = {
         ratio,
         method,
@@ -81,6 +106,17 @@ for (const ratio of [0.25, 0.5])
       pruning.push(r);
       log(`prune ${method} ${ratio} calib ${calib}: ${r.domain.toFixed(3)} / ${r.brown.toFixed(3)}`);
     }
+
+const weightPruning = [];
+for (const sparsity of [0.25, 0.5])
+  for (const calib of [EVAL, OTHER]) {
+    const fresh = load();
+    moePrune(calibs[calib], { spec: fresh.config.spec, model: fresh.model }, { sparsity });
+    const r = { sparsity, calib, ...measure(fresh.model) };
+    fresh.model.dispose();
+    weightPruning.push(r);
+    log(`moe-pruner ${sparsity} calib ${calib}: ${r.domain.toFixed(3)} / ${r.brown.toFixed(3)}`);
+  }
 
 const merging = [];
 for (const groups of [Math.round(0.75 * E), Math.round(0.5 * E)])
@@ -149,6 +185,11 @@ for (const r of pruning)
   lines.push(
     `| ${100 * r.ratio}% | ${r.method} | ${r.calib} | ${r.experts} | ${r.parameters} | ${r.domain.toFixed(3)} (${pct(r.domain, base.domain)}) | ${r.brown.toFixed(3)} (${pct(r.brown, base.brown)}) |`,
   );
+lines.push('', '| expert weights zeroed | method | calibration | ppl ' + EVAL + ' | ppl brown |', '| --- | --- | --- | --- | --- |');
+for (const r of weightPruning)
+  lines.push(
+    `| ${100 * r.sparsity}% | moe-pruner | ${r.calib} | ${r.domain.toFixed(3)} (${pct(r.domain, base.domain)}) | ${r.brown.toFixed(3)} (${pct(r.brown, base.brown)}) |`,
+  );
 lines.push('', '| distinct experts | method | calibration | ppl ' + EVAL + ' | ppl brown |', '| --- | --- | --- | --- | --- |');
 for (const r of merging)
   lines.push(
@@ -160,5 +201,5 @@ for (const r of steering)
     `| +${r.activate} / −${r.deactivate} | ${r.kind === 'steer' ? `SteerMoE (${TOWARD} vs ${AWAY})` : 'random (control)'} | ${domains.map((d) => `${r[d].before.toFixed(2)} → ${r[d].after.toFixed(2)} (${pct(r[d].after, r[d].before)})`).join(' | ')} |`,
   );
 process.stdout.write(`${lines.join('\n')}\n`);
-if (outJson) writeFileSync(outJson, `${JSON.stringify({ checkpoint: ckpt, base, pruning, merging, steering }, null, 2)}\n`);
+if (outJson) writeFileSync(outJson, `${JSON.stringify({ checkpoint: ckpt, base, pruning, weightPruning, merging, steering }, null, 2)}\n`);
 log('done');

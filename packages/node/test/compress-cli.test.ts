@@ -1,7 +1,7 @@
 /**
  * The compression commands end to end on a tiny trained MoE (4 experts, top-2, one block repeated
  * twice): prune (expert scores, EASY-EP, EEP, MoE-Pruner), merge-experts, steer (+ eval/generate --steer,
- * generate --scmoe), analyse; their outputs load in `eval`;
+ * generate --scmoe), quantize --qat-steps, analyse; their outputs load in `eval`;
  * the one-line errors of bad input.
  */
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -137,6 +137,19 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(JSON.parse(readFileSync(join(fixture.root, 'eep', 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(2);
     const bad = run(['prune', fixture.ckpt, '--method', 'eep', '--population', '1', ...common, '--out', join(fixture.root, 'eep1')]);
     expect(last(bad.err)).toBe('moelab: --population: the population must be an integer of at least 2, got 1');
+  });
+
+  it('quantize --bits 2 --qat-steps trains before packing; the checkpoint loads; --qat-steps without --data is a one-line error', () => {
+    const out = join(fixture.root, 'q2qat');
+    const r = run(['quantize', fixture.ckpt, '--bits', '2', '--qat-steps', '2', '--data', fixture.data, '--batch', '2', '--seq', '16', '--json', '--out', out]);
+    expect(r.code, r.err).toBe(0);
+    const report = JSON.parse(r.out);
+    expect(report.bits).toBe(2);
+    expect(report.qat.steps).toBe(2);
+    expect(Number.isFinite(report.qat.lastLoss)).toBe(true);
+    expect(run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+    const bad = run(['quantize', fixture.ckpt, '--bits', '2', '--qat-steps', '2', '--out', join(fixture.root, 'q2bad')]);
+    expect(last(bad.err)).toBe('moelab: --data: --qat-steps needs the text to train on: --data brown|sotu|PATH|corpus:domain');
   });
 
   it('merge-experts binds the experts into --groups distinct experts; a dense model is a one-line error', () => {

@@ -33,3 +33,4 @@ export {
   quantizeTensor,
   relativeError,
 } from './quantize.js';
+export { type QATOptions, type QATReport, quantizationAwareTraining } from './qat.js';
