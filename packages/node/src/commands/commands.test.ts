@@ -253,7 +253,18 @@ describe('each command parses its flags into typed options', () => {
   });
 
   it('generate', () => {
-    expect(parseCommandLine(generate, ['c']).opts).toEqual({ prompt: 'The ', tokens: 200, temperature: 0.8, topK: 0, seed: 0, cache: true, backend: 'auto' });
+    expect(parseCommandLine(generate, ['c']).opts).toEqual({
+      prompt: 'The ',
+      tokens: 200,
+      temperature: 0.8,
+      topK: 0,
+      seed: 0,
+      cache: true,
+      backend: 'auto',
+      scmoeRank: 2,
+      scmoeAlpha: 0.1,
+    });
+    expect(parseCommandLine(generate, ['c', '--scmoe', '0.5', '--scmoe-rank', '1']).opts).toMatchObject({ scmoe: 0.5, scmoeRank: 1, scmoeAlpha: 0.1 });
     expect(parseCommandLine(generate, ['c', '--no-cache']).opts.cache).toBe(false);
     expect(parseCommandLine(generate, ['c', '--prompt', 'the ', '--tokens', '20', '--top-k', '5', '--temperature', '0']).opts).toMatchObject({
       prompt: 'the ',
