@@ -538,7 +538,8 @@ describe.skipIf(!hasChromium)('playground on the Vite dev server (pnpm --filter 
       const errors: string[] = [];
       page.on('pageerror', (e: Error) => errors.push(e.message));
       const port = (vite.httpServer!.address() as AddressInfo).port;
-      await page.goto(`http://127.0.0.1:${port}/?backend=wasm`);
+      // The dev server transforms every module on first request: on a loaded machine that outlasts 30 s.
+      await page.goto(`http://127.0.0.1:${port}/?backend=wasm`, { timeout: 120_000 });
       await page.waitForSelector('body[data-ready=true]', { timeout: 120_000 });
       await page.selectOption('#preset', 'moe-micro');
       await page.click('#use-preset');
