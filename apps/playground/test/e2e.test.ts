@@ -354,7 +354,6 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     await page.click('#use-preset');
     await page.fill('#train-steps', '8');
     await page.dispatchEvent('#train-steps', 'change');
-    const parameters = Number(await page.getAttribute('#summary', 'data-parameters'));
     await page.click('#run-a .build');
     await page.waitForFunction(() => document.querySelector('#run-a .params')?.textContent?.includes('8 steps'), null, { timeout: 60_000 });
     await page.click('#run-a .start');
@@ -363,6 +362,9 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
       null,
       { timeout: 120_000, polling: 500 },
     );
+    // Read the size once run A is trained: the summary updates after a debounce, so reading it right after
+    // picking the preset can still show the previous test's model.
+    const parameters = Number(await page.getAttribute('#summary', 'data-parameters'));
 
     // Fine-tune: run A's model, LoRA rank 4, 5 steps on an uploaded text; the base's domain is the bundled corpus.
     await page.click('.ft-use-a');
