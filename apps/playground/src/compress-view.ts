@@ -12,7 +12,8 @@ import { type CompressMethod, type CompressResult, PRUNE_SCORES, QUANT_BITS } fr
 import type { TextData } from './data.js';
 import { type DataSource, fillTextSelect } from './data-source.js';
 import { $, download, el, fmt } from './dom.js';
-import type { FromJob, JobFile, ToJob } from './job-protocol.js';
+import { JobClient } from './job-client.js';
+import type { FromJob, JobFile } from './job-protocol.js';
 import { ModelSource } from './model-source.js';
 import type { RunPanel } from './run-panel.js';
 
@@ -36,7 +37,14 @@ export class CompressView {
   errors: string[] = [];
   /** Bars drawn by the last draw of the score chart (the e2e test checks it). */
   barsDrawn = 0;
-  private worker?: Worker;
+  private readonly job = new JobClient(
+    () => new Worker(new URL('./job-worker.ts', import.meta.url), { type: 'module', name: 'compress' }),
+    (m) => this.onMessage(m),
+    (message) => {
+      this.error(message);
+      this.setState('failed', '');
+    },
+  );
   private readonly source: ModelSource;
   private readonly method = $<HTMLSelectElement>('#cp-method');
   private readonly chart = $<HTMLCanvasElement>('#cp-scores');
@@ -171,25 +179,13 @@ export class CompressView {
       this.runFiles = undefined;
       this.render();
       this.setState('running', `${method.kind} on ${model.name}…`);
-      this.send(
+      this.job.send(
         { type: 'compress', backend: this.host.backend(), files: model.files, method, data },
         model.files.map((f) => f.bytes),
       );
     } catch (e) {
       this.error((e as Error).message);
     }
-  }
-
-  private send(msg: ToJob, transfer: Transferable[]): void {
-    if (!this.worker) {
-      this.worker = new Worker(new URL('./job-worker.ts', import.meta.url), { type: 'module', name: 'compress' });
-      this.worker.onmessage = (e: MessageEvent<FromJob>) => this.onMessage(e.data);
-      this.worker.onerror = (e) => {
-        this.error(`worker failed: ${e.message}`);
-        this.setState('failed', '');
-      };
-    }
-    this.worker.postMessage(msg, transfer);
   }
 
   private onMessage(m: FromJob): void {

@@ -12,7 +12,8 @@ import { type DataSource, fillTextSelect } from './data-source.js';
 import type { TextData } from './data.js';
 import { $, download, el, fmt } from './dom.js';
 import { finetuneMethodNames, methodDefaults, parseOptions, type DomainPerplexity } from './finetune.js';
-import type { FromJob, JobFile, ToJob } from './job-protocol.js';
+import { JobClient } from './job-client.js';
+import type { FromJob, JobFile } from './job-protocol.js';
 import { ModelSource } from './model-source.js';
 import type { RunPanel } from './run-panel.js';
 
@@ -37,7 +38,14 @@ export class FinetuneView {
   runFiles?: JobFile[];
   mergeBlocked?: string;
   errors: string[] = [];
-  private worker?: Worker;
+  private readonly job = new JobClient(
+    () => new Worker(new URL('./job-worker.ts', import.meta.url), { type: 'module', name: 'finetune' }),
+    (m) => this.onMessage(m),
+    (message) => {
+      this.error(message);
+      this.setState('failed', '');
+    },
+  );
   private texts: TextData[] = [];
   private readonly source: ModelSource;
   private readonly method = $<HTMLSelectElement>('#ft-method');
@@ -58,7 +66,7 @@ export class FinetuneView {
     for (const s of [this.target, this.general]) s.addEventListener('focus', () => void this.refreshTexts());
     $<HTMLInputElement>('#ft-file').addEventListener('change', (e) => void this.addText((e.target as HTMLInputElement).files?.[0]));
     $('#ft-run').addEventListener('click', () => void this.run());
-    $('#ft-stop').addEventListener('click', () => this.worker?.postMessage({ type: 'stop' } satisfies ToJob));
+    $('#ft-stop').addEventListener('click', () => this.job.notify({ type: 'stop' }));
     $('#ft-save').addEventListener('click', () => this.save());
     const loads = $('#ft-load');
     for (const run of host.runs) {
@@ -169,25 +177,13 @@ export class FinetuneView {
       this.steps = steps;
       this.render();
       this.setState('preparing', `preparing ${this.method.value} on ${base.name}…`);
-      this.send(
+      this.job.send(
         { type: 'finetune', backend: this.host.backend(), files: base.files, source: base.name, method: this.method.value, options, target, general, train },
         base.files.map((f) => f.bytes),
       );
     } catch (e) {
       this.error((e as Error).message);
     }
-  }
-
-  private send(msg: ToJob, transfer: Transferable[]): void {
-    if (!this.worker) {
-      this.worker = new Worker(new URL('./job-worker.ts', import.meta.url), { type: 'module', name: 'finetune' });
-      this.worker.onmessage = (e: MessageEvent<FromJob>) => this.onMessage(e.data);
-      this.worker.onerror = (e) => {
-        this.error(`worker failed: ${e.message}`);
-        this.setState('failed', '');
-      };
-    }
-    this.worker.postMessage(msg, transfer);
   }
 
   private onMessage(m: FromJob): void {
