@@ -96,6 +96,9 @@ const moe = (router: unknown, expert: unknown = { type: 'mlp', hidden: 24 }, ext
   ...extra,
 });
 
+/** A MONET layer: E 6 shards per group, σ = Φ⁻¹(1 − 2/6) ≈ 0.43, so the threshold keeps some shards and drops others. */
+const monet = (type: string, extra: Record<string, unknown> = {}) => ({ type, experts: 6, expertDim: 4, heads: 2, k: 2, ...extra });
+
 const cases: [string, NodeSpec, OnnxExportOptions?][] = [
   ['LayerNorm, MHA, dense GELU FFN', lm({ attention: mha, ffn: { type: 'dense', hidden: 24 } })],
   [
@@ -205,6 +208,19 @@ const cases: [string, NodeSpec, OnnxExportOptions?][] = [
     lm({ attention: mha, ffn: { type: 'peer', experts: 16, heads: 1, k: 2, keyDim: 4, queryBatchNorm: false, activation: 'relu' } }),
   ],
   [
+    'MONET-VD: BatchNorm-threshold routing (about 2 of 6 shards per head and group), router in every layer, RMSNorm',
+    lm({ normType: 'rmsnorm', attention: mha, ffn: monet('monet-vd') }),
+  ],
+  ['MONET-HD: relu2, router in every layer, post-norm blocks', lm({ norm: 'post', attention: mha, ffn: monet('monet-hd', { heads: 3 }) })],
+  [
+    'MONET-HD: one router for 2 layers (routerGroup 2) read from the peri-norm router input, gelu, layers repeated abab',
+    lm({ norm: 'peri', attention: mha, ffn: monet('monet-hd', { routerGroup: 2, activation: 'gelu' }) }, { stack: { groupSize: 2, repeats: 2 } }),
+  ],
+  [
+    'MONET-VD: k >= E (every shard selected: plain softmax), shared router, layers repeated aabb',
+    lm({ attention: mha, ffn: monet('monet-vd', { experts: 3, k: 3, expertDim: 6, routerGroup: 2 }) }, { stack: { groupSize: 2, repeats: 2, order: 'aabb' } }),
+  ],
+  [
     'dense experts (--onnx-dense-experts), Mixtral router',
     lm({ attention: mha, ffn: moe({ type: 'mixtral' }, { type: 'glu', hidden: 16 }) }),
     { denseExperts: true },
@@ -218,6 +234,49 @@ describe('ONNX export parity in ONNX Runtime', () => {
       expect(maxDiff).toBeLessThan(1e-4);
     });
   }
+});
+
+describe('MONET', () => {
+  it('the parity models route to some, not all, composed experts (the threshold is exercised)', () => {
+    const model = buildModel<Model>(lm({ normType: 'rmsnorm', attention: mha, ffn: monet('monet-vd') }), registry, 3);
+    randomize(model);
+    const ctx = forwardContext(new Rng(0), false);
+    tf.tidy(() => model.forward(tf.tensor2d(tokens(1), [B, T], 'int32'), ctx));
+    expect(ctx.routing).toHaveLength(2);
+    for (const stats of ctx.routing) {
+      expect(stats.expertsPerTokenMin).toBeGreaterThanOrEqual(1);
+      expect(stats.expertsPerTokenMax).toBeLessThan(36);
+    }
+    model.dispose();
+  });
+
+  it('stores one router for a routing group, and refuses a layer that shares a router no earlier layer has', () => {
+    const shared = lm({ attention: mha, ffn: monet('monet-hd', { routerGroup: 2 }) });
+    const model = buildModel<Model>(shared, registry, 0);
+    const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+    model.dispose();
+    const names = decodeOnnxModel(exportOnnx(shared, registry, memorySource(weights)).bytes).graph.initializer.map((t) => t.name);
+    expect(names).toContain('transformer.layers.0.ffn.router.w1.weight^T');
+    expect(names).toContain('transformer.layers.0.ffn.router.norm2.inv_std');
+    expect(names.filter((n) => n.startsWith('transformer.layers.1.ffn.router'))).toEqual([]);
+    expect(names).toContain('transformer.layers.1.ffn.moe.v.weight^T');
+
+    const orphan = lm(
+      {},
+      {
+        blocks: [
+          { type: 'transformer', attention: mha, ffn: { type: 'dense', hidden: 8 } },
+          { type: 'transformer', attention: mha, ffn: monet('monet-vd', { routerGroup: 2 }) },
+        ],
+      },
+    );
+    const built = buildModel<Model>(orphan, registry, 0);
+    const orphanWeights = new Map([...stateTensors(built)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+    built.dispose();
+    expect(() => exportOnnx(orphan, registry, memorySource(orphanWeights))).toThrow(
+      /^\$\.blocks\[1\]\.ffn\.routerGroup: this monet layer shares its router \(routerGroup 2\) but no earlier layer of the stack routes$/,
+    );
+  });
 });
 
 describe('the ONNX file', () => {

@@ -14,6 +14,7 @@
  * and weights them by the scattered gate matrix (an option, not the default).
  */
 import { MoelabError, type NodeSpec, type Registry, resolveConfig } from '@moelab/core';
+import { normalQuantile } from '@moelab/experts';
 import type { TensorSource } from '../hf/convert.js';
 import { OnnxGraph } from './graph.js';
 import { encodeOnnxModel, ONNX_FLOAT, ONNX_INT64, type OnnxValueInfo } from './proto.js';
@@ -71,6 +72,15 @@ interface ExpertBankGraph {
   one(x: string, e: number): string;
   all(x: string): string;
 }
+/** MONET's routing of rows [N, d]: per group, the gates g_K [N, H, E] (zero off the selected shards). */
+interface MonetRoutingGraph {
+  g1: string;
+  g2: string;
+  heads: number;
+  experts: number;
+  /** JSON path of the routing layer's node, for errors. */
+  path: string;
+}
 type ExpertHandler = (ex: Exporter, prefix: string, c: Cfg, path: string, count: number) => ExpertBankGraph;
 
 function refuse(kind: string, type: string, path: string, table: Record<string, unknown>): never {
@@ -83,6 +93,10 @@ class Exporter {
   parameters = 0;
   private readonly used = new Set<string>();
   shared!: Shared;
+  /** The distinct-block index of the layer being emitted (its `layerIndex` in core's builder). */
+  layerIndex = 0;
+  /** The routing of the last MONET routing layer emitted, for the layers that share it (moelab's forward carry). */
+  monetRouting?: MonetRoutingGraph;
   private ropeTables = new Map<string, { cos: string; sin: string }>();
 
   constructor(
@@ -704,7 +718,97 @@ const peerFfn: FfnHandler = (ex, x, _routerIn, prefix, c, path) => {
   return g.op('Reshape', [out, g.op('Shape', [x])]);
 };
 
-const FFNS: Record<string, FfnHandler> = { dense: denseFfn, moe: moeFfn, 'sigma-moe': sigmaMoEFfn, peer: peerFfn };
+/**
+ * MONET's router in eval mode for group K (packages/experts/src/monet/router.ts): z = W_K x as [N, H, E],
+ * zn = (z − μ_h)·(v_h + ε)^-½ with the BatchNorm running statistics, sel = zn ≥ min(max_e zn, σ),
+ * g_K = softmax(z − 1e9·[not sel]) (`GreaterOrEqual`, `Where`, `Softmax`); with k ≥ E, σ = −∞ and g_K = softmax(z).
+ */
+function monetGates(ex: Exporter, R: string, prefix: string, K: 1 | 2, H: number, E: number, sigma: number, eps: number): string {
+  const g = ex.g;
+  const z = g.reshape(ex.linear(R, `${prefix}.w${K}`, ex.dModel, H * E, false), [-1, H, E]);
+  if (sigma === Number.NEGATIVE_INFINITY) return g.softmax(z);
+  const norm = `${prefix}.norm${K}`;
+  const mean = g.float(`${norm}.running_mean`, [H, 1], () => ex.read(`${norm}.running_mean`, [H]));
+  // 1/√(v + ε) in float64, as the router computes it, stored once as float32.
+  const invStd = g.float(`${norm}.inv_std`, [H, 1], () => Float32Array.from(ex.read(`${norm}.running_var`, [H]), (v) => 1 / Math.sqrt(v + eps)));
+  const zn = g.mul(g.sub(z, mean), invStd);
+  const max = g.op('ReduceMax', [zn], { axes: { ints: [-1] }, keepdims: { i: 1 } });
+  const selected = g.op('GreaterOrEqual', [zn, g.op('Min', [max, g.f32(sigma)])]);
+  return g.softmax(g.add(z, g.op('Where', [selected, g.f32(0), g.f32(-1e9)])));
+}
+
+/**
+ * `monet-hd` / `monet-vd` (packages/experts/src/monet, arXiv 2412.04139, docs/monet.md) in eval mode.
+ * A layer whose index is a multiple of routerGroup routes (monetGates, on the router input); the others
+ * reuse the gates of the last routing layer emitted. The experts are evaluated factored, as in moelab,
+ * with batched MatMuls over [N, H, E] gates and [N, E, m] shard activations a = act(U x + b_u):
+ *   HD: y = g2^T (g1 a),  out = V y + (Σ_h g2) b
+ *   VD: r1 = g1^T (g2 a2),  r2 = g2^T (g1 a1),  w_K = Σ_h g_K,
+ *       out = [V11 (w1 ⊙ a1) + V12 r1 + w1 b1 ;  V21 r2 + V22 (w2 ⊙ a2) + w2 b2]
+ * Every shard's bottom runs on every token (the sparsity is in how shards combine), so there is no
+ * dispatch and `denseExperts` changes nothing here.
+ */
+function monetFfn(decomposition: 'horizontal' | 'vertical'): FfnHandler {
+  return (ex, x, routerIn, prefix, c, path) => {
+    const g = ex.g;
+    const d = ex.dModel;
+    const E = c.experts as number;
+    const m = c.expertDim as number;
+    const H = c.heads as number;
+    const k = c.k as number;
+    const G = c.routerGroup as number;
+    const X = g.reshape(x, [-1, d]);
+    let routing = ex.monetRouting;
+    if (ex.layerIndex % G === 0) {
+      const R = routerIn === x ? X : g.reshape(routerIn, [-1, d]);
+      const sigma = k >= E ? Number.NEGATIVE_INFINITY : normalQuantile(1 - k / E);
+      const gates = (K: 1 | 2) => monetGates(ex, R, `${prefix}.router`, K, H, E, sigma, c.bnEps as number);
+      routing = { g1: gates(1), g2: gates(2), heads: H, experts: E, path };
+      ex.monetRouting = routing;
+    } else if (!routing) {
+      throw new MoelabError(`this monet layer shares its router (routerGroup ${G}) but no earlier layer of the stack routes`, `${path}.routerGroup`);
+    } else if (routing.heads !== H || routing.experts !== E) {
+      throw new MoelabError(
+        `this monet layer (heads ${H}, experts ${E}) shares the routing of ${routing.path} (heads ${routing.heads}, experts ${routing.experts}); they must match`,
+        path,
+      );
+    }
+    const { g1, g2 } = routing;
+    const act = (v: string) => ex.activation(v, c.activation as string, path);
+    const shards = (name: string, width: number) => g.reshape(act(ex.linear(X, `${prefix}.moe.${name}`, d, E * width, true)), [-1, E, width]);
+    const flat = (t: string, width: number) => g.reshape(t, [-1, E * width]);
+    const mixT = (gate: string, t: string) => g.matmul(g.transpose(gate, [0, 2, 1]), t); // Σ_h gate[h, e] t[h]
+    const w1 = g.reduceSum(g1, [1], false); // [N, E]
+    const w2 = g.reduceSum(g2, [1], false);
+    let out: string;
+    if (decomposition === 'horizontal') {
+      const y = mixT(g2, g.matmul(g1, shards('u', m))); // [N, E, m]
+      out = g.add(ex.linear(flat(y, m), `${prefix}.moe.v`, E * m, d, false), g.matmul(w2, ex.param(`${prefix}.moe.b`, [E, d])));
+    } else {
+      const hm = m / 2;
+      const half = d / 2;
+      const a1 = shards('u1', hm);
+      const a2 = shards('u2', hm);
+      const r1 = mixT(g1, g.matmul(g2, a2));
+      const r2 = mixT(g2, g.matmul(g1, a1));
+      const v = (name: string, t: string) => ex.linear(flat(t, hm), `${prefix}.moe.${name}`, E * hm, half, false);
+      const bias = (w: string, name: string) => g.matmul(w, ex.param(`${prefix}.moe.${name}`, [E, half]));
+      const top = g.add(g.add(v('v11', g.mul(a1, g.unsqueeze(w1, [2]))), v('v12', r1)), bias(w1, 'b1'));
+      const bottom = g.add(g.add(v('v21', r2), v('v22', g.mul(a2, g.unsqueeze(w2, [2])))), bias(w2, 'b2'));
+      out = g.concat([top, bottom], 1);
+    }
+    return g.op('Reshape', [out, g.op('Shape', [x])]);
+  };
+}
+
+const FFNS: Record<string, FfnHandler> = {
+  dense: denseFfn,
+  moe: moeFfn,
+  'sigma-moe': sigmaMoEFfn,
+  peer: peerFfn,
+  'monet-hd': monetFfn('horizontal'),
+  'monet-vd': monetFfn('vertical'),
+};
 
 // ---- blocks and the model ----------------------------------------------------------------------
 
@@ -796,6 +900,7 @@ export function exportOnnx(spec: NodeSpec, registry: Registry, weights: TensorSo
   else for (let i = 0; i < stack.groupSize; i++) for (let r = 0; r < stack.repeats; r++) schedule.push(i);
   for (const i of schedule) {
     const node = blocks ? blocks[i] : c.block;
+    ex.layerIndex = i;
     h = block(ex, node, blocks ? `$.blocks[${i}]` : '$.block', `transformer.layers.${i}`, h);
   }
 

@@ -1,8 +1,7 @@
 /**
  * `moelab export --format onnx` checked in ONNX Runtime (onnxruntime-node, CPU): every preset of the
- * default registry that the ONNX graph can express, shrunk to a tiny size (d 32, 2 distinct layers,
- * T 8), gives the logits of moelab's forward pass within 1e-4; the presets it cannot express are listed
- * with the one-line reason; the command writes the file atomically and writes nothing when it refuses.
+ * default registry, shrunk to a tiny size (d 32, 2 distinct layers, T 8), gives the logits of moelab's
+ * forward pass within 1e-4 (a new preset without an ONNX lowering fails the first test); the command writes the file atomically and writes nothing when it refuses.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -54,11 +53,9 @@ const TINY: Record<string, (s: Spec) => void> = {
   'moeut-tiny-dense-compute': (s) => {
     at(s, 'block.ffn').hidden = 24;
   },
-};
-
-/** Presets the ONNX graph cannot express, and the reason the export gives. */
-const REFUSED: Record<string, RegExp> = {
-  'monet-tiny': /^\$\.block\.ffn: ffn "monet-vd" has no ONNX export/,
+  'monet-tiny': (s) => {
+    Object.assign(at(s, 'block.ffn'), { experts: 8, k: 2 });
+  },
 };
 
 function tiny(name: string): NodeSpec {
@@ -118,8 +115,8 @@ beforeAll(async () => {
 });
 
 describe('ONNX export of the registry presets', () => {
-  it('every preset is either checked for parity or listed as refused', () => {
-    expect(registry.presetNames()).toEqual([...Object.keys(TINY), ...Object.keys(REFUSED)].sort());
+  it('every preset is checked for parity', () => {
+    expect(registry.presetNames()).toEqual(Object.keys(TINY).sort());
   });
 
   for (const name of Object.keys(TINY)) {
@@ -133,23 +130,6 @@ describe('ONNX export of the registry presets', () => {
       expect(got.dims).toEqual([B, T, (spec as Spec).vocabSize]);
       expect(maxAbsDiff(got.data, moelabLogits(model))).toBeLessThan(1e-4);
       model.dispose();
-    });
-  }
-
-  for (const [name, reason] of Object.entries(REFUSED)) {
-    it(`${name}: refused in one line naming the node kind and its JSON path`, () => {
-      const spec = registry.preset(name).spec;
-      const model = buildModel<Model>(spec, registry, 0);
-      const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
-      model.dispose();
-      let message = '';
-      try {
-        exportOnnx(spec, registry, memorySource(weights));
-      } catch (e) {
-        message = (e as Error).message;
-      }
-      expect(message).toMatch(reason);
-      expect(message.split('\n')).toHaveLength(1);
     });
   }
 });
