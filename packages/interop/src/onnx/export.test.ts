@@ -221,6 +221,19 @@ const cases: [string, NodeSpec, OnnxExportOptions?][] = [
     lm({ attention: mha, ffn: monet('monet-vd', { experts: 3, k: 3, expertDim: 6, routerGroup: 2 }) }, { stack: { groupSize: 2, repeats: 2, order: 'aabb' } }),
   ],
   [
+    'dense experts (--onnx-dense-experts): SwitchHead (2 of 3 value / output experts per head), sigma-MoE FFN',
+    lm(
+      { norm: 'peri', attention: { type: 'switchhead', heads: 2, headDim: 6, experts: 3, k: 2 }, ffn: { type: 'sigma-moe', experts: 6, k: 2, expertSize: 8 } },
+      { stack: { groupSize: 2, repeats: 2 } },
+    ),
+    { denseExperts: true },
+  ],
+  [
+    'dense experts (--onnx-dense-experts): MoA top-2 of 5 with RoPE and renormalised gates',
+    lm({ attention: { type: 'moa', experts: 5, k: 2, headDim: 6, rope: true, router: { weighting: 'renormalise' } }, ffn: { type: 'dense', hidden: 16 } }),
+    { denseExperts: true },
+  ],
+  [
     'dense experts (--onnx-dense-experts), Mixtral router',
     lm({ attention: mha, ffn: moe({ type: 'mixtral' }, { type: 'glu', hidden: 16 }) }),
     { denseExperts: true },
@@ -296,6 +309,21 @@ describe('the ONNX file', () => {
     const dense = read({ denseExperts: true });
     expect(dense.graph.initializer.find((t) => t.name === 'transformer.layers.0.ffn.experts.w1')?.dims).toEqual([4, 16, 24]);
     expect(ops(dense).has('NonZero')).toBe(false);
+    // Dense mode reaches the attention experts too: SwitchHead and MoA then have no per-expert dispatch.
+    for (const attention of [
+      { type: 'switchhead', heads: 2, experts: 3, k: 2 },
+      { type: 'moa', experts: 4, k: 2 },
+    ]) {
+      const attSpec = lm({ attention, ffn: { type: 'dense', hidden: 8 } });
+      const m = buildModel<Model>(attSpec, registry, 0);
+      const w = new Map([...stateTensors(m)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+      m.dispose();
+      const opsOf = (options: OnnxExportOptions) => ops(decodeOnnxModel(exportOnnx(attSpec, registry, memorySource(w), options).bytes));
+      expect(opsOf({}).has('NonZero')).toBe(true);
+      const denseOps = opsOf({ denseExperts: true });
+      expect(denseOps.has('NonZero')).toBe(false);
+      expect(denseOps.has('TopK')).toBe(true);
+    }
     expect(sparse.graph.input[0]!.name).toBe('input_ids');
     expect(sparse.graph.output[0]!.name).toBe('logits');
     model.dispose();

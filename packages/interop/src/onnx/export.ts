@@ -11,7 +11,9 @@
  * kind and its JSON path. Top-k routing is sparse: TopK picks each token's experts, GatherElements
  * their weights, and each expert runs only on the rows routed to it (NonZero, Gather) whose outputs
  * ScatterElements adds back (reduction "add"); `denseExperts` instead runs every expert on every row
- * and weights them by the scattered gate matrix (an option, not the default).
+ * and weights them by the scattered gate matrix (an option, not the default). It covers every dispatch
+ * in the graph: routed FFN experts, SwitchHead's value / output experts and MoA's query / output
+ * experts; PEER (a Gather of the retrieved experts), BAM and MONET (every expert already runs) have none.
  */
 import { MoelabError, type NodeSpec, type Registry, resolveConfig } from '@moelab/core';
 import { normalQuantile } from '@moelab/experts';
@@ -27,7 +29,7 @@ export const ONNX_IR_VERSION = 8;
 export const ONNX_MAX_BYTES = 2 ** 31 - 1;
 
 export interface OnnxExportOptions {
-  /** Run every expert on every token and weight them by the (sparse) gate matrix instead of dispatching. Default false. */
+  /** Run every expert on every token and weight them by the (sparse) gate matrix instead of dispatching: routed FFN experts, SwitchHead and MoA. Default false. */
   denseExperts?: boolean;
   /** Written as the model's producer_version. */
   producerVersion?: string;
@@ -335,8 +337,23 @@ const switchHeadAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
   const choose = (x: string, sel: string) => {
     const logits = g.reshape(g.matmul(x, ex.linearWeight(`${prefix}.${sel}`, d, H * E)), [0, H, E]);
     const [values, indices] = topk(g, logits, K);
-    return { experts: g.add(indices, offsets), weights: g.sigmoid(values) };
+    const weights = g.sigmoid(values);
+    // denseExperts: the gates as a dense [N, H, E] matrix, zero off the top-k.
+    const dense = () => g.op('ScatterElements', [g.zeros(g.op('Shape', [logits])), indices, weights], { axis: { i: 2 } });
+    return { experts: g.add(indices, offsets), weights, dense };
   };
+  const vShape = g.concat([g.op('Shape', [src.v], { start: { i: 0 }, end: { i: 2 } }), g.i64([H * dh])], 0);
+  if (ex.options.denseExperts) {
+    // Every value expert on every row: [H·E, N, dh] weighted by the gates and summed over e.
+    const gv = g.unsqueeze(g.transpose(choose(Xk, 'sel_v').dense(), [1, 2, 0]), [3]); // [H, E, N, 1]
+    const all = g.reshape(g.matmul(Xv, ex.param(`${prefix}.v`, [H * E, d, dh])), [H, E, -1, dh]);
+    const v = g.op('Reshape', [g.transpose(g.reduceSum(g.mul(all, gv), [1], false), [1, 0, 2]), vShape]); // [B, T, H·dh]
+    const res = g.reshape(g.transpose(attend(ex.splitHeads(v, H, dh)), [0, 2, 1, 3]), [-1, H, 1, dh]); // [N, H, 1, dh]
+    // Every output expert on every head's result, weighted: [N, H, E, dh] -> [H·E, N, dh] · [H·E, dh, d].
+    const weighted = g.transpose(g.reshape(g.mul(res, g.unsqueeze(choose(Xq, 'sel_o').dense(), [3])), [-1, H * E, dh]), [1, 0, 2]);
+    const out = g.reduceSum(g.matmul(weighted, ex.param(`${prefix}.o`, [H * E, dh, d])), [0], false);
+    return g.op('Reshape', [out, g.op('Shape', [src.q])]);
+  }
   const bank = (name: string, rowsIn: number, colsOut: number) => ({
     count: H * E,
     one: (x: string, e: number) => g.matmul(x, ex.expertSlice(`${prefix}.${name}`, H * E, rowsIn, colsOut, e)),
@@ -347,7 +364,7 @@ const switchHeadAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
   const tokenRow = (pos: string) => g.div(pos, g.i64(H * K));
   const vZeros = g.zeros(g.concat([g.mul(rows, g.i64([H])), g.i64([dh])], 0));
   const vh = dispatch(g, Xv, vZeros, bank('v', d, dh), { ...vSel, src: tokenRow, dst: headRow }); // [N·H, dh]
-  const v = g.op('Reshape', [vh, g.concat([g.op('Shape', [src.v], { start: { i: 0 }, end: { i: 2 } }), g.i64([H * dh])], 0)]);
+  const v = g.op('Reshape', [vh, vShape]);
   const res = g.reshape(g.transpose(attend(ex.splitHeads(v, H, dh)), [0, 2, 1, 3]), [-1, dh]); // [N·H, dh]
   const oSel = choose(Xq, 'sel_o');
   const out = dispatch(g, res, g.zeros(g.concat([rows, g.i64([d])], 0)), bank('o', dh, d), { ...oSel, src: headRow, dst: tokenRow });
@@ -376,23 +393,43 @@ const moaAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
     count: E,
     one: (x: string, e: number) => g.matmul(x, ex.expertSlice(`${prefix}.q_proj.${name}.w`, E, rows, cols, e)),
   });
+  const dims = c.rope ? dh : 0;
+  const base = c.ropeBase as number;
+  const kv = (which: string, x: string) => g.unsqueeze(g.matmul(x, ex.linearWeight(`${prefix}.${which}.weight`, d, dh)), [1]); // [B, 1, T, dh]
+  /** The k query slots [.., dh] (N·k rows, or [N, k, dh]) attending to the shared key / value head -> [N·k, dh]. */
+  const attendSlots = (q: string) => {
+    const qh = g.transpose(g.op('Reshape', [q, g.concat([g.op('Shape', [src.q], { start: { i: 0 }, end: { i: 2 } }), g.i64([k, dh])], 0)]), [0, 2, 1, 3]);
+    const res = ex.causalAttention(
+      ex.applyRope(qh, dh, dims, base, 'half'),
+      ex.applyRope(kv('k_proj', src.k), dh, dims, base, 'half'),
+      kv('v_proj', src.v),
+      1 / Math.sqrt(dh),
+    );
+    return g.reshape(g.transpose(res, [0, 2, 1, 3]), [-1, dh]);
+  };
+  if (ex.options.denseExperts) {
+    // One-hot [N, k, E] of each slot's expert; every query expert on every row ([N, E, dh]), picked per slot.
+    const slotExpert = g.op(
+      'ScatterElements',
+      [g.zeros(g.concat([g.op('Shape', [indices]), g.i64([E])], 0)), g.unsqueeze(indices, [2]), g.fill(g.concat([g.op('Shape', [indices]), g.i64([1])], 0), 1)],
+      {
+        axis: { i: 2 },
+      },
+    );
+    const allQ = g.transpose(g.matmul(Xq, ex.param(`${prefix}.q_proj.experts.w`, [E, d, dh])), [1, 0, 2]);
+    const slots = g.reshape(attendSlots(g.matmul(slotExpert, allQ)), [-1, k, dh]); // [N, k, dh]
+    // Every output expert on the gate-weighted sum of the slots routed to it: [E, N, dh] · [E, dh, d], summed.
+    const perExpert = g.transpose(g.matmul(g.transpose(g.mul(slotExpert, g.unsqueeze(gates, [2])), [0, 2, 1]), slots), [1, 0, 2]); // [E, N, dh]
+    const out = g.reduceSum(g.matmul(perExpert, ex.param(`${prefix}.q_proj.output_experts.w`, [E, dh, d])), [0], false);
+    return g.op('Reshape', [out, g.op('Shape', [src.q])]);
+  }
   // Assignment a = n·k + j is query slot a of token n.
   const slot = (pos: string) => pos;
   const token = (pos: string) => g.div(pos, g.i64(k));
   const slotShape = g.op('Shape', [indices]); // [N, k]
   const slots = g.concat([g.unsqueeze(g.op('Size', [indices]), [0]), g.i64([dh])], 0); // [N·k, dh]
   const q = dispatch(g, Xq, g.zeros(slots), bank('experts', d, dh), { experts: indices, weights: g.fill(slotShape, 1), src: token, dst: slot });
-  const qh = g.transpose(g.op('Reshape', [q, g.concat([g.op('Shape', [src.q], { start: { i: 0 }, end: { i: 2 } }), g.i64([k, dh])], 0)]), [0, 2, 1, 3]);
-  const kv = (which: string, x: string) => g.unsqueeze(g.matmul(x, ex.linearWeight(`${prefix}.${which}.weight`, d, dh)), [1]); // [B, 1, T, dh]
-  const dims = c.rope ? dh : 0;
-  const base = c.ropeBase as number;
-  const res = ex.causalAttention(
-    ex.applyRope(qh, dh, dims, base, 'half'),
-    ex.applyRope(kv('k_proj', src.k), dh, dims, base, 'half'),
-    kv('v_proj', src.v),
-    1 / Math.sqrt(dh),
-  );
-  const flatSlots = g.reshape(g.transpose(res, [0, 2, 1, 3]), [-1, dh]); // [N·k, dh]
+  const flatSlots = attendSlots(q); // [N·k, dh]
   const out = dispatch(g, flatSlots, g.zeros(g.op('Shape', [Xq])), bank('output_experts', dh, d), { experts: indices, weights: gates, src: slot, dst: token });
   return g.op('Reshape', [out, g.op('Shape', [src.q])]);
 };

@@ -23,7 +23,12 @@ export const exportCommand = defineCommand({
       )
       .addOption(new Option('--dtype <type>', 'hf: weight dtype on disk, f32 (exact) or bf16').default('f32'))
       .addOption(new Option('--max-shard-size <size>', 'hf: largest safetensors shard, e.g. 5GB, 500MB').default('5GB'))
-      .addOption(new Option('--onnx-dense-experts', 'onnx: run every expert on every token, weighted by the gates (default: sparse top-k dispatch)')),
+      .addOption(
+        new Option(
+          '--onnx-dense-experts',
+          'onnx: run every expert on every token, weighted by the gates: routed FFN experts, SwitchHead and MoA heads (default: sparse top-k dispatch)',
+        ),
+      ),
   run([checkpoint], o) {
     const format = exportFormats.find((f) => f.name === o.format);
     if (!format) {

@@ -12,7 +12,7 @@ export interface ExportFlags {
   dtype?: string;
   /** Largest shard (hf), e.g. "5GB". */
   maxShardSize?: string;
-  /** onnx: run every expert on every token, weighted by the gate matrix, instead of dispatching. */
+  /** onnx: run every expert on every token, weighted by the gate matrix, instead of dispatching (FFN experts, SwitchHead, MoA). */
   denseExperts?: boolean;
 }
 

@@ -1,7 +1,8 @@
 /**
  * `moelab export --format onnx` checked in ONNX Runtime (onnxruntime-node, CPU): every preset of the
  * default registry, shrunk to a tiny size (d 32, 2 distinct layers, T 8), gives the logits of moelab's
- * forward pass within 1e-4 (a new preset without an ONNX lowering fails the first test); the command writes the file atomically and writes nothing when it refuses.
+ * forward pass within 1e-4, with sparse dispatch and with dense experts (a new preset without an ONNX
+ * lowering fails the first test); the command writes the file atomically and writes nothing when it refuses.
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -120,15 +121,18 @@ describe('ONNX export of the registry presets', () => {
   });
 
   for (const name of Object.keys(TINY)) {
-    it(`${name}: ONNX Runtime logits equal moelab's within 1e-4`, async () => {
+    it(`${name}: ONNX Runtime logits equal moelab's within 1e-4, sparse and with dense experts`, async () => {
       const spec = tiny(name);
       const model = buildModel<Model>(spec, registry, 1);
       randomize(model);
       const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
-      const { bytes } = exportOnnx(spec, registry, memorySource(weights));
-      const got = await ortLogits(bytes);
-      expect(got.dims).toEqual([B, T, (spec as Spec).vocabSize]);
-      expect(maxAbsDiff(got.data, moelabLogits(model))).toBeLessThan(1e-4);
+      const expected = moelabLogits(model);
+      for (const denseExperts of [false, true]) {
+        const { bytes } = exportOnnx(spec, registry, memorySource(weights), { denseExperts });
+        const got = await ortLogits(bytes);
+        expect(got.dims).toEqual([B, T, (spec as Spec).vocabSize]);
+        expect(maxAbsDiff(got.data, expected), `denseExperts: ${denseExperts}`).toBeLessThan(1e-4);
+      }
       model.dispose();
     });
   }
