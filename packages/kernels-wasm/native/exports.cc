@@ -8,6 +8,9 @@
 // JS exception, which unwinds the wasm stack); src/module.ts restores the stack pointer and turns
 // it into a MoelabError. Nothing aborts the module.
 #include <emscripten.h>
+#if defined(__EMSCRIPTEN_PTHREADS__)
+#include <emscripten/threading.h>
+#endif
 
 #include <cstdint>
 #include <cstdlib>
@@ -24,8 +27,33 @@ using namespace moelab;
 
 EM_JS(void, moelab_oom, (double bytes), { throw new Module.MoelabOutOfMemory(bytes); });
 
-void* operator new(size_t n) {
+namespace {
+#if defined(__EMSCRIPTEN_PTHREADS__)
+// Threaded build: a worker thread cannot report a failed allocation (a JavaScript exception there
+// would leave the caller waiting for its task forever), so the calling thread keeps the top
+// kReserve bytes of the 4 GiB address space free for the workers' scratch (per-thread GEMM packs,
+// ~2.1 MiB each, and attention rows): what the calling thread allocates must end below it.
+constexpr uint64_t kReserve = 64ull << 20;
+bool leaves_reserve(const void* p, size_t n) {
+  return !emscripten_is_main_runtime_thread() ||
+         reinterpret_cast<uintptr_t>(p) + static_cast<uint64_t>(n) <= (4ull << 30) - kReserve;
+}
+#else
+bool leaves_reserve(const void*, size_t) { return true; }
+#endif
+
+void* malloc_checked(size_t n) {
   void* p = std::malloc(n == 0 ? 1 : n);
+  if (p && !leaves_reserve(p, n)) {
+    std::free(p);
+    p = nullptr;
+  }
+  return p;
+}
+}  // namespace
+
+void* operator new(size_t n) {
+  void* p = malloc_checked(n);
   if (!p) moelab_oom(static_cast<double>(n));
   return p;
 }
@@ -52,7 +80,7 @@ const char* check(const int* idx, long n, long limit, const char* what) {
 EXPORT void* moelab_malloc(double bytes) {
   // A double so that sizes above 2 GiB arrive intact; the module's memory ends at 4 GiB.
   if (!(bytes >= 0) || bytes > 4294967295.0) return nullptr;
-  return std::malloc(static_cast<size_t>(bytes));
+  return malloc_checked(static_cast<size_t>(bytes));
 }
 EXPORT void moelab_free(void* p) { std::free(p); }
 EXPORT int moelab_threads() { return pool_threads(); }

@@ -158,7 +158,8 @@ export class MoelabWasmBackend extends MathBackendCPU {
         // Outputs the kernel allocated but did not turn into tensors (an error, a discarded buffer).
         for (const p of fresh) if (!this.owned.has(p)) this.heap.free(p);
       }
-      if (this.heap.buffer === buffer || attempt === 2) return out;
+      // Shared memory (the threaded build) grows in place: views of the old buffer stay valid.
+      if (this.heap.buffer === buffer || this.heap.shared || attempt === 2) return out;
       for (const t of (Array.isArray(out) ? out : [out]) as tfjs.TensorInfo[]) this.disposeData(t.dataId, true);
       // Room for the whole call at once (the memory never shrinks), then run it again.
       this.heap.free(this.heap.alloc(requested * 2 + 2 ** 20, () => `the outputs of ${kernel}`));

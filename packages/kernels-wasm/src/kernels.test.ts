@@ -1,18 +1,22 @@
 /**
  * Every kernel moelab-wasm runs in WebAssembly equals the cpu backend, forward and gradients: this
  * file runs kernels-cpu's own kernel suites (the same random shapes and tolerances) with the name
- * `moelab-cpu` mapped to `moelab-wasm`. Skips, with the reason, when the module is not built.
+ * `moelab-cpu` mapped to `moelab-wasm`, on the threaded build with 2 threads (Node always has
+ * shared memory), so that the pool's splits are exercised on any machine. Skips, with the reason,
+ * when the module is not built.
  */
 import * as tf from '@tensorflow/tfjs';
 import { describe, expect, it } from 'vitest';
 import { registerMoelabWasmBackend } from './index.js';
 
-const wasm = await registerMoelabWasmBackend(tf);
+const wasm = await registerMoelabWasmBackend(tf, { threads: 2 });
 
 describe('moelab-wasm availability', () => {
   it('reports what runs, or why not and how to build', () => {
     if (wasm.available) {
-      expect(wasm.threads).toBeGreaterThanOrEqual(1);
+      // The threaded build, or the single-threaded one with the reason why.
+      if (wasm.build === 'threads') expect([wasm.threads, wasm.reason]).toEqual([2, expect.stringContaining('2 threads on Workers sharing the memory')]);
+      else expect([wasm.threads, wasm.reason]).toEqual([1, expect.stringContaining('single-threaded: ')]);
       for (const k of ['BatchMatMul', '_FusedMatMul', 'MoelabMoeMLP', 'MoelabMoeGLU', 'Softmax', 'TopK', 'MoelabAdamW']) expect(wasm.kernels).toContain(k);
     } else {
       expect(wasm.reason).toMatch(/emscripten/i);

@@ -12,6 +12,12 @@
  * allocation, in JavaScript (moelab_malloc returns 0) or inside a kernel (exports.cc's operator new
  * calls back into MoelabOutOfMemory), becomes a one-line MoelabError with the size; the module
  * keeps working (the C++ stack pointer is restored).
+ *
+ * Two builds: `moelab-kernels` (single-threaded) and `moelab-kernels-threads` (pthreads: the
+ * kernels' fork-join pool of kernels-cpu, pool.cc, on Web Workers or Node worker threads that
+ * share the module's memory, a SharedArrayBuffer). The threaded one needs shared memory: always in
+ * Node, in a browser only on a cross-origin isolated page. Its Workers are started with the module,
+ * one per thread beyond the caller's, so the pool never waits for one to load.
  */
 import { MoelabError } from '@moelab/core';
 import type { NativeAddon } from '@moelab/kernels-cpu/kernels';
@@ -19,6 +25,10 @@ import type { NativeAddon } from '@moelab/kernels-cpu/kernels';
 /** The functions and views of the Emscripten module this package builds (native/exports.cc). */
 interface EmscriptenModule {
   HEAPU8: Uint8Array;
+  /** The threaded build's shared memory (its `buffer` is current after a growth on any thread). */
+  wasmMemory?: WebAssembly.Memory;
+  /** The threaded build's Web Workers / Node worker threads. */
+  PThread?: { unusedWorkers: { unref?: () => void }[]; runningWorkers: { unref?: () => void }[] };
   stackSave(): number;
   stackRestore(sp: number): void;
   UTF8ToString(ptr: number): string;
@@ -50,14 +60,23 @@ export class WasmHeap {
 
   constructor(readonly mod: EmscriptenModule) {}
 
-  /** The memory's current ArrayBuffer (replaced, and the old one detached, when the memory grows). */
+  /**
+   * The memory's current buffer. Single-threaded: an ArrayBuffer, replaced (and the old one
+   * detached) when the memory grows. Threaded: a SharedArrayBuffer; a growth (on any thread) gives
+   * a longer one, and views of the old one stay valid but cannot reach the new part.
+   */
   get buffer(): ArrayBufferLike {
-    return this.mod.HEAPU8.buffer;
+    return this.mod.wasmMemory?.buffer ?? this.mod.HEAPU8.buffer;
+  }
+
+  /** True for the threaded build's shared memory (a growth detaches nothing). */
+  get shared(): boolean {
+    return typeof SharedArrayBuffer === 'function' && this.buffer instanceof SharedArrayBuffer;
   }
 
   /** Bytes of memory the module holds now (what it has grown to, not what is allocated). */
   get size(): number {
-    return this.mod.HEAPU8.byteLength;
+    return this.buffer.byteLength;
   }
 
   /** `bytes` of uninitialised memory; a MoelabError naming `what` when the memory cannot hold them. */
@@ -73,7 +92,7 @@ export class WasmHeap {
 
   /** A typed view of `length` elements at `ptr` (remembered, so that it resolves back to `ptr`). */
   view<T extends View>(Ctor: ViewCtor, ptr: number, length: number): T {
-    const v = new Ctor(this.mod.HEAPU8.buffer as ArrayBuffer, ptr, length) as T;
+    const v = new Ctor(this.buffer as ArrayBuffer, ptr, length) as T;
     this.where.set(v, { ptr, length });
     return v;
   }
@@ -153,16 +172,31 @@ export class WasmKernels {
   readonly heap: WasmHeap;
   readonly addon: NativeAddon;
 
-  constructor(readonly mod: EmscriptenModule) {
+  /**
+   * @param maxThreads the most threads the module can run: 1 for the single-threaded build, the
+   *   Workers it was started with + 1 for the threaded one (a pool never waits for a Worker to load).
+   */
+  constructor(
+    readonly mod: EmscriptenModule,
+    readonly maxThreads = 1,
+  ) {
     this.heap = new WasmHeap(mod);
     const fns: Record<string, unknown> = {
       info: () => ({ gemm: 'builtin', haveBlas: false, threads: mod._moelab_threads() }),
-      setThreads: (n: number) => mod._moelab_set_threads(n),
+      setThreads: (n: number) => this.setThreads(n),
       setGemm: () => 'builtin',
       tuneMalloc: () => false,
     };
     for (const name of Object.keys(OUTPUTS)) fns[name] = (...args: unknown[]) => this.call(name, args);
     this.addon = fns as unknown as NativeAddon;
+  }
+
+  /** Sizes the kernels' thread pool (clamped to 1..maxThreads); returns the threads it now has. */
+  setThreads(n: number): number {
+    const got = this.mod._moelab_set_threads(Math.max(1, Math.min(this.maxThreads, Math.floor(n) || 1)));
+    // Node: the worker threads must not keep the process alive once the caller is done.
+    for (const w of [...(this.mod.PThread?.unusedWorkers ?? []), ...(this.mod.PThread?.runningWorkers ?? [])]) w.unref?.();
+    return got;
   }
 
   /** Calls export `name` with kernels-cpu's argument list (arrays become addresses). */
@@ -185,12 +219,12 @@ export class WasmKernels {
         // A plain JS array: copied in (also when written: some outputs are read first, e.g. biasAct's).
         const ptr = heap.alloc(v.byteLength, () => `argument ${i} of ${name} (${v.length} elements)`);
         temps.push(ptr);
-        mod.HEAPU8.set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), ptr);
+        new Uint8Array(heap.buffer).set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), ptr);
         if (outputs.includes(i)) copyBack.push([v, ptr]);
         return ptr;
       });
       const result = mod[`_${name}`](...cargs);
-      for (const [v, ptr] of copyBack) new Uint8Array(v.buffer, v.byteOffset, v.byteLength).set(mod.HEAPU8.subarray(ptr, ptr + v.byteLength));
+      for (const [v, ptr] of copyBack) new Uint8Array(v.buffer, v.byteOffset, v.byteLength).set(new Uint8Array(heap.buffer, ptr, v.byteLength));
       if (CHECKED.has(name) && result !== 0) throw new Error(`moelab-wasm: ${mod.UTF8ToString(result)}`);
       return result;
     } catch (e) {
@@ -206,18 +240,45 @@ export class WasmKernels {
 /** What loadWasmKernels found: the module, or why there is none. */
 export interface WasmLoad {
   kernels: WasmKernels | null;
+  /** Why the module is missing; empty when it loaded. */
   reason: string;
+  /** Which build runs: `threads` (pthreads, shared memory) or `single`. */
+  build: 'threads' | 'single';
+  /** Why the single-threaded build runs (empty when the threaded one does). */
+  singleReason: string;
+}
+
+export interface LoadOptions {
+  /**
+   * Threads for the kernels. Default: the machine's cores (Node: `os.availableParallelism()` or
+   * `MOELAB_THREADS`; browsers: `navigator.hardwareConcurrency`). 1 loads the single-threaded build.
+   */
+  threads?: number;
 }
 
 const isNode = typeof process !== 'undefined' && typeof process.versions?.node === 'string';
-// The built module, next to src/ and dist/ alike.
-const BUILD = new URL('../build/', import.meta.url);
+
+// The built files, each named literally so that bundlers (Vite) emit them as assets.
+const FILES = {
+  single: { glue: new URL('../build/moelab-kernels.mjs', import.meta.url), wasm: new URL('../build/moelab-kernels.wasm', import.meta.url) },
+  threads: {
+    glue: new URL('../build/moelab-kernels-threads.mjs', import.meta.url),
+    wasm: new URL('../build/moelab-kernels-threads.wasm', import.meta.url),
+    worker: new URL('../build/moelab-kernels-threads.worker.js', import.meta.url),
+    // Node: the same CommonJS worker script, named so in a `"type": "module"` package.
+    nodeWorker: new URL('../build/moelab-kernels-threads.worker.cjs', import.meta.url),
+  },
+};
+const RECORD = new URL('../build/moelab-wasm-build.json', import.meta.url);
+
+// A variable specifier, so that browser bundlers leave Node's modules alone.
+function nodeImport<T>(name: string): Promise<T> {
+  return import(/* @vite-ignore */ name) as Promise<T>;
+}
 
 async function readBinary(file: URL): Promise<ArrayBuffer | Uint8Array> {
   if (isNode) {
-    // A variable specifier, so that browser bundlers leave the Node module alone.
-    const fsName = 'node:fs/promises';
-    const fs = (await import(/* @vite-ignore */ fsName)) as typeof import('node:fs/promises');
+    const fs = await nodeImport<typeof import('node:fs/promises')>('node:fs/promises');
     return fs.readFile(file);
   }
   const r = await fetch(file);
@@ -225,36 +286,126 @@ async function readBinary(file: URL): Promise<ArrayBuffer | Uint8Array> {
   return r.arrayBuffer();
 }
 
-async function buildRecordReason(): Promise<string> {
+interface BuildRecord {
+  ok?: boolean;
+  reason?: string;
+  how?: string;
+  threads?: { ok?: boolean; reason?: string };
+}
+
+async function buildRecord(): Promise<BuildRecord | undefined> {
   try {
-    const text = new TextDecoder().decode(await readBinary(new URL('moelab-wasm-build.json', BUILD)));
-    const record = JSON.parse(text) as { ok?: boolean; reason?: string; how?: string };
-    if (record.ok === false && record.reason) return `the WebAssembly module was not built: ${record.reason}. ${record.how ?? ''}`.trim();
+    return JSON.parse(new TextDecoder().decode(await readBinary(RECORD))) as BuildRecord;
   } catch {
-    /* no record: the build never ran */
+    return undefined; // no record: the build never ran (or a bundler left it out)
   }
+}
+
+async function buildRecordReason(): Promise<string> {
+  const record = await buildRecord();
+  if (record?.ok === false && record.reason) return `the WebAssembly module was not built: ${record.reason}. ${record.how ?? ''}`.trim();
   return 'the WebAssembly module was not built (run `pnpm --filter @moelab/kernels-wasm build` with Emscripten installed: apt-get install -y emscripten)';
 }
 
-let loading: Promise<WasmLoad> | undefined;
+/** The machine's cores as the host reports them (at least 1). */
+export async function defaultThreads(): Promise<number> {
+  if (isNode) {
+    const env = Number(process.env.MOELAB_THREADS);
+    if (Number.isInteger(env) && env >= 1) return env;
+    const os = await nodeImport<typeof import('node:os')>('node:os');
+    return Math.max(1, os.availableParallelism?.() ?? os.cpus().length);
+  }
+  return Math.max(1, (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency ?? 1);
+}
 
-/** Loads and instantiates the module once; never rejects (`kernels: null` with the reason instead). */
-export function loadWasmKernels(): Promise<WasmLoad> {
-  loading ??= (async (): Promise<WasmLoad> => {
-    let binary: ArrayBuffer | Uint8Array;
-    try {
-      binary = await readBinary(new URL('moelab-kernels.wasm', BUILD));
-    } catch {
-      return { kernels: null, reason: await buildRecordReason() };
+/** Why threads cannot run here (shared memory needs Node or a cross-origin isolated page), or ''. */
+export function threadsUnavailableReason(): string {
+  if (typeof SharedArrayBuffer !== 'function') return 'SharedArrayBuffer is missing here';
+  if (!isNode && (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated !== true) {
+    return 'the page is not cross-origin isolated (serve it with Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp)';
+  }
+  return '';
+}
+
+async function instantiateSingle(): Promise<WasmKernels> {
+  const binary = await readBinary(FILES.single.wasm);
+  const factory = ((await import(/* @vite-ignore */ FILES.single.glue.href)) as { default: (m: object) => Promise<EmscriptenModule> }).default;
+  const mod = await factory({ wasmBinary: binary, MoelabOutOfMemory, print: () => {}, printErr: () => {} });
+  return new WasmKernels(mod, 1);
+}
+
+async function instantiateThreaded(threads: number): Promise<WasmKernels> {
+  const binary = await readBinary(FILES.threads.wasm);
+  const glue = FILES.threads.glue.href;
+  const factory = ((await import(/* @vite-ignore */ glue)) as { default: (m: object) => Promise<EmscriptenModule> }).default;
+  let nodeRequire: unknown;
+  let worker: string | URL = FILES.threads.worker.href;
+  if (isNode) {
+    nodeRequire = (await nodeImport<typeof import('node:module')>('node:module')).createRequire(import.meta.url);
+    worker = (await nodeImport<typeof import('node:url')>('node:url')).fileURLToPath(FILES.threads.nodeWorker);
+  }
+  const mod = await factory({
+    wasmBinary: binary,
+    poolSize: threads - 1,
+    // What each Worker imports (the glue, not the bundle that loaded it) and the worker script.
+    mainScriptUrlOrBlob: glue,
+    locateFile: (file: string) => (file.endsWith('.worker.js') ? worker : new URL(file, FILES.threads.glue).href),
+    nodeRequire,
+    MoelabOutOfMemory,
+    print: () => {},
+    printErr: () => {},
+  });
+  const kernels = new WasmKernels(mod, threads);
+  kernels.setThreads(threads);
+  return kernels;
+}
+
+const loading = new Map<string, Promise<WasmLoad>>();
+
+/**
+ * Loads and instantiates the module once per build and thread count; never rejects (`kernels:
+ * null` with the reason instead). The threaded build runs when more than one thread is wanted and
+ * shared memory is available; otherwise, or when it fails to load, the single-threaded one does,
+ * and `singleReason` says why.
+ */
+export async function loadWasmKernels(options: LoadOptions = {}): Promise<WasmLoad> {
+  const wanted = Math.min(64, Math.max(1, Math.floor(options.threads ?? (await defaultThreads()))));
+  let singleReason = wanted === 1 ? (options.threads === 1 ? 'one thread was asked for' : 'one core here') : threadsUnavailableReason();
+  if (!singleReason) {
+    const key = `threads:${wanted}`;
+    if (!loading.has(key)) {
+      loading.set(
+        key,
+        instantiateThreaded(wanted).then(
+          (kernels): WasmLoad => ({ kernels, reason: '', build: 'threads', singleReason: '' }),
+          async (e: Error): Promise<WasmLoad> => {
+            const record = await buildRecord();
+            const why = record?.threads?.ok === false ? `it was not built: ${record.threads.reason}` : e.message;
+            return { kernels: null, reason: `the threaded WebAssembly module failed to load (${why})`, build: 'threads', singleReason: '' };
+          },
+        ),
+      );
     }
-    try {
-      const glue = new URL('moelab-kernels.mjs', BUILD).href;
-      const factory = ((await import(/* @vite-ignore */ glue)) as { default: (m: object) => Promise<EmscriptenModule> }).default;
-      const mod = await factory({ wasmBinary: binary, MoelabOutOfMemory, print: () => {}, printErr: () => {} });
-      return { kernels: new WasmKernels(mod), reason: '' };
-    } catch (e) {
-      return { kernels: null, reason: `the WebAssembly module failed to load (${(e as Error).message})` };
-    }
-  })();
-  return loading;
+    const threaded = await loading.get(key)!;
+    if (threaded.kernels) return threaded;
+    singleReason = threaded.reason;
+  }
+  if (!loading.has('single')) {
+    loading.set(
+      'single',
+      instantiateSingle().then(
+        (kernels): WasmLoad => ({ kernels, reason: '', build: 'single', singleReason: '' }),
+        async (e: Error): Promise<WasmLoad> => {
+          const missing = (e as NodeJS.ErrnoException).code === 'ENOENT' || /HTTP 404/.test(e.message);
+          return {
+            kernels: null,
+            reason: missing ? await buildRecordReason() : `the WebAssembly module failed to load (${e.message})`,
+            build: 'single',
+            singleReason: '',
+          };
+        },
+      ),
+    );
+  }
+  return { ...(await loading.get('single')!), singleReason };
 }

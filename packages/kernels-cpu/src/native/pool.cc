@@ -135,7 +135,10 @@ int default_threads() {
     int v = std::atoi(e);
     if (v >= 1) return v;
   }
-#if defined(__EMSCRIPTEN__) && !defined(__EMSCRIPTEN_PTHREADS__)
+#if defined(__EMSCRIPTEN__)
+  // Single-threaded build: no threads. Threaded build: one until the JavaScript loader sizes the
+  // pool (set_pool_threads) to the Web Workers it started with the module, so that creating a
+  // thread never waits for a Worker to load (which a blocked caller would wait for forever).
   return 1;
 #endif
   unsigned hc = std::thread::hardware_concurrency();
