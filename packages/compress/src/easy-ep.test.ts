@@ -3,13 +3,15 @@
  * lies in [0, 2] and is 0 when the experts add nothing or push along h; the observer's sums equal a
  * direct computation from the residual stream and the layer output (hash routing: one expert per
  * token with gate 1, so r_t is the layer output); scores add up over demonstrations, so the pruning
- * decision does not depend on their order.
+ * decision does not depend on their order; mixed-domain calibration sums the per-domain scores
+ * normalised to 1, so one domain gives its own plan, a domain's token count does not weigh, and the
+ * order of the domains does not matter.
  */
 import { buildModel, forwardContext, type NodeSpec, Rng, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { testRegistry } from '../test/registry.js';
 import { easyTokenWeight, RoutingObserver } from './observer.js';
-import { planPruning } from './prune.js';
+import { expertScores, mixedDomainScores, planPruning } from './prune.js';
 import { type Model, moeLayers, type SpecModel } from './surgery.js';
 
 beforeAll(async () => {
@@ -126,6 +128,43 @@ describe('EASY-EP', () => {
     obs.finish(ctx, {}, observed);
     expect(() => planPruning(obs, src, { method: 'easy-ep', ratio: 0.5 })).toThrow(
       /transformer\.layers\.0\.ffn: the easy-ep score needs the residual stream around the layer/,
+    );
+  });
+
+  it('mixed-domain calibration: Σ_d s_d / Σ s_d; one domain = its own plan; token count and domain order do not weigh', () => {
+    const src = source({ type: 'softmax-topk', k: 2 });
+    const a = new RoutingObserver();
+    a.observe(src.model, batch(0));
+    const a3 = new RoutingObserver();
+    for (let i = 0; i < 3; i++) a3.observe(src.model, batch(0));
+    const b = new RoutingObserver();
+    b.observe(src.model, batch(11));
+    for (const l of moeLayers(src.model)) {
+      const sa = expertScores(a.layer(l.path), 'easy-ep');
+      const sb = expertScores(b.layer(l.path), 'easy-ep');
+      const ta = sa.reduce((x, y) => x + y, 0);
+      const tb = sb.reduce((x, y) => x + y, 0);
+      const mixed = mixedDomainScores([a, b], l.path, 'easy-ep');
+      for (let e = 0; e < E; e++) expect(mixed[e]).toBeCloseTo(sa[e]! / ta + sb[e]! / tb, 12);
+      expect(mixed.reduce((x, y) => x + y, 0)).toBeCloseTo(2, 12);
+      const thrice = mixedDomainScores([a3, b], l.path, 'easy-ep');
+      for (let e = 0; e < E; e++) expect(thrice[e]).toBeCloseTo(mixed[e]!, 9);
+    }
+    for (const method of ['easy-ep', 'reap', 'frequency'] as const) {
+      expect(planPruning([a], src, { method, ratio: 0.5 }).keep).toEqual(planPruning(a, src, { method, ratio: 0.5 }).keep);
+      const ab = planPruning([a, b], src, { method, ratio: 0.5 });
+      expect(planPruning([b, a], src, { method, ratio: 0.5 }).keep).toEqual(ab.keep);
+      expect(planPruning([a3, b], src, { method, ratio: 0.5 }).keep).toEqual(ab.keep);
+    }
+  });
+
+  it('mixed-domain calibration: a domain that saw no tokens, or none at all, is a one-line error', () => {
+    const src = source({ type: 'softmax-topk', k: 2 });
+    const a = new RoutingObserver();
+    a.observe(src.model, batch(0));
+    expect(() => planPruning([], src, { method: 'easy-ep', ratio: 0.5 })).toThrow(/at least one calibration domain/);
+    expect(() => planPruning([a, new RoutingObserver()], src, { method: 'easy-ep', ratio: 0.5 })).toThrow(
+      /no routing statistics for layer "transformer\.layers\.0\.ffn"/,
     );
   });
 });

@@ -2,13 +2,15 @@
  * EEP on a tiny two-layer LM (d 16, 6 SwiGLU experts, top-2 renormalised): the router mapping with a
  * selection R equals slicing the kept experts; R = I leaves the model unchanged; the search is
  * deterministic for a seed, its best loss never increases, it never ends worse than a starting
- * keep-set, and the loss it reports is the sliced model's.
+ * keep-set, and the loss it reports is the sliced model's. The merging phase starts at the sliced
+ * model (0 generations: the same loss and weights), never ends worse than it, is deterministic, and
+ * its model equals `reduceExperts` with the M and R it reports (expert g = Σ_j M_gj expert_j).
  */
 import { buildModel, forwardContext, type NodeSpec, Rng, type RouterLogitEdit, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { testRegistry } from '../test/registry.js';
-import { eepSearch, keepMapping, routerRemap, windowsLoss } from './eep.js';
-import { type Model, moeLayers, type SpecModel, sliceExperts } from './surgery.js';
+import { eepMerge, eepSearch, keepMapping, routerRemap, windowsLoss } from './eep.js';
+import { type Model, moeLayers, reduceExperts, type SpecModel, sliceExperts } from './surgery.js';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');
@@ -105,6 +107,72 @@ describe('eepSearch', () => {
     );
     expect(() => eepSearch(src.model, windows, { ratio: 0.5, init: [new Map([['transformer.layers.0.ffn', [0]]])] })).toThrow(
       /transformer\.layers\.0\.ffn: a starting keep-set must keep 3 experts/,
+    );
+  });
+});
+
+describe('EEP merging phase', () => {
+  const keepOf = (model: Model) => new Map(moeLayers(model).map((l, i) => [l.path, i === 0 ? [0, 2, 5] : [1, 3, 4]]));
+  const weights = (m: Model) => m.stateDict().map(([n, v]) => [n, Array.from(v.dataSync())] as const);
+
+  it('0 generations of a population of 1 mutant: the pruned model (same loss and weights as slicing)', () => {
+    const src = source();
+    const keep = keepOf(src.model);
+    const sliced = sliceExperts(registry, src, keep);
+    const r = eepMerge(registry, src, windows, { keep, population: 2, generations: 0, sigma: 1e-9 });
+    expect(r.startLoss).toBeCloseTo(windowsLoss(sliced.model, windows, 8), 6);
+    expect(r.history[0]).toBeLessThanOrEqual(r.startLoss);
+    expect(r.evaluations).toBe(2);
+    // With a mutation of 1e-9 every weight is the sliced model's to float precision.
+    const want = new Map(weights(sliced.model));
+    for (const [n, v] of weights(r.model))
+      v.forEach((x, i) => {
+        expect(x).toBeCloseTo(want.get(n)![i]!, 5);
+      });
+  });
+
+  it('never ends worse than the pruned model, the best loss never increases, deterministic for a seed', () => {
+    const src = source();
+    const keep = keepOf(src.model);
+    const a = eepMerge(registry, src, windows, { keep, population: 4, generations: 3, sigma: 0.3, seed: 2 });
+    const b = eepMerge(registry, src, windows, { keep, population: 4, generations: 3, sigma: 0.3, seed: 2 });
+    expect(a.history).toHaveLength(4);
+    for (let i = 1; i < a.history.length; i++) expect(a.history[i]!).toBeLessThanOrEqual(a.history[i - 1]!);
+    expect(a.loss).toBeLessThanOrEqual(a.startLoss);
+    expect(a.loss).toBe(a.history.at(-1));
+    expect(b.history).toEqual(a.history);
+    expect([...b.reductions]).toEqual([...a.reductions]);
+    expect(a.evaluations).toBe(4 + 3 * 2);
+  });
+
+  it('its model is reduceExperts with the reported M and R, and the reported loss is that model’s', () => {
+    const src = source();
+    const keep = keepOf(src.model);
+    const r = eepMerge(registry, src, windows, { keep, population: 4, generations: 2, sigma: 0.3, seed: 1 });
+    for (const [path, red] of r.reductions) {
+      expect(red.experts).toHaveLength(3);
+      expect(red.router).toHaveLength(3);
+      expect(red.keep).toEqual(keep.get(path));
+    }
+    const rebuilt = reduceExperts(registry, src, r.reductions);
+    expect(windowsLoss(rebuilt.model, windows, 8)).toBeCloseTo(r.loss, 6);
+    const want = new Map(weights(rebuilt.model));
+    for (const [n, v] of weights(r.model))
+      v.forEach((x, i) => {
+        expect(x).toBeCloseTo(want.get(n)![i]!, 6);
+      });
+    expect(r.spec).toEqual(rebuilt.spec);
+  });
+
+  it('one-line errors: bad population, generations or sigma, an expert out of range, no windows', () => {
+    const src = source();
+    const keep = keepOf(src.model);
+    expect(() => eepMerge(registry, src, windows, { keep, population: 1 })).toThrow(/population must be an integer of at least 2, got 1/);
+    expect(() => eepMerge(registry, src, windows, { keep, generations: -1 })).toThrow(/generations must be a non-negative integer/);
+    expect(() => eepMerge(registry, src, windows, { keep, sigma: 0 })).toThrow(/mutation size must be a positive number, got 0/);
+    expect(() => eepMerge(registry, src, [], { keep })).toThrow(/no windows/);
+    expect(() => eepMerge(registry, src, windows, { keep: new Map([['transformer.layers.0.ffn', [0, 9]]]) })).toThrow(
+      /transformer\.layers\.0\.ffn: expert id 9 is out of range \[0, 6\)/,
     );
   });
 });

@@ -17,10 +17,29 @@
  * search windows with the removed experts masked by −∞ (≡ slicing, invariant I0.1). Each generation
  * keeps the better half and refills the population with mutants of it (a mutant swaps one kept expert
  * for a removed one in one random layer). Seeded: the same seed, model and windows give the same result.
- * The merging phase (continuous M and R) is not implemented.
+ *
+ * The merging phase (`eepMerge`): starting from the pruning result (M = R = the selection of the kept
+ * experts), an elitist evolution over continuous M and R, judged by the same loss. A mutant adds
+ * σ·N(0, 1) to one entry of M and one entry of R in one random layer, so a kept expert takes in a
+ * fraction of another (possibly removed) expert's weights and the router row follows. R acts on the
+ * router's rows (logit space, z' = R z, biases alike) rather than on probabilities: then the merged
+ * layer is an ordinary MoE layer with E' experts and the result is an ordinary checkpoint
+ * (`reduceExperts`). At a selection both forms route identically (invariant I0.1), so the merging
+ * phase starts exactly where the pruning phase ended and, being elitist, never ends worse on its windows.
  */
-import { crossEntropy, forwardContext, MoelabError, Rng, type RouterLogitEdit, tf } from '@moelab/core';
-import { maskExperts, type Model, moeLayers } from './surgery.js';
+import { crossEntropy, forwardContext, MoelabError, type Registry, Rng, type RouterLogitEdit, tf } from '@moelab/core';
+import {
+  type ExpertReduction,
+  expertAxesOf,
+  maskExperts,
+  type Model,
+  mixAxes,
+  moeLayer,
+  moeLayers,
+  reduceExperts,
+  type SpecModel,
+  selection,
+} from './surgery.js';
 
 /** EEP's router mapping p' = softmax(z) Rᵀ as a logit edit z' = log(p') for a square R [E][E] (zero rows: −∞). */
 export function routerRemap(R: number[][]): RouterLogitEdit {
@@ -189,4 +208,135 @@ export function eepSearch(model: Model, windows: Int32Array[], o: EEPOptions): E
   }
   const best = population[0]!;
   return { keep: best, loss: fitness(best), baseLoss: windowsLoss(model, windows, batchSize), history, evaluations: seen.size };
+}
+
+export interface EEPMergeOptions {
+  /** Layer path → kept expert ids: the pruning phase's result (the starting point, M = R = selection). */
+  keep: Map<string, number[]>;
+  /** Candidates per generation (default 8). */
+  population?: number;
+  /** Generations after the first evaluation (default 4). */
+  generations?: number;
+  /** Standard deviation of a mutation (default 0.05). */
+  sigma?: number;
+  seed?: number;
+  /** Windows per forward pass of the fitness (default 8). */
+  batchSize?: number;
+}
+
+export interface EEPMergeResult extends SpecModel {
+  /** Layer path → the best M (`experts`) and R (`router`), both E' × E. */
+  reductions: Map<string, ExpertReduction>;
+  /** The merged model's loss on the search windows. */
+  loss: number;
+  /** The pruned model's (the starting selection's) loss on the same windows. */
+  startLoss: number;
+  /** Best loss after each generation (the first entry: the starting selection); never increases. */
+  history: number[];
+  /** Candidates evaluated. */
+  evaluations: number;
+}
+
+type MergeCandidate = { layers: Map<string, { M: number[][]; R: number[][] }>; loss?: number };
+
+/** EEP's merging phase (see the file comment): the merged model and its M, R per layer. */
+export function eepMerge(registry: Registry, source: SpecModel, windows: Int32Array[], o: EEPMergeOptions): EEPMergeResult {
+  const P = o.population ?? 8;
+  const G = o.generations ?? 4;
+  const sigma = o.sigma ?? 0.05;
+  if (!(Number.isInteger(P) && P >= 2)) throw new MoelabError(`the population must be an integer of at least 2, got ${P}`, '--population');
+  if (!(Number.isInteger(G) && G >= 0)) throw new MoelabError(`the generations must be a non-negative integer, got ${G}`, '--generations');
+  if (!(sigma > 0 && Number.isFinite(sigma))) throw new MoelabError(`the mutation size must be a positive number, got ${sigma}`, '--merge-sigma');
+  if (windows.length === 0) throw new MoelabError('the search has no windows to evaluate candidates on', '--calib');
+  if (o.keep.size === 0) throw new MoelabError('the merging phase needs the kept experts of at least one moe layer');
+  const paths = [...o.keep.keys()];
+  const sizes = new Map<string, number>();
+  const start: MergeCandidate = { layers: new Map() };
+  for (const path of paths) {
+    const { numExperts: E } = moeLayer(source.model, path);
+    const kept = [...new Set(o.keep.get(path)!)].sort((a, b) => a - b);
+    for (const e of kept) if (!Number.isInteger(e) || e < 0 || e >= E) throw new MoelabError(`expert id ${e} is out of range [0, ${E})`, path);
+    sizes.set(path, E);
+    start.layers.set(path, { M: selection(kept, E), R: selection(kept, E) });
+  }
+  const reductions = (c: MergeCandidate) =>
+    new Map(
+      paths.map((p) => [
+        p,
+        {
+          experts: c.layers.get(p)!.M,
+          router: c.layers.get(p)!.R,
+          keep: o.keep
+            .get(p)!
+            .slice()
+            .sort((a, b) => a - b),
+        },
+      ]),
+    );
+  const work = reduceExperts(registry, source, reductions(start));
+  const old = new Map(source.model.stateDict());
+  const vars = new Map(work.model.stateDict());
+  const tensors = paths.map((path) => {
+    const axes = expertAxesOf(registry, source, path);
+    return [...vars.keys()]
+      .filter((n) => n.startsWith(`${path}.`))
+      .map((name) => ({ path, name, router: name.startsWith(`${path}.router.`), axes: axes.get(name) ?? [], src: old.get(name)! }));
+  });
+  const batchSize = o.batchSize ?? 8;
+  let evaluations = 0;
+  const assign = (c: MergeCandidate) => {
+    for (const t of tensors.flat()) {
+      const l = c.layers.get(t.path)!;
+      if (t.axes.length === 0) continue;
+      const mixed = mixAxes(t.src, t.axes, t.router ? l.R : l.M);
+      vars.get(t.name)!.assign(mixed);
+      mixed.dispose();
+    }
+  };
+  const fitness = (c: MergeCandidate): number => {
+    if (c.loss === undefined) {
+      assign(c);
+      c.loss = windowsLoss(work.model, windows, batchSize);
+      evaluations++;
+    }
+    return c.loss;
+  };
+  const rng = Rng.derive(o.seed ?? 0, 'eep-merge');
+  const mutate = (parent: MergeCandidate): MergeCandidate => {
+    const layers = new Map([...parent.layers].map(([p, l]) => [p, { M: l.M.map((r) => r.slice()), R: l.R.map((r) => r.slice()) }]));
+    const path = paths[Math.floor(rng.next() * paths.length)]!;
+    const l = layers.get(path)!;
+    const E = sizes.get(path)!;
+    for (const m of [l.M, l.R]) {
+      const g = Math.floor(rng.next() * m.length);
+      const j = Math.floor(rng.next() * E);
+      m[g]![j]! += sigma * rng.normal();
+    }
+    return { layers };
+  };
+  try {
+    const startLoss = fitness(start);
+    let population: MergeCandidate[] = [start];
+    while (population.length < P) population.push(mutate(start));
+    const rank = (pop: MergeCandidate[]) =>
+      pop
+        .map((c, i) => ({ c, i, loss: fitness(c) }))
+        .sort((a, b) => a.loss - b.loss || a.i - b.i)
+        .map((r) => r.c);
+    population = rank(population);
+    const history = [fitness(population[0]!)];
+    for (let g = 0; g < G; g++) {
+      const elite = population.slice(0, Math.max(1, Math.floor(P / 2)));
+      const next = elite.slice();
+      while (next.length < P) next.push(mutate(elite[Math.floor(rng.next() * elite.length)]!));
+      population = rank(next);
+      history.push(fitness(population[0]!));
+    }
+    const best = population[0]!;
+    assign(best);
+    return { ...work, reductions: reductions(best), loss: best.loss!, startLoss, history, evaluations };
+  } catch (e) {
+    work.model.dispose();
+    throw e;
+  }
 }

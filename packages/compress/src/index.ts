@@ -7,7 +7,17 @@
 export { easyTokenWeight, type ObserverOptions, type ObserveTag, type Phase, LayerStats, RoutingObserver } from './observer.js';
 export { asMlpBank, type MlpBank, mlpHidden } from './bank.js';
 export { type MoEPrunerOptions, type MoEPrunerReport, moePrune, wandaMask } from './moe-pruner.js';
-export { type EEPOptions, type EEPResult, eepSearch, keepMapping, routerRemap, windowsLoss } from './eep.js';
+export {
+  type EEPMergeOptions,
+  type EEPMergeResult,
+  type EEPOptions,
+  type EEPResult,
+  eepMerge,
+  eepSearch,
+  keepMapping,
+  routerRemap,
+  windowsLoss,
+} from './eep.js';
 export { rankRouting, type SCMoEOptions, scmoeContrast } from './scmoe.js';
 export {
   bindExperts,
@@ -30,6 +40,7 @@ export {
 } from './surgery.js';
 export {
   expertScores,
+  mixedDomainScores,
   PRUNE_SCORES,
   type PruneOptions,
   type PrunePlan,
@@ -43,3 +54,11 @@ export { alignmentPermutation, groupExperts, type MergeOptions, type MergeReport
 export { parseSteerFile, planSteering, STEER_FORMAT, type SteerFile, type SteerOptions, type SteerScore, steerEdits, steerScores } from './steer.js';
 export { type AnalysisReport, analyse, type LayerReport } from './analyse.js';
 export * from './quant/index.js';
+export {
+  collectExpertTargets,
+  type DistilOptions,
+  type DistilReport,
+  distilExperts,
+  distillationLoss,
+  type ExpertTargets,
+} from './expert-distill.js';

@@ -18,6 +18,12 @@
  *
  * `preserveSuper`: super experts (see `superExperts`) get +∞ and are never pruned.
  * Ties prune the higher expert id first (the ranking is deterministic).
+ *
+ * Mixed-domain calibration (EASY-EP's variant for one model serving several domains; official code
+ * RUCAIBox/EASYEP): one observer per domain d, each domain's score normalised to sum 1 over the layer's
+ * experts, then summed, so every domain weighs the same whatever its token count or activation scale:
+ *
+ *   score[e] = Σ_d s_d[e] / Σ_{e'} s_d[e']
  */
 import { MoelabError, type Registry, Rng } from '@moelab/core';
 import type { LayerStats, RoutingObserver } from './observer.js';
@@ -53,6 +59,25 @@ export function expertScores(s: LayerStats, method: PruneScore, seed = 0): Float
     }
   }
   throw new MoelabError(`unknown pruning score "${method}"; one of ${PRUNE_SCORES.join(', ')}`, '--method');
+}
+
+/**
+ * The mixed-domain score of one layer (see the file comment): Σ_d s_d / Σ s_d over the observers. One
+ * observer gives its own score (the normalisation does not change a ranking).
+ */
+export function mixedDomainScores(observers: readonly RoutingObserver[], path: string, method: PruneScore, seed = 0): Float64Array {
+  if (observers.length === 0) throw new MoelabError('mixed-domain pruning needs at least one calibration domain', '--calib');
+  if (observers.length === 1 || method === 'random') return expertScores(observers[0]!.layer(path), method, seed);
+  let out: Float64Array | undefined;
+  observers.forEach((o, d) => {
+    const s = expertScores(o.layer(path), method, seed);
+    const total = s.reduce((a, v) => a + v, 0);
+    if (!(total > 0)) throw new MoelabError(`calibration domain ${d + 1} gives every expert of this layer a zero ${method} score`, path);
+    out ??= new Float64Array(s.length);
+    if (s.length !== out.length) throw new MoelabError(`the calibration domains disagree on the expert count (${out.length} vs ${s.length})`, path);
+    for (let e = 0; e < s.length; e++) out[e]! += s[e]! / total;
+  });
+  return out!;
 }
 
 /** Layers whose score needs the expert outputs (everything but frequency / random). */
@@ -113,8 +138,13 @@ export interface PrunePlan {
   protected: Map<string, number[]>;
 }
 
-/** Which experts each layer keeps. */
-export function planPruning(observer: RoutingObserver, source: SpecModel, o: PruneOptions): PrunePlan {
+/**
+ * Which experts each layer keeps. Several observers (one per calibration domain) combine by the
+ * mixed-domain rule of the file comment.
+ */
+export function planPruning(observer: RoutingObserver | readonly RoutingObserver[], source: SpecModel, o: PruneOptions): PrunePlan {
+  const observers: readonly RoutingObserver[] = Array.isArray(observer) ? observer : [observer as RoutingObserver];
+  if (observers.length === 0) throw new MoelabError('pruning needs at least one calibration domain', '--calib');
   if (!PRUNE_SCORES.includes(o.method)) throw new MoelabError(`unknown pruning method "${o.method}"; one of ${PRUNE_SCORES.join(', ')}`, '--method');
   if (!(o.ratio > 0 && o.ratio < 1)) throw new MoelabError(`the pruning ratio must be in (0, 1), got ${o.ratio}`, '--ratio');
   const layers = moeLayers(source.model);
@@ -122,24 +152,31 @@ export function planPruning(observer: RoutingObserver, source: SpecModel, o: Pru
   const chosen = o.layers ? layers.filter((l) => o.layers!.includes(l.path)) : layers;
   for (const p of o.layers ?? [])
     if (!layers.some((l) => l.path === p)) throw new MoelabError(`no moe layer "${p}"; moe layers: ${layers.map((l) => l.path).join(', ')}`, '--layers');
-  const guard = o.preserveSuper
-    ? superExperts(
-        observer,
+  const guard = new Map<string, number[]>();
+  if (o.preserveSuper)
+    for (const obs of observers)
+      for (const [path, ids] of superExperts(
+        obs,
         layers.map((l) => l.path),
-      )
-    : new Map<string, number[]>();
+      ))
+        guard.set(
+          path,
+          [...new Set([...(guard.get(path) ?? []), ...ids])].sort((a, b) => a - b),
+        );
   const keep = new Map<string, number[]>();
   const scores = new Map<string, Float64Array>();
   for (const l of chosen) {
-    const s = observer.layer(l.path);
-    if (s.tokens === 0) throw new MoelabError('the calibration pass saw no tokens in this layer', l.path);
-    if (NEEDS_DETAIL.has(o.method) && !s.detailed)
-      throw new MoelabError(
-        `the ${o.method} score needs per-token expert outputs, which this layer's router does not report (use frequency or random)`,
-        l.path,
-      );
+    for (const obs of observers) {
+      const s = obs.layer(l.path);
+      if (s.tokens === 0) throw new MoelabError('the calibration pass saw no tokens in this layer', l.path);
+      if (NEEDS_DETAIL.has(o.method) && !s.detailed)
+        throw new MoelabError(
+          `the ${o.method} score needs per-token expert outputs, which this layer's router does not report (use frequency or random)`,
+          l.path,
+        );
+    }
     const E = l.numExperts;
-    const score = expertScores(s, o.method, o.seed ?? 0);
+    const score = mixedDomainScores(observers, l.path, o.method, o.seed ?? 0);
     scores.set(l.path, score);
     const ranked = Array.from(score, (v, e) => ({ v: guard.get(l.path)?.includes(e) ? Number.POSITIVE_INFINITY : v, e })).sort(
       (a, b) => b.v - a.v || a.e - b.e,
@@ -158,7 +195,13 @@ export function planPruning(observer: RoutingObserver, source: SpecModel, o: Pru
 }
 
 /** Plan and apply: the pruned model and its spec (plus the plan). */
-export function pruneExperts(registry: Registry, observer: RoutingObserver, source: SpecModel, o: PruneOptions, seed = 0): SpecModel & { plan: PrunePlan } {
+export function pruneExperts(
+  registry: Registry,
+  observer: RoutingObserver | readonly RoutingObserver[],
+  source: SpecModel,
+  o: PruneOptions,
+  seed = 0,
+): SpecModel & { plan: PrunePlan } {
   const plan = planPruning(observer, source, o);
   return { ...sliceExperts(registry, source, plan.keep, seed), plan };
 }

@@ -200,7 +200,7 @@ export function reduceExperts(registry: Registry, source: SpecModel, plan: Map<s
 const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every((n, i) => n === b[i]);
 
 /** Mix `t` along each axis in `axes` with M [E'][E]: out[.., g, ..] = Σ_e M[g][e] t[.., e, ..]. */
-function mixAxes(t: tf.Tensor, axes: number[], m: number[][]): tf.Tensor {
+export function mixAxes(t: tf.Tensor, axes: number[], m: number[][]): tf.Tensor {
   return tf.tidy(() => {
     let out = t;
     const M = tf.tensor2d(m);

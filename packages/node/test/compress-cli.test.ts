@@ -105,6 +105,39 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(summary.perplexity.after).toBeGreaterThan(0);
     expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(4);
     expect(run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+
+    const kdOut = join(fixture.root, 'moe-pruned-kd');
+    const kd = run([
+      'prune',
+      fixture.ckpt,
+      '--method',
+      'moe-pruner',
+      '--ratio',
+      '0.5',
+      '--distil-steps',
+      '5',
+      '--distil-lr',
+      '0.01',
+      '--calib-tokens',
+      '64',
+      '--batch',
+      '2',
+      '--eval-batches',
+      '1',
+      '--json',
+      '--out',
+      kdOut,
+      ...cpu,
+    ]);
+    expect(kd.code, kd.err).toBe(0);
+    const k = JSON.parse(kd.out);
+    // Distillation keeps the pruning mask: the same number of zeros, and the loss toward the unpruned experts falls.
+    expect(k.expertWeights.zeroed).toBe(summary.expertWeights.zeroed);
+    expect(k.distillation.steps).toBe(5);
+    expect(k.distillation.lossAfter).toBeLessThan(k.distillation.lossBefore);
+    expect(run(['eval', kdOut, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+    const wrong = run(['prune', fixture.ckpt, '--method', 'reap', '--ratio', '0.5', '--distil-steps', '5', '--out', join(fixture.root, 'kd-reap'), ...cpu]);
+    expect(last(wrong.err)).toBe("moelab: --distil-steps: --distil-steps is MoE-Pruner's recovery; it needs --method moe-pruner, not reap");
   });
 
   it('prune --method easy-ep and --method eep (tiny search budget) write sliced checkpoints', () => {
@@ -137,6 +170,55 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(JSON.parse(readFileSync(join(fixture.root, 'eep', 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(2);
     const bad = run(['prune', fixture.ckpt, '--method', 'eep', '--population', '1', ...common, '--out', join(fixture.root, 'eep1')]);
     expect(last(bad.err)).toBe('moelab: --population: the population must be an integer of at least 2, got 1');
+
+    // EEP's merging phase after the search: never worse than the pruned start on the search windows; an ordinary checkpoint.
+    const merged = run([
+      'prune',
+      fixture.ckpt,
+      '--method',
+      'eep',
+      '--population',
+      '3',
+      '--generations',
+      '1',
+      '--merge-generations',
+      '2',
+      '--merge-sigma',
+      '0.2',
+      '--search-tokens',
+      '32',
+      ...common,
+      '--out',
+      join(fixture.root, 'eep-merged'),
+    ]);
+    expect(merged.code, merged.err).toBe(0);
+    const m = JSON.parse(merged.out);
+    expect(m.merge.history).toHaveLength(3);
+    expect(m.merge.loss).toBeLessThanOrEqual(m.merge.startLoss);
+    expect(m.merge.startLoss).toBeCloseTo(m.search.loss, 4);
+    expect(JSON.parse(readFileSync(join(fixture.root, 'eep-merged', 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(2);
+    expect(run(['eval', join(fixture.root, 'eep-merged'), '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+    const noEep = run(['prune', fixture.ckpt, '--method', 'reap', '--merge-generations', '2', ...common, '--out', join(fixture.root, 'm-reap')]);
+    expect(last(noEep.err)).toBe("moelab: --merge-generations: --merge-generations is EEP's merging phase; it needs --method eep, not reap");
+
+    // Mixed-domain calibration: one pass per text, the normalised scores summed (each text's scores sum to 1 per layer).
+    const mixed = run([
+      'prune',
+      fixture.ckpt,
+      '--method',
+      'easy-ep',
+      ...['--ratio', '0.5', '--calib-tokens', '64', '--batch', '2', '--eval-batches', '0', '--json', ...cpu],
+      '--calib',
+      `${fixture.data}:numbers,${fixture.data}:animals`,
+      '--out',
+      join(fixture.root, 'easy-mixed'),
+    ]);
+    expect(mixed.code, mixed.err).toBe(0);
+    const x = JSON.parse(mixed.out);
+    expect(x.calib).toBe(`${fixture.data}:numbers,${fixture.data}:animals`);
+    for (const l of x.layers) expect(l.scores.reduce((a: number, b: number) => a + b, 0)).toBeCloseTo(2, 9);
+    const blank = run(['prune', fixture.ckpt, '--ratio', '0.5', '--calib', `${fixture.data}:numbers,`, '--out', join(fixture.root, 'blank'), ...cpu]);
+    expect(last(blank.err)).toMatch(/^moelab: --calib: ".*:numbers," has an empty calibration text; separate the texts with single commas$/);
   });
 
   it('quantize --bits 2 --qat-steps trains before packing; the checkpoint loads; --qat-steps without --data is a one-line error', () => {
