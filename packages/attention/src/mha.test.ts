@@ -3,10 +3,23 @@
  * equations (no tfjs in the reference): grouped-query attention (HF repeat_kv), both RoPE layouts, q/k
  * RMSNorm per head and over the projection, q/k/v biases without an o bias; GQA equals MHA with each
  * key/value head copied to its group; the KV cache holds kvHeads heads and decodes the full pass's rows.
+ * RoPE scaling: the inverse frequencies of linear / llama3 / yarn against values derived by hand, and the
+ * module against the reference with those frequencies; the sliding window against the reference with
+ * the window's mask and against plain attention over each window's own subsequence (RoPE is relative).
  */
-import { buildModel, forwardContext, type MultiHeadAttention, type NodeSpec, Rng, type TransformerLM, tf } from '@moelab/core';
+import {
+  buildModel,
+  forwardContext,
+  type MultiHeadAttention,
+  type NodeSpec,
+  Rng,
+  ropeAttentionFactor,
+  ropeInvFreq,
+  type TransformerLM,
+  tf,
+} from '@moelab/core';
 import { describe, expect, it } from 'vitest';
-import { attentionBuilder, input, maxDiff, registry, useCpuBackend } from '../test/helpers.js';
+import { attentionBuilder, inferenceContext, input, maxDiff, registry, useCpuBackend } from '../test/helpers.js';
 
 useCpuBackend();
 
@@ -40,21 +53,24 @@ function rmsNorm(x: Float64Array, width: number, g: tf.Tensor, eps: number): Flo
   return y;
 }
 
-/** RoPE in place on row r (position p) of one head's channels [at, at + dh): pairs per layout. */
-function rope(x: Float64Array, at: number, p: number, dims: number, base: number, layout: 'half' | 'interleaved'): void {
+/** RoPE in place on row r (position p) of one head's channels [at, at + dh): pairs per layout, angles p·inv[i], cos / sin × m. */
+function rope(x: Float64Array, at: number, p: number, dims: number, inv: Float64Array, m: number, layout: 'half' | 'interleaved'): void {
   for (let i = 0; i < dims / 2; i++) {
-    const th = p / base ** ((2 * i) / dims);
+    const th = p * inv[i]!;
     const [a, b] = layout === 'half' ? [at + i, at + i + dims / 2] : [at + 2 * i, at + 2 * i + 1];
     const xa = x[a]!;
     const xb = x[b]!;
-    x[a] = xa * Math.cos(th) - xb * Math.sin(th);
-    x[b] = xb * Math.cos(th) + xa * Math.sin(th);
+    x[a] = m * (xa * Math.cos(th) - xb * Math.sin(th));
+    x[b] = m * (xb * Math.cos(th) + xa * Math.sin(th));
   }
 }
 
 /** The attention of one sequence x [T, d] (Float64), written from the equations. */
 function reference(att: MultiHeadAttention, x: Float64Array, T: number, eps: number): Float64Array {
-  const { heads: H, kvHeads: Hkv, headDim: dh, ropeDims, ropeBase, ropeLayout, qkNorm } = att;
+  const { heads: H, kvHeads: Hkv, headDim: dh, ropeDims, ropeBase, ropeLayout, qkNorm, ropeScaling, slidingWindow } = att;
+  const inv = ropeInvFreq(ropeDims, ropeBase, ropeScaling);
+  const mr = ropeAttentionFactor(ropeScaling);
+  const w = slidingWindow ?? Number.POSITIVE_INFINITY;
   let q = linear(x, T, att.q.weight, att.q.bias);
   let k = linear(x, T, att.k.weight, att.k.bias);
   const v = linear(x, T, att.v.weight, att.v.bias);
@@ -66,26 +82,27 @@ function reference(att: MultiHeadAttention, x: Float64Array, T: number, eps: num
     k = rmsNorm(k, Hkv * dh, att.kNorm!.weight, eps);
   }
   for (let t = 0; t < T; t++) {
-    for (let h = 0; h < H; h++) rope(q, (t * H + h) * dh, t, ropeDims, ropeBase, ropeLayout);
-    for (let h = 0; h < Hkv; h++) rope(k, (t * Hkv + h) * dh, t, ropeDims, ropeBase, ropeLayout);
+    for (let h = 0; h < H; h++) rope(q, (t * H + h) * dh, t, ropeDims, inv, mr, ropeLayout);
+    for (let h = 0; h < Hkv; h++) rope(k, (t * Hkv + h) * dh, t, ropeDims, inv, mr, ropeLayout);
   }
   const mixed = new Float64Array(T * H * dh);
   for (let h = 0; h < H; h++) {
     const g = Math.floor(h / (H / Hkv)); // repeat_kv: query head h reads kv head g
     for (let i = 0; i < T; i++) {
       const s = new Float64Array(i + 1);
+      const j0 = Math.max(0, i - w + 1); // the sliding window: keys i - w < j <= i
       let m = Number.NEGATIVE_INFINITY;
-      for (let j = 0; j <= i; j++) {
+      for (let j = j0; j <= i; j++) {
         let dot = 0;
         for (let c = 0; c < dh; c++) dot += q[(i * H + h) * dh + c]! * k[(j * Hkv + g) * dh + c]!;
         s[j] = dot / Math.sqrt(dh);
         m = Math.max(m, s[j]!);
       }
       let z = 0;
-      for (let j = 0; j <= i; j++) z += s[j] = Math.exp(s[j]! - m);
+      for (let j = j0; j <= i; j++) z += s[j] = Math.exp(s[j]! - m);
       for (let c = 0; c < dh; c++) {
         let acc = 0;
-        for (let j = 0; j <= i; j++) acc += (s[j]! / z) * v[(j * Hkv + g) * dh + c]!;
+        for (let j = j0; j <= i; j++) acc += (s[j]! / z) * v[(j * Hkv + g) * dh + c]!;
         mixed[(i * H + h) * dh + c] = acc;
       }
     }
@@ -199,5 +216,103 @@ describe('mha: Hugging Face options', () => {
     expect(maxDiff(tf.concat(parts, 1), full)).toBeLessThan(1e-4);
     expect(cache.layers[0]!.get('k')!.shape).toEqual([1, 2, 10, 4]);
     cache.dispose();
+  });
+});
+
+const close = (got: ArrayLike<number>, want: number[]) => {
+  expect(got.length).toBe(want.length);
+  for (let i = 0; i < want.length; i++) expect(Math.abs(got[i]! - want[i]!), `index ${i}`).toBeLessThan(1e-12 * Math.max(1, Math.abs(want[i]!)));
+};
+
+describe('mha: RoPE scaling and sliding window', () => {
+  it('inverse frequencies of linear, llama3 and yarn equal values derived by hand', () => {
+    // dims 6, base 10^4: ω = [1, 10^(-4/3), 10^(-8/3)].
+    const w1 = 10 ** (-4 / 3);
+    const w2 = 10 ** (-8 / 3);
+    close(ropeInvFreq(6, 1e4), [1, w1, w2]);
+    close(ropeInvFreq(6, 1e4, { type: 'linear', factor: 4 }), [0.25, w1 / 4, w2 / 4]);
+    // llama3, s 8, L 2048, l 1, h 32: wavelengths 2π (< 64: kept), 135.4 (between 64 and 2048: smoothed with
+    // γ = (2048 / 135.4 − 1) / 31), 2916 (> 2048: divided by s).
+    const gamma = (2048 / ((2 * Math.PI) / w1) - 1) / 31;
+    close(ropeInvFreq(6, 1e4, { type: 'llama3', factor: 8, originalContext: 2048, lowFreqFactor: 1, highFreqFactor: 32 }), [
+      1,
+      (1 - gamma) * (w1 / 8) + gamma * w1,
+      w2 / 8,
+    ]);
+    expect(ropeInvFreq(6, 1e4, { type: 'llama3', factor: 8, originalContext: 2048, lowFreqFactor: 1, highFreqFactor: 32 })[1]).toBeCloseTo(0.0243130525, 9);
+    // yarn, dims 8, base 10^4, L 64, s 4: d(32) = 8 ln(64 / 64π) / (2 ln 10^4) = −0.497 -> floor -> 0, d(1) = 1.008 -> ceil 2,
+    // so the ramp over i = 0..3 is [0, 1/2, 1, 1]: ω' = [1, 0.1 (1/8 + 1/2), 0.01 / 4, 0.001 / 4]; m = 1 + 0.1 ln 4.
+    const yarn = { type: 'yarn' as const, factor: 4, originalContext: 64 };
+    close(ropeInvFreq(8, 1e4, yarn), [1, 0.0625, 0.0025, 0.00025]);
+    expect(ropeAttentionFactor(yarn)).toBeCloseTo(1 + 0.1 * Math.log(4), 14);
+    expect(ropeAttentionFactor({ ...yarn, attentionFactor: 0.7 })).toBe(0.7);
+    expect(ropeAttentionFactor({ type: 'linear', factor: 4 })).toBe(1);
+    // Without truncation the ramp runs from 0 to 1.008: i = 1 is (1/1.008) interpolated.
+    const r = 1 / ((8 * Math.log(64 / (2 * Math.PI))) / (2 * Math.log(1e4)));
+    close(ropeInvFreq(8, 1e4, { ...yarn, truncate: false }), [1, 0.025 * r + 0.1 * (1 - r), 0.0025, 0.00025]);
+  });
+
+  it('the module rotates with the scaled frequencies (and yarn scales cos and sin): equal to the reference', () => {
+    checkAgainstReference({ heads: 4, kvHeads: 2, ropeScaling: { type: 'linear', factor: 3 } }, 16, 7);
+    checkAgainstReference({ heads: 2, ropeScaling: { type: 'llama3', factor: 8, originalContext: 16, highFreqFactor: 4 } }, 16, 7);
+    checkAgainstReference({ heads: 2, ropeLayout: 'interleaved', ropeScaling: { type: 'yarn', factor: 4, originalContext: 8 } }, 16, 7);
+    const plain = build({ heads: 2 }, 16, 3);
+    const yarn = build({ heads: 2, ropeScaling: { type: 'yarn', factor: 4, originalContext: 8 } }, 16, 3);
+    const x = input(1, 6, 16);
+    expect(maxDiff(plain.forward(x, inferenceContext()), yarn.forward(x, inferenceContext()))).toBeGreaterThan(1e-3);
+  });
+
+  it('sliding window: equal to the reference with the window mask, and each row to plain attention over its own window', () => {
+    checkAgainstReference({ heads: 4, kvHeads: 2, slidingWindow: 3 }, 16, 8);
+    checkAgainstReference({ heads: 2, slidingWindow: 1 }, 16, 5);
+    const T = 9;
+    const w = 4;
+    const windowed = build({ heads: 2, slidingWindow: w }, 16, 6);
+    const plain = build({ heads: 2 }, 16, 6);
+    const x = input(1, T, 16);
+    const got = windowed.forward(x, inferenceContext());
+    for (const i of [0, 2, 3, 5, 8]) {
+      const lo = Math.max(0, i - w + 1);
+      const sub = tf.slice(x, [0, lo, 0], [1, i - lo + 1, 16]);
+      const want = tf.slice(plain.forward(sub, inferenceContext()), [0, i - lo, 0], [1, 1, 16]);
+      expect(maxDiff(tf.slice(got, [0, i, 0], [1, 1, 16]), want), `row ${i}`).toBeLessThan(1e-5);
+    }
+    // A window at least as long as the sequence changes nothing.
+    const wide = build({ heads: 2, slidingWindow: T }, 16, 6);
+    expect(maxDiff(wide.forward(x, inferenceContext()), plain.forward(x, inferenceContext()))).toBe(0);
+  });
+
+  it('cached decoding with a sliding window and yarn RoPE equals the full pass', () => {
+    const spec = {
+      type: 'transformer-lm',
+      vocabSize: 32,
+      dModel: 16,
+      contextLength: 12,
+      stack: { groupSize: 2 },
+      block: {
+        type: 'transformer',
+        normType: 'rmsnorm',
+        attention: { type: 'mha', heads: 4, kvHeads: 2, slidingWindow: 3, ropeScaling: { type: 'yarn', factor: 2, originalContext: 6 } },
+        ffn: { type: 'dense', hidden: 24, glu: true, activation: 'silu' },
+      },
+      outNorm: 'rmsnorm',
+    } as NodeSpec;
+    const model = buildModel<TransformerLM>(spec, registry, 2);
+    const ids = Int32Array.from({ length: 10 }, (_, i) => (i * 5 + 1) % 32);
+    const full = model.forward(tf.tensor2d(ids, [1, 10], 'int32'), inferenceContext());
+    const cache = model.createCache();
+    const parts = [model.forwardCached(tf.tensor2d(ids.subarray(0, 5), [1, 5], 'int32'), inferenceContext(), cache)];
+    parts.push(model.forwardCached(tf.tensor2d(ids.subarray(5, 7), [1, 2], 'int32'), inferenceContext(), cache));
+    for (let t = 7; t < 10; t++) parts.push(model.forwardCached(tf.tensor2d(ids.subarray(t, t + 1), [1, 1], 'int32'), inferenceContext(), cache));
+    expect(maxDiff(tf.concat(parts, 1), full)).toBeLessThan(1e-4);
+    cache.dispose();
+  });
+
+  it('refuses llama3 / yarn without originalContext and a non-integer window, naming the option', () => {
+    expect(() => build({ heads: 2, ropeScaling: { type: 'yarn', factor: 4 } })).toThrow(
+      /^\$\.block\.attention\.ropeScaling\.originalContext: yarn RoPE scaling needs originalContext/,
+    );
+    expect(() => build({ heads: 2, ropeScaling: { type: 'ntk', factor: 4 } })).toThrow(/ropeScaling\.type: expected one of "linear", "llama3", "yarn"/);
+    expect(() => build({ heads: 2, slidingWindow: 0 })).toThrow(/slidingWindow/);
   });
 });

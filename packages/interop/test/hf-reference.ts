@@ -14,7 +14,10 @@
  *               MoE:   p = softmax(gate(m)); top-k; (renormalise: mixtral always, others norm_topk_prob)
  *                      h += Σ_e p_e · down_e(silu(gate_e(m)) · up_e(m))  [+ σ(shared_expert_gate(m)) · shared_expert(m)]
  *   logits = lm_head(norm(h))  (embed_tokens when tie_word_embeddings)
- *   RMSNorm(x) = w · x / √(mean(x²) + rms_norm_eps);  RoPE: rotate_half, inv_freq_i = θ^(−2i/head_dim)
+ *   RMSNorm(x) = w · x / √(mean(x²) + rms_norm_eps);  RoPE: rotate_half, inv_freq_i = θ^(−2i/head_dim),
+ *   rescaled by rope_scaling (modeling_rope_utils.py: linear, llama3, yarn with its attention factor on cos / sin);
+ *   sliding window w (mixtral sliding_window; qwen use_sliding_window with max_window_layers 0): key j is
+ *   visible to query i when i − w < j <= i.
  */
 type Json = Record<string, unknown>;
 export type HfTensors = Map<string, { shape: number[]; data: Float32Array }>;
@@ -52,6 +55,56 @@ function swiglu(x: Float64Array, n: number, t: HfTensors, prefix: string, names:
   return linear(g, n, t.get(`${prefix}${names[2]}.weight`)!, t.get(`${prefix}${names[2]}.bias`));
 }
 
+/** inv_freq and the cos / sin factor of a config (rope_scaling as transformers' modeling_rope_utils.py computes them). */
+function ropeFrequencies(config: Json, dh: number): { inv: number[]; mscale: number } {
+  const theta = config.rope_theta as number;
+  const inv = Array.from({ length: dh / 2 }, (_, i) => 1 / theta ** ((2 * i) / dh));
+  const rs = config.rope_scaling as Json | null | undefined;
+  if (!rs) return { inv, mscale: 1 };
+  const factor = rs.factor as number;
+  switch (rs.rope_type ?? rs.type) {
+    case 'linear':
+      return { inv: inv.map((f) => f / factor), mscale: 1 };
+    case 'llama3': {
+      const old = rs.original_max_position_embeddings as number;
+      const lowWave = old / (rs.low_freq_factor as number);
+      const highWave = old / (rs.high_freq_factor as number);
+      const out = inv.map((f) => {
+        const wave = (2 * Math.PI) / f;
+        if (wave > lowWave) return f / factor;
+        if (wave < highWave) return f;
+        const smooth = (old / wave - (rs.low_freq_factor as number)) / ((rs.high_freq_factor as number) - (rs.low_freq_factor as number));
+        return ((1 - smooth) * f) / factor + smooth * f;
+      });
+      return { inv: out, mscale: 1 };
+    }
+    case 'yarn': {
+      const old = (rs.original_max_position_embeddings as number | undefined) ?? (config.max_position_embeddings as number);
+      const corr = (rot: number) => (dh * Math.log(old / (rot * 2 * Math.PI))) / (2 * Math.log(theta));
+      const trunc = rs.truncate !== false;
+      let low = corr((rs.beta_fast as number | undefined) ?? 32);
+      let high = corr((rs.beta_slow as number | undefined) ?? 1);
+      if (trunc) [low, high] = [Math.floor(low), Math.ceil(high)];
+      [low, high] = [Math.max(low, 0), Math.min(high, dh - 1)];
+      if (low === high) high += 0.001;
+      const out = inv.map((f, i) => {
+        const extrapolation = 1 - Math.min(1, Math.max(0, (i - low) / (high - low)));
+        return (f / factor) * (1 - extrapolation) + f * extrapolation;
+      });
+      const attention = (rs.attention_factor as number | undefined) ?? (factor <= 1 ? 1 : 0.1 * Math.log(factor) + 1);
+      return { inv: out, mscale: attention };
+    }
+  }
+  throw new Error(`hfForward: rope_scaling ${JSON.stringify(rs)}`);
+}
+
+/** The sliding window every layer uses, or Infinity. */
+function slidingWindow(config: Json): number {
+  if (config.model_type === 'mixtral') return (config.sliding_window as number | null) ?? Number.POSITIVE_INFINITY;
+  if (config.use_sliding_window && (config.max_window_layers as number) === 0) return config.sliding_window as number;
+  return Number.POSITIVE_INFINITY;
+}
+
 /** Logits [T, vocab] of one sequence of token ids. */
 export function hfForward(config: Json, t: HfTensors, ids: number[]): Float64Array {
   const type = config.model_type as string;
@@ -60,7 +113,6 @@ export function hfForward(config: Json, t: HfTensors, ids: number[]): Float64Arr
   const Hkv = (config.num_key_value_heads as number | undefined) ?? H;
   const dh = type === 'olmoe' || type === 'qwen2_moe' || type === 'qwen2' ? d / H : ((config.head_dim as number | undefined) ?? d / H);
   const eps = config.rms_norm_eps as number;
-  const theta = config.rope_theta as number;
   const V = config.vocab_size as number;
   const T = ids.length;
   const emb = t.get('model.embed_tokens.weight')!;
@@ -68,6 +120,8 @@ export function hfForward(config: Json, t: HfTensors, ids: number[]): Float64Arr
   ids.forEach((id, r) => {
     for (let c = 0; c < d; c++) h[r * d + c] = emb.data[id * d + c]!;
   });
+  const { inv, mscale } = ropeFrequencies(config, dh);
+  const window = slidingWindow(config);
   const rope = (x: Float64Array, heads: number) => {
     for (let p = 0; p < T; p++)
       for (let hh = 0; hh < heads; hh++) {
@@ -75,9 +129,11 @@ export function hfForward(config: Json, t: HfTensors, ids: number[]): Float64Arr
         const x1 = x.slice(at, at + dh / 2);
         const x2 = x.slice(at + dh / 2, at + dh);
         for (let i = 0; i < dh / 2; i++) {
-          const ang = p * theta ** (-(2 * i) / dh);
-          x[at + i] = x1[i]! * Math.cos(ang) - x2[i]! * Math.sin(ang);
-          x[at + dh / 2 + i] = x2[i]! * Math.cos(ang) + x1[i]! * Math.sin(ang);
+          const ang = p * inv[i]!;
+          const cos = mscale * Math.cos(ang);
+          const sin = mscale * Math.sin(ang);
+          x[at + i] = x1[i]! * cos - x2[i]! * sin;
+          x[at + dh / 2 + i] = x2[i]! * cos + x1[i]! * sin;
         }
       }
   };
@@ -102,7 +158,8 @@ export function hfForward(config: Json, t: HfTensors, ids: number[]): Float64Arr
       const g = Math.floor(hh / (H / Hkv));
       for (let i = 0; i < T; i++) {
         const s: number[] = [];
-        for (let j = 0; j <= i; j++) {
+        const j0 = Math.max(0, i - window + 1);
+        for (let j = j0; j <= i; j++) {
           let dot = 0;
           for (let c = 0; c < dh; c++) dot += q[(i * H + hh) * dh + c]! * k[(j * Hkv + g) * dh + c]!;
           s.push(dot / Math.sqrt(dh));
@@ -112,7 +169,7 @@ export function hfForward(config: Json, t: HfTensors, ids: number[]): Float64Arr
         const z = e.reduce((x, y) => x + y, 0);
         for (let c = 0; c < dh; c++) {
           let acc = 0;
-          for (let j = 0; j <= i; j++) acc += (e[j]! / z) * v[(j * Hkv + g) * dh + c]!;
+          for (let j = j0; j <= i; j++) acc += (e[j - j0]! / z) * v[(j * Hkv + g) * dh + c]!;
           att[(i * H + hh) * dh + c] = acc;
         }
       }

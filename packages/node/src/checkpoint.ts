@@ -93,6 +93,11 @@ export function loadCheckpoint(dir: string, registry: Registry, opts: { packed?:
   return { model, config };
 }
 
+/** Whether a checkpoint holds optimiser state (moelab training writes it; `moelab import` and the playground's model download do not). */
+export function hasOptimizerState(dir: string): boolean {
+  return existsSync(join(dir, 'optimizer.safetensors'));
+}
+
 /** Restore the optimiser state of a checkpoint into a trainer (exact resume). */
 export function loadOptimizerState(dir: string, trainer: Trainer): void {
   const p = join(dir, 'optimizer.safetensors');

@@ -7,10 +7,10 @@
  */
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildModel, forwardContext, type NodeSpec, readSafetensors, Rng, tf } from '@moelab/core';
+import { forwardContext, readSafetensors, Rng, tf } from '@moelab/core';
 import { byteTokenizerJson, safetensorsPrefix } from '@moelab/interop';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { tmp } from '../test/helpers.js';
+import { hfTinySpec, saveTinyCheckpoint, tmp } from '../test/helpers.js';
 import { loadCheckpoint, loadCheckpointTokenizer, type Model, saveCheckpoint } from './checkpoint.js';
 import { exportHfCheckpoint, importHfCheckpoint, openHfWeights, parseSize } from './hf-files.js';
 import { createDefaultRegistry } from './registry.js';
@@ -21,27 +21,10 @@ beforeAll(async () => {
 
 const registry = createDefaultRegistry();
 
-const spec = {
-  type: 'transformer-lm',
-  vocabSize: 256,
-  dModel: 16,
-  contextLength: 16,
-  stack: { groupSize: 2 },
-  block: {
-    type: 'transformer',
-    normType: { type: 'rmsnorm', eps: 1e-5 },
-    attention: { type: 'mha', heads: 4, kvHeads: 2, qkvBias: true },
-    ffn: {
-      type: 'moe',
-      experts: 4,
-      router: { type: 'qwen2-moe', k: 2 },
-      expert: { type: 'glu', hidden: 8 },
-      shared: { type: 'glu', hidden: 12 },
-      sharedGate: 'sigmoid',
-    },
-  },
-  outNorm: { type: 'rmsnorm', eps: 1e-5 },
-} as NodeSpec;
+const spec = hfTinySpec({
+  attention: { qkvBias: true },
+  ffn: { router: { type: 'qwen2-moe', k: 2 }, expert: { type: 'glu', hidden: 8 }, shared: { type: 'glu', hidden: 12 }, sharedGate: 'sigmoid' },
+});
 
 function logits(m: Model): Float32Array {
   return tf.tidy(
@@ -50,10 +33,8 @@ function logits(m: Model): Float32Array {
 }
 
 function checkpoint(root: string): { dir: string; model: Model } {
-  const model = buildModel<Model>(spec, registry, 3);
   const dir = join(root, 'ckpt');
-  saveCheckpoint(dir, model, { spec, step: 5, seed: 3 });
-  return { dir, model };
+  return { dir, model: saveTinyCheckpoint(dir, spec, { seed: 3, step: 5, perturb: false, registry }) };
 }
 
 describe('Hugging Face directories', () => {

@@ -22,7 +22,15 @@ import {
   Trainer,
   tf,
 } from '@moelab/core';
-import { type Model, loadCheckpoint, loadCheckpointTokenizer, loadOptimizerState, readCheckpointConfig, saveCheckpoint } from './checkpoint.js';
+import {
+  hasOptimizerState,
+  type Model,
+  loadCheckpoint,
+  loadCheckpointTokenizer,
+  loadOptimizerState,
+  readCheckpointConfig,
+  saveCheckpoint,
+} from './checkpoint.js';
 import { CorpusTokens, loadCorpus } from './corpus.js';
 import { Progress } from './progress.js';
 
@@ -33,8 +41,14 @@ export interface RunOptions {
   /** Corpus name (`brown`, `sotu`) or a path to text. */
   data: string;
   outDir: string;
-  /** Continue the checkpoint in `outDir/checkpoint` exactly. */
+  /**
+   * Continue a checkpoint: `resumeFrom`, or `outDir/checkpoint`. With its optimizer state the run
+   * continues exactly; without (an imported checkpoint) from its weights with fresh optimizer state
+   * from step 0 (RunResult.freshOptimizer).
+   */
   resume?: boolean;
+  /** The checkpoint directory --resume reads (default `outDir/checkpoint`); the run still writes `outDir/checkpoint`. */
+  resumeFrom?: string;
   /** Stop early after this many seconds (then evaluate and save). */
   timeBudgetSec?: number;
   /** Save a checkpoint every N steps (0 = only at the end). */
@@ -69,6 +83,8 @@ export interface RunResult {
   wallSec: number;
   losses: number[];
   balance: LayerBalance[];
+  /** A resumed checkpoint had no optimizer state: the run started fresh optimizer state (and schedule) on its weights. */
+  freshOptimizer: boolean;
 }
 
 export function routingBalance(routing: StepMetrics['routing']): LayerBalance[] {
@@ -112,13 +128,14 @@ export function trainRun(o: RunOptions): RunResult {
   let train = o.train;
   let seed = o.train.seed ?? 0;
   let tokenizer = o.tokenizer;
+  const from = o.resumeFrom ?? ckptDir;
   if (o.resume) {
-    const cfg = readCheckpointConfig(ckptDir);
-    tokenizer = loadCheckpointTokenizer(ckptDir, cfg);
+    const cfg = readCheckpointConfig(from);
+    tokenizer = loadCheckpointTokenizer(from, cfg);
     spec = cfg.spec;
     train = { ...(cfg.train ?? {}), ...stripUndefined(o.train), seed: cfg.seed };
     seed = cfg.seed;
-    model = loadCheckpoint(ckptDir, o.registry).model;
+    model = loadCheckpoint(from, o.registry).model;
   } else {
     model = buildModel<Model>(spec, o.registry, seed);
   }
@@ -127,16 +144,27 @@ export function trainRun(o: RunOptions): RunResult {
   const tokens = o.tokens ?? new CorpusTokens(loadCorpus(o.data), tokenizer);
   const trainer = new Trainer(model, tokens, { ...train, seed });
   const c = trainer.config;
-  if (o.resume) loadOptimizerState(ckptDir, trainer);
+  const freshOptimizer = o.resume === true && !hasOptimizerState(from);
+  if (o.resume && !freshOptimizer) loadOptimizerState(from, trainer);
   if (trainer.step >= c.steps)
-    throw new MoelabError(`the checkpoint is already at step ${trainer.step} of ${c.steps}; pass a larger --steps to continue`, ckptDir);
+    throw new MoelabError(`the checkpoint is already at step ${trainer.step} of ${c.steps}; pass a larger --steps to continue`, from);
   mkdirSync(o.outDir, { recursive: true });
   const metricsPath = join(o.outDir, 'metrics.jsonl');
-  if (!o.resume || !existsSync(metricsPath)) writeFileSync(metricsPath, '');
+  const newLog = !o.resume || !existsSync(metricsPath);
+  if (newLog) writeFileSync(metricsPath, '');
   const log = (rec: Record<string, unknown>) => appendFileSync(metricsPath, `${JSON.stringify(rec)}\n`);
   const summary = modelSummary(model);
-  if (!o.resume)
-    log({ type: 'start', spec, train: c, data: o.data, parameters: summary.parameters, activeParameters: summary.activeParameters, backend: tf.getBackend() });
+  if (newLog || freshOptimizer)
+    log({
+      type: 'start',
+      spec,
+      train: c,
+      data: o.data,
+      parameters: summary.parameters,
+      activeParameters: summary.activeParameters,
+      backend: tf.getBackend(),
+      ...(o.resume ? { resumedFrom: from, freshOptimizer } : {}),
+    });
 
   const progress = new Progress(c.steps, o.label ?? 'train', process.stderr, o.quiet);
   const t0 = performance.now();
@@ -179,6 +207,7 @@ export function trainRun(o: RunOptions): RunResult {
     wallSec,
     losses,
     balance: routingBalance(routing),
+    freshOptimizer,
   };
 }
 

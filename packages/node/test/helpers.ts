@@ -3,7 +3,10 @@ import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { beforeAll, expect } from 'vitest';
+import { buildModel, loadState, type NodeSpec, stateTensors } from '@moelab/core';
+import { beforeAll, expect, vi } from 'vitest';
+import { type Model, saveCheckpoint } from '../src/checkpoint.js';
+import { createDefaultRegistry } from '../src/registry.js';
 
 /** The built CLI (`pnpm test` builds it first). */
 export const cli = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
@@ -79,4 +82,90 @@ export function trainedTiny(makeData: (root: string) => string, steps: number): 
     f.ckpt = r.checkpoint;
   });
   return f;
+}
+
+/**
+ * Run the moelab program in-process (no built CLI needed); returns the exit code, stdout, the error
+ * line and `log`, what the commands wrote to stderr themselves (backend report, progress, notes). The
+ * program module loads on first use, so files that only spawn the built CLI do not pay for it.
+ */
+export async function cliInProcess(...argv: string[]): Promise<{ code: number; out: string; err: string; log: string }> {
+  const { runCli: run } = await import('../src/program.js');
+  let out = '';
+  let err = '';
+  let log = '';
+  const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
+    out += String(s);
+    return true;
+  });
+  const errSpy = vi.spyOn(process.stderr, 'write').mockImplementation((s) => {
+    log += String(s);
+    return true;
+  });
+  try {
+    const code = await run(argv, { out: (s) => (out += s), err: (s) => (err += s) });
+    return { code, out, err, log };
+  } finally {
+    spy.mockRestore();
+    errSpy.mockRestore();
+  }
+}
+
+/**
+ * A tiny decoder in the Hugging Face layouts' shape (RMSNorm pre-norm blocks, mha with RoPE, SwiGLU
+ * experts): Mixtral-style by default (4 experts, top-2 renormalised, GQA 4/2), with `attention` and
+ * `ffn` fields merged over those defaults and `extra` over the model's.
+ */
+export function hfTinySpec(opts: { attention?: Record<string, unknown>; ffn?: Record<string, unknown>; extra?: Record<string, unknown> } = {}): NodeSpec {
+  return {
+    type: 'transformer-lm',
+    vocabSize: 256,
+    dModel: 16,
+    contextLength: 16,
+    stack: { groupSize: 2 },
+    block: {
+      type: 'transformer',
+      normType: { type: 'rmsnorm', eps: 1e-5 },
+      attention: { type: 'mha', heads: 4, kvHeads: 2, ...opts.attention },
+      ffn: { type: 'moe', experts: 4, router: { type: 'mixtral' }, expert: { type: 'glu', hidden: 16 }, ...opts.ffn },
+    },
+    outNorm: { type: 'rmsnorm', eps: 1e-5 },
+    ...opts.extra,
+  } as NodeSpec;
+}
+
+/** Move every tensor of the model (norm gains and biases too) off its init by a deterministic ±`amount`, so a misplaced tensor shows. */
+export function perturbWeights(model: Model, amount = 0.05, seed = 7): void {
+  let x = seed;
+  const state = stateTensors(model);
+  for (const t of state.values()) {
+    const data = t.data.slice();
+    for (let i = 0; i < data.length; i++) {
+      x = (x * 1103515245 + 12345) % 2 ** 31;
+      data[i]! += ((x / 2 ** 31) * 2 - 1) * amount;
+    }
+    t.data = data;
+  }
+  loadState(model, state);
+}
+
+/** The model's tensors as name -> { shape, float32 data } (a TensorSource's input: memorySource). */
+export function weightsOf(model: Model): Map<string, { shape: number[]; data: Float32Array }> {
+  return new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+}
+
+/**
+ * Build `spec` (initialised from `seed`, weights perturbed unless `perturb` is false) and save it as a
+ * checkpoint at `dir` (step `step`); returns the model, which the caller disposes. The checkpoint
+ * records run seed 0, as `moelab import` does, so that evaluations of both draw the same batches.
+ */
+export function saveTinyCheckpoint(
+  dir: string,
+  spec: NodeSpec,
+  opts: { seed?: number; step?: number; perturb?: boolean; registry?: ReturnType<typeof createDefaultRegistry> } = {},
+): Model {
+  const model = buildModel<Model>(spec, opts.registry ?? createDefaultRegistry(), opts.seed ?? 0);
+  if (opts.perturb !== false) perturbWeights(model, 0.05, (opts.seed ?? 0) + 7);
+  saveCheckpoint(dir, model, { spec, step: opts.step ?? 0, seed: 0 });
+  return model;
 }

@@ -2,7 +2,8 @@
  * Causal scaled dot-product attention and standard multi-head attention with RoPE, grouped-query
  * attention (GQA, arXiv 2305.13245: kvHeads < heads key/value heads, each shared by heads / kvHeads query
  * heads) and optional RMSNorm of queries and keys (per head as in Qwen3, or over the whole projection as
- * in OLMoE, arXiv 2409.02060).
+ * in OLMoE, arXiv 2409.02060), RoPE context extension (rope.ts) and sliding-window attention (each
+ * query sees itself and the w - 1 keys before it; Mistral 7B, arXiv 2310.06825).
  * The registry entry (`attention: mha`) lives in @moelab/attention; the building blocks live here so
  * that attention variants (SwitchHead, MoA, ...) reuse them.
  */
@@ -25,29 +26,48 @@ import {
   type RopeInputs,
 } from '../kernels/contract.js';
 import { Linear, RMSNorm } from './layers.js';
-import { applyRope, checkRopeDims, inRopeLayout, type RopeLayout, ropeTables } from './rope.js';
+import { applyRope, checkRopeDims, checkRopeScaling, inRopeLayout, type RopeLayout, type RopeScaling, ropeTables } from './rope.js';
 
-const masks = new Map<number, tf.Tensor2D>();
+const masks = new Map<string, tf.Tensor2D>();
 
-/** Additive causal mask [T, T]: 0 on and below the diagonal, -1e9 above. Cached per length. */
-export function causalMask(T: number): tf.Tensor2D {
-  let m = masks.get(T);
+/**
+ * Additive causal mask [T, T]: 0 where key j is visible to query i, -1e9 elsewhere. Visible: j <= i,
+ * and with a sliding `window` w also j > i - w (each query sees itself and the w - 1 keys before it, as
+ * transformers' sliding-window mask). Cached per length and window.
+ */
+export function causalMask(T: number, window?: number): tf.Tensor2D {
+  const w = window !== undefined && window < T ? window : undefined;
+  const key = `${T}/${w ?? ''}`;
+  let m = masks.get(key);
   if (!m) {
     const a = new Float32Array(T * T);
-    for (let i = 0; i < T; i++) for (let j = i + 1; j < T; j++) a[i * T + j] = -1e9;
+    for (let i = 0; i < T; i++) for (let j = 0; j < T; j++) if (j > i || (w !== undefined && j <= i - w)) a[i * T + j] = -1e9;
     m = tf.keep(tf.tensor2d(a, [T, T]));
-    masks.set(T, m);
+    masks.set(key, m);
   }
   return m;
 }
 
+/** Whether a sliding window of `window` keys masks anything in a causal pass over T positions. */
+export function windowMasks(window: number | undefined, T: number): boolean {
+  return window !== undefined && window < T;
+}
+
 /**
- * softmax(q k^T * scale + causal) v for q, k, v of shape [B, H, T, dh]; through the backend's fused
- * kernel when it has one (CAUSAL_ATTENTION_KERNEL in the kernel contract).
+ * softmax(q k^T * scale + causal) v for q, k, v of shape [B, H, T, dh], optionally with a sliding
+ * `window` ({@link causalMask}); through the backend's fused kernel when it has one
+ * (CAUSAL_ATTENTION_KERNEL in the kernel contract). The kernel contract has no window: where the window
+ * masks something (window < T) the attention takes the generic path.
  */
-export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!)): tf.Tensor {
+export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!), window?: number): tf.Tensor {
   const T = q.shape[2]!;
-  if (q.rank === 4 && hasKernel(CAUSAL_ATTENTION_KERNEL) && sameShape(q.shape, k.shape) && sameShape(q.shape.slice(0, 3), v.shape.slice(0, 3))) {
+  if (
+    q.rank === 4 &&
+    !windowMasks(window, T) &&
+    hasKernel(CAUSAL_ATTENTION_KERNEL) &&
+    sameShape(q.shape, k.shape) &&
+    sameShape(q.shape.slice(0, 3), v.shape.slice(0, 3))
+  ) {
     const [out, lse] = tf
       .engine()
       .runKernel(
@@ -59,7 +79,7 @@ export function causalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale 
     lse!.dispose();
     return out!;
   }
-  const scores = tf.add(tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), scale), causalMask(T));
+  const scores = tf.add(tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), scale), causalMask(T, window));
   return tf.matMul(tf.softmax(scores, -1) as tf.Tensor4D, v as tf.Tensor4D);
 }
 
@@ -76,7 +96,9 @@ export function hasFusedAttention(ropeDims: number): boolean {
  * Causal self-attention straight from the projections' layout, q, k [B, T, H*dk] and v [B, T, H*dv],
  * through the backend's fused kernels (RoPE of the first `ropeDims` channels of each head, then
  * attention, both with layout 'bthd'): no head split / merge transposes. Returns [B, T, H*dv]. Only
- * where {@link hasFusedAttention} holds; elsewhere use splitHeads, applyRope, causalAttention, mergeHeads.
+ * where {@link hasFusedAttention} holds, and without a sliding window (the kernel has none); elsewhere
+ * use splitHeads, applyRope, causalAttention, mergeHeads. `ropeScaling` changes the cos / sin tables
+ * only (rope.ts), which the fused RoPE kernel takes as inputs.
  */
 export function fusedCausalAttention(
   q: tf.Tensor,
@@ -87,6 +109,7 @@ export function fusedCausalAttention(
   ropeBase = 10000,
   scale?: number,
   ropeLayout: RopeLayout = 'half',
+  ropeScaling?: RopeScaling,
 ): tf.Tensor {
   if (q.rank !== 3) throw new Error(`fusedCausalAttention: q must be [B, T, heads*headDim], got [${q.shape}]`);
   const [B, T, D] = q.shape as [number, number, number];
@@ -96,7 +119,7 @@ export function fusedCausalAttention(
   const rotate = (t: tf.Tensor) => {
     if (ropeDims <= 0) return t;
     checkRopeDims(ropeDims, dk);
-    const { cos, sin } = ropeTables(T, ropeDims, ropeBase);
+    const { cos, sin } = ropeTables(T, ropeDims, ropeBase, 0, ropeScaling);
     return inRopeLayout(
       t,
       ropeDims,
@@ -131,12 +154,21 @@ export function fusedCausalAttention(
  * backend's CACHED_ATTENTION_KERNEL when it has one; otherwise with n0 = 0 this is
  * {@link causalAttention} (the backend's fused kernel when it has one), and with m = 1 no mask is needed.
  */
-export function cachedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!), length = k.shape[2]!): tf.Tensor {
+export function cachedCausalAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  scale = 1 / Math.sqrt(q.shape[3]!),
+  length = k.shape[2]!,
+  window?: number,
+): tf.Tensor {
   const m = q.shape[2]!;
   const n = length;
   if (n < m) throw new MoelabError(`cachedCausalAttention: ${m} queries but only ${n} keys (the keys must include the new rows)`);
   if (n > k.shape[2]!) throw new MoelabError(`cachedCausalAttention: length ${n} exceeds the ${k.shape[2]} positions of the keys`);
-  if (q.rank === 4 && hasKernel(CACHED_ATTENTION_KERNEL) && (n > m || k.shape[2]! > n || k.shape[1] !== q.shape[1])) {
+  // A sliding window that hides some of the n keys takes the generic path (the kernel contract has no window).
+  const windowed = windowMasks(window, n);
+  if (q.rank === 4 && !windowed && hasKernel(CACHED_ATTENTION_KERNEL) && (n > m || k.shape[2]! > n || k.shape[1] !== q.shape[1])) {
     return tf
       .engine()
       .runKernel(
@@ -151,9 +183,9 @@ export function cachedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, 
   }
   k = repeatKvHeads(k, q.shape[1]!);
   v = repeatKvHeads(v, q.shape[1]!);
-  if (n === m) return causalAttention(q, k, v, scale);
+  if (n === m) return causalAttention(q, k, v, scale, window);
   const scores = tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), scale);
-  const masked = m === 1 ? scores : tf.add(scores, offsetCausalMask(m, n));
+  const masked = m === 1 && !windowed ? scores : tf.add(scores, offsetCausalMask(m, n, windowed ? window : undefined));
   return tf.matMul(tf.softmax(masked, -1) as tf.Tensor4D, v as tf.Tensor4D);
 }
 
@@ -164,18 +196,21 @@ export function cachedCausalAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, 
  * (no exact-length copy on backends that preallocate it). A prefill into an empty cache is causal
  * attention over the new rows, as in the full pass.
  */
-export function appendAndAttend(cache: KVCache, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!)): tf.Tensor {
+export function appendAndAttend(cache: KVCache, q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale = 1 / Math.sqrt(q.shape[3]!), window?: number): tf.Tensor {
   const n0 = cache.length;
   const { entries, length } = cache.appendStored({ k, v });
-  if (n0 === 0) return causalAttention(q, repeatKvHeads(k, q.shape[1]!), repeatKvHeads(v, q.shape[1]!), scale);
-  return cachedCausalAttention(q, entries.k, entries.v, scale, length);
+  if (n0 === 0) return causalAttention(q, repeatKvHeads(k, q.shape[1]!), repeatKvHeads(v, q.shape[1]!), scale, window);
+  return cachedCausalAttention(q, entries.k, entries.v, scale, length, window);
 }
 
-/** Additive mask [m, n] of m new rows after n - m cached ones: row i sees keys j <= n - m + i. */
-function offsetCausalMask(m: number, n: number): tf.Tensor2D {
+/**
+ * Additive mask [m, n] of m new rows after n - m cached ones: row i (position n - m + i) sees keys
+ * j <= n - m + i, and with a sliding `window` w only those with j > n - m + i - w.
+ */
+function offsetCausalMask(m: number, n: number, window?: number): tf.Tensor2D {
   const a = new Float32Array(m * n);
   const n0 = n - m;
-  for (let i = 0; i < m; i++) for (let j = n0 + i + 1; j < n; j++) a[i * n + j] = -1e9;
+  for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) if (j > n0 + i || (window !== undefined && j <= n0 + i - window)) a[i * n + j] = -1e9;
   return tf.tensor2d(a, [m, n]);
 }
 
@@ -287,6 +322,10 @@ export interface MHAOptions {
   qkNorm?: 'none' | 'head' | 'projection';
   /** The q/k norms' epsilon. Default 1e-6. */
   qkNormEps?: number;
+  /** RoPE context extension (rope.ts: linear, llama3, yarn). Default: none. */
+  ropeScaling?: RopeScaling;
+  /** Sliding-window attention: each query sees itself and the slidingWindow - 1 keys before it. Default: the whole context. */
+  slidingWindow?: number;
 }
 
 export class MultiHeadAttention extends Module implements AttentionModule {
@@ -303,6 +342,8 @@ export class MultiHeadAttention extends Module implements AttentionModule {
   readonly ropeBase: number;
   readonly ropeLayout: RopeLayout;
   readonly qkNorm: 'none' | 'head' | 'projection';
+  readonly ropeScaling?: RopeScaling;
+  readonly slidingWindow?: number;
 
   constructor(dModel: number, opts: MHAOptions, rng: Rng) {
     super();
@@ -317,6 +358,11 @@ export class MultiHeadAttention extends Module implements AttentionModule {
     this.ropeBase = opts.ropeBase ?? 10000;
     this.ropeLayout = opts.ropeLayout ?? 'half';
     this.qkNorm = opts.qkNorm ?? 'none';
+    if (opts.ropeScaling) checkRopeScaling(opts.ropeScaling);
+    this.ropeScaling = opts.ropeScaling;
+    if (opts.slidingWindow !== undefined && !(Number.isInteger(opts.slidingWindow) && opts.slidingWindow >= 1))
+      throw new MoelabError(`slidingWindow must be a positive integer (got ${opts.slidingWindow})`, 'slidingWindow');
+    this.slidingWindow = opts.slidingWindow;
     const inner = this.heads * this.headDim;
     const kvInner = this.kvHeads * this.headDim;
     const qkvBias = opts.qkvBias ?? opts.bias;
@@ -374,10 +420,11 @@ export class MultiHeadAttention extends Module implements AttentionModule {
     // GQA: every query head gets its group's key / value head (rotating k after the copy is the same as before).
     const k = repeatKvChannels(k0, this.kvHeads, this.heads);
     const v = repeatKvChannels(v0, this.kvHeads, this.heads);
-    if (hasFusedAttention(this.ropeDims))
-      return this.o.forward(fusedCausalAttention(q, k, v, this.heads, this.ropeDims, this.ropeBase, undefined, this.ropeLayout));
-    const rope = (t: tf.Tensor) => applyRope(splitHeads(t, this.heads), this.ropeDims, this.ropeBase, 0, this.ropeLayout);
-    return this.o.forward(mergeHeads(causalAttention(rope(q), rope(k), splitHeads(v, this.heads))));
+    // The fused kernels have no sliding window: a window shorter than the sequence takes the generic path.
+    if (hasFusedAttention(this.ropeDims) && !windowMasks(this.slidingWindow, x.shape[1]!))
+      return this.o.forward(fusedCausalAttention(q, k, v, this.heads, this.ropeDims, this.ropeBase, undefined, this.ropeLayout, this.ropeScaling));
+    const rope = (t: tf.Tensor) => applyRope(splitHeads(t, this.heads), this.ropeDims, this.ropeBase, 0, this.ropeLayout, this.ropeScaling);
+    return this.o.forward(mergeHeads(causalAttention(rope(q), rope(k), splitHeads(v, this.heads), undefined, this.slidingWindow)));
   }
 
   /**
@@ -389,9 +436,9 @@ export class MultiHeadAttention extends Module implements AttentionModule {
     assertInference(ctx, this.path);
     const n0 = cache.length;
     const [qp, kp, vp] = this.project(x, sources);
-    const q = applyRope(splitHeads(qp, this.heads), this.ropeDims, this.ropeBase, n0, this.ropeLayout);
-    const k = applyRope(splitHeads(kp, this.kvHeads), this.ropeDims, this.ropeBase, n0, this.ropeLayout);
+    const q = applyRope(splitHeads(qp, this.heads), this.ropeDims, this.ropeBase, n0, this.ropeLayout, this.ropeScaling);
+    const k = applyRope(splitHeads(kp, this.kvHeads), this.ropeDims, this.ropeBase, n0, this.ropeLayout, this.ropeScaling);
     const v = splitHeads(vp, this.kvHeads);
-    return this.o.forward(mergeHeads(appendAndAttend(cache, q, k, v)));
+    return this.o.forward(mergeHeads(appendAndAttend(cache, q, k, v, undefined, this.slidingWindow)));
   }
 }

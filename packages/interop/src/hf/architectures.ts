@@ -12,8 +12,13 @@
  * | qwen2_moe  | mlp + shared_expert + σ gate      | biases on q, k, v; none on o                | norm_topk_prob           |
  * | qwen3_moe  | mlp, experts gate/up/down         | per-head q_norm / k_norm, attention_bias    | norm_topk_prob           |
  * | olmoe      | mlp, experts gate/up/down         | q_norm / k_norm over the projection         | norm_topk_prob           |
+ *
+ * Every architecture reads and writes `rope_scaling` (linear, llama3, yarn: transformers'
+ * modeling_rope_utils.py); sliding-window attention is `sliding_window` in Mixtral and
+ * `use_sliding_window` + `sliding_window` + `max_window_layers` (layers from that index on slide) in the
+ * Qwen family; Llama and OLMoE have none.
  */
-import { closeMatches, MoelabError } from '@moelab/core';
+import { closeMatches, MoelabError, type RopeScaling } from '@moelab/core';
 import type { DecoderShape, MoEShape } from './shape.js';
 
 type Json = Record<string, unknown>;
@@ -38,10 +43,20 @@ export class ConfigReader {
   constructor(
     readonly json: Json,
     readonly where: string,
+    /** Prefix of field names in messages (a nested object's field: "rope_scaling."). */
+    readonly prefix = '',
   ) {}
 
-  private fail(field: string, what: string): never {
-    throw new MoelabError(`"${field}" ${what}`, this.where);
+  fail(field: string, what: string): never {
+    throw new MoelabError(`"${this.prefix}${field}" ${what}`, this.where);
+  }
+
+  /** A nested object field as a reader of its own (field names prefixed in messages), or undefined when absent / null. */
+  object(field: string): ConfigReader | undefined {
+    const v = this.json[field];
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'object' || Array.isArray(v)) this.fail(field, `must be an object or null (got ${JSON.stringify(v)})`);
+    return new ConfigReader(v as Json, this.where, `${this.prefix}${field}.`);
   }
 
   int(field: string, fallback?: number): number {
@@ -78,6 +93,109 @@ export class ConfigReader {
   }
 }
 
+/** The config.json `rope_scaling` of a shape (null: plain RoPE), in transformers' field names. */
+function ropeScalingConfig(s: DecoderShape): Json | null {
+  const r = s.ropeScaling;
+  if (!r) return null;
+  if (r.type === 'linear') return { rope_type: 'linear', factor: r.factor };
+  if (r.type === 'llama3')
+    return {
+      rope_type: 'llama3',
+      factor: r.factor,
+      low_freq_factor: r.lowFreqFactor ?? 1,
+      high_freq_factor: r.highFreqFactor ?? 4,
+      original_max_position_embeddings: r.originalContext,
+    };
+  return {
+    rope_type: 'yarn',
+    factor: r.factor,
+    original_max_position_embeddings: r.originalContext,
+    beta_fast: r.betaFast ?? 32,
+    beta_slow: r.betaSlow ?? 1,
+    ...(r.attentionFactor !== undefined ? { attention_factor: r.attentionFactor } : {}),
+    ...(r.truncate === false ? { truncate: false } : {}),
+  };
+}
+
+const ROPE_FIELDS: Record<string, string[]> = {
+  default: [],
+  linear: ['factor'],
+  llama3: ['factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'],
+  yarn: ['factor', 'original_max_position_embeddings', 'beta_fast', 'beta_slow', 'attention_factor', 'mscale', 'mscale_all_dim', 'truncate'],
+};
+
+/**
+ * The `rope_scaling` of a config.json as moelab's RopeScaling (undefined: plain RoPE). yarn takes
+ * `factor` as written (transformers 5; version 4 replaced it by max_position_embeddings /
+ * original_max_position_embeddings when both are given) and derives the attention factor from mscale /
+ * mscale_all_dim when both are set (DeepSeek's form): m = (0.1·mscale·ln s + 1) / (0.1·mscale_all_dim·ln s + 1).
+ */
+function readRopeScaling(c: ConfigReader, contextLength: number): RopeScaling | undefined {
+  const r = c.object('rope_scaling');
+  if (!r) return undefined;
+  const type = r.json.rope_type ?? r.json.type ?? 'default';
+  const field = 'rope_type' in r.json ? 'rope_type' : 'type';
+  const known = ROPE_FIELDS[type as string];
+  if (!known)
+    r.fail(
+      field,
+      `= ${JSON.stringify(type)} is not supported: moelab implements ${Object.keys(ROPE_FIELDS)
+        .filter((t) => t !== 'default')
+        .join(', ')} (dynamic rescales with the sequence length; longrope and the others have no moelab equivalent)`,
+    );
+  for (const k of Object.keys(r.json))
+    if (k !== 'rope_type' && k !== 'type' && !known!.includes(k))
+      r.fail(k, `is not a ${type} rope_scaling field moelab reads${known!.length ? ` (${known!.join(', ')})` : ''}`);
+  if (type === 'default') return undefined;
+  const factor = r.num('factor');
+  if (!(factor > 0)) r.fail('factor', `must be positive (got ${factor})`);
+  if (type === 'linear') return { type: 'linear', factor };
+  if (type === 'llama3')
+    return {
+      type: 'llama3',
+      factor,
+      lowFreqFactor: r.num('low_freq_factor'),
+      highFreqFactor: r.num('high_freq_factor'),
+      originalContext: r.positive('original_max_position_embeddings'),
+    };
+  const out: RopeScaling = {
+    type: 'yarn',
+    factor,
+    originalContext: r.positive('original_max_position_embeddings', contextLength),
+    betaFast: r.num('beta_fast', 32),
+    betaSlow: r.num('beta_slow', 1),
+  };
+  const mscale = (v: number) => (factor <= 1 ? 1 : 0.1 * v * Math.log(factor) + 1);
+  if (r.json.attention_factor !== undefined && r.json.attention_factor !== null) out.attentionFactor = r.num('attention_factor');
+  else if (r.json.mscale && r.json.mscale_all_dim) out.attentionFactor = mscale(r.num('mscale')) / mscale(r.num('mscale_all_dim'));
+  if (!r.bool('truncate', true)) out.truncate = false;
+  return out;
+}
+
+/** Sliding window of the Qwen family: use_sliding_window, sliding_window, and max_window_layers or layer_types (which layers slide). */
+function readQwenWindow(c: ConfigReader, layers: number): number | undefined {
+  const types = c.json.layer_types;
+  if (Array.isArray(types)) {
+    if (types.every((t) => t === 'full_attention')) return undefined;
+    if (types.every((t) => t === 'sliding_attention')) return c.positive('sliding_window');
+    c.fail('layer_types', 'mixes full and sliding-window layers: moelab builds every layer alike');
+  }
+  if (!c.bool('use_sliding_window', false)) return undefined;
+  const from = c.int('max_window_layers', 28);
+  if (from >= layers) return undefined;
+  if (from > 0)
+    c.fail(
+      'max_window_layers',
+      `= ${from}: layers ${from}.. slide and the first ${from} do not; moelab builds every layer alike (0: every layer slides, >= num_hidden_layers: none)`,
+    );
+  return c.positive('sliding_window');
+}
+
+const qwenWindowConfig = (s: DecoderShape): Json =>
+  s.slidingWindow === undefined
+    ? { use_sliding_window: false, sliding_window: null }
+    : { use_sliding_window: true, sliding_window: s.slidingWindow, max_window_layers: 0 };
+
 function common(s: DecoderShape, arch: { modelType: string; className: string }): Json {
   return {
     architectures: [arch.className],
@@ -91,7 +209,7 @@ function common(s: DecoderShape, arch: { modelType: string; className: string })
     max_position_embeddings: s.contextLength,
     rms_norm_eps: s.normEps,
     rope_theta: s.ropeBase,
-    rope_scaling: null,
+    rope_scaling: ropeScalingConfig(s),
     hidden_act: 'silu',
     tie_word_embeddings: s.tieEmbeddings,
     initializer_range: s.initStd,
@@ -102,20 +220,20 @@ function common(s: DecoderShape, arch: { modelType: string; className: string })
 }
 
 /** The fields every architecture reads the same way. */
-function readCommon(c: ConfigReader, defaults: { eps: number; theta: number }): Omit<DecoderShape, 'qkvBias' | 'oBias' | 'qkNorm' | 'ffn'> {
+function readCommon(c: ConfigReader, defaults: { eps: number; theta: number }): Omit<DecoderShape, 'qkvBias' | 'oBias' | 'qkNorm' | 'ffn' | 'slidingWindow'> {
   const dModel = c.positive('hidden_size');
   const heads = c.positive('num_attention_heads');
   const kvHeads = c.positive('num_key_value_heads', heads);
   if (heads % kvHeads !== 0) throw new MoelabError(`"num_key_value_heads" ${kvHeads} does not divide "num_attention_heads" ${heads}`, c.where);
   const headDim = c.positive('head_dim', dModel / heads);
   c.only('hidden_act', ['silu'], 'moelab converts SwiGLU (silu) MLPs');
-  c.only('rope_scaling', [], 'moelab implements plain RoPE (no rope_scaling)');
-  c.only('use_sliding_window', [false], 'moelab attends over the whole context (no sliding window)');
+  const contextLength = c.positive('max_position_embeddings');
+  const ropeScaling = readRopeScaling(c, contextLength);
   return {
     vocabSize: c.positive('vocab_size'),
     dModel,
     layers: c.positive('num_hidden_layers'),
-    contextLength: c.positive('max_position_embeddings'),
+    contextLength,
     tieEmbeddings: c.bool('tie_word_embeddings', false),
     normEps: c.num('rms_norm_eps', defaults.eps),
     initStd: c.num('initializer_range', 0.02),
@@ -123,6 +241,7 @@ function readCommon(c: ConfigReader, defaults: { eps: number; theta: number }): 
     kvHeads,
     headDim,
     ropeBase: c.num('rope_theta', defaults.theta),
+    ...(ropeScaling ? { ropeScaling } : {}),
   };
 }
 
@@ -151,6 +270,8 @@ const biasesAll = (s: DecoderShape) => (s.qkvBias === s.oBias ? null : 'q/k/v bi
 const biasesQkv = (s: DecoderShape) => (s.qkvBias && !s.oBias ? null : 'Qwen2 attention has biases on q, k, v and none on o (qkvBias: true, bias: false)');
 const noQkNorm = (s: DecoderShape) => (s.qkNorm === 'none' ? null : `q/k norms (qkNorm "${s.qkNorm}") are not part of this architecture`);
 const plainHeadDim = (s: DecoderShape) => (s.headDim * s.heads === s.dModel ? null : `headDim ${s.headDim} ≠ dModel / heads: this architecture derives it`);
+const noWindow = (s: DecoderShape) =>
+  s.slidingWindow === undefined ? null : 'sliding-window attention is not part of this architecture (mixtral, qwen2, qwen2_moe and qwen3_moe have it)';
 const first = (...reasons: (string | null)[]) => reasons.find((r) => r !== null) ?? null;
 const isMoE = (s: DecoderShape): s is DecoderShape & { ffn: MoEShape } => s.ffn.kind === 'moe';
 const dense = (s: DecoderShape) => (s.ffn.kind === 'dense' ? null : 'an MoE feed-forward needs an MoE architecture');
@@ -165,7 +286,7 @@ function moeConfig(s: DecoderShape, expertsField: string): Json {
 export const llama: HfArchitecture = {
   modelType: 'llama',
   className: 'LlamaForCausalLM',
-  refuses: (s) => first(dense(s), noQkNorm(s), biasesAll(s)),
+  refuses: (s) => first(dense(s), noQkNorm(s), biasesAll(s), noWindow(s)),
   toConfig: (s) => ({
     ...common(s, llama),
     intermediate_size: (s.ffn as { hidden: number }).hidden,
@@ -190,9 +311,10 @@ export const qwen2: HfArchitecture = {
   modelType: 'qwen2',
   className: 'Qwen2ForCausalLM',
   refuses: (s) => first(dense(s), noQkNorm(s), biasesQkv(s), s.ffn.kind === 'dense' && s.ffn.bias ? 'Qwen2 MLPs have no biases' : null, plainHeadDim(s)),
-  toConfig: (s) => ({ ...common(s, qwen2), intermediate_size: (s.ffn as { hidden: number }).hidden, use_sliding_window: false, sliding_window: null }),
+  toConfig: (s) => ({ ...common(s, qwen2), intermediate_size: (s.ffn as { hidden: number }).hidden, ...qwenWindowConfig(s) }),
   fromConfig: (c) => ({
     ...readCommon(c, { eps: 1e-6, theta: 10000 }),
+    slidingWindow: readQwenWindow(c, c.positive('num_hidden_layers')),
     qkvBias: true,
     oBias: false,
     qkNorm: 'none',
@@ -216,12 +338,13 @@ export const mixtral: HfArchitecture = {
     ...moeConfig(s, 'num_local_experts'),
     intermediate_size: (s.ffn as MoEShape).hidden,
     router_jitter_noise: (s.ffn as MoEShape).jitter,
-    sliding_window: null,
+    sliding_window: s.slidingWindow ?? null,
   }),
   fromConfig: (c) => {
-    c.only('sliding_window', [], 'moelab attends over the whole context (sliding_window must be null)');
+    const window = c.json.sliding_window;
     return {
       ...readCommon(c, { eps: 1e-5, theta: 1e6 }),
+      slidingWindow: window === undefined || window === null ? undefined : c.positive('sliding_window'),
       qkvBias: false,
       oBias: false,
       qkNorm: 'none',
@@ -255,15 +378,15 @@ export const qwen2Moe: HfArchitecture = {
       norm_topk_prob: f.renormalize,
       decoder_sparse_step: 1,
       mlp_only_layers: [],
-      use_sliding_window: false,
-      sliding_window: null,
+      ...qwenWindowConfig(s),
     };
   },
   fromConfig: (c) => {
     allSparse(c);
     const ffn = readMoE(c, 'num_experts', 'moe_intermediate_size', null);
     ffn.sharedHidden = c.positive('shared_expert_intermediate_size');
-    return { ...readCommon(c, { eps: 1e-6, theta: 10000 }), qkvBias: true, oBias: false, qkNorm: 'none', ffn };
+    const slidingWindow = readQwenWindow(c, c.positive('num_hidden_layers'));
+    return { ...readCommon(c, { eps: 1e-6, theta: 10000 }), slidingWindow, qkvBias: true, oBias: false, qkNorm: 'none', ffn };
   },
   moeNames: qwenMoeNames,
 };
@@ -283,8 +406,7 @@ export const qwen3Moe: HfArchitecture = {
       decoder_sparse_step: 1,
       mlp_only_layers: [],
       attention_bias: s.oBias,
-      use_sliding_window: false,
-      sliding_window: null,
+      ...qwenWindowConfig(s),
     };
   },
   fromConfig: (c) => {
@@ -292,6 +414,7 @@ export const qwen3Moe: HfArchitecture = {
     const bias = c.bool('attention_bias', false);
     return {
       ...readCommon(c, { eps: 1e-6, theta: 10000 }),
+      slidingWindow: readQwenWindow(c, c.positive('num_hidden_layers')),
       qkvBias: bias,
       oBias: bias,
       qkNorm: 'head',
@@ -311,6 +434,7 @@ export const olmoe: HfArchitecture = {
       s.qkNorm === 'projection' ? null : 'OLMoE normalises the whole q and k projections (qkNorm: "projection")',
       biasesAll(s),
       plainHeadDim(s),
+      noWindow(s),
     ),
   toConfig: (s) => {
     const f = s.ffn as MoEShape;

@@ -9,7 +9,7 @@
  *   MoE:  p = softmax(W_g x) (float32),  S = top-k(p),  g_e = p_e / Σ_{j∈S} p_j  (renormalize) or p_e
  *         FFN(x) = Σ_{e∈S} g_e · SwiGLU_e(x)  [+ σ(w_s · x) · SwiGLU_shared(x)]
  */
-import { MoelabError, type NodeSpec, type Registry, resolveConfig } from '@moelab/core';
+import { MoelabError, type NodeSpec, type Registry, type RopeScaling, resolveConfig } from '@moelab/core';
 
 export interface DenseShape {
   kind: 'dense';
@@ -49,6 +49,10 @@ export interface DecoderShape {
   kvHeads: number;
   headDim: number;
   ropeBase: number;
+  /** RoPE context extension (HF rope_scaling: linear, llama3, yarn). */
+  ropeScaling?: RopeScaling;
+  /** Sliding-window attention over every layer (HF sliding_window): each query sees the last slidingWindow positions. */
+  slidingWindow?: number;
   qkvBias: boolean;
   oBias: boolean;
   qkNorm: 'none' | 'head' | 'projection';
@@ -100,6 +104,11 @@ export function shapeFromSpec(spec: NodeSpec, registry: Registry): ShapeResult {
   if ((a.ropeDims ?? headDim) !== headDim) return fail(`ropeDims ${a.ropeDims} rotates part of each head; these HF decoders rotate the whole head`);
   if (a.ropeLayout === 'interleaved')
     notes.push('interleaved RoPE: the q / k projection rows are reordered per head to the rotate_half layout (the same attention)');
+  const scaling = a.ropeScaling as RopeScaling | undefined;
+  if (scaling?.type === 'yarn' && scaling.factor * scaling.originalContext! !== m.contextLength)
+    notes.push(
+      `yarn factor ${scaling.factor} × originalContext ${scaling.originalContext} ≠ contextLength ${m.contextLength}: transformers 4 derives the factor as max_position_embeddings / original_max_position_embeddings, transformers 5 reads factor`,
+    );
   const qkNorm = a.qkNorm as DecoderShape['qkNorm'];
   if (qkNorm !== 'none' && a.qkNormEps !== eps) return fail(`qkNormEps ${a.qkNormEps} differs from the norms' eps ${eps}; HF has one rms_norm_eps`);
   const ffnNode = resolveConfig(registry, 'ffn', b.ffn as NodeSpec, '$.block.ffn');
@@ -166,6 +175,8 @@ export function shapeFromSpec(spec: NodeSpec, registry: Registry): ShapeResult {
       kvHeads: (a.kvHeads as number | undefined) ?? heads,
       headDim,
       ropeBase: a.ropeBase as number,
+      ropeScaling: a.ropeScaling as RopeScaling | undefined,
+      slidingWindow: a.slidingWindow as number | undefined,
       qkvBias: (a.qkvBias as boolean | undefined) ?? (a.bias as boolean),
       oBias: a.bias as boolean,
       qkNorm,
@@ -182,6 +193,8 @@ export function specFromShape(s: DecoderShape): NodeSpec {
   if (s.kvHeads !== s.heads) attention.kvHeads = s.kvHeads;
   if (s.headDim * s.heads !== s.dModel) attention.headDim = s.headDim;
   if (s.qkNorm !== 'none') Object.assign(attention, { qkNorm: s.qkNorm, qkNormEps: s.normEps });
+  if (s.ropeScaling) attention.ropeScaling = s.ropeScaling;
+  if (s.slidingWindow !== undefined) attention.slidingWindow = s.slidingWindow;
   let ffn: Cfg;
   if (s.ffn.kind === 'dense') ffn = { type: 'dense', hidden: s.ffn.hidden, activation: 'silu', glu: true, bias: s.ffn.bias };
   else {

@@ -265,7 +265,9 @@ function transpose2d(a: Float32Array, rows: number, cols: number): Float32Array 
 // ---- attention ---------------------------------------------------------------------------------
 
 /** `mha` (packages/attention/src/mha.ts): GQA, RoPE (either layout, partial), q/k/v and o biases, q/k RMSNorm. */
-const mhaAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
+const mhaAttention: AttentionHandler = (ex, src, prefix, c, path) => {
+  if (c.ropeScaling !== undefined) throw new MoelabError('mha ropeScaling has no ONNX export (its tables are not in the graph)', `${path}.ropeScaling`);
+  if (c.slidingWindow !== undefined) throw new MoelabError('mha slidingWindow has no ONNX export (the graph has one causal mask)', `${path}.slidingWindow`);
   const g = ex.g;
   const d = ex.dModel;
   const H = c.heads as number;

@@ -2,47 +2,39 @@
  * The scale-out path of the README ("When one machine is not enough") through the moelab program,
  * in-process: a Mixtral-shaped checkpoint made here, `moelab export --format hf`, (the distributed run
  * happens elsewhere,) `moelab import` the directory back, and continue here: the imported checkpoint
- * evaluates to the same loss, generates the same text and inspects. Refusals and unknown formats are
- * one-line errors that write nothing.
+ * evaluates to the same loss, generates the same text and inspects, and trains further (`train
+ * <checkpoint> --resume`: fresh optimizer state, said on stderr) with its tokenizer.json. Refusals and
+ * unknown formats are one-line errors that write nothing.
  */
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildModel, type NodeSpec, tf } from '@moelab/core';
-import { beforeAll, describe, expect, it, vi } from 'vitest';
-import { textFile, tmp } from '../../test/helpers.js';
-import { type Model, saveCheckpoint } from '../checkpoint.js';
-import { runCli } from '../program.js';
-import { createDefaultRegistry } from '../registry.js';
+import { readSafetensors, tf } from '@moelab/core';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { cliInProcess as cli, hfTinySpec, saveTinyCheckpoint, textFile, tmp } from '../../test/helpers.js';
 
-const mixtralSpec = {
-  type: 'transformer-lm',
-  vocabSize: 256,
-  dModel: 16,
-  contextLength: 16,
-  stack: { groupSize: 2 },
-  block: {
-    type: 'transformer',
-    normType: { type: 'rmsnorm', eps: 1e-5 },
-    attention: { type: 'mha', heads: 4, kvHeads: 2 },
-    ffn: { type: 'moe', experts: 4, router: { type: 'mixtral' }, expert: { type: 'glu', hidden: 16 } },
-  },
-  outNorm: { type: 'rmsnorm', eps: 1e-5 },
-} as NodeSpec;
+const mixtralSpec = hfTinySpec();
 
-/** Run the program in-process; returns the exit code, stdout and the error line. */
-async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-    out += String(s);
-    return true;
+/** A word-level BPE tokenizer.json over lower-case letters (32 tokens), as an HF checkpoint would bring. */
+function bpeTokenizerJson(): string {
+  const vocab: Record<string, number> = { '[UNK]': 0 };
+  for (const c of 'abcdefghijklmnopqrstuvwxyz.') vocab[c] = Object.keys(vocab).length;
+  vocab.th = Object.keys(vocab).length;
+  vocab.the = Object.keys(vocab).length;
+  return JSON.stringify({
+    version: '1.0',
+    added_tokens: [],
+    normalizer: { type: 'Lowercase' },
+    pre_tokenizer: { type: 'Whitespace' },
+    post_processor: null,
+    decoder: null,
+    model: { type: 'BPE', vocab, merges: ['t h', 'th e'], unk_token: '[UNK]' },
   });
-  try {
-    const code = await runCli(argv, { out: (s) => (out += s), err: (s) => (err += s) });
-    return { code, out, err };
-  } finally {
-    spy.mockRestore();
-  }
+}
+
+/** The float32 tensors of a checkpoint's model.safetensors. */
+function tensorsOf(ckpt: string): Map<string, Float32Array> {
+  const file = readSafetensors(new Uint8Array(readFileSync(join(ckpt, 'model.safetensors'))), 'model.safetensors');
+  return new Map([...file.tensors].map(([n, t]) => [n, t.data as Float32Array]));
 }
 
 describe('moelab export / import (Hugging Face)', () => {
@@ -54,7 +46,7 @@ describe('moelab export / import (Hugging Face)', () => {
     root = tmp();
     data = textFile(root);
     ckpt = join(root, 'run', 'checkpoint');
-    saveCheckpoint(ckpt, buildModel<Model>(mixtralSpec, createDefaultRegistry(), 4), { spec: mixtralSpec, step: 3, seed: 0 });
+    saveTinyCheckpoint(ckpt, mixtralSpec, { seed: 4, step: 3, perturb: false }).dispose();
   });
 
   it('export -> import -> continue here: same loss, same generated text, inspect works', async () => {
@@ -94,19 +86,7 @@ describe('moelab export / import (Hugging Face)', () => {
   });
 
   it('train --tokenizer tokenizes the corpus with a tokenizer.json that travels with the checkpoint, through --resume and eval', async () => {
-    const vocab: Record<string, number> = { '[UNK]': 0 };
-    for (const c of 'abcdefghijklmnopqrstuvwxyz.') vocab[c] = Object.keys(vocab).length;
-    vocab.th = Object.keys(vocab).length;
-    vocab.the = Object.keys(vocab).length;
-    const tokJson = JSON.stringify({
-      version: '1.0',
-      added_tokens: [],
-      normalizer: { type: 'Lowercase' },
-      pre_tokenizer: { type: 'Whitespace' },
-      post_processor: null,
-      decoder: null,
-      model: { type: 'BPE', vocab, merges: ['t h', 'th e'], unk_token: '[UNK]' },
-    });
+    const tokJson = bpeTokenizerJson();
     writeFileSync(join(root, 'tok.json'), tokJson);
     writeFileSync(join(root, 'small.json'), JSON.stringify({ ...(mixtralSpec as object), vocabSize: 32 }));
     writeFileSync(join(root, 'mixtral.json'), JSON.stringify(mixtralSpec));
@@ -124,5 +104,76 @@ describe('moelab export / import (Hugging Face)', () => {
     expect(ev.out).toMatch(/bits\/token\n$/);
     const big = await cli('train', join(root, 'small.json'), '--tokenizer', join(root, 'mixtral.json'), '--steps', '1', ...common);
     expect(big.err).toMatch(/^moelab: .*mixtral.json: (not a Hugging Face tokenizer|file is missing)/);
+  });
+
+  it('an imported HF directory with its tokenizer.json trains further here (train <checkpoint> --resume), reloads, and goes out and back again', async () => {
+    // The "elsewhere" side: an HF directory (exported here, as a distributed run would save it) with a BPE tokenizer.json.
+    const spec = hfTinySpec({ extra: { vocabSize: 32 } });
+    const start = join(root, 'bpe-start', 'checkpoint');
+    saveTinyCheckpoint(start, spec, { seed: 9 }).dispose();
+    const hf = join(root, 'hf-bpe');
+    expect((await cli('export', start, '--format', 'hf', '--out', hf)).code).toBe(0);
+    const tokJson = bpeTokenizerJson();
+    writeFileSync(join(hf, 'tokenizer.json'), tokJson);
+    const imported = join(root, 'bpe-imported');
+    const im = await cli('import', hf, '--out', imported);
+    expect(im.out).toMatch(/: \d+ tensors, 2 layers, tokenizer\.json\n$/);
+
+    // Continue here: no optimizer state in an imported checkpoint, so fresh state, said in one line.
+    const run = join(root, 'bpe-continued');
+    const common = ['--data', data, '--batch', '2', '--seq', '8', '--eval-batches', '1', '--backend', 'cpu', '--quiet'];
+    const t = await cli('train', imported, '--resume', '--steps', '3', '--lr', '3e-3', '--out', run, ...common);
+    expect(t.code, t.err).toBe(0);
+    expect(t.log).toContain(
+      `note: ${imported} has no optimizer.safetensors (e.g. from \`moelab import\`): continued from its weights with fresh optimizer state`,
+    );
+    const ck = join(run, 'checkpoint');
+    expect(JSON.parse(readFileSync(join(ck, 'config.json'), 'utf8'))).toMatchObject({ step: 3, tokenizer: 'tokenizer.json' });
+    expect(readFileSync(join(ck, 'tokenizer.json'), 'utf8')).toBe(tokJson);
+    expect(existsSync(join(ck, 'optimizer.safetensors'))).toBe(true);
+    const lines = readFileSync(join(run, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    expect(lines[0]).toMatchObject({ type: 'start', resumedFrom: imported, freshOptimizer: true });
+    const losses = lines.filter((l) => l.type === 'train').map((l) => l.loss as number);
+    expect(losses).toHaveLength(3);
+    expect(losses.every(Number.isFinite)).toBe(true);
+    // Every weight of the imported model moved (the optimizer updated all of them), none became NaN.
+    const before = tensorsOf(imported);
+    const after = tensorsOf(ck);
+    expect([...after.keys()].sort()).toEqual([...before.keys()].sort());
+    for (const [name, w] of after) {
+      expect(w.every(Number.isFinite), name).toBe(true);
+      expect(
+        w.some((v, i) => v !== before.get(name)![i]),
+        name,
+      ).toBe(true);
+    }
+    // The continued checkpoint reloads: eval through its tokenizer, and an exact resume of the run (no note now).
+    const ev = await cli('eval', ck, '--data', data, '--eval-batches', '1', '--batch', '2', '--seq', '8', '--json', '--backend', 'cpu');
+    expect(Number.isFinite(JSON.parse(ev.out).loss)).toBe(true);
+    const again = await cli('train', '--resume', '--steps', '4', '--out', run, ...common);
+    expect(again.code, again.err).toBe(0);
+    expect(again.log).not.toContain('no optimizer.safetensors');
+    expect(JSON.parse(readFileSync(join(ck, 'config.json'), 'utf8')).step).toBe(4);
+    // ... and out and back in again: the same loss after the second round trip.
+    const hf2 = join(root, 'hf-bpe-2');
+    expect((await cli('export', ck, '--format', 'hf', '--out', hf2)).code).toBe(0);
+    expect(readFileSync(join(hf2, 'tokenizer.json'), 'utf8')).toBe(tokJson);
+    const back = join(root, 'bpe-back');
+    expect((await cli('import', hf2, '--out', back)).code).toBe(0);
+    const lossOf = async (c: string) =>
+      JSON.parse((await cli('eval', c, '--data', data, '--eval-batches', '1', '--batch', '2', '--seq', '8', '--json', '--backend', 'cpu')).out).loss;
+    expect(await lossOf(back)).toBe(await lossOf(ck));
+
+    // What cannot be continued is one line.
+    expect((await cli('train', join(root, 'nowhere'), '--resume', '--out', join(root, 'x'), ...common)).err).toMatch(
+      /^moelab: .*nowhere: no such checkpoint directory\n$/,
+    );
+    expect((await cli('train', hf, '--resume', '--out', join(root, 'x'), ...common)).err).toMatch(
+      /^moelab: .*hf-bpe: a Hugging Face directory: import it first \(moelab import DIR --out CHECKPOINT\)\n$/,
+    );
+    expect((await cli('train', imported, '--resume', ...common)).err).toMatch(/^moelab: --resume needs --out DIR/);
   });
 });

@@ -6,13 +6,12 @@
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { buildModel, forwardContext, loadState, type NodeSpec, Rng, stateTensors, tf } from '@moelab/core';
+import { buildModel, forwardContext, type NodeSpec, Rng, tf } from '@moelab/core';
 import { exportOnnx, memorySource } from '@moelab/interop';
 import * as ort from 'onnxruntime-node';
-import { beforeAll, describe, expect, it, vi } from 'vitest';
-import { tmp } from '../../test/helpers.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { cliInProcess as cli, perturbWeights, tmp, weightsOf } from '../../test/helpers.js';
 import { loadCheckpoint, type Model, saveCheckpoint } from '../checkpoint.js';
-import { runCli } from '../program.js';
 import { createDefaultRegistry } from '../registry.js';
 
 const registry = createDefaultRegistry();
@@ -68,21 +67,6 @@ function tiny(name: string): NodeSpec {
   return s as NodeSpec;
 }
 
-/** Weights off their init (norm gains, biases), deterministically. */
-function randomize(model: Model): void {
-  let x = 7;
-  const state = stateTensors(model);
-  for (const t of state.values()) {
-    const data = t.data.slice();
-    for (let i = 0; i < data.length; i++) {
-      x = (x * 1103515245 + 12345) % 2 ** 31;
-      data[i]! += ((x / 2 ** 31) * 2 - 1) * 0.05;
-    }
-    t.data = data;
-  }
-  loadState(model, state);
-}
-
 const ids = Int32Array.from({ length: B * T }, (_, i) => (i * 37 + 11) % 256);
 
 async function ortLogits(bytes: Uint8Array): Promise<{ dims: readonly number[]; data: Float32Array }> {
@@ -124,8 +108,8 @@ describe('ONNX export of the registry presets', () => {
     it(`${name}: ONNX Runtime logits equal moelab's within 1e-4, sparse and with dense experts`, async () => {
       const spec = tiny(name);
       const model = buildModel<Model>(spec, registry, 1);
-      randomize(model);
-      const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+      perturbWeights(model);
+      const weights = weightsOf(model);
       const expected = moelabLogits(model);
       for (const denseExperts of [false, true]) {
         const { bytes } = exportOnnx(spec, registry, memorySource(weights), { denseExperts });
@@ -138,29 +122,13 @@ describe('ONNX export of the registry presets', () => {
   }
 });
 
-/** Run the program in-process; returns the exit code, stdout and the error line. */
-async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
-  let out = '';
-  let err = '';
-  const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s) => {
-    out += String(s);
-    return true;
-  });
-  try {
-    const code = await runCli(argv, { out: (s) => (out += s), err: (s) => (err += s) });
-    return { code, out, err };
-  } finally {
-    spy.mockRestore();
-  }
-}
-
 describe('moelab export --format onnx', () => {
   it('writes a file ONNX Runtime runs to the checkpoint logits, sparse and with --onnx-dense-experts; refusals write nothing', async () => {
     const root = tmp();
     const ckpt = join(root, 'run', 'checkpoint');
     const spec = tiny('moe-tiny');
     const built = buildModel<Model>(spec, registry, 5);
-    randomize(built);
+    perturbWeights(built);
     saveCheckpoint(ckpt, built, { spec, step: 2, seed: 5 });
     built.dispose();
     const { model } = loadCheckpoint(ckpt, registry);
