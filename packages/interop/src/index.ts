@@ -10,4 +10,5 @@ export * from './hf/tensors.js';
 export * from './safetensors-stream.js';
 export * from './tokenizer.js';
 export * from './onnx/export.js';
+export { EXTERNAL_DATA_MIN_BYTES, type OnnxExternalData } from './onnx/external-data.js';
 export { decodeOnnxModel, type OnnxModel } from './onnx/proto.js';

@@ -1,5 +1,5 @@
 /** Atomic file and directory writes: a crash never leaves a half-written checkpoint behind. */
-import { existsSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 
 /** Write a file via a temporary sibling and rename (atomic on POSIX file systems). */
@@ -34,4 +34,32 @@ export function writeDirAtomic(dir: string, fill: (tmpDir: string) => void): voi
   if (existsSync(dir)) renameSync(dir, old);
   renameSync(tmp, dir);
   rmSync(old, { recursive: true, force: true });
+}
+
+/**
+ * Write several files into `dir` that belong together (e.g. an ONNX model and its external data): each
+ * is written in full into a temporary sibling directory, then they are renamed into place in the order
+ * given, so the last one (the file that points at the others) appears only once the others are whole.
+ * A file's content is a list of chunks, written one after the other (no concatenated copy).
+ */
+export function writeFilesAtomic(dir: string, files: { name: string; chunks: Uint8Array[] }[]): void {
+  mkdirSync(dir, { recursive: true });
+  const tmp = join(dir, `.tmp-${process.pid}-${Date.now()}`);
+  mkdirSync(tmp);
+  try {
+    for (const f of files) {
+      const fd = openSync(join(tmp, f.name), 'w');
+      try {
+        for (const c of f.chunks) {
+          let done = 0;
+          while (done < c.byteLength) done += writeSync(fd, c, done, c.byteLength - done);
+        }
+      } finally {
+        closeSync(fd);
+      }
+    }
+    for (const f of files) renameSync(join(tmp, f.name), join(dir, f.name));
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
 }

@@ -22,6 +22,9 @@ import {
 } from '@moelab/core';
 import { experts } from '@moelab/experts';
 import { routers } from '@moelab/routers';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { memorySource } from '../hf/convert.js';
@@ -288,6 +291,88 @@ describe('MONET', () => {
     built.dispose();
     expect(() => exportOnnx(orphan, registry, memorySource(orphanWeights))).toThrow(
       /^\$\.blocks\[1\]\.ffn\.routerGroup: this monet layer shares its router \(routerGroup 2\) but no earlier layer of the stack routes$/,
+    );
+  });
+});
+
+describe('external data', () => {
+  const spec = lm({ attention: mha, ffn: moe({ type: 'softmax-topk', k: 2 }) });
+
+  /** Write the .onnx file and its side file into a fresh folder; ONNX Runtime loads the model by path. */
+  async function runFromFiles(out: ReturnType<typeof exportOnnx>, ids: Int32Array): Promise<Float32Array> {
+    const dir = mkdtempSync(join(tmpdir(), 'moelab-onnx-'));
+    try {
+      writeFileSync(join(dir, 'tiny.onnx'), out.bytes);
+      if (out.externalData) writeFileSync(join(dir, out.externalData.location), Buffer.concat(out.externalData.chunks));
+      const session = await ort.InferenceSession.create(join(dir, 'tiny.onnx'));
+      const run = await session.run({
+        input_ids: new ort.Tensor(
+          'int64',
+          BigInt64Array.from(ids, (v) => BigInt(v)),
+          [B, T],
+        ),
+      });
+      await session.release();
+      return run.logits!.data as Float32Array;
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+
+  it('moves every initializer of 1 KiB or more to an aligned side file that ONNX Runtime reads, with the same logits', async () => {
+    const model = buildModel<Model>(spec, registry, 4);
+    randomize(model);
+    const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+    const ids = tokens(2);
+    const expected = tf.tidy(() => model.forward(tf.tensor2d(ids, [B, T], 'int32'), forwardContext(new Rng(0), false)).dataSync());
+    model.dispose();
+    const inline = exportOnnx(spec, registry, memorySource(weights));
+    expect(inline.externalData).toBeUndefined();
+    const out = exportOnnx(spec, registry, memorySource(weights), { externalData: true, externalDataLocation: 'tiny.onnx.data' });
+    const data = out.externalData!;
+    expect(data.location).toBe('tiny.onnx.data');
+    expect(data.byteLength).toBe(data.chunks.reduce((a, c) => a + c.byteLength, 0));
+
+    const file = Buffer.concat(data.chunks);
+    const byName = new Map(decodeOnnxModel(inline.bytes).graph.initializer.map((t) => [t.name, t]));
+    const tensors = decodeOnnxModel(out.bytes).graph.initializer;
+    const external = tensors.filter((t) => t.dataLocation === 1);
+    expect(external).toHaveLength(data.tensors);
+    expect(external.map((t) => t.name)).toContain('embedding.weight');
+    for (const t of tensors) {
+      const original = byName.get(t.name)!.rawData!;
+      if (t.dataLocation !== 1) {
+        expect(original.byteLength).toBeLessThan(1024);
+        expect(t.rawData).toEqual(original);
+        continue;
+      }
+      expect(original.byteLength).toBeGreaterThanOrEqual(1024);
+      expect(t.rawData?.byteLength ?? 0).toBe(0); // the bytes are only in the side file
+      const entry = Object.fromEntries(t.externalData!.map((e) => [e.key, e.value]));
+      expect(Object.keys(entry).sort()).toEqual(['length', 'location', 'offset']);
+      expect(entry.location).toBe('tiny.onnx.data');
+      const offset = Number(entry.offset);
+      expect(offset % 64).toBe(0);
+      expect(Number(entry.length)).toBe(original.byteLength);
+      expect(new Uint8Array(file.subarray(offset, offset + original.byteLength))).toEqual(new Uint8Array(original));
+    }
+
+    const got = await runFromFiles(out, ids);
+    let maxDiff = 0;
+    for (let i = 0; i < got.length; i++) maxDiff = Math.max(maxDiff, Math.abs(got[i]! - expected[i]!));
+    expect(maxDiff).toBeLessThan(1e-4);
+  });
+
+  it("'auto' switches to a side file above the threshold; a side file name with a directory is refused", () => {
+    const model = buildModel<Model>(spec, registry, 0);
+    const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+    model.dispose();
+    const size = decodeOnnxModel(exportOnnx(spec, registry, memorySource(weights)).bytes).graph.initializer.reduce((a, t) => a + t.rawData!.byteLength, 0);
+    expect(exportOnnx(spec, registry, memorySource(weights), { externalDataAbove: size }).externalData).toBeUndefined();
+    expect(exportOnnx(spec, registry, memorySource(weights), { externalDataAbove: size - 1 }).externalData?.location).toBe('model.onnx.data');
+    expect(exportOnnx(spec, registry, memorySource(weights), { externalData: false, externalDataAbove: 1 }).externalData).toBeUndefined();
+    expect(() => exportOnnx(spec, registry, memorySource(weights), { externalData: true, externalDataLocation: '../w.bin' })).toThrow(
+      /^externalDataLocation: external data location "\.\.\/w\.bin" must be a file name beside the \.onnx file \(no directory part\)$/,
     );
   });
 });

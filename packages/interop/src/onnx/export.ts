@@ -14,10 +14,13 @@
  * and weights them by the scattered gate matrix (an option, not the default). It covers every dispatch
  * in the graph: routed FFN experts, SwitchHead's value / output experts and MoA's query / output
  * experts; PEER (a Gather of the retrieved experts), BAM and MONET (every expert already runs) have none.
+ * Weights over protobuf's 2 GiB limit (or any, with `externalData: true`) go to a side file, ONNX
+ * external data (external-data.ts).
  */
 import { MoelabError, type NodeSpec, type Registry, resolveConfig } from '@moelab/core';
 import { normalQuantile } from '@moelab/experts';
 import type { TensorSource } from '../hf/convert.js';
+import { type OnnxExternalData, toExternalData } from './external-data.js';
 import { OnnxGraph } from './graph.js';
 import { encodeOnnxModel, ONNX_FLOAT, ONNX_INT64, type OnnxValueInfo } from './proto.js';
 
@@ -25,8 +28,10 @@ import { encodeOnnxModel, ONNX_FLOAT, ONNX_INT64, type OnnxValueInfo } from './p
 export const ONNX_OPSET = 17;
 /** The ONNX IR version of opset 17 (ONNX 1.12). */
 export const ONNX_IR_VERSION = 8;
-/** Protobuf messages cannot exceed 2 GiB; larger models would need ONNX external data, which is not written here. */
+/** Protobuf messages cannot exceed 2 GiB: weights beyond it go to ONNX external data (a side file). */
 export const ONNX_MAX_BYTES = 2 ** 31 - 1;
+/** Initializer bytes above which `externalData: 'auto'` writes a side file: the protobuf limit less 64 MiB for the graph itself. */
+export const ONNX_INLINE_WEIGHTS_MAX_BYTES = ONNX_MAX_BYTES - (64 << 20);
 
 export interface OnnxExportOptions {
   /** Run every expert on every token and weight them by the (sparse) gate matrix instead of dispatching: routed FFN experts, SwitchHead and MoA. Default false. */
@@ -35,11 +40,23 @@ export interface OnnxExportOptions {
   producerVersion?: string;
   /** Written into the graph's doc_string (e.g. the checkpoint it came from). */
   docString?: string;
+  /**
+   * Where the weights go: `'auto'` (default) keeps them inside the `.onnx` file unless they take more
+   * than `externalDataAbove` bytes, then writes them to a side file (ONNX external data); `true` always
+   * uses the side file; `false` never does (a model over the protobuf limit is then refused).
+   */
+  externalData?: boolean | 'auto';
+  /** The threshold of `'auto'` in bytes of weights; default and upper bound {@link ONNX_INLINE_WEIGHTS_MAX_BYTES}. */
+  externalDataAbove?: number;
+  /** The side file's name, relative to the `.onnx` file (a plain file name). Default `model.onnx.data`. */
+  externalDataLocation?: string;
 }
 
 export interface OnnxExport {
   /** The `.onnx` file. */
   bytes: Uint8Array;
+  /** With external data: the side file to write beside the `.onnx` file under `externalData.location`. */
+  externalData?: OnnxExternalData;
   opset: number;
   /** Counts, for a summary line. */
   nodes: number;
@@ -949,13 +966,16 @@ export function exportOnnx(spec: NodeSpec, registry: Registry, weights: TensorSo
   else logits = ex.linear(hn, 'lm_head', d, V, c.headBias as boolean);
   g.nodes.push({ name: 'logits_out', opType: 'Identity', input: [logits], output: ['logits'], attribute: [] });
 
-  let size = 0;
-  for (const t of g.initializers.values()) size += t.rawData.byteLength;
-  if (size > ONNX_MAX_BYTES - (64 << 20))
+  const inline = [...g.initializers.values()];
+  const size = inline.reduce((a, t) => a + t.rawData.byteLength, 0);
+  const mode = options.externalData ?? 'auto';
+  const above = Math.min(options.externalDataAbove ?? ONNX_INLINE_WEIGHTS_MAX_BYTES, ONNX_INLINE_WEIGHTS_MAX_BYTES);
+  if (mode === false && size > ONNX_INLINE_WEIGHTS_MAX_BYTES)
     throw new MoelabError(
-      `the weights take ${(size / 2 ** 30).toFixed(2)} GiB; one ONNX protobuf file holds at most 2 GiB (external data is not written)`,
-      '$',
+      `the weights take ${(size / 2 ** 30).toFixed(2)} GiB; one ONNX protobuf file holds at most 2 GiB: allow external data (externalData: 'auto' or true)`,
+      'externalData',
     );
+  const split = mode === true || (mode === 'auto' && size > above) ? toExternalData(inline, options.externalDataLocation ?? 'model.onnx.data') : undefined;
   const bytes = encodeOnnxModel({
     irVersion: ONNX_IR_VERSION,
     producerName: 'moelab',
@@ -964,7 +984,7 @@ export function exportOnnx(spec: NodeSpec, registry: Registry, weights: TensorSo
     graph: {
       name: 'moelab',
       node: g.nodes,
-      initializer: [...g.initializers.values()],
+      initializer: split ? split.tensors : inline,
       input: [valueInfo(ids, ONNX_INT64, ['batch', 'sequence'])],
       output: [valueInfo('logits', ONNX_FLOAT, ['batch', 'sequence', V])],
     },
@@ -974,5 +994,14 @@ export function exportOnnx(spec: NodeSpec, registry: Registry, weights: TensorSo
       { key: 'moelab.contextLength', value: String(C) },
     ],
   });
-  return { bytes, opset: ONNX_OPSET, nodes: g.nodes.length, initializers: g.initializers.size, parameters: ex.parameters };
+  if (bytes.byteLength > ONNX_MAX_BYTES)
+    throw new MoelabError(`the ONNX graph takes ${(bytes.byteLength / 2 ** 30).toFixed(2)} GiB without its external weights, over protobuf's 2 GiB`, '$');
+  return {
+    bytes,
+    ...(split ? { externalData: split.data } : {}),
+    opset: ONNX_OPSET,
+    nodes: g.nodes.length,
+    initializers: g.initializers.size,
+    parameters: ex.parameters,
+  };
 }

@@ -3,7 +3,7 @@
  * initializers (deduplicated by name, so a weight used by several scheduled layers is stored once),
  * and the shorthand ops the exporter composes (linear layers, norms, activations).
  */
-import { ATTR, ONNX_FLOAT, ONNX_INT64, type OnnxAttribute, type OnnxNode, type OnnxTensor } from './proto.js';
+import { ATTR, ONNX_FLOAT, ONNX_INT64, type OnnxAttribute, type OnnxInlineTensor, type OnnxNode, type OnnxTensor } from './proto.js';
 
 /** An attribute value: `{ f }` float, `{ i }` int, `{ ints }`, `{ floats }`, `{ s }` string, `{ t }` tensor. */
 export type Attr = { f: number } | { i: number } | { ints: number[] } | { floats: number[] } | { s: string } | { t: OnnxTensor };
@@ -22,17 +22,17 @@ function bytesOf(a: Float32Array | BigInt64Array): Uint8Array {
   return new Uint8Array(a.buffer.slice(a.byteOffset, a.byteOffset + a.byteLength));
 }
 
-export function floatTensor(name: string, dims: number[], data: Float32Array): OnnxTensor {
+export function floatTensor(name: string, dims: number[], data: Float32Array): OnnxInlineTensor {
   return { name, dims, dataType: ONNX_FLOAT, rawData: bytesOf(data) };
 }
 
-export function int64Tensor(name: string, dims: number[], data: number[]): OnnxTensor {
+export function int64Tensor(name: string, dims: number[], data: number[]): OnnxInlineTensor {
   return { name, dims, dataType: ONNX_INT64, rawData: bytesOf(BigInt64Array.from(data, (v) => BigInt(v))) };
 }
 
 export class OnnxGraph {
   readonly nodes: OnnxNode[] = [];
-  readonly initializers = new Map<string, OnnxTensor>();
+  readonly initializers = new Map<string, OnnxInlineTensor>();
   private counter = 0;
   private readonly constants = new Map<string, string>();
 

@@ -30,6 +30,8 @@ const descriptor = {
             name: { type: 'string', id: 8 },
             rawData: { type: 'bytes', id: 9 },
             docString: { type: 'string', id: 12 },
+            externalData: { rule: 'repeated', type: 'StringStringEntryProto', id: 13 },
+            dataLocation: { type: 'int32', id: 14 },
           },
         },
         AttributeProto: {
@@ -106,12 +108,22 @@ function model(): protobuf.Type {
   return modelType;
 }
 
+/** TensorProto.DataLocation: the tensor's bytes are in `raw_data` (DEFAULT) or in a side file (EXTERNAL). */
+export const ONNX_DATA_LOCATION = { DEFAULT: 0, EXTERNAL: 1 } as const;
+
 export interface OnnxTensor {
   name: string;
   dims: number[];
   dataType: number;
-  rawData: Uint8Array;
+  /** The little-endian bytes; absent (empty once decoded) when the tensor is external. */
+  rawData?: Uint8Array;
+  /** ONNX_DATA_LOCATION.EXTERNAL with `externalData` entries `location`, `offset`, `length` (decimal strings). */
+  dataLocation?: number;
+  externalData?: { key: string; value: string }[];
 }
+
+/** A tensor whose bytes are in the message (what the graph builder makes). */
+export type OnnxInlineTensor = OnnxTensor & { rawData: Uint8Array };
 
 export interface OnnxAttribute {
   name: string;

@@ -28,6 +28,12 @@ export const exportCommand = defineCommand({
           '--onnx-dense-experts',
           'onnx: run every expert on every token, weighted by the gates: routed FFN experts, SwitchHead and MoA heads (default: sparse top-k dispatch)',
         ),
+      )
+      .addOption(
+        new Option(
+          '--onnx-external-data',
+          'onnx: write the weights to <out>.data beside the .onnx file (ONNX external data; automatic above the 2 GiB protobuf limit)',
+        ),
       ),
   run([checkpoint], o) {
     const format = exportFormats.find((f) => f.name === o.format);
@@ -44,7 +50,7 @@ export const exportCommand = defineCommand({
     for (const line of format.run(
       checkpoint,
       o.out,
-      { arch: o.arch, dtype: o.dtype, maxShardSize: o.maxShardSize, denseExperts: o.onnxDenseExperts === true },
+      { arch: o.arch, dtype: o.dtype, maxShardSize: o.maxShardSize, denseExperts: o.onnxDenseExperts === true, externalData: o.onnxExternalData === true },
       createDefaultRegistry(),
     ))
       process.stdout.write(`${line}\n`);

@@ -14,6 +14,8 @@ export interface ExportFlags {
   maxShardSize?: string;
   /** onnx: run every expert on every token, weighted by the gate matrix, instead of dispatching (FFN experts, SwitchHead, MoA). */
   denseExperts?: boolean;
+  /** onnx: write the weights to `<out>.data` (ONNX external data) even when they fit in the .onnx file. */
+  externalData?: boolean;
 }
 
 export interface ExportFormat {

@@ -4,7 +4,7 @@
  * forward pass within 1e-4, with sparse dispatch and with dense experts (a new preset without an ONNX
  * lowering fails the first test); the command writes the file atomically and writes nothing when it refuses.
  */
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildModel, forwardContext, type NodeSpec, Rng, tf } from '@moelab/core';
 import { exportOnnx, memorySource } from '@moelab/interop';
@@ -69,8 +69,9 @@ function tiny(name: string): NodeSpec {
 
 const ids = Int32Array.from({ length: B * T }, (_, i) => (i * 37 + 11) % 256);
 
-async function ortLogits(bytes: Uint8Array): Promise<{ dims: readonly number[]; data: Float32Array }> {
-  const session = await ort.InferenceSession.create(bytes);
+/** Logits of a model given as bytes, or as a path (a model with external data is read from its folder). */
+async function ortLogits(model: Uint8Array | string): Promise<{ dims: readonly number[]; data: Float32Array }> {
+  const session = typeof model === 'string' ? await ort.InferenceSession.create(model) : await ort.InferenceSession.create(model);
   try {
     const out = await session.run({
       input_ids: new ort.Tensor(
@@ -123,7 +124,7 @@ describe('ONNX export of the registry presets', () => {
 });
 
 describe('moelab export --format onnx', () => {
-  it('writes a file ONNX Runtime runs to the checkpoint logits, sparse and with --onnx-dense-experts; refusals write nothing', async () => {
+  it('writes a file ONNX Runtime runs to the checkpoint logits, sparse, with --onnx-dense-experts and with --onnx-external-data; refusals write nothing', async () => {
     const root = tmp();
     const ckpt = join(root, 'run', 'checkpoint');
     const spec = tiny('moe-tiny');
@@ -146,6 +147,15 @@ describe('moelab export --format onnx', () => {
     const dense = join(root, 'out', 'dense.onnx');
     expect((await cli('export', ckpt, '--format', 'onnx', '--onnx-dense-experts', '--out', dense)).out).toContain('dense experts');
     expect(maxAbsDiff((await ortLogits(new Uint8Array(readFileSync(dense)))).data, expected)).toBeLessThan(1e-4);
+
+    // --onnx-external-data: the weights in ext.onnx.data beside ext.onnx; ONNX Runtime reads both.
+    const ext = join(root, 'out', 'ext.onnx');
+    const e = await cli('export', ckpt, '--format', 'onnx', '--onnx-external-data', '--out', ext);
+    expect(e.err).toBe('');
+    expect(e.out).toMatch(/ to .*ext\.onnx: \d+ nodes, \d+ parameters, [\d.]+ MiB \+ \d+ weight tensors in .*ext\.onnx\.data \([\d.]+ MiB\)\n$/);
+    expect(readdirSync(join(root, 'out')).sort()).toEqual(['dense.onnx', 'ext.onnx', 'ext.onnx.data', 'model.onnx']);
+    expect(statSync(ext).size).toBeLessThan(statSync(file).size / 2);
+    expect(maxAbsDiff((await ortLogits(ext)).data, expected)).toBeLessThan(1e-4);
 
     // Capacity drops at inference depend on the other tokens of the batch: refused, nothing written.
     const refusedCkpt = join(root, 'capacity', 'checkpoint');
