@@ -1,14 +1,15 @@
 /**
  * The Compress section: pick a model (a run's model or checkpoint files) and a method of
  * `@moelab/compress` — quantize (bits, scale group, experts or every matrix), prune (score, ratio),
- * merge (MC-SMoE, groups) or steer (SteerMoE, two texts) — run it in a worker (job-worker.ts, compress.ts) on the page's data, and see
+ * merge (MC-SMoE, groups), steer (SteerMoE, two texts), MoE-Pruner (sparsity, distillation steps), EEP
+ * (ratio, search and merging budget) or SCMoE (beta, weak rank) — run it in a worker (job-worker.ts, compress.ts) on the page's data, and see
  * the size, parameters and perplexity before and after and a chart of the per-expert scores; download
  * the compressed checkpoint or load it into a run.
  */
 import type { PruneScore } from '@moelab/compress';
 import type { BarGroup, RedrawOnResize } from './charts.js';
 import { barChart } from './charts.js';
-import { type CompressMethod, type CompressResult, PRUNE_SCORES, QUANT_BITS } from './compress.js';
+import { COMPRESS_KINDS, type CompressMethod, type CompressResult, PRUNE_SCORES, QUANT_BITS } from './compress.js';
 import type { TextData } from './data.js';
 import { type DataSource, fillTextSelect } from './data-source.js';
 import { $, download, el, fmt } from './dom.js';
@@ -116,7 +117,7 @@ export class CompressView {
   }
 
   private showMethod(): void {
-    for (const kind of ['quantize', 'prune', 'merge', 'steer']) $(`#cp-${kind}`).hidden = kind !== this.method.value;
+    for (const kind of COMPRESS_KINDS) $(`#cp-${kind}`).hidden = kind !== this.method.value;
   }
 
   private methodFromForm(): CompressMethod {
@@ -150,6 +151,18 @@ export class CompressView {
           deactivate: num('#cp-deactivate'),
         };
       }
+      case 'moe-pruner':
+        return { kind: 'moe-pruner', sparsity: num('#cp-sparsity'), distilSteps: num('#cp-distil') };
+      case 'eep':
+        return {
+          kind: 'eep',
+          ratio: num('#cp-eep-ratio'),
+          population: num('#cp-population'),
+          generations: num('#cp-generations'),
+          mergeGenerations: num('#cp-merge-generations'),
+        };
+      case 'scmoe':
+        return { kind: 'scmoe', beta: num('#cp-beta'), rank: num('#cp-rank') };
       default:
         return { kind: 'merge', groups: num('#cp-groups'), align: $<HTMLInputElement>('#cp-align').checked };
     }
@@ -216,6 +229,8 @@ export class CompressView {
   private render(): void {
     const r = this.result;
     $('#cp-summary').textContent = r?.summary ?? '';
+    const g = r?.generated;
+    $('#cp-generated').textContent = g ? `prompt: ${g.prompt}\ngreedy: …${g.greedy}\nSCMoE:  …${g.contrast}` : '';
     const table = $<HTMLTableElement>('#cp-table');
     table.textContent = '';
     if (r) {
@@ -243,13 +258,13 @@ export class CompressView {
         table.append(tr);
       }
     }
-    $<HTMLButtonElement>('#cp-save').disabled = !this.files;
+    $<HTMLButtonElement>('#cp-save').disabled = !this.files?.length;
     this.host.onChange();
   }
 
   private save(): void {
-    if (!this.files) {
-      this.error('compress a model first');
+    if (!this.files?.length) {
+      this.error(this.files ? 'this method writes no file' : 'compress a model first');
       return;
     }
     for (const f of this.files) download(f.name, new Blob([f.bytes], { type: f.name.endsWith('.json') ? 'application/json' : 'application/octet-stream' }));
@@ -261,7 +276,11 @@ export class CompressView {
       return;
     }
     if (this.runFiles.length === 0) {
-      this.error('steering changes no weight: download steer.json and pass it to `moelab eval` or `moelab generate` with --steer');
+      this.error(
+        this.result?.generated
+          ? 'SCMoE changes no weight: use `moelab generate --scmoe BETA --scmoe-rank R` on the checkpoint'
+          : 'steering changes no weight: download steer.json and pass it to `moelab eval` or `moelab generate` with --steer',
+      );
       return;
     }
     // The run's worker takes (and detaches) the buffers it is given: send copies.

@@ -14,12 +14,30 @@
  *   steer     SteerMoE: force / block the experts whose activation rate differs most between two texts
  *             (router-logit edits, no weight changes); per expert: Δ = rate on "toward" − rate on "away",
  *             and the perplexity of both texts without and with the edits.
+ *   moe-pruner  zero the fraction `sparsity` of every expert neuron's weights by |W| · ‖g x‖ (optionally
+ *             followed by expert-wise distillation from the unpruned experts); per expert: the relative
+ *             weight change ‖W_e − W'_e‖ / ‖W_e‖.
+ *   eep       EEP: an evolutionary search for the experts to keep, judged by the loss on calibration
+ *             windows (REAP's plan is one starting candidate), optionally followed by the merging phase;
+ *             per expert: the REAP score (removed experts are marked).
+ *   scmoe     SCMoE self-contrast decoding (no weight change): greedy continuations of a validation
+ *             prompt without and with the contrast against the weak rank-r routing; the perplexity of
+ *             the strong routing ("before") and of the weak one ("after"); per expert: the share of
+ *             tokens the weak routing sends to it.
  *
  * Calibration uses the train split of the page's data, perplexity its validation split: non-overlapping
  * windows of the checkpoint's sequence length, the same windows before and after. Perplexity is per byte.
  * The equations and the papers are in docs/compression.md.
  */
 import {
+  collectExpertTargets,
+  distilExperts,
+  eepMerge,
+  eepSearch,
+  moePrune,
+  planPruning,
+  scmoeContrast,
+  sliceExperts,
   PRUNE_SCORES,
   type PruneScore,
   pruneExperts,
@@ -45,6 +63,7 @@ import {
   encodeCheckpoint,
   type ForwardContext,
   forwardContext,
+  generateTokens,
   type LanguageModel,
   MoelabError,
   type Module,
@@ -64,9 +83,12 @@ export type CompressMethod =
   | { kind: 'quantize'; bits: number; group?: number; scope: 'experts' | 'all' }
   | { kind: 'prune'; score: PruneScore; ratio: number; preserveSuper?: boolean; seed?: number }
   | { kind: 'merge'; groups: number; align?: boolean }
-  | { kind: 'steer'; toward: TextData; away: TextData; activate: number; deactivate: number };
+  | { kind: 'steer'; toward: TextData; away: TextData; activate: number; deactivate: number }
+  | { kind: 'moe-pruner'; sparsity: number; distilSteps?: number }
+  | { kind: 'eep'; ratio: number; population?: number; generations?: number; mergeGenerations?: number }
+  | { kind: 'scmoe'; beta: number; rank?: number; tokens?: number };
 
-export const COMPRESS_KINDS = ['quantize', 'prune', 'merge', 'steer'] as const;
+export const COMPRESS_KINDS = ['quantize', 'prune', 'merge', 'steer', 'moe-pruner', 'eep', 'scmoe'] as const;
 export { PRUNE_SCORES, QUANT_BITS };
 
 export interface CompressRequest {
@@ -116,6 +138,8 @@ export interface CompressResult {
   perplexity: Perplexity;
   /** Steering: the perplexity of the text steered away from. */
   otherPerplexity?: Perplexity;
+  /** SCMoE: greedy continuations of a validation prompt without and with the contrast. */
+  generated?: { prompt: string; greedy: string; contrast: string };
   experts: ExpertScores[];
   /** The compressed checkpoint (for quantize, the packed format `moelab` reads). */
   files: { name: string; bytes: Uint8Array }[];
@@ -197,6 +221,16 @@ function checkMethod(m: CompressMethod): void {
     if (!Number.isInteger(m.groups) || m.groups < 1) throw new MoelabError(`groups must be a positive integer, got ${m.groups}`, 'groups');
   } else if (m.kind === 'steer') {
     if (m.toward.name === m.away.name) throw new MoelabError(`steer toward and away from two different texts (both are "${m.toward.name}")`, 'away');
+  } else if (m.kind === 'moe-pruner') {
+    if (!(m.sparsity > 0 && m.sparsity < 1)) throw new MoelabError(`the sparsity must be in (0, 1), got ${m.sparsity}`, 'sparsity');
+    if (!(Number.isInteger(m.distilSteps ?? 0) && (m.distilSteps ?? 0) >= 0))
+      throw new MoelabError(`the distillation steps must be a non-negative integer, got ${m.distilSteps}`, 'distil steps');
+  } else if (m.kind === 'eep') {
+    if (!(m.ratio > 0 && m.ratio < 1)) throw new MoelabError(`the ratio must be in (0, 1), got ${m.ratio}`, 'ratio');
+    if (!(Number.isInteger(m.mergeGenerations ?? 0) && (m.mergeGenerations ?? 0) >= 0))
+      throw new MoelabError(`the merging generations must be a non-negative integer, got ${m.mergeGenerations}`, 'merge generations');
+  } else if (m.kind === 'scmoe') {
+    if (!(m.beta >= 0)) throw new MoelabError(`the contrast weight beta must be >= 0, got ${m.beta}`, 'beta');
   } else throw new MoelabError(`unknown method "${(m as { kind: string }).kind}"; one of ${COMPRESS_KINDS.join(', ')}`, 'method');
 }
 
@@ -212,6 +246,7 @@ export function compressInPage(registry: Registry, request: CompressRequest, pro
     const seqLen = Math.min(model.contextLength, config.train?.seqLen ?? model.contextLength);
     const batchSize = request.batchSize ?? 8;
     if (request.method.kind === 'steer') return steer(model, config, request.method, { seqLen, batchSize, ...request }, progress);
+    if (request.method.kind === 'scmoe') return scmoe(model, config, request.method, { seqLen, batchSize, ...request }, progress);
     const evalWindows = textWindows(request.data, 'val', seqLen, request.evalTokens ?? 4096);
     const weightsBytes = request.files.find((f) => f.name.endsWith('.safetensors'))?.bytes.length ?? ordinaryCheckpoint(model, config).weights.length;
     const before = size(model, weightsBytes);
@@ -274,6 +309,91 @@ export function compressInPage(registry: Registry, request: CompressRequest, pro
     }
     const calibWindows = textWindows(request.data, 'train', seqLen, request.calibTokens ?? 4096);
     progress('calibrating');
+    if (m.kind === 'moe-pruner') {
+      // Weights inside the experts, in place on `model` (its size and perplexity were measured above).
+      const observer = calibrate(model, calibWindows, batchSize, request.data.name, new RoutingObserver({ hidden: true }));
+      const teacher = m.distilSteps ? collectExpertTargets(model, calibWindows, { batchSize }) : undefined;
+      const banks = routedExpertBanks(model);
+      const original = banks.map(({ bank }) => bank.namedParameters().map(([, v]) => Float32Array.from(v.dataSync())));
+      progress('pruning');
+      const report = moePrune(observer, { spec: config.spec, model }, { sparsity: m.sparsity });
+      let distilled = '';
+      if (teacher) {
+        progress('distilling');
+        const d = distilExperts(model, teacher, { steps: m.distilSteps! });
+        distilled = `; ${m.distilSteps} steps of expert-wise distillation: loss ${d.losses[0]!.toExponential(2)} -> ${d.losses.at(-1)!.toExponential(2)}`;
+      }
+      const experts: ExpertScores[] = banks.map(({ layer, bank }, i) => {
+        const E = bank.numExperts;
+        const num = new Float64Array(E);
+        const den = new Float64Array(E);
+        bank.namedParameters().forEach(([, v], j) => {
+          if (v.shape[0] !== E) return;
+          const w = original[i]![j]!;
+          const now = v.dataSync();
+          const per = w.length / E;
+          for (let k = 0; k < w.length; k++) {
+            const e = Math.floor(k / per);
+            num[e]! += (w[k]! - now[k]!) ** 2;
+            den[e]! += w[k]! ** 2;
+          }
+        });
+        return { layer: layer.path, values: Array.from(num, (n, e) => (den[e]! > 0 ? Math.sqrt(n / den[e]!) : 0)) };
+      });
+      const zeroed = report.tensors.reduce((a, t) => a + t.zeroed, 0);
+      const total = report.tensors.reduce((a, t) => a + t.total, 0);
+      const out = ordinaryCheckpoint(model, config);
+      return done(
+        {
+          summary: `MoE-Pruner: zeroed ${zeroed.toLocaleString('en-US')} of ${total.toLocaleString('en-US')} expert weights (${((100 * zeroed) / total).toFixed(1)} %; the zeros are stored densely, so the file keeps its size)${distilled}`,
+          score: 'relative weight change ‖W − W′‖ / ‖W‖',
+          size: { before, after: size(model, out.weights.length, model.parameterCount() - zeroed) },
+          experts,
+          files: checkpointPair(out.configJson, out.weights),
+          runFiles: checkpointPair(out.configJson, out.weights),
+        },
+        model,
+      );
+    }
+    if (m.kind === 'eep') {
+      const observer = calibrate(model, calibWindows, batchSize, request.data.name);
+      const source = { spec: config.spec, model };
+      const reap = planPruning(observer, source, { method: 'reap', ratio: m.ratio });
+      const windows = calibWindows.slice(0, Math.max(1, Math.floor(2048 / seqLen)));
+      progress('searching');
+      const found = eepSearch(model, windows, {
+        ratio: m.ratio,
+        population: m.population ?? 8,
+        generations: m.generations ?? 4,
+        batchSize,
+        init: [reap.keep],
+      });
+      let merged = '';
+      let result: { spec: typeof config.spec; model: Model };
+      if (m.mergeGenerations) {
+        progress('merging');
+        const r = eepMerge(registry, source, windows, { keep: found.keep, population: m.population ?? 8, generations: m.mergeGenerations, batchSize });
+        merged = `; merging phase ${r.startLoss.toFixed(4)} -> ${r.loss.toFixed(4)}`;
+        result = r;
+      } else result = sliceExperts(registry, source, found.keep);
+      disposables.push(result.model);
+      const out = ordinaryCheckpoint(result.model, config, result.spec);
+      const experts = [...reap.scores].map(([layer, scores]) => {
+        const keep = found.keep.get(layer) ?? [];
+        return { layer, values: Array.from(scores), kept: Array.from(scores, (_, e) => keep.includes(e)) };
+      });
+      return done(
+        {
+          summary: `EEP kept ${[...found.keep.values()].map((k) => k.length).join(' / ')} experts per layer after ${found.evaluations} candidates; search loss ${found.baseLoss.toFixed(4)} unpruned, ${found.history[0]!.toFixed(4)} -> ${found.loss.toFixed(4)} pruned${merged}`,
+          score: 'REAP score (hollow: removed by the search)',
+          size: { before, after: size(result.model, out.weights.length) },
+          experts,
+          files: checkpointPair(out.configJson, out.weights),
+          runFiles: checkpointPair(out.configJson, out.weights),
+        },
+        result.model,
+      );
+    }
     const observer = calibrate(model, calibWindows, batchSize, request.data.name);
     if (m.kind === 'prune') {
       progress('pruning');
@@ -388,6 +508,59 @@ function steer(
     otherPerplexity: measure(m.away),
     experts,
     files: [{ name: 'steer.json', bytes: new TextEncoder().encode(`${JSON.stringify(file, null, 2)}\n`) }],
+    runFiles: [],
+  };
+}
+
+/**
+ * SCMoE: the model is unchanged; it decodes a validation prompt greedily with and without the contrast
+ * against the weak routing (each token sent to the expert at 0-based rank r, weight 1), and measures
+ * the perplexity of the strong and of the weak routing on the validation windows.
+ */
+function scmoe(
+  model: Model,
+  config: CheckpointConfig,
+  m: Extract<CompressMethod, { kind: 'scmoe' }>,
+  o: { seqLen: number; batchSize: number; evalTokens?: number; files: UploadedFile[]; data: TextData },
+  progress: (phase: string) => void,
+): CompressResult {
+  const contrast = scmoeContrast(model, { beta: m.beta, weakRank: m.rank ?? 2 });
+  const windows = textWindows(o.data, 'val', o.seqLen, o.evalTokens ?? 4096);
+  progress('perplexity of the strong and the weak routing');
+  const weak = { routerLogitEdits: contrast.routerLogitEdits };
+  const perplexity: Perplexity = {
+    before: windowsPerplexity(model, windows, o.batchSize),
+    after: windowsPerplexity(model, windows, o.batchSize, weak),
+    data: o.data.name,
+    tokens: windows.length * o.seqLen,
+  };
+  const observer = new RoutingObserver({ outputs: false, inputs: false });
+  for (const batch of batches(windows, o.batchSize)) {
+    const { observed, ...hooks } = observer.hooks({ domain: o.data.name });
+    const ctx = forwardContext(new Rng(0), false, { ...hooks, ...weak });
+    const [B, T1] = batch.shape;
+    tf.tidy(() => {
+      model.forward(tf.slice(batch, [0, 0], [B, T1 - 1]), ctx);
+    });
+    observer.finish(ctx, { domain: o.data.name }, observed);
+    batch.dispose();
+  }
+  const experts: ExpertScores[] = [...observer.layers.values()].map((s) => ({ layer: s.layer, values: Array.from(s.count, (c) => c / Math.max(1, s.tokens)) }));
+  progress('decoding');
+  const prompt = Array.from(windows[0]!.subarray(0, Math.min(32, o.seqLen)));
+  const bytes = (ids: number[]) => new TextDecoder().decode(Uint8Array.from(ids));
+  const decode = (extra: Partial<Parameters<typeof generateTokens>[2]>) =>
+    bytes(generateTokens(model, prompt, { maxNewTokens: m.tokens ?? 48, temperature: 0, ...extra }));
+  const bytesOf = o.files.find((f) => f.name.endsWith('.safetensors'))?.bytes.length ?? ordinaryCheckpoint(model, config).weights.length;
+  const same = size(model, bytesOf);
+  return {
+    summary: `SCMoE (beta ${m.beta}, weak routing: the rank-${m.rank ?? 2} expert, 0-based): decoding changes, the weights do not; "after" is the perplexity of the weak routing the contrast subtracts`,
+    score: `share of tokens the weak (rank ${m.rank ?? 2}) routing sends to each expert`,
+    size: { before: same, after: same },
+    perplexity,
+    generated: { prompt: bytes(prompt), greedy: decode({}), contrast: decode({ contrast }) },
+    experts,
+    files: [],
     runFiles: [],
   };
 }

@@ -3,7 +3,10 @@
  * trained moe-micro checkpoint: quantization (smaller file, per-expert error monotone in the bits, the
  * packed file loads back through the upload path), pruning (half the experts gone, the scores and the
  * kept set agree), merging (groups, duplicates counted), steering (forced / blocked experts match the
- * steering file, nothing else changes), and one-line errors for bad input.
+ * steering file, nothing else changes), MoE-Pruner (half of every neuron's weights zeroed, with
+ * distillation the same zeros), EEP (search and merging phase: fewer experts, never worse on the
+ * search windows than REAP's plan), SCMoE (beta 0 decodes like greedy, the weak routing's shares),
+ * and one-line errors for bad input.
  */
 import { parseSteerFile, planPruning } from '@moelab/compress';
 import { buildModel, type LanguageModel, type Module, resolveBackend, Trainer } from '@moelab/core';
@@ -141,7 +144,46 @@ describe('compression in the playground', () => {
     expect(() => run({ kind: 'steer', toward: other, away: data, activate: 0, deactivate: 0 })).toThrow(/nothing to steer/);
   });
 
+  it('MoE-Pruner zeroes half of every expert neuron’s weights; distillation keeps those zeros and the file loads', () => {
+    const r = run({ kind: 'moe-pruner', sparsity: 0.5 });
+    const kd = run({ kind: 'moe-pruner', sparsity: 0.5, distilSteps: 5 });
+    expect(r.size.after.parameters).toBe(r.size.before.parameters);
+    expect(r.summary).toMatch(/zeroed [\d,]+ of [\d,]+ expert weights \(50\.0 %/);
+    expect(kd.summary).toMatch(/5 steps of expert-wise distillation: loss \S+ -> \S+/);
+    expect(kd.size.after.distinctParameters).toBe(r.size.after.distinctParameters);
+    for (const l of r.experts) for (const v of l.values) expect(v).toBeGreaterThan(0);
+    expect(filesPerplexity(r.runFiles)).toBeCloseTo(r.perplexity.after, 5);
+    expect(filesPerplexity(kd.runFiles)).toBeCloseTo(kd.perplexity.after, 5);
+  });
+
+  it('EEP keeps half the experts by search (and merging), an ordinary smaller checkpoint', () => {
+    const r = run({ kind: 'eep', ratio: 0.5, population: 2, generations: 1 });
+    const m = run({ kind: 'eep', ratio: 0.5, population: 2, generations: 1, mergeGenerations: 1 });
+    for (const x of [r, m]) {
+      expect(x.size.after.parameters).toBeLessThan(x.size.before.parameters);
+      for (const l of x.experts) expect(l.kept!.filter(Boolean).length).toBe(2);
+      expect(filesPerplexity(x.runFiles)).toBeCloseTo(x.perplexity.after, 5);
+    }
+    const [, start, end] = /merging phase (\S+) -> (\S+)$/.exec(m.summary)!;
+    expect(Number(end)).toBeLessThanOrEqual(Number(start));
+  });
+
+  it('SCMoE: beta 0 decodes like greedy; the weak routing sends every token to one expert; no weight changes', () => {
+    const r = run({ kind: 'scmoe', beta: 0, rank: 2, tokens: 12 });
+    expect(r.generated!.contrast).toBe(r.generated!.greedy);
+    expect(r.generated!.prompt.length).toBeGreaterThan(0);
+    for (const l of r.experts) expect(l.values.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 9);
+    expect(r.perplexity.before).toBeCloseTo(filesPerplexity(files), 5);
+    expect(r.perplexity.after).not.toBe(r.perplexity.before);
+    expect(r.size.after).toEqual(r.size.before);
+    expect(r.files).toEqual([]);
+    expect(() => run({ kind: 'scmoe', beta: 0.5, rank: 4 })).toThrow(/weak rank 4 needs more than 4 experts/);
+  });
+
   it('refuses bad input in one line', () => {
+    expect(() => run({ kind: 'moe-pruner', sparsity: 1 })).toThrow(/sparsity must be in \(0, 1\), got 1/);
+    expect(() => run({ kind: 'eep', ratio: 0.5, mergeGenerations: -1 })).toThrow(/merging generations must be a non-negative integer/);
+    expect(() => run({ kind: 'scmoe', beta: -1 })).toThrow(/beta must be >= 0/);
     expect(() => run({ kind: 'quantize', bits: 5, scope: 'experts' })).toThrow(/bits must be one of 8, 4, 3, 2 \(got 5\)/);
     expect(() => run({ kind: 'prune', score: 'reap', ratio: 1.5 })).toThrow(/ratio must be in \(0, 1\)/);
     expect(() => run({ kind: 'prune', score: 'reap', ratio: 0.75 })).toThrow(/transformer\.layers\.0\.ffn: 1 experts would be left.*top-k = 2/);
