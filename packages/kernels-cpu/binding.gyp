@@ -14,6 +14,7 @@
         "src/native/moe_glu.cc",
         "src/native/norm.cc",
         "src/native/pool.cc",
+        "src/native/router.cc",
         "src/native/quant.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -46,6 +46,29 @@ export interface NativeAddon {
   gather(x: Float32Array, idx: Int32Array, out: Float32Array, outer: number, dim: number, inner: number): number;
   softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
   topk(x: Float32Array, values: Float32Array, indices: Int32Array, rows: number, cols: number, k: number): void;
+  /** The softmax top-k gate (core's SOFTMAX_TOPK_KERNEL): weight and expert [k,T] slot-major; bias [E] or null. */
+  softmaxTopK(
+    scores: Float32Array,
+    bias: Float32Array | null,
+    weight: Float32Array,
+    expert: Int32Array,
+    T: number,
+    E: number,
+    k: number,
+    renormalize: boolean,
+  ): void;
+  /** Its backward: dscores [T,E] from dy, weight and expert [k,T]. */
+  softmaxTopKGrad(
+    dy: Float32Array,
+    scores: Float32Array,
+    weight: Float32Array,
+    expert: Int32Array,
+    dscores: Float32Array,
+    T: number,
+    E: number,
+    k: number,
+    renormalize: boolean,
+  ): void;
   layerNormForward(
     x: Float32Array,
     gamma: Float32Array,

@@ -136,10 +136,16 @@ export class Balancer {
 
   constructor(readonly options: BalanceOptions) {}
 
+  /** Whether {@link push} reads the routing distribution in this forward pass (training with a balance loss). */
+  needsProbs(ctx: ForwardContext): boolean {
+    return !!ctx.training && this.options.balanceCoef > 0;
+  }
+
+  /** `probs` may be left out when {@link needsProbs} is false. */
   push(
     ctx: ForwardContext,
     layer: string,
-    probs: tf.Tensor2D,
+    probs: tf.Tensor2D | undefined,
     plan: DispatchPlan,
     k: number,
     info?: RouteInfo,
@@ -151,6 +157,7 @@ export class Balancer {
     const kk = o.balanceCounts === 'first' ? 1 : k;
     const scale = o.balanceParity === 'hf' ? kk : 1;
     if (o.balanceCoef > 0) {
+      if (!probs) throw new Error('the balance loss needs the routing distribution (a router left it out although needsProbs() was true)');
       let value: tf.Scalar;
       if (o.balanceUsage === 'gates') {
         if (!gates) throw new Error('balanceUsage "gates" needs the router to pass its gate values');

@@ -6,7 +6,7 @@
  */
 import { Rng, tf } from '@moelab/core';
 import { describe, expect, it } from 'vitest';
-import { gatherAt, planFromChoices, renormPerToken, topkRows } from './common.js';
+import { gatherAt, planFromChoices, renormPerToken, softmaxTopKGate, topkRows } from './common.js';
 
 /** The definition: sort each row's finite-or-+Infinity entries by value descending, then index. */
 function topkBySort(v: Float32Array, T: number, E: number, k: number): Int32Array {
@@ -96,4 +96,67 @@ describe('gatherAt and renormPerToken', () => {
     expect(gBig).toEqual(gBigOps);
     expect(rBig).toEqual(rBigOps);
   });
+});
+
+/**
+ * The softmax top-k gate: moelab-cpu's fused kernel on the native test pass, the tfjs ops elsewhere.
+ * Either way: the plan of topkRows(scores + bias), the weights of the definition (softmax picked out
+ * by a one-hot mask, renormalised per token), and the same gradient w.r.t. the scores.
+ */
+describe('softmaxTopKGate', () => {
+  const cases: { name: string; T: number; E: number; k: number; ties?: boolean; masked?: boolean; bias?: boolean }[] = [
+    { name: 'random', T: 13, E: 8, k: 2 },
+    { name: 'ties', T: 20, E: 6, k: 3, ties: true },
+    { name: 'k = E', T: 7, E: 4, k: 4 },
+    { name: 'one token', T: 1, E: 8, k: 3 },
+    { name: 'bias', T: 9, E: 8, k: 2, bias: true },
+    { name: '-Infinity entries (a row with one choice)', T: 6, E: 5, k: 2, masked: true },
+  ];
+  for (const c of cases)
+    for (const renormalize of [true, false])
+      it(`${c.name}, ${renormalize ? 'renormalised' : 'raw'}: plan, weights and gradient equal the definition`, () => {
+        const { T, E, k } = c;
+        const rng = new Rng(T * 31 + E);
+        const z = Float32Array.from({ length: T * E }, () => (c.ties ? rng.int(3) : 3 * (2 * rng.next() - 1)));
+        if (c.masked) for (let e = 1; e < E; e++) z[e] = Number.NEGATIVE_INFINITY;
+        const b = c.bias ? Float32Array.from({ length: E }, () => rng.next() - 0.5) : undefined;
+        const sel = Float32Array.from(z, (v, i) => v + (b?.[i % E] ?? 0));
+        const want = planFromChoices(topkRows(sel, T, E, k), T, k, E);
+        const proj = tf.tensor1d(Float32Array.from({ length: want.plan.size }, () => rng.next()));
+        const mask = new Float32Array(want.plan.size * E);
+        want.flat.forEach((f, n) => {
+          mask[n * E + (f % E)] = 1;
+        });
+        const tok = Int32Array.from(want.flat, (f) => Math.floor(f / E));
+        // The definition, for the plan's assignments n: p[t_n] . onehot(e_n), divided by the token's sum.
+        const reference = (s: tf.Tensor2D) => {
+          const rows = tf.gather(tf.softmax(s), tf.tensor1d(tok, 'int32'));
+          const w = tf.sum(tf.mul(rows, tf.tensor2d(mask, [want.plan.size, E])), 1);
+          if (!renormalize) return w;
+          const member = new Float32Array(want.plan.size * T);
+          tok.forEach((t, n) => {
+            member[n * T + t] = 1;
+          });
+          const sums = tf.matMul(tf.tensor2d(member, [want.plan.size, T]), tf.reshape(w, [-1, 1]), true, false);
+          return tf.div(w, tf.reshape(tf.gather(sums, tf.tensor1d(tok, 'int32')), [-1]));
+        };
+        tf.tidy(() => {
+          const scores = tf.tensor2d(z, [T, E]);
+          const bias = b ? tf.tensor1d(b) : undefined;
+          const got = softmaxTopKGate(scores, k, renormalize, bias);
+          expect(Array.from(got.plan.tokenIndex)).toEqual(Array.from(want.plan.tokenIndex));
+          expect(Array.from(got.plan.expertIndex)).toEqual(Array.from(want.plan.expertIndex));
+          expect(Array.from(got.flat)).toEqual(Array.from(want.flat));
+          const w = got.weight.dataSync();
+          const r = reference(scores).dataSync();
+          for (let n = 0; n < w.length; n++) expect(w[n]).toBeCloseTo(r[n]!, 6);
+          const g = tf
+            .grad((s: tf.Tensor) => tf.sum(tf.mul(softmaxTopKGate(s as tf.Tensor2D, k, renormalize, bias).weight, proj)))(scores)
+            .dataSync();
+          const gr = tf
+            .grad((s: tf.Tensor) => tf.sum(tf.mul(reference(s as tf.Tensor2D), proj)))(scores)
+            .dataSync();
+          for (let i = 0; i < g.length; i++) expect(g[i]).toBeCloseTo(gr[i]!, 6);
+        });
+      });
 });

@@ -5,7 +5,18 @@
  * differentiable gathering of the chosen scores, per-token renormalisation, input jitter, and the
  * aux-loss-free bias controller. Not a registry entry.
  */
-import { DispatchPlan, type ForwardContext, MoelabError, type Rng, Type, tf } from '@moelab/core';
+import {
+  DispatchPlan,
+  type ForwardContext,
+  hasKernel,
+  MoelabError,
+  type Rng,
+  SOFTMAX_TOPK_KERNEL,
+  type SoftmaxTopKAttrs,
+  type SoftmaxTopKInputs,
+  Type,
+  tf,
+} from '@moelab/core';
 
 /**
  * Indices of the k largest entries of each row of `v` [T, E] (token-major [T*k], descending; ties: the
@@ -96,6 +107,59 @@ export function renormPerToken(w: tf.Tensor1D, plan: DispatchPlan, eps = 0): tf.
   const tok = plan.tokenIndexTensor();
   const sums = tf.unsortedSegmentSum(w, tok, plan.numTokens);
   return tf.div(w, tf.add(tf.gather(sums, tok), eps)) as tf.Tensor1D;
+}
+
+/** What {@link softmaxTopKGate} returns. */
+export interface SoftmaxTopKGate {
+  plan: DispatchPlan;
+  /** Flat index t*E+e of each assignment, in plan order. */
+  flat: Int32Array;
+  /** Token-major choices [T*k] (-1 = none), as {@link topkRows} returns them. */
+  choices: Int32Array;
+  /** Combine weight of each assignment, differentiable w.r.t. the scores. */
+  weight: tf.Tensor1D;
+  /** softmax(scores) [T, E], when the gate computed it on the way (the op-by-op path). */
+  probs?: tf.Tensor2D;
+}
+
+/**
+ * The softmax top-k gate: p = softmax(scores), each token's experts = top-k(scores + bias) (bias:
+ * selection only), weight = p_e / Σ_{chosen} p (renormalize) or p_e. On a backend with the fused
+ * SOFTMAX_TOPK_KERNEL (moelab-cpu) one kernel forward and one backward; elsewhere softmax, selection
+ * on plain arrays, a gather and the per-token renormalisation as tfjs ops. Same plan and weights.
+ */
+export function softmaxTopKGate(scores: tf.Tensor2D, k: number, renormalize: boolean, bias?: tf.Tensor1D): SoftmaxTopKGate {
+  const [T, E] = scores.shape;
+  if (hasKernel(SOFTMAX_TOPK_KERNEL)) {
+    const [w, ex] = tf
+      .engine()
+      .runKernel(
+        SOFTMAX_TOPK_KERNEL,
+        { scores, bias: bias ?? tf.zeros([0]) } satisfies SoftmaxTopKInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+        { k, renormalize } satisfies SoftmaxTopKAttrs as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor[];
+    // Slot-major [k, T] to token-major choices; the plan is slot-major again, so the weights line up
+    // with it as they are unless some slot is empty (a row with fewer than k finite scores).
+    const slots = ex!.dataSync() as Int32Array;
+    const choices = new Int32Array(T * k);
+    for (let s = 0; s < k; s++) for (let t = 0; t < T; t++) choices[t * k + s] = slots[s * T + t]!;
+    const { plan, flat } = planFromChoices(choices, T, k, E);
+    let weight = tf.reshape(w!, [-1]) as tf.Tensor1D;
+    if (plan.size < T * k) {
+      const kept = new Int32Array(plan.size);
+      let n = 0;
+      for (let i = 0; i < T * k; i++) if (slots[i]! >= 0) kept[n++] = i;
+      weight = tf.gather(weight, tf.tensor1d(kept, 'int32')) as tf.Tensor1D;
+    }
+    return { plan, flat, choices, weight };
+  }
+  const probs = tf.softmax(scores) as tf.Tensor2D;
+  const select = bias ? tf.add(scores, bias) : scores;
+  const choices = topkRows(select.dataSync(), T, E, k);
+  const { plan, flat } = planFromChoices(choices, T, k, E);
+  let weight = gatherAt(probs, flat);
+  if (renormalize) weight = renormPerToken(weight, plan);
+  return { plan, flat, choices, weight, probs };
 }
 
 /** Dense [T, E] matrix with w[n] at (t_n, e_n) and 0 elsewhere (differentiable w.r.t. w). */

@@ -135,7 +135,8 @@ export class SigmaTopKRouter extends Module implements Router {
     const { plan, flat } = planFromChoices(topkRows(selectFrom, T, E, k), T, k, E);
     // σ of the chosen logits only (N values instead of T x E, forward and backward).
     const weight = tf.sigmoid(gatherAt(logits, flat)) as tf.Tensor1D;
-    return { plan, weight, probs: tf.softmax(logits) as tf.Tensor2D };
+    // softmax(l) only for whoever reads it (the routing statistics or an observer of the layer).
+    return { plan, weight, probs: ctx.stats !== false || ctx.moeObserver ? (tf.softmax(logits) as tf.Tensor2D) : undefined };
   }
 
   private record(logits: tf.Tensor2D, ctx: ForwardContext, info?: RouteInfo): void {

@@ -30,7 +30,7 @@ import {
   tf,
 } from '@moelab/core';
 import { Balancer, type BalanceOptions, balanceFields, cvSquared, importanceLoss } from './balance.js';
-import { BiasController, biasSchema, densify, gatherAt, gaussian, jitter, planFromChoices, renormPerToken, topkRows } from './common.js';
+import { BiasController, biasSchema, densify, gaussian, jitter, softmaxTopKGate, topkRows } from './common.js';
 
 export interface SoftmaxTopKOptions {
   k: number;
@@ -114,12 +114,12 @@ export class SoftmaxTopKRouter extends Module implements Router {
     } else if (ctx.training && (this.options.noiseStd ?? 0) > 0) {
       noisy = tf.add(logits, gaussian(ctx.rng, T, E, this.options.noiseStd! / E)) as tf.Tensor2D;
     }
-    const probs = tf.softmax(noisy) as tf.Tensor2D;
-    const select = this.bias ? this.bias.shift(noisy) : noisy;
-    const choices = topkRows(select.dataSync(), T, E, k);
-    const { plan, flat } = planFromChoices(choices, T, k, E);
-    let weight = gatherAt(probs, flat);
-    if (renormalize) weight = renormPerToken(weight, plan);
+    const gate = softmaxTopKGate(noisy, k, renormalize, this.bias?.bias as tf.Tensor1D | undefined);
+    const { plan, flat, choices } = gate;
+    let weight = gate.weight;
+    // The full distribution only where something reads it: the routing statistics, an observer of
+    // the layer, or the balance loss (the fused gate does not materialise it).
+    const probs = gate.probs ?? (ctx.stats !== false || ctx.moeObserver || this.balancer.needsProbs(ctx) ? (tf.softmax(noisy) as tf.Tensor2D) : undefined);
     const gates = weight;
     if ((this.options.scale ?? 1) !== 1) weight = tf.mul(weight, this.options.scale!) as tf.Tensor1D;
     this.bias?.record(plan, ctx);

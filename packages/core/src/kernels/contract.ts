@@ -107,6 +107,24 @@ export const LAYER_NORM_GRAD_KERNEL = 'MoelabLayerNormGrad';
  * them as its outputs), which is why callers assign all three.
  */
 export const ADAMW_KERNEL = 'MoelabAdamW';
+/**
+ * The softmax top-k gate of a token-choice router, fused: p = softmax(scores) per row of scores
+ * [T,E]; token t's experts are the k largest of scores[t] + bias (ties: the lower index first;
+ * -Infinity and NaN are never chosen, so a row with fewer than k finite entries makes fewer
+ * choices); weight = p[t, e] / (sum of p[t, .] over t's chosen experts) when `renormalize`, else
+ * p[t, e]. Inputs {@link SoftmaxTopKInputs}, attrs {@link SoftmaxTopKAttrs}. Outputs [weight
+ * float32 [k,T], expert int32 [k,T]], slot-major (slot s of token t at s*T + t, the dispatch
+ * plan's order), expert -1 and weight 0 in a slot without a choice. The expert indices have no
+ * gradient; the bias shifts the selection only (no gradient either).
+ */
+export const SOFTMAX_TOPK_KERNEL = 'MoelabSoftmaxTopK';
+/**
+ * Backward of {@link SOFTMAX_TOPK_KERNEL}: inputs {@link SoftmaxTopKGradInputs}, the forward's
+ * attrs. Output dscores [T,E]. Renormalised, the weights are the softmax of the chosen scores, so
+ * dscores[t, e_s] = w_s (dy_s - sum_r w_r dy_r) on the chosen entries and 0 elsewhere; raw,
+ * dscores[t, j] = p_j (dy_j - sum_s w_s dy_s) with dy_j the slot gradient of expert j (0 if unchosen).
+ */
+export const SOFTMAX_TOPK_GRAD_KERNEL = 'MoelabSoftmaxTopKGrad';
 /** sum(x^2) as a scalar (one term of the global gradient norm) without the x-sized temporary. Inputs {@link SumOfSquaresInputs}, no attrs. */
 export const SUM_OF_SQUARES_KERNEL = 'MoelabSumOfSquares';
 
@@ -129,6 +147,8 @@ export const FUSED_KERNELS = [
   LAYER_NORM_GRAD_KERNEL,
   ADAMW_KERNEL,
   SUM_OF_SQUARES_KERNEL,
+  SOFTMAX_TOPK_KERNEL,
+  SOFTMAX_TOPK_GRAD_KERNEL,
 ] as const;
 export type FusedKernelName = (typeof FUSED_KERNELS)[number];
 
@@ -336,6 +356,25 @@ export interface AdamWAttrs {
   /** Bias corrections 1 - beta1^t and 1 - beta2^t. */
   bc1: number;
   bc2: number;
+}
+
+/** scores [T,E] float32; bias [E] float32 added for the selection only, or shape [0] for none. */
+export interface SoftmaxTopKInputs<T> {
+  scores: T;
+  bias: T;
+}
+/** dy [k,T] (the gradient of the weight output), the forward's scores and its two outputs. */
+export interface SoftmaxTopKGradInputs<T> {
+  dy: T;
+  scores: T;
+  weight: T;
+  expert: T;
+}
+export interface SoftmaxTopKAttrs {
+  /** Experts per token, 1 <= k <= E. */
+  k: number;
+  /** Divide each token's weights by their sum. */
+  renormalize: boolean;
 }
 
 export interface SumOfSquaresInputs<T> {

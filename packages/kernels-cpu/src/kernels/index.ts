@@ -20,6 +20,7 @@ import { makeMoeGluKernels, registerMoeGluGradient } from './moe-glu.js';
 import { makeMoePackedKernels, registerMoePackedGradient } from './moe-packed.js';
 import { makeNormKernels, registerNormGradients } from './norm.js';
 import { registerReduce } from './reduce.js';
+import { makeRouterKernels, registerRouterGradients } from './router.js';
 import { registerSoftmax } from './softmax.js';
 
 /** The kernel configs of every native kernel, for `backendName`. */
@@ -35,6 +36,7 @@ export function nativeKernels(tf: Tf, native: NativeAddon, backendName: string):
     ...makeDecodeKernels(native, backendName),
     makeAdamWKernel(native, backendName),
     ...makeNormKernels(native, backendName),
+    ...makeRouterKernels(native, backendName),
   );
   return configs;
 }
@@ -46,4 +48,5 @@ export function registerFusedGradients(tf: Tf): void {
   registerMoePackedGradient(tf);
   registerAttentionGradients(tf);
   registerNormGradients(tf);
+  registerRouterGradients(tf);
 }

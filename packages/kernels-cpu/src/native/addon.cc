@@ -163,6 +163,29 @@ void TopK(const Napi::CallbackInfo& info) {
        static_cast<int>(cols), static_cast<int>(k));
 }
 
+// (scores, bias|null, weight, expert, T, E, k, renormalize)
+void SoftmaxTopK(const Napi::CallbackInfo& info) {
+  long T = Int(info, 4), E = Int(info, 5), k = Int(info, 6);
+  if (k < 1 || k > E) throw Napi::RangeError::New(info.Env(), "moelab-cpu: softmax top-k needs 1 <= k <= E");
+  softmax_topk_forward(F32(info, 0, T * E, "scores"), F32(info, 1, E, "bias", true), F32(info, 2, k * T, "weight"),
+                       I32(info, 3, k * T, "expert"), T, static_cast<int>(E), static_cast<int>(k),
+                       info[7].As<Napi::Boolean>().Value());
+}
+
+// (dy, scores, weight, expert, dscores, T, E, k, renormalize)
+void SoftmaxTopKGrad(const Napi::CallbackInfo& info) {
+  long T = Int(info, 5), E = Int(info, 6), k = Int(info, 7);
+  if (k < 1 || k > E) throw Napi::RangeError::New(info.Env(), "moelab-cpu: softmax top-k needs 1 <= k <= E");
+  const int32_t* expert = I32(info, 3, k * T, "expert");
+  for (long i = 0; i < k * T; i++)
+    if (expert[i] < -1 || expert[i] >= E)
+      throw Napi::RangeError::New(info.Env(), "moelab-cpu: softmax top-k expert index " + std::to_string(expert[i]) +
+                                                  " out of range [-1, " + std::to_string(E) + ")");
+  softmax_topk_backward(F32(info, 0, k * T, "dy"), F32(info, 1, T * E, "scores"), F32(info, 2, k * T, "weight"), expert,
+                        F32(info, 4, T * E, "dscores"), T, static_cast<int>(E), static_cast<int>(k),
+                        info[8].As<Napi::Boolean>().Value());
+}
+
 // (p, g, m, v, pOut, mOut, vOut, n, [beta1, 1-beta1, beta2, 1-beta2, eps, bc1, bc2, lr, lr*wd], decay)
 void AdamW(const Napi::CallbackInfo& info) {
   long n = Int(info, 7);
@@ -482,6 +505,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gather", Napi::Function::New(env, Gather));
   exports.Set("softmax", Napi::Function::New(env, Softmax));
   exports.Set("topk", Napi::Function::New(env, TopK));
+  exports.Set("softmaxTopK", Napi::Function::New(env, SoftmaxTopK));
+  exports.Set("softmaxTopKGrad", Napi::Function::New(env, SoftmaxTopKGrad));
   exports.Set("layerNormForward", Napi::Function::New(env, LayerNormForward));
   exports.Set("layerNormBackward", Napi::Function::New(env, LayerNormBackward));
   exports.Set("adamw", Napi::Function::New(env, AdamW));

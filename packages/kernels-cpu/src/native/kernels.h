@@ -76,6 +76,14 @@ struct AdamWScalars {
 void adamw(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut, long n,
            const AdamWScalars& s);
 
+// The softmax top-k gate (router.cc; core's SOFTMAX_TOPK_KERNEL): scores [T,E], bias [E] or null
+// (selection only); weight and expert [k,T] slot-major, expert -1 / weight 0 in a slot a row with
+// fewer than k finite scores leaves empty. The backward writes all of dscores [T,E].
+void softmax_topk_forward(const float* scores, const float* bias, float* weight, int32_t* expert, long T, int E, int k,
+                          bool renormalize);
+void softmax_topk_backward(const float* dy, const float* scores, const float* weight, const int32_t* expert,
+                           float* dscores, long T, int E, int k, bool renormalize);
+
 // Validate assignment indices; returns an error message or "" when all are in range.
 std::string check_index(const int* idx, long n, long limit, const char* what);
 

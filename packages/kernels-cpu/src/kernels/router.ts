@@ -1,0 +1,100 @@
+/**
+ * The fused softmax top-k gate of core's kernel contract (@moelab/core/kernels:
+ * SOFTMAX_TOPK_KERNEL and SOFTMAX_TOPK_GRAD_KERNEL) for the moelab-cpu backend, and its gradient:
+ *
+ *   p = softmax(scores)   S = top-k(scores + bias)   weight_s = p[e_s] / sum_{r in S} p[e_r]  (renormalize)
+ *                                                    weight_s = p[e_s]                        (raw)
+ *
+ * One pass per token row instead of softmax + gather + segment sum + divide forward and their
+ * five gradients backward; renormalised, the backward writes only the k chosen scores of each row.
+ * Outputs are slot-major [k, T], the order of a router's dispatch plan.
+ */
+import type * as tfTypes from '@tensorflow/tfjs';
+import { SOFTMAX_TOPK_GRAD_KERNEL, SOFTMAX_TOPK_KERNEL, type SoftmaxTopKAttrs, type SoftmaxTopKGradInputs, type SoftmaxTopKInputs } from '@moelab/core/kernels';
+import type { NativeAddon } from '../native.js';
+import { outputArray } from '../storage.js';
+import {
+  type Args,
+  backendOf,
+  expectDtype,
+  expectShape,
+  type KernelConfig,
+  type KernelFunc,
+  type Tensor,
+  type TensorInfo,
+  type Tf,
+  ints,
+  values,
+} from './helpers.js';
+
+/** Checks scores [T,E] and the attrs (1 <= k <= E); returns the sizes. */
+function gateShapes(kernel: string, scores: TensorInfo, attrs: Args['attrs']): { T: number; E: number; k: number; renormalize: boolean } {
+  if (scores?.dtype !== 'float32' || scores.shape.length !== 2) throw new Error(`${kernel}: input 'scores' must be float32 [T,E]`);
+  const [T, E] = scores.shape as [number, number];
+  const { k, renormalize } = (attrs ?? {}) as unknown as SoftmaxTopKAttrs;
+  if (!Number.isInteger(k) || k < 1 || k > E) throw new Error(`${kernel}: attr k must be an integer in [1, ${E}], got ${String(k)}`);
+  return { T, E, k, renormalize: !!renormalize };
+}
+
+export function makeRouterKernels(native: NativeAddon, backendName: string): KernelConfig[] {
+  const gate = (args: Args): TensorInfo[] => {
+    const backend = backendOf(args);
+    const { scores, bias } = args.inputs as unknown as SoftmaxTopKInputs<TensorInfo>;
+    const { T, E, k, renormalize } = gateShapes(SOFTMAX_TOPK_KERNEL, scores, args.attrs);
+    expectDtype(SOFTMAX_TOPK_KERNEL, { bias }, ['bias']);
+    const biased = bias.shape.length === 1 && bias.shape[0] === E;
+    if (!biased) expectShape(SOFTMAX_TOPK_KERNEL, 'bias', bias, [0]);
+    const weight = outputArray(k * T);
+    const expert = new Int32Array(k * T);
+    if (T > 0) native.softmaxTopK(values(backend, scores), biased ? values(backend, bias) : null, weight, expert, T, E, k, renormalize);
+    return [backend.makeTensorInfo([k, T], 'float32', weight), backend.makeTensorInfo([k, T], 'int32', expert)];
+  };
+
+  const gateGrad = (args: Args): TensorInfo => {
+    const backend = backendOf(args);
+    const { dy, scores, weight, expert } = args.inputs as unknown as SoftmaxTopKGradInputs<TensorInfo>;
+    const { T, E, k, renormalize } = gateShapes(SOFTMAX_TOPK_GRAD_KERNEL, scores, args.attrs);
+    expectDtype(SOFTMAX_TOPK_GRAD_KERNEL, { dy, weight }, ['dy', 'weight']);
+    expectDtype(SOFTMAX_TOPK_GRAD_KERNEL, { expert }, ['expert'], 'int32');
+    for (const [name, t] of [
+      ['dy', dy],
+      ['weight', weight],
+      ['expert', expert],
+    ] as const)
+      expectShape(SOFTMAX_TOPK_GRAD_KERNEL, name, t, [k, T]);
+    const dscores = outputArray(T * E);
+    if (T > 0)
+      native.softmaxTopKGrad(values(backend, dy), values(backend, scores), values(backend, weight), ints(backend, expert), dscores, T, E, k, renormalize);
+    return backend.makeTensorInfo([T, E], 'float32', dscores);
+  };
+
+  return [
+    { kernelName: SOFTMAX_TOPK_KERNEL, backendName, kernelFunc: gate as unknown as KernelFunc },
+    { kernelName: SOFTMAX_TOPK_GRAD_KERNEL, backendName, kernelFunc: gateGrad as unknown as KernelFunc },
+  ];
+}
+
+/** The gate's gradient, registered once for every backend: the backward work is the Grad kernel. */
+export function registerRouterGradients(tf: Tf): void {
+  tf.registerGradient({
+    kernelName: SOFTMAX_TOPK_KERNEL,
+    inputsToSave: ['scores', 'bias'],
+    outputsToSave: [true, true],
+    gradFunc: (dy, saved, attrs) => {
+      const dWeight = Array.isArray(dy) ? dy[0]! : dy;
+      const [scores, bias, weight, expert] = saved as Tensor[];
+      return {
+        scores: () =>
+          tf
+            .engine()
+            .runKernel(
+              SOFTMAX_TOPK_GRAD_KERNEL,
+              { dy: dWeight, scores, weight, expert } satisfies SoftmaxTopKGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
+              attrs as tfTypes.NamedAttrMap,
+            ) as Tensor,
+        // The bias moves the selection only: no gradient.
+        bias: () => tf.zeros(bias!.shape, 'float32'),
+      };
+    },
+  });
+}

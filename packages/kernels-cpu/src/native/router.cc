@@ -1,0 +1,112 @@
+// The softmax top-k gate of a token-choice router (core's SOFTMAX_TOPK_KERNEL), one row per token:
+//
+//   p = softmax(z)        S = the k largest of z + b        w_s = p[e_s] / sum_{r in S} p[e_r]  (renormalised)
+//                                                           w_s = p[e_s]                        (raw)
+//
+// Renormalised, w is the softmax of the chosen scores alone, so its backward touches only the k
+// chosen entries: dz[e_s] = w_s (dy_s - sum_r w_r dy_r). Raw, dz[j] = p_j (dy_j - sum_s w_s dy_s)
+// over the whole row (dy_j = the slot gradient of expert j, 0 if unchosen).
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "kernels.h"
+#include "pool.h"
+
+namespace moelab {
+
+namespace {
+
+// Rows per task: a row costs ~E exps, so keep each task at a few thousand of them.
+long rowGrain(int E) { return std::max(1L, 8192L / std::max(1, E)); }
+
+}  // namespace
+
+void softmax_topk_forward(const float* scores, const float* bias, float* weight, int32_t* expert, long T, int E, int k,
+                          bool renormalize) {
+  parallel_range(T, rowGrain(E), [&](long t0, long t1) {
+    float best[64];
+    int bestI[64];
+    float* bv = k <= 64 ? best : new float[k];
+    int* bi = k <= 64 ? bestI : new int[k];
+    for (long t = t0; t < t1; t++) {
+      const float* z = scores + t * E;
+      // Selection on z + b, one pass keeping the best k so far sorted: an entry moves ahead only of
+      // strictly smaller ones, so among equal values the lower index stays ahead (tfjs's order).
+      int n = 0;
+      for (int e = 0; e < E; e++) {
+        float v = bias ? z[e] + bias[e] : z[e];
+        if (!(v > -INFINITY)) continue;  // -Infinity and NaN are never chosen
+        if (n == k && !(v > bv[k - 1])) continue;
+        int p = n < k ? n++ : k - 1;
+        while (p > 0 && v > bv[p - 1]) {
+          bv[p] = bv[p - 1];
+          bi[p] = bi[p - 1];
+          p--;
+        }
+        bv[p] = v;
+        bi[p] = e;
+      }
+      float m = -INFINITY;
+      for (int e = 0; e < E; e++) m = std::max(m, z[e]);
+      float sum = 0.f;
+      if (n > 0)
+        for (int e = 0; e < E; e++) sum += std::exp(z[e] - m);
+      float chosen = 0.f;
+      for (int s = 0; s < n; s++) {
+        float p = std::exp(z[bi[s]] - m) / sum;
+        weight[s * T + t] = p;
+        chosen += p;
+      }
+      if (renormalize)
+        for (int s = 0; s < n; s++) weight[s * T + t] /= chosen;
+      for (int s = 0; s < n; s++) expert[s * T + t] = bi[s];
+      for (int s = n; s < k; s++) {
+        weight[s * T + t] = 0.f;
+        expert[s * T + t] = -1;
+      }
+    }
+    if (bv != best) delete[] bv;
+    if (bi != bestI) delete[] bi;
+  });
+}
+
+void softmax_topk_backward(const float* dy, const float* scores, const float* weight, const int32_t* expert,
+                           float* dscores, long T, int E, int k, bool renormalize) {
+  parallel_range(T, rowGrain(E), [&](long t0, long t1) {
+    for (long t = t0; t < t1; t++) {
+      float* g = dscores + t * E;
+      float dot = 0.f;
+      for (int s = 0; s < k; s++)
+        if (expert[s * T + t] >= 0) dot += weight[s * T + t] * dy[s * T + t];
+      if (renormalize) {
+        std::memset(g, 0, sizeof(float) * E);
+        for (int s = 0; s < k; s++) {
+          int e = expert[s * T + t];
+          if (e >= 0) g[e] = weight[s * T + t] * (dy[s * T + t] - dot);
+        }
+        continue;
+      }
+      const float* z = scores + t * E;
+      float m = -INFINITY;
+      for (int e = 0; e < E; e++) m = std::max(m, z[e]);
+      if (!(m > -INFINITY)) {  // nothing chosen in this row: no gradient
+        std::memset(g, 0, sizeof(float) * E);
+        continue;
+      }
+      float sum = 0.f;
+      for (int e = 0; e < E; e++) {
+        g[e] = std::exp(z[e] - m);
+        sum += g[e];
+      }
+      float inv = 1.f / sum;
+      for (int e = 0; e < E; e++) g[e] *= -dot * inv;
+      for (int s = 0; s < k; s++) {
+        int e = expert[s * T + t];
+        if (e >= 0) g[e] += weight[s * T + t] * dy[s * T + t];
+      }
+    }
+  });
+}
+
+}  // namespace moelab
