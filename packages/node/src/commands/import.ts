@@ -15,7 +15,14 @@ export const importCommand = defineCommand({
   run([dir], o) {
     const { plan, tokenizer } = importHfCheckpoint(dir, o.out);
     const tok = tokenizer === null ? 'no tokenizer.json: byte tokenizer' : tokenizer === 'byte' ? 'byte tokenizer' : 'tokenizer.json';
-    process.stdout.write(`imported ${plan.arch.modelType} from ${dir} to ${o.out}: ${plan.outputs.length} tensors, ${plan.shape.layers} layers, ${tok}\n`);
+    const { ropeScaling, slidingWindow } = plan.shape;
+    const extras = [
+      ropeScaling ? `${ropeScaling.type} RoPE scaling ×${ropeScaling.factor}` : '',
+      slidingWindow !== undefined ? `sliding window ${slidingWindow}` : '',
+    ].filter(Boolean);
+    process.stdout.write(
+      `imported ${plan.arch.modelType} from ${dir} to ${o.out}: ${plan.outputs.length} tensors, ${plan.shape.layers} layers, ${[tok, ...extras].join(', ')}\n`,
+    );
     return 0;
   },
 });

@@ -107,8 +107,9 @@ describe('moelab export / import (Hugging Face)', () => {
   });
 
   it('an imported HF directory with its tokenizer.json trains further here (train <checkpoint> --resume), reloads, and goes out and back again', async () => {
-    // The "elsewhere" side: an HF directory (exported here, as a distributed run would save it) with a BPE tokenizer.json.
-    const spec = hfTinySpec({ extra: { vocabSize: 32 } });
+    // The "elsewhere" side: an HF directory (exported here, as a distributed run would save it) with a BPE
+    // tokenizer.json, long-context RoPE and a sliding window shorter than the training sequences.
+    const spec = hfTinySpec({ attention: { slidingWindow: 4, ropeScaling: { type: 'yarn', factor: 2, originalContext: 8 } }, extra: { vocabSize: 32 } });
     const start = join(root, 'bpe-start', 'checkpoint');
     saveTinyCheckpoint(start, spec, { seed: 9 }).dispose();
     const hf = join(root, 'hf-bpe');
@@ -117,7 +118,8 @@ describe('moelab export / import (Hugging Face)', () => {
     writeFileSync(join(hf, 'tokenizer.json'), tokJson);
     const imported = join(root, 'bpe-imported');
     const im = await cli('import', hf, '--out', imported);
-    expect(im.out).toMatch(/: \d+ tensors, 2 layers, tokenizer\.json\n$/);
+    expect(im.out).toMatch(/: \d+ tensors, 2 layers, tokenizer\.json, yarn RoPE scaling ×2, sliding window 4\n$/);
+    expect(JSON.parse(readFileSync(join(hf, 'config.json'), 'utf8'))).toMatchObject({ sliding_window: 4, rope_scaling: { rope_type: 'yarn', factor: 2 } });
 
     // Continue here: no optimizer state in an imported checkpoint, so fresh state, said in one line.
     const run = join(root, 'bpe-continued');
