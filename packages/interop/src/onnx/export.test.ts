@@ -122,6 +122,40 @@ const cases: [string, NodeSpec, OnnxExportOptions?][] = [
       { positionEmbedding: 'learned', embeddingScale: 2, headBias: true },
     ),
   ],
+  [
+    'sliding window of 3 keys (T 6), GQA, YaRN-scaled RoPE with its attention factor',
+    lm({
+      normType: 'rmsnorm',
+      attention: { type: 'mha', heads: 4, kvHeads: 2, slidingWindow: 3, ropeScaling: { type: 'yarn', factor: 4, originalContext: 4 } },
+      ffn: { type: 'dense', hidden: 16 },
+    }),
+  ],
+  [
+    'Llama 3 RoPE scaling (interleaved, partial), linear scaling in the other layer, sliding window of 2',
+    lm(
+      {},
+      {
+        blocks: [
+          {
+            type: 'transformer',
+            attention: {
+              type: 'mha',
+              heads: 2,
+              ropeLayout: 'interleaved',
+              ropeDims: 4,
+              ropeScaling: { type: 'llama3', factor: 8, originalContext: 4, highFreqFactor: 2 },
+            },
+            ffn: { type: 'dense', hidden: 16 },
+          },
+          {
+            type: 'transformer',
+            attention: { type: 'mha', heads: 2, slidingWindow: 2, ropeScaling: { type: 'linear', factor: 2 } },
+            ffn: { type: 'dense', hidden: 16 },
+          },
+        ],
+      },
+    ),
+  ],
   ['softmax top-2 renormalised, GELU experts', lm({ attention: mha, ffn: moe({ type: 'softmax-topk', k: 2 }) })],
   [
     'Qwen2-MoE: raw top-2 weights, SwiGLU experts, sigmoid-gated shared expert',

@@ -17,7 +17,7 @@
  * Weights over protobuf's 2 GiB limit (or any, with `externalData: true`) go to a side file, ONNX
  * external data (external-data.ts).
  */
-import { MoelabError, type NodeSpec, type Registry, resolveConfig } from '@moelab/core';
+import { MoelabError, type NodeSpec, type Registry, type RopeScaling, resolveConfig, ropeTableData } from '@moelab/core';
 import { normalQuantile } from '@moelab/experts';
 import type { TensorSource } from '../hf/convert.js';
 import { type OnnxExternalData, toExternalData } from './external-data.js';
@@ -66,10 +66,12 @@ export interface OnnxExport {
 
 type Cfg = Record<string, unknown>;
 
-/** Values every block reads: the sequence length, the causal mask. */
+/** Values every block reads: the sequence length, the positions, the causal mask. */
 interface Shared {
   /** [1] int64: T. */
   tVec: string;
+  /** [T] int64: 0 … T − 1. */
+  positions: string;
   /** [T, T] float: 0 on and below the diagonal, -1e9 above. */
   mask: string;
 }
@@ -202,32 +204,27 @@ class Exporter {
     throw new MoelabError(`activation "${act}" has no ONNX export`, path);
   }
 
-  /** cos / sin tables [contextLength, dims] (float64 angles, as moelab computes them) sliced to [T, dims]. */
-  rope(dims: number, base: number): { cos: string; sin: string } {
-    const key = `${dims}/${base}`;
+  /** cos / sin tables [contextLength, dims] (core's ropeTableData: float64 angles, context scaling) sliced to [T, dims]. */
+  rope(dims: number, base: number, scaling?: RopeScaling): { cos: string; sin: string } {
+    const key = `${dims}.${base}${scaling ? `.${JSON.stringify(scaling)}` : ''}`;
     let t = this.ropeTables.get(key);
     if (!t) {
       const C = this.contextLength;
-      const half = dims / 2;
-      const cos = new Float32Array(C * dims);
-      const sin = new Float32Array(C * dims);
-      for (let p = 0; p < C; p++)
-        for (let i = 0; i < half; i++) {
-          const ang = p / base ** ((2 * i) / dims);
-          cos[p * dims + i] = cos[p * dims + i + half] = Math.cos(ang);
-          sin[p * dims + i] = sin[p * dims + i + half] = Math.sin(ang);
-        }
+      const { cos, sin } = ropeTableData(C, dims, base, 0, scaling);
       const g = this.g;
+      const id = this.ropeTables.size;
       const cut = (name: string, data: Float32Array) =>
         g.op('Slice', [g.float(name, [C, dims], () => data), g.i64([0]), this.shared.tVec, g.i64([0])], {}, 'rope_table');
-      t = { cos: cut(`rope.cos.${dims}.${base}`, cos), sin: cut(`rope.sin.${dims}.${base}`, sin) };
+      // Plain tables are named by dims and base; scaled ones get a running number (their key is the whole scaling).
+      const name = scaling ? `${dims}.${base}.scaled${id}` : `${dims}.${base}`;
+      t = { cos: cut(`rope.cos.${name}`, cos), sin: cut(`rope.sin.${name}`, sin) };
       this.ropeTables.set(key, t);
     }
     return t;
   }
 
   /** RoPE of the first `dims` channels of x [B, H, T, dh] (rope.ts: rotate-half, or interleaved via a channel reorder). */
-  applyRope(x: string, dh: number, dims: number, base: number, layout: string): string {
+  applyRope(x: string, dh: number, dims: number, base: number, layout: string, scaling?: RopeScaling): string {
     if (dims <= 0) return x;
     const g = this.g;
     let back: number[] | undefined;
@@ -241,7 +238,7 @@ class Exporter {
       for (let c = 0; c < dh; c++) back[toHalf[c]!] = c;
       x = g.gather(x, g.i64(toHalf), 3);
     }
-    const { cos, sin } = this.rope(dims, base);
+    const { cos, sin } = this.rope(dims, base, scaling);
     const rot = dims === dh ? x : g.slice(x, 3, 0, dims);
     const half = dims / 2;
     const rotated = g.concat([g.op('Neg', [g.slice(rot, 3, half, dims)]), g.slice(rot, 3, 0, half)], 3);
@@ -250,11 +247,26 @@ class Exporter {
     return back ? g.gather(out, g.i64(back), 3) : out;
   }
 
-  /** softmax(q k^T · scale + causal mask) v for q, k, v [B, H, T, dh] -> [B, H, T, dv]. */
-  causalAttention(q: string, k: string, v: string, scale: number): string {
+  /** softmax(q k^T · scale + causal mask) v for q, k, v [B, H, T, dh] -> [B, H, T, dv]; with `window` w, keys j ≤ i − w are masked too. */
+  causalAttention(q: string, k: string, v: string, scale: number, window?: number): string {
     const g = this.g;
-    const scores = g.add(g.mul(g.matmul(q, g.transpose(k, [0, 1, 3, 2])), g.f32(scale)), this.shared.mask);
+    const scores = g.add(g.mul(g.matmul(q, g.transpose(k, [0, 1, 3, 2])), g.f32(scale)), window === undefined ? this.shared.mask : this.windowMask(window));
     return g.matmul(g.softmax(scores), v);
+  }
+
+  private windowMasks = new Map<number, string>();
+
+  /** [T, T]: 0 where 0 ≤ i − j < w, −1e9 elsewhere (core's causalMask with a sliding window). */
+  windowMask(w: number): string {
+    let m = this.windowMasks.get(w);
+    if (!m) {
+      const g = this.g;
+      const lag = g.sub(g.unsqueeze(this.shared.positions, [1]), g.unsqueeze(this.shared.positions, [0])); // i − j
+      const hidden = g.op('Or', [g.op('Less', [lag, g.i64(0)]), g.op('GreaterOrEqual', [lag, g.i64(w)])]);
+      m = g.op('Where', [hidden, g.f32(-1e9), g.f32(0)], {}, `window_mask_${w}`);
+      this.windowMasks.set(w, m);
+    }
+    return m;
   }
 
   /** [B, T, H·dh] -> [B, H, T, dh]. */
@@ -281,10 +293,8 @@ function transpose2d(a: Float32Array, rows: number, cols: number): Float32Array 
 
 // ---- attention ---------------------------------------------------------------------------------
 
-/** `mha` (packages/attention/src/mha.ts): GQA, RoPE (either layout, partial), q/k/v and o biases, q/k RMSNorm. */
-const mhaAttention: AttentionHandler = (ex, src, prefix, c, path) => {
-  if (c.ropeScaling !== undefined) throw new MoelabError('mha ropeScaling has no ONNX export (its tables are not in the graph)', `${path}.ropeScaling`);
-  if (c.slidingWindow !== undefined) throw new MoelabError('mha slidingWindow has no ONNX export (the graph has one causal mask)', `${path}.slidingWindow`);
+/** `mha` (packages/attention/src/mha.ts): GQA, RoPE (either layout, partial, context-scaled tables), q/k/v and o biases, q/k RMSNorm, sliding window. */
+const mhaAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
   const g = ex.g;
   const d = ex.dModel;
   const H = c.heads as number;
@@ -317,7 +327,14 @@ const mhaAttention: AttentionHandler = (ex, src, prefix, c, path) => {
   }
   const base = c.ropeBase as number;
   const layout = c.ropeLayout as string;
-  const out = ex.causalAttention(ex.applyRope(qh, dh, dims, base, layout), ex.applyRope(kh, dh, dims, base, layout), vh, 1 / Math.sqrt(dh));
+  const scaling = c.ropeScaling as RopeScaling | undefined;
+  const out = ex.causalAttention(
+    ex.applyRope(qh, dh, dims, base, layout, scaling),
+    ex.applyRope(kh, dh, dims, base, layout, scaling),
+    vh,
+    1 / Math.sqrt(dh),
+    c.slidingWindow as number | undefined,
+  );
   return ex.linear(ex.mergeHeads(out, H, dh), `${prefix}.o_proj`, H * dh, d, c.bias as boolean);
 };
 
@@ -943,7 +960,7 @@ export function exportOnnx(spec: NodeSpec, registry: Registry, weights: TensorSo
   const pos = g.op('Range', [g.i64(0), g.op('Squeeze', [tVec, g.i64([0])]), g.i64(1)], {}, 'positions');
   const future = g.op('Greater', [g.unsqueeze(pos, [0]), g.unsqueeze(pos, [1])]);
   const mask = g.op('Where', [future, g.f32(-1e9), g.f32(0)], {}, 'causal_mask');
-  ex.shared = { tVec, mask };
+  ex.shared = { tVec, positions: pos, mask };
 
   let h = g.gather(ex.param('embedding.weight', [V, d]), ids, 0);
   if ((c.embeddingScale as number) !== 1) h = g.mul(h, g.f32(c.embeddingScale as number));
