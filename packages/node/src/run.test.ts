@@ -29,8 +29,24 @@ describe('training runs on disk', () => {
     trainRun({ registry, spec: tinySpec, train, data, outDir: join(root, 'b'), quiet: true, stopAfter: 3 });
     const b = trainRun({ registry, spec: {} as never, train: {}, data, outDir: join(root, 'b'), quiet: true, resume: true });
     expect(b.steps).toBe(6);
+    expect(b.freshOptimizer).toBe(false);
     expect(trainLosses(join(root, 'b'))).toEqual(trainLosses(join(root, 'a')));
     expect(b.finalEval.loss).toBe(a.finalEval.loss);
+    // Resuming another run's checkpoint into a new run directory continues exactly too (steps 4..6 of a).
+    trainRun({ registry, spec: tinySpec, train, data, outDir: join(root, 'c'), quiet: true, stopAfter: 3 });
+    const d = trainRun({
+      registry,
+      spec: {} as never,
+      train: {},
+      data,
+      outDir: join(root, 'd'),
+      quiet: true,
+      resume: true,
+      resumeFrom: join(root, 'c', 'checkpoint'),
+    });
+    expect(d.steps).toBe(6);
+    expect(trainLosses(join(root, 'd'))).toEqual(trainLosses(join(root, 'a')).slice(3));
+    expect(d.finalEval.loss).toBe(a.finalEval.loss);
     const lines = readFileSync(join(root, 'a', 'metrics.jsonl'), 'utf8')
       .trim()
       .split('\n')
