@@ -1,11 +1,12 @@
 /**
- * Browser backends for core's resolveBackend: WebGPU > WebGL > WebAssembly > plain JS (`cpu`, always
- * registered by core). Each loads its tfjs package lazily, so a backend that is not chosen costs nothing.
+ * Browser backends for core's resolveBackend: moelab-wasm (moelab's own kernels in WebAssembly,
+ * threaded on a cross-origin isolated page: the default) > WebGPU > WebGL > tfjs's WebAssembly >
+ * plain JS (`cpu`, always registered by core). Each loads its tfjs package lazily, so a backend that is not chosen costs nothing.
  * The wasm binaries are emitted by Vite as assets; core patches the wasm engine once it is chosen.
  */
 import { registerBackendCandidate, tf } from '@moelab/core';
 
-export const BACKEND_CHOICES = ['auto', 'webgpu', 'webgl', 'wasm', 'cpu'] as const;
+export const BACKEND_CHOICES = ['auto', 'moelab-wasm', 'webgpu', 'webgl', 'wasm', 'cpu'] as const;
 
 let registered = false;
 let allowSoftwareWebGL = false;
@@ -18,6 +19,20 @@ export function setAllowSoftwareWebGL(allow: boolean): void {
 export function registerBrowserBackends(): void {
   if (registered) return;
   registered = true;
+  registerBackendCandidate({
+    name: 'moelab-wasm',
+    priority: 40,
+    hint: 'needs WebAssembly SIMD; its threads need a cross-origin isolated page (COOP/COEP headers)',
+    async load() {
+      if (typeof WebAssembly === 'undefined') return { ok: false, reason: 'WebAssembly is missing' };
+      const { registerMoelabWasmBackend } = await import('@moelab/kernels-wasm');
+      const status = await registerMoelabWasmBackend(tf);
+      if (!status.available) return { ok: false, reason: status.reason };
+      const bad = await readBackCheck('moelab-wasm');
+      if (bad) return { ok: false, reason: bad };
+      return { ok: true, reason: status.reason };
+    },
+  });
   registerBackendCandidate({
     name: 'webgpu',
     priority: 30,

@@ -39,6 +39,8 @@ let train: Partial<TrainConfig> = {};
 let state: RunState = 'idle';
 let lastVal = Number.NaN;
 let backendChosen = '';
+// What the chosen backend runs (moelab-wasm: its threads, or why it is single-threaded), shown on the run panel.
+let backendReason = '';
 
 function setState(s: RunState): void {
   state = s;
@@ -48,9 +50,10 @@ function setState(s: RunState): void {
 async function useBackend(request: string): Promise<{ name: string; reason: string }> {
   registerBrowserBackends();
   setAllowSoftwareWebGL(request === 'webgl');
-  if (backendChosen && (request === 'auto' || request === backendChosen)) return { name: backendChosen, reason: 'already initialised' };
+  if (backendChosen && (request === 'auto' || request === backendChosen)) return { name: backendChosen, reason: backendReason };
   const choice = await resolveBackend(request);
   backendChosen = choice.name;
+  backendReason = choice.reason;
   return choice;
 }
 

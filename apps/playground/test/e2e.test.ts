@@ -8,8 +8,10 @@
  * fine-tunes a trained MoE with LoRA in the Fine-tune section (counts, perplexity on both domains, the
  * adapter download) and compresses it in the Compress section (size, perplexity, per-expert chart).
  * "Download ONNX" gives a model.onnx that ONNX Runtime runs to the CLI loader's logits.
- * A second test boots the app through Vite's dev server (what `pnpm --filter playground dev` runs)
- * and trains a few steps there, so the development path is checked too, not only the build.
+ * Two more train on moelab-wasm (moelab's kernels in WebAssembly, the default backend) with and
+ * without cross-origin isolation (threaded / single-threaded build). A last test boots the app
+ * through Vite's dev server (what `pnpm --filter playground dev` runs: it sends the isolation
+ * headers) and trains a few steps there on moelab-wasm, so the development path is checked too.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
@@ -45,7 +47,10 @@ function buildApp(): void {
     join(app, 'src'),
     join(app, 'index.html'),
     join(app, 'vite.config.ts'),
-    ...['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune', 'compress', 'interop'].map((p) => join(app, '../../packages', p, 'src')),
+    ...['core', 'routers', 'experts', 'attention', 'upcycle', 'finetune', 'compress', 'interop', 'kernels-cpu', 'kernels-wasm'].map((p) =>
+      join(app, '../../packages', p, 'src'),
+    ),
+    join(app, '../../packages/kernels-wasm/build'),
   ];
   const newest = Math.max(...sources.map((s) => (statSync(s).isDirectory() ? newestMtime(s) : statSync(s).mtimeMs)));
   const built = existsSync(join(dist, 'index.html')) ? statSync(join(dist, 'index.html')).mtimeMs : 0;
@@ -57,13 +62,14 @@ function buildApp(): void {
 const MIME: Record<string, string> = {
   '.html': 'text/html',
   '.js': 'text/javascript',
+  '.mjs': 'text/javascript',
   '.css': 'text/css',
   '.wasm': 'application/wasm',
   '.txt': 'text/plain; charset=utf-8',
   '.json': 'application/json',
 };
 
-function serve(root: string): Promise<Server> {
+function serve(root: string, headers: Record<string, string> = {}): Promise<Server> {
   const server = createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     const rel = normalize(decodeURIComponent(url.pathname)).replace(/^(\.\.[/\\])+/, '');
@@ -73,7 +79,7 @@ function serve(root: string): Promise<Server> {
       res.writeHead(404).end('not found');
       return;
     }
-    res.writeHead(200, { 'content-type': MIME[extname(file)] ?? 'application/octet-stream' });
+    res.writeHead(200, { ...headers, 'content-type': MIME[extname(file)] ?? 'application/octet-stream' });
     res.end(readFileSync(file));
   });
   return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server)));
@@ -525,6 +531,60 @@ describe.skipIf(!hasChromium)('playground charts on a high-DPI screen', () => {
   }, 180_000);
 });
 
+describe.skipIf(!hasChromium)("playground on moelab-wasm (moelab's kernels in WebAssembly), with and without cross-origin isolation", () => {
+  // What vite.config.ts's dev and preview servers send (and a static host must): SharedArrayBuffer, so threads.
+  const ISOLATION = { 'Cross-Origin-Opener-Policy': 'same-origin', 'Cross-Origin-Embedder-Policy': 'require-corp' };
+
+  for (const isolated of [true, false]) {
+    it(`${isolated ? 'isolated (COOP/COEP): auto picks it, threaded' : 'not isolated: picked by name, the single-threaded build, saying why'}; loss falls`, async () => {
+      buildApp();
+      const server = await serve(dist, isolated ? ISOLATION : {});
+      const { chromium } = await import('playwright-core');
+      const browser = await chromium.launch({
+        executablePath: CHROMIUM,
+        args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+      });
+      try {
+        const page = await browser.newPage();
+        const errors: string[] = [];
+        page.on('pageerror', (e: Error) => errors.push(e.message));
+        const port = (server.address() as AddressInfo).port;
+        await page.goto(`http://127.0.0.1:${port}/${isolated ? '' : '?backend=moelab-wasm'}`);
+        await page.waitForSelector('body[data-ready=true]', { timeout: 60_000 });
+        const env = await page.evaluate(() => ({ isolated: crossOriginIsolated, cores: navigator.hardwareConcurrency }));
+        expect(env.isolated).toBe(isolated);
+        expect(await page.inputValue('#backend')).toBe(isolated ? 'auto' : 'moelab-wasm');
+        await page.selectOption('#preset', 'moe-micro');
+        await page.click('#use-preset');
+        await page.fill('#train-steps', '20');
+        await page.dispatchEvent('#train-steps', 'change');
+        await page.click('#run-a .build');
+        await page.waitForFunction(() => document.querySelector('#run-a .backend')?.textContent?.includes('moelab-wasm'), null, { timeout: 60_000 });
+        const reason = await page.getAttribute('#run-a .backend', 'title');
+        if (isolated && env.cores > 1) expect(reason).toContain(`; ${env.cores} threads on Workers sharing the memory)`);
+        else if (isolated) expect(reason).toContain('single-threaded: one core here');
+        else expect(reason).toContain('single-threaded: the page is not cross-origin isolated (serve it with Cross-Origin-Opener-Policy: same-origin');
+        await page.click('#run-a .start');
+        await page.waitForFunction(
+          () => (window as unknown as { playground: { runs: Record<string, () => { state: string }> } }).playground.runs.A!().state === 'done',
+          null,
+          { timeout: 150_000, polling: 500 },
+        );
+        const a: Snapshot = await page.evaluate(() => (window as unknown as { playground: { runs: Record<string, () => Snapshot> } }).playground.runs.A!());
+        expect(a.errors).toEqual([]);
+        expect(a.backend).toBe('moelab-wasm');
+        expect(a.losses.length).toBe(20);
+        const mean = (xs: [number, number][]) => xs.reduce((s, [, y]) => s + y, 0) / xs.length;
+        expect(mean(a.losses.slice(-5))).toBeLessThan(mean(a.losses.slice(0, 5)) - 0.2);
+        expect(errors).toEqual([]);
+      } finally {
+        await browser.close();
+        await new Promise((r) => server.close(r));
+      }
+    }, 300_000);
+  }
+});
+
 describe.skipIf(!hasChromium)('playground on the Vite dev server (pnpm --filter playground dev)', () => {
   it('serves the app from sources: it boots, builds a preset and trains in the worker without page errors', async () => {
     const { createServer: createViteServer } = await import('vite');
@@ -541,8 +601,10 @@ describe.skipIf(!hasChromium)('playground on the Vite dev server (pnpm --filter 
       page.on('pageerror', (e: Error) => errors.push(e.message));
       const port = (vite.httpServer!.address() as AddressInfo).port;
       // The dev server transforms every module on first request: on a loaded machine that outlasts 30 s.
-      await page.goto(`http://127.0.0.1:${port}/?backend=wasm`, { timeout: 120_000 });
+      await page.goto(`http://127.0.0.1:${port}/?backend=moelab-wasm`, { timeout: 120_000 });
       await page.waitForSelector('body[data-ready=true]', { timeout: 120_000 });
+      // The dev server sends COOP/COEP (vite.config.ts): the page is isolated, so moelab-wasm runs threaded.
+      expect(await page.evaluate(() => crossOriginIsolated)).toBe(true);
       await page.selectOption('#preset', 'moe-micro');
       await page.click('#use-preset');
       await page.fill('#train-steps', '6');
@@ -559,7 +621,8 @@ describe.skipIf(!hasChromium)('playground on the Vite dev server (pnpm --filter 
       );
       expect(a.errors).toEqual([]);
       expect(a.losses.length).toBe(6);
-      expect(a.backend).toBe('wasm');
+      expect(a.backend).toBe('moelab-wasm');
+      expect(await page.getAttribute('#run-a .backend', 'title')).toMatch(/threads on Workers sharing the memory|single-threaded: one core here/);
       expect(errors).toEqual([]);
     } finally {
       await browser.close();

@@ -1,6 +1,6 @@
 // Compiles kernels-cpu's C++ kernels (../kernels-cpu/src/native, shared, not copied) and
 // native/exports.cc to WebAssembly with Emscripten, twice: build/moelab-kernels.{wasm,mjs}
-// (single-threaded) and build/moelab-kernels-threads.{wasm,mjs,worker.js,worker.cjs} (pthreads:
+// (single-threaded) and build/moelab-kernels-threads.{wasm,mjs,worker.cjs,worker-source.mjs} (pthreads:
 // kernels-cpu's thread pool on Web Workers / Node worker threads sharing the module's memory, used
 // where SharedArrayBuffer is, i.e. Node and cross-origin isolated pages). The published package
 // ships both (an npm user needs no compiler). Run by `pnpm build`; never fails it: without emcc the build is skipped with the reason
@@ -53,7 +53,7 @@ const VARIANTS = [
   },
   {
     name: 'moelab-kernels-threads',
-    files: ['moelab-kernels-threads.mjs', 'moelab-kernels-threads.wasm', 'moelab-kernels-threads.worker.js', 'moelab-kernels-threads.worker.cjs'],
+    files: ['moelab-kernels-threads.mjs', 'moelab-kernels-threads.wasm', 'moelab-kernels-threads.worker.cjs', 'moelab-kernels-threads.worker-source.mjs'],
     flags: [
       ...COMMON,
       '-pthread',
@@ -73,8 +73,9 @@ const VARIANTS = [
 /**
  * Emscripten 3.1's ES-module glue still calls CommonJS `require` and `__dirname` on its Node path,
  * which an ES module does not have: they become the `nodeRequire` that src/module.ts passes in
- * (and, in a thread, the one its worker script has). The worker script is CommonJS: Node gets a
- * `.cjs` copy (the package is `"type": "module"`), browsers the `.js`.
+ * (and, in a thread, the one its worker script has). The worker script is CommonJS: Node gets it
+ * as `.cjs` (the package is `"type": "module"`); browsers get its text from an ES module
+ * (`.worker-source.mjs`) and start it from a Blob URL, so that no bundler or dev server rewrites it.
  */
 function patchThreaded(dir) {
   const glueFile = join(dir, 'moelab-kernels-threads.mjs');
@@ -88,8 +89,8 @@ function patchThreaded(dir) {
   const decl = 'var Module={};';
   if (!worker.includes(decl)) throw new Error('unexpected Emscripten worker script');
   worker = worker.replace(decl, `${decl}if(typeof require=="function")Module["nodeRequire"]=require;`);
-  writeFileSync(workerFile, worker);
   writeFileSync(join(dir, 'moelab-kernels-threads.worker.cjs'), worker);
+  writeFileSync(join(dir, 'moelab-kernels-threads.worker-source.mjs'), `export default ${JSON.stringify(worker)};\n`);
 }
 
 function record(status) {

@@ -264,8 +264,8 @@ const FILES = {
   threads: {
     glue: new URL('../build/moelab-kernels-threads.mjs', import.meta.url),
     wasm: new URL('../build/moelab-kernels-threads.wasm', import.meta.url),
-    worker: new URL('../build/moelab-kernels-threads.worker.js', import.meta.url),
-    // Node: the same CommonJS worker script, named so in a `"type": "module"` package.
+    // The Workers' script (CommonJS): browsers import its text from an ES module, Node runs the file.
+    workerSource: new URL('../build/moelab-kernels-threads.worker-source.mjs', import.meta.url),
     nodeWorker: new URL('../build/moelab-kernels-threads.worker.cjs', import.meta.url),
   },
 };
@@ -320,10 +320,11 @@ export async function defaultThreads(): Promise<number> {
 
 /** Why threads cannot run here (shared memory needs Node or a cross-origin isolated page), or ''. */
 export function threadsUnavailableReason(): string {
-  if (typeof SharedArrayBuffer !== 'function') return 'SharedArrayBuffer is missing here';
+  // Browsers hide SharedArrayBuffer on a page that is not isolated: say what to change.
   if (!isNode && (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated !== true) {
     return 'the page is not cross-origin isolated (serve it with Cross-Origin-Opener-Policy: same-origin and Cross-Origin-Embedder-Policy: require-corp)';
   }
+  if (typeof SharedArrayBuffer !== 'function') return 'SharedArrayBuffer is missing here';
   return '';
 }
 
@@ -339,10 +340,16 @@ async function instantiateThreaded(threads: number): Promise<WasmKernels> {
   const glue = FILES.threads.glue.href;
   const factory = ((await import(/* @vite-ignore */ glue)) as { default: (m: object) => Promise<EmscriptenModule> }).default;
   let nodeRequire: unknown;
-  let worker: string | URL = FILES.threads.worker.href;
+  let worker: string;
   if (isNode) {
     nodeRequire = (await nodeImport<typeof import('node:module')>('node:module')).createRequire(import.meta.url);
     worker = (await nodeImport<typeof import('node:url')>('node:url')).fileURLToPath(FILES.threads.nodeWorker);
+  } else {
+    // A Blob URL of the worker script: a Worker started from it has this page's origin whatever a
+    // bundler does with files (Vite inlines small ones as data: URLs, whose Workers have an opaque
+    // origin, and its dev server rewrites scripts into ES modules).
+    const source = ((await import(/* @vite-ignore */ FILES.threads.workerSource.href)) as { default: string }).default;
+    worker = URL.createObjectURL(new Blob([source], { type: 'text/javascript' }));
   }
   const mod = await factory({
     wasmBinary: binary,
