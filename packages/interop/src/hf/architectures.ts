@@ -125,17 +125,29 @@ const ROPE_FIELDS: Record<string, string[]> = {
 };
 
 /**
+ * The RoPE settings of a config.json: `rope_theta` and `rope_scaling` (transformers 4), or
+ * `rope_parameters` holding both (transformers 5 writes `{ rope_type, rope_theta, … }` there and may
+ * leave no top-level rope_theta). Reading only rope_theta would silently take the default base.
+ */
+function readRope(c: ConfigReader, contextLength: number, defaultTheta: number): { base: number; scaling?: RopeScaling } {
+  const params = c.object('rope_parameters');
+  if (!params) return { base: c.num('rope_theta', defaultTheta), scaling: readRopeScaling(c.object('rope_scaling'), contextLength) };
+  params.only('partial_rotary_factor', [1], 'these decoders rotate the whole head');
+  const base = params.json.rope_theta !== undefined && params.json.rope_theta !== null ? params.num('rope_theta') : c.num('rope_theta', defaultTheta);
+  return { base, scaling: readRopeScaling(params, contextLength, ['rope_theta', 'partial_rotary_factor']) };
+}
+
+/**
  * The `rope_scaling` of a config.json as moelab's RopeScaling (undefined: plain RoPE). yarn takes
  * `factor` as written (transformers 5; version 4 replaced it by max_position_embeddings /
  * original_max_position_embeddings when both are given) and derives the attention factor from mscale /
  * mscale_all_dim when both are set (DeepSeek's form): m = (0.1·mscale·ln s + 1) / (0.1·mscale_all_dim·ln s + 1).
  */
-function readRopeScaling(c: ConfigReader, contextLength: number): RopeScaling | undefined {
-  const r = c.object('rope_scaling');
+function readRopeScaling(r: ConfigReader | undefined, contextLength: number, alsoAllowed: string[] = []): RopeScaling | undefined {
   if (!r) return undefined;
   const type = r.json.rope_type ?? r.json.type ?? 'default';
   const field = 'rope_type' in r.json ? 'rope_type' : 'type';
-  const known = ROPE_FIELDS[type as string];
+  const known = typeof type === 'string' && Object.hasOwn(ROPE_FIELDS, type) ? ROPE_FIELDS[type] : undefined;
   if (!known)
     r.fail(
       field,
@@ -144,8 +156,8 @@ function readRopeScaling(c: ConfigReader, contextLength: number): RopeScaling | 
         .join(', ')} (dynamic rescales with the sequence length; longrope and the others have no moelab equivalent)`,
     );
   for (const k of Object.keys(r.json))
-    if (k !== 'rope_type' && k !== 'type' && !known!.includes(k))
-      r.fail(k, `is not a ${type} rope_scaling field moelab reads${known!.length ? ` (${known!.join(', ')})` : ''}`);
+    if (k !== 'rope_type' && k !== 'type' && !known!.includes(k) && !alsoAllowed.includes(k))
+      r.fail(k, `is not a ${type} RoPE field moelab reads${known!.length ? ` (${known!.join(', ')})` : ''}`);
   if (type === 'default') return undefined;
   const factor = r.num('factor');
   if (!(factor > 0)) r.fail('factor', `must be positive (got ${factor})`);
@@ -228,7 +240,7 @@ function readCommon(c: ConfigReader, defaults: { eps: number; theta: number }): 
   const headDim = c.positive('head_dim', dModel / heads);
   c.only('hidden_act', ['silu'], 'moelab converts SwiGLU (silu) MLPs');
   const contextLength = c.positive('max_position_embeddings');
-  const ropeScaling = readRopeScaling(c, contextLength);
+  const rope = readRope(c, contextLength, defaults.theta);
   return {
     vocabSize: c.positive('vocab_size'),
     dModel,
@@ -240,8 +252,8 @@ function readCommon(c: ConfigReader, defaults: { eps: number; theta: number }): 
     heads,
     kvHeads,
     headDim,
-    ropeBase: c.num('rope_theta', defaults.theta),
-    ...(ropeScaling ? { ropeScaling } : {}),
+    ropeBase: rope.base,
+    ...(rope.scaling ? { ropeScaling: rope.scaling } : {}),
   };
 }
 

@@ -248,9 +248,22 @@ describe('Hugging Face layouts', () => {
       /^x\/config.json: "rope_scaling.rope_type" = "longrope" is not supported/,
     );
     expect(() => planImport({ ...base, rope_scaling: { rope_type: 'linear', factor: 2, low_freq_factor: 1 } }, 'x/config.json')).toThrow(
-      /^x\/config.json: "rope_scaling.low_freq_factor" is not a linear rope_scaling field moelab reads \(factor\)$/,
+      /^x\/config.json: "rope_scaling.low_freq_factor" is not a linear RoPE field moelab reads \(factor\)$/,
     );
     expect(() => planImport({ ...base, rope_scaling: { rope_type: 'llama3', factor: 8 } })).toThrow(/"rope_scaling.low_freq_factor" is missing/);
+
+    // transformers 5 keeps rope_theta and the scaling together in rope_parameters, and may write no top-level rope_theta.
+    const { rope_theta: _theta, rope_scaling: _scaling, ...v5 } = base;
+    const v5Spec = (p: Record<string, unknown>) => attentionOf(planImport({ ...v5, rope_parameters: p }, 'v5/config.json').spec);
+    expect(v5Spec({ rope_type: 'default', rope_theta: 5e5 })).toMatchObject({ ropeBase: 5e5 });
+    expect(v5Spec({ rope_type: 'default', rope_theta: 5e5 }).ropeScaling).toBeUndefined();
+    expect(v5Spec({ rope_type: 'linear', rope_theta: 1e6, factor: 2 })).toMatchObject({ ropeBase: 1e6, ropeScaling: { type: 'linear', factor: 2 } });
+    expect(() => v5Spec({ rope_type: 'default', rope_theta: 1e4, partial_rotary_factor: 0.5 })).toThrow(
+      /^v5\/config.json: "rope_parameters.partial_rotary_factor" = 0.5 is not supported/,
+    );
+    expect(() => v5Spec({ full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } })).toThrow(
+      /^v5\/config.json: "rope_parameters.full_attention" is not a default RoPE field moelab reads$/,
+    );
 
     const qwen = planExport(cases[5]![1], registry).config;
     const window = (c: Record<string, unknown>) => att(c).slidingWindow;
