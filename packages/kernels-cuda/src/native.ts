@@ -11,6 +11,22 @@ import { fileURLToPath } from 'node:url';
 /** A device buffer's address (0 for an empty tensor). */
 export type Ptr = number;
 
+/**
+ * An attention launch: query head h of H reads key / value head floor(h Hkv / H); query row i sees
+ * keys j <= qOffset + i; tensors [B, H, T, d], or [B, T, H, d] when bthd.
+ */
+export interface AttentionShape {
+  H: number;
+  Hkv: number;
+  Tq: number;
+  Tk: number;
+  dk: number;
+  dv: number;
+  qOffset: number;
+  bthd: boolean;
+  scale: number;
+}
+
 /** The functions the addon exports (see src/native/addon.cc and kernels.h for the argument contracts). */
 export interface CudaAddon {
   emulated: boolean;
@@ -51,13 +67,94 @@ export interface CudaAddon {
     act: number,
     alpha: number,
   ): void;
-  binary(a: Ptr, b: Ptr, out: Ptr, n: number, shape: Int32Array, aStrides: Int32Array, bStrides: Int32Array, op: number): void;
+  /** op: BINARY_OP_CODE (comparisons write bool) or the kernels' own 11 maximum, 12 minimum, 13 pow; float32 or int32 operands. */
+  binary(a: Ptr, b: Ptr, out: Ptr, n: number, shape: Int32Array, aStrides: Int32Array, bStrides: Int32Array, op: number, isInt: boolean): void;
+  /** out[offset(i, outStrides)] = x[offset(i, xStrides)] over the index space `shape` (rank <= 6); elements of 4 or 1 bytes. */
+  stridedCopy(x: Ptr, out: Ptr, n: number, shape: Int32Array, xStrides: Int32Array, outStrides: Int32Array, elemBytes: number): void;
+  /** out[i] = cond[i] ? t[i] : e[i] (4-byte elements). */
+  select(cond: Ptr, t: Ptr, e: Ptr, out: Ptr, n: number): void;
+  range(out: Ptr, n: number, start: number, step: number, isInt: boolean): void;
+  /** lse: [B, H, Tq], or null. */
+  attentionForward(q: Ptr, k: Ptr, v: Ptr, out: Ptr, lse: Ptr | null, B: number, shape: AttentionShape): void;
+  attentionBackward(dy: Ptr, q: Ptr, k: Ptr, v: Ptr, out: Ptr, lse: Ptr, dq: Ptr, dk: Ptr, dv: Ptr, B: number, shape: AttentionShape): void;
+  rope(x: Ptr, cos: Ptr, sin: Ptr, out: Ptr, BH: number, H: number, T: number, dh: number, dims: number, inverse: boolean, bthd: boolean): void;
+  moeGluForward(
+    x: Ptr,
+    w1: Ptr,
+    w3: Ptr,
+    w2: Ptr,
+    tok: Ptr,
+    expert: Ptr,
+    weight: Ptr,
+    out: Ptr,
+    hidden: Ptr,
+    T: number,
+    d: number,
+    h: number,
+    E: number,
+    N: number,
+    act: number,
+  ): void;
+  moeGluBackward(
+    dy: Ptr,
+    x: Ptr,
+    w1: Ptr,
+    w3: Ptr,
+    w2: Ptr,
+    tok: Ptr,
+    expert: Ptr,
+    weight: Ptr,
+    hidden: Ptr,
+    dx: Ptr,
+    dw1: Ptr,
+    dw3: Ptr,
+    dw2: Ptr,
+    dweight: Ptr,
+    T: number,
+    d: number,
+    h: number,
+    E: number,
+    N: number,
+    act: number,
+  ): void;
+  /** packed: [w1Codes, w1Scale, w1Zero, w3Codes|null, w3Scale|null, w3Zero|null, w2Codes, w2Scale, w2Zero, bits, group]. */
+  moePackedForward(
+    packed: (Ptr | null)[],
+    x: Ptr,
+    tok: Ptr,
+    expert: Ptr,
+    weight: Ptr,
+    out: Ptr,
+    hidden: Ptr,
+    T: number,
+    d: number,
+    h: number,
+    E: number,
+    N: number,
+    act: number,
+  ): void;
+  moePackedBackward(
+    packed: (Ptr | null)[],
+    dy: Ptr,
+    x: Ptr,
+    tok: Ptr,
+    expert: Ptr,
+    weight: Ptr,
+    hidden: Ptr,
+    dx: Ptr,
+    dweight: Ptr,
+    T: number,
+    d: number,
+    h: number,
+    E: number,
+    N: number,
+    act: number,
+  ): void;
   unary(x: Ptr, out: Ptr, n: number, op: number, alpha: number): void;
   fill(out: Ptr, n: number, value: number): void;
   /** kind: 0 int32 -> float32, 1 float32 -> int32 (truncation), 2 bool -> float32. */
   cast(x: Ptr, out: Ptr, n: number, kind: number): void;
   reduce(x: Ptr, out: Ptr, outer: number, R: number, inner: number, kind: number): void;
-  transpose(x: Ptr, out: Ptr, n: number, outShape: Int32Array, xStridesPermuted: Int32Array, isInt: boolean): void;
   /** Returns the position of the first out-of-range index seen, or -1. */
   gather(x: Ptr, idx: Ptr, out: Ptr, outer: number, dim: number, inner: number, nIdx: number, isInt: boolean): number;
   segmentSum(x: Ptr, ids: Ptr, out: Ptr, n: number, inner: number, numSegments: number): void;

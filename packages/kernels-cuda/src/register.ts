@@ -7,6 +7,7 @@
 import * as tfjs from '@tensorflow/tfjs';
 import { registerFusedGradients, registerMoelabCpuBackend } from '@moelab/kernels-cpu';
 import { MoelabCudaBackend, noteFallback } from './backend.js';
+import { registerAttention } from './kernels/attention.js';
 import { registerElementwise } from './kernels/elementwise.js';
 import type { Args, Ctx, Result, TensorInfo } from './kernels/context.js';
 import { registerFused } from './kernels/fused.js';
@@ -85,20 +86,26 @@ export function registerMoelabCudaBackend(tf: typeof tfjs = tfjs, options: Regis
       noteFallback(name, kernel);
       const be = args.backend as unknown as MoelabCudaBackend;
       const host = tf.findBackend(fallbackName) as tfjs.KernelBackend;
-      const temps: object[] = [];
-      const ins: Record<string, TensorInfo> = {};
-      for (const [key, t] of Object.entries(args.inputs as Record<string, TensorInfo | undefined>)) {
-        if (!t) continue;
+      // A host kernel may return one of its inputs' storage (ExpandDims, Reshape): dispose each id once.
+      const temps = new Set<object>();
+      const toHost = (t: TensorInfo): TensorInfo => {
         const dataId = host.write(be.host(t), t.shape, t.dtype);
-        temps.push(dataId);
-        ins[key] = { dataId, shape: t.shape, dtype: t.dtype };
+        temps.add(dataId);
+        return { dataId, shape: t.shape, dtype: t.dtype };
+      };
+      // AddN, Concat, Pack, ... take their inputs as an array; the others as a record by name.
+      let ins: TensorInfo[] | Record<string, TensorInfo>;
+      if (Array.isArray(args.inputs)) ins = (args.inputs as TensorInfo[]).map(toHost);
+      else {
+        ins = {};
+        for (const [key, t] of Object.entries(args.inputs as Record<string, TensorInfo | undefined>)) if (t) ins[key] = toHost(t);
       }
       try {
         const out = hostFunc({ inputs: ins, backend: host, attrs: args.attrs } as unknown as Args) as Result;
         const list = Array.isArray(out) ? out : [out];
         // readSync before disposing: moelab-cpu then never recycles an array we keep.
         const mine = list.map((o) => be.makeTensorInfo(o.shape, o.dtype, host.readSync(o.dataId)));
-        for (const o of list) temps.push(o.dataId);
+        for (const o of list) temps.add(o.dataId);
         return Array.isArray(out) ? mine : mine[0]!;
       } finally {
         for (const id of temps) host.disposeData(id, true);
@@ -118,7 +125,7 @@ export function registerMoelabCudaBackend(tf: typeof tfjs = tfjs, options: Regis
       if (!CUDA_KERNELS.includes(kernel)) CUDA_KERNELS.push(kernel);
     },
   };
-  for (const family of [registerMatmul, registerElementwise, registerReduce, registerLayout, registerFused]) family(ctx);
+  for (const family of [registerMatmul, registerElementwise, registerReduce, registerLayout, registerAttention, registerFused]) family(ctx);
   registerFusedGradients(tf);
 
   const info = addon.info();

@@ -1,8 +1,9 @@
 import * as tf from '@tensorflow/tfjs';
-import { MOE_PACKED_KERNEL, type MoePackedAttrs, PACKED_BITS, packedGroups, packedRowWords } from '@moelab/core/kernels';
+import { MOE_PACKED_KERNEL, type MoePackedAttrs, PACKED_BITS } from '@moelab/core/kernels';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type MoeActivation, moeGLU, moeMLP } from '../index.js';
 import { maxRelDiff, randArray, rng, runOn, type Spec, status, underTest } from '../testing/helpers.js';
+import { randPackedWeight } from '../testing/random.js';
 import { mlpCases, type MlpCase, topkCase } from '../testing/moe-reference.js';
 
 // The packed and the dense path sum in different orders; natively each step is a fused
@@ -13,39 +14,14 @@ afterAll(async () => {
   await tf.setBackend('cpu');
 });
 
-/** A packed weight [E, din, dout] built bit by bit from random codes, and its dequantized floats. */
-function packedWeight(r: () => number, E: number, din: number, dout: number, bits: number, group: number) {
-  const words = packedRowWords(dout, bits);
-  const G = packedGroups(din, group);
-  const rows = G === 1 ? din : group;
-  const codes = new Int32Array(E * din * words);
-  const scale = Float32Array.from({ length: E * G * dout }, () => 0.05 + 0.2 * r());
-  const zero = Float32Array.from({ length: E * G * dout }, () => (2 ** bits - 1) * r());
-  const dense = new Float32Array(E * din * dout);
-  for (let e = 0; e < E; e++)
-    for (let i = 0; i < din; i++)
-      for (let j = 0; j < dout; j++) {
-        const u = Math.floor(r() * 2 ** bits);
-        for (let b = 0; b < bits; b++) {
-          if (!((u >> b) & 1)) continue;
-          const bit = j * bits + b;
-          const w = (e * din + i) * words + (bit >> 5);
-          codes[w] = (codes[w] ?? 0) | (1 << (bit & 31));
-        }
-        const k = (e * G + Math.floor(i / rows)) * dout + j;
-        dense[(e * din + i) * dout + j] = Math.fround(scale[k]! * (u - zero[k]!));
-      }
-  return { codes, scale, zero, dense, codesShape: [E, din, words], scaleShape: [E, G, dout] };
-}
-
 /** Inputs [x, tok, exp, weight, w1 codes/scale/zero, w3..., w2..., w1, w3, w2 dense] for one case. */
 function packedSpecs(c: MlpCase, seed: number, gated: boolean, bits: number, group: number): { specs: Spec[]; gated: boolean } {
   const r = rng(seed);
   const N = c.tok.length;
-  const w1 = packedWeight(r, c.E, c.d, c.h, bits, group);
-  const w3 = gated ? packedWeight(r, c.E, c.d, c.h, bits, group) : null;
-  const w2 = packedWeight(r, c.E, c.h, c.d, bits, group);
-  const packed = (w: ReturnType<typeof packedWeight> | null): Spec[] =>
+  const w1 = randPackedWeight(r, c.E, c.d, c.h, bits, group);
+  const w3 = gated ? randPackedWeight(r, c.E, c.d, c.h, bits, group) : null;
+  const w2 = randPackedWeight(r, c.E, c.h, c.d, bits, group);
+  const packed = (w: ReturnType<typeof randPackedWeight> | null): Spec[] =>
     w
       ? [
           { shape: w.codesShape, data: w.codes },

@@ -1,6 +1,9 @@
 /** Test helpers: run the same computation on `cpu` and `moelab-cpu` and compare (not shipped in dist). */
 import * as tf from '@tensorflow/tfjs';
 import { type MoelabCpuStatus, registerMoelabCpuBackend } from '../index.js';
+import { maxRelDiff } from './random.js';
+
+export { maxRelDiff, randArray, randInts, rng } from './random.js';
 
 /**
  * Another backend that runs these kernels and these tests (kernels-wasm's suite sets it before it
@@ -13,30 +16,6 @@ export const underTest = other?.name ?? 'moelab-cpu';
 export const status = other?.status ?? cpuStatus;
 // Makes the engine check every kernel for leaked data ids (docs/engine.md#traps).
 tf.env().set('IS_TEST', true);
-
-/** Deterministic PRNG (mulberry32) so a failing case can be reproduced. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-export function randArray(r: () => number, n: number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = (r() * 2 - 1) * scale;
-  return out;
-}
-
-export function randInts(r: () => number, n: number, limit: number): Int32Array {
-  const out = new Int32Array(n);
-  for (let i = 0; i < n; i++) out[i] = Math.floor(r() * limit);
-  return out;
-}
 
 export interface Spec {
   shape: number[];
@@ -57,17 +36,6 @@ export async function runOn(
     const list = Array.isArray(out) ? out : [out];
     return list.map((t) => ({ shape: t.shape.slice(), dtype: t.dtype, data: t.dataSync() as Float32Array | Int32Array }));
   });
-}
-
-/** Largest |a-b| / (1 + |b|) over the elements. */
-export function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) return Number.POSITIVE_INFINITY;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]) / (1 + Math.abs(b[i]));
-    if (!(d <= m)) m = Number.isNaN(d) ? Number.POSITIVE_INFINITY : d;
-  }
-  return m;
 }
 
 /** Run on both backends; assert identical shapes/dtypes and values within `tol`. Returns the worst difference. */

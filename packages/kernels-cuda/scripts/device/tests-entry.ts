@@ -9,6 +9,8 @@ import * as tf from '@tensorflow/tfjs';
 import { moeMLP } from '@moelab/kernels-cpu';
 import { describe, expect, it, runAll } from 'vitest';
 import '../../src/kernels.test.ts';
+import '../../src/kernels/attention.test.ts';
+import '../../src/kernels/data.test.ts';
 import '../../src/kernels/fused.test.ts';
 import { deviceMemory } from '../../src/register.js';
 import { NAME, onDevice, status } from '../../src/testing/helpers.js';

@@ -55,6 +55,7 @@ export function expect(actual, message = '') {
     toBeDefined: () => actual !== undefined || fail('to be defined'),
     toBeNull: () => actual === null || fail('to be null'),
     toBeGreaterThan: (v) => actual > v || fail(`to be greater than ${v}`),
+    toBeCloseTo: (v, digits = 2) => Math.abs(actual - v) < 10 ** -digits / 2 || fail(`to be close to ${v} (${digits} digits)`),
     toMatch: (re) => (typeof re === 'string' ? actual.includes(re) : re.test(actual)) || fail(`to match ${re}`),
     toContain: (v) => actual.includes(v) || fail(`to contain ${show(v)}`),
     toThrow: (re) => {

@@ -1,15 +1,25 @@
 import * as tf from '@tensorflow/tfjs';
-import { ADAMW_KERNEL, LAYER_NORM_KERNEL, type MoeActivation } from '@moelab/core/kernels';
-import { moeLinear, moeMLP } from '@moelab/kernels-cpu';
+import { ADAMW_KERNEL, LAYER_NORM_KERNEL, MOE_PACKED_KERNEL, type MoeActivation } from '@moelab/core/kernels';
+import { moeGLU, moeLinear, moeMLP } from '@moelab/kernels-cpu';
+import { randPackedWeight } from '@moelab/kernels-cpu/testing/random';
 import { describe, expect, it } from 'vitest';
 import { fallbackCounts, resetFallbackCounts } from '../backend.js';
 import { compare, gemmTol, NAME, randArray, randInts, rng, skipReason, status } from '../testing/helpers.js';
 
-// The plain-tfjs definition of the fused MoE MLP (runs on cpu, which has no fused kernel).
-function moeReference(x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, tok: tf.Tensor, exp: tf.Tensor, weight: tf.Tensor, act: MoeActivation): tf.Tensor {
+// The plain-tfjs definition of the fused MoE MLP, or GLU with w3 (runs on cpu, which has no fused kernel).
+function moeReference(
+  x: tf.Tensor,
+  w1: tf.Tensor,
+  w2: tf.Tensor,
+  tok: tf.Tensor,
+  exp: tf.Tensor,
+  weight: tf.Tensor,
+  act: MoeActivation,
+  w3?: tf.Tensor,
+): tf.Tensor {
   const xs = tf.gather(x, tok).expandDims(1);
   const pre = tf.matMul(xs, tf.gather(w1, exp)).squeeze([1]);
-  const a =
+  let a =
     act === 'relu'
       ? pre.relu()
       : act === 'gelu'
@@ -19,6 +29,7 @@ function moeReference(x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, tok: tf.Tensor
           : act === 'relu2'
             ? pre.relu().square()
             : pre;
+  if (w3) a = a.mul(tf.matMul(xs, tf.gather(w3, exp)).squeeze([1]));
   const y = tf.matMul(a.expandDims(1), tf.gather(w2, exp)).squeeze([1]).mul(weight.expandDims(1));
   return tf.unsortedSegmentSum(y, tok as tf.Tensor1D, x.shape[0]!);
 }
@@ -88,6 +99,110 @@ describe.skipIf(!status.available)(`fused kernels on ${NAME} vs the op-by-op ref
         await compare(specs, ref as never, gemmTol, fused as never);
         expect(Object.keys(fallbackCounts(NAME)).filter((k) => k.startsWith('MoelabMoe'))).toEqual([]);
       }
+    });
+  }
+
+  for (const [label, c] of [cases[0]!, cases[1]!, cases[3]!]) {
+    it(`MoelabMoeGLU forward and gradients: ${label}`, async () => {
+      for (const act of ['silu', 'gelu', 'relu'] as MoeActivation[]) {
+        const r = rng(c.T * 17 + c.h);
+        const specs = [...specsOf(c, c.T * 13 + c.d), { shape: [c.E, c.d, c.h], data: randArray(r, c.E * c.d * c.h, 0.5) }];
+        const run =
+          (f: (x: tf.Tensor, w1: tf.Tensor, w3: tf.Tensor, w2: tf.Tensor, weight: tf.Tensor, tok: tf.Tensor, exp: tf.Tensor) => tf.Tensor) =>
+          (x: tf.Tensor, w1: tf.Tensor, w2: tf.Tensor, tok: tf.Tensor, exp: tf.Tensor, weight: tf.Tensor, probe: tf.Tensor, w3: tf.Tensor) => [
+            f(x, w1, w3, w2, weight, tok, exp),
+            ...tf.grads((x: tf.Tensor, w1: tf.Tensor, w3: tf.Tensor, w2: tf.Tensor, weight: tf.Tensor) => f(x, w1, w3, w2, weight, tok, exp).mul(probe).sum())([
+              x,
+              w1,
+              w3,
+              w2,
+              weight,
+            ]),
+          ];
+        const ref = run((x, w1, w3, w2, weight, tok, exp) => moeReference(x, w1, w2, tok, exp, weight, act, w3));
+        const fused = run((x, w1, w3, w2, weight, tok, exp) =>
+          moeGLU(
+            x as tf.Tensor2D,
+            w1 as tf.Tensor3D,
+            w3 as tf.Tensor3D,
+            w2 as tf.Tensor3D,
+            tok as tf.Tensor1D,
+            exp as tf.Tensor1D,
+            weight as tf.Tensor1D,
+            act,
+            tf,
+          ),
+        );
+        resetFallbackCounts(NAME);
+        await compare(specs, ref as never, gemmTol, fused as never);
+        expect(fallbackCounts(NAME)).toEqual({});
+      }
+    });
+  }
+
+  for (const [bits, group, gated] of [
+    [4, 0, false],
+    [3, 4, true],
+    [2, 3, false],
+    [8, 5, true],
+  ] as const) {
+    it(`MoelabMoePacked forward and gradients (x, weight): ${bits}-bit codes, group ${group}, ${gated ? 'GLU' : 'MLP'}`, async () => {
+      const r = rng(bits * 10 + group);
+      const [T, d, h, E] = [7, 9, 11, 4];
+      const { tok, exp } = routed(r, T, 2, [0, 1, 3]);
+      const N = tok.length;
+      // Each as [codes, scale, zero, dequantized floats].
+      const specsOfPacked = (w: ReturnType<typeof randPackedWeight>) => [
+        { shape: w.codesShape, data: w.codes },
+        { shape: w.scaleShape, data: w.scale },
+        { shape: w.scaleShape, data: w.zero },
+        { shape: [w.codesShape[0]!, w.codesShape[1]!, w.scaleShape[2]!], data: w.dense },
+      ];
+      const w1 = specsOfPacked(randPackedWeight(r, E, d, h, bits, group));
+      const w3 = specsOfPacked(randPackedWeight(r, E, d, h, bits, group));
+      const w2 = specsOfPacked(randPackedWeight(r, E, h, d, bits, group));
+      const empty = { shape: [0], data: new Float32Array(0) };
+      const emptyInt = { shape: [0], data: new Int32Array(0) };
+      const specs = [
+        { shape: [T, d], data: randArray(r, T * d) },
+        { shape: [N], data: tok },
+        { shape: [N], data: exp },
+        { shape: [N], data: randArray(r, N) },
+        { shape: [T, d], data: randArray(r, T * d) },
+        w1[3]!,
+        gated ? w3[3]! : empty,
+        w2[3]!,
+        ...w1.slice(0, 3),
+        ...(gated ? w3.slice(0, 3) : [emptyInt, empty, empty]),
+        ...w2.slice(0, 3),
+      ];
+      const act: MoeActivation = 'silu';
+      type F = (x: tf.Tensor, weight: tf.Tensor, ...rest: tf.Tensor[]) => tf.Tensor;
+      const run =
+        (f: F) =>
+        (x: tf.Tensor, tok: tf.Tensor, exp: tf.Tensor, weight: tf.Tensor, probe: tf.Tensor, ...rest: tf.Tensor[]) => [
+          f(x, weight, tok, exp, ...rest),
+          ...tf.grads((x: tf.Tensor, weight: tf.Tensor) =>
+            f(x, weight, tok, exp, ...rest)
+              .mul(probe)
+              .sum(),
+          )([x, weight]),
+        ];
+      const ref = run((x, weight, tok, exp, w1f, w3f, w2f) => moeReference(x, w1f!, w2f!, tok!, exp!, weight, act, gated ? w3f : undefined));
+      const fused = run((x, weight, tok, exp, _w1f, _w3f, _w2f, w1Codes, w1Scale, w1Zero, w3Codes, w3Scale, w3Zero, w2Codes, w2Scale, w2Zero) => {
+        const [out, hidden] = tf
+          .engine()
+          .runKernel(
+            MOE_PACKED_KERNEL,
+            { x, w1Codes, w1Scale, w1Zero, w3Codes, w3Scale, w3Zero, w2Codes, w2Scale, w2Zero, tokenIndex: tok, expertIndex: exp, weight } as tf.NamedTensorMap,
+            { activation: act, bits, group },
+          ) as tf.Tensor[];
+        hidden!.dispose();
+        return out!;
+      });
+      resetFallbackCounts(NAME);
+      await compare(specs as never, ref as never, 1e-4, fused as never);
+      expect(fallbackCounts(NAME)).toEqual({});
     });
   }
 

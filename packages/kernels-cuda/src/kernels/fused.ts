@@ -2,12 +2,16 @@
  * The fused kernels of core's contract (@moelab/core/kernels) that run on CUDA:
  *
  *   MoelabMoeMLP:     out[t] = sum_{n: tokenIndex[n]=t} weight[n] act(x[t] w1[e_n]) w2[e_n]
+ *   MoelabMoeGLU:     out[t] = sum_{n: tokenIndex[n]=t} weight[n] (act(x[t] w1[e_n]) * x[t] w3[e_n]) w2[e_n]   (arXiv:2002.05202)
+ *   MoelabMoePacked:  the MLP / GLU experts on weight-only quantized weights, W[e,i,j] =
+ *                     scale[e, i/group, j] (u[e,i,j] - zero[e, i/group, j]), dequantized as the
+ *                     expert GEMMs load their tiles (the backward gives dx and dweight: frozen weights)
  *   MoelabMoeLinear:  out[outRow[n]] += weight[n] x[inRow[n]] w[e_n]
  *   MoelabLayerNorm:  y = (x - mean) rstd gamma + beta
  *   MoelabAdamW:      m' = b1 m + (1-b1) g, v' = b2 v + (1-b2) g^2, p' = p - lr (m'/bc1)/(sqrt(v'/bc2)+eps) - lr wd p
  *
  * and their backward kernels. MoeMLP's `hidden` output is each assignment's pre-activation x w1 in
- * assignment order (moelab-cpu keeps its own order: the pair forward / backward always runs on the
+ * assignment order (GLU and gated packed experts: [x w1 | x w3]) (moelab-cpu keeps its own order: the pair forward / backward always runs on the
  * same backend). The gradients are the contract's, registered once for every backend
  * (@moelab/kernels-cpu's registerFusedGradients).
  */
@@ -19,8 +23,15 @@ import {
   MOE_LINEAR_GRAD_KERNEL,
   MOE_LINEAR_KERNEL,
   MOE_MLP_GRAD_KERNEL,
+  MOE_GLU_GRAD_KERNEL,
+  MOE_GLU_KERNEL,
   MOE_MLP_KERNEL,
+  MOE_PACKED_GRAD_KERNEL,
+  MOE_PACKED_KERNEL,
+  PACKED_BITS,
   isMoeActivation,
+  packedGroups,
+  packedRowWords,
 } from '@moelab/core/kernels';
 import { type Args, backendOf, type Ctx, expectDtype, expectShape, inputs, prod, type TensorInfo } from './context.js';
 
@@ -30,8 +41,8 @@ function activationCode(kernel: string, a: unknown): number {
   return MOE_ACTIVATION_CODE[a];
 }
 
-function mlpShapes(kernel: string, ins: Record<string, TensorInfo>) {
-  expectDtype(kernel, ins, ['x', 'w1', 'w2', 'weight']);
+function mlpShapes(kernel: string, ins: Record<string, TensorInfo>, gated = false) {
+  expectDtype(kernel, ins, gated ? ['x', 'w1', 'w3', 'w2', 'weight'] : ['x', 'w1', 'w2', 'weight']);
   expectDtype(kernel, ins, ['tokenIndex', 'expertIndex'], 'int32');
   const { x, w1 } = ins;
   if (x!.shape.length !== 2 || w1!.shape.length !== 3) throw new Error(`${kernel}: x must be [T,d] and w1 [E,d,h]`);
@@ -39,9 +50,36 @@ function mlpShapes(kernel: string, ins: Record<string, TensorInfo>) {
   const [E, , h] = w1!.shape as [number, number, number];
   const N = prod(ins.tokenIndex!.shape);
   expectShape(kernel, 'w1', w1!, [E, d, h]);
+  if (gated) expectShape(kernel, 'w3', ins.w3!, [E, d, h]);
   expectShape(kernel, 'w2', ins.w2!, [E, h, d]);
   for (const n of ['tokenIndex', 'expertIndex', 'weight']) expectShape(kernel, n, ins[n]!, [N]);
   return { T, d, h, E, N };
+}
+
+/** Checks a packed kernel's inputs and attrs (ungated experts pass empty w3 tensors). */
+function packedShapes(kernel: string, ins: Record<string, TensorInfo>, attrs: Args['attrs']) {
+  const bits = Number(attrs?.bits);
+  const group = Number(attrs?.group ?? 0);
+  if (!(PACKED_BITS as readonly number[]).includes(bits))
+    throw new Error(`${kernel}: attr bits must be one of ${PACKED_BITS.join(', ')}, got ${String(attrs?.bits)}`);
+  if (!Number.isInteger(group) || group < 0) throw new Error(`${kernel}: attr group must be a non-negative integer, got ${String(attrs?.group)}`);
+  const gated = ins.w3Codes !== undefined && prod(ins.w3Codes.shape) > 0;
+  const present = (['w1', 'w3', 'w2'] as const).filter((w) => w !== 'w3' || gated);
+  expectDtype(kernel, ins, ['x', 'weight', ...present.flatMap((w) => [`${w}Scale`, `${w}Zero`])]);
+  expectDtype(kernel, ins, ['tokenIndex', 'expertIndex', ...present.map((w) => `${w}Codes`)], 'int32');
+  const { x, w1Scale } = ins;
+  if (x!.shape.length !== 2 || w1Scale!.shape.length !== 3) throw new Error(`${kernel}: x must be [T,d] and w1Scale [E,G,h]`);
+  const [T, d] = x!.shape as [number, number];
+  const [E, , h] = w1Scale!.shape as [number, number, number];
+  const N = prod(ins.tokenIndex!.shape);
+  for (const w of present) {
+    const [din, dout] = w === 'w2' ? [h, d] : [d, h];
+    expectShape(kernel, `${w}Codes`, ins[`${w}Codes`]!, [E, din, packedRowWords(dout, bits)]);
+    expectShape(kernel, `${w}Scale`, ins[`${w}Scale`]!, [E, packedGroups(din, group), dout]);
+    expectShape(kernel, `${w}Zero`, ins[`${w}Zero`]!, [E, packedGroups(din, group), dout]);
+  }
+  for (const n of ['tokenIndex', 'expertIndex', 'weight']) expectShape(kernel, n, ins[n]!, [N]);
+  return { T, d, h, E, N, bits, group, gated };
 }
 
 function linearShapes(kernel: string, ins: Record<string, TensorInfo>, outRows: number) {
@@ -112,6 +150,137 @@ export function registerFused({ native, add }: Ctx): void {
       throw e;
     }
     return outs.map((o) => o.info);
+  });
+
+  // Runs `launch` with fresh outputs of `shapes`, disposing them when it throws (a bad index).
+  const withOutputs = (args: Args, shapes: number[][], launch: (ptrs: number[]) => void): TensorInfo[] => {
+    const be = backendOf(args);
+    const outs = shapes.map((s) => be.makeOutput(s, 'float32'));
+    try {
+      launch(outs.map((o) => o.ptr));
+    } catch (e) {
+      for (const o of outs) be.disposeData(o.info.dataId, true);
+      throw e;
+    }
+    return outs.map((o) => o.info);
+  };
+
+  add(MOE_GLU_KERNEL, (args: Args) => {
+    const ins = inputs(args);
+    const act = activationCode(MOE_GLU_KERNEL, args.attrs?.activation);
+    const { T, d, h, E, N } = mlpShapes(MOE_GLU_KERNEL, ins, true);
+    const p = (n: string) => backendOf(args).dev(ins[n]!);
+    return withOutputs(
+      args,
+      [
+        [T, d],
+        [N, 2 * h],
+      ],
+      ([out, hidden]) =>
+        native.moeGluForward(p('x'), p('w1'), p('w3'), p('w2'), p('tokenIndex'), p('expertIndex'), p('weight'), out!, hidden!, T, d, h, E, N, act),
+    );
+  });
+
+  add(MOE_GLU_GRAD_KERNEL, (args: Args) => {
+    const ins = inputs(args);
+    const act = activationCode(MOE_GLU_GRAD_KERNEL, args.attrs?.activation);
+    const { T, d, h, E, N } = mlpShapes(MOE_GLU_GRAD_KERNEL, ins, true);
+    expectShape(MOE_GLU_GRAD_KERNEL, 'dy', ins.dy!, [T, d]);
+    expectShape(MOE_GLU_GRAD_KERNEL, 'hidden', ins.hidden!, [N, 2 * h]);
+    const p = (n: string) => backendOf(args).dev(ins[n]!);
+    return withOutputs(args, [[T, d], [E, d, h], [E, d, h], [E, h, d], [N]], ([dx, dw1, dw3, dw2, dweight]) =>
+      native.moeGluBackward(
+        p('dy'),
+        p('x'),
+        p('w1'),
+        p('w3'),
+        p('w2'),
+        p('tokenIndex'),
+        p('expertIndex'),
+        p('weight'),
+        p('hidden'),
+        dx!,
+        dw1!,
+        dw3!,
+        dw2!,
+        dweight!,
+        T,
+        d,
+        h,
+        E,
+        N,
+        act,
+      ),
+    );
+  });
+
+  // The packed weights in the addon's order (w3's null for ungated experts), then bits and group.
+  const packedArgs = (args: Args, gated: boolean, bits: number, group: number): (number | null)[] => {
+    const ins = inputs(args);
+    const be = backendOf(args);
+    const list: (number | null)[] = [];
+    for (const w of ['w1', 'w3', 'w2']) {
+      for (const part of ['Codes', 'Scale', 'Zero']) list.push(w === 'w3' && !gated ? null : be.dev(ins[`${w}${part}`]!));
+    }
+    return [...list, bits, group];
+  };
+
+  add(MOE_PACKED_KERNEL, (args: Args) => {
+    const ins = inputs(args);
+    const act = activationCode(MOE_PACKED_KERNEL, args.attrs?.activation);
+    const { T, d, h, E, N, bits, group, gated } = packedShapes(MOE_PACKED_KERNEL, ins, args.attrs);
+    const p = (n: string) => backendOf(args).dev(ins[n]!);
+    return withOutputs(
+      args,
+      [
+        [T, d],
+        [N, gated ? 2 * h : h],
+      ],
+      ([out, hidden]) =>
+        native.moePackedForward(
+          packedArgs(args, gated, bits, group),
+          p('x'),
+          p('tokenIndex'),
+          p('expertIndex'),
+          p('weight'),
+          out!,
+          hidden!,
+          T,
+          d,
+          h,
+          E,
+          N,
+          act,
+        ),
+    );
+  });
+
+  add(MOE_PACKED_GRAD_KERNEL, (args: Args) => {
+    const ins = inputs(args);
+    const act = activationCode(MOE_PACKED_GRAD_KERNEL, args.attrs?.activation);
+    const { T, d, h, E, N, bits, group, gated } = packedShapes(MOE_PACKED_GRAD_KERNEL, ins, args.attrs);
+    expectShape(MOE_PACKED_GRAD_KERNEL, 'dy', ins.dy!, [T, d]);
+    expectShape(MOE_PACKED_GRAD_KERNEL, 'hidden', ins.hidden!, [N, gated ? 2 * h : h]);
+    const p = (n: string) => backendOf(args).dev(ins[n]!);
+    return withOutputs(args, [[T, d], [N]], ([dx, dweight]) =>
+      native.moePackedBackward(
+        packedArgs(args, gated, bits, group),
+        p('dy'),
+        p('x'),
+        p('tokenIndex'),
+        p('expertIndex'),
+        p('weight'),
+        p('hidden'),
+        dx!,
+        dweight!,
+        T,
+        d,
+        h,
+        E,
+        N,
+        act,
+      ),
+    );
   });
 
   add(MOE_LINEAR_KERNEL, (args: Args) => {

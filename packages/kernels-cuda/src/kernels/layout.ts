@@ -1,21 +1,170 @@
 /**
- * Data movement: Transpose (rank <= 6, float32 and int32), GatherV2 (batchDims 0; an index outside
- * the axis throws, as on tfjs-cpu), UnsortedSegmentSum (segment ids over the first axis, atomics),
+ * Data movement: Transpose, Slice, Concat, SplitV, Pack, Unpack and PadV2 (rank <= 6; float32,
+ * int32 and bool) as one strided device copy each, GatherV2 (batchDims 0; an index outside the
+ * axis throws, as on tfjs-cpu), UnsortedSegmentSum (segment ids over the first axis, atomics),
  * Softmax over the last axis and TopK (value descending, lower index first on ties).
  */
-import { backendOf, type Ctx, inputs, prod, stridesOf } from './context.js';
+import type { CudaAddon, Ptr } from '../native.js';
+import { type Args, backendOf, type Ctx, inputs, prod, stridesOf, type TensorInfo } from './context.js';
+
+/** Bytes per element on the device (0: the dtype stays on the host). */
+const elemBytes = (dtype: string): number => (dtype === 'bool' ? 1 : dtype === 'float32' || dtype === 'int32' ? 4 : 0);
+const MAX_RANK = 6;
+
+/**
+ * out[outOffset + sum_d i_d outStrides_d] = x[xOffset + sum_d i_d xStrides_d] for every index i of
+ * `shape` (offsets and strides in elements).
+ */
+export function stridedCopy(
+  native: CudaAddon,
+  x: Ptr,
+  xOffset: number,
+  out: Ptr,
+  outOffset: number,
+  shape: readonly number[],
+  xStrides: readonly number[],
+  outStrides: readonly number[],
+  bytes: number,
+): void {
+  const n = prod(shape);
+  if (n === 0) return;
+  native.stridedCopy(x + xOffset * bytes, out + outOffset * bytes, n, Int32Array.from(shape), Int32Array.from(xStrides), Int32Array.from(outStrides), bytes);
+}
 
 export function registerLayout({ tf, native, fallback, add }: Ctx): void {
+  /** Whether every tensor can be copied on the device. */
+  const copyable = (ts: TensorInfo[], rank: number) => rank <= MAX_RANK && ts.every((t) => elemBytes(t.dtype) > 0 && t.dtype === ts[0]!.dtype);
+
   add('Transpose', (args) => {
     const { x } = inputs(args);
     const { perm } = args.attrs as { perm: number[] };
-    if ((x.dtype !== 'float32' && x.dtype !== 'int32') || x.shape.length > 6) return fallback('Transpose')(args);
+    if (!copyable([x], x.shape.length)) return fallback('Transpose')(args);
     const shape = perm.map((p) => x.shape[p]!);
     const xs = stridesOf(x.shape);
     const backend = backendOf(args);
     const out = backend.makeOutput(shape, x.dtype);
-    const n = prod(shape);
-    if (n > 0) native.transpose(backend.dev(x), out.ptr, n, Int32Array.from(shape), Int32Array.from(perm.map((p) => xs[p]!)), x.dtype === 'int32');
+    stridedCopy(
+      native,
+      backend.dev(x),
+      0,
+      out.ptr,
+      0,
+      shape,
+      perm.map((p) => xs[p]!),
+      stridesOf(shape),
+      elemBytes(x.dtype),
+    );
+    return out.info;
+  });
+
+  // A window [begin, begin + size) of x into a fresh tensor.
+  const window = (args: Args, x: TensorInfo, begin: number[], size: number[]): TensorInfo => {
+    const backend = backendOf(args);
+    const xs = stridesOf(x.shape);
+    const out = backend.makeOutput(size, x.dtype);
+    const offset = begin.reduce((acc, b, i) => acc + b * xs[i]!, 0);
+    if (prod(size) > 0) stridedCopy(native, backend.dev(x), offset, out.ptr, 0, size, xs, stridesOf(size), elemBytes(x.dtype));
+    return out.info;
+  };
+
+  add('Slice', (args) => {
+    const { x } = inputs(args);
+    const { begin, size } = args.attrs as { begin: number | number[]; size: number | number[] };
+    if (!copyable([x], x.shape.length)) return fallback('Slice')(args);
+    const [b, s] = tf.slice_util.parseSliceParams(x as never, begin, size);
+    tf.slice_util.assertParamsValid(x as never, b, s);
+    return window(args, x, b, s);
+  });
+
+  add('SplitV', (args) => {
+    const { x } = inputs(args);
+    const { numOrSizeSplits, axis } = args.attrs as { numOrSizeSplits: number | number[]; axis: number };
+    if (!copyable([x], x.shape.length)) return fallback('SplitV')(args);
+    const ax = tf.util.parseAxisParam(axis, x.shape)[0]!;
+    const sizes = tf.backend_util.prepareSplitSize(x as never, numOrSizeSplits, ax);
+    const begin = x.shape.map(() => 0);
+    return sizes.map((s) => {
+      const size = x.shape.slice();
+      size[ax] = s;
+      const t = window(args, x, begin.slice(), size);
+      begin[ax]! += s;
+      return t;
+    });
+  });
+
+  add('Unpack', (args) => {
+    const { value } = inputs(args);
+    const { axis } = args.attrs as { axis: number };
+    if (!copyable([value], value.shape.length)) return fallback('Unpack')(args);
+    const ax = axis < 0 ? axis + value.shape.length : axis;
+    const size = value.shape.slice();
+    size[ax] = 1;
+    const outShape = value.shape.filter((_, i) => i !== ax);
+    return Array.from({ length: value.shape[ax]! }, (_, i) => {
+      const begin = value.shape.map((_, d) => (d === ax ? i : 0));
+      const t = window(args, value, begin, size);
+      return { ...t, shape: outShape };
+    });
+  });
+
+  // Each input into its place along `axis` of the output (Concat), or at index i of a new axis (Pack).
+  const place = (args: Args, ts: TensorInfo[], outShape: number[], axis: number, stacked: boolean): TensorInfo => {
+    const backend = backendOf(args);
+    const out = backend.makeOutput(outShape, ts[0]!.dtype);
+    const os = stridesOf(outShape);
+    const placeStrides = stacked ? os.filter((_, d) => d !== axis) : os;
+    let at = 0;
+    for (const t of ts) {
+      if (prod(t.shape) > 0) stridedCopy(native, backend.dev(t), 0, out.ptr, at * os[axis]!, t.shape, stridesOf(t.shape), placeStrides, elemBytes(t.dtype));
+      at += stacked ? 1 : t.shape[axis]!;
+    }
+    return out.info;
+  };
+
+  add('Concat', (args) => {
+    const ts = args.inputs as unknown as TensorInfo[];
+    const { axis } = args.attrs as { axis: number };
+    if (ts.length === 0 || !copyable(ts, ts[0]!.shape.length)) return fallback('Concat')(args);
+    const ax = tf.util.parseAxisParam(axis, ts[0]!.shape)[0]!;
+    tf.backend_util.assertParamsConsistent(
+      ts.map((t) => t.shape),
+      ax,
+    );
+    const outShape = tf.backend_util.computeOutShape(
+      ts.map((t) => t.shape),
+      ax,
+    );
+    return place(args, ts, outShape, ax, false);
+  });
+
+  add('Pack', (args) => {
+    const ts = args.inputs as unknown as TensorInfo[];
+    const { axis } = args.attrs as { axis: number };
+    if (ts.length === 0 || !copyable(ts, ts[0]!.shape.length + 1)) return fallback('Pack')(args);
+    const shape = ts[0]!.shape;
+    for (const t of ts) {
+      if (t.shape.length !== shape.length || t.shape.some((s, i) => s !== shape[i]))
+        throw new Error(`Pack: all tensors passed to stack must have matching shapes, got [${t.shape}] and [${shape}]`);
+    }
+    const ax = axis < 0 ? axis + shape.length + 1 : axis;
+    const outShape = [...shape.slice(0, ax), ts.length, ...shape.slice(ax)];
+    return place(args, ts, outShape, ax, true);
+  });
+
+  add('PadV2', (args) => {
+    const { x } = inputs(args);
+    const { paddings, constantValue } = args.attrs as { paddings: [number, number][]; constantValue: number };
+    if ((x.dtype !== 'float32' && x.dtype !== 'int32') || x.shape.length > MAX_RANK) return fallback('PadV2')(args);
+    const outShape = x.shape.map((s, i) => paddings[i]![0] + s + paddings[i]![1]);
+    const backend = backendOf(args);
+    const out = backend.makeOutput(outShape, x.dtype);
+    const n = prod(outShape);
+    if (n === 0) return out.info;
+    if (x.dtype === 'float32') native.fill(out.ptr, n, constantValue);
+    else native.range(out.ptr, n, constantValue, 0, true);
+    const os = stridesOf(outShape);
+    const offset = paddings.reduce((acc, [before], i) => acc + before * os[i]!, 0);
+    if (prod(x.shape) > 0) stridedCopy(native, backend.dev(x), 0, out.ptr, offset, x.shape, stridesOf(x.shape), os, 4);
     return out.info;
   });
 

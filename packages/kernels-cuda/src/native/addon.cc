@@ -135,10 +135,54 @@ void Gemm(const Napi::CallbackInfo& info) {
             ptr(info, 8), num(info, 9), ptr(info, 10), ptr(info, 11), num(info, 12), static_cast<float>(dbl(info, 13)));
   GUARD_END
 }
-// binary(a, b, out, n, shape, aStrides, bStrides, op)
+// binary(a, b, out, n, shape, aStrides, bStrides, op, isInt)
 void Binary(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  mlc::binary(ptr(info, 0), ptr(info, 1), ptr(info, 2), num(info, 3), strides(info, 4, 5, 6), num(info, 7));
+  mlc::binary_op(ptr<void>(info, 0), ptr<void>(info, 1), ptr<void>(info, 2), num(info, 3), strides(info, 4, 5, 6), num(info, 7), flag(info, 8));
+  GUARD_END
+}
+// stridedCopy(x, out, n, shape, xStrides, outStrides, elemBytes)
+void StridedCopy(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  mlc::strided_copy(ptr<void>(info, 0), ptr<void>(info, 1), num(info, 2), strides(info, 3, 4, 5), num(info, 6));
+  GUARD_END
+}
+// select(cond, t, e, out, n)
+void Select(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  mlc::select(ptr<uint8_t>(info, 0), ptr<void>(info, 1), ptr<void>(info, 2), ptr<void>(info, 3), num(info, 4));
+  GUARD_END
+}
+// range(out, n, start, step, isInt)
+void Range(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  mlc::range(ptr<void>(info, 0), num(info, 1), dbl(info, 2), dbl(info, 3), flag(info, 4));
+  GUARD_END
+}
+mlc::AttentionShape attention_shape(const Napi::CallbackInfo& info, size_t at) {
+  auto o = info[at].As<Napi::Object>();
+  auto i = [&](const char* k) { return o.Get(k).As<Napi::Number>().Int32Value(); };
+  return mlc::AttentionShape{i("H"), i("Hkv"), i("Tq"), i("Tk"), i("dk"), i("dv"), i("qOffset"), o.Get("bthd").ToBoolean().Value(),
+                             static_cast<float>(o.Get("scale").As<Napi::Number>().DoubleValue())};
+}
+// attentionForward(q, k, v, out, lse|null, B, shape)
+void AttentionForward(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  mlc::attention_forward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), num(info, 5), attention_shape(info, 6));
+  GUARD_END
+}
+// attentionBackward(dy, q, k, v, out, lse, dq, dk, dv, B, shape)
+void AttentionBackward(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  mlc::attention_backward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), ptr(info, 5), ptr(info, 6), ptr(info, 7),
+                          ptr(info, 8), num(info, 9), attention_shape(info, 10));
+  GUARD_END
+}
+// rope(x, cos, sin, out, BH, H, T, dh, dims, inverse, bthd)
+void Rope(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  mlc::rope(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), num(info, 4), num(info, 5), num(info, 6), num(info, 7), num(info, 8),
+            flag(info, 9), flag(info, 10));
   GUARD_END
 }
 // unary(x, out, n, op, alpha)
@@ -166,14 +210,6 @@ void Cast(const Napi::CallbackInfo& info) {
 void Reduce(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
   mlc::reduce(ptr(info, 0), ptr(info, 1), num(info, 2), num(info, 3), num(info, 4), num(info, 5));
-  GUARD_END
-}
-// transpose(x, out, n, outShape, xStridesPermuted, isInt)
-void Transpose(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  const Strides6 s = strides(info, 3, 4, 0);
-  if (flag(info, 5)) mlc::transpose_int(ptr<int>(info, 0), ptr<int>(info, 1), num(info, 2), s);
-  else mlc::transpose(ptr(info, 0), ptr(info, 1), num(info, 2), s);
   GUARD_END
 }
 // gather(x, idx, out, outer, dim, inner, nIdx, isInt) -> first bad index position or -1
@@ -238,6 +274,51 @@ void MoeMlpBackward(const Napi::CallbackInfo& info) {
                                              num(info, 12), num(info, 13), num(info, 14), num(info, 15), num(info, 16), num(info, 17)));
   GUARD_END
 }
+// moeGluForward(x, w1, w3, w2, tok, expert, weight, out, hidden, T, d, h, E, N, act)
+void MoeGluForward(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  throw_if(info.Env(), mlc::moe_glu_forward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr<int>(info, 4), ptr<int>(info, 5),
+                                            ptr(info, 6), ptr(info, 7), ptr(info, 8), num(info, 9), num(info, 10), num(info, 11),
+                                            num(info, 12), num(info, 13), num(info, 14)));
+  GUARD_END
+}
+// moeGluBackward(dy, x, w1, w3, w2, tok, expert, weight, hidden, dx, dw1, dw3, dw2, dweight, T, d, h, E, N, act)
+void MoeGluBackward(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  throw_if(info.Env(), mlc::moe_glu_backward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), ptr<int>(info, 5),
+                                             ptr<int>(info, 6), ptr(info, 7), ptr(info, 8), ptr(info, 9), ptr(info, 10), ptr(info, 11),
+                                             ptr(info, 12), ptr(info, 13), num(info, 14), num(info, 15), num(info, 16), num(info, 17),
+                                             num(info, 18), num(info, 19)));
+  GUARD_END
+}
+// The packed weights argument: [w1Codes, w1Scale, w1Zero, w3Codes|null, w3Scale|null, w3Zero|null, w2Codes, w2Scale, w2Zero, bits, group].
+mlc::PackedExperts packed_experts(const Napi::CallbackInfo& info, size_t at) {
+  auto a = info[at].As<Napi::Array>();
+  auto p = [&](uint32_t i) -> uintptr_t {
+    Napi::Value v = a.Get(i);
+    return v.IsNull() || v.IsUndefined() ? 0 : static_cast<uintptr_t>(v.As<Napi::Number>().DoubleValue());
+  };
+  auto w = [&](uint32_t i) {
+    return mlc::PackedWeight{reinterpret_cast<const int*>(p(i)), reinterpret_cast<const float*>(p(i + 1)), reinterpret_cast<const float*>(p(i + 2))};
+  };
+  return mlc::PackedExperts{w(0), w(3), w(6), a.Get(9u).As<Napi::Number>().Int32Value(), a.Get(10u).As<Napi::Number>().Int32Value()};
+}
+// moePackedForward(packed, x, tok, expert, weight, out, hidden, T, d, h, E, N, act)
+void MoePackedForward(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  throw_if(info.Env(), mlc::moe_packed_forward(packed_experts(info, 0), ptr(info, 1), ptr<int>(info, 2), ptr<int>(info, 3), ptr(info, 4),
+                                               ptr(info, 5), ptr(info, 6), num(info, 7), num(info, 8), num(info, 9), num(info, 10),
+                                               num(info, 11), num(info, 12)));
+  GUARD_END
+}
+// moePackedBackward(packed, dy, x, tok, expert, weight, hidden, dx, dweight, T, d, h, E, N, act)
+void MoePackedBackward(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  throw_if(info.Env(), mlc::moe_packed_backward(packed_experts(info, 0), ptr(info, 1), ptr(info, 2), ptr<int>(info, 3), ptr<int>(info, 4),
+                                                ptr(info, 5), ptr(info, 6), ptr(info, 7), ptr(info, 8), num(info, 9), num(info, 10),
+                                                num(info, 11), num(info, 12), num(info, 13), num(info, 14)));
+  GUARD_END
+}
 // moeLinearForward(x, w, inRow, outRow, expert, weight, out, R, din, dout, E, N, outRows)
 void MoeLinearForward(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
@@ -274,7 +355,16 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("fill", Fill);
   fn("cast", Cast);
   fn("reduce", Reduce);
-  fn("transpose", Transpose);
+  fn("stridedCopy", StridedCopy);
+  fn("select", Select);
+  fn("range", Range);
+  fn("attentionForward", AttentionForward);
+  fn("attentionBackward", AttentionBackward);
+  fn("rope", Rope);
+  fn("moeGluForward", MoeGluForward);
+  fn("moeGluBackward", MoeGluBackward);
+  fn("moePackedForward", MoePackedForward);
+  fn("moePackedBackward", MoePackedBackward);
   fn("gather", Gather);
   fn("segmentSum", SegmentSum);
   fn("softmax", Softmax);

@@ -196,6 +196,12 @@ struct Scratch {
 inline unsigned blocks_for(long n, int threads) { return static_cast<unsigned>((n + threads - 1) / threads); }
 constexpr int kThreads = 256;
 
+// The index arithmetic every kernel shares.
+// This thread's position in a one-dimensional launch.
+__device__ __forceinline__ long global_index() { return static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x; }
+// Tiles of `tile` covering n.
+MLC_HD unsigned ceil_div(long n, int tile) { return static_cast<unsigned>((n + tile - 1) / tile); }
+
 // ------------------------------------------------------------------------------------------------
 // Activations
 
@@ -268,6 +274,18 @@ constexpr int GB = 64;  // output tile side
 constexpr int GK = 16;  // reduction step
 constexpr int GT = 16;  // threads per tile side (each owns 4x4 outputs, strided by 16)
 
+// One GK step of a thread's 4x4 outputs (rows ty + GT i, columns tx + GT j of the 64x64 tile):
+// acc[i][j] += sum_k As[k][ty + GT i] Bs[k][tx + GT j]. Shared by the dense and the grouped GEMMs.
+__device__ __forceinline__ void tile_fma(const float (*As)[GB + 1], const float (*Bs)[GB + 1], float (&acc)[4][4], int tx, int ty) {
+  for (int k = 0; k < GK; k++) {
+    float ar[4], br[4];
+    for (int i = 0; i < 4; i++) ar[i] = As[k][ty + GT * i];
+    for (int j = 0; j < 4; j++) br[j] = Bs[k][tx + GT * j];
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 4; j++) acc[i][j] += ar[i] * br[j];
+  }
+}
+
 template <bool TA, bool TB>
 __global__ void gemm_f32(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, int M, int N, int K,
                          long sA, long sB, const float* __restrict__ bias, int act, float alpha) {
@@ -279,9 +297,7 @@ __global__ void gemm_f32(const float* __restrict__ A, const float* __restrict__ 
   const float* b = B + bz * sB;
   float* c = C + bz * static_cast<long>(M) * N;
   const int row0 = blockIdx.y * GB, col0 = blockIdx.x * GB;
-  float acc[4][4];
-  for (int i = 0; i < 4; i++)
-    for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+  float acc[4][4] = {};
   for (int k0 = 0; k0 < K; k0 += GK) {
     for (int i = tid; i < GB * GK; i += GT * GT) {
       // Consecutive threads read consecutive addresses of A in either layout.
@@ -295,13 +311,7 @@ __global__ void gemm_f32(const float* __restrict__ A, const float* __restrict__ 
       Bs[k][n] = (gn < N && gk < K) ? (TB ? b[static_cast<long>(gn) * K + gk] : b[static_cast<long>(gk) * N + gn]) : 0.f;
     }
     __syncthreads();
-    for (int k = 0; k < GK; k++) {
-      float ar[4], br[4];
-      for (int i = 0; i < 4; i++) ar[i] = As[k][ty + GT * i];
-      for (int j = 0; j < 4; j++) br[j] = Bs[k][tx + GT * j];
-      for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] += ar[i] * br[j];
-    }
+    tile_fma(As, Bs, acc, tx, ty);
     __syncthreads();
   }
   for (int i = 0; i < 4; i++) {
@@ -390,7 +400,7 @@ void gemm(bool ta, bool tb, int batch, int M, int N, int K, const float* A, long
     const float* a = A + static_cast<long>(b0) * strideA;
     const float* b = B + static_cast<long>(b0) * strideB;
     float* c = C + static_cast<long>(b0) * M * N;
-    dim3 grid((N + GB - 1) / GB, (M + GB - 1) / GB, nb);
+    dim3 grid(ceil_div(N, GB), ceil_div(M, GB), nb);
 #if defined(MLC_DEVICE_BUILD)
     if (g_tf32) {
       dim3 block(128);
@@ -423,25 +433,12 @@ MLC_HD long offset6(long i, const Strides6& s, const long* str) {
   return off;
 }
 
-__global__ void binary_k(const float* a, const float* b, float* out, long n, Strides6 s, int op) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  const float x = a[offset6(i, s, s.a)], y = b[offset6(i, s, s.b)];
-  float r;
-  switch (op) {
-    case 0: r = x * y; break;
-    case 1: r = x + y; break;
-    case 2: r = x - y; break;
-    case 3: r = x / y; break;
-    default: r = (x - y) * (x - y); break;
-  }
-  out[i] = r;
-}
-
 // Unary codes (kernels/elementwise.ts UNARY): 0 neg, 1 exp, 2 log, 3 sqrt, 4 rsqrt, 5 square,
-// 6 relu (NaN stays NaN), 7 sigmoid, 8 tanh, 9 abs, 10 step (alpha for x <= 0), 11 reciprocal.
+// 6 relu (NaN stays NaN), 7 sigmoid, 8 tanh, 9 abs, 10 step (alpha for x <= 0), 11 reciprocal,
+// 12 erf, 13 sin, 14 cos, 15 floor, 16 ceil, 17 elu, 18 relu6 (NaN stays NaN), 19 log1p, 20 expm1,
+// 21 leaky relu (slope alpha).
 __global__ void unary_k(const float* x, float* out, long n, int op, float alpha) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i >= n) return;
   const float v = x[i];
   float r;
@@ -457,18 +454,28 @@ __global__ void unary_k(const float* x, float* out, long n, int op, float alpha)
     case 8: r = tanhf(v); break;
     case 9: r = fabsf(v); break;
     case 10: r = v != v ? v : (v > 0.f ? 1.f : alpha); break;
-    default: r = 1.f / v; break;
+    case 11: r = 1.f / v; break;
+    case 12: r = erff(v); break;
+    case 13: r = sinf(v); break;
+    case 14: r = cosf(v); break;
+    case 15: r = floorf(v); break;
+    case 16: r = ceilf(v); break;
+    case 17: r = v >= 0.f ? v : expf(v) - 1.f; break;
+    case 18: r = v < 0.f ? 0.f : (v > 6.f ? 6.f : v); break;
+    case 19: r = log1pf(v); break;
+    case 20: r = expm1f(v); break;
+    default: r = v < 0.f ? alpha * v : v; break;
   }
   out[i] = r;
 }
 
 __global__ void fill_k(float* out, long n, float value) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i < n) out[i] = value;
 }
 template <class S, class D>
 __global__ void cast_k(const S* x, D* out, long n) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i < n) out[i] = static_cast<D>(x[i]);
 }
 
@@ -487,7 +494,7 @@ __global__ void reduce_rows_k(const float* x, float* out, long R, int kind) {
   if (threadIdx.x == 0) out[o] = kind == 1 ? total / static_cast<float>(R) : total;
 }
 __global__ void reduce_cols_k(const float* x, float* out, long outer, long R, long inner, int kind) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i >= outer * inner) return;
   const long o = i / inner, c = i - o * inner;
   const float* p = x + o * R * inner + c;
@@ -501,14 +508,8 @@ __global__ void reduce_cols_k(const float* x, float* out, long outer, long R, lo
 }
 
 template <class T>
-__global__ void transpose_k(const T* x, T* out, long n, Strides6 s) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = x[offset6(i, s, s.a)];
-}
-
-template <class T>
 __global__ void gather_k(const T* x, const int* idx, T* out, long outer, long dim, long inner, long nIdx, int* bad) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i >= outer * nIdx * inner) return;
   const long c = i % inner, j = (i / inner) % nIdx, o = i / (inner * nIdx);
   const int k = idx[j];
@@ -521,7 +522,7 @@ __global__ void gather_k(const T* x, const int* idx, T* out, long outer, long di
 }
 
 __global__ void segment_sum_k(const float* x, const int* ids, float* out, long n, long inner, long numSegments) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i >= n * inner) return;
   const long r = i / inner, c = i - r * inner;
   const int s = ids[r];
@@ -544,7 +545,7 @@ __global__ void softmax_k(const float* x, float* out, long cols) {
 // One thread per row: k rounds, each picking the next (value descending, index ascending) after
 // the previous pick. O(k cols) per row without scratch; top-k of MoE routers has small k.
 __global__ void topk_k(const float* x, float* values, int* indices, long rows, long cols, int k) {
-  const long r = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long r = global_index();
   if (r >= rows) return;
   const float* row = x + r * cols;
   float pv = INFINITY;
@@ -606,7 +607,7 @@ __global__ void layer_norm_dx_k(const float* dy, const float* x, const float* ga
 }
 __global__ void layer_norm_dparams_k(const float* dy, const float* x, const float* mean, const float* rstd, float* dgamma, float* dbeta,
                                      long rows, long D) {
-  const long c = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long c = global_index();
   if (c >= D) return;
   float g = 0.f, b = 0.f;
   for (long r = 0; r < rows; r++) {
@@ -620,7 +621,7 @@ __global__ void layer_norm_dparams_k(const float* dy, const float* x, const floa
 
 __global__ void adamw_k(const float* p, const float* g, const float* m, const float* v, float* pOut, float* mOut, float* vOut, long n,
                         AdamWScalars s) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i >= n) return;
   const float m2 = m[i] * s.beta1 + g[i] * s.oneMinusBeta1;
   const float v2 = v[i] * s.beta2 + (g[i] * g[i]) * s.oneMinusBeta2;
@@ -633,9 +634,6 @@ __global__ void adamw_k(const float* p, const float* g, const float* m, const fl
 }
 }  // namespace
 
-void binary(const float* a, const float* b, float* out, long n, const Strides6& s, int op) {
-  launch(binary_k, dim3(blocks_for(n, kThreads)), dim3(kThreads), a, b, out, n, s, op);
-}
 void unary(const float* x, float* out, long n, int op, float alpha) {
   launch(unary_k, dim3(blocks_for(n, kThreads)), dim3(kThreads), x, out, n, op, alpha);
 }
@@ -654,13 +652,6 @@ void reduce(const float* x, float* out, long outer, long R, long inner, int kind
   if (inner == 1) launch(reduce_rows_k, dim3(static_cast<unsigned>(outer)), dim3(kThreads), x, out, R, kind);
   else launch(reduce_cols_k, dim3(blocks_for(outer * inner, kThreads)), dim3(kThreads), x, out, outer, R, inner, kind);
 }
-void transpose(const float* x, float* out, long n, const Strides6& s) {
-  launch(transpose_k<float>, dim3(blocks_for(n, kThreads)), dim3(kThreads), x, out, n, s);
-}
-void transpose_int(const int* x, int* out, long n, const Strides6& s) {
-  launch(transpose_k<int>, dim3(blocks_for(n, kThreads)), dim3(kThreads), x, out, n, s);
-}
-
 static long bad_position(int* bad) {
   int h = 0;
   copy_to_host(&h, bad, sizeof(int));
@@ -722,11 +713,11 @@ struct Route {
 };
 
 __global__ void check_range_k(const int* idx, long n, long limit, int* bad) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i < n && (idx[i] < 0 || idx[i] >= limit)) atomicMax(bad, static_cast<int>(i) + 1);
 }
 __global__ void route_count_k(const int* expert, long N, int* counts) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i < N) atomicAdd(&counts[expert[i]], 1);
 }
 // One thread: E is the number of experts (tens to hundreds).
@@ -736,12 +727,12 @@ __global__ void route_scan_k(const int* counts, int E, int* off, int* tileOff, i
   tileOff[0] = 0;
   for (int e = 0; e < E; e++) {
     off[e + 1] = off[e] + counts[e];
-    tileOff[e + 1] = tileOff[e] + (counts[e] + GB - 1) / GB;
+    tileOff[e + 1] = tileOff[e] + static_cast<int>(ceil_div(counts[e], GB));
     fill[e] = 0;
   }
 }
 __global__ void route_place_k(const int* expert, long N, const int* off, int* fill, int* order) {
-  const long i = static_cast<long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const long i = global_index();
   if (i < N) {
     const int e = expert[i];
     order[off[e] + atomicAdd(&fill[e], 1)] = static_cast<int>(i);
@@ -759,12 +750,49 @@ MLC_HD int tile_expert(const Route& r, int t) {
   return lo;
 }
 
-// For every sorted position p of expert e: y = act?(A[aMap(n)]) @ W[e] (W [K,Nc], or [Nc,K] when
-// TB), n = order[p]. SCATTER: C[cMap(n)] += scale[n] * y (atomics); else C[n] = y. aMap, cMap and
-// scale may be null (identity / 1). grid (tiles upper bound, ceil(Nc / GB)), block GT x GT.
-template <bool TB, bool SCATTER>
-__global__ void grouped_rows_k(Route r, const float* __restrict__ A, const int* aMap, int aAct, const float* __restrict__ W,
-                               long wStride, int K, int Nc, float* C, const int* cMap, const float* scale) {
+// Expert weights W [E, din, dout] as the grouped GEMMs read them, one element at a time:
+// at(e, i, j) = W[e, i, j]. DenseW is a float32 tensor; PackedW dequantizes weight-only quantized
+// codes while the GEMM loads its tile (the float weights never exist in memory):
+//   W[e, i, j] = scale[e, i / group, j] * (u - zero[e, i / group, j]),
+// u the j-th `bits`-bit code of row (e, i), a little-endian bit stream of `words` 32-bit words.
+struct DenseW {
+  const float* w;
+  int din, dout;
+  __device__ __forceinline__ float at(int e, int i, int j) const { return w[(static_cast<long>(e) * din + i) * dout + j]; }
+};
+struct PackedW {
+  const unsigned* codes;
+  const float* scale;
+  const float* zero;
+  int din, dout, bits, group, words, groups;
+  __device__ __forceinline__ float at(int e, int i, int j) const {
+    const unsigned* row = codes + (static_cast<long>(e) * din + i) * words;
+    const long bit = static_cast<long>(j) * bits;
+    const int w = static_cast<int>(bit >> 5), sh = static_cast<int>(bit & 31);
+    unsigned u = row[w] >> sh;
+    if (sh + bits > 32) u |= row[w + 1] << (32 - sh);  // a code across two words (bits = 3)
+    u &= (1u << bits) - 1u;
+    const long g = (static_cast<long>(e) * groups + i / group) * dout + j;
+    return scale[g] * (static_cast<float>(u) - zero[g]);
+  }
+};
+
+// An expert's input row as the grouped GEMMs load it: act?(a[k]) (aAct < 0: none), times
+// a[glu + k] for GLU experts (glu > 0: the offset of the up projection x W3 in the row).
+__device__ __forceinline__ float load_act(const float* a, int k, int aAct, int glu) {
+  float v = a[k];
+  if (aAct >= 0) v = moe_act(v, aAct);
+  if (glu > 0) v *= a[glu + k];
+  return v;
+}
+
+// For every sorted position p of expert e: y = load_act(A[aMap(n)]) op(W[e]) (op(W) [K,Nc]: W
+// itself, or W^T when TB), n = order[p]. SCATTER: C[cMap(n)] += scale[n] * y (atomics); else
+// C[n] = y. aMap, cMap and scale may be null (identity / 1); lda, ldc are row strides. grid (tiles
+// upper bound, ceil(Nc / GB)), block GT x GT.
+template <bool TB, bool SCATTER, class WS>
+__global__ void grouped_rows_k(Route r, const float* __restrict__ A, long lda, const int* aMap, int aAct, int aGlu, WS W, int K, int Nc,
+                               float* C, long ldc, const int* cMap, const float* scale) {
   __shared__ float As[GK][GB + 1];
   __shared__ float Bs[GK][GB + 1];
   __shared__ int rowN[GB];
@@ -775,56 +803,43 @@ __global__ void grouped_rows_k(Route r, const float* __restrict__ A, const int* 
   const int rows = min(GB, r.off[e + 1] - p0);
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * GT + tx;
   const int col0 = blockIdx.y * GB;
-  const float* w = W + e * wStride;
   for (int i = tid; i < GB; i += GT * GT) rowN[i] = i < rows ? r.order[p0 + i] : -1;
   __syncthreads();
-  float acc[4][4];
-  for (int i = 0; i < 4; i++)
-    for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+  float acc[4][4] = {};
   for (int k0 = 0; k0 < K; k0 += GK) {
     for (int i = tid; i < GB * GK; i += GT * GT) {
       const int m = i / GK, k = i % GK, gk = k0 + k, n = rowN[m];
-      float v = 0.f;
-      if (n >= 0 && gk < K) {
-        const long row = aMap ? aMap[n] : n;
-        v = A[row * K + gk];
-        if (aAct >= 0) v = moe_act(v, aAct);
-      }
-      As[k][m] = v;
+      As[k][m] = (n >= 0 && gk < K) ? load_act(A + (aMap ? aMap[n] : n) * lda, gk, aAct, aGlu) : 0.f;
     }
     for (int i = tid; i < GB * GK; i += GT * GT) {
+      // Consecutive threads read consecutive addresses of W in either orientation.
       const int nn = TB ? i / GK : i % GB, k = TB ? i % GK : i / GB;
       const int gn = col0 + nn, gk = k0 + k;
-      Bs[k][nn] = (gn < Nc && gk < K) ? (TB ? w[static_cast<long>(gn) * K + gk] : w[static_cast<long>(gk) * Nc + gn]) : 0.f;
+      Bs[k][nn] = (gn < Nc && gk < K) ? (TB ? W.at(e, gn, gk) : W.at(e, gk, gn)) : 0.f;
     }
     __syncthreads();
-    for (int k = 0; k < GK; k++) {
-      float ar[4], br[4];
-      for (int i = 0; i < 4; i++) ar[i] = As[k][ty + GT * i];
-      for (int j = 0; j < 4; j++) br[j] = Bs[k][tx + GT * j];
-      for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] += ar[i] * br[j];
-    }
+    tile_fma(As, Bs, acc, tx, ty);
     __syncthreads();
   }
   for (int i = 0; i < 4; i++) {
     const int n = rowN[ty + GT * i];
     if (n < 0) continue;
     const float s = SCATTER && scale ? scale[n] : 1.f;
-    const long crow = SCATTER && cMap ? cMap[n] : n;
+    float* crow = C + (SCATTER && cMap ? cMap[n] : n) * ldc;
     for (int j = 0; j < 4; j++) {
       const int gn = col0 + tx + GT * j;
       if (gn >= Nc) continue;
-      if (SCATTER) atomicAdd(&C[crow * Nc + gn], s * acc[i][j]);
-      else C[crow * Nc + gn] = acc[i][j];
+      if (SCATTER) atomicAdd(&crow[gn], s * acc[i][j]);
+      else crow[gn] = acc[i][j];
     }
   }
 }
 
-// dW[e] [Ka, Nb] = sum over the assignments n of expert e of (aScale[n] act?(A[aMap(n)]))^T B[bMap(n)].
-// grid (ceil(Nb / GB), ceil(Ka / GB), E), block GT x GT; experts without rows get zeros.
-__global__ void grouped_wgrad_k(Route r, const float* __restrict__ A, const int* aMap, const float* aScale, int aAct, int Ka,
-                                const float* __restrict__ B, const int* bMap, int Nb, float* dW) {
+// dW[e] [Ka, Nb] = sum over the assignments n of expert e of (aScale[n] load_act(A[aMap(n)]))^T
+// B[bMap(n)]; lda, ldb are row strides. grid (ceil(Nb / GB), ceil(Ka / GB), E), block GT x GT;
+// experts without rows get zeros.
+__global__ void grouped_wgrad_k(Route r, const float* __restrict__ A, long lda, const int* aMap, const float* aScale, int aAct, int aGlu,
+                                int Ka, const float* __restrict__ B, long ldb, const int* bMap, int Nb, float* dW) {
   __shared__ float As[GK][GB + 1];
   __shared__ float Bs[GK][GB + 1];
   __shared__ int rowN[GK];
@@ -832,9 +847,7 @@ __global__ void grouped_wgrad_k(Route r, const float* __restrict__ A, const int*
   const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * GT + tx;
   const int row0 = blockIdx.y * GB, col0 = blockIdx.x * GB;
   const int pBegin = r.off[e], pEnd = r.off[e + 1];
-  float acc[4][4];
-  for (int i = 0; i < 4; i++)
-    for (int j = 0; j < 4; j++) acc[i][j] = 0.f;
+  float acc[4][4] = {};
   for (int p0 = pBegin; p0 < pEnd; p0 += GK) {
     if (tid < GK) rowN[tid] = p0 + tid < pEnd ? r.order[p0 + tid] : -1;
     __syncthreads();
@@ -842,27 +855,17 @@ __global__ void grouped_wgrad_k(Route r, const float* __restrict__ A, const int*
       const int kk = i / GB, m = i % GB, n = rowN[kk], gm = row0 + m;
       float v = 0.f;
       if (n >= 0 && gm < Ka) {
-        const long row = aMap ? aMap[n] : n;
-        v = A[row * Ka + gm];
-        if (aAct >= 0) v = moe_act(v, aAct);
+        v = load_act(A + (aMap ? aMap[n] : n) * lda, gm, aAct, aGlu);
         if (aScale) v *= aScale[n];
       }
       As[kk][m] = v;
     }
     for (int i = tid; i < GB * GK; i += GT * GT) {
       const int kk = i / GB, nn = i % GB, n = rowN[kk], gn = col0 + nn;
-      float v = 0.f;
-      if (n >= 0 && gn < Nb) v = B[static_cast<long>(bMap ? bMap[n] : n) * Nb + gn];
-      Bs[kk][nn] = v;
+      Bs[kk][nn] = (n >= 0 && gn < Nb) ? B[static_cast<long>(bMap ? bMap[n] : n) * ldb + gn] : 0.f;
     }
     __syncthreads();
-    for (int k = 0; k < GK; k++) {
-      float ar[4], br[4];
-      for (int i = 0; i < 4; i++) ar[i] = As[k][ty + GT * i];
-      for (int j = 0; j < 4; j++) br[j] = Bs[k][tx + GT * j];
-      for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) acc[i][j] += ar[i] * br[j];
-    }
+    tile_fma(As, Bs, acc, tx, ty);
     __syncthreads();
   }
   float* out = dW + static_cast<long>(e) * Ka * Nb;
@@ -876,17 +879,31 @@ __global__ void grouped_wgrad_k(Route r, const float* __restrict__ A, const int*
   }
 }
 
-// Per assignment n (one block each): dweight[n] = act(H[n]) . G[n]; then G[n] <- weight[n] G[n] act'(H[n]).
-__global__ void moe_hidden_grad_k(const float* H, float* G, const float* weight, float* dweight, int h, int act) {
+// Per assignment n (one block each), from G[n] = dy[tok[n]] W2[e]^T [h] and the forward's record
+// Hn (MLP: the pre-activation a; GLU: [a | b], b = x W3):
+//   dweight[n] = g . G[n] with g = act(a) (MLP) or act(a) b (GLU);
+//   MLP: D[n] = weight[n] G[n] act'(a)                           (D [N, h], may alias G)
+//   GLU: D[n] = [weight[n] G[n] b act'(a) | weight[n] G[n] act(a)] (D [N, 2h])
+__global__ void moe_hidden_grad_k(const float* H, const float* G, float* D, const float* weight, float* dweight, int h, int act, bool glu) {
   __shared__ float sh[kThreads];
   const long n = blockIdx.x;
-  const float* hr = H + n * h;
-  float* gr = G + n * h;
+  const int hw = glu ? 2 * h : h;
+  const float* hr = H + n * hw;
+  const float* gr = G + n * h;
+  float* dr = D + n * hw;
   float s = 0.f;
-  for (int j = threadIdx.x; j < h; j += blockDim.x) s += moe_act(hr[j], act) * gr[j];
+  for (int j = threadIdx.x; j < h; j += blockDim.x) s += load_act(hr, j, act, glu ? h : 0) * gr[j];
   s = block_sum(s, sh);
   const float w = weight[n];
-  for (int j = threadIdx.x; j < h; j += blockDim.x) gr[j] = w * gr[j] * moe_act_grad(hr[j], act);
+  for (int j = threadIdx.x; j < h; j += blockDim.x) {
+    const float a = hr[j], g = gr[j];
+    if (glu) {
+      dr[j] = w * g * hr[h + j] * moe_act_grad(a, act);
+      dr[h + j] = w * g * moe_act(a, act);
+    } else {
+      dr[j] = w * g * moe_act_grad(a, act);
+    }
+  }
   if (threadIdx.x == 0) dweight[n] = s;
 }
 
@@ -940,61 +957,140 @@ struct Routing {
     launch(route_scan_k, dim3(1), dim3(1), counts(), E, off(), tileOff(), fill());
     launch(route_place_k, dim3(blocks_for(N, kThreads)), dim3(kThreads), expert, static_cast<long>(N), off(), fill(), order());
   }
-  dim3 row_grid(int Nc) const { return dim3(static_cast<unsigned>(N / GB + E + 1), static_cast<unsigned>((Nc + GB - 1) / GB)); }
+  dim3 row_grid(int Nc) const { return dim3(static_cast<unsigned>(N / GB + E + 1), ceil_div(Nc, GB)); }
   dim3 wgrad_grid(int Ka, int Nb) const {
-    return dim3(static_cast<unsigned>((Nb + GB - 1) / GB), static_cast<unsigned>((Ka + GB - 1) / GB), static_cast<unsigned>(E));
+    return dim3(ceil_div(Nb, GB), ceil_div(Ka, GB), static_cast<unsigned>(E));
   }
 };
-}  // namespace
 
-std::string moe_mlp_forward(const float* x, const float* w1, const float* w2, const int* tok, const int* expert, const float* weight,
+// The expert bank of one fused MLP / GLU / packed op: W1 (and W3 when gated) [E, d, h], W2 [E, h, d].
+template <class WS>
+struct Experts {
+  WS w1, w3, w2;
+  bool gated;
+};
+
+// out[tok[n]] += weight[n] g(x[tok[n]]) W2[e]; hidden[n] = x[tok[n]] W1[e] (| x[tok[n]] W3[e] when gated).
+template <class WS>
+std::string experts_forward(const char* kernel, const Experts<WS>& ex, const float* x, const int* tok, const int* expert, const float* weight,
                             float* out, float* hidden, int T, int d, int h, int E, int N, int act) {
   zero(out, sizeof(float) * T * d);
   if (N == 0 || E == 0) return "";
   Routing rt(E, N);
-  std::string bad = rt.check("MoelabMoeMLP", {{"tokenIndex", {tok, T}}, {"expertIndex", {expert, E}}});
+  std::string bad = rt.check(kernel, {{"tokenIndex", {tok, T}}, {"expertIndex", {expert, E}}});
   if (!bad.empty()) return bad;
   rt.sort(expert);
   const dim3 block(GT, GT);
-  // hidden[n] = x[tok[n]] w1[e]   (pre-activation, assignment order)
-  launch(grouped_rows_k<false, false>, rt.row_grid(h), block, rt.route, x, tok, -1, w1, static_cast<long>(d) * h, d, h, hidden,
-         static_cast<const int*>(nullptr), static_cast<const float*>(nullptr));
-  // out[tok[n]] += weight[n] act(hidden[n]) w2[e]
-  launch(grouped_rows_k<false, true>, rt.row_grid(d), block, rt.route, hidden, static_cast<const int*>(nullptr), act, w2,
-         static_cast<long>(h) * d, h, d, out, tok, weight);
+  const int hw = ex.gated ? 2 * h : h;
+  const float* none = nullptr;
+  const int* noMap = nullptr;
+  launch(grouped_rows_k<false, false, WS>, rt.row_grid(h), block, rt.route, x, static_cast<long>(d), tok, -1, 0, ex.w1, d, h, hidden,
+         static_cast<long>(hw), noMap, none);
+  if (ex.gated)
+    launch(grouped_rows_k<false, false, WS>, rt.row_grid(h), block, rt.route, x, static_cast<long>(d), tok, -1, 0, ex.w3, d, h, hidden + h,
+           static_cast<long>(hw), noMap, none);
+  launch(grouped_rows_k<false, true, WS>, rt.row_grid(d), block, rt.route, static_cast<const float*>(hidden), static_cast<long>(hw), noMap, act,
+         ex.gated ? h : 0, ex.w2, h, d, out, static_cast<long>(d), tok, weight);
   return "";
+}
+
+// dx, dweight, and (when dw1 is non-null: float experts) dw1, dw3, dw2.
+template <class WS>
+std::string experts_backward(const char* kernel, const Experts<WS>& ex, const float* dy, const float* x, const int* tok, const int* expert,
+                             const float* weight, const float* hidden, float* dx, float* dw1, float* dw3, float* dw2, float* dweight, int T,
+                             int d, int h, int E, int N, int act) {
+  zero(dx, sizeof(float) * T * d);
+  if (N == 0 || E == 0) {
+    if (dw1) {
+      zero(dw1, sizeof(float) * E * d * h);
+      zero(dw2, sizeof(float) * E * h * d);
+      if (ex.gated) zero(dw3, sizeof(float) * E * d * h);
+    }
+    return "";
+  }
+  Routing rt(E, N);
+  std::string bad = rt.check(kernel, {{"tokenIndex", {tok, T}}, {"expertIndex", {expert, E}}});
+  if (!bad.empty()) return bad;
+  rt.sort(expert);
+  const dim3 block(GT, GT);
+  const int hw = ex.gated ? 2 * h : h;
+  const float* none = nullptr;
+  const int* noMap = nullptr;
+  Scratch<float> G(static_cast<size_t>(N) * h);
+  Scratch<float> Dg(ex.gated ? static_cast<size_t>(N) * hw : 0);
+  float* D = ex.gated ? Dg.p : G.p;
+  // G[n] = dy[tok[n]] W2[e]^T
+  launch(grouped_rows_k<true, false, WS>, rt.row_grid(h), block, rt.route, dy, static_cast<long>(d), tok, -1, 0, ex.w2, d, h, G.p,
+         static_cast<long>(h), noMap, none);
+  // dW2[e] = sum_n (weight[n] g_n)^T dy[tok[n]]
+  if (dw1)
+    launch(grouped_wgrad_k, rt.wgrad_grid(h, d), block, rt.route, hidden, static_cast<long>(hw), noMap, weight, act, ex.gated ? h : 0, h, dy,
+           static_cast<long>(d), tok, d, dw2);
+  launch(moe_hidden_grad_k, dim3(static_cast<unsigned>(N)), dim3(kThreads), hidden, static_cast<const float*>(G.p), D, weight, dweight, h, act,
+         ex.gated);
+  for (int part = 0; part < (ex.gated ? 2 : 1); part++) {
+    const float* Dp = D + part * h;
+    // dW1[e] (dW3[e]) = sum_n x[tok[n]]^T D[n]
+    if (dw1)
+      launch(grouped_wgrad_k, rt.wgrad_grid(d, h), block, rt.route, x, static_cast<long>(d), tok, none, -1, 0, d, Dp, static_cast<long>(hw),
+             noMap, h, part ? dw3 : dw1);
+    // dx[tok[n]] += D[n] W1[e]^T (+ the W3 half)
+    launch(grouped_rows_k<true, true, WS>, rt.row_grid(d), block, rt.route, Dp, static_cast<long>(hw), noMap, -1, 0, part ? ex.w3 : ex.w1, h,
+           d, dx, static_cast<long>(d), tok, none);
+  }
+  return "";
+}
+
+Experts<DenseW> dense_experts(const float* w1, const float* w3, const float* w2, int d, int h) {
+  return Experts<DenseW>{DenseW{w1, d, h}, DenseW{w3, d, h}, DenseW{w2, h, d}, w3 != nullptr};
+}
+
+PackedW packed_weight(const PackedWeight& p, int din, int dout, int bits, int group) {
+  const int g = group <= 0 || group >= din ? (din > 0 ? din : 1) : group;
+  return PackedW{reinterpret_cast<const unsigned*>(p.codes), p.scale, p.zero, din, dout, bits, g, static_cast<int>(ceil_div(static_cast<long>(dout) * bits, 32)),
+                 static_cast<int>(ceil_div(din, g))};
+}
+
+Experts<PackedW> packed_experts(const PackedExperts& p, int d, int h) {
+  return Experts<PackedW>{packed_weight(p.w1, d, h, p.bits, p.group), packed_weight(p.w3, d, h, p.bits, p.group),
+                          packed_weight(p.w2, h, d, p.bits, p.group), p.w3.codes != nullptr};
+}
+}  // namespace
+
+std::string moe_mlp_forward(const float* x, const float* w1, const float* w2, const int* tok, const int* expert, const float* weight,
+                            float* out, float* hidden, int T, int d, int h, int E, int N, int act) {
+  return experts_forward("MoelabMoeMLP", dense_experts(w1, nullptr, w2, d, h), x, tok, expert, weight, out, hidden, T, d, h, E, N, act);
 }
 
 std::string moe_mlp_backward(const float* dy, const float* x, const float* w1, const float* w2, const int* tok, const int* expert,
                              const float* weight, const float* hidden, float* dx, float* dw1, float* dw2, float* dweight, int T, int d,
                              int h, int E, int N, int act) {
-  zero(dx, sizeof(float) * T * d);
-  if (N == 0 || E == 0) {
-    zero(dw1, sizeof(float) * E * d * h);
-    zero(dw2, sizeof(float) * E * h * d);
-    return "";
-  }
-  Routing rt(E, N);
-  std::string bad = rt.check("MoelabMoeMLPGrad", {{"tokenIndex", {tok, T}}, {"expertIndex", {expert, E}}});
-  if (!bad.empty()) return bad;
-  rt.sort(expert);
-  const dim3 block(GT, GT);
-  Scratch<float> G(static_cast<size_t>(N) * h);
-  // G[n] = dy[tok[n]] w2[e]^T
-  launch(grouped_rows_k<true, false>, rt.row_grid(h), block, rt.route, dy, tok, -1, w2, static_cast<long>(h) * d, d, h, G.p,
-         static_cast<const int*>(nullptr), static_cast<const float*>(nullptr));
-  // dw2[e] = sum_n (weight[n] act(hidden[n]))^T dy[tok[n]]   (before G becomes dH)
-  launch(grouped_wgrad_k, rt.wgrad_grid(h, d), block, rt.route, hidden, static_cast<const int*>(nullptr), weight, act, h, dy, tok, d,
-         dw2);
-  // dweight[n] = act(hidden[n]) . G[n];  G[n] <- dH[n] = weight[n] G[n] act'(hidden[n])
-  launch(moe_hidden_grad_k, dim3(static_cast<unsigned>(N)), dim3(kThreads), hidden, G.p, weight, dweight, h, act);
-  // dw1[e] = sum_n x[tok[n]]^T dH[n]
-  launch(grouped_wgrad_k, rt.wgrad_grid(d, h), block, rt.route, x, tok, static_cast<const float*>(nullptr), -1, d, G.p,
-         static_cast<const int*>(nullptr), h, dw1);
-  // dx[tok[n]] += dH[n] w1[e]^T
-  launch(grouped_rows_k<true, true>, rt.row_grid(d), block, rt.route, G.p, static_cast<const int*>(nullptr), -1, w1,
-         static_cast<long>(d) * h, h, d, dx, tok, static_cast<const float*>(nullptr));
-  return "";
+  return experts_backward("MoelabMoeMLPGrad", dense_experts(w1, nullptr, w2, d, h), dy, x, tok, expert, weight, hidden, dx, dw1, nullptr,
+                          dw2, dweight, T, d, h, E, N, act);
+}
+
+std::string moe_glu_forward(const float* x, const float* w1, const float* w3, const float* w2, const int* tok, const int* expert,
+                            const float* weight, float* out, float* hidden, int T, int d, int h, int E, int N, int act) {
+  return experts_forward("MoelabMoeGLU", dense_experts(w1, w3, w2, d, h), x, tok, expert, weight, out, hidden, T, d, h, E, N, act);
+}
+
+std::string moe_glu_backward(const float* dy, const float* x, const float* w1, const float* w3, const float* w2, const int* tok,
+                             const int* expert, const float* weight, const float* hidden, float* dx, float* dw1, float* dw3, float* dw2,
+                             float* dweight, int T, int d, int h, int E, int N, int act) {
+  return experts_backward("MoelabMoeGLUGrad", dense_experts(w1, w3, w2, d, h), dy, x, tok, expert, weight, hidden, dx, dw1, dw3, dw2,
+                          dweight, T, d, h, E, N, act);
+}
+
+std::string moe_packed_forward(const PackedExperts& p, const float* x, const int* tok, const int* expert, const float* weight, float* out,
+                               float* hidden, int T, int d, int h, int E, int N, int act) {
+  return experts_forward("MoelabMoePacked", packed_experts(p, d, h), x, tok, expert, weight, out, hidden, T, d, h, E, N, act);
+}
+
+std::string moe_packed_backward(const PackedExperts& p, const float* dy, const float* x, const int* tok, const int* expert,
+                                const float* weight, const float* hidden, float* dx, float* dweight, int T, int d, int h, int E, int N,
+                                int act) {
+  return experts_backward("MoelabMoePackedGrad", packed_experts(p, d, h), dy, x, tok, expert, weight, hidden, dx, nullptr, nullptr, nullptr,
+                          dweight, T, d, h, E, N, act);
 }
 
 std::string moe_linear_forward(const float* x, const float* w, const int* inRow, const int* outRow, const int* expert,
@@ -1005,8 +1101,8 @@ std::string moe_linear_forward(const float* x, const float* w, const int* inRow,
   std::string bad = rt.check("MoelabMoeLinear", {{"inRow", {inRow, R}}, {"outRow", {outRow, outRows}}, {"expertIndex", {expert, E}}});
   if (!bad.empty()) return bad;
   rt.sort(expert);
-  launch(grouped_rows_k<false, true>, rt.row_grid(dout), dim3(GT, GT), rt.route, x, inRow, -1, w, static_cast<long>(din) * dout, din,
-         dout, out, outRow, weight);
+  launch(grouped_rows_k<false, true, DenseW>, rt.row_grid(dout), dim3(GT, GT), rt.route, x, static_cast<long>(din), inRow, -1, 0,
+         DenseW{w, din, dout}, din, dout, out, static_cast<long>(dout), outRow, weight);
   return "";
 }
 
@@ -1024,16 +1120,23 @@ std::string moe_linear_backward(const float* dy, const float* x, const float* w,
   if (!bad.empty()) return bad;
   rt.sort(expert);
   const dim3 block(GT, GT);
+  const DenseW W{w, din, dout};
+  const int* noMap = nullptr;
+  const float* none = nullptr;
   // dx[inRow[n]] += weight[n] dy[outRow[n]] w[e]^T
-  launch(grouped_rows_k<true, true>, rt.row_grid(din), block, rt.route, dy, outRow, -1, w, static_cast<long>(din) * dout, dout, din, dx,
-         inRow, weight);
+  launch(grouped_rows_k<true, true, DenseW>, rt.row_grid(din), block, rt.route, dy, static_cast<long>(dout), outRow, -1, 0, W, dout, din, dx,
+         static_cast<long>(din), inRow, weight);
   // dw[e] = sum_n (weight[n] x[inRow[n]])^T dy[outRow[n]]
-  launch(grouped_wgrad_k, rt.wgrad_grid(din, dout), block, rt.route, x, inRow, weight, -1, din, dy, outRow, dout, dw);
+  launch(grouped_wgrad_k, rt.wgrad_grid(din, dout), block, rt.route, x, static_cast<long>(din), inRow, weight, -1, 0, din, dy,
+         static_cast<long>(dout), outRow, dout, dw);
   // dweight[n] = (x[inRow[n]] w[e]) . dy[outRow[n]]
   Scratch<float> Y(static_cast<size_t>(N) * dout);
-  launch(grouped_rows_k<false, false>, rt.row_grid(dout), block, rt.route, x, inRow, -1, w, static_cast<long>(din) * dout, din, dout,
-         Y.p, static_cast<const int*>(nullptr), static_cast<const float*>(nullptr));
-  launch(row_dot_k, dim3(static_cast<unsigned>(N)), dim3(kThreads), Y.p, dy, outRow, dweight, dout);
+  launch(grouped_rows_k<false, false, DenseW>, rt.row_grid(dout), block, rt.route, x, static_cast<long>(din), inRow, -1, 0, W, din, dout, Y.p,
+         static_cast<long>(dout), noMap, none);
+  launch(row_dot_k, dim3(static_cast<unsigned>(N)), dim3(kThreads), static_cast<const float*>(Y.p), dy, outRow, dweight, dout);
   return "";
 }
 }  // namespace mlc
+
+#include "kernels_attention.cuh"
+#include "kernels_data.cuh"

@@ -42,12 +42,20 @@ void pool_free(void* p, size_t bytes);
 void gemm(bool ta, bool tb, int batch, int M, int N, int K, const float* A, long strideA, const float* B, long strideB,
           float* C, const float* bias, int act, float alpha);
 
-// out = a (op) b with broadcast strides (rank <= 6); op: BINARY_OP_CODE 0..4.
+// An index space of rank <= 6 and two operands' strides over it (0 along broadcast axes).
 struct Strides6 {
   int rank;
   long shape[6], a[6], b[6];
 };
-void binary(const float* a, const float* b, float* out, long n, const Strides6& s, int op);
+// out = a (op) b with broadcast strides, float32 or int32 (isInt): op BINARY_OP_CODE 0..4 and the
+// kernels' own 11 maximum, 12 minimum, 13 pow write the operands' type; the comparisons 5..10 a 0/1 byte.
+void binary_op(const void* a, const void* b, void* out, long n, const Strides6& s, int op, bool isInt);
+// out[offset(i, s.b)] = x[offset(i, s.a)] for every i of s.shape; elements of 4 bytes or 1 byte.
+void strided_copy(const void* x, void* out, long n, const Strides6& s, int elemBytes);
+// out[i] = cond[i] ? t[i] : e[i] (4-byte elements).
+void select(const uint8_t* cond, const void* t, const void* e, void* out, long n);
+// out[i] = start + i step, as float32 or int32.
+void range(void* out, long n, double start, double step, bool isInt);
 // out = f(x) for the unary codes of kernels/elementwise.ts.
 void unary(const float* x, float* out, long n, int op, float alpha);
 void fill(float* out, long n, float value);
@@ -56,8 +64,6 @@ void cast_float_to_int(const float* x, int* out, long n);
 void cast_bool_to_float(const uint8_t* x, float* out, long n);
 // out[o, c] over x viewed as [outer, R, inner]: REDUCE_CODE kinds.
 void reduce(const float* x, float* out, long outer, long R, long inner, int kind);
-void transpose(const float* x, float* out, long n, const Strides6& s);  // s.shape = out shape, s.a = x strides permuted
-void transpose_int(const int* x, int* out, long n, const Strides6& s);
 // out[o, i, c] = x[o, idx[i], c]; returns the first out-of-range index position, or -1.
 long gather(const float* x, const int* idx, float* out, long outer, long dim, long inner, long nIdx);
 long gather_int(const int* x, const int* idx, int* out, long outer, long dim, long inner, long nIdx);
@@ -82,11 +88,49 @@ std::string moe_mlp_forward(const float* x, const float* w1, const float* w2, co
 std::string moe_mlp_backward(const float* dy, const float* x, const float* w1, const float* w2, const int* tok,
                              const int* expert, const float* weight, const float* hidden, float* dx, float* dw1, float* dw2,
                              float* dweight, int T, int d, int h, int E, int N, int act);
+std::string moe_glu_forward(const float* x, const float* w1, const float* w3, const float* w2, const int* tok, const int* expert,
+                            const float* weight, float* out, float* hidden, int T, int d, int h, int E, int N, int act);
+std::string moe_glu_backward(const float* dy, const float* x, const float* w1, const float* w3, const float* w2, const int* tok,
+                             const int* expert, const float* weight, const float* hidden, float* dx, float* dw1, float* dw3, float* dw2,
+                             float* dweight, int T, int d, int h, int E, int N, int act);
+// Weight-only quantized expert weights (core's MoelabMoePacked layout): codes int32 [E, din,
+// ceil(dout bits / 32)], scale and zero [E, ceil(din / group), dout]. w3.codes null: ungated.
+struct PackedWeight {
+  const int* codes;
+  const float* scale;
+  const float* zero;
+};
+struct PackedExperts {
+  PackedWeight w1, w3, w2;
+  int bits, group;
+};
+std::string moe_packed_forward(const PackedExperts& p, const float* x, const int* tok, const int* expert, const float* weight, float* out,
+                               float* hidden, int T, int d, int h, int E, int N, int act);
+std::string moe_packed_backward(const PackedExperts& p, const float* dy, const float* x, const int* tok, const int* expert,
+                                const float* weight, const float* hidden, float* dx, float* dweight, int T, int d, int h, int E, int N,
+                                int act);
 std::string moe_linear_forward(const float* x, const float* w, const int* inRow, const int* outRow, const int* expert,
                                const float* weight, float* out, int R, int din, int dout, int E, int N, int outRows);
 std::string moe_linear_backward(const float* dy, const float* x, const float* w, const int* inRow, const int* outRow,
                                 const int* expert, const float* weight, float* dx, float* dw, float* dweight, int R, int din,
                                 int dout, int E, int N, int outRows);
+
+// Attention over B batches: query head h of H reads key / value head h * Hkv / H; query row i
+// sees keys j <= qOffset + i. q [B, H, Tq, dk], k [B, Hkv, Tk, dk], v [B, Hkv, Tk, dv], out like q
+// with dv channels ([B, T, H, d] for all of them when bthd). A block accumulates kMaxHead channels.
+constexpr int kMaxHead = 256;
+struct AttentionShape {
+  int H, Hkv, Tq, Tk, dk, dv, qOffset;
+  bool bthd;
+  float scale;
+};
+// out, and lse [B, H, Tq] unless null.
+void attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, int B, const AttentionShape& s);
+// Causal self-attention's backward (Tq = Tk, H = Hkv, qOffset = 0).
+void attention_backward(const float* dy, const float* q, const float* k, const float* v, const float* out, const float* lse, float* dq,
+                        float* dk, float* dv, int B, const AttentionShape& s);
+// Rotate-half RoPE of the first dims channels of every [dh] row of x (BH * T rows; t from the layout).
+void rope(const float* x, const float* cosT, const float* sinT, float* out, long BH, int H, int T, int dh, int dims, bool inverse, bool bthd);
 }  // namespace mlc
 
 namespace mlc {

@@ -5,7 +5,10 @@
  * `cpu` backend.
  */
 import * as tf from '@tensorflow/tfjs';
+import { maxRelDiff } from '@moelab/kernels-cpu/testing/random';
 import { registerMoelabCudaBackend } from '../register.js';
+
+export { maxRelDiff, randArray, randInts, rng } from '@moelab/kernels-cpu/testing/random';
 
 export const onDevice = process.env.MOELAB_CUDA_TEST_DEVICE === '1';
 export const status = registerMoelabCudaBackend(tf, { emulate: !onDevice });
@@ -16,30 +19,6 @@ export const skipReason = status.available ? '' : ` (skipped: ${status.reason})`
 export const gemmTol = onDevice ? 2e-2 : 1e-4;
 
 tf.env().set('IS_TEST', true);
-
-/** Deterministic PRNG (mulberry32) so a failing case can be reproduced. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-export function randArray(r: () => number, n: number, scale = 1): Float32Array {
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = (r() * 2 - 1) * scale;
-  return out;
-}
-
-export function randInts(r: () => number, n: number, limit: number): Int32Array {
-  const out = new Int32Array(n);
-  for (let i = 0; i < n; i++) out[i] = Math.floor(r() * limit);
-  return out;
-}
 
 export interface Spec {
   shape: number[];
@@ -61,18 +40,6 @@ export async function runOn(backend: string, specs: Spec[], fn: (...ts: tf.Tenso
     const list = Array.isArray(out) ? out : [out];
     return list.map((t) => ({ shape: t.shape.slice(), dtype: t.dtype, data: Array.from(t.dataSync() as Float32Array) }));
   });
-}
-
-/** Largest |a-b| / (1 + |b|) over the elements (NaN counts as infinitely far unless both are NaN). */
-export function maxRelDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) return Number.POSITIVE_INFINITY;
-  let m = 0;
-  for (let i = 0; i < a.length; i++) {
-    if (Number.isNaN(a[i]!) && Number.isNaN(b[i]!)) continue;
-    const d = Math.abs(a[i]! - b[i]!) / (1 + Math.abs(b[i]!));
-    if (!(d <= m)) m = Number.isNaN(d) ? Number.POSITIVE_INFINITY : d;
-  }
-  return m;
 }
 
 /**
