@@ -257,6 +257,16 @@ const cases: [string, NodeSpec, OnnxExportOptions?][] = [
     'MONET-VD: k >= E (every shard selected: plain softmax), shared router, layers repeated aabb',
     lm({ attention: mha, ffn: monet('monet-vd', { experts: 3, k: 3, expertDim: 6, routerGroup: 2 }) }, { stack: { groupSize: 2, repeats: 2, order: 'aabb' } }),
   ],
+  ['FFF: hard descent through a depth-2 tree of 4 relu leaves', lm({ normType: 'rmsnorm', attention: mha, ffn: { type: 'fff', depth: 2, leafWidth: 8 } })],
+  [
+    "FFF: depth 3, gelu, Master Leaf, the official eval's missing leaf output bias",
+    lm({
+      attention: mha,
+      ffn: { type: 'fff', depth: 3, leafWidth: 4, activation: 'gelu', masterLeaf: true, masterLeafWidth: 4, officialEvalOmitsLeafOutputBias: true },
+    }),
+  ],
+  ['FFF: depth 0 (one dense leaf) with a Master Leaf', lm({ attention: mha, ffn: { type: 'fff', depth: 0, leafWidth: 8, masterLeaf: true } })],
+  ['dense experts (--onnx-dense-experts): FFF leaves, depth 2', lm({ attention: mha, ffn: { type: 'fff', depth: 2, leafWidth: 8 } }), { denseExperts: true }],
   [
     'dense experts (--onnx-dense-experts): SwitchHead (2 of 3 value / output experts per head), sigma-MoE FFN',
     lm(
@@ -300,7 +310,7 @@ describe('MONET', () => {
     model.dispose();
   });
 
-  it('stores one router for a routing group, and refuses a layer that shares a router no earlier layer has', () => {
+  it('stores one router for a routing group, and refuses a layer sharing a router that no earlier layer has or that has another shape', () => {
     const shared = lm({ attention: mha, ffn: monet('monet-hd', { routerGroup: 2 }) });
     const model = buildModel<Model>(shared, registry, 0);
     const weights = new Map([...stateTensors(model)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
@@ -326,6 +336,32 @@ describe('MONET', () => {
     expect(() => exportOnnx(orphan, registry, memorySource(orphanWeights))).toThrow(
       /^\$\.blocks\[1\]\.ffn\.routerGroup: this monet layer shares its router \(routerGroup 2\) but no earlier layer of the stack routes$/,
     );
+    const mismatched = lm(
+      {},
+      {
+        blocks: [
+          { type: 'transformer', attention: mha, ffn: monet('monet-hd', { routerGroup: 2 }) },
+          { type: 'transformer', attention: mha, ffn: monet('monet-vd', { routerGroup: 2, experts: 4 }) },
+        ],
+      },
+    );
+    const other = buildModel<Model>(mismatched, registry, 0);
+    const otherWeights = new Map([...stateTensors(other)].map(([n, t]) => [n, { shape: t.shape, data: t.data as Float32Array }]));
+    other.dispose();
+    expect(() => exportOnnx(mismatched, registry, memorySource(otherWeights))).toThrow(
+      /^\$\.blocks\[1\]\.ffn: this monet layer \(heads 2, experts 4\) shares the routing of \$\.blocks\[0\]\.ffn \(heads 2, experts 6\); they must match$/,
+    );
+  });
+});
+
+describe('FFF', () => {
+  it('the parity models send the tokens to several leaves (the descent is exercised)', () => {
+    const model = buildModel<Model>(lm({ normType: 'rmsnorm', attention: mha, ffn: { type: 'fff', depth: 2, leafWidth: 8 } }), registry, 3);
+    randomize(model);
+    const ctx = forwardContext(new Rng(0), false);
+    tf.tidy(() => model.forward(tf.tensor2d(tokens(1), [B, T], 'int32'), ctx));
+    for (const stats of ctx.routing) expect(stats.counts.filter((c) => c > 0).length).toBeGreaterThan(1);
+    model.dispose();
   });
 });
 

@@ -12,8 +12,8 @@
  * their weights, and each expert runs only on the rows routed to it (NonZero, Gather) whose outputs
  * ScatterElements adds back (reduction "add"); `denseExperts` instead runs every expert on every row
  * and weights them by the scattered gate matrix (an option, not the default). It covers every dispatch
- * in the graph: routed FFN experts, SwitchHead's value / output experts and MoA's query / output
- * experts; PEER (a Gather of the retrieved experts), BAM and MONET (every expert already runs) have none.
+ * in the graph: routed FFN experts, FFF leaves, SwitchHead's value / output experts and MoA's query /
+ * output experts; PEER (a Gather of the retrieved experts), BAM and MONET (every expert already runs) have none.
  * Weights over protobuf's 2 GiB limit (or any, with `externalData: true`) go to a side file, ONNX
  * external data (external-data.ts).
  */
@@ -21,7 +21,7 @@ import { MoelabError, type NodeSpec, type Registry, type RopeScaling, resolveCon
 import { normalQuantile } from '@moelab/experts';
 import type { TensorSource } from '../hf/convert.js';
 import { type OnnxExternalData, toExternalData } from './external-data.js';
-import { OnnxGraph } from './graph.js';
+import { int64Tensor, OnnxGraph } from './graph.js';
 import { encodeOnnxModel, ONNX_FLOAT, ONNX_INT64, type OnnxValueInfo } from './proto.js';
 
 /** The ONNX operator set the exported graphs use (ONNX Runtime 1.13+ runs it). */
@@ -34,7 +34,7 @@ export const ONNX_MAX_BYTES = 2 ** 31 - 1;
 export const ONNX_INLINE_WEIGHTS_MAX_BYTES = ONNX_MAX_BYTES - (64 << 20);
 
 export interface OnnxExportOptions {
-  /** Run every expert on every token and weight them by the (sparse) gate matrix instead of dispatching: routed FFN experts, SwitchHead and MoA. Default false. */
+  /** Run every expert on every token and weight them by the (sparse) gate matrix instead of dispatching: routed FFN experts, FFF leaves, SwitchHead and MoA. Default false. */
   denseExperts?: boolean;
   /** Written as the model's producer_version. */
   producerVersion?: string;
@@ -874,6 +874,64 @@ function monetFfn(decomposition: 'horizontal' | 'vertical'): FfnHandler {
   };
 }
 
+/**
+ * `fff` (packages/experts/src/fff.ts, arXiv 2308.14711 and 2405.16836) at inference: hard descent from
+ * the root, node ← 2·node + 1 + [w_node·x + b_node ≥ 0] at each of the D levels (`Gather` of the node's
+ * weights, `ReduceSum`, `GreaterOrEqual`, `Cast`), leaf = node − (2^D − 1); each token runs only its
+ * leaf's MLP act(x W1[l] + b1[l]) W2[l] (+ b2[l]), dispatched like routed experts with weight 1
+ * (denseExperts: every leaf on every row, one-hot weighted). The Master Leaf is mixed in as
+ * κ·y + (1 − κ)·master(x), κ = σ(master_mix).
+ */
+const fffFfn: FfnHandler = (ex, x, _routerIn, prefix, c, path) => {
+  const g = ex.g;
+  const d = ex.dModel;
+  const D = c.depth as number;
+  const l = c.leafWidth as number;
+  const L = 2 ** D;
+  const nodes = L - 1;
+  const act = (v: string) => ex.activation(v, c.activation as string, path);
+  const X = g.reshape(x, [-1, d]);
+  const rows = g.op('Shape', [X], { start: { i: 0 }, end: { i: 1 } }); // [1]: N
+  /** A [rows, cols] weight stored as [1, rows, cols] (or [1, cols]) by the layer, as a plain initializer. */
+  const squeezed = (name: string, stored: number[], dims: number[]) => g.float(`${prefix}.${name}`, dims, () => ex.read(`${prefix}.${name}`, stored));
+  let node = g.op('ConstantOfShape', [rows], { value: { t: int64Tensor('value', [1], [0]) } }); // [N] int64: the root
+  if (nodes > 0) {
+    const W = ex.param(`${prefix}.node_weights`, [nodes, d]);
+    const b = squeezed('node_biases', [nodes, 1], [nodes]);
+    for (let level = 0; level < D; level++) {
+      const s = g.add(g.reduceSum(g.mul(g.gather(W, node, 0), X), [1], false), g.gather(b, node, 0));
+      const right = g.op('Cast', [g.op('GreaterOrEqual', [s, g.f32(0)])], { to: { i: ONNX_INT64 } });
+      node = g.add(g.add(g.mul(node, g.i64(2)), g.i64(1)), right);
+    }
+  }
+  const leaf = g.unsqueeze(g.sub(node, g.i64(nodes)), [1]); // [N, 1]
+  const withB2 = !c.officialEvalOmitsLeafOutputBias;
+  const bias = (name: string, width: number, e: number) =>
+    g.float(`${prefix}.${name}[${e}]`, [width], () => ex.read(`${prefix}.${name}`, [L, width]).slice(e * width, (e + 1) * width));
+  const bank: ExpertBankGraph = {
+    count: L,
+    one(xr, e) {
+      const h = act(g.add(g.matmul(xr, ex.expertSlice(`${prefix}.w1s`, L, d, l, e)), bias('b1s', l, e)));
+      const y = g.matmul(h, ex.expertSlice(`${prefix}.w2s`, L, l, d, e));
+      return withB2 ? g.add(y, bias('b2s', d, e)) : y;
+    },
+    all(xr) {
+      const h = act(g.add(g.matmul(xr, ex.param(`${prefix}.w1s`, [L, d, l])), g.unsqueeze(ex.param(`${prefix}.b1s`, [L, l]), [1]))); // [L, N, l]
+      const y = g.matmul(h, ex.param(`${prefix}.w2s`, [L, l, d]));
+      return withB2 ? g.add(y, g.unsqueeze(ex.param(`${prefix}.b2s`, [L, d]), [1])) : y;
+    },
+  };
+  let out = combineExperts(ex, X, { indices: leaf, weights: g.fill(g.op('Shape', [leaf]), 1), k: 1 }, bank);
+  if (c.masterLeaf) {
+    const m = c.masterLeafWidth as number;
+    const h = act(g.add(g.matmul(X, squeezed('magic_w1', [1, d, m], [d, m])), squeezed('magic_b1', [1, m], [m])));
+    const master = g.add(g.matmul(h, squeezed('magic_w2', [1, m, d], [m, d])), squeezed('magic_b2', [1, d], [d]));
+    const kappa = g.sigmoid(ex.param(`${prefix}.master_mix`, []));
+    out = g.add(g.mul(kappa, out), g.mul(g.sub(g.f32(1), kappa), master));
+  }
+  return g.op('Reshape', [out, g.op('Shape', [x])]);
+};
+
 const FFNS: Record<string, FfnHandler> = {
   dense: denseFfn,
   moe: moeFfn,
@@ -881,6 +939,7 @@ const FFNS: Record<string, FfnHandler> = {
   peer: peerFfn,
   'monet-hd': monetFfn('horizontal'),
   'monet-vd': monetFfn('vertical'),
+  fff: fffFfn,
 };
 
 // ---- blocks and the model ----------------------------------------------------------------------
