@@ -160,6 +160,9 @@ export interface CudaAddon {
   segmentSum(x: Ptr, ids: Ptr, out: Ptr, n: number, inner: number, numSegments: number): void;
   softmax(x: Ptr, out: Ptr, rows: number, cols: number): void;
   topk(x: Ptr, values: Ptr, indices: Ptr, rows: number, cols: number, k: number): void;
+  /** core's MoelabSoftmaxTopK: weight, expert slot-major [k, T]. */
+  softmaxTopK(scores: Ptr, bias: Ptr | null, weight: Ptr, expert: Ptr, T: number, E: number, k: number, renormalize: boolean): void;
+  softmaxTopKGrad(dy: Ptr, scores: Ptr, weight: Ptr, expert: Ptr, dscores: Ptr, T: number, E: number, k: number, renormalize: boolean): void;
   layerNormForward(x: Ptr, gamma: Ptr, beta: Ptr | null, y: Ptr, mean: Ptr, rstd: Ptr, rows: number, D: number, eps: number): void;
   layerNormBackward(dy: Ptr, x: Ptr, gamma: Ptr, mean: Ptr, rstd: Ptr, dx: Ptr, dgamma: Ptr, dbeta: Ptr | null, rows: number, D: number): void;
   adamw(p: Ptr, g: Ptr, m: Ptr, v: Ptr, pOut: Ptr, mOut: Ptr, vOut: Ptr, n: number, scalars: number[], decay: boolean): void;

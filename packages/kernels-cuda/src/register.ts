@@ -14,6 +14,7 @@ import { registerFused } from './kernels/fused.js';
 import { registerLayout } from './kernels/layout.js';
 import { registerMatmul } from './kernels/matmul.js';
 import { registerReduce } from './kernels/reduce.js';
+import { registerRouter } from './kernels/router.js';
 import { loadAddon } from './native.js';
 
 /** The backend on a GPU. */
@@ -125,7 +126,7 @@ export function registerMoelabCudaBackend(tf: typeof tfjs = tfjs, options: Regis
       if (!CUDA_KERNELS.includes(kernel)) CUDA_KERNELS.push(kernel);
     },
   };
-  for (const family of [registerMatmul, registerElementwise, registerReduce, registerLayout, registerAttention, registerFused]) family(ctx);
+  for (const family of [registerMatmul, registerElementwise, registerReduce, registerLayout, registerAttention, registerRouter, registerFused]) family(ctx);
   registerFusedGradients(tf);
 
   const info = addon.info();

@@ -237,6 +237,19 @@ void TopK(const Napi::CallbackInfo& info) {
   mlc::topk(ptr(info, 0), ptr(info, 1), ptr<int>(info, 2), num(info, 3), num(info, 4), num(info, 5));
   GUARD_END
 }
+// softmaxTopK(scores, bias|null, weight, expert, T, E, k, renormalize)
+void SoftmaxTopK(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  mlc::softmax_topk_forward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr<int>(info, 3), num(info, 4), num(info, 5), num(info, 6), flag(info, 7));
+  GUARD_END
+}
+// softmaxTopKGrad(dy, scores, weight, expert, dscores, T, E, k, renormalize)
+void SoftmaxTopKGrad(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  mlc::softmax_topk_backward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr<int>(info, 3), ptr(info, 4), num(info, 5), num(info, 6), num(info, 7),
+                             flag(info, 8));
+  GUARD_END
+}
 void LayerNormForward(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
   mlc::layer_norm_forward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), ptr(info, 5), num(info, 6), num(info, 7),
@@ -369,6 +382,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("segmentSum", SegmentSum);
   fn("softmax", Softmax);
   fn("topk", TopK);
+  fn("softmaxTopK", SoftmaxTopK);
+  fn("softmaxTopKGrad", SoftmaxTopKGrad);
   fn("layerNormForward", LayerNormForward);
   fn("layerNormBackward", LayerNormBackward);
   fn("adamw", AdamW);

@@ -568,6 +568,81 @@ __global__ void topk_k(const float* x, float* values, int* indices, long rows, l
   }
 }
 
+// The softmax top-k router gate (core's MoelabSoftmaxTopK), one thread per token row: k selection
+// rounds on z + bias as topk_k does (-Infinity and NaN never chosen: a row may make fewer than k
+// choices, its other slots get expert -1, weight 0), then weight_s = softmax(z)[e_s], divided by
+// the chosen weights' sum when renormalising. Outputs slot-major [k, T].
+__global__ void softmax_topk_k(const float* z, const float* bias, float* weight, int* expert, long T, int E, int k, bool renormalize) {
+  const long t = global_index();
+  if (t >= T) return;
+  const float* row = z + t * E;
+  float m = -INFINITY;
+  for (int e = 0; e < E; e++) m = fmaxf(m, row[e]);
+  float sum = 0.f;
+  for (int e = 0; e < E; e++) sum += expf(row[e] - m);
+  float pv = INFINITY, chosen = 0.f;
+  int pi = -1, n = 0;
+  for (int s = 0; s < k; s++) {
+    float bv = -INFINITY;
+    int bi = -1;
+    for (int e = 0; e < E; e++) {
+      const float v = bias ? row[e] + bias[e] : row[e];
+      if (!(v > -INFINITY)) continue;
+      const bool after = v < pv || (v == pv && e > pi);
+      if (after && (bi < 0 || v > bv)) {
+        bv = v;
+        bi = e;
+      }
+    }
+    if (bi < 0) break;
+    const float p = expf(row[bi] - m) / sum;
+    weight[s * T + t] = p;
+    expert[s * T + t] = bi;
+    chosen += p;
+    n++;
+    pv = bv;
+    pi = bi;
+  }
+  for (int s = 0; s < n; s++)
+    if (renormalize) weight[s * T + t] /= chosen;
+  for (int s = n; s < k; s++) {
+    weight[s * T + t] = 0.f;
+    expert[s * T + t] = -1;
+  }
+}
+
+// Its backward: with dot = sum_s w_s dy_s, renormalised dscores[e_s] = w_s (dy_s - dot) (0
+// elsewhere); raw dscores[j] = p_j (dy_j - dot) with dy_j the slot gradient of expert j.
+__global__ void softmax_topk_grad_k(const float* dy, const float* z, const float* weight, const int* expert, float* dz, long T, int E, int k,
+                                    bool renormalize) {
+  const long t = global_index();
+  if (t >= T) return;
+  float* g = dz + t * E;
+  float dot = 0.f;
+  for (int s = 0; s < k; s++)
+    if (expert[s * T + t] >= 0) dot += weight[s * T + t] * dy[s * T + t];
+  const float* row = z + t * E;
+  float m = -INFINITY;
+  for (int e = 0; e < E; e++) m = fmaxf(m, row[e]);
+  if (renormalize || !(m > -INFINITY)) {
+    for (int e = 0; e < E; e++) g[e] = 0.f;
+    if (renormalize)
+      for (int s = 0; s < k; s++) {
+        const int e = expert[s * T + t];
+        if (e >= 0) g[e] = weight[s * T + t] * (dy[s * T + t] - dot);
+      }
+    return;
+  }
+  float sum = 0.f;
+  for (int e = 0; e < E; e++) sum += expf(row[e] - m);
+  const float inv = 1.f / sum;
+  for (int e = 0; e < E; e++) g[e] = expf(row[e] - m) * (-dot * inv);
+  for (int s = 0; s < k; s++) {
+    const int e = expert[s * T + t];
+    if (e >= 0) g[e] += weight[s * T + t] * dy[s * T + t];
+  }
+}
+
 __global__ void layer_norm_forward_k(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd,
                                      long D, float eps) {
   __shared__ float sh[kThreads];
@@ -684,6 +759,13 @@ void softmax(const float* x, float* out, long rows, long cols) {
 void topk(const float* x, float* values, int* indices, long rows, long cols, int k) {
   if (k == 0) return;
   launch(topk_k, dim3(blocks_for(rows, 64)), dim3(64), x, values, indices, rows, cols, k);
+}
+void softmax_topk_forward(const float* scores, const float* bias, float* weight, int* expert, long T, int E, int k, bool renormalize) {
+  launch(softmax_topk_k, dim3(blocks_for(T, 64)), dim3(64), scores, bias, weight, expert, T, E, k, renormalize);
+}
+void softmax_topk_backward(const float* dy, const float* scores, const float* weight, const int* expert, float* dscores, long T, int E, int k,
+                           bool renormalize) {
+  launch(softmax_topk_grad_k, dim3(blocks_for(T, 64)), dim3(64), dy, scores, weight, expert, dscores, T, E, k, renormalize);
 }
 void layer_norm_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd, long rows, long D,
                         float eps) {

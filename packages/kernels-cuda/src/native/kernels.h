@@ -70,6 +70,10 @@ long gather_int(const int* x, const int* idx, int* out, long outer, long dim, lo
 void segment_sum(const float* x, const int* ids, float* out, long n, long inner, long numSegments);
 void softmax(const float* x, float* out, long rows, long cols);
 void topk(const float* x, float* values, int* indices, long rows, long cols, int k);
+// core's MoelabSoftmaxTopK gate and its backward; weight, expert, dy: slot-major [k, T].
+void softmax_topk_forward(const float* scores, const float* bias, float* weight, int* expert, long T, int E, int k, bool renormalize);
+void softmax_topk_backward(const float* dy, const float* scores, const float* weight, const int* expert, float* dscores, long T, int E, int k,
+                           bool renormalize);
 void layer_norm_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd, long rows,
                         long D, float eps);
 void layer_norm_backward(const float* dy, const float* x, const float* gamma, const float* mean, const float* rstd, float* dx,

@@ -43,11 +43,11 @@ export async function runOn(backend: string, specs: Spec[], fn: (...ts: tf.Tenso
 }
 
 /**
- * Runs `ref` on `cpu` and `fn` (default: `ref`) on the backend under test; throws unless shapes,
- * dtypes and values (within `tol`) agree. Returns the worst difference.
+ * Runs `ref` on `reference` (default `cpu`) and `fn` (default: `ref`) on the backend under test;
+ * throws unless shapes, dtypes and values (within `tol`) agree. Returns the worst difference.
  */
-export async function compare(specs: Spec[], ref: (...ts: tf.Tensor[]) => tf.Tensor | tf.Tensor[], tol = 1e-4, fn = ref): Promise<number> {
-  const want = await runOn('cpu', specs, ref);
+export async function compare(specs: Spec[], ref: (...ts: tf.Tensor[]) => tf.Tensor | tf.Tensor[], tol = 1e-4, fn = ref, reference = 'cpu'): Promise<number> {
+  const want = await runOn(reference, specs, ref);
   const got = await runOn(NAME, specs, fn);
   if (want.length !== got.length) throw new Error(`output count ${got.length} != ${want.length}`);
   let worst = 0;
