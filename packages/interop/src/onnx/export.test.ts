@@ -2,9 +2,11 @@
  * ONNX export of each layer option the graph covers, run in ONNX Runtime (onnxruntime-node, CPU): the
  * logits of the file equal moelab's forward pass within 1e-4 for tiny models (d 16, 2 layers, T 6),
  * one model per option group (LayerNorm / RMSNorm, GQA, both RoPE layouts and partial RoPE, q/k norms,
- * biases, every router family with and without renormalisation, GLU experts, gated shared experts,
- * tied embeddings, learned positions, shared layers, post / peri / parallel blocks, dense experts).
- * The file is also read back: opset 17, TopK and ScatterElements present, no dense expert trick unless asked.
+ * biases, RoPE scaling, sliding windows, every router family with and without renormalisation, GLU
+ * experts, gated shared experts, tied embeddings, learned positions, shared layers, post / peri /
+ * parallel blocks, every attention mixture, PEER, MONET, FFF, dense experts). The file is also read
+ * back: opset 17, TopK and ScatterElements present, no dense expert trick unless asked, and the layout
+ * of external data.
  */
 import { attention } from '@moelab/attention';
 import {
@@ -257,6 +259,14 @@ const cases: [string, NodeSpec, OnnxExportOptions?][] = [
     'MONET-VD: k >= E (every shard selected: plain softmax), shared router, layers repeated aabb',
     lm({ attention: mha, ffn: monet('monet-vd', { experts: 3, k: 3, expertDim: 6, routerGroup: 2 }) }, { stack: { groupSize: 2, repeats: 2, order: 'aabb' } }),
   ],
+  [
+    'MAE: 4 heads reweighted per token by the gate, partial RoPE',
+    lm({ attention: { type: 'mae', heads: 4, ropeDims: 2, gateStd: 0.5 }, ffn: { type: 'dense', hidden: 16 } }),
+  ],
+  [
+    'MAE: gate from the running mean of the inputs (granularity sequence), headDim 6, parallel block',
+    lm({ layout: 'parallel', attention: { type: 'mae', heads: 3, headDim: 6, granularity: 'sequence', gateStd: 0.5 }, ffn: { type: 'dense', hidden: 16 } }),
+  ],
   ['FFF: hard descent through a depth-2 tree of 4 relu leaves', lm({ normType: 'rmsnorm', attention: mha, ffn: { type: 'fff', depth: 2, leafWidth: 8 } })],
   [
     "FFF: depth 3, gelu, Master Leaf, the official eval's missing leaf output bias",
@@ -498,9 +508,6 @@ describe('the ONNX file', () => {
     };
     expect(refused(lm({ attention: mha, ffn: moe({ type: 'hash' }) }))).toMatch(
       /^\$\.block\.ffn\.router: router "hash" has no ONNX export \(routers the ONNX export holds: softmax-topk, /,
-    );
-    expect(refused(lm({ attention: { type: 'mae', heads: 4 }, ffn: { type: 'dense', hidden: 8 } }))).toMatch(
-      /^\$\.block\.attention: attention "mae" has no ONNX export \(attentions the ONNX export holds: mha, switchhead, moa, bam-soft-moa\)$/,
     );
     expect(refused(lm({ attention: mha, ffn: moe({ type: 'softmax-topk', k: 2 }, 'mlp', { capacityFactor: 1.25 }) }))).toMatch(
       /^\$\.block\.ffn\.capacityFactor: capacity factor 1\.25 at inference drops assignments/,

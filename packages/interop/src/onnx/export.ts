@@ -510,11 +510,40 @@ const bamAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
   return out;
 };
 
+/**
+ * `mae` (packages/attention/src/mae.ts, arXiv 2005.06537): the heads of a causal multi-head attention
+ * (RoPE rotate-half on the first ropeDims channels) reweighted per token by c = h (1 − g) / (h − 1),
+ * g = softmax(W_g u), before W_o. u is the query input (`granularity: "token"`) or its running mean over
+ * the positions so far (`"sequence"`: a `MatMul` with the [T, T] averaging matrix, (j ≤ i) / (i + 1)).
+ */
+const maeAttention: AttentionHandler = (ex, src, prefix, c, _path) => {
+  const g = ex.g;
+  const d = ex.dModel;
+  const H = c.heads as number;
+  const dh = (c.headDim as number | undefined) ?? d / H;
+  const dims = (c.ropeDims as number | undefined) ?? dh;
+  const base = c.ropeBase as number;
+  const heads = (x: string, name: string) => ex.splitHeads(ex.linear(x, `${prefix}.${name}`, d, H * dh, false), H, dh);
+  const rope = (t: string) => ex.applyRope(t, dh, dims, base, 'half');
+  const out = ex.causalAttention(rope(heads(src.q, 'q_proj')), rope(heads(src.k, 'k_proj')), heads(src.v, 'v_proj'), 1 / Math.sqrt(dh));
+  let u = src.q;
+  if (c.granularity === 'sequence') {
+    const pos = ex.shared.positions;
+    const seen = g.op('Cast', [g.op('LessOrEqual', [g.unsqueeze(pos, [0]), g.unsqueeze(pos, [1])])], { to: { i: ONNX_FLOAT } }); // [T, T]: j ≤ i
+    u = g.matmul(g.div(seen, g.reduceSum(seen, [1], true)), u); // row i: the mean of rows 0..i
+  }
+  const gates = g.softmax(ex.linear(u, `${prefix}.gate`, d, H, false)); // [B, T, H]
+  const scale = g.unsqueeze(g.transpose(g.mul(g.sub(g.f32(1), gates), g.f32(H / (H - 1))), [0, 2, 1]), [3]); // [B, H, T, 1]
+  const weighted = g.mul(out, scale); // head j of every token scaled by its c_j
+  return ex.linear(ex.mergeHeads(weighted, H, dh), `${prefix}.o_proj`, H * dh, d, false);
+};
+
 const ATTENTION: Record<string, AttentionHandler> = {
   mha: mhaAttention,
   switchhead: switchHeadAttention,
   moa: moaAttention,
   'bam-soft-moa': bamAttention,
+  mae: maeAttention,
 };
 
 // ---- routers -----------------------------------------------------------------------------------
