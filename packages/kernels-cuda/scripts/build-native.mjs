@@ -181,6 +181,8 @@ function main() {
     return;
   }
   const ifMissing = args.has('--if-missing');
+  // The compilers write their outputs into build/ (temp name, then rename): it must exist first.
+  mkdirSync(buildDir, { recursive: true });
   const h = headerFlags();
   if (h.error) {
     record({ emulation: { ok: false, reason: h.error }, device: { ok: false, reason: h.error } });
