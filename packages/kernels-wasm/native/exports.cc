@@ -137,6 +137,23 @@ EXPORT void topk(const float* x, float* values, int32_t* indices, int rows, int 
   moelab::topk(x, values, indices, rows, cols, k);
 }
 
+EXPORT const char* softmaxTopK(const float* scores, const float* bias, float* weight, int32_t* expert, int T, int E, int k,
+                               bool renormalize) {
+  if (k < 1 || k > E) return fail("softmax top-k needs 1 <= k <= E");
+  softmax_topk_forward(scores, bias, weight, expert, T, E, k, renormalize);
+  return nullptr;
+}
+
+EXPORT const char* softmaxTopKGrad(const float* dy, const float* scores, const float* weight, const int32_t* expert,
+                                   float* dscores, int T, int E, int k, bool renormalize) {
+  if (k < 1 || k > E) return fail("softmax top-k needs 1 <= k <= E");
+  for (long i = 0; i < static_cast<long>(k) * T; i++)
+    if (expert[i] < -1 || expert[i] >= E)
+      return fail("softmax top-k expert index " + std::to_string(expert[i]) + " out of range [-1, " + std::to_string(E) + ")");
+  softmax_topk_backward(dy, scores, weight, expert, dscores, T, E, k, renormalize);
+  return nullptr;
+}
+
 EXPORT void layerNormForward(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd,
                              int rows, int D, float eps) {
   layer_norm_forward(x, gamma, beta, y, mean, rstd, rows, D, eps);

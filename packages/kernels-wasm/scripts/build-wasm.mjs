@@ -20,8 +20,9 @@ const outDir = join(pkgDir, 'build');
 const statusFile = join(outDir, 'moelab-wasm-build.json');
 const force = process.argv.includes('--force');
 
-// The kernels (every translation unit of the Node addon but its Node-API bindings) and the exports.
-const SHARED = ['attention.cc', 'gemm.cc', 'kernels.cc', 'moe.cc', 'moe_glu.cc', 'norm.cc', 'pool.cc', 'quant.cc'];
+// The kernels (every translation unit of the Node addon but its Node-API bindings, so that a kernel
+// file kernels-cpu adds is compiled here too) and the exports.
+const SHARED = existsSync(sharedDir) ? readdirSync(sharedDir).filter((f) => f.endsWith('.cc') && f !== 'addon.cc') : [];
 const sources = [join(pkgDir, 'native', 'exports.cc'), ...SHARED.map((f) => join(sharedDir, f))];
 
 export const EMCC_HELP = 'Install Emscripten (Debian/Ubuntu: apt-get install -y emscripten), then run `pnpm --filter @moelab/kernels-wasm build`.';

@@ -125,6 +125,8 @@ const OUTPUTS: Record<string, readonly number[]> = {
   gather: [2],
   softmax: [1],
   topk: [1, 2],
+  softmaxTopK: [2, 3],
+  softmaxTopKGrad: [4],
   layerNormForward: [3, 4, 5],
   layerNormBackward: [5, 6, 7],
   adamw: [4, 5, 6],
@@ -157,6 +159,8 @@ const ADAPT: Record<string, (a: unknown[]) => unknown[]> = {
 // The exports that validate indices and return an error message (or 0).
 const CHECKED = new Set([
   'sgemmBatched',
+  'softmaxTopK',
+  'softmaxTopKGrad',
   'moeMlpForward',
   'moeMlpBackward',
   'moeGluForward',
@@ -377,7 +381,9 @@ const loading = new Map<string, Promise<WasmLoad>>();
  */
 export async function loadWasmKernels(options: LoadOptions = {}): Promise<WasmLoad> {
   const wanted = Math.min(64, Math.max(1, Math.floor(options.threads ?? (await defaultThreads()))));
-  let singleReason = wanted === 1 ? (options.threads === 1 ? 'one thread was asked for' : 'one core here') : threadsUnavailableReason();
+  const envThreads = isNode ? process.env.MOELAB_THREADS : undefined;
+  const oneThread = options.threads !== undefined ? 'one thread was asked for' : envThreads ? `MOELAB_THREADS=${envThreads}` : 'one core here';
+  let singleReason = wanted === 1 ? oneThread : threadsUnavailableReason();
   if (!singleReason) {
     const key = `threads:${wanted}`;
     if (!loading.has(key)) {
