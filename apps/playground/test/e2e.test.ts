@@ -459,9 +459,32 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     expect(st.files).toEqual(['steer.json']);
     expect(Number(await page.textContent('#cp-table tr[data-row=other-perplexity] td.after'))).toBeGreaterThan(1);
     await expect.poll(async () => (await cp()).barsDrawn).toBe(2 * 4);
+    // EEP (a tiny search budget, then one generation of its merging phase): half the experts, an ordinary checkpoint.
+    await page.selectOption('#cp-method', 'eep');
+    await page.fill('#cp-eep-ratio', '0.5');
+    await page.fill('#cp-population', '2');
+    await page.fill('#cp-generations', '1');
+    await page.fill('#cp-merge-generations', '1');
+    await page.click('#cp-run');
+    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
+    const eep = await cp();
+    expect(eep.errors).toEqual([]);
+    expect(eep.result!.size.after.parameters).toBeLessThan(parameters);
+    expect(eep.result!.experts.map((l) => l.kept!.filter(Boolean).length)).toEqual([2, 2]);
+    // SCMoE decodes a validation prompt without and with the contrast; no file, the weights unchanged.
+    await page.selectOption('#cp-method', 'scmoe');
+    await page.fill('#cp-beta', '0.5');
+    await page.click('#cp-run');
+    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
+    const sc = (await cp()) as Cp & { files: string[] };
+    expect(sc.errors).toEqual([]);
+    expect(sc.files).toEqual([]);
+    expect(sc.result!.size.after.parameters).toBe(parameters);
+    expect(await page.textContent('#cp-generated')).toMatch(/^prompt: [\s\S]*\ngreedy: …[\s\S]*\nSCMoE: {2}…/);
+    await expect.poll(async () => (await cp()).barsDrawn).toBe(2 * 4);
     await page.screenshot({ path: join(results, 'playground-finetune-compress.png'), fullPage: true });
     expect(pageErrors).toEqual([]);
-  }, 240_000);
+  }, 360_000);
 });
 
 describe.skipIf(!hasChromium)('playground charts on a high-DPI screen', () => {
