@@ -54,12 +54,13 @@ import {
   routedExpertBanks,
   steerEdits,
   steerScores,
+  windowBatches,
+  windowsLoss,
 } from '@moelab/compress';
 import {
   buildModel,
   type CheckpointConfig,
   checkpointConfigText,
-  crossEntropy,
   encodeCheckpoint,
   type ForwardContext,
   forwardContext,
@@ -160,36 +161,14 @@ export function textWindows(data: TextData, split: 'train' | 'val', seqLen: numb
   return out;
 }
 
-/** Batches of windows as [B, T+1] int32 tensors (the caller disposes them). */
-function* batches(windows: Int32Array[], batchSize: number): Generator<tf.Tensor2D> {
-  for (let i = 0; i < windows.length; i += batchSize) {
-    const part = windows.slice(i, i + batchSize);
-    const T1 = part[0]!.length;
-    const flat = new Int32Array(part.length * T1);
-    for (const [b, w] of part.entries()) flat.set(w, b * T1);
-    yield tf.tensor2d(flat, [part.length, T1], 'int32');
-  }
-}
-
 /** Per-byte perplexity of the windows' next-token predictions (with forward-context extras: steering edits). */
 export function windowsPerplexity(model: Model, windows: Int32Array[], batchSize: number, extra: Partial<ForwardContext> = {}): number {
-  let sum = 0;
-  let tokens = 0;
-  for (const batch of batches(windows, batchSize)) {
-    const [B, T1] = batch.shape;
-    sum += tf.tidy(() => {
-      const logits = model.forward(tf.slice(batch, [0, 0], [B, T1 - 1]), forwardContext(new Rng(0), false, extra));
-      return crossEntropy(logits, tf.slice(batch, [0, 1], [B, T1 - 1])).dataSync()[0]! * B * (T1 - 1);
-    });
-    tokens += B * (T1 - 1);
-    batch.dispose();
-  }
-  return Math.exp(sum / tokens);
+  return Math.exp(windowsLoss(model, windows, batchSize, extra));
 }
 
 /** One observed pass over the calibration windows: every routing statistic the methods need. */
 export function calibrate(model: Model, windows: Int32Array[], batchSize: number, domain: string, observer = new RoutingObserver()): RoutingObserver {
-  for (const batch of batches(windows, batchSize)) {
+  for (const batch of windowBatches(windows, batchSize)) {
     observer.observeLoss(model, batch, { domain });
     batch.dispose();
   }
@@ -535,7 +514,7 @@ function scmoe(
     tokens: windows.length * o.seqLen,
   };
   const observer = new RoutingObserver({ outputs: false, inputs: false });
-  for (const batch of batches(windows, o.batchSize)) {
+  for (const batch of windowBatches(windows, o.batchSize)) {
     const { observed, ...hooks } = observer.hooks({ domain: o.data.name });
     const ctx = forwardContext(new Rng(0), false, { ...hooks, ...weak });
     const [B, T1] = batch.shape;

@@ -157,8 +157,10 @@ describe('compression in the playground', () => {
   });
 
   it('EEP keeps half the experts by search (and merging), an ordinary smaller checkpoint', () => {
-    const r = run({ kind: 'eep', ratio: 0.5, population: 2, generations: 1 });
-    const m = run({ kind: 'eep', ratio: 0.5, population: 2, generations: 1, mergeGenerations: 1 });
+    // A small search budget: 256 calibration tokens (the search windows) keep the test quick.
+    const small = (method: CompressMethod) => compressInPage(registry, { files, method, data, calibTokens: 256, evalTokens: 1024 });
+    const r = small({ kind: 'eep', ratio: 0.5, population: 2, generations: 1 });
+    const m = small({ kind: 'eep', ratio: 0.5, population: 2, generations: 1, mergeGenerations: 1 });
     for (const x of [r, m]) {
       expect(x.size.after.parameters).toBeLessThan(x.size.before.parameters);
       for (const l of x.experts) expect(l.kept!.filter(Boolean).length).toBe(2);

@@ -9,8 +9,9 @@
 import { buildModel, forwardContext, type NodeSpec, Rng, type RouterLogitEdit, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { testRegistry } from '../test/registry.js';
-import { eepMerge, eepSearch, keepMapping, routerRemap, windowsLoss } from './eep.js';
+import { eepMerge, eepSearch, keepMapping, routerRemap } from './eep.js';
 import { type Model, moeLayers, reduceExperts, type SpecModel, sliceExperts } from './surgery.js';
+import { windowsLoss } from './windows.js';
 
 beforeAll(async () => {
   await tf.setBackend('cpu');

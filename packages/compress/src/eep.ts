@@ -27,7 +27,7 @@
  * (`reduceExperts`). At a selection both forms route identically (invariant I0.1), so the merging
  * phase starts exactly where the pruning phase ended and, being elitist, never ends worse on its windows.
  */
-import { crossEntropy, forwardContext, MoelabError, type Registry, Rng, type RouterLogitEdit, tf } from '@moelab/core';
+import { MoelabError, type Registry, Rng, type RouterLogitEdit, tf } from '@moelab/core';
 import {
   type ExpertReduction,
   expertAxesOf,
@@ -40,6 +40,7 @@ import {
   type SpecModel,
   selection,
 } from './surgery.js';
+import { windowsLoss } from './windows.js';
 
 /** EEP's router mapping p' = softmax(z) Rᵀ as a logit edit z' = log(p') for a square R [E][E] (zero rows: −∞). */
 export function routerRemap(R: number[][]): RouterLogitEdit {
@@ -84,26 +85,6 @@ export interface EEPResult {
   history: number[];
   /** Distinct candidates evaluated. */
   evaluations: number;
-}
-
-/** Mean next-token cross-entropy of `windows` ([T + 1] each) with the given router-logit edits. */
-export function windowsLoss(model: Model, windows: Int32Array[], batchSize: number, edits?: Map<string, RouterLogitEdit>): number {
-  let sum = 0;
-  let tokens = 0;
-  for (let i = 0; i < windows.length; i += batchSize) {
-    const part = windows.slice(i, i + batchSize);
-    const T1 = part[0]!.length;
-    const flat = new Int32Array(part.length * T1);
-    for (const [b, w] of part.entries()) flat.set(w, b * T1);
-    sum += tf.tidy(() => {
-      const batch = tf.tensor2d(flat, [part.length, T1], 'int32');
-      const ctx = forwardContext(new Rng(0), false, { stats: false, ...(edits ? { routerLogitEdits: edits } : {}) });
-      const logits = model.forward(tf.slice(batch, [0, 0], [part.length, T1 - 1]), ctx);
-      return crossEntropy(logits, tf.slice(batch, [0, 1], [part.length, T1 - 1])).dataSync()[0]! * part.length * (T1 - 1);
-    });
-    tokens += part.length * (T1 - 1);
-  }
-  return sum / tokens;
 }
 
 type Candidate = Map<string, number[]>;

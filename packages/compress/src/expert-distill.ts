@@ -17,6 +17,7 @@
 import { activate, forwardContext, MoelabError, Rng, tf } from '@moelab/core';
 import { asMlpBank, type MlpBank } from './bank.js';
 import { type Model, moeLayers } from './surgery.js';
+import { windowBatches } from './windows.js';
 
 /** The teacher's routed inputs and outputs of one MoE layer, per expert (row-major [n_e, d]). */
 export interface ExpertTargets {
@@ -53,11 +54,8 @@ export function collectExpertTargets(model: Model, windows: Int32Array[], o: { b
   const batchSize = o.batchSize ?? 8;
   const rows = new Map(layers.map((l) => [l.path, Array.from({ length: l.numExperts }, () => [] as number[][])]));
   let d = 0;
-  for (let i = 0; i < windows.length; i += batchSize) {
-    const part = windows.slice(i, i + batchSize);
-    const T = part[0]!.length - 1;
-    const flat = new Int32Array(part.length * T);
-    for (const [b, w] of part.entries()) flat.set(w.subarray(0, T), b * T);
+  for (const batch of windowBatches(windows, batchSize)) {
+    const [B, T1] = batch.shape;
     const ctx = forwardContext(new Rng(0), false, {
       stats: false,
       moeObserver: (ev) => {
@@ -73,8 +71,9 @@ export function collectExpertTargets(model: Model, windows: Int32Array[], o: { b
       },
     });
     tf.tidy(() => {
-      model.forward(tf.tensor2d(flat, [part.length, T], 'int32'), ctx);
+      model.forward(tf.slice(batch, [0, 0], [B, T1 - 1]), ctx);
     });
+    batch.dispose();
   }
   return layers.map((l) => {
     const bank = banks.get(l.path)!;

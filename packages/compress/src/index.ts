@@ -16,8 +16,8 @@ export {
   eepSearch,
   keepMapping,
   routerRemap,
-  windowsLoss,
 } from './eep.js';
+export { windowBatches, windowsLoss } from './windows.js';
 export { rankRouting, type SCMoEOptions, scmoeContrast } from './scmoe.js';
 export {
   bindExperts,

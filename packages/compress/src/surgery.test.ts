@@ -8,7 +8,7 @@
 import { buildModel, DispatchPlan, forwardContext, type MoELayer, type NodeSpec, Rng, type RouterLogitEdit, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { testRegistry } from '../test/registry.js';
-import { windowsLoss } from './eep.js';
+import { windowsLoss } from './windows.js';
 import { alignmentPermutation, groupExperts, maxAssignment, mergeExperts, permuteExpert } from './merge.js';
 import { RoutingObserver } from './observer.js';
 import { planPruning, pruneExperts, superExperts } from './prune.js';

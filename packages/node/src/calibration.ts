@@ -5,8 +5,8 @@
  * through the routing observer of `@moelab/compress`.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { type ObserveTag, parseSteerFile, RoutingObserver, type SteerFile } from '@moelab/compress';
-import { ByteTokenizer, crossEntropy, type ForwardContext, forwardContext, MoelabError, Rng, tf } from '@moelab/core';
+import { type ObserveTag, parseSteerFile, RoutingObserver, type SteerFile, windowBatches, windowsLoss } from '@moelab/compress';
+import { ByteTokenizer, type ForwardContext, MoelabError } from '@moelab/core';
 import type { Model } from './checkpoint.js';
 import { BUILTIN_CORPORA, type Corpus, CorpusTokens, type Document, loadCorpus } from './corpus.js';
 import { domainLabel, domainLabels, labelLevel } from './specialise.js';
@@ -62,12 +62,7 @@ export function observeWindows(
 ): { sum: number; tokens: number } {
   let sum = 0;
   let tokens = 0;
-  for (let i = 0; i < windows.length; i += batchSize) {
-    const part = windows.slice(i, i + batchSize);
-    const T1 = part[0]!.length;
-    const flat = new Int32Array(part.length * T1);
-    for (const [b, w] of part.entries()) flat.set(w, b * T1);
-    const batch = tf.tensor2d(flat, [part.length, T1], 'int32');
+  for (const batch of windowBatches(windows, batchSize)) {
     const r = observer.observeLoss(model, batch, tag);
     batch.dispose();
     sum += r.sum;
@@ -90,21 +85,7 @@ export function calibrate(
 
 /** Perplexity of the windows' next-token predictions, optionally with forward-context extras (router-logit edits). */
 export function windowsPerplexity(model: Model, windows: Int32Array[], batchSize: number, extra: Partial<ForwardContext> = {}): number {
-  let sum = 0;
-  let tokens = 0;
-  for (let i = 0; i < windows.length; i += batchSize) {
-    const part = windows.slice(i, i + batchSize);
-    const T1 = part[0]!.length;
-    const flat = new Int32Array(part.length * T1);
-    for (const [b, w] of part.entries()) flat.set(w, b * T1);
-    sum += tf.tidy(() => {
-      const batch = tf.tensor2d(flat, [part.length, T1], 'int32');
-      const logits = model.forward(tf.slice(batch, [0, 0], [part.length, T1 - 1]), forwardContext(new Rng(0), false, extra));
-      return crossEntropy(logits, tf.slice(batch, [0, 1], [part.length, T1 - 1])).dataSync()[0]! * part.length * (T1 - 1);
-    });
-    tokens += part.length * (T1 - 1);
-  }
-  return Math.exp(sum / tokens);
+  return Math.exp(windowsLoss(model, windows, batchSize, extra));
 }
 
 /** Read a steering file written by `moelab steer`. */

@@ -7,7 +7,7 @@
 import { buildModel, crossEntropy, forwardContext, type NodeSpec, Rng, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { testRegistry } from '../../test/registry.js';
-import { windowsLoss } from '../eep.js';
+import { windowsLoss } from '../windows.js';
 import type { Model } from '../surgery.js';
 import { selectTargets } from './format.js';
 import { quantizationAwareTraining } from './qat.js';
