@@ -13,6 +13,13 @@ type MoeExpertSizes = [T: number, d: number, h: number, E: number, N: number, ac
 /** The trailing sizes of the expert-selected linear calls: rows, in and out widths, experts, assignments, output rows. */
 type MoeLinearSizes = [R: number, din: number, dout: number, E: number, N: number, outRows: number];
 
+/** One packed expert weight [E, din, dout] (layout in src/native/quant.h). */
+export interface PackedWeightArrays {
+  codes: Int32Array;
+  scale: Float32Array;
+  zero: Float32Array;
+}
+
 /** The functions the addon exports (see src/native/addon.cc for the argument contracts). */
 export interface NativeAddon {
   info(): { gemm: 'openblas' | 'builtin'; haveBlas: boolean; threads: number };
@@ -229,20 +236,14 @@ export interface NativeAddon {
     ...sizes: MoeExpertSizes
   ): void;
   /**
-   * Packed experts (weight-only quantized, layout in src/native/quant.h), gated when the w3 arrays
-   * are given (null otherwise); `hidden` as moeMlpForward / moeGluForward.
+   * Packed experts (weight-only quantized, layout in src/native/quant.h), gated when w3 is given
+   * (null otherwise); `hidden` as moeMlpForward / moeGluForward.
    */
   moePackedForward(
     x: Float32Array,
-    w1Codes: Int32Array,
-    w1Scale: Float32Array,
-    w1Zero: Float32Array,
-    w3Codes: Int32Array | null,
-    w3Scale: Float32Array | null,
-    w3Zero: Float32Array | null,
-    w2Codes: Int32Array,
-    w2Scale: Float32Array,
-    w2Zero: Float32Array,
+    w1: PackedWeightArrays,
+    w3: PackedWeightArrays | null,
+    w2: PackedWeightArrays,
     tok: Int32Array,
     exp: Int32Array,
     weight: Float32Array,
@@ -254,15 +255,9 @@ export interface NativeAddon {
   moePackedBackward(
     dy: Float32Array,
     x: Float32Array,
-    w1Codes: Int32Array,
-    w1Scale: Float32Array,
-    w1Zero: Float32Array,
-    w3Codes: Int32Array | null,
-    w3Scale: Float32Array | null,
-    w3Zero: Float32Array | null,
-    w2Codes: Int32Array,
-    w2Scale: Float32Array,
-    w2Zero: Float32Array,
+    w1: PackedWeightArrays,
+    w3: PackedWeightArrays | null,
+    w2: PackedWeightArrays,
     tok: Int32Array,
     exp: Int32Array,
     weight: Float32Array,

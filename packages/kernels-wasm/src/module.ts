@@ -20,7 +20,7 @@
  * one per thread beyond the caller's, so the pool never waits for one to load.
  */
 import { MoelabError } from '@moelab/core';
-import type { NativeAddon } from '@moelab/kernels-cpu/kernels';
+import type { NativeAddon, PackedWeightArrays } from '@moelab/kernels-cpu/kernels';
 
 /** The functions and views of the Emscripten module this package builds (native/exports.cc). */
 interface EmscriptenModule {
@@ -154,7 +154,18 @@ const ADAPT: Record<string, (a: unknown[]) => unknown[]> = {
   mulBroadcast: (a) => [...a.slice(0, 6), a[6] ?? 0, (a[3] as Int32Array).length],
   gather: (a) => [...a.slice(0, 6), (a[1] as Int32Array).length],
   adamw: (a) => [...a.slice(0, 8), Float32Array.from(a[8] as number[]), a[9]],
+  // Packed expert weights come as { codes, scale, zero } objects (w3 null when ungated); the C
+  // export takes the three arrays of each in a row.
+  moePackedForward: (a) => [a[0], ...packedArgs(a.slice(1, 4)), ...a.slice(4)],
+  moePackedBackward: (a) => [a[0], a[1], ...packedArgs(a.slice(2, 5)), ...a.slice(5)],
 };
+
+function packedArgs(weights: unknown[]): unknown[] {
+  return weights.flatMap((w) => {
+    const p = w as PackedWeightArrays | null;
+    return p ? [p.codes, p.scale, p.zero] : [null, null, null];
+  });
+}
 
 // The exports that validate indices and return an error message (or 0).
 const CHECKED = new Set([

@@ -32,7 +32,7 @@ import {
   ungatherPadded,
 } from '@moelab/core';
 import { Balancer, type BalanceOptions, balanceFields } from './balance.js';
-import { checkK, gatherAt, planFromChoices, topkRows } from './common.js';
+import { checkK, gatherAt, kSchema, planFromChoices, topkRows } from './common.js';
 
 export interface AoEOptions extends BalanceOptions {
   experts: number;
@@ -134,7 +134,7 @@ export const autonomyOfExperts = defineEntry({
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
     experts: Type.Integer({ minimum: 1, default: 8, description: 'number of experts E' }),
-    k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
+    k: kSchema(2),
     rank: Type.Integer({ minimum: 1, default: 8, description: 'd_low: rank of the factorised gate projection (paper value UNKNOWN)' }),
     hidden: Type.Integer({ minimum: 1, default: 64, description: 'hidden width of each expert' }),
     activation: Type.Union(

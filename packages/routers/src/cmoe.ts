@@ -10,7 +10,7 @@
  * starts at 0, so the freshly carved model uses weight exactly 1 (with every group active it is the dense FFN).
  */
 import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
-import { BiasController, gatherAt, planFromChoices, topkRows } from './common.js';
+import { BiasController, checkK, gatherAt, planFromChoices, topkRows } from './common.js';
 
 export class CMoERouter extends Module implements Router {
   readonly flags = { causalSafe: true, batchDependent: false };
@@ -80,7 +80,7 @@ export const cmoeAnalytic = defineEntry({
   }),
   create: (c, ctx) => {
     const E = ctx.need('numExperts');
-    if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+    checkK(c.k, E, ctx.path);
     return new CMoERouter(ctx.need('dModel'), E, c.k, c.biasUpdateRate, ctx.rng);
   },
 });

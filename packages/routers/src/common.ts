@@ -178,6 +178,11 @@ export function gaussian(rng: Rng, T: number, E: number, std = 1): tf.Tensor2D {
   return tf.tensor2d(rng.normalArray(T * E, std), [T, E]);
 }
 
+/** The `k` field of a top-k router's schema: an integer >= 1 with the router's default. */
+export function kSchema(dflt: number, description = 'experts per token') {
+  return Type.Integer({ minimum: 1, default: dflt, description });
+}
+
 /** Throws the standard "k exceeds experts" error at the node's `k` path. */
 export function checkK(k: number, E: number, path: string, key = 'k'): void {
   if (k > E) throw new MoelabError(`${key} = ${k} exceeds the number of experts (${E})`, `${path}.${key}`);

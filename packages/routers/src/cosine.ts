@@ -10,7 +10,7 @@
  */
 import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
 import { Balancer, type BalanceOptions, balanceFields } from './balance.js';
-import { checkK, gatherAt, planFromChoices, renormPerToken, topkRows } from './common.js';
+import { checkK, gatherAt, kSchema, planFromChoices, renormPerToken, topkRows } from './common.js';
 
 export interface CosineOptions extends BalanceOptions {
   k: number;
@@ -78,7 +78,7 @@ export const cosineTopK = defineEntry({
   reference: 'docs/routers.md#cosine-topk; arXiv 2206.03382',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
-    k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
+    k: kSchema(2),
     projDim: Type.Integer({ minimum: 1, default: 256, description: 'projection width (Tutel: 256)' }),
     initTemperature: Type.Number({ exclusiveMinimum: 0, default: 0.5, description: 'initial temperature (Tutel init_t 0.5: logit scale 2)' }),
     renormalize: Type.Boolean({ default: true, description: 'renormalise the selected probabilities (Tutel normalize_gate)' }),

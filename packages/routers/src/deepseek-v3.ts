@@ -31,7 +31,7 @@ import {
   zLoss,
 } from '@moelab/core';
 import { sequenceSwitchLoss } from './balance.js';
-import { BiasController, checkK, gatherAt, planFromChoices, renormPerToken, sequenceLayout, topkRows } from './common.js';
+import { BiasController, checkK, gatherAt, kSchema, planFromChoices, renormPerToken, sequenceLayout, topkRows } from './common.js';
 import { limitGroups } from './deepseek-moe.js';
 
 export interface DeepSeekV3Options {
@@ -158,7 +158,7 @@ export const topkSigmoidNormalised = defineEntry({
   reference: 'docs/routers.md#topk-sigmoid-normalised; arXiv 2505.10860',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
-    k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
+    k: kSchema(2),
     seqBalanceCoef: Type.Number({ minimum: 0, default: 0, description: 'optional sequence-wise balance loss on the normalised sigmoid' }),
     expertBias: Type.Boolean({ default: false, description: 'aux-loss-free bias balancing' }),
     biasUpdateRate: Type.Number({ minimum: 0, default: 1e-3 }),

@@ -14,7 +14,7 @@
  */
 import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
 import { Balancer, balanceFields } from './balance.js';
-import { checkK, gatherAt, planFromChoices, renormPerToken, topkRows } from './common.js';
+import { checkK, gatherAt, kSchema, planFromChoices, renormPerToken, topkRows } from './common.js';
 
 export interface HyperRouterOptions {
   k: number;
@@ -93,7 +93,7 @@ export const hyperRouter = defineEntry({
   reference: 'docs/routers.md#hyper-router; arXiv 2312.07035',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
-    k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
+    k: kSchema(2),
     hyper: Type.Integer({ minimum: 1, default: 64, description: 'hidden width of the frozen hypernetwork (official scripts: 64)' }),
     balanceCoef: balanceFields(0.01).balanceCoef,
     zLossCoef: Type.Number({ minimum: 0, default: 0, description: 'router z-loss weight' }),

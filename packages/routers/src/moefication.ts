@@ -12,7 +12,7 @@
  * gives the router no gradient: the paper fits it separately to the groups' true activation scores.
  */
 import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
-import { planFromChoices, topkRows } from './common.js';
+import { checkK, planFromChoices, topkRows } from './common.js';
 
 export class MoEficationRouter extends Module implements Router {
   readonly flags = { causalSafe: true, batchDependent: false };
@@ -62,7 +62,7 @@ export const moeficationMlp = defineEntry({
   schema: Config({ k: Type.Integer({ minimum: 1, default: 2, description: 'groups (experts) computed per token' }) }),
   create: (c, ctx) => {
     const E = ctx.need('numExperts');
-    if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+    checkK(c.k, E, ctx.path);
     return new MoEficationRouter(ctx.need('dModel'), E, c.k, ctx.rng);
   },
 });

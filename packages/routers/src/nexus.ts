@@ -14,7 +14,7 @@
  */
 import { Config, defineEntry, type ForwardContext, Module, MoelabError, type RouteInfo, type RouteResult, type Router, type Rng, Type, tf } from '@moelab/core';
 import { Balancer } from './balance.js';
-import { gatherAt, planFromChoices, renormPerToken, topkRows } from './common.js';
+import { checkK, gatherAt, planFromChoices, renormPerToken, topkRows } from './common.js';
 
 export interface NexusRouterOptions {
   k: number;
@@ -121,7 +121,7 @@ export const nexusProjection = defineEntry({
     const d = ctx.need('dModel');
     if (c.domainCentre && c.domainCentre.length !== (c.embeddingDim ?? d))
       throw new MoelabError(`domainCentre has ${c.domainCentre.length} entries, the domain embeddings ${c.embeddingDim ?? d}`, `${ctx.path}.domainCentre`);
-    if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+    checkK(c.k, E, ctx.path);
     if (c.k === 1 && c.renormalize)
       throw new MoelabError('k = 1 with renormalize: true makes every gate 1 and the router gets no task gradient', `${ctx.path}.renormalize`);
     return new NexusRouter(

@@ -38,7 +38,7 @@ import {
   writeCarry,
 } from '@moelab/core';
 import { Balancer } from './balance.js';
-import { gatherAt, planFromChoices, renormPerToken, topkRows } from './common.js';
+import { checkK, gatherAt, kSchema, planFromChoices, renormPerToken, topkRows } from './common.js';
 
 export type RecurrentCellType = 'gru' | 'rnn';
 
@@ -172,7 +172,7 @@ export const rmoeRouter = defineEntry({
   reference: 'docs/routers.md#rmoe; arXiv 2408.06793',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
-    k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
+    k: kSchema(2),
     hidden: Type.Integer({ minimum: 1, default: 256, description: 'GRU hidden size r (moe_router_rnn_hidden_size; paper 256)' }),
     cell: Type.Union([Type.Literal('gru'), Type.Literal('rnn')], { default: 'gru', description: 'recurrent cell: GRU, or a plain tanh RNN' }),
     group: Type.String({
@@ -187,7 +187,7 @@ export const rmoeRouter = defineEntry({
   }),
   create: (c, ctx) => {
     const E = ctx.need('numExperts');
-    if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+    checkK(c.k, E, ctx.path);
     if (c.k === 1 && c.renormalize)
       throw new MoelabError(
         'k = 1 with renormalize: true makes every gate 1 and the router gets no task gradient; set renormalize: false',

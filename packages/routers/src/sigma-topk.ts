@@ -36,7 +36,7 @@ import {
   Type,
   tf,
 } from '@moelab/core';
-import { gatherAt, planFromChoices, topkRows } from './common.js';
+import { checkK, gatherAt, kSchema, planFromChoices, topkRows } from './common.js';
 
 export type BalanceMode = 'sequence' | 'global' | 'none';
 
@@ -189,7 +189,7 @@ export const sigmaTopK = defineEntry({
   reference: 'docs/routers.md#sigma-topk, docs/moeut.md#sigma-moe-feed-forward; arXiv 2310.10837, 2405.16039',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
-    k: Type.Integer({ minimum: 1, default: 4, description: 'experts per token' }),
+    k: kSchema(4),
     expertDropout: Type.Number({
       minimum: 0,
       exclusiveMaximum: 1,
@@ -202,7 +202,7 @@ export const sigmaTopK = defineEntry({
   }),
   create: (c, ctx) => {
     const E = ctx.need('numExperts');
-    if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+    checkK(c.k, E, ctx.path);
     const L = ctx.env.nLayers as number | undefined;
     return new SigmaTopKRouter(ctx.need('dModel'), E, { ...c, initScale: c.initScale ?? (L ? Math.sqrt(2 / L) : 1) }, ctx.rng);
   },

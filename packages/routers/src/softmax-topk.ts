@@ -30,7 +30,7 @@ import {
   tf,
 } from '@moelab/core';
 import { Balancer, type BalanceOptions, balanceFields, cvSquared, importanceLoss } from './balance.js';
-import { BiasController, biasSchema, densify, gaussian, jitter, softmaxTopKGate, topkRows } from './common.js';
+import { BiasController, biasSchema, checkK, densify, gaussian, jitter, kSchema, softmaxTopKGate, topkRows } from './common.js';
 
 export interface SoftmaxTopKOptions {
   k: number;
@@ -172,7 +172,7 @@ export class SoftmaxTopKRouter extends Module implements Router {
 }
 
 export const softmaxTopKSchema = {
-  k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
+  k: kSchema(2),
   renormalize: Type.Boolean({ default: true, description: 'renormalise the k selected probabilities to sum to 1 (refused with k = 1)' }),
   noisy: Type.Boolean({ default: false, description: 'learned noisy top-k gating (Shazeer 2017; trainable noise scale, zero init)' }),
   noiseStd: Type.Number({ minimum: 0, default: 0, description: 'fixed logit noise std × E (V-MoE: 1.0 gives σ = 1/E), training only' }),
@@ -200,7 +200,7 @@ export const softmaxTopK = defineEntry({
   schema: Config(softmaxTopKSchema),
   create: (c, ctx) => {
     const E = ctx.need('numExperts');
-    if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+    checkK(c.k, E, ctx.path);
     if (c.k === 1 && c.renormalize) {
       throw new MoelabError(
         'k = 1 with renormalize: true makes every gate 1 and the router gets no task gradient; set renormalize: false (Switch)',
@@ -228,14 +228,14 @@ export const noisyTopK = defineEntry({
   reference: 'docs/routers.md#noisy-topk; arXiv 1701.06538',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
-    k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
+    k: kSchema(2),
     importanceCoef: Type.Number({ minimum: 0, default: 0.1, description: 'importance loss weight (Table 6 balanced setting: 0.1)' }),
     loadCoef: Type.Number({ minimum: 0, default: 0.1, description: 'load loss weight (0.1)' }),
     zeroInit: Type.Boolean({ default: true, description: 'W_g = W_noise = 0 at init (reference code)' }),
   }),
   create: (c, ctx) => {
     const E = ctx.need('numExperts');
-    if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+    checkK(c.k, E, ctx.path);
     if (c.k === 1)
       throw new MoelabError(
         'noisy top-k with k = 1 renormalises a single gate to 1: no task gradient reaches the router (Shazeer argued k ≥ 2)',
@@ -308,13 +308,13 @@ function hfPreset(name: string, description: string, k: number, renormalize: boo
     reference: `docs/routers.md#${name}`,
     flags: { causalSafe: true, batchDependent: false },
     schema: Config({
-      k: Type.Integer({ minimum: 1, default: k, description: 'experts per token' }),
+      k: kSchema(k),
       balanceCoef: Type.Number({ minimum: 0, default: coef, description: 'aux loss coefficient in the HF (×k) convention' }),
       jitterEps: Type.Number({ minimum: 0, exclusiveMaximum: 1, default: 0, description: 'router_jitter_noise (input jitter), training only' }),
     }),
     create: (c, ctx) => {
       const E = ctx.need('numExperts');
-      if (c.k > E) throw new MoelabError(`k = ${c.k} exceeds the number of experts (${E})`, `${ctx.path}.k`);
+      checkK(c.k, E, ctx.path);
       if (c.k === 1 && renormalize) throw new MoelabError('k = 1 with renormalised weights makes every gate 1 (no task gradient)', `${ctx.path}.k`);
       return new SoftmaxTopKRouter(
         ctx.need('dModel'),

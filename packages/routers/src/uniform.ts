@@ -7,7 +7,7 @@
  *   round-robin: I_t = { (t·k + s) mod E : s < k },  g_t,e = 1/k  (deterministic, exactly balanced)
  */
 import { Config, defineEntry, type ForwardContext, Module, type RouteResult, type Router, Type, tf } from '@moelab/core';
-import { checkK, planFromChoices } from './common.js';
+import { checkK, kSchema, planFromChoices } from './common.js';
 
 export class UniformRouter extends Module implements Router {
   readonly flags = { causalSafe: true, batchDependent: false };
@@ -52,7 +52,7 @@ export const uniformRouter = defineEntry({
   reference: 'docs/routers.md#uniform',
   flags: { causalSafe: true, batchDependent: false },
   schema: Config({
-    k: Type.Integer({ minimum: 1, default: 2, description: 'experts per token' }),
+    k: kSchema(2),
     mode: Type.Union([Type.Literal('random'), Type.Literal('round-robin')], { default: 'random', description: 'random draws or a deterministic round-robin' }),
   }),
   create: (c, ctx) => {

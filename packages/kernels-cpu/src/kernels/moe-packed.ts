@@ -29,7 +29,7 @@ import {
   ints,
   values,
 } from './helpers.js';
-import type { NativeAddon } from '../native.js';
+import type { NativeAddon, PackedWeightArrays } from '../native.js';
 import { outputArray } from '../storage.js';
 
 const WEIGHTS = ['w1', 'w3', 'w2'] as const;
@@ -64,24 +64,14 @@ function packedShapes(kernel: string, inputs: Record<string, TensorInfo>, attrs:
 export function makeMoePackedKernels(native: NativeAddon, backendName: string): KernelConfig[] {
   const be = (args: Args) => args.backend as unknown as MathBackendCPU;
 
-  /** The nine weight arrays in the addon's order (w3's are null for ungated experts). */
+  /** w1, w3 (null for ungated experts) and w2 as the addon takes them. */
   function weightArrays(backend: MathBackendCPU, inputs: Record<string, TensorInfo>, gated: boolean) {
-    const out: [Int32Array | null, Float32Array | null, Float32Array | null][] = [];
-    for (const w of ['w1', 'w3', 'w2'] as const) {
-      if (w === 'w3' && !gated) out.push([null, null, null]);
-      else out.push([ints(backend, inputs[`${w}Codes`]), values(backend, inputs[`${w}Scale`]), values(backend, inputs[`${w}Zero`])]);
-    }
-    return out.flat() as [
-      Int32Array,
-      Float32Array,
-      Float32Array,
-      Int32Array | null,
-      Float32Array | null,
-      Float32Array | null,
-      Int32Array,
-      Float32Array,
-      Float32Array,
-    ];
+    const packed = (w: 'w1' | 'w3' | 'w2'): PackedWeightArrays => ({
+      codes: ints(backend, inputs[`${w}Codes`]),
+      scale: values(backend, inputs[`${w}Scale`]),
+      zero: values(backend, inputs[`${w}Zero`]),
+    });
+    return [packed('w1'), gated ? packed('w3') : null, packed('w2')] as const;
   }
 
   const forward = (args: Args): TensorInfo[] => {

@@ -8,6 +8,8 @@
  * moelab-cpu's `hidden` output is each assignment's pre-activation (for relu and identity the
  * activation itself), in expert-sorted order. It is a second output saved through
  * `outputsToSave` rather than a tf.customGrad closure, which leaks data ids (docs/engine.md#traps).
+ * The gated experts (moe-glu.ts) are the same family with a third weight: `makeExpertKernels` and
+ * `registerExpertGradient` below serve both.
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
@@ -25,14 +27,7 @@ import {
   ints,
   values,
 } from './helpers.js';
-import {
-  MOE_LINEAR_GRAD_KERNEL,
-  MOE_LINEAR_KERNEL,
-  MOE_MLP_GRAD_KERNEL,
-  MOE_MLP_KERNEL,
-  type MoeLinearGradInputs,
-  type MoeMlpGradInputs,
-} from '@moelab/core/kernels';
+import { MOE_LINEAR_GRAD_KERNEL, MOE_LINEAR_KERNEL, MOE_MLP_GRAD_KERNEL, MOE_MLP_KERNEL, type MoeLinearGradInputs } from '@moelab/core/kernels';
 import { outputArray } from '../storage.js';
 import type { NativeAddon } from '../native.js';
 
@@ -52,65 +47,6 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
     for (const n of ['inRow', 'outRow', 'expertIndex', 'weight']) expectShape(kernel, n, inputs[n], [N]);
     return { R, din, dout, E, N };
   }
-
-  const mlp = (args: Args): TensorInfo[] => {
-    const backend = be(args);
-    const inputs = args.inputs as Record<string, TensorInfo>;
-    const act = moeActivationCode(MOE_MLP_KERNEL, args.attrs?.activation);
-    const { T, d, h, E, N } = moeExpertShapes(MOE_MLP_KERNEL, inputs, false);
-    // Native-written outputs come from the pool; without the native call they must be zeros.
-    const alloc = T * d > 0 ? outputArray : (n: number) => new Float32Array(n);
-    const out = alloc(T * d);
-    const hidden = alloc(N * h);
-    if (T * d > 0) {
-      const v = (n: string) => values(backend, inputs[n]);
-      const i = (n: string) => ints(backend, inputs[n]);
-      native.moeMlpForward(v('x'), v('w1'), v('w2'), i('tokenIndex'), i('expertIndex'), v('weight'), out, hidden, T, d, h, E, N, act);
-    }
-    return [backend.makeTensorInfo([T, d], 'float32', out), backend.makeTensorInfo([N, h], 'float32', hidden)];
-  };
-
-  const mlpGrad = (args: Args): TensorInfo[] => {
-    const backend = be(args);
-    const inputs = args.inputs as Record<string, TensorInfo>;
-    const act = moeActivationCode(MOE_MLP_KERNEL, args.attrs?.activation);
-    const { T, d, h, E, N } = moeExpertShapes(MOE_MLP_GRAD_KERNEL, inputs, false);
-    expectShape(MOE_MLP_GRAD_KERNEL, 'dy', inputs.dy, [T, d]);
-    expectShape(MOE_MLP_GRAD_KERNEL, 'hidden', inputs.hidden, [N, h]);
-    // Every element is written by the native backward (empty experts get zero gradients there).
-    const dx = outputArray(T * d);
-    const dw1 = outputArray(E * d * h);
-    const dw2 = outputArray(E * h * d);
-    const dweight = outputArray(N);
-    const v = (n: string) => values(backend, inputs[n]);
-    const i = (n: string) => ints(backend, inputs[n]);
-    native.moeMlpBackward(
-      v('dy'),
-      v('x'),
-      v('w1'),
-      v('w2'),
-      i('tokenIndex'),
-      i('expertIndex'),
-      v('weight'),
-      v('hidden'),
-      dx,
-      dw1,
-      dw2,
-      dweight,
-      T,
-      d,
-      h,
-      E,
-      N,
-      act,
-    );
-    return [
-      backend.makeTensorInfo([T, d], 'float32', dx),
-      backend.makeTensorInfo([E, d, h], 'float32', dw1),
-      backend.makeTensorInfo([E, h, d], 'float32', dw2),
-      backend.makeTensorInfo([N], 'float32', dweight),
-    ];
-  };
 
   const linear = (args: Args): TensorInfo => {
     const backend = be(args);
@@ -146,8 +82,13 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
   };
 
   return [
-    { kernelName: MOE_MLP_KERNEL, backendName, kernelFunc: mlp as unknown as KernelFunc },
-    { kernelName: MOE_MLP_GRAD_KERNEL, backendName, kernelFunc: mlpGrad as unknown as KernelFunc },
+    ...makeExpertKernels(backendName, {
+      kernel: MOE_MLP_KERNEL,
+      gradKernel: MOE_MLP_GRAD_KERNEL,
+      weights: ['w1', 'w2'],
+      forward: native.moeMlpForward,
+      backward: native.moeMlpBackward,
+    }),
     { kernelName: MOE_LINEAR_KERNEL, backendName, kernelFunc: linear as unknown as KernelFunc },
     { kernelName: MOE_LINEAR_GRAD_KERNEL, backendName, kernelFunc: linearGrad as unknown as KernelFunc },
   ];
@@ -161,30 +102,7 @@ export function makeMoeKernels(native: NativeAddon, backendName: string): Kernel
  */
 export function registerMoeGradients(tf: Tf): void {
   const zerosFor = (t: Tensor) => () => tf.zeros(t.shape, 'float32');
-  tf.registerGradient({
-    kernelName: MOE_MLP_KERNEL,
-    inputsToSave: ['x', 'w1', 'w2', 'tokenIndex', 'expertIndex', 'weight'],
-    outputsToSave: [false, true],
-    gradFunc: (dy, saved, attrs) => {
-      const dOut = Array.isArray(dy) ? dy[0] : dy;
-      const [x, w1, w2, tokenIndex, expertIndex, weight, hidden] = saved;
-      const [dx, dw1, dw2, dweight] = tf
-        .engine()
-        .runKernel(
-          MOE_MLP_GRAD_KERNEL,
-          { dy: dOut, x, w1, w2, tokenIndex, expertIndex, weight, hidden } satisfies MoeMlpGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
-          attrs as tfTypes.NamedAttrMap,
-        ) as Tensor[];
-      return {
-        x: () => dx,
-        w1: () => dw1,
-        w2: () => dw2,
-        weight: () => dweight,
-        tokenIndex: zerosFor(tokenIndex),
-        expertIndex: zerosFor(expertIndex),
-      };
-    },
-  });
+  registerExpertGradient(tf, MOE_MLP_KERNEL, MOE_MLP_GRAD_KERNEL, ['w1', 'w2']);
   tf.registerGradient({
     kernelName: MOE_LINEAR_KERNEL,
     inputsToSave: ['x', 'w', 'inRow', 'outRow', 'expertIndex', 'weight'],
@@ -206,6 +124,125 @@ export function registerMoeGradients(tf: Tf): void {
         outRow: zerosFor(outRow),
         expertIndex: zerosFor(expertIndex),
       };
+    },
+  });
+}
+
+/** The expert weights of a fused expert kernel, in the addon's argument order. */
+export type ExpertWeightName = 'w1' | 'w3' | 'w2';
+
+/** A fused expert family (MLP, GLU): its kernel names, weights and the addon's two entry points. */
+export interface ExpertFamily {
+  kernel: string;
+  gradKernel: string;
+  /** ['w1', 'w2'], or ['w1', 'w3', 'w2'] for gated experts (hidden is then [N, 2h]). */
+  weights: readonly ExpertWeightName[];
+  /** (x, ...weights, tok, exp, weight, out, hidden, T, d, h, E, N, act). */
+  forward: (...args: never[]) => void;
+  /** (dy, x, ...weights, tok, exp, weight, hidden, dx, ...dweights, dweight, T, d, h, E, N, act). */
+  backward: (...args: never[]) => void;
+}
+
+/** The forward kernel and its Grad kernel of one fused expert family. */
+export function makeExpertKernels(backendName: string, f: ExpertFamily): KernelConfig[] {
+  const gated = f.weights.includes('w3');
+  const hiddenWidth = (h: number) => (gated ? 2 * h : h);
+  const call = (fn: (...args: never[]) => void, args: unknown[]) => (fn as unknown as (...a: unknown[]) => void)(...args);
+
+  const forward = (args: Args): TensorInfo[] => {
+    const backend = args.backend as unknown as MathBackendCPU;
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const act = moeActivationCode(f.kernel, args.attrs?.activation);
+    const { T, d, h, E, N } = moeExpertShapes(f.kernel, inputs, gated);
+    // Native-written outputs come from the pool; without the native call they must be zeros.
+    const alloc = T * d > 0 ? outputArray : (n: number) => new Float32Array(n);
+    const out = alloc(T * d);
+    const hidden = alloc(N * hiddenWidth(h));
+    if (T * d > 0) {
+      const v = (n: string) => values(backend, inputs[n]);
+      const i = (n: string) => ints(backend, inputs[n]);
+      call(f.forward, [v('x'), ...f.weights.map(v), i('tokenIndex'), i('expertIndex'), v('weight'), out, hidden, T, d, h, E, N, act]);
+    }
+    return [backend.makeTensorInfo([T, d], 'float32', out), backend.makeTensorInfo([N, hiddenWidth(h)], 'float32', hidden)];
+  };
+
+  const backward = (args: Args): TensorInfo[] => {
+    const backend = args.backend as unknown as MathBackendCPU;
+    const inputs = args.inputs as Record<string, TensorInfo>;
+    const act = moeActivationCode(f.kernel, args.attrs?.activation);
+    const { T, d, h, E, N } = moeExpertShapes(f.gradKernel, inputs, gated);
+    expectShape(f.gradKernel, 'dy', inputs.dy, [T, d]);
+    expectShape(f.gradKernel, 'hidden', inputs.hidden, [N, hiddenWidth(h)]);
+    // Every element is written by the native backward (empty experts get zero gradients there).
+    const shapes = f.weights.map((w) => (w === 'w2' ? [E, h, d] : [E, d, h]));
+    const dx = outputArray(T * d);
+    const dws = shapes.map((s) => outputArray(s[0]! * s[1]! * s[2]!));
+    const dweight = outputArray(N);
+    const v = (n: string) => values(backend, inputs[n]);
+    const i = (n: string) => ints(backend, inputs[n]);
+    call(f.backward, [
+      v('dy'),
+      v('x'),
+      ...f.weights.map(v),
+      i('tokenIndex'),
+      i('expertIndex'),
+      v('weight'),
+      v('hidden'),
+      dx,
+      ...dws,
+      dweight,
+      T,
+      d,
+      h,
+      E,
+      N,
+      act,
+    ]);
+    return [
+      backend.makeTensorInfo([T, d], 'float32', dx),
+      ...dws.map((dw, j) => backend.makeTensorInfo(shapes[j]!, 'float32', dw)),
+      backend.makeTensorInfo([N], 'float32', dweight),
+    ];
+  };
+
+  return [
+    { kernelName: f.kernel, backendName, kernelFunc: forward as unknown as KernelFunc },
+    { kernelName: f.gradKernel, backendName, kernelFunc: backward as unknown as KernelFunc },
+  ];
+}
+
+/**
+ * The gradient of a fused expert kernel, registered once for every backend: the backward work is
+ * its Grad kernel (outputs [dx, ...dweights, dweight]), run eagerly here, not inside the closures:
+ * tfjs runs each closure in its own tidy, which would dispose the outputs meant for the other inputs.
+ * `hidden`, the forward's second output, is saved through `outputsToSave`.
+ */
+export function registerExpertGradient(tf: Tf, kernel: string, gradKernel: string, weights: readonly ExpertWeightName[]): void {
+  const zerosFor = (t: Tensor) => () => tf.zeros(t.shape, 'float32');
+  tf.registerGradient({
+    kernelName: kernel,
+    inputsToSave: ['x', ...weights, 'tokenIndex', 'expertIndex', 'weight'],
+    outputsToSave: [false, true],
+    gradFunc: (dy, saved, attrs) => {
+      const dOut = Array.isArray(dy) ? dy[0] : dy;
+      const [x, ...rest] = saved;
+      const ws = rest.slice(0, weights.length);
+      const [tokenIndex, expertIndex, weight, hidden] = rest.slice(weights.length);
+      const inputs: Record<string, Tensor> = { dy: dOut!, x: x!, tokenIndex: tokenIndex!, expertIndex: expertIndex!, weight: weight!, hidden: hidden! };
+      weights.forEach((w, j) => {
+        inputs[w] = ws[j]!;
+      });
+      const [dx, ...grads] = tf.engine().runKernel(gradKernel, inputs as unknown as tfTypes.NamedTensorMap, attrs as tfTypes.NamedAttrMap) as Tensor[];
+      const out: Record<string, () => Tensor> = {
+        x: () => dx!,
+        weight: () => grads[weights.length]!,
+        tokenIndex: zerosFor(tokenIndex!),
+        expertIndex: zerosFor(expertIndex!),
+      };
+      weights.forEach((w, j) => {
+        out[w] = () => grads[j]!;
+      });
+      return out;
     },
   });
 }

@@ -20,17 +20,19 @@ using namespace moelab;
 namespace {
 
 template <class T, napi_typedarray_type kType>
-T* typed(const Napi::CallbackInfo& info, size_t i, long minLen, const char* what, bool nullable = false) {
-  Napi::Value v = info[i];
+T* typedValue(Napi::Env env, Napi::Value v, long minLen, const std::string& what, bool nullable = false) {
   if (nullable && (v.IsNull() || v.IsUndefined())) return nullptr;
   if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != kType)
-    throw Napi::TypeError::New(info.Env(), std::string("moelab-cpu: argument ") + what + " has the wrong array type");
+    throw Napi::TypeError::New(env, "moelab-cpu: argument " + what + " has the wrong array type");
   auto arr = v.As<Napi::TypedArrayOf<T>>();
   if (static_cast<long>(arr.ElementLength()) < minLen)
-    throw Napi::RangeError::New(info.Env(), std::string("moelab-cpu: argument ") + what + " has " +
-                                                std::to_string(arr.ElementLength()) + " elements, needs " +
-                                                std::to_string(minLen));
+    throw Napi::RangeError::New(env, "moelab-cpu: argument " + what + " has " + std::to_string(arr.ElementLength()) +
+                                         " elements, needs " + std::to_string(minLen));
   return arr.Data();
+}
+template <class T, napi_typedarray_type kType>
+T* typed(const Napi::CallbackInfo& info, size_t i, long minLen, const char* what, bool nullable = false) {
+  return typedValue<T, kType>(info.Env(), info[i], minLen, what, nullable);
 }
 float* F32(const Napi::CallbackInfo& info, size_t i, long n, const char* what, bool nullable = false) {
   return typed<float, napi_float32_array>(info, i, n, what, nullable);
@@ -310,20 +312,23 @@ void MoeGluBackward(const Napi::CallbackInfo& info) {
                    static_cast<int>(d), static_cast<int>(h), static_cast<int>(E), N, act);
 }
 
-// One packed expert weight [E, din, dout] from three arguments (codes Int32Array, scale, zero
-// Float32Array) starting at info[i]; null codes = absent (ungated experts have no w3).
+// One packed expert weight [E, din, dout] from the object { codes: Int32Array, scale, zero:
+// Float32Array } at info[i] (layout in quant.h); null = absent (ungated experts have no w3).
 PackedWeights packedArg(const Napi::CallbackInfo& info, size_t i, long E, long din, long dout, int bits, long group,
                         const char* name) {
   if (bits != 2 && bits != 3 && bits != 4 && bits != 8)
     throw Napi::RangeError::New(info.Env(), "moelab-cpu: packed experts take 2, 3, 4 or 8 bits");
+  const std::string n(name);
+  if (!info[i].IsObject())
+    throw Napi::TypeError::New(info.Env(), "moelab-cpu: argument " + n + " must be an object { codes, scale, zero }");
+  Napi::Object o = info[i].As<Napi::Object>();
   const long g = group <= 0 || group >= din ? din : group;
   const long G = (din + g - 1) / g;
-  const std::string n(name);
   const long words = packed_code_bytes(static_cast<int>(E), static_cast<int>(din), static_cast<int>(dout), bits) / 4;
   PackedWeights w{};
-  w.codes = reinterpret_cast<const uint8_t*>(I32(info, i, words, (n + " codes").c_str()));
-  w.scale = F32(info, i + 1, E * G * dout, (n + " scale").c_str());
-  w.zero = F32(info, i + 2, E * G * dout, (n + " zero").c_str());
+  w.codes = reinterpret_cast<const uint8_t*>(typedValue<int32_t, napi_int32_array>(info.Env(), o.Get("codes"), words, n + " codes"));
+  w.scale = typedValue<float, napi_float32_array>(info.Env(), o.Get("scale"), E * G * dout, n + " scale");
+  w.zero = typedValue<float, napi_float32_array>(info.Env(), o.Get("zero"), E * G * dout, n + " zero");
   w.bits = bits;
   w.group = static_cast<int>(g);
   w.din = static_cast<int>(din);
@@ -331,24 +336,23 @@ PackedWeights packedArg(const Napi::CallbackInfo& info, size_t i, long E, long d
   return w;
 }
 
-// Packed experts, gated when the w3 arguments are given:
-// (x, w1 codes/scale/zero, w3 codes/scale/zero | nulls, w2 codes/scale/zero, tok, exp, weight,
-//  out, hidden, T, d, h, E, N, act, bits, group)
+// Packed experts, gated when w3 is given (each weight an object { codes, scale, zero }):
+// (x, w1, w3 | null, w2, tok, exp, weight, out, hidden, T, d, h, E, N, act, bits, group)
 void MoePackedForward(const Napi::CallbackInfo& info) {
-  long T = Int(info, 15), d = Int(info, 16), h = Int(info, 17), E = Int(info, 18), N = Int(info, 19);
-  int act = info[20].As<Napi::Number>().Int32Value();
-  int bits = static_cast<int>(Int(info, 21));
-  long group = Int(info, 22);
-  const bool gated = !(info[4].IsNull() || info[4].IsUndefined());
+  long T = Int(info, 9), d = Int(info, 10), h = Int(info, 11), E = Int(info, 12), N = Int(info, 13);
+  int act = info[14].As<Napi::Number>().Int32Value();
+  int bits = static_cast<int>(Int(info, 15));
+  long group = Int(info, 16);
+  const bool gated = !(info[2].IsNull() || info[2].IsUndefined());
   const float* x = F32(info, 0, T * d, "x");
   PackedWeights w1 = packedArg(info, 1, E, d, h, bits, group, "w1");
-  PackedWeights w3 = gated ? packedArg(info, 4, E, d, h, bits, group, "w3") : PackedWeights{};
-  PackedWeights w2 = packedArg(info, 7, E, h, d, bits, group, "w2");
-  const int* tok = I32(info, 10, N, "tokenIndex");
-  const int* exp = I32(info, 11, N, "expertIndex");
-  const float* weight = F32(info, 12, N, "weight");
-  float* out = F32(info, 13, T * d, "out");
-  float* hidden = F32(info, 14, N * h * (gated ? 2 : 1), "hidden");
+  PackedWeights w3 = gated ? packedArg(info, 2, E, d, h, bits, group, "w3") : PackedWeights{};
+  PackedWeights w2 = packedArg(info, 3, E, h, d, bits, group, "w2");
+  const int* tok = I32(info, 4, N, "tokenIndex");
+  const int* exp = I32(info, 5, N, "expertIndex");
+  const float* weight = F32(info, 6, N, "weight");
+  float* out = F32(info, 7, T * d, "out");
+  float* hidden = F32(info, 8, N * h * (gated ? 2 : 1), "hidden");
   checkIdx(info, tok, N, T, "tokenIndex");
   checkIdx(info, exp, N, E, "expertIndex");
   if (gated)
@@ -359,25 +363,24 @@ void MoePackedForward(const Napi::CallbackInfo& info) {
                            static_cast<int>(h), static_cast<int>(E), N, act);
 }
 
-// (dy, x, w1 codes/scale/zero, w3 codes/scale/zero | nulls, w2 codes/scale/zero, tok, exp,
-//  weight, hidden, dx, dweight, T, d, h, E, N, act, bits, group)
+// (dy, x, w1, w3 | null, w2, tok, exp, weight, hidden, dx, dweight, T, d, h, E, N, act, bits, group)
 void MoePackedBackward(const Napi::CallbackInfo& info) {
-  long T = Int(info, 17), d = Int(info, 18), h = Int(info, 19), E = Int(info, 20), N = Int(info, 21);
-  int act = info[22].As<Napi::Number>().Int32Value();
-  int bits = static_cast<int>(Int(info, 23));
-  long group = Int(info, 24);
-  const bool gated = !(info[5].IsNull() || info[5].IsUndefined());
+  long T = Int(info, 11), d = Int(info, 12), h = Int(info, 13), E = Int(info, 14), N = Int(info, 15);
+  int act = info[16].As<Napi::Number>().Int32Value();
+  int bits = static_cast<int>(Int(info, 17));
+  long group = Int(info, 18);
+  const bool gated = !(info[3].IsNull() || info[3].IsUndefined());
   const float* dout = F32(info, 0, T * d, "dy");
   const float* x = F32(info, 1, T * d, "x");
   PackedWeights w1 = packedArg(info, 2, E, d, h, bits, group, "w1");
-  PackedWeights w3 = gated ? packedArg(info, 5, E, d, h, bits, group, "w3") : PackedWeights{};
-  PackedWeights w2 = packedArg(info, 8, E, h, d, bits, group, "w2");
-  const int* tok = I32(info, 11, N, "tokenIndex");
-  const int* exp = I32(info, 12, N, "expertIndex");
-  const float* weight = F32(info, 13, N, "weight");
-  const float* hidden = F32(info, 14, N * h * (gated ? 2 : 1), "hidden");
-  float* dx = F32(info, 15, T * d, "dx");
-  float* dweight = F32(info, 16, N, "dweight");
+  PackedWeights w3 = gated ? packedArg(info, 3, E, d, h, bits, group, "w3") : PackedWeights{};
+  PackedWeights w2 = packedArg(info, 4, E, h, d, bits, group, "w2");
+  const int* tok = I32(info, 5, N, "tokenIndex");
+  const int* exp = I32(info, 6, N, "expertIndex");
+  const float* weight = F32(info, 7, N, "weight");
+  const float* hidden = F32(info, 8, N * h * (gated ? 2 : 1), "hidden");
+  float* dx = F32(info, 9, T * d, "dx");
+  float* dweight = F32(info, 10, N, "dweight");
   checkIdx(info, tok, N, T, "tokenIndex");
   checkIdx(info, exp, N, E, "expertIndex");
   if (gated)

@@ -3,9 +3,9 @@
 //   p = softmax(z)        S = the k largest of z + b        w_s = p[e_s] / sum_{r in S} p[e_r]  (renormalised)
 //                                                           w_s = p[e_s]                        (raw)
 //
-// Renormalised, w is the softmax of the chosen scores alone, so its backward touches only the k
-// chosen entries: dz[e_s] = w_s (dy_s - sum_r w_r dy_r). Raw, dz[j] = p_j (dy_j - sum_s w_s dy_s)
-// over the whole row (dy_j = the slot gradient of expert j, 0 if unchosen).
+// Renormalised, w is the softmax of the chosen scores alone: k exps per row, and the backward
+// touches only the k chosen entries, dz[e_s] = w_s (dy_s - sum_r w_r dy_r). Raw, the whole row:
+// dz[j] = p_j (dy_j - sum_s w_s dy_s) (dy_j = the slot gradient of expert j, 0 if unchosen).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -47,19 +47,26 @@ void softmax_topk_forward(const float* scores, const float* bias, float* weight,
         bv[p] = v;
         bi[p] = e;
       }
-      float m = -INFINITY;
-      for (int e = 0; e < E; e++) m = std::max(m, z[e]);
-      float sum = 0.f;
-      if (n > 0)
+      if (renormalize) {
+        // The softmax of the chosen scores alone: the full row's normaliser cancels.
+        float m = -INFINITY;
+        for (int s = 0; s < n; s++) m = std::max(m, z[bi[s]]);
+        float sum = 0.f;
+        for (int s = 0; s < n; s++) {
+          float p = std::exp(z[bi[s]] - m);
+          weight[s * T + t] = p;
+          sum += p;
+        }
+        for (int s = 0; s < n; s++) weight[s * T + t] /= sum;
+      } else if (n > 0) {
+        // Without a bias the first choice is the row's largest score.
+        float m = z[bi[0]];
+        if (bias)
+          for (int e = 0; e < E; e++) m = std::max(m, z[e]);
+        float sum = 0.f;
         for (int e = 0; e < E; e++) sum += std::exp(z[e] - m);
-      float chosen = 0.f;
-      for (int s = 0; s < n; s++) {
-        float p = std::exp(z[bi[s]] - m) / sum;
-        weight[s * T + t] = p;
-        chosen += p;
+        for (int s = 0; s < n; s++) weight[s * T + t] = std::exp(z[bi[s]] - m) / sum;
       }
-      if (renormalize)
-        for (int s = 0; s < n; s++) weight[s * T + t] /= chosen;
       for (int s = 0; s < n; s++) expert[s * T + t] = bi[s];
       for (int s = n; s < k; s++) {
         weight[s * T + t] = 0.f;
