@@ -6,6 +6,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MoelabError } from '@moelab/core';
+import { randArray, rng } from '@moelab/kernels-cpu/testing/random';
 import { type MoelabWasmBackend, registerMoelabWasmBackend } from './index.js';
 
 const wasm = await registerMoelabWasmBackend(tf);
@@ -14,15 +15,8 @@ afterAll(async () => {
   await tf.setBackend('cpu');
 });
 
-function rand(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed;
-  for (let i = 0; i < n; i++) {
-    s = (s * 1103515245 + 12345) % 2147483648;
-    out[i] = s / 2147483648 - 0.5;
-  }
-  return out;
-}
+/** n values uniform in [-0.5, 0.5), reproducible from the seed. */
+const rand = (n: number, seed: number): Float32Array => randArray(rng(seed), n, 0.5);
 
 describe.skipIf(!wasm.available)(`moelab-wasm memory (${wasm.reason})`, () => {
   it('an output larger than the 4 GiB address space is a one-line MoelabError naming the kernel and the size; the backend goes on', async () => {

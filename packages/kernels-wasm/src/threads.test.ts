@@ -5,6 +5,7 @@
  * K sums partial products in another order). Skips, with the reason, when a build is missing.
  */
 import { describe, expect, it } from 'vitest';
+import { randArray, rng } from '@moelab/kernels-cpu/testing/random';
 import { loadWasmKernels, type WasmKernels } from './module.js';
 
 const single = await loadWasmKernels({ threads: 1 });
@@ -12,15 +13,8 @@ const threaded = await loadWasmKernels({ threads: 3 });
 const ready = single.kernels !== null && threaded.kernels !== null && threaded.build === 'threads';
 const why = single.kernels ? threaded.reason || threaded.singleReason : single.reason;
 
-function rand(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed;
-  for (let i = 0; i < n; i++) {
-    s = (s * 1103515245 + 12345) % 2147483648;
-    out[i] = s / 2147483648 - 0.5;
-  }
-  return out;
-}
+/** n values uniform in [-0.5, 0.5), reproducible from the seed. */
+const rand = (n: number, seed: number): Float32Array => randArray(rng(seed), n, 0.5);
 
 /** Runs `call` on both builds with fresh zeroed outputs of the given sizes; returns [single, threaded] outputs. */
 function both(outputs: number[], call: (k: WasmKernels, out: Float32Array[]) => void): [Float32Array[], Float32Array[]] {
