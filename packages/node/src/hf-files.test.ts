@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { forwardContext, readSafetensors, Rng, tf } from '@moelab/core';
 import { byteTokenizerJson, safetensorsPrefix } from '@moelab/interop';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { hfTinySpec, saveTinyCheckpoint, tmp } from '../test/helpers.js';
+import { bpeTokenizerJson, hfTinySpec, saveTinyCheckpoint, tmp } from '../test/helpers.js';
 import { loadCheckpoint, loadCheckpointTokenizer, type Model, saveCheckpoint } from './checkpoint.js';
 import { exportHfCheckpoint, importHfCheckpoint, openHfWeights, parseSize } from './hf-files.js';
 import { createDefaultRegistry } from './registry.js';
@@ -110,19 +110,7 @@ describe('Hugging Face directories', () => {
     const { dir } = checkpoint(root);
     const hf = join(root, 'hf');
     exportHfCheckpoint(dir, hf, { registry });
-    const vocab: Record<string, number> = { '[UNK]': 0 };
-    for (const c of 'abcdefghijklmnopqrstuvwxyz') vocab[c] = Object.keys(vocab).length;
-    vocab.th = Object.keys(vocab).length;
-    vocab.the = Object.keys(vocab).length;
-    const tokJson = JSON.stringify({
-      version: '1.0',
-      added_tokens: [],
-      normalizer: { type: 'Lowercase' },
-      pre_tokenizer: { type: 'Whitespace' },
-      post_processor: null,
-      decoder: null,
-      model: { type: 'BPE', vocab, merges: ['t h', 'th e'], unk_token: '[UNK]' },
-    });
+    const { json: tokJson, vocab } = bpeTokenizerJson();
     writeFileSync(join(hf, 'tokenizer.json'), tokJson);
     const back = join(root, 'back');
     expect(importHfCheckpoint(hf, back).tokenizer).toBe('tokenizer.json');

@@ -112,6 +112,27 @@ export async function cliInProcess(...argv: string[]): Promise<{ code: number; o
 }
 
 /**
+ * A word-level BPE tokenizer.json over lower-case letters and '.' (30 tokens, `the` merged), as a
+ * Hugging Face checkpoint would bring; `vocab` maps each token to its id.
+ */
+export function bpeTokenizerJson(): { json: string; vocab: Record<string, number> } {
+  const vocab: Record<string, number> = { '[UNK]': 0 };
+  for (const c of 'abcdefghijklmnopqrstuvwxyz.') vocab[c] = Object.keys(vocab).length;
+  vocab.th = Object.keys(vocab).length;
+  vocab.the = Object.keys(vocab).length;
+  const json = JSON.stringify({
+    version: '1.0',
+    added_tokens: [],
+    normalizer: { type: 'Lowercase' },
+    pre_tokenizer: { type: 'Whitespace' },
+    post_processor: null,
+    decoder: null,
+    model: { type: 'BPE', vocab, merges: ['t h', 'th e'], unk_token: '[UNK]' },
+  });
+  return { json, vocab };
+}
+
+/**
  * A tiny decoder in the Hugging Face layouts' shape (RMSNorm pre-norm blocks, mha with RoPE, SwiGLU
  * experts): Mixtral-style by default (4 experts, top-2 renormalised, GQA 4/2), with `attention` and
  * `ffn` fields merged over those defaults and `extra` over the model's.

@@ -10,26 +10,9 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { readSafetensors, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { cliInProcess as cli, hfTinySpec, saveTinyCheckpoint, textFile, tmp } from '../../test/helpers.js';
+import { bpeTokenizerJson, cliInProcess as cli, hfTinySpec, saveTinyCheckpoint, textFile, tmp } from '../../test/helpers.js';
 
 const mixtralSpec = hfTinySpec();
-
-/** A word-level BPE tokenizer.json over lower-case letters (32 tokens), as an HF checkpoint would bring. */
-function bpeTokenizerJson(): string {
-  const vocab: Record<string, number> = { '[UNK]': 0 };
-  for (const c of 'abcdefghijklmnopqrstuvwxyz.') vocab[c] = Object.keys(vocab).length;
-  vocab.th = Object.keys(vocab).length;
-  vocab.the = Object.keys(vocab).length;
-  return JSON.stringify({
-    version: '1.0',
-    added_tokens: [],
-    normalizer: { type: 'Lowercase' },
-    pre_tokenizer: { type: 'Whitespace' },
-    post_processor: null,
-    decoder: null,
-    model: { type: 'BPE', vocab, merges: ['t h', 'th e'], unk_token: '[UNK]' },
-  });
-}
 
 /** The float32 tensors of a checkpoint's model.safetensors. */
 function tensorsOf(ckpt: string): Map<string, Float32Array> {
@@ -86,7 +69,7 @@ describe('moelab export / import (Hugging Face)', () => {
   });
 
   it('train --tokenizer tokenizes the corpus with a tokenizer.json that travels with the checkpoint, through --resume and eval', async () => {
-    const tokJson = bpeTokenizerJson();
+    const tokJson = bpeTokenizerJson().json;
     writeFileSync(join(root, 'tok.json'), tokJson);
     writeFileSync(join(root, 'small.json'), JSON.stringify({ ...(mixtralSpec as object), vocabSize: 32 }));
     writeFileSync(join(root, 'mixtral.json'), JSON.stringify(mixtralSpec));
@@ -114,7 +97,7 @@ describe('moelab export / import (Hugging Face)', () => {
     saveTinyCheckpoint(start, spec, { seed: 9 }).dispose();
     const hf = join(root, 'hf-bpe');
     expect((await cli('export', start, '--format', 'hf', '--out', hf)).code).toBe(0);
-    const tokJson = bpeTokenizerJson();
+    const tokJson = bpeTokenizerJson().json;
     writeFileSync(join(hf, 'tokenizer.json'), tokJson);
     const imported = join(root, 'bpe-imported');
     const im = await cli('import', hf, '--out', imported);
