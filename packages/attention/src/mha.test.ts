@@ -25,6 +25,34 @@ useCpuBackend();
 
 const build = attentionBuilder<MultiHeadAttention>('mha');
 
+/** A two-layer RMSNorm decoder (d 16, vocab 32, context 12, SwiGLU dense FFN) with the given attention. */
+function tinyLm(attention: Record<string, unknown>): TransformerLM {
+  const spec = {
+    type: 'transformer-lm',
+    vocabSize: 32,
+    dModel: 16,
+    contextLength: 12,
+    stack: { groupSize: 2 },
+    block: { type: 'transformer', normType: 'rmsnorm', attention, ffn: { type: 'dense', hidden: 24, glu: true, activation: 'silu' } },
+    outNorm: 'rmsnorm',
+  } as NodeSpec;
+  return buildModel<TransformerLM>(spec, registry, 2);
+}
+
+/** The logits of one forward pass over all of `ids` (batch 1). */
+const fullPass = (model: TransformerLM, ids: Int32Array) => model.forward(tf.tensor2d(ids, [1, ids.length], 'int32'), inferenceContext());
+
+/** The logits of `ids` fed through the cache in consecutive chunks of the given lengths, concatenated. */
+function forwardInChunks(model: TransformerLM, ids: Int32Array, lengths: number[], cache: ReturnType<TransformerLM['createCache']>): tf.Tensor {
+  const parts: tf.Tensor[] = [];
+  let at = 0;
+  for (const n of lengths) {
+    parts.push(model.forwardCached(tf.tensor2d(ids.subarray(at, at + n), [1, n], 'int32'), inferenceContext(), cache));
+    at += n;
+  }
+  return tf.concat(parts, 1);
+}
+
 /** y = x W^T + b for rows x [n, in], W [out, in]. */
 function linear(x: Float64Array, n: number, w: tf.Tensor, b?: tf.Tensor): Float64Array {
   const [out, inF] = w.shape as [number, number];
@@ -192,28 +220,10 @@ describe('mha: Hugging Face options', () => {
   });
 
   it('cached decoding of a GQA + interleaved + q/k-norm model equals the full pass, caching kvHeads heads', () => {
-    const spec = {
-      type: 'transformer-lm',
-      vocabSize: 32,
-      dModel: 16,
-      contextLength: 12,
-      stack: { groupSize: 2 },
-      block: {
-        type: 'transformer',
-        normType: 'rmsnorm',
-        attention: { type: 'mha', heads: 4, kvHeads: 2, ropeLayout: 'interleaved', qkNorm: 'head', qkvBias: true },
-        ffn: { type: 'dense', hidden: 24, glu: true, activation: 'silu' },
-      },
-      outNorm: 'rmsnorm',
-    } as NodeSpec;
-    const model = buildModel<TransformerLM>(spec, registry, 2);
+    const model = tinyLm({ type: 'mha', heads: 4, kvHeads: 2, ropeLayout: 'interleaved', qkNorm: 'head', qkvBias: true });
     const ids = Int32Array.from({ length: 10 }, (_, i) => (i * 7 + 3) % 32);
-    const ctx = () => forwardContext(new Rng(0), false);
-    const full = model.forward(tf.tensor2d(ids, [1, 10], 'int32'), ctx());
     const cache = model.createCache();
-    const parts = [model.forwardCached(tf.tensor2d(ids.subarray(0, 6), [1, 6], 'int32'), ctx(), cache)];
-    for (let t = 6; t < 10; t++) parts.push(model.forwardCached(tf.tensor2d(ids.subarray(t, t + 1), [1, 1], 'int32'), ctx(), cache));
-    expect(maxDiff(tf.concat(parts, 1), full)).toBeLessThan(1e-4);
+    expect(maxDiff(forwardInChunks(model, ids, [6, 1, 1, 1, 1], cache), fullPass(model, ids))).toBeLessThan(1e-4);
     expect(cache.layers[0]!.get('k')!.shape).toEqual([1, 2, 10, 4]);
     cache.dispose();
   });
@@ -283,28 +293,10 @@ describe('mha: RoPE scaling and sliding window', () => {
   });
 
   it('cached decoding with a sliding window and yarn RoPE equals the full pass', () => {
-    const spec = {
-      type: 'transformer-lm',
-      vocabSize: 32,
-      dModel: 16,
-      contextLength: 12,
-      stack: { groupSize: 2 },
-      block: {
-        type: 'transformer',
-        normType: 'rmsnorm',
-        attention: { type: 'mha', heads: 4, kvHeads: 2, slidingWindow: 3, ropeScaling: { type: 'yarn', factor: 2, originalContext: 6 } },
-        ffn: { type: 'dense', hidden: 24, glu: true, activation: 'silu' },
-      },
-      outNorm: 'rmsnorm',
-    } as NodeSpec;
-    const model = buildModel<TransformerLM>(spec, registry, 2);
+    const model = tinyLm({ type: 'mha', heads: 4, kvHeads: 2, slidingWindow: 3, ropeScaling: { type: 'yarn', factor: 2, originalContext: 6 } });
     const ids = Int32Array.from({ length: 10 }, (_, i) => (i * 5 + 1) % 32);
-    const full = model.forward(tf.tensor2d(ids, [1, 10], 'int32'), inferenceContext());
     const cache = model.createCache();
-    const parts = [model.forwardCached(tf.tensor2d(ids.subarray(0, 5), [1, 5], 'int32'), inferenceContext(), cache)];
-    parts.push(model.forwardCached(tf.tensor2d(ids.subarray(5, 7), [1, 2], 'int32'), inferenceContext(), cache));
-    for (let t = 7; t < 10; t++) parts.push(model.forwardCached(tf.tensor2d(ids.subarray(t, t + 1), [1, 1], 'int32'), inferenceContext(), cache));
-    expect(maxDiff(tf.concat(parts, 1), full)).toBeLessThan(1e-4);
+    expect(maxDiff(forwardInChunks(model, ids, [5, 2, 1, 1, 1], cache), fullPass(model, ids))).toBeLessThan(1e-4);
     cache.dispose();
   });
 
