@@ -17,10 +17,9 @@
  */
 import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import type * as tfTypes from '@tensorflow/tfjs';
-import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf, values } from './helpers.js';
+import { causalAttentionShapes, expectCausalAttentionGradInputs, layoutOf, ropeShapes, scaleOf, shaped } from './attention-checks.js';
+import { type Args, type KernelConfig, type KernelFunc, type Tensor, type TensorInfo, type Tf, values } from './helpers.js';
 import {
-  ATTENTION_LAYOUTS,
-  type AttentionLayout,
   CAUSAL_ATTENTION_GRAD_KERNEL,
   CAUSAL_ATTENTION_KERNEL,
   type CausalAttentionGradInputs,
@@ -31,38 +30,6 @@ import {
 import { outputArray } from '../storage.js';
 import type { NativeAddon } from '../native.js';
 
-/** 'bhtd' (default): tensors are [B, H, T, d]; 'bthd': [B, T, H, d], the projections' own layout. Returns whether bthd. */
-function layoutOf(kernel: string, attrs: unknown): boolean {
-  const layout = (attrs as { layout?: unknown } | undefined)?.layout ?? 'bhtd';
-  if (!ATTENTION_LAYOUTS.includes(layout as AttentionLayout)) {
-    throw new Error(`${kernel}: attr layout must be ${ATTENTION_LAYOUTS.map((l) => `'${l}'`).join(' or ')}, got '${String(layout)}'`);
-  }
-  return layout === 'bthd';
-}
-
-/** The shape of a [B, H, T, d] or [B, T, H, d] tensor in the given layout. */
-const shaped = (bthd: boolean, B: number, H: number, T: number, d: number) => (bthd ? [B, T, H, d] : [B, H, T, d]);
-
-function attentionShapes(kernel: string, inputs: Record<string, TensorInfo>, bthd: boolean) {
-  expectDtype(kernel, inputs, ['q', 'k', 'v']);
-  const { q, v } = inputs;
-  const name = bthd ? 'B,T,H' : 'B,H,T';
-  if (q.shape.length !== 4) throw new Error(`${kernel}: q must be [${name},dk], got [${q.shape}]`);
-  const [B, a, b, dk] = q.shape;
-  const [H, T] = bthd ? [b, a] : [a, b];
-  expectShape(kernel, 'k', inputs.k, q.shape);
-  if (v.shape.length !== 4) throw new Error(`${kernel}: v must be [${name},dv], got [${v.shape}]`);
-  const dv = v.shape[3];
-  expectShape(kernel, 'v', v, shaped(bthd, B, H, T, dv));
-  return { B, H, T, dk, dv, BH: B * H };
-}
-
-function scaleOf(kernel: string, attrs: unknown): number {
-  const scale = Number((attrs as { scale?: unknown } | undefined)?.scale);
-  if (!Number.isFinite(scale)) throw new Error(`${kernel}: attr scale must be a finite number`);
-  return scale;
-}
-
 export function makeAttentionKernels(native: NativeAddon, backendName: string): KernelConfig[] {
   const be = (args: Args) => args.backend as unknown as MathBackendCPU;
 
@@ -71,7 +38,8 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
     const inputs = args.inputs as Record<string, TensorInfo>;
     const scale = scaleOf(CAUSAL_ATTENTION_KERNEL, args.attrs);
     const bthd = layoutOf(CAUSAL_ATTENTION_KERNEL, args.attrs);
-    const { B, H, T, dk, dv, BH } = attentionShapes(CAUSAL_ATTENTION_KERNEL, inputs, bthd);
+    const { B, H, T, dk, dv } = causalAttentionShapes(CAUSAL_ATTENTION_KERNEL, inputs, bthd);
+    const BH = B * H;
     const out = outputArray(BH * T * dv);
     const lse = new Float32Array(BH * T);
     const v = (n: string) => values(backend, inputs[n]);
@@ -84,11 +52,9 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
     const inputs = args.inputs as Record<string, TensorInfo>;
     const scale = scaleOf(CAUSAL_ATTENTION_GRAD_KERNEL, args.attrs);
     const bthd = layoutOf(CAUSAL_ATTENTION_GRAD_KERNEL, args.attrs);
-    const { B, H, T, dk, dv, BH } = attentionShapes(CAUSAL_ATTENTION_GRAD_KERNEL, inputs, bthd);
-    expectDtype(CAUSAL_ATTENTION_GRAD_KERNEL, inputs, ['dy', 'out', 'lse']);
-    expectShape(CAUSAL_ATTENTION_GRAD_KERNEL, 'dy', inputs.dy, shaped(bthd, B, H, T, dv));
-    expectShape(CAUSAL_ATTENTION_GRAD_KERNEL, 'out', inputs.out, shaped(bthd, B, H, T, dv));
-    expectShape(CAUSAL_ATTENTION_GRAD_KERNEL, 'lse', inputs.lse, [B, H, T]);
+    const { B, H, T, dk, dv } = causalAttentionShapes(CAUSAL_ATTENTION_GRAD_KERNEL, inputs, bthd);
+    expectCausalAttentionGradInputs(CAUSAL_ATTENTION_GRAD_KERNEL, inputs, bthd, { B, H, T, dv });
+    const BH = B * H;
     const dq = outputArray(BH * T * dk);
     const dkOut = outputArray(BH * T * dk);
     const dvOut = outputArray(BH * T * dv);
@@ -106,16 +72,9 @@ export function makeAttentionKernels(native: NativeAddon, backendName: string): 
   const rope = (args: Args): TensorInfo => {
     const backend = be(args);
     const inputs = args.inputs as Record<string, TensorInfo>;
-    expectDtype(ROPE_KERNEL, inputs, ['x', 'cos', 'sin']);
     const { x, cos } = inputs;
     const bthd = layoutOf(ROPE_KERNEL, args.attrs);
-    if (x.shape.length !== 4) throw new Error(`${ROPE_KERNEL}: x must be [${bthd ? 'B,T,H' : 'B,H,T'},dh], got [${x.shape}]`);
-    const [B, a, b, dh] = x.shape;
-    const [H, T] = bthd ? [b, a] : [a, b];
-    if (cos.shape.length !== 2 || cos.shape[0] !== T) throw new Error(`${ROPE_KERNEL}: cos must be [T=${T}, dims], got [${cos.shape}]`);
-    const dims = cos.shape[1];
-    if (dims % 2 !== 0 || dims > dh) throw new Error(`${ROPE_KERNEL}: rotated channels (${dims}) must be even and <= head size ${dh}`);
-    expectShape(ROPE_KERNEL, 'sin', inputs.sin, [T, dims]);
+    const { B, H, T, dh, dims } = ropeShapes(ROPE_KERNEL, inputs, bthd);
     const out = outputArray(B * H * T * dh);
     if (out.length > 0)
       native.rope(values(backend, x), values(backend, cos), values(backend, inputs.sin), out, B * H, T, dh, dims, !!args.attrs?.inverse, H, bthd);

@@ -22,34 +22,15 @@ import type { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
 import { CACHE_WRITE_KERNEL, CACHED_ATTENTION_KERNEL } from '@moelab/core/kernels';
 import type { NativeAddon } from '../native.js';
 import { isOwned, outputArray } from '../storage.js';
-import { type Args, expectDtype, expectShape, type KernelConfig, type KernelFunc, prod, type TensorInfo, values } from './helpers.js';
-
-/** An integer attribute in [min, max]; throws `${kernel}: attr name must be ...` otherwise. */
-function intAttr(kernel: string, attrs: unknown, name: string, min: number, max: number): number {
-  const v = (attrs as Record<string, unknown> | undefined)?.[name];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
-    throw new Error(`${kernel}: attr ${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
-  return v;
-}
+import { cachedAttentionShapes, cacheWriteShapes } from './attention-checks.js';
+import { type Args, type KernelConfig, type KernelFunc, prod, type TensorInfo, values } from './helpers.js';
 
 export function makeDecodeKernels(native: NativeAddon, backendName: string): KernelConfig[] {
   const write = (args: Args): TensorInfo => {
     const backend = args.backend as unknown as MathBackendCPU;
     const inputs = args.inputs as Record<string, TensorInfo>;
-    expectDtype(CACHE_WRITE_KERNEL, inputs, ['cache', 'rows']);
     const { cache, rows } = inputs;
-    const rank = cache.shape.length;
-    const axis = intAttr(CACHE_WRITE_KERNEL, args.attrs, 'axis', 0, rank - 1);
-    const C = cache.shape[axis]!;
-    const m = rows.shape[axis];
-    if (m === undefined) throw new Error(`${CACHE_WRITE_KERNEL}: input 'rows' has shape [${rows.shape}], expected rank ${rank}`);
-    expectShape(
-      CACHE_WRITE_KERNEL,
-      'rows',
-      rows,
-      cache.shape.map((s, i) => (i === axis ? m : s)),
-    );
-    const position = intAttr(CACHE_WRITE_KERNEL, args.attrs, 'position', 0, C - m);
+    const { axis, C, m, position } = cacheWriteShapes(CACHE_WRITE_KERNEL, inputs, args.attrs);
     const outer = prod(cache.shape.slice(0, axis));
     const inner = prod(cache.shape.slice(axis + 1));
     const src = values(backend, rows);
@@ -73,20 +54,8 @@ export function makeDecodeKernels(native: NativeAddon, backendName: string): Ker
   const attention = (args: Args): TensorInfo => {
     const backend = args.backend as unknown as MathBackendCPU;
     const inputs = args.inputs as Record<string, TensorInfo>;
-    expectDtype(CACHED_ATTENTION_KERNEL, inputs, ['q', 'k', 'v']);
     const { q, k, v } = inputs;
-    if (q.shape.length !== 4) throw new Error(`${CACHED_ATTENTION_KERNEL}: q must be [B,H,m,dk], got [${q.shape}]`);
-    const [B, H, m, dk] = q.shape as [number, number, number, number];
-    if (k.shape.length !== 4) throw new Error(`${CACHED_ATTENTION_KERNEL}: k must be [B=${B},Hkv,Tk,dk=${dk}], got [${k.shape}]`);
-    const [, Hkv, Tk] = k.shape as [number, number, number, number];
-    if (Hkv < 1 || H % Hkv !== 0) throw new Error(`${CACHED_ATTENTION_KERNEL}: k has ${Hkv} heads, which must divide q's ${H}`);
-    expectShape(CACHED_ATTENTION_KERNEL, 'k', k, [B, Hkv, Tk, dk]);
-    if (v.shape.length !== 4) throw new Error(`${CACHED_ATTENTION_KERNEL}: v must be [B=${B},Hkv=${Hkv},Tk=${Tk},dv], got [${v.shape}]`);
-    const dv = v.shape[3]!;
-    expectShape(CACHED_ATTENTION_KERNEL, 'v', v, [B, Hkv, Tk, dv]);
-    const scale = Number((args.attrs as { scale?: unknown } | undefined)?.scale);
-    if (!Number.isFinite(scale)) throw new Error(`${CACHED_ATTENTION_KERNEL}: attr scale must be a finite number`);
-    const n = intAttr(CACHED_ATTENTION_KERNEL, args.attrs, 'length', m, Tk);
+    const { B, H, Hkv, m, Tk, dk, dv, scale, length: n } = cachedAttentionShapes(CACHED_ATTENTION_KERNEL, inputs, args.attrs);
     const out = outputArray(B * H * m * dv);
     if (out.length > 0) native.cachedAttentionForward(values(backend, q), values(backend, k), values(backend, v), out, B, H, Hkv, m, n, Tk, dk, dv, scale);
     return backend.makeTensorInfo([B, H, m, dv], 'float32', out);

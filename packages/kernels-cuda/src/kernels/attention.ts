@@ -15,55 +15,24 @@
  * The gradients are the contract's, registered once for
  * every backend (@moelab/kernels-cpu's registerFusedGradients).
  */
-import {
-  ATTENTION_LAYOUTS,
-  type AttentionLayout,
-  CACHE_WRITE_KERNEL,
-  CACHED_ATTENTION_KERNEL,
-  CAUSAL_ATTENTION_GRAD_KERNEL,
-  CAUSAL_ATTENTION_KERNEL,
-  ROPE_KERNEL,
-} from '@moelab/core/kernels';
+import { CACHE_WRITE_KERNEL, CACHED_ATTENTION_KERNEL, CAUSAL_ATTENTION_GRAD_KERNEL, CAUSAL_ATTENTION_KERNEL, ROPE_KERNEL } from '@moelab/core/kernels';
 import type { AttentionShape } from '../native.js';
-import { type Args, backendOf, type Ctx, expectDtype, expectShape, inputs, prod, stridesOf, type TensorInfo } from './context.js';
+import {
+  cacheWriteShapes,
+  cachedAttentionShapes,
+  causalAttentionShapes,
+  expectCausalAttentionGradInputs,
+  layoutOf,
+  ropeShapes,
+  scaleOf,
+  shaped,
+} from '@moelab/kernels-cpu/attention-checks';
+import { type Args, backendOf, type Ctx, inputs, prod, stridesOf, type TensorInfo } from './context.js';
 import { stridedCopy } from './layout.js';
 
-/** 'bhtd' (default) or 'bthd'; returns whether bthd. */
-function layoutOf(kernel: string, attrs: unknown): boolean {
-  const layout = (attrs as { layout?: unknown } | undefined)?.layout ?? 'bhtd';
-  if (!ATTENTION_LAYOUTS.includes(layout as AttentionLayout)) {
-    throw new Error(`${kernel}: attr layout must be ${ATTENTION_LAYOUTS.map((l) => `'${l}'`).join(' or ')}, got '${String(layout)}'`);
-  }
-  return layout === 'bthd';
-}
-
-function scaleOf(kernel: string, attrs: unknown): number {
-  const scale = Number((attrs as { scale?: unknown } | undefined)?.scale);
-  if (!Number.isFinite(scale)) throw new Error(`${kernel}: attr scale must be a finite number`);
-  return scale;
-}
-
-/** An integer attribute in [min, max]. */
-function intAttr(kernel: string, attrs: unknown, name: string, min: number, max: number): number {
-  const v = (attrs as Record<string, unknown> | undefined)?.[name];
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max)
-    throw new Error(`${kernel}: attr ${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
-  return v;
-}
-
-const shaped = (bthd: boolean, B: number, H: number, T: number, d: number) => (bthd ? [B, T, H, d] : [B, H, T, d]);
-
+/** The kernels' sizes as the addon takes them (self-attention: Tq = Tk = T, one key head per query head). */
 function causalShapes(kernel: string, ins: Record<string, TensorInfo>, bthd: boolean, scale: number) {
-  expectDtype(kernel, ins, ['q', 'k', 'v']);
-  const { q, v } = ins;
-  const name = bthd ? 'B,T,H' : 'B,H,T';
-  if (q!.shape.length !== 4) throw new Error(`${kernel}: q must be [${name},dk], got [${q!.shape}]`);
-  const [B, a, b, dk] = q!.shape as [number, number, number, number];
-  const [H, T] = bthd ? [b, a] : [a, b];
-  expectShape(kernel, 'k', ins.k!, q!.shape);
-  if (v!.shape.length !== 4) throw new Error(`${kernel}: v must be [${name},dv], got [${v!.shape}]`);
-  const dv = v!.shape[3]!;
-  expectShape(kernel, 'v', v!, shaped(bthd, B, H, T, dv));
+  const { B, H, T, dk, dv } = causalAttentionShapes(kernel, ins, bthd);
   const shape: AttentionShape = { H, Hkv: H, Tq: T, Tk: T, dk, dv, qOffset: 0, bthd, scale };
   return { B, H, T, dk, dv, shape };
 }
@@ -87,10 +56,7 @@ export function registerAttention({ native, fallback, add }: Ctx): void {
     const bthd = layoutOf(kernel, args.attrs);
     const scale = scaleOf(kernel, args.attrs);
     const { B, H, T, dv, shape } = causalShapes(kernel, ins, bthd, scale);
-    expectDtype(kernel, ins, ['dy', 'out', 'lse']);
-    expectShape(kernel, 'dy', ins.dy!, shaped(bthd, B, H, T, dv));
-    expectShape(kernel, 'out', ins.out!, shaped(bthd, B, H, T, dv));
-    expectShape(kernel, 'lse', ins.lse!, [B, H, T]);
+    expectCausalAttentionGradInputs(kernel, ins, bthd, { B, H, T, dv });
     const be = backendOf(args);
     const outs = [be.makeOutput(ins.q!.shape, 'float32'), be.makeOutput(ins.q!.shape, 'float32'), be.makeOutput(ins.v!.shape, 'float32')];
     if (B * H * T > 0) {
@@ -103,19 +69,8 @@ export function registerAttention({ native, fallback, add }: Ctx): void {
   add(CACHED_ATTENTION_KERNEL, (args: Args) => {
     const ins = inputs(args);
     const kernel = CACHED_ATTENTION_KERNEL;
-    expectDtype(kernel, ins, ['q', 'k', 'v']);
     const { q, k, v } = ins as Record<'q' | 'k' | 'v', TensorInfo>;
-    if (q.shape.length !== 4) throw new Error(`${kernel}: q must be [B,H,m,dk], got [${q.shape}]`);
-    const [B, H, m, dk] = q.shape as [number, number, number, number];
-    if (k.shape.length !== 4) throw new Error(`${kernel}: k must be [B=${B},Hkv,Tk,dk=${dk}], got [${k.shape}]`);
-    const [, Hkv, Tk] = k.shape as [number, number, number, number];
-    if (Hkv < 1 || H % Hkv !== 0) throw new Error(`${kernel}: k has ${Hkv} heads, which must divide q's ${H}`);
-    expectShape(kernel, 'k', k, [B, Hkv, Tk, dk]);
-    if (v.shape.length !== 4) throw new Error(`${kernel}: v must be [B=${B},Hkv=${Hkv},Tk=${Tk},dv], got [${v.shape}]`);
-    const dv = v.shape[3]!;
-    expectShape(kernel, 'v', v, [B, Hkv, Tk, dv]);
-    const scale = scaleOf(kernel, args.attrs);
-    const length = intAttr(kernel, args.attrs, 'length', m, Tk);
+    const { B, H, Hkv, m, Tk, dk, dv, scale, length } = cachedAttentionShapes(kernel, ins, args.attrs);
     const be = backendOf(args);
     const out = be.makeOutput([B, H, m, dv], 'float32');
     if (B * H * m * dv > 0) {
@@ -127,20 +82,9 @@ export function registerAttention({ native, fallback, add }: Ctx): void {
   add(CACHE_WRITE_KERNEL, (args: Args) => {
     const ins = inputs(args);
     const kernel = CACHE_WRITE_KERNEL;
-    expectDtype(kernel, ins, ['cache', 'rows']);
     const { cache, rows } = ins as Record<'cache' | 'rows', TensorInfo>;
     const rank = cache.shape.length;
-    const axis = intAttr(kernel, args.attrs, 'axis', 0, rank - 1);
-    const C = cache.shape[axis]!;
-    const m = rows.shape[axis];
-    if (m === undefined) throw new Error(`${kernel}: input 'rows' has shape [${rows.shape}], expected rank ${rank}`);
-    expectShape(
-      kernel,
-      'rows',
-      rows,
-      cache.shape.map((s, i) => (i === axis ? m : s)),
-    );
-    const position = intAttr(kernel, args.attrs, 'position', 0, C - m);
+    const { axis, position } = cacheWriteShapes(kernel, ins, args.attrs);
     if (rank > 6) return fallback(kernel)(args);
     const be = backendOf(args);
     const out = be.makeOutput(cache.shape, 'float32');
@@ -153,16 +97,9 @@ export function registerAttention({ native, fallback, add }: Ctx): void {
 
   add(ROPE_KERNEL, (args: Args) => {
     const ins = inputs(args);
-    expectDtype(ROPE_KERNEL, ins, ['x', 'cos', 'sin']);
     const { x, cos } = ins as Record<'x' | 'cos', TensorInfo>;
     const bthd = layoutOf(ROPE_KERNEL, args.attrs);
-    if (x.shape.length !== 4) throw new Error(`${ROPE_KERNEL}: x must be [${bthd ? 'B,T,H' : 'B,H,T'},dh], got [${x.shape}]`);
-    const [B, a, b, dh] = x.shape as [number, number, number, number];
-    const [H, T] = bthd ? [b, a] : [a, b];
-    if (cos.shape.length !== 2 || cos.shape[0] !== T) throw new Error(`${ROPE_KERNEL}: cos must be [T=${T}, dims], got [${cos.shape}]`);
-    const dims = cos.shape[1]!;
-    if (dims % 2 !== 0 || dims > dh) throw new Error(`${ROPE_KERNEL}: rotated channels (${dims}) must be even and <= head size ${dh}`);
-    expectShape(ROPE_KERNEL, 'sin', ins.sin!, [T, dims]);
+    const { B, H, T, dh, dims } = ropeShapes(ROPE_KERNEL, ins, bthd);
     const be = backendOf(args);
     const out = be.makeOutput(x.shape, 'float32');
     if (prod(x.shape) > 0) native.rope(be.dev(x), be.dev(cos), be.dev(ins.sin!), out.ptr, B * H, H, T, dh, dims, !!args.attrs?.inverse, bthd);
