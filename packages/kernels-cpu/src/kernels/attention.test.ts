@@ -1,6 +1,7 @@
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CAUSAL_ATTENTION_KERNEL, ROPE_KERNEL } from '@moelab/core/kernels';
+import { attentionReference, ropeReference, ropeTables } from '../testing/attention-reference.js';
 import { compareBackends, randArray, rng, type Spec, status } from '../testing/helpers.js';
 
 const f = (shape: number[], r: () => number, scale = 1): Spec => ({
@@ -20,41 +21,13 @@ function attention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number): tf.
     lse!.dispose();
     return out!;
   }
-  const T = q.shape[2]!;
-  const mask = tf.tensor2d(
-    Float32Array.from({ length: T * T }, (_, i) => (i % T > Math.floor(i / T) ? -1e9 : 0)),
-    [T, T],
-  );
-  const s = tf.add(tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), scale), mask);
-  return tf.matMul(tf.softmax(s) as tf.Tensor4D, v as tf.Tensor4D);
+  return attentionReference(tf, q, k, v, scale);
 }
 
 /** Rotate-half RoPE of the first cos.shape[1] channels. */
 function rope(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor): tf.Tensor {
   if (has(ROPE_KERNEL)) return tf.engine().runKernel(ROPE_KERNEL, { x, cos, sin }, { inverse: false }) as tf.Tensor;
-  const dh = x.shape[3]!;
-  const dims = cos.shape[1]!;
-  const half = dims / 2;
-  const rot = tf.slice(x, [0, 0, 0, 0], [-1, -1, -1, dims]);
-  const rotated = tf.concat([tf.neg(tf.slice(rot, [0, 0, 0, half], [-1, -1, -1, half])), tf.slice(rot, [0, 0, 0, 0], [-1, -1, -1, half])], 3);
-  const out = tf.add(tf.mul(rot, cos), tf.mul(rotated, sin));
-  return dims === dh ? out : tf.concat([out, tf.slice(x, [0, 0, 0, dims], [-1, -1, -1, dh - dims])], 3);
-}
-
-function tables(T: number, dims: number): [Spec, Spec] {
-  const cos = new Float32Array(T * dims);
-  const sin = new Float32Array(T * dims);
-  for (let p = 0; p < T; p++) {
-    for (let i = 0; i < dims / 2; i++) {
-      const a = p / 10000 ** ((2 * i) / dims);
-      cos[p * dims + i] = cos[p * dims + i + dims / 2] = Math.cos(a);
-      sin[p * dims + i] = sin[p * dims + i + dims / 2] = Math.sin(a);
-    }
-  }
-  return [
-    { shape: [T, dims], data: cos },
-    { shape: [T, dims], data: sin },
-  ];
+  return ropeReference(tf, x, cos, sin);
 }
 
 const weightedSum = (y: tf.Tensor, seed: number) => tf.sum(tf.mul(y, tf.tensor(randArray(rng(seed), y.size), y.shape)));
@@ -103,7 +76,7 @@ describe.skipIf(!status.available)(`fused causal attention and RoPE equal the op
       [2, 3, 19, 16, 16],
       [2, 2, 9, 12, 4],
     ]) {
-      const [cos, sin] = tables(T!, dims!);
+      const [cos, sin] = ropeTables(T!, dims!);
       const specs = [f([B!, H!, T!, dh!], r), cos, sin];
       await compareBackends(specs, (x, c, s) => rope(x!, c!, s!), 1e-6);
       await compareBackends(specs, (x, c, s) => tf.grad((a: tf.Tensor) => weightedSum(rope(a, c!, s!), 8))(x!), 1e-6);
@@ -136,7 +109,7 @@ describe.skipIf(!status.available)(`fused causal attention and RoPE equal the op
         (q, k, v) => tf.grads((a: tf.Tensor, b: tf.Tensor, c: tf.Tensor) => weightedSum(attentionBthd(a, b, c, 0.4), 6))([q!, k!, v!]),
         1e-4,
       );
-      const [cos, sin] = tables(T!, dk! / 2);
+      const [cos, sin] = ropeTables(T!, dk! / 2);
       const rs = [f([B!, T!, H!, dk!], r), cos, sin];
       await compareBackends(rs, (x, c, s) => tf.grad((a: tf.Tensor) => weightedSum(ropeBthd(a, c!, s!), 9))(x!), 1e-6);
       await compareBackends(rs, (x, c, s) => ropeBthd(x!, c!, s!), 1e-6);

@@ -2,6 +2,7 @@ import * as tf from '@tensorflow/tfjs';
 import { CACHE_WRITE_KERNEL, CACHED_ATTENTION_KERNEL, CAUSAL_ATTENTION_KERNEL, ROPE_KERNEL } from '@moelab/core/kernels';
 import { describe, expect, it } from 'vitest';
 import { fallbackCounts, resetFallbackCounts } from '../backend.js';
+import { attentionReference, ropeReference, ropeTables } from '@moelab/kernels-cpu/testing/attention-reference';
 import { compare, NAME, randArray, rng, skipReason, type Spec, status } from '../testing/helpers.js';
 
 const spec = (shape: number[], r: () => number, scale = 1): Spec => ({
@@ -15,52 +16,10 @@ const spec = (shape: number[], r: () => number, scale = 1): Spec => ({
 // [B,T,H,d] <-> [B,H,T,d]
 const swap = (t: tf.Tensor) => tf.transpose(t, [0, 2, 1, 3]);
 
-/** Query row i sees keys j <= offset + i: 0 there, -1e9 elsewhere ([m, n]). */
-function causalMask(m: number, n: number, offset: number): tf.Tensor {
-  return tf.tensor2d(
-    Float32Array.from({ length: m * n }, (_, x) => (x % n > offset + Math.floor(x / n) ? -1e9 : 0)),
-    [m, n],
-  );
-}
-
-/** Op-by-op attention on [B,H,T,d] tensors (what core runs where the fused kernel is missing). */
-function attentionReference(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number, offset = 0): tf.Tensor {
-  const s = tf.add(tf.mul(tf.matMul(q as tf.Tensor4D, k as tf.Tensor4D, false, true), scale), causalMask(q.shape[2]!, k.shape[2]!, offset));
-  return tf.matMul(tf.softmax(s) as tf.Tensor4D, v as tf.Tensor4D);
-}
-
 function fusedAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, scale: number, bthd: boolean): tf.Tensor {
   const [out, lse] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, { scale, layout: bthd ? 'bthd' : 'bhtd' }) as tf.Tensor[];
   lse!.dispose();
   return out!;
-}
-
-/** cos / sin tables [T, dims], equal on both halves. */
-function tables(T: number, dims: number): [Spec, Spec] {
-  const cos = new Float32Array(T * dims);
-  const sin = new Float32Array(T * dims);
-  for (let p = 0; p < T; p++) {
-    for (let i = 0; i < dims / 2; i++) {
-      const a = p / 10000 ** ((2 * i) / dims);
-      cos[p * dims + i] = cos[p * dims + i + dims / 2] = Math.cos(a);
-      sin[p * dims + i] = sin[p * dims + i + dims / 2] = Math.sin(a);
-    }
-  }
-  return [
-    { shape: [T, dims], data: cos },
-    { shape: [T, dims], data: sin },
-  ];
-}
-
-/** Rotate-half RoPE on [B,H,T,dh] from stock ops (inverse: the negative angle). */
-function ropeReference(x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor, inverse: boolean): tf.Tensor {
-  const dh = x.shape[3]!;
-  const dims = cos.shape[1]!;
-  const half = dims / 2;
-  const rot = tf.slice(x, [0, 0, 0, 0], [-1, -1, -1, dims]);
-  const rotated = tf.concat([tf.neg(tf.slice(rot, [0, 0, 0, half], [-1, -1, -1, half])), tf.slice(rot, [0, 0, 0, 0], [-1, -1, -1, half])], 3);
-  const out = tf.add(tf.mul(rot, cos), tf.mul(rotated, inverse ? tf.neg(sin) : sin));
-  return dims === dh ? out : tf.concat([out, tf.slice(x, [0, 0, 0, dims], [-1, -1, -1, dh - dims])], 3);
 }
 
 /** The output and the gradients w.r.t. `wrt` of sum(f(...) * probe); probe is the last spec. */
@@ -102,7 +61,7 @@ describe.skipIf(!status.available)(`attention kernels on ${NAME} vs op-by-op on 
       const specs = [spec(at(c.dk), r), spec(at(c.dk), r), spec(at(c.dv), r), spec(at(c.dv), r)];
       const scale = 1 / Math.sqrt(c.dk);
       const reference = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
-        c.bthd ? swap(attentionReference(swap(q), swap(k), swap(v), scale)) : attentionReference(q, k, v, scale);
+        c.bthd ? swap(attentionReference(tf, swap(q), swap(k), swap(v), scale)) : attentionReference(tf, q, k, v, scale);
       const fused = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => fusedAttention(q, k, v, scale, c.bthd);
       await expectOnDevice(specs, withGrads(reference, [0, 1, 2]) as never, withGrads(fused, [0, 1, 2]) as never, 2e-4);
     });
@@ -131,7 +90,7 @@ describe.skipIf(!status.available)(`attention kernels on ${NAME} vs op-by-op on 
     const reference = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => {
       const kk = tf.slice(tf.gather(k, heads, 1), [0, 0, 0, 0], [-1, -1, length, -1]);
       const vv = tf.slice(tf.gather(v, heads, 1), [0, 0, 0, 0], [-1, -1, length, -1]);
-      return attentionReference(q, kk, vv, scale, length - m);
+      return attentionReference(tf, q, kk, vv, scale, length - m);
     };
     const fused = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.engine().runKernel(CACHED_ATTENTION_KERNEL, { q, k, v }, { scale, length }) as tf.Tensor;
     await expectOnDevice(specs, reference, fused);
@@ -181,10 +140,10 @@ describe.skipIf(!status.available)(`attention kernels on ${NAME} vs op-by-op on 
     it(`MoelabRope forward, inverse and gradient (${bthd ? 'bthd' : 'bhtd'}, partial rotation)`, async () => {
       const r = rng(bthd ? 31 : 32);
       const [B, H, T, dh, dims] = [2, 3, 5, 10, 6];
-      const specs = [spec(bthd ? [B, T, H, dh] : [B, H, T, dh], r), ...tables(T, dims), spec(bthd ? [B, T, H, dh] : [B, H, T, dh], r)];
+      const specs = [spec(bthd ? [B, T, H, dh] : [B, H, T, dh], r), ...ropeTables(T, dims), spec(bthd ? [B, T, H, dh] : [B, H, T, dh], r)];
       for (const inverse of [false, true]) {
         const reference = (x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) =>
-          bthd ? swap(ropeReference(swap(x), cos, sin, inverse)) : ropeReference(x, cos, sin, inverse);
+          bthd ? swap(ropeReference(tf, swap(x), cos, sin, inverse)) : ropeReference(tf, x, cos, sin, inverse);
         const fused = (x: tf.Tensor, cos: tf.Tensor, sin: tf.Tensor) =>
           tf.engine().runKernel(ROPE_KERNEL, { x, cos, sin }, { inverse, layout: bthd ? 'bthd' : 'bhtd' }) as tf.Tensor;
         await expectOnDevice(specs, withGrads(reference, [0]) as never, withGrads(fused, [0]) as never, 1e-5);
@@ -195,7 +154,7 @@ describe.skipIf(!status.available)(`attention kernels on ${NAME} vs op-by-op on 
   it('MoelabCausalAttention with heads wider than a block takes (256 channels): dk 300, dv 260', async () => {
     const r = rng(41);
     const specs = [spec([1, 1, 3, 300], r, 0.1), spec([1, 1, 3, 300], r, 0.1), spec([1, 1, 3, 260], r), spec([1, 1, 3, 260], r)];
-    const reference = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => attentionReference(q, k, v, 0.5);
+    const reference = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => attentionReference(tf, q, k, v, 0.5);
     const fused = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => fusedAttention(q, k, v, 0.5, false);
     await expectOnDevice(specs, withGrads(reference, [0, 1, 2]) as never, withGrads(fused, [0, 1, 2]) as never, 2e-4);
   });
