@@ -160,7 +160,7 @@ export function eepSearch(model: Model, windows: Int32Array[], o: EEPOptions): E
       const k = init.get(l.path);
       if (!k || k.length !== sizes[i]) throw new MoelabError(`a starting keep-set must keep ${sizes[i]} experts`, l.path);
     });
-  let population: Candidate[] = (o.init ?? []).slice(0, P).map(
+  const population: Candidate[] = (o.init ?? []).slice(0, P).map(
     (c) =>
       new Map(
         layers.map((l) => [
@@ -173,22 +173,40 @@ export function eepSearch(model: Model, windows: Int32Array[], o: EEPOptions): E
       ),
   );
   while (population.length < P) population.push(random());
-  const rank = (pop: Candidate[]) =>
+  const { best, history } = evolve(population, G, rng, fitness, mutate, keyOf);
+  return { keep: best, loss: fitness(best), baseLoss: windowsLoss(model, windows, batchSize), history, evaluations: seen.size };
+}
+
+/**
+ * The evolutionary loop of both EEP phases: rank the population by loss (ties by `keyOf`, else by
+ * position), then for each generation keep the better half as elites and refill the population with
+ * mutants of elites drawn at random. Returns the best candidate and the best loss before and after
+ * every generation.
+ */
+function evolve<C>(
+  initial: C[],
+  generations: number,
+  rng: Rng,
+  fitness: (c: C) => number,
+  mutate: (c: C) => C,
+  keyOf?: (c: C) => string,
+): { best: C; history: number[] } {
+  const P = initial.length;
+  const rank = (pop: C[]) =>
     pop
-      .map((c) => ({ c, loss: fitness(c), key: keyOf(c) }))
-      .sort((a, b) => a.loss - b.loss || (a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+      .map((c, i) => ({ c, i, loss: fitness(c), key: keyOf?.(c) ?? '' }))
+      .sort((a, b) => a.loss - b.loss || (a.key < b.key ? -1 : a.key > b.key ? 1 : a.i - b.i))
       .map((r) => r.c);
-  population = rank(population);
+  let population = rank(initial);
   const history = [fitness(population[0]!)];
-  for (let g = 0; g < G; g++) {
+  for (let g = 0; g < generations; g++) {
     const elite = population.slice(0, Math.max(1, Math.floor(P / 2)));
     const next = elite.slice();
     while (next.length < P) next.push(mutate(elite[Math.floor(rng.next() * elite.length)]!));
     population = rank(next);
     history.push(fitness(population[0]!));
   }
-  const best = population[0]!;
-  return { keep: best, loss: fitness(best), baseLoss: windowsLoss(model, windows, batchSize), history, evaluations: seen.size };
+  return { best: population[0]!, history };
 }
 
 export interface EEPMergeOptions {
@@ -297,23 +315,9 @@ export function eepMerge(registry: Registry, source: SpecModel, windows: Int32Ar
   };
   try {
     const startLoss = fitness(start);
-    let population: MergeCandidate[] = [start];
+    const population: MergeCandidate[] = [start];
     while (population.length < P) population.push(mutate(start));
-    const rank = (pop: MergeCandidate[]) =>
-      pop
-        .map((c, i) => ({ c, i, loss: fitness(c) }))
-        .sort((a, b) => a.loss - b.loss || a.i - b.i)
-        .map((r) => r.c);
-    population = rank(population);
-    const history = [fitness(population[0]!)];
-    for (let g = 0; g < G; g++) {
-      const elite = population.slice(0, Math.max(1, Math.floor(P / 2)));
-      const next = elite.slice();
-      while (next.length < P) next.push(mutate(elite[Math.floor(rng.next() * elite.length)]!));
-      population = rank(next);
-      history.push(fitness(population[0]!));
-    }
-    const best = population[0]!;
+    const { best, history } = evolve(population, G, rng, fitness, mutate);
     assign(best);
     return { ...work, reductions: reductions(best), loss: best.loss!, startLoss, history, evaluations };
   } catch (e) {
