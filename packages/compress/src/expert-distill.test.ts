@@ -5,8 +5,9 @@
  * positive, falls with the steps, and every pruned weight stays zero; zero steps change nothing;
  * the one-line errors.
  */
-import { activate, buildModel, type NodeSpec, tf } from '@moelab/core';
+import { activate, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { TINY_MOE, tinyMoeLm } from '../test/models.js';
 import { testRegistry } from '../test/registry.js';
 import { asMlpBank } from './bank.js';
 import { collectExpertTargets, distilExperts, distillationLoss } from './expert-distill.js';
@@ -19,25 +20,8 @@ beforeAll(async () => {
 });
 
 const registry = testRegistry();
-const E = 4;
-const D = 16;
-const H = 12;
-
-function source(expert: Record<string, unknown> = { type: 'glu', hidden: H }): SpecModel {
-  const spec: NodeSpec = {
-    type: 'transformer-lm',
-    vocabSize: 32,
-    dModel: D,
-    contextLength: 8,
-    stack: { groupSize: 2, repeats: 1 },
-    block: {
-      type: 'transformer',
-      attention: { type: 'mha', heads: 2 },
-      ffn: { type: 'moe', experts: E, router: { type: 'softmax-topk', k: 2, renormalize: true }, expert },
-    },
-  };
-  return { spec, model: buildModel<Model>(spec, registry, 5) };
-}
+const { D } = TINY_MOE;
+const source = (expert?: Record<string, unknown>): SpecModel => tinyMoeLm(registry, 2, expert);
 
 /** Windows of 9 tokens (8 inputs + 1 target). */
 const windows = Array.from({ length: 4 }, (_, w) => Int32Array.from({ length: 9 }, (_, i) => (w * 11 + i * 7 + 3) % 32));

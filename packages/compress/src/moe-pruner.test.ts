@@ -4,8 +4,9 @@
  * is Wanda's, computed here directly from the expert's own routed inputs; scaling the inputs never
  * changes the mask; the one-line errors.
  */
-import { activate, buildModel, forwardContext, type NodeSpec, Rng, tf } from '@moelab/core';
+import { activate, forwardContext, Rng, tf } from '@moelab/core';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { TINY_MOE, tinyMoeLm } from '../test/models.js';
 import { testRegistry } from '../test/registry.js';
 import { moePrune, wandaMask } from './moe-pruner.js';
 import { RoutingObserver } from './observer.js';
@@ -16,26 +17,9 @@ beforeAll(async () => {
 });
 
 const registry = testRegistry();
-const E = 4;
-const D = 16;
-const H = 12;
-
+const { E, D, H } = TINY_MOE;
 /** k = 0: hash routing (one expert per token, gate 1). */
-function source(k: number, expert: Record<string, unknown> = { type: 'glu', hidden: H }): SpecModel {
-  const spec: NodeSpec = {
-    type: 'transformer-lm',
-    vocabSize: 32,
-    dModel: D,
-    contextLength: 8,
-    stack: { groupSize: 2, repeats: 1 },
-    block: {
-      type: 'transformer',
-      attention: { type: 'mha', heads: 2 },
-      ffn: { type: 'moe', experts: E, router: k === 0 ? { type: 'hash' } : { type: 'softmax-topk', k, renormalize: true }, expert },
-    },
-  };
-  return { spec, model: buildModel<Model>(spec, registry, 5) };
-}
+const source = (k: number, expert?: Record<string, unknown>): SpecModel => tinyMoeLm(registry, k, expert);
 
 const ids = tf.tensor2d(
   Int32Array.from({ length: 4 * 8 }, (_, i) => (i * 7 + 3) % 32),
