@@ -12,6 +12,12 @@ import { runCli as run, tinySpec, trainedTiny, twoDomains } from './helpers.js';
 const cpu = ['--backend', 'cpu'];
 /** The error line (the backend line may come first on stderr). */
 const last = (err: string) => err.trim().split('\n').at(-1)!;
+/** `moelab eval` of a written checkpoint on one small batch. */
+const evalCheckpoint = (ckpt: string) => run(['eval', ckpt, '--eval-batches', '1', '--batch', '2', ...cpu]);
+/** Experts per MoE layer in a written checkpoint's spec. */
+const expertsIn = (ckpt: string): number => JSON.parse(readFileSync(join(ckpt, 'config.json'), 'utf8')).spec.block.ffn.experts;
+/** A small calibration pass and one validation batch, the summary as JSON, on cpu. */
+const smallJson = ['--calib-tokens', '64', '--batch', '2', '--eval-batches', '1', '--json', ...cpu];
 
 describe('moelab prune / merge-experts / steer / analyse', () => {
   const fixture = trainedTiny(twoDomains, 3);
@@ -41,8 +47,8 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(r.out).toMatch(/pruned 2 experts by reap \(ratio 0.5, calibration ".*:numbers", \d+ tokens\)/);
     expect(r.out).toMatch(/transformer\.layers\.0\.ffn: kept \d,\d; removed \d,\d/);
     expect(r.out).toMatch(/validation perplexity on .*: \d+\.\d{3} -> \d+\.\d{3}/);
-    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(2);
-    const ev = run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]);
+    expect(expertsIn(out)).toBe(2);
+    const ev = evalCheckpoint(out);
     expect(ev.code, ev.err).toBe(0);
     expect(ev.out).toMatch(/perplexity \d+\.\d{3}/);
 
@@ -79,32 +85,15 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
 
   it('prune --method moe-pruner zeroes half of every expert neuron’s weights; the checkpoint loads', () => {
     const out = join(fixture.root, 'moe-pruned');
-    const r = run([
-      'prune',
-      fixture.ckpt,
-      '--method',
-      'moe-pruner',
-      '--ratio',
-      '0.5',
-      '--calib-tokens',
-      '64',
-      '--batch',
-      '2',
-      '--eval-batches',
-      '1',
-      '--json',
-      '--out',
-      out,
-      ...cpu,
-    ]);
+    const r = run(['prune', fixture.ckpt, '--method', 'moe-pruner', '--ratio', '0.5', ...smallJson, '--out', out]);
     expect(r.code, r.err).toBe(0);
     const summary = JSON.parse(r.out);
     expect(summary.method).toBe('moe-pruner');
     expect(summary.expertWeights.zeroed * 2).toBe(summary.expertWeights.total);
     expect(summary.tensors.map((t: { tensor: string }) => t.tensor).sort()).toEqual(['w1', 'w2']);
     expect(summary.perplexity.after).toBeGreaterThan(0);
-    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(4);
-    expect(run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+    expect(expertsIn(out)).toBe(4);
+    expect(evalCheckpoint(out).code).toBe(0);
 
     const kdOut = join(fixture.root, 'moe-pruned-kd');
     const kd = run([
@@ -118,16 +107,9 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
       '5',
       '--distil-lr',
       '0.01',
-      '--calib-tokens',
-      '64',
-      '--batch',
-      '2',
-      '--eval-batches',
-      '1',
-      '--json',
+      ...smallJson,
       '--out',
       kdOut,
-      ...cpu,
     ]);
     expect(kd.code, kd.err).toBe(0);
     const k = JSON.parse(kd.out);
@@ -135,7 +117,7 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(k.expertWeights.zeroed).toBe(summary.expertWeights.zeroed);
     expect(k.distillation.steps).toBe(5);
     expect(k.distillation.lossAfter).toBeLessThan(k.distillation.lossBefore);
-    expect(run(['eval', kdOut, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+    expect(evalCheckpoint(kdOut).code).toBe(0);
     const wrong = run(['prune', fixture.ckpt, '--method', 'reap', '--ratio', '0.5', '--distil-steps', '5', '--out', join(fixture.root, 'kd-reap'), ...cpu]);
     expect(last(wrong.err)).toBe("moelab: --distil-steps: --distil-steps is MoE-Pruner's recovery; it needs --method moe-pruner, not reap");
   });
@@ -167,7 +149,7 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     const s = JSON.parse(eep.out);
     expect(s.search.history).toHaveLength(2);
     expect(s.search.history[1]).toBeLessThanOrEqual(s.search.history[0]);
-    expect(JSON.parse(readFileSync(join(fixture.root, 'eep', 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(2);
+    expect(expertsIn(join(fixture.root, 'eep'))).toBe(2);
     const bad = run(['prune', fixture.ckpt, '--method', 'eep', '--population', '1', ...common, '--out', join(fixture.root, 'eep1')]);
     expect(last(bad.err)).toBe('moelab: --population: the population must be an integer of at least 2, got 1');
 
@@ -196,8 +178,8 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(m.merge.history).toHaveLength(3);
     expect(m.merge.loss).toBeLessThanOrEqual(m.merge.startLoss);
     expect(m.merge.startLoss).toBeCloseTo(m.search.loss, 4);
-    expect(JSON.parse(readFileSync(join(fixture.root, 'eep-merged', 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(2);
-    expect(run(['eval', join(fixture.root, 'eep-merged'), '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+    expect(expertsIn(join(fixture.root, 'eep-merged'))).toBe(2);
+    expect(evalCheckpoint(join(fixture.root, 'eep-merged')).code).toBe(0);
     const noEep = run(['prune', fixture.ckpt, '--method', 'reap', '--merge-generations', '2', ...common, '--out', join(fixture.root, 'm-reap')]);
     expect(last(noEep.err)).toBe("moelab: --merge-generations: --merge-generations is EEP's merging phase; it needs --method eep, not reap");
 
@@ -229,7 +211,7 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(report.bits).toBe(2);
     expect(report.qat.steps).toBe(2);
     expect(Number.isFinite(report.qat.lastLoss)).toBe(true);
-    expect(run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+    expect(evalCheckpoint(out).code).toBe(0);
     const bad = run(['quantize', fixture.ckpt, '--bits', '2', '--qat-steps', '2', '--out', join(fixture.root, 'q2bad')]);
     expect(last(bad.err)).toBe('moelab: --data: --qat-steps needs the text to train on: --data brown|sotu|PATH|corpus:domain');
   });
@@ -240,8 +222,8 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/merged every MoE layer into 2 experts \(mc-smoe/);
     expect(r.out).toMatch(/transformer\.layers\.0\.ffn: \{\d(,\d)*\} \{\d(,\d)*\}/);
-    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).spec.block.ffn.experts).toBe(4);
-    expect(run(['eval', out, '--eval-batches', '1', '--batch', '2', ...cpu]).code).toBe(0);
+    expect(expertsIn(out)).toBe(4);
+    expect(evalCheckpoint(out).code).toBe(0);
 
     const dense = join(fixture.root, 'dense');
     mkdirSync(dense);
