@@ -130,21 +130,9 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(e.layers[0].kept).toHaveLength(2);
     const keptScores = e.layers[0].kept.map((i: number) => e.layers[0].scores[i]);
     for (const i of e.layers[0].removed) expect(e.layers[0].scores[i]).toBeLessThanOrEqual(Math.min(...keptScores));
-    const eep = run([
-      'prune',
-      fixture.ckpt,
-      '--method',
-      'eep',
-      '--population',
-      '3',
-      '--generations',
-      '1',
-      '--search-tokens',
-      '32',
-      ...common,
-      '--out',
-      join(fixture.root, 'eep'),
-    ]);
+    // A tiny search budget: 3 candidates, one generation, 32 tokens per evaluation.
+    const eepSearch = ['--method', 'eep', '--population', '3', '--generations', '1', '--search-tokens', '32', ...common];
+    const eep = run(['prune', fixture.ckpt, ...eepSearch, '--out', join(fixture.root, 'eep')]);
     expect(eep.code, eep.err).toBe(0);
     const s = JSON.parse(eep.out);
     expect(s.search.history).toHaveLength(2);
@@ -154,25 +142,7 @@ describe('moelab prune / merge-experts / steer / analyse', () => {
     expect(last(bad.err)).toBe('moelab: --population: the population must be an integer of at least 2, got 1');
 
     // EEP's merging phase after the search: never worse than the pruned start on the search windows; an ordinary checkpoint.
-    const merged = run([
-      'prune',
-      fixture.ckpt,
-      '--method',
-      'eep',
-      '--population',
-      '3',
-      '--generations',
-      '1',
-      '--merge-generations',
-      '2',
-      '--merge-sigma',
-      '0.2',
-      '--search-tokens',
-      '32',
-      ...common,
-      '--out',
-      join(fixture.root, 'eep-merged'),
-    ]);
+    const merged = run(['prune', fixture.ckpt, ...eepSearch, '--merge-generations', '2', '--merge-sigma', '0.2', '--out', join(fixture.root, 'eep-merged')]);
     expect(merged.code, merged.err).toBe(0);
     const m = JSON.parse(merged.out);
     expect(m.merge.history).toHaveLength(3);
