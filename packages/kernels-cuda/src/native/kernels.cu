@@ -570,17 +570,14 @@ __global__ void topk_k(const float* x, float* values, int* indices, long rows, l
 
 // The softmax top-k router gate (core's MoelabSoftmaxTopK), one thread per token row: k selection
 // rounds on z + bias as topk_k does (-Infinity and NaN never chosen: a row may make fewer than k
-// choices, its other slots get expert -1, weight 0), then weight_s = softmax(z)[e_s], divided by
-// the chosen weights' sum when renormalising. Outputs slot-major [k, T].
+// choices, its other slots get expert -1, weight 0), then weight_s = softmax(z)[e_s] (raw), or the
+// softmax of the chosen scores alone when renormalising (the row's normaliser cancels, so a NaN
+// elsewhere in the row does not reach the weights: the same as moelab-cpu). Outputs slot-major [k, T].
 __global__ void softmax_topk_k(const float* z, const float* bias, float* weight, int* expert, long T, int E, int k, bool renormalize) {
   const long t = global_index();
   if (t >= T) return;
   const float* row = z + t * E;
-  float m = -INFINITY;
-  for (int e = 0; e < E; e++) m = fmaxf(m, row[e]);
-  float sum = 0.f;
-  for (int e = 0; e < E; e++) sum += expf(row[e] - m);
-  float pv = INFINITY, chosen = 0.f;
+  float pv = INFINITY;
   int pi = -1, n = 0;
   for (int s = 0; s < k; s++) {
     float bv = -INFINITY;
@@ -595,16 +592,20 @@ __global__ void softmax_topk_k(const float* z, const float* bias, float* weight,
       }
     }
     if (bi < 0) break;
-    const float p = expf(row[bi] - m) / sum;
-    weight[s * T + t] = p;
     expert[s * T + t] = bi;
-    chosen += p;
     n++;
     pv = bv;
     pi = bi;
   }
-  for (int s = 0; s < n; s++)
-    if (renormalize) weight[s * T + t] /= chosen;
+  float m = -INFINITY, sum = 0.f;
+  if (renormalize) {
+    for (int s = 0; s < n; s++) m = fmaxf(m, row[expert[s * T + t]]);
+    for (int s = 0; s < n; s++) sum += expf(row[expert[s * T + t]] - m);
+  } else {
+    for (int e = 0; e < E; e++) m = fmaxf(m, row[e]);
+    for (int e = 0; e < E; e++) sum += expf(row[e] - m);
+  }
+  for (int s = 0; s < n; s++) weight[s * T + t] = expf(row[expert[s * T + t]] - m) / sum;
   for (int s = n; s < k; s++) {
     weight[s * T + t] = 0.f;
     expert[s * T + t] = -1;
