@@ -23,6 +23,7 @@ import { forwardContext, resolveBackend, Rng, tf } from '@moelab/core';
 import { decodeOnnxModel } from '@moelab/interop';
 import { createDefaultRegistry, loadCheckpoint } from '@moelab/node';
 import * as ort from 'onnxruntime-node';
+import type { Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -57,6 +58,27 @@ function buildApp(): void {
   if (built > newest) return;
   const r = spawnSync(process.execPath, [join(app, 'node_modules/vite/bin/vite.js'), 'build', '--logLevel', 'warn'], { cwd: app, encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`vite build failed:\n${r.stdout}\n${r.stderr}`);
+}
+
+type RunView = { state: string; loaded?: { step: number } };
+
+/** Resolves when the page's run `id` ('A' or 'B') has finished training. */
+function runDone(page: Page, id: string, timeout = 120_000): Promise<unknown> {
+  return page.waitForFunction(
+    (id: string) => (window as unknown as { playground: { runs: Record<string, () => RunView> } }).playground.runs[id]!().state === 'done',
+    id,
+    { timeout, polling: 500 },
+  );
+}
+
+/** Resolves when the page's run `id` has loaded a model at training step `step`. */
+function runLoaded(page: Page, id: string, step: number): Promise<unknown> {
+  return page.waitForFunction(
+    ([id, step]: [string, number]) =>
+      (window as unknown as { playground: { runs: Record<string, () => RunView> } }).playground.runs[id]!().loaded?.step === step,
+    [id, step],
+    { timeout: 60_000 },
+  );
 }
 
 const MIME: Record<string, string> = {
@@ -166,11 +188,7 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     await page.click('#run-a .build');
     await page.waitForFunction(() => document.querySelector('#run-a .backend')?.textContent?.includes('wasm'), null, { timeout: 60_000 });
     await page.click('#run-a .start');
-    await page.waitForFunction(
-      () => (window as unknown as { playground: { runs: Record<string, () => { state: string; errors: string[] }> } }).playground.runs.A!().state === 'done',
-      null,
-      { timeout: 150_000, polling: 500 },
-    );
+    await runDone(page, 'A', 150_000);
     const a = await run('A');
     expect(a.errors).toEqual([]);
     expect(a.backend).toBe('wasm');
@@ -315,17 +333,9 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     // Train on: run B loads the upcycled model (step 0) and trains its 6 steps through 2 MoE layers of 4 experts.
     const earlierErrors = (await run('B')).errors.length; // the malformed uploads of the previous test
     await page.click('.up-train-b');
-    await page.waitForFunction(
-      () => (window as unknown as { playground: { runs: Record<string, () => { loaded?: { step: number } }> } }).playground.runs.B!().loaded?.step === 0,
-      null,
-      { timeout: 60_000 },
-    );
+    await runLoaded(page, 'B', 0);
     await page.click('#run-b .start');
-    await page.waitForFunction(
-      () => (window as unknown as { playground: { runs: Record<string, () => { state: string }> } }).playground.runs.B!().state === 'done',
-      null,
-      { timeout: 120_000, polling: 500 },
-    );
+    await runDone(page, 'B');
     const b = await run('B');
     expect(b.errors.slice(earlierErrors)).toEqual([]);
     expect(b.losses.length).toBe(6);
@@ -355,6 +365,14 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     };
     const ft = (): Promise<Ft> => page.evaluate(() => (window as unknown as { playground: { finetune: () => unknown } }).playground.finetune());
     const cp = (): Promise<Cp> => page.evaluate(() => (window as unknown as { playground: { compress: () => unknown } }).playground.compress());
+    /** Runs the Compress section's chosen method to the end; it must report no error. */
+    const compressRun = async (): Promise<Cp> => {
+      await page.click('#cp-run');
+      await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
+      const r = await cp();
+      expect(r.errors).toEqual([]);
+      return r;
+    };
     // A trained moe-micro in run A (8 steps).
     await page.selectOption('#preset', 'moe-micro');
     await page.click('#use-preset');
@@ -363,11 +381,7 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     await page.click('#run-a .build');
     await page.waitForFunction(() => document.querySelector('#run-a .params')?.textContent?.includes('8 steps'), null, { timeout: 60_000 });
     await page.click('#run-a .start');
-    await page.waitForFunction(
-      () => (window as unknown as { playground: { runs: Record<string, () => { state: string }> } }).playground.runs.A!().state === 'done',
-      null,
-      { timeout: 120_000, polling: 500 },
-    );
+    await runDone(page, 'A');
     // Read the size once run A is trained: the summary updates after a debounce, so reading it right after
     // picking the preset can still show the previous test's model.
     const parameters = Number(await page.getAttribute('#summary', 'data-parameters'));
@@ -409,21 +423,14 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     expect(adapter.counts.trainable).toBe(1024);
     // LoRA folds into the base: the fine-tuned model loads into run B (8 + 5 steps).
     await page.click('.ft-load-b');
-    await page.waitForFunction(
-      () => (window as unknown as { playground: { runs: Record<string, () => { loaded?: { step: number } }> } }).playground.runs.B!().loaded?.step === 13,
-      null,
-      { timeout: 60_000 },
-    );
+    await runLoaded(page, 'B', 13);
 
     // Compress run A's model: 4-bit experts shrink the file; pruning half the experts by REAP removes parameters.
     await page.click('.cp-use-a');
     await page.waitForFunction(() => document.querySelector('.cp-model')?.textContent?.includes('runA@8'), null, { timeout: 30_000 });
     await page.selectOption('#cp-method', 'quantize');
     await page.selectOption('#cp-bits', '4');
-    await page.click('#cp-run');
-    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
-    const q = await cp();
-    expect(q.errors).toEqual([]);
+    const q = await compressRun();
     expect(q.result!.size.after.bytes).toBeLessThan(q.result!.size.before.bytes);
     expect(q.result!.size.after.parameters).toBe(parameters);
     expect(Number(await page.textContent('#cp-table tr[data-row=perplexity] td.after'))).toBeGreaterThan(1);
@@ -432,30 +439,20 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     await page.selectOption('#cp-method', 'prune');
     await page.selectOption('#cp-score', 'reap');
     await page.fill('#cp-ratio', '0.5');
-    await page.click('#cp-run');
-    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
-    const p = await cp();
-    expect(p.errors).toEqual([]);
+    const p = await compressRun();
     expect(p.result!.size.after.parameters).toBeLessThan(parameters);
     expect(p.result!.experts.map((l) => l.kept!.filter(Boolean).length)).toEqual([2, 2]);
     await expect.poll(async () => (await cp()).barsDrawn).toBe(2 * 4);
     // The pruned model trains on in run B: the Build section shows its spec (2 experts per layer).
     await page.click('.cp-load-b');
-    await page.waitForFunction(
-      () => (window as unknown as { playground: { runs: Record<string, () => { loaded?: { step: number } }> } }).playground.runs.B!().loaded?.step === 8,
-      null,
-      { timeout: 60_000 },
-    );
+    await runLoaded(page, 'B', 8);
     expect(JSON.parse(await page.inputValue('#spec-json')).block.ffn.experts).toBe(2);
     // Steering toward the uploaded text, away from the bundled corpus: both perplexities, the steering file.
     await page.selectOption('#cp-method', 'steer');
     await page.focus('#cp-toward');
     await expect.poll(async () => page.inputValue('#cp-toward')).toBe('drill.txt');
     expect(await page.inputValue('#cp-away')).toBe('brown (bundled slice)');
-    await page.click('#cp-run');
-    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
-    const st = (await cp()) as Cp & { files: string[] };
-    expect(st.errors).toEqual([]);
+    const st = (await compressRun()) as Cp & { files: string[] };
     expect(st.files).toEqual(['steer.json']);
     expect(Number(await page.textContent('#cp-table tr[data-row=other-perplexity] td.after'))).toBeGreaterThan(1);
     await expect.poll(async () => (await cp()).barsDrawn).toBe(2 * 4);
@@ -465,19 +462,13 @@ describe.skipIf(!hasChromium)('playground in headless chromium', () => {
     await page.fill('#cp-population', '2');
     await page.fill('#cp-generations', '1');
     await page.fill('#cp-merge-generations', '1');
-    await page.click('#cp-run');
-    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
-    const eep = await cp();
-    expect(eep.errors).toEqual([]);
+    const eep = await compressRun();
     expect(eep.result!.size.after.parameters).toBeLessThan(parameters);
     expect(eep.result!.experts.map((l) => l.kept!.filter(Boolean).length)).toEqual([2, 2]);
     // SCMoE decodes a validation prompt without and with the contrast; no file, the weights unchanged.
     await page.selectOption('#cp-method', 'scmoe');
     await page.fill('#cp-beta', '0.5');
-    await page.click('#cp-run');
-    await expect.poll(async () => (await cp()).state, { timeout: 120_000, intervals: [500] }).toBe('done');
-    const sc = (await cp()) as Cp & { files: string[] };
-    expect(sc.errors).toEqual([]);
+    const sc = (await compressRun()) as Cp & { files: string[] };
     expect(sc.files).toEqual([]);
     expect(sc.result!.size.after.parameters).toBe(parameters);
     expect(await page.textContent('#cp-generated')).toMatch(/^prompt: [\s\S]*\ngreedy: …[\s\S]*\nSCMoE: {2}…/);
@@ -588,11 +579,7 @@ describe.skipIf(!hasChromium)("playground on moelab-wasm (moelab's kernels in We
         else if (isolated) expect(reason).toContain('single-threaded: one core here');
         else expect(reason).toContain('single-threaded: the page is not cross-origin isolated (serve it with Cross-Origin-Opener-Policy: same-origin');
         await page.click('#run-a .start');
-        await page.waitForFunction(
-          () => (window as unknown as { playground: { runs: Record<string, () => { state: string }> } }).playground.runs.A!().state === 'done',
-          null,
-          { timeout: 150_000, polling: 500 },
-        );
+        await runDone(page, 'A', 150_000);
         const a: Snapshot = await page.evaluate(() => (window as unknown as { playground: { runs: Record<string, () => Snapshot> } }).playground.runs.A!());
         expect(a.errors).toEqual([]);
         expect(a.backend).toBe('moelab-wasm');
@@ -634,11 +621,7 @@ describe.skipIf(!hasChromium)('playground on the Vite dev server (pnpm --filter 
       await page.dispatchEvent('#train-steps', 'change');
       await page.click('#run-a .build');
       await page.click('#run-a .start');
-      await page.waitForFunction(
-        () => (window as unknown as { playground: { runs: Record<string, () => { state: string }> } }).playground.runs.A!().state === 'done',
-        null,
-        { timeout: 120_000, polling: 500 },
-      );
+      await runDone(page, 'A');
       const a = await page.evaluate(() =>
         (window as unknown as { playground: { runs: Record<string, () => { losses: unknown[]; errors: string[]; backend: string }> } }).playground.runs.A!(),
       );
