@@ -12,10 +12,11 @@ import { fileURLToPath } from 'node:url';
 export type Ptr = number;
 
 /**
- * An attention launch: query head h of H reads key / value head floor(h Hkv / H); query row i sees
- * keys j <= qOffset + i; tensors [B, H, T, d], or [B, T, H, d] when bthd.
+ * An attention launch: B batches; query head h of H reads key / value head floor(h Hkv / H); query
+ * row i sees keys j <= qOffset + i; tensors [B, H, T, d], or [B, T, H, d] when bthd.
  */
 export interface AttentionShape {
+  B: number;
   H: number;
   Hkv: number;
   Tq: number;
@@ -27,7 +28,41 @@ export interface AttentionShape {
   scale: number;
 }
 
-/** The functions the addon exports (see src/native/addon.cc and kernels.h for the argument contracts). */
+/**
+ * Device buffers by name: the kernel contract's input and output names (`x`, `w1`, `tokenIndex`,
+ * `dy`, `dx`, ...). null (or leaving it out) marks an absent optional buffer.
+ */
+export type Buffers<K extends string> = Record<K, Ptr> & { [name: string]: Ptr | null };
+
+/** The forward kernel or its backward. */
+export type Pass = 'forward' | 'backward';
+
+/**
+ * An index space of rank <= 6 (`shape`) and two operands' strides over it (elements; 0 along
+ * broadcast axes). What `b` means is the function's: out's strides for a copy, x's shape for a tile.
+ */
+export interface IndexSpace {
+  shape: readonly number[];
+  a: readonly number[];
+  b?: readonly number[];
+}
+
+/** The sizes every fused MoE expert launch shares (core's MoelabMoeMLP / GLU / Packed). */
+export interface MoeDims {
+  /** tokens, their channels, expert hidden units, experts, assignments */
+  T: number;
+  d: number;
+  h: number;
+  E: number;
+  N: number;
+  /** MOE_ACTIVATION_CODE */
+  act: number;
+  /** packed experts only: code width and quantization group (0: one group over the input axis) */
+  bits?: number;
+  group?: number;
+}
+
+/** The addon's functions (src/native/addon.cc; argument contracts in kernels.h). */
 export interface CudaAddon {
   emulated: boolean;
   /** '' when the device is usable, else why not (no driver, driver older than the runtime, compute capability below 8.0). */
@@ -51,104 +86,40 @@ export interface CudaAddon {
   sync(): void;
   memory(): { liveBytes: number; cachedBytes: number; liveBuffers: number };
   releaseCached(): void;
+  /** C[b] = act(op(A[b]) op(B[b]) + bias): A [M, K] ([K, M] when ta), B [K, N] ([N, K] when tb); batch strides in elements, 0 broadcasts. */
   gemm(
-    ta: boolean,
-    tb: boolean,
-    batch: number,
-    M: number,
-    N: number,
-    K: number,
-    A: Ptr,
-    strideA: number,
-    B: Ptr,
-    strideB: number,
-    C: Ptr,
-    bias: Ptr | null,
-    act: number,
-    alpha: number,
+    buffers: Buffers<'A' | 'B' | 'C'>,
+    dims: { ta: boolean; tb: boolean; batch: number; M: number; N: number; K: number; strideA: number; strideB: number; act: number; alpha: number },
   ): void;
-  /** op: BINARY_OP_CODE (comparisons write bool) or the kernels' own 11 maximum, 12 minimum, 13 pow; float32 or int32 operands. */
-  binary(a: Ptr, b: Ptr, out: Ptr, n: number, shape: Int32Array, aStrides: Int32Array, bStrides: Int32Array, op: number, isInt: boolean): void;
-  /** out[offset(i, outStrides)] = x[offset(i, xStrides)] over the index space `shape` (rank <= 6); elements of 4 or 1 bytes. */
-  stridedCopy(x: Ptr, out: Ptr, n: number, shape: Int32Array, xStrides: Int32Array, outStrides: Int32Array, elemBytes: number): void;
-  /** out[i] = cond[i] ? t[i] : e[i] (4-byte elements). */
-  select(cond: Ptr, t: Ptr, e: Ptr, out: Ptr, n: number): void;
+  /** op: BINARY_OP_CODE (comparisons write bool) or the kernels' own 11 maximum, 12 minimum, 13 pow; float32 or int32 operands over `space` (a: a's strides, b: b's). */
+  binary(a: Ptr, b: Ptr, out: Ptr, space: IndexSpace, op: number, isInt: boolean): void;
+  /** out[offset(i, space.b)] = x[offset(i, space.a)] over the index space; elements of 4 or 1 bytes. */
+  stridedCopy(x: Ptr, out: Ptr, space: IndexSpace, elemBytes: number): void;
+  /** out[i] = cond[offset(i, space.a)] ? t[i] : e[i] over the values' index space; elements of 4 or 1 bytes. */
+  select(cond: Ptr, t: Ptr, e: Ptr, out: Ptr, space: IndexSpace, elemBytes: number): void;
+  /** Tile: out (index space space.shape) repeats x of shape space.b and strides space.a. */
+  tile(x: Ptr, out: Ptr, space: IndexSpace, elemBytes: number): void;
+  /** The running sum (product) of x viewed as [outer, R, inner] along R, float32 or int32. */
+  scan(x: Ptr, out: Ptr, dims: { outer: number; R: number; inner: number; product: boolean; exclusive: boolean; reverse: boolean; isInt: boolean }): void;
   range(out: Ptr, n: number, start: number, step: number, isInt: boolean): void;
-  /** lse: [B, H, Tq], or null. */
-  attentionForward(q: Ptr, k: Ptr, v: Ptr, out: Ptr, lse: Ptr | null, B: number, shape: AttentionShape): void;
-  attentionBackward(dy: Ptr, q: Ptr, k: Ptr, v: Ptr, out: Ptr, lse: Ptr, dq: Ptr, dk: Ptr, dv: Ptr, B: number, shape: AttentionShape): void;
-  rope(x: Ptr, cos: Ptr, sin: Ptr, out: Ptr, BH: number, H: number, T: number, dh: number, dims: number, inverse: boolean, bthd: boolean): void;
-  moeGluForward(
-    x: Ptr,
-    w1: Ptr,
-    w3: Ptr,
-    w2: Ptr,
-    tok: Ptr,
-    expert: Ptr,
-    weight: Ptr,
-    out: Ptr,
-    hidden: Ptr,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
+  /** Forward: q, k, v, out and lse [B, H, Tq] (null: not wanted); backward: dy, q, k, v, out, lse, dq, dk, dv. */
+  attention(pass: Pass, buffers: Buffers<'q' | 'k' | 'v' | 'out'>, shape: AttentionShape): void;
+  rope(
+    buffers: Buffers<'x' | 'cos' | 'sin' | 'out'>,
+    dims: { BH: number; H: number; T: number; dh: number; dims: number; inverse: boolean; bthd: boolean },
   ): void;
-  moeGluBackward(
-    dy: Ptr,
-    x: Ptr,
-    w1: Ptr,
-    w3: Ptr,
-    w2: Ptr,
-    tok: Ptr,
-    expert: Ptr,
-    weight: Ptr,
-    hidden: Ptr,
-    dx: Ptr,
-    dw1: Ptr,
-    dw3: Ptr,
-    dw2: Ptr,
-    dweight: Ptr,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
-  ): void;
-  /** packed: [w1Codes, w1Scale, w1Zero, w3Codes|null, w3Scale|null, w3Zero|null, w2Codes, w2Scale, w2Zero, bits, group]. */
-  moePackedForward(
-    packed: (Ptr | null)[],
-    x: Ptr,
-    tok: Ptr,
-    expert: Ptr,
-    weight: Ptr,
-    out: Ptr,
-    hidden: Ptr,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
-  ): void;
-  moePackedBackward(
-    packed: (Ptr | null)[],
-    dy: Ptr,
-    x: Ptr,
-    tok: Ptr,
-    expert: Ptr,
-    weight: Ptr,
-    hidden: Ptr,
-    dx: Ptr,
-    dweight: Ptr,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
+  /**
+   * Core's fused MoE experts, buffers named as the contract's inputs and outputs: MoelabMoeMLP, with
+   * w3 MoelabMoeGLU, with dims.bits MoelabMoePacked (w1Codes, w1Scale, w1Zero, ...; w3Codes for
+   * gated experts). Forward writes out and hidden; backward dx, dw1, dw3, dw2, dweight (packed: dx,
+   * dweight). Throws a one-line error on a bad index.
+   */
+  moeExperts(pass: Pass, buffers: Buffers<'x' | 'tokenIndex' | 'expertIndex' | 'weight' | 'hidden'>, dims: MoeDims): void;
+  /** Core's MoelabMoeLinear: forward out, backward dx, dw, dweight. */
+  moeLinear(
+    pass: Pass,
+    buffers: Buffers<'x' | 'w' | 'inRow' | 'outRow' | 'expertIndex' | 'weight'>,
+    dims: { R: number; din: number; dout: number; E: number; N: number; outRows: number },
   ): void;
   unary(x: Ptr, out: Ptr, n: number, op: number, alpha: number): void;
   fill(out: Ptr, n: number, value: number): void;
@@ -160,80 +131,26 @@ export interface CudaAddon {
   segmentSum(x: Ptr, ids: Ptr, out: Ptr, n: number, inner: number, numSegments: number): void;
   softmax(x: Ptr, out: Ptr, rows: number, cols: number): void;
   topk(x: Ptr, values: Ptr, indices: Ptr, rows: number, cols: number, k: number): void;
-  /** core's MoelabSoftmaxTopK: weight, expert slot-major [k, T]. */
-  softmaxTopK(scores: Ptr, bias: Ptr | null, weight: Ptr, expert: Ptr, T: number, E: number, k: number, renormalize: boolean): void;
-  softmaxTopKGrad(dy: Ptr, scores: Ptr, weight: Ptr, expert: Ptr, dscores: Ptr, T: number, E: number, k: number, renormalize: boolean): void;
-  layerNormForward(x: Ptr, gamma: Ptr, beta: Ptr | null, y: Ptr, mean: Ptr, rstd: Ptr, rows: number, D: number, eps: number): void;
-  layerNormBackward(dy: Ptr, x: Ptr, gamma: Ptr, mean: Ptr, rstd: Ptr, dx: Ptr, dgamma: Ptr, dbeta: Ptr | null, rows: number, D: number): void;
-  adamw(p: Ptr, g: Ptr, m: Ptr, v: Ptr, pOut: Ptr, mOut: Ptr, vOut: Ptr, n: number, scalars: number[], decay: boolean): void;
-  moeMlpForward(
-    x: Ptr,
-    w1: Ptr,
-    w2: Ptr,
-    tok: Ptr,
-    expert: Ptr,
-    weight: Ptr,
-    out: Ptr,
-    hidden: Ptr,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
-  ): void;
-  moeMlpBackward(
-    dy: Ptr,
-    x: Ptr,
-    w1: Ptr,
-    w2: Ptr,
-    tok: Ptr,
-    expert: Ptr,
-    weight: Ptr,
-    hidden: Ptr,
-    dx: Ptr,
-    dw1: Ptr,
-    dw2: Ptr,
-    dweight: Ptr,
-    T: number,
-    d: number,
-    h: number,
-    E: number,
-    N: number,
-    act: number,
-  ): void;
-  moeLinearForward(
-    x: Ptr,
-    w: Ptr,
-    inRow: Ptr,
-    outRow: Ptr,
-    expert: Ptr,
-    weight: Ptr,
-    out: Ptr,
-    R: number,
-    din: number,
-    dout: number,
-    E: number,
-    N: number,
-    outRows: number,
-  ): void;
-  moeLinearBackward(
-    dy: Ptr,
-    x: Ptr,
-    w: Ptr,
-    inRow: Ptr,
-    outRow: Ptr,
-    expert: Ptr,
-    weight: Ptr,
-    dx: Ptr,
-    dw: Ptr,
-    dweight: Ptr,
-    R: number,
-    din: number,
-    dout: number,
-    E: number,
-    N: number,
-    outRows: number,
+  /** core's MoelabSoftmaxTopK: forward scores, bias?, weight, expert (slot-major [k, T]); backward dy, scores, weight, expert, dscores. */
+  softmaxTopK(pass: Pass, buffers: Buffers<'scores' | 'weight' | 'expert'>, dims: { T: number; E: number; k: number; renormalize: boolean }): void;
+  /** Forward x, gamma, beta?, y, mean, rstd; backward dy, x, gamma, mean, rstd, dx, dgamma, dbeta?. */
+  layerNorm(pass: Pass, buffers: Buffers<'x' | 'gamma'>, dims: { rows: number; D: number; eps?: number }): void;
+  /** Scalars as float32 in the order of core's op-by-op update. */
+  adamw(
+    buffers: Buffers<'p' | 'g' | 'm' | 'v' | 'pOut' | 'mOut' | 'vOut'>,
+    scalars: {
+      n: number;
+      beta1: number;
+      oneMinusBeta1: number;
+      beta2: number;
+      oneMinusBeta2: number;
+      eps: number;
+      bc1: number;
+      bc2: number;
+      lr: number;
+      lrTimesDecay: number;
+      decay: boolean;
+    },
   ): void;
 }
 

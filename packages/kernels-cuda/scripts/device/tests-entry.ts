@@ -13,6 +13,7 @@ import '../../src/kernels/attention.test.ts';
 import '../../src/kernels/data.test.ts';
 import '../../src/kernels/fused.test.ts';
 import '../../src/kernels/router.test.ts';
+import '../../src/native.test.ts';
 import { deviceMemory } from '../../src/register.js';
 import { NAME, onDevice, status } from '../../src/testing/helpers.js';
 

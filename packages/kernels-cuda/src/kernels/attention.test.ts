@@ -151,11 +151,46 @@ describe.skipIf(!status.available)(`attention kernels on ${NAME} vs op-by-op on 
     });
   }
 
-  it('MoelabCausalAttention with heads wider than a block takes (256 channels): dk 300, dv 260', async () => {
+  it('MoelabCausalAttention with heads wider than a block takes (64 channels): dk 300, dv 260', async () => {
     const r = rng(41);
     const specs = [spec([1, 1, 3, 300], r, 0.1), spec([1, 1, 3, 300], r, 0.1), spec([1, 1, 3, 260], r), spec([1, 1, 3, 260], r)];
     const reference = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => attentionReference(tf, q, k, v, 0.5);
     const fused = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => fusedAttention(q, k, v, 0.5, false);
     await expectOnDevice(specs, withGrads(reference, [0, 1, 2]) as never, withGrads(fused, [0, 1, 2]) as never, 2e-4);
+  });
+
+  // moelab-cpu runs the same fused kernels (its own implementation); without its addon, tfjs-cpu
+  // runs them through the contract's op-by-op fallback.
+  const host = tf.findBackendFactory('moelab-cpu') ? 'moelab-cpu' : 'cpu';
+  const flashCases: [string, { B: number; H: number; T: number; dk: number; dv: number; bthd: boolean }][] = [
+    ['one token, three heads', { B: 2, H: 3, T: 1, dk: 5, dv: 4, bthd: false }],
+    ['T = 33: a full tile and a one-row tail', { B: 1, H: 2, T: 33, dk: 8, dv: 6, bthd: true }],
+    ['T = 45, dk 70 and dv 66: several channel steps and output chunks', { B: 1, H: 2, T: 45, dk: 70, dv: 66, bthd: false }],
+  ];
+  for (const [label, c] of flashCases) {
+    it(`flash-tiled MoelabCausalAttention equals ${host}'s, out, lse and gradients: ${label}`, async () => {
+      const r = rng(c.T * 13 + c.dk + c.H);
+      const at = (d: number) => (c.bthd ? [c.B, c.T, c.H, d] : [c.B, c.H, c.T, d]);
+      const specs = [spec(at(c.dk), r, 0.5), spec(at(c.dk), r, 0.5), spec(at(c.dv), r), spec(at(c.dv), r)];
+      const scale = 1 / Math.sqrt(c.dk);
+      const attrs = { scale, layout: c.bthd ? 'bthd' : 'bhtd' };
+      const run = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, probe: tf.Tensor) => {
+        const [, lse] = tf.engine().runKernel(CAUSAL_ATTENTION_KERNEL, { q, k, v }, attrs) as tf.Tensor[];
+        return [lse!, ...withGrads((a, b, d) => fusedAttention(a, b, d, scale, c.bthd), [0, 1, 2])(q, k, v, probe)];
+      };
+      resetFallbackCounts(NAME);
+      await compare(specs, run as never, 2e-4, run as never, host);
+      expect(fallbackCounts(NAME)).toEqual({});
+    });
+  }
+
+  it(`flash-tiled MoelabCachedAttention equals ${host}'s over several key tiles (GQA, 35 new rows, length 70 of 75)`, async () => {
+    const r = rng(51);
+    const [B, H, Hkv, m, Tk, length, dk, dv] = [1, 4, 2, 35, 75, 70, 6, 5];
+    const specs = [spec([B, H, m, dk], r), spec([B, Hkv, Tk, dk], r), spec([B, Hkv, Tk, dv], r)];
+    const run = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.engine().runKernel(CACHED_ATTENTION_KERNEL, { q, k, v }, { scale: 0.3, length }) as tf.Tensor;
+    resetFallbackCounts(NAME);
+    await compare(specs, run, 1e-4, run, host);
+    expect(fallbackCounts(NAME)).toEqual({});
   });
 });

@@ -10,8 +10,10 @@
  *   MoelabRope:             rotate-half RoPE of the first `dims` channels (arXiv:2104.09864);
  *                           `inverse` rotates by the negative angle (its gradient)
  *
- * in both layouts of the contract ('bhtd' [B, H, T, d] and 'bthd' [B, T, H, d]). The kernels keep
- * one query (or key) row per block with an online softmax (kernels_attention.cuh), any head size.
+ * in both layouts of the contract ('bhtd' [B, H, T, d] and 'bthd' [B, T, H, d]). The kernels are
+ * flash-tiled (arXiv:2205.14135, backward as arXiv:2307.08691): a block owns a tile of query (or key)
+ * rows and walks the other side's tiles through shared memory with an online softmax
+ * (kernels_attention.cuh), any head size.
  * The gradients are the contract's, registered once for
  * every backend (@moelab/kernels-cpu's registerFusedGradients).
  */
@@ -27,13 +29,13 @@ import {
   scaleOf,
   shaped,
 } from '@moelab/kernels-cpu/attention-checks';
-import { type Args, backendOf, type Ctx, inputs, prod, stridesOf, type TensorInfo } from './context.js';
+import { type Args, backendOf, type Ctx, devInputs, inputs, prod, stridesOf, type TensorInfo } from './context.js';
 import { stridedCopy } from './layout.js';
 
 /** The kernels' sizes as the addon takes them (self-attention: Tq = Tk = T, one key head per query head). */
 function causalShapes(kernel: string, ins: Record<string, TensorInfo>, bthd: boolean, scale: number) {
   const { B, H, T, dk, dv } = causalAttentionShapes(kernel, ins, bthd);
-  const shape: AttentionShape = { H, Hkv: H, Tq: T, Tk: T, dk, dv, qOffset: 0, bthd, scale };
+  const shape: AttentionShape = { B, H, Hkv: H, Tq: T, Tk: T, dk, dv, qOffset: 0, bthd, scale };
   return { B, H, T, dk, dv, shape };
 }
 
@@ -46,7 +48,7 @@ export function registerAttention({ native, fallback, add }: Ctx): void {
     const be = backendOf(args);
     const out = be.makeOutput(shaped(bthd, B, H, T, dv), 'float32');
     const lse = be.makeOutput([B, H, T], 'float32');
-    if (B * H * T > 0) native.attentionForward(be.dev(ins.q!), be.dev(ins.k!), be.dev(ins.v!), out.ptr, lse.ptr, B, shape);
+    if (B * H * T > 0) native.attention('forward', { ...devInputs(args, ['q', 'k', 'v']), out: out.ptr, lse: lse.ptr }, shape);
     return [out.info, lse.info];
   });
 
@@ -60,8 +62,8 @@ export function registerAttention({ native, fallback, add }: Ctx): void {
     const be = backendOf(args);
     const outs = [be.makeOutput(ins.q!.shape, 'float32'), be.makeOutput(ins.q!.shape, 'float32'), be.makeOutput(ins.v!.shape, 'float32')];
     if (B * H * T > 0) {
-      const p = (n: string) => be.dev(ins[n]!);
-      native.attentionBackward(p('dy'), p('q'), p('k'), p('v'), p('out'), p('lse'), outs[0]!.ptr, outs[1]!.ptr, outs[2]!.ptr, B, shape);
+      const [dq, dk, dv] = outs.map((o) => o.ptr) as [number, number, number];
+      native.attention('backward', { ...devInputs(args, ['dy', 'q', 'k', 'v', 'out', 'lse']), dq, dk, dv }, shape);
     }
     return outs.map((o) => o.info);
   });
@@ -74,7 +76,8 @@ export function registerAttention({ native, fallback, add }: Ctx): void {
     const be = backendOf(args);
     const out = be.makeOutput([B, H, m, dv], 'float32');
     if (B * H * m * dv > 0) {
-      native.attentionForward(be.dev(q), be.dev(k), be.dev(v), out.ptr, null, B, { H, Hkv, Tq: m, Tk, dk, dv, qOffset: length - m, bthd: false, scale });
+      const shape: AttentionShape = { B, H, Hkv, Tq: m, Tk, dk, dv, qOffset: length - m, bthd: false, scale };
+      native.attention('forward', { q: be.dev(q), k: be.dev(k), v: be.dev(v), out: out.ptr, lse: null }, shape);
     }
     return out.info;
   });
@@ -102,7 +105,8 @@ export function registerAttention({ native, fallback, add }: Ctx): void {
     const { B, H, T, dh, dims } = ropeShapes(ROPE_KERNEL, ins, bthd);
     const be = backendOf(args);
     const out = be.makeOutput(x.shape, 'float32');
-    if (prod(x.shape) > 0) native.rope(be.dev(x), be.dev(cos), be.dev(ins.sin!), out.ptr, B * H, H, T, dh, dims, !!args.attrs?.inverse, bthd);
+    const buffers = { x: be.dev(x), cos: be.dev(cos), sin: be.dev(ins.sin!), out: out.ptr };
+    if (prod(x.shape) > 0) native.rope(buffers, { BH: B * H, H, T, dh, dims, inverse: !!args.attrs?.inverse, bthd });
     return out.info;
   });
 }

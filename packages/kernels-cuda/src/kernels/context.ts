@@ -5,7 +5,7 @@
  */
 import type * as tfTypes from '@tensorflow/tfjs';
 import type { MoelabCudaBackend } from '../backend.js';
-import type { CudaAddon } from '../native.js';
+import type { CudaAddon, Ptr } from '../native.js';
 
 export type Tf = typeof tfTypes;
 export type TensorInfo = tfTypes.TensorInfo;
@@ -25,6 +25,15 @@ export interface Ctx {
 export const backendOf = (args: Args): MoelabCudaBackend => args.backend as unknown as MoelabCudaBackend;
 export const prod = (s: readonly number[]): number => s.reduce((a, b) => a * b, 1);
 export const inputs = (args: Args): Record<string, TensorInfo> => args.inputs as unknown as Record<string, TensorInfo>;
+
+/** Device addresses of the named inputs, by name (an absent one is left out: the addon names it if it was needed). */
+export function devInputs<const K extends string>(args: Args, names: readonly K[]): Record<K, Ptr> {
+  const ins = inputs(args);
+  const be = backendOf(args);
+  const out: Partial<Record<K, Ptr>> = {};
+  for (const n of names) if (ins[n]) out[n] = be.dev(ins[n]);
+  return out as Record<K, Ptr>;
+}
 
 /** Throws `${kernel}: input 'name' must be <dtype>, got ...` for a missing input or another dtype. */
 export function expectDtype(kernel: string, ins: Record<string, TensorInfo>, names: string[], dtype: 'float32' | 'int32' = 'float32'): void {

@@ -126,6 +126,111 @@ describe.skipIf(!status.available)(`data movement and selection kernels on ${NAM
     );
   });
 
+  it('Cumsum and Cumprod along every axis, exclusive and reversed, float32 and int32 (tfjs-cpu’s order: bit-equal)', async () => {
+    const r = rng(55);
+    const x = floats([3, 4, 5], r);
+    const p = floats([2, 9], r, 1.5);
+    const n = ints([3, 4, 5], r, 7);
+    const small = ints([3, 4, 5], r, 3);
+    await expectOnDevice(
+      [x, p, n, small],
+      (a, b, i, m) => {
+        const outs: tf.Tensor[] = [];
+        for (const axis of [0, 1, 2])
+          for (const exclusive of [false, true])
+            for (const reverse of [false, true]) {
+              outs.push(tf.cumsum(a!, axis, exclusive, reverse), tf.cumsum(i!, axis, exclusive, reverse));
+              outs.push(tf.cumprod(m!, axis, exclusive, reverse));
+              if (axis < 2) outs.push(tf.cumprod(b!, axis, exclusive, reverse));
+            }
+        // one element along the axis, an empty tensor, a scalar-like row
+        outs.push(tf.cumsum(a!.slice([0, 0, 0], [3, 1, 5]), 1, true), tf.cumsum(a!.slice([0, 0, 0], [0, 4, 5]), 1), tf.cumsum(tf.tensor1d([2.5]), 0));
+        return outs;
+      },
+      0,
+    );
+    // A negative axis counts from the end (tfjs-cpu's kernel mis-shapes it: compare with axis 2 there).
+    resetFallbackCounts(NAME);
+    await compare(
+      [x],
+      (a) => tf.cumsum(a!, 2, true),
+      0,
+      (a) => tf.cumsum(a!, -1, true),
+    );
+    expect(fallbackCounts(NAME)).toEqual({});
+  });
+
+  it('StridedSlice: steps, negative steps, masks, shrink and new axes, an empty result; float32, int32 and bool', async () => {
+    const r = rng(56);
+    const x = floats([4, 5, 6], r);
+    const n = ints([4, 5, 6], r, 9);
+    await expectOnDevice([x, n], (a, i) => {
+      const flag = tf.greater(a!, 0);
+      return [
+        tf.stridedSlice(a!, [1, 0, 1], [4, 5, 6], [2, 2, 3]),
+        tf.stridedSlice(a!, [3, 4, 5], [0, 0, 0], [-1, -2, -2]),
+        tf.stridedSlice(a!, [-1, 0, 0], [-5, 5, 6], [-1, 1, 1]),
+        tf.stridedSlice(i!, [0, 1, 0], [0, 4, 0], [1, 1, 2], 0b101, 0b101),
+        tf.stridedSlice(a!, [2, 0, 1], [3, 5, 5], [1, 1, 1], 0, 0, 0, 0, 0b001),
+        tf.stridedSlice(a!, [0, 1, 0], [4, 2, 6], [1, 1, 1], 0, 0, 0, 0b010, 0),
+        tf.stridedSlice(a!, [1], [3], [1], 0, 0, 0b001),
+        tf.stridedSlice(flag, [0, 4, 0], [4, 0, 6], [2, -1, 2]),
+        tf.stridedSlice(a!, [3, 0, 0], [1, 5, 6], [2, 1, 1]),
+        tf.stridedSlice(a!, [0, 0, 0], [4, 5, 6], [1, 1, 1]),
+      ];
+    });
+    // begin past end with unit steps: an empty result (tfjs-cpu's kernel throws on it instead)
+    await tf.setBackend(NAME);
+    const empty = tf.stridedSlice(tf.ones([4, 5, 6]), [3, 0, 0], [1, 5, 6]);
+    expect(empty.shape).toEqual([0, 5, 6]);
+    empty.dispose();
+  });
+
+  it('Tile, and tf.where with operands of different shapes (which broadcasts them through Tile)', async () => {
+    const r = rng(57);
+    const x = floats([2, 3, 1], r);
+    const y = floats([4, 1, 5], r);
+    const n = ints([2, 3], r, 9);
+    await expectOnDevice([x, y, n], (a, b, i) => {
+      const cond = tf.greater(a!, 0);
+      return [
+        tf.tile(a!, [2, 1, 3]),
+        tf.tile(i!, [3, 2]),
+        tf.tile(cond, [1, 2, 2]),
+        tf.tile(a!, [1, 0, 2]),
+        tf.where(cond, a!, tf.scalar(-1)),
+        tf.where(tf.greater(b!, 0), b!, a!.reshape([2, 3]).sum().reshape([1, 1, 1])),
+        tf.where(tf.less(b!.slice([0, 0, 0], [1, 1, 5]), 0), tf.greater(b!, 0.5), tf.less(b!, -0.5)),
+      ];
+    });
+  });
+
+  it('Select with a condition per row of the values (TensorFlow’s rank-1 condition) equals the broadcast tf.where', async () => {
+    // tfjs-cpu's own kernel repeats t's i-th element along row i instead of taking row i (as
+    // TensorFlow and tfjs-webgl do): the reference is the broadcast form on cpu.
+    const r = rng(58);
+    const specs = [floats([4], r), floats([4, 3, 5], r), floats([4, 3, 5], r), ints([4, 3, 5], r, 9)];
+    const select = (c: tf.Tensor, t: tf.Tensor, e: tf.Tensor) => tf.engine().runKernel('Select', { condition: c, t, e }) as tf.Tensor;
+    const cases = (c: tf.Tensor, t: tf.Tensor, e: tf.Tensor, i: tf.Tensor, pick: typeof select) => {
+      const rows = tf.greater(c, 0);
+      return [
+        pick(rows, t, e),
+        pick(rows, i, i.mul(tf.scalar(-1, 'int32'))),
+        pick(rows, tf.greater(t, 0), tf.greater(e, 0)),
+        pick(tf.greater(c.slice(0, 1), 0), t.slice(0, 1), e.slice(0, 1)),
+      ];
+    };
+    const broadcast = (c: tf.Tensor, t: tf.Tensor, e: tf.Tensor) => tf.where(tf.broadcastTo(c.reshape([c.shape[0]!, 1, 1]), t.shape), t, e);
+    resetFallbackCounts(NAME);
+    await compare(
+      specs,
+      (c, t, e, i) => cases(c!, t!, e!, i!, broadcast),
+      0,
+      (c, t, e, i) => cases(c!, t!, e!, i!, select),
+    );
+    expect(fallbackCounts(NAME)).toEqual({});
+  });
+
   it('fallbacks: kernels taking a list of inputs (AddN of int32), a Range with a fractional step (tfjs sums it in float32)', async () => {
     const r = rng(54);
     resetFallbackCounts(NAME);

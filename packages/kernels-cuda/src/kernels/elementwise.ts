@@ -2,7 +2,7 @@
  * Elementwise kernels: the broadcast binaries (numpy broadcasting up to rank 6) in float32 and
  * int32 (Add, Sub, Multiply, SquaredDifference, Maximum, Minimum; RealDiv and Pow in float32), the
  * comparisons (Equal, NotEqual, Greater, GreaterEqual, Less, LessEqual: bool out), AddN, Select
- * (tf.where), Range, the float32 unaries the models use, Cast between float32 / int32 / bool,
+ * (tf.where; a condition of the values' shape or one per row), Range, the float32 unaries the models use, Cast between float32 / int32 / bool,
  * Fill / ZerosLike / OnesLike, and the storage-sharing Reshape, ExpandDims and Identity. Other dtypes go to the
  * host fallback.
  */
@@ -68,10 +68,7 @@ export function registerElementwise({ tf, native, fallback, add }: Ctx): void {
         backend.dev(a),
         backend.dev(b),
         o.ptr,
-        n,
-        Int32Array.from(shape),
-        Int32Array.from(broadcastStrides(a.shape, shape)),
-        Int32Array.from(broadcastStrides(b.shape, shape)),
+        { shape, a: broadcastStrides(a.shape, shape), b: broadcastStrides(b.shape, shape) },
         op,
         a.dtype === 'int32',
       );
@@ -107,17 +104,20 @@ export function registerElementwise({ tf, native, fallback, add }: Ctx): void {
     return out.info;
   });
 
+  // tfjs's Select: the condition has the values' shape (what tf.where passes), or is a vector
+  // over the values' first axis (one choice per row).
   add('Select', (args) => {
     const { condition, t, e } = inputs(args);
     const sameShape = (x: TensorInfo, y: TensorInfo) => x.shape.length === y.shape.length && x.shape.every((s, i) => s === y.shape[i]);
-    const n = prod(t.shape);
-    // tf.where broadcasts the condition to the values' shape first; other shapes go to the host.
-    const ok =
-      condition.dtype === 'bool' && t.dtype === e.dtype && (t.dtype === 'float32' || t.dtype === 'int32') && sameShape(condition, t) && sameShape(t, e);
+    const bytes = t.dtype === 'bool' ? 1 : t.dtype === 'float32' || t.dtype === 'int32' ? 4 : 0;
+    const rows = condition.shape.length === 1 && t.shape.length > 1 && condition.shape[0] === t.shape[0] && t.shape.length <= 6;
+    const ok = condition.dtype === 'bool' && t.dtype === e.dtype && bytes > 0 && sameShape(t, e) && (sameShape(condition, t) || rows);
     if (!ok) return fallback('Select')(args);
     const backend = backendOf(args);
     const out = backend.makeOutput(t.shape, t.dtype);
-    if (n > 0) native.select(backend.dev(condition), backend.dev(t), backend.dev(e), out.ptr, n);
+    const n = prod(t.shape);
+    const space = rows ? { shape: t.shape, a: t.shape.map((_, i) => (i === 0 ? 1 : 0)) } : { shape: [n], a: [1] };
+    if (n > 0) native.select(backend.dev(condition), backend.dev(t), backend.dev(e), out.ptr, space, bytes);
     return out.info;
   });
 

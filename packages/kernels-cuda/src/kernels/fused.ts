@@ -33,7 +33,8 @@ import {
   packedGroups,
   packedRowWords,
 } from '@moelab/core/kernels';
-import { type Args, backendOf, type Ctx, expectDtype, expectShape, inputs, prod, type TensorInfo } from './context.js';
+import type { Ptr } from '../native.js';
+import { type Args, backendOf, type Ctx, devInputs, expectDtype, expectShape, inputs, prod, type TensorInfo } from './context.js';
 
 function activationCode(kernel: string, a: unknown): number {
   if (typeof a !== 'string' || !isMoeActivation(a))
@@ -96,242 +97,103 @@ function linearShapes(kernel: string, ins: Record<string, TensorInfo>, outRows: 
   return { R, din, dout, E, N };
 }
 
+/**
+ * Runs `launch` with fresh float32 outputs named as in `shapes` (in the kernel's output order),
+ * disposing them when it throws (a bad index).
+ */
+function withOutputs<K extends string>(args: Args, shapes: Record<K, number[]>, launch: (outs: Record<K, Ptr>) => void): TensorInfo[] {
+  const be = backendOf(args);
+  const outs = (Object.entries(shapes) as [K, number[]][]).map(([name, shape]) => ({ name, out: be.makeOutput(shape, 'float32') }));
+  try {
+    launch(Object.fromEntries(outs.map((o) => [o.name, o.out.ptr])) as Record<K, Ptr>);
+  } catch (e) {
+    for (const o of outs) be.disposeData(o.out.info.dataId, true);
+    throw e;
+  }
+  return outs.map((o) => o.out.info);
+}
+
+const ROUTING = ['tokenIndex', 'expertIndex', 'weight'] as const;
+const FLOAT_EXPERTS = ['x', 'w1', 'w3', 'w2', ...ROUTING] as const;
+const PACKED_WEIGHTS = ['w1', 'w3', 'w2'].flatMap((w) => [`${w}Codes`, `${w}Scale`, `${w}Zero`]);
+
 export function registerFused({ native, add }: Ctx): void {
-  add(MOE_MLP_KERNEL, (args: Args) => {
-    const ins = inputs(args);
-    const act = activationCode(MOE_MLP_KERNEL, args.attrs?.activation);
-    const { T, d, h, E, N } = mlpShapes(MOE_MLP_KERNEL, ins);
-    const be = backendOf(args);
-    const out = be.makeOutput([T, d], 'float32');
-    const hidden = be.makeOutput([N, h], 'float32');
-    const p = (n: string) => be.dev(ins[n]!);
-    try {
-      native.moeMlpForward(p('x'), p('w1'), p('w2'), p('tokenIndex'), p('expertIndex'), p('weight'), out.ptr, hidden.ptr, T, d, h, E, N, act);
-    } catch (e) {
-      be.disposeData(out.info.dataId, true);
-      be.disposeData(hidden.info.dataId, true);
-      throw e;
-    }
-    return [out.info, hidden.info];
-  });
-
-  add(MOE_MLP_GRAD_KERNEL, (args: Args) => {
-    const ins = inputs(args);
-    const act = activationCode(MOE_MLP_GRAD_KERNEL, args.attrs?.activation);
-    const { T, d, h, E, N } = mlpShapes(MOE_MLP_GRAD_KERNEL, ins);
-    expectShape(MOE_MLP_GRAD_KERNEL, 'dy', ins.dy!, [T, d]);
-    expectShape(MOE_MLP_GRAD_KERNEL, 'hidden', ins.hidden!, [N, h]);
-    const be = backendOf(args);
-    const outs = [be.makeOutput([T, d], 'float32'), be.makeOutput([E, d, h], 'float32'), be.makeOutput([E, h, d], 'float32'), be.makeOutput([N], 'float32')];
-    const p = (n: string) => be.dev(ins[n]!);
-    try {
-      native.moeMlpBackward(
-        p('dy'),
-        p('x'),
-        p('w1'),
-        p('w2'),
-        p('tokenIndex'),
-        p('expertIndex'),
-        p('weight'),
-        p('hidden'),
-        outs[0]!.ptr,
-        outs[1]!.ptr,
-        outs[2]!.ptr,
-        outs[3]!.ptr,
-        T,
-        d,
-        h,
-        E,
-        N,
-        act,
+  // MoelabMoeMLP and MoelabMoeGLU (gated: w3 and a hidden of [x w1 | x w3]) and their backward kernels.
+  for (const [kernel, grad, gated] of [
+    [MOE_MLP_KERNEL, MOE_MLP_GRAD_KERNEL, false],
+    [MOE_GLU_KERNEL, MOE_GLU_GRAD_KERNEL, true],
+  ] as const) {
+    const names = FLOAT_EXPERTS.filter((n) => gated || n !== 'w3');
+    add(kernel, (args: Args) => {
+      const ins = inputs(args);
+      const dims = { ...mlpShapes(kernel, ins, gated), act: activationCode(kernel, args.attrs?.activation) };
+      const { T, d, h, N } = dims;
+      return withOutputs(args, { out: [T, d], hidden: [N, gated ? 2 * h : h] }, (outs) =>
+        native.moeExperts('forward', { ...devInputs(args, names), ...outs }, dims),
       );
-    } catch (e) {
-      for (const o of outs) be.disposeData(o.info.dataId, true);
-      throw e;
-    }
-    return outs.map((o) => o.info);
-  });
+    });
+    add(grad, (args: Args) => {
+      const ins = inputs(args);
+      const dims = { ...mlpShapes(grad, ins, gated), act: activationCode(grad, args.attrs?.activation) };
+      const { T, d, h, E, N } = dims;
+      expectShape(grad, 'dy', ins.dy!, [T, d]);
+      expectShape(grad, 'hidden', ins.hidden!, [N, gated ? 2 * h : h]);
+      const shapes: Record<string, number[]> = gated
+        ? { dx: [T, d], dw1: [E, d, h], dw3: [E, d, h], dw2: [E, h, d], dweight: [N] }
+        : { dx: [T, d], dw1: [E, d, h], dw2: [E, h, d], dweight: [N] };
+      return withOutputs(args, shapes, (outs) => native.moeExperts('backward', { ...devInputs(args, [...names, 'dy', 'hidden']), ...outs }, dims));
+    });
+  }
 
-  // Runs `launch` with fresh outputs of `shapes`, disposing them when it throws (a bad index).
-  const withOutputs = (args: Args, shapes: number[][], launch: (ptrs: number[]) => void): TensorInfo[] => {
-    const be = backendOf(args);
-    const outs = shapes.map((s) => be.makeOutput(s, 'float32'));
-    try {
-      launch(outs.map((o) => o.ptr));
-    } catch (e) {
-      for (const o of outs) be.disposeData(o.info.dataId, true);
-      throw e;
-    }
-    return outs.map((o) => o.info);
-  };
-
-  add(MOE_GLU_KERNEL, (args: Args) => {
-    const ins = inputs(args);
-    const act = activationCode(MOE_GLU_KERNEL, args.attrs?.activation);
-    const { T, d, h, E, N } = mlpShapes(MOE_GLU_KERNEL, ins, true);
-    const p = (n: string) => backendOf(args).dev(ins[n]!);
-    return withOutputs(
-      args,
-      [
-        [T, d],
-        [N, 2 * h],
-      ],
-      ([out, hidden]) =>
-        native.moeGluForward(p('x'), p('w1'), p('w3'), p('w2'), p('tokenIndex'), p('expertIndex'), p('weight'), out!, hidden!, T, d, h, E, N, act),
-    );
-  });
-
-  add(MOE_GLU_GRAD_KERNEL, (args: Args) => {
-    const ins = inputs(args);
-    const act = activationCode(MOE_GLU_GRAD_KERNEL, args.attrs?.activation);
-    const { T, d, h, E, N } = mlpShapes(MOE_GLU_GRAD_KERNEL, ins, true);
-    expectShape(MOE_GLU_GRAD_KERNEL, 'dy', ins.dy!, [T, d]);
-    expectShape(MOE_GLU_GRAD_KERNEL, 'hidden', ins.hidden!, [N, 2 * h]);
-    const p = (n: string) => backendOf(args).dev(ins[n]!);
-    return withOutputs(args, [[T, d], [E, d, h], [E, d, h], [E, h, d], [N]], ([dx, dw1, dw3, dw2, dweight]) =>
-      native.moeGluBackward(
-        p('dy'),
-        p('x'),
-        p('w1'),
-        p('w3'),
-        p('w2'),
-        p('tokenIndex'),
-        p('expertIndex'),
-        p('weight'),
-        p('hidden'),
-        dx!,
-        dw1!,
-        dw3!,
-        dw2!,
-        dweight!,
-        T,
-        d,
-        h,
-        E,
-        N,
-        act,
-      ),
-    );
-  });
-
-  // The packed weights in the addon's order (w3's null for ungated experts), then bits and group.
-  const packedArgs = (args: Args, gated: boolean, bits: number, group: number): (number | null)[] => {
-    const ins = inputs(args);
-    const be = backendOf(args);
-    const list: (number | null)[] = [];
-    for (const w of ['w1', 'w3', 'w2']) {
-      for (const part of ['Codes', 'Scale', 'Zero']) list.push(w === 'w3' && !gated ? null : be.dev(ins[`${w}${part}`]!));
-    }
-    return [...list, bits, group];
-  };
-
+  // MoelabMoePacked: the same launches on packed weights (w3Codes only for gated experts).
   add(MOE_PACKED_KERNEL, (args: Args) => {
     const ins = inputs(args);
-    const act = activationCode(MOE_PACKED_KERNEL, args.attrs?.activation);
-    const { T, d, h, E, N, bits, group, gated } = packedShapes(MOE_PACKED_KERNEL, ins, args.attrs);
-    const p = (n: string) => backendOf(args).dev(ins[n]!);
-    return withOutputs(
+    const { gated, ...dims } = { ...packedShapes(MOE_PACKED_KERNEL, ins, args.attrs), act: activationCode(MOE_PACKED_KERNEL, args.attrs?.activation) };
+    const weights = devInputs(
       args,
-      [
-        [T, d],
-        [N, gated ? 2 * h : h],
-      ],
-      ([out, hidden]) =>
-        native.moePackedForward(
-          packedArgs(args, gated, bits, group),
-          p('x'),
-          p('tokenIndex'),
-          p('expertIndex'),
-          p('weight'),
-          out!,
-          hidden!,
-          T,
-          d,
-          h,
-          E,
-          N,
-          act,
-        ),
+      PACKED_WEIGHTS.filter((n) => gated || !n.startsWith('w3')),
+    );
+    return withOutputs(args, { out: [dims.T, dims.d], hidden: [dims.N, gated ? 2 * dims.h : dims.h] }, (outs) =>
+      native.moeExperts('forward', { ...devInputs(args, ['x', ...ROUTING]), ...weights, ...outs }, dims),
     );
   });
 
   add(MOE_PACKED_GRAD_KERNEL, (args: Args) => {
     const ins = inputs(args);
-    const act = activationCode(MOE_PACKED_GRAD_KERNEL, args.attrs?.activation);
-    const { T, d, h, E, N, bits, group, gated } = packedShapes(MOE_PACKED_GRAD_KERNEL, ins, args.attrs);
-    expectShape(MOE_PACKED_GRAD_KERNEL, 'dy', ins.dy!, [T, d]);
-    expectShape(MOE_PACKED_GRAD_KERNEL, 'hidden', ins.hidden!, [N, gated ? 2 * h : h]);
-    const p = (n: string) => backendOf(args).dev(ins[n]!);
-    return withOutputs(args, [[T, d], [N]], ([dx, dweight]) =>
-      native.moePackedBackward(
-        packedArgs(args, gated, bits, group),
-        p('dy'),
-        p('x'),
-        p('tokenIndex'),
-        p('expertIndex'),
-        p('weight'),
-        p('hidden'),
-        dx!,
-        dweight!,
-        T,
-        d,
-        h,
-        E,
-        N,
-        act,
-      ),
+    const { gated, ...dims } = {
+      ...packedShapes(MOE_PACKED_GRAD_KERNEL, ins, args.attrs),
+      act: activationCode(MOE_PACKED_GRAD_KERNEL, args.attrs?.activation),
+    };
+    expectShape(MOE_PACKED_GRAD_KERNEL, 'dy', ins.dy!, [dims.T, dims.d]);
+    expectShape(MOE_PACKED_GRAD_KERNEL, 'hidden', ins.hidden!, [dims.N, gated ? 2 * dims.h : dims.h]);
+    const weights = devInputs(
+      args,
+      PACKED_WEIGHTS.filter((n) => gated || !n.startsWith('w3')),
+    );
+    return withOutputs(args, { dx: [dims.T, dims.d], dweight: [dims.N] }, (outs) =>
+      native.moeExperts('backward', { ...devInputs(args, ['x', ...ROUTING, 'dy', 'hidden']), ...weights, ...outs }, dims),
     );
   });
 
+  const LINEAR = ['x', 'w', 'inRow', 'outRow', 'expertIndex', 'weight'] as const;
   add(MOE_LINEAR_KERNEL, (args: Args) => {
-    const ins = inputs(args);
     const outRows = Number(args.attrs?.outRows);
-    const { R, din, dout, E, N } = linearShapes(MOE_LINEAR_KERNEL, ins, outRows);
-    const be = backendOf(args);
-    const out = be.makeOutput([outRows, dout], 'float32');
-    const p = (n: string) => be.dev(ins[n]!);
-    try {
-      if (outRows * dout > 0)
-        native.moeLinearForward(p('x'), p('w'), p('inRow'), p('outRow'), p('expertIndex'), p('weight'), out.ptr, R, din, dout, E, N, outRows);
-    } catch (e) {
-      be.disposeData(out.info.dataId, true);
-      throw e;
-    }
-    return out.info;
+    const dims = { ...linearShapes(MOE_LINEAR_KERNEL, inputs(args), outRows), outRows };
+    const [out] = withOutputs(args, { out: [outRows, dims.dout] }, (outs) => {
+      if (outRows * dims.dout > 0) native.moeLinear('forward', { ...devInputs(args, LINEAR), ...outs }, dims);
+    });
+    return out!;
   });
 
   add(MOE_LINEAR_GRAD_KERNEL, (args: Args) => {
     const ins = inputs(args);
     const outRows = Number(args.attrs?.outRows);
-    const { R, din, dout, E, N } = linearShapes(MOE_LINEAR_GRAD_KERNEL, ins, outRows);
+    const dims = { ...linearShapes(MOE_LINEAR_GRAD_KERNEL, ins, outRows), outRows };
+    const { R, din, dout, E, N } = dims;
     expectShape(MOE_LINEAR_GRAD_KERNEL, 'dy', ins.dy!, [outRows, dout]);
-    const be = backendOf(args);
-    const outs = [be.makeOutput([R, din], 'float32'), be.makeOutput([E, din, dout], 'float32'), be.makeOutput([N], 'float32')];
-    const p = (n: string) => be.dev(ins[n]!);
-    try {
-      native.moeLinearBackward(
-        p('dy'),
-        p('x'),
-        p('w'),
-        p('inRow'),
-        p('outRow'),
-        p('expertIndex'),
-        p('weight'),
-        outs[0]!.ptr,
-        outs[1]!.ptr,
-        outs[2]!.ptr,
-        R,
-        din,
-        dout,
-        E,
-        N,
-        outRows,
-      );
-    } catch (e) {
-      for (const o of outs) be.disposeData(o.info.dataId, true);
-      throw e;
-    }
-    return outs.map((o) => o.info);
+    return withOutputs(args, { dx: [R, din], dw: [E, din, dout], dweight: [N] }, (outs) =>
+      native.moeLinear('backward', { ...devInputs(args, [...LINEAR, 'dy']), ...outs }, dims),
+    );
   });
 
   const normShapes = (kernel: string, ins: Record<string, TensorInfo>, names: string[]) => {
@@ -353,7 +215,7 @@ export function registerFused({ native, add }: Ctx): void {
     const y = be.makeOutput(ins.x!.shape, 'float32');
     const mean = be.makeOutput(statShape, 'float32');
     const rstd = be.makeOutput(statShape, 'float32');
-    if (rows * D > 0) native.layerNormForward(be.dev(ins.x!), be.dev(ins.gamma!), ins.beta ? be.dev(ins.beta) : null, y.ptr, mean.ptr, rstd.ptr, rows, D, eps);
+    if (rows * D > 0) native.layerNorm('forward', { ...devInputs(args, ['x', 'gamma', 'beta']), y: y.ptr, mean: mean.ptr, rstd: rstd.ptr }, { rows, D, eps });
     return [y.info, mean.info, rstd.info];
   });
 
@@ -366,8 +228,8 @@ export function registerFused({ native, add }: Ctx): void {
     const dgamma = be.makeOutput([D], 'float32');
     const dbeta = hasBeta ? be.makeOutput([D], 'float32') : null;
     if (D > 0) {
-      const p = (n: string) => be.dev(ins[n]!);
-      native.layerNormBackward(p('dy'), p('x'), p('gamma'), p('mean'), p('rstd'), dx.ptr, dgamma.ptr, dbeta ? dbeta.ptr : null, rows, D);
+      const grads = { dx: dx.ptr, dgamma: dgamma.ptr, dbeta: dbeta ? dbeta.ptr : null };
+      native.layerNorm('backward', { ...devInputs(args, ['dy', 'x', 'gamma', 'mean', 'rstd']), ...grads }, { rows, D });
     }
     return dbeta ? [dx.info, dgamma.info, dbeta.info] : [dx.info, dgamma.info];
   });
@@ -388,18 +250,22 @@ export function registerFused({ native, add }: Ctx): void {
     const outs = [be.makeOutput(shape, 'float32'), be.makeOutput(shape, 'float32'), be.makeOutput(shape, 'float32')];
     const n = prod(shape);
     if (n > 0) {
-      const p = (k: string) => be.dev(ins[k]!);
+      const [pOut, mOut, vOut] = outs.map((o) => o.ptr) as [number, number, number];
       native.adamw(
-        p('p'),
-        p('g'),
-        p('m'),
-        p('v'),
-        outs[0]!.ptr,
-        outs[1]!.ptr,
-        outs[2]!.ptr,
-        n,
-        [beta1!, 1 - beta1!, beta2!, 1 - beta2!, eps!, bc1!, bc2!, lr!, lr! * wd!],
-        wd! > 0,
+        { ...devInputs(args, ['p', 'g', 'm', 'v']), pOut, mOut, vOut },
+        {
+          n,
+          beta1: beta1!,
+          oneMinusBeta1: 1 - beta1!,
+          beta2: beta2!,
+          oneMinusBeta2: 1 - beta2!,
+          eps: eps!,
+          bc1: bc1!,
+          bc2: bc2!,
+          lr: lr!,
+          lrTimesDecay: lr! * wd!,
+          decay: wd! > 0,
+        },
       );
     }
     return outs.map((o) => o.info);

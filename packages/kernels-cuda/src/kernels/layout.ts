@@ -1,6 +1,7 @@
 /**
- * Data movement: Transpose, Slice, Concat, SplitV, Pack, Unpack and PadV2 (rank <= 6; float32,
- * int32 and bool) as one strided device copy each, GatherV2 (batchDims 0; an index outside the
+ * Data movement: Transpose, Slice, StridedSlice (any begin / end / strides and masks, negative
+ * strides included), Concat, SplitV, Pack, Unpack and PadV2 (rank <= 6; float32, int32 and bool)
+ * as one strided device copy each, Tile (out[i] = x[i mod shape]), GatherV2 (batchDims 0; an index outside the
  * axis throws, as on tfjs-cpu), UnsortedSegmentSum (segment ids over the first axis, atomics),
  * Softmax over the last axis and TopK (value descending, lower index first on ties).
  */
@@ -28,7 +29,7 @@ export function stridedCopy(
 ): void {
   const n = prod(shape);
   if (n === 0) return;
-  native.stridedCopy(x + xOffset * bytes, out + outOffset * bytes, n, Int32Array.from(shape), Int32Array.from(xStrides), Int32Array.from(outStrides), bytes);
+  native.stridedCopy(x + xOffset * bytes, out + outOffset * bytes, { shape, a: xStrides, b: outStrides }, bytes);
 }
 
 export function registerLayout({ tf, native, fallback, add }: Ctx): void {
@@ -74,6 +75,47 @@ export function registerLayout({ tf, native, fallback, add }: Ctx): void {
     const [b, s] = tf.slice_util.parseSliceParams(x as never, begin, size);
     tf.slice_util.assertParamsValid(x as never, b, s);
     return window(args, x, b, s);
+  });
+
+  // StridedSlice: out[i] = x[begin + i * strides] over the window of x (tfjs's slice_util resolves
+  // the masks), reshaped to the final shape (the same elements in the same order).
+  add('StridedSlice', (args) => {
+    const { x } = inputs(args);
+    const a = args.attrs as {
+      begin: number[];
+      end: number[];
+      strides: number[];
+      beginMask: number;
+      endMask: number;
+      ellipsisMask: number;
+      newAxisMask: number;
+      shrinkAxisMask: number;
+    };
+    if (!copyable([x], x.shape.length)) return fallback('StridedSlice')(args);
+    const info = tf.slice_util.sliceInfo(x.shape, a.begin, a.end, a.strides, a.beginMask, a.endMask, a.ellipsisMask, a.newAxisMask, a.shrinkAxisMask);
+    // The resolved window per axis of x (shrunk axes keep their one element).
+    const space = info.begin.map((b, i) => Math.max(0, Math.ceil((info.end[i]! - b) / info.strides[i]!)));
+    if (space.length !== x.shape.length || prod(space) !== prod(info.finalShape)) return fallback('StridedSlice')(args);
+    const xs = stridesOf(x.shape);
+    const backend = backendOf(args);
+    const out = backend.makeOutput(info.finalShape, x.dtype);
+    if (prod(space) > 0) {
+      const offset = info.begin.reduce((acc, b, i) => acc + b * xs[i]!, 0);
+      const steps = info.strides.map((st, i) => st * xs[i]!);
+      stridedCopy(native, backend.dev(x), offset, out.ptr, 0, space, steps, stridesOf(space), elemBytes(x.dtype));
+    }
+    return out.info;
+  });
+
+  add('Tile', (args) => {
+    const { x } = inputs(args);
+    const { reps } = args.attrs as { reps: number[] };
+    if (!copyable([x], x.shape.length) || reps.length !== x.shape.length) return fallback('Tile')(args);
+    const shape = x.shape.map((s, i) => s * reps[i]!);
+    const backend = backendOf(args);
+    const out = backend.makeOutput(shape, x.dtype);
+    if (prod(shape) > 0) native.tile(backend.dev(x), out.ptr, { shape, a: stridesOf(x.shape), b: x.shape }, elemBytes(x.dtype));
+    return out.info;
   });
 
   add('SplitV', (args) => {

@@ -40,20 +40,8 @@ export function registerMatmul({ tf, native, fallback, add }: Ctx): void {
     const out = backend.makeOutput([...outBatch, M, N], 'float32');
     if (batch * M * N > 0) {
       native.gemm(
-        tA,
-        tB,
-        batch,
-        M,
-        N,
-        K,
-        backend.dev(a),
-        nA === 1 ? 0 : M * K,
-        backend.dev(b),
-        nB === 1 ? 0 : K * N,
-        out.ptr,
-        bias ? backend.dev(bias) : null,
-        act,
-        alpha,
+        { A: backend.dev(a), B: backend.dev(b), C: out.ptr, bias: bias ? backend.dev(bias) : null },
+        { ta: tA, tb: tB, batch, M, N, K, strideA: nA === 1 ? 0 : M * K, strideB: nB === 1 ? 0 : K * N, act, alpha },
       );
     }
     return out.info;

@@ -1,7 +1,12 @@
 /**
- * Sum / Mean / Max over adjacent axes (x viewed as [outer, R, inner], out [outer, inner]) and
- * core's MoelabSumOfSquares (sum x^2 as a scalar). Non-adjacent axes and other dtypes go to the
- * host fallback.
+ * Sum / Mean / Max over adjacent axes (x viewed as [outer, R, inner], out [outer, inner]), core's
+ * MoelabSumOfSquares (sum x^2 as a scalar), and the scans along one axis
+ *
+ *   Cumsum:  out_r = sum_{r' <= r} x_r'   (exclusive: r' < r; reverse: r' >= r, or r' > r)
+ *   Cumprod: out_r = prod_{r' <= r} x_r'  (likewise; the empty product is 1)
+ *
+ * in float32 and int32, accumulated in the element type in tfjs-cpu's order. Non-adjacent axes
+ * and other dtypes go to the host fallback.
  */
 import { REDUCE_CODE, SUM_OF_SQUARES_KERNEL } from '@moelab/core/kernels';
 import { backendOf, type Ctx, expectDtype, inputs, prod } from './context.js';
@@ -41,4 +46,22 @@ export function registerReduce({ tf, native, fallback, add }: Ctx): void {
     native.reduce(backend.dev(x), out.ptr, 1, prod(x.shape), 1, REDUCE_CODE.sumOfSquares);
     return out.info;
   });
+
+  for (const [name, product] of [
+    ['Cumsum', false],
+    ['Cumprod', true],
+  ] as const) {
+    add(name, (args) => {
+      const { x } = inputs(args);
+      const { axis, exclusive, reverse } = args.attrs as { axis: number; exclusive: boolean; reverse: boolean };
+      const rank = x.shape.length;
+      const ax = axis < 0 ? axis + rank : axis;
+      if ((x.dtype !== 'float32' && x.dtype !== 'int32') || !Number.isInteger(ax) || ax < 0 || ax >= rank) return fallback(name)(args);
+      const backend = backendOf(args);
+      const out = backend.makeOutput(x.shape, x.dtype);
+      const dims = { outer: prod(x.shape.slice(0, ax)), R: x.shape[ax]!, inner: prod(x.shape.slice(ax + 1)) };
+      if (prod(x.shape) > 0) native.scan(backend.dev(x), out.ptr, { ...dims, product, exclusive: !!exclusive, reverse: !!reverse, isInt: x.dtype === 'int32' });
+      return out.info;
+    });
+  }
 }

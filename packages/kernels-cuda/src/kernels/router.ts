@@ -12,7 +12,7 @@
  * contract's, registered once for every backend (@moelab/kernels-cpu's registerFusedGradients).
  */
 import { SOFTMAX_TOPK_GRAD_KERNEL, SOFTMAX_TOPK_KERNEL } from '@moelab/core/kernels';
-import { type Args, backendOf, type Ctx, expectDtype, expectShape, inputs, type TensorInfo } from './context.js';
+import { type Args, backendOf, type Ctx, devInputs, expectDtype, expectShape, inputs, type TensorInfo } from './context.js';
 
 /** Checks scores [T,E] and the attrs (1 <= k <= E); returns the sizes. */
 function gateShapes(kernel: string, scores: TensorInfo | undefined, attrs: Args['attrs']) {
@@ -33,7 +33,8 @@ export function registerRouter({ native, add }: Ctx): void {
     const be = backendOf(args);
     const weight = be.makeOutput([k, T], 'float32');
     const expert = be.makeOutput([k, T], 'int32');
-    if (T > 0) native.softmaxTopK(be.dev(ins.scores!), biased ? be.dev(ins.bias!) : null, weight.ptr, expert.ptr, T, E, k, renormalize);
+    const bias = biased ? be.dev(ins.bias!) : null;
+    if (T > 0) native.softmaxTopK('forward', { scores: be.dev(ins.scores!), bias, weight: weight.ptr, expert: expert.ptr }, { T, E, k, renormalize });
     return [weight.info, expert.info];
   });
 
@@ -46,10 +47,7 @@ export function registerRouter({ native, add }: Ctx): void {
     for (const name of ['dy', 'weight', 'expert']) expectShape(kernel, name, ins[name]!, [k, T]);
     const be = backendOf(args);
     const dscores = be.makeOutput([T, E], 'float32');
-    if (T > 0) {
-      const p = (n: string) => be.dev(ins[n]!);
-      native.softmaxTopKGrad(p('dy'), p('scores'), p('weight'), p('expert'), dscores.ptr, T, E, k, renormalize);
-    }
+    if (T > 0) native.softmaxTopK('backward', { ...devInputs(args, ['dy', 'scores', 'weight', 'expert']), dscores: dscores.ptr }, { T, E, k, renormalize });
     return dscores.info;
   });
 }

@@ -1,7 +1,10 @@
 // The Node-API face of moelab-cuda (one source for the device and the emulation build). Device
 // buffers travel to JavaScript as plain numbers (their address: below 2^53 on every supported
 // platform, checked at allocation) and are freed explicitly by the backend's disposeData; every
-// kernel entry takes those numbers plus sizes. Errors surface as one-line JS exceptions.
+// kernel entry takes those numbers plus sizes: the kernels with many operands take descriptors
+// (an object of buffers named as the kernel contract's inputs and outputs, and an object of
+// sizes; see src/native.ts), the small ones positional arguments. Errors surface as one-line JS
+// exceptions.
 #include <napi.h>
 
 #include <cmath>
@@ -23,18 +26,82 @@ long num(const Napi::CallbackInfo& info, size_t i) { return static_cast<long>(in
 double dbl(const Napi::CallbackInfo& info, size_t i) { return info[i].As<Napi::Number>().DoubleValue(); }
 bool flag(const Napi::CallbackInfo& info, size_t i) { return info[i].ToBoolean().Value(); }
 
-Strides6 strides(const Napi::CallbackInfo& info, size_t shapeAt, size_t aAt, size_t bAt) {
-  Strides6 s{};
-  auto shape = info[shapeAt].As<Napi::Int32Array>();
-  s.rank = static_cast<int>(shape.ElementLength());
-  if (s.rank > 6) throw std::runtime_error("moelab-cuda: rank above 6");
-  auto a = info[aAt].As<Napi::Int32Array>();
-  for (int d = 0; d < s.rank; d++) {
-    s.shape[d] = shape[d];
-    s.a[d] = a[d];
-    s.b[d] = bAt ? info[bAt].As<Napi::Int32Array>()[d] : 0;
+// A descriptor argument: an object of named device buffers (addresses; null for an absent
+// optional one) and sizes, read by name. A missing or mistyped field is a one-line error naming
+// the function and the field.
+class Fields {
+ public:
+  Fields(const Napi::CallbackInfo& info, size_t at, const char* fn) : fn_(fn) {
+    if (at >= info.Length() || !info[at].IsObject()) fail("argument " + std::to_string(at) + " must be an object");
+    o_ = info[at].As<Napi::Object>();
   }
+  // A buffer that must be named (its address may be 0: an empty tensor).
+  template <class T = float>
+  T* buf(const char* k) const {
+    Napi::Value v = o_.Get(k);
+    if (v.IsUndefined()) fail(std::string("buffer '") + k + "' is missing");
+    return to_ptr<T>(k, v);
+  }
+  // A buffer that may be absent or null.
+  template <class T = float>
+  T* opt(const char* k) const {
+    return to_ptr<T>(k, o_.Get(k));
+  }
+  long num(const char* k) const { return static_cast<long>(number(k).Int64Value()); }
+  double dbl(const char* k) const { return number(k).DoubleValue(); }
+  float f32(const char* k) const { return static_cast<float>(dbl(k)); }
+  bool flag(const char* k) const { return o_.Get(k).ToBoolean().Value(); }
+  bool has(const char* k) const {
+    Napi::Value v = o_.Get(k);
+    return !v.IsUndefined() && !v.IsNull();
+  }
+  // An array of at most 6 integers.
+  int ints(const char* k, long* out) const {
+    Napi::Value v = o_.Get(k);
+    if (!v.IsArray() && !v.IsTypedArray()) fail(std::string("field '") + k + "' must be an array of integers");
+    Napi::Object a = v.As<Napi::Object>();
+    const uint32_t n = a.Get("length").As<Napi::Number>().Uint32Value();
+    if (n > 6) fail(std::string("field '") + k + "' has rank " + std::to_string(n) + ", above 6");
+    for (uint32_t i = 0; i < n; i++) out[i] = static_cast<long>(a.Get(i).As<Napi::Number>().Int64Value());
+    return static_cast<int>(n);
+  }
+  [[noreturn]] void fail(const std::string& what) const { throw std::runtime_error("moelab-cuda " + std::string(fn_) + ": " + what); }
+
+ private:
+  Napi::Number number(const char* k) const {
+    Napi::Value v = o_.Get(k);
+    if (!v.IsNumber()) fail(std::string("field '") + k + "' must be a number");
+    return v.As<Napi::Number>();
+  }
+  template <class T>
+  T* to_ptr(const char* k, const Napi::Value& v) const {
+    if (v.IsUndefined() || v.IsNull()) return nullptr;
+    if (!v.IsNumber()) fail(std::string("buffer '") + k + "' must be a device address");
+    return reinterpret_cast<T*>(static_cast<uintptr_t>(v.As<Napi::Number>().DoubleValue()));
+  }
+  Napi::Object o_;
+  const char* fn_;
+};
+
+// An index space argument {shape, a, b?}: the shape (rank <= 6) and two operands' strides over it.
+Strides6 index_space(const Napi::CallbackInfo& info, size_t at, const char* fn, long* n) {
+  const Fields f(info, at, fn);
+  Strides6 s{};
+  s.rank = f.ints("shape", s.shape);
+  if (f.ints("a", s.a) != s.rank) f.fail("strides 'a' must have the shape's rank");
+  if (f.has("b") && f.ints("b", s.b) != s.rank) f.fail("strides 'b' must have the shape's rank");
+  long count = 1;
+  for (int d = 0; d < s.rank; d++) count *= s.shape[d];
+  *n = count;
   return s;
+}
+
+// 'forward' or 'backward'.
+bool is_backward(const Napi::CallbackInfo& info, const char* fn) {
+  const std::string pass = info[0].IsString() ? info[0].As<Napi::String>().Utf8Value() : "";
+  if (pass != "forward" && pass != "backward")
+    throw std::runtime_error(std::string("moelab-cuda ") + fn + ": pass must be 'forward' or 'backward', got '" + pass + "'");
+  return pass == "backward";
 }
 
 void throw_if(const Napi::Env& env, const std::string& message) {
@@ -128,29 +195,54 @@ void ReleaseCached(const Napi::CallbackInfo& info) {
   GUARD_END
 }
 
-// gemm(ta, tb, batch, M, N, K, A, strideA, B, strideB, C, bias|null, act, alpha)
+// gemm({A, B, C, bias?}, {ta, tb, batch, M, N, K, strideA, strideB, act, alpha})
 void Gemm(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  mlc::gemm(flag(info, 0), flag(info, 1), num(info, 2), num(info, 3), num(info, 4), num(info, 5), ptr(info, 6), num(info, 7),
-            ptr(info, 8), num(info, 9), ptr(info, 10), ptr(info, 11), num(info, 12), static_cast<float>(dbl(info, 13)));
+  const Fields b(info, 0, "gemm"), d(info, 1, "gemm");
+  mlc::gemm(d.flag("ta"), d.flag("tb"), d.num("batch"), d.num("M"), d.num("N"), d.num("K"), b.buf("A"), d.num("strideA"), b.buf("B"),
+            d.num("strideB"), b.buf("C"), b.opt("bias"), d.num("act"), d.f32("alpha"));
   GUARD_END
 }
-// binary(a, b, out, n, shape, aStrides, bStrides, op, isInt)
+// binary(a, b, out, {shape, a, b}, op, isInt)
 void Binary(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  mlc::binary_op(ptr<void>(info, 0), ptr<void>(info, 1), ptr<void>(info, 2), num(info, 3), strides(info, 4, 5, 6), num(info, 7), flag(info, 8));
+  long n;
+  const Strides6 s = index_space(info, 3, "binary", &n);
+  mlc::binary_op(ptr<void>(info, 0), ptr<void>(info, 1), ptr<void>(info, 2), n, s, num(info, 4), flag(info, 5));
   GUARD_END
 }
-// stridedCopy(x, out, n, shape, xStrides, outStrides, elemBytes)
+// stridedCopy(x, out, {shape, a: x strides, b: out strides}, elemBytes)
 void StridedCopy(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  mlc::strided_copy(ptr<void>(info, 0), ptr<void>(info, 1), num(info, 2), strides(info, 3, 4, 5), num(info, 6));
+  long n;
+  const Strides6 s = index_space(info, 2, "stridedCopy", &n);
+  if (n > 0) mlc::strided_copy(ptr<void>(info, 0), ptr<void>(info, 1), n, s, num(info, 3));
   GUARD_END
 }
-// select(cond, t, e, out, n)
+// select(cond, t, e, out, {shape, a: the condition's strides}, elemBytes)
 void Select(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  mlc::select(ptr<uint8_t>(info, 0), ptr<void>(info, 1), ptr<void>(info, 2), ptr<void>(info, 3), num(info, 4));
+  long n;
+  const Strides6 s = index_space(info, 4, "select", &n);
+  if (n > 0) mlc::select(ptr<uint8_t>(info, 0), ptr<void>(info, 1), ptr<void>(info, 2), ptr<void>(info, 3), n, s, num(info, 5));
+  GUARD_END
+}
+// tile(x, out, {shape: out's shape, a: x's strides, b: x's shape}, elemBytes)
+void Tile(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  long n;
+  const Strides6 s = index_space(info, 2, "tile", &n);
+  for (int d = 0; d < s.rank; d++)
+    if (s.b[d] <= 0 && n > 0) throw std::runtime_error("moelab-cuda tile: the tiled shape has an empty axis");
+  if (n > 0) mlc::tile(ptr<void>(info, 0), ptr<void>(info, 1), n, s, num(info, 3));
+  GUARD_END
+}
+// scan(x, out, {outer, R, inner, product, exclusive, reverse, isInt})
+void Scan(const Napi::CallbackInfo& info) {
+  GUARD_BEGIN
+  const Fields d(info, 2, "scan");
+  mlc::scan(ptr<void>(info, 0), ptr<void>(info, 1), d.num("outer"), d.num("R"), d.num("inner"), d.flag("product"), d.flag("exclusive"),
+            d.flag("reverse"), d.flag("isInt"));
   GUARD_END
 }
 // range(out, n, start, step, isInt)
@@ -159,30 +251,26 @@ void Range(const Napi::CallbackInfo& info) {
   mlc::range(ptr<void>(info, 0), num(info, 1), dbl(info, 2), dbl(info, 3), flag(info, 4));
   GUARD_END
 }
-mlc::AttentionShape attention_shape(const Napi::CallbackInfo& info, size_t at) {
-  auto o = info[at].As<Napi::Object>();
-  auto i = [&](const char* k) { return o.Get(k).As<Napi::Number>().Int32Value(); };
-  return mlc::AttentionShape{i("H"), i("Hkv"), i("Tq"), i("Tk"), i("dk"), i("dv"), i("qOffset"), o.Get("bthd").ToBoolean().Value(),
-                             static_cast<float>(o.Get("scale").As<Napi::Number>().DoubleValue())};
-}
-// attentionForward(q, k, v, out, lse|null, B, shape)
-void AttentionForward(const Napi::CallbackInfo& info) {
+// attention(pass, buffers, {B, H, Hkv, Tq, Tk, dk, dv, qOffset, bthd, scale}); buffers: forward
+// {q, k, v, out, lse?}, backward {dy, q, k, v, out, lse, dq, dk, dv}.
+void Attention(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  mlc::attention_forward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), num(info, 5), attention_shape(info, 6));
+  const bool backward = is_backward(info, "attention");
+  const Fields b(info, 1, "attention"), d(info, 2, "attention");
+  auto i = [&](const char* k) { return static_cast<int>(d.num(k)); };
+  const mlc::AttentionShape s{i("H"), i("Hkv"), i("Tq"), i("Tk"), i("dk"), i("dv"), i("qOffset"), d.flag("bthd"), d.f32("scale")};
+  if (backward)
+    mlc::attention_backward(b.buf("dy"), b.buf("q"), b.buf("k"), b.buf("v"), b.buf("out"), b.buf("lse"), b.buf("dq"), b.buf("dk"),
+                            b.buf("dv"), i("B"), s);
+  else mlc::attention_forward(b.buf("q"), b.buf("k"), b.buf("v"), b.buf("out"), b.opt("lse"), i("B"), s);
   GUARD_END
 }
-// attentionBackward(dy, q, k, v, out, lse, dq, dk, dv, B, shape)
-void AttentionBackward(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  mlc::attention_backward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), ptr(info, 5), ptr(info, 6), ptr(info, 7),
-                          ptr(info, 8), num(info, 9), attention_shape(info, 10));
-  GUARD_END
-}
-// rope(x, cos, sin, out, BH, H, T, dh, dims, inverse, bthd)
+// rope({x, cos, sin, out}, {BH, H, T, dh, dims, inverse, bthd})
 void Rope(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  mlc::rope(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), num(info, 4), num(info, 5), num(info, 6), num(info, 7), num(info, 8),
-            flag(info, 9), flag(info, 10));
+  const Fields b(info, 0, "rope"), d(info, 1, "rope");
+  mlc::rope(b.buf("x"), b.buf("cos"), b.buf("sin"), b.buf("out"), d.num("BH"), d.num("H"), d.num("T"), d.num("dh"), d.num("dims"),
+            d.flag("inverse"), d.flag("bthd"));
   GUARD_END
 }
 // unary(x, out, n, op, alpha)
@@ -237,115 +325,102 @@ void TopK(const Napi::CallbackInfo& info) {
   mlc::topk(ptr(info, 0), ptr(info, 1), ptr<int>(info, 2), num(info, 3), num(info, 4), num(info, 5));
   GUARD_END
 }
-// softmaxTopK(scores, bias|null, weight, expert, T, E, k, renormalize)
+// softmaxTopK(pass, buffers, {T, E, k, renormalize}); buffers: forward {scores, bias?, weight,
+// expert}, backward {dy, scores, weight, expert, dscores}.
 void SoftmaxTopK(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  mlc::softmax_topk_forward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr<int>(info, 3), num(info, 4), num(info, 5), num(info, 6), flag(info, 7));
+  const bool backward = is_backward(info, "softmaxTopK");
+  const Fields b(info, 1, "softmaxTopK"), d(info, 2, "softmaxTopK");
+  if (backward)
+    mlc::softmax_topk_backward(b.buf("dy"), b.buf("scores"), b.buf("weight"), b.buf<int>("expert"), b.buf("dscores"), d.num("T"), d.num("E"),
+                               d.num("k"), d.flag("renormalize"));
+  else
+    mlc::softmax_topk_forward(b.buf("scores"), b.opt("bias"), b.buf("weight"), b.buf<int>("expert"), d.num("T"), d.num("E"), d.num("k"),
+                              d.flag("renormalize"));
   GUARD_END
 }
-// softmaxTopKGrad(dy, scores, weight, expert, dscores, T, E, k, renormalize)
-void SoftmaxTopKGrad(const Napi::CallbackInfo& info) {
+// layerNorm(pass, buffers, {rows, D, eps}); buffers: forward {x, gamma, beta?, y, mean, rstd},
+// backward {dy, x, gamma, mean, rstd, dx, dgamma, dbeta?}.
+void LayerNorm(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  mlc::softmax_topk_backward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr<int>(info, 3), ptr(info, 4), num(info, 5), num(info, 6), num(info, 7),
-                             flag(info, 8));
+  const bool backward = is_backward(info, "layerNorm");
+  const Fields b(info, 1, "layerNorm"), d(info, 2, "layerNorm");
+  if (backward)
+    mlc::layer_norm_backward(b.buf("dy"), b.buf("x"), b.buf("gamma"), b.buf("mean"), b.buf("rstd"), b.buf("dx"), b.buf("dgamma"),
+                             b.opt("dbeta"), d.num("rows"), d.num("D"));
+  else
+    mlc::layer_norm_forward(b.buf("x"), b.buf("gamma"), b.opt("beta"), b.buf("y"), b.buf("mean"), b.buf("rstd"), d.num("rows"), d.num("D"),
+                            d.f32("eps"));
   GUARD_END
 }
-void LayerNormForward(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  mlc::layer_norm_forward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), ptr(info, 5), num(info, 6), num(info, 7),
-                          static_cast<float>(dbl(info, 8)));
-  GUARD_END
-}
-void LayerNormBackward(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  mlc::layer_norm_backward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), ptr(info, 5), ptr(info, 6),
-                           ptr(info, 7), num(info, 8), num(info, 9));
-  GUARD_END
-}
-// adamw(p, g, m, v, pOut, mOut, vOut, n, [beta1, 1-beta1, beta2, 1-beta2, eps, bc1, bc2, lr, lr*wd], decay)
+// adamw({p, g, m, v, pOut, mOut, vOut}, {n, beta1, oneMinusBeta1, beta2, oneMinusBeta2, eps, bc1, bc2, lr, lrTimesDecay, decay})
 void AdamW(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  auto sc = info[8].As<Napi::Array>();
-  auto f = [&](uint32_t i) { return static_cast<float>(sc.Get(i).As<Napi::Number>().DoubleValue()); };
-  const mlc::AdamWScalars s{f(0), f(1), f(2), f(3), f(4), f(5), f(6), f(7), f(8), flag(info, 9)};
-  mlc::adamw(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), ptr(info, 5), ptr(info, 6), num(info, 7), s);
+  const Fields b(info, 0, "adamw"), d(info, 1, "adamw");
+  const mlc::AdamWScalars s{d.f32("beta1"), d.f32("oneMinusBeta1"), d.f32("beta2"), d.f32("oneMinusBeta2"), d.f32("eps"),
+                            d.f32("bc1"),   d.f32("bc2"),           d.f32("lr"),    d.f32("lrTimesDecay"),  d.flag("decay")};
+  mlc::adamw(b.buf("p"), b.buf("g"), b.buf("m"), b.buf("v"), b.buf("pOut"), b.buf("mOut"), b.buf("vOut"), d.num("n"), s);
   GUARD_END
 }
-// moeMlpForward(x, w1, w2, tok, expert, weight, out, hidden, T, d, h, E, N, act)
-void MoeMlpForward(const Napi::CallbackInfo& info) {
+// One packed expert weight: {name}Codes, {name}Scale, {name}Zero.
+mlc::PackedWeight packed_weight(const Fields& b, const std::string& name, bool present) {
+  if (!present) return mlc::PackedWeight{nullptr, nullptr, nullptr};
+  return mlc::PackedWeight{b.buf<const int>((name + "Codes").c_str()), b.buf<const float>((name + "Scale").c_str()),
+                           b.buf<const float>((name + "Zero").c_str())};
+}
+// moeExperts(pass, buffers, {T, d, h, E, N, act, bits?, group?}): core's MoelabMoeMLP, MoelabMoeGLU
+// (w3 given) and MoelabMoePacked (bits given; w3Codes given for gated experts), buffers named as
+// the contract's inputs and outputs: x, w1, w3?, w2 (or w1Codes, w1Scale, w1Zero, ...),
+// tokenIndex, expertIndex, weight, hidden; forward out, backward dy, dx, dw1, dw3, dw2, dweight
+// (packed: dx, dweight).
+void MoeExperts(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  throw_if(info.Env(), mlc::moe_mlp_forward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr<int>(info, 3), ptr<int>(info, 4), ptr(info, 5),
-                                            ptr(info, 6), ptr(info, 7), num(info, 8), num(info, 9), num(info, 10), num(info, 11),
-                                            num(info, 12), num(info, 13)));
+  const bool backward = is_backward(info, "moeExperts");
+  const Fields b(info, 1, "moeExperts"), d(info, 2, "moeExperts");
+  auto i = [&](const char* k) { return static_cast<int>(d.num(k)); };
+  const int T = i("T"), dm = i("d"), h = i("h"), E = i("E"), N = i("N"), act = i("act");
+  const float* x = b.buf("x");
+  const int* tok = b.buf<int>("tokenIndex");
+  const int* expert = b.buf<int>("expertIndex");
+  const float* weight = b.buf("weight");
+  std::string err;
+  if (d.has("bits")) {
+    const mlc::PackedExperts p{packed_weight(b, "w1", true), packed_weight(b, "w3", b.has("w3Codes")), packed_weight(b, "w2", true), i("bits"),
+                               i("group")};
+    err = backward ? mlc::moe_packed_backward(p, b.buf("dy"), x, tok, expert, weight, b.buf("hidden"), b.buf("dx"), b.buf("dweight"), T, dm,
+                                              h, E, N, act)
+                   : mlc::moe_packed_forward(p, x, tok, expert, weight, b.buf("out"), b.buf("hidden"), T, dm, h, E, N, act);
+  } else if (b.has("w3")) {
+    err = backward ? mlc::moe_glu_backward(b.buf("dy"), x, b.buf("w1"), b.buf("w3"), b.buf("w2"), tok, expert, weight, b.buf("hidden"),
+                                           b.buf("dx"), b.buf("dw1"), b.buf("dw3"), b.buf("dw2"), b.buf("dweight"), T, dm, h, E, N, act)
+                   : mlc::moe_glu_forward(x, b.buf("w1"), b.buf("w3"), b.buf("w2"), tok, expert, weight, b.buf("out"), b.buf("hidden"), T, dm,
+                                          h, E, N, act);
+  } else {
+    err = backward ? mlc::moe_mlp_backward(b.buf("dy"), x, b.buf("w1"), b.buf("w2"), tok, expert, weight, b.buf("hidden"), b.buf("dx"),
+                                           b.buf("dw1"), b.buf("dw2"), b.buf("dweight"), T, dm, h, E, N, act)
+                   : mlc::moe_mlp_forward(x, b.buf("w1"), b.buf("w2"), tok, expert, weight, b.buf("out"), b.buf("hidden"), T, dm, h, E, N,
+                                          act);
+  }
+  throw_if(info.Env(), err);
   GUARD_END
 }
-// moeMlpBackward(dy, x, w1, w2, tok, expert, weight, hidden, dx, dw1, dw2, dweight, T, d, h, E, N, act)
-void MoeMlpBackward(const Napi::CallbackInfo& info) {
+// moeLinear(pass, buffers, {R, din, dout, E, N, outRows}): core's MoelabMoeLinear, buffers x, w,
+// inRow, outRow, expertIndex, weight; forward out, backward dy, dx, dw, dweight.
+void MoeLinear(const Napi::CallbackInfo& info) {
   GUARD_BEGIN
-  throw_if(info.Env(), mlc::moe_mlp_backward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr<int>(info, 4), ptr<int>(info, 5),
-                                             ptr(info, 6), ptr(info, 7), ptr(info, 8), ptr(info, 9), ptr(info, 10), ptr(info, 11),
-                                             num(info, 12), num(info, 13), num(info, 14), num(info, 15), num(info, 16), num(info, 17)));
-  GUARD_END
-}
-// moeGluForward(x, w1, w3, w2, tok, expert, weight, out, hidden, T, d, h, E, N, act)
-void MoeGluForward(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  throw_if(info.Env(), mlc::moe_glu_forward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr<int>(info, 4), ptr<int>(info, 5),
-                                            ptr(info, 6), ptr(info, 7), ptr(info, 8), num(info, 9), num(info, 10), num(info, 11),
-                                            num(info, 12), num(info, 13), num(info, 14)));
-  GUARD_END
-}
-// moeGluBackward(dy, x, w1, w3, w2, tok, expert, weight, hidden, dx, dw1, dw3, dw2, dweight, T, d, h, E, N, act)
-void MoeGluBackward(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  throw_if(info.Env(), mlc::moe_glu_backward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr(info, 3), ptr(info, 4), ptr<int>(info, 5),
-                                             ptr<int>(info, 6), ptr(info, 7), ptr(info, 8), ptr(info, 9), ptr(info, 10), ptr(info, 11),
-                                             ptr(info, 12), ptr(info, 13), num(info, 14), num(info, 15), num(info, 16), num(info, 17),
-                                             num(info, 18), num(info, 19)));
-  GUARD_END
-}
-// The packed weights argument: [w1Codes, w1Scale, w1Zero, w3Codes|null, w3Scale|null, w3Zero|null, w2Codes, w2Scale, w2Zero, bits, group].
-mlc::PackedExperts packed_experts(const Napi::CallbackInfo& info, size_t at) {
-  auto a = info[at].As<Napi::Array>();
-  auto p = [&](uint32_t i) -> uintptr_t {
-    Napi::Value v = a.Get(i);
-    return v.IsNull() || v.IsUndefined() ? 0 : static_cast<uintptr_t>(v.As<Napi::Number>().DoubleValue());
-  };
-  auto w = [&](uint32_t i) {
-    return mlc::PackedWeight{reinterpret_cast<const int*>(p(i)), reinterpret_cast<const float*>(p(i + 1)), reinterpret_cast<const float*>(p(i + 2))};
-  };
-  return mlc::PackedExperts{w(0), w(3), w(6), a.Get(9u).As<Napi::Number>().Int32Value(), a.Get(10u).As<Napi::Number>().Int32Value()};
-}
-// moePackedForward(packed, x, tok, expert, weight, out, hidden, T, d, h, E, N, act)
-void MoePackedForward(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  throw_if(info.Env(), mlc::moe_packed_forward(packed_experts(info, 0), ptr(info, 1), ptr<int>(info, 2), ptr<int>(info, 3), ptr(info, 4),
-                                               ptr(info, 5), ptr(info, 6), num(info, 7), num(info, 8), num(info, 9), num(info, 10),
-                                               num(info, 11), num(info, 12)));
-  GUARD_END
-}
-// moePackedBackward(packed, dy, x, tok, expert, weight, hidden, dx, dweight, T, d, h, E, N, act)
-void MoePackedBackward(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  throw_if(info.Env(), mlc::moe_packed_backward(packed_experts(info, 0), ptr(info, 1), ptr(info, 2), ptr<int>(info, 3), ptr<int>(info, 4),
-                                                ptr(info, 5), ptr(info, 6), ptr(info, 7), ptr(info, 8), num(info, 9), num(info, 10),
-                                                num(info, 11), num(info, 12), num(info, 13), num(info, 14)));
-  GUARD_END
-}
-// moeLinearForward(x, w, inRow, outRow, expert, weight, out, R, din, dout, E, N, outRows)
-void MoeLinearForward(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  throw_if(info.Env(), mlc::moe_linear_forward(ptr(info, 0), ptr(info, 1), ptr<int>(info, 2), ptr<int>(info, 3), ptr<int>(info, 4),
-                                               ptr(info, 5), ptr(info, 6), num(info, 7), num(info, 8), num(info, 9), num(info, 10),
-                                               num(info, 11), num(info, 12)));
-  GUARD_END
-}
-// moeLinearBackward(dy, x, w, inRow, outRow, expert, weight, dx, dw, dweight, R, din, dout, E, N, outRows)
-void MoeLinearBackward(const Napi::CallbackInfo& info) {
-  GUARD_BEGIN
-  throw_if(info.Env(), mlc::moe_linear_backward(ptr(info, 0), ptr(info, 1), ptr(info, 2), ptr<int>(info, 3), ptr<int>(info, 4),
-                                                ptr<int>(info, 5), ptr(info, 6), ptr(info, 7), ptr(info, 8), ptr(info, 9), num(info, 10),
-                                                num(info, 11), num(info, 12), num(info, 13), num(info, 14), num(info, 15)));
+  const bool backward = is_backward(info, "moeLinear");
+  const Fields b(info, 1, "moeLinear"), d(info, 2, "moeLinear");
+  auto i = [&](const char* k) { return static_cast<int>(d.num(k)); };
+  const float* x = b.buf("x");
+  const float* w = b.buf("w");
+  const int* inRow = b.buf<int>("inRow");
+  const int* outRow = b.buf<int>("outRow");
+  const int* expert = b.buf<int>("expertIndex");
+  const float* weight = b.buf("weight");
+  throw_if(info.Env(), backward ? mlc::moe_linear_backward(b.buf("dy"), x, w, inRow, outRow, expert, weight, b.buf("dx"), b.buf("dw"),
+                                                           b.buf("dweight"), i("R"), i("din"), i("dout"), i("E"), i("N"), i("outRows"))
+                                : mlc::moe_linear_forward(x, w, inRow, outRow, expert, weight, b.buf("out"), i("R"), i("din"), i("dout"),
+                                                          i("E"), i("N"), i("outRows")));
   GUARD_END
 }
 
@@ -370,27 +445,20 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   fn("reduce", Reduce);
   fn("stridedCopy", StridedCopy);
   fn("select", Select);
+  fn("tile", Tile);
+  fn("scan", Scan);
   fn("range", Range);
-  fn("attentionForward", AttentionForward);
-  fn("attentionBackward", AttentionBackward);
+  fn("attention", Attention);
   fn("rope", Rope);
-  fn("moeGluForward", MoeGluForward);
-  fn("moeGluBackward", MoeGluBackward);
-  fn("moePackedForward", MoePackedForward);
-  fn("moePackedBackward", MoePackedBackward);
   fn("gather", Gather);
   fn("segmentSum", SegmentSum);
   fn("softmax", Softmax);
   fn("topk", TopK);
   fn("softmaxTopK", SoftmaxTopK);
-  fn("softmaxTopKGrad", SoftmaxTopKGrad);
-  fn("layerNormForward", LayerNormForward);
-  fn("layerNormBackward", LayerNormBackward);
+  fn("layerNorm", LayerNorm);
   fn("adamw", AdamW);
-  fn("moeMlpForward", MoeMlpForward);
-  fn("moeMlpBackward", MoeMlpBackward);
-  fn("moeLinearForward", MoeLinearForward);
-  fn("moeLinearBackward", MoeLinearBackward);
+  fn("moeExperts", MoeExperts);
+  fn("moeLinear", MoeLinear);
 #if defined(MLC_EMULATE)
   exports.Set("emulated", true);
 #else

@@ -52,8 +52,13 @@ struct Strides6 {
 void binary_op(const void* a, const void* b, void* out, long n, const Strides6& s, int op, bool isInt);
 // out[offset(i, s.b)] = x[offset(i, s.a)] for every i of s.shape; elements of 4 bytes or 1 byte.
 void strided_copy(const void* x, void* out, long n, const Strides6& s, int elemBytes);
-// out[i] = cond[i] ? t[i] : e[i] (4-byte elements).
-void select(const uint8_t* cond, const void* t, const void* e, void* out, long n);
+// out[i] = cond[offset(i, s.a)] ? t[i] : e[i] over the values' index space s.shape (the condition's
+// strides are 0 along broadcast axes); elements of 4 bytes or 1 byte.
+void select(const uint8_t* cond, const void* t, const void* e, void* out, long n, const Strides6& s, int elemBytes);
+// out[i] = x[offset(i mod s.b, s.a)] over out's index space s.shape (Tile: s.b is x's shape).
+void tile(const void* x, void* out, long n, const Strides6& s, int elemBytes);
+// The running sum (product) of x viewed as [outer, R, inner] along R, float32 or int32.
+void scan(const void* x, void* out, long outer, long R, long inner, bool product, bool exclusive, bool reverse, bool isInt);
 // out[i] = start + i step, as float32 or int32.
 void range(void* out, long n, double start, double step, bool isInt);
 // out = f(x) for the unary codes of kernels/elementwise.ts.
@@ -121,8 +126,7 @@ std::string moe_linear_backward(const float* dy, const float* x, const float* w,
 
 // Attention over B batches: query head h of H reads key / value head h * Hkv / H; query row i
 // sees keys j <= qOffset + i. q [B, H, Tq, dk], k [B, Hkv, Tk, dk], v [B, Hkv, Tk, dv], out like q
-// with dv channels ([B, T, H, d] for all of them when bthd). A block accumulates kMaxHead channels.
-constexpr int kMaxHead = 256;
+// with dv channels ([B, T, H, d] for all of them when bthd). Any head size.
 struct AttentionShape {
   int H, Hkv, Tq, Tk, dk, dv, qOffset;
   bool bthd;

@@ -8,185 +8,262 @@
 //   RoPE (rotate-half, arXiv:2104.09864): out = x cos + [-x2, x1] sin over the first `dims`
 //   channels; the inverse rotates by -sin (the transpose, hence the gradient).
 //
-// One block per query row (forward, dq) or key row (dk, dv) and chunk of kMaxHead output channels
-// (grid.y; heads wider than that recompute the scores per chunk): the row's keys are taken 128 at a
-// time, one per thread, with an online softmax (running max and sum, arXiv:2205.14135) so no
-// [T, T] score tensor exists; the block's accumulators (one per channel of its chunk) live in
-// shared memory.
+// Flash tiling (FlashAttention, arXiv:2205.14135; its backward as in FlashAttention-2,
+// arXiv:2307.08691): a block owns a tile of kTile query rows (forward, dq) or key rows (dk, dv) of
+// one (batch, head) and kDo of its output channels (grid.y; wider heads recompute the scores per
+// chunk). It walks the other side's rows kTile at a time: both tiles are staged in shared memory
+// kDc channels at a time for the [kTile, kTile] score tile, which each thread holds kPer entries
+// of in registers; the forward keeps each row's running max and sum (online softmax) and rescales
+// its accumulators, so no [T, T] tensor exists. The backward recomputes P from the saved
+// log-sum-exp: dq per query tile over its visible key tiles, dk and dv per key tile over the query
+// tiles that see it, with no atomics. Causal tiles above the diagonal are never visited.
 #pragma once
 
 namespace mlc {
 namespace {
 constexpr int kAttnThreads = 128;
+constexpr int kTile = 32;                                // rows of a query / key tile
+constexpr int kDc = 64;                                  // channels per step of the score dot products
+constexpr int kDo = 64;                                  // output channels of one block
+constexpr int kPer = kTile * kTile / kAttnThreads;       // score entries per thread
+constexpr int kAccPer = kTile * kDo / kAttnThreads;      // accumulator entries per thread
+constexpr int kRowStride = kAttnThreads / kTile;         // score tile: row = tid / kTile + n kRowStride
+constexpr int kAccRowStride = kAttnThreads / kDo;        // accumulators: row = tid / kDo + n kAccRowStride
 
 // Where row t of head h of batch b starts in a [B, Hx, Tx, d] tensor, or [B, Tx, Hx, d] (bthd).
 MLC_HD long head_row(int b, int h, int t, int Hx, int Tx, int d, bool bthd) {
   return bthd ? ((static_cast<long>(b) * Tx + t) * Hx + h) * d : ((static_cast<long>(b) * Hx + h) * Tx + t) * d;
 }
 
-// The block's query (or key) row: which batch, head and position blockIdx.x stands for, with
-// rows ordered (b, h, t).
-struct RowOf {
-  int b, h, t;
-  __device__ RowOf(int H, int T) {
-    const int bh = blockIdx.x / T;
-    t = blockIdx.x - bh * T;
+// The rows of one (batch, head) of a tensor in either layout: row t starts at p + t step.
+struct HeadRows {
+  const float* p;
+  long step;
+  int rows, d;
+  __device__ HeadRows(const float* base, int b, int h, int Hx, int Tx, int d_, bool bthd)
+      : p(base + head_row(b, h, 0, Hx, Tx, d_, bthd)), step(bthd ? static_cast<long>(Hx) * d_ : d_), rows(Tx), d(d_) {}
+};
+
+// Stages rows [r0, r0 + kTile) and channels [c0, c0 + width) of x in tile[kTile][ld], zeros past
+// the head's rows or channels. Every thread of the block calls it.
+__device__ void stage_tile(float* tile, int ld, int width, const HeadRows& x, int r0, int c0) {
+  for (int e = threadIdx.x; e < kTile * width; e += blockDim.x) {
+    const int r = e / width, c = e - r * width, t = r0 + r, ch = c0 + c;
+    tile[r * ld + c] = t < x.rows && ch < x.d ? x.p[t * x.step + ch] : 0.f;
+  }
+}
+
+// acc[n] += a_r . b_c over the channels of two row tiles (rows r = tid / kTile + n kRowStride
+// of a, c = tid % kTile of b), kDc channels at a time through shared memory. Ends with a barrier.
+__device__ void tile_dots(float* acc, float (*as)[kDc + 1], float (*bs)[kDc + 1], const HeadRows& a, int a0, const HeadRows& b, int b0) {
+  const int col = threadIdx.x % kTile, row0 = threadIdx.x / kTile;
+  for (int d0 = 0; d0 < a.d; d0 += kDc) {
+    stage_tile(&as[0][0], kDc + 1, kDc, a, a0, d0);
+    stage_tile(&bs[0][0], kDc + 1, kDc, b, b0, d0);
+    __syncthreads();
+    const int nc = min(kDc, a.d - d0);
+    for (int n = 0; n < kPer; n++) {
+      const float* ar = as[row0 + n * kRowStride];
+      const float* br = bs[col];
+      float s = acc[n];
+      for (int c = 0; c < nc; c++) s += ar[c] * br[c];
+      acc[n] = s;
+    }
+    __syncthreads();
+  }
+}
+
+// acc[n] = acc[n] rowScale[r] + sum_j w[r][j] x[j][c] for the block's accumulator entries
+// (r = tid / kDo + n kAccRowStride, c = tid % kDo); rowScale null means 1.
+__device__ void tile_accumulate(float* acc, const float (*w)[kTile + 1], const float (*x)[kDo], const float* rowScale) {
+  const int col = threadIdx.x % kDo, row0 = threadIdx.x / kDo;
+  for (int n = 0; n < kAccPer; n++) {
+    const int r = row0 + n * kAccRowStride;
+    float a = rowScale ? acc[n] * rowScale[r] : acc[n];
+    for (int j = 0; j < kTile; j++) a += w[r][j] * x[j][col];
+    acc[n] = a;
+  }
+}
+
+// The block's (batch, head) and first row: blockIdx.x = (b H + h) tiles + tile.
+struct TileOf {
+  int b, h, bh, t0;
+  __device__ TileOf(int H, int T) {
+    const int tiles = static_cast<int>(ceil_div(T, kTile));
+    bh = static_cast<int>(blockIdx.x) / tiles;
+    t0 = (static_cast<int>(blockIdx.x) - bh * tiles) * kTile;
     b = bh / H;
     h = bh - b * H;
   }
 };
 
-// The block's chunk of a row's d channels: [c0, c0 + n), c0 = blockIdx.y kMaxHead (n may be 0
-// for the shorter of dk and dv: the block still takes part in every barrier).
-struct Chunk {
-  int c0, n;
-  __device__ explicit Chunk(int d) : c0(static_cast<int>(blockIdx.y) * kMaxHead), n(min(kMaxHead, max(0, d - c0))) {}
-};
-
-// out_i and lse_i for query row i: keys j <= s.qOffset + i of key head h * Hkv / H.
+// out_i and lse_i for the tile's query rows i: keys j <= s.qOffset + i of key head h Hkv / H.
 __global__ void attention_forward_k(const float* q, const float* k, const float* v, float* out, float* lse, AttentionShape s) {
-  __shared__ float acc[kMaxHead];
-  __shared__ float ps[kAttnThreads];
-  __shared__ float red[kAttnThreads];
-  const RowOf r(s.H, s.Tq);
-  const int hk = r.h * s.Hkv / s.H, tid = threadIdx.x, nt = blockDim.x;
-  const Chunk ch(s.dv);
-  const float* qs = q + head_row(r.b, r.h, r.t, s.H, s.Tq, s.dk, s.bthd);
-  for (int c = tid; c < ch.n; c += nt) acc[c] = 0.f;
-  __syncthreads();
-  const int last = s.qOffset + r.t;
-  float m = -INFINITY, l = 0.f;
-  for (int j0 = 0; j0 <= last; j0 += nt) {
-    const int j = j0 + tid;
-    float sc = -INFINITY;
-    if (j <= last) {
-      const float* kr = k + head_row(r.b, hk, j, s.Hkv, s.Tk, s.dk, s.bthd);
-      float dot = 0.f;
-      for (int c = 0; c < s.dk; c++) dot += qs[c] * kr[c];
-      sc = s.scale * dot;
+  __shared__ float qs[kTile][kDc + 1];
+  __shared__ float ks[kTile][kDc + 1];
+  __shared__ float vs[kTile][kDo];
+  __shared__ float ps[kTile][kTile + 1];
+  __shared__ float rowM[kTile], rowL[kTile], rowC[kTile];
+  const TileOf tq(s.H, s.Tq);
+  const int hk = tq.h * s.Hkv / s.H, tid = threadIdx.x, c0 = static_cast<int>(blockIdx.y) * kDo;
+  const HeadRows Q(q, tq.b, tq.h, s.H, s.Tq, s.dk, s.bthd), K(k, tq.b, hk, s.Hkv, s.Tk, s.dk, s.bthd), V(v, tq.b, hk, s.Hkv, s.Tk, s.dv, s.bthd);
+  if (tid < kTile) {
+    rowM[tid] = -INFINITY;
+    rowL[tid] = 0.f;
+  }
+  float acc[kAccPer];
+  for (int n = 0; n < kAccPer; n++) acc[n] = 0.f;
+  const int keyEnd = min(s.Tk, s.qOffset + min(s.Tq, tq.t0 + kTile));  // keys the tile's last row sees
+  for (int j0 = 0; j0 < keyEnd; j0 += kTile) {
+    __syncthreads();  // the previous tile's readers of ps / vs are done
+    float sc[kPer];
+    for (int n = 0; n < kPer; n++) sc[n] = 0.f;
+    tile_dots(sc, qs, ks, Q, tq.t0, K, j0);
+    for (int n = 0; n < kPer; n++) {
+      const int r = tid / kTile + n * kRowStride, c = tid % kTile, i = tq.t0 + r, j = j0 + c;
+      ps[r][c] = i < s.Tq && j < s.Tk && j <= s.qOffset + i ? s.scale * sc[n] : -INFINITY;
     }
-    const float mNew = fmaxf(m, block_max(sc, red));
-    const float p = j <= last ? expf(sc - mNew) : 0.f;
-    ps[tid] = p;
-    const float corr = expf(m - mNew);  // 0 on the first chunk (m = -inf)
-    l = l * corr + block_sum(p, red);   // its barriers also publish ps
-    m = mNew;
-    const int cnt = min(nt, last + 1 - j0);
-    const float* vr = v + head_row(r.b, hk, j0, s.Hkv, s.Tk, s.dv, s.bthd);
-    const long vstep = s.bthd ? static_cast<long>(s.Hkv) * s.dv : s.dv;
-    for (int c = tid; c < ch.n; c += nt) {
-      float a = acc[c] * corr;
-      for (int jj = 0; jj < cnt; jj++) a += ps[jj] * vr[jj * vstep + ch.c0 + c];
-      acc[c] = a;
+    stage_tile(&vs[0][0], kDo, kDo, V, j0, c0);
+    __syncthreads();
+    if (tid < kTile) {  // one thread per query row: the online softmax's running max and sum
+      float mx = -INFINITY;
+      for (int j = 0; j < kTile; j++) mx = fmaxf(mx, ps[tid][j]);
+      const float mOld = rowM[tid], mNew = fmaxf(mOld, mx);
+      float corr = 1.f, sum = 0.f;
+      if (mNew != -INFINITY) {  // a row with no visible key yet keeps p = 0
+        corr = expf(mOld - mNew);  // 0 on the row's first visible tile (mOld = -inf)
+        for (int j = 0; j < kTile; j++) {
+          const float p = expf(ps[tid][j] - mNew);
+          ps[tid][j] = p;
+          sum += p;
+        }
+      } else {
+        for (int j = 0; j < kTile; j++) ps[tid][j] = 0.f;
+      }
+      rowL[tid] = rowL[tid] * corr + sum;
+      rowM[tid] = mNew;
+      rowC[tid] = corr;
     }
     __syncthreads();
+    tile_accumulate(acc, ps, vs, rowC);
   }
-  float* orow = out + head_row(r.b, r.h, r.t, s.H, s.Tq, s.dv, s.bthd) + ch.c0;
-  for (int c = tid; c < ch.n; c += nt) orow[c] = acc[c] / l;
-  if (lse && tid == 0 && blockIdx.y == 0) lse[blockIdx.x] = m + logf(l);
+  __syncthreads();
+  const int col = tid % kDo;
+  if (c0 + col < s.dv) {
+    for (int n = 0; n < kAccPer; n++) {
+      const int r = tid / kDo + n * kAccRowStride, i = tq.t0 + r;
+      if (i < s.Tq) out[head_row(tq.b, tq.h, i, s.H, s.Tq, s.dv, s.bthd) + c0 + col] = acc[n] / rowL[r];
+    }
+  }
+  if (lse && blockIdx.y == 0 && tid < kTile && tq.t0 + tid < s.Tq) lse[static_cast<long>(tq.bh) * s.Tq + tq.t0 + tid] = rowM[tid] + logf(rowL[tid]);
 }
 
-// D_i = dy_i . out_i, rows in (b, h, t) order.
+// D_i = dy_i . out_i, one block per row, rows in (b, h, t) order.
 __global__ void attention_rowdot_k(const float* dy, const float* out, float* D, AttentionShape s) {
   __shared__ float red[kAttnThreads];
-  const RowOf r(s.H, s.Tq);
-  const long o = head_row(r.b, r.h, r.t, s.H, s.Tq, s.dv, s.bthd);
+  const int T = s.Tq, bh = static_cast<int>(blockIdx.x) / T, t = static_cast<int>(blockIdx.x) - bh * T, b = bh / s.H, h = bh - b * s.H;
+  const long o = head_row(b, h, t, s.H, s.Tq, s.dv, s.bthd);
   float a = 0.f;
   for (int c = threadIdx.x; c < s.dv; c += blockDim.x) a += dy[o + c] * out[o + c];
   a = block_sum(a, red);
   if (threadIdx.x == 0) D[blockIdx.x] = a;
 }
 
-// dq_i = scale sum_{j <= i} dS_ij k_j (causal self-attention: Tq = Tk, H = Hkv, qOffset = 0).
+// dq_i = scale sum_{j <= i} dS_ij k_j for the tile's query rows (causal self-attention: Tq = Tk,
+// H = Hkv, qOffset = 0).
 __global__ void attention_dq_k(const float* dy, const float* q, const float* k, const float* v, const float* lse, const float* D, float* dq,
                                AttentionShape s) {
-  __shared__ float acc[kMaxHead];
-  __shared__ float ds[kAttnThreads];
-  const RowOf r(s.H, s.Tq);
-  const int tid = threadIdx.x, nt = blockDim.x;
-  const Chunk ch(s.dk);
-  const long qo = head_row(r.b, r.h, r.t, s.H, s.Tq, s.dk, s.bthd);
-  const float* qs = q + qo;
-  const float* dys = dy + head_row(r.b, r.h, r.t, s.H, s.Tq, s.dv, s.bthd);
-  for (int c = tid; c < ch.n; c += nt) acc[c] = 0.f;
-  __syncthreads();
-  const float li = lse[blockIdx.x], Di = D[blockIdx.x];
-  const long kstep = s.bthd ? static_cast<long>(s.H) * s.dk : s.dk;
-  for (int j0 = 0; j0 <= r.t; j0 += nt) {
-    const int j = j0 + tid;
-    float g = 0.f;
-    if (j <= r.t) {
-      const float* kr = k + head_row(r.b, r.h, j, s.H, s.Tk, s.dk, s.bthd);
-      const float* vr = v + head_row(r.b, r.h, j, s.H, s.Tk, s.dv, s.bthd);
-      float sc = 0.f, dp = 0.f;
-      for (int c = 0; c < s.dk; c++) sc += qs[c] * kr[c];
-      for (int c = 0; c < s.dv; c++) dp += dys[c] * vr[c];
-      g = expf(s.scale * sc - li) * (dp - Di);
-    }
-    ds[tid] = g;
-    __syncthreads();
-    const int cnt = min(nt, r.t + 1 - j0);
-    const float* kr = k + head_row(r.b, r.h, j0, s.H, s.Tk, s.dk, s.bthd);
-    for (int c = tid; c < ch.n; c += nt) {
-      float a = acc[c];
-      for (int jj = 0; jj < cnt; jj++) a += ds[jj] * kr[jj * kstep + ch.c0 + c];
-      acc[c] = a;
-    }
-    __syncthreads();
+  __shared__ float as[kTile][kDc + 1];
+  __shared__ float bs[kTile][kDc + 1];
+  __shared__ float ds[kTile][kTile + 1];
+  __shared__ float kt[kTile][kDo];
+  __shared__ float rowLse[kTile], rowD[kTile];
+  const TileOf tq(s.H, s.Tq);
+  const int tid = threadIdx.x, c0 = static_cast<int>(blockIdx.y) * kDo;
+  const HeadRows Q(q, tq.b, tq.h, s.H, s.Tq, s.dk, s.bthd), K(k, tq.b, tq.h, s.H, s.Tk, s.dk, s.bthd);
+  const HeadRows V(v, tq.b, tq.h, s.H, s.Tk, s.dv, s.bthd), DY(dy, tq.b, tq.h, s.H, s.Tq, s.dv, s.bthd);
+  if (tid < kTile) {
+    const int i = tq.t0 + tid;
+    const long at = static_cast<long>(tq.bh) * s.Tq + i;
+    rowLse[tid] = i < s.Tq ? lse[at] : 0.f;
+    rowD[tid] = i < s.Tq ? D[at] : 0.f;
   }
-  for (int c = tid; c < ch.n; c += nt) dq[qo + ch.c0 + c] = s.scale * acc[c];
+  float acc[kAccPer];
+  for (int n = 0; n < kAccPer; n++) acc[n] = 0.f;
+  const int keyEnd = min(s.Tq, tq.t0 + kTile);
+  for (int j0 = 0; j0 < keyEnd; j0 += kTile) {
+    __syncthreads();
+    float sc[kPer], dp[kPer];
+    for (int n = 0; n < kPer; n++) sc[n] = dp[n] = 0.f;
+    tile_dots(sc, as, bs, Q, tq.t0, K, j0);
+    tile_dots(dp, as, bs, DY, tq.t0, V, j0);
+    for (int n = 0; n < kPer; n++) {
+      const int r = tid / kTile + n * kRowStride, c = tid % kTile, i = tq.t0 + r, j = j0 + c;
+      ds[r][c] = i < s.Tq && j <= i ? expf(s.scale * sc[n] - rowLse[r]) * (dp[n] - rowD[r]) : 0.f;
+    }
+    stage_tile(&kt[0][0], kDo, kDo, K, j0, c0);
+    __syncthreads();
+    tile_accumulate(acc, ds, kt, nullptr);
+  }
+  const int col = tid % kDo;
+  if (c0 + col < s.dk) {
+    for (int n = 0; n < kAccPer; n++) {
+      const int i = tq.t0 + tid / kDo + n * kAccRowStride;
+      if (i < s.Tq) dq[head_row(tq.b, tq.h, i, s.H, s.Tq, s.dk, s.bthd) + c0 + col] = s.scale * acc[n];
+    }
+  }
 }
 
-// dk_j = scale sum_{i >= j} dS_ij q_i and dv_j = sum_{i >= j} P_ij dy_i (causal self-attention).
+// dk_j = scale sum_{i >= j} dS_ij q_i and dv_j = sum_{i >= j} P_ij dy_i for the tile's key rows
+// (causal self-attention). Score tiles are held transposed: rows are keys, columns queries.
 __global__ void attention_dkdv_k(const float* dy, const float* q, const float* k, const float* v, const float* lse, const float* D, float* dk,
                                  float* dv, AttentionShape s) {
-  __shared__ float accK[kMaxHead];
-  __shared__ float accV[kMaxHead];
-  __shared__ float ps[kAttnThreads];
-  __shared__ float ds[kAttnThreads];
-  const RowOf r(s.H, s.Tk);
-  const int tid = threadIdx.x, nt = blockDim.x;
-  const Chunk chK(s.dk), chV(s.dv);
-  const long ko = head_row(r.b, r.h, r.t, s.H, s.Tk, s.dk, s.bthd), vo = head_row(r.b, r.h, r.t, s.H, s.Tk, s.dv, s.bthd);
-  const float* ks = k + ko;
-  const float* vs = v + vo;
-  for (int c = tid; c < chK.n; c += nt) accK[c] = 0.f;
-  for (int c = tid; c < chV.n; c += nt) accV[c] = 0.f;
-  __syncthreads();
-  const long rowBase = blockIdx.x - r.t;  // (b, h, 0) in lse / D
-  const long qstep = s.bthd ? static_cast<long>(s.H) * s.dk : s.dk, vstep = s.bthd ? static_cast<long>(s.H) * s.dv : s.dv;
-  for (int i0 = r.t; i0 < s.Tq; i0 += nt) {
-    const int i = i0 + tid;
-    float p = 0.f, g = 0.f;
-    if (i < s.Tq) {
-      const float* qr = q + head_row(r.b, r.h, i, s.H, s.Tq, s.dk, s.bthd);
-      const float* dyr = dy + head_row(r.b, r.h, i, s.H, s.Tq, s.dv, s.bthd);
-      float sc = 0.f, dp = 0.f;
-      for (int c = 0; c < s.dk; c++) sc += qr[c] * ks[c];
-      for (int c = 0; c < s.dv; c++) dp += dyr[c] * vs[c];
-      p = expf(s.scale * sc - lse[rowBase + i]);
-      g = p * (dp - D[rowBase + i]);
-    }
-    ps[tid] = p;
-    ds[tid] = g;
+  __shared__ float as[kTile][kDc + 1];
+  __shared__ float bs[kTile][kDc + 1];
+  __shared__ float ps[kTile][kTile + 1];
+  __shared__ float ds[kTile][kTile + 1];
+  __shared__ float it[kTile][kDo];
+  __shared__ float colLse[kTile], colD[kTile];
+  const TileOf tk(s.H, s.Tk);
+  const int tid = threadIdx.x, c0 = static_cast<int>(blockIdx.y) * kDo;
+  const HeadRows Q(q, tk.b, tk.h, s.H, s.Tq, s.dk, s.bthd), K(k, tk.b, tk.h, s.H, s.Tk, s.dk, s.bthd);
+  const HeadRows V(v, tk.b, tk.h, s.H, s.Tk, s.dv, s.bthd), DY(dy, tk.b, tk.h, s.H, s.Tq, s.dv, s.bthd);
+  float accK[kAccPer], accV[kAccPer];
+  for (int n = 0; n < kAccPer; n++) accK[n] = accV[n] = 0.f;
+  for (int i0 = tk.t0; i0 < s.Tq; i0 += kTile) {  // query tiles at or below the key tile's diagonal
     __syncthreads();
-    const int cnt = min(nt, s.Tq - i0);
-    const float* qr = q + head_row(r.b, r.h, i0, s.H, s.Tq, s.dk, s.bthd);
-    const float* dyr = dy + head_row(r.b, r.h, i0, s.H, s.Tq, s.dv, s.bthd);
-    for (int c = tid; c < chK.n; c += nt) {
-      float a = accK[c];
-      for (int ii = 0; ii < cnt; ii++) a += ds[ii] * qr[ii * qstep + chK.c0 + c];
-      accK[c] = a;
+    if (tid < kTile) {
+      const int i = i0 + tid;
+      const long at = static_cast<long>(tk.bh) * s.Tq + i;
+      colLse[tid] = i < s.Tq ? lse[at] : 0.f;
+      colD[tid] = i < s.Tq ? D[at] : 0.f;
     }
-    for (int c = tid; c < chV.n; c += nt) {
-      float a = accV[c];
-      for (int ii = 0; ii < cnt; ii++) a += ps[ii] * dyr[ii * vstep + chV.c0 + c];
-      accV[c] = a;
-    }
+    float sc[kPer], dp[kPer];
+    for (int n = 0; n < kPer; n++) sc[n] = dp[n] = 0.f;
+    tile_dots(sc, as, bs, K, tk.t0, Q, i0);  // its barriers publish colLse / colD
+    tile_dots(dp, as, bs, V, tk.t0, DY, i0);
     __syncthreads();
+    for (int n = 0; n < kPer; n++) {
+      const int r = tid / kTile + n * kRowStride, c = tid % kTile, j = tk.t0 + r, i = i0 + c;
+      const float p = i < s.Tq && j <= i ? expf(s.scale * sc[n] - colLse[c]) : 0.f;
+      ps[r][c] = p;
+      ds[r][c] = p * (dp[n] - colD[c]);
+    }
+    stage_tile(&it[0][0], kDo, kDo, Q, i0, c0);
+    __syncthreads();
+    tile_accumulate(accK, ds, it, nullptr);
+    __syncthreads();
+    stage_tile(&it[0][0], kDo, kDo, DY, i0, c0);
+    __syncthreads();
+    tile_accumulate(accV, ps, it, nullptr);
   }
-  for (int c = tid; c < chK.n; c += nt) dk[ko + chK.c0 + c] = s.scale * accK[c];
-  for (int c = tid; c < chV.n; c += nt) dv[vo + chV.c0 + c] = accV[c];
+  const int col = tid % kDo;
+  for (int n = 0; n < kAccPer; n++) {
+    const int j = tk.t0 + tid / kDo + n * kAccRowStride;
+    if (j >= s.Tk) continue;
+    if (c0 + col < s.dk) dk[head_row(tk.b, tk.h, j, s.H, s.Tk, s.dk, s.bthd) + c0 + col] = s.scale * accK[n];
+    if (c0 + col < s.dv) dv[head_row(tk.b, tk.h, j, s.H, s.Tk, s.dv, s.bthd) + c0 + col] = accV[n];
+  }
 }
 
 // One thread per element of x (rows of dh channels in memory order; t from the layout).
@@ -209,20 +286,20 @@ __global__ void rope_k(const float* x, const float* cosT, const float* sinT, flo
 }  // namespace
 
 void attention_forward(const float* q, const float* k, const float* v, float* out, float* lse, int B, const AttentionShape& s) {
-  const long rows = static_cast<long>(B) * s.H * s.Tq;
-  if (rows == 0) return;
-  launch(attention_forward_k, dim3(static_cast<unsigned>(rows), ceil_div(s.dv, kMaxHead)), dim3(kAttnThreads), q, k, v, out, lse, s);
+  const long tiles = static_cast<long>(B) * s.H * ceil_div(s.Tq, kTile);
+  if (tiles == 0) return;
+  launch(attention_forward_k, dim3(static_cast<unsigned>(tiles), std::max(1u, ceil_div(s.dv, kDo))), dim3(kAttnThreads), q, k, v, out, lse, s);
 }
 
 void attention_backward(const float* dy, const float* q, const float* k, const float* v, const float* out, const float* lse, float* dq,
                         float* dk, float* dv, int B, const AttentionShape& s) {
   const long rows = static_cast<long>(B) * s.H * s.Tq;
   if (rows == 0) return;
+  const unsigned tiles = static_cast<unsigned>(static_cast<long>(B) * s.H * ceil_div(s.Tq, kTile));
   Scratch<float> D(static_cast<size_t>(rows));
   launch(attention_rowdot_k, dim3(static_cast<unsigned>(rows)), dim3(kAttnThreads), dy, out, D.p, s);
-  launch(attention_dq_k, dim3(static_cast<unsigned>(rows), ceil_div(s.dk, kMaxHead)), dim3(kAttnThreads), dy, q, k, v, lse,
-         static_cast<const float*>(D.p), dq, s);
-  launch(attention_dkdv_k, dim3(static_cast<unsigned>(rows), ceil_div(std::max(s.dk, s.dv), kMaxHead)), dim3(kAttnThreads), dy, q, k, v, lse,
+  launch(attention_dq_k, dim3(tiles, std::max(1u, ceil_div(s.dk, kDo))), dim3(kAttnThreads), dy, q, k, v, lse, static_cast<const float*>(D.p), dq, s);
+  launch(attention_dkdv_k, dim3(tiles, std::max(1u, ceil_div(std::max(s.dk, s.dv), kDo))), dim3(kAttnThreads), dy, q, k, v, lse,
          static_cast<const float*>(D.p), dk, dv, s);
 }
 

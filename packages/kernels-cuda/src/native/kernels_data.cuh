@@ -1,6 +1,7 @@
-// Data movement and selection: one strided copy for Transpose, Slice, Concat, Split, Pad, Pack and
-// the KV-cache write (out[off_out(i)] = x[off_x(i)] over an index space of rank <= 6), the int32
-// and comparison binaries, Select and Range. Part of kernels.cu's translation unit.
+// Data movement and selection: one strided copy for Transpose, Slice, StridedSlice, Concat, Split,
+// Pad, Pack and the KV-cache write (out[off_out(i)] = x[off_x(i)] over an index space of rank <= 6),
+// Tile (out[i] = x[i mod shape]), the int32 and comparison binaries, Select with a broadcast
+// condition, Range, and the scans Cumsum / Cumprod. Part of kernels.cu's translation unit.
 #pragma once
 
 namespace mlc {
@@ -55,10 +56,44 @@ __global__ void compare_k(const T* a, const T* b, uint8_t* out, long n, Strides6
   out[i] = r ? 1 : 0;
 }
 
+// out[i] = cond[c(i)] ? t[i] : e[i], c(i) the condition's offset over the values' index space (its
+// strides s.a are 0 along the axes it is broadcast over).
 template <class T>
-__global__ void select_k(const uint8_t* cond, const T* t, const T* e, T* out, long n) {
+__global__ void select_k(const uint8_t* cond, const T* t, const T* e, T* out, long n, Strides6 s) {
   const long i = global_index();
-  if (i < n) out[i] = cond[i] ? t[i] : e[i];
+  if (i < n) out[i] = cond[offset6(i, s, s.a)] ? t[i] : e[i];
+}
+
+// Tile: out (index space s.shape) repeats x, whose shape is s.b and strides s.a.
+template <class T>
+__global__ void tile_k(const T* x, T* out, long n, Strides6 s) {
+  const long i = global_index();
+  if (i >= n) return;
+  long rest = i, off = 0;
+  for (int d = s.rank - 1; d >= 0; d--) {
+    const long q = rest / s.shape[d];
+    off += ((rest - q * s.shape[d]) % s.b[d]) * s.a[d];
+    rest = q;
+  }
+  out[i] = x[off];
+}
+
+// One thread per line of x viewed as [outer, R, inner]: the running sum (or product) along R, in
+// order or reversed, inclusive or exclusive (the line's first output is then 0, or 1 for a
+// product), accumulated in T as tfjs-cpu does.
+template <class T>
+__global__ void scan_k(const T* x, T* out, long outer, long R, long inner, bool product, bool exclusive, bool reverse) {
+  const long i = global_index();
+  if (i >= outer * inner) return;
+  const long o = i / inner, base = o * R * inner + (i - o * inner);
+  T acc = product ? T(1) : T(0);
+  for (long r = 0; r < R; r++) {
+    const long at = base + (reverse ? R - 1 - r : r) * inner;
+    const T v = x[at];
+    if (exclusive) out[at] = acc;
+    acc = product ? acc * v : acc + v;
+    if (!exclusive) out[at] = acc;
+  }
 }
 
 template <class T>
@@ -90,9 +125,25 @@ void binary_op(const void* a, const void* b, void* out, long n, const Strides6& 
   }
 }
 
-void select(const uint8_t* cond, const void* t, const void* e, void* out, long n) {
-  launch(select_k<unsigned>, dim3(blocks_for(n, kThreads)), dim3(kThreads), cond, static_cast<const unsigned*>(t),
-         static_cast<const unsigned*>(e), static_cast<unsigned*>(out), n);
+void select(const uint8_t* cond, const void* t, const void* e, void* out, long n, const Strides6& s, int elemBytes) {
+  const dim3 g(blocks_for(n, kThreads)), b(kThreads);
+  if (elemBytes == 4)
+    launch(select_k<unsigned>, g, b, cond, static_cast<const unsigned*>(t), static_cast<const unsigned*>(e), static_cast<unsigned*>(out), n, s);
+  else launch(select_k<uint8_t>, g, b, cond, static_cast<const uint8_t*>(t), static_cast<const uint8_t*>(e), static_cast<uint8_t*>(out), n, s);
+}
+
+void tile(const void* x, void* out, long n, const Strides6& s, int elemBytes) {
+  const dim3 g(blocks_for(n, kThreads)), b(kThreads);
+  if (elemBytes == 4) launch(tile_k<unsigned>, g, b, static_cast<const unsigned*>(x), static_cast<unsigned*>(out), n, s);
+  else launch(tile_k<uint8_t>, g, b, static_cast<const uint8_t*>(x), static_cast<uint8_t*>(out), n, s);
+}
+
+void scan(const void* x, void* out, long outer, long R, long inner, bool product, bool exclusive, bool reverse, bool isInt) {
+  const long lines = outer * inner;
+  if (lines == 0 || R == 0) return;
+  const dim3 g(blocks_for(lines, kThreads)), b(kThreads);
+  if (isInt) launch(scan_k<int>, g, b, static_cast<const int*>(x), static_cast<int*>(out), outer, R, inner, product, exclusive, reverse);
+  else launch(scan_k<float>, g, b, static_cast<const float*>(x), static_cast<float*>(out), outer, R, inner, product, exclusive, reverse);
 }
 
 void range(void* out, long n, double start, double step, bool isInt) {
