@@ -64,7 +64,8 @@ function run(cmd, argv) {
 }
 
 // node-gyp is not involved: a Node-API addon on Linux is a shared object that resolves node's
-// symbols at load time, so the compiler needs only node's headers and node-addon-api's.
+// symbols at load time, so the compiler needs only node's headers and node-addon-api's (its
+// include_dir is relative to the working directory, which need not be this package's).
 function headerFlags() {
   const require = createRequire(import.meta.url);
   let addonApi = process.env.MOELAB_NODE_ADDON_API;
@@ -78,7 +79,7 @@ function headerFlags() {
   const candidates = [process.env.npm_config_nodedir, resolve(dirname(process.execPath), '..')].filter(Boolean);
   const nodeInclude = candidates.map((d) => join(d, 'include', 'node')).find((d) => existsSync(join(d, 'node_api.h')));
   if (!nodeInclude) return { error: `node's headers (include/node/node_api.h) were not found next to ${process.execPath}` };
-  return { flags: [`-I${nodeInclude}`, `-I${resolve(pkgDir, addonApi)}`, '-DNAPI_VERSION=8', '-DNAPI_CPP_EXCEPTIONS'] };
+  return { flags: [`-I${nodeInclude}`, `-I${resolve(addonApi)}`, '-DNAPI_VERSION=8', '-DNAPI_CPP_EXCEPTIONS'] };
 }
 
 function findNvcc() {
