@@ -84,6 +84,8 @@ EXPORT void* moelab_malloc(double bytes) {
 }
 EXPORT void moelab_free(void* p) { std::free(p); }
 EXPORT int moelab_threads() { return pool_threads(); }
+// A double: the count outgrows an int32 in a long session.
+EXPORT double moelab_worker_tasks() { return static_cast<double>(pool_worker_tasks()); }
 EXPORT int moelab_set_threads(int n) {
   set_pool_threads(n < 1 ? 1 : n);
   return pool_threads();

@@ -36,6 +36,7 @@ interface EmscriptenModule {
   _moelab_free(ptr: number): number;
   _moelab_threads(): number;
   _moelab_set_threads(n: number): number;
+  _moelab_worker_tasks(): number;
   [fn: `_${string}`]: (...args: number[]) => number;
 }
 
@@ -206,12 +207,24 @@ export class WasmKernels {
     this.addon = fns as unknown as NativeAddon;
   }
 
-  /** Sizes the kernels' thread pool (clamped to 1..maxThreads); returns the threads it now has. */
+  /**
+   * Sizes the kernels' thread pool (clamped to 1..maxThreads); returns the threads it now has.
+   * Shrinking parks Workers instead of ending them, so a later call can grow the pool back at once,
+   * without returning to the event loop (which a new Worker would need).
+   */
   setThreads(n: number): number {
     const got = this.mod._moelab_set_threads(Math.max(1, Math.min(this.maxThreads, Math.floor(n) || 1)));
     // Node: the worker threads must not keep the process alive once the caller is done.
     for (const w of [...(this.mod.PThread?.unusedWorkers ?? []), ...(this.mod.PThread?.runningWorkers ?? [])]) w.unref?.();
     return got;
+  }
+
+  /**
+   * Pool tasks that the Workers (not the calling thread) have run since the module started: whether
+   * the threads take part. Stays 0 in the single-threaded build and with `setThreads(1)`.
+   */
+  workerTasks(): number {
+    return this.mod._moelab_worker_tasks();
   }
 
   /** Calls export `name` with kernels-cpu's argument list (arrays become addresses). */

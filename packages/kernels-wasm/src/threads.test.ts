@@ -65,8 +65,37 @@ describe.skipIf(!ready)(`moelab-wasm threaded build equals the single-threaded o
     expect(threaded.kernels!.addon.setThreads(64)).toBe(3);
   });
 
+  it('shrinking the pool and growing it back: the Workers take part again at once', () => {
+    const k = threaded.kernels!;
+    const [M, N, K] = [192, 160, 256]; // ~16 MFLOP: above the pool's threshold, split into tasks
+    const A = rand(M * K, 20);
+    const B = rand(K * N, 21);
+    const C = new Float32Array(M * N);
+    const gemm = () => k.addon.sgemmBatched(false, false, 1, M, N, K, A, null, 1, B, null, 1, C);
+    expect(k.setThreads(1)).toBe(1);
+    expect(k.addon.info().threads).toBe(1);
+    const before = k.workerTasks();
+    for (let i = 0; i < 3; i++) gemm();
+    // One thread: the caller runs every task.
+    expect(k.workerTasks()).toBe(before);
+    // Back to three without returning to the event loop: parked Workers wake; none has to be
+    // started (a new Worker would only start once this synchronous test returned).
+    expect(k.setThreads(3)).toBe(3);
+    let tasks = 0;
+    for (let i = 0; i < 200 && tasks === 0; i++) {
+      gemm();
+      tasks = k.workerTasks() - before;
+    }
+    expect(tasks).toBeGreaterThan(0);
+    const ref = new Float32Array(M * N);
+    single.kernels!.addon.sgemmBatched(false, false, 1, M, N, K, A, null, 1, B, null, 1, ref);
+    expectClose([ref], [C]);
+    expect(single.kernels!.workerTasks()).toBe(0);
+  });
+
   it('GEMM: plain, transposed and batched', () => {
-    const [M, N, K] = [150, 130, 270];
+    // An odd M and N % 16 != 0: edge tiles of the 2 x 16 micro-kernel on both sides.
+    const [M, N, K] = [151, 130, 270];
     for (const [ta, tb] of [
       [false, false],
       [true, false],

@@ -49,10 +49,17 @@ struct Pool {
   std::condition_variable finished;
   std::mutex run_mu;  // one parallel_for at a time (Node worker threads may share the addon)
   std::vector<std::thread> workers;
-  bool stop = false;
+  // Threads that take part in a parallel_for, the caller included: workers 1..active-1 run tasks,
+  // the others stay parked (asleep). Shrinking the pool parks workers instead of ending them, so
+  // growing it again never starts a thread: in WebAssembly a new thread needs a Web Worker, which
+  // the browser or Node hands over only once the calling thread returns to its event loop, so a
+  // thread started in the middle of synchronous work would sit idle until then.
+  std::atomic<int> active{1};
+  // Tasks run by the workers (not by a caller): whether the threads take part at all.
+  std::atomic<long long> worker_tasks{0};
 
   // Claim and run tasks of generation g until none is left.
-  void drain(uint32_t g) {
+  void drain(uint32_t g, bool worker) {
     for (;;) {
       uint64_t t = ticket.load(std::memory_order_acquire);
       if (gen_of(t) != g) return;
@@ -60,6 +67,7 @@ struct Pool {
       if (idx >= n) return;
       if (!ticket.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel)) continue;
       (*job)(idx);
+      if (worker) worker_tasks.fetch_add(1, std::memory_order_relaxed);
       if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
         std::lock_guard<std::mutex> lk(mu);
         finished.notify_all();
@@ -67,7 +75,8 @@ struct Pool {
     }
   }
 
-  void worker_main() {
+  // Worker `id` (1-based): claims tasks of each new run while id < active.
+  void worker_main(int id) {
     tl_in_task = true;
     uint32_t seen = 0;
     for (;;) {
@@ -76,31 +85,28 @@ struct Pool {
         cpu_relax();
         g = gen_of(ticket.load(std::memory_order_acquire));
       }
-      if (g == seen) {
+      if (g == seen || id >= active.load(std::memory_order_acquire)) {
         std::unique_lock<std::mutex> lk(mu);
-        wake.wait(lk, [&] { return stop || gen_of(ticket.load()) != seen; });
-        if (stop) return;
+        wake.wait(lk, [&] { return gen_of(ticket.load()) != seen && id < active.load(); });
         g = gen_of(ticket.load());
       }
       seen = g;
-      drain(g);
+      drain(g, true);
     }
   }
 
+  // Called with run_mu held (no run in progress). Threads are started as needed and never ended.
   void resize(int total) {
     if (total < 1) total = 1;
 #if defined(__EMSCRIPTEN__) && !defined(__EMSCRIPTEN_PTHREADS__)
     total = 1;  // a WebAssembly build without threads (kernels-wasm's single-threaded module)
 #endif
-    {
-      std::lock_guard<std::mutex> lk(mu);
-      stop = true;
+    while (static_cast<int>(workers.size()) + 1 < total) {
+      const int id = static_cast<int>(workers.size()) + 1;
+      workers.emplace_back([this, id] { worker_main(id); });
     }
-    wake.notify_all();
-    for (auto& t : workers) t.join();
-    workers.clear();
-    stop = false;
-    for (int i = 1; i < total; i++) workers.emplace_back([this] { worker_main(); });
+    std::lock_guard<std::mutex> lk(mu);
+    active.store(total, std::memory_order_release);
   }
 
   void run(int n, const std::function<void(int)>& fn) {
@@ -119,7 +125,7 @@ struct Pool {
     }
     wake.notify_all();
     tl_in_task = true;
-    drain(gen);
+    drain(gen, false);
     tl_in_task = false;
     for (int s = 0; s < kSpin && done.load(std::memory_order_acquire) != n; s++) cpu_relax();
     if (done.load(std::memory_order_acquire) != n) {
@@ -158,7 +164,9 @@ Pool* the_pool() {
 
 }  // namespace
 
-int pool_threads() { return static_cast<int>(the_pool()->workers.size()) + 1; }
+long long pool_worker_tasks() { return the_pool()->worker_tasks.load(std::memory_order_relaxed); }
+
+int pool_threads() { return the_pool()->active.load(std::memory_order_acquire); }
 
 void set_pool_threads(int n) {
   Pool* p = the_pool();
@@ -169,7 +177,7 @@ void set_pool_threads(int n) {
 void parallel_for(int n, const std::function<void(int)>& fn) {
   if (n <= 0) return;
   Pool* p = the_pool();
-  if (n == 1 || tl_in_task || p->workers.empty()) {
+  if (n == 1 || tl_in_task || p->active.load(std::memory_order_acquire) == 1) {
     for (int i = 0; i < n; i++) fn(i);
     return;
   }

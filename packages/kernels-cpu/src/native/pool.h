@@ -13,8 +13,12 @@ namespace moelab {
 
 // Threads that run a parallel_for, the calling thread included (>= 1).
 int pool_threads();
-// Resize the pool (n >= 1). Not to be called while a parallel_for is running.
+// Resize the pool (n >= 1): starts the threads it lacks; threads beyond n are parked (asleep), not
+// ended, so a later resize up reuses them. Not to be called while a parallel_for is running.
 void set_pool_threads(int n);
+// Tasks that the pool's worker threads (not the threads calling parallel_for) have run since the
+// pool started: a check that the threads take part (kernels-wasm's threaded build reports it).
+long long pool_worker_tasks();
 // Run fn(0..n-1), each index exactly once, spread over the pool; returns when all are done.
 // Nested calls (from inside a task) and concurrent callers run serially on the calling thread.
 void parallel_for(int n, const std::function<void(int)>& fn);
