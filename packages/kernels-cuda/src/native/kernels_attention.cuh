@@ -97,6 +97,26 @@ struct TileOf {
   }
 };
 
+// The backward's operands for one (batch, head) (causal self-attention: H = Hkv).
+struct BackwardRows {
+  HeadRows Q, K, V, DY;
+  __device__ BackwardRows(const float* q, const float* k, const float* v, const float* dy, const TileOf& t, const AttentionShape& s)
+      : Q(q, t.b, t.h, s.H, s.Tq, s.dk, s.bthd),
+        K(k, t.b, t.h, s.H, s.Tk, s.dk, s.bthd),
+        V(v, t.b, t.h, s.H, s.Tk, s.dv, s.bthd),
+        DY(dy, t.b, t.h, s.H, s.Tq, s.dv, s.bthd) {}
+};
+
+// lse and D of query rows [i0, i0 + kTile) of (batch, head) bh into the block's shared copies (0
+// past the last row); published by the caller's next barrier.
+__device__ void stage_row_stats(float* lseTile, float* dTile, const float* lse, const float* D, int bh, int Tq, int i0) {
+  const int r = threadIdx.x, i = i0 + r;
+  if (r >= kTile) return;
+  const long at = static_cast<long>(bh) * Tq + i;
+  lseTile[r] = i < Tq ? lse[at] : 0.f;
+  dTile[r] = i < Tq ? D[at] : 0.f;
+}
+
 // out_i and lse_i for the tile's query rows i: keys j <= s.qOffset + i of key head h Hkv / H.
 __global__ void attention_forward_k(const float* q, const float* k, const float* v, float* out, float* lse, AttentionShape s) {
   __shared__ float qs[kTile][kDc + 1];
@@ -180,14 +200,8 @@ __global__ void attention_dq_k(const float* dy, const float* q, const float* k, 
   __shared__ float rowLse[kTile], rowD[kTile];
   const TileOf tq(s.H, s.Tq);
   const int tid = threadIdx.x, c0 = static_cast<int>(blockIdx.y) * kDo;
-  const HeadRows Q(q, tq.b, tq.h, s.H, s.Tq, s.dk, s.bthd), K(k, tq.b, tq.h, s.H, s.Tk, s.dk, s.bthd);
-  const HeadRows V(v, tq.b, tq.h, s.H, s.Tk, s.dv, s.bthd), DY(dy, tq.b, tq.h, s.H, s.Tq, s.dv, s.bthd);
-  if (tid < kTile) {
-    const int i = tq.t0 + tid;
-    const long at = static_cast<long>(tq.bh) * s.Tq + i;
-    rowLse[tid] = i < s.Tq ? lse[at] : 0.f;
-    rowD[tid] = i < s.Tq ? D[at] : 0.f;
-  }
+  const BackwardRows x(q, k, v, dy, tq, s);
+  stage_row_stats(rowLse, rowD, lse, D, tq.bh, s.Tq, tq.t0);
   float acc[kAccPer];
   for (int n = 0; n < kAccPer; n++) acc[n] = 0.f;
   const int keyEnd = min(s.Tq, tq.t0 + kTile);
@@ -195,13 +209,13 @@ __global__ void attention_dq_k(const float* dy, const float* q, const float* k, 
     __syncthreads();
     float sc[kPer], dp[kPer];
     for (int n = 0; n < kPer; n++) sc[n] = dp[n] = 0.f;
-    tile_dots(sc, as, bs, Q, tq.t0, K, j0);
-    tile_dots(dp, as, bs, DY, tq.t0, V, j0);
+    tile_dots(sc, as, bs, x.Q, tq.t0, x.K, j0);
+    tile_dots(dp, as, bs, x.DY, tq.t0, x.V, j0);
     for (int n = 0; n < kPer; n++) {
       const int r = tid / kTile + n * kRowStride, c = tid % kTile, i = tq.t0 + r, j = j0 + c;
       ds[r][c] = i < s.Tq && j <= i ? expf(s.scale * sc[n] - rowLse[r]) * (dp[n] - rowD[r]) : 0.f;
     }
-    stage_tile(&kt[0][0], kDo, kDo, K, j0, c0);
+    stage_tile(&kt[0][0], kDo, kDo, x.K, j0, c0);
     __syncthreads();
     tile_accumulate(acc, ds, kt, nullptr);
   }
@@ -226,22 +240,16 @@ __global__ void attention_dkdv_k(const float* dy, const float* q, const float* k
   __shared__ float colLse[kTile], colD[kTile];
   const TileOf tk(s.H, s.Tk);
   const int tid = threadIdx.x, c0 = static_cast<int>(blockIdx.y) * kDo;
-  const HeadRows Q(q, tk.b, tk.h, s.H, s.Tq, s.dk, s.bthd), K(k, tk.b, tk.h, s.H, s.Tk, s.dk, s.bthd);
-  const HeadRows V(v, tk.b, tk.h, s.H, s.Tk, s.dv, s.bthd), DY(dy, tk.b, tk.h, s.H, s.Tq, s.dv, s.bthd);
+  const BackwardRows x(q, k, v, dy, tk, s);
   float accK[kAccPer], accV[kAccPer];
   for (int n = 0; n < kAccPer; n++) accK[n] = accV[n] = 0.f;
   for (int i0 = tk.t0; i0 < s.Tq; i0 += kTile) {  // query tiles at or below the key tile's diagonal
     __syncthreads();
-    if (tid < kTile) {
-      const int i = i0 + tid;
-      const long at = static_cast<long>(tk.bh) * s.Tq + i;
-      colLse[tid] = i < s.Tq ? lse[at] : 0.f;
-      colD[tid] = i < s.Tq ? D[at] : 0.f;
-    }
+    stage_row_stats(colLse, colD, lse, D, tk.bh, s.Tq, i0);
     float sc[kPer], dp[kPer];
     for (int n = 0; n < kPer; n++) sc[n] = dp[n] = 0.f;
-    tile_dots(sc, as, bs, K, tk.t0, Q, i0);  // its barriers publish colLse / colD
-    tile_dots(dp, as, bs, V, tk.t0, DY, i0);
+    tile_dots(sc, as, bs, x.K, tk.t0, x.Q, i0);  // its barriers publish colLse / colD
+    tile_dots(dp, as, bs, x.V, tk.t0, x.DY, i0);
     __syncthreads();
     for (int n = 0; n < kPer; n++) {
       const int r = tid / kTile + n * kRowStride, c = tid % kTile, j = tk.t0 + r, i = i0 + c;
@@ -249,11 +257,11 @@ __global__ void attention_dkdv_k(const float* dy, const float* q, const float* k
       ps[r][c] = p;
       ds[r][c] = p * (dp[n] - colD[c]);
     }
-    stage_tile(&it[0][0], kDo, kDo, Q, i0, c0);
+    stage_tile(&it[0][0], kDo, kDo, x.Q, i0, c0);
     __syncthreads();
     tile_accumulate(accK, ds, it, nullptr);
     __syncthreads();
-    stage_tile(&it[0][0], kDo, kDo, DY, i0, c0);
+    stage_tile(&it[0][0], kDo, kDo, x.DY, i0, c0);
     __syncthreads();
     tile_accumulate(accV, ps, it, nullptr);
   }
