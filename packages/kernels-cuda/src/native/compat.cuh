@@ -71,3 +71,11 @@ inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
 #endif
 
 #define MLC_HD __host__ __device__ __forceinline__
+
+// Fully unrolls the loop that follows on the device (so that a small array indexed by its counter
+// stays in registers); nothing on the host.
+#if defined(__CUDACC__)
+#define MLC_UNROLL _Pragma("unroll")
+#else
+#define MLC_UNROLL
+#endif

@@ -55,19 +55,18 @@ __device__ void stage_tile(float* tile, int ld, int width, const HeadRows& x, in
 
 // acc[n] += a_r . b_c over the channels of two row tiles (rows r = tid / kTile + n kRowStride
 // of a, c = tid % kTile of b), kDc channels at a time through shared memory. Ends with a barrier.
-__device__ void tile_dots(float* acc, float (*as)[kDc + 1], float (*bs)[kDc + 1], const HeadRows& a, int a0, const HeadRows& b, int b0) {
+__device__ __forceinline__ void tile_dots(float (&acc)[kPer], float (*as)[kDc + 1], float (*bs)[kDc + 1], const HeadRows& a, int a0, const HeadRows& b,
+                                          int b0) {
   const int col = threadIdx.x % kTile, row0 = threadIdx.x / kTile;
   for (int d0 = 0; d0 < a.d; d0 += kDc) {
     stage_tile(&as[0][0], kDc + 1, kDc, a, a0, d0);
     stage_tile(&bs[0][0], kDc + 1, kDc, b, b0, d0);
     __syncthreads();
     const int nc = min(kDc, a.d - d0);
-    for (int n = 0; n < kPer; n++) {
-      const float* ar = as[row0 + n * kRowStride];
-      const float* br = bs[col];
-      float s = acc[n];
-      for (int c = 0; c < nc; c++) s += ar[c] * br[c];
-      acc[n] = s;
+    for (int c = 0; c < nc; c++) {
+      const float bv = bs[col][c];
+      MLC_UNROLL
+      for (int n = 0; n < kPer; n++) acc[n] += as[row0 + n * kRowStride][c] * bv;
     }
     __syncthreads();
   }
@@ -75,13 +74,16 @@ __device__ void tile_dots(float* acc, float (*as)[kDc + 1], float (*bs)[kDc + 1]
 
 // acc[n] = acc[n] rowScale[r] + sum_j w[r][j] x[j][c] for the block's accumulator entries
 // (r = tid / kDo + n kAccRowStride, c = tid % kDo); rowScale null means 1.
-__device__ void tile_accumulate(float* acc, const float (*w)[kTile + 1], const float (*x)[kDo], const float* rowScale) {
+__device__ __forceinline__ void tile_accumulate(float (&acc)[kAccPer], const float (*w)[kTile + 1], const float (*x)[kDo], const float* rowScale) {
   const int col = threadIdx.x % kDo, row0 = threadIdx.x / kDo;
-  for (int n = 0; n < kAccPer; n++) {
-    const int r = row0 + n * kAccRowStride;
-    float a = rowScale ? acc[n] * rowScale[r] : acc[n];
-    for (int j = 0; j < kTile; j++) a += w[r][j] * x[j][col];
-    acc[n] = a;
+  if (rowScale) {
+    MLC_UNROLL
+    for (int n = 0; n < kAccPer; n++) acc[n] *= rowScale[row0 + n * kAccRowStride];
+  }
+  for (int j = 0; j < kTile; j++) {
+    const float xv = x[j][col];
+    MLC_UNROLL
+    for (int n = 0; n < kAccPer; n++) acc[n] += w[row0 + n * kAccRowStride][j] * xv;
   }
 }
 
@@ -132,13 +134,16 @@ __global__ void attention_forward_k(const float* q, const float* k, const float*
     rowL[tid] = 0.f;
   }
   float acc[kAccPer];
+  MLC_UNROLL
   for (int n = 0; n < kAccPer; n++) acc[n] = 0.f;
   const int keyEnd = min(s.Tk, s.qOffset + min(s.Tq, tq.t0 + kTile));  // keys the tile's last row sees
   for (int j0 = 0; j0 < keyEnd; j0 += kTile) {
     __syncthreads();  // the previous tile's readers of ps / vs are done
     float sc[kPer];
+    MLC_UNROLL
     for (int n = 0; n < kPer; n++) sc[n] = 0.f;
     tile_dots(sc, qs, ks, Q, tq.t0, K, j0);
+    MLC_UNROLL
     for (int n = 0; n < kPer; n++) {
       const int r = tid / kTile + n * kRowStride, c = tid % kTile, i = tq.t0 + r, j = j0 + c;
       ps[r][c] = i < s.Tq && j < s.Tk && j <= s.qOffset + i ? s.scale * sc[n] : -INFINITY;
@@ -170,6 +175,7 @@ __global__ void attention_forward_k(const float* q, const float* k, const float*
   __syncthreads();
   const int col = tid % kDo;
   if (c0 + col < s.dv) {
+    MLC_UNROLL
     for (int n = 0; n < kAccPer; n++) {
       const int r = tid / kDo + n * kAccRowStride, i = tq.t0 + r;
       if (i < s.Tq) out[head_row(tq.b, tq.h, i, s.H, s.Tq, s.dv, s.bthd) + c0 + col] = acc[n] / rowL[r];
@@ -203,14 +209,17 @@ __global__ void attention_dq_k(const float* dy, const float* q, const float* k, 
   const BackwardRows x(q, k, v, dy, tq, s);
   stage_row_stats(rowLse, rowD, lse, D, tq.bh, s.Tq, tq.t0);
   float acc[kAccPer];
+  MLC_UNROLL
   for (int n = 0; n < kAccPer; n++) acc[n] = 0.f;
   const int keyEnd = min(s.Tq, tq.t0 + kTile);
   for (int j0 = 0; j0 < keyEnd; j0 += kTile) {
     __syncthreads();
     float sc[kPer], dp[kPer];
+    MLC_UNROLL
     for (int n = 0; n < kPer; n++) sc[n] = dp[n] = 0.f;
     tile_dots(sc, as, bs, x.Q, tq.t0, x.K, j0);
     tile_dots(dp, as, bs, x.DY, tq.t0, x.V, j0);
+    MLC_UNROLL
     for (int n = 0; n < kPer; n++) {
       const int r = tid / kTile + n * kRowStride, c = tid % kTile, i = tq.t0 + r, j = j0 + c;
       ds[r][c] = i < s.Tq && j <= i ? expf(s.scale * sc[n] - rowLse[r]) * (dp[n] - rowD[r]) : 0.f;
@@ -221,6 +230,7 @@ __global__ void attention_dq_k(const float* dy, const float* q, const float* k, 
   }
   const int col = tid % kDo;
   if (c0 + col < s.dk) {
+    MLC_UNROLL
     for (int n = 0; n < kAccPer; n++) {
       const int i = tq.t0 + tid / kDo + n * kAccRowStride;
       if (i < s.Tq) dq[head_row(tq.b, tq.h, i, s.H, s.Tq, s.dk, s.bthd) + c0 + col] = s.scale * acc[n];
@@ -242,15 +252,18 @@ __global__ void attention_dkdv_k(const float* dy, const float* q, const float* k
   const int tid = threadIdx.x, c0 = static_cast<int>(blockIdx.y) * kDo;
   const BackwardRows x(q, k, v, dy, tk, s);
   float accK[kAccPer], accV[kAccPer];
+  MLC_UNROLL
   for (int n = 0; n < kAccPer; n++) accK[n] = accV[n] = 0.f;
   for (int i0 = tk.t0; i0 < s.Tq; i0 += kTile) {  // query tiles at or below the key tile's diagonal
     __syncthreads();
     stage_row_stats(colLse, colD, lse, D, tk.bh, s.Tq, i0);
     float sc[kPer], dp[kPer];
+    MLC_UNROLL
     for (int n = 0; n < kPer; n++) sc[n] = dp[n] = 0.f;
     tile_dots(sc, as, bs, x.K, tk.t0, x.Q, i0);  // its barriers publish colLse / colD
     tile_dots(dp, as, bs, x.V, tk.t0, x.DY, i0);
     __syncthreads();
+    MLC_UNROLL
     for (int n = 0; n < kPer; n++) {
       const int r = tid / kTile + n * kRowStride, c = tid % kTile, j = tk.t0 + r, i = i0 + c;
       const float p = i < s.Tq && j <= i ? expf(s.scale * sc[n] - colLse[c]) : 0.f;
@@ -266,6 +279,7 @@ __global__ void attention_dkdv_k(const float* dy, const float* q, const float* k
     tile_accumulate(accV, ps, it, nullptr);
   }
   const int col = tid % kDo;
+  MLC_UNROLL
   for (int n = 0; n < kAccPer; n++) {
     const int j = tk.t0 + tid / kDo + n * kAccRowStride;
     if (j >= s.Tk) continue;
