@@ -64,7 +64,7 @@ void operator delete(void* p, size_t) noexcept { std::free(p); }
 void operator delete[](void* p, size_t) noexcept { std::free(p); }
 
 namespace {
-thread_local std::string g_error;
+MOELAB_THREAD_LOCAL std::string g_error;
 const char* fail(const std::string& msg) {
   g_error = msg;
   return g_error.c_str();

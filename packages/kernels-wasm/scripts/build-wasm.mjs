@@ -30,6 +30,9 @@ export const EMCC_HELP = 'Install Emscripten (Debian/Ubuntu: apt-get install -y 
 const COMMON = [
   '-O3',
   '-msimd128',
+  // memcpy / memset as memory.copy / memory.fill: without it Emscripten calls out to JavaScript for
+  // every copy of 512 bytes or more (each row the fused MoE ops gather).
+  '-mbulk-memory',
   '-std=gnu++17',
   `-I${sharedDir}`,
   // The module: an ES module factory; the memory grows on demand up to the wasm32 limit, and a

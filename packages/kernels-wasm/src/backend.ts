@@ -12,6 +12,12 @@
  * A native kernel runs with its outputs allocated in the module's memory. If the memory grew
  * during the call, a view the kernel's JavaScript held may have been detached in the middle of it:
  * the outputs are dropped and the call runs again, now in memory that has room for it.
+ *
+ * A tensor on a plain JS array (made by the user, loaded from a checkpoint, a model's initial
+ * weights) moves into the module's memory the first time a native kernel reads it, and stays there:
+ * otherwise every call would copy it in again (a forward + backward step of an E64 MoE layer copied
+ * its 8 MiB expert weights four times). The move happens inside a native call only, never while a
+ * JavaScript kernel may hold views of the memory that a growth could detach.
  */
 import type * as tfjs from '@tensorflow/tfjs';
 import { MathBackendCPU } from '@tensorflow/tfjs-backend-cpu';
@@ -42,16 +48,22 @@ function ctorOf(values: ArrayBufferView): ViewCtor | undefined {
   return undefined;
 }
 
+/** Plain arrays shorter than this stay plain: copying them per call costs less than a block of memory. */
+export const ADOPT_MIN_ELEMENTS = 4096;
+
 export class MoelabWasmBackend extends MathBackendCPU {
   private readonly heap: WasmHeap;
   // Addresses that a tensor's data owns (freed when its last reference is disposed).
   private readonly owned = new Set<number>();
+  // Plain JS arrays that a tensor stores, to its data: moved into the module's memory on first use.
+  private readonly plain = new WeakMap<ArrayBufferView, WasmData>();
 
   constructor(readonly kernels: WasmKernels) {
     super();
     // The banner advertises tfjs-node; this backend is the fast path.
     (this as unknown as { firstUse: boolean }).firstUse = false;
     this.heap = kernels.heap;
+    kernels.adoptPlain = (v) => this.adoptPlain(v);
   }
 
   override write(values: Values, shape: number[], dtype: tfjs.DataType): object {
@@ -67,6 +79,27 @@ export class MoelabWasmBackend extends MathBackendCPU {
     this.install(this.data.get(dataId) as unknown as WasmData, values, stored);
   }
 
+  /**
+   * Moves the plain array `v` of a tensor into the module's memory (see the file comment); returns
+   * its address, or undefined when `v` is no tensor's (or small, or the memory is full: the caller
+   * then copies it for the call, and reports the error if that fails too).
+   */
+  private adoptPlain(v: View): number | undefined {
+    const data = this.plain.get(v);
+    if (!data || data.ptr || data.values !== v) return undefined;
+    let ptr: number;
+    try {
+      ptr = this.heap.alloc(v.byteLength, () => 'a tensor');
+    } catch {
+      return undefined;
+    }
+    new Uint8Array(this.heap.buffer).set(new Uint8Array(v.buffer, v.byteOffset, v.byteLength), ptr);
+    const view = this.heap.view<View>(ctorOf(v)!, ptr, v.length);
+    this.plain.delete(v);
+    this.install(data, view, view);
+    return ptr;
+  }
+
   // dataSync/data/array: a copy, never a view of memory that is reused once the tensor is disposed.
   override readSync(dataId: object): Values {
     const d = this.data.get(dataId) as unknown as Partial<WasmData> | undefined;
@@ -77,6 +110,7 @@ export class MoelabWasmBackend extends MathBackendCPU {
   override disposeData(dataId: object, force = false): boolean {
     const d = this.data.get(dataId) as unknown as Partial<WasmData> | undefined;
     const deleted = super.disposeData(dataId, force);
+    if (deleted && d && !d.ptr && ArrayBuffer.isView(d.values) && this.plain.get(d.values) === d) this.plain.delete(d.values);
     if (deleted && d?.ptr) {
       this.owned.delete(d.ptr);
       this.heap.free(d.ptr);
@@ -111,14 +145,19 @@ export class MoelabWasmBackend extends MathBackendCPU {
   // that follows the memory's growth, and remembers its address (freed in disposeData).
   private install(data: WasmData, original: Values, stored: Values): void {
     data.ptr = 0;
-    if (stored !== original || !ArrayBuffer.isView(original)) return;
-    const at = this.heap.addressOf(original);
-    const Ctor = ctorOf(original) ?? CTOR[data.dtype];
-    if (at === undefined || !Ctor) return;
+    const at = stored === original && ArrayBuffer.isView(original) ? this.heap.addressOf(original) : undefined;
+    if (at === undefined) {
+      // A plain array: moved into the module's memory when a native kernel first reads it.
+      const plain = ArrayBuffer.isView(stored) && ctorOf(stored) !== undefined && (stored as View).length >= ADOPT_MIN_ELEMENTS;
+      if (plain && (stored as View).buffer !== this.heap.buffer) this.plain.set(stored as View, data);
+      return;
+    }
+    const Ctor = ctorOf(original as View) ?? CTOR[data.dtype];
+    if (!Ctor) return;
     this.owned.add(at);
     data.ptr = at;
     const heap = this.heap;
-    const length = heap.lengthOf(original) ?? 0;
+    const length = heap.lengthOf(original as View) ?? 0;
     let view = original as View;
     let plain: Values | undefined;
     Object.defineProperty(data, 'values', {

@@ -1,12 +1,14 @@
 /**
- * moelab-wasm's storage: tensors in the module's memory survive its growth, reads are copies, and
- * running out of memory is a one-line MoelabError naming the kernel and the size, after which the
- * backend keeps working.
+ * moelab-wasm's storage: tensors in the module's memory survive its growth, reads are copies, a
+ * tensor on a plain array moves into the memory when a native kernel first reads it, and running
+ * out of memory is a one-line MoelabError naming the kernel and the size, after which the backend
+ * keeps working.
  */
 import * as tf from '@tensorflow/tfjs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MoelabError } from '@moelab/core';
 import { randArray, rng } from '@moelab/kernels-cpu/testing/random';
+import { ADOPT_MIN_ELEMENTS } from './backend.js';
 import { type MoelabWasmBackend, registerMoelabWasmBackend } from './index.js';
 
 const wasm = await registerMoelabWasmBackend(tf);
@@ -41,6 +43,41 @@ describe.skipIf(!wasm.available)(`moelab-wasm memory (${wasm.reason})`, () => {
     c.dispose();
     expect(tf.memory().numTensors).toBe(before + 2); // the two ones() operands of the last call
     tf.dispose([a, b]);
+  });
+
+  it('a tensor on a plain array moves into the memory when a native kernel first reads it, and stays there', async () => {
+    await tf.setBackend('moelab-wasm');
+    const backend = tf.backend() as MoelabWasmBackend;
+    const storage = (t: tf.Tensor) => backend.data.get(t.dataId) as unknown as { ptr: number; values: Float32Array };
+    const values = rand(128 * 64, 3);
+    const kept = values.slice();
+    const x = tf.tensor(values, [128, 64]);
+    const w = tf.tensor(rand(64 * 32, 4), [64, 32]);
+    expect(w.size).toBeLessThan(ADOPT_MIN_ELEMENTS); // small: copied in per call instead
+    expect(storage(x).ptr).toBe(0);
+    expect(storage(x).values).toBe(values);
+    const first = tf.matMul(x, w);
+    expect(storage(x).ptr).toBeGreaterThan(0);
+    expect(storage(x).values).not.toBe(values);
+    expect(storage(w).ptr).toBe(0);
+    // Same numbers for the next native call, a JavaScript kernel (tfjs-backend-cpu's Cumsum) and a
+    // read; the caller's array is left as it was.
+    expect(Array.from(tf.matMul(x, w).dataSync())).toEqual(Array.from(first.dataSync()));
+    expect(Array.from(x.dataSync())).toEqual(Array.from(kept));
+    expect(Array.from(values)).toEqual(Array.from(kept));
+    const sums = tf.cumsum(x, 1).dataSync();
+    expect(sums[63]).toBeCloseTo(
+      kept.slice(0, 64).reduce((a, b) => a + b, 0),
+      4,
+    );
+    // Two tensors on one array, the later one disposed: the other still computes right (copied per call).
+    const shared = rand(128 * 64, 5);
+    const a = tf.tensor(shared, [128, 64]);
+    tf.tensor(shared, [128, 64]).dispose();
+    const viaShared = tf.matMul(a, w).dataSync();
+    const copy = tf.matMul(tf.tensor(shared.slice(), [128, 64]), w).dataSync();
+    expect(Array.from(viaShared)).toEqual(Array.from(copy));
+    tf.dispose([x, w, first, a]);
   });
 
   it('tensors stay correct while the memory grows under them, and a read is a copy', async () => {

@@ -187,6 +187,12 @@ const CHECKED = new Set([
 export class WasmKernels {
   readonly heap: WasmHeap;
   readonly addon: NativeAddon;
+  /**
+   * Set by the backend: moves a plain JS array that a tensor stores into the module's memory for
+   * good (the tensor then reads it there) and returns its address, or undefined when the array is
+   * not a tensor's. Saves the copy per call for tensors that live long (weights, inputs).
+   */
+  adoptPlain: ((v: View) => number | undefined) | null = null;
 
   /**
    * @param maxThreads the most threads the module can run: 1 for the single-threaded build, the
@@ -244,6 +250,8 @@ export class WasmKernels {
         const at = heap.addressOf(v);
         if (at !== undefined) return at;
         if (v.buffer === heap.buffer) return v.byteOffset; // a view of the memory made elsewhere (a subarray)
+        const adopted = outputs.includes(i) ? undefined : this.adoptPlain?.(v);
+        if (adopted !== undefined) return adopted;
         // A plain JS array: copied in (also when written: some outputs are read first, e.g. biasAct's).
         const ptr = heap.alloc(v.byteLength, () => `argument ${i} of ${name} (${v.length} elements)`);
         temps.push(ptr);

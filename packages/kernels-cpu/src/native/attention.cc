@@ -23,7 +23,7 @@ constexpr int kBlock = 64;
 // Per-thread scratch that only grows: a fresh [T, T] buffer per task would be a fresh mmap (and its
 // page faults) every time. Every entry a kernel reads was written by it first, so no zeroing.
 float* scratch(int slot, size_t n) {
-  thread_local std::vector<float> buf[2];
+  MOELAB_THREAD_LOCAL std::vector<float> buf[2];
   if (buf[slot].size() < n) buf[slot].resize(n);
   return buf[slot].data();
 }

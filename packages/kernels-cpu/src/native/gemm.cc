@@ -60,7 +60,7 @@ struct Packs {
 // One pair of pack buffers per thread, allocated on first use and kept (bounded: ~2.1 MiB each),
 // so repeated calls do not touch the allocator.
 Packs& packs() {
-  thread_local Packs p;
+  MOELAB_THREAD_LOCAL Packs p;
   return p;
 }
 

@@ -22,7 +22,7 @@ namespace {
 // pays off on an idle machine, and costs the other process a core on a busy one.
 constexpr int kSpin = 4000;
 
-thread_local bool tl_in_task = false;
+MOELAB_THREAD_LOCAL bool tl_in_task = false;
 
 // The ticket packs (generation << 40 | task count << 20 | next task index). A worker claims a task
 // with one CAS on it, so the count it checks against and the generation it claims in are those of

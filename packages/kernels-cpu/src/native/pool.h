@@ -9,6 +9,16 @@
 #include <algorithm>
 #include <functional>
 
+// Per-thread storage: `thread_local`, except in WebAssembly without threads (kernels-wasm's
+// single-threaded module), where there is one thread and a `static` is the same. There LLVM
+// (Emscripten 3.1.6) cannot link thread-local storage together with the bulk memory operations
+// (memory.copy / memory.fill for memcpy / memset) unless the atomics feature is on.
+#if defined(__EMSCRIPTEN__) && !defined(__EMSCRIPTEN_PTHREADS__)
+#define MOELAB_THREAD_LOCAL static
+#else
+#define MOELAB_THREAD_LOCAL thread_local
+#endif
+
 namespace moelab {
 
 // Threads that run a parallel_for, the calling thread included (>= 1).
