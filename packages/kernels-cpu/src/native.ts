@@ -76,6 +76,10 @@ export interface NativeAddon {
     k: number,
     renormalize: boolean,
   ): void;
+  /** The sigmoid top-k gate (core's SIGMOID_TOPK_KERNEL): weight = sigmoid(chosen score), expert [k,T] slot-major. */
+  sigmoidTopK(scores: Float32Array, weight: Float32Array, expert: Int32Array, T: number, E: number, k: number): void;
+  /** Its backward: dscores [T,E], zero but the chosen entries. */
+  sigmoidTopKGrad(dy: Float32Array, weight: Float32Array, expert: Int32Array, dscores: Float32Array, T: number, E: number, k: number): void;
   layerNormForward(
     x: Float32Array,
     gamma: Float32Array,

@@ -156,6 +156,22 @@ EXPORT const char* softmaxTopKGrad(const float* dy, const float* scores, const f
   return nullptr;
 }
 
+EXPORT const char* sigmoidTopK(const float* scores, float* weight, int32_t* expert, int T, int E, int k) {
+  if (k < 1 || k > E) return fail("sigmoid top-k needs 1 <= k <= E");
+  sigmoid_topk_forward(scores, weight, expert, T, E, k);
+  return nullptr;
+}
+
+EXPORT const char* sigmoidTopKGrad(const float* dy, const float* weight, const int32_t* expert, float* dscores, int T, int E,
+                                   int k) {
+  if (k < 1 || k > E) return fail("sigmoid top-k needs 1 <= k <= E");
+  for (long i = 0; i < static_cast<long>(k) * T; i++)
+    if (expert[i] < -1 || expert[i] >= E)
+      return fail("sigmoid top-k expert index " + std::to_string(expert[i]) + " out of range [-1, " + std::to_string(E) + ")");
+  sigmoid_topk_backward(dy, weight, expert, dscores, T, E, k);
+  return nullptr;
+}
+
 EXPORT void layerNormForward(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd,
                              int rows, int D, float eps) {
   layer_norm_forward(x, gamma, beta, y, mean, rstd, rows, D, eps);

@@ -6,7 +6,7 @@
  */
 import { Rng, tf } from '@moelab/core';
 import { describe, expect, it } from 'vitest';
-import { gatherAt, planFromChoices, renormPerToken, softmaxTopKGate, topkRows } from './common.js';
+import { gatherAt, planFromChoices, renormPerToken, sigmoidTopKGate, softmaxTopKGate, topkRows } from './common.js';
 
 /** The definition: sort each row's finite-or-+Infinity entries by value descending, then index. */
 function topkBySort(v: Float32Array, T: number, E: number, k: number): Int32Array {
@@ -159,4 +159,61 @@ describe('softmaxTopKGate', () => {
           for (let i = 0; i < g.length; i++) expect(g[i]).toBeCloseTo(gr[i]!, 6);
         });
       });
+});
+
+/**
+ * The sigmoid top-k gate (sigma-topk): moelab-cpu's fused kernel on the native test pass, the
+ * selection on plain arrays + sigmoid(gather) elsewhere, and that generic path forced by passing
+ * the scores as `select`. All three: the same plan, the same float32 weights and gradient.
+ */
+describe('sigmoidTopKGate', () => {
+  const cases: { name: string; T: number; E: number; k: number; ties?: boolean; masked?: boolean }[] = [
+    { name: 'random', T: 13, E: 8, k: 2 },
+    { name: 'ties', T: 20, E: 6, k: 3, ties: true },
+    { name: 'k = E', T: 7, E: 4, k: 4 },
+    { name: 'one token', T: 1, E: 8, k: 3 },
+    { name: '-Infinity entries (a row with one choice)', T: 6, E: 5, k: 2, masked: true },
+    { name: 'no tokens', T: 0, E: 8, k: 2 },
+    { name: 'T 300, E 64, k 4', T: 300, E: 64, k: 4 },
+  ];
+  for (const c of cases)
+    it(`${c.name}: plan, weights and gradient equal the definition and the generic path`, () => {
+      const { T, E, k } = c;
+      const rng = new Rng(T * 37 + E);
+      const z = Float32Array.from({ length: T * E }, () => (c.ties ? rng.int(3) : 3 * (2 * rng.next() - 1)));
+      if (c.masked) for (let e = 1; e < E; e++) z[e] = Number.NEGATIVE_INFINITY;
+      const want = planFromChoices(topkRows(z, T, E, k), T, k, E);
+      const proj = tf.tensor1d(Float32Array.from({ length: want.plan.size }, () => rng.next()));
+      tf.tidy(() => {
+        const scores = tf.tensor2d(z, [T, E]);
+        const fused = sigmoidTopKGate(scores, k);
+        const generic = sigmoidTopKGate(scores, k, z);
+        for (const got of [fused, generic]) {
+          expect(Array.from(got.plan.tokenIndex)).toEqual(Array.from(want.plan.tokenIndex));
+          expect(Array.from(got.plan.expertIndex)).toEqual(Array.from(want.plan.expertIndex));
+          expect(Array.from(got.flat)).toEqual(Array.from(want.flat));
+        }
+        const w = Array.from(fused.weight.dataSync());
+        expect(w).toEqual(Array.from(generic.weight.dataSync()));
+        want.flat.forEach((f, n) => {
+          expect(w[n]).toBeCloseTo(1 / (1 + Math.exp(-z[f]!)), 6);
+        });
+        const grad = (select?: Float32Array) =>
+          Array.from(
+            tf
+              .grad((s: tf.Tensor) => tf.sum(tf.mul(sigmoidTopKGate(s as tf.Tensor2D, k, select).weight, proj)))(scores)
+              .dataSync(),
+          );
+        const g = grad();
+        expect(g).toEqual(grad(z));
+        // Nonzero at the chosen scores only: σ'(z) times the projection.
+        const p = proj.dataSync();
+        const dense = new Array<number>(T * E).fill(0);
+        want.flat.forEach((f, n) => {
+          const s = 1 / (1 + Math.exp(-z[f]!));
+          dense[f] = p[n]! * s * (1 - s);
+        });
+        for (let i = 0; i < g.length; i++) expect(g[i]).toBeCloseTo(dense[i]!, 6);
+      });
+    });
 });

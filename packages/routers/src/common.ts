@@ -11,6 +11,9 @@ import {
   hasKernel,
   MoelabError,
   type Rng,
+  SIGMOID_TOPK_KERNEL,
+  type SigmoidTopKAttrs,
+  type SigmoidTopKInputs,
   SOFTMAX_TOPK_KERNEL,
   type SoftmaxTopKAttrs,
   type SoftmaxTopKInputs,
@@ -138,20 +141,7 @@ export function softmaxTopKGate(scores: tf.Tensor2D, k: number, renormalize: boo
         { scores, bias: bias ?? tf.zeros([0]) } satisfies SoftmaxTopKInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
         { k, renormalize } satisfies SoftmaxTopKAttrs as unknown as tf.NamedAttrMap,
       ) as tf.Tensor[];
-    // Slot-major [k, T] to token-major choices; the plan is slot-major again, so the weights line up
-    // with it as they are unless some slot is empty (a row with fewer than k finite scores).
-    const slots = ex!.dataSync() as Int32Array;
-    const choices = new Int32Array(T * k);
-    for (let s = 0; s < k; s++) for (let t = 0; t < T; t++) choices[t * k + s] = slots[s * T + t]!;
-    const { plan, flat } = planFromChoices(choices, T, k, E);
-    let weight = tf.reshape(w!, [-1]) as tf.Tensor1D;
-    if (plan.size < T * k) {
-      const kept = new Int32Array(plan.size);
-      let n = 0;
-      for (let i = 0; i < T * k; i++) if (slots[i]! >= 0) kept[n++] = i;
-      weight = tf.gather(weight, tf.tensor1d(kept, 'int32')) as tf.Tensor1D;
-    }
-    return { plan, flat, choices, weight };
+    return gateFromSlots(w!, ex!, T, k, E);
   }
   const probs = tf.softmax(scores) as tf.Tensor2D;
   const select = bias ? tf.add(scores, bias) : scores;
@@ -160,6 +150,52 @@ export function softmaxTopKGate(scores: tf.Tensor2D, k: number, renormalize: boo
   let weight = gatherAt(probs, flat);
   if (renormalize) weight = renormPerToken(weight, plan);
   return { plan, flat, choices, weight, probs };
+}
+
+/**
+ * The plan and weights from a fused gate's slot-major outputs: w float32 and ex int32 [k, T], ex -1
+ * (and w 0) in a slot without a choice. The plan is slot-major too, so the weights line up with it
+ * as they are unless some slot is empty (a row with fewer than k finite scores).
+ */
+function gateFromSlots(w: tf.Tensor, ex: tf.Tensor, T: number, k: number, E: number): Omit<SoftmaxTopKGate, 'probs'> {
+  const slots = ex.dataSync() as Int32Array;
+  const choices = new Int32Array(T * k);
+  for (let s = 0; s < k; s++) for (let t = 0; t < T; t++) choices[t * k + s] = slots[s * T + t]!;
+  const { plan, flat } = planFromChoices(choices, T, k, E);
+  let weight = tf.reshape(w, [-1]) as tf.Tensor1D;
+  if (plan.size < T * k) {
+    const kept = new Int32Array(plan.size);
+    let n = 0;
+    for (let i = 0; i < T * k; i++) if (slots[i]! >= 0) kept[n++] = i;
+    weight = tf.gather(weight, tf.tensor1d(kept, 'int32')) as tf.Tensor1D;
+  }
+  return { plan, flat, choices, weight };
+}
+
+/**
+ * The sigmoid top-k gate of sigma-MoE / MoEUT: each token's experts = top-k(scores) (ties: the lower
+ * index first; -Infinity and NaN never chosen), weight = sigmoid of each chosen score, not
+ * renormalised. On a backend with the fused SIGMOID_TOPK_KERNEL (moelab-cpu) one kernel forward and
+ * one backward that writes only the chosen scores' gradients; elsewhere the selection on plain
+ * arrays and sigmoid(gather) of the chosen scores. `select`, when given, replaces the scores for the
+ * selection only (expert dropout: the dropped entries set to -Infinity); the fused kernel is then
+ * not used.
+ */
+export function sigmoidTopKGate(scores: tf.Tensor2D, k: number, select?: ArrayLike<number>): Omit<SoftmaxTopKGate, 'probs'> {
+  const [T, E] = scores.shape;
+  if (!select && hasKernel(SIGMOID_TOPK_KERNEL)) {
+    const [w, ex] = tf
+      .engine()
+      .runKernel(
+        SIGMOID_TOPK_KERNEL,
+        { scores } satisfies SigmoidTopKInputs<tf.Tensor> as unknown as tf.NamedTensorMap,
+        { k } satisfies SigmoidTopKAttrs as unknown as tf.NamedAttrMap,
+      ) as tf.Tensor[];
+    return gateFromSlots(w!, ex!, T, k, E);
+  }
+  const choices = topkRows(select ?? scores.dataSync(), T, E, k);
+  const { plan, flat } = planFromChoices(choices, T, k, E);
+  return { plan, flat, choices, weight: tf.sigmoid(gatherAt(scores, flat)) as tf.Tensor1D };
 }
 
 /** Dense [T, E] matrix with w[n] at (t_n, e_n) and 0 elsewhere (differentiable w.r.t. w). */

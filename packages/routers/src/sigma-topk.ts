@@ -36,7 +36,7 @@ import {
   Type,
   tf,
 } from '@moelab/core';
-import { checkK, gatherAt, kSchema, planFromChoices, topkRows } from './common.js';
+import { checkK, kSchema, sigmoidTopKGate } from './common.js';
 
 export type BalanceMode = 'sequence' | 'global' | 'none';
 
@@ -121,20 +121,16 @@ export class SigmaTopKRouter extends Module implements Router {
     const E = this.numExperts;
     const logits = editRouterLogits(ctx, this.path, this.logits(x));
     if (ctx.training && this.options.balance !== 'none' && this.options.balanceCoef !== 0) this.record(logits, ctx, info);
-    // Selection on plain arrays (routing decisions need no gradient): a dropped logit reads as
-    // -Infinity, which topkRows never chooses, so a token left with fewer than k experts makes fewer
-    // choices. Ties: the lower expert index first, like tf.topk.
-    const z = logits.dataSync();
-    let selectFrom: ArrayLike<number> = z;
+    // Expert dropout: a dropped logit reads as -Infinity for the selection, which never chooses it,
+    // so a token left with fewer than k experts makes fewer choices. The gates are σ of the chosen
+    // logits only (N values instead of T x E, forward and backward): on moelab-cpu one fused kernel.
+    let select: Float32Array | undefined;
     if (ctx.training && expertDropout > 0) {
       const dropped = dropMask(ctx.rng, T * E, expertDropout);
-      const masked = Float32Array.from(z);
-      for (let i = 0; i < masked.length; i++) if (dropped[i]) masked[i] = Number.NEGATIVE_INFINITY;
-      selectFrom = masked;
+      select = Float32Array.from(logits.dataSync());
+      for (let i = 0; i < select.length; i++) if (dropped[i]) select[i] = Number.NEGATIVE_INFINITY;
     }
-    const { plan, flat } = planFromChoices(topkRows(selectFrom, T, E, k), T, k, E);
-    // σ of the chosen logits only (N values instead of T x E, forward and backward).
-    const weight = tf.sigmoid(gatherAt(logits, flat)) as tf.Tensor1D;
+    const { plan, weight } = sigmoidTopKGate(logits, k, select);
     // softmax(l) only for whoever reads it (the routing statistics or an observer of the layer).
     return { plan, weight, probs: ctx.stats !== false || ctx.moeObserver ? (tf.softmax(logits) as tf.Tensor2D) : undefined };
   }

@@ -19,9 +19,12 @@
 
 /**
  * out[t] = sum over assignments n with tokenIndex[n] = t of weight[n] * act(x[t] w1[e_n]) w2[e_n].
- * Inputs {@link MoeMlpInputs}, attrs {@link MoeMlpAttrs}. Outputs [out [T,d], hidden [N,h]]:
+ * Inputs {@link MoeMlpInputs}, attrs {@link MoeMlpAttrs}. Outputs [out [T,d], hidden]:
  * `hidden` is whatever the backend's backward kernel needs of each assignment's hidden layer, in
- * the backend's own order (saved through the gradient's `outputsToSave`; callers dispose it).
+ * the backend's own order and shape (saved through the gradient's `outputsToSave`; callers dispose
+ * it and read nothing from it). moelab-cpu and moelab-wasm return a handle of shape [0] whose
+ * storage holds N x h values, so that the zero-filled gradient tfjs's tape allocates for an output
+ * nobody differentiates is empty; moelab-cuda returns [N,h].
  */
 export const MOE_MLP_KERNEL = 'MoelabMoeMLP';
 /** Backward of {@link MOE_MLP_KERNEL}: inputs {@link MoeMlpGradInputs}, the forward's attrs. Outputs [dx, dw1, dw2, dweight]. */
@@ -30,7 +33,8 @@ export const MOE_MLP_GRAD_KERNEL = 'MoelabMoeMLPGrad';
  * Gated (GLU) experts: out[t] = sum_n weight[n] * (act(x[t] w1[e_n]) * (x[t] w3[e_n])) w2[e_n]
  * (SwiGLU with silu, GeGLU with gelu, ReGLU with relu; arXiv:2002.05202). Inputs
  * {@link MoeGluInputs}, attrs {@link MoeGluAttrs} (the gate's activation). Outputs
- * [out [T,d], hidden [N,2h]]: `hidden` is the backend's own record for its backward kernel.
+ * [out [T,d], hidden]: `hidden` is the backend's own record for its backward kernel (as for
+ * {@link MOE_MLP_KERNEL}: a [0]-shaped handle on moelab-cpu and moelab-wasm, [N,2h] elsewhere).
  */
 export const MOE_GLU_KERNEL = 'MoelabMoeGLU';
 /** Backward of {@link MOE_GLU_KERNEL}: inputs {@link MoeGluGradInputs}, the forward's attrs. Outputs [dx, dw1, dw3, dw2, dweight]. */
@@ -43,7 +47,7 @@ export const MOE_GLU_GRAD_KERNEL = 'MoelabMoeGLUGrad';
  * [j*bits, (j+1)*bits), words = ceil(dout*bits/32)), scale and zero float32 [E, G, dout]
  * (G = ceil(din / group)), and W[e,i,j] = scale[e, i/group, j] * (u - zero[e, i/group, j])
  * (docs/kernel-contract.md). Inputs {@link MoePackedInputs}, attrs {@link MoePackedAttrs}.
- * Outputs [out [T,d], hidden] as the float kernels (hidden [N,h], or [N,2h] when gated).
+ * Outputs [out [T,d], hidden] as the float kernels (hidden holds N x h values, N x 2h when gated).
  */
 export const MOE_PACKED_KERNEL = 'MoelabMoePacked';
 /** Backward of {@link MOE_PACKED_KERNEL} w.r.t. x and the routing weights (packed weights are frozen): inputs {@link MoePackedGradInputs}, the forward's attrs. Outputs [dx, dweight]. */
@@ -125,6 +129,21 @@ export const SOFTMAX_TOPK_KERNEL = 'MoelabSoftmaxTopK';
  * dscores[t, j] = p_j (dy_j - sum_s w_s dy_s) with dy_j the slot gradient of expert j (0 if unchosen).
  */
 export const SOFTMAX_TOPK_GRAD_KERNEL = 'MoelabSoftmaxTopKGrad';
+/**
+ * The sigmoid top-k gate of sigma-MoE / MoEUT (the `sigma-topk` router), fused: token t's experts
+ * are the k largest of scores[t] [T,E] (ties: the lower index first; -Infinity and NaN are never
+ * chosen), weight = sigmoid(scores[t, e]), not renormalised. Inputs {@link SigmoidTopKInputs}, attrs
+ * {@link SigmoidTopKAttrs}. Outputs [weight float32 [k,T], expert int32 [k,T]], slot-major like
+ * {@link SOFTMAX_TOPK_KERNEL}'s, expert -1 and weight 0 in a slot without a choice; the expert
+ * indices have no gradient.
+ */
+export const SIGMOID_TOPK_KERNEL = 'MoelabSigmoidTopK';
+/**
+ * Backward of {@link SIGMOID_TOPK_KERNEL}: inputs {@link SigmoidTopKGradInputs}, the forward's attrs.
+ * Output dscores [T,E]: dy_s (w_s (1 - w_s)) at each chosen (t, e_s), in float32 (the sigmoid
+ * gradient of tfjs), and 0 elsewhere.
+ */
+export const SIGMOID_TOPK_GRAD_KERNEL = 'MoelabSigmoidTopKGrad';
 /** sum(x^2) as a scalar (one term of the global gradient norm) without the x-sized temporary. Inputs {@link SumOfSquaresInputs}, no attrs. */
 export const SUM_OF_SQUARES_KERNEL = 'MoelabSumOfSquares';
 
@@ -149,6 +168,8 @@ export const FUSED_KERNELS = [
   SUM_OF_SQUARES_KERNEL,
   SOFTMAX_TOPK_KERNEL,
   SOFTMAX_TOPK_GRAD_KERNEL,
+  SIGMOID_TOPK_KERNEL,
+  SIGMOID_TOPK_GRAD_KERNEL,
 ] as const;
 export type FusedKernelName = (typeof FUSED_KERNELS)[number];
 
@@ -164,7 +185,7 @@ export interface MoeMlpInputs<T> {
   expertIndex: T;
   weight: T;
 }
-/** The forward's inputs plus dy [T,d] and the forward's second output `hidden` [N,h]. */
+/** The forward's inputs plus dy [T,d] and the forward's second output `hidden` (N x h values). */
 export interface MoeMlpGradInputs<T> extends MoeMlpInputs<T> {
   dy: T;
   hidden: T;
@@ -178,7 +199,7 @@ export interface MoeMlpAttrs {
 export interface MoeGluInputs<T> extends MoeMlpInputs<T> {
   w3: T;
 }
-/** The forward's inputs plus dy [T,d] and the forward's second output `hidden` [N,2h]. */
+/** The forward's inputs plus dy [T,d] and the forward's second output `hidden` (N x 2h values). */
 export interface MoeGluGradInputs<T> extends MoeGluInputs<T> {
   dy: T;
   hidden: T;
@@ -375,6 +396,22 @@ export interface SoftmaxTopKAttrs {
   k: number;
   /** Divide each token's weights by their sum. */
   renormalize: boolean;
+}
+
+/** scores [T,E] float32. */
+export interface SigmoidTopKInputs<T> {
+  scores: T;
+}
+/** dy [k,T] (the gradient of the weight output), the forward's scores (their shape) and its two outputs. */
+export interface SigmoidTopKGradInputs<T> {
+  dy: T;
+  scores: T;
+  weight: T;
+  expert: T;
+}
+export interface SigmoidTopKAttrs {
+  /** Experts per token, 1 <= k <= E. */
+  k: number;
 }
 
 export interface SumOfSquaresInputs<T> {

@@ -31,6 +31,7 @@ import {
 } from './helpers.js';
 import type { NativeAddon, PackedWeightArrays } from '../native.js';
 import { outputArray } from '../storage.js';
+import { hiddenHandle, hiddenValues } from './moe.js';
 
 const WEIGHTS = ['w1', 'w3', 'w2'] as const;
 
@@ -103,7 +104,7 @@ export function makeMoePackedKernels(native: NativeAddon, backendName: string): 
         group,
       );
     }
-    return [backend.makeTensorInfo([T, d], 'float32', out), backend.makeTensorInfo([N, hw], 'float32', hidden)];
+    return [backend.makeTensorInfo([T, d], 'float32', out), hiddenHandle(backend, hidden)];
   };
 
   const backward = (args: Args): TensorInfo[] => {
@@ -112,7 +113,7 @@ export function makeMoePackedKernels(native: NativeAddon, backendName: string): 
     const act = moeActivationCode(MOE_PACKED_GRAD_KERNEL, args.attrs?.activation);
     const { T, d, h, E, N, bits, group, gated } = packedShapes(MOE_PACKED_GRAD_KERNEL, inputs, args.attrs);
     expectShape(MOE_PACKED_GRAD_KERNEL, 'dy', inputs.dy, [T, d]);
-    expectShape(MOE_PACKED_GRAD_KERNEL, 'hidden', inputs.hidden, [N, gated ? 2 * h : h]);
+    const hidden = hiddenValues(MOE_PACKED_GRAD_KERNEL, backend, inputs.hidden, N * (gated ? 2 * h : h));
     // Every element is written by the native backward.
     const dx = outputArray(T * d);
     const dweight = outputArray(N);
@@ -123,7 +124,7 @@ export function makeMoePackedKernels(native: NativeAddon, backendName: string): 
       ints(backend, inputs.tokenIndex),
       ints(backend, inputs.expertIndex),
       values(backend, inputs.weight),
-      values(backend, inputs.hidden),
+      hidden,
       dx,
       dweight,
       T,

@@ -1,4 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
+import { MOE_MLP_GRAD_KERNEL, MOE_MLP_KERNEL } from '@moelab/core/kernels';
 import { afterAll, describe, expect, it } from 'vitest';
 import { type MoeActivation, moeLinear, moeMLP } from '../index.js';
 import { randArray, rng, type Spec, status } from '../testing/helpers.js';
@@ -142,5 +143,35 @@ describe.skipIf(!status.available)(`fused MoE ops equal the plain-tfjs reference
       expect(() => moeMLP(x, w1, tf.zeros([2, 4, 4]) as tf.Tensor3D, ok, ok, wt, 'relu')).toThrow(/'w2' has shape \[2,4,4\], expected \[2,5,4\]/);
       expect(() => moeMLP(x, w1, w2, ok, ok, wt, 'tanh' as MoeActivation)).toThrow(/unknown activation 'tanh'/);
     });
+  });
+
+  it('hidden is a [0]-shaped handle (the tape zero-fills nothing N x h for it) that only the Grad kernel reads', async () => {
+    await tf.setBackend('moelab-cpu');
+    const r = rng(31);
+    const [T, d, h, E] = [5, 4, 3, 2];
+    const x = tf.tensor2d(randArray(r, T * d), [T, d]);
+    const w1 = tf.tensor3d(randArray(r, E * d * h), [E, d, h]);
+    const w2 = tf.tensor3d(randArray(r, E * h * d), [E, h, d]);
+    const tok = tf.tensor1d([0, 1, 2, 3, 4, 0], 'int32');
+    const exp = tf.tensor1d([0, 1, 1, 0, 1, 1], 'int32');
+    const wt = tf.tensor1d(randArray(r, 6));
+    const [out, hidden] = tf.engine().runKernel(MOE_MLP_KERNEL, { x, w1, w2, tokenIndex: tok, expertIndex: exp, weight: wt }, {
+      activation: 'relu',
+    } as unknown as tf.NamedAttrMap) as tf.Tensor[];
+    expect(hidden!.shape).toEqual([0]);
+    // Its storage holds N x h pre-activations: the Grad kernel's dx equals the reference gradient's.
+    const [dx] = tf
+      .engine()
+      .runKernel(MOE_MLP_GRAD_KERNEL, { dy: tf.onesLike(out!), x, w1, w2, tokenIndex: tok, expertIndex: exp, weight: wt, hidden: hidden! }, {
+        activation: 'relu',
+      } as unknown as tf.NamedAttrMap) as tf.Tensor[];
+    const want = tf.grad((xx: tf.Tensor) => tf.sum(moeMLP(xx as tf.Tensor2D, w1, w2, tok, exp, wt, 'relu')))(x);
+    expect(Array.from(dx!.dataSync())).toEqual(Array.from(want.dataSync()));
+    // Anything but the forward's handle is refused with the kernel's name.
+    const wrong = { dy: tf.onesLike(out!), x, w1, w2, tokenIndex: tok, expertIndex: exp, weight: wt, hidden: tf.zeros([6, h + 1]) };
+    expect(() => tf.engine().runKernel(MOE_MLP_GRAD_KERNEL, wrong, { activation: 'relu' } as unknown as tf.NamedAttrMap)).toThrow(
+      /MoelabMoeMLPGrad: input 'hidden' must be the forward kernel's second output \(holding 18 float32 values\), got 24 values/,
+    );
+    tf.dispose([x, w1, w2, tok, exp, wt, out!, hidden!, dx!, want]);
   });
 });

@@ -8,6 +8,11 @@
  * moelab-cpu's `hidden` output is each assignment's pre-activation (for relu and identity the
  * activation itself), in expert-sorted order. It is a second output saved through
  * `outputsToSave` rather than a tf.customGrad closure, which leaks data ids (docs/engine.md#traps).
+ * It is a handle: a tensor of shape [0] whose storage holds the N x h (gated: N x 2h) values. The
+ * gradient tape hands every kernel output that nothing differentiates a zero-filled gradient of
+ * the output's size, so a full-size `hidden` cost an N x h allocation and fill per backward pass
+ * (and the garbage collections that external memory triggers); a [0]-shaped one costs nothing.
+ * Its storage is recycled with it like any other output (disposeData).
  * The gated experts (moe-glu.ts) are the same family with a third weight: `makeExpertKernels` and
  * `registerExpertGradient` below serve both.
  */
@@ -163,7 +168,7 @@ export function makeExpertKernels(backendName: string, f: ExpertFamily): KernelC
       const i = (n: string) => ints(backend, inputs[n]);
       call(f.forward, [v('x'), ...f.weights.map(v), i('tokenIndex'), i('expertIndex'), v('weight'), out, hidden, T, d, h, E, N, act]);
     }
-    return [backend.makeTensorInfo([T, d], 'float32', out), backend.makeTensorInfo([N, hiddenWidth(h)], 'float32', hidden)];
+    return [backend.makeTensorInfo([T, d], 'float32', out), hiddenHandle(backend, hidden)];
   };
 
   const backward = (args: Args): TensorInfo[] => {
@@ -172,7 +177,7 @@ export function makeExpertKernels(backendName: string, f: ExpertFamily): KernelC
     const act = moeActivationCode(f.kernel, args.attrs?.activation);
     const { T, d, h, E, N } = moeExpertShapes(f.gradKernel, inputs, gated);
     expectShape(f.gradKernel, 'dy', inputs.dy, [T, d]);
-    expectShape(f.gradKernel, 'hidden', inputs.hidden, [N, hiddenWidth(h)]);
+    const hidden = hiddenValues(f.gradKernel, backend, inputs.hidden, N * hiddenWidth(h));
     // Every element is written by the native backward (empty experts get zero gradients there).
     const shapes = f.weights.map((w) => (w === 'w2' ? [E, h, d] : [E, d, h]));
     const dx = outputArray(T * d);
@@ -180,24 +185,7 @@ export function makeExpertKernels(backendName: string, f: ExpertFamily): KernelC
     const dweight = outputArray(N);
     const v = (n: string) => values(backend, inputs[n]);
     const i = (n: string) => ints(backend, inputs[n]);
-    call(f.backward, [
-      v('dy'),
-      v('x'),
-      ...f.weights.map(v),
-      i('tokenIndex'),
-      i('expertIndex'),
-      v('weight'),
-      v('hidden'),
-      dx,
-      ...dws,
-      dweight,
-      T,
-      d,
-      h,
-      E,
-      N,
-      act,
-    ]);
+    call(f.backward, [v('dy'), v('x'), ...f.weights.map(v), i('tokenIndex'), i('expertIndex'), v('weight'), hidden, dx, ...dws, dweight, T, d, h, E, N, act]);
     return [
       backend.makeTensorInfo([T, d], 'float32', dx),
       ...dws.map((dw, j) => backend.makeTensorInfo(shapes[j]!, 'float32', dw)),
@@ -209,6 +197,25 @@ export function makeExpertKernels(backendName: string, f: ExpertFamily): KernelC
     { kernelName: f.kernel, backendName, kernelFunc: forward as unknown as KernelFunc },
     { kernelName: f.gradKernel, backendName, kernelFunc: backward as unknown as KernelFunc },
   ];
+}
+
+/**
+ * The `hidden` output of an expert kernel: a [0]-shaped tensor on `values` (see the file comment).
+ * Nothing but the Grad kernel reads it.
+ */
+export function hiddenHandle(backend: MathBackendCPU, values: Float32Array): TensorInfo {
+  return backend.makeTensorInfo([0], 'float32', values);
+}
+
+/** The storage of a `hidden` handle, checked to hold `size` values (the forward's N x h). */
+export function hiddenValues(kernel: string, backend: MathBackendCPU, hidden: TensorInfo, size: number): Float32Array {
+  const v = hidden ? backend.data.get(hidden.dataId)?.values : undefined;
+  if (!(v instanceof Float32Array) || v.length !== size) {
+    throw new Error(
+      `${kernel}: input 'hidden' must be the forward kernel's second output (holding ${size} float32 values), got ${v ? `${v.length} values` : 'nothing'}`,
+    );
+  }
+  return v;
 }
 
 /**

@@ -1,16 +1,28 @@
 /**
- * The fused softmax top-k gate of core's kernel contract (@moelab/core/kernels:
- * SOFTMAX_TOPK_KERNEL and SOFTMAX_TOPK_GRAD_KERNEL) for the moelab-cpu backend, and its gradient:
+ * The fused router gates of core's kernel contract (@moelab/core/kernels) for the moelab-cpu
+ * backend, and their gradients:
  *
- *   p = softmax(scores)   S = top-k(scores + bias)   weight_s = p[e_s] / sum_{r in S} p[e_r]  (renormalize)
- *                                                    weight_s = p[e_s]                        (raw)
+ *   softmax (SOFTMAX_TOPK_KERNEL):  p = softmax(scores)   S = top-k(scores + bias)
+ *                                   weight_s = p[e_s] / sum_{r in S} p[e_r]  (renormalize),  p[e_s]  (raw)
+ *   sigmoid (SIGMOID_TOPK_KERNEL):  S = top-k(scores)     weight_s = sigmoid(scores[e_s])   (sigma-MoE, MoEUT)
  *
- * One pass per token row instead of softmax + gather + segment sum + divide forward and their
- * five gradients backward; renormalised, the backward writes only the k chosen scores of each row.
- * Outputs are slot-major [k, T], the order of a router's dispatch plan.
+ * One pass per token row (on the thread pool) instead of softmax + gather + segment sum + divide
+ * (softmax) or a top-k on plain arrays + gather + sigmoid (sigmoid) forward and their gradients
+ * backward; renormalised softmax and sigmoid backwards write only the k chosen scores of each row
+ * (and zeros). Outputs are slot-major [k, T], the order of a router's dispatch plan.
  */
 import type * as tfTypes from '@tensorflow/tfjs';
-import { SOFTMAX_TOPK_GRAD_KERNEL, SOFTMAX_TOPK_KERNEL, type SoftmaxTopKAttrs, type SoftmaxTopKGradInputs, type SoftmaxTopKInputs } from '@moelab/core/kernels';
+import {
+  SIGMOID_TOPK_GRAD_KERNEL,
+  SIGMOID_TOPK_KERNEL,
+  type SigmoidTopKGradInputs,
+  type SigmoidTopKInputs,
+  SOFTMAX_TOPK_GRAD_KERNEL,
+  SOFTMAX_TOPK_KERNEL,
+  type SoftmaxTopKAttrs,
+  type SoftmaxTopKGradInputs,
+  type SoftmaxTopKInputs,
+} from '@moelab/core/kernels';
 import type { NativeAddon } from '../native.js';
 import { outputArray } from '../storage.js';
 import {
@@ -68,13 +80,42 @@ export function makeRouterKernels(native: NativeAddon, backendName: string): Ker
     return backend.makeTensorInfo([T, E], 'float32', dscores);
   };
 
+  const sigmoidGate = (args: Args): TensorInfo[] => {
+    const backend = backendOf(args);
+    const { scores } = args.inputs as unknown as SigmoidTopKInputs<TensorInfo>;
+    const { T, E, k } = gateShapes(SIGMOID_TOPK_KERNEL, scores, args.attrs);
+    const weight = outputArray(k * T);
+    const expert = new Int32Array(k * T);
+    if (T > 0) native.sigmoidTopK(values(backend, scores), weight, expert, T, E, k);
+    return [backend.makeTensorInfo([k, T], 'float32', weight), backend.makeTensorInfo([k, T], 'int32', expert)];
+  };
+
+  const sigmoidGateGrad = (args: Args): TensorInfo => {
+    const backend = backendOf(args);
+    const { dy, scores, weight, expert } = args.inputs as unknown as SigmoidTopKGradInputs<TensorInfo>;
+    const { T, E, k } = gateShapes(SIGMOID_TOPK_GRAD_KERNEL, scores, args.attrs);
+    expectDtype(SIGMOID_TOPK_GRAD_KERNEL, { dy, weight }, ['dy', 'weight']);
+    expectDtype(SIGMOID_TOPK_GRAD_KERNEL, { expert }, ['expert'], 'int32');
+    for (const [name, t] of [
+      ['dy', dy],
+      ['weight', weight],
+      ['expert', expert],
+    ] as const)
+      expectShape(SIGMOID_TOPK_GRAD_KERNEL, name, t, [k, T]);
+    const dscores = outputArray(T * E);
+    if (T > 0) native.sigmoidTopKGrad(values(backend, dy), values(backend, weight), ints(backend, expert), dscores, T, E, k);
+    return backend.makeTensorInfo([T, E], 'float32', dscores);
+  };
+
   return [
     { kernelName: SOFTMAX_TOPK_KERNEL, backendName, kernelFunc: gate as unknown as KernelFunc },
     { kernelName: SOFTMAX_TOPK_GRAD_KERNEL, backendName, kernelFunc: gateGrad as unknown as KernelFunc },
+    { kernelName: SIGMOID_TOPK_KERNEL, backendName, kernelFunc: sigmoidGate as unknown as KernelFunc },
+    { kernelName: SIGMOID_TOPK_GRAD_KERNEL, backendName, kernelFunc: sigmoidGateGrad as unknown as KernelFunc },
   ];
 }
 
-/** The gate's gradient, registered once for every backend: the backward work is the Grad kernel. */
+/** The gates' gradients, registered once for every backend: the backward work is the Grad kernel. */
 export function registerRouterGradients(tf: Tf): void {
   tf.registerGradient({
     kernelName: SOFTMAX_TOPK_KERNEL,
@@ -94,6 +135,25 @@ export function registerRouterGradients(tf: Tf): void {
             ) as Tensor,
         // The bias moves the selection only: no gradient.
         bias: () => tf.zeros(bias!.shape, 'float32'),
+      };
+    },
+  });
+  tf.registerGradient({
+    kernelName: SIGMOID_TOPK_KERNEL,
+    inputsToSave: ['scores'],
+    outputsToSave: [true, true],
+    gradFunc: (dy, saved, attrs) => {
+      const dWeight = Array.isArray(dy) ? dy[0]! : dy;
+      const [scores, weight, expert] = saved as Tensor[];
+      return {
+        scores: () =>
+          tf
+            .engine()
+            .runKernel(
+              SIGMOID_TOPK_GRAD_KERNEL,
+              { dy: dWeight, scores, weight, expert } satisfies SigmoidTopKGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
+              attrs as tfTypes.NamedAttrMap,
+            ) as Tensor,
       };
     },
   });

@@ -188,6 +188,27 @@ void SoftmaxTopKGrad(const Napi::CallbackInfo& info) {
                         info[8].As<Napi::Boolean>().Value());
 }
 
+// (scores, weight, expert, T, E, k)
+void SigmoidTopK(const Napi::CallbackInfo& info) {
+  long T = Int(info, 3), E = Int(info, 4), k = Int(info, 5);
+  if (k < 1 || k > E) throw Napi::RangeError::New(info.Env(), "moelab-cpu: sigmoid top-k needs 1 <= k <= E");
+  sigmoid_topk_forward(F32(info, 0, T * E, "scores"), F32(info, 1, k * T, "weight"), I32(info, 2, k * T, "expert"), T,
+                       static_cast<int>(E), static_cast<int>(k));
+}
+
+// (dy, weight, expert, dscores, T, E, k)
+void SigmoidTopKGrad(const Napi::CallbackInfo& info) {
+  long T = Int(info, 4), E = Int(info, 5), k = Int(info, 6);
+  if (k < 1 || k > E) throw Napi::RangeError::New(info.Env(), "moelab-cpu: sigmoid top-k needs 1 <= k <= E");
+  const int32_t* expert = I32(info, 2, k * T, "expert");
+  for (long i = 0; i < k * T; i++)
+    if (expert[i] < -1 || expert[i] >= E)
+      throw Napi::RangeError::New(info.Env(), "moelab-cpu: sigmoid top-k expert index " + std::to_string(expert[i]) +
+                                                  " out of range [-1, " + std::to_string(E) + ")");
+  sigmoid_topk_backward(F32(info, 0, k * T, "dy"), F32(info, 1, k * T, "weight"), expert, F32(info, 3, T * E, "dscores"),
+                        T, static_cast<int>(E), static_cast<int>(k));
+}
+
 // (p, g, m, v, pOut, mOut, vOut, n, [beta1, 1-beta1, beta2, 1-beta2, eps, bc1, bc2, lr, lr*wd], decay)
 void AdamW(const Napi::CallbackInfo& info) {
   long n = Int(info, 7);
@@ -510,6 +531,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("topk", Napi::Function::New(env, TopK));
   exports.Set("softmaxTopK", Napi::Function::New(env, SoftmaxTopK));
   exports.Set("softmaxTopKGrad", Napi::Function::New(env, SoftmaxTopKGrad));
+  exports.Set("sigmoidTopK", Napi::Function::New(env, SigmoidTopK));
+  exports.Set("sigmoidTopKGrad", Napi::Function::New(env, SigmoidTopKGrad));
   exports.Set("layerNormForward", Napi::Function::New(env, LayerNormForward));
   exports.Set("layerNormBackward", Napi::Function::New(env, LayerNormBackward));
   exports.Set("adamw", Napi::Function::New(env, AdamW));

@@ -83,6 +83,13 @@ void softmax_topk_forward(const float* scores, const float* bias, float* weight,
                           bool renormalize);
 void softmax_topk_backward(const float* dy, const float* scores, const float* weight, const int32_t* expert,
                            float* dscores, long T, int E, int k, bool renormalize);
+// The sigmoid top-k gate (router.cc; core's SIGMOID_TOPK_KERNEL, sigma-MoE / MoEUT): the same
+// selection on scores [T,E] without a bias, weight = sigmoid of each chosen score, in double
+// rounded once (moelab-cpu's Sigmoid kernel). The backward writes all of dscores [T,E]: zero but the
+// chosen entries, dscores[t, e_s] = dy_s (w_s (1 - w_s)) in float32 (tfjs's sigmoid gradient).
+void sigmoid_topk_forward(const float* scores, float* weight, int32_t* expert, long T, int E, int k);
+void sigmoid_topk_backward(const float* dy, const float* weight, const int32_t* expert, float* dscores, long T, int E,
+                           int k);
 
 // Validate assignment indices; returns an error message or "" when all are in range.
 std::string check_index(const int* idx, long n, long limit, const char* what);

@@ -20,33 +20,53 @@ namespace {
 // Rows per task: a row costs ~E exps, so keep each task at a few thousand of them.
 long rowGrain(int E) { return std::max(1L, 8192L / std::max(1, E)); }
 
+// The k largest of z (+ bias) in one pass, keeping the best k so far sorted: an entry moves ahead
+// only of strictly smaller ones, so among equal values the lower index stays ahead (tfjs's order).
+// -Infinity and NaN are never chosen. Returns how many were chosen (< k when fewer are finite).
+inline int select_topk(const float* z, const float* bias, int E, int k, float* bv, int* bi) {
+  int n = 0;
+  for (int e = 0; e < E; e++) {
+    float v = bias ? z[e] + bias[e] : z[e];
+    if (!(v > -INFINITY)) continue;
+    if (n == k && !(v > bv[k - 1])) continue;
+    int p = n < k ? n++ : k - 1;
+    while (p > 0 && v > bv[p - 1]) {
+      bv[p] = bv[p - 1];
+      bi[p] = bi[p - 1];
+      p--;
+    }
+    bv[p] = v;
+    bi[p] = e;
+  }
+  return n;
+}
+
+// Per-task scratch for the best k of a row (on the stack up to k = 64).
+struct TopKScratch {
+  float best[64];
+  int bestI[64];
+  float* bv;
+  int* bi;
+  explicit TopKScratch(int k) : bv(k <= 64 ? best : new float[k]), bi(k <= 64 ? bestI : new int[k]) {}
+  ~TopKScratch() {
+    if (bv != best) delete[] bv;
+    if (bi != bestI) delete[] bi;
+  }
+  TopKScratch(const TopKScratch&) = delete;
+  TopKScratch& operator=(const TopKScratch&) = delete;
+};
+
 }  // namespace
 
 void softmax_topk_forward(const float* scores, const float* bias, float* weight, int32_t* expert, long T, int E, int k,
                           bool renormalize) {
   parallel_range(T, rowGrain(E), [&](long t0, long t1) {
-    float best[64];
-    int bestI[64];
-    float* bv = k <= 64 ? best : new float[k];
-    int* bi = k <= 64 ? bestI : new int[k];
+    TopKScratch scratch(k);
+    float* bv = scratch.bv;
+    int* bi = scratch.bi;
     for (long t = t0; t < t1; t++) {
       const float* z = scores + t * E;
-      // Selection on z + b, one pass keeping the best k so far sorted: an entry moves ahead only of
-      // strictly smaller ones, so among equal values the lower index stays ahead (tfjs's order).
-      int n = 0;
-      for (int e = 0; e < E; e++) {
-        float v = bias ? z[e] + bias[e] : z[e];
-        if (!(v > -INFINITY)) continue;  // -Infinity and NaN are never chosen
-        if (n == k && !(v > bv[k - 1])) continue;
-        int p = n < k ? n++ : k - 1;
-        while (p > 0 && v > bv[p - 1]) {
-          bv[p] = bv[p - 1];
-          bi[p] = bi[p - 1];
-          p--;
-        }
-        bv[p] = v;
-        bi[p] = e;
-      }
+      const int n = select_topk(z, bias, E, k, bv, bi);
       if (renormalize) {
         // The softmax of the chosen scores alone: the full row's normaliser cancels.
         float m = -INFINITY;
@@ -73,8 +93,6 @@ void softmax_topk_forward(const float* scores, const float* bias, float* weight,
         expert[s * T + t] = -1;
       }
     }
-    if (bv != best) delete[] bv;
-    if (bi != bestI) delete[] bi;
   });
 }
 
@@ -113,6 +131,39 @@ void softmax_topk_backward(const float* dy, const float* scores, const float* we
         if (e >= 0) g[e] += weight[s * T + t] * dy[s * T + t];
       }
     }
+  });
+}
+
+void sigmoid_topk_forward(const float* scores, float* weight, int32_t* expert, long T, int E, int k) {
+  parallel_range(T, rowGrain(E), [&](long t0, long t1) {
+    TopKScratch scratch(k);
+    for (long t = t0; t < t1; t++) {
+      const float* z = scores + t * E;
+      const int n = select_topk(z, nullptr, E, k, scratch.bv, scratch.bi);
+      for (int s = 0; s < n; s++) {
+        weight[s * T + t] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(z[scratch.bi[s]]))));
+        expert[s * T + t] = scratch.bi[s];
+      }
+      for (int s = n; s < k; s++) {
+        weight[s * T + t] = 0.f;
+        expert[s * T + t] = -1;
+      }
+    }
+  });
+}
+
+void sigmoid_topk_backward(const float* dy, const float* weight, const int32_t* expert, float* dscores, long T, int E,
+                           int k) {
+  // Memory-bound (one write per score, k reads per row): larger row blocks than the forward's.
+  parallel_range(T, std::max(1L, 65536L / std::max(1, E)), [&](long t0, long t1) {
+    std::memset(dscores + t0 * E, 0, sizeof(float) * (t1 - t0) * E);
+    for (long t = t0; t < t1; t++)
+      for (int s = 0; s < k; s++) {
+        const int e = expert[s * T + t];
+        if (e < 0) continue;
+        const float w = weight[s * T + t];
+        dscores[t * E + e] = dy[s * T + t] * (w * (1.f - w));
+      }
   });
 }
 

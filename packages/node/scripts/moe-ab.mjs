@@ -1,0 +1,128 @@
+#!/usr/bin/env node
+/**
+ * A/B of the glue around the fused expert kernels on moelab-cpu, in one process: the bench's
+ * `b softmax-topk loop E64x128 k4` and `c sigma-MoE sorted E64x128 k4` layers (T 4096, d 256)
+ * forward+backward as they run now (`new`) and with the two changes of this A/B undone (`old`):
+ *   - the expert kernel's `hidden` output gets its full [N, h] shape back (the storage is the same),
+ *     so tfjs's tape zero-fills an N x h gradient for it on every backward pass, as before;
+ *   - sigma-MoE's fused MoelabSigmoidTopK gate is unregistered, so the sigma-topk router selects on
+ *     plain arrays and takes sigmoid(gather) of the chosen logits with tfjs ops, as before.
+ * Beside them the bench's dense ReLU FFN (h 1024). The arms are interleaved step by step (the order
+ * reversed every other round) so that a busy machine slows all of them alike; each prints its
+ * median and its useful GFLOP/s over the dense FFN's (the bench's `vs_dense_fwdbwd` convention).
+ *
+ * Usage (repository root, after `pnpm build`):
+ *   nice -n 10 node packages/node/scripts/moe-ab.mjs
+ * Settings: ROUNDS=15, CLOCK=cpu (process CPU time: descheduled time does not count; set
+ * MOELAB_THREADS=1 with it) or wall, MOELAB_THREADS (the native kernels' threads), ARMS (a
+ * comma-separated subset of dense,topk-old,topk-new,sigma-old,sigma-new).
+ */
+import { buildModel, forwardContext, MOE_MLP_KERNEL, Rng, SIGMOID_TOPK_KERNEL, tf } from '@moelab/core';
+import { createDefaultRegistry } from '@moelab/node';
+import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
+
+const status = registerMoelabCpuBackend(tf);
+if (!status.available) {
+  console.error(`moe-ab: moelab-cpu is not available (${status.reason})`);
+  process.exit(1);
+}
+await tf.setBackend('moelab-cpu');
+
+// The expert kernel, and a variant that hands `hidden` out with its full [N, h] shape.
+const mlp = tf.getKernel(MOE_MLP_KERNEL, 'moelab-cpu');
+const fullHidden = {
+  ...mlp,
+  kernelFunc: (args) => {
+    const [out, hidden] = mlp.kernelFunc(args);
+    const N = args.inputs.tokenIndex.shape[0];
+    return [out, { ...hidden, shape: [N, args.inputs.w1.shape[2]] }];
+  },
+};
+const sigmoidGate = tf.getKernel(SIGMOID_TOPK_KERNEL, 'moelab-cpu');
+const use = (config) => {
+  tf.unregisterKernel(MOE_MLP_KERNEL, 'moelab-cpu');
+  tf.registerKernel(config.old ? fullHidden : mlp);
+  const has = tf.getKernel(SIGMOID_TOPK_KERNEL, 'moelab-cpu') !== undefined;
+  if (config.old && has) tf.unregisterKernel(SIGMOID_TOPK_KERNEL, 'moelab-cpu');
+  if (!config.old && !has) tf.registerKernel(sigmoidGate);
+};
+
+const registry = createDefaultRegistry();
+const S = 256;
+const d = 256;
+const T = 16 * S;
+const layer = (ffn) =>
+  buildModel(
+    {
+      type: 'transformer-lm',
+      vocabSize: 256,
+      dModel: d,
+      contextLength: S,
+      stack: { groupSize: 1, repeats: 1 },
+      block: { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn },
+    },
+    registry,
+    0,
+  ).layers[0].ffn;
+const moeFlops = 2 * T * d * 64 + 4 * T * 4 * d * 128;
+const topk = layer({
+  type: 'moe',
+  experts: 64,
+  router: { type: 'softmax-topk', k: 4, balanceCoef: 0, zLossCoef: 0 },
+  expert: { type: 'mlp', hidden: 128, activation: 'relu' },
+});
+const sigma = layer({ type: 'sigma-moe', experts: 64, k: 4, expertSize: 128 });
+const all = {
+  dense: { f: layer({ type: 'dense', hidden: 1024, activation: 'relu' }), flops: 4 * T * d * 1024, old: false },
+  'topk-old': { f: topk, flops: moeFlops, old: true },
+  'topk-new': { f: topk, flops: moeFlops, old: false },
+  'sigma-old': { f: sigma, flops: moeFlops, old: true },
+  'sigma-new': { f: sigma, flops: moeFlops, old: false },
+  // A second copy of an arm: how far two identical arms' medians drift apart in one run.
+  'topk-new2': { f: topk, flops: moeFlops, old: false },
+};
+const names = (process.env.ARMS ?? 'dense,topk-old,topk-new,sigma-old,sigma-new').split(',');
+for (const n of names) if (!all[n]) throw new Error(`moe-ab: unknown arm '${n}' (arms: ${Object.keys(all).join(', ')})`);
+const rng = new Rng(7);
+const x = tf.variable(tf.tensor(rng.normalArray(T * d), [T, d]));
+const R = tf.tensor(rng.normalArray(T * d), [T, d]);
+for (const n of names) {
+  all[n].vars = [x, ...all[n].f.trainableVariables()];
+  all[n].times = [];
+}
+const step = (a) => {
+  use(a);
+  tf.tidy(() => {
+    const loss = () => tf.sum(tf.mul(a.f.forward(x, forwardContext(new Rng(0), true, { stats: false })), R));
+    tf.variableGrads(loss, a.vars).value.dataSync();
+  });
+};
+const wall = process.env.CLOCK === 'wall';
+const clock = () => {
+  if (wall) return performance.now();
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e3;
+};
+for (const n of names) for (let i = 0; i < 2; i++) step(all[n]);
+const rounds = Number(process.env.ROUNDS ?? 15);
+for (let r = 0; r < rounds; r++)
+  for (const n of r % 2 ? [...names].reverse() : names) {
+    const t0 = clock();
+    step(all[n]);
+    all[n].times.push(clock() - t0);
+  }
+use({ old: false });
+const median = (v) => [...v].sort((p, q) => p - q)[v.length >> 1];
+console.log(`moe-ab: ${status.reason}; ${rounds} rounds, ${wall ? 'wall' : 'process CPU'} time, median forward+backward`);
+const denseRate = all.dense.times?.length ? all.dense.flops / median(all.dense.times) : Number.NaN;
+const denseBest = all.dense.times?.length ? all.dense.flops / Math.min(...all.dense.times) : Number.NaN;
+for (const n of names) {
+  const m = median(all[n].times);
+  const best = Math.min(...all[n].times);
+  console.log(
+    `  ${n.padEnd(9)} ${m.toFixed(1).padStart(8)} ms  ${(all[n].flops / m / denseRate).toFixed(3)}x dense   (fastest ${best.toFixed(1)} ms, ${(all[n].flops / best / denseBest).toFixed(3)}x the fastest dense)`,
+  );
+}
+for (const row of ['topk', 'sigma'])
+  if (all[`${row}-old`].times?.length && all[`${row}-new`].times?.length)
+    console.log(`  ${row} new / old: ${(median(all[`${row}-new`].times) / median(all[`${row}-old`].times)).toFixed(3)}`);

@@ -1,0 +1,153 @@
+#!/usr/bin/env node
+/**
+ * Per-kernel profile of the bench's MoE layer rows on moelab-cpu: one forward+backward step of
+ * `a dense FFN relu`, `b softmax-topk loop E64x128 k4` and `c sigma-MoE sorted E64x128 k4` (T 4096,
+ * d 256), the rows interleaved round by round. Every kernel moelab-cpu registers is wrapped to
+ * record, per kernel name, its calls, wall time and process CPU time (all threads: a kernel that runs
+ * on the native pool shows CPU > wall, a serial one CPU ~ wall); `(outside kernels)` is the step's
+ * time not spent in any kernel (JS routing code, the tape, zero-filled gradients, garbage collection).
+ * Each row also prints the forward alone, so `bwd = fwd+bwd - fwd` per kernel can be read off.
+ *
+ * Usage (repository root, after `pnpm build`):
+ *   nice -n 10 node packages/node/scripts/moe-profile.mjs
+ * Settings: ROUNDS=7, MOELAB_THREADS (the native kernels' threads), ROWS=dense,topk,sigma, TOP=18.
+ */
+import { buildModel, forwardContext, Rng, tf } from '@moelab/core';
+import { createDefaultRegistry } from '@moelab/node';
+import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
+
+const status = registerMoelabCpuBackend(tf);
+if (!status.available) {
+  console.error(`moe-profile: moelab-cpu is not available (${status.reason})`);
+  process.exit(1);
+}
+await tf.setBackend('moelab-cpu');
+
+const cpuMs = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e3;
+};
+/** name -> { calls, wall, cpu } of the current recording. */
+let table = null;
+let depth = 0;
+for (const k of tf.getKernelsForBackend('moelab-cpu')) {
+  const inner = k.kernelFunc;
+  tf.unregisterKernel(k.kernelName, 'moelab-cpu');
+  tf.registerKernel({
+    ...k,
+    kernelFunc: (args) => {
+      if (!table || depth > 0) return inner(args);
+      depth++;
+      const w0 = performance.now();
+      const c0 = cpuMs();
+      try {
+        return inner(args);
+      } finally {
+        const c = cpuMs() - c0;
+        const w = performance.now() - w0;
+        depth--;
+        const e = table.get(k.kernelName) ?? { calls: 0, wall: 0, cpu: 0 };
+        e.calls++;
+        e.wall += w;
+        e.cpu += c;
+        table.set(k.kernelName, e);
+      }
+    },
+  });
+}
+
+const registry = createDefaultRegistry();
+const S = 256;
+const d = 256;
+const T = 16 * S;
+const layer = (ffn) =>
+  buildModel(
+    {
+      type: 'transformer-lm',
+      vocabSize: 256,
+      dModel: d,
+      contextLength: S,
+      stack: { groupSize: 1, repeats: 1 },
+      block: { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn },
+    },
+    registry,
+    0,
+  ).layers[0].ffn;
+const rows = {
+  dense: { f: layer({ type: 'dense', hidden: 1024, activation: 'relu' }), shape: [T, d] },
+  topk: {
+    f: layer({
+      type: 'moe',
+      experts: 64,
+      router: { type: 'softmax-topk', k: 4, balanceCoef: 0, zLossCoef: 0 },
+      expert: { type: 'mlp', hidden: 128, activation: 'relu' },
+    }),
+    shape: [T, d],
+  },
+  sigma: { f: layer({ type: 'sigma-moe', experts: 64, k: 4, expertSize: 128 }), shape: [16, S, d] },
+};
+const names = (process.env.ROWS ?? 'dense,topk,sigma').split(',');
+const rng = new Rng(7);
+for (const n of names) {
+  const r = rows[n];
+  const size = r.shape.reduce((a, b) => a * b, 1);
+  r.x = tf.variable(tf.tensor(rng.normalArray(size), r.shape));
+  r.R = tf.tensor(rng.normalArray(size), r.shape);
+  r.vars = [r.x, ...r.f.trainableVariables()];
+  r.prof = { fwd: new Map(), fb: new Map() };
+  r.steps = { fwd: [], fb: [] };
+}
+const ctx = () => forwardContext(new Rng(0), true, { stats: false });
+const run = (r, phase) =>
+  tf.tidy(() => {
+    if (phase === 'fwd') r.f.forward(r.x, ctx()).dataSync();
+    else tf.variableGrads(() => tf.sum(tf.mul(r.f.forward(r.x, ctx()), r.R)), r.vars).value.dataSync();
+  });
+const record = (r, phase) => {
+  table = r.prof[phase];
+  const w0 = performance.now();
+  const c0 = cpuMs();
+  run(r, phase);
+  const step = { wall: performance.now() - w0, cpu: cpuMs() - c0 };
+  table = null;
+  r.steps[phase].push(step);
+};
+for (const n of names) for (let i = 0; i < 2; i++) run(rows[n], 'fb');
+const rounds = Number(process.env.ROUNDS ?? 7);
+for (let i = 0; i < rounds; i++)
+  for (const n of i % 2 ? [...names].reverse() : names) {
+    record(rows[n], 'fwd');
+    record(rows[n], 'fb');
+  }
+
+const median = (v) => [...v].sort((p, q) => p - q)[v.length >> 1];
+const top = Number(process.env.TOP ?? 18);
+console.log(`moe-profile: ${status.reason}; ${rounds} rounds; ms per step (kernel sums: mean over rounds; step: median)`);
+for (const n of names) {
+  const r = rows[n];
+  const step = { fwd: median(r.steps.fwd.map((s) => s.wall)), fb: median(r.steps.fb.map((s) => s.wall)) };
+  const stepCpu = { fwd: median(r.steps.fwd.map((s) => s.cpu)), fb: median(r.steps.fb.map((s) => s.cpu)) };
+  console.log(
+    `\n${n}: step fwd ${step.fwd.toFixed(1)} ms wall / ${stepCpu.fwd.toFixed(1)} cpu;  fwd+bwd ${step.fb.toFixed(1)} wall / ${stepCpu.fb.toFixed(1)} cpu`,
+  );
+  console.log(
+    `  ${'kernel'.padEnd(34)} ${'calls'.padStart(5)} ${'fb wall'.padStart(8)} ${'fb cpu'.padStart(8)} ${'cpu/w'.padStart(6)} ${'fwd wall'.padStart(8)} ${'fwd cpu'.padStart(8)}`,
+  );
+  const entries = [...r.prof.fb.entries()].sort((a, b) => b[1].wall - a[1].wall);
+  let sumW = 0;
+  let sumC = 0;
+  for (const [, e] of entries) {
+    sumW += e.wall / rounds;
+    sumC += e.cpu / rounds;
+  }
+  for (const [k, e] of entries.slice(0, top)) {
+    const f = r.prof.fwd.get(k);
+    console.log(
+      `  ${k.padEnd(34)} ${(e.calls / rounds).toFixed(0).padStart(5)} ${(e.wall / rounds).toFixed(2).padStart(8)} ${(e.cpu / rounds).toFixed(2).padStart(8)} ${(e.cpu / Math.max(e.wall, 1e-9)).toFixed(2).padStart(6)} ${f ? (f.wall / rounds).toFixed(2).padStart(8) : '       -'} ${f ? (f.cpu / rounds).toFixed(2).padStart(8) : '       -'}`,
+    );
+  }
+  const meanStep = r.steps.fb.reduce((a, s) => a + s.wall, 0) / rounds;
+  const meanCpu = r.steps.fb.reduce((a, s) => a + s.cpu, 0) / rounds;
+  console.log(`  ${'(all kernels)'.padEnd(34)} ${''.padStart(5)} ${sumW.toFixed(2).padStart(8)} ${sumC.toFixed(2).padStart(8)}`);
+  console.log(`  ${'(outside kernels)'.padEnd(34)} ${''.padStart(5)} ${(meanStep - sumW).toFixed(2).padStart(8)} ${(meanCpu - sumC).toFixed(2).padStart(8)}`);
+}
