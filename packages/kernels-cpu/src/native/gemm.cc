@@ -68,6 +68,13 @@ Packs& packs() {
 void pack_a(bool ta, const float* A, int lda, int i0, int mc, int p0, int kc, float* dst) {
   for (int ir = 0; ir < mc; ir += MR) {
     int mr = std::min(MR, mc - ir);
+#if defined(__wasm_simd128__)
+    if (!ta && mr == MR) {
+      wasm_gemm::pack_a_rows(A, lda, i0 + ir, p0, kc, dst);
+      dst += static_cast<long>(MR) * kc;
+      continue;
+    }
+#endif
     for (int k = 0; k < kc; k++) {
       for (int i = 0; i < mr; i++) {
         int row = i0 + ir + i, col = p0 + k;
@@ -83,6 +90,13 @@ void pack_a(bool ta, const float* A, int lda, int i0, int mc, int p0, int kc, fl
 void pack_b(bool tb, const float* B, int ldb, int p0, int kc, int j0, int nc, float* dst) {
   for (int jr = 0; jr < nc; jr += NR) {
     int nr = std::min(NR, nc - jr);
+#if defined(__wasm_simd128__)
+    if (tb && nr == NR) {
+      wasm_gemm::pack_b_transposed(B, ldb, p0, kc, j0 + jr, dst);
+      dst += static_cast<long>(NR) * kc;
+      continue;
+    }
+#endif
     if (!tb && nr == NR) {
       for (int k = 0; k < kc; k++) {
         std::memcpy(dst, B + static_cast<long>(p0 + k) * ldb + j0 + jr, sizeof(float) * NR);
