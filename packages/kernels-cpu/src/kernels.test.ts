@@ -180,6 +180,17 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
         [1, 3, 1, 5],
       ],
       [[64, 300], [300]],
+      // Too few rows to share between threads: each row is split into column blocks (same shape:
+      // one merged row of every element; a broadcast over 2 long rows; a scalar).
+      [
+        [300, 701],
+        [300, 701],
+      ],
+      [
+        [2, 100003],
+        [1, 100003],
+      ],
+      [[140001], []],
     ];
     // Divisors kept away from zero so relative differences stay meaningful. Single IEEE operations
     // match the cpu kernels bit for bit (JS computes in double and rounds once, which is the same
@@ -351,6 +362,7 @@ describe.skipIf(!status.available)(`moelab-cpu kernels equal cpu (${status.reaso
     await compareBackends([xs], (a) => cmp(a, tf.max(a, 1, true)), 0);
     await compareBackends([xs, f([8], r)], (a, b) => cmp(a, b), 0);
     await compareBackends([f([5, 1, 3], r), f([1, 4, 1], r)], (a, b) => cmp(a, b), 0);
+    await compareBackends([f([140001], r), f([140001], r)], (a, b) => cmp(a, b), 0);
     await compareBackends([xs], (a) => tf.grads((t: tf.Tensor) => loss(tf.max(t, 1), 2))([a]), 0);
     await compareBackends([{ shape: [4], data: Int32Array.of(1, 2, 3, 4) }], (a) => tf.equal(a, tf.scalar(2, 'int32')), 0);
   });

@@ -14,13 +14,22 @@
  * Usage (repository root, after `pnpm build`):
  *   nice -n 10 node packages/node/scripts/moe-ab.mjs
  * Settings: ROUNDS=15, CLOCK=cpu (process CPU time: descheduled time does not count; set
- * MOELAB_THREADS=1 with it) or wall, MOELAB_THREADS (the native kernels' threads), ARMS (a
- * comma-separated subset of dense,topk-old,topk-new,sigma-old,sigma-new).
+ * MOELAB_THREADS=1 with it), main (the main thread's CPU time, from /proc/self/task/PID/schedstat
+ * in nanoseconds, Linux only: with several threads it is the serial work plus the main thread's
+ * share of the parallel work, so on a machine shared with other jobs it estimates the wall time the
+ * step would take on a quiet one; the pool's workers' CPU time is printed beside it) or wall,
+ * MOELAB_THREADS (the native kernels' threads), ARMS (a comma-separated subset of
+ * dense,topk-old,topk-new,sigma-old,sigma-new; topk-new2 is a second copy of topk-new, to see how
+ * far two identical arms drift apart).
  */
+import { readdirSync, readFileSync } from 'node:fs';
 import { buildModel, forwardContext, MOE_MLP_KERNEL, Rng, SIGMOID_TOPK_KERNEL, tf } from '@moelab/core';
 import { createDefaultRegistry } from '@moelab/node';
 import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
 
+// Threads that exist before the backend starts its pool (the main thread, V8's and libuv's).
+const threadIds = () => (process.platform === 'linux' ? readdirSync('/proc/self/task') : []);
+const before = new Set(threadIds());
 const status = registerMoelabCpuBackend(tf);
 if (!status.available) {
   console.error(`moe-ab: moelab-cpu is not available (${status.reason})`);
@@ -89,6 +98,7 @@ const R = tf.tensor(rng.normalArray(T * d), [T, d]);
 for (const n of names) {
   all[n].vars = [x, ...all[n].f.trainableVariables()];
   all[n].times = [];
+  all[n].workerTimes = [];
 }
 const step = (a) => {
   use(a);
@@ -97,30 +107,40 @@ const step = (a) => {
     tf.variableGrads(loss, a.vars).value.dataSync();
   });
 };
-const wall = process.env.CLOCK === 'wall';
+const mode = process.env.CLOCK ?? 'cpu';
+if (!['cpu', 'main', 'wall'].includes(mode)) throw new Error(`moe-ab: CLOCK must be cpu, main or wall, got '${mode}'`);
+if (mode === 'main' && process.platform !== 'linux') throw new Error('moe-ab: CLOCK=main reads /proc (Linux only)');
+// The pool's workers: the threads the backend started (after a first kernel call).
+const workers = () => threadIds().filter((t) => !before.has(t));
+const threadMs = (tid) => Number(readFileSync(`/proc/self/task/${tid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
 const clock = () => {
-  if (wall) return performance.now();
+  if (mode === 'wall') return performance.now();
+  if (mode === 'main') return threadMs(process.pid);
   const u = process.cpuUsage();
   return (u.user + u.system) / 1e3;
 };
+const workerMs = () => (mode === 'main' ? workers().reduce((a, t) => a + threadMs(t), 0) : 0);
 for (const n of names) for (let i = 0; i < 2; i++) step(all[n]);
 const rounds = Number(process.env.ROUNDS ?? 15);
 for (let r = 0; r < rounds; r++)
   for (const n of r % 2 ? [...names].reverse() : names) {
     const t0 = clock();
+    const w0 = workerMs();
     step(all[n]);
     all[n].times.push(clock() - t0);
+    all[n].workerTimes.push(workerMs() - w0);
   }
 use({ old: false });
 const median = (v) => [...v].sort((p, q) => p - q)[v.length >> 1];
-console.log(`moe-ab: ${status.reason}; ${rounds} rounds, ${wall ? 'wall' : 'process CPU'} time, median forward+backward`);
+const clockName = { cpu: 'process CPU', main: 'main-thread CPU', wall: 'wall' }[mode];
+console.log(`moe-ab: ${status.reason}; ${rounds} rounds, ${clockName} time, median forward+backward`);
 const denseRate = all.dense.times?.length ? all.dense.flops / median(all.dense.times) : Number.NaN;
 const denseBest = all.dense.times?.length ? all.dense.flops / Math.min(...all.dense.times) : Number.NaN;
 for (const n of names) {
   const m = median(all[n].times);
   const best = Math.min(...all[n].times);
   console.log(
-    `  ${n.padEnd(9)} ${m.toFixed(1).padStart(8)} ms  ${(all[n].flops / m / denseRate).toFixed(3)}x dense   (fastest ${best.toFixed(1)} ms, ${(all[n].flops / best / denseBest).toFixed(3)}x the fastest dense)`,
+    `  ${n.padEnd(9)} ${m.toFixed(1).padStart(8)} ms  ${(all[n].flops / m / denseRate).toFixed(3)}x dense   (fastest ${best.toFixed(1)} ms, ${(all[n].flops / best / denseBest).toFixed(3)}x the fastest dense)${mode === 'main' ? `  workers ${median(all[n].workerTimes).toFixed(1)} ms` : ''}`,
   );
 }
 for (const row of ['topk', 'sigma'])

@@ -148,6 +148,9 @@ inline float bin(float a, float b) {
   return t * t;
 }
 
+// Columns per task when a binary op splits rows (see binary_broadcast_t).
+constexpr long kBinaryPiece = 32768;
+
 template <int OP, class O>
 void binary_broadcast_t(const float* a, const float* b, O* out, int rank, const int* shape, const long* aStr,
                         const long* bStr) {
@@ -157,8 +160,13 @@ void binary_broadcast_t(const float* a, const float* b, O* out, int rank, const 
   long inner = rank > 0 ? shape[rank - 1] : 1;
   long sa = rank > 0 ? aStr[rank - 1] : 0, sb = rank > 0 ? bStr[rank - 1] : 0;
   long rows = total / inner;
-  parallel_range(rows, std::max(1L, 65536L / inner), [&](long r0, long r1) {
-    for (long row = r0; row < r1; row++) {
+  // Tasks are pieces of rows: a whole row each, or, when there are too few rows to share (two
+  // same-shape tensors merge into a single row of every element), blocks of one row's columns.
+  const long piece = rows < 4L * pool_threads() && inner > 2 * kBinaryPiece ? kBinaryPiece : inner;
+  const long pieces = (inner + piece - 1) / piece;
+  parallel_range(rows * pieces, std::max(1L, 65536L / piece), [&](long t0, long t1) {
+    for (long t = t0; t < t1; t++) {
+      const long row = t / pieces, j0 = (t % pieces) * piece, j1 = std::min(inner, j0 + piece);
       long rem = row, oa = 0, ob = 0;
       for (int k = rank - 2; k >= 0; k--) {
         long idx = rem % shape[k];
@@ -170,15 +178,15 @@ void binary_broadcast_t(const float* a, const float* b, O* out, int rank, const 
       const float* pb = b + ob;
       O* po = out + row * inner;
       if (sa == 1 && sb == 1) {
-        for (long j = 0; j < inner; j++) po[j] = bin<OP>(pa[j], pb[j]);
+        for (long j = j0; j < j1; j++) po[j] = bin<OP>(pa[j], pb[j]);
       } else if (sa == 1 && sb == 0) {
         float v = pb[0];
-        for (long j = 0; j < inner; j++) po[j] = bin<OP>(pa[j], v);
+        for (long j = j0; j < j1; j++) po[j] = bin<OP>(pa[j], v);
       } else if (sa == 0 && sb == 1) {
         float v = pa[0];
-        for (long j = 0; j < inner; j++) po[j] = bin<OP>(v, pb[j]);
+        for (long j = j0; j < j1; j++) po[j] = bin<OP>(v, pb[j]);
       } else {
-        for (long j = 0; j < inner; j++) po[j] = bin<OP>(pa[j * sa], pb[j * sb]);
+        for (long j = j0; j < j1; j++) po[j] = bin<OP>(pa[j * sa], pb[j * sb]);
       }
     }
   });
