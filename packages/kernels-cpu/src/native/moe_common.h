@@ -122,6 +122,18 @@ void with_act(int act, F&& f) {
   }
 }
 
+// Requests the w floats at p into the cache. The gathers and scatter-adds read rows at random
+// places (token rows, sorted positions): the hardware prefetcher only follows a row once it has
+// started, so each row's first lines would otherwise cost a full memory latency. No-op where the
+// compiler has no prefetch (WebAssembly).
+inline void prefetch_row(const float* p, int w) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (long b = 0; b < static_cast<long>(sizeof(float)) * w; b += 64) __builtin_prefetch(c + b);
+}
+
+// How many rows ahead the gathers prefetch (measured at d = 256: 2-4 rows, ~2-4 KB in flight).
+constexpr long kGatherAhead = 4;
+
 // dst[row r] = sum over the assignments of r of scale(n) * src[pos[n]], rows [0, rows), width w.
 template <class Scale>
 void scatter_rows(const Groups& byDst, const std::vector<long>& pos, const float* src, float* dst, long rows, int w,
@@ -133,6 +145,10 @@ void scatter_rows(const Groups& byDst, const std::vector<long>& pos, const float
     for (long r = a; r < b; r++) {
       float* o = dst + r * w;
       std::memset(o, 0, sizeof(float) * w);
+      // The next row's sources, while this row's are summed: they lie anywhere in src.
+      if (r + 1 < b)
+        for (long q = byDst.off[r + 1]; q < byDst.off[r + 2]; q++)
+          prefetch_row(src + pos[byDst.order[q]] * static_cast<long>(w), w);
       for (long q = byDst.off[r]; q < byDst.off[r + 1]; q++) {
         long n = byDst.order[q];
         float s = scale(n);
@@ -145,14 +161,18 @@ void scatter_rows(const Groups& byDst, const std::vector<long>& pos, const float
 
 // dst[p] = src[row[order[p]]] for p in [r0, r1), width w.
 inline void gather_rows(const float* src, const int* row, const Groups& g, long r0, long r1, int w, float* dst) {
-  for (long p = r0; p < r1; p++)
+  for (long p = r0; p < r1; p++) {
+    if (p + kGatherAhead < r1) prefetch_row(src + static_cast<long>(row[g.order[p + kGatherAhead]]) * w, w);
     std::memcpy(dst + p * static_cast<long>(w), src + static_cast<long>(row[g.order[p]]) * w, sizeof(float) * w);
+  }
 }
 
 // dst[p - r0] = src[row[order[p]]] for p in [r0, r1), width w: one chunk's rows into its own block.
 inline void gather_block(const float* src, const int* row, const Groups& g, long r0, long r1, int w, float* dst) {
-  for (long p = r0; p < r1; p++)
+  for (long p = r0; p < r1; p++) {
+    if (p + kGatherAhead < r1) prefetch_row(src + static_cast<long>(row[g.order[p + kGatherAhead]]) * w, w);
     std::memcpy(dst + (p - r0) * static_cast<long>(w), src + static_cast<long>(row[g.order[p]]) * w, sizeof(float) * w);
+  }
 }
 
 // Whether every chunk is a whole expert. Then the task that runs an expert's backward can also
