@@ -23,19 +23,26 @@
  * far two identical arms drift apart).
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { buildModel, forwardContext, MOE_MLP_KERNEL, Rng, SIGMOID_TOPK_KERNEL, tf } from '@moelab/core';
-import { createDefaultRegistry } from '@moelab/node';
-import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
+import { MOE_MLP_KERNEL, Rng, SIGMOID_TOPK_KERNEL, tf } from '@moelab/core';
+import {
+  benchLayer,
+  d,
+  DENSE_FFN,
+  DENSE_FLOPS,
+  E64_FLOPS,
+  forwardBackward,
+  interleave,
+  median,
+  SIGMA_E64,
+  startMoelabCpu,
+  T,
+  TOPK_E64,
+} from './bench-layers.mjs';
 
 // Threads that exist before the backend starts its pool (the main thread, V8's and libuv's).
 const threadIds = () => (process.platform === 'linux' ? readdirSync('/proc/self/task') : []);
 const before = new Set(threadIds());
-const status = registerMoelabCpuBackend(tf);
-if (!status.available) {
-  console.error(`moe-ab: moelab-cpu is not available (${status.reason})`);
-  process.exit(1);
-}
-await tf.setBackend('moelab-cpu');
+const status = await startMoelabCpu('moe-ab');
 
 // The expert kernel, and a variant that hands `hidden` out with its full [N, h] shape.
 const mlp = tf.getKernel(MOE_MLP_KERNEL, 'moelab-cpu');
@@ -56,39 +63,16 @@ const use = (config) => {
   if (!config.old && !has) tf.registerKernel(sigmoidGate);
 };
 
-const registry = createDefaultRegistry();
-const S = 256;
-const d = 256;
-const T = 16 * S;
-const layer = (ffn) =>
-  buildModel(
-    {
-      type: 'transformer-lm',
-      vocabSize: 256,
-      dModel: d,
-      contextLength: S,
-      stack: { groupSize: 1, repeats: 1 },
-      block: { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn },
-    },
-    registry,
-    0,
-  ).layers[0].ffn;
-const moeFlops = 2 * T * d * 64 + 4 * T * 4 * d * 128;
-const topk = layer({
-  type: 'moe',
-  experts: 64,
-  router: { type: 'softmax-topk', k: 4, balanceCoef: 0, zLossCoef: 0 },
-  expert: { type: 'mlp', hidden: 128, activation: 'relu' },
-});
-const sigma = layer({ type: 'sigma-moe', experts: 64, k: 4, expertSize: 128 });
+const topk = benchLayer(TOPK_E64);
+const sigma = benchLayer(SIGMA_E64);
 const all = {
-  dense: { f: layer({ type: 'dense', hidden: 1024, activation: 'relu' }), flops: 4 * T * d * 1024, old: false },
-  'topk-old': { f: topk, flops: moeFlops, old: true },
-  'topk-new': { f: topk, flops: moeFlops, old: false },
-  'sigma-old': { f: sigma, flops: moeFlops, old: true },
-  'sigma-new': { f: sigma, flops: moeFlops, old: false },
+  dense: { f: benchLayer(DENSE_FFN), flops: DENSE_FLOPS, old: false },
+  'topk-old': { f: topk, flops: E64_FLOPS, old: true },
+  'topk-new': { f: topk, flops: E64_FLOPS, old: false },
+  'sigma-old': { f: sigma, flops: E64_FLOPS, old: true },
+  'sigma-new': { f: sigma, flops: E64_FLOPS, old: false },
   // A second copy of an arm: how far two identical arms' medians drift apart in one run.
-  'topk-new2': { f: topk, flops: moeFlops, old: false },
+  'topk-new2': { f: topk, flops: E64_FLOPS, old: false },
 };
 const names = (process.env.ARMS ?? 'dense,topk-old,topk-new,sigma-old,sigma-new').split(',');
 for (const n of names) if (!all[n]) throw new Error(`moe-ab: unknown arm '${n}' (arms: ${Object.keys(all).join(', ')})`);
@@ -102,10 +86,7 @@ for (const n of names) {
 }
 const step = (a) => {
   use(a);
-  tf.tidy(() => {
-    const loss = () => tf.sum(tf.mul(a.f.forward(x, forwardContext(new Rng(0), true, { stats: false })), R));
-    tf.variableGrads(loss, a.vars).value.dataSync();
-  });
+  forwardBackward(a.f, x, R, a.vars);
 };
 const mode = process.env.CLOCK ?? 'cpu';
 if (!['cpu', 'main', 'wall'].includes(mode)) throw new Error(`moe-ab: CLOCK must be cpu, main or wall, got '${mode}'`);
@@ -122,16 +103,14 @@ const clock = () => {
 const workerMs = () => (mode === 'main' ? workers().reduce((a, t) => a + threadMs(t), 0) : 0);
 for (const n of names) for (let i = 0; i < 2; i++) step(all[n]);
 const rounds = Number(process.env.ROUNDS ?? 15);
-for (let r = 0; r < rounds; r++)
-  for (const n of r % 2 ? [...names].reverse() : names) {
-    const t0 = clock();
-    const w0 = workerMs();
-    step(all[n]);
-    all[n].times.push(clock() - t0);
-    all[n].workerTimes.push(workerMs() - w0);
-  }
+interleave(names, rounds, (n) => {
+  const t0 = clock();
+  const w0 = workerMs();
+  step(all[n]);
+  all[n].times.push(clock() - t0);
+  all[n].workerTimes.push(workerMs() - w0);
+});
 use({ old: false });
-const median = (v) => [...v].sort((p, q) => p - q)[v.length >> 1];
 const clockName = { cpu: 'process CPU', main: 'main-thread CPU', wall: 'wall' }[mode];
 console.log(`moe-ab: ${status.reason}; ${rounds} rounds, ${clockName} time, median forward+backward`);
 const denseRate = all.dense.times?.length ? all.dense.flops / median(all.dense.times) : Number.NaN;

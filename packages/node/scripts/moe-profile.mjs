@@ -16,16 +16,10 @@
  * Settings: ROUNDS=7, MOELAB_THREADS (the native kernels' threads), ROWS=dense,topk,sigma, TOP=18.
  */
 import { readFileSync } from 'node:fs';
-import { buildModel, forwardContext, Rng, tf } from '@moelab/core';
-import { createDefaultRegistry } from '@moelab/node';
-import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
+import { forwardContext, Rng, tf } from '@moelab/core';
+import { benchLayer, d, DENSE_FFN, interleave, median, S, SIGMA_E64, startMoelabCpu, T, TOPK_E64 } from './bench-layers.mjs';
 
-const status = registerMoelabCpuBackend(tf);
-if (!status.available) {
-  console.error(`moe-profile: moelab-cpu is not available (${status.reason})`);
-  process.exit(1);
-}
-await tf.setBackend('moelab-cpu');
+const status = await startMoelabCpu('moe-profile');
 
 const cpuMs = () => {
   const u = process.cpuUsage();
@@ -65,35 +59,10 @@ for (const k of tf.getKernelsForBackend('moelab-cpu')) {
   });
 }
 
-const registry = createDefaultRegistry();
-const S = 256;
-const d = 256;
-const T = 16 * S;
-const layer = (ffn) =>
-  buildModel(
-    {
-      type: 'transformer-lm',
-      vocabSize: 256,
-      dModel: d,
-      contextLength: S,
-      stack: { groupSize: 1, repeats: 1 },
-      block: { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn },
-    },
-    registry,
-    0,
-  ).layers[0].ffn;
 const rows = {
-  dense: { f: layer({ type: 'dense', hidden: 1024, activation: 'relu' }), shape: [T, d] },
-  topk: {
-    f: layer({
-      type: 'moe',
-      experts: 64,
-      router: { type: 'softmax-topk', k: 4, balanceCoef: 0, zLossCoef: 0 },
-      expert: { type: 'mlp', hidden: 128, activation: 'relu' },
-    }),
-    shape: [T, d],
-  },
-  sigma: { f: layer({ type: 'sigma-moe', experts: 64, k: 4, expertSize: 128 }), shape: [16, S, d] },
+  dense: { f: benchLayer(DENSE_FFN), shape: [T, d] },
+  topk: { f: benchLayer(TOPK_E64), shape: [T, d] },
+  sigma: { f: benchLayer(SIGMA_E64), shape: [16, S, d] },
 };
 const names = (process.env.ROWS ?? 'dense,topk,sigma').split(',');
 const rng = new Rng(7);
@@ -124,13 +93,11 @@ const record = (r, phase) => {
 };
 for (const n of names) for (let i = 0; i < 2; i++) run(rows[n], 'fb');
 const rounds = Number(process.env.ROUNDS ?? 7);
-for (let i = 0; i < rounds; i++)
-  for (const n of i % 2 ? [...names].reverse() : names) {
-    record(rows[n], 'fwd');
-    record(rows[n], 'fb');
-  }
+interleave(names, rounds, (n) => {
+  record(rows[n], 'fwd');
+  record(rows[n], 'fb');
+});
 
-const median = (v) => [...v].sort((p, q) => p - q)[v.length >> 1];
 const top = Number(process.env.TOP ?? 18);
 console.log(`moe-profile: ${status.reason}; ${rounds} rounds; ms per step (kernel sums: mean over rounds; step: median)`);
 for (const n of names) {
@@ -141,7 +108,7 @@ for (const n of names) {
     `\n${n}: step fwd ${step.fwd.toFixed(1)} ms wall / ${stepCpu.fwd.toFixed(1)} cpu;  fwd+bwd ${step.fb.toFixed(1)} wall / ${stepCpu.fb.toFixed(1)} cpu`,
   );
   console.log(
-    `  ${'kernel'.padEnd(34)} ${'calls'.padStart(5)} ${'fb wall'.padStart(8)} ${'fb cpu'.padStart(8)} ${'cpu/w'.padStart(6)} ${'fwd wall'.padStart(8)} ${'fwd cpu'.padStart(8)}`,
+    `  ${'kernel'.padEnd(34)} ${'calls'.padStart(5)} ${'fb wall'.padStart(8)} ${'fb cpu'.padStart(8)} ${'fb main'.padStart(8)} ${'cpu/w'.padStart(6)} ${'fwd wall'.padStart(8)} ${'fwd cpu'.padStart(8)}`,
   );
   const entries = [...r.prof.fb.entries()].sort((a, b) => b[1].wall - a[1].wall);
   let sumW = 0;

@@ -13,46 +13,16 @@
  * Settings: ROUNDS=15 (interleaved rounds), CLOCK=cpu (process CPU time: descheduled time does not
  * count; set MOELAB_THREADS=1 with it) or wall, MOELAB_THREADS (the native kernels' threads).
  */
-import { buildModel, forwardContext, Rng, SOFTMAX_TOPK_KERNEL, tf } from '@moelab/core';
-import { createDefaultRegistry } from '@moelab/node';
-import { registerMoelabCpuBackend } from '@moelab/kernels-cpu';
+import { Rng, SOFTMAX_TOPK_KERNEL, tf } from '@moelab/core';
+import { benchLayer, d, DENSE_FFN, DENSE_FLOPS, E64_FLOPS, forwardBackward, interleave, median, startMoelabCpu, T, TOPK_E64 } from './bench-layers.mjs';
 
-const status = registerMoelabCpuBackend(tf);
-if (!status.available) {
-  console.error(`router-ab: moelab-cpu is not available (${status.reason})`);
-  process.exit(1);
-}
-await tf.setBackend('moelab-cpu');
+const status = await startMoelabCpu('router-ab');
 const fusedGate = tf.getKernel(SOFTMAX_TOPK_KERNEL, 'moelab-cpu');
-const registry = createDefaultRegistry();
-const S = 256;
-const d = 256;
-const T = 16 * S;
-const layer = (ffn) =>
-  buildModel(
-    {
-      type: 'transformer-lm',
-      vocabSize: 256,
-      dModel: d,
-      contextLength: S,
-      stack: { groupSize: 1, repeats: 1 },
-      block: { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn },
-    },
-    registry,
-    0,
-  ).layers[0].ffn;
-const topk = {
-  type: 'moe',
-  experts: 64,
-  router: { type: 'softmax-topk', k: 4, balanceCoef: 0, zLossCoef: 0 },
-  expert: { type: 'mlp', hidden: 128, activation: 'relu' },
-};
-const moeFlops = 2 * T * d * 64 + 4 * T * 4 * d * 128;
-const moe = layer(topk);
+const moe = benchLayer(TOPK_E64);
 const arms = {
-  dense: { f: layer({ type: 'dense', hidden: 1024, activation: 'relu' }), flops: 4 * T * d * 1024, fused: true },
-  ops: { f: moe, flops: moeFlops, fused: false },
-  fused: { f: moe, flops: moeFlops, fused: true },
+  dense: { f: benchLayer(DENSE_FFN), flops: DENSE_FLOPS, fused: true },
+  ops: { f: moe, flops: E64_FLOPS, fused: false },
+  fused: { f: moe, flops: E64_FLOPS, fused: true },
 };
 const rng = new Rng(7);
 const x = tf.variable(tf.tensor(rng.normalArray(T * d), [T, d]));
@@ -68,10 +38,7 @@ const useGate = (on) => {
 };
 const step = (a) => {
   useGate(a.fused);
-  tf.tidy(() => {
-    const loss = () => tf.sum(tf.mul(a.f.forward(x, forwardContext(new Rng(0), true, { stats: false })), R));
-    tf.variableGrads(loss, a.vars).value.dataSync();
-  });
+  forwardBackward(a.f, x, R, a.vars);
 };
 const wall = process.env.CLOCK === 'wall';
 const clock = () => {
@@ -82,14 +49,12 @@ const clock = () => {
 const names = Object.keys(arms);
 for (const n of names) for (let i = 0; i < 2; i++) step(arms[n]);
 const rounds = Number(process.env.ROUNDS ?? 15);
-for (let r = 0; r < rounds; r++)
-  for (const n of r % 2 ? [...names].reverse() : names) {
-    const t0 = clock();
-    step(arms[n]);
-    arms[n].times.push(clock() - t0);
-  }
+interleave(names, rounds, (n) => {
+  const t0 = clock();
+  step(arms[n]);
+  arms[n].times.push(clock() - t0);
+});
 useGate(true);
-const median = (v) => [...v].sort((p, q) => p - q)[v.length >> 1];
 const denseRate = arms.dense.flops / median(arms.dense.times);
 console.log(`router-ab: ${status.reason}; ${rounds} rounds, ${wall ? 'wall' : 'process CPU'} time, median forward+backward`);
 for (const n of names) {
