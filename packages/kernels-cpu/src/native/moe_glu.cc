@@ -46,14 +46,16 @@ void gate_backward_rows(const float* pre, float* gab, float* u, long rows, int h
     float* g = gab + r * 2L * h;
     float* db = g + h;
     float* ur = u + r * h;
-    // db first holds act(a): the loops stay simple enough to vectorise.
-    for (int j = 0; j < h; j++) db[j] = act_t<ACT>(a[j]);
-    for (int j = 0; j < h; j++) ur[j] = db[j] * b[j];
-    dweight[n] = dot8(g, ur, h);
+    // db first holds act(a) and ur act'(a), from one activation call per element (SiLU: one
+    // exponential for both); the loops stay simple enough to vectorise.
+    for (int j = 0; j < h; j++) act_and_grad_t<ACT>(a[j], db[j], ur[j]);
+    dweight[n] = dot8x3(g, db, b, h);  // G . u with u = act(a) * b
     for (int j = 0; j < h; j++) {
+      const float act = db[j];
       const float wg = wn * g[j];
-      g[j] = wg * b[j] * act_grad_t<ACT>(a[j]);
-      db[j] = wg * db[j];
+      g[j] = wg * b[j] * ur[j];
+      db[j] = wg * act;
+      ur[j] = act * b[j];
     }
   }
 }
