@@ -15,6 +15,7 @@
 // glu8 / glu64 (f SwiGLU MoE topk E8x1024 k2 / E64x128 k4); the bench's shapes (T = 4096, d = 256).
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { benchFFN, d, FFN_ROWS, T } from './wasm-rows.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -45,32 +46,7 @@ const { tf, buildModel, forwardContext, Rng } = await import(dist('core').href);
 const { createDefaultRegistry } = await import(dist('node').href);
 const { registerMoelabWasmBackend } = await import(dist('kernels-wasm').href);
 
-const T = 4096;
-const d = 256;
-const moe = (E, k, expert) => ({ type: 'moe', experts: E, router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 }, expert });
-const ROWS = {
-  dense: { name: 'a dense FFN relu', ffn: { type: 'dense', hidden: 1024, activation: 'relu' }, flops: 4 * T * d * 1024 },
-  e8: {
-    name: 'b softmax-topk loop E8x1024 k2',
-    ffn: moe(8, 2, { type: 'mlp', hidden: 1024, activation: 'relu' }),
-    flops: 2 * T * d * 8 + 4 * T * 2 * d * 1024,
-  },
-  e64: {
-    name: 'b softmax-topk loop E64x128 k4',
-    ffn: moe(64, 4, { type: 'mlp', hidden: 128, activation: 'relu' }),
-    flops: 2 * T * d * 64 + 4 * T * 4 * d * 128,
-  },
-  glu8: {
-    name: 'f SwiGLU MoE topk E8x1024 k2',
-    ffn: moe(8, 2, { type: 'glu', hidden: 1024, activation: 'silu' }),
-    flops: 2 * T * d * 8 + 6 * T * 2 * d * 1024,
-  },
-  glu64: {
-    name: 'f SwiGLU MoE topk E64x128 k4',
-    ffn: moe(64, 4, { type: 'glu', hidden: 128, activation: 'silu' }),
-    flops: 2 * T * d * 64 + 6 * T * 4 * d * 128,
-  },
-};
+const ROWS = FFN_ROWS;
 const rowKeys = args.rows.split(',');
 for (const r of rowKeys) if (!ROWS[r]) fail(`unknown row ${r} (rows: ${Object.keys(ROWS).join(', ')})`);
 
@@ -132,19 +108,7 @@ kernels.call = (name, jsArgs) => {
 };
 
 const registry = createDefaultRegistry();
-const layer = (ffn) =>
-  buildModel(
-    {
-      type: 'transformer-lm',
-      vocabSize: 256,
-      dModel: d,
-      contextLength: 256,
-      stack: { groupSize: 1, repeats: 1 },
-      block: { type: 'transformer', attention: { type: 'mha', heads: 4 }, ffn },
-    },
-    registry,
-    0,
-  ).layers[0].ffn;
+const layer = (ffn) => benchFFN(buildModel, registry, ffn);
 
 const results = {};
 for (const key of rowKeys) {

@@ -50,9 +50,20 @@ struct Chunk {
   long r0, r1;
 };
 
-// Chunks of at most `maxRows` rows; big experts are split so two threads can share them.
+// The per-expert tasks, largest first. Experts above ~N / (4 threads) rows are split so that the
+// threads can share them, except when there are enough experts (4 per thread) and none has more
+// than twice the mean: then every task is a whole expert, which lets the backward compute its
+// weight gradients inside the task from rows still in cache (moe.cc, moe_glu.cc) instead of
+// keeping N-row buffers for a second pass (E8 top-2 at 2 threads split about half its experts).
+// Largest first: the tasks are claimed in order, so the small ones fill in at the end.
 inline std::vector<Chunk> chunks(const Groups& g, int E, long N) {
-  long target = std::max<long>(64, (N + pool_threads() * 4 - 1) / (pool_threads() * 4));
+  const int nt = pool_threads();
+  long target = std::max<long>(64, (N + nt * 4 - 1) / (nt * 4));
+  if (E >= nt * 4) {
+    long big = 0;
+    for (int e = 0; e < E; e++) big = std::max(big, g.off[e + 1] - g.off[e]);
+    if (big * E <= 2 * N) target = std::max(target, big);
+  }
   std::vector<Chunk> out;
   for (int e = 0; e < E; e++) {
     long a = g.off[e], b = g.off[e + 1];
@@ -60,6 +71,7 @@ inline std::vector<Chunk> chunks(const Groups& g, int E, long N) {
     long n = b - a, pieces = (n + target - 1) / target, step = (n + pieces - 1) / pieces;
     for (long r = a; r < b; r += step) out.push_back({e, r, std::min(b, r + step)});
   }
+  std::stable_sort(out.begin(), out.end(), [](const Chunk& x, const Chunk& y) { return x.r1 - x.r0 > y.r1 - y.r0; });
   return out;
 }
 
