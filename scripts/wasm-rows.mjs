@@ -4,30 +4,19 @@
 export const T = 4096;
 export const d = 256;
 
-const moe = (E, k, expert) => ({ type: 'moe', experts: E, router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 }, expert });
+/** A top-k MoE row: router scores (2 T d E) plus each token's k experts (two GEMMs, three for GLU). */
+const moeRow = (name, E, k, type, hidden, activation) => ({
+  name,
+  ffn: { type: 'moe', experts: E, router: { type: 'softmax-topk', k, balanceCoef: 0, zLossCoef: 0 }, expert: { type, hidden, activation } },
+  flops: 2 * T * d * E + (type === 'glu' ? 6 : 4) * T * k * d * hidden,
+});
 
 export const FFN_ROWS = {
   dense: { name: 'a dense FFN relu', ffn: { type: 'dense', hidden: 1024, activation: 'relu' }, flops: 4 * T * d * 1024 },
-  e8: {
-    name: 'b softmax-topk loop E8x1024 k2',
-    ffn: moe(8, 2, { type: 'mlp', hidden: 1024, activation: 'relu' }),
-    flops: 2 * T * d * 8 + 4 * T * 2 * d * 1024,
-  },
-  e64: {
-    name: 'b softmax-topk loop E64x128 k4',
-    ffn: moe(64, 4, { type: 'mlp', hidden: 128, activation: 'relu' }),
-    flops: 2 * T * d * 64 + 4 * T * 4 * d * 128,
-  },
-  glu8: {
-    name: 'f SwiGLU MoE topk E8x1024 k2',
-    ffn: moe(8, 2, { type: 'glu', hidden: 1024, activation: 'silu' }),
-    flops: 2 * T * d * 8 + 6 * T * 2 * d * 1024,
-  },
-  glu64: {
-    name: 'f SwiGLU MoE topk E64x128 k4',
-    ffn: moe(64, 4, { type: 'glu', hidden: 128, activation: 'silu' }),
-    flops: 2 * T * d * 64 + 6 * T * 4 * d * 128,
-  },
+  e8: moeRow('b softmax-topk loop E8x1024 k2', 8, 2, 'mlp', 1024, 'relu'),
+  e64: moeRow('b softmax-topk loop E64x128 k4', 64, 4, 'mlp', 128, 'relu'),
+  glu8: moeRow('f SwiGLU MoE topk E8x1024 k2', 8, 2, 'glu', 1024, 'silu'),
+  glu64: moeRow('f SwiGLU MoE topk E64x128 k4', 64, 4, 'glu', 128, 'silu'),
 };
 
 /** The feed-forward module `ffn` as the bench builds it: layer 0 of a one-layer LM. */
