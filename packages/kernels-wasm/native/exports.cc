@@ -73,6 +73,10 @@ const char* check(const int* idx, long n, long limit, const char* what) {
   std::string err = check_index(idx, n, limit, what);
   return err.empty() ? nullptr : fail(err);
 }
+const char* check_gate_args(const char* gate, int k, int E, const int32_t* expert = nullptr, long n = 0) {
+  std::string err = check_gate(gate, k, E, expert, n);
+  return err.empty() ? nullptr : fail(err);
+}
 }  // namespace
 
 #define EXPORT extern "C" EMSCRIPTEN_KEEPALIVE
@@ -141,33 +145,27 @@ EXPORT void topk(const float* x, float* values, int32_t* indices, int rows, int 
 
 EXPORT const char* softmaxTopK(const float* scores, const float* bias, float* weight, int32_t* expert, int T, int E, int k,
                                bool renormalize) {
-  if (k < 1 || k > E) return fail("softmax top-k needs 1 <= k <= E");
+  if (const char* e = check_gate_args("softmax", k, E)) return e;
   softmax_topk_forward(scores, bias, weight, expert, T, E, k, renormalize);
   return nullptr;
 }
 
 EXPORT const char* softmaxTopKGrad(const float* dy, const float* scores, const float* weight, const int32_t* expert,
                                    float* dscores, int T, int E, int k, bool renormalize) {
-  if (k < 1 || k > E) return fail("softmax top-k needs 1 <= k <= E");
-  for (long i = 0; i < static_cast<long>(k) * T; i++)
-    if (expert[i] < -1 || expert[i] >= E)
-      return fail("softmax top-k expert index " + std::to_string(expert[i]) + " out of range [-1, " + std::to_string(E) + ")");
+  if (const char* e = check_gate_args("softmax", k, E, expert, static_cast<long>(k) * T)) return e;
   softmax_topk_backward(dy, scores, weight, expert, dscores, T, E, k, renormalize);
   return nullptr;
 }
 
 EXPORT const char* sigmoidTopK(const float* scores, float* weight, int32_t* expert, int T, int E, int k) {
-  if (k < 1 || k > E) return fail("sigmoid top-k needs 1 <= k <= E");
+  if (const char* e = check_gate_args("sigmoid", k, E)) return e;
   sigmoid_topk_forward(scores, weight, expert, T, E, k);
   return nullptr;
 }
 
 EXPORT const char* sigmoidTopKGrad(const float* dy, const float* weight, const int32_t* expert, float* dscores, int T, int E,
                                    int k) {
-  if (k < 1 || k > E) return fail("sigmoid top-k needs 1 <= k <= E");
-  for (long i = 0; i < static_cast<long>(k) * T; i++)
-    if (expert[i] < -1 || expert[i] >= E)
-      return fail("sigmoid top-k expert index " + std::to_string(expert[i]) + " out of range [-1, " + std::to_string(E) + ")");
+  if (const char* e = check_gate_args("sigmoid", k, E, expert, static_cast<long>(k) * T)) return e;
   sigmoid_topk_backward(dy, weight, expert, dscores, T, E, k);
   return nullptr;
 }

@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import { SIGMOID_TOPK_GRAD_KERNEL, SIGMOID_TOPK_KERNEL, SOFTMAX_TOPK_KERNEL } from '@moelab/core/kernels';
+import { SIGMOID_TOPK_GRAD_KERNEL, SIGMOID_TOPK_KERNEL, SOFTMAX_TOPK_GRAD_KERNEL, SOFTMAX_TOPK_KERNEL } from '@moelab/core/kernels';
 import { afterAll, describe, expect, it } from 'vitest';
 import { randArray, rng, type Spec, status } from '../testing/helpers.js';
 import { expectSame } from '../testing/moe-reference.js';
@@ -113,6 +113,13 @@ describe.skipIf(!status.available)(`fused softmax top-k gate equals the plain-tf
       expect(() => gate(s, none, 0, true)).toThrow(/attr k must be an integer in \[1, 4\], got 0/);
       expect(() => gate(s, tf.zeros([3]), 2, true)).toThrow(/'bias' has shape \[3\], expected \[0\]/);
       expect(() => gate(tf.zeros([3, 4], 'int32'), none, 2, true)).toThrow(/input 'scores' must be float32 \[T,E\]/);
+      const bad = tf.tensor2d([0, 4, 1, 2, -1, 0], [2, 3], 'int32');
+      expect(() =>
+        tf.engine().runKernel(SOFTMAX_TOPK_GRAD_KERNEL, { dy: tf.zeros([2, 3]), scores: s, weight: tf.zeros([2, 3]), expert: bad }, {
+          k: 2,
+          renormalize: true,
+        } as unknown as tf.NamedAttrMap),
+      ).toThrow(/softmax top-k expert index 4 out of range \[-1, 4\)/);
     });
   });
 });

@@ -48,6 +48,27 @@ function gateShapes(kernel: string, scores: TensorInfo, attrs: Args['attrs']): {
   return { T, E, k, renormalize: !!renormalize };
 }
 
+/** A gate's two outputs [k,T] (weight float32, expert int32), filled by `fill` when there are tokens. */
+function gateOutputs(args: Args, k: number, T: number, fill: (weight: Float32Array, expert: Int32Array) => void): TensorInfo[] {
+  const backend = backendOf(args);
+  const weight = outputArray(k * T);
+  const expert = new Int32Array(k * T);
+  if (T > 0) fill(weight, expert);
+  return [backend.makeTensorInfo([k, T], 'float32', weight), backend.makeTensorInfo([k, T], 'int32', expert)];
+}
+
+/** Checks a gate backward's dy and weight (float32) and expert (int32) inputs, each [k,T]. */
+function checkGateGradInputs(kernel: string, dy: TensorInfo, weight: TensorInfo, expert: TensorInfo, k: number, T: number): void {
+  expectDtype(kernel, { dy, weight }, ['dy', 'weight']);
+  expectDtype(kernel, { expert }, ['expert'], 'int32');
+  for (const [name, t] of [
+    ['dy', dy],
+    ['weight', weight],
+    ['expert', expert],
+  ] as const)
+    expectShape(kernel, name, t, [k, T]);
+}
+
 export function makeRouterKernels(native: NativeAddon, backendName: string): KernelConfig[] {
   const gate = (args: Args): TensorInfo[] => {
     const backend = backendOf(args);
@@ -56,24 +77,16 @@ export function makeRouterKernels(native: NativeAddon, backendName: string): Ker
     expectDtype(SOFTMAX_TOPK_KERNEL, { bias }, ['bias']);
     const biased = bias.shape.length === 1 && bias.shape[0] === E;
     if (!biased) expectShape(SOFTMAX_TOPK_KERNEL, 'bias', bias, [0]);
-    const weight = outputArray(k * T);
-    const expert = new Int32Array(k * T);
-    if (T > 0) native.softmaxTopK(values(backend, scores), biased ? values(backend, bias) : null, weight, expert, T, E, k, renormalize);
-    return [backend.makeTensorInfo([k, T], 'float32', weight), backend.makeTensorInfo([k, T], 'int32', expert)];
+    return gateOutputs(args, k, T, (weight, expert) =>
+      native.softmaxTopK(values(backend, scores), biased ? values(backend, bias) : null, weight, expert, T, E, k, renormalize),
+    );
   };
 
   const gateGrad = (args: Args): TensorInfo => {
     const backend = backendOf(args);
     const { dy, scores, weight, expert } = args.inputs as unknown as SoftmaxTopKGradInputs<TensorInfo>;
     const { T, E, k, renormalize } = gateShapes(SOFTMAX_TOPK_GRAD_KERNEL, scores, args.attrs);
-    expectDtype(SOFTMAX_TOPK_GRAD_KERNEL, { dy, weight }, ['dy', 'weight']);
-    expectDtype(SOFTMAX_TOPK_GRAD_KERNEL, { expert }, ['expert'], 'int32');
-    for (const [name, t] of [
-      ['dy', dy],
-      ['weight', weight],
-      ['expert', expert],
-    ] as const)
-      expectShape(SOFTMAX_TOPK_GRAD_KERNEL, name, t, [k, T]);
+    checkGateGradInputs(SOFTMAX_TOPK_GRAD_KERNEL, dy, weight, expert, k, T);
     const dscores = outputArray(T * E);
     if (T > 0)
       native.softmaxTopKGrad(values(backend, dy), values(backend, scores), values(backend, weight), ints(backend, expert), dscores, T, E, k, renormalize);
@@ -84,24 +97,14 @@ export function makeRouterKernels(native: NativeAddon, backendName: string): Ker
     const backend = backendOf(args);
     const { scores } = args.inputs as unknown as SigmoidTopKInputs<TensorInfo>;
     const { T, E, k } = gateShapes(SIGMOID_TOPK_KERNEL, scores, args.attrs);
-    const weight = outputArray(k * T);
-    const expert = new Int32Array(k * T);
-    if (T > 0) native.sigmoidTopK(values(backend, scores), weight, expert, T, E, k);
-    return [backend.makeTensorInfo([k, T], 'float32', weight), backend.makeTensorInfo([k, T], 'int32', expert)];
+    return gateOutputs(args, k, T, (weight, expert) => native.sigmoidTopK(values(backend, scores), weight, expert, T, E, k));
   };
 
   const sigmoidGateGrad = (args: Args): TensorInfo => {
     const backend = backendOf(args);
     const { dy, scores, weight, expert } = args.inputs as unknown as SigmoidTopKGradInputs<TensorInfo>;
     const { T, E, k } = gateShapes(SIGMOID_TOPK_GRAD_KERNEL, scores, args.attrs);
-    expectDtype(SIGMOID_TOPK_GRAD_KERNEL, { dy, weight }, ['dy', 'weight']);
-    expectDtype(SIGMOID_TOPK_GRAD_KERNEL, { expert }, ['expert'], 'int32');
-    for (const [name, t] of [
-      ['dy', dy],
-      ['weight', weight],
-      ['expert', expert],
-    ] as const)
-      expectShape(SIGMOID_TOPK_GRAD_KERNEL, name, t, [k, T]);
+    checkGateGradInputs(SIGMOID_TOPK_GRAD_KERNEL, dy, weight, expert, k, T);
     const dscores = outputArray(T * E);
     if (T > 0) native.sigmoidTopKGrad(values(backend, dy), values(backend, weight), ints(backend, expert), dscores, T, E, k);
     return backend.makeTensorInfo([T, E], 'float32', dscores);
@@ -117,22 +120,25 @@ export function makeRouterKernels(native: NativeAddon, backendName: string): Ker
 
 /** The gates' gradients, registered once for every backend: the backward work is the Grad kernel. */
 export function registerRouterGradients(tf: Tf): void {
+  // The scores' gradient: `gradKernel` on the weight output's gradient (the expert indices have none)
+  // and the saved scores and outputs.
+  const scoresGrad = (gradKernel: string, dy: Tensor | Tensor[], scores: Tensor, weight: Tensor, expert: Tensor, attrs: unknown) => () =>
+    tf
+      .engine()
+      .runKernel(
+        gradKernel,
+        { dy: Array.isArray(dy) ? dy[0]! : dy, scores, weight, expert } satisfies SoftmaxTopKGradInputs<Tensor> &
+          SigmoidTopKGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
+        attrs as tfTypes.NamedAttrMap,
+      ) as Tensor;
   tf.registerGradient({
     kernelName: SOFTMAX_TOPK_KERNEL,
     inputsToSave: ['scores', 'bias'],
     outputsToSave: [true, true],
     gradFunc: (dy, saved, attrs) => {
-      const dWeight = Array.isArray(dy) ? dy[0]! : dy;
       const [scores, bias, weight, expert] = saved as Tensor[];
       return {
-        scores: () =>
-          tf
-            .engine()
-            .runKernel(
-              SOFTMAX_TOPK_GRAD_KERNEL,
-              { dy: dWeight, scores, weight, expert } satisfies SoftmaxTopKGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
-              attrs as tfTypes.NamedAttrMap,
-            ) as Tensor,
+        scores: scoresGrad(SOFTMAX_TOPK_GRAD_KERNEL, dy, scores!, weight!, expert!, attrs),
         // The bias moves the selection only: no gradient.
         bias: () => tf.zeros(bias!.shape, 'float32'),
       };
@@ -143,18 +149,8 @@ export function registerRouterGradients(tf: Tf): void {
     inputsToSave: ['scores'],
     outputsToSave: [true, true],
     gradFunc: (dy, saved, attrs) => {
-      const dWeight = Array.isArray(dy) ? dy[0]! : dy;
       const [scores, weight, expert] = saved as Tensor[];
-      return {
-        scores: () =>
-          tf
-            .engine()
-            .runKernel(
-              SIGMOID_TOPK_GRAD_KERNEL,
-              { dy: dWeight, scores, weight, expert } satisfies SigmoidTopKGradInputs<Tensor> as unknown as tfTypes.NamedTensorMap,
-              attrs as tfTypes.NamedAttrMap,
-            ) as Tensor,
-      };
+      return { scores: scoresGrad(SIGMOID_TOPK_GRAD_KERNEL, dy, scores!, weight!, expert!, attrs) };
     },
   });
 }

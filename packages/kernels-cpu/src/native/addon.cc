@@ -165,10 +165,17 @@ void TopK(const Napi::CallbackInfo& info) {
        static_cast<int>(cols), static_cast<int>(k));
 }
 
+// Throws check_gate's message, if any, as a RangeError.
+void CheckGate(const Napi::CallbackInfo& info, const char* gate, long k, long E, const int32_t* expert = nullptr,
+               long n = 0) {
+  std::string err = check_gate(gate, k, E, expert, n);
+  if (!err.empty()) throw Napi::RangeError::New(info.Env(), "moelab-cpu: " + err);
+}
+
 // (scores, bias|null, weight, expert, T, E, k, renormalize)
 void SoftmaxTopK(const Napi::CallbackInfo& info) {
   long T = Int(info, 4), E = Int(info, 5), k = Int(info, 6);
-  if (k < 1 || k > E) throw Napi::RangeError::New(info.Env(), "moelab-cpu: softmax top-k needs 1 <= k <= E");
+  CheckGate(info, "softmax", k, E);
   softmax_topk_forward(F32(info, 0, T * E, "scores"), F32(info, 1, E, "bias", true), F32(info, 2, k * T, "weight"),
                        I32(info, 3, k * T, "expert"), T, static_cast<int>(E), static_cast<int>(k),
                        info[7].As<Napi::Boolean>().Value());
@@ -177,12 +184,9 @@ void SoftmaxTopK(const Napi::CallbackInfo& info) {
 // (dy, scores, weight, expert, dscores, T, E, k, renormalize)
 void SoftmaxTopKGrad(const Napi::CallbackInfo& info) {
   long T = Int(info, 5), E = Int(info, 6), k = Int(info, 7);
-  if (k < 1 || k > E) throw Napi::RangeError::New(info.Env(), "moelab-cpu: softmax top-k needs 1 <= k <= E");
+  CheckGate(info, "softmax", k, E);
   const int32_t* expert = I32(info, 3, k * T, "expert");
-  for (long i = 0; i < k * T; i++)
-    if (expert[i] < -1 || expert[i] >= E)
-      throw Napi::RangeError::New(info.Env(), "moelab-cpu: softmax top-k expert index " + std::to_string(expert[i]) +
-                                                  " out of range [-1, " + std::to_string(E) + ")");
+  CheckGate(info, "softmax", k, E, expert, k * T);
   softmax_topk_backward(F32(info, 0, k * T, "dy"), F32(info, 1, T * E, "scores"), F32(info, 2, k * T, "weight"), expert,
                         F32(info, 4, T * E, "dscores"), T, static_cast<int>(E), static_cast<int>(k),
                         info[8].As<Napi::Boolean>().Value());
@@ -191,7 +195,7 @@ void SoftmaxTopKGrad(const Napi::CallbackInfo& info) {
 // (scores, weight, expert, T, E, k)
 void SigmoidTopK(const Napi::CallbackInfo& info) {
   long T = Int(info, 3), E = Int(info, 4), k = Int(info, 5);
-  if (k < 1 || k > E) throw Napi::RangeError::New(info.Env(), "moelab-cpu: sigmoid top-k needs 1 <= k <= E");
+  CheckGate(info, "sigmoid", k, E);
   sigmoid_topk_forward(F32(info, 0, T * E, "scores"), F32(info, 1, k * T, "weight"), I32(info, 2, k * T, "expert"), T,
                        static_cast<int>(E), static_cast<int>(k));
 }
@@ -199,12 +203,9 @@ void SigmoidTopK(const Napi::CallbackInfo& info) {
 // (dy, weight, expert, dscores, T, E, k)
 void SigmoidTopKGrad(const Napi::CallbackInfo& info) {
   long T = Int(info, 4), E = Int(info, 5), k = Int(info, 6);
-  if (k < 1 || k > E) throw Napi::RangeError::New(info.Env(), "moelab-cpu: sigmoid top-k needs 1 <= k <= E");
+  CheckGate(info, "sigmoid", k, E);
   const int32_t* expert = I32(info, 2, k * T, "expert");
-  for (long i = 0; i < k * T; i++)
-    if (expert[i] < -1 || expert[i] >= E)
-      throw Napi::RangeError::New(info.Env(), "moelab-cpu: sigmoid top-k expert index " + std::to_string(expert[i]) +
-                                                  " out of range [-1, " + std::to_string(E) + ")");
+  CheckGate(info, "sigmoid", k, E, expert, k * T);
   sigmoid_topk_backward(F32(info, 0, k * T, "dy"), F32(info, 1, k * T, "weight"), expert, F32(info, 3, T * E, "dscores"),
                         T, static_cast<int>(E), static_cast<int>(k));
 }

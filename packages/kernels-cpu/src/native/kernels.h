@@ -90,6 +90,10 @@ void softmax_topk_backward(const float* dy, const float* scores, const float* we
 void sigmoid_topk_forward(const float* scores, float* weight, int32_t* expert, long T, int E, int k);
 void sigmoid_topk_backward(const float* dy, const float* weight, const int32_t* expert, float* dscores, long T, int E,
                            int k);
+// A top-k gate's k (1 <= k <= E) and, for a backward, its n expert indices (each in [-1, E): -1 is a
+// slot without a choice; expert may be null). `gate` names it ("softmax", "sigmoid"). Returns an
+// error message, or "" when all is in range.
+std::string check_gate(const char* gate, long k, long E, const int32_t* expert, long n);
 
 // Validate assignment indices; returns an error message or "" when all are in range.
 std::string check_index(const int* idx, long n, long limit, const char* what);

@@ -134,6 +134,15 @@ void softmax_topk_backward(const float* dy, const float* scores, const float* we
   });
 }
 
+std::string check_gate(const char* gate, long k, long E, const int32_t* expert, long n) {
+  if (k < 1 || k > E) return std::string(gate) + " top-k needs 1 <= k <= E";
+  for (long i = 0; i < n; i++)
+    if (expert[i] < -1 || expert[i] >= E)
+      return std::string(gate) + " top-k expert index " + std::to_string(expert[i]) + " out of range [-1, " +
+             std::to_string(E) + ")";
+  return "";
+}
+
 void sigmoid_topk_forward(const float* scores, float* weight, int32_t* expert, long T, int E, int k) {
   parallel_range(T, rowGrain(E), [&](long t0, long t1) {
     TopKScratch scratch(k);
