@@ -15,7 +15,6 @@
 // glu8 / glu64 (f SwiGLU MoE topk E8x1024 k2 / E64x128 k4); the bench's shapes (T = 4096, d = 256).
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { benchFFN, d, FFN_ROWS, T } from './wasm-rows.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -41,12 +40,12 @@ const steps = positive('steps', args.steps);
 // The built packages (the root has no dependency on them); @moelab/node's own import of
 // @moelab/core resolves to the same file, so there is one tfjs instance.
 const dist = (pkg) => new URL(`../packages/${pkg}/dist/index.js`, import.meta.url);
-for (const pkg of ['core', 'node', 'kernels-wasm']) if (!existsSync(dist(pkg))) fail(`packages/${pkg} is not built: run \`pnpm build\` first`);
-const { tf, buildModel, forwardContext, Rng } = await import(dist('core').href);
-const { createDefaultRegistry } = await import(dist('node').href);
+for (const pkg of ['core', 'node', 'kernels-cpu', 'kernels-wasm']) if (!existsSync(dist(pkg))) fail(`packages/${pkg} is not built: run \`pnpm build\` first`);
+const { tf, Rng } = await import(dist('core').href);
 const { registerMoelabWasmBackend } = await import(dist('kernels-wasm').href);
+// The bench's rows and step, as the MoE scripts of packages/node use them.
+const { FFN_ROWS: ROWS, benchLayer: layer, forwardBackward, T, d } = await import(new URL('../packages/node/scripts/bench-layers.mjs', import.meta.url).href);
 
-const ROWS = FFN_ROWS;
 const rowKeys = args.rows.split(',');
 for (const r of rowKeys) if (!ROWS[r]) fail(`unknown row ${r} (rows: ${Object.keys(ROWS).join(', ')})`);
 
@@ -107,23 +106,15 @@ kernels.call = (name, jsArgs) => {
   }
 };
 
-const registry = createDefaultRegistry();
-const layer = (ffn) => benchFFN(buildModel, registry, ffn);
-
 const results = {};
 for (const key of rowKeys) {
   const row = ROWS[key];
   const f = layer(row.ffn);
   const rng = new Rng(7);
   const x = tf.variable(tf.tensor(rng.normalArray(T * d), [T, d]));
-  const forward = (input) => f.forward(input, forwardContext(new Rng(0), true, { stats: false }));
   const R = tf.tensor(rng.normalArray(T * d), [T, d]);
   const vars = [x, ...f.trainableVariables()];
-  const step = () =>
-    tf.tidy(() => {
-      const { value } = tf.variableGrads(() => tf.sum(tf.mul(forward(x), R)), vars);
-      value.dataSync();
-    });
+  const step = () => forwardBackward(f, x, R, vars);
   for (let round = 0; round < rounds; round++) {
     for (const n of threadCounts) {
       const threads = kernels.setThreads(n);

@@ -20,7 +20,6 @@ import { existsSync, renameSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { benchFFN, d, FFN_ROWS, T } from './wasm-rows.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -38,9 +37,11 @@ const rounds = Number(args.rounds);
 if (!Number.isInteger(rounds) || rounds < 1) fail(`--rounds must be a positive integer (got ${args.rounds})`);
 
 const dist = (pkg) => new URL(`../packages/${pkg}/dist/index.js`, import.meta.url);
-for (const pkg of ['core', 'node']) if (!existsSync(dist(pkg))) fail(`packages/${pkg} is not built: run \`pnpm build\` first`);
-const { tf, buildModel, forwardContext, Rng, Trainer } = await import(dist('core').href);
+for (const pkg of ['core', 'node', 'kernels-cpu']) if (!existsSync(dist(pkg))) fail(`packages/${pkg} is not built: run \`pnpm build\` first`);
+const { tf, buildModel, Rng, Trainer } = await import(dist('core').href);
 const { createDefaultRegistry, chooseBackend } = await import(dist('node').href);
+// The bench's rows, step and statistic, as the MoE scripts of packages/node use them.
+const { FFN_ROWS, benchLayer, forwardBackward, median, T, d } = await import(new URL('../packages/node/scripts/bench-layers.mjs', import.meta.url).href);
 
 const S = 256;
 const B = T / S;
@@ -95,15 +96,11 @@ function makeStep(key) {
     const trainer = new Trainer(model, data, { batchSize: B, seqLen: S, steps: 1000, lr: 1e-3, weightDecay: 0.1, warmup: 0, clip: 0 });
     return () => void trainer.trainStep();
   }
-  const f = benchFFN(buildModel, registry, row.ffn);
+  const f = benchLayer(row.ffn);
   const x = tf.variable(tf.tensor(rng.normalArray(T * d), [T, d]));
   const R = tf.tensor(rng.normalArray(T * d), [T, d]);
   const vars = [x, ...f.trainableVariables()];
-  return () =>
-    tf.tidy(() => {
-      const { value } = tf.variableGrads(() => tf.sum(tf.mul(f.forward(x, forwardContext(new Rng(0), true, { stats: false })), R)), vars);
-      value.dataSync();
-    });
+  return () => forwardBackward(f, x, R, vars);
 }
 
 // Before each timed step: a full garbage collection and a pause, so that the heap another backend's
@@ -116,10 +113,6 @@ const settle = async () => {
   await new Promise((done) => setTimeout(done, 100));
 };
 
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[s.length >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const fmt = (v, digits = 1) => (v === undefined || Number.isNaN(v) ? '–' : v.toFixed(digits));
 
 console.log(`# bench:wasm-ab: ${rounds} interleaved rounds, T = ${T}, d = ${d}`);
