@@ -207,20 +207,17 @@ void scatter_rows(const Groups& byDst, const std::vector<long>& pos, const float
   });
 }
 
-// dst[p] = src[row[order[p]]] for p in [r0, r1), width w.
-inline void gather_rows(const float* src, const int* row, const Groups& g, long r0, long r1, int w, float* dst) {
-  for (long p = r0; p < r1; p++) {
-    if (p + kGatherAhead < r1) prefetch_row(src + static_cast<long>(row[g.order[p + kGatherAhead]]) * w, w);
-    std::memcpy(dst + p * static_cast<long>(w), src + static_cast<long>(row[g.order[p]]) * w, sizeof(float) * w);
-  }
-}
-
 // dst[p - r0] = src[row[order[p]]] for p in [r0, r1), width w: one chunk's rows into its own block.
 inline void gather_block(const float* src, const int* row, const Groups& g, long r0, long r1, int w, float* dst) {
   for (long p = r0; p < r1; p++) {
     if (p + kGatherAhead < r1) prefetch_row(src + static_cast<long>(row[g.order[p + kGatherAhead]]) * w, w);
     std::memcpy(dst + (p - r0) * static_cast<long>(w), src + static_cast<long>(row[g.order[p]]) * w, sizeof(float) * w);
   }
+}
+
+// dst[p] = src[row[order[p]]] for p in [r0, r1), width w: the rows at their sorted positions.
+inline void gather_rows(const float* src, const int* row, const Groups& g, long r0, long r1, int w, float* dst) {
+  gather_block(src, row, g, r0, r1, w, dst + r0 * static_cast<long>(w));
 }
 
 // Whether every chunk is a whole expert. Then the task that runs an expert's backward can also
